@@ -1,0 +1,148 @@
+"""Built-in targets, usable as ``builtin:NAME``. Nothing is downloaded.
+
+- ``linreg``: linear regression with Gaussian inputs; its gradient noise is known in
+  closed form (theory.md §5), so it is the ground truth for the probe's estimators.
+- ``mnist1d-mlp`` / ``mnist1d-cnn``: MNIST-1D (Greydanus 2020), generated offline by
+  the ``mnist1d`` package (``pip install 'bsadvisor[examples]'``) and cached as .npz.
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+from .target import Target
+
+LINREG_DIM = 16
+LINREG_NOISE = 1.0  # s: standard deviation of the label noise
+LINREG_SIZE = 16384
+MNIST1D_TRAIN = 32000  # the benchmark size of issue 5: 40 000 generated, 80% train
+
+
+def linreg_truth(weight, w_star, noise: float = LINREG_NOISE) -> tuple[float, float]:
+    """Population (tr Σ, |G|²) for loss ½(w·x − y)², x ~ N(0, I_d), y = w*·x + N(0, s²).
+
+    With δ = w − w*: G = δ, so |G|² = |δ|², and tr(Σ) = (d+1)|δ|² + d·s² (theory.md §5).
+    """
+    w = np.asarray(weight, dtype=np.float64).ravel()
+    delta = w - np.asarray(w_star, dtype=np.float64).ravel()
+    d = delta.size
+    g2 = float(delta @ delta)
+    return (d + 1) * g2 + d * noise**2, g2
+
+
+def linreg(dim: int = LINREG_DIM, size: int = LINREG_SIZE, noise: float = LINREG_NOISE, seed: int = 0) -> Target:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    w_star = torch.randn(dim, generator=gen, dtype=torch.float64)
+    x = torch.randn(size, dim, generator=gen, dtype=torch.float64)
+    y = x @ w_star + noise * torch.randn(size, generator=gen, dtype=torch.float64)
+    model = torch.nn.Linear(dim, 1, bias=False).to(torch.float64)
+    with torch.no_grad():
+        model.weight.zero_()
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        return 0.5 * ((m(xb).squeeze(-1) - yb) ** 2).mean()
+
+    def metric_fn(m, batch):  # negative MSE: higher is better
+        xb, yb = batch
+        return -float(((m(xb).squeeze(-1) - yb) ** 2).mean())
+
+    test_x = torch.randn(2048, dim, generator=gen, dtype=torch.float64)
+    test_y = test_x @ w_star + noise * torch.randn(2048, generator=gen, dtype=torch.float64)
+    ds = torch.utils.data.TensorDataset(x, y)
+    return Target(model=model, train_dataset=ds, loss_fn=loss_fn, batch_size=64, lr=0.01,
+                  momentum=0.0, eval_dataset=torch.utils.data.TensorDataset(test_x, test_y),
+                  metric_fn=metric_fn, name="builtin:linreg",
+                  metadata={"w_star": w_star.numpy(), "noise": noise,
+                            "truth": lambda m: linreg_truth(m.weight.detach().cpu().numpy(), w_star.numpy(), noise)})
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BSADVISOR_CACHE", Path.home() / ".cache" / "bsadvisor"))
+
+
+def mnist1d_arrays(num_samples: int = 40000, seed: int = 42) -> dict[str, np.ndarray]:
+    """MNIST-1D arrays (x, y, x_test, y_test), generated once and cached.
+
+    The generator reseeds Python's and NumPy's global RNGs; we put them back so the
+    user's random streams are untouched.
+    """
+    path = cache_dir() / f"mnist1d-{num_samples}-{seed}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    try:
+        import mnist1d  # imports matplotlib, so only on a cache miss
+    except ImportError:
+        raise UserError("the MNIST-1D targets need the mnist1d package: pip install 'bsadvisor[examples]'") from None
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        args = mnist1d.get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        data = mnist1d.data.make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    arrays = {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64),
+              "x_test": data["x_test"].astype(np.float32), "y_test": data["y_test"].astype(np.int64)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    from .fileio import write_atomic
+
+    write_atomic(path, buf.getvalue())
+    return arrays
+
+
+def _mnist1d(model_kind: str, seed: int = 0) -> Target:
+    import torch
+    from torch import nn
+
+    a = mnist1d_arrays()
+    train = torch.utils.data.TensorDataset(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]))
+    test = torch.utils.data.TensorDataset(torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]))
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if model_kind == "mlp":
+            model = nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+        else:
+            model = nn.Sequential(nn.Unflatten(1, (1, 40)),
+                                  nn.Conv1d(1, 25, 5, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(125, 10))
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        return nn.functional.cross_entropy(m(xb), yb)
+
+    def metric_fn(m, batch):  # accuracy
+        xb, yb = batch
+        return float((m(xb).argmax(-1) == yb).float().mean())
+
+    return Target(model=model, train_dataset=train, loss_fn=loss_fn, batch_size=32, lr=0.05, momentum=0.9,
+                  eval_dataset=test, metric_fn=metric_fn, name=f"builtin:mnist1d-{model_kind}")
+
+
+BUILTINS: dict[str, Callable[[], Target]] = {
+    "linreg": linreg,
+    "mnist1d-mlp": lambda: _mnist1d("mlp"),
+    "mnist1d-cnn": lambda: _mnist1d("cnn"),
+}
+
+
+def get_builtin(name: str) -> Callable[[], Target]:
+    if name not in BUILTINS:
+        raise UserError(f"unknown builtin target {name!r}; choose one of: {', '.join('builtin:' + n for n in BUILTINS)}")
+    return BUILTINS[name]

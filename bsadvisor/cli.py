@@ -1,0 +1,67 @@
+"""The `bsadvisor` command line: a thin layer over the library.
+
+Each command lives in its own ``cmd_*.py`` module and registers itself on ``app``.
+Nothing here imports torch: `--help` and `convert-schedule` start instantly, and the
+commands that train import torch inside their function bodies.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="bsadvisor",
+    help="Batch-size tuning advisor for PyTorch: replace LR decay by batch growth "
+         "(Smith et al. 2018), measured on your own model.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(doc: Any) -> None:
+    """Print a JSON document to stdout (no rich markup, no wrapping)."""
+    sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: bad input becomes one line on stderr and exit code 2."""
+    try:
+        code = app(args=argv, prog_name="bsadvisor", standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.NoSuchOption as exc:
+        hint = f" (did you mean {', '.join(exc.possibilities)}?)" if exc.possibilities else ""
+        cmd = f" {exc.ctx.command_path}" if exc.ctx else ""
+        err_console.print(f"error: unknown option {exc.option_name}{hint}; see bsadvisor{cmd.replace('bsadvisor', '', 1)} --help",
+                          markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "bsadvisor"
+        msg = exc.format_message().replace("\n", " ")
+        err_console.print(f"error: {msg}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# Register the commands (each module adds its own @app.command()).
+from . import cmd_convert  # noqa: E402,F401

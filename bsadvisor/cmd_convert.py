@@ -1,0 +1,148 @@
+"""`bsadvisor convert-schedule`: an LR-decay schedule → a batch-growth plan."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .cli import app, console, emit_json
+from .errors import UserError
+
+# Defaults live here, not in the signatures, so a TOML config can fill what the command line left out.
+DEFAULTS: dict[str, Any] = {
+    "lr": None, "batch_size": None, "dataset_size": None, "epochs": None, "momentum": 0.0, "schedule": None,
+    "schedule_unit": "epoch", "optimizer": "sgd", "rule": "exact", "max_batch": None, "max_fraction": 0.1,
+    "round_to": 1, "max_stages": None, "stage_factor": None, "increase_lr": None, "momentum_to": None,
+    "adam_rule": "sqrt",
+}
+
+# Shared option declarations (validate reuses them).
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Base LR ε0 of the schedule (a CSV table gives its own).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size B0 the schedule was tuned at.")]
+DatasetSize = Annotated[Optional[int], typer.Option("--dataset-size", help="Training-set size N.")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training length E in epochs.")]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum m.  [default: 0]")]
+ScheduleOpt = Annotated[Optional[str], typer.Option(
+    "--schedule", help="PyTorch scheduler expression, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)', "
+                       "or a CSV table epoch,lr[,momentum].")]
+ScheduleUnit = Annotated[Optional[str], typer.Option(
+    "--schedule-unit", help="epoch: the scheduler steps once an epoch; step: once an iteration "
+                            "(read with ceil(N/B0) steps an epoch).  [default: epoch]")]
+Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="sgd | nesterov | adam | adamw.  [default: sgd]")]
+Rule = Annotated[Optional[str], typer.Option(
+    "--rule", help="exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's).  [default: exact]")]
+MaxBatch = Annotated[Optional[int], typer.Option(
+    "--max-batch", help="Device cap: the largest batch that fits (× devices × accumulation).  [default: none]")]
+MaxFraction = Annotated[Optional[float], typer.Option(
+    "--max-fraction", help="Never grow past this fraction of N (the paper stopped near N/10).  [default: 0.1]")]
+RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Round batches to multiples of this.  [default: 1]")]
+MaxStages = Annotated[Optional[int], typer.Option(
+    "--max-stages", help="At most this many distinct batch sizes.  [default: no limit]")]
+StageFactor = Annotated[Optional[float], typer.Option(
+    "--stage-factor", help="New batch only when the target grew by this factor (the LR carries the rest). "
+                           "[default: 1 for step schedules, 2 for smooth ones]")]
+IncreaseLr = Annotated[Optional[float], typer.Option(
+    "--increase-lr", help="Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).")]
+MomentumTo = Annotated[Optional[float], typer.Option(
+    "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).")]
+AdamRule = Annotated[Optional[str], typer.Option(
+    "--adam-rule", help="Adam family: sqrt (η ∝ √B, Malladi et al.) or linear (Smith et al.).  [default: sqrt]")]
+Config = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML file with any of these options (keys as option names, e.g. batch-size = 128); "
+                     "the command line wins.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/1).")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).")]
+
+
+def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
+    """Read a TOML config; keys may use dashes or underscores."""
+    if path is None:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; check the path")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML ({exc})") from None
+    out = {}
+    for key, value in doc.items():
+        name = key.replace("-", "_")
+        if name not in allowed:
+            raise UserError(f"config file {path}: unknown option {key!r}; use the command's option names "
+                            f"({', '.join(sorted(k.replace('_', '-') for k in allowed))})")
+        out[name] = value
+    return out
+
+
+def merge_options(cli: dict[str, Any], config: Optional[Path], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Command line over config file over defaults."""
+    merged = dict(defaults)
+    merged.update(read_config(config, set(defaults)))
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    return merged
+
+
+def plan_from_options(**options: Any):
+    """Build a Plan from convert-schedule's options (missing ones take their defaults)."""
+    from .convert import convert_schedule
+
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    for required in ("batch_size", "dataset_size", "epochs", "schedule"):
+        if opts[required] is None:
+            raise UserError(f"--{required.replace('_', '-')} is required (on the command line or in --config)")
+    return convert_schedule(**{k: opts[k] for k in DEFAULTS})
+
+
+def output_plan(plan, as_json: bool, out: Optional[Path]) -> None:
+    """Write/print a plan: --out writes atomically, --json prints JSON, else the rich report."""
+    from .report import plan_summary
+
+    if out is not None:
+        plan.save(out)
+    if as_json:
+        emit_json(plan.to_dict())
+    else:
+        console.print(plan_summary(plan))
+        if out is not None:
+            console.print(f"plan written to {out}", style="green")
+
+
+EXAMPLES = """
+[bold]Examples[/]
+
+  The paper's CIFAR-10 schedule (Smith et al. 2018), capped at N/10:
+  [cyan]bsadvisor convert-schedule --lr 0.1 --batch-size 128 --dataset-size 50000 --epochs 200 --momentum 0.9 --schedule "MultiStepLR(milestones=[60,120,160], gamma=0.2)"[/]
+
+  Warmup + cosine, a device that holds 2048, batches in multiples of 64, at most 5 batch sizes:
+  [cyan]bsadvisor convert-schedule --lr 0.4 --batch-size 256 --dataset-size 1281167 --epochs 90 --schedule "SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=85)], milestones=[5])" --max-batch 2048 --round-to 64 --max-stages 5[/]
+
+  From a CSV table and a config file, saved for `bsadvisor validate --plan`:
+  [cyan]bsadvisor convert-schedule --config run.toml --schedule lr.csv --out plan.json[/]
+"""
+
+
+@app.command("convert-schedule", epilog=EXAMPLES)
+def convert_schedule_cmd(
+    lr: Lr = None, batch_size: BatchSize = None, dataset_size: DatasetSize = None, epochs: Epochs = None,
+    momentum: Momentum = None, schedule: ScheduleOpt = None, schedule_unit: ScheduleUnit = None,
+    optimizer: Optimizer = None, rule: Rule = None, max_batch: MaxBatch = None, max_fraction: MaxFraction = None,
+    round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
+    increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
+    config: Config = None, json_: JsonOut = False, out: Out = None,
+) -> None:
+    """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
+
+    Keeps g = ε/(1−m)·(N/B − 1) on the original trajectory by growing B instead of decaying ε,
+    up to the cap (device, N·max-fraction); past the cap the LR carries the rest (hybrid).
+    """
+    cli = {k: v for k, v in locals().items() if k in DEFAULTS}
+    opts = merge_options(cli, config, DEFAULTS)
+    plan = plan_from_options(**opts)
+    output_plan(plan, json_, out)

@@ -1,0 +1,316 @@
+"""LR-decay schedule → batch-growth plan (Smith et al. 1711.00489; theory.md §2).
+
+The original run trains at batch B0 with LR ε(t) (and momentum m(t)); its noise
+temperature is g(t) = g0·ρ(t). We keep that trajectory but move it from the LR into
+the batch:
+
+    B(t) = N / (1 + (N/B0 − 1)·ρ(t))        exact rule
+    B(t) = B0 / ρ(t)                          proportional rule (the paper's)
+
+always anchored at B0 (never chained stage to stage). Once B would pass the cap
+(device memory, N·max_fraction, or a multiple of the noise scale), B stays at the cap
+and the LR carries the rest of the decay ("hybrid", §5 of the paper):
+
+    ε(t) = ε0·ρ(t)·(N/B0 − 1)/(N/B_cap − 1)   exact,   ε0·ρ(t)·B_cap/B0 proportional.
+
+Continuous schedules become a staircase: a new batch only when the target has grown
+by ``stage_factor``; inside a stage the LR carries the residual, so the realised
+temperature follows the original at every epoch (rounding of B aside).
+No torch here: this module must import in milliseconds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .errors import UserError
+from .plan import Plan, Stage
+from .schedules import Schedule, parse_schedule
+from .temperature import TemperatureModel
+
+# Relative slack for float noise when comparing batch targets.
+_EPS = 1e-9
+
+
+@dataclass
+class _Epoch:
+    batch: int
+    lr: float
+    momentum: float
+    rho: float  # what the original schedule asks for, g/g0
+    phase: str
+
+
+def _check_positive(name: str, value, integer: bool = False, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
+    if integer and int(value) != value:
+        raise UserError(f"{name} must be a whole number, got {value!r}")
+    if value <= 0:
+        raise UserError(f"{name} must be > 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _round_batch(b: float, round_to: int) -> int:
+    """Nearest multiple of ``round_to`` (at least one multiple)."""
+    return max(round_to, int(round(b / round_to)) * round_to)
+
+
+def _as_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule
+    if schedule is None:
+        raise UserError("no schedule given; pass --schedule, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)'")
+    return parse_schedule(schedule)
+
+
+def _original(lr, batch_size, dataset_size, epochs, schedule, momentum, schedule_unit):
+    """Validate the common inputs; return (schedule, lr per epoch, momentum per epoch, steps per epoch)."""
+    n = _check_positive("--dataset-size", dataset_size, integer=True)
+    b0 = _check_positive("--batch-size", batch_size, integer=True)
+    e = _check_positive("--epochs", epochs, integer=True)
+    if b0 > n:
+        raise UserError(f"--batch-size {b0} is larger than --dataset-size {n}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 <= momentum < 1):
+        raise UserError(f"--momentum must be in [0, 1), got {momentum!r}")
+    if schedule_unit not in ("epoch", "step"):
+        raise UserError(f"--schedule-unit must be epoch or step, got {schedule_unit!r}")
+    sched = _as_schedule(schedule)
+    if lr is None:
+        lrs = getattr(sched, "lrs", None)
+        if not lrs:
+            raise UserError("--lr is required (the LR the schedule starts from)")
+        lr = lrs[0]
+    lr = _check_positive("--lr", lr)
+    # A scheduler stepped per iteration is read at each epoch's first step, ceil(N/B0) steps an epoch.
+    steps = math.ceil(n / b0) if schedule_unit == "step" else 1
+    sched.check(e * steps, schedule_unit)
+    lrs, moms = [], []
+    for epoch in range(e):
+        k = epoch * steps
+        value = sched.lr(k, lr)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"the schedule gives LR {value!r} at epoch {epoch}; it must be a finite number ≥ 0")
+        lrs.append(value)
+        m = sched.momentum(k)
+        moms.append(float(momentum) if m is None else m)
+    return sched, lr, lrs, moms, steps, n, b0, e
+
+
+def baseline_plan(*, lr: Optional[float], batch_size: int, dataset_size: int, epochs: int,
+                  schedule: Union[str, Schedule], momentum: float = 0.0, schedule_unit: str = "epoch",
+                  optimizer: str = "sgd", rule: str = "exact", adam_rule: str = "sqrt") -> Plan:
+    """The original schedule as a Plan: batch B0 throughout, the schedule's LR per epoch."""
+    sched, lr, lrs, moms, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
+                                                       schedule_unit)
+    model = TemperatureModel(n, rule, optimizer, adam_rule)
+    temps = [model.temperature(x, m, b0) for x, m in zip(lrs, moms)]
+    g_ref = max(temps)
+    per_epoch = [_Epoch(b0, x, m, t / g_ref, "original") for x, m, t in zip(lrs, moms, temps)]
+    stages = _merge(per_epoch, model, g_ref)
+    return Plan(stages=stages, dataset_size=n, baseline_updates=e * math.ceil(n / b0),
+                inputs={"kind": "baseline", "lr": lr, "batch_size": b0, "dataset_size": n, "epochs": e,
+                        "momentum": momentum, "schedule": sched.describe(), "schedule_unit": schedule_unit},
+                notes=["the original LR schedule at a fixed batch"])
+
+
+def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int, epochs: int,
+                     schedule: Union[str, Schedule], momentum: float = 0.0, schedule_unit: str = "epoch",
+                     optimizer: str = "sgd", rule: str = "exact", max_batch: Optional[int] = None,
+                     max_fraction: float = 0.1, round_to: int = 1, max_stages: Optional[int] = None,
+                     stage_factor: Optional[float] = None, increase_lr: Optional[float] = None,
+                     momentum_to: Optional[float] = None, adam_rule: str = "sqrt",
+                     noise_cap_batch: Optional[float] = None) -> Plan:
+    """Convert an LR schedule at fixed batch into a batch-growth plan with the same temperature g(t).
+
+    ``max_batch`` is the device cap (largest batch that fits, × devices × accumulation);
+    ``max_fraction`` caps B at that fraction of N (the paper stops near N/10);
+    ``noise_cap_batch`` caps it at a multiple of the measured noise scale (McCandlish et al.);
+    ``increase_lr=K`` starts at K·ε0 with the batch that keeps g0 (paper §5.2);
+    ``momentum_to=M`` trains at momentum M with B × (1−m)/(1−M) (paper §5.2).
+    """
+    sched, lr0, lrs, moms, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
+                                                        schedule_unit)
+    model = TemperatureModel(n, rule, str(optimizer).lower(), adam_rule)
+    if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
+        raise UserError(f"--max-fraction must be in (0, 1], got {max_fraction!r}")
+    round_to = _check_positive("--round-to", round_to, integer=True)
+    max_batch = _check_positive("--max-batch", max_batch, integer=True, allow_none=True)
+    max_stages = _check_positive("--max-stages", max_stages, integer=True, allow_none=True)
+    stage_factor = _check_positive("--stage-factor", stage_factor, allow_none=True)
+    if stage_factor is not None and stage_factor < 1:
+        raise UserError(f"--stage-factor must be ≥ 1, got {stage_factor}")
+    increase_lr = _check_positive("--increase-lr", increase_lr, allow_none=True)
+    if increase_lr is not None and increase_lr < 1:
+        raise UserError(f"--increase-lr must be ≥ 1 (it multiplies the LR and the batch), got {increase_lr}")
+    if momentum_to is not None:
+        if model.is_adam:
+            raise UserError("--momentum-to applies to SGD momentum; Adam's β1 does not set the temperature")
+        if isinstance(momentum_to, bool) or not isinstance(momentum_to, (int, float)) or not 0 <= momentum_to < 1:
+            raise UserError(f"--momentum-to must be in [0, 1), got {momentum_to!r}")
+    if max_batch is not None and max_batch < b0:
+        raise UserError(f"--max-batch {max_batch} is smaller than --batch-size {b0}: the original batch does not fit; "
+                        "lower --batch-size or allow gradient accumulation")
+
+    warnings: list[str] = []
+    notes: list[str] = [f"temperature model: {model.describe()}"]
+
+    # The original temperature trajectory, relative to its peak (after any warmup).
+    temps = [model.temperature(x, m, b0) for x, m in zip(lrs, moms)]
+    g_ref = max(temps)
+    if g_ref <= 0:
+        raise UserError("the schedule's LR is 0 throughout; nothing to convert")
+    rho = [t / g_ref for t in temps]
+    peak = temps.index(g_ref)
+    if peak > 0:
+        notes.append(f"epochs 0–{peak - 1} are LR warmup: kept as an LR warmup at the starting batch; "
+                     f"only the decay from epoch {peak} on is converted")
+    if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, e)):
+        warnings.append("the schedule rises again after its peak; the batch is never reduced, the LR carries the rise")
+
+    # Base point of the plan: (ε_b, m_b, B_b) with the original's peak temperature.
+    lr_peak, m_peak = lrs[peak], moms[peak]
+    lr_base = lr_peak * (increase_lr or 1.0)
+    m_base = momentum_to if momentum_to is not None else m_peak
+    variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != m_peak)
+    b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(b0)
+    if increase_lr not in (None, 1.0):
+        notes.append(f"increased-LR variant (§5.2): LR × {increase_lr:g} and the batch that keeps g0: "
+                     f"{b0} → {b_base:.1f}")
+    if momentum_to is not None and momentum_to != m_peak:
+        notes.append(f"momentum {m_peak:g} → {momentum_to:g} (§5.2): batch × (1−m)/(1−m′) keeps g0")
+        warnings.append("raising the momentum costs some accuracy and the momentum buffer needs a few epochs "
+                        "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
+    if model.is_adam:
+        warnings.append(f"{optimizer}: applied the {'square-root' if model.power == 0.5 else 'linear'} rule "
+                        "(a decay of the LR by α becomes batch × "
+                        f"{'α²' if model.power == 0.5 else 'α'}); for full equivalence also scale 1−β1, 1−β2 and "
+                        "Adam's ε (Malladi et al. 2205.10287); only a validation run settles it (bsadvisor validate)")
+
+    # The cap: the smallest of the device, the dataset fraction and the noise-scale limit.
+    limits = {"max_fraction": max(1, math.floor(max_fraction * n))}
+    if max_batch is not None:
+        limits["device"] = max_batch
+    if noise_cap_batch is not None:
+        limits["noise_scale"] = max(1, math.floor(noise_cap_batch))
+    limited_by = min(limits, key=limits.get)
+    cap = max(round_to, (min(limits.values()) // round_to) * round_to)
+    cap = min(cap, n)
+    b_start = _round_batch(b_base, round_to) if variant else b0
+    if cap < b_start:
+        if variant:
+            warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "
+                            "with the LR lowered to keep g0")
+            b_start, b_base = cap, float(cap)
+        else:
+            warnings.append(f"--batch-size {b0} already exceeds the cap {cap} ({limited_by}); no room to grow, "
+                            "the LR decay stays as it is")
+            cap = b_start
+            limited_by = "batch_size"
+    cap_info = {"batch_size": cap, "limited_by": limited_by, **{k: v for k, v in limits.items()}}
+
+    if stage_factor is None:
+        # Step schedules: one batch stage per step of the schedule. Smooth ones: a staircase of doublings.
+        stage_factor = 1.0 if sched.piecewise_constant else 2.0
+    per_epoch = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, stage_factor, peak)
+    if max_stages is not None and _count_batches(per_epoch) > max_stages:
+        per_epoch, stage_factor = _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to,
+                                              stage_factor, peak, max_stages)
+        notes.append(f"at most {max_stages} batch stages: a new batch when the target grew by ×{stage_factor:.3g}")
+    elif stage_factor > 1:
+        notes.append(f"a new batch stage when the target batch has grown by ×{stage_factor:.3g}; "
+                     "inside a stage the LR carries the rest")
+
+    stages = _merge(per_epoch, model, g_ref)
+    hybrid_from = next((i for i, p in enumerate(per_epoch) if p.phase == "hybrid"), None)
+    if hybrid_from is not None:
+        warnings.append(f"the batch reaches the cap of {cap} ({_CAP_WORDS[limited_by]}) at epoch {hybrid_from}; "
+                        "from there the LR carries the rest of the decay (hybrid)")
+    biggest = max(p.batch for p in per_epoch)
+    if biggest > n / 10:
+        warnings.append(f"batch {biggest} exceeds N/10 = {n / 10:g}: the paper stopped growing near N/10, and the "
+                        "proportional rule overstates the batch as B nears N")
+    if round_to > 1:
+        worst = max(abs(s.temperature / s.target_temperature - 1) for s in stages if s.target_temperature > 0)
+        notes.append(f"batches rounded to multiples of {round_to}: the realised temperature differs from the "
+                     f"original by at most {100 * worst:.2f}%")
+    if schedule_unit == "step":
+        notes.append(f"schedule read per step, {steps} steps an epoch (ceil(N/B0)); the plan is indexed in epochs")
+    notes.append("updates count ceil(N/B) per epoch: the last partial batch of an epoch is kept")
+    warnings.append("BatchNorm statistics depend on the batch: keep a fixed per-device group (ghost batch norm) "
+                    "or check with bsadvisor validate")
+
+    inputs = {"lr": lr0, "batch_size": b0, "dataset_size": n, "epochs": e, "momentum": momentum,
+              "schedule": sched.describe(), "schedule_unit": schedule_unit, "optimizer": str(optimizer).lower(),
+              "rule": rule, "max_batch": max_batch, "max_fraction": max_fraction, "round_to": round_to,
+              "max_stages": max_stages, "stage_factor": stage_factor, "increase_lr": increase_lr,
+              "momentum_to": momentum_to, "adam_rule": adam_rule if model.is_adam else None}
+    return Plan(stages=stages, dataset_size=n, inputs=inputs, baseline_updates=e * math.ceil(n / b0),
+                cap=cap_info, warnings=warnings, notes=notes)
+
+
+_CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",
+              "batch_size": "the starting batch"}
+
+
+def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, factor, peak) -> list[_Epoch]:
+    """Per-epoch (batch, lr, momentum) following g_ref·ρ(t); see the module docstring."""
+    out: list[_Epoch] = []
+    ref = min(b_base, float(cap))  # the unrounded batch the current stage was chosen for
+    batch = b_start
+    for t, r in enumerate(rho):
+        g = g_ref * r
+        if t >= peak:
+            target = model.batch_for(g, lr_base, m_base)
+            want = min(target, float(cap))
+            # New stage: the target grew by the factor, or it passed the cap (then go straight to the cap).
+            grown = want >= ref * factor * (1 - _EPS) or target >= cap * (1 - _EPS)
+            if grown and min(_round_batch(want, round_to), cap) > batch:
+                ref, batch = want, min(_round_batch(want, round_to), cap)
+            phase = "hybrid" if batch == cap and target > cap * (1 + _EPS) else "growth"
+        else:
+            phase = "warmup"
+        lr = model.lr_for(g, m_base, ref)
+        if abs(lr / lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
+            lr = lr_base
+        out.append(_Epoch(batch, lr, m_base, r, phase))
+    return out
+
+
+def _count_batches(per_epoch: list[_Epoch]) -> int:
+    return 1 + sum(1 for a, b in zip(per_epoch, per_epoch[1:]) if a.batch != b.batch)
+
+
+def _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, factor, peak, max_stages):
+    """Smallest stage factor (bisection in log space) giving at most ``max_stages`` batch sizes."""
+    lo, hi = math.log(max(factor, 1.0)), math.log(max(cap / max(b_start, 1), 1.0) * 2 + 1)
+    best = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, math.exp(hi), peak)
+    best_f = math.exp(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        trial = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, math.exp(mid), peak)
+        if _count_batches(trial) <= max_stages:
+            best, best_f, hi = trial, math.exp(mid), mid
+        else:
+            lo = mid
+    return best, best_f
+
+
+def _merge(per_epoch: list[_Epoch], model: TemperatureModel, g_ref: float) -> list[Stage]:
+    """Consecutive epochs with the same (batch, lr, momentum) become one Stage."""
+    stages: list[Stage] = []
+    start = 0
+    for t in range(1, len(per_epoch) + 1):
+        cur = per_epoch[start]
+        if t < len(per_epoch):
+            nxt = per_epoch[t]
+            if (nxt.batch, nxt.lr, nxt.momentum, nxt.phase) == (cur.batch, cur.lr, cur.momentum, cur.phase):
+                continue
+        realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref
+        stages.append(Stage(start_epoch=start, end_epoch=t, batch_size=cur.batch, lr=cur.lr, momentum=cur.momentum,
+                            temperature=realised, target_temperature=cur.rho, phase=cur.phase))
+        start = t
+    return stages

@@ -1,0 +1,96 @@
+"""SGD noise temperature and its inverses (pure Python, no torch).
+
+Smith & Le (1710.06451) and Smith et al. (1711.00489, eq. 1):
+
+    g = ε/(1−m) · (N/B − 1)      exact, sampling without replacement   (rule="exact")
+    g ≈ ε·N / (B·(1−m))          when B ≪ N, the paper's form           (rule="proportional")
+
+For Adam-family optimizers (Malladi et al. 2205.10287) the square-root rule holds,
+T ∝ η·√(N/B − 1) (η ∝ √B keeps T fixed), with Smith et al.'s linear rule T ∝ η/B as
+the alternative (adam_rule="linear"). Adam's β1 does not enter T.
+
+A TemperatureModel answers three questions: the temperature of (lr, m, B); the batch
+that gives a temperature at (lr, m); and the LR that gives it at (m, B).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UserError
+
+RULES = ("exact", "proportional")
+ADAM_RULES = ("sqrt", "linear")
+SGD_FAMILY = ("sgd", "nesterov")
+ADAM_FAMILY = ("adam", "adamw")
+
+
+def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,
+                rule: str = "exact") -> float:
+    """SGD noise temperature g = ε/(1−m)·(N/B − 1) (exact) or ε·N/(B(1−m)) (proportional)."""
+    return TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
+
+
+@dataclass(frozen=True)
+class TemperatureModel:
+    dataset_size: int
+    rule: str = "exact"
+    optimizer: str = "sgd"
+    adam_rule: str = "sqrt"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise UserError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.optimizer not in SGD_FAMILY + ADAM_FAMILY:
+            raise UserError(f"--optimizer must be one of sgd, nesterov, adam, adamw, got {self.optimizer!r}")
+        if self.adam_rule not in ADAM_RULES:
+            raise UserError(f"--adam-rule must be one of {', '.join(ADAM_RULES)}, got {self.adam_rule!r}")
+
+    @property
+    def is_adam(self) -> bool:
+        return self.optimizer in ADAM_FAMILY
+
+    @property
+    def power(self) -> float:
+        """Exponent p in T ∝ lr · v(B)^p: 1 for SGD and Adam's linear rule, ½ for the sqrt rule."""
+        return 0.5 if self.is_adam and self.adam_rule == "sqrt" else 1.0
+
+    # v(B): the variance factor of a size-B mean gradient, up to a constant (tr Σ / N).
+    def noise_factor(self, batch_size: float) -> float:
+        n = self.dataset_size
+        return n / batch_size - 1.0 if self.rule == "exact" else n / batch_size
+
+    def _batch_for_noise_factor(self, v: float) -> float:
+        n = self.dataset_size
+        if v <= 0:
+            return float(n) if self.rule == "exact" else math.inf
+        return n / (1.0 + v) if self.rule == "exact" else n / v
+
+    def _momentum_term(self, momentum: float) -> float:
+        # SGD with momentum m takes effective steps ε/(1−m); Adam's β1 averages, it does not amplify.
+        return 1.0 if self.is_adam else 1.0 / (1.0 - momentum)
+
+    def temperature(self, lr: float, momentum: float, batch_size: float) -> float:
+        return lr * self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+
+    def batch_for(self, g: float, lr: float, momentum: float) -> float:
+        """The (unrounded) batch whose temperature at (lr, momentum) is g."""
+        if g <= 0:
+            return self._batch_for_noise_factor(0.0)
+        v = (g / (lr * self._momentum_term(momentum))) ** (1.0 / self.power)
+        return self._batch_for_noise_factor(v)
+
+    def lr_for(self, g: float, momentum: float, batch_size: float) -> float:
+        """The LR whose temperature at (momentum, batch_size) is g."""
+        denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+        return g / denom if denom > 0 else math.inf
+
+    def describe(self) -> str:
+        if self.is_adam:
+            if self.adam_rule == "sqrt":
+                return ("square-root rule for Adam (Malladi et al. 2205.10287): T ∝ η·√v(B), so a decay of η by α "
+                        "becomes B × α²")
+            return "linear rule for Adam (as Smith et al. 1711.00489 used): T ∝ η·v(B), a decay of η by α becomes B × α"
+        if self.rule == "exact":
+            return "exact rule: g = ε/(1−m)·(N/B − 1), B(t) = N / (1 + (N/B0 − 1)·ρ(t))"
+        return "proportional rule (Smith et al.): g ≈ εN/(B(1−m)), B(t) = B0/ρ(t)"

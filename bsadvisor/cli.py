@@ -10,7 +10,6 @@ import json
 import sys
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -30,6 +29,16 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+# Typer ≥ 0.25 vendors its own click; find its exception classes through a public one.
+_MRO = {c.__name__: c for c in typer.BadParameter.__mro__}
+_UsageError = _MRO["UsageError"]
+
+
+@app.callback()
+def _root() -> None:
+    """Batch-size tuning advisor for PyTorch: replace LR decay by batch growth (Smith et al. 2018),
+    measured on your own model. Run `bsadvisor COMMAND --help` for a command's options and examples."""
+
 
 def emit_json(doc: Any) -> None:
     """Print a JSON document to stdout (no rich markup, no wrapping)."""
@@ -43,18 +52,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.NoSuchOption as exc:
-        hint = f" (did you mean {', '.join(exc.possibilities)}?)" if exc.possibilities else ""
-        cmd = f" {exc.ctx.command_path}" if exc.ctx else ""
-        err_console.print(f"error: unknown option {exc.option_name}{hint}; see bsadvisor{cmd.replace('bsadvisor', '', 1)} --help",
-                          markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except click.exceptions.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx else "bsadvisor"
-        msg = exc.format_message().replace("\n", " ")
+    except _UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was already printed
+            sys.exit(0)
+        where = ctx.command_path if ctx is not None else "bsadvisor"
+        option = getattr(exc, "option_name", None)
+        if type(exc).__name__ == "NoSuchOption" and option:
+            close = getattr(exc, "possibilities", None) or []
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            msg = f"unknown option {option}{hint}"
+        else:
+            msg = exc.format_message().replace("\n", " ")
         err_console.print(f"error: {msg}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted", markup=False)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ _LAZY = {
     "parse_schedule": "schedules",
     "UserError": "errors",
     "Target": "target", "load_target": "target",
-    "probe": "probe", "ProbeResult": "probe",
+    "probe": "probing", "ProbeResult": "probe_result", "load_probe": "probe_result",
     "BatchSizeScheduler": "runtime", "PlanBatchSampler": "runtime",
 }
 

@@ -1,0 +1,126 @@
+"""`bsadvisor probe TARGET`: presentation only; the work is bsadvisor.probe (imports torch lazily)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, console, emit_json, err_console
+from .errors import UserError
+
+EPILOG = (
+    "Examples:\n\n"
+    "  bsadvisor probe builtin:mnist1d-mlp\n\n"
+    "  bsadvisor probe train.py:make_target --device cuda --out probe.json\n\n"
+    "  bsadvisor probe mypkg.targets:resnet --batch-size 256 --lr 0.1 --target-rel-ci 0.05 --json\n\n"
+    "  bsadvisor probe builtin:linreg --estimator per-example --memory-limit 2GiB\n\n"
+    "The result feeds: bsadvisor convert-schedule --probe probe.json"
+)
+
+
+@app.command(epilog=EPILOG)
+def probe(
+    target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME "
+                                           "(a function returning bsadvisor.Target; see docs/target.md)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda if available)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch to measure at (default: the target's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for the warmup steps (default: the target's)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Optimizer steps before measuring "
+                                               "(default: ~2% of an epoch, 1–50)."),
+    budget_seconds: float = typer.Option(12.0, "--budget-seconds", help="Time budget for the whole probe."),
+    target_rel_ci: float = typer.Option(0.10, "--target-rel-ci", help="Stop when the 90% interval of B_simple "
+                                        "is within ± this fraction."),
+    estimator: str = typer.Option("microbatch", "--estimator", help="microbatch, two-batch or per-example."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap, e.g. 8GiB, 500MB "
+                                               "(default: half the available RAM)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for batch sampling and the model's randomness."),
+) -> None:
+    """Measure gradient noise (B_simple), memory cap and throughput on your own model.
+
+    A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were.
+    """
+    from .memory import format_bytes, parse_size
+
+    if estimator not in ("microbatch", "two-batch", "per-example"):
+        raise UserError(f"--estimator must be microbatch, two-batch or per-example, got {estimator!r}")
+    limit = None
+    if memory_limit is not None:
+        try:
+            limit = parse_size(memory_limit)
+        except ValueError as exc:
+            raise UserError(f"--memory-limit: {exc}") from None
+    if out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first")
+
+    from .probing import probe as run_probe  # imports torch
+
+    if json_out:
+        result = run_probe(target, device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                           budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
+                           memory_limit=limit, seed=seed)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            tasks = {}
+
+            def progress(phase: str, frac: float) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=1.0)
+                bar.update(tasks[phase], completed=min(1.0, frac))
+
+            result = run_probe(target, device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                               budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
+                               memory_limit=limit, seed=seed, progress=progress)
+    doc = result.to_dict()
+    if out is not None:
+        from .fileio import write_json
+
+        write_json(out, doc)
+    if json_out:
+        emit_json(doc)
+        return
+    _summary(result, format_bytes, out)
+
+
+def _summary(r, format_bytes, out) -> None:
+    from rich.table import Table
+
+    n, s, m = r.noise, r.settings, r.memory
+    console.print(f"[bold]bsadvisor probe[/bold] {r.target}  ({s.device}, {s.optimizer}, lr {s.lr:g}, "
+                  f"momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, {s.warmup_steps} warmup steps)")
+    lo, hi = n.ci90
+    conv = "" if n.converged else f"  [yellow](interval wider than ±{s.target_rel_ci:.0%}: raise --budget-seconds)[/yellow]"
+    console.print(f"Gradient noise scale B_simple = [bold]{n.b_simple:.4g}[/bold]  90% CI [{lo:.4g}, {hi:.4g}]{conv}")
+    console.print(f"  tr(Σ) = {n.trace_sigma:.4g}   |G|² = {n.grad_sq_norm:.4g}   from {n.examples} examples "
+                  f"({n.draws} draws, {s.estimator}, b={n.micro_batch}, B={n.big_batch}, {n.seconds:.1f}s)")
+    if n.relative_noise is not None:
+        console.print(f"  relative gradient noise at batch {s.batch_size}: √(B_simple/B) = {n.relative_noise:.3g}")
+    console.print(f"  temperature g = lr/(1−m)·(N/B−1) = {r.temperature:.4g}")
+    t = Table(title="O(√B): gradient noise vs batch", show_edge=False)
+    t.add_column("batch", justify="right")
+    t.add_column("noise std vs B", justify="right")
+    t.add_column("√(B_simple/batch)", justify="right")
+    for row in n.sqrt_table:
+        rn = row["relative_noise"]
+        t.add_row(str(row["batch_size"]), f"{row['std_vs_B']:.3f}", "—" if rn is None else f"{rn:.3f}")
+    console.print(t)
+    console.print(f"Memory cap: [bold]{m.max_batch}[/bold] (limited by {m.limited_by}; fixed {format_bytes(m.fixed_bytes)} + "
+                  f"{format_bytes(m.bytes_per_sample)}/sample, limit {format_bytes(m.limit_bytes)}, headroom "
+                  f"{m.headroom:.0%}, {m.trials} trials)")
+    if r.throughput:
+        tt = Table(title="Throughput (full training step)", show_edge=False)
+        tt.add_column("batch", justify="right")
+        tt.add_column("examples/s", justify="right")
+        tt.add_column("", justify="left")
+        for p in r.throughput:
+            mark = "← doubling past here gives < 1.2×" if p.batch_size == r.throughput_knee else ""
+            tt.add_row(str(p.batch_size), f"{p.examples_per_s:,.0f}", mark)
+        console.print(tt)
+    if out is not None:
+        console.print(f"wrote {out}")

@@ -1,0 +1,657 @@
+"""`bsadvisor.probe(target)`: gradient noise, throughput and memory cap on the user's model.
+
+The probe takes a few optimizer steps at the target's LR and batch (to leave the
+initial transient), freezes the parameters there, and measures at those fixed
+parameters:
+
+- the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 1812.06162,
+  App. A) with the micro-batch, two-batch or per-example estimator (statistics in
+  :mod:`bsadvisor.noise`);
+- the largest batch whose full training step fits (:mod:`bsadvisor.memory`);
+- examples/s of a full training step along a geometric ladder of batch sizes.
+
+Everything it touches is put back bit for bit afterwards: parameters, gradients,
+buffers (BatchNorm running stats), train/eval mode, and the Python, NumPy, torch and
+CUDA random states, also when the user's loss raises mid-probe.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from . import memory as memory_mod
+from . import noise as noise_mod
+from .errors import UserError
+from .probe_result import (SCHEMA, MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint,
+                           load_probe)
+from .temperature import temperature
+from .target import Target, check_target, load_target
+
+ESTIMATORS = ("microbatch", "two-batch", "per-example")
+
+
+# --------------------------------------------------------------------------- state
+@contextmanager
+def preserved_state(model: torch.nn.Module):
+    """Snapshot parameters, grads, buffers, modes, requires_grad and all RNG states; restore on exit."""
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    saved_p = [p.detach().to("cpu", copy=True) for p in params]
+    saved_g = [None if p.grad is None else p.grad.detach().to("cpu", copy=True) for p in params]
+    saved_rg = [p.requires_grad for p in params]
+    saved_b = [b.detach().to("cpu", copy=True) for b in buffers]
+    devices = [p.device for p in params]
+    bdevices = [b.device for b in buffers]
+    modes = [m.training for m in model.modules()]
+    rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+           torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.random.set_rng_state(rng[2])
+        if rng[3] is not None:
+            torch.cuda.set_rng_state_all(rng[3])
+        with torch.no_grad():
+            for p, dev, v, g, rg in zip(params, devices, saved_p, saved_g, saved_rg):
+                if p.device != dev:
+                    p.data = p.data.to(dev)
+                p.copy_(v)
+                p.grad = None if g is None else g.to(dev)
+                p.requires_grad_(rg)
+            for b, dev, v in zip(buffers, bdevices, saved_b):
+                if b.device != dev:
+                    b.data = b.data.to(dev)
+                b.copy_(v)
+        for m, t in zip(model.modules(), modes):
+            m.training = t
+
+
+class _Restorer:
+    """Cheap in-device snapshot of parameters+buffers to rewind between measurements."""
+
+    def __init__(self, model):
+        self.tensors = list(model.parameters()) + list(model.buffers())
+        self.saved = [t.detach().clone() for t in self.tensors]
+
+    def __call__(self):
+        with torch.no_grad():
+            for t, v in zip(self.tensors, self.saved):
+                t.copy_(v)
+
+    def cpu_state(self, model) -> dict:
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- data
+class _Batches:
+    """Random batches without replacement from the training set, via a private generator."""
+
+    def __init__(self, target: Target, device: torch.device, seed: int):
+        self.target = target
+        self.device = device
+        self.n = target.dataset_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+        ds = target.train_dataset
+        self.tensors = ds.tensors if (target.collate_fn is None and isinstance(ds, torch.utils.data.TensorDataset)) else None
+        self.examples = 0
+
+    def indices(self, size: int) -> torch.Tensor:
+        if self.pos + size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + size]
+        self.pos += size
+        self.examples += size
+        return idx
+
+    def fetch(self, idx: torch.Tensor):
+        if self.tensors is not None:
+            batch = tuple(t[idx] for t in self.tensors)
+        else:
+            try:
+                batch = self.target.collate([self.target.train_dataset[int(i)] for i in idx])
+            except Exception as exc:
+                raise UserError(f"loading a batch from train_dataset failed: {type(exc).__name__}: {exc}") from None
+        return _to_device(batch, self.device)
+
+    def next(self, size: int):
+        return self.fetch(self.indices(size))
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        out = [_to_device(b, device) for b in batch]
+        return type(batch)(out) if isinstance(batch, tuple) and not hasattr(batch, "_fields") else (
+            type(batch)(*out) if hasattr(batch, "_fields") else out)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _slice(batch, lo: int, hi: int):
+    """Rows lo:hi of every tensor in a batch (tuple/list/dict of tensors with a leading batch dim)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[lo:hi]
+    if isinstance(batch, (list, tuple)):
+        out = [_slice(x, lo, hi) for x in batch]
+        return type(batch)(*out) if hasattr(batch, "_fields") else type(batch)(out)
+    if isinstance(batch, dict):
+        return {k: _slice(v, lo, hi) for k, v in batch.items()}
+    return batch
+
+
+def _loss(target: Target, model, batch, where: str, check_finite: bool = True) -> torch.Tensor:
+    try:
+        loss = target.loss_fn(model, batch)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"loss_fn raised {type(exc).__name__} at {where}: {exc}") from None
+    if not isinstance(loss, torch.Tensor):
+        raise UserError(f"loss_fn returned {type(loss).__name__} at {where}, not a tensor; return the mean loss as a scalar tensor")
+    if loss.numel() != 1:
+        raise UserError(f"loss_fn returned a tensor of shape {tuple(loss.shape)} at {where}, not a scalar; "
+                        "reduce it with .mean()")
+    if not loss.requires_grad:
+        raise UserError(f"loss_fn returned a tensor without grad at {where}; compute it from the model's output")
+    if check_finite and not torch.isfinite(loss.detach()).all():
+        raise UserError(f"loss is not finite ({float(loss.detach().reshape(()))}) at {where}; "
+                        "lower --lr or check the data")
+    return loss.reshape(())
+
+
+def _backward(loss: torch.Tensor, where: str) -> None:
+    try:
+        loss.backward()
+    except Exception as exc:
+        raise UserError(f"backward failed at {where}: {type(exc).__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- noise
+def _grads(params) -> list:
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _sq_norm(tensors) -> torch.Tensor:
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64) if tensors else []
+    return torch.stack(list(norms)).square().sum()
+
+
+def _check_finite(value: float, where: str) -> None:
+    if not math.isfinite(value):
+        raise UserError(f"gradient is not finite at {where}; lower --lr or check the model for overflow")
+
+
+def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int) -> tuple[float, float]:
+    """One draw: k micro-batches of b from one batch of B = k·b, all at the same θ.
+
+    Returns (|G_b|², |G_B|²): the mean of the k micro-batch squared norms and the
+    squared norm of their mean (McCandlish et al. App. A.1), accumulated in float64.
+    """
+    batch = batches.next(k * b)
+    acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    norms = []
+    losses = []
+    for j in range(k):
+        for p in params:
+            p.grad = None
+        where = f"noise draw {draw + 1}, micro-batch {j + 1}"
+        loss = _loss(target, model, _slice(batch, j * b, (j + 1) * b), where, check_finite=False)
+        _backward(loss, where)
+        losses.append(loss.detach())
+        g = _grads(params)
+        norms.extend(torch._foreach_norm(g, 2, dtype=torch.float64))
+        torch._foreach_add_(acc, g)
+    torch._foreach_div_(acc, float(k))
+    small = torch.stack(norms).square().sum() / k
+    vals = torch.stack([small, _sq_norm(acc), torch.stack(losses).double().sum()]).tolist()
+    if not math.isfinite(vals[2]):
+        bad = next(j for j, v in enumerate(torch.stack(losses).tolist()) if not math.isfinite(v))
+        raise UserError(f"loss is not finite at noise draw {draw + 1}, micro-batch {bad + 1}; "
+                        "lower --lr or check the data")
+    _check_finite(vals[0] + vals[1], f"noise draw {draw + 1}")
+    return vals[0], vals[1]
+
+
+def _draw_two_batch(target, model, params, batches, b: int, B: int, draw: int) -> tuple[float, float]:
+    """One draw: independent batches of b and B at the same θ (McCandlish et al. App. A)."""
+    out = []
+    for size, name in ((b, "small"), (B, "big")):
+        for p in params:
+            p.grad = None
+        where = f"noise draw {draw + 1}, {name} batch"
+        _backward(_loss(target, model, batches.next(size), where), where)
+        out.append(float(_sq_norm(_grads(params))))
+    _check_finite(out[0] + out[1], f"noise draw {draw + 1}")
+    return out[0], out[1]
+
+
+class _PerExample:
+    """Per-example gradients with torch.func (functional_call + vmap + grad) on a copy of the model."""
+
+    def __init__(self, target, model):
+        from torch.func import functional_call, grad, vmap
+
+        self.model = copy.deepcopy(model)
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError("the per-example estimator cannot handle BatchNorm (a batch of one has no statistics); "
+                            "use --estimator microbatch")
+        model_copy = self.model
+
+        def loss_one(params, buffers, item):
+            single = _unsqueeze(item)
+            return target.loss_fn(_Functional(model_copy, params, buffers, functional_call), single)
+
+        self.fn = vmap(grad(loss_one), in_dims=(None, None, 0), randomness="different")
+
+    def grads(self, batch, where: str) -> list:
+        params = {n: p.detach() for n, p in self.model.named_parameters() if n in self.names}
+        try:
+            g = self.fn(params, self.buffers, batch)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
+                            "use --estimator microbatch") from None
+        return [g[n] for n in self.names]
+
+
+class _Functional(torch.nn.Module):
+    """Calls the copied model with given parameters, so the user's loss_fn(model, batch) works under vmap."""
+
+    def __init__(self, model, params, buffers, functional_call):
+        super().__init__()
+        object.__setattr__(self, "_m", model)
+        object.__setattr__(self, "_state", {**buffers, **params})
+        object.__setattr__(self, "_fc", functional_call)
+
+    def forward(self, *args, **kwargs):
+        return self._fc(self._m, self._state, args, kwargs)
+
+
+def _unsqueeze(item):
+    if isinstance(item, torch.Tensor):
+        return item.unsqueeze(0)
+    if isinstance(item, (list, tuple)):
+        return type(item)(_unsqueeze(x) for x in item) if not hasattr(item, "_fields") else type(item)(*[_unsqueeze(x) for x in item])
+    if isinstance(item, dict):
+        return {k: _unsqueeze(v) for k, v in item.items()}
+    return item
+
+
+def _draw_per_example(pe: _PerExample, batches, B: int, draw: int) -> tuple[float, float]:
+    where = f"noise draw {draw + 1}"
+    g = pe.grads(batches.next(B), where)  # each [B, *shape]
+    small = sum(float(torch.linalg.vector_norm(x.reshape(B, -1), dim=1, dtype=torch.float64).square().sum()) for x in g) / B
+    big = sum(float(torch.linalg.vector_norm(x.to(torch.float64).mean(0)).square()) for x in g)
+    _check_finite(small + big, where)
+    return small, big
+
+
+# --------------------------------------------------------------------------- training step
+def _train_step(target, model, opt, batch, where: str, check: bool = True):
+    opt.zero_grad(set_to_none=True)
+    loss = target.loss_fn(model, batch) if not check else _loss(target, model, batch, where)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward (activations), deduplicated by storage."""
+
+    def __init__(self, exclude_ptrs):
+        self.exclude = set(exclude_ptrs)
+        self.seen = set()
+        self.bytes = 0
+
+    def pack(self, t):
+        try:
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in self.exclude and ptr not in self.seen:
+                self.seen.add(ptr)
+                self.bytes += st.nbytes()
+        except Exception:
+            pass
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
+def _state_bytes(model, opt) -> int:
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size() * (2 if p.requires_grad else 1)
+    for b in model.buffers():
+        total += b.numel() * b.element_size()
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+    return total
+
+
+def _batch_bytes(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() * batch.element_size()
+    if isinstance(batch, (list, tuple)):
+        return sum(_batch_bytes(b) for b in batch)
+    if isinstance(batch, dict):
+        return sum(_batch_bytes(b) for b in batch.values())
+    return 0
+
+
+_ALLOC_RE = re.compile(r"Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)")
+
+
+def _make_try_batch(target, model, batches, rewind, device, limit_bytes, lr, momentum):
+    """try_batch(b) -> peak bytes of one full training step at batch b (optimizer state included)."""
+    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def try_cpu(b: int) -> float:
+        opt = target.make_optimizer(lr=lr, momentum=momentum)
+        try:
+            batch = batches.next(b)
+            counter = _SavedBytes(exclude)
+            opt.zero_grad(set_to_none=True)
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                loss = target.loss_fn(model, batch)
+            loss.backward()
+            opt.step()
+            peak = _state_bytes(model, opt) + counter.bytes + _batch_bytes(batch)
+        finally:
+            del opt
+            rewind()
+            for p in model.parameters():
+                p.grad = None
+        if peak > limit_bytes:
+            raise memory_mod.OutOfMemory(f"batch {b} needs {peak} bytes", peak_bytes=peak)
+        return float(peak)
+
+    def try_cuda(b: int) -> float:
+        opt = target.make_optimizer(lr=lr, momentum=momentum)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            _train_step(target, model, opt, batches.next(b), f"memory trial at batch {b}", check=False)
+            torch.cuda.synchronize(device)
+            peak = float(torch.cuda.max_memory_allocated(device))
+        except torch.OutOfMemoryError as exc:
+            # Recover: drop everything this trial allocated, rewind the parameters.
+            m = _ALLOC_RE.search(str(exc))
+            extra = float(m.group(1)) * memory_mod.UNITS[m.group(2).lower()] if m else 0.0
+            peak = float(torch.cuda.max_memory_allocated(device)) + extra
+            del exc
+            opt.state.clear()
+            for p in model.parameters():
+                p.grad = None
+            torch.cuda.empty_cache()
+            raise memory_mod.OutOfMemory(f"batch {b} ran out of CUDA memory", peak_bytes=peak if m else None) from None
+        finally:
+            del opt
+            rewind()
+            for p in model.parameters():
+                p.grad = None
+        if peak > limit_bytes:
+            raise memory_mod.OutOfMemory(f"batch {b} needs {peak} bytes", peak_bytes=peak)
+        return peak
+
+    return try_cuda if device.type == "cuda" else try_cpu
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- main
+def resolve_device(device: str) -> torch.device:
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available; use --device cpu or auto")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+
+
+def default_warmup_steps(dataset_size: int, batch_size: int) -> int:
+    """About 2% of an epoch, between 1 and 50 steps."""
+    return int(max(1, min(50, round(0.02 * dataset_size / batch_size))))
+
+
+def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr: Optional[float] = None,
+          warmup_steps: Optional[int] = None, budget_seconds: float = 12.0, target_rel_ci: float = 0.10,
+          estimator: str = "microbatch", micro_batches: int = 8, memory_limit: Optional[float] = None,
+          seed: int = 0, min_draws: int = 10, max_draws: Optional[int] = None,
+          measure_memory: bool = True, measure_throughput: bool = True,
+          progress: Optional[Callable[[str, float], None]] = None) -> ProbeResult:
+    """Measure gradient noise, memory cap and throughput of ``target`` (a Target or a TARGET string).
+
+    Side-effect free: the model's parameters, grads, buffers, modes and every RNG state
+    are restored bit for bit on return or on error. ``progress(phase, fraction)`` is
+    called while measuring. See docs/probe.md.
+    """
+    t_start = time.perf_counter()
+    if isinstance(target, str):
+        target = load_target(target)
+    target = check_target(target)
+    if estimator not in ESTIMATORS:
+        raise UserError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if not (0 < target_rel_ci < 1):
+        raise UserError(f"--target-rel-ci must be in (0, 1), got {target_rel_ci}")
+    if not (budget_seconds > 0):
+        raise UserError(f"--budget-seconds must be positive, got {budget_seconds}")
+    if micro_batches < 2:
+        raise UserError("micro_batches must be at least 2")
+    n = target.dataset_size
+    B = target.batch_size if batch_size is None else int(batch_size)
+    if B < 2:
+        raise UserError(f"--batch-size must be at least 2 to measure gradient noise, got {B}")
+    if B > n:
+        raise UserError(f"--batch-size {B} exceeds the dataset size {n}")
+    lr_ = target.lr if lr is None else float(lr)
+    if not (lr_ > 0 and math.isfinite(lr_)):
+        raise UserError(f"--lr must be a positive number, got {lr}")
+    warm = default_warmup_steps(n, B) if warmup_steps is None else int(warmup_steps)
+    if warm < 0:
+        raise UserError(f"--warmup-steps must be >= 0, got {warm}")
+    dev = resolve_device(device)
+    progress = progress or (lambda phase, frac: None)
+    model = target.model
+    deadline = t_start + budget_seconds
+
+    with preserved_state(model):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed_all(seed)
+        model.to(dev)
+        model.train()
+        batches = _Batches(target, dev, seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        # 1. warmup: leave the initial transient at the target's LR and batch.
+        if warm:
+            opt = target.make_optimizer(lr=lr_)
+            for step in range(warm):
+                _train_step(target, model, opt, batches.next(B), f"warmup step {step + 1}")
+                if not all(torch.isfinite(p).all() for p in params):
+                    raise UserError(f"parameters became non-finite at warmup step {step + 1}; lower --lr")
+                progress("warmup", (step + 1) / warm)
+            del opt
+            for p in params:
+                p.grad = None
+        rewind = _Restorer(model)
+        measured_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        warm_examples = batches.examples
+        batches.examples = 0
+
+        # 2. gradient noise at fixed θ.
+        t_noise = time.perf_counter()
+        noise_deadline = t_noise + 0.6 * max(0.0, deadline - t_noise)
+        k = micro_batches
+        if estimator == "per-example":
+            b_small, B_big = 1, B
+            pe = _PerExample(target, model)
+        else:
+            b_small = max(1, B // k)
+            k = max(2, min(k, B // b_small))
+            B_big = k * b_small if estimator == "microbatch" else B
+        gb2, gB2 = [], []
+        has_buffers = any(True for _ in model.buffers())
+        stats = None
+        draw = 0
+        limit_draws = max_draws if max_draws is not None else 100000
+        while draw < limit_draws:
+            if estimator == "microbatch":
+                v = _draw_microbatch(target, model, params, batches, k, b_small, draw)
+            elif estimator == "two-batch":
+                v = _draw_two_batch(target, model, params, batches, b_small, B_big, draw)
+            else:
+                v = _draw_per_example(pe, batches, B_big, draw)
+            if has_buffers:
+                rewind()  # buffers (BatchNorm running stats) back to θ's
+            gb2.append(v[0])
+            gB2.append(v[1])
+            draw += 1
+            now = time.perf_counter()
+            if draw >= min_draws:
+                stats = noise_mod.estimate(gb2, gB2, b_small, B_big)
+                rel = stats.rel_halfwidth
+                progress("noise", min(1.0, max((now - t_noise) / max(noise_deadline - t_noise, 1e-9),
+                                               (target_rel_ci / rel) ** 2 if rel > 0 else 1.0)))
+                if rel <= target_rel_ci or now >= noise_deadline:
+                    break
+            elif now >= deadline:
+                break
+        for p in params:
+            p.grad = None
+        if stats is None or stats.draws != len(gb2):
+            if len(gb2) < 2:
+                raise UserError("the budget ran out before two noise draws; raise --budget-seconds")
+            stats = noise_mod.estimate(gb2, gB2, b_small, B_big)
+        noise_examples = batches.examples
+        relative = math.sqrt(stats.b_simple / B) if stats.b_simple > 0 else None
+        noise_seconds = time.perf_counter() - t_noise
+
+        # 3. memory cap.
+        if dev.type == "cuda":
+            free, total = torch.cuda.mem_get_info(dev)
+            limit = float(memory_limit) if memory_limit else float(free + torch.cuda.memory_allocated(dev))
+            method = "cuda-max-memory-allocated"
+        else:
+            limit = float(memory_limit) if memory_limit else float(_available_ram() // 2)
+            method = "cpu-saved-tensors"
+        limit_eff = 0.9 * limit  # safety margin
+        if measure_memory:
+            try_batch = _make_try_batch(target, model, batches, rewind, dev, limit_eff, lr_, target.momentum)
+            search = memory_mod.search_max_batch(try_batch, limit_eff, max_batch=n, first=min(B, n), max_trials=8)
+            progress("memory", 1.0)
+            if search.max_batch == 0:
+                raise UserError(f"even batch {min(B, n)} does not fit in {memory_mod.format_bytes(limit_eff)}; "
+                                "raise --memory-limit")
+            mem = MemoryResult(max_batch=search.max_batch, bytes_per_sample=search.bytes_per_sample,
+                               fixed_bytes=search.fixed_bytes, trials=search.trials, limit_bytes=limit,
+                               headroom=1.0 - search.peak_bytes / limit, peak_bytes=search.peak_bytes,
+                               limited_by=search.limited_by, method=method)
+        else:
+            mem = MemoryResult(max_batch=n, bytes_per_sample=0.0, fixed_bytes=0.0, trials=0, limit_bytes=limit,
+                               headroom=0.0, limited_by="not measured", method=method)
+
+        # 4. throughput ladder B/4, B/2, B, 2B, ... up to the cap, within the budget.
+        points: list[ThroughputPoint] = []
+        if measure_throughput:
+            ladder = []
+            bs = max(1, B // 4)
+            while bs <= mem.max_batch:
+                ladder.append(bs)
+                bs *= 2
+            if mem.max_batch not in ladder and mem.max_batch > ladder[-1] * 1.2:
+                ladder.append(mem.max_batch)
+            # Its own share of the budget, whatever the noise phase used; coarse rungs first
+            # (every other one, and the cap) so that a short budget still spans the range.
+            tp_deadline = max(deadline, time.perf_counter() + max(1.0, 0.25 * budget_seconds))
+            order = ladder[::2] + ([ladder[-1]] if len(ladder) % 2 == 0 else []) + ladder[1:-1:2]
+            for i, bs in enumerate(order):
+                if time.perf_counter() >= tp_deadline and len(points) >= 2:
+                    break
+                opt = target.make_optimizer(lr=lr_)
+                batch = batches.next(bs)
+                _train_step(target, model, opt, batch, "throughput", check=False)  # untimed: allocs, optimizer state
+                _sync(dev)
+                reps, t0 = 0, time.perf_counter()
+                while True:
+                    _train_step(target, model, opt, batch, "throughput", check=False)
+                    reps += 1
+                    _sync(dev)
+                    el = time.perf_counter() - t0
+                    if el >= 0.15 or reps >= 50 or (reps >= 2 and time.perf_counter() >= tp_deadline):
+                        break
+                points.append(ThroughputPoint(bs, bs * reps / el, el / reps))
+                del opt, batch
+                rewind()
+                progress("throughput", (i + 1) / len(order))
+            points.sort(key=lambda p: p.batch_size)
+        knee = None
+        for a, b2 in zip(points, points[1:]):
+            if b2.batch_size == 2 * a.batch_size and b2.examples_per_s < 1.2 * a.examples_per_s:
+                knee = a.batch_size
+                break
+        for p in params:
+            p.grad = None
+
+    sqrt_rows = noise_mod.sqrt_table(stats.b_simple, B, mem.max_batch)
+    noise = NoiseResult(b_simple=stats.b_simple, ci90=stats.ci90, trace_sigma=stats.trace_sigma,
+                        grad_sq_norm=stats.grad_sq_norm, examples=noise_examples, draws=stats.draws,
+                        micro_batch=b_small, big_batch=B_big, ci_method=stats.ci_method,
+                        converged=stats.rel_halfwidth <= target_rel_ci, relative_noise=relative,
+                        sqrt_table=sqrt_rows, seconds=noise_seconds)
+    settings = ProbeSettings(lr=lr_, momentum=float(target.momentum), batch_size=B, dataset_size=n, device=str(dev),
+                             optimizer=target.optimizer, estimator=estimator, seed=int(seed), warmup_steps=warm,
+                             budget_seconds=float(budget_seconds), target_rel_ci=float(target_rel_ci))
+    return ProbeResult(noise=noise, memory=mem, throughput=points, settings=settings,
+                       temperature=temperature(lr_, B, n, target.momentum), throughput_knee=knee,
+                       target=target.name, wall_seconds=time.perf_counter() - t_start,
+                       measured_state=measured_state)

@@ -1,7 +1,7 @@
 """`bsadvisor convert-schedule`: an LR-decay schedule → a batch-growth plan."""
 from __future__ import annotations
 
-import sys
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "round_to": 1, "max_stages": None, "stage_factor": None, "increase_lr": None, "momentum_to": None,
     "adam_rule": "sqrt",
 }
+
+PROBE_OPTIONS = {"probe", "world_size", "grad_accum", "noise_cap"}
 
 # Shared option declarations (validate reuses them).
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Base LR ε0 of the schedule (a CSV table gives its own).")]
@@ -55,6 +57,15 @@ Config = Annotated[Optional[Path], typer.Option(
                      "the command line wins.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/1).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).")]
+ProbeOpt = Annotated[Optional[Path], typer.Option(
+    "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "
+                    "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.")]
+WorldSize = Annotated[Optional[int], typer.Option("--world-size", help="Devices training together.  [default: 1]")]
+GradAccum = Annotated[Optional[int], typer.Option(
+    "--grad-accum", help="Gradient-accumulation steps allowed per update.  [default: 1]")]
+NoiseCap = Annotated[Optional[float], typer.Option(
+    "--noise-cap", help="Cap the batch at K × the measured noise scale B_simple (needs --probe; 10 is a "
+                        "sensible K).  [default: off, growth past 10× is flagged]")]
 
 
 def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
@@ -81,23 +92,64 @@ def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
     return out
 
 
-def merge_options(cli: dict[str, Any], config: Optional[Path], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Command line over config file over defaults."""
-    merged = dict(defaults)
-    merged.update(read_config(config, set(defaults)))
+def merge_options(cli: dict[str, Any], config: Optional[Path], allowed: set[str]) -> dict[str, Any]:
+    """The options given explicitly: command line over config file (defaults are applied later)."""
+    merged = read_config(config, allowed)
     merged.update({k: v for k, v in cli.items() if v is not None})
     return merged
 
 
-def plan_from_options(**options: Any):
-    """Build a Plan from convert-schedule's options (missing ones take their defaults)."""
+def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
+                      noise_cap: Optional[float] = None, **options: Any):
+    """Build a Plan from convert-schedule's options: explicit values over the probe's over defaults.
+
+    ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
+    optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
+    grad_accum`` unless --max-batch is given; the plan then carries predicted times and
+    noise-scale efficiencies (bsadvisor.advise).
+    """
     from .convert import convert_schedule
 
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    explicit = {k: v for k, v in options.items() if v is not None}
+    unknown = set(explicit) - set(DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    world_size = 1 if world_size is None else world_size
+    grad_accum = 1 if grad_accum is None else grad_accum
+    opts = dict(DEFAULTS)
+    result = None
+    if probe is not None:
+        from . import advise
+        from .probe_result import ProbeResult, load_probe
+
+        result = probe if isinstance(probe, ProbeResult) else load_probe(probe)
+        advise.check_probe_matches(result, explicit.get("dataset_size"))
+        opts.update(advise.probe_defaults(result, world_size, grad_accum))
+    elif world_size != 1 or grad_accum != 1:
+        if explicit.get("max_batch") is None:
+            raise UserError("--world-size and --grad-accum scale the probe's device cap: give --probe probe.json "
+                            "(or --max-batch directly)")
+    opts.update(explicit)
     for required in ("batch_size", "dataset_size", "epochs", "schedule"):
         if opts[required] is None:
-            raise UserError(f"--{required.replace('_', '-')} is required (on the command line or in --config)")
-    return convert_schedule(**{k: opts[k] for k in DEFAULTS})
+            raise UserError(f"--{required.replace('_', '-')} is required (on the command line, in --config, "
+                            "or from --probe)")
+    noise_cap_batch = None
+    if noise_cap is not None:
+        if result is None:
+            raise UserError("--noise-cap needs a measured noise scale: give --probe probe.json")
+        if isinstance(noise_cap, bool) or not isinstance(noise_cap, (int, float)) or not noise_cap > 0 \
+                or not math.isfinite(noise_cap):
+            raise UserError(f"--noise-cap must be a number > 0 (e.g. 10), got {noise_cap!r}")
+        noise_cap_batch = noise_cap * result.noise.b_simple
+    plan = convert_schedule(**{k: opts[k] for k in DEFAULTS}, noise_cap_batch=noise_cap_batch)
+    if result is not None:
+        from . import advise
+
+        advise.annotate(plan, result, world_size=world_size, noise_cap=noise_cap)
+        plan.inputs.update({"probe": str(probe) if not isinstance(probe, ProbeResult) else result.target,
+                            "world_size": world_size, "grad_accum": grad_accum, "noise_cap": noise_cap})
+    return plan
 
 
 def output_plan(plan, as_json: bool, out: Optional[Path]) -> None:
@@ -123,6 +175,9 @@ EXAMPLES = """
   Warmup + cosine, a device that holds 2048, batches in multiples of 64, at most 5 batch sizes:
   [cyan]bsadvisor convert-schedule --lr 0.4 --batch-size 256 --dataset-size 1281167 --epochs 90 --schedule "SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=85)], milestones=[5])" --max-batch 2048 --round-to 64 --max-stages 5[/]
 
+  With a probe's device cap and noise scale, two GPUs, growth capped at 10 × B_simple:
+  [cyan]bsadvisor convert-schedule --probe probe.json --world-size 2 --noise-cap 10 --epochs 100 --schedule "MultiStepLR(milestones=[30,60,80], gamma=0.2)"[/]
+
   From a CSV table and a config file, saved for `bsadvisor validate --plan`:
   [cyan]bsadvisor convert-schedule --config run.toml --schedule lr.csv --out plan.json[/]
 """
@@ -135,6 +190,7 @@ def convert_schedule_cmd(
     optimizer: Optimizer = None, rule: Rule = None, max_batch: MaxBatch = None, max_fraction: MaxFraction = None,
     round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
     increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
+    probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
     config: Config = None, json_: JsonOut = False, out: Out = None,
 ) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
@@ -142,7 +198,7 @@ def convert_schedule_cmd(
     Keeps g = ε/(1−m)·(N/B − 1) on the original trajectory by growing B instead of decaying ε,
     up to the cap (device, N·max-fraction); past the cap the LR carries the rest (hybrid).
     """
-    cli = {k: v for k, v in locals().items() if k in DEFAULTS}
-    opts = merge_options(cli, config, DEFAULTS)
+    cli = {k: v for k, v in locals().items() if k in DEFAULTS or k in PROBE_OPTIONS}
+    opts = merge_options(cli, config, set(DEFAULTS) | PROBE_OPTIONS)
     plan = plan_from_options(**opts)
     output_plan(plan, json_, out)

@@ -1,0 +1,153 @@
+"""A probe shapes the plan: device cap, noise-scale efficiency, predicted wall time.
+
+Pure Python (no torch): it reads a ``bsadvisor.probe/1`` result and annotates a Plan.
+
+- Cap: the probe's largest batch per device × world size × accumulation steps.
+- Efficiency (McCandlish et al. 1812.06162, eq. 2.11/2.12): steps S = S_min(1 + B_noise/B)
+  and examples E = E_min(1 + B/B_noise), with B_noise ≈ B_simple. B_simple scales as 1/T
+  (theory.md §5), so a stage at temperature T has B_noise = B_simple·T_probe/T.
+  We report ``efficiency`` = E_min/E = 1/(1 + B/B_noise): the share of each example's
+  value a stage keeps (1 at tiny batches, ½ at B = B_noise), and ``step_efficiency``
+  = S_min/S = 1/(1 + B_noise/B).
+- Time: examples/s of a full step, interpolated linearly in log batch size between the
+  probe's ladder points; outside the ladder, the nearest point (said as extrapolated).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Optional
+
+from .errors import UserError
+from .plan import Plan
+from .temperature import TemperatureModel
+
+#: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
+SUGGESTED_NOISE_CAP = 10.0
+
+
+def device_cap(probe, world_size: int = 1, grad_accum: int = 1) -> int:
+    """Global batch cap from a probe: per-device max batch × world size × accumulation steps."""
+    for name, v in (("--world-size", world_size), ("--grad-accum", grad_accum)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{name} must be a whole number ≥ 1, got {v!r}")
+    return int(probe.memory.max_batch) * world_size * grad_accum
+
+
+def probe_defaults(probe, world_size: int = 1, grad_accum: int = 1) -> dict[str, Any]:
+    """convert-schedule options a probe supplies when the command line leaves them out."""
+    s = probe.settings
+    return {"dataset_size": s.dataset_size, "batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum,
+            "optimizer": s.optimizer, "max_batch": device_cap(probe, world_size, grad_accum)}
+
+
+def check_probe_matches(probe, dataset_size: Optional[int]) -> None:
+    if dataset_size is not None and dataset_size != probe.settings.dataset_size:
+        raise UserError(f"--dataset-size {dataset_size} disagrees with the probe's dataset size "
+                        f"{probe.settings.dataset_size}; probe the same dataset or drop --dataset-size")
+
+
+def throughput_at(points, batch: float) -> tuple[float, bool]:
+    """Examples/s at ``batch``: log-B linear interpolation of (batch_size, examples_per_s) points.
+
+    Returns (examples_per_s, extrapolated). Outside the measured range the nearest
+    point's value is used, which is optimistic below and roughly right above the knee.
+    """
+    pts = sorted((p.batch_size, p.examples_per_s) for p in points if p.examples_per_s > 0)
+    if not pts:
+        raise UserError("the probe has no throughput measurements; rerun bsadvisor probe")
+    xs = [math.log(b) for b, _ in pts]
+    x = math.log(batch)
+    if x <= xs[0]:
+        return pts[0][1], x < xs[0] - 1e-12
+    if x >= xs[-1]:
+        return pts[-1][1], x > xs[-1] + 1e-12
+    i = bisect.bisect_right(xs, x)
+    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return pts[i - 1][1] * (1 - w) + pts[i][1] * w, False
+
+
+def step_rate(probe, batch: int, world_size: int = 1) -> tuple[float, bool, int]:
+    """Global examples/s for a global batch: each device runs micro-batches of at most its cap.
+
+    Assumes ideal data-parallel scaling across ``world_size`` devices (said in the report).
+    Returns (examples_per_s, extrapolated, micro_batch).
+    """
+    per_device = math.ceil(batch / world_size)
+    accum = math.ceil(per_device / probe.memory.max_batch)
+    micro = math.ceil(per_device / accum)
+    rate, extrapolated = throughput_at(probe.throughput, micro)
+    return rate * world_size, extrapolated, micro
+
+
+def noise_scale_at(probe, model: TemperatureModel, lr: float, momentum: float, batch: int) -> float:
+    """B_noise at a stage's temperature: B_simple measured at T_probe, scaled by T_probe/T (∝ 1/T)."""
+    s = probe.settings
+    t_probe = model.temperature(s.lr, s.momentum, s.batch_size)
+    t_stage = model.temperature(lr, momentum, batch)
+    if t_stage <= 0:
+        return math.inf
+    return probe.noise.b_simple * t_probe / t_stage
+
+
+def probe_summary(probe) -> dict[str, Any]:
+    """What a plan keeps of the probe it used."""
+    return {"target": probe.target, "b_simple": probe.noise.b_simple, "ci90": list(probe.noise.ci90),
+            "max_batch": probe.memory.max_batch, "bytes_per_sample": probe.memory.bytes_per_sample,
+            "throughput": [{"batch_size": p.batch_size, "examples_per_s": p.examples_per_s}
+                           for p in probe.throughput],
+            "settings": {"lr": probe.settings.lr, "momentum": probe.settings.momentum,
+                         "batch_size": probe.settings.batch_size, "dataset_size": probe.settings.dataset_size,
+                         "device": probe.settings.device}}
+
+
+def annotate(plan: Plan, probe, world_size: int = 1, noise_cap: Optional[float] = None) -> dict[str, Any]:
+    """Add per-stage ``predicted_seconds``, ``efficiency``, ``b_noise`` to ``plan`` (in place).
+
+    Returns totals: predicted seconds of the plan and of the original schedule, and
+    whether any figure was extrapolated beyond the measured throughput ladder.
+    """
+    inputs = plan.inputs
+    model = TemperatureModel(plan.dataset_size, inputs.get("rule") or "exact", inputs.get("optimizer") or "sgd",
+                             inputs.get("adam_rule") or "sqrt")
+    n = plan.dataset_size
+    extrapolated = False
+    total = 0.0
+    flagged = []
+    for i, stage in enumerate(plan.stages):
+        rate, extra, micro = step_rate(probe, stage.batch_size, world_size)
+        extrapolated |= extra
+        seconds = stage.epochs * n / rate
+        total += seconds
+        b_noise = noise_scale_at(probe, model, stage.lr, stage.momentum, stage.batch_size)
+        stage.extra.update({
+            "predicted_seconds": seconds,
+            "b_noise": b_noise,
+            "efficiency": 1.0 / (1.0 + stage.batch_size / b_noise),
+            "step_efficiency": 1.0 / (1.0 + b_noise / stage.batch_size),
+            "micro_batch": micro,
+        })
+        if stage.batch_size > SUGGESTED_NOISE_CAP * probe.noise.b_simple and noise_cap is None:
+            flagged.append(stage.batch_size)
+    b0 = inputs.get("batch_size") or plan.stages[0].batch_size
+    rate0, extra0, _ = step_rate(probe, b0, world_size)
+    baseline_seconds = plan.epochs * n / rate0
+    extrapolated |= extra0
+    if flagged:
+        plan.warnings.append(
+            f"batch {max(flagged):,} is more than {SUGGESTED_NOISE_CAP:g}× the measured noise scale "
+            f"B_simple ≈ {probe.noise.b_simple:,.0f}: growth that far buys parallelism, not progress "
+            f"(McCandlish et al.); --noise-cap {SUGGESTED_NOISE_CAP:g} caps it there")
+    if extrapolated:
+        plan.warnings.append("predicted times extrapolate beyond the probe's throughput ladder "
+                             f"({min(p.batch_size for p in probe.throughput)}–"
+                             f"{max(p.batch_size for p in probe.throughput)})")
+    if world_size > 1:
+        plan.notes.append(f"predicted times assume ideal scaling over {world_size} devices")
+    plan.notes.append("B_simple was measured at the start of training; it usually grows as training proceeds, "
+                      "so the efficiency figures are conservative")
+    plan.probe = {**probe_summary(probe), "world_size": world_size}
+    totals = {"predicted_seconds": total, "baseline_predicted_seconds": baseline_seconds,
+              "extrapolated": extrapolated}
+    plan.probe["predicted"] = totals
+    return totals

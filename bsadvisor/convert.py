@@ -274,6 +274,9 @@ def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_t
         else:
             phase = "warmup"
         lr = model.lr_for(g, m_base, ref)
+        if not math.isfinite(lr):  # B = N leaves no gradient noise, so no LR can raise g again
+            raise UserError(f"at epoch {t} the schedule asks for a higher temperature than batch {batch} (= N) can "
+                            "give at any LR; lower --max-fraction, or end the schedule before it rises again")
         if abs(lr / lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
             lr = lr_base
         out.append(_Epoch(batch, lr, m_base, r, phase))
@@ -286,6 +289,8 @@ def _count_batches(per_epoch: list[_Epoch]) -> int:
 
 def _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, factor, peak, max_stages):
     """Smallest stage factor (bisection in log space) giving at most ``max_stages`` batch sizes."""
+    if max_stages == 1:  # one batch size: the staircase always steps up at the cap, so keep B and let the LR decay
+        return _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, b_start, round_to, factor, peak), factor
     lo, hi = math.log(max(factor, 1.0)), math.log(max(cap / max(b_start, 1), 1.0) * 2 + 1)
     best = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, math.exp(hi), peak)
     best_f = math.exp(hi)

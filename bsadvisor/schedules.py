@@ -347,13 +347,16 @@ def load_table(path: str) -> TableSchedule:
         if header[:2] != ["epoch", "lr"] or header[2:] not in ([], ["momentum"]):
             raise UserError(f"schedule table {path}: header must be epoch,lr or epoch,lr,momentum, got {','.join(header)}")
         rows = rows[1:]
+    else:
+        header = None
     if not rows:
         raise UserError(f"schedule table {path} has no rows; write lines like 0,0.1")
-    width = len(rows[0])
+    width = len(header) if header else len(rows[0])  # a header fixes the columns: epoch,lr has no momentum
     epochs, lrs, momenta = [], [], []
     for i, r in enumerate(rows, 1):
         if len(r) != width or width not in (2, 3):
-            raise UserError(f"schedule table {path}, row {i}: expected {'2 or 3' if i == 1 else width} columns, got {len(r)}")
+            raise UserError(f"schedule table {path}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
+                            f"columns, got {len(r)}")
         try:
             e, lr = float(r[0]), float(r[1])
             m = float(r[2]) if width == 3 else None

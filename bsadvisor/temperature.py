@@ -82,6 +82,8 @@ class TemperatureModel:
 
     def lr_for(self, g: float, momentum: float, batch_size: float) -> float:
         """The LR whose temperature at (momentum, batch_size) is g."""
+        if g == 0:  # LR 0 gives temperature 0 at any batch, B = N included (where 0/0 would give inf)
+            return 0.0
         denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
         return g / denom if denom > 0 else math.inf
 

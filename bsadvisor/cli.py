@@ -77,5 +77,6 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 # Register the commands (each module adds its own @app.command()).
 from . import cmd_convert  # noqa: E402,F401
+from . import cmd_validate  # noqa: E402,F401
 from . import cmd_probe  # noqa: E402,F401
 from . import cmd_advise  # noqa: E402,F401

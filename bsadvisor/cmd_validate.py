@@ -1,0 +1,214 @@
+"""`bsadvisor validate` and `bsadvisor demo`: train the plan next to the original schedule.
+
+No torch at import time (the CLI must start fast); the training modules are imported
+inside the command bodies.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import cmd_convert as cc  # shared schedule options (no torch)
+from .cli import app, console, emit_json, err_console
+from .errors import UserError
+
+
+def _paper_schedule(epochs: int) -> str:
+    """Three decays by 5 at 30%, 60% and 80% of the epochs (Smith et al. 1711.00489 style)."""
+    ms = sorted({max(1, round(epochs * f)) for f in (0.3, 0.6, 0.8)})
+    if len(ms) < 3 or ms[-1] >= epochs:
+        raise UserError(f"--epochs {epochs} is too short for three LR decays; use at least 5")
+    return f"MultiStepLR(milestones={ms}, gamma=0.2)"
+
+
+def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str], epochs: Optional[int],
+                  lr: Optional[float], batch_size: Optional[int], momentum: Optional[float], **convert_kw):
+    """The plan to validate: a --plan file, or converted from the schedule options.
+
+    lr, B0 and momentum default to the target's; N is always the target's dataset size.
+    """
+    from .plan import Plan
+
+    if plan_path is not None and schedule is not None:
+        raise UserError("give either --plan FILE or --schedule/--epochs, not both")
+    if plan_path is not None:
+        plan = Plan.load(plan_path)
+        if plan.dataset_size != target.dataset_size:
+            raise UserError(f"plan {plan_path} was made for {plan.dataset_size} training examples but "
+                            f"{target.name} has {target.dataset_size}; re-run convert-schedule with "
+                            f"--dataset-size {target.dataset_size}")
+        return plan
+    if schedule is None or epochs is None:
+        raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
+    from .cmd_convert import plan_from_options
+
+    m = target.momentum if momentum is None else momentum
+    if target.optimizer in ("adam", "adamw") and momentum is None and m == 0:
+        m = 0.9  # Target.make_optimizer's default β1
+    return plan_from_options(lr=target.lr if lr is None else lr,
+                             batch_size=target.batch_size if batch_size is None else batch_size,
+                             dataset_size=target.dataset_size, epochs=epochs, schedule=schedule, momentum=m,
+                             optimizer=target.optimizer, **convert_kw)
+
+
+def _progress():
+    """One bar per (run, seed) on stderr; none when stderr is not a terminal (logs stay clean)."""
+    import contextlib
+
+    if not err_console.is_terminal:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("examples"), TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def print_results(doc: dict) -> None:
+    """A table of the runs with sparkline curves (no matplotlib needed), then the verdict."""
+    from rich.table import Table
+
+    from .validate import mean_curve, sparkline
+
+    t = Table(title=f"{doc['target']}: {doc['epochs']} epochs, {doc['seeds']} seed(s)", title_justify="left")
+    for col in ("run", doc["metric"], "final loss", "updates", "examples", "wall s"):
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+    curves = Table(title="curves per epoch (mean over seeds)", title_justify="left")
+    for col in ("run", doc["metric"], "training loss"):
+        curves.add_column(col, no_wrap=True)
+    runs = doc["runs"]
+    metrics = [y for r in runs.values() for y in mean_curve(r, "epoch", "metric")[1]]
+    losses = [y for r in runs.values() for y in mean_curve(r, "epoch", "train_loss")[1]]
+    for name, r in runs.items():
+        s = r["summary"]
+        t.add_row(name, f"{s['metric_mean']:.4f}±{s['metric_sd']:.4f}", f"{s['final_train_loss_mean']:.4g}",
+                  f"{s['updates']:,}", f"{s['examples']:,}", f"{s['wall_s_mean']:.1f}")
+        curves.add_row(name, sparkline(mean_curve(r, "epoch", "metric")[1], min(metrics), max(metrics)),
+                       sparkline(mean_curve(r, "epoch", "train_loss")[1], min(losses), max(losses)))
+    console.print(t)
+    console.print(curves)
+    v = doc["verdict"]
+    word = "[bold green]ACCEPTED[/]" if v["accepted"] else "[bold red]REJECTED[/]"
+    console.print(f"{word}: {v['candidate']} − {v['reference']} = {v['difference']:+.4f} {doc['metric']} "
+                  f"(tolerance {v['tolerance']:.4f}, {v['tolerance_rule']}); "
+                  f"{v['update_ratio']:.2f}× fewer updates, {v['wall_ratio']:.2f}× less training time")
+
+
+def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
+                   tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
+                   as_json: bool) -> dict:
+    from .validate import build_runs, run_validation, write_outputs
+
+    specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
+    with _progress() as progress:
+        doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
+                             tolerance=tolerance, progress=progress)
+    if out is not None:
+        write_outputs(doc, out)
+    if as_json:
+        emit_json(doc)
+    else:
+        print_results(doc)
+        if out is not None:
+            console.print(f"wrote {out}/results.json, {out}/report.md"
+                          + (f" and {len(doc['plots'])} plots" if doc.get("plots") else " (no plots: matplotlib "
+                             "missing; pip install 'bsadvisor[plot]')"))
+    return doc
+
+
+@app.command()
+def validate(
+    target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
+                                        "(or give the schedule options below)"),
+    schedule: cc.ScheduleOpt = None, epochs: cc.Epochs = None, lr: cc.Lr = None, batch_size: cc.BatchSize = None,
+    momentum: cc.Momentum = None, schedule_unit: cc.ScheduleUnit = None, rule: cc.Rule = None,
+    max_batch: cc.MaxBatch = None, max_fraction: cc.MaxFraction = None, round_to: cc.RoundTo = None,
+    max_stages: cc.MaxStages = None, stage_factor: cc.StageFactor = None, adam_rule: cc.AdamRule = None,
+    seeds: int = typer.Option(1, "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
+    variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
+    hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
+    increase_lr: float = typer.Option(5.0, "--increase-lr", help="LR and batch factor of the increased-LR variant"),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="accepted metric drop (default: max(2 × sd over seeds, 0.005))"),
+    max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the checkpoints in --out"),
+    as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
+) -> None:
+    """Train the original schedule and the plan on TARGET and compare them (exit 0 accepted, 1 rejected)."""
+    from .plan import Plan
+    from .target import load_target
+
+    if plan is not None:
+        Plan.load(plan)  # a bad plan file fails fast, before the target is imported
+    tgt = load_target(target)
+    p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+                      momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
+                      max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
+                      stage_factor=stage_factor, adam_rule=adam_rule)
+    if max_micro_batch is not None and max_micro_batch < 1:
+        raise UserError(f"--max-micro-batch must be at least 1, got {max_micro_batch}")
+    doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                         tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
+                         as_json=as_json)
+    if not doc["verdict"]["accepted"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    epochs: int = typer.Option(10, "--epochs", help="training epochs"),
+    seeds: int = typer.Option(3, "--seeds", help="seeds per run"),
+    variants: bool = typer.Option(True, "--variants/--no-variants", help="also the hybrid and increased-LR runs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for results, report and plots"),
+    skip_probe: bool = typer.Option(False, "--skip-probe", help="skip the probe step"),
+) -> None:
+    """Probe, convert and validate on builtin:mnist1d-mlp (about two minutes on a laptop CPU)."""
+    from .target import load_target
+
+    console.print("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
+                  "SGD with LR 0.05, momentum 0.9, batch 32.")
+    tgt = load_target("builtin:mnist1d-mlp")
+    max_batch = _demo_probe(tgt, skip_probe)
+    schedule = _paper_schedule(epochs)
+    console.print(f"[bold]3. Convert[/]: the LR schedule {schedule} over {epochs} epochs decays the LR by 5 three "
+                  "times; Smith et al. (arXiv 1711.00489) instead keep the LR and grow the batch so the noise "
+                  "temperature g = ε/(1−m)·(N/B − 1) follows the same path.")
+    plan = _plan_options(tgt, plan_path=None, schedule=schedule, epochs=epochs, lr=None, batch_size=None,
+                         momentum=None, max_batch=max_batch)
+    for s in plan.stages:
+        console.print(f"   epochs {s.start_epoch:>3}–{s.end_epoch:<3} batch {s.batch_size:>5}  lr {s.lr:.4g}  "
+                      f"momentum {s.momentum:g}")
+    console.print(f"   {plan.updates:,} parameter updates instead of {plan.baseline_updates:,}.")
+    console.print(f"[bold]4. Validate[/]: train the original schedule and the plan ({seeds} seed(s)"
+                  + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
+    doc = run_and_report(tgt, plan, seeds=seeds, variants=variants, hybrid_cap=None, increase_lr=5.0,
+                         tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False)
+    console.print("Next: bsadvisor validate your_file.py:make_target --schedule '...' --epochs E --out runs/")
+    if not doc["verdict"]["accepted"]:
+        raise typer.Exit(code=1)
+
+
+def _demo_probe(tgt, skip: bool) -> Optional[int]:
+    """Step 2: measure the gradient noise scale and the largest batch that fits (bsadvisor.probe)."""
+    console.print("[bold]2. Probe[/]: measure the gradient noise scale B_simple (McCandlish et al. 1812.06162) "
+                  "and the largest batch that fits in memory; the plan will not grow past it.")
+    if skip:
+        console.print("   skipped (--skip-probe).")
+        return None
+    try:
+        from .probing import probe
+    except ImportError:
+        console.print("   [yellow]bsadvisor.probe is not available in this build; skipping (the plan is capped at N/10).[/]")
+        return None
+    result = probe(tgt)
+    d: dict[str, Any] = result.to_dict()
+    noise, memory = d.get("noise") or {}, d.get("memory") or {}
+    b, ci = noise.get("b_simple"), noise.get("ci90")
+    if b is not None:
+        console.print(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci else ""))
+    mb = memory.get("max_batch")
+    if mb:
+        console.print(f"   largest batch that fits: {mb:,}")
+    return int(mb) if mb else None

@@ -1,0 +1,213 @@
+"""Train a Target following a Plan, with a checkpoint at the end of every epoch.
+
+Every run the validator makes (the original LR schedule at a fixed batch, the batch-
+growth plan of Smith et al. 1711.00489, the hybrid, the increased-LR variant, a
+constant-LR control) is "train following a Plan": this file is that one loop.
+
+Determinism: a run's randomness comes from its seed alone. The sampler draws each
+epoch's permutation from (seed, epoch); torch/numpy/python global RNGs (dropout, data
+augmentation in the user's code) are seeded at the start and saved in every checkpoint,
+so a run killed after epoch e and resumed finishes with the same numbers, bit for bit on
+CPU. The caller's global RNG state is put back afterwards.
+
+Wall time counts training steps only (not evaluation or checkpoint writes), so the
+comparison between runs is about the training itself.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .fileio import write_atomic
+from .plan import Plan
+from .runtime import BatchSizeScheduler, PlanBatchSampler, make_gather, tensor_columns, train_step
+from .target import Target
+
+CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"
+
+
+@dataclass
+class RunResult:
+    """One run: its name, seed and per-epoch history (the last entry holds the finals)."""
+
+    name: str
+    seed: int
+    history: list[dict] = field(default_factory=list)
+    plan_updates: int = 0
+    resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    def to_dict(self) -> dict:
+        f = self.final
+        return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
+                "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
+                "resumed_from_epoch": self.resumed_from, "history": self.history}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.random.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.random.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+@torch.no_grad()
+def evaluate(target: Target, batch_size: int = 1024) -> Optional[float]:
+    """Mean of ``target.metric_fn`` over ``eval_dataset`` (weighted by batch length)."""
+    if target.eval_dataset is None or target.metric_fn is None:
+        return None
+    ds, model = target.eval_dataset, target.model
+    n = len(ds)
+    gather = make_gather(ds, target.collate_fn)
+    was_training = model.training
+    model.eval()
+    try:
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            idx = torch.arange(lo, min(lo + batch_size, n))
+            total += float(target.metric_fn(model, gather(idx))) * len(idx)
+    finally:
+        model.train(was_training)
+    return total / n
+
+
+def _save_checkpoint(path: Path, doc: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    write_atomic(path, buf.getvalue())  # temp file + os.replace: a kill leaves the old one
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} is not a bsadvisor checkpoint; delete it to start over")
+    return doc
+
+
+def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
+               init_state: Optional[dict] = None, max_micro_batch: Optional[int] = None,
+               checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
+               eval_batch_size: int = 1024,
+               on_epoch: Optional[Callable[[dict], None]] = None,
+               on_step: Optional[Callable[[int], None]] = None) -> RunResult:
+    """Train ``target.model`` for ``plan.epochs`` epochs following ``plan``.
+
+    ``init_state`` (a model state_dict) is loaded first so every run starts from the same
+    weights. With ``checkpoint`` a file is written at the end of every epoch; with
+    ``resume`` an existing one is continued (or, if complete, returned as is).
+    ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
+    """
+    if plan.dataset_size != target.dataset_size:
+        raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
+                        f"train_dataset has {target.dataset_size}; re-run convert-schedule for this target")
+    model = target.model
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch}
+    user_rng = _rng_state()
+    try:
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        model.train()
+        s0 = plan.at(0)
+        optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
+        scheduler = BatchSizeScheduler(plan, optimizer)
+        sampler = PlanBatchSampler(plan, target.dataset_size, seed=seed)
+        result = RunResult(name=name, seed=seed, plan_updates=plan.updates)
+        seed_everything(seed)
+        start = 0
+        if resume and ckpt_path is not None and ckpt_path.is_file():
+            doc = _load_checkpoint(ckpt_path)
+            if doc["meta"] != meta:
+                raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
+                                "use another --out or drop --resume")
+            model.load_state_dict(doc["model"])
+            optimizer.load_state_dict(doc["optimizer"])
+            scheduler.load_state_dict(doc["scheduler"])
+            sampler.load_state_dict(doc["sampler"])
+            _set_rng_state(doc["rng"])
+            result.history = list(doc["history"])
+            start = result.resumed_from = len(result.history)
+            for rec in result.history:
+                if on_epoch:
+                    on_epoch(rec)
+        # Data: index_select on in-memory tensors (no DataLoader; see runtime.py).
+        gather = make_gather(target.train_dataset, target.collate_fn)
+        last = result.final
+        updates, examples, wall = last.get("updates", 0), last.get("examples", 0), last.get("wall_s", 0.0)
+        for epoch in range(start, plan.epochs):
+            sampler.set_epoch(epoch)
+            loss_sum, seen = 0.0, 0
+            t0 = time.perf_counter()
+            for idx in sampler.index_batches(epoch):
+                try:
+                    loss = train_step(model, optimizer, target.loss_fn, gather, idx, max_micro_batch)
+                except UserError:
+                    raise
+                except Exception as exc:
+                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the model or loss_fn raised "
+                                    f"{type(exc).__name__}: {exc}") from None
+                if not math.isfinite(loss):
+                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the loss is {loss} after {updates} "
+                                    "updates; lower the LR or check the model")
+                loss_sum += loss * len(idx)
+                seen += len(idx)
+                updates += 1
+                if on_step:
+                    on_step(len(idx))
+            wall += time.perf_counter() - t0
+            examples += seen
+            setting = plan.at(epoch)
+            try:
+                metric = evaluate(target, eval_batch_size)
+            except Exception as exc:
+                raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: metric_fn raised "
+                                f"{type(exc).__name__}: {exc}") from None
+            rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
+                   "momentum": setting.momentum, "train_loss": loss_sum / max(seen, 1), "metric": metric,
+                   "updates": updates, "examples": examples, "wall_s": wall}
+            result.history.append(rec)
+            scheduler.step()
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, {
+                    "format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "sampler": sampler.state_dict(), "rng": _rng_state(), "history": result.history})
+            if on_epoch:
+                on_epoch(rec)
+        return result
+    finally:
+        _set_rng_state(user_rng)
+
+
+def initial_state(model: torch.nn.Module) -> dict:
+    """A detached copy of the model's weights: every run starts from these."""
+    return copy.deepcopy(model.state_dict())
+
+
+__all__ = ["RunResult", "train_plan", "evaluate", "initial_state", "seed_everything", "tensor_columns"]

@@ -114,6 +114,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     unknown = set(explicit) - set(DEFAULTS)
     if unknown:
         raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    world_size_given = world_size
     world_size = 1 if world_size is None else world_size
     grad_accum = 1 if grad_accum is None else grad_accum
     opts = dict(DEFAULTS)
@@ -123,6 +124,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         from .probe_result import ProbeResult, load_probe
 
         result = probe if isinstance(probe, ProbeResult) else load_probe(probe)
+        if world_size_given is None:  # a probe taken under torchrun knows its world size
+            world_size = result.settings.world_size
         advise.check_probe_matches(result, explicit.get("dataset_size"))
         opts.update(advise.probe_defaults(result, world_size, grad_accum))
     elif world_size != 1 or grad_accum != 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ EPILOG = (
     "  bsadvisor probe train.py:make_target --device cuda --out probe.json\n\n"
     "  bsadvisor probe mypkg.targets:resnet --batch-size 256 --lr 0.1 --target-rel-ci 0.05 --json\n\n"
     "  bsadvisor probe builtin:linreg --estimator per-example --memory-limit 2GiB\n\n"
+    "  torchrun --standalone --nproc_per_node=8 -m bsadvisor probe train.py:make_target --out probe.json\n\n"
     "The result feeds: bsadvisor convert-schedule --probe probe.json"
 )
 
@@ -33,15 +35,16 @@ def probe(
     target_rel_ci: float = typer.Option(0.10, "--target-rel-ci", help="Stop when the 90% interval of B_simple "
                                         "is within ± this fraction."),
     estimator: str = typer.Option("microbatch", "--estimator", help="microbatch, two-batch or per-example."),
-    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap, e.g. 8GiB, 500MB "
-                                               "(default: half the available RAM)."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap per process, e.g. 8GiB, "
+                                               "500MB (default: half the available RAM, shared by a node's "
+                                               "processes under torchrun)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
     seed: int = typer.Option(0, "--seed", help="Seed for batch sampling and the model's randomness."),
 ) -> None:
     """Measure gradient noise (B_simple), memory cap and throughput on your own model.
 
-    A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were.
+    A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
     """
     from .memory import format_bytes, parse_size
 
@@ -53,15 +56,29 @@ def probe(
             limit = parse_size(memory_limit)
         except ValueError as exc:
             raise UserError(f"--memory-limit: {exc}") from None
-    if out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
+    # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once).
+    if os.environ.get("RANK", "0") == "0" and out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first")
 
-    from .probing import probe as run_probe  # imports torch
+    from .distributed import init_from_env  # imports torch
+    from .probing import probe as run_probe
 
+    dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
+    try:
+        kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                      budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
+                      memory_limit=limit, seed=seed, dist=dist)
+        if not dist.is_main:
+            run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
+            return
+        _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+    finally:
+        dist.destroy()
+
+
+def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:
     if json_out:
-        result = run_probe(target, device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                           budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                           memory_limit=limit, seed=seed)
+        result = run_probe(target, **kwargs)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -74,9 +91,7 @@ def probe(
                     tasks[phase] = bar.add_task(phase, total=1.0)
                 bar.update(tasks[phase], completed=min(1.0, frac))
 
-            result = run_probe(target, device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                               budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                               memory_limit=limit, seed=seed, progress=progress)
+            result = run_probe(target, progress=progress, **kwargs)
     doc = result.to_dict()
     if out is not None:
         from .fileio import write_json
@@ -92,7 +107,9 @@ def _summary(r, format_bytes, out) -> None:
     from rich.table import Table
 
     n, s, m = r.noise, r.settings, r.memory
-    console.print(f"[bold]bsadvisor probe[/bold] {r.target}  ({s.device}, {s.optimizer}, lr {s.lr:g}, "
+    world = getattr(s, "world_size", 1)
+    where = f"{s.device} × {world} processes" if world > 1 else s.device
+    console.print(f"[bold]bsadvisor probe[/bold] {r.target}  ({where}, {s.optimizer}, lr {s.lr:g}, "
                   f"momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, {s.warmup_steps} warmup steps)")
     lo, hi = n.ci90
     conv = "" if n.converged else f"  [yellow](interval wider than ±{s.target_rel_ci:.0%}: raise --budget-seconds)[/yellow]"
@@ -110,7 +127,8 @@ def _summary(r, format_bytes, out) -> None:
         rn = row["relative_noise"]
         t.add_row(str(row["batch_size"]), f"{row['std_vs_B']:.3f}", "—" if rn is None else f"{rn:.3f}")
     console.print(t)
-    console.print(f"Memory cap: [bold]{m.max_batch}[/bold] (limited by {m.limited_by}; fixed {format_bytes(m.fixed_bytes)} + "
+    per = f" per device (smallest of {world} ranks; convert-schedule --world-size {world} multiplies)" if world > 1 else ""
+    console.print(f"Memory cap: [bold]{m.max_batch}[/bold]{per} (limited by {m.limited_by}; fixed {format_bytes(m.fixed_bytes)} + "
                   f"{format_bytes(m.bytes_per_sample)}/sample, limit {format_bytes(m.limit_bytes)}, headroom "
                   f"{m.headroom:.0%}, {m.trials} trials)")
     if r.throughput:

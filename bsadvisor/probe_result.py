@@ -66,6 +66,7 @@ class ProbeSettings:
     warmup_steps: int = 0
     budget_seconds: float = 0.0
     target_rel_ci: float = 0.10
+    world_size: int = 1  # processes under torchrun; memory.max_batch is per device
 
 
 @dataclass

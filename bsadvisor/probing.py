@@ -31,6 +31,7 @@ import torch
 
 from . import memory as memory_mod
 from . import noise as noise_mod
+from .distributed import Dist
 from .errors import UserError
 from .probe_result import (SCHEMA, MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint,
                            load_probe)
@@ -38,6 +39,7 @@ from .temperature import temperature
 from .target import Target, check_target, load_target
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
+RANK_SEED_STRIDE = 1_000_003  # rank r draws its examples with seed + r·stride (different streams)
 
 
 # --------------------------------------------------------------------------- state
@@ -198,12 +200,23 @@ def _check_finite(value: float, where: str) -> None:
         raise UserError(f"gradient is not finite at {where}; lower --lr or check the model for overflow")
 
 
-def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int) -> tuple[float, float]:
+def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int,
+                     dist: Optional[Dist] = None, flags: Optional[Callable[[], list]] = None):
     """One draw: k micro-batches of b from one batch of B = k·b, all at the same θ.
 
     Returns (|G_b|², |G_B|²): the mean of the k micro-batch squared norms and the
     squared norm of their mean (McCandlish et al. App. A.1), accumulated in float64.
+
+    Under torch.distributed (``dist.enabled``) each rank computes its own k micro-batches
+    and one all-reduce pools them: |G_b|² is the mean over all world·k micro-batch squared
+    norms and |G_B|² the squared norm of the all-reduced mean gradient (B = world·k·b), the
+    replica estimator of App. A folded into the micro-batch one (docs/distributed.md).
+    ``flags()`` (floats, e.g. "my clock is past the deadline") are summed over ranks in the
+    same all-reduce so that all ranks take the same stop decision; then the return value is
+    ((|G_b|², |G_B|²), summed flags).
     """
+    if dist is not None and dist.enabled:
+        return _draw_microbatch_dist(target, model, params, batches, k, b, draw, dist, flags)
     batch = batches.next(k * b)
     acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     norms = []
@@ -227,6 +240,37 @@ def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int) 
                         "lower --lr or check the data")
     _check_finite(vals[0] + vals[1], f"noise draw {draw + 1}")
     return vals[0], vals[1]
+
+
+def _draw_microbatch_dist(target, model, params, batches, k, b, draw, dist, flags):
+    batch = batches.next(k * b)
+    acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    norms, losses = [], []
+    for j in range(k):
+        for p in params:
+            p.grad = None
+        where = f"noise draw {draw + 1}, micro-batch {j + 1} on rank {dist.rank}"
+        loss = _loss(target, model, _slice(batch, j * b, (j + 1) * b), where, check_finite=False)
+        _backward(loss, where)
+        losses.append(loss.detach())
+        g = _grads(params)
+        norms.extend(torch._foreach_norm(g, 2, dtype=torch.float64))
+        torch._foreach_add_(acc, g)
+    extra = [float(x) for x in (flags() if flags is not None else [])]
+    local = torch.stack([torch.stack(norms).square().sum(), torch.stack(losses).double().sum()]).cpu()
+    tail = torch.cat([local, torch.tensor(extra, dtype=torch.float64)])
+    flat = torch.cat([a.reshape(-1) for a in acc] + [tail.to(acc[0].device)])
+    flat = dist.all_reduce(flat)  # one collective per draw: gradient sum, norm sum, loss sum, flags
+    total = k * dist.world_size
+    n_tail = tail.numel()
+    mean_grad = flat[:-n_tail] / total
+    tail = flat[-n_tail:].cpu()
+    small = float(tail[0]) / total
+    big = float(mean_grad.square().sum())
+    if not math.isfinite(float(tail[1])):  # the same verdict on every rank
+        raise UserError(f"loss is not finite at noise draw {draw + 1} on some rank; lower --lr or check the data")
+    _check_finite(small + big, f"noise draw {draw + 1}")
+    return (small, big), tail[2:].tolist()
 
 
 def _draw_two_batch(target, model, params, batches, b: int, B: int, draw: int) -> tuple[float, float]:
@@ -307,10 +351,12 @@ def _draw_per_example(pe: _PerExample, batches, B: int, draw: int) -> tuple[floa
 
 
 # --------------------------------------------------------------------------- training step
-def _train_step(target, model, opt, batch, where: str, check: bool = True):
+def _train_step(target, model, opt, batch, where: str, check: bool = True, dist: Optional[Dist] = None):
     opt.zero_grad(set_to_none=True)
     loss = target.loss_fn(model, batch) if not check else _loss(target, model, batch, where)
     loss.backward()
+    if dist is not None and dist.enabled:
+        dist.average_grads([p for p in model.parameters() if p.requires_grad])
     opt.step()
     return loss
 
@@ -465,12 +511,17 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
           estimator: str = "microbatch", micro_batches: int = 8, memory_limit: Optional[float] = None,
           seed: int = 0, min_draws: int = 10, max_draws: Optional[int] = None,
           measure_memory: bool = True, measure_throughput: bool = True,
-          progress: Optional[Callable[[str, float], None]] = None) -> ProbeResult:
+          progress: Optional[Callable[[str, float], None]] = None, dist: Optional[Dist] = None) -> ProbeResult:
     """Measure gradient noise, memory cap and throughput of ``target`` (a Target or a TARGET string).
 
     Side-effect free: the model's parameters, grads, buffers, modes and every RNG state
     are restored bit for bit on return or on error. ``progress(phase, fraction)`` is
     called while measuring. See docs/probe.md.
+
+    ``dist`` (a :class:`bsadvisor.distributed.Dist`, e.g. from ``init_from_env()``): every
+    rank of the group must call ``probe`` with the same arguments; ``batch_size`` is then
+    the global batch (world_size × per-device batch), each rank draws its own examples,
+    and every rank returns the same result (docs/distributed.md). None: one process.
     """
     t_start = time.perf_counter()
     if isinstance(target, str):
@@ -496,33 +547,47 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
     warm = default_warmup_steps(n, B) if warmup_steps is None else int(warmup_steps)
     if warm < 0:
         raise UserError(f"--warmup-steps must be >= 0, got {warm}")
+    D = dist if dist is not None else Dist()
+    K = D.world_size
+    if K > 1:
+        if estimator != "microbatch":
+            raise UserError(f"--estimator {estimator} is not supported under torchrun; use --estimator microbatch")
+        if B % K:
+            raise UserError(f"--batch-size {B} is not a multiple of the world size {K}; under data parallelism "
+                            "the global batch is world size × per-device batch")
+        if D.device is not None and (device or "auto").lower() in ("auto", "cpu", "cuda"):
+            device = D.device  # cuda:LOCAL_RANK under NCCL
+    B_loc = B // K  # per-device batch (B itself in one process)
+    rank_seed = seed + RANK_SEED_STRIDE * D.rank
     dev = resolve_device(device)
     progress = progress or (lambda phase, frac: None)
     model = target.model
     deadline = t_start + budget_seconds
 
     with preserved_state(model):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
+        torch.manual_seed(rank_seed)
+        random.seed(rank_seed)
+        np.random.seed(rank_seed % 2**32)
         if dev.type == "cuda":
-            torch.cuda.manual_seed_all(seed)
+            torch.cuda.manual_seed_all(rank_seed)
         model.to(dev)
         model.train()
-        batches = _Batches(target, dev, seed)
+        D.broadcast_module(model)  # every rank starts from rank 0's θ
+        batches = _Batches(target, dev, rank_seed)
         params = [p for p in model.parameters() if p.requires_grad]
 
         # 1. warmup: leave the initial transient at the target's LR and batch.
         if warm:
             opt = target.make_optimizer(lr=lr_)
             for step in range(warm):
-                _train_step(target, model, opt, batches.next(B), f"warmup step {step + 1}")
+                _train_step(target, model, opt, batches.next(B_loc), f"warmup step {step + 1}", dist=D)
                 if not all(torch.isfinite(p).all() for p in params):
                     raise UserError(f"parameters became non-finite at warmup step {step + 1}; lower --lr")
                 progress("warmup", (step + 1) / warm)
             del opt
             for p in params:
                 p.grad = None
+        D.broadcast_module(model)  # identical θ on every rank even if kernels are not deterministic
         rewind = _Restorer(model)
         measured_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         warm_examples = batches.examples
@@ -532,7 +597,17 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
         t_noise = time.perf_counter()
         noise_deadline = t_noise + 0.6 * max(0.0, deadline - t_noise)
         k = micro_batches
-        if estimator == "per-example":
+        if K > 1:
+            # Spread one draw's micro-batches over the ranks: k_loc per rank, b each; the
+            # all-reduced gradient is the big batch B_big = K·k_loc·b.
+            k_loc = max(1, min(k // K, B // K))
+            b_small = max(1, B // (K * k_loc))
+            B_big = K * k_loc * b_small
+
+            def late_flags():
+                now_ = time.perf_counter()
+                return [float(now_ >= noise_deadline), float(now_ >= deadline)]
+        elif estimator == "per-example":
             b_small, B_big = 1, B
             pe = _PerExample(target, model)
         else:
@@ -545,7 +620,11 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
         draw = 0
         limit_draws = max_draws if max_draws is not None else 100000
         while draw < limit_draws:
-            if estimator == "microbatch":
+            late = None
+            if K > 1:
+                v, late = _draw_microbatch(target, model, params, batches, k_loc, b_small, draw, dist=D,
+                                           flags=late_flags)
+            elif estimator == "microbatch":
                 v = _draw_microbatch(target, model, params, batches, k, b_small, draw)
             elif estimator == "two-batch":
                 v = _draw_two_batch(target, model, params, batches, b_small, B_big, draw)
@@ -557,14 +636,17 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
             gB2.append(v[1])
             draw += 1
             now = time.perf_counter()
+            # Under torchrun the clocks are pooled in the draw's all-reduce: any rank late → all stop.
+            past_noise, past_all = (late[0] > 0, late[1] > 0) if late is not None else (now >= noise_deadline,
+                                                                                           now >= deadline)
             if draw >= min_draws:
                 stats = noise_mod.estimate(gb2, gB2, b_small, B_big)
                 rel = stats.rel_halfwidth
                 progress("noise", min(1.0, max((now - t_noise) / max(noise_deadline - t_noise, 1e-9),
                                                (target_rel_ci / rel) ** 2 if rel > 0 else 1.0)))
-                if rel <= target_rel_ci or now >= noise_deadline:
+                if rel <= target_rel_ci or past_noise:
                     break
-            elif now >= deadline:
+            elif past_all:
                 break
         for p in params:
             p.grad = None
@@ -572,7 +654,8 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
             if len(gb2) < 2:
                 raise UserError("the budget ran out before two noise draws; raise --budget-seconds")
             stats = noise_mod.estimate(gb2, gB2, b_small, B_big)
-        noise_examples = batches.examples
+        noise_examples = int(D.all_reduce(torch.tensor([batches.examples], dtype=torch.float64))[0]) if K > 1 \
+            else batches.examples
         relative = math.sqrt(stats.b_simple / B) if stats.b_simple > 0 else None
         noise_seconds = time.perf_counter() - t_noise
 
@@ -582,20 +665,27 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
             limit = float(memory_limit) if memory_limit else float(free + torch.cuda.memory_allocated(dev))
             method = "cuda-max-memory-allocated"
         else:
-            limit = float(memory_limit) if memory_limit else float(_available_ram() // 2)
+            # K processes on one node share its RAM: each gets its share of half of it.
+            limit = float(memory_limit) if memory_limit else float(_available_ram() // 2 // max(1, D.local_world_size))
             method = "cpu-saved-tensors"
         limit_eff = 0.9 * limit  # safety margin
         if measure_memory:
             try_batch = _make_try_batch(target, model, batches, rewind, dev, limit_eff, lr_, target.momentum)
-            search = memory_mod.search_max_batch(try_batch, limit_eff, max_batch=n, first=min(B, n), max_trials=8)
+            search = memory_mod.search_max_batch(try_batch, limit_eff, max_batch=n, first=min(B_loc, n), max_trials=8)
             progress("memory", 1.0)
-            if search.max_batch == 0:
-                raise UserError(f"even batch {min(B, n)} does not fit in {memory_mod.format_bytes(limit_eff)}; "
-                                "raise --memory-limit")
+            if K > 1:  # nobody reports until every rank knows whether some rank found nothing
+                fits = int(D.all_reduce(torch.tensor([search.max_batch], dtype=torch.float64), op="min")[0])
+            else:
+                fits = search.max_batch
+            if fits == 0:
+                raise UserError(f"even batch {min(B_loc, n)} does not fit in {memory_mod.format_bytes(limit_eff)}"
+                                + (" on some rank" if K > 1 else "") + "; raise --memory-limit")
             mem = MemoryResult(max_batch=search.max_batch, bytes_per_sample=search.bytes_per_sample,
                                fixed_bytes=search.fixed_bytes, trials=search.trials, limit_bytes=limit,
                                headroom=1.0 - search.peak_bytes / limit, peak_bytes=search.peak_bytes,
                                limited_by=search.limited_by, method=method)
+            if K > 1:  # the per-device cap is the smallest rank's (all_reduce MIN); report that rank's search
+                mem = min(D.all_gather_object(mem), key=lambda m: m.max_batch)
         else:
             mem = MemoryResult(max_batch=n, bytes_per_sample=0.0, fixed_bytes=0.0, trials=0, limit_bytes=limit,
                                headroom=0.0, limited_by="not measured", method=method)
@@ -604,7 +694,7 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
         points: list[ThroughputPoint] = []
         if measure_throughput:
             ladder = []
-            bs = max(1, B // 4)
+            bs = max(1, B_loc // 4)
             while bs <= mem.max_batch:
                 ladder.append(bs)
                 bs *= 2
@@ -634,6 +724,8 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
                 rewind()
                 progress("throughput", (i + 1) / len(order))
             points.sort(key=lambda p: p.batch_size)
+            if K > 1:  # a data-parallel step goes at the pace of the slowest rank
+                points = _slowest(D.all_gather_object(points))
         knee = None
         for a, b2 in zip(points, points[1:]):
             if b2.batch_size == 2 * a.batch_size and b2.examples_per_s < 1.2 * a.examples_per_s:
@@ -648,10 +740,38 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
                         micro_batch=b_small, big_batch=B_big, ci_method=stats.ci_method,
                         converged=stats.rel_halfwidth <= target_rel_ci, relative_noise=relative,
                         sqrt_table=sqrt_rows, seconds=noise_seconds)
-    settings = ProbeSettings(lr=lr_, momentum=float(target.momentum), batch_size=B, dataset_size=n, device=str(dev),
-                             optimizer=target.optimizer, estimator=estimator, seed=int(seed), warmup_steps=warm,
-                             budget_seconds=float(budget_seconds), target_rel_ci=float(target_rel_ci))
-    return ProbeResult(noise=noise, memory=mem, throughput=points, settings=settings,
-                       temperature=temperature(lr_, B, n, target.momentum), throughput_knee=knee,
-                       target=target.name, wall_seconds=time.perf_counter() - t_start,
-                       measured_state=measured_state)
+    common = dict(lr=lr_, momentum=float(target.momentum), batch_size=B, dataset_size=n, device=str(dev),
+                  optimizer=target.optimizer, estimator=estimator, seed=int(seed), warmup_steps=warm,
+                  budget_seconds=float(budget_seconds), target_rel_ci=float(target_rel_ci))
+    settings = ProbeSettings(**common, world_size=K)
+    result = ProbeResult(noise=noise, memory=mem, throughput=points, settings=settings,
+                         temperature=temperature(lr_, B, n, target.momentum), throughput_knee=knee,
+                         target=target.name, wall_seconds=time.perf_counter() - t_start,
+                         measured_state=measured_state)
+    if K > 1:
+        # The numbers already agree (pooled noise, MIN cap, slowest ladder); the timings and the
+        # device name are rank 0's, so that every rank returns the very same result.
+        walls = D.all_gather_object((result.wall_seconds, noise_seconds))
+        main = D.broadcast_object(_without_state(result))
+        main.wall_seconds = max(w for w, _ in walls)
+        main.noise.seconds = max(s for _, s in walls)
+        main.measured_state = measured_state
+        result = main
+    return result
+
+
+def _without_state(result: ProbeResult) -> ProbeResult:
+    import dataclasses
+
+    return dataclasses.replace(result, measured_state=None)
+
+
+def _slowest(per_rank: list) -> list:
+    """Throughput points measured on every rank, each at the lowest rank's examples/s."""
+    common = set.intersection(*({p.batch_size for p in pts} for pts in per_rank))
+    out = []
+    for bs in sorted(common):
+        mine = [next(p for p in pts if p.batch_size == bs) for pts in per_rank]
+        worst = min(mine, key=lambda p: p.examples_per_s)
+        out.append(ThroughputPoint(bs, worst.examples_per_s, worst.step_seconds))
+    return out

@@ -179,3 +179,14 @@ def test_advise_on_mnist1d_stays_within_the_measured_cap():
     plan = Plan.from_dict(doc["plan"])
     assert max(plan.batch_sizes()) <= cap
     assert doc["plan"]["probe"]["b_simple"] == doc["probe"]["noise"]["b_simple"]
+
+
+def test_probe_world_size_is_the_default_for_convert(tmp_path):
+    doc = probe_doc()
+    doc["settings"]["world_size"] = 4  # a probe taken under torchrun
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(doc))
+    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    assert plan.cap["batch_size"] == 256 * 4
+    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, world_size=1)
+    assert plan.cap["batch_size"] == 256

@@ -1,0 +1,216 @@
+"""torch.distributed for the probe: a process group from torchrun's environment.
+
+``bsadvisor`` has no launcher of its own. Under ``torchrun --nproc_per_node=K -m bsadvisor
+probe ...`` every process reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and :func:`init_from_env` joins the
+group: NCCL with one CUDA device per process (``cuda:LOCAL_RANK``), gloo on CPU. Without
+``WORLD_SIZE`` (a plain ``bsadvisor probe``) it returns a single-process :class:`Dist`
+whose collectives are no-ops, so callers need no special case.
+
+The collective timeout is ``BSADVISOR_DIST_TIMEOUT`` seconds (default 600): a rank that
+dies or a rendezvous that never completes fails the job instead of hanging it.
+See docs/distributed.md.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from .errors import UserError
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Dist:
+    """Where this process stands in the job. ``Dist()`` is the single-process no-op."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    backend: Optional[str] = None
+    device: Optional[str] = None   # device this rank measures on ("cuda:1", "cpu"); None: caller decides
+    owns_group: bool = False       # init_from_env created the group, so destroy() tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------ collectives
+    def _comm_device(self) -> torch.device:
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduced copy of ``tensor`` (sum, min or max over ranks), on ``tensor``'s device."""
+        if not self.enabled:
+            return tensor.clone()
+        import torch.distributed as tdist
+
+        ops = {"sum": tdist.ReduceOp.SUM, "min": tdist.ReduceOp.MIN, "max": tdist.ReduceOp.MAX}
+        t = tensor.detach().to(self._comm_device(), copy=True).contiguous()
+        tdist.all_reduce(t, op=ops[op])
+        return t.to(tensor.device)
+
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as tdist
+
+        out: list = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as tdist
+
+        box = [obj if self.rank == src else None]
+        tdist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def broadcast_module(self, model: torch.nn.Module, src: int = 0) -> None:
+        """Copy rank ``src``'s parameters and buffers into every rank's ``model`` (in place)."""
+        if not self.enabled:
+            return
+        import torch.distributed as tdist
+
+        dev = self._comm_device()
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                buf = t.detach().to(dev, copy=True).contiguous()
+                tdist.broadcast(buf, src=src)
+                t.copy_(buf.to(t.device))
+
+    def average_grads(self, params) -> None:
+        """Replace each parameter's ``.grad`` by its mean over ranks (what DDP does), one all-reduce."""
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if not grads:
+            return
+        flat = torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads])
+        flat = self.all_reduce(flat) / self.world_size
+        pos = 0
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                n = g.numel()
+                p.grad = flat[pos:pos + n].view_as(g).to(g.dtype)
+                pos += n
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+    def destroy(self) -> None:
+        """Tear the group down if :func:`init_from_env` created it (safe to call twice)."""
+        if self.owns_group:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+            self.owns_group = False
+
+
+def _env_int(name: str, default: Optional[int] = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise UserError(f"{name} is not set: start the job with torchrun (see docs/distributed.md)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not a whole number") from None
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get("BSADVISOR_DIST_TIMEOUT")
+    try:
+        secs = float(raw) if raw is not None else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise UserError(f"BSADVISOR_DIST_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not secs > 0:
+        raise UserError(f"BSADVISOR_DIST_TIMEOUT must be positive, got {raw!r}")
+    return datetime.timedelta(seconds=secs)
+
+
+def current() -> Dist:
+    """A Dist for a process group someone else initialised, or the single-process Dist."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return Dist()
+    backend = str(tdist.get_backend())
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
+    return Dist(rank=tdist.get_rank(), world_size=tdist.get_world_size(), local_rank=local_rank,
+                local_world_size=_env_int("LOCAL_WORLD_SIZE", 1), backend=backend, device=device)
+
+
+def init_from_env(device: str = "auto") -> Dist:
+    """Join the job torchrun started (NCCL on CUDA, gloo on CPU); single-process Dist without WORLD_SIZE.
+
+    ``device`` is the user's ``--device`` (cpu, cuda or auto). Under NCCL each process
+    takes ``cuda:LOCAL_RANK``; ``cuda:N`` with an explicit index is refused under torchrun.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return Dist()
+    world = _env_int("WORLD_SIZE")
+    if world < 1:
+        raise UserError(f"WORLD_SIZE must be at least 1, got {world}")
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", 1)
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} is outside 0..{world - 1}")
+    if world == 1:
+        return Dist()
+    import torch.distributed as tdist
+
+    if not tdist.is_available():
+        raise UserError("this torch build has no torch.distributed; reinstall torch or run one process")
+    req = (device or "auto").lower()
+    if req.startswith("cuda:"):
+        raise UserError(f"--device {device} under torchrun: use --device cuda (each process takes cuda:LOCAL_RANK)")
+    if req not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    use_cuda = req == "cuda" or (req == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                            "lower --nproc_per_node")
+        torch.cuda.set_device(local_rank)
+        backend, dev = "nccl", f"cuda:{local_rank}"
+    else:
+        backend, dev = "gloo", "cpu"
+    if tdist.is_initialized():
+        return current()
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise UserError(f"{name} is not set: start the job with torchrun (see docs/distributed.md)")
+    try:
+        tdist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                 timeout=_timeout())
+    except (RuntimeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"joining the process group ({backend}) failed: {msg}") from None
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
+                backend=backend, device=dev, owns_group=True)

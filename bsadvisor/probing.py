@@ -217,20 +217,8 @@ def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int,
     """
     if dist is not None and dist.enabled:
         return _draw_microbatch_dist(target, model, params, batches, k, b, draw, dist, flags)
-    batch = batches.next(k * b)
-    acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    norms = []
-    losses = []
-    for j in range(k):
-        for p in params:
-            p.grad = None
-        where = f"noise draw {draw + 1}, micro-batch {j + 1}"
-        loss = _loss(target, model, _slice(batch, j * b, (j + 1) * b), where, check_finite=False)
-        _backward(loss, where)
-        losses.append(loss.detach())
-        g = _grads(params)
-        norms.extend(torch._foreach_norm(g, 2, dtype=torch.float64))
-        torch._foreach_add_(acc, g)
+    acc, norms, losses = _microbatch_grads(target, model, params, batches.next(k * b), k, b,
+                                           f"noise draw {draw + 1}")
     torch._foreach_div_(acc, float(k))
     small = torch.stack(norms).square().sum() / k
     vals = torch.stack([small, _sq_norm(acc), torch.stack(losses).double().sum()]).tolist()
@@ -242,20 +230,27 @@ def _draw_microbatch(target, model, params, batches, k: int, b: int, draw: int,
     return vals[0], vals[1]
 
 
-def _draw_microbatch_dist(target, model, params, batches, k, b, draw, dist, flags):
-    batch = batches.next(k * b)
+def _microbatch_grads(target, model, params, batch, k: int, b: int, draw_name: str, suffix: str = ""):
+    """Gradients of k micro-batches of size b at fixed θ: (sum of gradients in float64,
+    their norms, their losses). Losses are checked by the caller, all at once."""
     acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     norms, losses = [], []
     for j in range(k):
         for p in params:
             p.grad = None
-        where = f"noise draw {draw + 1}, micro-batch {j + 1} on rank {dist.rank}"
+        where = f"{draw_name}, micro-batch {j + 1}{suffix}"
         loss = _loss(target, model, _slice(batch, j * b, (j + 1) * b), where, check_finite=False)
         _backward(loss, where)
         losses.append(loss.detach())
         g = _grads(params)
         norms.extend(torch._foreach_norm(g, 2, dtype=torch.float64))
         torch._foreach_add_(acc, g)
+    return acc, norms, losses
+
+
+def _draw_microbatch_dist(target, model, params, batches, k, b, draw, dist, flags):
+    acc, norms, losses = _microbatch_grads(target, model, params, batches.next(k * b), k, b,
+                                           f"noise draw {draw + 1}", f" on rank {dist.rank}")
     extra = [float(x) for x in (flags() if flags is not None else [])]
     local = torch.stack([torch.stack(norms).square().sum(), torch.stack(losses).double().sum()]).cpu()
     tail = torch.cat([local, torch.tensor(extra, dtype=torch.float64)])

@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from . import memory as memory_mod
 from . import noise as noise_mod
+from . import rng as rng_mod
 from .distributed import Dist
 from .errors import UserError
-from .probe_result import (SCHEMA, MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint,
-                           load_probe)
+from .probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
 from .temperature import temperature
 from .target import Target, check_target, load_target
 
@@ -55,16 +51,11 @@ def preserved_state(model: torch.nn.Module):
     devices = [p.device for p in params]
     bdevices = [b.device for b in buffers]
     modes = [m.training for m in model.modules()]
-    rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
-           torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    rng = rng_mod.get_state()
     try:
         yield
     finally:
-        random.setstate(rng[0])
-        np.random.set_state(rng[1])
-        torch.random.set_rng_state(rng[2])
-        if rng[3] is not None:
-            torch.cuda.set_rng_state_all(rng[3])
+        rng_mod.set_state(rng)
         with torch.no_grad():
             for p, dev, v, g, rg in zip(params, devices, saved_p, saved_g, saved_rg):
                 if p.device != dev:
@@ -560,11 +551,7 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
     deadline = t_start + budget_seconds
 
     with preserved_state(model):
-        torch.manual_seed(rank_seed)
-        random.seed(rank_seed)
-        np.random.seed(rank_seed % 2**32)
-        if dev.type == "cuda":
-            torch.cuda.manual_seed_all(rank_seed)
+        rng_mod.seed_everything(rank_seed)
         model.to(dev)
         model.train()
         D.broadcast_module(model)  # every rank starts from rank 0's θ
@@ -585,8 +572,7 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
         D.broadcast_module(model)  # identical θ on every rank even if kernels are not deterministic
         rewind = _Restorer(model)
         measured_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        warm_examples = batches.examples
-        batches.examples = 0
+        batches.examples = 0  # count only the examples the measurements use
 
         # 2. gradient noise at fixed θ.
         t_noise = time.perf_counter()

@@ -19,18 +19,17 @@ import copy
 import io
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from .errors import UserError
 from .fileio import write_atomic
 from .plan import Plan
+from .rng import get_state as get_rng_state, seed_everything, set_state as set_rng_state
 from .runtime import BatchSizeScheduler, PlanBatchSampler, make_gather, tensor_columns, train_step
 from .target import Target
 
@@ -56,22 +55,6 @@ class RunResult:
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "history": self.history}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.random.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.random.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 @torch.no_grad()
@@ -129,7 +112,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     model = target.model
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch}
-    user_rng = _rng_state()
+    user_rng = get_rng_state()
     try:
         if init_state is not None:
             model.load_state_dict(init_state)
@@ -150,7 +133,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             optimizer.load_state_dict(doc["optimizer"])
             scheduler.load_state_dict(doc["scheduler"])
             sampler.load_state_dict(doc["sampler"])
-            _set_rng_state(doc["rng"])
+            set_rng_state(doc["rng"])
             result.history = list(doc["history"])
             start = result.resumed_from = len(result.history)
             for rec in result.history:
@@ -197,12 +180,12 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                 _save_checkpoint(ckpt_path, {
                     "format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "sampler": sampler.state_dict(), "rng": _rng_state(), "history": result.history})
+                    "sampler": sampler.state_dict(), "rng": get_rng_state(), "history": result.history})
             if on_epoch:
                 on_epoch(rec)
         return result
     finally:
-        _set_rng_state(user_rng)
+        set_rng_state(user_rng)
 
 
 def initial_state(model: torch.nn.Module) -> dict:

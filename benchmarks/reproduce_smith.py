@@ -77,7 +77,7 @@ def main() -> int:
 
     ref_wall = wall("original")
     ref_upd = res["original"][0]["updates"]
-    print(f"\n| run | test accuracy | final train loss | updates | fewer updates | train wall s (best seed) | less wall |")
+    print("\n| run | test accuracy | final train loss | updates | fewer updates | train wall s (best seed) | less wall |")
     print("|---|---|---|---|---|---|---|")
     for name in runs:
         acc, sd = stat(name, "metric")

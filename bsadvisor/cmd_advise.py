@@ -27,12 +27,6 @@ ADVISE_EXAMPLES = """
 """
 
 
-def _fmt_seconds(s: float) -> str:
-    from .report import _fmt_seconds as f
-
-    return f(s)
-
-
 @app.command("advise", epilog=ADVISE_EXAMPLES)
 def advise_cmd(
     target: Annotated[str, typer.Argument(help="path/to/file.py:function, package.module:function or builtin:NAME")],
@@ -53,8 +47,6 @@ def advise_cmd(
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale."""
     from .fileio import write_json
     from .probing import probe as run_probe
-    from .report import plan_table
-
     if schedule is None or epochs is None:
         raise UserError("advise needs --schedule and --epochs (the LR schedule you train with)")
     result = _probe_with_progress(run_probe, target, device=device, batch_size=batch_size, lr=lr,
@@ -71,7 +63,7 @@ def advise_cmd(
     if json_:
         emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict()})
         return
-    _print_advice(target, result, plan, out, probe_out, plan_table)
+    _print_advice(target, result, plan, out, probe_out)
 
 
 def _probe_with_progress(run_probe, target, quiet: bool, **kwargs):
@@ -87,10 +79,10 @@ def _probe_with_progress(run_probe, target, quiet: bool, **kwargs):
                          **kwargs)
 
 
-def _print_advice(target, result, plan, out, probe_out, plan_table) -> None:
+def _print_advice(target, result, plan, out, probe_out) -> None:
     from rich.table import Table
 
-    from .report import plan_summary
+    from .report import fmt_seconds, plan_summary
 
     noise, mem = result.noise, result.memory
     lo, hi = noise.ci90
@@ -104,8 +96,8 @@ def _print_advice(target, result, plan, out, probe_out, plan_table) -> None:
     for col in ("", "updates", "examples", "predicted time"):
         cmp.add_column(col, justify="right" if col else "left")
     cmp.add_row("original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}",
-                _fmt_seconds(pred["baseline_predicted_seconds"]))
-    cmp.add_row("plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", _fmt_seconds(pred["predicted_seconds"]))
+                fmt_seconds(pred["baseline_predicted_seconds"]))
+    cmp.add_row("plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", fmt_seconds(pred["predicted_seconds"]))
     speed = pred["baseline_predicted_seconds"] / pred["predicted_seconds"] if pred["predicted_seconds"] else math.nan
     cmp.add_row("ratio", f"{plan.baseline_updates / plan.updates:.2f}×", "1×", f"{speed:.2f}×")
     console.print(cmp)

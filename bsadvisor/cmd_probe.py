@@ -1,7 +1,6 @@
 """`bsadvisor probe TARGET`: presentation only; the work is bsadvisor.probe (imports torch lazily)."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Optional

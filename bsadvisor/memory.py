@@ -159,9 +159,9 @@ def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_
             break
         # Secant through the two largest fitting trials.
         if len(ok) >= 2:
-            f_, s_ = _fit(ok[-2], ok[-1])
+            _, s_ = _fit(ok[-2], ok[-1])
         else:
-            f_, s_ = fixed, slope
+            s_ = slope
         near = len(ok) >= 3 or (len(ok) == 2 and fail is not None)
         a = 0.995 if near else aim  # a long first jump aims lower; a short refinement closer
         if fail is None:

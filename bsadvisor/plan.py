@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .fileio import json_safe
 
 PLAN_SCHEMA = "bsadvisor.plan/1"
 
@@ -125,18 +126,18 @@ class Plan:
             d = {k: v for k, v in asdict(s).items() if k != "extra"}
             d["updates"] = s.updates(self.dataset_size)
             d.update(s.extra)
-            stages.append(_finite(d))
+            stages.append(json_safe(d))
         doc = {
             "schema": PLAN_SCHEMA,
-            "inputs": _finite(dict(self.inputs)),
+            "inputs": json_safe(dict(self.inputs)),
             "dataset_size": self.dataset_size,
             "epochs": self.epochs,
-            "cap": _finite(dict(self.cap)),
+            "cap": json_safe(dict(self.cap)),
             "stages": stages,
             "baseline": {"updates": self.baseline_updates,
                          "examples": self.epochs * self.dataset_size},
             "plan": {"updates": self.updates, "examples": self.epochs * self.dataset_size,
-                     "update_ratio": (self.baseline_updates / self.updates) if self.updates else None},
+                     "update_ratio": (self.baseline_updates / self.updates) if self.baseline_updates else None},
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
@@ -221,7 +222,3 @@ def _num(v: Any, what: str, allow_none: bool = False) -> float:
         raise UserError(f"plan {what} must be a number, got {v!r}")
     return float(v)
 
-
-def _finite(d: dict) -> dict:
-    """JSON has no NaN/inf: write them as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

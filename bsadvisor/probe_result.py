@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .errors import UserError
+from .fileio import json_safe
 from .temperature import temperature
 
 SCHEMA = "bsadvisor.probe/1"
@@ -99,11 +100,11 @@ class ProbeResult:
         return {
             "schema": SCHEMA,
             "target": self.target,
-            "noise": _finite(noise),
-            "memory": _finite(asdict(self.memory)),
-            "throughput": [_finite(asdict(p)) for p in self.throughput],
+            "noise": json_safe(noise),
+            "memory": json_safe(asdict(self.memory)),
+            "throughput": [json_safe(asdict(p)) for p in self.throughput],
             "throughput_knee": self.throughput_knee,
-            "temperature": _finite(self.temperature),
+            "temperature": json_safe(self.temperature),
             "settings": asdict(self.settings),
             "wall_seconds": self.wall_seconds,
         }
@@ -158,15 +159,6 @@ class ProbeResult:
                    throughput_knee=doc.get("throughput_knee"), target=str(doc.get("target", "target")),
                    wall_seconds=float(doc.get("wall_seconds") or 0.0))
 
-
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def load_probe(path) -> ProbeResult:

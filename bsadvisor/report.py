@@ -55,7 +55,7 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> Table:
         t.add_column("efficiency", justify="right")
     if has_time:
         total = sum(r["predicted_seconds"] or 0 for r in rows)
-        t.add_column("pred. time", justify="right", footer=_fmt_seconds(total))
+        t.add_column("pred. time", justify="right", footer=fmt_seconds(total))
     for i, r in enumerate(rows):
         g = r["temperature"]
         cells = [f"{i}" + (" warmup" if r["phase"] == "warmup" else " hybrid" if r["phase"] == "hybrid" else ""),
@@ -64,12 +64,12 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> Table:
         if has_eff:
             cells.append("" if r["efficiency"] is None else f"{r['efficiency']:.2f}")
         if has_time:
-            cells.append(_fmt_seconds(r["predicted_seconds"]))
+            cells.append(fmt_seconds(r["predicted_seconds"]))
         t.add_row(*cells)
     return t
 
 
-def _fmt_seconds(s) -> str:
+def fmt_seconds(s) -> str:
     if s is None:
         return ""
     if s < 120:

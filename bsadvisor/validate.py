@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import convert
 from .errors import UserError
 from .fileio import write_atomic, write_json
 from .plan import Plan, Stage
@@ -39,14 +40,6 @@ class RunSpec:
 
 
 # -- which runs --------------------------------------------------------------------------
-def _convert():
-    try:
-        from . import convert
-    except ImportError:  # pragma: no cover - the converter ships with the package
-        raise UserError("bsadvisor.convert is missing; reinstall bsadvisor") from None
-    return convert
-
-
 def _call(fn: Callable, inputs: dict, **overrides) -> Plan:
     """Call ``fn`` with the plan's recorded inputs that it accepts, plus ``overrides``."""
     params = inspect.signature(fn).parameters
@@ -63,7 +56,7 @@ def baseline_of(plan: Plan) -> Plan:
         raise UserError(f"the plan does not record its original schedule ({', '.join(missing)} missing from "
                         "'inputs'); regenerate it with bsadvisor convert-schedule --out")
     inputs = dict(plan.inputs, dataset_size=plan.dataset_size)
-    return _call(_convert().baseline_plan, inputs)
+    return _call(convert.baseline_plan, inputs)
 
 
 def default_hybrid_cap(plan: Plan) -> int:
@@ -83,16 +76,15 @@ def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] 
     runs = [RunSpec("original", baseline_of(plan), "the LR schedule at the fixed batch B0"),
             RunSpec("plan", plan, "batch growth (Smith et al. 2018)")]
     if variants:
-        conv = _convert()
         inputs = dict(plan.inputs, dataset_size=plan.dataset_size)
         b0 = int(inputs["batch_size"])
         cap = default_hybrid_cap(plan) if hybrid_cap is None else int(hybrid_cap)
         if cap > b0:
-            runs.append(RunSpec(f"hybrid-{cap}", _call(conv.convert_schedule, inputs, max_batch=cap),
+            runs.append(RunSpec(f"hybrid-{cap}", _call(convert.convert_schedule, inputs, max_batch=cap),
                                 f"grow the batch up to {cap}, then decay the LR"))
         if increase_lr and increase_lr > 1:
             k = float(increase_lr)
-            runs.append(RunSpec(f"increased-lr-x{k:g}", _call(conv.convert_schedule, inputs, increase_lr=k),
+            runs.append(RunSpec(f"increased-lr-x{k:g}", _call(convert.convert_schedule, inputs, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
 

@@ -68,8 +68,10 @@ def _worker(outdir: str) -> None:
     w0 = t.model.weight.detach().clone()
     rng0 = torch.random.get_rng_state()
     pyrng0, nprng0 = random.getstate(), np.random.get_state()[1].copy()
-    r = bsadvisor.probe(t, device="cpu", warmup_steps=5, budget_seconds=4, seed=7, dist=dist,
-                        measure_throughput=True)
+    # A fixed number of draws (not a time budget) so the estimate depends on the seeds alone,
+    # however loaded the machine is.
+    r = bsadvisor.probe(t, device="cpu", warmup_steps=5, budget_seconds=60, seed=7, dist=dist,
+                        min_draws=20, max_draws=20, measure_throughput=True)
     doc = {"result": r.to_dict(), "measured_weight": r.measured_state["weight"].reshape(-1).tolist(),
            "untouched": bool(torch.equal(w0, t.model.weight.detach()) and t.model.weight.grad is None
                              and torch.equal(rng0, torch.random.get_rng_state())

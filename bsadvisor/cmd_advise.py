@@ -20,9 +20,11 @@ ADVISE_EXAMPLES = """
 [bold]Examples[/]
 
   Measure the built-in MNIST-1D MLP and convert a paper-style schedule:
+
   [cyan]bsadvisor advise builtin:mnist1d-mlp --epochs 10 --schedule "MultiStepLR(milestones=[3,6,8], gamma=0.2)" --out plan.json[/]
 
   Your own model on two GPUs, growth capped at 10 × the noise scale:
+
   [cyan]bsadvisor advise train.py:make_target --device cuda --world-size 2 --noise-cap 10 --epochs 90 --schedule "CosineAnnealingLR(T_max=90)"[/]
 """
 

@@ -19,53 +19,57 @@ DEFAULTS: dict[str, Any] = {
     "adam_rule": "sqrt",
 }
 
-PROBE_OPTIONS = {"probe", "world_size", "grad_accum", "noise_cap"}
+PROBE_OPTIONS = {"probe", "world_size", "grad_accum", "noise_cap", "micro_batch"}
 
 # Shared option declarations (validate reuses them).
-Lr = Annotated[Optional[float], typer.Option("--lr", help="Base LR ε0 of the schedule (a CSV table gives its own).")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size B0 the schedule was tuned at.")]
-DatasetSize = Annotated[Optional[int], typer.Option("--dataset-size", help="Training-set size N.")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training length E in epochs.")]
-Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum m.  [default: 0]")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Base LR ε0 of the schedule (a CSV table gives its own).", show_default=False)]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size B0 the schedule was tuned at.", show_default=False)]
+DatasetSize = Annotated[Optional[int], typer.Option("--dataset-size", help="Training-set size N.", show_default=False)]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training length E in epochs.", show_default=False)]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum m.  \\[default: 0]", show_default=False)]
 ScheduleOpt = Annotated[Optional[str], typer.Option(
     "--schedule", help="PyTorch scheduler expression, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)', "
-                       "or a CSV table epoch,lr[,momentum].")]
+                       "or a CSV table epoch,lr[,momentum].", show_default=False)]
 ScheduleUnit = Annotated[Optional[str], typer.Option(
     "--schedule-unit", help="epoch: the scheduler steps once an epoch; step: once an iteration "
-                            "(read with ceil(N/B0) steps an epoch).  [default: epoch]")]
-Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="sgd | nesterov | adam | adamw.  [default: sgd]")]
+                            "(read with ceil(N/B0) steps an epoch).  \\[default: epoch]", show_default=False)]
+Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="sgd | nesterov | adam | adamw.  \\[default: sgd]", show_default=False)]
 Rule = Annotated[Optional[str], typer.Option(
-    "--rule", help="exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's).  [default: exact]")]
+    "--rule", help="exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's).  \\[default: exact]", show_default=False)]
 MaxBatch = Annotated[Optional[int], typer.Option(
-    "--max-batch", help="Device cap: the largest batch that fits (× devices × accumulation).  [default: none]")]
+    "--max-batch", help="Device cap: the largest batch that fits (× devices × accumulation).  \\[default: none]", show_default=False)]
 MaxFraction = Annotated[Optional[float], typer.Option(
-    "--max-fraction", help="Never grow past this fraction of N (the paper stopped near N/10).  [default: 0.1]")]
-RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Round batches to multiples of this.  [default: 1]")]
+    "--max-fraction", help="Never grow past this fraction of N (the paper stopped near N/10).  \\[default: 0.1]", show_default=False)]
+RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Round batches to multiples of this.  \\[default: 1]", show_default=False)]
 MaxStages = Annotated[Optional[int], typer.Option(
-    "--max-stages", help="At most this many distinct batch sizes.  [default: no limit]")]
+    "--max-stages", help="At most this many distinct batch sizes.  \\[default: no limit]", show_default=False)]
 StageFactor = Annotated[Optional[float], typer.Option(
     "--stage-factor", help="New batch only when the target grew by this factor (the LR carries the rest). "
-                           "[default: 1 for step schedules, 2 for smooth ones]")]
+                           "\\[default: 1 for step schedules, 2 for smooth ones]", show_default=False)]
 IncreaseLr = Annotated[Optional[float], typer.Option(
-    "--increase-lr", help="Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).")]
+    "--increase-lr", help="Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).", show_default=False)]
 MomentumTo = Annotated[Optional[float], typer.Option(
-    "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).")]
+    "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", show_default=False)]
 AdamRule = Annotated[Optional[str], typer.Option(
-    "--adam-rule", help="Adam family: sqrt (η ∝ √B, Malladi et al.) or linear (Smith et al.).  [default: sqrt]")]
+    "--adam-rule", help="Adam family: sqrt (η ∝ √B, Malladi et al.) or linear (Smith et al.).  \\[default: sqrt]", show_default=False)]
 Config = Annotated[Optional[Path], typer.Option(
     "--config", help="TOML file with any of these options (keys as option names, e.g. batch-size = 128); "
-                     "the command line wins.")]
+                     "the command line wins.", show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/1).")]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).", show_default=False)]
 ProbeOpt = Annotated[Optional[Path], typer.Option(
     "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "
-                    "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.")]
-WorldSize = Annotated[Optional[int], typer.Option("--world-size", help="Devices training together.  [default: 1]")]
+                    "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.", show_default=False)]
+WorldSize = Annotated[Optional[int], typer.Option("--world-size", help="Devices training together.  \\[default: 1]", show_default=False)]
 GradAccum = Annotated[Optional[int], typer.Option(
-    "--grad-accum", help="Gradient-accumulation steps allowed per update.  [default: 1]")]
+    "--grad-accum", help="Gradient-accumulation steps allowed per update.  \\[default: 1]", show_default=False)]
+MicroBatch = Annotated[Optional[int], typer.Option(
+    "--max-micro-batch", help="Per-device micro-batch limit: with --world-size or --grad-accum, every batch above "
+                              "world size × this is world size × k steps × an equal micro-batch.  \\[default: the "
+                              "probe's max batch]", show_default=False)]
 NoiseCap = Annotated[Optional[float], typer.Option(
     "--noise-cap", help="Cap the batch at K × the measured noise scale B_simple (needs --probe; 10 is a "
-                        "sensible K).  [default: off, growth past 10× is flagged]")]
+                        "sensible K).  \\[default: off, growth past 10× is flagged]", show_default=False)]
 
 
 def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
@@ -100,13 +104,16 @@ def merge_options(cli: dict[str, Any], config: Optional[Path], allowed: set[str]
 
 
 def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
-                      noise_cap: Optional[float] = None, **options: Any):
+                      noise_cap: Optional[float] = None, micro_batch: Optional[int] = None, **options: Any):
     """Build a Plan from convert-schedule's options: explicit values over the probe's over defaults.
 
     ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
     optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
     grad_accum`` unless --max-batch is given; the plan then carries predicted times and
-    noise-scale efficiencies (bsadvisor.advise).
+    noise-scale efficiencies (bsadvisor.advise). With several devices (or accumulation)
+    the batches are rounded so every device gets the same share and every accumulation
+    step the same micro-batch (``micro_batch``: the per-device limit, by default the
+    probe's cap; see convert.Rounding).
     """
     from .convert import convert_schedule
 
@@ -137,6 +144,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         if opts[required] is None:
             raise UserError(f"--{required.replace('_', '-')} is required (on the command line, in --config, "
                             "or from --probe)")
+    if result is not None and micro_batch is None and (world_size > 1 or grad_accum > 1):
+        micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
     noise_cap_batch = None
     if noise_cap is not None:
         if result is None:
@@ -145,7 +154,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
                 or not math.isfinite(noise_cap):
             raise UserError(f"--noise-cap must be a number > 0 (e.g. 10), got {noise_cap!r}")
         noise_cap_batch = noise_cap * result.noise.b_simple
-    plan = convert_schedule(**{k: opts[k] for k in DEFAULTS}, noise_cap_batch=noise_cap_batch)
+    plan = convert_schedule(**{k: opts[k] for k in DEFAULTS}, noise_cap_batch=noise_cap_batch,
+                            world_size=world_size, micro_batch=micro_batch)
     if result is not None:
         from . import advise
 
@@ -173,15 +183,23 @@ EXAMPLES = """
 [bold]Examples[/]
 
   The paper's CIFAR-10 schedule (Smith et al. 2018), capped at N/10:
+
   [cyan]bsadvisor convert-schedule --lr 0.1 --batch-size 128 --dataset-size 50000 --epochs 200 --momentum 0.9 --schedule "MultiStepLR(milestones=[60,120,160], gamma=0.2)"[/]
 
   Warmup + cosine, a device that holds 2048, batches in multiples of 64, at most 5 batch sizes:
+
   [cyan]bsadvisor convert-schedule --lr 0.4 --batch-size 256 --dataset-size 1281167 --epochs 90 --schedule "SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=85)], milestones=[5])" --max-batch 2048 --round-to 64 --max-stages 5[/]
 
   With a probe's device cap and noise scale, two GPUs, growth capped at 10 × B_simple:
+
   [cyan]bsadvisor convert-schedule --probe probe.json --world-size 2 --noise-cap 10 --epochs 100 --schedule "MultiStepLR(milestones=[30,60,80], gamma=0.2)"[/]
 
+  Eight GPUs taking at most 32 examples each per step: every batch splits evenly into 8 × k × μ (μ ≤ 32):
+
+  [cyan]bsadvisor convert-schedule --probe probe.json --world-size 8 --max-micro-batch 32 --epochs 90 --schedule "MultiStepLR(milestones=[30,60,80], gamma=0.1)"[/]
+
   From a CSV table and a config file, saved for `bsadvisor validate --plan`:
+
   [cyan]bsadvisor convert-schedule --config run.toml --schedule lr.csv --out plan.json[/]
 """
 
@@ -194,7 +212,7 @@ def convert_schedule_cmd(
     round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
     increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
     probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
-    config: Config = None, json_: JsonOut = False, out: Out = None,
+    micro_batch: MicroBatch = None, config: Config = None, json_: JsonOut = False, out: Out = None,
 ) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
 

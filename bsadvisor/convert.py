@@ -54,9 +54,80 @@ def _check_positive(name: str, value, integer: bool = False, allow_none: bool = 
     return int(value) if integer else float(value)
 
 
-def _round_batch(b: float, round_to: int) -> int:
-    """Nearest multiple of ``round_to`` (at least one multiple)."""
-    return max(round_to, int(round(b / round_to)) * round_to)
+@dataclass(frozen=True)
+class Rounding:
+    """Which batch sizes a plan may use (theory.md §2: "a multiple of 8, or of micro-batch × world size").
+
+    One device: multiples of ``round_to``. Data parallel over W = ``world_size`` devices
+    that take at most m = ``micro_batch`` examples per step: a batch B needs
+    k = ⌈B/(W·m)⌉ accumulation steps, and B must be a multiple of lcm(round_to, W)·k, so
+
+        B = W × k × μ,   μ ≤ m,
+
+    every device gets the same share and every accumulation step the same micro-batch μ
+    (B is a multiple of world size × micro-batch). Without ``micro_batch``, k = 1:
+    multiples of lcm(round_to, W).
+    """
+
+    round_to: int = 1
+    world_size: int = 1
+    micro_batch: Optional[int] = None
+
+    @property
+    def unit(self) -> int:
+        return math.lcm(self.round_to, self.world_size)
+
+    def steps(self, b: float) -> int:
+        """Accumulation steps k = ⌈b/(W·m)⌉ a batch of ``b`` needs (1 without a micro-batch limit)."""
+        if self.micro_batch is None:
+            return 1
+        return max(1, math.ceil(b / (self.world_size * self.micro_batch) - _EPS))
+
+    def allows(self, batch: int) -> bool:
+        return batch >= 1 and batch % (self.unit * self.steps(batch)) == 0
+
+    def _band(self, k: int) -> list[int]:
+        """The smallest and largest allowed batch needing exactly k steps (empty if none)."""
+        wm, u = self.world_size * self.micro_batch, self.unit * k
+        lo, hi = (wm * (k - 1)) // u * u + u, wm * k // u * u
+        return [lo, hi] if lo <= hi else []
+
+    def nearest(self, b: float) -> int:
+        """The allowed batch nearest ``b`` (ties: the smaller)."""
+        if self.micro_batch is None:
+            return max(self.unit, int(round(b / self.unit)) * self.unit)
+        kb = self.steps(b)
+        options = []
+        for k in range(max(1, kb - 1), kb + 2):
+            u = self.unit * k
+            options += [c for c in [math.floor(b / u) * u, math.ceil(b / u) * u] + self._band(k)
+                        if self.allows(c) and self.steps(c) == k]
+        if not options:  # round_to/W coarser than the micro-batch limit: fall back to plain multiples
+            return max(self.unit, int(round(b / self.unit)) * self.unit)
+        return min(options, key=lambda c: (abs(c - b), c))
+
+    def floor(self, b: float) -> int:
+        """The largest allowed batch ≤ ``b`` (at least the smallest allowed one)."""
+        if self.micro_batch is None:
+            return max(self.unit, int(b // self.unit) * self.unit)
+        for k in range(self.steps(b), 0, -1):
+            band = self._band(k)
+            if band:
+                u = self.unit * k
+                top = min(band[1], int(b // u) * u)
+                if top >= band[0]:
+                    return top
+        return self.nearest(1)
+
+    def describe(self) -> str:
+        if self.world_size == 1 and self.micro_batch is None:
+            return f"multiples of {self.round_to}"
+        text = f"multiples of {self.unit} (--round-to {self.round_to}, world size {self.world_size})"
+        if self.micro_batch is not None:
+            text += (f"; a batch B over {self.world_size} × {self.micro_batch} takes k = ⌈B/{self.world_size * self.micro_batch}⌉ "
+                     f"accumulation steps and is a multiple of {self.unit}·k, so every device and step gets the same "
+                     f"micro-batch (≤ {self.micro_batch})")
+        return text
 
 
 def _as_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
@@ -123,14 +194,18 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
                      max_fraction: float = 0.1, round_to: int = 1, max_stages: Optional[int] = None,
                      stage_factor: Optional[float] = None, increase_lr: Optional[float] = None,
                      momentum_to: Optional[float] = None, adam_rule: str = "sqrt",
-                     noise_cap_batch: Optional[float] = None) -> Plan:
+                     noise_cap_batch: Optional[float] = None, world_size: int = 1,
+                     micro_batch: Optional[int] = None) -> Plan:
     """Convert an LR schedule at fixed batch into a batch-growth plan with the same temperature g(t).
 
     ``max_batch`` is the device cap (largest batch that fits, × devices × accumulation);
     ``max_fraction`` caps B at that fraction of N (the paper stops near N/10);
     ``noise_cap_batch`` caps it at a multiple of the measured noise scale (McCandlish et al.);
     ``increase_lr=K`` starts at K·ε0 with the batch that keeps g0 (paper §5.2);
-    ``momentum_to=M`` trains at momentum M with B × (1−m)/(1−M) (paper §5.2).
+    ``momentum_to=M`` trains at momentum M with B × (1−m)/(1−M) (paper §5.2);
+    ``world_size``/``micro_batch``: data-parallel devices and the per-device micro-batch
+    limit; the plan's batches are then rounded as :class:`Rounding` says (B0 itself is the
+    user's and is kept).
     """
     sched, lr0, lrs, moms, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
                                                         schedule_unit)
@@ -138,6 +213,9 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
         raise UserError(f"--max-fraction must be in (0, 1], got {max_fraction!r}")
     round_to = _check_positive("--round-to", round_to, integer=True)
+    world_size = _check_positive("--world-size", world_size, integer=True)
+    micro_batch = _check_positive("--max-micro-batch", micro_batch, integer=True, allow_none=True)
+    rounding = Rounding(round_to, world_size, micro_batch)
     max_batch = _check_positive("--max-batch", max_batch, integer=True, allow_none=True)
     max_stages = _check_positive("--max-stages", max_stages, integer=True, allow_none=True)
     stage_factor = _check_positive("--stage-factor", stage_factor, allow_none=True)
@@ -197,9 +275,8 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if noise_cap_batch is not None:
         limits["noise_scale"] = max(1, math.floor(noise_cap_batch))
     limited_by = min(limits, key=limits.get)
-    cap = max(round_to, (min(limits.values()) // round_to) * round_to)
-    cap = min(cap, n)
-    b_start = _round_batch(b_base, round_to) if variant else b0
+    cap = min(rounding.floor(min(limits.values())), n)
+    b_start = rounding.nearest(b_base) if variant else b0
     if cap < b_start:
         if variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "
@@ -215,9 +292,9 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if stage_factor is None:
         # Step schedules: one batch stage per step of the schedule. Smooth ones: a staircase of doublings.
         stage_factor = 1.0 if sched.piecewise_constant else 2.0
-    per_epoch = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, stage_factor, peak)
+    per_epoch = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, stage_factor, peak)
     if max_stages is not None and _count_batches(per_epoch) > max_stages:
-        per_epoch, stage_factor = _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to,
+        per_epoch, stage_factor = _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding,
                                               stage_factor, peak, max_stages)
         notes.append(f"at most {max_stages} batch stages: a new batch when the target grew by ×{stage_factor:.3g}")
     elif stage_factor > 1:
@@ -233,9 +310,9 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if biggest > n / 10:
         warnings.append(f"batch {biggest} exceeds N/10 = {n / 10:g}: the paper stopped growing near N/10, and the "
                         "proportional rule overstates the batch as B nears N")
-    if round_to > 1:
+    if rounding != Rounding():
         worst = max(abs(s.temperature / s.target_temperature - 1) for s in stages if s.target_temperature > 0)
-        notes.append(f"batches rounded to multiples of {round_to}: the realised temperature differs from the "
+        notes.append(f"batches rounded to {rounding.describe()}: the realised temperature differs from the "
                      f"original by at most {100 * worst:.2f}%")
     if schedule_unit == "step":
         notes.append(f"schedule read per step, {steps} steps an epoch (ceil(N/B0)); the plan is indexed in epochs")
@@ -246,6 +323,7 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     inputs = {"lr": lr0, "batch_size": b0, "dataset_size": n, "epochs": e, "momentum": momentum,
               "schedule": sched.describe(), "schedule_unit": schedule_unit, "optimizer": str(optimizer).lower(),
               "rule": rule, "max_batch": max_batch, "max_fraction": max_fraction, "round_to": round_to,
+              "world_size": world_size, "micro_batch": micro_batch,
               "max_stages": max_stages, "stage_factor": stage_factor, "increase_lr": increase_lr,
               "momentum_to": momentum_to, "adam_rule": adam_rule if model.is_adam else None}
     return Plan(stages=stages, dataset_size=n, inputs=inputs, baseline_updates=e * math.ceil(n / b0),
@@ -256,7 +334,7 @@ _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", 
               "batch_size": "the starting batch"}
 
 
-def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, factor, peak) -> list[_Epoch]:
+def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor, peak) -> list[_Epoch]:
     """Per-epoch (batch, lr, momentum) following g_ref·ρ(t); see the module docstring."""
     out: list[_Epoch] = []
     ref = min(b_base, float(cap))  # the unrounded batch the current stage was chosen for
@@ -268,8 +346,8 @@ def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_t
             want = min(target, float(cap))
             # New stage: the target grew by the factor, or it passed the cap (then go straight to the cap).
             grown = want >= ref * factor * (1 - _EPS) or target >= cap * (1 - _EPS)
-            if grown and min(_round_batch(want, round_to), cap) > batch:
-                ref, batch = want, min(_round_batch(want, round_to), cap)
+            if grown and min(rounding.nearest(want), cap) > batch:
+                ref, batch = want, min(rounding.nearest(want), cap)
             phase = "hybrid" if batch == cap and target > cap * (1 + _EPS) else "growth"
         else:
             phase = "warmup"
@@ -287,16 +365,16 @@ def _count_batches(per_epoch: list[_Epoch]) -> int:
     return 1 + sum(1 for a, b in zip(per_epoch, per_epoch[1:]) if a.batch != b.batch)
 
 
-def _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, factor, peak, max_stages):
+def _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor, peak, max_stages):
     """Smallest stage factor (bisection in log space) giving at most ``max_stages`` batch sizes."""
     if max_stages == 1:  # one batch size: the staircase always steps up at the cap, so keep B and let the LR decay
-        return _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, b_start, round_to, factor, peak), factor
+        return _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, b_start, rounding, factor, peak), factor
     lo, hi = math.log(max(factor, 1.0)), math.log(max(cap / max(b_start, 1), 1.0) * 2 + 1)
-    best = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, math.exp(hi), peak)
+    best = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, math.exp(hi), peak)
     best_f = math.exp(hi)
     for _ in range(60):
         mid = (lo + hi) / 2
-        trial = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, round_to, math.exp(mid), peak)
+        trial = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, math.exp(mid), peak)
         if _count_batches(trial) <= max_stages:
             best, best_f, hi = trial, math.exp(mid), mid
         else:

@@ -381,3 +381,49 @@ def test_round_to_property(case, round_to):
         assert s.batch_size == b0 or s.batch_size % round_to == 0
         assert s.batch_size == b0 or s.batch_size <= cap
     assert Plan.from_json(p.to_json()) == p
+
+
+# -- data-parallel rounding (theory.md §2: "a multiple of ... micro-batch × world size") --------------
+@PROPS
+@given(cases(), st.integers(2, 8), st.one_of(st.none(), st.integers(1, 64)))
+def test_world_size_rounding_splits_every_batch_evenly(case, world, micro):
+    """Every grown batch splits into W equal shares of k equal micro-batches ≤ m, k the fewest that fit."""
+    kw, _, _ = case
+    kw = dict(kw, max_batch=None)  # the cap then comes from N·max_fraction, rounded down the same way
+    p = convert_schedule(**kw, world_size=world, micro_batch=micro)
+    b0 = kw["batch_size"]
+    for s in p.stages:
+        b = s.batch_size
+        if b == b0:
+            continue  # the user's own batch is kept
+        k = 1 if micro is None else -(-b // (world * micro))  # fewest accumulation steps that fit
+        assert b % (world * k) == 0, (b, world, k)
+        assert micro is None or b // (world * k) <= micro
+        assert b <= max(_caps(kw), world)
+    assert p.inputs["world_size"] == world and p.inputs["micro_batch"] == micro
+    if any(s.batch_size != b0 for s in p.stages):
+        assert any(f"world size {world}" in n for n in p.notes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 8), st.sampled_from([1, 2, 3, 4, 8]), st.one_of(st.none(), st.integers(1, 40)),
+       st.floats(1, 1500))
+def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, b):
+    from bsadvisor.convert import Rounding
+
+    r = Rounding(round_to, world, micro)
+    unit = math.lcm(round_to, world)
+
+    def steps(c):
+        return 1 if micro is None else -(-c // (world * micro))
+
+    allowed = [c for c in range(1, int(3 * b) + 4 * unit * (steps(int(b)) + 2)) if c % (unit * steps(c)) == 0]
+    kb = 1 if micro is None else math.ceil(b / (world * micro) - 1e-9)
+    near = [c for c in allowed if abs(steps(c) - kb) <= 1]
+    if near:
+        assert r.nearest(b) == min(near, key=lambda c: (abs(c - b), c))
+    else:  # round_to/W coarser than the micro-batch limit: plain multiples of lcm(round_to, W)
+        assert r.nearest(b) % unit == 0 and abs(r.nearest(b) - b) <= max(unit / 2, unit - b)
+    below = [c for c in allowed if c <= b]
+    if below:
+        assert r.floor(b) == max(below)

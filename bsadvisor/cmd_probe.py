@@ -67,10 +67,11 @@ def probe(
         kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                       budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
                       memory_limit=limit, seed=seed, dist=dist)
-        if not dist.is_main:
+        if dist.is_main:
+            _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+        else:
             run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
-            return
-        _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts)
     finally:
         dist.destroy()
 

@@ -97,13 +97,19 @@ def print_results(doc: dict) -> None:
 
 def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
                    tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
-                   as_json: bool) -> dict:
+                   as_json: bool, dist=None, device=None) -> dict:
+    """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes."""
+    import contextlib
+
     from .validate import build_runs, run_validation, write_outputs
 
+    main = dist is None or dist.is_main
     specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
-    with _progress() as progress:
+    with (_progress() if main else contextlib.nullcontext()) as progress:
         doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                             tolerance=tolerance, progress=progress)
+                             tolerance=tolerance, progress=progress, dist=dist, device=device)
+    if not main:
+        return doc
     if out is not None:
         write_outputs(doc, out)
     if as_json:
@@ -117,7 +123,18 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     return doc
 
 
-@app.command()
+VALIDATE_EPILOG = (
+    "Examples:\n\n"
+    "  bsadvisor validate builtin:mnist1d-mlp --epochs 10 --schedule \"MultiStepLR(milestones=[3,6,8], gamma=0.2)\" "
+    "--seeds 3 --out runs/v1\n\n"
+    "  bsadvisor validate train.py:make_target --plan plan.json --variants --max-micro-batch 256 --out runs/v2\n\n"
+    "  bsadvisor validate train.py:make_target --plan plan.json --out runs/v2 --resume\n\n"
+    "  torchrun --standalone --nproc_per_node=8 -m bsadvisor validate train.py:make_target --plan plan.json "
+    "--max-micro-batch 64 --out runs/v3"
+)
+
+
+@app.command(epilog=VALIDATE_EPILOG)
 def validate(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
@@ -131,27 +148,47 @@ def validate(
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
     increase_lr: float = typer.Option(5.0, "--increase-lr", help="LR and batch factor of the increased-LR variant"),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="accepted metric drop (default: max(2 × sd over seeds, 0.005))"),
-    max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size"),
+    max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoints in --out"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
+                               "auto; each process takes cuda:LOCAL_RANK)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
 ) -> None:
-    """Train the original schedule and the plan on TARGET and compare them (exit 0 accepted, 1 rejected)."""
+    """Train the original schedule and the plan on TARGET and compare them (exit 0 accepted, 1 rejected).
+
+    Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
+    data parallel: see docs/distributed.md.
+    """
     from .plan import Plan
-    from .target import load_target
 
     if plan is not None:
         Plan.load(plan)  # a bad plan file fails fast, before the target is imported
-    tgt = load_target(target)
-    p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
-                      momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
-                      max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
-                      stage_factor=stage_factor, adam_rule=adam_rule)
     if max_micro_batch is not None and max_micro_batch < 1:
         raise UserError(f"--max-micro-batch must be at least 1, got {max_micro_batch}")
-    doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                         tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                         as_json=as_json)
+    from .distributed import init_from_env
+    from .runtime import resolve_device
+    from .target import load_target
+    from .validate import fit_to_devices
+
+    dist = init_from_env(device)
+    try:
+        dev = dist.device if dist.enabled else resolve_device(device)
+        tgt = load_target(target)
+        p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+                          momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
+                          max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
+                          stage_factor=stage_factor, adam_rule=adam_rule)
+        if dist.enabled:
+            p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
+            if change and dist.is_main:
+                err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
+        doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                             tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
+                             as_json=as_json, dist=dist, device=dev)
+        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts)
+    finally:
+        dist.destroy()
     if not doc["verdict"]["accepted"]:
         raise typer.Exit(code=1)
 

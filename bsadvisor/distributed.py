@@ -118,7 +118,12 @@ class Dist:
             tdist.barrier()
 
     def destroy(self) -> None:
-        """Tear the group down if :func:`init_from_env` created it (safe to call twice)."""
+        """Tear the group down if :func:`init_from_env` created it (safe to call twice).
+
+        On the success path call :meth:`barrier` first: with gloo, a rank that destroys
+        the group while another still talks to it can abort the other. (Not on an error
+        path: the other ranks may be stuck in another collective; torchrun stops them.)
+        """
         if self.owns_group:
             import torch.distributed as tdist
 

@@ -31,11 +31,11 @@ from . import rng as rng_mod
 from .distributed import Dist
 from .errors import UserError
 from .probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
+from .runtime import resolve_device, to_device
 from .temperature import temperature
 from .target import Target, check_target, load_target
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
-RANK_SEED_STRIDE = 1_000_003  # rank r draws its examples with seed + r·stride (different streams)
 
 
 # --------------------------------------------------------------------------- state
@@ -119,22 +119,10 @@ class _Batches:
                 batch = self.target.collate([self.target.train_dataset[int(i)] for i in idx])
             except Exception as exc:
                 raise UserError(f"loading a batch from train_dataset failed: {type(exc).__name__}: {exc}") from None
-        return _to_device(batch, self.device)
+        return to_device(batch, self.device)
 
     def next(self, size: int):
         return self.fetch(self.indices(size))
-
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        out = [_to_device(b, device) for b in batch]
-        return type(batch)(out) if isinstance(batch, tuple) and not hasattr(batch, "_fields") else (
-            type(batch)(*out) if hasattr(batch, "_fields") else out)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _slice(batch, lo: int, hi: int):
@@ -474,19 +462,6 @@ def _sync(device):
 
 
 # --------------------------------------------------------------------------- main
-def resolve_device(device: str) -> torch.device:
-    device = (device or "auto").lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available; use --device cpu or auto")
-        return torch.device(device)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
-
-
 def default_warmup_steps(dataset_size: int, batch_size: int) -> int:
     """About 2% of an epoch, between 1 and 50 steps."""
     return int(max(1, min(50, round(0.02 * dataset_size / batch_size))))
@@ -544,7 +519,7 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
         if D.device is not None and (device or "auto").lower() in ("auto", "cpu", "cuda"):
             device = D.device  # cuda:LOCAL_RANK under NCCL
     B_loc = B // K  # per-device batch (B itself in one process)
-    rank_seed = seed + RANK_SEED_STRIDE * D.rank
+    rank_seed = rng_mod.rank_seed(seed, D.rank)  # ranks draw different examples
     dev = resolve_device(device)
     progress = progress or (lambda phase, frac: None)
     model = target.model

@@ -29,3 +29,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+RANK_SEED_STRIDE = 1_000_003  # rank r seeds its streams with seed + r·stride: different streams per rank
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank`` in a torchrun job (rank 0 keeps ``seed``, as one process would)."""
+    return seed + rank * RANK_SEED_STRIDE

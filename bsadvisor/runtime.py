@@ -16,11 +16,13 @@ Three small pieces carry it out in an ordinary PyTorch loop:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
 from .plan import Plan, Setting
@@ -134,19 +136,15 @@ class PlanBatchSampler:
                 @ np.array([1, 2**32], dtype=np.uint64)) & (2**63 - 1)
         return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(s))
 
-    def index_batches(self, epoch: int) -> list[torch.Tensor]:
-        """This rank's batches for ``epoch`` as index tensors (the fast path train.py uses)."""
+    def global_batches(self, epoch: int) -> list[torch.Tensor]:
+        """Every rank's batches for ``epoch`` (the whole global batch each), as index tensors."""
         perm, b = self.permutation(epoch), self.batch_size(epoch)
         stop = (self.dataset_size // b) * b if self.drop_last else self.dataset_size
-        out = []
-        for i in range(0, stop, b):
-            batch = perm[i:i + b]
-            if self.world_size > 1:
-                q, r = divmod(len(batch), self.world_size)
-                lo = self.rank * q + min(self.rank, r)
-                batch = batch[lo:lo + q + (self.rank < r)]
-            out.append(batch)
-        return out
+        return [perm[i:i + b] for i in range(0, stop, b)]
+
+    def index_batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's batches for ``epoch`` as index tensors (its share of each global batch)."""
+        return [split_share(batch, self.rank, self.world_size) for batch in self.global_batches(epoch)]
 
     def __iter__(self) -> Iterator[list[int]]:
         if self._advance:
@@ -185,31 +183,108 @@ def make_gather(dataset: Any, collate: Optional[Callable[[list], Any]] = None) -
     return lambda idx: collate([dataset[i] for i in idx.tolist()])
 
 
+def resolve_device(device: str) -> torch.device:
+    """``--device`` (auto, cpu, cuda, cuda:N) as a torch.device; auto picks CUDA when there is one."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available; use --device cpu or auto")
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise UserError(f"--device {device!r} is not a device; use cuda or cuda:N") from None
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+
+
+def to_device(batch: Any, device: Optional[torch.device]) -> Any:
+    """``batch`` (a tensor, or lists/tuples/dicts of them) moved to ``device``; None: as is."""
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        out = [to_device(b, device) for b in batch]
+        if hasattr(batch, "_fields"):  # namedtuple
+            return type(batch)(*out)
+        return type(batch)(out) if isinstance(batch, tuple) else out
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _ddp_world(model: torch.nn.Module) -> tuple[int, int]:
+    """(rank, world size) if ``model`` is wrapped in DistributedDataParallel, else (0, 1)."""
+    if isinstance(model, DistributedDataParallel):
+        import torch.distributed as tdist
+
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], Any],
                gather: Callable[[torch.Tensor], Any], indices: torch.Tensor,
-               max_micro_batch: Optional[int] = None) -> float:
-    """One parameter update on the batch ``indices``; returns its mean loss.
+               max_micro_batch: Optional[int] = None, device: Optional[torch.device] = None) -> float:
+    """One parameter update on the batch ``indices``; returns the batch's mean loss.
 
-    If the batch exceeds ``max_micro_batch`` the gradient is accumulated over micro-batches,
-    each loss scaled by (micro-batch size / batch size): the sum of the scaled gradients is
-    the gradient of the batch's mean loss, the last uneven micro-batch included, so the
-    update equals the large-batch one.
+    If the batch (this rank's share of it, under DDP) exceeds ``max_micro_batch`` the
+    gradient is accumulated over k = ⌈n/max_micro_batch⌉ near-equal micro-batches, each
+    loss scaled by (micro-batch size / batch size): the scaled gradients sum to the
+    gradient of the batch's mean loss, so the update equals the large-batch one.
+
+    Data parallel: wrap ``model`` in ``DistributedDataParallel`` and pass the *global*
+    batch (the same ``indices`` on every rank); each rank trains on its share
+    (:func:`split_share`). Each loss is scaled by (micro-batch size × world size / global
+    batch size), so DDP's *average* over ranks is the gradient of the global batch's mean
+    loss even when the shares differ by one. Inner micro-batches run under
+    ``model.no_sync()``: one gradient all-reduce per update. A rank whose share is empty
+    (a last partial batch smaller than the world size) still joins that all-reduce with a
+    zero-weighted stand-in example. The loss is all-reduced before the step, so every rank
+    returns the same number and all skip the step together when it is not finite.
     """
+    rank, world = _ddp_world(model)
     n = len(indices)
+    share = split_share(indices, rank, world)
+    stand_in = len(share) == 0
+    if stand_in:
+        share = indices[:1]
+    k = 1 if max_micro_batch is None else max(1, math.ceil(len(share) / max_micro_batch))
+    parts = torch.tensor_split(share, k) if k > 1 else (share,)
     optimizer.zero_grad(set_to_none=True)
-    if max_micro_batch is None or n <= max_micro_batch:
-        loss = loss_fn(model, gather(indices))
-        loss.backward()
-        total = loss.detach()
-    else:
-        total = 0.0
-        for lo in range(0, n, max_micro_batch):
-            part = indices[lo:lo + max_micro_batch]
-            loss = loss_fn(model, gather(part)) * (len(part) / n)
+    total = None
+    for i, part in enumerate(parts):
+        inner = model.no_sync() if world > 1 and i < k - 1 else contextlib.nullcontext()
+        with inner:
+            loss = loss_fn(model, to_device(gather(part), device))
+            # ∑ over ranks and parts of world·|part|/n, divided by world (DDP's mean), is 1
+            if stand_in or world * len(part) != n:  # (one part on one process: the scale is 1, skip it)
+                loss = loss * (0.0 if stand_in else world * len(part) / n)
             loss.backward()
-            total = total + loss.detach()
+        total = loss.detach() if total is None else total + loss.detach()  # on the device: no sync
+    if world > 1:
+        import torch.distributed as tdist
+
+        t = total.to(torch.float64, copy=True)
+        if tdist.get_backend() == "nccl":
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        else:
+            t = t.cpu()
+        tdist.all_reduce(t)
+        total = t / world
     value = float(total)
     if not math.isfinite(value):
         return value  # the caller names the run and epoch; do not step on a NaN gradient
     optimizer.step()
     return value
+
+
+def split_share(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous share of a global batch: sizes differ by at most one."""
+    if world_size == 1:
+        return batch
+    q, r = divmod(len(batch), world_size)
+    lo = rank * q + min(rank, r)
+    return batch[lo:lo + q + (rank < r)]

@@ -12,6 +12,13 @@ CPU. The caller's global RNG state is put back afterwards.
 
 Wall time counts training steps only (not evaluation or checkpoint writes), so the
 comparison between runs is about the training itself.
+
+Under torchrun (``dist`` enabled) the model is wrapped in DistributedDataParallel and
+every rank walks the same global batches, training on its share (runtime.train_step):
+the run is the one-process run, split. Rank 0 writes the checkpoint (with every rank's
+RNG state) and, on resume, reads it and sends it to the others, so no shared filesystem
+is needed. Losses, metrics and wall times are reduced over ranks: every rank returns
+the same RunResult.
 """
 from __future__ import annotations
 
@@ -26,11 +33,12 @@ from typing import Callable, Optional
 
 import torch
 
+from .distributed import Dist
 from .errors import UserError
 from .fileio import write_atomic
 from .plan import Plan
-from .rng import get_state as get_rng_state, seed_everything, set_state as set_rng_state
-from .runtime import BatchSizeScheduler, PlanBatchSampler, make_gather, tensor_columns, train_step
+from .rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
+from .runtime import BatchSizeScheduler, PlanBatchSampler, make_gather, split_share, tensor_columns, to_device, train_step
 from .target import Target
 
 CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"
@@ -58,22 +66,31 @@ class RunResult:
 
 
 @torch.no_grad()
-def evaluate(target: Target, batch_size: int = 1024) -> Optional[float]:
-    """Mean of ``target.metric_fn`` over ``eval_dataset`` (weighted by batch length)."""
+def evaluate(target: Target, batch_size: int = 1024, dist: Optional[Dist] = None,
+             device: Optional[torch.device] = None) -> Optional[float]:
+    """Mean of ``target.metric_fn`` over ``eval_dataset`` (weighted by batch length).
+
+    Under torchrun each rank scores a contiguous share of the examples and the sums are
+    all-reduced: every rank returns the same number.
+    """
     if target.eval_dataset is None or target.metric_fn is None:
         return None
+    dist = dist or Dist()
     ds, model = target.eval_dataset, target.model
     n = len(ds)
+    mine = split_share(torch.arange(n), dist.rank, dist.world_size)
     gather = make_gather(ds, target.collate_fn)
     was_training = model.training
     model.eval()
     try:
         total = 0.0
-        for lo in range(0, n, batch_size):
-            idx = torch.arange(lo, min(lo + batch_size, n))
-            total += float(target.metric_fn(model, gather(idx))) * len(idx)
+        for lo in range(0, len(mine), batch_size):
+            idx = mine[lo:lo + batch_size]
+            total += float(target.metric_fn(model, to_device(gather(idx), device))) * len(idx)
     finally:
         model.train(was_training)
+    if dist.enabled:
+        total = float(dist.all_reduce(torch.tensor(total, dtype=torch.float64)))
     return total / n
 
 
@@ -81,6 +98,20 @@ def _save_checkpoint(path: Path, doc: dict) -> None:
     buf = io.BytesIO()
     torch.save(doc, buf)
     write_atomic(path, buf.getvalue())  # temp file + os.replace: a kill leaves the old one
+
+
+def _resume_doc(path: Optional[Path], dist: Dist) -> Optional[dict]:
+    """Rank 0 reads the checkpoint (if there is one) and every rank gets its contents."""
+    doc, error = None, None
+    if dist.is_main and path is not None and path.is_file():
+        try:
+            doc = _load_checkpoint(path)
+        except UserError as exc:
+            error = str(exc)
+    doc, error = dist.broadcast_object((doc, error))
+    if error is not None:
+        raise UserError(error)
+    return doc
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -96,7 +127,8 @@ def _load_checkpoint(path: Path) -> dict:
 def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                init_state: Optional[dict] = None, max_micro_batch: Optional[int] = None,
                checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
-               eval_batch_size: int = 1024,
+               eval_batch_size: int = 1024, dist: Optional[Dist] = None,
+               device: Optional[str | torch.device] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,
                on_step: Optional[Callable[[int], None]] = None) -> RunResult:
     """Train ``target.model`` for ``plan.epochs`` epochs following ``plan``.
@@ -104,28 +136,41 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     ``init_state`` (a model state_dict) is loaded first so every run starts from the same
     weights. With ``checkpoint`` a file is written at the end of every epoch; with
     ``resume`` an existing one is continued (or, if complete, returned as is).
+    ``device`` moves the model there and every batch with it (None: leave both where
+    they are). ``dist`` (from ``bsadvisor.distributed.init_from_env``): data-parallel
+    training under torchrun; every rank must call this with the same arguments.
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
     """
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
                         f"train_dataset has {target.dataset_size}; re-run convert-schedule for this target")
+    dist = dist or Dist()
     model = target.model
+    dev = torch.device(device) if device is not None else None
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch}
+    if dist.enabled:
+        meta["world_size"] = dist.world_size  # the RNG streams are per rank
     user_rng = get_rng_state()
+    net = model
     try:
         if init_state is not None:
             model.load_state_dict(init_state)
+        if dev is not None:
+            model.to(dev)
         model.train()
         s0 = plan.at(0)
         optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
         scheduler = BatchSizeScheduler(plan, optimizer)
-        sampler = PlanBatchSampler(plan, target.dataset_size, seed=seed)
+        sampler = PlanBatchSampler(plan, target.dataset_size, seed=seed)  # global batches; ranks take shares
         result = RunResult(name=name, seed=seed, plan_updates=plan.updates)
-        seed_everything(seed)
+        seed_everything(rank_seed(seed, dist.rank))  # dropout/augmentation: a different stream per rank
         start = 0
-        if resume and ckpt_path is not None and ckpt_path.is_file():
-            doc = _load_checkpoint(ckpt_path)
+        doc = _resume_doc(ckpt_path, dist) if resume else None
+        if doc is not None:
+            if doc["meta"].get("world_size", 1) != meta.get("world_size", 1):
+                raise UserError(f"checkpoint {ckpt_path} was written by a {doc['meta'].get('world_size', 1)}-process "
+                                f"run; resume it with the same number of processes (now {dist.world_size})")
             if doc["meta"] != meta:
                 raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
                                 "use another --out or drop --resume")
@@ -133,12 +178,19 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             optimizer.load_state_dict(doc["optimizer"])
             scheduler.load_state_dict(doc["scheduler"])
             sampler.load_state_dict(doc["sampler"])
-            set_rng_state(doc["rng"])
+            rng = doc["rng"]
+            set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
             result.history = list(doc["history"])
             start = result.resumed_from = len(result.history)
             for rec in result.history:
                 if on_epoch:
                     on_epoch(rec)
+        if dist.enabled:
+            # DDP broadcasts rank 0's weights now and averages gradients in backward.
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
+                                          else None)
         # Data: index_select on in-memory tensors (no DataLoader; see runtime.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         last = result.final
@@ -147,14 +199,14 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             sampler.set_epoch(epoch)
             loss_sum, seen = 0.0, 0
             t0 = time.perf_counter()
-            for idx in sampler.index_batches(epoch):
+            for idx in sampler.global_batches(epoch):
                 try:
-                    loss = train_step(model, optimizer, target.loss_fn, gather, idx, max_micro_batch)
+                    loss = train_step(net, optimizer, target.loss_fn, gather, idx, max_micro_batch, device=dev)
                 except UserError:
                     raise
                 except Exception as exc:
                     raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the model or loss_fn raised "
-                                    f"{type(exc).__name__}: {exc}") from None
+                                    f"{_one_line(exc)}") from None
                 if not math.isfinite(loss):
                     raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the loss is {loss} after {updates} "
                                     "updates; lower the LR or check the model")
@@ -163,29 +215,39 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                 updates += 1
                 if on_step:
                     on_step(len(idx))
-            wall += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            wall += float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max")) if dist.enabled else took  # slowest rank
             examples += seen
             setting = plan.at(epoch)
             try:
-                metric = evaluate(target, eval_batch_size)
+                metric = evaluate(target, eval_batch_size, dist, dev)
             except Exception as exc:
                 raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: metric_fn raised "
-                                f"{type(exc).__name__}: {exc}") from None
+                                f"{_one_line(exc)}") from None
             rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
                    "momentum": setting.momentum, "train_loss": loss_sum / max(seen, 1), "metric": metric,
                    "updates": updates, "examples": examples, "wall_s": wall}
             result.history.append(rec)
             scheduler.step()
             if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, {
-                    "format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "sampler": sampler.state_dict(), "rng": get_rng_state(), "history": result.history})
+                rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
+                if dist.is_main:
+                    _save_checkpoint(ckpt_path, {
+                        "format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "sampler": sampler.state_dict(), "rng": rng, "history": result.history})
             if on_epoch:
                 on_epoch(rec)
         return result
     finally:
+        del net  # DDP's gradient hooks go with it; the next run wraps the model afresh
         set_rng_state(user_rng)
+
+
+def _one_line(exc: Exception) -> str:
+    """``Type: first line of the message`` (DDP's errors run to many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def initial_state(model: torch.nn.Module) -> dict:

@@ -59,15 +59,43 @@ def baseline_of(plan: Plan) -> Plan:
     return _call(convert.baseline_plan, inputs)
 
 
+def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> convert.Rounding:
+    """The plan's batch granularity (convert.Rounding), optionally for another device layout."""
+    inp = plan.inputs
+    return convert.Rounding(int(inp.get("round_to") or 1),
+                            int(world_size if world_size is not None else inp.get("world_size") or 1),
+                            micro_batch if world_size is not None else inp.get("micro_batch"))
+
+
 def default_hybrid_cap(plan: Plan) -> int:
     """A quarter of the plan's largest batch, rounded down to its rounding granularity.
 
     The hybrid (the paper's practical plan) grows the batch to this cap, then decays the
     LR: a cap well below the plan's peak shows whether the tail of the growth matters.
     """
-    round_to = int(plan.inputs.get("round_to") or 1)
-    cap = max(plan.batch_sizes()) // 4
-    return max(round_to, cap // round_to * round_to)
+    return _rounding(plan).floor(max(plan.batch_sizes()) // 4)
+
+
+def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> tuple[Plan, Optional[str]]:
+    """The plan with every grown batch split evenly over ``world_size`` devices (convert.Rounding).
+
+    Each batch other than B0 (the user's own, kept) must be world size × k accumulation
+    steps × micro-batch (≤ ``micro_batch``). A plan that is not is converted again from
+    its recorded inputs with that rounding; the second value then says what changed.
+    """
+    rounding = _rounding(plan, world_size, micro_batch)
+    b0 = plan.inputs.get("batch_size")
+    if all(b == b0 or rounding.nearest(b) == b for b in plan.batch_sizes()):
+        return plan, None
+    inputs = dict(plan.inputs, dataset_size=plan.dataset_size, world_size=world_size, micro_batch=micro_batch)
+    if any(inputs.get(k) is None for k in ("lr", "batch_size", "epochs", "schedule")):
+        raise UserError(f"the plan's batches {plan.batch_sizes()} do not split evenly over {world_size} processes and "
+                        f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
+    cap = plan.cap or {}
+    fitted = _call(convert.convert_schedule, inputs, noise_cap_batch=cap.get("noise_scale"))
+    before, after = plan.batch_sizes(), fitted.batch_sizes()
+    return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
+                    f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
 
 
 def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] = None,
@@ -138,10 +166,12 @@ def verdict(runs: dict, tolerance: Optional[float] = None, reference: str = "ori
 # -- the runs -------------------------------------------------------------------------
 def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
                    resume: bool = False, max_micro_batch: Optional[int] = None,
-                   tolerance: Optional[float] = None, progress=None) -> dict:
+                   tolerance: Optional[float] = None, progress=None, dist=None, device=None) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
-    ``progress`` is an optional rich ``Progress``; one bar per (run, seed).
+    ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
+    torchrun job (bsadvisor.distributed.Dist); every rank trains its share and returns
+    the same document; only rank 0 writes checkpoints. ``device``: where to train.
     """
     from .train import initial_state, train_plan
 
@@ -156,8 +186,10 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     ckpt_dir = None
     if out is not None:
         ckpt_dir = Path(out) / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if dist is None or dist.is_main:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
     init = initial_state(target.model)  # every run and seed starts from these weights
+    home = next((p.device for p in target.model.parameters()), None)
     metric_name = "metric" if target.metric_fn is not None and target.eval_dataset is not None \
         else "negative final training loss"
     runs: dict[str, Any] = {}
@@ -175,7 +207,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                 ckpt = ckpt_dir / f"{spec.name}-seed{seed}.pt" if ckpt_dir is not None else None
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
                                max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume,
-                               on_step=on_step, on_epoch=on_epoch)
+                               dist=dist, device=device, on_step=on_step, on_epoch=on_epoch)
                 d = r.to_dict()
                 if metric_name != "metric":
                     d["metric"] = -d["final_train_loss"]
@@ -186,8 +218,11 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                                "seeds": results, "summary": summarize(results)}
     finally:
         target.model.load_state_dict(init)  # leave the user's model as we found it
+        if home is not None:
+            target.model.to(home)
     return {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
             "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
+            "world_size": dist.world_size if dist is not None else 1,
             "runs": runs, "verdict": verdict(runs, tolerance)}
 
 
@@ -258,7 +293,8 @@ def report_markdown(doc: dict) -> str:
     lines = [f"# Validation of a batch-growth plan on {doc['target']}", "",
              f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {v['candidate']} − {v['reference']} = "
              f"{v['difference']:+.4f} in {doc['metric']}; tolerance {v['tolerance']:.4f} ({v['tolerance_rule']}). "
-             f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}.", "",
+             f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}"
+             + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
              f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
              "|---|---|---|---|---|---|"]
     for name, run in doc["runs"].items():

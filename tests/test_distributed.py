@@ -1,14 +1,20 @@
-"""bsadvisor probe under torch.distributed: 2-process gloo jobs on CPU, checked against the closed form.
+"""bsadvisor under torch.distributed: 2-process gloo jobs on CPU, checked against one process.
 
 The jobs are started the way users start them, with torchrun (``python -m
 torch.distributed.run``) on 127.0.0.1 and a free port, OMP_NUM_THREADS=1, a 60 s
 collective timeout and a 120 s wall limit, so a hung rendezvous fails instead of hanging.
-Run as a script (``--worker OUTDIR``) this file is the per-rank worker of
-test_every_rank_returns_the_same_result.
+Run as a script (``--worker OUTDIR`` / ``--train-worker OUTDIR``) this file is the
+per-rank worker of test_every_rank_returns_the_same_result /
+test_two_process_training_checkpoints_and_resumes.
+
+The probe is checked against the closed form of builtin:linreg; validate and the
+training loop against the same run in one process (float64 model: the two differ only
+by the order of floating-point sums).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -78,6 +84,7 @@ def _worker(outdir: str) -> None:
                              and random.getstate() == pyrng0 and (np.random.get_state()[1] == nprng0).all()),
            "fingerprints": seen, "rank": dist.rank, "world_size": dist.world_size}
     Path(outdir, f"rank{dist.rank}.json").write_text(json.dumps(doc))
+    dist.barrier()
     dist.destroy()
 
 
@@ -185,5 +192,168 @@ def test_unsupported_estimator_under_torchrun_exits_2(tmp_path):
     assert run.stdout == ""
 
 
+# --------------------------------------------------------------------------- validate / training
+# B0 = 43 does not divide over 2 ranks (shares of 22 and 21) and N = 16384 = 381·43 + 1 leaves a
+# last batch of one example: rank 1 has an empty share there and joins the all-reduce with a
+# zero-weighted stand-in. --max-micro-batch 16 makes every share accumulate under no_sync.
+CONVERT = ["convert-schedule", "--lr", "0.01", "--batch-size", "43", "--dataset-size", "16384", "--epochs", "3",
+           "--schedule", "MultiStepLR(milestones=[1,2], gamma=0.5)"]
+MICRO = 16
+
+
+def _bsadvisor(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bsadvisor", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+def _final_weights(path: Path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_validate_two_processes_match_one(tmp_path):
+    """Same plan, seed and data order: 2-process DDP ends at the 1-process parameters, to float tolerance."""
+    import torch
+
+    conv = _bsadvisor([*CONVERT, "--out", "plan.json"], tmp_path)  # a plan made for one device
+    assert conv.returncode == 0, conv.stderr
+    args = ["validate", "builtin:linreg", "--device", "cpu", "--max-micro-batch", str(MICRO), "--json"]
+    two = _torchrun(["-m", "bsadvisor", *args, "--plan", "plan.json", "--out", "two"], tmp_path)
+    assert two.returncode in (0, 1), two.stderr[-3000:]
+    # rank 0 alone says the plan was rounded for 2 processes, once
+    assert two.stderr.count("note: 2 processes: batches rounded to") == 1, two.stderr[-2000:]
+    d2 = json.loads(two.stdout)  # and rank 0 alone prints one document
+    fitted = d2["runs"]["plan"]["plan"]
+    batches = [s["batch_size"] for s in fitted["stages"]]
+    assert batches != [s["batch_size"] for s in json.loads((tmp_path / "plan.json").read_text())["stages"]]
+    for b in batches[1:]:  # 2 devices × k steps × an equal micro-batch ≤ 16, k the fewest that fit
+        k = -(-b // (2 * MICRO))
+        assert b % (2 * k) == 0 and b // (2 * k) <= MICRO
+    (tmp_path / "fitted.json").write_text(json.dumps(fitted))
+    one = _bsadvisor([*args, "--plan", "fitted.json", "--out", "one"], tmp_path)
+    assert one.returncode == two.returncode, one.stderr[-2000:]
+    d1 = json.loads(one.stdout)
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["runs"].keys() == d2["runs"].keys()
+    assert (d1["world_size"], d2["world_size"]) == (1, 2)
+    for name in ("original", "plan"):
+        r1, r2 = d1["runs"][name], d2["runs"][name]
+        assert r1["plan"]["stages"] == r2["plan"]["stages"]
+        assert r1["summary"]["updates"] == r2["summary"]["updates"] and r1["summary"]["examples"] == r2["summary"]["examples"]
+        for h1, h2 in zip(r1["seeds"][0]["history"], r2["seeds"][0]["history"]):
+            assert math.isclose(h1["train_loss"], h2["train_loss"], rel_tol=1e-9)
+            assert math.isclose(h1["metric"], h2["metric"], rel_tol=1e-9)
+        c1 = _final_weights(tmp_path / "one" / "checkpoints" / f"{name}-seed0.pt")
+        c2 = _final_weights(tmp_path / "two" / "checkpoints" / f"{name}-seed0.pt")
+        w1, w2 = c1["model"]["weight"], c2["model"]["weight"]
+        assert not torch.allclose(w1, _final_weights_init())  # it trained
+        assert torch.allclose(w1, w2, rtol=0, atol=1e-10), (w1 - w2).abs().max()
+        assert c2["meta"]["world_size"] == 2 and len(c2["rng"]) == 2  # every rank's RNG state
+
+
+def _final_weights_init():
+    from bsadvisor.target import load_target
+
+    return load_target("builtin:linreg").model.weight.detach().clone()
+
+
+def _train_worker(outdir: str) -> None:
+    """Full run; the same run stopped after epoch 2; then resumed from rank 0's checkpoint."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bsadvisor.convert import convert_schedule
+    from bsadvisor.distributed import init_from_env
+    from bsadvisor.target import load_target
+    from bsadvisor.train import initial_state, train_plan
+
+    torch.set_num_threads(1)
+    dist = init_from_env("cpu")
+    inner = {"n": 0}
+    no_sync = DistributedDataParallel.no_sync
+
+    def counting(self):  # how many micro-batches skipped the all-reduce
+        inner["n"] += 1
+        return no_sync(self)
+
+    DistributedDataParallel.no_sync = counting
+    t = load_target("builtin:linreg")
+    plan = convert_schedule(lr=0.01, batch_size=43, dataset_size=t.dataset_size, epochs=4, momentum=0.9,
+                            schedule="MultiStepLR(milestones=[1,2,3], gamma=0.5)", max_batch=4000,
+                            world_size=dist.world_size, micro_batch=MICRO)
+    init = initial_state(t.model)
+    out = Path(outdir)
+    full = train_plan(t, plan, seed=3, name="plan", init_state=init, max_micro_batch=MICRO, dist=dist,
+                      checkpoint=out / "full.pt")
+    n_full = inner["n"]
+    w_full = t.model.weight.detach().reshape(-1).tolist()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(rec):
+        if rec["epoch"] == 2:
+            raise Stop
+
+    try:
+        train_plan(t, plan, seed=3, name="plan", init_state=init, max_micro_batch=MICRO, dist=dist,
+                   checkpoint=out / "cut.pt", on_epoch=stop_after_two)
+    except Stop:
+        pass
+    t.model.load_state_dict(init)
+    resumed = train_plan(t, plan, seed=3, name="plan", init_state=init, max_micro_batch=MICRO, dist=dist,
+                         checkpoint=out / "cut.pt", resume=True)
+    doc = {"rank": dist.rank, "plan": plan.to_dict(), "full": full.to_dict(), "resumed": resumed.to_dict(),
+           "w_full": w_full, "w_resumed": t.model.weight.detach().reshape(-1).tolist(), "no_sync_full": n_full}
+    Path(outdir, f"train{dist.rank}.json").write_text(json.dumps(doc))
+    dist.barrier()
+    dist.destroy()
+
+
+def test_two_process_training_checkpoints_and_resumes(tmp_path):
+    """train_plan under DDP: no_sync inner steps, rank-0 checkpoints, resume by all, = one process."""
+    import torch
+
+    from bsadvisor.errors import UserError
+    from bsadvisor.plan import Plan
+    from bsadvisor.target import load_target
+    from bsadvisor.train import initial_state, train_plan
+
+    run = _torchrun([str(Path(__file__).resolve()), "--train-worker", str(tmp_path)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"train{i}.json").read_text()) for i in (0, 1))
+    assert r0["full"] == r1["full"]  # every rank reports the same numbers (wall time: the slowest rank's)
+    assert r0["w_full"] == r1["w_full"]  # DDP keeps the replicas identical
+    assert r0["resumed"]["resumed_from_epoch"] == 2
+    assert r0["w_resumed"] == r0["w_full"] and r1["w_resumed"] == r1["w_full"]  # exact resume, every rank
+    # no_sync: every micro-batch but the last of each rank's share, counted independently
+    plan = Plan.from_dict(r0["plan"])
+    for r in (r0, r1):
+        expected = 0
+        for stage in plan.stages:
+            b, n = stage.batch_size, 16384
+            sizes = [b] * (n // b) + ([n % b] if n % b else [])
+            for g in sizes:
+                share = g // 2 + (r["rank"] < g % 2)
+                expected += stage.epochs * (max(1, -(-share // MICRO)) - 1)
+        assert r["no_sync_full"] == expected > 0
+    # one process, same plan and seed: the same parameters and losses
+    t = load_target("builtin:linreg")
+    one = train_plan(t, plan, seed=3, name="plan", init_state=initial_state(t.model), max_micro_batch=MICRO)
+    w1 = t.model.weight.detach().reshape(-1)
+    assert torch.allclose(w1, torch.tensor(r0["w_full"], dtype=w1.dtype), rtol=0, atol=1e-10)
+    for h1, h2 in zip(one.history, r0["full"]["history"]):
+        assert math.isclose(h1["train_loss"], h2["train_loss"], rel_tol=1e-9)
+    # only rank 0 wrote; a 2-process checkpoint is refused by a 1-process resume, with the reason
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["cut.pt", "full.pt"]
+    t2 = load_target("builtin:linreg")
+    import pytest
+
+    with pytest.raises(UserError, match="2-process run; resume it with the same number of processes"):
+        train_plan(t2, plan, seed=3, name="plan", max_micro_batch=MICRO, checkpoint=tmp_path / "cut.pt", resume=True)
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
     _worker(sys.argv[2])
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--train-worker":
+    _train_worker(sys.argv[2])

@@ -190,3 +190,28 @@ def test_runs_are_deterministic_start_from_the_same_weights_and_restore_rng(targ
     # Same plan + same seed + same initial weights => identical runs; different seeds differ.
     assert [h["train_loss"] for h in o[0]["history"]] == [h["train_loss"] for h in p[0]["history"]]
     assert o[0]["history"][0]["train_loss"] != o[1]["history"][0]["train_loss"]
+
+
+def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
+    """Under torchrun a plan whose batches do not split evenly is re-converted with W × k × μ batches."""
+    from bsadvisor.convert import convert_schedule
+    from bsadvisor.errors import UserError
+    from bsadvisor.validate import fit_to_devices
+
+    kw = dict(lr=0.1, batch_size=50, dataset_size=50_000, epochs=20, momentum=0.9,
+              schedule="MultiStepLR(milestones=[5,10,15], gamma=0.3)")
+    plan = convert_schedule(**kw)
+    assert any(b % 8 for b in plan.batch_sizes()[1:])  # 50/0.3 ≈ 166 etc.: not multiples of 8
+    fitted, note = fit_to_devices(plan, 8, 12)
+    assert note.startswith("8 processes: batches rounded to") and "became" in note
+    for b in fitted.batch_sizes():
+        if b != 50:
+            k = -(-b // (8 * 12))  # fewest accumulation steps with micro-batches ≤ 12
+            assert b % (8 * k) == 0 and b // (8 * k) <= 12, b
+    assert len(fitted.stages) == len(plan.stages) and fitted.epochs == plan.epochs
+    assert fit_to_devices(fitted, 8, 12) == (fitted, None)  # already fits: untouched
+    assert fit_to_devices(plan, 1, None) == (plan, None)
+    bare = Plan(stages=[Stage(0, 20, 50, 0.1, 0.9, 1.0), Stage(20, 30, 166, 0.1, 0.9, 0.3)], dataset_size=50_000,
+                inputs={"batch_size": 50})
+    with pytest.raises(UserError, match="convert-schedule --world-size 8"):
+        fit_to_devices(bare, 8, None)

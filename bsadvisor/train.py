@@ -216,7 +216,12 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                 if on_step:
                     on_step(len(idx))
             took = time.perf_counter() - t0
-            wall += float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max")) if dist.enabled else took  # slowest rank
+            if dist.enabled:
+                took = float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))  # slowest rank
+                # BatchNorm running statistics moved differently on each rank (each saw its own
+                # share); rank 0's are the model's, for evaluation and the checkpoint alike.
+                dist.broadcast_module(model)
+            wall += took
             examples += seen
             setting = plan.at(epoch)
             try:

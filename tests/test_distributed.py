@@ -303,8 +303,16 @@ def _train_worker(outdir: str) -> None:
     t.model.load_state_dict(init)
     resumed = train_plan(t, plan, seed=3, name="plan", init_state=init, max_micro_batch=MICRO, dist=dist,
                          checkpoint=out / "cut.pt", resume=True)
+    w_resumed = t.model.weight.detach().reshape(-1).tolist()
+    # BatchNorm: each rank's running statistics follow its own share; rank 0's are kept
+    torch.manual_seed(0)
+    t.model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)).double()
+    t.loss_fn = lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1])
+    t.metric_fn = lambda m, b: -float(torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]))
+    bn = train_plan(t, plan, seed=1, name="bn", dist=dist)
     doc = {"rank": dist.rank, "plan": plan.to_dict(), "full": full.to_dict(), "resumed": resumed.to_dict(),
-           "w_full": w_full, "w_resumed": t.model.weight.detach().reshape(-1).tolist(), "no_sync_full": n_full}
+           "w_full": w_full, "w_resumed": w_resumed, "no_sync_full": n_full,
+           "bn_running_mean": t.model[1].running_mean.tolist(), "bn_metric": bn.final["metric"]}
     Path(outdir, f"train{dist.rank}.json").write_text(json.dumps(doc))
     dist.barrier()
     dist.destroy()
@@ -326,6 +334,7 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
     assert r0["w_full"] == r1["w_full"]  # DDP keeps the replicas identical
     assert r0["resumed"]["resumed_from_epoch"] == 2
     assert r0["w_resumed"] == r0["w_full"] and r1["w_resumed"] == r1["w_full"]  # exact resume, every rank
+    assert r0["bn_running_mean"] == r1["bn_running_mean"] and r0["bn_metric"] == r1["bn_metric"]
     # no_sync: every micro-batch but the last of each rank's share, counted independently
     plan = Plan.from_dict(r0["plan"])
     for r in (r0, r1):

@@ -51,11 +51,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = app(args=argv, prog_name="bsadvisor", standalone_mode=False)
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _exit(2)
     except _UsageError as exc:
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError":  # the help was already printed
-            sys.exit(0)
+            _exit(0)
         where = ctx.command_path if ctx is not None else "bsadvisor"
         option = getattr(exc, "option_name", None)
         if type(exc).__name__ == "NoSuchOption" and option:
@@ -65,14 +65,24 @@ def main(argv: Optional[list[str]] = None) -> None:
         else:
             msg = exc.format_message().replace("\n", " ")
         err_console.print(f"error: {msg}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _exit(2)
     except typer.Abort:
         err_console.print("aborted", markup=False)
-        sys.exit(130)
+        _exit(130)
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        _exit(130)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """sys.exit, except in a torchrun job: there end the process at once (distributed.exit_job)."""
+    tdist = sys.modules.get("torch.distributed")  # never import torch here
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
+        from .distributed import exit_job
+
+        exit_job(code)
+    sys.exit(code)
 
 
 # Register the commands (each module adds its own @app.command()).

@@ -63,17 +63,16 @@ def probe(
     from .probing import probe as run_probe
 
     dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
-    try:
-        kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                      budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                      memory_limit=limit, seed=seed, dist=dist)
-        if dist.is_main:
-            _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
-        else:
-            run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
-        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts)
-    finally:
-        dist.destroy()
+    kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                  budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
+                  memory_limit=limit, seed=seed, dist=dist)
+    if dist.is_main:
+        _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+    else:
+        run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
+    # Every rank is done before any leaves; cli.main then ends the process without tearing
+    # the group down (distributed.exit_job), and an error ends it the same way.
+    dist.barrier()
 
 
 def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:

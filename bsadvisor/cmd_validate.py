@@ -172,23 +172,22 @@ def validate(
     from .validate import fit_to_devices
 
     dist = init_from_env(device)
-    try:
-        dev = dist.device if dist.enabled else resolve_device(device)
-        tgt = load_target(target)
-        p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
-                          momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
-                          max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
-                          stage_factor=stage_factor, adam_rule=adam_rule)
-        if dist.enabled:
-            p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
-            if change and dist.is_main:
-                err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
-        doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                             tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                             as_json=as_json, dist=dist, device=dev)
-        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts)
-    finally:
-        dist.destroy()
+    dev = dist.device if dist.enabled else resolve_device(device)
+    tgt = load_target(target)
+    p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+                      momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
+                      max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
+                      stage_factor=stage_factor, adam_rule=adam_rule)
+    if dist.enabled:
+        p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
+        if change and dist.is_main:
+            err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
+    doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                         tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
+                         as_json=as_json, dist=dist, device=dev)
+    # Every rank is done before any leaves; cli.main then ends the process without tearing
+    # the group down (distributed.exit_job), and an error ends it the same way.
+    dist.barrier()
     if not doc["verdict"]["accepted"]:
         raise typer.Exit(code=1)
 

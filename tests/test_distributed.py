@@ -57,7 +57,7 @@ def _worker(outdir: str) -> None:
     import torch
 
     import bsadvisor
-    from bsadvisor.distributed import init_from_env
+    from bsadvisor.distributed import exit_job, init_from_env
     from bsadvisor.target import load_target
 
     torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def _worker(outdir: str) -> None:
            "fingerprints": seen, "rank": dist.rank, "world_size": dist.world_size}
     Path(outdir, f"rank{dist.rank}.json").write_text(json.dumps(doc))
     dist.barrier()
-    dist.destroy()
+    exit_job(0)  # as the CLI ends a torchrun process
 
 
 # --------------------------------------------------------------------------- tests
@@ -263,7 +263,7 @@ def _train_worker(outdir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from bsadvisor.convert import convert_schedule
-    from bsadvisor.distributed import init_from_env
+    from bsadvisor.distributed import exit_job, init_from_env
     from bsadvisor.target import load_target
     from bsadvisor.train import initial_state, train_plan
 
@@ -315,7 +315,7 @@ def _train_worker(outdir: str) -> None:
            "bn_running_mean": t.model[1].running_mean.tolist(), "bn_metric": bn.final["metric"]}
     Path(outdir, f"train{dist.rank}.json").write_text(json.dumps(doc))
     dist.barrier()
-    dist.destroy()
+    exit_job(0)  # as the CLI ends a torchrun process
 
 
 def test_two_process_training_checkpoints_and_resumes(tmp_path):

@@ -47,6 +47,15 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
     return write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
+def check_schema(doc: Any, schema: str, what: str, remedy: str) -> dict:
+    """``doc`` if it is a JSON object of ``schema``; otherwise a UserError naming ``what`` and the ``remedy``."""
+    if not isinstance(doc, dict):
+        raise UserError(f"{what} is not a JSON object; {remedy}")
+    if doc.get("schema") != schema:
+        raise UserError(f"{what} has schema {doc.get('schema')!r}, expected {schema!r}; {remedy}")
+    return doc
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read a JSON document, turning every way it can be bad into one UserError line."""
     path = Path(path)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import UserError
-from .fileio import json_safe
+from .fileio import check_schema, json_safe
 
 PLAN_SCHEMA = "bsadvisor.plan/1"
 
@@ -150,11 +150,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: Any) -> "Plan":
-        if not isinstance(doc, dict):
-            raise UserError("plan file must hold a JSON object; regenerate it with bsadvisor convert-schedule --out")
-        if doc.get("schema") != PLAN_SCHEMA:
-            raise UserError(f"plan file has schema {doc.get('schema')!r}, expected {PLAN_SCHEMA!r}; "
-                            "regenerate it with bsadvisor convert-schedule --out")
+        check_schema(doc, PLAN_SCHEMA, "plan file", "regenerate it with bsadvisor convert-schedule --out")
         raw = doc.get("stages")
         if not isinstance(raw, list) or not raw:
             raise UserError("plan file has no 'stages' list")

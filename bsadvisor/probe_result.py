@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .errors import UserError
-from .fileio import json_safe
+from .fileio import check_schema, json_safe
 from .temperature import temperature
 
 SCHEMA = "bsadvisor.probe/1"
@@ -112,11 +112,7 @@ class ProbeResult:
     @classmethod
     def from_dict(cls, doc: Any) -> "ProbeResult":
         """Rebuild from a ``bsadvisor.probe/1`` document; bad or missing fields → UserError."""
-        if not isinstance(doc, dict):
-            raise UserError("probe document is not a JSON object; regenerate it with bsadvisor probe --out")
-        if doc.get("schema") != SCHEMA:
-            raise UserError(f"probe document has schema {doc.get('schema')!r}, expected {SCHEMA!r}; "
-                            "regenerate it with bsadvisor probe --out")
+        check_schema(doc, SCHEMA, "probe document", "regenerate it with bsadvisor probe --out")
 
         def section(name: str, typ, required: dict) -> Any:
             sec = doc.get(name)

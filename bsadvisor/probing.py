@@ -389,9 +389,29 @@ def _make_try_batch(target, model, batches, rewind, device, limit_bytes, lr, mom
     """try_batch(b) -> peak bytes of one full training step at batch b (optimizer state included)."""
     exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
-    def try_cpu(b: int) -> float:
+    def release(opt) -> None:
+        """Drop what a trial allocated (optimizer state, gradients)."""
+        opt.state.clear()
+        for p in model.parameters():
+            p.grad = None
+
+    @contextmanager
+    def trial():
+        """A fresh optimizer for one trial; afterwards the parameters are rewound and freed."""
         opt = target.make_optimizer(lr=lr, momentum=momentum)
         try:
+            yield opt
+        finally:
+            release(opt)
+            rewind()
+
+    def within_limit(b: int, peak: float) -> float:
+        if peak > limit_bytes:
+            raise memory_mod.OutOfMemory(f"batch {b} needs {peak} bytes", peak_bytes=peak)
+        return float(peak)
+
+    def try_cpu(b: int) -> float:
+        with trial() as opt:
             batch = batches.next(b)
             counter = _SavedBytes(exclude)
             opt.zero_grad(set_to_none=True)
@@ -400,42 +420,27 @@ def _make_try_batch(target, model, batches, rewind, device, limit_bytes, lr, mom
             loss.backward()
             opt.step()
             peak = _state_bytes(model, opt) + counter.bytes + _batch_bytes(batch)
-        finally:
-            del opt
-            rewind()
-            for p in model.parameters():
-                p.grad = None
-        if peak > limit_bytes:
-            raise memory_mod.OutOfMemory(f"batch {b} needs {peak} bytes", peak_bytes=peak)
-        return float(peak)
+        return within_limit(b, peak)
 
     def try_cuda(b: int) -> float:
-        opt = target.make_optimizer(lr=lr, momentum=momentum)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            _train_step(target, model, opt, batches.next(b), f"memory trial at batch {b}", check=False)
+        with trial() as opt:
             torch.cuda.synchronize(device)
-            peak = float(torch.cuda.max_memory_allocated(device))
-        except torch.OutOfMemoryError as exc:
-            # Recover: drop everything this trial allocated, rewind the parameters.
-            m = _ALLOC_RE.search(str(exc))
-            extra = float(m.group(1)) * memory_mod.UNITS[m.group(2).lower()] if m else 0.0
-            peak = float(torch.cuda.max_memory_allocated(device)) + extra
-            del exc
-            opt.state.clear()
-            for p in model.parameters():
-                p.grad = None
-            torch.cuda.empty_cache()
-            raise memory_mod.OutOfMemory(f"batch {b} ran out of CUDA memory", peak_bytes=peak if m else None) from None
-        finally:
-            del opt
-            rewind()
-            for p in model.parameters():
-                p.grad = None
-        if peak > limit_bytes:
-            raise memory_mod.OutOfMemory(f"batch {b} needs {peak} bytes", peak_bytes=peak)
-        return peak
+            torch.cuda.reset_peak_memory_stats(device)
+            try:
+                _train_step(target, model, opt, batches.next(b), f"memory trial at batch {b}", check=False)
+                torch.cuda.synchronize(device)
+                peak = float(torch.cuda.max_memory_allocated(device))
+            except torch.OutOfMemoryError as exc:
+                # Recover: drop everything this trial allocated before the cache is emptied.
+                m = _ALLOC_RE.search(str(exc))
+                extra = float(m.group(1)) * memory_mod.UNITS[m.group(2).lower()] if m else 0.0
+                peak = float(torch.cuda.max_memory_allocated(device)) + extra
+                del exc
+                release(opt)
+                torch.cuda.empty_cache()
+                raise memory_mod.OutOfMemory(f"batch {b} ran out of CUDA memory",
+                                             peak_bytes=peak if m else None) from None
+        return within_limit(b, peak)
 
     return try_cuda if device.type == "cuda" else try_cpu
 

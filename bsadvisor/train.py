@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import Dist
 from .errors import UserError
@@ -185,10 +186,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             for rec in result.history:
                 if on_epoch:
                     on_epoch(rec)
-        if dist.enabled:
-            # DDP broadcasts rank 0's weights now and averages gradients in backward.
-            from torch.nn.parallel import DistributedDataParallel
-
+        if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
         # Data: index_select on in-memory tensors (no DataLoader; see runtime.py).

@@ -1,0 +1,85 @@
+"""Checks of user-supplied numbers: one place, one wording, errors that name the parameter.
+
+Every value a user can type (a CLI option, a TOML key, a field of a plan or probe file)
+goes through one of these before it reaches any arithmetic, so NaN, infinity, booleans,
+strings, 5000-digit integers and values out of range all fail the same way: one
+``UserError`` line that names the parameter, the value and what is allowed. The ``name``
+is what the user typed (``--lr``, ``plan stages[2].batch_size``), so the caller chooses it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from .errors import UserError
+
+# Larger integers than this are never a batch size, an epoch count or a seed; refusing them
+# up front keeps every later computation bounded (and str() of a 5000-digit int cheap).
+MAX_INT = 2**63 - 1
+# torch.manual_seed and numpy's SeedSequence take seeds below 2**64; Python's random any int.
+MAX_SEED = 2**63 - 1
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # repr() of an int over 4300 digits raises in Python ≥ 3.11; say how big it is instead
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+           low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
+    """``value`` as a float: a real number (not bool, not NaN, finite unless ``allow_inf``) within bounds.
+
+    ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {_show(value)}")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise UserError(f"{name} must be below 2**63, got {_show(value)}")
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise UserError(f"{name} must be a finite number, got {_show(value)}")
+    _bounds(name, v, value, low, high, low_open, high_open)
+    return v
+
+
+def integer(name: str, value: Any, *, low: Optional[int] = None, high: Optional[int] = MAX_INT) -> int:
+    """``value`` as an int: a whole number (an integral float such as 128.0 is accepted) within bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a whole number, got {_show(value)}")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise UserError(f"{name} must be a whole number, got {_show(value)}")
+    v = int(value)
+    _bounds(name, v, value, low, high, False, False)
+    return v
+
+
+def positive(name: str, value: Any) -> float:
+    """A finite number > 0."""
+    return number(name, value, low=0, low_open=True)
+
+
+def positive_int(name: str, value: Any, high: Optional[int] = MAX_INT) -> int:
+    """A whole number ≥ 1."""
+    return integer(name, value, low=1, high=high)
+
+
+def seed(name: str, value: Any) -> int:
+    """A seed torch, numpy and Python all accept: 0 ≤ seed < 2**63."""
+    return integer(name, value, low=0, high=MAX_SEED)
+
+
+def optional(check, name: str, value: Any, **kw):
+    """``None`` passes through; anything else goes through ``check``."""
+    return None if value is None else check(name, value, **kw)
+
+
+def _bounds(name: str, v: float, shown: Any, low, high, low_open: bool, high_open: bool) -> None:
+    if low is not None and (v < low or (low_open and v == low)):
+        raise UserError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {_show(shown)}")
+    if high is not None and (v > high or (high_open and v == high)):
+        if high == MAX_INT:
+            raise UserError(f"{name} must be below 2**63, got {_show(shown)}")
+        raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}")

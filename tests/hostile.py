@@ -1,0 +1,66 @@
+"""Shared harness for hostile-input tests: run the real CLI, check the one-line contract.
+
+The contract for bad input (README, docs/cli.md): exit code 2, exactly one line on stderr
+starting with ``error: ``, no traceback anywhere, and nothing the user had changed or
+left half-written. ``Snapshot`` records a folder's files (content and mode) so a test can
+assert that a refused command left it exactly as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment for a CLI subprocess: this checkout first on the path, 80 columns, one thread."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80", OMP_NUM_THREADS="1")
+    env.pop("FORCE_COLOR", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(argv: Iterable[str], cwd: Path, env: Optional[dict] = None, timeout: float = 120,
+            stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    """``python -m bsadvisor ARGV`` in ``cwd`` with stdout/stderr captured (so piped, not a terminal)."""
+    return subprocess.run([sys.executable, "-m", "bsadvisor", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, env=env or cli_env(), timeout=timeout, input=stdin)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, fragments: Iterable[str] = ()) -> str:
+    """Exit 2, one ``error:`` line on stderr containing every fragment (case-insensitive), no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-800:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr[-2000:]
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for frag in fragments:
+        assert frag.lower() in line.lower(), (frag, line)
+    return line
+
+
+class Snapshot:
+    """The files under a folder (relative path → (sha256, mode)); equal snapshots mean nothing changed."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.files = self._take()
+
+    def _take(self) -> dict:
+        out = {}
+        for p in sorted(self.folder.rglob("*")):
+            if p.is_file():
+                out[str(p.relative_to(self.folder))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+        return out
+
+    def assert_unchanged(self) -> None:
+        now = self._take()
+        added, removed = sorted(set(now) - set(self.files)), sorted(set(self.files) - set(now))
+        changed = sorted(k for k in set(now) & set(self.files) if now[k] != self.files[k])
+        assert not (added or removed or changed), {"added": added, "removed": removed, "changed": changed}

@@ -33,22 +33,36 @@ class OutOfMemory(Exception):
         self.peak_bytes = peak_bytes
 
 
+# What allocators say when they run out (torch raises a plain RuntimeError for the CPU
+# allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes").
+_OOM_MESSAGES = ("can't allocate memory", "cannot allocate memory", "out of memory")
+
+
 def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` means "this batch does not fit": torch's CUDA OutOfMemoryError, Python's
+    MemoryError, :class:`OutOfMemory`, or the RuntimeError of torch's CPU allocator."""
     if isinstance(exc, (OutOfMemory, MemoryError)):
         return True
-    try:
-        import sys
+    import sys
 
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-            return True
-    except Exception:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(m in text for m in _OOM_MESSAGES)
     return False
 
 
+MAX_SIZE = 2**63  # bytes; more than any machine has (and more than an int64 counter holds)
+
+
 def parse_size(text: str) -> int:
-    """'8GiB', '500MB', '1.5g', '1024' -> bytes. Raises ValueError with a clear message."""
+    """'8GiB', '500MB', '1.5g', '1024' -> bytes (at least 1). Raises ValueError with a clear message.
+
+    NaN, infinity, values below one byte (``0.5B`` would round to 0, which means "no limit"
+    elsewhere) and values above 2**63 bytes are refused.
+    """
     s = str(text).strip().lower().replace(" ", "")
     i = len(s)
     while i > 0 and s[i - 1].isalpha():
@@ -60,9 +74,14 @@ def parse_size(text: str) -> int:
         value = float(num)
     except ValueError:
         raise ValueError(f"cannot read a size from {text!r}; use e.g. 8GiB, 500MB, 2G") from None
-    if not math.isfinite(value) or value <= 0:
+    if math.isnan(value) or value <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
-    return int(value * UNITS[unit])
+    size = value * UNITS[unit]
+    if not math.isfinite(size) or size >= MAX_SIZE:
+        raise ValueError(f"size {text!r} is larger than any machine's memory; use e.g. 8GiB")
+    if size < 1:
+        raise ValueError(f"size {text!r} is below one byte; use e.g. 8GiB, 500MB")
+    return int(size)
 
 
 def format_bytes(n: float) -> str:
@@ -82,7 +101,7 @@ class MemorySearch:
     bytes_per_sample: float   # fitted slope
     limit_bytes: float
     trials: int
-    limited_by: str           # "memory", "dataset", "trials"
+    limited_by: str           # "memory", "dataset", "trials", "budget"
     history: list = field(default_factory=list)  # (batch, peak or None if OOM)
 
     @property
@@ -100,13 +119,26 @@ def _fit(p1: tuple[int, float], p2: tuple[int, float]) -> tuple[float, float]:
 
 def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_batch: int,
                      first: Optional[int] = None, max_trials: int = 8, tol: float = 0.02,
-                     aim: float = 0.97) -> MemorySearch:
+                     aim: float = 0.97, out_of_time: Optional[Callable[[], bool]] = None) -> MemorySearch:
     """Largest b ≤ max_batch with try_batch(b) ≤ limit_bytes (and no OOM).
 
     ``tol``: stop when the bracket [fit, fail) is within this fraction. ``aim``: the
     fraction of the remaining bytes an extrapolation aims at, so the jump lands just
-    below the limit and the next secant step is short.
+    below the limit and the next secant step is short. ``out_of_time()``: asked before
+    every trial after the first; when it says True the search stops with what it has
+    (``limited_by == "budget"``).
     """
+    stopped = False
+
+    def more(n_trials: int) -> bool:
+        nonlocal stopped
+        if n_trials >= max_trials:
+            return False
+        if out_of_time is not None and out_of_time():
+            stopped = True
+            return False
+        return True
+
     if max_batch < 1:
         raise ValueError("max_batch must be at least 1")
     history: list[tuple[int, Optional[float]]] = []
@@ -138,12 +170,13 @@ def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_
     # The two small trials: b1 and 16·b1 (far enough apart to see the slope).
     if not trial(b1):
         # Not even the smallest batch fits: bisect downwards to 1.
-        while fail[0] > 1 and len(history) < max_trials:
+        while fail[0] > 1 and more(len(history)):
             if trial(max(1, fail[0] // 4)):
                 break
         if not ok:
-            return MemorySearch(0, 0.0, 0.0, 0.0, limit_bytes, len(history), "memory", history)
-    if len(ok) == 1 and ok[0][0] < max_batch and len(history) < max_trials:
+            return MemorySearch(0, 0.0, 0.0, 0.0, limit_bytes, len(history), "budget" if stopped else "memory",
+                                history)
+    if len(ok) == 1 and ok[0][0] < max_batch and more(len(history)):
         b2 = min(max_batch, max(ok[0][0] + 1, 16 * ok[0][0]))
         if fail is not None:
             b2 = min(b2, (ok[0][0] + fail[0]) // 2)
@@ -151,11 +184,13 @@ def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_
             trial(b2)
     fixed, slope = _fit(ok[0], ok[-1]) if len(ok) >= 2 else (0.0, ok[0][1] / ok[0][0])
 
-    while len(history) < max_trials:
+    while True:
         lo_b, lo_p = ok[-1]
         if lo_b >= max_batch:
             break
         if fail is not None and fail[0] - lo_b <= max(1, tol * fail[0]):
+            break
+        if not more(len(history)):
             break
         # Secant through the two largest fitting trials.
         if len(ok) >= 2:
@@ -186,6 +221,13 @@ def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_
     if len(ok) >= 2:
         fixed, slope = _fit(ok[0], ok[-1])
     lo_b, lo_p = ok[-1]
-    limited_by = "dataset" if lo_b >= max_batch else ("memory" if fail is not None or len(history) < max_trials else "trials")
+    if lo_b >= max_batch:
+        limited_by = "dataset"
+    elif fail is not None and fail[0] - lo_b <= max(1, tol * fail[0]):
+        limited_by = "memory"
+    elif stopped:
+        limited_by = "budget"
+    else:
+        limited_by = "memory" if fail is not None or len(history) < max_trials else "trials"
     return MemorySearch(max_batch=lo_b, peak_bytes=lo_p, fixed_bytes=max(fixed, 0.0), bytes_per_sample=slope,
                         limit_bytes=float(limit_bytes), trials=len(history), limited_by=limited_by, history=history)

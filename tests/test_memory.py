@@ -88,7 +88,8 @@ def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1GB", "5XB", "0"])
+@pytest.mark.parametrize("text", ["", "abc", "-1GB", "5XB", "0", "0.5B", "0.9", "1e-9KB", "nan", "inf", "1e400",
+                                  "1e30TB", "9" * 5000, "-0"])
 def test_parse_size_bad(text):
     with pytest.raises(ValueError):
         parse_size(text)
@@ -96,3 +97,41 @@ def test_parse_size_bad(text):
 
 def test_format_bytes():
     assert memory.format_bytes(1536) == "1.5 KiB"
+
+
+def test_parse_size_smallest_and_largest():
+    assert parse_size("1B") == 1 and parse_size("1.5B") == 1
+    assert parse_size("8TB") == 8 * 1000**4
+    with pytest.raises(ValueError, match="below one byte"):
+        parse_size("0.5B")  # would be 0, which means "no limit"
+    with pytest.raises(ValueError, match="larger than any"):
+        parse_size(str(2**63))
+
+
+@pytest.mark.parametrize("exc, oom", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 12345 bytes. Error code 12 (Cannot allocate memory)"), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), True),
+    (MemoryError(), True), (OutOfMemory(), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False), (ValueError("out of memory"), False)])
+def test_is_oom(exc, oom):
+    assert memory.is_oom(exc) is oom
+
+
+def test_cpu_allocator_error_is_does_not_fit():
+    def cost(b):
+        if b > 500:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes.")
+        return 100.0 * b
+
+    res = search_max_batch(cost, 1e12, max_batch=10**6, first=32)
+    assert 0.95 * 500 <= res.max_batch <= 500 and res.limited_by == "memory"
+
+
+def test_out_of_time_stops_the_search():
+    seen = []
+    res = search_max_batch(lambda b: seen.append(b) or 100.0 * b, 1e9, max_batch=10**9, first=32,
+                           out_of_time=lambda: len(seen) >= 2)
+    assert seen == [32, 512] and res.max_batch == 512 and res.limited_by == "budget"
+    res = search_max_batch(lambda b: 100.0 * b, 1e9, max_batch=10**9, first=32, out_of_time=lambda: True)
+    assert res.trials == 1 and res.max_batch == 32 and res.limited_by == "budget"

@@ -9,6 +9,7 @@ import typer
 
 from .cli import app, console, emit_json, err_console
 from .errors import UserError
+from .fileio import check_destination
 
 EPILOG = (
     "Examples:\n\n"
@@ -16,6 +17,7 @@ EPILOG = (
     "  bsadvisor probe train.py:make_target --device cuda --out probe.json\n\n"
     "  bsadvisor probe mypkg.targets:resnet --batch-size 256 --lr 0.1 --target-rel-ci 0.05 --json\n\n"
     "  bsadvisor probe builtin:linreg --estimator per-example --memory-limit 2GiB\n\n"
+    "  bsadvisor probe builtin:linreg --draws 30 --seed 1   (reproducible B_simple)\n\n"
     "  torchrun --standalone --nproc_per_node=8 -m bsadvisor probe train.py:make_target --out probe.json\n\n"
     "The result feeds: bsadvisor convert-schedule --probe probe.json"
 )
@@ -30,7 +32,8 @@ def probe(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for the warmup steps (default: the target's)."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Optimizer steps before measuring "
                                                "(default: ~2% of an epoch, 1–50)."),
-    budget_seconds: float = typer.Option(12.0, "--budget-seconds", help="Time budget for the whole probe."),
+    budget_seconds: float = typer.Option(12.0, "--budget-seconds", help="Time budget of the measuring (warmup, "
+                                         "noise, memory, throughput); building the target is not counted."),
     target_rel_ci: float = typer.Option(0.10, "--target-rel-ci", help="Stop when the 90% interval of B_simple "
                                         "is within ± this fraction."),
     estimator: str = typer.Option("microbatch", "--estimator", help="microbatch, two-batch or per-example."),
@@ -40,24 +43,30 @@ def probe(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
     seed: int = typer.Option(0, "--seed", help="Seed for batch sampling and the model's randomness."),
+    draws: Optional[int] = typer.Option(None, "--draws", help="Take exactly this many noise draws (≥ 2) whatever "
+                                        "the budget: the same --seed then gives the same B_simple. Default: as "
+                                        "many as the budget allows (results vary between runs)."),
 ) -> None:
     """Measure gradient noise (B_simple), memory cap and throughput on your own model.
 
-    A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
+    A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. The time budget decides the number of noise draws, so B_simple varies a little between runs; --draws N makes it reproducible. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
     """
     from .memory import format_bytes, parse_size
+    from .probe_options import check_probe_options
 
-    if estimator not in ("microbatch", "two-batch", "per-example"):
-        raise UserError(f"--estimator must be microbatch, two-batch or per-example, got {estimator!r}")
     limit = None
     if memory_limit is not None:
         try:
             limit = parse_size(memory_limit)
         except ValueError as exc:
             raise UserError(f"--memory-limit: {exc}") from None
-    # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once).
-    if os.environ.get("RANK", "0") == "0" and out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    # Every value is checked before torch is imported and anything is measured.
+    check_probe_options(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, budget_seconds=budget_seconds,
+                        target_rel_ci=target_rel_ci, estimator=estimator, memory_limit=limit, seed=seed, draws=draws)
+    # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once),
+    # and before measuring, so a finished measurement is never lost because of where it was to go.
+    if os.environ.get("RANK", "0") == "0" and out is not None:
+        check_destination(out, "--out")
 
     from .distributed import init_from_env  # imports torch
     from .probing import probe as run_probe
@@ -65,7 +74,7 @@ def probe(
     dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
     kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                   budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                  memory_limit=limit, seed=seed, dist=dist)
+                  memory_limit=limit, seed=seed, draws=draws, dist=dist)
     if dist.is_main:
         _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
     else:
@@ -102,42 +111,69 @@ def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:
     _summary(result, format_bytes, out)
 
 
-def _summary(r, format_bytes, out) -> None:
+def _summary(r, format_bytes, out, con=None) -> None:
+    """The human-readable result on ``con`` (default: stdout). Everything fits 80 columns without
+    cutting a number (narrow tables, long lines wrap between words); user strings are escaped."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
+    con = con or console
     n, s, m = r.noise, r.settings, r.memory
     world = getattr(s, "world_size", 1)
     where = f"{s.device} × {world} processes" if world > 1 else s.device
-    console.print(f"[bold]bsadvisor probe[/bold] {r.target}  ({where}, {s.optimizer}, lr {s.lr:g}, "
-                  f"momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, {s.warmup_steps} warmup steps)")
+    con.print(f"[bold]bsadvisor probe[/bold] {escape(str(r.target))}  ({escape(where)}, {escape(s.optimizer)}, "
+              f"lr {s.lr:g}, momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, "
+              f"{s.warmup_steps} warmup steps)")
     lo, hi = n.ci90
     conv = "" if n.converged else f"  [yellow](interval wider than ±{s.target_rel_ci:.0%}: raise --budget-seconds)[/yellow]"
-    console.print(f"Gradient noise scale B_simple = [bold]{n.b_simple:.4g}[/bold]  90% CI [{lo:.4g}, {hi:.4g}]{conv}")
-    console.print(f"  tr(Σ) = {n.trace_sigma:.4g}   |G|² = {n.grad_sq_norm:.4g}   from {n.examples} examples "
-                  f"({n.draws} draws, {s.estimator}, b={n.micro_batch}, B={n.big_batch}, {n.seconds:.1f}s)")
+    con.print(f"Gradient noise scale B_simple = [bold]{n.b_simple:.4g}[/bold]  90% CI [{lo:.4g}, {hi:.4g}]{conv}")
+    draws = getattr(s, "draws", None)
+    how = (f"{n.draws} draws fixed by --draws: the same --seed gives the same B_simple" if draws is not None else
+           f"{n.draws} draws in the time budget: B_simple varies between runs; --draws N makes it reproducible")
+    con.print(f"  tr(Σ) = {n.trace_sigma:.4g}   |G|² = {n.grad_sq_norm:.4g}   from {n.examples} examples "
+              f"({s.estimator}, b={n.micro_batch}, B={n.big_batch}, {n.seconds:.1f}s; {how})")
     if n.relative_noise is not None:
-        console.print(f"  relative gradient noise at batch {s.batch_size}: √(B_simple/B) = {n.relative_noise:.3g}")
-    console.print(f"  temperature g = lr/(1−m)·(N/B−1) = {r.temperature:.4g}")
+        con.print(f"  relative gradient noise at batch {s.batch_size}: √(B_simple/B) = {n.relative_noise:.3g}")
+    con.print(f"  temperature g = lr/(1−m)·(N/B−1) = {r.temperature:.4g}")
     t = Table(title="O(√B): gradient noise vs batch", show_edge=False)
-    t.add_column("batch", justify="right")
-    t.add_column("noise std vs B", justify="right")
-    t.add_column("√(B_simple/batch)", justify="right")
+    t.add_column("batch", justify="right", no_wrap=True)
+    t.add_column("noise std vs B", justify="right", no_wrap=True)
+    t.add_column("√(B_simple/batch)", justify="right", no_wrap=True)
     for row in n.sqrt_table:
         rn = row["relative_noise"]
         t.add_row(str(row["batch_size"]), f"{row['std_vs_B']:.3f}", "—" if rn is None else f"{rn:.3f}")
-    console.print(t)
+    con.print(t)
     per = f" per device (smallest of {world} ranks; convert-schedule --world-size {world} multiplies)" if world > 1 else ""
-    console.print(f"Memory cap: [bold]{m.max_batch}[/bold]{per} (limited by {m.limited_by}; fixed {format_bytes(m.fixed_bytes)} + "
-                  f"{format_bytes(m.bytes_per_sample)}/sample, limit {format_bytes(m.limit_bytes)}, headroom "
-                  f"{m.headroom:.0%}, {m.trials} trials)")
+    con.print(f"Memory cap: [bold]{m.max_batch}[/bold]{per} (limited by {escape(m.limited_by)}; fixed "
+              f"{format_bytes(m.fixed_bytes)} + {format_bytes(m.bytes_per_sample)}/sample, limit "
+              f"{format_bytes(m.limit_bytes)}, headroom {m.headroom:.0%}, {m.trials} trials)")
     if r.throughput:
         tt = Table(title="Throughput (full training step)", show_edge=False)
-        tt.add_column("batch", justify="right")
-        tt.add_column("examples/s", justify="right")
-        tt.add_column("", justify="left")
+        tt.add_column("batch", justify="right", no_wrap=True)
+        tt.add_column("examples/s", justify="right", no_wrap=True)
+        tt.add_column("step", justify="right", no_wrap=True)
+        tt.add_column("spread", justify="right", no_wrap=True)
         for p in r.throughput:
-            mark = "← doubling past here gives < 1.2×" if p.batch_size == r.throughput_knee else ""
-            tt.add_row(str(p.batch_size), f"{p.examples_per_s:,.0f}", mark)
-        console.print(tt)
+            reps = getattr(p, "repeats", 1)
+            spread = f"±{getattr(p, 'spread', 0.0) / 2:.0%} of {reps}" if reps > 1 else "1 timing"
+            tt.add_row(str(p.batch_size), f"{p.examples_per_s:,.0f}", _seconds(p.step_seconds), spread)
+        con.print(tt)
+        con.print("  examples/s: the median of the timings; spread: ± half their range")
+        if r.throughput_knee is not None:
+            con.print(f"  doubling the batch past {r.throughput_knee} gives less than 1.2× the examples/s")
+    for w in getattr(r, "warnings", None) or []:
+        con.print(Text(f"warning: {w}", style="yellow"))
     if out is not None:
-        console.print(f"wrote {out}")
+        con.print(Text(f"wrote {out}"))
+
+
+def _seconds(x: float) -> str:
+    """A step time in the unit that keeps it short: 850 µs, 12.3 ms, 1.25 s."""
+    if not x > 0:
+        return "—"
+    if x < 1e-3:
+        return f"{x * 1e6:.0f} µs"
+    if x < 1:
+        return f"{x * 1e3:.1f} ms"
+    return f"{x:.3g} s"

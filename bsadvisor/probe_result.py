@@ -50,8 +50,10 @@ class MemoryResult:
 @dataclass
 class ThroughputPoint:
     batch_size: int
-    examples_per_s: float
+    examples_per_s: float         # the median of ``repeats`` timings
     step_seconds: float = 0.0
+    repeats: int = 1              # timings taken at this batch
+    spread: float = 0.0           # (max − min)/median of their examples/s
 
 
 @dataclass
@@ -68,6 +70,7 @@ class ProbeSettings:
     budget_seconds: float = 0.0
     target_rel_ci: float = 0.10
     world_size: int = 1  # processes under torchrun; memory.max_batch is per device
+    draws: Optional[int] = None  # a fixed number of noise draws (--draws); None: the time budget decided
 
 
 @dataclass
@@ -82,6 +85,8 @@ class ProbeResult:
     throughput_knee: Optional[int] = None  # last batch where doubling still gave ≥1.2× examples/s
     target: str = "target"
     wall_seconds: float = 0.0
+    # What makes the numbers doubtful (sum-reduced loss, disturbed timings, busy machine, ...).
+    warnings: list = field(default_factory=list)
     # Parameters and buffers the noise was measured at (CPU copies; not serialized).
     measured_state: Optional[dict] = field(default=None, repr=False, compare=False)
 
@@ -107,6 +112,7 @@ class ProbeResult:
             "temperature": json_safe(self.temperature),
             "settings": asdict(self.settings),
             "wall_seconds": self.wall_seconds,
+            "warnings": [str(w) for w in self.warnings],
         }
 
     @classmethod

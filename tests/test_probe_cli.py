@@ -90,6 +90,98 @@ def test_summary_subprocess_and_no_torch_at_import(tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "B_simple" in r.stdout and "Memory cap" in r.stdout and "Throughput" in r.stdout
+    assert "…" not in r.stdout  # piped: nothing cut
     r = subprocess.run([sys.executable, "-m", "bsadvisor", "probe", "--help"], capture_output=True, text=True,
                        env=env, cwd=tmp_path)
     assert "--target-rel-ci" in r.stdout and "Examples" in r.stdout
+
+
+# --------------------------------------------------------------------------- issue 10
+def test_draws_give_the_same_b_simple_twice(capsys):
+    docs = []
+    for _ in range(2):
+        code, out, err = run_cli(["probe", "builtin:linreg", "--json", "--draws", "6", "--seed", "3",
+                                  "--budget-seconds", "2"], capsys)
+        assert code == 0, err
+        docs.append(json.loads(out))
+    a, b = (d["noise"] for d in docs)
+    assert a["draws"] == b["draws"] == 6 and docs[0]["settings"]["draws"] == 6
+    assert a["b_simple"] == b["b_simple"] and a["ci90"] == b["ci90"]
+
+
+def test_fresh_cache_probe(tmp_path):
+    """On a fresh machine (empty cache) generating MNIST-1D is not charged to --budget-seconds."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BSADVISOR_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "bsadvisor", "probe", "builtin:mnist1d-mlp", "--device", "cpu",
+                        "--budget-seconds", "4", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "bsadvisor.probe/1" and doc["target"] == "builtin:mnist1d-mlp"
+    assert doc["noise"]["draws"] >= 2 and doc["noise"]["b_simple"] > 0
+    assert doc["memory"]["max_batch"] >= 32 and len(doc["throughput"]) >= 2
+    assert isinstance(doc["warnings"], list)
+    assert list(cache.glob("mnist1d-*.npz"))  # the data set was generated into the fresh cache
+
+
+def _extreme_result():
+    from bsadvisor.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
+
+    noise = NoiseResult(b_simple=123456.789, ci90=(98765.4321, 234567.891), trace_sigma=1.23456e-7,
+                        grad_sq_norm=9.87654e-12, examples=123456789, draws=99999, micro_batch=131072,
+                        big_batch=1048576, relative_noise=0.3432,
+                        sqrt_table=[{"batch_size": 1048576 * 2**i, "std_vs_B": 2 ** (-i / 2),
+                                     "relative_noise": 0.3432 * 2 ** (-i / 2)} for i in range(6)], seconds=1234.5)
+    mem = MemoryResult(max_batch=987654321, bytes_per_sample=123456.0, fixed_bytes=9.87e12, trials=8,
+                       limit_bytes=1.2e15, headroom=0.1, peak_bytes=1e15, limited_by="memory")
+    points = [ThroughputPoint(2**i, 1234567890.123 / (i + 1), 1234.5 / (i + 1), repeats=3, spread=0.123)
+              for i in range(10, 31, 2)]
+    settings = ProbeSettings(lr=0.000123456789, momentum=0.999, batch_size=1048576, dataset_size=1234567890123,
+                             device="cuda:7", optimizer="adamw", estimator="microbatch", seed=2**62,
+                             warmup_steps=123456789, budget_seconds=1e6, draws=None)
+    return ProbeResult(noise=noise, memory=mem, throughput=points, settings=settings, temperature=12345.678,
+                       throughput_knee=2**20, target="[/x]my [bold]model[/bold] [link=x]",
+                       warnings=["a warning with [/x] markup in it", "second"])
+
+
+def test_summary_fits_80_columns_with_every_number_whole(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bsadvisor.cmd_probe import _summary
+    from bsadvisor.memory import format_bytes
+
+    r = _extreme_result()
+    buf = StringIO()
+    _summary(r, format_bytes, tmp_path / "[/x]out.json", con=Console(width=80, file=buf))
+    text = buf.getvalue()
+    assert "…" not in text and "..." not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "[/x]my [bold]model[/bold] [link=x]" in text  # the user's name, escaped, not interpreted
+    assert "warning: a warning with [/x] markup in it" in text and "[/x]out.json" in text
+    for p in r.throughput:  # every rung with its whole number of examples/s
+        assert f"{p.examples_per_s:,.0f}" in text
+    for row in r.noise.sqrt_table:
+        assert f"{row['relative_noise']:.3f}" in text and str(row["batch_size"]) in text
+    assert "987654321" in text and "123,456,789" not in text.replace(str(r.noise.examples), "")
+    table = text[text.index("Throughput"):]
+    header = table.splitlines()[1]
+    assert header.split() == ["batch", "┃", "examples/s", "┃", "step", "┃", "spread"]  # every column labelled
+    assert "time budget: B_simple varies between runs" in " ".join(text.split())
+
+
+def test_piped_summary_of_a_target_named_with_markup(tmp_path):
+    f = tmp_path / "t.py"
+    f.write_text("from bsadvisor.builtins import linreg\n\ndef make():\n    t = linreg(size=2048)\n"
+                 "    t.name = '[/x]mine[bold]'\n    return t\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "bsadvisor", "probe", f"{f}:make", "--budget-seconds", "2",
+                        "--draws", "4", "--out", str(tmp_path / "p.json")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[/x]mine[bold]" in r.stdout and "…" not in r.stdout
+    assert "4 draws fixed by --draws" in " ".join(r.stdout.split())
+    assert json.loads((tmp_path / "p.json").read_text())["target"] == "[/x]mine[bold]"

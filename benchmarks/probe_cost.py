@@ -54,9 +54,9 @@ def main():
         t = load_target(name)
         B = t.batch_size
         for est in ("microbatch", "two-batch", "per-example"):
-            bsadvisor.probe(t, estimator=est, warmup_steps=0, max_draws=5, min_draws=5, measure_memory=False,
+            bsadvisor.probe(t, estimator=est, warmup_steps=0, draws=5, measure_memory=False,
                             measure_throughput=False)  # warm caches (scipy import, torch.func tracing)
-            r = bsadvisor.probe(t, estimator=est, warmup_steps=0, max_draws=args.draws, min_draws=args.draws,
+            r = bsadvisor.probe(t, estimator=est, warmup_steps=0, draws=args.draws,
                                 measure_memory=False, measure_throughput=False, budget_seconds=600)
             n = r.noise
             if est == "microbatch":

@@ -235,8 +235,7 @@ EXPORT_EXAMPLES = """
 
   [cyan]bsadvisor export plan.json --format megatron --json[/]
 
-  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use
-  BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
+  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
 """
 
 

@@ -45,12 +45,37 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks turned into spaces."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _command():
+    """The click command of ``app``, with every required argument really required.
+
+    Some typer/click pairs (typer 0.16 with click ≥ 8.3) pass None for a missing required
+    argument instead of failing; the check below makes it one ``error:`` line instead.
+    """
+    cmd = typer.main.get_command(app)
+    for sub in getattr(cmd, "commands", {}).values():
+        for param in sub.params:
+            if param.param_type_name == "argument" and param.required and param.callback is None:
+                param.callback = _required
+    return cmd
+
+
+def _required(ctx, param, value):
+    if value is None:
+        raise UserError(f"missing argument {param.human_readable_name}; see {ctx.command_path} --help")
+    return value
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2."""
     try:
-        code = app(args=argv, prog_name="bsadvisor", standalone_mode=False)
-    except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        code = _command()(args=argv, prog_name="bsadvisor", standalone_mode=False)
+    except UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
+        err_console.print(f"error: {one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     except _UsageError as exc:
         ctx = getattr(exc, "ctx", None)
@@ -63,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             msg = f"unknown option {option}{hint}"
         else:
-            msg = exc.format_message().replace("\n", " ")
+            msg = one_line(exc.format_message())
         err_console.print(f"error: {msg}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     except typer.Abort:

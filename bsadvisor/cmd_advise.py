@@ -1,7 +1,10 @@
 """`bsadvisor advise` (probe + convert in one go) and `bsadvisor export` (a plan for other tools)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +32,14 @@ ADVISE_EXAMPLES = """
 """
 
 
+# The convert-schedule options advise takes, in the order a printed command gives them.
+CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedule_unit", "rule", "max_batch",
+                   "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
+                   "adam_rule", "world_size", "grad_accum", "noise_cap")
+PROBE_DEFAULTS = {"device": "auto", "budget_seconds": 12.0, "seed": 0}
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
+
+
 @app.command("advise", epilog=ADVISE_EXAMPLES)
 def advise_cmd(
     target: Annotated[str, typer.Argument(help="path/to/file.py:function, package.module:function or builtin:NAME")],
@@ -38,7 +49,7 @@ def advise_cmd(
     stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
     adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None,
     noise_cap: NoiseCap = None,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = "auto",
     budget_seconds: Annotated[float, typer.Option("--budget-seconds", help="Time budget of the probe.")] = 12.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the probe's sampling.")] = 0,
     probe_out: Annotated[Optional[Path], typer.Option("--probe-out", help="Also write the probe JSON here.")] = None,
@@ -47,17 +58,29 @@ def advise_cmd(
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale."""
+    given = dict(locals())
+    options = {k: given[k] for k in CONVERT_OPTIONS}
+    probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
+    check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
+
     from .fileio import write_json
-    from .probing import probe as run_probe
-    if schedule is None or epochs is None:
-        raise UserError("advise needs --schedule and --epochs (the LR schedule you train with)")
-    result = _probe_with_progress(run_probe, target, device=device, batch_size=batch_size, lr=lr,
-                                  budget_seconds=budget_seconds, seed=seed, quiet=json_)
-    plan = plan_from_options(
-        probe=result, world_size=world_size, grad_accum=grad_accum, noise_cap=noise_cap, schedule=schedule,
-        epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, schedule_unit=schedule_unit, rule=rule,
-        max_batch=max_batch, max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
-        stage_factor=stage_factor, increase_lr=increase_lr, momentum_to=momentum_to, adam_rule=adam_rule)
+    from .target import load_target
+
+    with _progress(quiet=json_) as progress:
+        progress("loading the target", 0.0)
+        tgt = load_target(target)
+        has_bn = has_batchnorm(tgt.model)
+        # the same conversion with the target's settings and no cap: bad options fail before the probe
+        dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap")}
+        plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
+                             "batch_size": batch_size if batch_size is not None else tgt.batch_size,
+                             "momentum": momentum if momentum is not None else tgt.momentum,
+                             "dataset_size": tgt.dataset_size, "optimizer": tgt.optimizer})
+        from .probing import probe as run_probe
+
+        result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
+    plan = plan_from_options(probe=result, **options)
+    batchnorm_warning(plan, has_bn)
     if probe_out is not None:
         write_json(probe_out, result.to_dict())
     if out is not None:
@@ -65,101 +88,256 @@ def advise_cmd(
     if json_:
         emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict()})
         return
-    _print_advice(target, result, plan, out, probe_out)
+    _print_advice(target, result, plan, out, probe_out, options, probe_opts)
 
 
-def _probe_with_progress(run_probe, target, quiet: bool, **kwargs):
-    """Run the probe under a rich progress bar on stderr (none when printing JSON)."""
-    if quiet:
-        return run_probe(target, **kwargs)
+def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
+    """The checks that need neither torch nor the target, so a typo fails at once."""
+    from . import checks
+    from .fileio import check_destination
+    from .schedules import parse_schedule
+
+    if options["schedule"] is None or options["epochs"] is None:
+        raise UserError("advise needs --schedule and --epochs (the LR schedule you train with)")
+    checks.positive_int("--epochs", options["epochs"])
+    checks.optional(checks.positive, "--lr", options["lr"])
+    checks.optional(checks.positive_int, "--batch-size", options["batch_size"])
+    checks.optional(checks.number, "--momentum", options["momentum"], low=0, high=1, high_open=True)
+    for name in ("max_batch", "round_to", "max_stages", "world_size", "grad_accum"):
+        checks.optional(checks.positive_int, "--" + name.replace("_", "-"), options[name])
+    for name in ("max_fraction", "stage_factor", "increase_lr", "noise_cap"):
+        checks.optional(checks.positive, "--" + name.replace("_", "-"), options[name])
+    checks.positive("--budget-seconds", probe_opts["budget_seconds"])
+    checks.seed("--seed", probe_opts["seed"])
+    if not DEVICE_RE.fullmatch(probe_opts["device"] or ""):
+        raise UserError(f"--device must be cpu, cuda, cuda:N or auto, got {probe_opts['device']!r}")
+    parse_schedule(options["schedule"])
+    if out is not None:
+        check_destination(out, "--out")
+    if probe_out is not None:
+        check_destination(probe_out, "--probe-out")
+        if out is not None and Path(out).resolve() == Path(probe_out).resolve():
+            raise UserError(f"--out and --probe-out are both {out}; give them different files")
+
+
+def has_batchnorm(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on the batch: keep a fixed per-device "
+                     "group as the batch grows (ghost batch norm) or check with bsadvisor validate")
+
+
+def batchnorm_warning(plan, has_bn: bool) -> None:
+    """The plan's generic BatchNorm remark (convert cannot see the model) becomes a warning only when the
+    target really has BatchNorm layers, and disappears when it has none."""
+    plan.warnings[:] = [w for w in plan.warnings if "BatchNorm" not in w]
+    plan.notes[:] = [n for n in plan.notes if "BatchNorm" not in n]
+    if has_bn:
+        plan.warnings.append(BATCHNORM_WARNING)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """A ``progress(phase, fraction)`` callback drawing a rich progress bar on stderr (none when quiet
+    or when stderr is not a terminal, so a log gets no bar remnants)."""
+    if quiet or not err_console.is_terminal:
+        yield lambda phase, frac: None
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("probe: {task.description}"), BarColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("probe: {task.description}", markup=False), BarColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
-        return run_probe(target, progress=lambda phase, frac: bar.update(task, description=phase, completed=frac),
-                         **kwargs)
+        yield lambda phase, frac: bar.update(task, description=phase, completed=frac)
 
 
-def _print_advice(target, result, plan, out, probe_out) -> None:
-    from rich.table import Table
+def _arg(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
 
-    from .report import fmt_seconds, plan_summary
+
+def command_line(*words: str, options: dict) -> str:
+    """A shell command: ``words`` then ``--option value`` for every option that is not None, quoted."""
+    argv = list(words)
+    for name, value in options.items():
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), _arg(value)]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, probe_opts: dict) -> list[tuple]:
+    """(what, command) pairs: the full commands that save, validate and re-plan this plan."""
+    probe_given = {k: v for k, v in probe_opts.items() if v != PROBE_DEFAULTS[k]}
+    cmds = []
+    if out is None:
+        cmds.append(("save the plan", command_line("bsadvisor", "advise", target, options={
+            **options, **probe_given, "out": plan_file})))
+    cmds.append(("validate it", command_line("bsadvisor", "validate", target, options={
+        "plan": plan_file, "device": probe_given.get("device")})))
+    if probe_out is not None:
+        cmds.append(("re-plan offline", command_line("bsadvisor", "convert-schedule", options={
+            "probe": probe_out, **options})))
+    else:
+        cmds.append(("re-plan offline", "add --probe-out probe.json to keep the measurement, then "
+                                        "bsadvisor convert-schedule --probe probe.json ..."))
+    cmds.append(("in training", f"BatchSizeScheduler(Plan.load({str(plan_file)!r}), optimizer) "
+                                "(see docs/integration.md)"))
+    return cmds
+
+
+def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict) -> None:
+    from rich.text import Text
+
+    from .report import FitTable, fmt_seconds, plan_summary
 
     noise, mem = result.noise, result.memory
     lo, hi = noise.ci90
-    console.print(f"[bold]Measured on {target}[/] ({result.settings.device}): noise scale B_simple ≈ "
-                  f"{noise.b_simple:,.0f} (90% CI {lo:,.0f}–{hi:,.0f}), device cap {mem.max_batch:,} per device "
-                  f"→ plan cap {plan.cap.get('batch_size'):,} ({plan.cap.get('limited_by')})")
+    console.print(Text.assemble(
+        ("Measured on ", "bold"), (target, "bold"),
+        f" ({result.settings.device}): noise scale B_simple ≈ {noise.b_simple:,.0f} (90% CI {lo:,.0f}–{hi:,.0f}), "
+        f"device cap {mem.max_batch:,} per device → plan cap {plan.cap.get('batch_size'):,} "
+        f"({plan.cap.get('limited_by')})"))
+    for w in getattr(result, "warnings", None) or []:
+        console.print(Text("warning: probe: " + str(w), style="yellow"))
     console.print(plan_summary(plan))
     pred = plan.probe["predicted"]
     n, e = plan.dataset_size, plan.epochs
-    cmp = Table(title="Original schedule vs plan", title_justify="left", header_style="bold")
-    for col in ("", "updates", "examples", "predicted time"):
-        cmp.add_column(col, justify="right" if col else "left")
-    cmp.add_row("original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}",
-                fmt_seconds(pred["baseline_predicted_seconds"]))
-    cmp.add_row("plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", fmt_seconds(pred["predicted_seconds"]))
     speed = pred["baseline_predicted_seconds"] / pred["predicted_seconds"] if pred["predicted_seconds"] else math.nan
-    cmp.add_row("ratio", f"{plan.baseline_updates / plan.updates:.2f}×", "1×", f"{speed:.2f}×")
-    console.print(cmp)
-    plan_file = out or Path("plan.json")
-    console.print("[bold]Next[/]")
-    if out is None:
-        console.print(f"  save the plan:   [cyan]bsadvisor advise {target} ... --out {plan_file}[/]")
-    console.print(f"  validate it:     [cyan]bsadvisor validate {target} --plan {plan_file}[/]")
-    if probe_out is not None:
-        console.print(f"  re-plan offline: [cyan]bsadvisor convert-schedule --probe {probe_out} --epochs {e} "
-                      f"--schedule \"{plan.inputs.get('schedule')}\"[/]")
-    console.print(f"  in training:     [cyan]BatchSizeScheduler(Plan.load('{plan_file}'), optimizer)[/] "
-                  "(see docs/integration.md)")
+    console.print(FitTable(
+        "Original schedule vs plan",
+        [("", "left"), ("updates", "right"), ("examples", "right"), ("predicted time", "right")],
+        [["original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}",
+          fmt_seconds(pred["baseline_predicted_seconds"])],
+         ["plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", fmt_seconds(pred["predicted_seconds"])],
+         ["ratio", f"{plan.baseline_updates / plan.updates:.2f}×", "1×", f"{speed:.2f}×"]]))
+    console.print(Text("Next", style="bold"))
+    for what, cmd in next_commands(target, out or Path("plan.json"), out, probe_out, options, probe_opts):
+        console.print(Text.assemble(f"  {what + ':':<17}", (cmd, "cyan")), soft_wrap=True)
 
 
 EXPORT_FORMATS = ("megatron", "csv")
+EXPORT_SCHEMA = "bsadvisor.export/1"
 
-
-@app.command("export", epilog="""
+EXPORT_EXAMPLES = """
 [bold]Examples[/]
 
-  [cyan]bsadvisor export plan.json --format megatron[/]   samples:batch pairs for a step-batch-size schedule
-  [cyan]bsadvisor export plan.json --format csv --out plan.csv[/]   one row per epoch: epoch,batch_size,lr,momentum
+  Batch sizes as samples:batch pairs (the samples seen before each change), for a stepped batch schedule:
 
-A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use
-BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
-""")
+  [cyan]bsadvisor export plan.json --format megatron[/]
+
+  One row per epoch, epoch,batch_size,lr,momentum:
+
+  [cyan]bsadvisor export plan.json --format csv --out plan.csv[/]
+
+  Both as JSON, with what the format cannot hold:
+
+  [cyan]bsadvisor export plan.json --format megatron --json[/]
+
+  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
+"""
+
+
+@app.command("export", epilog=EXPORT_EXAMPLES)
 def export_cmd(
     plan_file: Annotated[Path, typer.Argument(help="plan.json written by convert-schedule/advise --out")],
     format_: Annotated[str, typer.Option("--format", help="megatron | csv")] = "csv",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of printing.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON document: the exported text, its rows and "
+                                                       "notes on what the format cannot hold.")] = False,
 ) -> None:
-    """Export a plan for the frameworks people already use."""
-    from .fileio import write_atomic
+    """Export a plan for the frameworks people already use. What the format cannot hold (e.g. the LR in
+    megatron) is said in a note on stderr."""
+    from rich.text import Text
+
+    from .fileio import check_destination, write_atomic
     from .plan import Plan
 
     if format_ not in EXPORT_FORMATS:
         raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format_!r} "
                         "(lightning: not available yet, see bsadvisor export --help)")
+    if out is not None:
+        check_destination(out, "--out")
     plan = Plan.load(plan_file)
-    text = export_megatron(plan) if format_ == "megatron" else export_csv(plan)
+    if format_ == "megatron":
+        text, rows, notes = export_megatron(plan), megatron_pairs(plan), megatron_notes(plan)
+    else:
+        text, rows, notes = export_csv(plan), csv_rows(plan), []
     if out is not None:
         write_atomic(out, text)
-    else:
+    if json_:
+        emit_json({"schema": EXPORT_SCHEMA, "format": format_, "plan_file": str(plan_file),
+                   "out": None if out is None else str(out), "rows": rows, "text": text, "notes": notes})
+        return
+    if out is None:
         typer.echo(text, nl=False)
+    for note in notes:
+        err_console.print(Text("note: " + note), soft_wrap=True, highlight=False)
+
+
+def fmt_number(x: float) -> str:
+    """A float as short as it can be to 10 significant digits: 0.005000000000000001 → 0.005."""
+    return format(x, ".10g")
+
+
+def megatron_pairs(plan) -> list[dict]:
+    """One {samples, batch_size} per batch change: samples consumed before the change, the new global batch."""
+    pairs, last = [], None
+    for s in plan.stages:
+        if s.batch_size != last:
+            pairs.append({"samples": s.start_epoch * plan.dataset_size, "batch_size": s.batch_size})
+            last = s.batch_size
+    return pairs
 
 
 def export_megatron(plan) -> str:
     """``samples:batch`` pairs, one per batch change (samples consumed before the change)."""
-    pairs, last = [], None
+    return " ".join(f"{p['samples']}:{p['batch_size']}" for p in megatron_pairs(plan)) + "\n"
+
+
+def megatron_notes(plan) -> list[str]:
+    """What the megatron format drops, and who reads it."""
+    notes = ["stock Megatron-LM has no flag that reads samples:batch pairs (its --rampup-batch-size START "
+             "INCREMENT SAMPLES is a linear ramp only): feed them to your own global-batch-size schedule "
+             "(a num-microbatches calculator), or use --format csv"]
+    lrs = {s.lr for s in plan.stages}
+    moms = {s.momentum for s in plan.stages}
+    if len(lrs) > 1:
+        changes = [f"epochs {s.start_epoch}–{s.end_epoch} at {fmt_number(s.lr)}" for s in _lr_runs(plan)]
+        notes.append("the format holds batch sizes only, and this plan also changes the LR ("
+                     + "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+                     + "): set Megatron's LR schedule (--lr, --lr-decay-style, --lr-decay-samples, --min-lr, "
+                       "--lr-warmup-samples) to match, or use --format csv for the LR per epoch")
+    else:
+        notes.append(f"the LR is {fmt_number(next(iter(lrs)))} throughout: train with --lr {fmt_number(next(iter(lrs)))} "
+                     "--lr-decay-style constant (the batch growth replaces the LR decay)")
+    if len(moms) > 1:
+        notes.append("the plan also changes the momentum, which the format cannot hold; use --format csv")
+    return notes
+
+
+def _lr_runs(plan) -> list:
+    """Consecutive stages merged while the LR stays the same."""
+    from dataclasses import replace
+
+    runs = []
     for s in plan.stages:
-        if s.batch_size != last:
-            pairs.append(f"{s.start_epoch * plan.dataset_size}:{s.batch_size}")
-            last = s.batch_size
-    return " ".join(pairs) + "\n"
+        if runs and runs[-1].lr == s.lr:
+            runs[-1] = replace(runs[-1], end_epoch=s.end_epoch)
+        else:
+            runs.append(s)
+    return runs
+
+
+def csv_rows(plan) -> list[dict]:
+    return [{"epoch": epoch, "batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum}
+            for s in plan.stages for epoch in range(s.start_epoch, s.end_epoch)]
 
 
 def export_csv(plan) -> str:
+    """``epoch,batch_size,lr,momentum``, one row per epoch, numbers to 10 significant digits."""
     lines = ["epoch,batch_size,lr,momentum"]
-    for s in plan.stages:
-        for epoch in range(s.start_epoch, s.end_epoch):
-            lines.append(f"{epoch},{s.batch_size},{s.lr!r},{s.momentum!r}")
+    lines += [f"{r['epoch']},{r['batch_size']},{fmt_number(r['lr'])},{fmt_number(r['momentum'])}"
+              for r in csv_rows(plan)]
     return "\n".join(lines) + "\n"

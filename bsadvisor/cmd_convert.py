@@ -176,7 +176,7 @@ def output_plan(plan, as_json: bool, out: Optional[Path]) -> None:
     else:
         console.print(plan_summary(plan))
         if out is not None:
-            console.print(f"plan written to {out}", style="green")
+            console.print(f"plan written to {out}", style="green", markup=False)
 
 
 EXAMPLES = """

@@ -1,14 +1,27 @@
-"""Rich rendering of plans (presentation only; no math here beyond formatting)."""
+"""Rich rendering of plans (presentation only; no math here beyond formatting).
+
+Every table is a :class:`FitTable`: at render time it gives each column at least its
+longest word (a number is one word), so at 80 columns or in a pipe a number is never
+cut to ``0.04…``; when even that does not fit, each row is printed as ``name value``
+lines instead. Every string here is rendered as plain text (``Text``), never parsed as
+rich markup, so a target name or path holding ``[/x]`` prints as typed.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Optional, Sequence
 
-from rich.console import Group
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from .plan import Plan
+
+PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 
 
 def _fmt_lr(a: float, b: float) -> str:
@@ -17,6 +30,79 @@ def _fmt_lr(a: float, b: float) -> str:
 
 def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _words_width(text: str) -> int:
+    return max((cell_len(w) for w in text.split()), default=1)
+
+
+def _lines_width(text: str) -> int:
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+@dataclass
+class FitTable:
+    """A table that never truncates a cell: columns get at least their longest word.
+
+    ``columns``: (header, justify) pairs; ``rows``: lists of strings; ``footer``: an
+    optional last row (totals) drawn under a rule. When the console is too narrow for
+    even the longest word of every column, the rows are printed one field a line.
+    """
+
+    title: str
+    columns: Sequence[tuple[str, str]]
+    rows: list[list[str]]
+    footer: Optional[list[str]] = None
+    caption: list[str] = field(default_factory=list)  # printed under the table either way
+
+    def _table(self, widths: list[int]) -> Table:
+        t = Table(title=Text(self.title, style="bold"), title_justify="left", box=box.SIMPLE,
+                  show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), show_footer=self.footer is not None,
+                  header_style="bold")
+        for (header, justify), w, foot in zip(self.columns, widths, self.footer or [""] * len(widths)):
+            t.add_column(Text(header), justify=justify, width=w, footer=Text(foot), overflow="fold")
+        for row in self.rows:
+            t.add_row(*(Text(c) for c in row))
+        return t
+
+    def widths(self, available: int, console: Console, options: ConsoleOptions) -> Optional[list[int]]:
+        """Column widths that fit ``available`` cells with every word whole, or None."""
+        cells = [[h] + [r[i] for r in self.rows] + ([self.footer[i]] if self.footer else [])
+                 for i, (h, _) in enumerate(self.columns)]
+        low = [max(_words_width(c) for c in col) for col in cells]
+        body = [max(max((_lines_width(c) for c in col[1:]), default=0), lo) for col, lo in zip(cells, low)]
+        full = [max(_lines_width(col[0]), b) for col, b in zip(cells, body)]
+        probe = self._table([1] * len(low))
+        overhead = Table.__rich_measure__(probe, console, options.update_width(10**6)).maximum - len(low)
+        slack = available - overhead - sum(low)
+        if slack < 0:
+            return None
+        widths = list(low)
+        for goal in (body, full):  # unwrap the cells first, then the headers
+            while slack > 0:  # widen the columns that still wrap, one cell each in turn
+                short = [i for i, w in enumerate(widths) if w < goal[i]][:slack]
+                if not short:
+                    break
+                for i in short:
+                    widths[i] += 1
+                slack -= len(short)
+        return widths
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = self.widths(options.max_width, console, options)
+        if widths is not None:
+            yield self._table(widths)
+        else:
+            yield Text(self.title, style="bold")
+            headers = [h for h, _ in self.columns]
+            pad = max(cell_len(h) for h in headers) + 2
+            for row in self.rows + ([self.footer] if self.footer else []):
+                yield Text(row[0] if row is self.footer else f"{headers[0]} {row[0]}", style="bold")
+                for h, c in zip(headers[1:], row[1:]):
+                    if c:
+                        yield Text(f"  {h.ljust(pad)}{c}")
+        for line in self.caption:
+            yield Text(line, style="dim")
 
 
 def plan_rows(plan: Plan) -> list[dict]:
@@ -28,6 +114,7 @@ def plan_rows(plan: Plan) -> list[dict]:
         rows.append({
             "start": segs[0].start_epoch, "end": segs[-1].end_epoch, "batch": batch, "phase": phase,
             "lr": (segs[0].lr, segs[-1].lr), "momentum": segs[0].momentum,
+            "momenta": {s.momentum for s in segs},
             "temperature": (segs[0].temperature, segs[-1].temperature),
             "updates": sum(s.updates(plan.dataset_size) for s in segs),
             "noise": math.sqrt(b0 / batch),
@@ -38,35 +125,56 @@ def plan_rows(plan: Plan) -> list[dict]:
     return rows
 
 
-def plan_table(plan: Plan, title: str = "Recommended plan") -> Table:
+def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
+    """Stages of ``plan``: one row per batch stage, a legend of every column under it.
+
+    Momentum gets a column only when it changes between stages (otherwise one line says
+    its value); efficiency and predicted time only when the plan was made with a probe.
+    """
     rows = plan_rows(plan)
     has_time = any(r["predicted_seconds"] is not None for r in rows)
     has_eff = any(r["efficiency"] is not None for r in rows)
-    t = Table(title=title, title_justify="left", show_footer=True, header_style="bold")
-    t.add_column("stage", footer="total")
-    t.add_column("epochs")
-    t.add_column("batch", justify="right")
-    t.add_column("LR", justify="right")
-    t.add_column("momentum", justify="right")
-    t.add_column("g/g0", justify="right")
-    t.add_column("updates", justify="right", footer=f"{plan.updates:,}")
-    t.add_column("noise std", justify="right")
+    momenta = set().union(*(r["momenta"] for r in rows))
+    has_mom = len(momenta) > 1
+    cols = [("stage", "left"), ("epochs", "left"), ("batch", "right"), ("LR", "right")]
+    if has_mom:
+        cols.append(("mom.", "right"))
+    cols += [("g/g0", "right"), ("updates", "right"), ("noise std", "right")]
+    footer = ["total", "", "", ""] + ([""] if has_mom else []) + ["", f"{plan.updates:,}", ""]
     if has_eff:
-        t.add_column("efficiency", justify="right")
+        cols.append(("eff.", "right"))
+        footer.append("")
     if has_time:
-        total = sum(r["predicted_seconds"] or 0 for r in rows)
-        t.add_column("pred. time", justify="right", footer=fmt_seconds(total))
+        cols.append(("time", "right"))
+        footer.append(fmt_seconds(sum(r["predicted_seconds"] or 0 for r in rows)))
+    body = []
     for i, r in enumerate(rows):
-        g = r["temperature"]
-        cells = [f"{i}" + (" warmup" if r["phase"] == "warmup" else " hybrid" if r["phase"] == "hybrid" else ""),
-                 f"{r['start']}–{r['end']}", f"{r['batch']:,}", _fmt_lr(*r["lr"]), f"{r['momentum']:g}",
-                 _fmt_lr(*g), f"{r['updates']:,}", f"{r['noise']:.3f}"]
+        cells = [f"{i}{PHASE_LABELS.get(r['phase'], '')}", f"{r['start']}–{r['end']}", f"{r['batch']:,}",
+                 _fmt_lr(*r["lr"])]
+        if has_mom:
+            cells.append(" ".join(f"{m:g}" for m in sorted(r["momenta"])))
+        cells += [_fmt_lr(*r["temperature"]), f"{r['updates']:,}", f"{r['noise']:.3f}"]
         if has_eff:
             cells.append("" if r["efficiency"] is None else f"{r['efficiency']:.2f}")
         if has_time:
             cells.append(fmt_seconds(r["predicted_seconds"]))
-        t.add_row(*cells)
-    return t
+        body.append(cells)
+    legend = []
+    if not has_mom:
+        legend.append(f"momentum {next(iter(momenta)):g} in every stage")
+    else:
+        legend.append("mom.: momentum")
+    if any("→" in c[3] for c in body):
+        legend[-1] += "; LR a → b: the LR moves from a to b inside the stage"
+    legend.append("g/g0: noise temperature g = ε/(1−m)·(N/B − 1) relative to the original's start; "
+                  "noise std: gradient-noise std relative to the first stage, √(B0/B)")
+    if has_eff:
+        legend.append("eff.: efficiency, the share of each example's value the stage keeps, "
+                      "1/(1 + B/B_noise) (McCandlish et al. 2018, eq. 2.12): near 1 while B ≪ B_noise, "
+                      "0.5 at B = B_noise; B_noise is the probe's B_simple at the stage's temperature")
+    if has_time:
+        legend.append("time: predicted from the probe's measured throughput")
+    return FitTable(title, cols, body, footer, caption=legend)
 
 
 def fmt_seconds(s) -> str:
@@ -84,9 +192,8 @@ def plan_summary(plan: Plan) -> Group:
     base, new = plan.baseline_updates, plan.updates
     ratio = base / new if new else float("nan")
     lines = [plan_table(plan),
-             Text.from_markup(f"[bold]updates[/]: original {base:,} → plan {new:,}  ([bold green]{ratio:.2f}× fewer[/])"),
-             Text("g/g0: realised noise temperature relative to the original's start (peak); "
-                  "noise std: gradient-noise std relative to the first stage, √(B0/B)", style="dim")]
+             Text.assemble(("updates", "bold"), f": original {base:,} → plan {new:,}  (",
+                           (f"{ratio:.2f}× fewer", "bold green"), ")")]
     cap = plan.cap
     if cap:
         lines.append(Text(f"cap: batch {cap.get('batch_size'):,} (limited by {cap.get('limited_by')})", style="dim"))

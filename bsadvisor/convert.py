@@ -136,7 +136,15 @@ class Rounding:
         """The largest allowed batch ≤ ``b`` (at least the smallest allowed one)."""
         if self.micro_batch is None:
             return max(self.unit, int(b // self.unit) * self.unit)
-        for k in range(self.steps(b), 0, -1):
+        # With k steps the allowed batches are multiples of unit·k up to unit·q·k (q = ⌊W·m/unit⌋) and
+        # above W·m·(k−1): none when q = 0, and none for k ≥ W·m/(W·m − unit·q) unless unit divides W·m.
+        # Start at the largest k that has any, so the search takes a step or two, not one per k.
+        wm, u = self.world_size * self.micro_batch, self.unit
+        q = wm // u
+        if q == 0:
+            return self.nearest(1)
+        k_top = self.steps(b) if u * q == wm else min(self.steps(b), (wm - 1) // (wm - u * q))
+        for k in range(k_top, 0, -1):
             band = self._band(k)
             if band:
                 u = self.unit * k
@@ -339,6 +347,8 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     # Base point of the plan: (ε_b, m_b, B_b) with the original's peak temperature.
     lr_peak, m_peak = spans[peak][2], spans[peak][3]
     lr_base = lr_peak * (increase_lr or 1.0)
+    if not math.isfinite(lr_base):
+        raise UserError(f"--increase-lr {increase_lr:g} times the LR {lr_peak:g} overflows; the paper used K = 5")
     m_base = momentum_to if momentum_to is not None else m_peak
     variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != m_peak)
     b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(b0)
@@ -363,7 +373,7 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
         limits["noise_scale"] = max(1, math.floor(min(noise_cap_batch, n)))
     limited_by = min(limits, key=limits.get)
     cap = min(rounding.floor(min(limits.values())), n)
-    b_start = rounding.nearest(b_base) if variant else b0
+    b_start = rounding.nearest(min(b_base, float(n))) if variant else b0  # b_base may be inf (g0 needs B > N)
     if cap < b_start:
         if variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "

@@ -207,9 +207,12 @@ class Plan:
         b0 = inputs.get("batch_size")
         if b0 is not None and b0 > n:
             raise S.refuse(what, "inputs.batch_size", f"{b0} is larger than dataset_size {n}", REMEDY)
+        cap = d.get("cap") or {}
+        if cap and "batch_size" not in cap:
+            raise S.refuse(what, "cap.batch_size", "is missing (cap is {} or holds batch_size)", REMEDY)
         baseline = d.get("baseline") or {}
         return cls(stages=stages, dataset_size=n, inputs=dict(inputs),
-                   baseline_updates=baseline.get("updates") or 0, cap=dict(d.get("cap") or {}),
+                   baseline_updates=baseline.get("updates") or 0, cap=dict(cap),
                    warnings=list(d.get("warnings") or []), notes=list(d.get("notes") or []),
                    probe=d.get("probe"))
 
@@ -272,7 +275,7 @@ PLAN_SPEC = S.Obj({
     "inputs": S.opt(INPUTS_SPEC),
     "dataset_size": S.opt(S.Int(low=1)),
     "epochs": S.opt(S.Int(low=1)),
-    "cap": S.opt(S.Obj({"batch_size": S.opt(_COUNT), "limited_by": S.opt(S.Str(nullable=True))},
+    "cap": S.opt(S.Obj({"batch_size": S.opt(S.Int(low=1)), "limited_by": S.opt(S.Str(nullable=True))},
                        extra=S.Json(max_depth=1))),
     "stages": S.req(S.List(STAGE_SPEC, min_len=1)),
     "baseline": S.opt(S.Obj({"updates": S.opt(S.Int(low=0, nullable=True)),

@@ -125,6 +125,7 @@ CASES = [
     ("plan-phase-unknown", plan_case(_set("stages.0.phase", "party"), ["stages[0].phase", "'party'"])),
     ("plan-stage-extra-list", plan_case(_set("stages.0.note", [[1]]), ["stages[0].note"])),
     ("plan-probe-deep", plan_case(_set("probe", [[[[[[1]]]]]]), ["probe is nested"])),
+    ("plan-cap-without-batch", plan_case(_set("cap", {"limited_by": "device"}), ["cap.batch_size is missing"])),
     ("plan-dataset-size-text", plan_case(_set("dataset_size", "many"), ["dataset_size", "'many'"])),
     ("plan-wrong-schema", plan_case(_set("schema", "bsadvisor.plan/0"), ["schema", "bsadvisor.plan/1"])),
     ("plan-no-schema", plan_case(lambda d: d.pop("schema"), ["no 'schema' field"])),

@@ -545,3 +545,20 @@ def test_batchnorm_is_one_note_not_a_warning():
     p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER)
     assert not any("BatchNorm" in w for w in p.warnings)
     assert sum("BatchNorm" in x for x in p.notes) == 1
+
+
+def test_rounding_floor_is_quick_when_large_batches_cannot_split_evenly():
+    """Multiples of 5 over one device of ≤ 7 examples a step: only 5 (1 step), 10 (2 × 5), 15 (3 × 5) split evenly."""
+    from bsadvisor.convert import Rounding
+
+    r = Rounding(5, 1, 7)
+    assert [r.floor(b) for b in (5, 9, 10, 14, 15, 1e6, 1e18)] == [5, 5, 10, 10, 15, 15, 15]
+    assert Rounding(64, 3, 7).floor(4.6e18) == 192  # no batch splits evenly: the smallest multiple of lcm(64, 3)
+
+
+def test_extreme_variant_starts_at_the_cap_instead_of_overflowing():
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER,
+                         rule="proportional", increase_lr=1e300)
+    assert p.stages[0].batch_size == N // 10 and any("exceeds the cap" in w for w in p.warnings)
+    with pytest.raises(UserError, match="--increase-lr"):
+        convert_schedule(lr=1e10, batch_size=B0, dataset_size=N, epochs=E, schedule=PAPER, increase_lr=1e300)

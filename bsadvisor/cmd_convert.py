@@ -1,7 +1,6 @@
 """`bsadvisor convert-schedule`: an LR-decay schedule → a batch-growth plan."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -72,26 +71,82 @@ NoiseCap = Annotated[Optional[float], typer.Option(
                         "sensible K).  \\[default: off, growth past 10× is flagged]", show_default=False)]
 
 
+def _config_spec() -> dict[str, Any]:
+    """What each --config key may hold (bsadvisor.schema): the option's type and range."""
+    from . import schema as S
+    from .plan import MAX_EPOCHS
+    from .schedules import MAX_SCHEDULE_CHARS
+    from .temperature import ADAM_FAMILY, ADAM_RULES, RULES, SGD_FAMILY
+
+    count, fraction = S.Int(low=1), S.Num(low=0, high=1, high_open=True)
+    return {
+        "lr": S.Num(low=0, low_open=True), "batch_size": count, "dataset_size": count,
+        "epochs": S.Int(low=1, high=MAX_EPOCHS), "momentum": fraction,
+        "schedule": S.Str(max_len=MAX_SCHEDULE_CHARS), "schedule_unit": S.Str(choices=("epoch", "step")),
+        "optimizer": S.Str(choices=SGD_FAMILY + ADAM_FAMILY), "rule": S.Str(choices=RULES),
+        "adam_rule": S.Str(choices=ADAM_RULES), "max_batch": count,
+        "max_fraction": S.Num(low=0, high=1, low_open=True), "round_to": count, "max_stages": count,
+        "stage_factor": S.Num(low=1), "increase_lr": S.Num(low=1), "momentum_to": fraction,
+        "probe": S.Str(max_len=4096), "world_size": count, "grad_accum": count,
+        "noise_cap": S.Num(low=0, low_open=True), "micro_batch": count,
+    }
+
+
+#: Config keys spelled like an option whose parameter has another name.
+CONFIG_ALIASES = {"max_micro_batch": "micro_batch"}
+_OPTION_NAMES = {v: k for k, v in CONFIG_ALIASES.items()}
+
+
+def _option(name: str) -> str:
+    """The command-line spelling of a parameter: micro_batch → max-micro-batch."""
+    return _OPTION_NAMES.get(name, name).replace("_", "-")
+
+
 def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
-    """Read a TOML config; keys may use dashes or underscores."""
+    """Read a TOML config; keys may use dashes or underscores. Each value is checked against
+    its option's type and range (one line naming the file and the key when it is not)."""
     if path is None:
         return {}
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
+    from . import schema as S
+
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give the path of a TOML file")
     if not path.is_file():
         raise UserError(f"config file {path} not found; check the path")
     try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text (UTF-8) file; is it the right file?") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc})") from None
+    except (RecursionError, MemoryError):
+        raise UserError(f"config file {path} is nested too deeply; write each option as key = value") from None
+    except ValueError as exc:
+        what = "an integer of thousands of digits" if "digits" in str(exc) else str(exc)[:80]
+        raise UserError(f"config file {path} is not valid TOML ({what})") from None
+    spec = _config_spec()
     out = {}
     for key, value in doc.items():
         name = key.replace("-", "_")
+        name = CONFIG_ALIASES.get(name, name)
+        shown = key if len(key) <= 40 else key[:37] + "..."
         if name not in allowed:
-            raise UserError(f"config file {path}: unknown option {key!r}; use the command's option names "
-                            f"({', '.join(sorted(k.replace('_', '-') for k in allowed))})")
+            raise UserError(f"config file {path}: unknown option {shown!r}; use the command's option names "
+                            f"({', '.join(sorted(_option(k) for k in allowed))})")
+        if name in spec:
+            try:
+                value = spec[name].check(value, shown)
+            except S.Invalid as exc:
+                raise UserError(f"config file {path}: {exc}; fix it there or give --{_option(name)} on the "
+                                "command line") from None
         out[name] = value
     return out
 
@@ -115,8 +170,13 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     step the same micro-batch (``micro_batch``: the per-device limit, by default the
     probe's cap; see convert.Rounding).
     """
+    from . import checks
     from .convert import convert_schedule
 
+    world_size = checks.optional(checks.positive_int, "--world-size", world_size)
+    grad_accum = checks.optional(checks.positive_int, "--grad-accum", grad_accum)
+    micro_batch = checks.optional(checks.positive_int, "--max-micro-batch", micro_batch)
+    noise_cap = checks.optional(checks.positive, "--noise-cap", noise_cap)
     explicit = {k: v for k, v in options.items() if v is not None}
     unknown = set(explicit) - set(DEFAULTS)
     if unknown:
@@ -150,9 +210,6 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     if noise_cap is not None:
         if result is None:
             raise UserError("--noise-cap needs a measured noise scale: give --probe probe.json")
-        if isinstance(noise_cap, bool) or not isinstance(noise_cap, (int, float)) or not noise_cap > 0 \
-                or not math.isfinite(noise_cap):
-            raise UserError(f"--noise-cap must be a number > 0 (e.g. 10), got {noise_cap!r}")
         noise_cap_batch = noise_cap * result.noise.b_simple
     plan = convert_schedule(**{k: opts[k] for k in DEFAULTS}, noise_cap_batch=noise_cap_batch,
                             world_size=world_size, micro_batch=micro_batch)

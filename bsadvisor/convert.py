@@ -1,4 +1,4 @@
-"""LR-decay schedule → batch-growth plan (Smith et al. 1711.00489; theory.md §2).
+"""LR-decay schedule → batch-growth plan (Smith et al. 1711.00489; docs/concepts.md).
 
 The original run trains at batch B0 with LR ε(t) (and momentum m(t)); its noise
 temperature is g(t) = g0·ρ(t). We keep that trajectory but move it from the LR into
@@ -16,6 +16,11 @@ and the LR carries the rest of the decay ("hybrid", §5 of the paper):
 Continuous schedules become a staircase: a new batch only when the target has grown
 by ``stage_factor``; inside a stage the LR carries the residual, so the realised
 temperature follows the original at every epoch (rounding of B aside).
+
+The work is done on spans of epochs over which the original LR is constant
+(``Schedule.pieces``), never epoch by epoch: a step schedule over a million epochs
+costs as much as over two hundred. A schedule whose LR changes at more than
+MAX_SPANS epochs (a cosine over a very long run) is refused with a bound.
 No torch here: this module must import in milliseconds.
 """
 from __future__ import annotations
@@ -24,17 +29,29 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from . import checks
 from .errors import UserError
-from .plan import Plan, Stage
+from .plan import MAX_EPOCHS, Plan, Stage
 from .schedules import Schedule, parse_schedule
 from .temperature import TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
 _EPS = 1e-9
+#: Most spans of constant LR a conversion handles (a smooth schedule has one per epoch).
+MAX_SPANS = 10_000
+
+#: The note every plan carries (convert-schedule has no model to look at; advise and validate,
+#: which do, warn when the model really has BatchNorm layers).
+BATCHNORM_NOTE = ("if the model has BatchNorm layers: their statistics depend on the batch; keep a fixed "
+                  "per-device group (ghost batch norm) or check with bsadvisor validate")
 
 
 @dataclass
-class _Epoch:
+class _Span:
+    """Epochs [start, end) with one original LR/momentum and, once planned, one (batch, lr)."""
+
+    start: int
+    end: int
     batch: int
     lr: float
     momentum: float
@@ -42,21 +59,21 @@ class _Epoch:
     phase: str
 
 
-def _check_positive(name: str, value, integer: bool = False, allow_none: bool = False):
+def _check_positive(name: str, value, integer: bool = False, allow_none: bool = False, high=checks.MAX_INT):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
-    if integer and int(value) != value:
-        raise UserError(f"{name} must be a whole number, got {value!r}")
-    if value <= 0:
-        raise UserError(f"{name} must be > 0, got {value!r}")
-    return int(value) if integer else float(value)
+    if integer:
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be a whole number, got {checks._show(value)}")
+        return checks.integer(name, value, low=1, high=high)
+    return checks.positive(name, value)
 
 
 @dataclass(frozen=True)
 class Rounding:
-    """Which batch sizes a plan may use (theory.md §2: "a multiple of 8, or of micro-batch × world size").
+    """Which batch sizes a plan may use (docs/concepts.md §4, "Rounding").
 
     One device: multiples of ``round_to``. Data parallel over W = ``world_size`` devices
     that take at most m = ``micro_batch`` examples per step: a batch B needs
@@ -95,7 +112,7 @@ class Rounding:
     def nearest(self, b: float) -> int:
         """The allowed batch nearest ``b`` (ties: the smaller)."""
         if self.micro_batch is None:
-            return max(self.unit, int(round(b / self.unit)) * self.unit)
+            return self._nearest_multiple(b)
         kb = self.steps(b)
         options = []
         for k in range(max(1, kb - 1), kb + 2):
@@ -103,14 +120,31 @@ class Rounding:
             options += [c for c in [math.floor(b / u) * u, math.ceil(b / u) * u] + self._band(k)
                         if self.allows(c) and self.steps(c) == k]
         if not options:  # round_to/W coarser than the micro-batch limit: fall back to plain multiples
-            return max(self.unit, int(round(b / self.unit)) * self.unit)
+            return self._nearest_multiple(b)
         return min(options, key=lambda c: (abs(c - b), c))
+
+    def _nearest_multiple(self, b: float) -> int:
+        """The multiple of ``unit`` (at least ``unit``) nearest ``b``; a tie goes to the smaller.
+
+        Not ``round()``: that sends ties to the even multiple (2.5 → 2 but 3.5 → 4).
+        """
+        u = self.unit
+        low = math.floor(b / u) * u
+        return max(u, min((low, low + u), key=lambda c: (abs(c - b), c)))
 
     def floor(self, b: float) -> int:
         """The largest allowed batch ≤ ``b`` (at least the smallest allowed one)."""
         if self.micro_batch is None:
             return max(self.unit, int(b // self.unit) * self.unit)
-        for k in range(self.steps(b), 0, -1):
+        # With k steps the allowed batches are multiples of unit·k up to unit·q·k (q = ⌊W·m/unit⌋) and
+        # above W·m·(k−1): none when q = 0, and none for k ≥ W·m/(W·m − unit·q) unless unit divides W·m.
+        # Start at the largest k that has any, so the search takes a step or two, not one per k.
+        wm, u = self.world_size * self.micro_batch, self.unit
+        q = wm // u
+        if q == 0:
+            return self.nearest(1)
+        k_top = self.steps(b) if u * q == wm else min(self.steps(b), (wm - 1) // (wm - u * q))
+        for k in range(k_top, 0, -1):
             band = self._band(k)
             if band:
                 u = self.unit * k
@@ -139,16 +173,24 @@ def _as_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
 
 
 def _original(lr, batch_size, dataset_size, epochs, schedule, momentum, schedule_unit):
-    """Validate the common inputs; return (schedule, lr per epoch, momentum per epoch, steps per epoch)."""
+    """Validate the common inputs; return the schedule, ε0, the spans of constant LR, steps an epoch, N, B0, E.
+
+    Each span is (start_epoch, end_epoch, lr, momentum) of the original run; the spans tile
+    [0, E) and come from the schedule's pieces, so their number does not grow with E for a
+    step schedule.
+    """
     n = _check_positive("--dataset-size", dataset_size, integer=True)
     b0 = _check_positive("--batch-size", batch_size, integer=True)
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > MAX_EPOCHS:
+        raise UserError(f"--epochs {checks._show(epochs)} is more than {MAX_EPOCHS:,}: a plan covers at most "
+                        f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length")
     e = _check_positive("--epochs", epochs, integer=True)
     if b0 > n:
         raise UserError(f"--batch-size {b0} is larger than --dataset-size {n}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 <= momentum < 1):
-        raise UserError(f"--momentum must be in [0, 1), got {momentum!r}")
+        raise UserError(f"--momentum must be in [0, 1), got {checks._show(momentum)}")
     if schedule_unit not in ("epoch", "step"):
-        raise UserError(f"--schedule-unit must be epoch or step, got {schedule_unit!r}")
+        raise UserError(f"--schedule-unit must be epoch or step, got {checks._show(schedule_unit)}")
     sched = _as_schedule(schedule)
     if lr is None:
         lrs = getattr(sched, "lrs", None)
@@ -156,32 +198,80 @@ def _original(lr, batch_size, dataset_size, epochs, schedule, momentum, schedule
             raise UserError("--lr is required (the LR the schedule starts from)")
         lr = lrs[0]
     lr = _check_positive("--lr", lr)
+    sched.check_lr(lr)
     # A scheduler stepped per iteration is read at each epoch's first step, ceil(N/B0) steps an epoch.
     steps = math.ceil(n / b0) if schedule_unit == "step" else 1
     sched.check(e * steps, schedule_unit)
-    lrs, moms = [], []
-    for epoch in range(e):
-        k = epoch * steps
-        value = sched.lr(k, lr)
+    spans = []
+    for start, end in _epoch_spans(sched, e, steps):
+        k = start * steps
+        try:
+            value = sched.lr(k, lr)
+        except OverflowError:
+            value = math.inf
         if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"the schedule gives LR {value!r} at epoch {epoch}; it must be a finite number ≥ 0")
-        lrs.append(value)
+            raise UserError(f"the schedule gives LR {value!r} at epoch {start}; it must be a finite number ≥ 0")
         m = sched.momentum(k)
-        moms.append(float(momentum) if m is None else m)
-    return sched, lr, lrs, moms, steps, n, b0, e
+        spans.append((start, end, value, float(momentum) if m is None else m))
+    return sched, lr, spans, steps, n, b0, e
+
+
+def _epoch_spans(sched: Schedule, epochs: int, steps: int) -> list[tuple[int, int]]:
+    """Epoch intervals tiling [0, epochs) over which the original LR and momentum are constant.
+
+    Epoch j reads the schedule at step j·steps; a constant piece [a, b) of steps covers the
+    epochs ⌈a/steps⌉ … ⌈b/steps⌉ − 1, a smooth piece one span per epoch.
+    """
+    horizon = epochs * steps
+    spans: list[tuple[int, int]] = []
+    seen = 0
+    for a, b, smooth in sched.pieces(horizon, steps):
+        seen += 1
+        ea, eb = -(-a // steps), -(-b // steps)
+        if ea < eb:
+            if smooth:
+                spans.extend((j, j + 1) for j in range(ea, min(eb, ea + MAX_SPANS + 1)))
+            else:
+                spans.append((ea, eb))
+        if len(spans) > MAX_SPANS or seen > 4 * MAX_SPANS:
+            raise UserError(f"the schedule changes the LR at more than {MAX_SPANS:,} of the {epochs:,} epochs "
+                            f"({sched.describe()[:60]}); a plan holds at most {MAX_SPANS:,} stages: use a step "
+                            "schedule (MultiStepLR, a CSV table) or fewer epochs")
+    if not spans or spans[0][0] != 0 or spans[-1][1] != epochs or any(
+            x[1] != y[0] for x, y in zip(spans, spans[1:])):  # a bug in a Schedule.pieces, not bad input
+        raise AssertionError(f"schedule pieces do not tile [0, {epochs}): {spans[:5]}")
+    return spans
+
+
+def _temperatures(model: TemperatureModel, spans, b0: int, lr0: float) -> list[float]:
+    """The original temperature of each span; an overflow says which number is too large."""
+    temps = []
+    for start, _end, x, m in spans:
+        t = model.temperature(x, m, b0)
+        if not math.isfinite(t):
+            if x == lr0:
+                raise UserError(f"--lr {lr0:g} is too large: the noise temperature ε/(1−m)·(N/B−1) overflows; "
+                                "give the LR your schedule starts from (e.g. 0.1)")
+            raise UserError(f"the schedule's LR {x:g} at epoch {start} is too large: the noise temperature overflows; "
+                            "check the schedule's arguments")
+        temps.append(t)
+    return temps
 
 
 def baseline_plan(*, lr: Optional[float], batch_size: int, dataset_size: int, epochs: int,
                   schedule: Union[str, Schedule], momentum: float = 0.0, schedule_unit: str = "epoch",
                   optimizer: str = "sgd", rule: str = "exact", adam_rule: str = "sqrt") -> Plan:
-    """The original schedule as a Plan: batch B0 throughout, the schedule's LR per epoch."""
-    sched, lr, lrs, moms, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
-                                                       schedule_unit)
+    """The original schedule as a Plan: batch B0 throughout, the schedule's LR in each epoch."""
+    sched, lr, spans, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
+                                                  schedule_unit)
     model = TemperatureModel(n, rule, optimizer, adam_rule)
-    temps = [model.temperature(x, m, b0) for x, m in zip(lrs, moms)]
+    temps = _temperatures(model, spans, b0, lr)
     g_ref = max(temps)
-    per_epoch = [_Epoch(b0, x, m, t / g_ref, "original") for x, m, t in zip(lrs, moms, temps)]
-    stages = _merge(per_epoch, model, g_ref)
+    # B0 = N (full batch) has no gradient noise: g = 0 throughout; report the LR ratio instead.
+    rho = [t / g_ref for t in temps] if g_ref > 0 else [x / max(s[2] for s in spans) if x else 0.0
+                                                       for _, _, x, _ in spans]
+    per_span = [_Span(a, z, b0, x, m, r, "original") for (a, z, x, m), r in zip(spans, rho)]
+    stages = _merge(per_span, model, g_ref)
     return Plan(stages=stages, dataset_size=n, baseline_updates=e * math.ceil(n / b0),
                 inputs={"kind": "baseline", "lr": lr, "batch_size": b0, "dataset_size": n, "epochs": e,
                         "momentum": momentum, "schedule": sched.describe(), "schedule_unit": schedule_unit},
@@ -207,8 +297,12 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     limit; the plan's batches are then rounded as :class:`Rounding` says (B0 itself is the
     user's and is kept).
     """
-    sched, lr0, lrs, moms, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
-                                                        schedule_unit)
+    sched, lr0, spans, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
+                                                   schedule_unit)
+    if b0 == n:
+        raise UserError(f"--batch-size {b0} equals --dataset-size {n}: every step already uses the whole data set, so "
+                        "there is no gradient noise to trade and no batch to grow into; give the batch size the "
+                        "schedule was tuned at (batch growth needs B0 < N, typically B0 ≤ N/10)")
     model = TemperatureModel(n, rule, str(optimizer).lower(), adam_rule)
     if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
         raise UserError(f"--max-fraction must be in (0, 1], got {max_fraction!r}")
@@ -237,21 +331,24 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     notes: list[str] = [f"temperature model: {model.describe()}"]
 
     # The original temperature trajectory, relative to its peak (after any warmup).
-    temps = [model.temperature(x, m, b0) for x, m in zip(lrs, moms)]
+    temps = _temperatures(model, spans, b0, lr0)
     g_ref = max(temps)
     if g_ref <= 0:
         raise UserError("the schedule's LR is 0 throughout; nothing to convert")
     rho = [t / g_ref for t in temps]
-    peak = temps.index(g_ref)
-    if peak > 0:
-        notes.append(f"epochs 0–{peak - 1} are LR warmup: kept as an LR warmup at the starting batch; "
-                     f"only the decay from epoch {peak} on is converted")
-    if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, e)):
+    peak = temps.index(g_ref)  # a span index; its first epoch is spans[peak][0]
+    peak_epoch = spans[peak][0]
+    if peak_epoch > 0:
+        notes.append(f"epochs 0–{peak_epoch - 1} are LR warmup: kept as an LR warmup at the starting batch; "
+                     f"only the decay from epoch {peak_epoch} on is converted")
+    if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, len(rho))):
         warnings.append("the schedule rises again after its peak; the batch is never reduced, the LR carries the rise")
 
     # Base point of the plan: (ε_b, m_b, B_b) with the original's peak temperature.
-    lr_peak, m_peak = lrs[peak], moms[peak]
+    lr_peak, m_peak = spans[peak][2], spans[peak][3]
     lr_base = lr_peak * (increase_lr or 1.0)
+    if not math.isfinite(lr_base):
+        raise UserError(f"--increase-lr {increase_lr:g} times the LR {lr_peak:g} overflows; the paper used K = 5")
     m_base = momentum_to if momentum_to is not None else m_peak
     variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != m_peak)
     b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(b0)
@@ -273,10 +370,10 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if max_batch is not None:
         limits["device"] = max_batch
     if noise_cap_batch is not None:
-        limits["noise_scale"] = max(1, math.floor(noise_cap_batch))
+        limits["noise_scale"] = max(1, math.floor(min(noise_cap_batch, n)))
     limited_by = min(limits, key=limits.get)
     cap = min(rounding.floor(min(limits.values())), n)
-    b_start = rounding.nearest(b_base) if variant else b0
+    b_start = rounding.nearest(min(b_base, float(n))) if variant else b0  # b_base may be inf (g0 needs B > N)
     if cap < b_start:
         if variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "
@@ -292,33 +389,44 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     if stage_factor is None:
         # Step schedules: one batch stage per step of the schedule. Smooth ones: a staircase of doublings.
         stage_factor = 1.0 if sched.piecewise_constant else 2.0
-    per_epoch = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, stage_factor, peak)
-    if max_stages is not None and _count_batches(per_epoch) > max_stages:
-        per_epoch, stage_factor = _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding,
-                                              stage_factor, peak, max_stages)
+    targets = _targets(rho, g_ref, model, lr_base, m_base, peak)
+    fit = max_stages is not None and _count_batches(
+        _batches(targets, b_base, b_start, cap, rounding, stage_factor, peak)) > max_stages
+    cap_words = _CAP_WORDS[limited_by]
+    if fit and max_stages == 1:  # one batch size: the staircase always steps up at the cap, so keep B, decay the LR
+        cap, cap_words = b_start, "--max-stages 1"
+    elif fit:
+        stage_factor = _fit_factor(targets, b_base, b_start, cap, rounding, stage_factor, peak, max_stages)
+    per_span = _staircase(spans, rho, targets, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding,
+                          stage_factor, peak)
+    if fit:
         notes.append(f"at most {max_stages} batch stages: a new batch when the target grew by ×{stage_factor:.3g}")
     elif stage_factor > 1:
         notes.append(f"a new batch stage when the target batch has grown by ×{stage_factor:.3g}; "
                      "inside a stage the LR carries the rest")
 
-    stages = _merge(per_epoch, model, g_ref)
-    hybrid_from = next((i for i, p in enumerate(per_epoch) if p.phase == "hybrid"), None)
+    stages = _merge(per_span, model, g_ref)
+    hybrid_from = next((p.start for p in per_span if p.phase == "hybrid"), None)
     if hybrid_from is not None:
-        warnings.append(f"the batch reaches the cap of {cap} ({_CAP_WORDS[limited_by]}) at epoch {hybrid_from}; "
+        warnings.append(f"the batch reaches the cap of {cap} ({cap_words}) at epoch {hybrid_from}; "
                         "from there the LR carries the rest of the decay (hybrid)")
-    biggest = max(p.batch for p in per_epoch)
+    biggest = max(p.batch for p in per_span)
     if biggest > n / 10:
-        warnings.append(f"batch {biggest} exceeds N/10 = {n / 10:g}: the paper stopped growing near N/10, and the "
-                        "proportional rule overstates the batch as B nears N")
+        why = (", and the proportional rule overstates the batch as B nears N (the exact rule, --rule exact, "
+               "does not)" if model.rule == "proportional" and not model.is_adam else "; validate before adopting")
+        warnings.append(f"batch {biggest} exceeds N/10 = {n / 10:g}: the paper stopped growing near N/10{why}")
     if rounding != Rounding():
-        worst = max(abs(s.temperature / s.target_temperature - 1) for s in stages if s.target_temperature > 0)
+        worst = max((abs(s.temperature / s.target_temperature - 1) for s in stages if s.target_temperature > 0),
+                    default=0.0)
         notes.append(f"batches rounded to {rounding.describe()}: the realised temperature differs from the "
                      f"original by at most {100 * worst:.2f}%")
+        if not variant and not rounding.allows(b0):
+            notes.append(f"--batch-size {b0} is not one of those batches: the plan starts at your batch {b0} "
+                         f"(the original run, unchanged) and rounds only the grown batches")
     if schedule_unit == "step":
         notes.append(f"schedule read per step, {steps} steps an epoch (ceil(N/B0)); the plan is indexed in epochs")
     notes.append("updates count ceil(N/B) per epoch: the last partial batch of an epoch is kept")
-    warnings.append("BatchNorm statistics depend on the batch: keep a fixed per-device group (ghost batch norm) "
-                    "or check with bsadvisor validate")
+    notes.append(BATCHNORM_NOTE)
 
     inputs = {"lr": lr0, "batch_size": b0, "dataset_size": n, "epochs": e, "momentum": momentum,
               "schedule": sched.describe(), "schedule_unit": schedule_unit, "optimizer": str(optimizer).lower(),
@@ -334,66 +442,88 @@ _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", 
               "batch_size": "the starting batch"}
 
 
-def _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor, peak) -> list[_Epoch]:
-    """Per-epoch (batch, lr, momentum) following g_ref·ρ(t); see the module docstring."""
-    out: list[_Epoch] = []
-    ref = min(b_base, float(cap))  # the unrounded batch the current stage was chosen for
+def _targets(rho, g_ref, model, lr_base, m_base, peak) -> list[Optional[float]]:
+    """The unrounded batch each span asks for (from the peak on; None for the warmup before it)."""
+    return [model.batch_for(g_ref * r, lr_base, m_base) if i >= peak else None for i, r in enumerate(rho)]
+
+
+def _batches(targets, b_base, b_start, cap, rounding, factor, peak) -> list[tuple[int, float]]:
+    """(batch, ref) of each span: ``ref`` is the unrounded batch the current stage was chosen for.
+
+    A new stage starts when the target grew by ``factor`` or passed the cap (then straight
+    to the cap). The starting batch itself is never re-rounded (a B0 that is not a multiple
+    of --round-to stays B0): stages change only after the peak span.
+    """
+    out = []
+    ref = min(b_base, float(cap))
     batch = b_start
-    for t, r in enumerate(rho):
+    lo, top = cap * (1 - _EPS), float(cap)
+    for i, target in enumerate(targets):
+        if i > peak:
+            want = min(target, top)
+            if want >= ref * factor * (1 - _EPS) or target >= lo:
+                nearest = min(rounding.nearest(want), cap)
+                if nearest > batch:
+                    ref, batch = want, nearest
+        out.append((batch, ref))
+    return out
+
+
+def _staircase(spans, rho, targets, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor,
+               peak) -> list[_Span]:
+    """(batch, lr, momentum) of each span, following g_ref·ρ(t); see the module docstring.
+
+    Spans before ``peak`` (the span the conversion starts from) are the LR warmup, kept at
+    the starting batch; inside a stage the LR carries the residual, ε = lr_for(g, ref).
+    """
+    out: list[_Span] = []
+    for i, ((start, end, _x, _m), r, target, (batch, ref)) in enumerate(
+            zip(spans, rho, targets, _batches(targets, b_base, b_start, cap, rounding, factor, peak))):
         g = g_ref * r
-        if t >= peak:
-            target = model.batch_for(g, lr_base, m_base)
-            want = min(target, float(cap))
-            # New stage: the target grew by the factor, or it passed the cap (then go straight to the cap).
-            grown = want >= ref * factor * (1 - _EPS) or target >= cap * (1 - _EPS)
-            if grown and min(rounding.nearest(want), cap) > batch:
-                ref, batch = want, min(rounding.nearest(want), cap)
+        if i >= peak:
             phase = "hybrid" if batch == cap and target > cap * (1 + _EPS) else "growth"
         else:
             phase = "warmup"
         lr = model.lr_for(g, m_base, ref)
         if not math.isfinite(lr):  # B = N leaves no gradient noise, so no LR can raise g again
-            raise UserError(f"at epoch {t} the schedule asks for a higher temperature than batch {batch} (= N) can "
+            raise UserError(f"at epoch {start} the schedule asks for a higher temperature than batch {batch} (= N) can "
                             "give at any LR; lower --max-fraction, or end the schedule before it rises again")
         if abs(lr / lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
             lr = lr_base
-        out.append(_Epoch(batch, lr, m_base, r, phase))
+        out.append(_Span(start, end, batch, lr, m_base, r, phase))
     return out
 
 
-def _count_batches(per_epoch: list[_Epoch]) -> int:
-    return 1 + sum(1 for a, b in zip(per_epoch, per_epoch[1:]) if a.batch != b.batch)
+def _count_batches(batches) -> int:
+    """Distinct consecutive batch sizes in a list of spans or of (batch, ref) pairs."""
+    bs = [b.batch if isinstance(b, _Span) else b[0] for b in batches]
+    return 1 + sum(1 for a, b in zip(bs, bs[1:]) if a != b)
 
 
-def _fit_stages(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor, peak, max_stages):
+def _fit_factor(targets, b_base, b_start, cap, rounding, factor, peak, max_stages) -> float:
     """Smallest stage factor (bisection in log space) giving at most ``max_stages`` batch sizes."""
-    if max_stages == 1:  # one batch size: the staircase always steps up at the cap, so keep B and let the LR decay
-        return _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, b_start, rounding, factor, peak), factor
     lo, hi = math.log(max(factor, 1.0)), math.log(max(cap / max(b_start, 1), 1.0) * 2 + 1)
-    best = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, math.exp(hi), peak)
-    best_f = math.exp(hi)
-    for _ in range(60):
+    best = math.exp(hi)
+    for _ in range(60):  # to float precision: a factor just above a boundary would skip a step
         mid = (lo + hi) / 2
-        trial = _staircase(rho, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, math.exp(mid), peak)
-        if _count_batches(trial) <= max_stages:
-            best, best_f, hi = trial, math.exp(mid), mid
+        if _count_batches(_batches(targets, b_base, b_start, cap, rounding, math.exp(mid), peak)) <= max_stages:
+            best, hi = math.exp(mid), mid
         else:
             lo = mid
-    return best, best_f
+    return best
 
 
-def _merge(per_epoch: list[_Epoch], model: TemperatureModel, g_ref: float) -> list[Stage]:
-    """Consecutive epochs with the same (batch, lr, momentum) become one Stage."""
+def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float) -> list[Stage]:
+    """Consecutive spans with the same (batch, lr, momentum, phase) become one Stage."""
     stages: list[Stage] = []
-    start = 0
-    for t in range(1, len(per_epoch) + 1):
-        cur = per_epoch[start]
-        if t < len(per_epoch):
-            nxt = per_epoch[t]
-            if (nxt.batch, nxt.lr, nxt.momentum, nxt.phase) == (cur.batch, cur.lr, cur.momentum, cur.phase):
-                continue
-        realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref
-        stages.append(Stage(start_epoch=start, end_epoch=t, batch_size=cur.batch, lr=cur.lr, momentum=cur.momentum,
-                            temperature=realised, target_temperature=cur.rho, phase=cur.phase))
-        start = t
+    i = 0
+    while i < len(per_span):
+        cur, j = per_span[i], i + 1
+        while j < len(per_span) and (per_span[j].batch, per_span[j].lr, per_span[j].momentum, per_span[j].phase) \
+                == (cur.batch, cur.lr, cur.momentum, cur.phase):
+            j += 1
+        realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref if g_ref > 0 else 1.0
+        stages.append(Stage(start_epoch=cur.start, end_epoch=per_span[j - 1].end, batch_size=cur.batch, lr=cur.lr,
+                            momentum=cur.momentum, temperature=realised, target_temperature=cur.rho, phase=cur.phase))
+        i = j
     return stages

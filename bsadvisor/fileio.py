@@ -84,18 +84,79 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
 def check_schema(doc: Any, schema: str, what: str, remedy: str) -> dict:
     """``doc`` if it is a JSON object of ``schema``; otherwise a UserError naming ``what`` and the ``remedy``."""
     if not isinstance(doc, dict):
-        raise UserError(f"{what} is not a JSON object; {remedy}")
-    if doc.get("schema") != schema:
-        raise UserError(f"{what} has schema {doc.get('schema')!r}, expected {schema!r}; {remedy}")
+        kind = "a list" if isinstance(doc, list) else "empty" if doc is None else f"a single {type(doc).__name__}"
+        raise UserError(f"{what} is not a JSON object (it is {kind}); {remedy}")
+    found = doc.get("schema")
+    if found is None:
+        raise UserError(f"{what} has no 'schema' field (expected {schema!r}); {remedy}")
+    if found != schema:
+        shown = repr(found) if isinstance(found, str) and len(found) <= 60 else "that is not a schema name"
+        raise UserError(f"{what} has schema {shown}, expected {schema!r}; {remedy}")
     return doc
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON document, turning every way it can be bad into one UserError line."""
+#: Plan and probe files are kilobytes; anything past this is not one (a checkpoint, a data set).
+MAX_JSON_BYTES = 256 * 2**20
+#: Longest integer literal accepted: far past 2**63, far below Python's 4300-digit parse limit.
+_MAX_INT_DIGITS = 40
+
+
+def _int_literal(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _Refused(f"holds an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _float_literal(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"holds the number {text[:40]}, too large for a float")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise _Refused(f"holds {name}, which JSON does not allow (bsadvisor writes null for a missing number)")
+
+
+class _Refused(ValueError):
+    pass
+
+
+def read_json(path: str | os.PathLike, what: str = "file", remedy: str = "regenerate it with bsadvisor") -> Any:
+    """Read a JSON document, turning every way it can be bad into one UserError line.
+
+    Refused: a missing or unreadable path, a folder, an empty, binary or huge file,
+    malformed JSON, NaN/Infinity literals, numbers that overflow a float, integers of
+    more than 40 digits, and nesting too deep for the parser.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} not found; check the path")
+    head = f"{what} {path}"
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({exc}); regenerate it with bsadvisor") from None
+        if path.is_dir():
+            raise UserError(f"{head} is a folder, not a JSON file; give the file's path")
+        if not path.is_file():
+            raise UserError(f"{head} not found; check the path")
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise UserError(f"{head} is {size / 2**20:.0f} MiB, too large for a bsadvisor JSON file; "
+                            "is it the right file?")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {head}: {exc.strerror or exc}; check the path and its permissions") from None
+    if not data.strip():
+        raise UserError(f"{head} is empty; {remedy}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{head} is not a text (UTF-8) file; is it the right file? {remedy}") from None
+    try:
+        return json.loads(text, parse_int=_int_literal, parse_float=_float_literal, parse_constant=_constant)
+    except _Refused as exc:
+        raise UserError(f"{head} {exc}; {remedy}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{head} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        f"{remedy}") from None
+    except (RecursionError, MemoryError):
+        raise UserError(f"{head} is nested too deeply to be a bsadvisor file; {remedy}") from None
+    except ValueError as exc:  # anything else the parser refuses
+        raise UserError(f"{head} is not valid JSON ({str(exc)[:120]}); {remedy}") from None

@@ -5,10 +5,13 @@ read one, so this module must import without torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from . import checks
+from . import schema as S
 from .errors import UserError
 from .fileio import check_schema, json_safe
 from .temperature import temperature
@@ -81,7 +84,7 @@ class ProbeResult:
     memory: MemoryResult
     throughput: list
     settings: ProbeSettings
-    temperature: float = 0.0            # g = lr/(1−m)·(N/B − 1)  (theory.md §1)
+    temperature: float = 0.0            # g = lr/(1−m)·(N/B − 1)  (Smith et al. 1711.00489, eq. 1)
     throughput_knee: Optional[int] = None  # last batch where doubling still gave ≥1.2× examples/s
     target: str = "target"
     wall_seconds: float = 0.0
@@ -116,55 +119,132 @@ class ProbeResult:
         }
 
     @classmethod
-    def from_dict(cls, doc: Any) -> "ProbeResult":
-        """Rebuild from a ``bsadvisor.probe/1`` document; bad or missing fields → UserError."""
-        check_schema(doc, SCHEMA, "probe document", "regenerate it with bsadvisor probe --out")
+    def from_dict(cls, doc: Any, what: str = "probe document") -> "ProbeResult":
+        """Rebuild from a ``bsadvisor.probe/1`` document, checked against PROBE_SPEC in one pass.
 
-        def section(name: str, typ, required: dict) -> Any:
-            sec = doc.get(name)
-            if not isinstance(sec, dict):
-                raise UserError(f"probe document: {name!r} missing or not an object; regenerate it with bsadvisor probe")
-            for key, kind in required.items():
-                v = sec.get(key)
-                ok = isinstance(v, kind) and not isinstance(v, bool) if kind is not str else isinstance(v, str)
-                if kind in (int, float, (int, float)) and ok and not math.isfinite(v):
-                    ok = False
-                if not ok:
-                    raise UserError(f"probe document: {name}.{key} missing or not a valid {getattr(kind, '__name__', 'number')}; "
-                                    "regenerate it with bsadvisor probe")
-            known = {f for f in typ.__dataclass_fields__}
-            return typ(**{k: v for k, v in sec.items() if k in known})
-
-        num = (int, float)
-        ci = (doc.get("noise") or {}).get("ci90") if isinstance(doc.get("noise"), dict) else None
-        if not (isinstance(ci, list) and len(ci) == 2 and all(x is None or isinstance(x, num) for x in ci)):
-            raise UserError("probe document: noise.ci90 must be a list [low, high]; regenerate it with bsadvisor probe")
-        noise = section("noise", NoiseResult, {"b_simple": num, "trace_sigma": num, "grad_sq_norm": num, "examples": int})
-        noise.ci90 = tuple(math.nan if x is None else float(x) for x in ci)
-        mem = section("memory", MemoryResult, {"max_batch": int, "bytes_per_sample": num, "fixed_bytes": num, "trials": int})
-        settings = section("settings", ProbeSettings, {"lr": num, "momentum": num, "batch_size": int, "dataset_size": int,
-                                                       "device": str, "optimizer": str, "estimator": str, "seed": int})
-        tp = doc.get("throughput")
-        if not isinstance(tp, list):
-            raise UserError("probe document: 'throughput' missing or not a list; regenerate it with bsadvisor probe")
-        points = []
-        for p in tp:
-            if not (isinstance(p, dict) and isinstance(p.get("batch_size"), int)
-                    and isinstance(p.get("examples_per_s"), num)):
-                raise UserError("probe document: throughput entries need batch_size and examples_per_s; "
-                                "regenerate it with bsadvisor probe")
-            points.append(ThroughputPoint(p["batch_size"], float(p["examples_per_s"]), float(p.get("step_seconds", 0.0))))
-        temp = doc.get("temperature")
-        if not isinstance(temp, num):
+        Bad or missing fields → one UserError naming ``what`` and the field's path. Members
+        this version does not know are ignored; fields a newer probe adds to the result
+        classes (with defaults) are read when present and of the default's kind.
+        """
+        check_schema(doc, SCHEMA, what, REMEDY)
+        d = S.validate(doc, PROBE_SPEC, what, REMEDY)
+        st = d["settings"]
+        if st["batch_size"] > st["dataset_size"]:
+            raise S.refuse(what, "settings.batch_size", f"{st['batch_size']} is larger than settings.dataset_size "
+                                                        f"{st['dataset_size']}", REMEDY)
+        noise_doc = dict(d["noise"], ci90=tuple(d["noise"]["ci90"]))
+        lo, hi = noise_doc["ci90"]
+        if lo > hi:
+            raise S.refuse(what, "noise.ci90", f"is [{lo:g}, {hi:g}]: its low end is above its high end", REMEDY)
+        noise = _build(NoiseResult, noise_doc, doc["noise"], "noise", what)
+        memory = _build(MemoryResult, d["memory"], doc["memory"], "memory", what)
+        settings = _build(ProbeSettings, st, doc["settings"], "settings", what)
+        points = [_build(ThroughputPoint, p, raw, f"throughput[{i}]", what)
+                  for i, (p, raw) in enumerate(zip(d["throughput"], doc["throughput"]))]
+        temp = d.get("temperature")
+        if temp is None or not math.isfinite(temp):
             temp = temperature(settings.lr, settings.batch_size, settings.dataset_size, settings.momentum)
-        return cls(noise=noise, memory=mem, throughput=points, settings=settings, temperature=float(temp),
-                   throughput_knee=doc.get("throughput_knee"), target=str(doc.get("target", "target")),
-                   wall_seconds=float(doc.get("wall_seconds") or 0.0))
-
-
+        top = {"temperature": float(temp), "throughput_knee": d.get("throughput_knee"),
+               "target": d.get("target", "target"), "wall_seconds": d.get("wall_seconds") or 0.0}
+        return _build(cls, dict(d, **top, noise=noise, memory=memory, throughput=points, settings=settings), doc,
+                      "", what, skip={"measured_state"})
 
 def load_probe(path) -> ProbeResult:
     """Read a probe.json written by ``bsadvisor probe --out``."""
     from .fileio import read_json
 
-    return ProbeResult.from_dict(read_json(path, what="probe file"))
+    return ProbeResult.from_dict(read_json(path, "probe file", REMEDY), f"probe file {path}")
+
+
+# -- the probe file's schema (bsadvisor.schema) ---------------------------------------
+REMEDY = "regenerate it with bsadvisor probe --out"
+_NUM = S.Num()
+_NONNEG = S.Num(low=0)
+_COUNT = S.Int(low=0)
+_INFO = S.Num(nullable=True, null_nan=True)  # a figure only reported: null (NaN) is fine
+_INFO_NONNEG = S.Num(low=0, nullable=True, null_nan=True)
+
+
+def _Obj(fields: dict) -> S.Obj:
+    return S.Obj(fields, extra=None)  # members this version does not know are ignored
+
+
+PROBE_SPEC = _Obj({
+    "schema": S.req(S.Str()),
+    "target": S.opt(S.Str(max_len=10_000)),
+    "noise": S.req(_Obj({
+        "b_simple": S.req(S.Num(low=0, low_open=True)),
+        "ci90": S.req(S.List(_NUM, length=2)),  # a finite B_simple always has a finite interval
+        "trace_sigma": S.req(_NUM), "grad_sq_norm": S.req(_NUM), "examples": S.req(_COUNT),
+        "draws": S.opt(_COUNT), "micro_batch": S.opt(_COUNT), "big_batch": S.opt(_COUNT),
+        "ci_method": S.opt(S.Str()), "converged": S.opt(S.Bool()),
+        "relative_noise": S.opt(S.Num(low=0, nullable=True)),
+        "sqrt_table": S.opt(S.List(S.Json(max_depth=1))), "seconds": S.opt(_INFO_NONNEG),
+    })),
+    "memory": S.req(_Obj({
+        "max_batch": S.req(S.Int(low=1)), "bytes_per_sample": S.req(_NONNEG), "fixed_bytes": S.req(_NUM),
+        "trials": S.req(_COUNT), "limit_bytes": S.opt(_INFO_NONNEG), "headroom": S.opt(_INFO),
+        "peak_bytes": S.opt(_INFO_NONNEG), "limited_by": S.opt(S.Str()), "method": S.opt(S.Str()),
+    })),
+    "throughput": S.req(S.List(_Obj({
+        "batch_size": S.req(S.Int(low=1)), "examples_per_s": S.req(_INFO_NONNEG),  # null: a failed rung
+        "step_seconds": S.opt(_INFO_NONNEG),
+    }))),
+    "throughput_knee": S.opt(S.Int(low=1, nullable=True)),
+    "temperature": S.opt(S.Num(low=0, nullable=True)),
+    "settings": S.req(_Obj({
+        "lr": S.req(S.Num(low=0, low_open=True)), "momentum": S.req(S.Num(low=0, high=1, high_open=True)),
+        "batch_size": S.req(S.Int(low=1)), "dataset_size": S.req(S.Int(low=1)),
+        "device": S.req(S.Str()), "optimizer": S.req(S.Str()), "estimator": S.req(S.Str()),
+        "seed": S.req(S.Int(low=0, high=checks.MAX_SEED)), "warmup_steps": S.opt(_COUNT),
+        "budget_seconds": S.opt(S.Num(low=0, nullable=True)),
+        "target_rel_ci": S.opt(S.Num(low=0, low_open=True)), "world_size": S.opt(S.Int(low=1)),
+    })),
+    "wall_seconds": S.opt(S.Num(low=0, nullable=True)),
+})
+
+
+def _kind_of_default(f: dataclasses.Field) -> Optional[tuple]:
+    """The JSON kinds a dataclass field's default allows (None: any)."""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return None
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, (int, float)):
+        return (int, float)
+    if isinstance(default, str):
+        return (str,)
+    if isinstance(default, (list, tuple)):
+        return (list,)
+    if isinstance(default, dict):
+        return (dict,)
+    return None
+
+
+def _build(typ, checked: dict, raw: dict, path: str, what: str, skip: frozenset | set = frozenset()):
+    """``typ(**...)``: the checked members, plus ``typ``'s other fields found in ``raw`` (of their default's kind)."""
+    kwargs = {}
+    for f in dataclasses.fields(typ):
+        if f.name in skip:
+            continue
+        if f.name in checked:
+            kwargs[f.name] = checked[f.name]
+        elif f.name in raw:
+            v, kinds = raw[f.name], _kind_of_default(f)
+            if kinds is not None and v is not None and (isinstance(v, bool) and bool not in kinds
+                                                         or not isinstance(v, kinds)):
+                raise S.refuse(what, f"{path}.{f.name}" if path else f.name,
+                               f"must be like {f.name}'s default ({kinds[0].__name__}), got {S.show(v)}", REMEDY)
+            try:
+                kwargs[f.name] = S.Json(max_depth=4).check(v, f"{path}.{f.name}" if path else f.name)
+            except S.Invalid as exc:
+                raise UserError(f"{what}: {exc}; {REMEDY}") from None
+    missing = [f.name for f in dataclasses.fields(typ) if f.name not in kwargs and f.name not in skip
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise S.refuse(what, f"{path}.{missing[0]}" if path else missing[0], "is missing", REMEDY)
+    return typ(**kwargs)

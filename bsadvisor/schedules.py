@@ -15,6 +15,10 @@ The text goes through ``ast.parse`` and only literal arguments are read
 
 ``Schedule.lr(k, base_lr)`` is the LR after ``k`` calls of ``scheduler.step()``,
 equal to what torch's scheduler of the same name gives (tests compare them).
+``Schedule.pieces(horizon)`` says where the LR can change, so a conversion walks
+intervals, not every step or epoch. Schedules that make no sense to convert (an LR that
+grows: ``gamma > 1``; a cosine whose T_max ends before the run, after which torch's
+cosine rises again; a warmup longer than the run) are refused with the fix.
 """
 from __future__ import annotations
 
@@ -24,9 +28,28 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from . import checks
 from .errors import UserError
+from .plan import MAX_EPOCHS
+
+#: Longest --schedule expression accepted; longer schedules belong in a CSV table.
+MAX_SCHEDULE_CHARS = 10_000
+#: Most rows a CSV schedule table may have.
+MAX_TABLE_ROWS = 100_000
+#: A CSV table larger than this is not a schedule table.
+MAX_TABLE_BYTES = 16 * 2**20
+
+#: (start, end, smooth): scheduler steps [start, end) over which the LR is constant (smooth=False)
+#: or may change at every step (smooth=True).
+Piece = tuple[int, int, bool]
+
+
+def brief(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a one-line message: shortened, newlines and control characters escaped."""
+    short = text if len(text) <= limit else text[:limit - 3] + "..."
+    return repr(short)
 
 
 class Schedule:
@@ -43,12 +66,47 @@ class Schedule:
         return None
 
     def check(self, horizon: int, unit: str = "epoch") -> None:
-        """Raise UserError if the schedule refers to steps at or past ``horizon``."""
+        """Raise UserError if the schedule makes no sense for a run of ``horizon`` steps."""
+
+    def check_lr(self, base_lr: float) -> None:
+        """Raise UserError if the schedule, started at ``base_lr``, makes the LR grow past it."""
+
+    def pieces(self, horizon: int, stride: int = 1) -> Iterator[Piece]:
+        """Intervals tiling [0, ``horizon``) on which the LR is constant or may change each step.
+
+        ``stride`` is the number of steps between two reads of the schedule (steps an
+        epoch): a schedule whose constant pieces are shorter than that may call them smooth.
+        """
+        yield (0, horizon, True)
 
     def describe(self) -> str:
         return self.text
 
     text: str = ""
+
+
+def _constant_between(bounds, horizon: int) -> Iterator[Piece]:
+    """Constant pieces between the sorted change points ``bounds`` (those in (0, horizon) count)."""
+    start = 0
+    for b in bounds:
+        if start < b < horizon:
+            yield (start, b, False)
+            start = b
+    if start < horizon:
+        yield (start, horizon, False)
+
+
+def _split(edge: int, horizon: int, smooth_before: bool) -> Iterator[Piece]:
+    """[0, edge) smooth or not, then [edge, horizon) constant (empty pieces left out)."""
+    edge = max(0, min(edge, horizon))
+    if edge > 0:
+        yield (0, edge, smooth_before)
+    if edge < horizon:
+        yield (edge, horizon, False)
+
+
+def _unit_words(n: int, unit: str) -> str:
+    return f"{n:,} {unit}{'' if n == 1 else 's'}"
 
 
 def _milestones_check(name: str, milestones: list[int], horizon: int, unit: str) -> None:
@@ -67,6 +125,14 @@ class StepLR(Schedule):
     def lr(self, k, base_lr):
         return base_lr * self.gamma ** (k // self.step_size)
 
+    def pieces(self, horizon, stride=1):
+        if self.gamma == 1:
+            yield (0, horizon, False)
+        elif self.step_size <= stride:  # a new LR at (almost) every read
+            yield (0, horizon, True)
+        else:
+            yield from _constant_between(range(self.step_size, horizon, self.step_size), horizon)
+
 
 @dataclass
 class MultiStepLR(Schedule):
@@ -83,6 +149,9 @@ class MultiStepLR(Schedule):
     def check(self, horizon, unit="epoch"):
         _milestones_check("MultiStepLR", self.milestones, horizon, unit)
 
+    def pieces(self, horizon, stride=1):
+        yield from _constant_between(sorted(set(self.milestones)), horizon)
+
 
 @dataclass
 class ExponentialLR(Schedule):
@@ -90,6 +159,9 @@ class ExponentialLR(Schedule):
 
     def lr(self, k, base_lr):
         return base_lr * self.gamma ** k
+
+    def pieces(self, horizon, stride=1):
+        yield (0, horizon, self.gamma != 1)
 
 
 @dataclass
@@ -99,6 +171,18 @@ class CosineAnnealingLR(Schedule):
 
     def lr(self, k, base_lr):
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * k / self.T_max)) / 2
+
+    def check_lr(self, base_lr):
+        if self.eta_min > base_lr:
+            raise UserError(f"CosineAnnealingLR: eta_min={self.eta_min:g} is above the starting LR {base_lr:g}, so the "
+                            "schedule raises the LR; eta_min is the LR it decays to: give one below --lr (e.g. 0)")
+
+    def check(self, horizon, unit="epoch"):
+        # The run reads steps 0 … horizon−1; past T_max torch's cosine climbs back to the base LR.
+        if self.T_max < horizon - 1:
+            raise UserError(f"CosineAnnealingLR(T_max={self.T_max}) ends before the run ({_unit_words(horizon, unit)}): "
+                            f"after T_max torch's cosine raises the LR again (back to its start at {2 * self.T_max}), "
+                            f"which batch growth cannot follow; set T_max={horizon} (the run's length in {unit}s)")
 
 
 @dataclass
@@ -111,6 +195,18 @@ class LinearLR(Schedule):
         return base_lr * (self.start_factor + (self.end_factor - self.start_factor)
                           * min(self.total_iters, k) / self.total_iters)
 
+    def check(self, horizon, unit="epoch"):
+        if self.end_factor > self.start_factor and self.total_iters >= horizon:
+            raise UserError(f"LinearLR warmup (total_iters={self.total_iters}) is as long as the run "
+                            f"({_unit_words(horizon, unit)}) or longer: the LR rises throughout and there is no decay "
+                            f"to convert; shorten total_iters below {horizon} or raise --epochs")
+
+    def pieces(self, horizon, stride=1):
+        if self.start_factor == self.end_factor:
+            yield (0, horizon, False)
+        else:
+            yield from _split(self.total_iters, horizon, True)
+
 
 @dataclass
 class PolynomialLR(Schedule):
@@ -119,6 +215,9 @@ class PolynomialLR(Schedule):
 
     def lr(self, k, base_lr):
         return base_lr * (1.0 - min(self.total_iters, k) / self.total_iters) ** self.power
+
+    def pieces(self, horizon, stride=1):
+        yield from _split(self.total_iters, horizon, True)
 
 
 @dataclass
@@ -129,6 +228,9 @@ class ConstantLR(Schedule):
 
     def lr(self, k, base_lr):
         return base_lr * (self.factor if k < self.total_iters else 1.0)
+
+    def pieces(self, horizon, stride=1):
+        yield from _split(self.total_iters if self.factor != 1 else 0, horizon, False)
 
 
 @dataclass
@@ -147,11 +249,27 @@ class SequentialLR(Schedule):
         start = self.milestones[i - 1] if i > 0 else 0
         return self.schedulers[i].lr(k - start, base_lr)
 
+    def _spans(self, horizon):
+        """(scheduler, first step, end step) of each scheduler's part of [0, horizon)."""
+        starts = [0] + list(self.milestones)
+        ends = list(self.milestones) + [horizon]
+        return [(s, a, min(b, horizon)) for s, a, b in zip(self.schedulers, starts, ends) if a < horizon]
+
     def check(self, horizon, unit="epoch"):
         _milestones_check("SequentialLR", self.milestones, horizon, unit)
-        starts = [0] + list(self.milestones)
-        for s, start in zip(self.schedulers, starts):
-            s.check(horizon - start, unit)
+        for s, a, b in self._spans(horizon):
+            if isinstance(s, LinearLR) and b < horizon:
+                continue  # a warmup cut short by the next milestone is what SequentialLR is for
+            s.check(b - a, unit)
+
+    def check_lr(self, base_lr):
+        for s in self.schedulers:
+            s.check_lr(base_lr)
+
+    def pieces(self, horizon, stride=1):
+        for s, a, b in self._spans(horizon):
+            for x, y, smooth in s.pieces(b - a, stride):
+                yield (x + a, y + a, smooth)
 
 
 @dataclass
@@ -178,6 +296,9 @@ class TableSchedule(Schedule):
         if self.epochs[-1] >= horizon:
             raise UserError(f"schedule table {self.source} has a row at epoch {self.epochs[-1]}, at or past the end of "
                             f"training ({horizon} {unit}s); drop it or raise --epochs")
+
+    def pieces(self, horizon, stride=1):
+        yield from _constant_between(self.epochs[1:], horizon)
 
     def describe(self):
         return f"table {self.source}"
@@ -210,14 +331,29 @@ def parse_schedule(text: str) -> Schedule:
     if not isinstance(text, str) or not text.strip():
         raise UserError("--schedule is empty; give e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)' or a .csv file")
     text = text.strip()
+    if len(text) > MAX_SCHEDULE_CHARS:
+        raise UserError(f"--schedule is {len(text):,} characters long; at most {MAX_SCHEDULE_CHARS:,} are accepted "
+                        "(write a long schedule as a CSV table epoch,lr)")
     if text.lower().endswith(".csv"):
         return load_table(text)
     try:
         tree = ast.parse(text, mode="eval")
+        sched = _build(tree.body, text)
+    except UserError:
+        raise
     except SyntaxError as exc:
-        raise UserError(f"malformed schedule {text!r}: {exc.msg} at column {exc.offset}; "
+        msg = str(exc.msg)
+        if "integer string conversion" in msg or "Exceeds the limit" in msg:
+            msg = "an integer of thousands of digits"
+        where = f" at column {exc.offset}" if exc.offset else ""
+        raise UserError(f"malformed schedule {brief(text)}: {msg}{where}; "
                         "write it like MultiStepLR(milestones=[60,120,160], gamma=0.2)") from None
-    sched = _build(tree.body, text)
+    except (RecursionError, MemoryError):
+        raise UserError(f"schedule {brief(text)} is nested too deeply; write it like "
+                        "MultiStepLR(milestones=[60,120,160], gamma=0.2)") from None
+    except ValueError as exc:  # e.g. a NUL character
+        raise UserError(f"malformed schedule {brief(text)}: {str(exc)[:80]}; "
+                        "write it like MultiStepLR(milestones=[60,120,160], gamma=0.2)") from None
     sched.text = text
     return sched
 
@@ -230,15 +366,20 @@ def _call_name(node: ast.AST) -> str:
     return ""
 
 
+def _source(text: str, node: ast.AST) -> str:
+    """The text of ``node``, shortened for a message (never ast.unparse: it recurses)."""
+    return brief(ast.get_source_segment(text, node) or "?", 40)
+
+
 def _build(node: ast.AST, text: str) -> Schedule:
     if not isinstance(node, ast.Call):
-        raise UserError(f"schedule {text!r} is not a scheduler call; write e.g. StepLR(step_size=30, gamma=0.1)")
+        raise UserError(f"schedule {brief(text)} is not a scheduler call; write e.g. StepLR(step_size=30, gamma=0.1)")
     name = _call_name(node.func)
     if name in UNSUPPORTED_HINT:
         raise UserError(f"{name} is not supported: {UNSUPPORTED_HINT[name]}")
     if name not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name or ast.unparse(node.func)!r}; supported: {', '.join(SCHEDULERS)} "
-                        "(or a CSV table epoch,lr)")
+        raise UserError(f"unknown scheduler {brief(name) if name else _source(text, node.func)}; supported: "
+                        f"{', '.join(SCHEDULERS)} (or a CSV table epoch,lr)")
     cls, params, required = SCHEDULERS[name]
     if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
         raise UserError(f"{name}: * and ** arguments are not accepted; name each argument")
@@ -248,7 +389,7 @@ def _build(node: ast.AST, text: str) -> Schedule:
     raw: dict[str, ast.AST] = dict(zip(params, node.args))
     for kw in node.keywords:
         if kw.arg not in params:
-            raise UserError(f"{name} has no argument {kw.arg!r}; it takes {', '.join(params)}")
+            raise UserError(f"{name} has no argument {brief(kw.arg, 40)}; it takes {', '.join(params)}")
         if kw.arg in raw:
             raise UserError(f"{name} got argument {kw.arg!r} twice")
         raw[kw.arg] = kw.value
@@ -262,38 +403,40 @@ def _build(node: ast.AST, text: str) -> Schedule:
         if any(_call_name(e.func if isinstance(e, ast.Call) else e) == "SequentialLR" for e in subs.elts):
             raise UserError("SequentialLR inside SequentialLR is not supported; flatten it")
         kwargs = {"schedulers": [_build(e, text) for e in subs.elts],
-                  "milestones": _literal(raw["milestones"], name, "milestones")}
+                  "milestones": _literal(raw["milestones"], name, "milestones", text)}
     else:
-        kwargs = {p: _literal(v, name, p) for p, v in raw.items()}
+        kwargs = {p: _literal(v, name, p, text) for p, v in raw.items()}
     _validate(name, kwargs)
     return cls(**kwargs)
 
 
-def _literal(node: ast.AST, name: str, param: str) -> Any:
+def _literal(node: ast.AST, name: str, param: str, text: str = "") -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise UserError(f"{name}: {param}={ast.unparse(node)} is not a literal number or list") from None
+        raise UserError(f"{name}: {param}={_source(text, node)} is not a literal number or list "
+                        "(write the value itself, e.g. gamma=0.1)") from None
 
 
 def _number(v: Any, name: str, param: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise UserError(f"{name}: {param} must be a finite number, got {v!r}")
-    return float(v)
+    return checks.number(f"{name}: {param}", v)
 
 
 def _int(v: Any, name: str, param: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise UserError(f"{name}: {param} must be an integer ≥ {low}, got {v!r}")
-    return v
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise UserError(f"{name}: {param} must be an integer ≥ {low}, got {checks._show(v)}")
+    return checks.integer(f"{name}: {param}", v, low=low)
 
 
 def _validate(name: str, kw: dict[str, Any]) -> None:
-    """Argument checks, matching what torch's constructors accept."""
+    """Argument checks: what torch's constructors accept, and an LR that never grows (gamma ≤ 1)."""
     if "gamma" in kw:
         kw["gamma"] = _number(kw["gamma"], name, "gamma")
         if kw["gamma"] <= 0:
-            raise UserError(f"{name}: gamma must be > 0, got {kw['gamma']}")
+            raise UserError(f"{name}: gamma must be > 0, got {kw['gamma']:g}")
+        if kw["gamma"] > 1:
+            raise UserError(f"{name}: gamma={kw['gamma']:g} > 1 makes the LR grow; bsadvisor turns LR decay into "
+                            "batch growth, so gamma must be in (0, 1] (e.g. gamma=0.1)")
     if "step_size" in kw:
         _int(kw["step_size"], name, "step_size", 1)
     if "milestones" in kw:
@@ -312,7 +455,7 @@ def _validate(name: str, kw: dict[str, Any]) -> None:
     if "eta_min" in kw:
         kw["eta_min"] = _number(kw["eta_min"], name, "eta_min")
         if kw["eta_min"] < 0:
-            raise UserError(f"{name}: eta_min must be ≥ 0, got {kw['eta_min']}")
+            raise UserError(f"{name}: eta_min must be ≥ 0, got {kw['eta_min']:g}")
     if "total_iters" in kw:
         _int(kw["total_iters"], name, "total_iters", 0 if name == "ConstantLR" else 1)
     if "power" in kw:
@@ -322,7 +465,7 @@ def _validate(name: str, kw: dict[str, Any]) -> None:
     if "factor" in kw:
         kw["factor"] = _number(kw["factor"], name, "factor")
         if not 0 < kw["factor"] <= 1:
-            raise UserError(f"{name}: factor must be in (0, 1], got {kw['factor']}")
+            raise UserError(f"{name}: factor must be in (0, 1], got {kw['factor']:g}")
     for p in ("start_factor", "end_factor"):
         if p in kw:
             kw[p] = _number(kw[p], name, p)
@@ -336,45 +479,68 @@ def _validate(name: str, kw: dict[str, Any]) -> None:
 def load_table(path: str) -> TableSchedule:
     """Read ``epoch,lr[,momentum]`` rows (header optional), epochs strictly increasing from 0."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"schedule table {path} not found; check the path")
+    name = brief(str(path), 80)[1:-1]
     try:
-        rows = [r for r in csv.reader(p.read_text().splitlines()) if r and any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"schedule table {path} is not a readable CSV ({exc})") from None
+        if p.is_dir():
+            raise UserError(f"schedule table {name} is a folder; give the path of a CSV file")
+        if not p.is_file():
+            raise UserError(f"schedule table {name} not found; check the path")
+        if p.stat().st_size > MAX_TABLE_BYTES:
+            raise UserError(f"schedule table {name} is larger than {MAX_TABLE_BYTES // 2**20} MiB; is it the right file?")
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"cannot read schedule table {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"schedule table {name} is not a text (UTF-8) file; is it the right file?") from None
+    if "\0" in text:
+        raise UserError(f"schedule table {name} is not a text file (it holds NUL bytes); is it the right file?")
+    rows = []
+    try:
+        for r in csv.reader(text.splitlines()):
+            if r and any(c.strip() for c in r):
+                rows.append(r)
+                if len(rows) > MAX_TABLE_ROWS + 1:
+                    raise UserError(f"schedule table {name} has more than {MAX_TABLE_ROWS:,} rows; keep one row per "
+                                    "change of the LR")
+    except csv.Error as exc:
+        raise UserError(f"schedule table {name} is not a readable CSV ({exc})") from None
     if rows and not _is_number(rows[0][0]):
         header = [c.strip().lower() for c in rows[0]]
         if header[:2] != ["epoch", "lr"] or header[2:] not in ([], ["momentum"]):
-            raise UserError(f"schedule table {path}: header must be epoch,lr or epoch,lr,momentum, got {','.join(header)}")
+            shown = brief(",".join(header), 60)
+            raise UserError(f"schedule table {name}: header must be epoch,lr or epoch,lr,momentum, got {shown}")
         rows = rows[1:]
     else:
         header = None
     if not rows:
-        raise UserError(f"schedule table {path} has no rows; write lines like 0,0.1")
+        raise UserError(f"schedule table {name} has no rows; write lines like 0,0.1")
     width = len(header) if header else len(rows[0])  # a header fixes the columns: epoch,lr has no momentum
     epochs, lrs, momenta = [], [], []
     for i, r in enumerate(rows, 1):
         if len(r) != width or width not in (2, 3):
-            raise UserError(f"schedule table {path}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
+            raise UserError(f"schedule table {name}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
                             f"columns, got {len(r)}")
+        cells = [brief(c.strip(), 30) for c in r]
         try:
             e, lr = float(r[0]), float(r[1])
             m = float(r[2]) if width == 3 else None
         except ValueError:
-            raise UserError(f"schedule table {path}, row {i}: {','.join(r)} is not numbers") from None
-        if not (math.isfinite(e) and e == int(e) and e >= 0):
-            raise UserError(f"schedule table {path}, row {i}: epoch must be a whole number ≥ 0, got {r[0]}")
+            raise UserError(f"schedule table {name}, row {i}: {', '.join(cells)} are not numbers") from None
+
+        if not (math.isfinite(e) and e == int(e) and 0 <= e < MAX_EPOCHS):
+            raise UserError(f"schedule table {name}, row {i}: epoch must be a whole number ≥ 0 (and below "
+                            f"{MAX_EPOCHS:,}), got {cells[0]}")
         if not (math.isfinite(lr) and lr > 0):
-            raise UserError(f"schedule table {path}, row {i}: lr must be a positive number, got {r[1]}")
+            raise UserError(f"schedule table {name}, row {i}: lr must be a positive number, got {cells[1]}")
         if m is not None and not (math.isfinite(m) and 0 <= m < 1):
-            raise UserError(f"schedule table {path}, row {i}: momentum must be in [0, 1), got {r[2]}")
+            raise UserError(f"schedule table {name}, row {i}: momentum must be in [0, 1), got {cells[2]}")
         if epochs and int(e) <= epochs[-1]:
-            raise UserError(f"schedule table {path}, row {i}: epochs must increase strictly")
+            raise UserError(f"schedule table {name}, row {i}: epochs must increase strictly")
         epochs.append(int(e)); lrs.append(lr)
         if m is not None:
             momenta.append(m)
     if epochs[0] != 0:
-        raise UserError(f"schedule table {path} must start at epoch 0 (it starts at {epochs[0]})")
+        raise UserError(f"schedule table {name} must start at epoch 0 (it starts at {epochs[0]})")
     t = TableSchedule(epochs, lrs, momenta or None, source=str(path))
     t.text = str(path)
     return t

@@ -1,4 +1,4 @@
-"""convert_schedule against closed forms from theory.md §1–3 and the paper's CIFAR-10 numbers.
+"""convert_schedule against closed forms (Smith et al. 1711.00489; docs/concepts.md §1–3) and the paper's numbers.
 
 Every expected number is computed here from the formulas (or taken from the paper /
 torch), never through bsadvisor's own TemperatureModel:
@@ -56,7 +56,7 @@ def test_cifar_exact_closed_form():
                          rule="exact", max_fraction=1.0)
     expect = [N / (1 + (N / B0 - 1) * 0.2 ** k) for k in range(4)]
     assert [s.batch_size for s in p.stages] == [round(b) for b in expect]
-    assert abs(p.stages[-1].batch_size - 12_145) <= 1  # theory.md: "about 12 145"
+    assert abs(p.stages[-1].batch_size - 12_145) <= 1  # docs/concepts.md §2: 12 145
     for s, k in zip(p.stages, range(4)):
         # realised temperature (stage LR and batch through the formula) vs 0.2^k
         g = g_exact(s.lr, s.momentum, s.batch_size, N) / g_exact(LR, M, B0, N)
@@ -339,7 +339,7 @@ def test_properties(case):
     if kw["max_batch"] is not None:
         assert max(bs) <= kw["max_batch"]
 
-    # realised g/g0 vs the original's, computed from theory.md's formula, at every epoch
+    # realised g/g0 vs the original's, computed from the formula of docs/concepts.md §1, at every epoch
     g0 = _g(kw, lr0, m, b0)
     for s in p.stages:
         for t in range(s.start_epoch, s.end_epoch):
@@ -383,7 +383,7 @@ def test_round_to_property(case, round_to):
     assert Plan.from_json(p.to_json()) == p
 
 
-# -- data-parallel rounding (theory.md §2: "a multiple of ... micro-batch × world size") --------------
+# -- data-parallel rounding (docs/concepts.md §4: a multiple of micro-batch × world size) --------------
 @PROPS
 @given(cases(), st.integers(2, 8), st.one_of(st.none(), st.integers(1, 64)))
 def test_world_size_rounding_splits_every_batch_evenly(case, world, micro):
@@ -427,3 +427,138 @@ def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, 
     below = [c for c in allowed if c <= b]
     if below:
         assert r.floor(b) == max(below)
+
+
+# ---------------------------------------------------------------- issue 10: rounding ties, spans, refusals, messages
+@pytest.mark.parametrize("rounding,b,expect", [
+    ((8, 1, None), 12, 8), ((8, 1, None), 20, 16), ((8, 1, None), 28, 24), ((8, 1, None), 36, 32),  # ties → smaller
+    ((8, 1, None), 12.01, 16), ((8, 1, None), 4, 8), ((6, 1, None), 9, 6), ((3, 2, None), 15, 12),
+    ((64, 1, 8), 96, 64),  # round_to coarser than the micro-batch limit: the plain-multiple fallback
+])
+def test_rounding_nearest_ties_go_to_the_smaller(rounding, b, expect):
+    """Rounding.nearest's docstring: ties go to the smaller batch (round() would send 20/8 = 2.5 to 2 but 28/8 to 4)."""
+    from bsadvisor.convert import Rounding
+
+    assert Rounding(*rounding).nearest(b) == expect
+
+
+def test_ci_hypothesis_profile_is_derandomized():
+    from hypothesis import settings as hs
+
+    ci = hs.get_profile("ci")
+    assert ci.derandomize and ci.database is None
+
+
+def _counting(text):
+    """A parsed schedule whose lr() counts its calls."""
+    from bsadvisor.schedules import parse_schedule
+
+    sched = parse_schedule(text)
+    calls = []
+    inner = sched.lr
+
+    def lr(k, base):
+        calls.append(k)
+        return inner(k, base)
+    sched.lr = lr
+    return sched, calls
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_step_schedule_over_a_million_epochs_reads_each_span_once(unit):
+    """Stages are intervals: a step schedule is read once per constant span, not once per epoch."""
+    spe = math.ceil(N / B0) if unit == "step" else 1
+    ms = [60 * spe, 120 * spe, 160 * spe]
+    sched, calls = _counting(f"MultiStepLR(milestones={ms}, gamma=0.2)")
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=1_000_000, momentum=M, schedule=sched,
+                         rule="proportional", max_fraction=1.0, schedule_unit=unit)
+    assert len(calls) == 4
+    assert batches(p) == [(0, 60, 128), (60, 120, 640), (120, 160, 3200), (160, 1_000_000, 16000)]
+    assert p.updates == 60 * 391 + 60 * 79 + 40 * 16 + (1_000_000 - 160) * 4
+    sched, calls = _counting("StepLR(step_size=100_000, gamma=0.5)")
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=1_000_000, schedule=sched, max_stages=3)
+    assert len(calls) <= 10 and len({s.batch_size for s in p.stages}) <= 3
+
+
+def test_smooth_schedule_reads_each_epoch_and_is_bounded():
+    sched, calls = _counting("CosineAnnealingLR(T_max=300)")
+    convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=300, momentum=M, schedule=sched)
+    assert sorted(calls) == list(range(300))
+    with pytest.raises(UserError, match="10,000"):
+        convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=20_000, schedule="ExponentialLR(gamma=0.999)")
+    with pytest.raises(UserError, match="1,000,000"):
+        convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=10**9, schedule=PAPER)
+
+
+def test_round_to_keeps_the_original_batch_and_says_so():
+    """--round-to 64 with B0 = 32: the first stage trains at 32 (the original run), not silently at 64."""
+    n = 50_000
+    p = convert_schedule(lr=LR, batch_size=32, dataset_size=n, epochs=E, momentum=M, round_to=64,
+                         schedule="MultiStepLR(milestones=[60,120,160], gamma=0.5)")
+    assert p.stages[0].batch_size == 32 and p.stages[0].lr == LR and p.stages[0].temperature == 1.0
+    exact = [n / (1 + (n / 32 - 1) * 0.5 ** k) for k in range(1, 4)]  # 63.9, 127.7, 255.2
+    assert [s.batch_size for s in p.stages[1:]] == [64 * max(1, round(b / 64)) for b in exact]
+    assert any("--batch-size 32 is not one of those batches" in x for x in p.notes)
+
+
+@pytest.mark.parametrize("schedule,fragment", [
+    ("StepLR(step_size=30, gamma=1.5)", "gamma=1.5 > 1"),
+    ("MultiStepLR(milestones=[60], gamma=1e308)", "> 1"),
+    ("ExponentialLR(gamma=1.001)", "grow"),
+    ("CosineAnnealingLR(T_max=50)", "T_max=200"),  # the plan ended at LR 4.33 and batch 5,000
+    ("CosineAnnealingLR(T_max=200, eta_min=0.5)", "eta_min"),
+    ("LinearLR(start_factor=0.1, total_iters=200)", "warmup"),
+    ("SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=20)], milestones=[5])",
+     "T_max=195"),
+])
+def test_schedules_that_make_no_sense_are_refused(schedule, fragment):
+    with pytest.raises(UserError, match=None) as info:
+        convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=schedule)
+    assert fragment in str(info.value)
+
+
+def test_cosine_to_the_end_of_the_run_is_accepted():
+    for tmax in (E - 1, E, 2 * E):
+        p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E,
+                             schedule=f"CosineAnnealingLR(T_max={tmax})")
+        assert max(s.lr for s in p.stages) <= LR * (1 + 1e-12)
+
+
+def test_messages_for_full_batch_and_huge_lr():
+    with pytest.raises(UserError, match="equals --dataset-size") as info:
+        convert_schedule(lr=LR, batch_size=128, dataset_size=128, epochs=E, schedule=PAPER)
+    assert "LR is 0" not in str(info.value)
+    with pytest.raises(UserError, match="--lr 1e\\+308 is too large") as info:
+        convert_schedule(lr=1e308, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER)
+    assert "= N" not in str(info.value)
+
+
+def test_overstates_warning_only_under_the_proportional_rule():
+    kw = dict(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER, max_fraction=1.0)
+    exact = convert_schedule(**kw, rule="exact")
+    prop = convert_schedule(**kw, rule="proportional")
+    assert any("N/10" in w for w in exact.warnings) and not any("overstates" in w for w in exact.warnings)
+    assert any("overstates" in w for w in prop.warnings)
+
+
+def test_batchnorm_is_one_note_not_a_warning():
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER)
+    assert not any("BatchNorm" in w for w in p.warnings)
+    assert sum("BatchNorm" in x for x in p.notes) == 1
+
+
+def test_rounding_floor_is_quick_when_large_batches_cannot_split_evenly():
+    """Multiples of 5 over one device of ≤ 7 examples a step: only 5 (1 step), 10 (2 × 5), 15 (3 × 5) split evenly."""
+    from bsadvisor.convert import Rounding
+
+    r = Rounding(5, 1, 7)
+    assert [r.floor(b) for b in (5, 9, 10, 14, 15, 1e6, 1e18)] == [5, 5, 10, 10, 15, 15, 15]
+    assert Rounding(64, 3, 7).floor(4.6e18) == 192  # no batch splits evenly: the smallest multiple of lcm(64, 3)
+
+
+def test_extreme_variant_starts_at_the_cap_instead_of_overflowing():
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER,
+                         rule="proportional", increase_lr=1e300)
+    assert p.stages[0].batch_size == N // 10 and any("exceeds the cap" in w for w in p.warnings)
+    with pytest.raises(UserError, match="--increase-lr"):
+        convert_schedule(lr=1e10, batch_size=B0, dataset_size=N, epochs=E, schedule=PAPER, increase_lr=1e300)

@@ -191,3 +191,58 @@ def test_bad_tables(tmp_path, body, fragment):
     with pytest.raises(UserError) as info:
         parse_schedule(str(f))
     assert fragment in str(info.value)
+
+
+# ---------------------------------------------------------------- pieces: where the LR may change (issue 10)
+@pytest.mark.parametrize("text", [c[0] for c in CASES])
+@pytest.mark.parametrize("horizon,stride", [(260, 1), (97, 1), (260, 7), (1, 1)])
+def test_pieces_tile_the_run_and_are_constant_where_they_say(text, horizon, stride):
+    """Brute force: pieces tile [0, horizon) in order, and a piece marked constant has one LR at every step."""
+    s = parse_schedule(text)
+    pieces = list(s.pieces(horizon, stride))
+    assert pieces[0][0] == 0 and pieces[-1][1] == horizon
+    assert all(a < b for a, b, _ in pieces) and all(p[1] == q[0] for p, q in zip(pieces, pieces[1:]))
+    for a, b, smooth in pieces:
+        if not smooth:
+            assert len({s.lr(k, BASE_LR) for k in range(a, b)}) == 1, (a, b)
+
+
+def test_pieces_of_a_step_schedule_do_not_grow_with_the_run():
+    s = parse_schedule("MultiStepLR(milestones=[60, 120, 160], gamma=0.2)")
+    assert list(s.pieces(10**12)) == [(0, 60, False), (60, 120, False), (120, 160, False), (160, 10**12, False)]
+    assert list(parse_schedule("StepLR(step_size=5, gamma=0.5)").pieces(10**12, stride=5)) == [(0, 10**12, True)]
+
+
+@pytest.mark.parametrize("text,horizon,fragment", [
+    ("CosineAnnealingLR(T_max=40)", 200, "T_max=200"),
+    ("LinearLR(start_factor=0.1, total_iters=10)", 10, "warmup"),
+    ("SequentialLR([ConstantLR(factor=0.5, total_iters=5), CosineAnnealingLR(T_max=50)], milestones=[5])", 100,
+     "T_max=95"),
+])
+def test_check_refuses_what_cannot_be_converted(text, horizon, fragment):
+    with pytest.raises(UserError) as info:
+        parse_schedule(text).check(horizon)
+    assert fragment in str(info.value)
+
+
+def test_check_accepts_a_warmup_cut_by_its_milestone_and_a_full_cosine():
+    parse_schedule("SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=95)], "
+                   "milestones=[5])").check(100)
+    parse_schedule("CosineAnnealingLR(T_max=200)").check(200)
+    parse_schedule("LinearLR(start_factor=1.0, end_factor=0.1, total_iters=500)").check(100)  # a decay: fine
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("StepLR(step_size=30, gamma=" + "-" * 600 + "1)", "gamma"),
+    ("StepLR(step_size=30, gamma=" + "-" * 9000 + "1)", "nested too deeply"),
+    ("a." * 3000 + "StepLR(30)", "nested too deeply"),
+    ("StepLR(step_size=" + "9" * 5000 + ")", "thousands of digits"),
+    ("StepLR(step_size=" + "9" * 4000 + ")", "2**63"),
+    ("StepLR(step_size=30, gamma=1.5)", "> 1"),
+    ("StepLR(30)" + " " * 10_000 + "x", "10,000"),
+])
+def test_hostile_expressions_are_one_short_line(text, fragment):
+    with pytest.raises(UserError) as info:
+        parse_schedule(text)
+    msg = str(info.value)
+    assert fragment in msg and "\n" not in msg and len(msg) < 400

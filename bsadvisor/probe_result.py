@@ -188,7 +188,7 @@ PROBE_SPEC = _Obj({
     })),
     "throughput": S.req(S.List(_Obj({
         "batch_size": S.req(S.Int(low=1)), "examples_per_s": S.req(_INFO_NONNEG),  # null: a failed rung
-        "step_seconds": S.opt(_INFO_NONNEG),
+        "step_seconds": S.opt(_INFO_NONNEG), "repeats": S.opt(S.Int(low=1)), "spread": S.opt(_INFO_NONNEG),
     }))),
     "throughput_knee": S.opt(S.Int(low=1, nullable=True)),
     "temperature": S.opt(S.Num(low=0, nullable=True)),
@@ -199,7 +199,9 @@ PROBE_SPEC = _Obj({
         "seed": S.req(S.Int(low=0, high=checks.MAX_SEED)), "warmup_steps": S.opt(_COUNT),
         "budget_seconds": S.opt(S.Num(low=0, nullable=True)),
         "target_rel_ci": S.opt(S.Num(low=0, low_open=True)), "world_size": S.opt(S.Int(low=1)),
+        "draws": S.opt(S.Int(low=2, nullable=True)),
     })),
+    "warnings": S.opt(S.List(S.Str(max_len=10_000), max_len=1_000)),
     "wall_seconds": S.opt(S.Num(low=0, nullable=True)),
 })
 

@@ -196,18 +196,6 @@ def test_memory_limit_caps_the_batch():
     assert m.trials <= 8
 
 
-def without_new_fields(doc):
-    """The document less the fields added by issue 10 (warnings, throughput repeats/spread, settings.draws),
-    which ProbeResult.from_dict reads only once its rewritten validation is merged; then this filter goes."""
-    doc = copy.deepcopy(doc)
-    doc.pop("warnings", None)
-    doc["settings"].pop("draws", None)
-    for p in doc["throughput"]:
-        p.pop("repeats", None)
-        p.pop("spread", None)
-    return doc
-
-
 def test_to_dict_roundtrip_and_validation(tmp_path):
     t = load_target("builtin:linreg")
     r = bsadvisor.probe(t, warmup_steps=0, budget_seconds=3, seed=0)
@@ -222,7 +210,7 @@ def test_to_dict_roundtrip_and_validation(tmp_path):
                                     "estimator", "seed"}
     assert doc["temperature"] == pytest.approx(0.01 * (16384 / 64 - 1))
     back = ProbeResult.from_dict(doc)
-    assert without_new_fields(back.to_dict()) == without_new_fields(doc)
+    assert back.to_dict() == doc
     from bsadvisor.fileio import write_json
 
     write_json(tmp_path / "p.json", doc)

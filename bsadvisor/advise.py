@@ -5,7 +5,7 @@ Pure Python (no torch): it reads a ``bsadvisor.probe/1`` result and annotates a 
 - Cap: the probe's largest batch per device × world size × accumulation steps.
 - Efficiency (McCandlish et al. 1812.06162, eq. 2.11/2.12): steps S = S_min(1 + B_noise/B)
   and examples E = E_min(1 + B/B_noise), with B_noise ≈ B_simple. B_simple scales as 1/T
-  (theory.md §5), so a stage at temperature T has B_noise = B_simple·T_probe/T.
+  (docs/concepts.md §9), so a stage at temperature T has B_noise = B_simple·T_probe/T.
   We report ``efficiency`` = E_min/E = 1/(1 + B/B_noise): the share of each example's
   value a stage keeps (1 at tiny batches, ½ at B = B_noise), and ``step_efficiency``
   = S_min/S = 1/(1 + B_noise/B).

@@ -1,7 +1,7 @@
 """Built-in targets, usable as ``builtin:NAME``. Nothing is downloaded.
 
 - ``linreg``: linear regression with Gaussian inputs; its gradient noise is known in
-  closed form (theory.md §5), so it is the ground truth for the probe's estimators.
+  closed form (docs/concepts.md eq. 13), so it is the ground truth for the probe's estimators.
 - ``mnist1d-mlp`` / ``mnist1d-cnn``: MNIST-1D (Greydanus 2020), generated offline by
   the ``mnist1d`` package (``pip install 'bsadvisor[examples]'``) and cached as .npz.
 """
@@ -27,7 +27,7 @@ MNIST1D_TRAIN = 32000  # the benchmark size of issue 5: 40 000 generated, 80% tr
 def linreg_truth(weight, w_star, noise: float = LINREG_NOISE) -> tuple[float, float]:
     """Population (tr Σ, |G|²) for loss ½(w·x − y)², x ~ N(0, I_d), y = w*·x + N(0, s²).
 
-    With δ = w − w*: G = δ, so |G|² = |δ|², and tr(Σ) = (d+1)|δ|² + d·s² (theory.md §5).
+    With δ = w − w*: G = δ, so |G|² = |δ|², and tr(Σ) = (d+1)|δ|² + d·s² (docs/concepts.md eq. 13).
     """
     w = np.asarray(weight, dtype=np.float64).ravel()
     delta = w - np.asarray(w_star, dtype=np.float64).ravel()

@@ -9,7 +9,7 @@ the same parameters θ), the two squared norms
              the mean of the k micro-batch gradients, B = k·b)
 
 and this module turns them into the gradient noise scale of McCandlish et al.
-(arXiv:1812.06162, App. A, eqs. A.1–A.2; theory.md §5). Since E|G_b|² = |G|² + tr(Σ)/b,
+(arXiv:1812.06162, App. A, eqs. A.1–A.2; docs/concepts.md eqs. 11–12). Since E|G_b|² = |G|² + tr(Σ)/b,
 
     |G|²  ≈ (B·|G_B|² − b·|G_b|²) / (B − b)          (A.1)
     tr(Σ) ≈ (|G_b|² − |G_B|²) / (1/b − 1/B)           (A.2)
@@ -113,7 +113,7 @@ def estimate(gb2, gB2, b: int, B: int, confidence: float = CONFIDENCE) -> NoiseS
 
 
 def sqrt_table(b_simple: float, batch_size: int, max_batch: int | None = None, rows: int = 6) -> list[dict]:
-    """O(√B) table (theory.md §4): gradient-noise std at B, 2B, 4B, ... relative to B,
+    """O(√B) table (docs/concepts.md §8, eq. 9): gradient-noise std at B, 2B, 4B, ... relative to B,
     and the relative gradient error √(B_simple/B') at each (E|G_B − G|²/|G|² = B_simple/B)."""
     out = []
     bs = batch_size

@@ -1,7 +1,7 @@
 """Issue 4: a probe file shapes the plan (cap, defaults, predicted time, efficiency), advise, export.
 
 Expected numbers are computed here from the formulas (McCandlish et al. eq. 2.11/2.12,
-theory.md §1 and §5), independently of bsadvisor.advise.
+docs/concepts.md eqs. 1 and 10), independently of bsadvisor.advise.
 """
 import json
 import math
@@ -38,7 +38,7 @@ def probe_file(tmp_path):
     return path
 
 
-def g(lr, m, b, n=N):  # theory.md §1, exact rule
+def g(lr, m, b, n=N):  # docs/concepts.md eq. 1, exact rule
     return lr / (1 - m) * (n / b - 1)
 
 

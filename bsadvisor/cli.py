@@ -45,10 +45,19 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
+class Interrupted(Exception):
+    """Ctrl-C in a command that has something to add (how to resume): main prints it, exit 130."""
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2."""
     try:
         code = app(args=argv, prog_name="bsadvisor", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 without a word
+            raise Interrupted("interrupted")
+    except Interrupted as exc:
+        err_console.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
+        _exit(130)
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)

@@ -70,10 +70,19 @@ def _required(ctx, param, value):
     return value
 
 
+class Interrupted(Exception):
+    """Ctrl-C in a command that has something to add (how to resume): main prints it, exit 130."""
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2."""
     try:
         code = _command()(args=argv, prog_name="bsadvisor", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 without a word
+            raise Interrupted("interrupted")
+    except Interrupted as exc:
+        err_console.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
+        _exit(130)
     except UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
         err_console.print(f"error: {one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)

@@ -11,7 +11,10 @@ from typing import Any, Optional
 import typer
 
 from . import cmd_convert as cc  # shared schedule options (no torch)
-from .cli import app, console, emit_json, err_console
+from rich.text import Text
+
+from . import checks
+from .cli import Interrupted, app, console, emit_json, err_console
 from .errors import UserError
 
 
@@ -65,62 +68,148 @@ def _progress():
                     TextColumn("examples"), TimeElapsedColumn(), console=err_console, transient=False)
 
 
-def print_results(doc: dict) -> None:
-    """A table of the runs with sparkline curves (no matplotlib needed), then the verdict."""
+def _num(x) -> str:
+    """A number whole and short: 4 decimals from 0.001 to 100, else 4 significant digits; n/a when missing."""
+    from .validate import fmt
+
+    if isinstance(x, (int, float)) and (abs(x) >= 100 or 0 < abs(x) < 0.001):
+        return fmt(x, ".4g")
+    return fmt(x, ".4f")
+
+
+def print_results(doc: dict, out_console=None) -> None:
+    """A table of the runs with sparkline curves (no matplotlib needed), then the verdict.
+
+    Every number is shown whole at 80 columns and in a pipe: the table has five short
+    columns, and when even that is too wide (long run names, huge counts) each run is
+    printed as a block of lines instead. User strings (the target's name) are never read
+    as rich markup.
+    """
+    from rich.measure import Measurement
     from rich.table import Table
+    from rich.text import Text
 
-    from .validate import mean_curve, sparkline
+    from .validate import fmt, mean_curve, sparkline, verdict_text
 
-    t = Table(title=f"{doc['target']}: {doc['epochs']} epochs, {doc['seeds']} seed(s)", title_justify="left")
-    for col in ("run", doc["metric"], "final loss", "updates", "examples", "wall s"):
-        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
-    curves = Table(title="curves per epoch (mean over seeds)", title_justify="left")
-    for col in ("run", doc["metric"], "training loss"):
-        curves.add_column(col, no_wrap=True)
+    con = out_console or console
     runs = doc["runs"]
-    metrics = [y for r in runs.values() for y in mean_curve(r, "epoch", "metric")[1]]
-    losses = [y for r in runs.values() for y in mean_curve(r, "epoch", "train_loss")[1]]
+    first = next(iter(runs.values()))["summary"]
+    title = Text(f"{doc['target']}: {doc['epochs']} epochs, {doc['seeds']} seed(s), "
+                 f"{first['examples']:,} examples per run")
+    legend = Text("metric: " + ("metric_fn on eval_dataset" if doc["metric"] == "metric" else doc["metric"])
+                  + ", mean ± sd over seeds; loss: final training loss; n/a: not finite", style="dim")
+    rows = []
     for name, r in runs.items():
         s = r["summary"]
-        t.add_row(name, f"{s['metric_mean']:.4f}±{s['metric_sd']:.4f}", f"{s['final_train_loss_mean']:.4g}",
-                  f"{s['updates']:,}", f"{s['examples']:,}", f"{s['wall_s_mean']:.1f}")
-        curves.add_row(name, sparkline(mean_curve(r, "epoch", "metric")[1], min(metrics), max(metrics)),
-                       sparkline(mean_curve(r, "epoch", "train_loss")[1], min(losses), max(losses)))
-    console.print(t)
-    console.print(curves)
+        metric = f"{_num(s['metric_mean'])} ± {_num(s['metric_sd'])}" if s["metric_mean"] is not None else "n/a"
+        rows.append((name, metric, _num(s["final_train_loss_mean"]),
+                     f"{s['updates']:,}", fmt(s["wall_s_mean"], ",.1f")))
+    headers = ("run", "metric", "loss", "updates", "wall s")
+    t = Table(title=title, title_justify="left", caption=legend, caption_justify="left")
+    for col in headers:
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+    for row in rows:
+        t.add_row(*row)
+    if Measurement.get(con, con.options.update_width(10**4), t).maximum <= con.width:
+        con.print(t)
+    else:  # too wide for the terminal: one block per run, every value on a line of its own
+        con.print(title)
+        for row in rows:
+            con.print(Text(row[0], style="bold"))
+            for h, cell in zip(headers[1:], row[1:]):
+                con.print(Text(f"  {h}: {cell}"))
+        con.print(legend)
+
+    metrics = [y for r in runs.values() for y in mean_curve(r, "epoch", "metric")[1]]
+    losses = [y for r in runs.values() for y in mean_curve(r, "epoch", "train_loss")[1]]
+    finite = lambda xs: [x for x in xs if x is not None]  # noqa: E731
+    lo_m, hi_m = (min(finite(metrics)), max(finite(metrics))) if finite(metrics) else (None, None)
+    lo_l, hi_l = (min(finite(losses)), max(finite(losses))) if finite(losses) else (None, None)
+    name_w = max(len(n) for n in runs)
+    width = max(8, min(24, (con.width - name_w - 10) // 2))  # two curves beside the names fit the width
+    curves = Table(title=f"curves over {doc['epochs']} epochs", title_justify="left")
+    for col in ("run", "metric", "training loss"):
+        curves.add_column(col, no_wrap=True)
+    for name, r in runs.items():
+        curves.add_row(name, sparkline(mean_curve(r, "epoch", "metric")[1], lo_m, hi_m, width),
+                       sparkline(mean_curve(r, "epoch", "train_loss")[1], lo_l, hi_l, width))
+    if Measurement.get(con, con.options.update_width(10**4), curves).maximum <= con.width:
+        con.print(curves)
     v = doc["verdict"]
-    word = "[bold green]ACCEPTED[/]" if v["accepted"] else "[bold red]REJECTED[/]"
-    console.print(f"{word}: {v['candidate']} − {v['reference']} = {v['difference']:+.4f} {doc['metric']} "
-                  f"(tolerance {v['tolerance']:.4f}, {v['tolerance_rule']}); "
-                  f"{v['update_ratio']:.2f}× fewer updates, {v['wall_ratio']:.2f}× less training time")
+    line = Text.assemble(("ACCEPTED" if v["accepted"] else "REJECTED", "bold green" if v["accepted"] else "bold red"),
+                         ": " + verdict_text(doc))
+    extra = []  # the ratios compare finished runs; a diverged run stopped early
+    if v.get("reason"):
+        pass
+    elif v.get("update_ratio") is not None:
+        extra.append(f"{v['update_ratio']:.2f}× fewer updates")
+    if v.get("wall_ratio") is not None and not v.get("reason"):
+        extra.append(f"{v['wall_ratio']:.2f}× less training time")
+    if extra:
+        line.append("; " + ", ".join(extra))
+    con.print(line)
+
+
+def _warn(text: str) -> None:
+    err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
                    tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
-                   as_json: bool, dist=None, device=None) -> dict:
-    """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes."""
+                   as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True) -> dict:
+    """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes.
+
+    With ``out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's files
+    removed with ``overwrite``) from before the first run until the report is written.
+    ``show=False`` prints nothing on stdout (the caller reports the document itself).
+    """
     import contextlib
 
-    from .validate import build_runs, run_validation, write_outputs
+    from .validate import batchnorm_warning, build_runs, claim_out, run_validation, write_outputs
 
     main = dist is None or dist.is_main
     specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
-    with (_progress() if main else contextlib.nullcontext()) as progress:
-        doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                             tolerance=tolerance, progress=progress, dist=dist, device=device)
-    if not main:
-        return doc
-    if out is not None:
-        write_outputs(doc, out)
+    warnings = [w for w in [batchnorm_warning(target.model)] if w]
+    if main:
+        for w in warnings:
+            _warn(w)
+    holding = claim_out(out, resume=resume, overwrite=overwrite) if out is not None and main \
+        else contextlib.nullcontext()
+    with holding:
+        with (_progress() if main else contextlib.nullcontext()) as progress:
+            doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
+                                 tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings)
+        if not main:
+            return doc
+        if out is not None:
+            write_outputs(doc, out)
     if as_json:
         emit_json(doc)
-    else:
+    elif show:
         print_results(doc)
         if out is not None:
-            console.print(f"wrote {out}/results.json, {out}/report.md"
-                          + (f" and {len(doc['plots'])} plots" if doc.get("plots") else " (no plots: matplotlib "
-                             "missing; pip install 'bsadvisor[plot]')"))
+            console.print(Text(f"wrote {out}/results.json, {out}/report.md"
+                               + (f" and {len(doc['plots'])} plots" if doc.get("plots") else
+                                  " (no plots: matplotlib missing; pip install 'bsadvisor[plot]')")))
     return doc
+
+
+def resume_hint(out: Optional[Path]) -> str:
+    """What to say on Ctrl-C: the command that resumes, when --out holds checkpoints."""
+    import shlex
+    import sys
+
+    from .validate import earlier_results
+
+    if out is None or not any(p.suffix == ".pt" for p in earlier_results(out)):
+        return "interrupted"
+    args = sys.argv[1:]
+    if args[:1] == ["validate"]:
+        rest = [a for a in args[1:] if a not in ("--resume", "--overwrite")]
+        cmd = "bsadvisor validate " + shlex.join(rest + ["--resume"])
+    else:
+        cmd = f"bsadvisor validate ... --out {shlex.quote(str(out))} --resume"
+    return f"interrupted; resume with `{cmd}`"
 
 
 VALIDATE_EPILOG = (
@@ -150,7 +239,9 @@ def validate(
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="accepted metric drop (default: max(2 × sd over seeds, 0.005))"),
     max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the checkpoints in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoints"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the results and checkpoints of an earlier run "
+                                   "in --out"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
                                "auto; each process takes cuda:LOCAL_RANK)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
@@ -160,12 +251,42 @@ def validate(
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.
     """
-    from .plan import Plan
+    try:
+        _validate(target, plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                  schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
+                  round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
+                  seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                  tolerance=tolerance, max_micro_batch=max_micro_batch, out=out, resume=resume,
+                  overwrite=overwrite, device=device, as_json=as_json)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(out)) from None  # cli.main prints it: one line, exit 130
 
+
+def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
+                      max_micro_batch: Any) -> None:
+    """The numbers validate and demo take, checked before anything is imported or trained."""
+    from .validate import MAX_SEEDS, check_epochs
+
+    checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
+    if epochs is not None:
+        check_epochs(epochs)
+    checks.optional(checks.positive_int, "--hybrid-cap", hybrid_cap)
+    checks.number("--increase-lr", increase_lr, low=1, low_open=True)
+    checks.optional(checks.number, "--tolerance", tolerance, low=0)
+    checks.optional(checks.positive_int, "--max-micro-batch", max_micro_batch)
+
+
+def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
+              max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
+              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json) -> None:
+    from .plan import Plan
+    from .validate import check_epochs, check_out
+
+    check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                      tolerance=tolerance, max_micro_batch=max_micro_batch)
     if plan is not None:
-        Plan.load(plan)  # a bad plan file fails fast, before the target is imported
-    if max_micro_batch is not None and max_micro_batch < 1:
-        raise UserError(f"--max-micro-batch must be at least 1, got {max_micro_batch}")
+        check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
+    check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
     from .distributed import init_from_env
     from .runtime import resolve_device
     from .target import load_target
@@ -184,7 +305,7 @@ def validate(
             err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
     doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                          tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                         as_json=as_json, dist=dist, device=dev)
+                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite)
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
@@ -198,53 +319,72 @@ def demo(
     seeds: int = typer.Option(3, "--seeds", help="seeds per run"),
     variants: bool = typer.Option(True, "--variants/--no-variants", help="also the hybrid and increased-LR runs"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results, report and plots"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run's results in --out"),
     skip_probe: bool = typer.Option(False, "--skip-probe", help="skip the probe step"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document (bsadvisor.demo/1: probe, plan and "
+                                 "validation) on stdout; the narration goes to stderr"),
 ) -> None:
     """Probe, convert and validate on builtin:mnist1d-mlp (about two minutes on a laptop CPU)."""
+    check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=None, increase_lr=5.0, tolerance=None,
+                      max_micro_batch=None)
+    schedule = _paper_schedule(epochs)
+    from .validate import check_out
+
+    check_out(out, overwrite=overwrite)
+    say = err_console.print if as_json else console.print
     from .target import load_target
 
-    console.print("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
-                  "SGD with LR 0.05, momentum 0.9, batch 32.")
+    say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
+        "SGD with LR 0.05, momentum 0.9, batch 32.")
     tgt = load_target("builtin:mnist1d-mlp")
-    max_batch = _demo_probe(tgt, skip_probe)
-    schedule = _paper_schedule(epochs)
-    console.print(f"[bold]3. Convert[/]: the LR schedule {schedule} over {epochs} epochs decays the LR by 5 three "
-                  "times; Smith et al. (arXiv 1711.00489) instead keep the LR and grow the batch so the noise "
-                  "temperature g = ε/(1−m)·(N/B − 1) follows the same path.")
+    probe_doc, max_batch = _demo_probe(tgt, skip_probe, say)
+    say(f"[bold]3. Convert[/]: the LR schedule {schedule} over {epochs} epochs decays the LR by 5 three "
+        "times; Smith et al. (arXiv 1711.00489) instead keep the LR and grow the batch so the noise "
+        "temperature g = ε/(1−m)·(N/B − 1) follows the same path.")
     plan = _plan_options(tgt, plan_path=None, schedule=schedule, epochs=epochs, lr=None, batch_size=None,
                          momentum=None, max_batch=max_batch)
     for s in plan.stages:
-        console.print(f"   epochs {s.start_epoch:>3}–{s.end_epoch:<3} batch {s.batch_size:>5}  lr {s.lr:.4g}  "
-                      f"momentum {s.momentum:g}")
-    console.print(f"   {plan.updates:,} parameter updates instead of {plan.baseline_updates:,}.")
-    console.print(f"[bold]4. Validate[/]: train the original schedule and the plan ({seeds} seed(s)"
-                  + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
+        say(f"   epochs {s.start_epoch:>3}–{s.end_epoch:<3} batch {s.batch_size:>5}  lr {s.lr:.4g}  "
+            f"momentum {s.momentum:g}")
+    say(f"   {plan.updates:,} parameter updates instead of {plan.baseline_updates:,}.")
+    say(f"[bold]4. Validate[/]: train the original schedule and the plan ({seeds} seed(s)"
+        + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
     doc = run_and_report(tgt, plan, seeds=seeds, variants=variants, hybrid_cap=None, increase_lr=5.0,
-                         tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False)
-    console.print("Next: bsadvisor validate your_file.py:make_target --schedule '...' --epochs E --out runs/")
+                         tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False,
+                         overwrite=overwrite, show=not as_json)
+    if as_json:
+        from .fileio import json_safe
+
+        emit_json(json_safe({"schema": DEMO_SCHEMA, "target": "builtin:mnist1d-mlp", "probe": probe_doc,
+                             "plan": plan.to_dict(), "validation": doc}))
+    else:
+        console.print("Next: bsadvisor validate your_file.py:make_target --schedule '...' --epochs E --out runs/")
     if not doc["verdict"]["accepted"]:
         raise typer.Exit(code=1)
 
 
-def _demo_probe(tgt, skip: bool) -> Optional[int]:
+DEMO_SCHEMA = "bsadvisor.demo/1"
+
+
+def _demo_probe(tgt, skip: bool, say) -> tuple[Optional[dict], Optional[int]]:
     """Step 2: measure the gradient noise scale and the largest batch that fits (bsadvisor.probe)."""
-    console.print("[bold]2. Probe[/]: measure the gradient noise scale B_simple (McCandlish et al. 1812.06162) "
-                  "and the largest batch that fits in memory; the plan will not grow past it.")
+    say("[bold]2. Probe[/]: measure the gradient noise scale B_simple (McCandlish et al. 1812.06162) "
+        "and the largest batch that fits in memory; the plan will not grow past it.")
     if skip:
-        console.print("   skipped (--skip-probe).")
-        return None
+        say("   skipped (--skip-probe).")
+        return None, None
     try:
         from .probing import probe
     except ImportError:
-        console.print("   [yellow]bsadvisor.probe is not available in this build; skipping (the plan is capped at N/10).[/]")
-        return None
+        say("   [yellow]bsadvisor.probe is not available in this build; skipping (the plan is capped at N/10).[/]")
+        return None, None
     result = probe(tgt)
     d: dict[str, Any] = result.to_dict()
     noise, memory = d.get("noise") or {}, d.get("memory") or {}
     b, ci = noise.get("b_simple"), noise.get("ci90")
     if b is not None:
-        console.print(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci else ""))
+        say(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci and None not in ci else ""))
     mb = memory.get("max_batch")
     if mb:
-        console.print(f"   largest batch that fits: {mb:,}")
-    return int(mb) if mb else None
+        say(f"   largest batch that fits: {mb:,}")
+    return d, (int(mb) if mb else None)

@@ -160,3 +160,63 @@ def read_json(path: str | os.PathLike, what: str = "file", remedy: str = "regene
         raise UserError(f"{head} is nested too deeply to be a bsadvisor file; {remedy}") from None
     except ValueError as exc:  # anything else the parser refuses
         raise UserError(f"{head} is not valid JSON ({str(exc)[:120]}); {remedy}") from None
+
+
+LOCK_NAME = ".bsadvisor.lock"
+
+
+class FolderLock:
+    """An exclusive ``fcntl.flock`` on ``folder/.bsadvisor.lock`` while one command writes there.
+
+    A second command that tries to lock the same folder is refused with one UserError line
+    at once (no waiting). The kernel drops the lock when the process ends, even by SIGKILL,
+    so a killed run never leaves the folder locked. The lock file itself stays (removing it
+    would race with a process opening it) and is empty. Use as a context manager.
+    """
+
+    def __init__(self, folder: str | os.PathLike, option: str = "--out", command: str = "bsadvisor"):
+        self.folder, self.option, self.command = Path(folder), option, command
+        self.fd: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        path = self.folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # 0666 less the umask
+        except OSError as exc:
+            raise UserError(f"cannot lock {self.folder}: {exc.strerror or exc}; choose another {self.option}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.folder} is in use by another {self.command} (it holds the lock {path}); wait for it "
+                            f"to finish or choose another {self.option}") from None
+        except OSError:  # a file system without flock (some network mounts): go on unlocked
+            pass
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXX.tmp``).
+
+    Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
+    can own them. Returns the files removed.
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed

@@ -10,6 +10,11 @@ augmentation in the user's code) are seeded at the start and saved in every chec
 so a run killed after epoch e and resumed finishes with the same numbers, bit for bit on
 CPU. The caller's global RNG state is put back afterwards.
 
+Checkpoints hold only tensors, plain containers, numbers and strings, and are read with
+``torch.load(..., weights_only=True)``: a crafted checkpoint cannot run code (a pickle's
+``__reduce__`` is refused, not called). A checkpoint records the model's architecture
+(module types and weight shapes); resuming with another model is refused.
+
 Wall time counts training steps only (not evaluation or checkpoint writes), so the
 comparison between runs is about the training itself.
 
@@ -54,6 +59,7 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
+    diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
 
     @property
     def final(self) -> dict:
@@ -63,7 +69,8 @@ class RunResult:
         f = self.final
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
-                "resumed_from_epoch": self.resumed_from, "history": self.history}
+                "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
+                "history": self.history}
 
 
 @torch.no_grad()
@@ -116,13 +123,52 @@ def _resume_doc(path: Optional[Path], dist: Dist) -> Optional[dict]:
 
 
 def _load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint with ``weights_only=True``: tensors and plain containers only, never code."""
+    import warnings
+
     try:
-        doc = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over") from None
-    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        if "unsupported global" in str(exc).lower():
+            raise UserError(f"checkpoint {path} holds Python objects, not only tensors and numbers (a crafted file "
+                            "or one from an older bsadvisor), so it was not loaded: loading it could run code; "
+                            "delete it to start over") from None
+        raise UserError(f"checkpoint {path} cannot be read safely (damaged, or not written by this bsadvisor: "
+                        f"{type(exc).__name__}), so it was not loaded; delete it to start over") from None
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT or not isinstance(doc.get("meta"), dict):
         raise UserError(f"checkpoint {path} is not a bsadvisor checkpoint; delete it to start over")
     return doc
+
+
+def model_signature(model: torch.nn.Module) -> dict:
+    """What identifies a model's architecture: its module types and its weights' names, shapes and dtypes."""
+    return {"modules": [[name, type(m).__name__] for name, m in model.named_modules()],
+            "state": [[k, list(v.shape), str(v.dtype).replace("torch.", "")]
+                      for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)]}
+
+
+def _architecture_difference(saved: dict, now: dict) -> Optional[str]:
+    """A short description of the first difference between two model signatures (None: the same)."""
+    if saved == now or not saved:  # no signature: the meta comparison refuses it
+        return None
+    old_s, new_s = {k: (s, d) for k, s, d in saved.get("state", [])}, {k: (s, d) for k, s, d in now.get("state", [])}
+    for k in new_s:
+        if k in old_s and old_s[k] != new_s[k]:
+            return (f"weight {k!r} is {old_s[k][0]} {old_s[k][1]} in the checkpoint, "
+                    f"{new_s[k][0]} {new_s[k][1]} in the model")
+    for k in old_s:
+        if k not in new_s:
+            return f"the checkpoint has a weight {k!r} the model lacks"
+    for k in new_s:
+        if k not in old_s:
+            return f"the model has a weight {k!r} the checkpoint lacks"
+    old_m, new_m = dict(map(tuple, saved.get("modules", []))), dict(map(tuple, now.get("modules", [])))
+    for k, t in new_m.items():
+        if old_m.get(k) != t:
+            return f"module {k or '(root)'!r} is {old_m.get(k) or 'missing'} in the checkpoint, {t} in the model"
+    return "its modules differ"
 
 
 def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
@@ -131,7 +177,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                eval_batch_size: int = 1024, dist: Optional[Dist] = None,
                device: Optional[str | torch.device] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,
-               on_step: Optional[Callable[[int], None]] = None) -> RunResult:
+               on_step: Optional[Callable[[int], None]] = None,
+               stop_on_divergence: bool = False) -> RunResult:
     """Train ``target.model`` for ``plan.epochs`` epochs following ``plan``.
 
     ``init_state`` (a model state_dict) is loaded first so every run starts from the same
@@ -141,6 +188,11 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     they are). ``dist`` (from ``bsadvisor.distributed.init_from_env``): data-parallel
     training under torchrun; every rank must call this with the same arguments.
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
+
+    A training loss that is not finite raises a UserError, or with ``stop_on_divergence``
+    ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN
+    metric, ``RunResult.diverged_at`` says when, and the checkpoint keeps it (a resumed
+    run stays diverged).
     """
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
@@ -149,7 +201,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     model = target.model
     dev = torch.device(device) if device is not None else None
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch}
+    meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch,
+            "model": model_signature(model)}
     if dist.enabled:
         meta["world_size"] = dist.world_size  # the RNG streams are per rank
     user_rng = get_rng_state()
@@ -172,17 +225,29 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             if doc["meta"].get("world_size", 1) != meta.get("world_size", 1):
                 raise UserError(f"checkpoint {ckpt_path} was written by a {doc['meta'].get('world_size', 1)}-process "
                                 f"run; resume it with the same number of processes (now {dist.world_size})")
+            change = _architecture_difference(doc["meta"].get("model") or {}, meta["model"])
+            if change is not None:
+                raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
+                                "or --overwrite to start over")
             if doc["meta"] != meta:
                 raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
                                 "use another --out or drop --resume")
-            model.load_state_dict(doc["model"])
-            optimizer.load_state_dict(doc["optimizer"])
-            scheduler.load_state_dict(doc["scheduler"])
-            sampler.load_state_dict(doc["sampler"])
-            rng = doc["rng"]
-            set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
-            result.history = list(doc["history"])
+            try:
+                model.load_state_dict(doc["model"])
+                optimizer.load_state_dict(doc["optimizer"])
+                scheduler.load_state_dict(doc["scheduler"])
+                sampler.load_state_dict(doc["sampler"])
+                rng = doc["rng"]
+                set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
+                result.history = [dict(rec) for rec in doc["history"]]
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"checkpoint {ckpt_path} is damaged ({_one_line(exc)}); delete it to start over, "
+                                "or --overwrite") from None
             start = result.resumed_from = len(result.history)
+            if result.history and result.history[-1].get("diverged"):
+                result.diverged_at, start = result.history[-1]["epoch"], plan.epochs
             for rec in result.history:
                 if on_epoch:
                     on_epoch(rec)
@@ -195,7 +260,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
         updates, examples, wall = last.get("updates", 0), last.get("examples", 0), last.get("wall_s", 0.0)
         for epoch in range(start, plan.epochs):
             sampler.set_epoch(epoch)
-            loss_sum, seen = 0.0, 0
+            loss_sum, seen, bad_loss = 0.0, 0, None
             t0 = time.perf_counter()
             for idx in sampler.global_batches(epoch):
                 try:
@@ -206,8 +271,11 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                     raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the model or loss_fn raised "
                                     f"{_one_line(exc)}") from None
                 if not math.isfinite(loss):
-                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the loss is {loss} after {updates} "
-                                    "updates; lower the LR or check the model")
+                    if not stop_on_divergence:
+                        raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the loss is {loss} "
+                                        f"after {updates} updates; lower the LR or check the model")
+                    bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
+                    break
                 loss_sum += loss * len(idx)
                 seen += len(idx)
                 updates += 1
@@ -222,14 +290,22 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
             wall += took
             examples += seen
             setting = plan.at(epoch)
-            try:
-                metric = evaluate(target, eval_batch_size, dist, dev)
-            except Exception as exc:
-                raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: metric_fn raised "
-                                f"{_one_line(exc)}") from None
+            diverged = bad_loss is not None  # stop_on_divergence: the loop broke off
+            if diverged:
+                metric, train_loss = math.nan, bad_loss
+            else:
+                try:
+                    metric = evaluate(target, eval_batch_size, dist, dev)
+                except Exception as exc:
+                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: metric_fn raised "
+                                    f"{_one_line(exc)}") from None
+                train_loss = loss_sum / max(seen, 1)
             rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
-                   "momentum": setting.momentum, "train_loss": loss_sum / max(seen, 1), "metric": metric,
+                   "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
                    "updates": updates, "examples": examples, "wall_s": wall}
+            if diverged:
+                rec["diverged"] = True
+                result.diverged_at = epoch + 1
             result.history.append(rec)
             scheduler.step()
             if ckpt_path is not None:
@@ -241,6 +317,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                         "sampler": sampler.state_dict(), "rng": rng, "history": result.history})
             if on_epoch:
                 on_epoch(rec)
+            if diverged:
+                break
         return result
     finally:
         del net  # DDP's gradient hooks go with it; the next run wraps the model afresh
@@ -258,4 +336,5 @@ def initial_state(model: torch.nn.Module) -> dict:
     return copy.deepcopy(model.state_dict())
 
 
-__all__ = ["RunResult", "train_plan", "evaluate", "initial_state", "seed_everything", "tensor_columns"]
+__all__ = ["RunResult", "train_plan", "evaluate", "initial_state", "model_signature", "seed_everything",
+           "tensor_columns"]

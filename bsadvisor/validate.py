@@ -10,24 +10,41 @@ weights. The verdict compares the target's metric on ``eval_dataset``:
     tolerance = max(2 × sd over seeds, 0.005)   (0.5 percentage points of accuracy)
 
 (one-sided: a plan that beats the original is accepted). Without an eval metric the
-negated final training loss stands in for it.
+negated final training loss stands in for it. A metric that is not finite (a metric_fn
+that returns NaN, or a candidate run whose training loss diverged) rejects the plan and
+the verdict says why; NaN and infinity are written as null in every output.
 """
 from __future__ import annotations
 
 import inspect
 import math
+import os
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import convert
+from . import checks, convert
 from .errors import UserError
-from .fileio import write_atomic, write_json
+from .fileio import FolderLock, json_safe, remove_orphan_temps, write_atomic, write_json
 from .plan import Plan, Stage
 
 VALIDATION_SCHEMA = "bsadvisor.validation/1"
 MIN_TOLERANCE = 0.005
+# validate trains every epoch of every run and seed, evaluates and checkpoints after each
+# one and keeps a record of each: past this many epochs a run cannot be expected to finish.
+MAX_EPOCHS = 100_000
+MAX_SEEDS = 1_000
+
+
+def check_epochs(epochs: int, where: str = "--epochs") -> int:
+    """``epochs`` if validate can train that many; otherwise a UserError that says the limit and why."""
+    epochs = checks.positive_int(where, epochs)
+    if epochs > MAX_EPOCHS:
+        raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_EPOCHS:,} epochs, because it "
+                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
+    return epochs
 
 
 @dataclass
@@ -101,17 +118,22 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
 def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] = None,
                increase_lr: float = 5.0) -> list[RunSpec]:
     """original + plan, and with ``variants`` the hybrid at ``hybrid_cap`` and the increased-LR plan."""
+    hybrid_cap = checks.optional(checks.positive_int, "--hybrid-cap", hybrid_cap)
+    increase_lr = checks.number("--increase-lr", increase_lr, low=1, low_open=True)
     runs = [RunSpec("original", baseline_of(plan), "the LR schedule at the fixed batch B0"),
             RunSpec("plan", plan, "batch growth (Smith et al. 2018)")]
     if variants:
         inputs = dict(plan.inputs, dataset_size=plan.dataset_size)
         b0 = int(inputs["batch_size"])
-        cap = default_hybrid_cap(plan) if hybrid_cap is None else int(hybrid_cap)
+        if hybrid_cap is not None and not b0 < hybrid_cap <= plan.dataset_size:
+            raise UserError(f"--hybrid-cap {hybrid_cap} must be above the starting batch {b0} (else the hybrid is the "
+                            f"original schedule) and at most N = {plan.dataset_size}")
+        cap = default_hybrid_cap(plan) if hybrid_cap is None else hybrid_cap
         if cap > b0:
             runs.append(RunSpec(f"hybrid-{cap}", _call(convert.convert_schedule, inputs, max_batch=cap),
                                 f"grow the batch up to {cap}, then decay the LR"))
-        if increase_lr and increase_lr > 1:
-            k = float(increase_lr)
+        if increase_lr > 1:
+            k = increase_lr
             runs.append(RunSpec(f"increased-lr-x{k:g}", _call(convert.convert_schedule, inputs, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
@@ -143,40 +165,154 @@ def summarize(seed_results: list[dict]) -> dict:
             "wall_s_mean": wall, "wall_s_sd": wsd}
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _why_not_finite(name: str, run: dict) -> str:
+    """``plan's training loss diverged (seed 0, epoch 3)`` or ``plan's metric_fn gave nan``."""
+    div = [(s["seed"], s["diverged_at_epoch"]) for s in run.get("seeds", []) if s.get("diverged_at_epoch")]
+    if div:
+        return f"{name}'s training loss diverged (" + "; ".join(f"seed {sd}, epoch {e}" for sd, e in div) + ")"
+    value = run["summary"]["metric_mean"]
+    return f"{name}'s metric_fn gave {'no value' if value is None else value}"
+
+
 def verdict(runs: dict, tolerance: Optional[float] = None, reference: str = "original",
             candidate: str = "plan") -> dict:
+    """Accept ``candidate`` when its mean metric is at least the reference's less the tolerance.
+
+    A metric that is not finite (NaN from metric_fn, or a run whose loss diverged) rejects
+    the candidate; ``reason`` then says which run and why (it is None otherwise).
+    """
     ref, cand = runs[reference]["summary"], runs[candidate]["summary"]
-    sd = max(ref["metric_sd"], cand["metric_sd"])
+    sds = [x for x in (ref["metric_sd"], cand["metric_sd"]) if _finite(x)]
+    sd = max(sds) if sds else 0.0
     if tolerance is None:
         tol, rule = max(2 * sd, MIN_TOLERANCE), f"max(2 × sd over seeds = {2 * sd:.4g}, {MIN_TOLERANCE})"
     else:
         tol, rule = float(tolerance), "--tolerance"
-    diff = cand["metric_mean"] - ref["metric_mean"]
-    out = {"accepted": bool(diff >= -tol), "reference": reference, "candidate": candidate,
-           "difference": diff, "tolerance": tol, "tolerance_rule": rule,
+    bad = [n for n in (reference, candidate) if not _finite(runs[n]["summary"]["metric_mean"])]
+    diff = cand["metric_mean"] - ref["metric_mean"] if not bad else None
+    reason = None
+    if bad:
+        reason = "the metric is not finite: " + "; ".join(_why_not_finite(n, runs[n]) for n in bad)
+    out = {"accepted": bool(diff is not None and diff >= -tol), "reason": reason, "reference": reference,
+           "candidate": candidate, "difference": diff, "tolerance": tol, "tolerance_rule": rule,
            "update_ratio": ref["updates"] / cand["updates"] if cand["updates"] else None,
-           "wall_ratio": (ref["wall_s_mean"] / cand["wall_s_mean"]) if cand["wall_s_mean"] else None,
+           "wall_ratio": (ref["wall_s_mean"] / cand["wall_s_mean"]) if _finite(ref["wall_s_mean"]) and
+           _finite(cand["wall_s_mean"]) and cand["wall_s_mean"] else None,
            "within_tolerance": {}}
     for name, r in runs.items():
         if name != reference:
-            out["within_tolerance"][name] = bool(r["summary"]["metric_mean"] - ref["metric_mean"] >= -tol)
+            m = r["summary"]["metric_mean"]
+            out["within_tolerance"][name] = bool(_finite(m) and _finite(ref["metric_mean"])
+                                                 and m - ref["metric_mean"] >= -tol)
     return out
+
+
+# -- the output folder ------------------------------------------------------------------
+OUTPUT_FILES = ("results.json", "report.md", "curves_epoch.png", "curves_updates.png", "curves_wall.png")
+
+
+def earlier_results(out: Path) -> list[Path]:
+    """The files an earlier validate run left in ``out`` (results, report, plots, checkpoints)."""
+    out = Path(out)
+    found = [out / n for n in OUTPUT_FILES if (out / n).is_file()]
+    ck = out / "checkpoints"
+    if ck.is_dir():
+        found += sorted(p for p in ck.glob("*.pt") if p.is_file())
+    return found
+
+
+def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before any work, an --out that cannot be used (read-only: changes nothing).
+
+    ``--out`` must be a folder (or not exist yet, under a writable folder). A folder that
+    holds an earlier run's results is used only with ``--resume`` (continue it) or
+    ``--overwrite`` (replace it), so no result is lost by accident.
+    """
+    if out is None:
+        if resume or overwrite:
+            raise UserError(f"{'--resume' if resume else '--overwrite'} needs --out DIR (the folder of the run)")
+        return
+    if resume and overwrite:
+        raise UserError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; give --out a folder (it will hold results.json, "
+                        "report.md, plots and checkpoints)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create --out {out}: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out}: {existing} is not writable; choose another --out")
+    if out.is_dir() and not (resume or overwrite):
+        old = earlier_results(out)
+        if old:
+            more = f" and {len(old) - 1} more" if len(old) > 1 else ""
+            raise UserError(f"--out {out} holds an earlier run's results ({old[0].relative_to(out)}{more}); add --resume "
+                            "to continue that run, --overwrite to replace it, or choose another --out")
+
+
+@contextmanager
+def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False):
+    """Hold ``out`` for this run: create it, lock it (a second run into it is refused),
+    then, with ``overwrite``, delete the earlier run's files, and remove temporary files
+    a killed run left behind."""
+    out = Path(out)
+    check_out(out, resume=resume, overwrite=overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror or exc}; choose another --out") from None
+    with FolderLock(out, "--out", "bsadvisor validate"):
+        check_out(out, resume=resume, overwrite=overwrite)  # a run that held the lock may have written results
+        if overwrite:
+            for f in earlier_results(out):
+                f.unlink()
+        remove_orphan_temps(out)
+        remove_orphan_temps(out / "checkpoints")
+        yield out
+
+
+def batchnorm_layers(model) -> list[str]:
+    """The names of the model's BatchNorm layers (any ``torch.nn.modules.batchnorm._BatchNorm``)."""
+    import torch
+
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def batchnorm_warning(model) -> Optional[str]:
+    """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
+    names = batchnorm_layers(model)
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"the model has BatchNorm layers ({shown}): their statistics depend on the batch, so a larger batch, "
+            "and gradient accumulation above --max-micro-batch, change more than the gradient noise; "
+            "the comparison includes that effect (keep a fixed per-device batch, ghost batch norm, to avoid it)")
 
 
 # -- the runs -------------------------------------------------------------------------
 def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
                    resume: bool = False, max_micro_batch: Optional[int] = None,
-                   tolerance: Optional[float] = None, progress=None, dist=None, device=None) -> dict:
+                   tolerance: Optional[float] = None, progress=None, dist=None, device=None,
+                   warnings: Optional[list[str]] = None) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
     torchrun job (bsadvisor.distributed.Dist); every rank trains its share and returns
     the same document; only rank 0 writes checkpoints. ``device``: where to train.
+    ``warnings`` are recorded in the document (and the report).
     """
     from .train import initial_state, train_plan
 
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
+    tolerance = checks.optional(checks.number, "--tolerance", tolerance, low=0)
     if resume and out is None:
         raise UserError("--resume needs --out DIR (the checkpoints live there)")
     for spec in specs:
@@ -207,7 +343,8 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                 ckpt = ckpt_dir / f"{spec.name}-seed{seed}.pt" if ckpt_dir is not None else None
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
                                max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume,
-                               dist=dist, device=device, on_step=on_step, on_epoch=on_epoch)
+                               dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
+                               stop_on_divergence=spec is not specs[0])  # the reference's divergence is an error
                 d = r.to_dict()
                 if metric_name != "metric":
                     d["metric"] = -d["final_train_loss"]
@@ -220,33 +357,51 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
         target.model.load_state_dict(init)  # leave the user's model as we found it
         if home is not None:
             target.model.to(home)
-    return {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
-            "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
-            "world_size": dist.world_size if dist is not None else 1,
-            "runs": runs, "verdict": verdict(runs, tolerance)}
+    doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
+           "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
+           "world_size": dist.world_size if dist is not None else 1,
+           "runs": runs, "verdict": verdict(runs, tolerance), "warnings": list(warnings or [])}
+    return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
 
 # -- curves and report ----------------------------------------------------------------
-def mean_curve(run: dict, x: str, y: str) -> tuple[list[float], list[float]]:
-    """Seed-mean curve of history field ``y`` against ``x`` ("epoch", "updates", "wall_s")."""
+def _mean(values: list) -> Optional[float]:
+    """The mean of the finite values (None when there are none)."""
+    vals = [v for v in values if _finite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def mean_curve(run: dict, x: str, y: str) -> tuple[list[float], list[Optional[float]]]:
+    """Seed-mean curve of history field ``y`` against ``x`` ("epoch", "updates", "wall_s").
+
+    Seeds can stop early (a diverged run); each epoch averages the seeds that reached it,
+    and a value that is null (not finite) is left out (None when no seed has one).
+    """
     hs = [s["history"] for s in run["seeds"]]
-    xs = [statistics.fmean(h[i][x] for h in hs) for i in range(len(hs[0]))]
-    ys = [statistics.fmean(h[i][y] for h in hs) for i in range(len(hs[0]))]
+    n = max(len(h) for h in hs)
+    xs = [_mean([h[i][x] for h in hs if i < len(h)]) for i in range(n)]
+    ys = [_mean([h[i][y] for h in hs if i < len(h)]) for i in range(n)]
     return xs, ys
 
 
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float], lo: Optional[float] = None, hi: Optional[float] = None) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+def sparkline(values: list[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None,
+              width: Optional[int] = None) -> str:
+    """One character per value (a space for a missing one); with ``width``, at most that many
+    characters: consecutive values are averaged in equal bins."""
+    if width is not None and len(values) > width:
+        edges = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [_mean(values[a:b]) for a, b in zip(edges, edges[1:])]
+    vals = [v for v in values if _finite(v)]
     if not vals:
         return ""
     lo = min(vals) if lo is None else lo
     hi = max(vals) if hi is None else hi
     span = (hi - lo) or 1.0
     return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))]
-                   for v in values)
+                   if _finite(v) else " " for v in values)
 
 
 def plot_curves(doc: dict, out: Path) -> list[str]:
@@ -264,7 +419,9 @@ def plot_curves(doc: dict, out: Path) -> list[str]:
         for name, run in doc["runs"].items():
             for ax, y in zip(axes, ("train_loss", "metric")):
                 xs, ys = mean_curve(run, x, y)
-                ax.plot(xs, ys, marker=".", label=name)
+                nan = float("nan")
+                ax.plot([nan if v is None else v for v in xs], [nan if v is None else v for v in ys], marker=".",
+                        label=name)
         axes[0].set_ylabel("training loss")
         axes[0].set_yscale("log")
         axes[1].set_ylabel(doc["metric"])
@@ -288,21 +445,52 @@ def plot_curves(doc: dict, out: Path) -> list[str]:
     return files
 
 
+def fmt(x: Any, spec: str) -> str:
+    """``x`` formatted with ``spec``, or "n/a" for a missing (null, not finite) value."""
+    return format(x, spec) if _finite(x) else "n/a"
+
+
+def mean_sd(mean: Any, sd: Any, spec: str, sd_spec: Optional[str] = None) -> str:
+    """``mean ± sd``, or just "n/a" when the mean is not finite."""
+    return f"{fmt(mean, spec)} ± {fmt(sd, sd_spec or spec)}" if _finite(mean) else "n/a"
+
+
+def _md(text: Any) -> str:
+    """A user-supplied string inside a Markdown table or heading: no stray markup, one line."""
+    out = str(text).replace("\\", "\\\\").replace("\n", " ")
+    for ch in "|*_`[]<>#":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def verdict_text(doc: dict) -> str:
+    """The verdict in one sentence (plain text: the caller adds any styling)."""
+    v = doc["verdict"]
+    if v.get("reason"):
+        return v["reason"]
+    return (f"{v['candidate']} − {v['reference']} = {fmt(v['difference'], '+.4f')} in {doc['metric']}; "
+            f"tolerance {fmt(v['tolerance'], '.4f')} ({v['tolerance_rule']})")
+
+
 def report_markdown(doc: dict) -> str:
     v = doc["verdict"]
-    lines = [f"# Validation of a batch-growth plan on {doc['target']}", "",
-             f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {v['candidate']} − {v['reference']} = "
-             f"{v['difference']:+.4f} in {doc['metric']}; tolerance {v['tolerance']:.4f} ({v['tolerance_rule']}). "
+    lines = [f"# Validation of a batch-growth plan on {_md(doc['target'])}", "",
+             f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {_md(verdict_text(doc))}. "
              f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}"
              + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
              f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
              "|---|---|---|---|---|---|"]
     for name, run in doc["runs"].items():
         s = run["summary"]
-        lines.append(f"| {name} | {s['metric_mean']:.4f} ± {s['metric_sd']:.4f} | "
-                     f"{s['final_train_loss_mean']:.4g} ± {s['final_train_loss_sd']:.2g} | {s['updates']} | "
-                     f"{s['examples']} | {s['wall_s_mean']:.1f} |")
-    lines += ["", "Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
+        lines.append(f"| {name} | {mean_sd(s['metric_mean'], s['metric_sd'], '.4f')} | "
+                     f"{mean_sd(s['final_train_loss_mean'], s['final_train_loss_sd'], '.4g', '.2g')} | "
+                     f"{s['updates']} | {s['examples']} | {fmt(s['wall_s_mean'], '.1f')} |")
+    lines.append("")
+    if any(not _finite(r["summary"][k]) for r in doc["runs"].values() for k in ("metric_mean", "final_train_loss_mean")):
+        lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
+    lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
+    for w in doc.get("warnings", []):
+        lines += [f"Warning: {_md(w)}", ""]
     for f in doc.get("plots", []):
         lines += [f"![{f}]({f})", ""]
     if not doc.get("plots"):

@@ -209,7 +209,7 @@ def _bsadvisor(args: list, cwd: Path) -> subprocess.CompletedProcess:
 def _final_weights(path: Path):
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # checkpoints hold no pickled objects
 
 
 def test_validate_two_processes_match_one(tmp_path):

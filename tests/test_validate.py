@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A small classifier with dropout (so the global RNG matters for resume). BSA_SLEEP slows
 # each step down so the kill test can catch the run mid-way; BSA_NAN poisons the loss.
+# The other knobs: BSA_HIDDEN / BSA_ACT / BSA_BN change the architecture, BSA_METRIC_NAN
+# makes metric_fn return NaN, BSA_DIVERGE_ABOVE=B makes the loss infinite for batches
+# larger than B, BSA_MARK=path is created at the first step, BSA_NAME names the target.
 TARGET_SRC = '''
 import os, time, torch
 from bsadvisor import Target
@@ -29,20 +32,33 @@ def make():
     xt = torch.randn(400, 6, generator=g)
     yt = (xt[:, 0] + 0.5 * xt[:, 1] > 0).long()
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))
+    hidden = int(os.environ.get("BSA_HIDDEN", "16"))
+    act = torch.nn.Tanh() if os.environ.get("BSA_ACT") == "tanh" else torch.nn.ReLU()
+    norm = [torch.nn.BatchNorm1d(hidden)] if os.environ.get("BSA_BN") else []
+    model = torch.nn.Sequential(torch.nn.Linear(6, hidden), *norm, act, torch.nn.Dropout(0.2),
+                                torch.nn.Linear(hidden, 2))
     sleep, nan = float(os.environ.get("BSA_SLEEP", "0")), os.environ.get("BSA_NAN")
+    metric_nan, mark = os.environ.get("BSA_METRIC_NAN"), os.environ.get("BSA_MARK")
+    diverge_above = int(os.environ.get("BSA_DIVERGE_ABOVE", "0"))
 
     def loss_fn(m, b):
+        if mark and not os.path.exists(mark):
+            open(mark, "w").close()
         if sleep:
             time.sleep(sleep)
         loss = torch.nn.functional.cross_entropy(m(b[0]), b[1])
+        if diverge_above and len(b[0]) > diverge_above:
+            return loss * float("inf")
         return loss * float("nan") if nan else loss
 
     def metric_fn(m, b):
+        if metric_nan:
+            return float("nan")
         return float((m(b[0]).argmax(-1) == b[1]).float().mean())
 
     return Target(model=model, train_dataset=torch.utils.data.TensorDataset(x, y), loss_fn=loss_fn, batch_size=8,
-                  lr=0.05, momentum=0.9, eval_dataset=torch.utils.data.TensorDataset(xt, yt), metric_fn=metric_fn)
+                  lr=0.05, momentum=0.9, eval_dataset=torch.utils.data.TensorDataset(xt, yt), metric_fn=metric_fn,
+                  name=os.environ.get("BSA_NAME", "tiny"))
 '''
 SCHEDULE = ["--schedule", "MultiStepLR(milestones=[2, 4], gamma=0.2)", "--epochs", "6"]
 LENIENT = ["--tolerance", "1"]  # for tests about resume, not about the verdict
@@ -159,7 +175,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done = len(torch.load(ckpt, weights_only=False)["history"])
+    done = len(torch.load(ckpt, weights_only=True)["history"])
     assert 1 <= done < 6  # killed part way through the first run
     assert not (out / "results.json").exists()
 
@@ -168,8 +184,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] == done
     assert strip_wall(got) == strip_wall(want)  # losses, metrics, counts: exactly equal
-    a = torch.load(out / "checkpoints" / "plan-seed0.pt", weights_only=False)["model"]
-    b = torch.load(ref_out / "checkpoints" / "plan-seed0.pt", weights_only=False)["model"]
+    a = torch.load(out / "checkpoints" / "plan-seed0.pt", weights_only=True)["model"]
+    b = torch.load(ref_out / "checkpoints" / "plan-seed0.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -215,3 +231,200 @@ def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
                 inputs={"batch_size": 50})
     with pytest.raises(UserError, match="convert-schedule --world-size 8"):
         fit_to_devices(bare, 8, None)
+
+
+# -- hardening (issue 10) ---------------------------------------------------------------------
+def strict_json(text):
+    """json.loads that refuses NaN/Infinity (what a strict JSON reader does)."""
+    def bad(name):
+        raise ValueError(f"{name} in JSON")
+    return json.loads(text, parse_constant=bad)
+
+
+def test_nan_metric_is_null_everywhere_and_rejects_with_the_reason(target_file, tmp_path):
+    out = tmp_path / "out"
+    name = "tiny [/x] [bold]t"  # rich markup in a user string is shown, not interpreted
+    env = {"BSA_METRIC_NAN": "1", "BSA_NAME": name}
+    r = cli("validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
+    assert r.returncode == 1, r.stderr  # rejected, not a crash
+    doc = strict_json(r.stdout)
+    v = doc["verdict"]
+    assert v["accepted"] is False and "not finite" in v["reason"] and v["difference"] is None
+    assert doc["runs"]["plan"]["summary"]["metric_mean"] is None
+    assert all(h["metric"] is None for h in doc["runs"]["original"]["seeds"][0]["history"])
+    assert strict_json((out / "results.json").read_text())["verdict"] == v
+    report = (out / "report.md").read_text()
+    assert "REJECTED" in report and "not finite" in report and "| original | n/a |" in report
+    # resume reads the finished checkpoints back and reports the same; the table shows the name as typed
+    r2 = cli("validate", target_file, *SCHEDULE, "--out", out, "--resume", env=env)
+    assert r2.returncode == 1, r2.stderr
+    assert "Traceback" not in r2.stderr and name in r2.stdout and "REJECTED" in r2.stdout and "not finite" in r2.stdout
+    assert "…" not in r2.stdout
+    assert strict_json((out / "results.json").read_text())["verdict"] == v
+
+
+def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file, tmp_path):
+    """The plan's loss turns infinite once its batch grows past B0 = 8: that run stops, the verdict says so."""
+    out = tmp_path / "out"
+    env = {"BSA_DIVERGE_ABOVE": "8"}
+    r = cli("validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
+    assert r.returncode == 1, r.stderr
+    doc = strict_json(r.stdout)
+    plan = doc["runs"]["plan"]
+    first_grown = next(s["start_epoch"] for s in plan["plan"]["stages"] if s["batch_size"] > 8)
+    seed = plan["seeds"][0]
+    assert seed["diverged_at_epoch"] == first_grown + 1  # independent truth: the plan's own stages
+    assert len(seed["history"]) == first_grown + 1 and seed["history"][-1]["diverged"] is True
+    assert seed["history"][-1]["train_loss"] is None and seed["metric"] is None
+    assert doc["runs"]["original"]["summary"]["metric_mean"] > 0.5  # the original trained all 6 epochs
+    assert len(doc["runs"]["original"]["seeds"][0]["history"]) == 6
+    assert "diverged" in doc["verdict"]["reason"] and doc["verdict"]["accepted"] is False
+    # resume: the diverged run stays diverged (it is not trained on from NaN weights)
+    r2 = cli("validate", target_file, *SCHEDULE, "--out", out, "--resume", "--json", env=env)
+    assert r2.returncode == 1, r2.stderr
+    again = strict_json(r2.stdout)
+    assert strip_wall(again) == strip_wall(doc) and again["verdict"]["reason"] == doc["verdict"]["reason"]
+
+
+def test_resume_with_another_architecture_is_refused(target_file, tmp_path):
+    out = tmp_path / "out"
+    assert cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out).returncode == 0
+    for env, words in (({"BSA_HIDDEN": "32"}, ["'0.weight'", "[16, 6]", "[32, 6]"]),
+                       ({"BSA_ACT": "tanh"}, ["'1'", "ReLU", "Tanh"])):  # same shapes, another activation
+        r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume", env=env)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is from a different model" in lines[0], r.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
+    out = tmp_path / "out dir"  # a space: the printed command must quote it
+    mark = tmp_path / "started"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_MARK=str(mark))
+    argv = ["validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", *argv], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "checkpoints" / "original-seed0.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("interrupted; resume with `bsadvisor validate ") and lines[0].endswith(" --resume`")
+    import shlex
+
+    cmd = shlex.split(lines[0].split("`")[1])
+    assert cmd[:2] == ["bsadvisor", "validate"] and str(out) in cmd
+    r = cli(*cmd[1:], env={"BSA_SLEEP": "0"})
+    assert r.returncode == 0, r.stderr
+    got = json.loads((out / "results.json").read_text())
+    assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] >= 1
+
+    # interrupted before anything resumable exists: just "interrupted"
+    mark.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not mark.exists() and proc.poll() is None and time.time() < deadline + 120:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+
+
+def test_overwrite_orphans_and_umask(target_file, tmp_path):
+    """--overwrite removes the earlier run's files (not the user's); resume removes orphaned
+    temporary files; every output gets the user's umask."""
+    out = tmp_path / "out"
+    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--variants", "--max-fraction", "0.5", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 4
+    (out / "notes.txt").write_text("mine")
+    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--overwrite",
+            preexec_fn=lambda: os.umask(0o027))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["original-seed0.pt", "plan-seed0.pt"]
+    assert set(json.loads((out / "results.json").read_text())["runs"]) == {"original", "plan"}
+    assert (out / "notes.txt").read_text() == "mine"
+    written = [p for p in out.rglob("*") if p.is_file() and p.name not in ("notes.txt", ".bsadvisor.lock")]
+    assert {p.name for p in written} >= {"results.json", "report.md", "curves_epoch.png", "plan-seed0.pt"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}  # 0666 less umask 027, not 0600
+
+    # a kill during an atomic write leaves .NAME.XXXX.tmp files: resume removes them (only those)
+    orphans = [out / ".results.json.k2j3.tmp", out / "checkpoints" / ".plan-seed0.pt.a8x1.tmp"]
+    for p in orphans:
+        p.write_bytes(b"\0" * 1000)
+    (out / "keep.tmp").write_text("mine too")
+    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert not any(p.exists() for p in orphans) and (out / "keep.tmp").exists()
+
+
+def test_batchnorm_warning_only_for_a_model_with_batchnorm(target_file, tmp_path):
+    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--json", env={"BSA_BN": "1"})
+    assert r.returncode == 0, r.stderr
+    warns = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warns) == 1 and "BatchNorm layers (1)" in warns[0], r.stderr
+    assert json.loads(r.stdout)["warnings"] == [warns[0][len("warning: "):]]
+    r = cli("validate", target_file, *SCHEDULE, *LENIENT)
+    assert r.returncode == 0, r.stderr
+    assert "BatchNorm" not in r.stderr + r.stdout  # the plan's generic note is not repeated here
+    assert "…" not in r.stdout
+
+
+def _wide_doc(epochs=200, names=("original", "plan", "hybrid-1281167", "increased-lr-x123456")):
+    """A results document with every field as wide as it gets: long names, huge counts, n/a values."""
+    hist = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "metric": None if e % 7 == 0 else -12345.678 + e,
+             "updates": 10**12, "examples": 10**13, "wall_s": 98765.4} for e in range(epochs)]
+    runs = {}
+    for i, n in enumerate(names):
+        runs[n] = {"description": "d", "plan": {}, "seeds": [{"seed": 0, "history": hist}],
+                   "summary": {"metric_mean": None if i == 2 else -12345.6789, "metric_sd": 123.456789,
+                               "final_train_loss_mean": 1.234567e-05, "final_train_loss_sd": 0.0,
+                               "updates": 123_456_789_012, "examples": 9_876_543_210_123,
+                               "wall_s_mean": 98765.4321, "wall_s_sd": 0.0}}
+    return {"target": "/very/long/path/to/some/project/[/x]train_with_a_long_name.py:make_target " * 2,
+            "metric": "negative final training loss", "epochs": epochs, "seeds": 3, "runs": runs,
+            "verdict": {"accepted": False, "reason": None, "reference": "original", "candidate": "plan",
+                        "difference": -1234.56789, "tolerance": 0.005, "tolerance_rule": "--tolerance",
+                        "update_ratio": 12.3456, "wall_ratio": 11.1, "within_tolerance": {}}}
+
+
+@pytest.mark.parametrize("width", [80, 60, 200])
+def test_results_table_shows_every_number_whole(width):
+    import io
+
+    from rich.console import Console
+
+    import bsadvisor.cli  # noqa: F401  (registers the commands; cmd_validate is imported through it)
+    from bsadvisor.cmd_validate import print_results
+
+    for doc in (_wide_doc(), _wide_doc(epochs=3, names=("original", "plan"))):
+        buf = io.StringIO()
+        print_results(doc, Console(file=buf, width=width, color_system=None))
+        text = buf.getvalue()
+        assert "…" not in text and "..." not in text
+        assert max(len(ln) for ln in text.splitlines()) <= width
+        for token in ("123,456,789,012", "-1.235e+04", "1.235e-05", "98,765.4", "12.35×", "[/x]"):
+            assert token in text, (token, text)
+        assert text.count("n/a") >= (1 if len(doc["runs"]) > 2 else 0)
+
+
+def test_demo_json_prints_one_document(monkeypatch, target_file):
+    """demo --json: probe, plan and validation as one JSON document on stdout (narration on stderr)."""
+    from typer.testing import CliRunner
+
+    import bsadvisor.target
+    from bsadvisor.cli import app
+
+    tiny = bsadvisor.target.load_target(target_file)
+    monkeypatch.setattr(bsadvisor.target, "load_target", lambda spec: tiny)
+    r = CliRunner().invoke(app, ["demo", "--json", "--epochs", "5", "--seeds", "1", "--no-variants", "--skip-probe"])
+    assert r.exit_code in (0, 1), r.output
+    doc = strict_json(r.stdout)
+    assert doc["schema"] == "bsadvisor.demo/1" and doc["probe"] is None
+    assert doc["validation"]["schema"] == "bsadvisor.validation/1"
+    assert doc["plan"]["epochs"] == 5 and set(doc["validation"]["runs"]) == {"original", "plan"}

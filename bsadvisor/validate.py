@@ -90,7 +90,7 @@ def default_hybrid_cap(plan: Plan) -> int:
     The hybrid (the paper's practical plan) grows the batch to this cap, then decays the
     LR: a cap well below the plan's peak shows whether the tail of the growth matters.
     """
-    return _rounding(plan).floor(max(plan.batch_sizes()) // 4)
+    return _rounding(plan).floor(max(plan.stage_batch_sizes()) // 4)
 
 
 def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> tuple[Plan, Optional[str]]:
@@ -102,15 +102,15 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     """
     rounding = _rounding(plan, world_size, micro_batch)
     b0 = plan.inputs.get("batch_size")
-    if all(b == b0 or rounding.nearest(b) == b for b in plan.batch_sizes()):
+    if all(b == b0 or rounding.nearest(b) == b for b in plan.stage_batch_sizes()):
         return plan, None
     inputs = dict(plan.inputs, dataset_size=plan.dataset_size, world_size=world_size, micro_batch=micro_batch)
     if any(inputs.get(k) is None for k in ("lr", "batch_size", "epochs", "schedule")):
-        raise UserError(f"the plan's batches {plan.batch_sizes()} do not split evenly over {world_size} processes and "
+        raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
     cap = plan.cap or {}
     fitted = _call(convert.convert_schedule, inputs, noise_cap_batch=cap.get("noise_scale"))
-    before, after = plan.batch_sizes(), fitted.batch_sizes()
+    before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
 

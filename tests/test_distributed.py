@@ -278,7 +278,9 @@ def _train_worker(outdir: str) -> None:
 
     DistributedDataParallel.no_sync = counting
     t = load_target("builtin:linreg")
-    plan = convert_schedule(lr=0.01, batch_size=43, dataset_size=t.dataset_size, epochs=4, momentum=0.9,
+    # B0 = 44: the plan the old converter made from 43 by re-rounding B0 (now B0 is kept as given, and 43
+    # would leave a one-example last batch, which the BatchNorm part below cannot train on)
+    plan = convert_schedule(lr=0.01, batch_size=44, dataset_size=t.dataset_size, epochs=4, momentum=0.9,
                             schedule="MultiStepLR(milestones=[1,2,3], gamma=0.5)", max_batch=4000,
                             world_size=dist.world_size, micro_batch=MICRO)
     init = initial_state(t.model)

@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsadvisor.convert import baseline_plan, convert_schedule  # noqa: E402
-from bsadvisor.target import load_target  # noqa: E402
-from bsadvisor.train import initial_state, train_plan  # noqa: E402
-from bsadvisor.validate import constant_plan  # noqa: E402
+from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
+from bsadvisor.targets.target import load_target  # noqa: E402
+from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
+from bsadvisor.runtime.validate import constant_plan  # noqa: E402
 
 
 def main() -> int:

@@ -11,14 +11,14 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Plan": "plan", "Stage": "plan", "Setting": "plan",
-    "convert_schedule": "convert",
-    "TemperatureModel": "temperature", "temperature": "temperature",
-    "parse_schedule": "schedules",
-    "UserError": "errors",
-    "Target": "target", "load_target": "target",
-    "probe": "probing", "ProbeResult": "probe_result", "load_probe": "probe_result",
-    "BatchSizeScheduler": "runtime", "PlanBatchSampler": "runtime",
+    "Plan": "core.plan", "Stage": "core.plan", "Setting": "core.plan",
+    "convert_schedule": "core.convert",
+    "TemperatureModel": "core.temperature", "temperature": "core.temperature",
+    "parse_schedule": "core.schedules",
+    "UserError": "core.errors",
+    "Target": "targets.target", "load_target": "targets.target",
+    "probe": "measure.probe", "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
+    "BatchSizeScheduler": "runtime.step", "PlanBatchSampler": "runtime.step",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

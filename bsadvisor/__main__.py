@@ -1,3 +1,3 @@
-from .cli import main
+from bsadvisor.cli import main
 
 main()

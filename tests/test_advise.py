@@ -1,7 +1,7 @@
 """Issue 4: a probe file shapes the plan (cap, defaults, predicted time, efficiency), advise, export.
 
 Expected numbers are computed here from the formulas (McCandlish et al. eq. 2.11/2.12,
-docs/concepts.md eqs. 1 and 10), independently of bsadvisor.advise.
+docs/concepts.md eqs. 1 and 10), independently of bsadvisor.core.predict.
 """
 import json
 import math
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from bsadvisor.cmd_advise import export_csv, export_megatron
-from bsadvisor.cmd_convert import plan_from_options
-from bsadvisor.plan import Plan
+from bsadvisor.cli.advise import export_csv, export_megatron
+from bsadvisor.cli.convert import plan_from_options
+from bsadvisor.core.plan import Plan
 
 N, B0, LR, M = 32000, 32, 0.05, 0.9
 SCHEDULE = "MultiStepLR(milestones=[3,6,8], gamma=0.2)"

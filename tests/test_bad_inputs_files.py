@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bsadvisor.convert import convert_schedule
+from bsadvisor.core.convert import convert_schedule
 from hostile import Snapshot, assert_one_line_error, run_cli
 
 PAPER = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"

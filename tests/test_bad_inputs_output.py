@@ -135,7 +135,7 @@ def folder(tmp_path):
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if content is None:
-            from bsadvisor.convert import convert_schedule
+            from bsadvisor.core.convert import convert_schedule
 
             convert_schedule(lr=0.1, batch_size=32, dataset_size=3200, epochs=6, schedule=SCHED).save(path)
         elif isinstance(content, bytes):

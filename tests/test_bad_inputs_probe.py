@@ -15,7 +15,7 @@ from hostile import Snapshot, assert_one_line_error, cli_env, run_cli
 # memory trials at 64, 1024, 2048; throughput rungs 16, 64, 256, ..., 32, 128, ...
 TARGETS = '''
 import torch
-from bsadvisor.builtins import linreg
+from bsadvisor.targets.builtins import linreg
 
 
 def _with(wrap):

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bsadvisor.convert import baseline_plan, convert_schedule
-from bsadvisor.errors import UserError
-from bsadvisor.plan import Plan
+from bsadvisor.core.convert import baseline_plan, convert_schedule
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import Plan
 
 N, B0, LR, M, E = 50_000, 128, 0.1, 0.9, 200
 PAPER = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
@@ -409,7 +409,7 @@ def test_world_size_rounding_splits_every_batch_evenly(case, world, micro):
 @given(st.integers(1, 8), st.sampled_from([1, 2, 3, 4, 8]), st.one_of(st.none(), st.integers(1, 40)),
        st.floats(1, 1500))
 def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, b):
-    from bsadvisor.convert import Rounding
+    from bsadvisor.core.convert import Rounding
 
     r = Rounding(round_to, world, micro)
     unit = math.lcm(round_to, world)
@@ -437,7 +437,7 @@ def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, 
 ])
 def test_rounding_nearest_ties_go_to_the_smaller(rounding, b, expect):
     """Rounding.nearest's docstring: ties go to the smaller batch (round() would send 20/8 = 2.5 to 2 but 28/8 to 4)."""
-    from bsadvisor.convert import Rounding
+    from bsadvisor.core.convert import Rounding
 
     assert Rounding(*rounding).nearest(b) == expect
 
@@ -451,7 +451,7 @@ def test_ci_hypothesis_profile_is_derandomized():
 
 def _counting(text):
     """A parsed schedule whose lr() counts its calls."""
-    from bsadvisor.schedules import parse_schedule
+    from bsadvisor.core.schedules import parse_schedule
 
     sched = parse_schedule(text)
     calls = []
@@ -549,7 +549,7 @@ def test_batchnorm_is_one_note_not_a_warning():
 
 def test_rounding_floor_is_quick_when_large_batches_cannot_split_evenly():
     """Multiples of 5 over one device of ≤ 7 examples a step: only 5 (1 step), 10 (2 × 5), 15 (3 × 5) split evenly."""
-    from bsadvisor.convert import Rounding
+    from bsadvisor.core.convert import Rounding
 
     r = Rounding(5, 1, 7)
     assert [r.floor(b) for b in (5, 9, 10, 14, 15, 1e6, 1e18)] == [5, 5, 10, 10, 15, 15, 15]

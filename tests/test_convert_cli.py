@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bsadvisor.plan import PLAN_SCHEMA, Plan
+from bsadvisor.core.plan import PLAN_SCHEMA, Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["--lr", "0.1", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "200", "--momentum", "0.9",

@@ -57,8 +57,8 @@ def _worker(outdir: str) -> None:
     import torch
 
     import bsadvisor
-    from bsadvisor.distributed import exit_job, init_from_env
-    from bsadvisor.target import load_target
+    from bsadvisor.runtime.distributed import exit_job, init_from_env
+    from bsadvisor.targets.target import load_target
 
     torch.set_num_threads(1)
     dist = init_from_env("cpu")
@@ -90,7 +90,7 @@ def _worker(outdir: str) -> None:
 
 # --------------------------------------------------------------------------- tests
 def test_no_torchrun_is_single_process(monkeypatch):
-    from bsadvisor.distributed import Dist, init_from_env
+    from bsadvisor.runtime.distributed import Dist, init_from_env
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -106,8 +106,8 @@ def test_no_torchrun_is_single_process(monkeypatch):
 def test_bad_environment_is_a_user_error(monkeypatch):
     import pytest
 
-    from bsadvisor.distributed import init_from_env
-    from bsadvisor.errors import UserError
+    from bsadvisor.runtime.distributed import init_from_env
+    from bsadvisor.core.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UserError, match="WORLD_SIZE"):
@@ -125,7 +125,7 @@ def test_bad_environment_is_a_user_error(monkeypatch):
 
 
 def _truth_at_init() -> float:
-    from bsadvisor.target import load_target
+    from bsadvisor.targets.target import load_target
 
     t = load_target("builtin:linreg")
     tr, g2 = t.metadata["truth"](t.model)  # population closed form, θ = init (warmup 0)
@@ -170,8 +170,8 @@ def test_every_rank_returns_the_same_result(tmp_path):
     # DDP warmup moved θ identically on both ranks; the noise estimate is checked at that θ
     import numpy as np
 
-    from bsadvisor.builtins import linreg_truth
-    from bsadvisor.target import load_target
+    from bsadvisor.targets.builtins import linreg_truth
+    from bsadvisor.targets.target import load_target
 
     t = load_target("builtin:linreg")
     w = np.array(r0["measured_weight"])
@@ -252,7 +252,7 @@ def test_validate_two_processes_match_one(tmp_path):
 
 
 def _final_weights_init():
-    from bsadvisor.target import load_target
+    from bsadvisor.targets.target import load_target
 
     return load_target("builtin:linreg").model.weight.detach().clone()
 
@@ -262,10 +262,10 @@ def _train_worker(outdir: str) -> None:
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from bsadvisor.convert import convert_schedule
-    from bsadvisor.distributed import exit_job, init_from_env
-    from bsadvisor.target import load_target
-    from bsadvisor.train import initial_state, train_plan
+    from bsadvisor.core.convert import convert_schedule
+    from bsadvisor.runtime.distributed import exit_job, init_from_env
+    from bsadvisor.targets.target import load_target
+    from bsadvisor.runtime.train import initial_state, train_plan
 
     torch.set_num_threads(1)
     dist = init_from_env("cpu")
@@ -324,10 +324,10 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
     """train_plan under DDP: no_sync inner steps, rank-0 checkpoints, resume by all, = one process."""
     import torch
 
-    from bsadvisor.errors import UserError
-    from bsadvisor.plan import Plan
-    from bsadvisor.target import load_target
-    from bsadvisor.train import initial_state, train_plan
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.core.plan import Plan
+    from bsadvisor.targets.target import load_target
+    from bsadvisor.runtime.train import initial_state, train_plan
 
     run = _torchrun([str(Path(__file__).resolve()), "--train-worker", str(tmp_path)], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from bsadvisor import fileio
-from bsadvisor.errors import UserError
+from bsadvisor.core import fileio
+from bsadvisor.core.errors import UserError
 
 
 def test_write_atomic_gives_the_umask_permissions(tmp_path):

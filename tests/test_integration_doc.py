@@ -30,7 +30,7 @@ def test_block_runs_and_follows_the_plan(tmp_path):
     assert len(lines) == 8
     rows = [re.match(r"epoch (\d+): batch (\d+), lr ([\d.e-]+), loss ([\d.]+)", ln).groups() for ln in lines]
 
-    from bsadvisor.convert import convert_schedule  # the same plan, built here independently
+    from bsadvisor.core.convert import convert_schedule  # the same plan, built here independently
 
     plan = convert_schedule(lr=0.05, batch_size=32, momentum=0.9, dataset_size=2048, epochs=8,
                             schedule="MultiStepLR(milestones=[3, 5, 7], gamma=0.2)")

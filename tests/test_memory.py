@@ -1,11 +1,11 @@
-"""Memory-cap search (bsadvisor.memory) with injected allocation limits."""
+"""Memory-cap search (bsadvisor.core.memory) with injected allocation limits."""
 import itertools
 import math
 
 import pytest
 
-from bsadvisor import memory
-from bsadvisor.memory import OutOfMemory, parse_size, search_max_batch
+from bsadvisor.core import memory
+from bsadvisor.core.memory import OutOfMemory, parse_size, search_max_batch
 
 
 def true_boundary(cost, limit):

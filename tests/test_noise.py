@@ -1,10 +1,10 @@
-"""Estimator statistics (bsadvisor.noise) against independently simulated truths."""
+"""Estimator statistics (bsadvisor.core.noise) against independently simulated truths."""
 import math
 
 import numpy as np
 import pytest
 
-from bsadvisor import noise
+from bsadvisor.core import noise
 
 
 def simulate(rng, G, sigma_diag, b, k, draws):

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bsadvisor import cmd_advise
-from bsadvisor.cmd_advise import export_csv, export_megatron, megatron_notes, next_commands
-from bsadvisor.cmd_convert import plan_from_options
-from bsadvisor.plan import Plan
-from bsadvisor.probe_result import ProbeResult
-from bsadvisor.report import plan_rows, plan_summary
+from bsadvisor.cli import advise as cmd_advise
+from bsadvisor.cli.advise import export_csv, export_megatron, megatron_notes, next_commands
+from bsadvisor.cli.convert import plan_from_options
+from bsadvisor.core.plan import Plan
+from bsadvisor.core.probe_result import ProbeResult
+from bsadvisor.cli.render import plan_rows, plan_summary
 
 from hostile import ROOT, cli_env, run_cli
 
@@ -204,7 +204,7 @@ def test_every_command_has_json():
     """README: every command has --json (demo gets its --json from the demo fix of issue 10)."""
     import typer.main
 
-    from bsadvisor.cli import app
+    from bsadvisor.cli.app import app
 
     group = typer.main.get_group(app)
     missing = {name for name, cmd in group.commands.items() if not any("--json" in p.opts for p in cmd.params)}
@@ -234,7 +234,7 @@ def test_replan_command_gives_the_same_plan(tmp_path):
         assert save[save.index(flag) + 1] == value
 
 
-HELPER = "from bsadvisor.builtins import linreg\n\ndef make():\n    return linreg(size=2048)\n"
+HELPER = "from bsadvisor.targets.builtins import linreg\n\ndef make():\n    return linreg(size=2048)\n"
 TARGET = "from helper import make\n\ndef make_target():\n    t = make()\n    t.name = 'markup [/x] target'\n    return t\n"
 
 
@@ -264,7 +264,7 @@ def test_advise_end_to_end_markup_folder_sibling_import_and_replan(tmp_path):
 
 # ------------------------------------------------------------------------------------- target paths
 RUNNER = """import sys
-from bsadvisor.target import _load_function
+from bsadvisor.targets.target import _load_function
 print(_load_function(sys.argv[1])())
 """
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import bsadvisor
-from bsadvisor.errors import UserError
-from bsadvisor.probe_result import SCHEMA, ProbeResult, load_probe
-from bsadvisor.target import Target, load_target
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.probe_result import SCHEMA, ProbeResult, load_probe
+from bsadvisor.targets.target import Target, load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(measure_memory=False, measure_throughput=False)
@@ -77,7 +77,7 @@ def test_other_estimators_linreg(estimator):
 
 
 def small_mlp_target(n=4000):
-    from bsadvisor.builtins import mnist1d_arrays
+    from bsadvisor.targets.builtins import mnist1d_arrays
 
     a = mnist1d_arrays()
     ds = torch.utils.data.TensorDataset(torch.from_numpy(a["x"][:n]), torch.from_numpy(a["y"][:n]))
@@ -211,7 +211,7 @@ def test_to_dict_roundtrip_and_validation(tmp_path):
     assert doc["temperature"] == pytest.approx(0.01 * (16384 / 64 - 1))
     back = ProbeResult.from_dict(doc)
     assert back.to_dict() == doc
-    from bsadvisor.fileio import write_json
+    from bsadvisor.core.fileio import write_json
 
     write_json(tmp_path / "p.json", doc)
     assert load_probe(tmp_path / "p.json").noise.b_simple == r.noise.b_simple
@@ -318,7 +318,7 @@ def test_batchnorm_at_batch_one_under_a_tiny_memory_limit():
 def test_budget_starts_when_measuring_starts(tmp_path):
     """Building the target (importing, generating data) is not charged to the budget."""
     f = tmp_path / "slow.py"
-    f.write_text("import time\nfrom bsadvisor.builtins import linreg\n\n"
+    f.write_text("import time\nfrom bsadvisor.targets.builtins import linreg\n\n"
                  "def make():\n    time.sleep(2.0)  # a slow data set build\n    return linreg(size=2048)\n")
     r = bsadvisor.probe(f"{f}:make", budget_seconds=1.0, warmup_steps=0, seed=0, **FAST)
     assert r.noise.draws >= 2 and r.noise.b_simple > 0
@@ -367,13 +367,13 @@ def test_throughput_rungs_are_repeated_with_their_spread():
 
 
 def _pt(b, eps):
-    from bsadvisor.probe_result import ThroughputPoint
+    from bsadvisor.core.probe_result import ThroughputPoint
 
     return ThroughputPoint(b, float(eps), b / eps)
 
 
 def test_ladder_warning_flags_the_issue_ladder():
-    from bsadvisor.probing import ladder_warning
+    from bsadvisor.measure.probe import ladder_warning
 
     # measured on a busy 2-core machine (issue 10): 1,024 faster per step than 512, then 2,048 slower
     w = ladder_warning([_pt(256, 2000), _pt(512, 2607), _pt(1024, 36058), _pt(2048, 11121)])
@@ -388,7 +388,7 @@ def test_ladder_warning_flags_the_issue_ladder():
     (2, 2, 3.5, "OMP_NUM_THREADS=1"), (16, 16, 4.0, "OMP_NUM_THREADS=12"), (1, 2, 5.0, "busy"),
     (1, 2, 0.3, None), (2, 2, 0.2, None), (8, 16, 6.0, None), (4, 4, None, None)])
 def test_cpu_load_warning(threads, cores, load, expect):
-    from bsadvisor.probing import cpu_load_warning
+    from bsadvisor.measure.probe import cpu_load_warning
 
     w = cpu_load_warning(threads, cores, load)
     assert (w is None) if expect is None else (expect in w)

@@ -127,7 +127,7 @@ def test_fresh_cache_probe(tmp_path):
 
 
 def _extreme_result():
-    from bsadvisor.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
+    from bsadvisor.core.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
 
     noise = NoiseResult(b_simple=123456.789, ci90=(98765.4321, 234567.891), trace_sigma=1.23456e-7,
                         grad_sq_norm=9.87654e-12, examples=123456789, draws=99999, micro_batch=131072,
@@ -151,8 +151,8 @@ def test_summary_fits_80_columns_with_every_number_whole(tmp_path):
 
     from rich.console import Console
 
-    from bsadvisor.cmd_probe import _summary
-    from bsadvisor.memory import format_bytes
+    from bsadvisor.cli.probe import _summary
+    from bsadvisor.core.memory import format_bytes
 
     r = _extreme_result()
     buf = StringIO()
@@ -175,7 +175,7 @@ def test_summary_fits_80_columns_with_every_number_whole(tmp_path):
 
 def test_piped_summary_of_a_target_named_with_markup(tmp_path):
     f = tmp_path / "t.py"
-    f.write_text("from bsadvisor.builtins import linreg\n\ndef make():\n    t = linreg(size=2048)\n"
+    f.write_text("from bsadvisor.targets.builtins import linreg\n\ndef make():\n    t = linreg(size=2048)\n"
                  "    t.name = '[/x]mine[bold]'\n    return t\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "bsadvisor", "probe", f"{f}:make", "--budget-seconds", "2",

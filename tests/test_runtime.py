@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bsadvisor import BatchSizeScheduler, PlanBatchSampler
-from bsadvisor.errors import UserError
-from bsadvisor.plan import Plan, Stage
-from bsadvisor.runtime import make_gather, train_step
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.runtime.step import make_gather, train_step
 
 
 def make_plan(n=103, stages=((0, 2, 10, 0.1, 0.9), (2, 3, 25, 0.1, 0.9), (3, 5, 40, 0.02, 0.5))):

@@ -1,4 +1,4 @@
-"""bsadvisor.schedules against torch's own schedulers.
+"""bsadvisor.core.schedules against torch's own schedulers.
 
 Each case builds the real torch scheduler with the same arguments, steps it once per
 epoch (optimizer.step(); scheduler.step()) and compares the LR it leaves in the
@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.optim import lr_scheduler as L  # noqa: E402
 
-from bsadvisor.errors import UserError  # noqa: E402
-from bsadvisor.schedules import TableSchedule, parse_schedule  # noqa: E402
+from bsadvisor.core.errors import UserError  # noqa: E402
+from bsadvisor.core.schedules import TableSchedule, parse_schedule  # noqa: E402
 
 BASE_LR = 0.1
 STEPS = 260  # past every T_max / total_iters / milestone used below

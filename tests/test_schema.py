@@ -1,4 +1,4 @@
-"""One declarative schema per file type (bsadvisor.schema): plan, probe, JSON reading (issue 10)."""
+"""One declarative schema per file type (bsadvisor.core.schema): plan, probe, JSON reading (issue 10)."""
 from __future__ import annotations
 
 import copy
@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from bsadvisor import schema as S
-from bsadvisor.convert import convert_schedule
-from bsadvisor.errors import UserError
-from bsadvisor.fileio import read_json
-from bsadvisor.plan import Plan, Stage
-from bsadvisor.probe_result import ProbeResult, ThroughputPoint, _build
+from bsadvisor.core import schema as S
+from bsadvisor.core.convert import convert_schedule
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import read_json
+from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.probe_result import ProbeResult, ThroughputPoint, _build
 from test_bad_inputs_files import PLAN, PROBE
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bsadvisor.plan import Plan, Stage
+from bsadvisor.core.plan import Plan, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,8 +190,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
 
 
 def test_runs_are_deterministic_start_from_the_same_weights_and_restore_rng(target_file):
-    from bsadvisor.target import load_target
-    from bsadvisor.validate import RunSpec, run_validation
+    from bsadvisor.targets.target import load_target
+    from bsadvisor.runtime.validate import RunSpec, run_validation
 
     target = load_target(target_file)
     before = {k: v.clone() for k, v in target.model.state_dict().items()}
@@ -210,9 +210,9 @@ def test_runs_are_deterministic_start_from_the_same_weights_and_restore_rng(targ
 
 def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
     """Under torchrun a plan whose batches do not split evenly is re-converted with W × k × μ batches."""
-    from bsadvisor.convert import convert_schedule
-    from bsadvisor.errors import UserError
-    from bsadvisor.validate import fit_to_devices
+    from bsadvisor.core.convert import convert_schedule
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.runtime.validate import fit_to_devices
 
     kw = dict(lr=0.1, batch_size=50, dataset_size=50_000, epochs=20, momentum=0.9,
               schedule="MultiStepLR(milestones=[5,10,15], gamma=0.3)")
@@ -400,7 +400,7 @@ def test_results_table_shows_every_number_whole(width):
     from rich.console import Console
 
     import bsadvisor.cli  # noqa: F401  (registers the commands; cmd_validate is imported through it)
-    from bsadvisor.cmd_validate import print_results
+    from bsadvisor.cli.validate import print_results
 
     for doc in (_wide_doc(), _wide_doc(epochs=3, names=("original", "plan"))):
         buf = io.StringIO()
@@ -417,11 +417,11 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     """demo --json: probe, plan and validation as one JSON document on stdout (narration on stderr)."""
     from typer.testing import CliRunner
 
-    import bsadvisor.target
-    from bsadvisor.cli import app
+    import bsadvisor.targets.target
+    from bsadvisor.cli.app import app
 
-    tiny = bsadvisor.target.load_target(target_file)
-    monkeypatch.setattr(bsadvisor.target, "load_target", lambda spec: tiny)
+    tiny = bsadvisor.targets.target.load_target(target_file)
+    monkeypatch.setattr(bsadvisor.targets.target, "load_target", lambda spec: tiny)
     r = CliRunner().invoke(app, ["demo", "--json", "--epochs", "5", "--seeds", "1", "--no-variants", "--skip-probe"])
     assert r.exit_code in (0, 1), r.output
     doc = strict_json(r.stdout)

@@ -39,13 +39,13 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import Dist
-from .errors import UserError
-from .fileio import write_atomic
-from .plan import Plan
-from .rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
-from .runtime import BatchSizeScheduler, PlanBatchSampler, make_gather, split_share, tensor_columns, to_device, train_step
-from .target import Target
+from bsadvisor.runtime.distributed import Dist
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import write_atomic
+from bsadvisor.core.plan import Plan
+from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
+from bsadvisor.runtime.step import BatchSizeScheduler, PlanBatchSampler, make_gather, split_share, tensor_columns, to_device, train_step
+from bsadvisor.targets.target import Target
 
 CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"
 
@@ -185,7 +185,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     weights. With ``checkpoint`` a file is written at the end of every epoch; with
     ``resume`` an existing one is continued (or, if complete, returned as is).
     ``device`` moves the model there and every batch with it (None: leave both where
-    they are). ``dist`` (from ``bsadvisor.distributed.init_from_env``): data-parallel
+    they are). ``dist`` (from ``bsadvisor.runtime.distributed.init_from_env``): data-parallel
     training under torchrun; every rank must call this with the same arguments.
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
 

@@ -19,7 +19,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .plan import Plan
+from bsadvisor.core.plan import Plan
 
 PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 

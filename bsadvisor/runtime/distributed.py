@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 
 import torch
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 DEFAULT_TIMEOUT_S = 600.0
 

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
-from .target import Target
+from bsadvisor.core.errors import UserError
+from bsadvisor.targets.target import Target
 
 LINREG_DIM = 16
 LINREG_NOISE = 1.0  # s: standard deviation of the label noise
@@ -96,7 +96,7 @@ def mnist1d_arrays(num_samples: int = 40000, seed: int = 42) -> dict[str, np.nda
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    from .fileio import write_atomic
+    from bsadvisor.core.fileio import write_atomic
 
     write_atomic(path, buf.getvalue())
     return arrays

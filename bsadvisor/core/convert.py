@@ -29,11 +29,11 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from . import checks
-from .errors import UserError
-from .plan import MAX_EPOCHS, Plan, Stage
-from .schedules import Schedule, parse_schedule
-from .temperature import TemperatureModel
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import MAX_EPOCHS, Plan, Stage
+from bsadvisor.core.schedules import Schedule, parse_schedule
+from bsadvisor.core.temperature import TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
 _EPS = 1e-9

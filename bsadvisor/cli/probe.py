@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from .cli import app, console, emit_json, err_console
-from .errors import UserError
-from .fileio import check_destination
+from bsadvisor.cli.app import app, console, emit_json, err_console
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import check_destination
 
 EPILOG = (
     "Examples:\n\n"
@@ -51,8 +51,8 @@ def probe(
 
     A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. The time budget decides the number of noise draws, so B_simple varies a little between runs; --draws N makes it reproducible. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
     """
-    from .memory import format_bytes, parse_size
-    from .probe_options import check_probe_options
+    from bsadvisor.core.memory import format_bytes, parse_size
+    from bsadvisor.core.probe_options import check_probe_options
 
     limit = None
     if memory_limit is not None:
@@ -68,8 +68,8 @@ def probe(
     if os.environ.get("RANK", "0") == "0" and out is not None:
         check_destination(out, "--out")
 
-    from .distributed import init_from_env  # imports torch
-    from .probing import probe as run_probe
+    from bsadvisor.runtime.distributed import init_from_env  # imports torch
+    from bsadvisor.measure.probe import probe as run_probe
 
     dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
     kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -102,7 +102,7 @@ def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:
             result = run_probe(target, progress=progress, **kwargs)
     doc = result.to_dict()
     if out is not None:
-        from .fileio import write_json
+        from bsadvisor.core.fileio import write_json
 
         write_json(out, doc)
     if json_out:

@@ -6,8 +6,8 @@ parameters:
 
 - the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 1812.06162,
   App. A) with the micro-batch, two-batch or per-example estimator (statistics in
-  :mod:`bsadvisor.noise`);
-- the largest batch whose full training step fits (:mod:`bsadvisor.memory`);
+  :mod:`bsadvisor.core.noise`);
+- the largest batch whose full training step fits (:mod:`bsadvisor.core.memory`);
 - examples/s of a full training step along a geometric ladder of batch sizes.
 
 Everything it touches is put back bit for bit afterwards: parameters, gradients,
@@ -27,16 +27,16 @@ from typing import Callable, Optional
 
 import torch
 
-from . import memory as memory_mod
-from . import noise as noise_mod
-from . import rng as rng_mod
-from .distributed import Dist
-from .errors import UserError
-from .probe_options import ESTIMATORS, check_probe_options  # noqa: F401  (ESTIMATORS: re-exported)
-from .probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
-from .runtime import resolve_device, to_device
-from .temperature import temperature
-from .target import Target, check_target, load_target
+from bsadvisor.core import memory as memory_mod
+from bsadvisor.core import noise as noise_mod
+from bsadvisor.runtime import rng as rng_mod
+from bsadvisor.runtime.distributed import Dist
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.probe_options import ESTIMATORS, check_probe_options  # noqa: F401  (ESTIMATORS: re-exported)
+from bsadvisor.core.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
+from bsadvisor.runtime.step import resolve_device, to_device
+from bsadvisor.core.temperature import temperature
+from bsadvisor.targets.target import Target, check_target, load_target
 
 # Shares of --budget-seconds, counted from the start of measuring (after the target is built):
 WARMUP_SHARE = 0.2        # warmup stops here (a warning; an error with --draws)
@@ -570,7 +570,7 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
     loss, a disturbed throughput ladder, a busy machine, a warmup cut short by the budget)
     is said in ``result.warnings``.
 
-    ``dist`` (a :class:`bsadvisor.distributed.Dist`, e.g. from ``init_from_env()``): every
+    ``dist`` (a :class:`bsadvisor.runtime.distributed.Dist`, e.g. from ``init_from_env()``): every
     rank of the group must call ``probe`` with the same arguments; ``batch_size`` is then
     the global batch (world_size × per-device batch), each rank draws its own examples,
     and every rank returns the same result (docs/distributed.md). None: one process.

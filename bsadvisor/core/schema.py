@@ -10,7 +10,7 @@ raises one ``UserError`` line that names the file, the field's path and the fix:
     plan file x.json: stages[2].batch_size must be a whole number ≥ 1, got 'big';
     regenerate it with bsadvisor convert-schedule --out
 
-Numbers are decided by ``bsadvisor.checks`` (NaN, infinity, booleans, 5000-digit
+Numbers are decided by ``bsadvisor.core.checks`` (NaN, infinity, booleans, 5000-digit
 integers and out-of-range values all fail there); this module only words the answer.
 Pure Python, no torch.
 """
@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import checks
-from .errors import UserError
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
 
 
 class Invalid(Exception):

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import checks, convert
-from .errors import UserError
-from .fileio import FolderLock, json_safe, remove_orphan_temps, write_atomic, write_json
-from .plan import Plan, Stage
+from bsadvisor.core import checks
+
+from bsadvisor.core import convert
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps, write_atomic, write_json
+from bsadvisor.core.plan import Plan, Stage
 
 VALIDATION_SCHEMA = "bsadvisor.validation/1"
 MIN_TOLERANCE = 0.005
@@ -305,11 +307,11 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
-    torchrun job (bsadvisor.distributed.Dist); every rank trains its share and returns
+    torchrun job (bsadvisor.runtime.distributed.Dist); every rank trains its share and returns
     the same document; only rank 0 writes checkpoints. ``device``: where to train.
     ``warnings`` are recorded in the document (and the report).
     """
-    from .train import initial_state, train_plan
+    from bsadvisor.runtime.train import initial_state, train_plan
 
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     tolerance = checks.optional(checks.number, "--tolerance", tolerance, low=0)

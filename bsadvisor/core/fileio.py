@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 
 def check_destination(path: str | os.PathLike, option: str = "--out") -> Path:

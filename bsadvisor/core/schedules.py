@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from . import checks
-from .errors import UserError
-from .plan import MAX_EPOCHS
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import MAX_EPOCHS
 
 #: Longest --schedule expression accepted; longer schedules belong in a CSV table.
 MAX_SCHEDULE_CHARS = 10_000

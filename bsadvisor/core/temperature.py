@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 RULES = ("exact", "proportional")
 ADAM_RULES = ("sqrt", "linear")

@@ -11,11 +11,11 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .cli import app, console, emit_json, err_console
-from .cmd_convert import (AdamRule, IncreaseLr, MaxBatch, MaxFraction, MaxStages, MomentumTo, NoiseCap, RoundTo,
+from bsadvisor.cli.app import app, console, emit_json, err_console
+from bsadvisor.cli.convert import (AdamRule, IncreaseLr, MaxBatch, MaxFraction, MaxStages, MomentumTo, NoiseCap, RoundTo,
                           Rule, ScheduleOpt, ScheduleUnit, StageFactor, WorldSize, GradAccum, Epochs, Lr, Momentum,
                           BatchSize, plan_from_options)
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
 
@@ -63,8 +63,8 @@ def advise_cmd(
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
     check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
 
-    from .fileio import write_json
-    from .target import load_target
+    from bsadvisor.core.fileio import write_json
+    from bsadvisor.targets.target import load_target
 
     with _progress(quiet=json_) as progress:
         progress("loading the target", 0.0)
@@ -76,7 +76,7 @@ def advise_cmd(
                              "batch_size": batch_size if batch_size is not None else tgt.batch_size,
                              "momentum": momentum if momentum is not None else tgt.momentum,
                              "dataset_size": tgt.dataset_size, "optimizer": tgt.optimizer})
-        from .probing import probe as run_probe
+        from bsadvisor.measure.probe import probe as run_probe
 
         result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
     plan = plan_from_options(probe=result, **options)
@@ -93,9 +93,9 @@ def advise_cmd(
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
     """The checks that need neither torch nor the target, so a typo fails at once."""
-    from . import checks
-    from .fileio import check_destination
-    from .schedules import parse_schedule
+    from bsadvisor.core import checks
+    from bsadvisor.core.fileio import check_destination
+    from bsadvisor.core.schedules import parse_schedule
 
     if options["schedule"] is None or options["epochs"] is None:
         raise UserError("advise needs --schedule and --epochs (the LR schedule you train with)")
@@ -190,7 +190,7 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
 def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict) -> None:
     from rich.text import Text
 
-    from .report import FitTable, fmt_seconds, plan_summary
+    from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary
 
     noise, mem = result.noise, result.memory
     lo, hi = noise.ci90
@@ -251,8 +251,8 @@ def export_cmd(
     megatron) is said in a note on stderr."""
     from rich.text import Text
 
-    from .fileio import check_destination, write_atomic
-    from .plan import Plan
+    from bsadvisor.core.fileio import check_destination, write_atomic
+    from bsadvisor.core.plan import Plan
 
     if format_ not in EXPORT_FORMATS:
         raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format_!r} "

@@ -1,6 +1,6 @@
 """What a probe measured: the ``bsadvisor.probe/1`` document as data (no torch).
 
-``bsadvisor.probing`` produces a ProbeResult; convert-schedule --probe and advise only
+``bsadvisor.measure.probe`` produces a ProbeResult; convert-schedule --probe and advise only
 read one, so this module must import without torch.
 """
 from __future__ import annotations
@@ -10,11 +10,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from . import checks
-from . import schema as S
-from .errors import UserError
-from .fileio import check_schema, json_safe
-from .temperature import temperature
+from bsadvisor.core import checks
+from bsadvisor.core import schema as S
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import check_schema, json_safe
+from bsadvisor.core.temperature import temperature
 
 SCHEMA = "bsadvisor.probe/1"
 
@@ -151,12 +151,12 @@ class ProbeResult:
 
 def load_probe(path) -> ProbeResult:
     """Read a probe.json written by ``bsadvisor probe --out``."""
-    from .fileio import read_json
+    from bsadvisor.core.fileio import read_json
 
     return ProbeResult.from_dict(read_json(path, "probe file", REMEDY), f"probe file {path}")
 
 
-# -- the probe file's schema (bsadvisor.schema) ---------------------------------------
+# -- the probe file's schema (bsadvisor.core.schema) ---------------------------------------
 REMEDY = "regenerate it with bsadvisor probe --out"
 _NUM = S.Num()
 _NONNEG = S.Num(low=0)

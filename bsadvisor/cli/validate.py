@@ -10,12 +10,12 @@ from typing import Any, Optional
 
 import typer
 
-from . import cmd_convert as cc  # shared schedule options (no torch)
+from bsadvisor.cli import convert as cc  # shared schedule options (no torch)
 from rich.text import Text
 
-from . import checks
-from .cli import Interrupted, app, console, emit_json, err_console
-from .errors import UserError
+from bsadvisor.core import checks
+from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
+from bsadvisor.core.errors import UserError
 
 
 def _paper_schedule(epochs: int) -> str:
@@ -32,7 +32,7 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
 
     lr, B0 and momentum default to the target's; N is always the target's dataset size.
     """
-    from .plan import Plan
+    from bsadvisor.core.plan import Plan
 
     if plan_path is not None and schedule is not None:
         raise UserError("give either --plan FILE or --schedule/--epochs, not both")
@@ -45,7 +45,7 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
         return plan
     if schedule is None or epochs is None:
         raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
-    from .cmd_convert import plan_from_options
+    from bsadvisor.cli.convert import plan_from_options
 
     m = target.momentum if momentum is None else momentum
     if target.optimizer in ("adam", "adamw") and momentum is None and m == 0:
@@ -70,7 +70,7 @@ def _progress():
 
 def _num(x) -> str:
     """A number whole and short: 4 decimals from 0.001 to 100, else 4 significant digits; n/a when missing."""
-    from .validate import fmt
+    from bsadvisor.runtime.validate import fmt
 
     if isinstance(x, (int, float)) and (abs(x) >= 100 or 0 < abs(x) < 0.001):
         return fmt(x, ".4g")
@@ -89,7 +89,7 @@ def print_results(doc: dict, out_console=None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .validate import fmt, mean_curve, sparkline, verdict_text
+    from bsadvisor.runtime.validate import fmt, mean_curve, sparkline, verdict_text
 
     con = out_console or console
     runs = doc["runs"]
@@ -165,7 +165,7 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     """
     import contextlib
 
-    from .validate import batchnorm_warning, build_runs, claim_out, run_validation, write_outputs
+    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation, write_outputs
 
     main = dist is None or dist.is_main
     specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
@@ -199,7 +199,7 @@ def resume_hint(out: Optional[Path]) -> str:
     import shlex
     import sys
 
-    from .validate import earlier_results
+    from bsadvisor.runtime.validate import earlier_results
 
     if out is None or not any(p.suffix == ".pt" for p in earlier_results(out)):
         return "interrupted"
@@ -265,7 +265,7 @@ def validate(
 def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
                       max_micro_batch: Any) -> None:
     """The numbers validate and demo take, checked before anything is imported or trained."""
-    from .validate import MAX_SEEDS, check_epochs
+    from bsadvisor.runtime.validate import MAX_SEEDS, check_epochs
 
     checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     if epochs is not None:
@@ -279,18 +279,18 @@ def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: 
 def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
               max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
               increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json) -> None:
-    from .plan import Plan
-    from .validate import check_epochs, check_out
+    from bsadvisor.core.plan import Plan
+    from bsadvisor.runtime.validate import check_epochs, check_out
 
     check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                       tolerance=tolerance, max_micro_batch=max_micro_batch)
     if plan is not None:
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
-    from .distributed import init_from_env
-    from .runtime import resolve_device
-    from .target import load_target
-    from .validate import fit_to_devices
+    from bsadvisor.runtime.distributed import init_from_env
+    from bsadvisor.runtime.step import resolve_device
+    from bsadvisor.targets.target import load_target
+    from bsadvisor.runtime.validate import fit_to_devices
 
     dist = init_from_env(device)
     dev = dist.device if dist.enabled else resolve_device(device)
@@ -328,11 +328,11 @@ def demo(
     check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=None, increase_lr=5.0, tolerance=None,
                       max_micro_batch=None)
     schedule = _paper_schedule(epochs)
-    from .validate import check_out
+    from bsadvisor.runtime.validate import check_out
 
     check_out(out, overwrite=overwrite)
     say = err_console.print if as_json else console.print
-    from .target import load_target
+    from bsadvisor.targets.target import load_target
 
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")
@@ -353,7 +353,7 @@ def demo(
                          tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False,
                          overwrite=overwrite, show=not as_json)
     if as_json:
-        from .fileio import json_safe
+        from bsadvisor.core.fileio import json_safe
 
         emit_json(json_safe({"schema": DEMO_SCHEMA, "target": "builtin:mnist1d-mlp", "probe": probe_doc,
                              "plan": plan.to_dict(), "validation": doc}))
@@ -374,7 +374,7 @@ def _demo_probe(tgt, skip: bool, say) -> tuple[Optional[dict], Optional[int]]:
         say("   skipped (--skip-probe).")
         return None, None
     try:
-        from .probing import probe
+        from bsadvisor.measure.probe import probe
     except ImportError:
         say("   [yellow]bsadvisor.probe is not available in this build; skipping (the plan is capped at N/10).[/]")
         return None, None

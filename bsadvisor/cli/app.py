@@ -1,6 +1,8 @@
 """The `bsadvisor` command line: a thin layer over the library.
 
-Each command lives in its own ``cmd_*.py`` module and registers itself on ``app``.
+This module holds the Typer ``app``, the consoles and ``main``; it imports no command.
+Each command lives in its own module of ``bsadvisor.cli`` and registers itself on ``app``;
+``bsadvisor.cli`` imports them all.
 Nothing here imports torch: `--help` and `convert-schedule` start instantly, and the
 commands that train import torch inside their function bodies.
 """
@@ -13,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 app = typer.Typer(
     name="bsadvisor",
@@ -113,14 +115,7 @@ def _exit(code: int) -> None:
     """sys.exit, except in a torchrun job: there end the process at once (distributed.exit_job)."""
     tdist = sys.modules.get("torch.distributed")  # never import torch here
     if tdist is not None and tdist.is_available() and tdist.is_initialized():
-        from .distributed import exit_job
+        from bsadvisor.runtime.distributed import exit_job
 
         exit_job(code)
     sys.exit(code)
-
-
-# Register the commands (each module adds its own @app.command()).
-from . import cmd_convert  # noqa: E402,F401
-from . import cmd_validate  # noqa: E402,F401
-from . import cmd_probe  # noqa: E402,F401
-from . import cmd_advise  # noqa: E402,F401

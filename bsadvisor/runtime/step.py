@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
-from .plan import Plan, Setting
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import Plan, Setting
 
 
 class BatchSizeScheduler:
@@ -200,20 +200,29 @@ def resolve_device(device: str) -> torch.device:
     raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
 
 
-def to_device(batch: Any, device: Optional[torch.device]) -> Any:
-    """``batch`` (a tensor, or lists/tuples/dicts of them) moved to ``device``; None: as is."""
-    if device is None:
-        return batch
+def map_tensors(fn: Callable[[torch.Tensor], Any], batch: Any) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it: the one walk over a batch's structure.
+
+    A batch is a tensor, or lists/tuples (namedtuples too)/dicts nesting them; anything
+    else (a string, a number) is kept as it is.
+    """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, (list, tuple)):
-        out = [to_device(b, device) for b in batch]
+        out = [map_tensors(fn, b) for b in batch]
         if hasattr(batch, "_fields"):  # namedtuple
             return type(batch)(*out)
         return type(batch)(out) if isinstance(batch, tuple) else out
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: map_tensors(fn, v) for k, v in batch.items()}
     return batch
+
+
+def to_device(batch: Any, device: Optional[torch.device]) -> Any:
+    """``batch`` (a tensor, or lists/tuples/dicts of them) moved to ``device``; None: as is."""
+    if device is None:
+        return batch
+    return map_tensors(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def _ddp_world(model: torch.nn.Module) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 CONFIDENCE = 0.90
 

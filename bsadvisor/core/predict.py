@@ -18,9 +18,9 @@ import bisect
 import math
 from typing import Any, Optional
 
-from .errors import UserError
-from .plan import Plan
-from .temperature import TemperatureModel
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import Plan
+from bsadvisor.core.temperature import TemperatureModel
 
 #: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
 SUGGESTED_NOISE_CAP = 10.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 
@@ -130,7 +130,7 @@ def _load_function(spec: str) -> Callable[[], Any]:
                         "or builtin:NAME")
     module_part, func_name = spec.rsplit(":", 1)
     if module_part == "builtin":
-        from .builtins import get_builtin
+        from bsadvisor.targets.builtins import get_builtin
 
         return get_builtin(func_name)
     if not func_name.isidentifier():

@@ -7,8 +7,8 @@ from typing import Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from .cli import app, console, emit_json
-from .errors import UserError
+from bsadvisor.cli.app import app, console, emit_json
+from bsadvisor.core.errors import UserError
 
 # Defaults live here, not in the signatures, so a TOML config can fill what the command line left out.
 DEFAULTS: dict[str, Any] = {
@@ -72,11 +72,11 @@ NoiseCap = Annotated[Optional[float], typer.Option(
 
 
 def _config_spec() -> dict[str, Any]:
-    """What each --config key may hold (bsadvisor.schema): the option's type and range."""
-    from . import schema as S
-    from .plan import MAX_EPOCHS
-    from .schedules import MAX_SCHEDULE_CHARS
-    from .temperature import ADAM_FAMILY, ADAM_RULES, RULES, SGD_FAMILY
+    """What each --config key may hold (bsadvisor.core.schema): the option's type and range."""
+    from bsadvisor.core import schema as S
+    from bsadvisor.core.plan import MAX_EPOCHS
+    from bsadvisor.core.schedules import MAX_SCHEDULE_CHARS
+    from bsadvisor.core.temperature import ADAM_FAMILY, ADAM_RULES, RULES, SGD_FAMILY
 
     count, fraction = S.Int(low=1), S.Num(low=0, high=1, high_open=True)
     return {
@@ -111,7 +111,7 @@ def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    from . import schema as S
+    from bsadvisor.core import schema as S
 
     if path.is_dir():
         raise UserError(f"config file {path} is a folder; give the path of a TOML file")
@@ -165,13 +165,13 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
     optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
     grad_accum`` unless --max-batch is given; the plan then carries predicted times and
-    noise-scale efficiencies (bsadvisor.advise). With several devices (or accumulation)
+    noise-scale efficiencies (bsadvisor.core.predict). With several devices (or accumulation)
     the batches are rounded so every device gets the same share and every accumulation
     step the same micro-batch (``micro_batch``: the per-device limit, by default the
     probe's cap; see convert.Rounding).
     """
-    from . import checks
-    from .convert import convert_schedule
+    from bsadvisor.core import checks
+    from bsadvisor.core.convert import convert_schedule
 
     world_size = checks.optional(checks.positive_int, "--world-size", world_size)
     grad_accum = checks.optional(checks.positive_int, "--grad-accum", grad_accum)
@@ -187,8 +187,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     opts = dict(DEFAULTS)
     result = None
     if probe is not None:
-        from . import advise
-        from .probe_result import ProbeResult, load_probe
+        from bsadvisor.core import predict as advise
+        from bsadvisor.core.probe_result import ProbeResult, load_probe
 
         result = probe if isinstance(probe, ProbeResult) else load_probe(probe)
         if world_size_given is None:  # a probe taken under torchrun knows its world size
@@ -214,7 +214,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     plan = convert_schedule(**{k: opts[k] for k in DEFAULTS}, noise_cap_batch=noise_cap_batch,
                             world_size=world_size, micro_batch=micro_batch)
     if result is not None:
-        from . import advise
+        from bsadvisor.core import predict as advise
 
         advise.annotate(plan, result, world_size=world_size, noise_cap=noise_cap)
         plan.inputs.update({"probe": str(probe) if not isinstance(probe, ProbeResult) else result.target,
@@ -224,7 +224,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
 
 def output_plan(plan, as_json: bool, out: Optional[Path]) -> None:
     """Write/print a plan: --out writes atomically, --json prints JSON, else the rich report."""
-    from .report import plan_summary
+    from bsadvisor.cli.render import plan_summary
 
     if out is not None:
         plan.save(out)

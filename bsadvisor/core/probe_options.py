@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import checks
-from .errors import UserError
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
 MAX_DRAWS = 100_000

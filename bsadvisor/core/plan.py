@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import schema as S
-from .errors import UserError
-from .fileio import check_schema, json_safe
+from bsadvisor.core import schema as S
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import check_schema, json_safe
 
 PLAN_SCHEMA = "bsadvisor.plan/1"
 #: Longest plan, in epochs. Conversion never walks epochs one by one (stages are intervals),
@@ -228,17 +228,17 @@ class Plan:
 
     @classmethod
     def load(cls, path) -> "Plan":
-        from .fileio import read_json
+        from bsadvisor.core.fileio import read_json
 
         return cls.from_dict(read_json(path, "plan file", REMEDY), f"plan file {path}")
 
     def save(self, path) -> None:
-        from .fileio import write_atomic
+        from bsadvisor.core.fileio import write_atomic
 
         write_atomic(path, self.to_json() + "\n")
 
 
-# -- the plan file's schema (bsadvisor.schema) --------------------------------------
+# -- the plan file's schema (bsadvisor.core.schema) --------------------------------------
 _STAGE_FIELDS = {"start_epoch", "end_epoch", "batch_size", "lr", "momentum", "temperature", "target_temperature",
                  "phase", "updates"}
 _SCALAR = S.Json(max_depth=0)

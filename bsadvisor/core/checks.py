@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from .errors import UserError
+from bsadvisor.core.errors import UserError
 
 # Larger integers than this are never a batch size, an epoch count or a seed; refusing them
 # up front keeps every later computation bounded (and str() of a 5000-digit int cheap).

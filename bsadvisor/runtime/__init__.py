@@ -1,0 +1,1 @@
+"""Following a plan in training (torch): sampler, scheduler, train step, training loop, validation."""

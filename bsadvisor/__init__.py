@@ -1,8 +1,9 @@
 """bsadvisor: don't decay the learning rate, increase the batch size, within what the device holds.
 
-The pure-math API (``convert_schedule``, ``Plan``, ``temperature``) imports no torch;
-the torch-facing names (``probe``, ``Target``, ``BatchSizeScheduler``, ...) are loaded
-on first use so ``import bsadvisor`` stays cheap.
+Everything the docs use is importable from here (``from bsadvisor import Plan, probe``), so
+user code never names a sub-package; docs/architecture.md says where each name lives.
+The pure-math names (``convert_schedule``, ``Plan``, ``temperature``, ...) import no torch;
+every name is loaded on first use, so ``import bsadvisor`` stays cheap.
 """
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ import importlib
 
 __version__ = "0.1.0"
 
+# public name -> "sub.module" that defines it, or "sub.module:attribute" when the names differ
 _LAZY = {
+    # core: pure math and files (no torch)
     "Plan": "core.plan", "Stage": "core.plan", "Setting": "core.plan",
-    "convert_schedule": "core.convert",
+    "convert_schedule": "core.convert", "ConvertOptions": "core.options",
     "TemperatureModel": "core.temperature", "temperature": "core.temperature",
     "parse_schedule": "core.schedules",
     "UserError": "core.errors",
+    "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
+    # targets: what is trained and probed
     "Target": "targets.target", "load_target": "targets.target",
-    "probe": "measure.probe", "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
+    # measure: the probe
+    "probe": "measure.probe",
+    # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.step", "PlanBatchSampler": "runtime.step",
+    "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
+    "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
+    "current_dist": "runtime.distributed:current",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -26,8 +36,12 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        value = getattr(module, name)
-        globals()[name] = value
+        module_name, _, attribute = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(f".{module_name}", __name__), attribute or name)
+        globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module 'bsadvisor' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,7 @@ _LAZY = {
     "UserError": "core.errors",
     "Target": "targets.target", "load_target": "targets.target",
     "probe": "measure.probe", "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
-    "BatchSizeScheduler": "runtime.step", "PlanBatchSampler": "runtime.step",
+    "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

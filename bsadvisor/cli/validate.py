@@ -70,7 +70,7 @@ def _progress():
 
 def _num(x) -> str:
     """A number whole and short: 4 decimals from 0.001 to 100, else 4 significant digits; n/a when missing."""
-    from bsadvisor.runtime.validate import fmt
+    from bsadvisor.runtime.report import fmt
 
     if isinstance(x, (int, float)) and (abs(x) >= 100 or 0 < abs(x) < 0.001):
         return fmt(x, ".4g")
@@ -89,7 +89,7 @@ def print_results(doc: dict, out_console=None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from bsadvisor.runtime.validate import fmt, mean_curve, sparkline, verdict_text
+    from bsadvisor.runtime.report import fmt, mean_curve, sparkline, verdict_text
 
     con = out_console or console
     runs = doc["runs"]
@@ -165,7 +165,8 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     """
     import contextlib
 
-    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation, write_outputs
+    from bsadvisor.runtime.report import write_outputs
+    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation
 
     main = dist is None or dist.is_main
     specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)

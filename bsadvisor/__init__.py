@@ -16,7 +16,7 @@ _LAZY = {
     "TemperatureModel": "core.temperature", "temperature": "core.temperature",
     "parse_schedule": "core.schedules",
     "UserError": "core.errors",
-    "Target": "targets.target", "load_target": "targets.target",
+    "Target": "targets.target", "load_target": "targets.loading",
     "probe": "measure.probe", "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
 }

@@ -290,7 +290,7 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
     from bsadvisor.runtime.distributed import init_from_env
     from bsadvisor.runtime.step import resolve_device
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.validate import fit_to_devices
 
     dist = init_from_env(device)
@@ -333,7 +333,7 @@ def demo(
 
     check_out(out, overwrite=overwrite)
     say = err_console.print if as_json else console.print
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bsadvisor  # noqa: E402
-from bsadvisor.targets.target import load_target  # noqa: E402
+from bsadvisor.targets.loading import load_target  # noqa: E402
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
 

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bsadvisor  # noqa: E402
-from bsadvisor.targets.target import load_target  # noqa: E402
+from bsadvisor.targets.loading import load_target  # noqa: E402
 
 
 def plain(t, micro, k, draws, seed=0):

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
-from bsadvisor.targets.target import load_target  # noqa: E402
+from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
 from bsadvisor.runtime.validate import constant_plan  # noqa: E402
 

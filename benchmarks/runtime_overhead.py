@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bsadvisor.core.plan import Plan, Stage  # noqa: E402
-from bsadvisor.targets.target import load_target  # noqa: E402
+from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import train_plan  # noqa: E402
 
 

@@ -21,11 +21,11 @@ _LAZY = {
     "UserError": "core.errors",
     "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
     # targets: what is trained and probed
-    "Target": "targets.target", "load_target": "targets.target",
+    "Target": "targets.target", "load_target": "targets.loading",
     # measure: the probe
     "probe": "measure.probe",
     # runtime: following a plan in a training loop
-    "BatchSizeScheduler": "runtime.step", "PlanBatchSampler": "runtime.step",
+    "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
     "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
     "current_dist": "runtime.distributed:current",

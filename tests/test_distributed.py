@@ -58,7 +58,7 @@ def _worker(outdir: str) -> None:
 
     import bsadvisor
     from bsadvisor.runtime.distributed import exit_job, init_from_env
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     torch.set_num_threads(1)
     dist = init_from_env("cpu")
@@ -125,7 +125,7 @@ def test_bad_environment_is_a_user_error(monkeypatch):
 
 
 def _truth_at_init() -> float:
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     t = load_target("builtin:linreg")
     tr, g2 = t.metadata["truth"](t.model)  # population closed form, θ = init (warmup 0)
@@ -171,7 +171,7 @@ def test_every_rank_returns_the_same_result(tmp_path):
     import numpy as np
 
     from bsadvisor.targets.builtins import linreg_truth
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     t = load_target("builtin:linreg")
     w = np.array(r0["measured_weight"])
@@ -252,7 +252,7 @@ def test_validate_two_processes_match_one(tmp_path):
 
 
 def _final_weights_init():
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     return load_target("builtin:linreg").model.weight.detach().clone()
 
@@ -264,7 +264,7 @@ def _train_worker(outdir: str) -> None:
 
     from bsadvisor.core.convert import convert_schedule
     from bsadvisor.runtime.distributed import exit_job, init_from_env
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.train import initial_state, train_plan
 
     torch.set_num_threads(1)
@@ -326,7 +326,7 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
 
     from bsadvisor.core.errors import UserError
     from bsadvisor.core.plan import Plan
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.train import initial_state, train_plan
 
     run = _torchrun([str(Path(__file__).resolve()), "--train-worker", str(tmp_path)], tmp_path)

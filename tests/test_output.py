@@ -264,7 +264,7 @@ def test_advise_end_to_end_markup_folder_sibling_import_and_replan(tmp_path):
 
 # ------------------------------------------------------------------------------------- target paths
 RUNNER = """import sys
-from bsadvisor.targets.target import _load_function
+from bsadvisor.targets.loading import _load_function
 print(_load_function(sys.argv[1])())
 """
 

@@ -12,7 +12,8 @@ from torch import nn
 import bsadvisor
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.probe_result import SCHEMA, ProbeResult, load_probe
-from bsadvisor.targets.target import Target, load_target
+from bsadvisor.targets.loading import load_target
+from bsadvisor.targets.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(measure_memory=False, measure_throughput=False)

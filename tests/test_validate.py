@@ -190,7 +190,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
 
 
 def test_runs_are_deterministic_start_from_the_same_weights_and_restore_rng(target_file):
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.validate import RunSpec, run_validation
 
     target = load_target(target_file)
@@ -417,11 +417,11 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     """demo --json: probe, plan and validation as one JSON document on stdout (narration on stderr)."""
     from typer.testing import CliRunner
 
-    import bsadvisor.targets.target
+    import bsadvisor.targets.loading
     from bsadvisor.cli.app import app
 
-    tiny = bsadvisor.targets.target.load_target(target_file)
-    monkeypatch.setattr(bsadvisor.targets.target, "load_target", lambda spec: tiny)
+    tiny = bsadvisor.targets.loading.load_target(target_file)
+    monkeypatch.setattr(bsadvisor.targets.loading, "load_target", lambda spec: tiny)
     r = CliRunner().invoke(app, ["demo", "--json", "--epochs", "5", "--seeds", "1", "--no-variants", "--skip-probe"])
     assert r.exit_code in (0, 1), r.output
     doc = strict_json(r.stdout)

@@ -64,7 +64,7 @@ def advise_cmd(
     check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
 
     from bsadvisor.core.fileio import write_json
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     with _progress(quiet=json_) as progress:
         progress("loading the target", 0.0)

@@ -70,7 +70,7 @@ def _progress():
 
 def _num(x) -> str:
     """A number whole and short: 4 decimals from 0.001 to 100, else 4 significant digits; n/a when missing."""
-    from bsadvisor.runtime.validate import fmt
+    from bsadvisor.runtime.report import fmt
 
     if isinstance(x, (int, float)) and (abs(x) >= 100 or 0 < abs(x) < 0.001):
         return fmt(x, ".4g")
@@ -89,7 +89,7 @@ def print_results(doc: dict, out_console=None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from bsadvisor.runtime.validate import fmt, mean_curve, sparkline, verdict_text
+    from bsadvisor.runtime.report import fmt, mean_curve, sparkline, verdict_text
 
     con = out_console or console
     runs = doc["runs"]
@@ -165,7 +165,8 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     """
     import contextlib
 
-    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation, write_outputs
+    from bsadvisor.runtime.report import write_outputs
+    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation
 
     main = dist is None or dist.is_main
     specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
@@ -289,7 +290,7 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
     from bsadvisor.runtime.distributed import init_from_env
     from bsadvisor.runtime.step import resolve_device
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.validate import fit_to_devices
 
     dist = init_from_env(device)
@@ -332,7 +333,7 @@ def demo(
 
     check_out(out, overwrite=overwrite)
     say = err_console.print if as_json else console.print
-    from bsadvisor.targets.target import load_target
+    from bsadvisor.targets.loading import load_target
 
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")

@@ -36,7 +36,8 @@ from bsadvisor.core.probe_options import ESTIMATORS, check_probe_options  # noqa
 from bsadvisor.core.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings, ThroughputPoint
 from bsadvisor.runtime.step import resolve_device, to_device
 from bsadvisor.core.temperature import temperature
-from bsadvisor.targets.target import Target, check_target, load_target
+from bsadvisor.targets.loading import load_target
+from bsadvisor.targets.target import Target, check_target
 
 # Shares of --budget-seconds, counted from the start of measuring (after the target is built):
 WARMUP_SHARE = 0.2        # warmup stops here (a warning; an error with --draws)

@@ -1,4 +1,4 @@
-"""torch.distributed for the probe: a process group from torchrun's environment.
+"""torch.distributed for the probe and the training loop: a process group from torchrun's environment.
 
 ``bsadvisor`` has no launcher of its own. Under ``torchrun --nproc_per_node=K -m bsadvisor
 probe ...`` every process reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and

@@ -19,7 +19,7 @@ Wall time counts training steps only (not evaluation or checkpoint writes), so t
 comparison between runs is about the training itself.
 
 Under torchrun (``dist`` enabled) the model is wrapped in DistributedDataParallel and
-every rank walks the same global batches, training on its share (runtime.train_step):
+every rank walks the same global batches, training on its share (runtime/step.py, train_step):
 the run is the one-process run, split. Rank 0 writes the checkpoint (with every rank's
 RNG state) and, on resume, reads it and sends it to the others, so no shared filesystem
 is needed. Losses, metrics and wall times are reduced over ranks: every rank returns
@@ -44,7 +44,9 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import write_atomic
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
-from bsadvisor.runtime.step import BatchSizeScheduler, PlanBatchSampler, make_gather, split_share, tensor_columns, to_device, train_step
+from bsadvisor.runtime.sampler import PlanBatchSampler
+from bsadvisor.runtime.scheduler import BatchSizeScheduler
+from bsadvisor.runtime.step import make_gather, split_share, tensor_columns, to_device, train_step
 from bsadvisor.targets.target import Target
 
 CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"
@@ -171,6 +173,31 @@ def _architecture_difference(saved: dict, now: dict) -> Optional[str]:
     return "its modules differ"
 
 
+@dataclass
+class _Training:
+    """What one ``train_plan`` call works with: the run, its optimizer side and data side, its totals."""
+
+    target: Target
+    plan: Plan
+    name: str
+    seed: int
+    dist: Dist
+    device: Optional[torch.device]
+    checkpoint: Optional[Path]
+    meta: dict  # what a checkpoint must match to be resumed
+    optimizer: torch.optim.Optimizer
+    scheduler: BatchSizeScheduler
+    sampler: PlanBatchSampler
+    result: RunResult
+    updates: int = 0
+    examples: int = 0
+    wall: float = 0.0
+
+    def where(self, epoch: int) -> str:
+        """``run plan (seed 0), epoch 3/10``: how errors name the place."""
+        return f"run {self.name} (seed {self.seed}), epoch {epoch + 1}/{self.plan.epochs}"
+
+
 def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                init_state: Optional[dict] = None, max_micro_batch: Optional[int] = None,
                checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
@@ -193,6 +220,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN
     metric, ``RunResult.diverged_at`` says when, and the checkpoint keeps it (a resumed
     run stays diverged).
+
+    The steps: set up, resume, then per epoch train, evaluate, checkpoint.
     """
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
@@ -200,7 +229,6 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     dist = dist or Dist()
     model = target.model
     dev = torch.device(device) if device is not None else None
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
     meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch,
             "model": model_signature(model)}
     if dist.enabled:
@@ -208,121 +236,173 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     user_rng = get_rng_state()
     net = model
     try:
-        if init_state is not None:
-            model.load_state_dict(init_state)
-        if dev is not None:
-            model.to(dev)
-        model.train()
-        s0 = plan.at(0)
-        optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
-        scheduler = BatchSizeScheduler(plan, optimizer)
-        sampler = PlanBatchSampler(plan, target.dataset_size, seed=seed)  # global batches; ranks take shares
-        result = RunResult(name=name, seed=seed, plan_updates=plan.updates)
-        seed_everything(rank_seed(seed, dist.rank))  # dropout/augmentation: a different stream per rank
-        start = 0
-        doc = _resume_doc(ckpt_path, dist) if resume else None
-        if doc is not None:
-            if doc["meta"].get("world_size", 1) != meta.get("world_size", 1):
-                raise UserError(f"checkpoint {ckpt_path} was written by a {doc['meta'].get('world_size', 1)}-process "
-                                f"run; resume it with the same number of processes (now {dist.world_size})")
-            change = _architecture_difference(doc["meta"].get("model") or {}, meta["model"])
-            if change is not None:
-                raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
-                                "or --overwrite to start over")
-            if doc["meta"] != meta:
-                raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
-                                "use another --out or drop --resume")
-            try:
-                model.load_state_dict(doc["model"])
-                optimizer.load_state_dict(doc["optimizer"])
-                scheduler.load_state_dict(doc["scheduler"])
-                sampler.load_state_dict(doc["sampler"])
-                rng = doc["rng"]
-                set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
-                result.history = [dict(rec) for rec in doc["history"]]
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(f"checkpoint {ckpt_path} is damaged ({_one_line(exc)}); delete it to start over, "
-                                "or --overwrite") from None
-            start = result.resumed_from = len(result.history)
-            if result.history and result.history[-1].get("diverged"):
-                result.diverged_at, start = result.history[-1]["epoch"], plan.epochs
-            for rec in result.history:
-                if on_epoch:
-                    on_epoch(rec)
+        run = _set_up(target, plan, name, seed, dist, dev, init_state, meta,
+                      Path(checkpoint) if checkpoint is not None else None)
+        start = _resume(run, on_epoch) if resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
-        # Data: index_select on in-memory tensors (no DataLoader; see runtime.py).
+        # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
-        last = result.final
-        updates, examples, wall = last.get("updates", 0), last.get("examples", 0), last.get("wall_s", 0.0)
+        last = run.result.final
+        run.updates, run.examples, run.wall = last.get("updates", 0), last.get("examples", 0), last.get("wall_s", 0.0)
         for epoch in range(start, plan.epochs):
-            sampler.set_epoch(epoch)
-            loss_sum, seen, bad_loss = 0.0, 0, None
-            t0 = time.perf_counter()
-            for idx in sampler.global_batches(epoch):
-                try:
-                    loss = train_step(net, optimizer, target.loss_fn, gather, idx, max_micro_batch, device=dev)
-                except UserError:
-                    raise
-                except Exception as exc:
-                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the model or loss_fn raised "
-                                    f"{_one_line(exc)}") from None
-                if not math.isfinite(loss):
-                    if not stop_on_divergence:
-                        raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: the loss is {loss} "
-                                        f"after {updates} updates; lower the LR or check the model")
-                    bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
-                    break
-                loss_sum += loss * len(idx)
-                seen += len(idx)
-                updates += 1
-                if on_step:
-                    on_step(len(idx))
-            took = time.perf_counter() - t0
-            if dist.enabled:
-                took = float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))  # slowest rank
-                # BatchNorm running statistics moved differently on each rank (each saw its own
-                # share); rank 0's are the model's, for evaluation and the checkpoint alike.
-                dist.broadcast_module(model)
-            wall += took
-            examples += seen
-            setting = plan.at(epoch)
-            diverged = bad_loss is not None  # stop_on_divergence: the loop broke off
-            if diverged:
-                metric, train_loss = math.nan, bad_loss
-            else:
-                try:
-                    metric = evaluate(target, eval_batch_size, dist, dev)
-                except Exception as exc:
-                    raise UserError(f"run {name} (seed {seed}), epoch {epoch + 1}/{plan.epochs}: metric_fn raised "
-                                    f"{_one_line(exc)}") from None
-                train_loss = loss_sum / max(seen, 1)
-            rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
-                   "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
-                   "updates": updates, "examples": examples, "wall_s": wall}
-            if diverged:
-                rec["diverged"] = True
-                result.diverged_at = epoch + 1
-            result.history.append(rec)
-            scheduler.step()
-            if ckpt_path is not None:
-                rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
-                if dist.is_main:
-                    _save_checkpoint(ckpt_path, {
-                        "format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "sampler": sampler.state_dict(), "rng": rng, "history": result.history})
+            train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, stop_on_divergence, on_step)
+            rec = _record_epoch(run, epoch, train_loss, diverged, eval_batch_size)
+            run.scheduler.step()
+            _write_checkpoint(run)
             if on_epoch:
                 on_epoch(rec)
             if diverged:
                 break
-        return result
+        return run.result
     finally:
         del net  # DDP's gradient hooks go with it; the next run wraps the model afresh
         set_rng_state(user_rng)
+
+
+def _set_up(target: Target, plan: Plan, name: str, seed: int, dist: Dist, dev: Optional[torch.device],
+            init_state: Optional[dict], meta: dict, checkpoint: Optional[Path]) -> _Training:
+    """Start weights, device, optimizer, scheduler, sampler, and this rank's random streams."""
+    model = target.model
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    if dev is not None:
+        model.to(dev)
+    model.train()
+    s0 = plan.at(0)
+    optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
+    run = _Training(target=target, plan=plan, name=name, seed=seed, dist=dist, device=dev, checkpoint=checkpoint,
+                    meta=meta, optimizer=optimizer, scheduler=BatchSizeScheduler(plan, optimizer),
+                    sampler=PlanBatchSampler(plan, target.dataset_size, seed=seed),  # global batches; ranks take shares
+                    result=RunResult(name=name, seed=seed, plan_updates=plan.updates))
+    seed_everything(rank_seed(seed, dist.rank))  # dropout/augmentation: a different stream per rank
+    return run
+
+
+def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
+    """Continue from the run's checkpoint, if there is one; the first epoch still to train.
+
+    A checkpoint of another run (process count, architecture, plan, seed or settings) is
+    refused. A diverged run stays diverged: nothing is left to train.
+    """
+    ckpt_path, dist, result = run.checkpoint, run.dist, run.result
+    doc = _resume_doc(ckpt_path, dist)
+    if doc is None:
+        return 0
+    _refuse_other_run(doc["meta"], run)
+    try:
+        run.target.model.load_state_dict(doc["model"])
+        run.optimizer.load_state_dict(doc["optimizer"])
+        run.scheduler.load_state_dict(doc["scheduler"])
+        run.sampler.load_state_dict(doc["sampler"])
+        rng = doc["rng"]
+        set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
+        result.history = [dict(rec) for rec in doc["history"]]
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"checkpoint {ckpt_path} is damaged ({_one_line(exc)}); delete it to start over, "
+                        "or --overwrite") from None
+    start = result.resumed_from = len(result.history)
+    if result.history and result.history[-1].get("diverged"):
+        result.diverged_at, start = result.history[-1]["epoch"], run.plan.epochs
+    for rec in result.history:
+        if on_epoch:
+            on_epoch(rec)
+    return start
+
+
+def _refuse_other_run(saved: dict, run: _Training) -> None:
+    """A UserError unless the checkpoint's ``meta`` is this run's (process count, model, then the rest)."""
+    ckpt_path, meta = run.checkpoint, run.meta
+    if saved.get("world_size", 1) != meta.get("world_size", 1):
+        raise UserError(f"checkpoint {ckpt_path} was written by a {saved.get('world_size', 1)}-process "
+                        f"run; resume it with the same number of processes (now {run.dist.world_size})")
+    change = _architecture_difference(saved.get("model") or {}, meta["model"])
+    if change is not None:
+        raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
+                        "or --overwrite to start over")
+    if saved != meta:
+        raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
+                        "use another --out or drop --resume")
+
+
+def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,
+                 max_micro_batch: Optional[int], stop_on_divergence: bool,
+                 on_step: Optional[Callable[[int], None]]) -> tuple[float, bool]:
+    """One epoch of training steps; (mean training loss, diverged).
+
+    A loss that is not finite raises, or with ``stop_on_divergence`` ends the epoch: the
+    loss is returned with ``diverged`` True. Wall time (the slowest rank's) and the
+    example count go into the run's totals.
+    """
+    dist = run.dist
+    run.sampler.set_epoch(epoch)
+    loss_sum, seen, bad_loss = 0.0, 0, None
+    t0 = time.perf_counter()
+    for idx in run.sampler.global_batches(epoch):
+        try:
+            loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{run.where(epoch)}: the model or loss_fn raised {_one_line(exc)}") from None
+        if not math.isfinite(loss):
+            if not stop_on_divergence:
+                raise UserError(f"{run.where(epoch)}: the loss is {loss} after {run.updates} updates; "
+                                "lower the LR or check the model")
+            bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
+            break
+        loss_sum += loss * len(idx)
+        seen += len(idx)
+        run.updates += 1
+        if on_step:
+            on_step(len(idx))
+    took = time.perf_counter() - t0
+    if dist.enabled:
+        took = float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))  # slowest rank
+        # BatchNorm running statistics moved differently on each rank (each saw its own
+        # share); rank 0's are the model's, for evaluation and the checkpoint alike.
+        dist.broadcast_module(run.target.model)
+    run.wall += took
+    run.examples += seen
+    if bad_loss is not None:
+        return bad_loss, True
+    return loss_sum / max(seen, 1), False
+
+
+def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool, eval_batch_size: int) -> dict:
+    """Evaluate (not after a divergence: the metric is NaN) and add the epoch's record to the history."""
+    if diverged:
+        metric = math.nan
+    else:
+        try:
+            metric = evaluate(run.target, eval_batch_size, run.dist, run.device)
+        except Exception as exc:
+            raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
+    setting = run.plan.at(epoch)
+    rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
+           "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
+           "updates": run.updates, "examples": run.examples, "wall_s": run.wall}
+    if diverged:
+        rec["diverged"] = True
+        run.result.diverged_at = epoch + 1
+    run.result.history.append(rec)
+    return rec
+
+
+def _write_checkpoint(run: _Training) -> None:
+    """Rank 0 writes everything a resume needs, with every rank's random streams (no-op without a path)."""
+    if run.checkpoint is None:
+        return
+    dist = run.dist
+    rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
+    if dist.is_main:
+        _save_checkpoint(run.checkpoint, {
+            "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history})
 
 
 def _one_line(exc: Exception) -> str:

@@ -13,6 +13,8 @@ weights. The verdict compares the target's metric on ``eval_dataset``:
 negated final training loss stands in for it. A metric that is not finite (a metric_fn
 that returns NaN, or a candidate run whose training loss diverged) rejects the plan and
 the verdict says why; NaN and infinity are written as null in every output.
+
+The report of the results (Markdown, plots, the CLI's curves) is runtime/report.py.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from bsadvisor.core import checks
 
 from bsadvisor.core import convert
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps, write_atomic, write_json
+from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
 from bsadvisor.core.plan import Plan, Stage
 
 VALIDATION_SCHEMA = "bsadvisor.validation/1"
@@ -167,11 +169,12 @@ def summarize(seed_results: list[dict]) -> dict:
             "wall_s_mean": wall, "wall_s_sd": wsd}
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
+    """A number that is not NaN or infinite (None, a string: False)."""
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _why_not_finite(name: str, run: dict) -> str:
+def _why_notfinite(name: str, run: dict) -> str:
     """``plan's training loss diverged (seed 0, epoch 3)`` or ``plan's metric_fn gave nan``."""
     div = [(s["seed"], s["diverged_at_epoch"]) for s in run.get("seeds", []) if s.get("diverged_at_epoch")]
     if div:
@@ -188,27 +191,27 @@ def verdict(runs: dict, tolerance: Optional[float] = None, reference: str = "ori
     the candidate; ``reason`` then says which run and why (it is None otherwise).
     """
     ref, cand = runs[reference]["summary"], runs[candidate]["summary"]
-    sds = [x for x in (ref["metric_sd"], cand["metric_sd"]) if _finite(x)]
+    sds = [x for x in (ref["metric_sd"], cand["metric_sd"]) if finite(x)]
     sd = max(sds) if sds else 0.0
     if tolerance is None:
         tol, rule = max(2 * sd, MIN_TOLERANCE), f"max(2 × sd over seeds = {2 * sd:.4g}, {MIN_TOLERANCE})"
     else:
         tol, rule = float(tolerance), "--tolerance"
-    bad = [n for n in (reference, candidate) if not _finite(runs[n]["summary"]["metric_mean"])]
+    bad = [n for n in (reference, candidate) if not finite(runs[n]["summary"]["metric_mean"])]
     diff = cand["metric_mean"] - ref["metric_mean"] if not bad else None
     reason = None
     if bad:
-        reason = "the metric is not finite: " + "; ".join(_why_not_finite(n, runs[n]) for n in bad)
+        reason = "the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
     out = {"accepted": bool(diff is not None and diff >= -tol), "reason": reason, "reference": reference,
            "candidate": candidate, "difference": diff, "tolerance": tol, "tolerance_rule": rule,
            "update_ratio": ref["updates"] / cand["updates"] if cand["updates"] else None,
-           "wall_ratio": (ref["wall_s_mean"] / cand["wall_s_mean"]) if _finite(ref["wall_s_mean"]) and
-           _finite(cand["wall_s_mean"]) and cand["wall_s_mean"] else None,
+           "wall_ratio": (ref["wall_s_mean"] / cand["wall_s_mean"]) if finite(ref["wall_s_mean"]) and
+           finite(cand["wall_s_mean"]) and cand["wall_s_mean"] else None,
            "within_tolerance": {}}
     for name, r in runs.items():
         if name != reference:
             m = r["summary"]["metric_mean"]
-            out["within_tolerance"][name] = bool(_finite(m) and _finite(ref["metric_mean"])
+            out["within_tolerance"][name] = bool(finite(m) and finite(ref["metric_mean"])
                                                  and m - ref["metric_mean"] >= -tol)
     return out
 
@@ -335,24 +338,14 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
         for spec in specs:
             results = []
             for seed in range(seeds):
-                task = None
-                if progress is not None:
-                    task = progress.add_task(f"{spec.name} seed {seed}", total=spec.plan.epochs * spec.plan.dataset_size)
-                    on_step = lambda n, t=task: progress.advance(t, n)  # noqa: E731
-                    on_epoch = lambda rec, t=task: progress.update(t, completed=rec["examples"])  # noqa: E731
-                else:
-                    on_step = on_epoch = None
                 ckpt = ckpt_dir / f"{spec.name}-seed{seed}.pt" if ckpt_dir is not None else None
+                on_step, on_epoch = _progress_hooks(progress, f"{spec.name} seed {seed}",
+                                                    spec.plan.epochs * spec.plan.dataset_size)
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
                                max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume,
                                dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
                                stop_on_divergence=spec is not specs[0])  # the reference's divergence is an error
-                d = r.to_dict()
-                if metric_name != "metric":
-                    d["metric"] = -d["final_train_loss"]
-                    for rec in d["history"]:
-                        rec["metric"] = -rec["train_loss"]
-                results.append(d)
+                results.append(_seed_result(r.to_dict(), metric_name))
             runs[spec.name] = {"description": spec.description, "plan": spec.plan.to_dict(),
                                "seeds": results, "summary": summarize(results)}
     finally:
@@ -366,144 +359,18 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
 
-# -- curves and report ----------------------------------------------------------------
-def _mean(values: list) -> Optional[float]:
-    """The mean of the finite values (None when there are none)."""
-    vals = [v for v in values if _finite(v)]
-    return statistics.fmean(vals) if vals else None
+def _progress_hooks(progress, label: str, total: int) -> tuple[Optional[Callable], Optional[Callable]]:
+    """(on_step, on_epoch) advancing a new bar of the rich ``progress`` (None, None without one)."""
+    if progress is None:
+        return None, None
+    task = progress.add_task(label, total=total)
+    return (lambda n: progress.advance(task, n)), (lambda rec: progress.update(task, completed=rec["examples"]))
 
 
-def mean_curve(run: dict, x: str, y: str) -> tuple[list[float], list[Optional[float]]]:
-    """Seed-mean curve of history field ``y`` against ``x`` ("epoch", "updates", "wall_s").
-
-    Seeds can stop early (a diverged run); each epoch averages the seeds that reached it,
-    and a value that is null (not finite) is left out (None when no seed has one).
-    """
-    hs = [s["history"] for s in run["seeds"]]
-    n = max(len(h) for h in hs)
-    xs = [_mean([h[i][x] for h in hs if i < len(h)]) for i in range(n)]
-    ys = [_mean([h[i][y] for h in hs if i < len(h)]) for i in range(n)]
-    return xs, ys
-
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None,
-              width: Optional[int] = None) -> str:
-    """One character per value (a space for a missing one); with ``width``, at most that many
-    characters: consecutive values are averaged in equal bins."""
-    if width is not None and len(values) > width:
-        edges = [round(i * len(values) / width) for i in range(width + 1)]
-        values = [_mean(values[a:b]) for a, b in zip(edges, edges[1:])]
-    vals = [v for v in values if _finite(v)]
-    if not vals:
-        return ""
-    lo = min(vals) if lo is None else lo
-    hi = max(vals) if hi is None else hi
-    span = (hi - lo) or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))]
-                   if _finite(v) else " " for v in values)
-
-
-def plot_curves(doc: dict, out: Path) -> list[str]:
-    """PNG curves of loss and metric against epochs, updates and wall time (needs matplotlib)."""
-    try:
-        import matplotlib
-    except ImportError:
-        return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for x, label in (("epoch", "epochs"), ("updates", "parameter updates"), ("wall_s", "wall time (s)")):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for name, run in doc["runs"].items():
-            for ax, y in zip(axes, ("train_loss", "metric")):
-                xs, ys = mean_curve(run, x, y)
-                nan = float("nan")
-                ax.plot([nan if v is None else v for v in xs], [nan if v is None else v for v in ys], marker=".",
-                        label=name)
-        axes[0].set_ylabel("training loss")
-        axes[0].set_yscale("log")
-        axes[1].set_ylabel(doc["metric"])
-        for ax in axes:
-            ax.set_xlabel(label)
-            ax.grid(alpha=0.3)
-        if x == "updates":
-            axes[0].set_xscale("log")
-            axes[1].set_xscale("log")
-        axes[1].legend(fontsize=8)
-        fig.suptitle(f"{doc['target']}: mean over {doc['seeds']} seed(s)")
-        fig.tight_layout()
-        path = Path(out) / f"curves_{x.split('_')[0]}.png"
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        write_atomic(path, buf.getvalue())
-        files.append(path.name)
-    return files
-
-
-def fmt(x: Any, spec: str) -> str:
-    """``x`` formatted with ``spec``, or "n/a" for a missing (null, not finite) value."""
-    return format(x, spec) if _finite(x) else "n/a"
-
-
-def mean_sd(mean: Any, sd: Any, spec: str, sd_spec: Optional[str] = None) -> str:
-    """``mean ± sd``, or just "n/a" when the mean is not finite."""
-    return f"{fmt(mean, spec)} ± {fmt(sd, sd_spec or spec)}" if _finite(mean) else "n/a"
-
-
-def _md(text: Any) -> str:
-    """A user-supplied string inside a Markdown table or heading: no stray markup, one line."""
-    out = str(text).replace("\\", "\\\\").replace("\n", " ")
-    for ch in "|*_`[]<>#":
-        out = out.replace(ch, "\\" + ch)
-    return out
-
-
-def verdict_text(doc: dict) -> str:
-    """The verdict in one sentence (plain text: the caller adds any styling)."""
-    v = doc["verdict"]
-    if v.get("reason"):
-        return v["reason"]
-    return (f"{v['candidate']} − {v['reference']} = {fmt(v['difference'], '+.4f')} in {doc['metric']}; "
-            f"tolerance {fmt(v['tolerance'], '.4f')} ({v['tolerance_rule']})")
-
-
-def report_markdown(doc: dict) -> str:
-    v = doc["verdict"]
-    lines = [f"# Validation of a batch-growth plan on {_md(doc['target'])}", "",
-             f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {_md(verdict_text(doc))}. "
-             f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}"
-             + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
-             f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
-             "|---|---|---|---|---|---|"]
-    for name, run in doc["runs"].items():
-        s = run["summary"]
-        lines.append(f"| {name} | {mean_sd(s['metric_mean'], s['metric_sd'], '.4f')} | "
-                     f"{mean_sd(s['final_train_loss_mean'], s['final_train_loss_sd'], '.4g', '.2g')} | "
-                     f"{s['updates']} | {s['examples']} | {fmt(s['wall_s_mean'], '.1f')} |")
-    lines.append("")
-    if any(not _finite(r["summary"][k]) for r in doc["runs"].values() for k in ("metric_mean", "final_train_loss_mean")):
-        lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
-    lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
-    for w in doc.get("warnings", []):
-        lines += [f"Warning: {_md(w)}", ""]
-    for f in doc.get("plots", []):
-        lines += [f"![{f}]({f})", ""]
-    if not doc.get("plots"):
-        lines += ["(Install the `plot` extra, `pip install 'bsadvisor[plot]'`, for PNG curves.)", ""]
-    return "\n".join(lines)
-
-
-def write_outputs(doc: dict, out: Path) -> None:
-    """results.json, curves_*.png (with matplotlib) and report.md in ``out``, each written atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc["plots"] = plot_curves(doc, out)
-    write_json(out / "results.json", doc)
-    write_atomic(out / "report.md", report_markdown(doc))
+def _seed_result(result: dict, metric_name: str) -> dict:
+    """One seed's ``RunResult.to_dict()``; without an eval metric, the negated training loss stands in."""
+    if metric_name != "metric":
+        result["metric"] = -result["final_train_loss"]
+        for rec in result["history"]:
+            rec["metric"] = -rec["train_loss"]
+    return result

@@ -1,0 +1,157 @@
+"""The validation report: Markdown, PNG curves, and the curves and numbers the CLI shows.
+
+Everything here reads the results document ``runtime/validate.py`` returns (schema
+bsadvisor.validation/1) and changes nothing in it but its ``plots`` list. A value that
+is null (not finite: NaN or infinity in a run) is shown as "n/a" and left out of a
+curve. No torch: matplotlib is imported only to draw, and only if it is installed.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+from bsadvisor.core.fileio import write_atomic, write_json
+from bsadvisor.runtime.validate import finite
+
+
+def _mean(values: list) -> Optional[float]:
+    """The mean of the finite values (None when there are none)."""
+    vals = [v for v in values if finite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def mean_curve(run: dict, x: str, y: str) -> tuple[list[float], list[Optional[float]]]:
+    """Seed-mean curve of history field ``y`` against ``x`` ("epoch", "updates", "wall_s").
+
+    Seeds can stop early (a diverged run); each epoch averages the seeds that reached it,
+    and a value that is null (not finite) is left out (None when no seed has one).
+    """
+    hs = [s["history"] for s in run["seeds"]]
+    n = max(len(h) for h in hs)
+    xs = [_mean([h[i][x] for h in hs if i < len(h)]) for i in range(n)]
+    ys = [_mean([h[i][y] for h in hs if i < len(h)]) for i in range(n)]
+    return xs, ys
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[Optional[float]], lo: Optional[float] = None, hi: Optional[float] = None,
+              width: Optional[int] = None) -> str:
+    """One character per value (a space for a missing one); with ``width``, at most that many
+    characters: consecutive values are averaged in equal bins."""
+    if width is not None and len(values) > width:
+        edges = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [_mean(values[a:b]) for a, b in zip(edges, edges[1:])]
+    vals = [v for v in values if finite(v)]
+    if not vals:
+        return ""
+    lo = min(vals) if lo is None else lo
+    hi = max(vals) if hi is None else hi
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))]
+                   if finite(v) else " " for v in values)
+
+
+def plot_curves(doc: dict, out: Path) -> list[str]:
+    """PNG curves of loss and metric against epochs, updates and wall time (needs matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for x, label in (("epoch", "epochs"), ("updates", "parameter updates"), ("wall_s", "wall time (s)")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for name, run in doc["runs"].items():
+            for ax, y in zip(axes, ("train_loss", "metric")):
+                xs, ys = mean_curve(run, x, y)
+                nan = float("nan")
+                ax.plot([nan if v is None else v for v in xs], [nan if v is None else v for v in ys], marker=".",
+                        label=name)
+        axes[0].set_ylabel("training loss")
+        axes[0].set_yscale("log")
+        axes[1].set_ylabel(doc["metric"])
+        for ax in axes:
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        if x == "updates":
+            axes[0].set_xscale("log")
+            axes[1].set_xscale("log")
+        axes[1].legend(fontsize=8)
+        fig.suptitle(f"{doc['target']}: mean over {doc['seeds']} seed(s)")
+        fig.tight_layout()
+        path = Path(out) / f"curves_{x.split('_')[0]}.png"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        write_atomic(path, buf.getvalue())
+        files.append(path.name)
+    return files
+
+
+def fmt(x: Any, spec: str) -> str:
+    """``x`` formatted with ``spec``, or "n/a" for a missing (null, not finite) value."""
+    return format(x, spec) if finite(x) else "n/a"
+
+
+def mean_sd(mean: Any, sd: Any, spec: str, sd_spec: Optional[str] = None) -> str:
+    """``mean ± sd``, or just "n/a" when the mean is not finite."""
+    return f"{fmt(mean, spec)} ± {fmt(sd, sd_spec or spec)}" if finite(mean) else "n/a"
+
+
+def _md(text: Any) -> str:
+    """A user-supplied string inside a Markdown table or heading: no stray markup, one line."""
+    out = str(text).replace("\\", "\\\\").replace("\n", " ")
+    for ch in "|*_`[]<>#":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def verdict_text(doc: dict) -> str:
+    """The verdict in one sentence (plain text: the caller adds any styling)."""
+    v = doc["verdict"]
+    if v.get("reason"):
+        return v["reason"]
+    return (f"{v['candidate']} − {v['reference']} = {fmt(v['difference'], '+.4f')} in {doc['metric']}; "
+            f"tolerance {fmt(v['tolerance'], '.4f')} ({v['tolerance_rule']})")
+
+
+def report_markdown(doc: dict) -> str:
+    """report.md: the verdict, a table of the runs (mean ± sd over seeds), warnings and the plots."""
+    v = doc["verdict"]
+    lines = [f"# Validation of a batch-growth plan on {_md(doc['target'])}", "",
+             f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {_md(verdict_text(doc))}. "
+             f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}"
+             + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
+             f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
+             "|---|---|---|---|---|---|"]
+    for name, run in doc["runs"].items():
+        s = run["summary"]
+        lines.append(f"| {name} | {mean_sd(s['metric_mean'], s['metric_sd'], '.4f')} | "
+                     f"{mean_sd(s['final_train_loss_mean'], s['final_train_loss_sd'], '.4g', '.2g')} | "
+                     f"{s['updates']} | {s['examples']} | {fmt(s['wall_s_mean'], '.1f')} |")
+    lines.append("")
+    if any(not finite(r["summary"][k]) for r in doc["runs"].values() for k in ("metric_mean", "final_train_loss_mean")):
+        lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
+    lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
+    for w in doc.get("warnings", []):
+        lines += [f"Warning: {_md(w)}", ""]
+    for f in doc.get("plots", []):
+        lines += [f"![{f}]({f})", ""]
+    if not doc.get("plots"):
+        lines += ["(Install the `plot` extra, `pip install 'bsadvisor[plot]'`, for PNG curves.)", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(doc: dict, out: Path) -> None:
+    """results.json, curves_*.png (with matplotlib) and report.md in ``out``, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc["plots"] = plot_curves(doc, out)
+    write_json(out / "results.json", doc)
+    write_atomic(out / "report.md", report_markdown(doc))

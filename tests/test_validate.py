@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # each step down so the kill test can catch the run mid-way; BSA_NAN poisons the loss.
 # The other knobs: BSA_HIDDEN / BSA_ACT / BSA_BN change the architecture, BSA_METRIC_NAN
 # makes metric_fn return NaN, BSA_DIVERGE_ABOVE=B makes the loss infinite for batches
-# larger than B, BSA_MARK=path is created at the first step, BSA_NAME names the target.
+# larger than B, BSA_MARK=path is created at the first step, BSA_NAME names the target,
+# BSA_BLOCK_AT=path holds every step from the moment that file exists until the process is
+# signalled (so the kill and Ctrl-C tests catch the run mid-way whatever the machine's load).
 TARGET_SRC = '''
 import os, time, torch
 from bsadvisor import Target
@@ -40,10 +42,13 @@ def make():
     sleep, nan = float(os.environ.get("BSA_SLEEP", "0")), os.environ.get("BSA_NAN")
     metric_nan, mark = os.environ.get("BSA_METRIC_NAN"), os.environ.get("BSA_MARK")
     diverge_above = int(os.environ.get("BSA_DIVERGE_ABOVE", "0"))
+    block_at = os.environ.get("BSA_BLOCK_AT")
 
     def loss_fn(m, b):
         if mark and not os.path.exists(mark):
             open(mark, "w").close()
+        while block_at and os.path.exists(block_at):
+            time.sleep(0.05)
         if sleep:
             time.sleep(sleep)
         loss = torch.nn.functional.cross_entropy(m(b[0]), b[1])
@@ -165,10 +170,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
     assert ref.returncode == 0, ref.stderr
 
     # Slow each step down, wait for the plan run's first epoch checkpoint, then SIGKILL.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01")
+    ckpt = out / "checkpoints" / "original-seed0.pt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_BLOCK_AT=str(ckpt))
     proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoints" / "original-seed0.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -301,11 +306,11 @@ def test_resume_with_another_architecture_is_refused(target_file, tmp_path):
 def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     out = tmp_path / "out dir"  # a space: the printed command must quote it
     mark = tmp_path / "started"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_MARK=str(mark))
+    ckpt = out / "checkpoints" / "original-seed0.pt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_MARK=str(mark), BSA_BLOCK_AT=str(ckpt))
     argv = ["validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", *argv], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = out / "checkpoints" / "original-seed0.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -326,6 +331,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
 
     # interrupted before anything resumable exists: just "interrupted"
     mark.unlink()
+    env["BSA_BLOCK_AT"] = str(mark)  # held from the first step on: nothing resumable exists yet
     proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not mark.exists() and proc.poll() is None and time.time() < deadline + 120:

@@ -303,6 +303,12 @@ def test_resume_with_another_architecture_is_refused(target_file, tmp_path):
         assert all(w in lines[0] for w in words), lines[0]
 
 
+def _default_sigint():
+    """In the child: SIGINT back to its default. A job started in the background by a shell (as
+    CI may start this suite) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     out = tmp_path / "out dir"  # a space: the printed command must quote it
     mark = tmp_path / "started"
@@ -310,7 +316,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_MARK=str(mark), BSA_BLOCK_AT=str(ckpt))
     argv = ["validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", *argv], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

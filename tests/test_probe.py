@@ -374,7 +374,7 @@ def _pt(b, eps):
 
 
 def test_ladder_warning_flags_the_issue_ladder():
-    from bsadvisor.measure.probe import ladder_warning
+    from bsadvisor.measure.throughput import ladder_warning
 
     # measured on a busy 2-core machine (issue 10): 1,024 faster per step than 512, then 2,048 slower
     w = ladder_warning([_pt(256, 2000), _pt(512, 2607), _pt(1024, 36058), _pt(2048, 11121)])
@@ -389,7 +389,7 @@ def test_ladder_warning_flags_the_issue_ladder():
     (2, 2, 3.5, "OMP_NUM_THREADS=1"), (16, 16, 4.0, "OMP_NUM_THREADS=12"), (1, 2, 5.0, "busy"),
     (1, 2, 0.3, None), (2, 2, 0.2, None), (8, 16, 6.0, None), (4, 4, None, None)])
 def test_cpu_load_warning(threads, cores, load, expect):
-    from bsadvisor.measure.probe import cpu_load_warning
+    from bsadvisor.measure.throughput import cpu_load_warning
 
     w = cpu_load_warning(threads, cores, load)
     assert (w is None) if expect is None else (expect in w)

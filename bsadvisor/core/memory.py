@@ -56,6 +56,20 @@ def is_oom(exc: BaseException) -> bool:
 
 MAX_SIZE = 2**63  # bytes; more than any machine has (and more than an int64 counter holds)
 
+# The search aims below the limit less a 10% safety margin: the CPU count misses transient
+# buffers of backward, and a CUDA step near the limit fragments the allocator's cache.
+USABLE_FRACTION = 0.9
+
+
+def usable_bytes(limit_bytes: float) -> float:
+    """What the search may fill of ``limit_bytes`` (the limit less the safety margin)."""
+    return USABLE_FRACTION * limit_bytes
+
+
+def headroom(peak_bytes: float, limit_bytes: float) -> float:
+    """Fraction of ``limit_bytes`` a step that peaks at ``peak_bytes`` leaves free (0 without a limit)."""
+    return 1.0 - peak_bytes / limit_bytes if limit_bytes > 0 else 0.0
+
 
 def parse_size(text: str) -> int:
     """'8GiB', '500MB', '1.5g', '1024' -> bytes (at least 1). Raises ValueError with a clear message.
@@ -106,8 +120,8 @@ class MemorySearch:
 
     @property
     def headroom(self) -> float:
-        """Fraction of the limit left free at max_batch."""
-        return 1.0 - self.peak_bytes / self.limit_bytes if self.limit_bytes > 0 else 0.0
+        """Fraction of the search's limit left free at max_batch."""
+        return headroom(self.peak_bytes, self.limit_bytes)
 
 
 def _fit(p1: tuple[int, float], p2: tuple[int, float]) -> tuple[float, float]:
@@ -128,106 +142,135 @@ def search_max_batch(try_batch: Callable[[int], float], limit_bytes: float, max_
     every trial after the first; when it says True the search stops with what it has
     (``limited_by == "budget"``).
     """
-    stopped = False
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    trials = _Trials(try_batch, limit_bytes, max_trials, out_of_time)
+    if not _start(trials, max(1, min(first if first else 1, max_batch)), max_batch):
+        return MemorySearch(0, 0.0, 0.0, 0.0, limit_bytes, len(trials.history),
+                            "budget" if trials.stopped else "memory", trials.history)
+    while True:
+        batch = _next_batch(trials, max_batch, tol, aim)
+        if batch is None:
+            break
+        trials.trial(batch)
+    ok = trials.ok
+    fixed, slope = _fit(ok[0], ok[-1]) if len(ok) >= 2 else (0.0, ok[0][1] / ok[0][0])
+    largest, peak = ok[-1]
+    return MemorySearch(max_batch=largest, peak_bytes=peak, fixed_bytes=max(fixed, 0.0), bytes_per_sample=slope,
+                        limit_bytes=float(limit_bytes), trials=len(trials.history),
+                        limited_by=_limited_by(trials, max_batch, tol), history=trials.history)
 
-    def more(n_trials: int) -> bool:
-        nonlocal stopped
-        if n_trials >= max_trials:
+
+class _Trials:
+    """The trials so far: the fitting ones (batch, peak), sorted by batch, and the smallest failure."""
+
+    def __init__(self, try_batch: Callable[[int], float], limit_bytes: float, max_trials: int,
+                 out_of_time: Optional[Callable[[], bool]]):
+        self.try_batch, self.limit_bytes = try_batch, limit_bytes
+        self.max_trials, self.out_of_time = max_trials, out_of_time
+        self.history: list[tuple[int, Optional[float]]] = []  # (batch, peak or None if OOM)
+        self.ok: list[tuple[int, float]] = []
+        self.fail: Optional[tuple[int, Optional[float]]] = None  # smallest failing batch, with its peak if known
+        self.stopped = False  # out_of_time() said so
+
+    def more(self) -> bool:
+        """Whether another trial may run (asks ``out_of_time``, and remembers a stop)."""
+        if len(self.history) >= self.max_trials:
             return False
-        if out_of_time is not None and out_of_time():
-            stopped = True
+        if self.out_of_time is not None and self.out_of_time():
+            self.stopped = True
             return False
         return True
 
-    if max_batch < 1:
-        raise ValueError("max_batch must be at least 1")
-    history: list[tuple[int, Optional[float]]] = []
-    ok: list[tuple[int, float]] = []       # fitting trials (batch, peak), sorted by batch
-    fail: Optional[tuple[int, Optional[float]]] = None  # smallest failing batch, with peak if known
-
-    def trial(b: int) -> bool:
-        nonlocal fail
+    def trial(self, batch: int) -> bool:
+        """Run ``try_batch(batch)``; whether it fits."""
         try:
-            peak = float(try_batch(b))
+            peak = float(self.try_batch(batch))
         except Exception as exc:
             if not is_oom(exc):
                 raise
             peak = getattr(exc, "peak_bytes", None)
-            history.append((b, peak))
-            if fail is None or b < fail[0]:
-                fail = (b, peak)
+            self.history.append((batch, peak))
+            self._failed(batch, peak)
             return False
-        history.append((b, peak))
-        if peak > limit_bytes:
-            if fail is None or b < fail[0]:
-                fail = (b, peak)
+        self.history.append((batch, peak))
+        if peak > self.limit_bytes:
+            self._failed(batch, peak)
             return False
-        ok.append((b, peak))
-        ok.sort()
+        self.ok.append((batch, peak))
+        self.ok.sort()
         return True
 
-    b1 = max(1, min(first if first else 1, max_batch))
-    # The two small trials: b1 and 16·b1 (far enough apart to see the slope).
-    if not trial(b1):
-        # Not even the smallest batch fits: bisect downwards to 1.
-        while fail[0] > 1 and more(len(history)):
-            if trial(max(1, fail[0] // 4)):
-                break
-        if not ok:
-            return MemorySearch(0, 0.0, 0.0, 0.0, limit_bytes, len(history), "budget" if stopped else "memory",
-                                history)
-    if len(ok) == 1 and ok[0][0] < max_batch and more(len(history)):
-        b2 = min(max_batch, max(ok[0][0] + 1, 16 * ok[0][0]))
-        if fail is not None:
-            b2 = min(b2, (ok[0][0] + fail[0]) // 2)
-        if b2 > ok[0][0]:
-            trial(b2)
-    fixed, slope = _fit(ok[0], ok[-1]) if len(ok) >= 2 else (0.0, ok[0][1] / ok[0][0])
+    def _failed(self, batch: int, peak: Optional[float]) -> None:
+        if self.fail is None or batch < self.fail[0]:
+            self.fail = (batch, peak)
 
-    while True:
-        lo_b, lo_p = ok[-1]
-        if lo_b >= max_batch:
-            break
-        if fail is not None and fail[0] - lo_b <= max(1, tol * fail[0]):
-            break
-        if not more(len(history)):
-            break
-        # Secant through the two largest fitting trials.
-        if len(ok) >= 2:
-            _, s_ = _fit(ok[-2], ok[-1])
-        else:
-            s_ = slope
-        near = len(ok) >= 3 or (len(ok) == 2 and fail is not None)
-        a = 0.995 if near else aim  # a long first jump aims lower; a short refinement closer
-        if fail is None:
-            cand = lo_b + math.floor(a * (limit_bytes - lo_p) / s_)
-        elif fail[1] is not None and fail[1] > lo_p:
-            # Regula falsi between the last fit and the failure (peak known).
-            frac = (limit_bytes - lo_p) / (fail[1] - lo_p)
-            cand = lo_b + math.floor(0.995 * frac * (fail[0] - lo_b))
-        else:
-            # Failure without a peak: trust the line if it lands inside the bracket,
-            # else step most of the way (a failed jump usually overshot by a little).
-            ext = lo_b + math.floor(a * (limit_bytes - lo_p) / s_)
-            cand = ext if lo_b < ext < fail[0] else lo_b + math.floor(0.97 * (fail[0] - lo_b))
-        if fail is not None:
-            cand = min(cand, fail[0] - 1)
-        cand = min(cand, max_batch)
-        if cand <= lo_b:
-            break
-        if fail is None and cand < max_batch and (cand - lo_b) <= tol * cand and len(ok) >= 2:
-            break  # the next fit would gain less than tol
-        trial(cand)
-    if len(ok) >= 2:
-        fixed, slope = _fit(ok[0], ok[-1])
-    lo_b, lo_p = ok[-1]
-    if lo_b >= max_batch:
-        limited_by = "dataset"
-    elif fail is not None and fail[0] - lo_b <= max(1, tol * fail[0]):
-        limited_by = "memory"
-    elif stopped:
-        limited_by = "budget"
+    def closed(self, tol: float) -> bool:
+        """Whether the bracket [largest fit, smallest failure) is within ``tol`` (or one batch)."""
+        return self.fail is not None and self.fail[0] - self.ok[-1][0] <= max(1, tol * self.fail[0])
+
+
+def _start(trials: _Trials, first: int, max_batch: int) -> bool:
+    """The two small trials, ``first`` and 16·``first`` (far enough apart to see the slope).
+
+    When ``first`` does not fit, bisect downwards to 1 first. False: nothing fits.
+    """
+    if not trials.trial(first):
+        while trials.fail[0] > 1 and trials.more():
+            if trials.trial(max(1, trials.fail[0] // 4)):
+                break
+        if not trials.ok:
+            return False
+    ok = trials.ok
+    if len(ok) == 1 and ok[0][0] < max_batch and trials.more():
+        second = min(max_batch, max(ok[0][0] + 1, 16 * ok[0][0]))
+        if trials.fail is not None:
+            second = min(second, (ok[0][0] + trials.fail[0]) // 2)
+        if second > ok[0][0]:
+            trials.trial(second)
+    return True
+
+
+def _next_batch(trials: _Trials, max_batch: int, tol: float, aim: float) -> Optional[int]:
+    """The batch the line through the fits predicts for the limit; None when the search is done.
+
+    Without a failure: the secant through the two largest fits, aimed at ``aim`` of the
+    bytes left (a long first jump aims lower; a short refinement closer). After a failure
+    with a known peak: regula falsi between the largest fit and the failure. After one
+    without: the line if it lands inside the bracket, else most of the way to the failure
+    (a failed jump usually overshot by a little).
+    """
+    ok, fail, limit = trials.ok, trials.fail, trials.limit_bytes
+    largest, peak = ok[-1]
+    if largest >= max_batch or trials.closed(tol) or not trials.more():
+        return None
+    slope = _fit(ok[-2], ok[-1])[1] if len(ok) >= 2 else ok[0][1] / ok[0][0]
+    near = len(ok) >= 3 or (len(ok) == 2 and fail is not None)
+    share = 0.995 if near else aim
+    if fail is None:
+        batch = largest + math.floor(share * (limit - peak) / slope)
+    elif fail[1] is not None and fail[1] > peak:
+        fraction = (limit - peak) / (fail[1] - peak)
+        batch = largest + math.floor(0.995 * fraction * (fail[0] - largest))
     else:
-        limited_by = "memory" if fail is not None or len(history) < max_trials else "trials"
-    return MemorySearch(max_batch=lo_b, peak_bytes=lo_p, fixed_bytes=max(fixed, 0.0), bytes_per_sample=slope,
-                        limit_bytes=float(limit_bytes), trials=len(history), limited_by=limited_by, history=history)
+        line = largest + math.floor(share * (limit - peak) / slope)
+        batch = line if largest < line < fail[0] else largest + math.floor(0.97 * (fail[0] - largest))
+    if fail is not None:
+        batch = min(batch, fail[0] - 1)
+    batch = min(batch, max_batch)
+    if batch <= largest:
+        return None
+    if fail is None and batch < max_batch and (batch - largest) <= tol * batch and len(ok) >= 2:
+        return None  # the next fit would gain less than tol
+    return batch
+
+
+def _limited_by(trials: _Trials, max_batch: int, tol: float) -> str:
+    """What stopped the search: "dataset", "memory", "budget" or "trials"."""
+    if trials.ok[-1][0] >= max_batch:
+        return "dataset"
+    if trials.closed(tol):
+        return "memory"
+    if trials.stopped:
+        return "budget"
+    return "memory" if trials.fail is not None or len(trials.history) < trials.max_trials else "trials"

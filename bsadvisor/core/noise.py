@@ -55,17 +55,20 @@ class NoiseStats:
         return max(self.b_simple - lo, hi - self.b_simple) / self.b_simple
 
 
-def per_draw_terms(gb2, gB2, b: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-draw unbiased estimates (tr Σ, |G|²) from eqs. A.1–A.2."""
-    gb2 = np.asarray(gb2, dtype=np.float64)
-    gB2 = np.asarray(gB2, dtype=np.float64)
-    if gb2.shape != gB2.shape or gb2.ndim != 1:
-        raise ValueError("gb2 and gB2 must be 1-D arrays of the same length")
+def per_draw_terms(small_sq_norms, big_sq_norms, b: int, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-draw unbiased estimates (tr Σ, |G|²) from eqs. A.1–A.2 (docs/concepts.md eqs. 11–12).
+
+    ``small_sq_norms``: |G_b|² of each draw; ``big_sq_norms``: |G_B|² of each draw.
+    """
+    small = np.asarray(small_sq_norms, dtype=np.float64)
+    big = np.asarray(big_sq_norms, dtype=np.float64)
+    if small.shape != big.shape or small.ndim != 1:
+        raise ValueError("the |G_b|² and |G_B|² of the draws must be 1-D arrays of the same length")
     if not (1 <= b < B):
         raise ValueError(f"need 1 <= b < B, got b={b}, B={B}")
-    trace = (gb2 - gB2) / (1.0 / b - 1.0 / B)
-    g2 = (B * gB2 - b * gb2) / (B - b)
-    return trace, g2
+    trace_sigma = (small - big) / (1.0 / b - 1.0 / B)
+    grad_sq_norm = (B * big - b * small) / (B - b)
+    return trace_sigma, grad_sq_norm
 
 
 def ratio_interval(num, den, confidence: float = CONFIDENCE) -> tuple[float, tuple[float, float], str]:
@@ -102,9 +105,9 @@ def ratio_interval(num, den, confidence: float = CONFIDENCE) -> tuple[float, tup
     return ratio, (ratio - t * se, ratio + t * se), "delta"
 
 
-def estimate(gb2, gB2, b: int, B: int, confidence: float = CONFIDENCE) -> NoiseStats:
-    """B_simple, tr(Σ), |G|² and the interval from per-draw squared norms (see module doc)."""
-    trace, g2 = per_draw_terms(gb2, gB2, b, B)
+def estimate(small_sq_norms, big_sq_norms, b: int, B: int, confidence: float = CONFIDENCE) -> NoiseStats:
+    """B_simple (eq. 10), tr(Σ), |G|² and the interval from per-draw squared norms (see module doc)."""
+    trace, g2 = per_draw_terms(small_sq_norms, big_sq_norms, b, B)
     if not (np.all(np.isfinite(trace)) and np.all(np.isfinite(g2))):
         raise UserError("gradient norms are not finite; the loss or gradients overflowed")
     ratio, ci, method = ratio_interval(trace, g2, confidence)

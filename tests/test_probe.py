@@ -403,3 +403,13 @@ def test_library_refuses_nonsense_options():
                             (dict(target_rel_ci=math.nan), "--target-rel-ci"), (dict(lr=-1.0), "--lr")]:
         with pytest.raises(UserError, match=pattern):
             bsadvisor.probe(t, **kwargs)
+
+
+def test_ladder_below_a_quarter_of_the_batch_is_the_cap_alone():
+    """A memory cap under B/4 once left an empty ladder and an IndexError (a traceback after the work)."""
+    from bsadvisor.measure.throughput import ladder
+
+    assert ladder(256, 10) == [10]
+    assert ladder(256, 64) == [64]
+    assert sorted(ladder(256, 1024)) == [64, 128, 256, 512, 1024]
+    assert sorted(ladder(256, 1000)) == [64, 128, 256, 512, 1000]

@@ -57,9 +57,10 @@ def measure_throughput_ladder(bench: Bench, budget: Budget, cap: int) -> list[Th
 def ladder(batch: int, cap: int) -> list[int]:
     """The rungs B/4, B/2, B, 2B, ... up to ``cap`` (and ``cap`` itself when over 1.2× the last),
     in the order the first round times them: coarse rungs first (every other one, and the
-    largest), so that a short budget still spans the range, then the rest."""
+    largest), so that a short budget still spans the range, then the rest. A cap below B/4
+    (a device that holds less than a quarter of the batch) is a ladder of its own: [cap]."""
     rungs = []
-    size = max(1, batch // 4)
+    size = max(1, min(batch // 4, cap))
     while size <= cap:
         rungs.append(size)
         size *= 2

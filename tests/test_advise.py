@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from bsadvisor.cli.advise import export_csv, export_megatron
-from bsadvisor.cli.convert import plan_from_options
+from bsadvisor.core.exports import export_csv, export_megatron
+from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.plan import Plan
 
 N, B0, LR, M = 32000, 32, 0.05, 0.9

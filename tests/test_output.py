@@ -16,8 +16,9 @@ import pytest
 from rich.console import Console
 
 from bsadvisor.cli import advise as cmd_advise
-from bsadvisor.cli.advise import export_csv, export_megatron, megatron_notes, next_commands
-from bsadvisor.cli.convert import plan_from_options
+from bsadvisor.cli.advise import next_commands
+from bsadvisor.core.exports import export_csv, export_megatron, megatron_notes
+from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult
 from bsadvisor.cli.render import plan_rows, plan_summary

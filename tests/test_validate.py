@@ -320,6 +320,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert ckpt.exists(), "the run never wrote its first checkpoint"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -338,10 +339,13 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     # interrupted before anything resumable exists: just "interrupted"
     mark.unlink()
     env["BSA_BLOCK_AT"] = str(mark)  # held from the first step on: nothing resumable exists yet
-    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not mark.exists() and proc.poll() is None and time.time() < deadline + 120:
+    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    deadline = time.time() + 120  # its own wait: the first part may have taken long on a loaded machine
+    while not mark.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert mark.exists(), "the run never reached its first step"  # so the child is in Python, SIGINT handled
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip() == "interrupted", err

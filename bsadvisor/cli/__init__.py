@@ -3,7 +3,8 @@
 ``app`` (the Typer application, consoles, ``main``) imports no command; importing this
 package registers every command on it. Nothing here imports torch.
 """
-from bsadvisor.cli import advise, convert, probe, validate  # noqa: F401  (each registers its commands)
+# Each module registers its commands; --help lists them in this order.
+from bsadvisor.cli import convert, advise, export, probe, validate  # noqa: F401,I001
 from bsadvisor.cli.app import main
 
 __all__ = ["main"]

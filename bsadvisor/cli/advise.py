@@ -1,4 +1,4 @@
-"""`bsadvisor advise` (probe + convert in one go) and `bsadvisor export` (a plan for other tools)."""
+"""`bsadvisor advise`: probe + convert in one go, and the commands that come next."""
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +12,9 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console
-from bsadvisor.cli.convert import (AdamRule, IncreaseLr, MaxBatch, MaxFraction, MaxStages, MomentumTo, NoiseCap, RoundTo,
-                          Rule, ScheduleOpt, ScheduleUnit, StageFactor, WorldSize, GradAccum, Epochs, Lr, Momentum,
-                          BatchSize, plan_from_options)
+from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, GradAccum, IncreaseLr, Lr, MaxBatch, MaxFraction,
+                                   MaxStages, Momentum, MomentumTo, NoiseCap, RoundTo, Rule, ScheduleOpt, ScheduleUnit,
+                                   StageFactor, WorldSize)
 from bsadvisor.core.errors import UserError
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -49,9 +49,10 @@ def advise_cmd(
     stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
     adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None,
     noise_cap: NoiseCap = None,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = "auto",
-    budget_seconds: Annotated[float, typer.Option("--budget-seconds", help="Time budget of the probe.")] = 12.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the probe's sampling.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = PROBE_DEFAULTS["device"],
+    budget_seconds: Annotated[float, typer.Option(
+        "--budget-seconds", help="Time budget of the probe.")] = PROBE_DEFAULTS["budget_seconds"],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the probe's sampling.")] = PROBE_DEFAULTS["seed"],
     probe_out: Annotated[Optional[Path], typer.Option("--probe-out", help="Also write the probe JSON here.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document holding the probe and the plan.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON here (atomically).")] = None,
@@ -64,6 +65,7 @@ def advise_cmd(
     check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
 
     from bsadvisor.core.fileio import write_json
+    from bsadvisor.core.predict import plan_from_options
     from bsadvisor.targets.loading import load_target
 
     with _progress(quiet=json_) as progress:
@@ -215,129 +217,3 @@ def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opt
     console.print(Text("Next", style="bold"))
     for what, cmd in next_commands(target, out or Path("plan.json"), out, probe_out, options, probe_opts):
         console.print(Text.assemble(f"  {what + ':':<17}", (cmd, "cyan")), soft_wrap=True)
-
-
-EXPORT_FORMATS = ("megatron", "csv")
-EXPORT_SCHEMA = "bsadvisor.export/1"
-
-EXPORT_EXAMPLES = """
-[bold]Examples[/]
-
-  Batch sizes as samples:batch pairs (the samples seen before each change), for a stepped batch schedule:
-
-  [cyan]bsadvisor export plan.json --format megatron[/]
-
-  One row per epoch, epoch,batch_size,lr,momentum:
-
-  [cyan]bsadvisor export plan.json --format csv --out plan.csv[/]
-
-  Both as JSON, with what the format cannot hold:
-
-  [cyan]bsadvisor export plan.json --format megatron --json[/]
-
-  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
-"""
-
-
-@app.command("export", epilog=EXPORT_EXAMPLES)
-def export_cmd(
-    plan_file: Annotated[Path, typer.Argument(help="plan.json written by convert-schedule/advise --out")],
-    format_: Annotated[str, typer.Option("--format", help="megatron | csv")] = "csv",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of printing.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON document: the exported text, its rows and "
-                                                       "notes on what the format cannot hold.")] = False,
-) -> None:
-    """Export a plan for the frameworks people already use. What the format cannot hold (e.g. the LR in
-    megatron) is said in a note on stderr."""
-    from rich.text import Text
-
-    from bsadvisor.core.fileio import check_destination, write_atomic
-    from bsadvisor.core.plan import Plan
-
-    if format_ not in EXPORT_FORMATS:
-        raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format_!r} "
-                        "(lightning: not available yet, see bsadvisor export --help)")
-    if out is not None:
-        check_destination(out, "--out")
-    plan = Plan.load(plan_file)
-    if format_ == "megatron":
-        text, rows, notes = export_megatron(plan), megatron_pairs(plan), megatron_notes(plan)
-    else:
-        text, rows, notes = export_csv(plan), csv_rows(plan), []
-    if out is not None:
-        write_atomic(out, text)
-    if json_:
-        emit_json({"schema": EXPORT_SCHEMA, "format": format_, "plan_file": str(plan_file),
-                   "out": None if out is None else str(out), "rows": rows, "text": text, "notes": notes})
-        return
-    if out is None:
-        typer.echo(text, nl=False)
-    for note in notes:
-        err_console.print(Text("note: " + note), soft_wrap=True, highlight=False)
-
-
-def fmt_number(x: float) -> str:
-    """A float as short as it can be to 10 significant digits: 0.005000000000000001 → 0.005."""
-    return format(x, ".10g")
-
-
-def megatron_pairs(plan) -> list[dict]:
-    """One {samples, batch_size} per batch change: samples consumed before the change, the new global batch."""
-    pairs, last = [], None
-    for s in plan.stages:
-        if s.batch_size != last:
-            pairs.append({"samples": s.start_epoch * plan.dataset_size, "batch_size": s.batch_size})
-            last = s.batch_size
-    return pairs
-
-
-def export_megatron(plan) -> str:
-    """``samples:batch`` pairs, one per batch change (samples consumed before the change)."""
-    return " ".join(f"{p['samples']}:{p['batch_size']}" for p in megatron_pairs(plan)) + "\n"
-
-
-def megatron_notes(plan) -> list[str]:
-    """What the megatron format drops, and who reads it."""
-    notes = ["stock Megatron-LM has no flag that reads samples:batch pairs (its --rampup-batch-size START "
-             "INCREMENT SAMPLES is a linear ramp only): feed them to your own global-batch-size schedule "
-             "(a num-microbatches calculator), or use --format csv"]
-    lrs = {s.lr for s in plan.stages}
-    moms = {s.momentum for s in plan.stages}
-    if len(lrs) > 1:
-        changes = [f"epochs {s.start_epoch}–{s.end_epoch} at {fmt_number(s.lr)}" for s in _lr_runs(plan)]
-        notes.append("the format holds batch sizes only, and this plan also changes the LR ("
-                     + "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
-                     + "): set Megatron's LR schedule (--lr, --lr-decay-style, --lr-decay-samples, --min-lr, "
-                       "--lr-warmup-samples) to match, or use --format csv for the LR per epoch")
-    else:
-        notes.append(f"the LR is {fmt_number(next(iter(lrs)))} throughout: train with --lr {fmt_number(next(iter(lrs)))} "
-                     "--lr-decay-style constant (the batch growth replaces the LR decay)")
-    if len(moms) > 1:
-        notes.append("the plan also changes the momentum, which the format cannot hold; use --format csv")
-    return notes
-
-
-def _lr_runs(plan) -> list:
-    """Consecutive stages merged while the LR stays the same."""
-    from dataclasses import replace
-
-    runs = []
-    for s in plan.stages:
-        if runs and runs[-1].lr == s.lr:
-            runs[-1] = replace(runs[-1], end_epoch=s.end_epoch)
-        else:
-            runs.append(s)
-    return runs
-
-
-def csv_rows(plan) -> list[dict]:
-    return [{"epoch": epoch, "batch_size": s.batch_size, "lr": s.lr, "momentum": s.momentum}
-            for s in plan.stages for epoch in range(s.start_epoch, s.end_epoch)]
-
-
-def export_csv(plan) -> str:
-    """``epoch,batch_size,lr,momentum``, one row per epoch, numbers to 10 significant digits."""
-    lines = ["epoch,batch_size,lr,momentum"]
-    lines += [f"{r['epoch']},{r['batch_size']},{fmt_number(r['lr'])},{fmt_number(r['momentum'])}"
-              for r in csv_rows(plan)]
-    return "\n".join(lines) + "\n"

@@ -72,6 +72,25 @@ def _required(ctx, param, value):
     return value
 
 
+def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
+    """The message with the parameter it starts with spelled as the user typed it on the command line.
+
+    Library errors name the parameter (``max_fraction must be in (0, 1], got 2``); the
+    command that ran shows its option instead (``--max-fraction must be ...``). A name that
+    is no option of that command stays as it is.
+    """
+    text, name = str(exc), exc.parameter
+    if not name or not text.startswith(name + " "):
+        return text
+    args = sys.argv[1:] if argv is None else argv
+    command = getattr(_command(), "commands", {}).get(args[0]) if args else None
+    for param in getattr(command, "params", []):
+        # typer names a parameter that would shadow a builtin with a trailing _ (format_ for --format)
+        if param.name in (name, name + "_") and param.opts and param.opts[0].startswith("--"):
+            return param.opts[0] + text[len(name):]
+    return text
+
+
 class Interrupted(Exception):
     """Ctrl-C in a command that has something to add (how to resume): main prints it, exit 130."""
 
@@ -86,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         err_console.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
         _exit(130)
     except UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
-        err_console.print(f"error: {one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {one_line(as_typed(exc, argv))}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     except _UsageError as exc:
         ctx = getattr(exc, "ctx", None)

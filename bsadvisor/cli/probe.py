@@ -10,6 +10,7 @@ import typer
 from bsadvisor.cli.app import app, console, emit_json, err_console
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import check_destination
+from bsadvisor.core.probe_options import ESTIMATORS
 
 EPILOG = (
     "Examples:\n\n"
@@ -36,7 +37,8 @@ def probe(
                                          "noise, memory, throughput); building the target is not counted."),
     target_rel_ci: float = typer.Option(0.10, "--target-rel-ci", help="Stop when the 90% interval of B_simple "
                                         "is within ± this fraction."),
-    estimator: str = typer.Option("microbatch", "--estimator", help="microbatch, two-batch or per-example."),
+    estimator: str = typer.Option(ESTIMATORS[0], "--estimator",
+                                  help=f"{', '.join(ESTIMATORS[:-1])} or {ESTIMATORS[-1]}."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap per process, e.g. 8GiB, "
                                                "500MB (default: half the available RAM, shared by a node's "
                                                "processes under torchrun)."),

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-
-from bsadvisor.cli import convert as cc  # shared schedule options (no torch)
 from rich.text import Text
 
-from bsadvisor.core import checks
+from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, Lr, MaxBatch, MaxFraction, MaxStages, Momentum,
+                                   RoundTo, Rule, ScheduleOpt, ScheduleUnit, StageFactor)
 from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 
 
@@ -45,10 +45,11 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
         return plan
     if schedule is None or epochs is None:
         raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
-    from bsadvisor.cli.convert import plan_from_options
+    from bsadvisor.core.predict import plan_from_options
+    from bsadvisor.core.temperature import ADAM_FAMILY
 
     m = target.momentum if momentum is None else momentum
-    if target.optimizer in ("adam", "adamw") and momentum is None and m == 0:
+    if target.optimizer in ADAM_FAMILY and momentum is None and m == 0:
         m = 0.9  # Target.make_optimizer's default β1
     return plan_from_options(lr=target.lr if lr is None else lr,
                              batch_size=target.batch_size if batch_size is None else batch_size,
@@ -85,13 +86,20 @@ def print_results(doc: dict, out_console=None) -> None:
     printed as a block of lines instead. User strings (the target's name) are never read
     as rich markup.
     """
+    con = out_console or console
+    _print_runs(doc, con)
+    _print_curves(doc, con)
+    _print_verdict(doc, con)
+
+
+def _print_runs(doc: dict, con) -> None:
+    """The runs' table (or one block per run when the table is too wide), its title and legend."""
     from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
-    from bsadvisor.runtime.report import fmt, mean_curve, sparkline, verdict_text
+    from bsadvisor.runtime.report import fmt
 
-    con = out_console or console
     runs = doc["runs"]
     first = next(iter(runs.values()))["summary"]
     title = Text(f"{doc['target']}: {doc['epochs']} epochs, {doc['seeds']} seed(s), "
@@ -120,6 +128,15 @@ def print_results(doc: dict, out_console=None) -> None:
                 con.print(Text(f"  {h}: {cell}"))
         con.print(legend)
 
+
+def _print_curves(doc: dict, con) -> None:
+    """Sparklines of each run's metric and training loss on shared scales; left out when too wide."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from bsadvisor.runtime.report import mean_curve, sparkline
+
+    runs = doc["runs"]
     metrics = [y for r in runs.values() for y in mean_curve(r, "epoch", "metric")[1]]
     losses = [y for r in runs.values() for y in mean_curve(r, "epoch", "train_loss")[1]]
     finite = lambda xs: [x for x in xs if x is not None]  # noqa: E731
@@ -135,6 +152,14 @@ def print_results(doc: dict, out_console=None) -> None:
                        sparkline(mean_curve(r, "epoch", "train_loss")[1], lo_l, hi_l, width))
     if Measurement.get(con, con.options.update_width(10**4), curves).maximum <= con.width:
         con.print(curves)
+
+
+def _print_verdict(doc: dict, con) -> None:
+    """ACCEPTED or REJECTED, why, and the savings when both runs finished."""
+    from rich.text import Text
+
+    from bsadvisor.runtime.report import verdict_text
+
     v = doc["verdict"]
     line = Text.assemble(("ACCEPTED" if v["accepted"] else "REJECTED", "bold green" if v["accepted"] else "bold red"),
                          ": " + verdict_text(doc))
@@ -229,10 +254,10 @@ def validate(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
                                         "(or give the schedule options below)"),
-    schedule: cc.ScheduleOpt = None, epochs: cc.Epochs = None, lr: cc.Lr = None, batch_size: cc.BatchSize = None,
-    momentum: cc.Momentum = None, schedule_unit: cc.ScheduleUnit = None, rule: cc.Rule = None,
-    max_batch: cc.MaxBatch = None, max_fraction: cc.MaxFraction = None, round_to: cc.RoundTo = None,
-    max_stages: cc.MaxStages = None, stage_factor: cc.StageFactor = None, adam_rule: cc.AdamRule = None,
+    schedule: ScheduleOpt = None, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
+    momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None,
+    max_batch: MaxBatch = None, max_fraction: MaxFraction = None, round_to: RoundTo = None,
+    max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
     seeds: int = typer.Option(1, "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
     variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),

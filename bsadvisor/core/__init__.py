@@ -1,4 +1,5 @@
-"""Pure math and files: schedules, temperature, conversion, plans, probe results, statistics.
+"""Pure math and files: schedules, temperature, conversion (options, convert), plans, probe
+results, statistics, memory search, prediction from a probe, exports.
 
 Nothing in ``bsadvisor.core`` imports torch (a test checks it), so ``convert-schedule``
 and every command's option checks start instantly.

@@ -4,7 +4,9 @@ Every value a user can type (a CLI option, a TOML key, a field of a plan or prob
 goes through one of these before it reaches any arithmetic, so NaN, infinity, booleans,
 strings, 5000-digit integers and values out of range all fail the same way: one
 ``UserError`` line that names the parameter, the value and what is allowed. The ``name``
-is what the user typed (``--lr``, ``plan stages[2].batch_size``), so the caller chooses it.
+is the caller's: a library parameter (``max_fraction``), which the error also carries as
+``UserError.parameter`` so the CLI can show it as the option the user typed
+(``--max-fraction``), or a field of a file (``plan stages[2].batch_size``).
 """
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional
     ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a number, got {_show(value)}")
+        raise UserError(f"{name} must be a number, got {_show(value)}", parameter=name)
     if isinstance(value, int) and abs(value) > MAX_INT:
-        raise UserError(f"{name} must be below 2**63, got {_show(value)}")
+        raise UserError(f"{name} must be below 2**63, got {_show(value)}", parameter=name)
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise UserError(f"{name} must be a finite number, got {_show(value)}")
+        raise UserError(f"{name} must be a finite number, got {_show(value)}", parameter=name)
     _bounds(name, v, value, low, high, low_open, high_open)
     return v
 
@@ -48,9 +50,9 @@ def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional
 def integer(name: str, value: Any, *, low: Optional[int] = None, high: Optional[int] = MAX_INT) -> int:
     """``value`` as an int: a whole number (an integral float such as 128.0 is accepted) within bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a whole number, got {_show(value)}")
+        raise UserError(f"{name} must be a whole number, got {_show(value)}", parameter=name)
     if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
-        raise UserError(f"{name} must be a whole number, got {_show(value)}")
+        raise UserError(f"{name} must be a whole number, got {_show(value)}", parameter=name)
     v = int(value)
     _bounds(name, v, value, low, high, False, False)
     return v
@@ -71,6 +73,28 @@ def seed(name: str, value: Any) -> int:
     return integer(name, value, low=0, high=MAX_SEED)
 
 
+def within(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+           high_open: bool = False) -> Any:
+    """A real number in an interval, e.g. a momentum in [0, 1); any failure is worded as the interval.
+
+    Returns ``value`` as given (not as a float), so a plan records the number the user wrote.
+    """
+    inside = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and (low < value or (value == low and not low_open))
+              and (value < high or (value == high and not high_open)))
+    if not inside:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UserError(f"{name} must be in {interval}, got {_show(value)}", parameter=name)
+    return value
+
+
+def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """One of the ``allowed`` words."""
+    if value not in allowed:
+        raise UserError(f"{name} must be one of {', '.join(allowed)}, got {_show(value)}", parameter=name)
+    return value
+
+
 def optional(check, name: str, value: Any, **kw):
     """``None`` passes through; anything else goes through ``check``."""
     return None if value is None else check(name, value, **kw)
@@ -78,8 +102,8 @@ def optional(check, name: str, value: Any, **kw):
 
 def _bounds(name: str, v: float, shown: Any, low, high, low_open: bool, high_open: bool) -> None:
     if low is not None and (v < low or (low_open and v == low)):
-        raise UserError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {_show(shown)}")
+        raise UserError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {_show(shown)}", parameter=name)
     if high is not None and (v > high or (high_open and v == high)):
         if high == MAX_INT:
-            raise UserError(f"{name} must be below 2**63, got {_show(shown)}")
-        raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}")
+            raise UserError(f"{name} must be below 2**63, got {_show(shown)}", parameter=name)
+        raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}", parameter=name)

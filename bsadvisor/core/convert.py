@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, NamedTuple, Optional
 
-from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import MAX_EPOCHS, Plan, Stage
-from bsadvisor.core.schedules import Schedule, parse_schedule
+from bsadvisor.core.options import ConvertOptions
+from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.schedules import Schedule
 from bsadvisor.core.temperature import TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
@@ -57,18 +57,6 @@ class _Span:
     momentum: float
     rho: float  # what the original schedule asks for, g/g0
     phase: str
-
-
-def _check_positive(name: str, value, integer: bool = False, allow_none: bool = False, high=checks.MAX_INT):
-    if value is None and allow_none:
-        return None
-    if integer:
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{name} must be a whole number, got {checks._show(value)}")
-        return checks.integer(name, value, low=1, high=high)
-    return checks.positive(name, value)
 
 
 @dataclass(frozen=True)
@@ -164,56 +152,39 @@ class Rounding:
         return text
 
 
-def _as_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
-    if isinstance(schedule, Schedule):
-        return schedule
-    if schedule is None:
-        raise UserError("no schedule given; pass --schedule, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)'")
-    return parse_schedule(schedule)
+class _Piece(NamedTuple):
+    """Epochs [start, end) of the original run at one LR and momentum."""
+
+    start: int
+    end: int
+    lr: float
+    momentum: float
 
 
-def _original(lr, batch_size, dataset_size, epochs, schedule, momentum, schedule_unit):
-    """Validate the common inputs; return the schedule, ε0, the spans of constant LR, steps an epoch, N, B0, E.
+class _Original(NamedTuple):
+    """The original run, piece by piece, and its noise temperature g = ε/(1−m)·(N/B0 − 1) in each (eq. 1)."""
 
-    Each span is (start_epoch, end_epoch, lr, momentum) of the original run; the spans tile
-    [0, E) and come from the schedule's pieces, so their number does not grow with E for a
-    step schedule.
-    """
-    n = _check_positive("--dataset-size", dataset_size, integer=True)
-    b0 = _check_positive("--batch-size", batch_size, integer=True)
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > MAX_EPOCHS:
-        raise UserError(f"--epochs {checks._show(epochs)} is more than {MAX_EPOCHS:,}: a plan covers at most "
-                        f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length")
-    e = _check_positive("--epochs", epochs, integer=True)
-    if b0 > n:
-        raise UserError(f"--batch-size {b0} is larger than --dataset-size {n}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 <= momentum < 1):
-        raise UserError(f"--momentum must be in [0, 1), got {checks._show(momentum)}")
-    if schedule_unit not in ("epoch", "step"):
-        raise UserError(f"--schedule-unit must be epoch or step, got {checks._show(schedule_unit)}")
-    sched = _as_schedule(schedule)
-    if lr is None:
-        lrs = getattr(sched, "lrs", None)
-        if not lrs:
-            raise UserError("--lr is required (the LR the schedule starts from)")
-        lr = lrs[0]
-    lr = _check_positive("--lr", lr)
-    sched.check_lr(lr)
-    # A scheduler stepped per iteration is read at each epoch's first step, ceil(N/B0) steps an epoch.
-    steps = math.ceil(n / b0) if schedule_unit == "step" else 1
-    sched.check(e * steps, schedule_unit)
-    spans = []
-    for start, end in _epoch_spans(sched, e, steps):
+    pieces: list[_Piece]  # tile [0, E); their number does not grow with E for a step schedule
+    model: TemperatureModel
+    temperatures: list[float]
+
+
+def _original(options: ConvertOptions) -> _Original:
+    """The original run's pieces of constant LR and momentum, read from the schedule, and their temperatures."""
+    sched, steps = options.schedule, options.steps_per_epoch
+    pieces = []
+    for start, end in _epoch_spans(sched, options.epochs, steps):
         k = start * steps
         try:
-            value = sched.lr(k, lr)
+            value = sched.lr(k, options.lr)
         except OverflowError:
             value = math.inf
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"the schedule gives LR {value!r} at epoch {start}; it must be a finite number ≥ 0")
         m = sched.momentum(k)
-        spans.append((start, end, value, float(momentum) if m is None else m))
-    return sched, lr, spans, steps, n, b0, e
+        pieces.append(_Piece(start, end, value, float(options.momentum) if m is None else m))
+    model = TemperatureModel(options.dataset_size, options.rule, options.optimizer, options.adam_rule)
+    return _Original(pieces, model, _temperatures(model, pieces, options.batch_size, options.lr))
 
 
 def _epoch_spans(sched: Schedule, epochs: int, steps: int) -> list[tuple[int, int]]:
@@ -243,10 +214,10 @@ def _epoch_spans(sched: Schedule, epochs: int, steps: int) -> list[tuple[int, in
     return spans
 
 
-def _temperatures(model: TemperatureModel, spans, b0: int, lr0: float) -> list[float]:
-    """The original temperature of each span; an overflow says which number is too large."""
+def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: float) -> list[float]:
+    """The original temperature of each piece; an overflow says which number is too large."""
     temps = []
-    for start, _end, x, m in spans:
+    for start, _end, x, m in pieces:
         t = model.temperature(x, m, b0)
         if not math.isfinite(t):
             if x == lr0:
@@ -258,35 +229,52 @@ def _temperatures(model: TemperatureModel, spans, b0: int, lr0: float) -> list[f
     return temps
 
 
-def baseline_plan(*, lr: Optional[float], batch_size: int, dataset_size: int, epochs: int,
-                  schedule: Union[str, Schedule], momentum: float = 0.0, schedule_unit: str = "epoch",
-                  optimizer: str = "sgd", rule: str = "exact", adam_rule: str = "sqrt") -> Plan:
+#: What a baseline plan records of its options.
+_BASELINE_INPUTS = ("lr", "batch_size", "dataset_size", "epochs", "momentum", "schedule", "schedule_unit")
+
+
+def baseline(options: ConvertOptions) -> Plan:
     """The original schedule as a Plan: batch B0 throughout, the schedule's LR in each epoch."""
-    sched, lr, spans, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
-                                                  schedule_unit)
-    model = TemperatureModel(n, rule, optimizer, adam_rule)
-    temps = _temperatures(model, spans, b0, lr)
+    original = _original(options)
+    n, b0, pieces, temps = options.dataset_size, options.batch_size, original.pieces, original.temperatures
     g_ref = max(temps)
     # B0 = N (full batch) has no gradient noise: g = 0 throughout; report the LR ratio instead.
-    rho = [t / g_ref for t in temps] if g_ref > 0 else [x / max(s[2] for s in spans) if x else 0.0
-                                                       for _, _, x, _ in spans]
-    per_span = [_Span(a, z, b0, x, m, r, "original") for (a, z, x, m), r in zip(spans, rho)]
-    stages = _merge(per_span, model, g_ref)
-    return Plan(stages=stages, dataset_size=n, baseline_updates=e * math.ceil(n / b0),
-                inputs={"kind": "baseline", "lr": lr, "batch_size": b0, "dataset_size": n, "epochs": e,
-                        "momentum": momentum, "schedule": sched.describe(), "schedule_unit": schedule_unit},
+    rho = [t / g_ref for t in temps] if g_ref > 0 else [p.lr / max(q.lr for q in pieces) if p.lr else 0.0
+                                                       for p in pieces]
+    per_span = [_Span(p.start, p.end, b0, p.lr, p.momentum, r, "original") for p, r in zip(pieces, rho)]
+    recorded = options.to_dict()
+    return Plan(stages=_merge(per_span, original.model, g_ref), dataset_size=n,
+                baseline_updates=options.epochs * math.ceil(n / b0),
+                inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
 
 
-def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int, epochs: int,
-                     schedule: Union[str, Schedule], momentum: float = 0.0, schedule_unit: str = "epoch",
-                     optimizer: str = "sgd", rule: str = "exact", max_batch: Optional[int] = None,
-                     max_fraction: float = 0.1, round_to: int = 1, max_stages: Optional[int] = None,
-                     stage_factor: Optional[float] = None, increase_lr: Optional[float] = None,
-                     momentum_to: Optional[float] = None, adam_rule: str = "sqrt",
-                     noise_cap_batch: Optional[float] = None, world_size: int = 1,
-                     micro_batch: Optional[int] = None) -> Plan:
+def baseline_plan(**options: Any) -> Plan:
+    """:func:`baseline` for keyword options (those of :class:`ConvertOptions`)."""
+    return baseline(ConvertOptions(**options))
+
+
+def convert_schedule(**options: Any) -> Plan:
     """Convert an LR schedule at fixed batch into a batch-growth plan with the same temperature g(t).
+
+    The keywords are :class:`ConvertOptions`' fields (lr, batch_size, dataset_size, epochs,
+    schedule, momentum, max_batch, max_fraction, ...); see :func:`convert`.
+    """
+    return convert(ConvertOptions(**options))
+
+
+class _Base(NamedTuple):
+    """The plan's base point (ε_b, m_b, B_b): the original's peak temperature g_ref at the LR and
+    momentum the plan trains with (the peak's, or a §5.2 variant's)."""
+
+    lr: float
+    momentum: float
+    batch: float  # unrounded; may be inf when g_ref needs B > N
+    variant: bool  # increase_lr or momentum_to moved the base away from (ε_peak, m_peak, B0)
+
+
+def convert(options: ConvertOptions) -> Plan:
+    """The batch-growth plan of ``options`` (module docstring): same temperature g(t), B grows instead of ε decaying.
 
     ``max_batch`` is the device cap (largest batch that fits, × devices × accumulation);
     ``max_fraction`` caps B at that fraction of N (the paper stops near N/10);
@@ -297,85 +285,94 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
     limit; the plan's batches are then rounded as :class:`Rounding` says (B0 itself is the
     user's and is kept).
     """
-    sched, lr0, spans, steps, n, b0, e = _original(lr, batch_size, dataset_size, epochs, schedule, momentum,
-                                                   schedule_unit)
+    n, b0 = options.dataset_size, options.batch_size
     if b0 == n:
         raise UserError(f"--batch-size {b0} equals --dataset-size {n}: every step already uses the whole data set, so "
                         "there is no gradient noise to trade and no batch to grow into; give the batch size the "
                         "schedule was tuned at (batch growth needs B0 < N, typically B0 ≤ N/10)")
-    model = TemperatureModel(n, rule, str(optimizer).lower(), adam_rule)
-    if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
-        raise UserError(f"--max-fraction must be in (0, 1], got {max_fraction!r}")
-    round_to = _check_positive("--round-to", round_to, integer=True)
-    world_size = _check_positive("--world-size", world_size, integer=True)
-    micro_batch = _check_positive("--max-micro-batch", micro_batch, integer=True, allow_none=True)
-    rounding = Rounding(round_to, world_size, micro_batch)
-    max_batch = _check_positive("--max-batch", max_batch, integer=True, allow_none=True)
-    max_stages = _check_positive("--max-stages", max_stages, integer=True, allow_none=True)
-    stage_factor = _check_positive("--stage-factor", stage_factor, allow_none=True)
-    if stage_factor is not None and stage_factor < 1:
-        raise UserError(f"--stage-factor must be ≥ 1, got {stage_factor}")
-    increase_lr = _check_positive("--increase-lr", increase_lr, allow_none=True)
-    if increase_lr is not None and increase_lr < 1:
-        raise UserError(f"--increase-lr must be ≥ 1 (it multiplies the LR and the batch), got {increase_lr}")
-    if momentum_to is not None:
-        if model.is_adam:
-            raise UserError("--momentum-to applies to SGD momentum; Adam's β1 does not set the temperature")
-        if isinstance(momentum_to, bool) or not isinstance(momentum_to, (int, float)) or not 0 <= momentum_to < 1:
-            raise UserError(f"--momentum-to must be in [0, 1), got {momentum_to!r}")
-    if max_batch is not None and max_batch < b0:
-        raise UserError(f"--max-batch {max_batch} is smaller than --batch-size {b0}: the original batch does not fit; "
-                        "lower --batch-size or allow gradient accumulation")
-
+    original = _original(options)
+    model, temps = original.model, original.temperatures
     warnings: list[str] = []
     notes: list[str] = [f"temperature model: {model.describe()}"]
 
     # The original temperature trajectory, relative to its peak (after any warmup).
-    temps = _temperatures(model, spans, b0, lr0)
     g_ref = max(temps)
     if g_ref <= 0:
         raise UserError("the schedule's LR is 0 throughout; nothing to convert")
     rho = [t / g_ref for t in temps]
-    peak = temps.index(g_ref)  # a span index; its first epoch is spans[peak][0]
-    peak_epoch = spans[peak][0]
+    peak = temps.index(g_ref)  # a piece index; its first epoch is pieces[peak].start
+    peak_epoch = original.pieces[peak].start
     if peak_epoch > 0:
         notes.append(f"epochs 0–{peak_epoch - 1} are LR warmup: kept as an LR warmup at the starting batch; "
                      f"only the decay from epoch {peak_epoch} on is converted")
     if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, len(rho))):
         warnings.append("the schedule rises again after its peak; the batch is never reduced, the LR carries the rise")
 
-    # Base point of the plan: (ε_b, m_b, B_b) with the original's peak temperature.
-    lr_peak, m_peak = spans[peak][2], spans[peak][3]
-    lr_base = lr_peak * (increase_lr or 1.0)
+    base = _base_point(options, original.pieces[peak], g_ref, model, notes, warnings)
+    rounding = Rounding(options.round_to, options.world_size, options.micro_batch)
+    cap_info, b_start, b_base = _cap(options, rounding, base, warnings)
+    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak), peak=peak,
+                        g_ref=g_ref, model=model, lr_base=base.lr, m_base=base.momentum, b_base=b_base,
+                        b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
+                        factor=_stage_factor(options))
+    stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
+    per_span = stairs.spans()
+    stages = _merge(per_span, model, g_ref)
+    _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
+    return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
+                baseline_updates=options.epochs * math.ceil(n / b0), cap=cap_info, warnings=warnings, notes=notes)
+
+
+def _stage_factor(options: ConvertOptions) -> float:
+    """The given stage factor; by default one batch stage per step of a step schedule, doublings for a smooth one."""
+    if options.stage_factor is not None:
+        return options.stage_factor
+    return 1.0 if options.schedule.piecewise_constant else 2.0
+
+
+def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: TemperatureModel,
+                notes: list[str], warnings: list[str]) -> _Base:
+    """The base point at the peak temperature g_ref, and what the §5.2 variants and Adam add to the report."""
+    increase_lr, momentum_to = options.increase_lr, options.momentum_to
+    lr_base = peak.lr * (increase_lr or 1.0)
     if not math.isfinite(lr_base):
-        raise UserError(f"--increase-lr {increase_lr:g} times the LR {lr_peak:g} overflows; the paper used K = 5")
-    m_base = momentum_to if momentum_to is not None else m_peak
-    variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != m_peak)
-    b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(b0)
+        raise UserError(f"--increase-lr {increase_lr:g} times the LR {peak.lr:g} overflows; the paper used K = 5")
+    m_base = momentum_to if momentum_to is not None else peak.momentum
+    variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != peak.momentum)
+    b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(options.batch_size)
     if increase_lr not in (None, 1.0):
         notes.append(f"increased-LR variant (§5.2): LR × {increase_lr:g} and the batch that keeps g0: "
-                     f"{b0} → {b_base:.1f}")
-    if momentum_to is not None and momentum_to != m_peak:
-        notes.append(f"momentum {m_peak:g} → {momentum_to:g} (§5.2): batch × (1−m)/(1−m′) keeps g0")
+                     f"{options.batch_size} → {b_base:.1f}")
+    if momentum_to is not None and momentum_to != peak.momentum:
+        notes.append(f"momentum {peak.momentum:g} → {momentum_to:g} (§5.2): batch × (1−m)/(1−m′) keeps g0")
         warnings.append("raising the momentum costs some accuracy and the momentum buffer needs a few epochs "
                         "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
     if model.is_adam:
-        warnings.append(f"{optimizer}: applied the {'square-root' if model.power == 0.5 else 'linear'} rule "
+        warnings.append(f"{options.optimizer}: applied the {'square-root' if model.power == 0.5 else 'linear'} rule "
                         "(a decay of the LR by α becomes batch × "
                         f"{'α²' if model.power == 0.5 else 'α'}); for full equivalence also scale 1−β1, 1−β2 and "
                         "Adam's ε (Malladi et al. 2205.10287); only a validation run settles it (bsadvisor validate)")
+    return _Base(lr_base, m_base, b_base, variant)
 
-    # The cap: the smallest of the device, the dataset fraction and the noise-scale limit.
-    limits = {"max_fraction": max(1, math.floor(max_fraction * n))}
-    if max_batch is not None:
-        limits["device"] = max_batch
-    if noise_cap_batch is not None:
-        limits["noise_scale"] = max(1, math.floor(min(noise_cap_batch, n)))
+
+def _cap(options: ConvertOptions, rounding: Rounding, base: _Base,
+         warnings: list[str]) -> tuple[dict[str, Any], int, float]:
+    """The cap, the smallest of the device, the dataset fraction and the noise-scale limit.
+
+    Returns the plan's ``cap`` record, the starting batch and the (possibly capped) base batch.
+    """
+    n, b0 = options.dataset_size, options.batch_size
+    limits = {"max_fraction": max(1, math.floor(options.max_fraction * n))}
+    if options.max_batch is not None:
+        limits["device"] = options.max_batch
+    if options.noise_cap_batch is not None:
+        limits["noise_scale"] = max(1, math.floor(min(options.noise_cap_batch, n)))
     limited_by = min(limits, key=limits.get)
     cap = min(rounding.floor(min(limits.values())), n)
-    b_start = rounding.nearest(min(b_base, float(n))) if variant else b0  # b_base may be inf (g0 needs B > N)
+    b_base = base.batch
+    b_start = rounding.nearest(min(b_base, float(n))) if base.variant else b0  # b_base may be inf (g0 needs B > N)
     if cap < b_start:
-        if variant:
+        if base.variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "
                             "with the LR lowered to keep g0")
             b_start, b_base = cap, float(cap)
@@ -384,31 +381,32 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
                             "the LR decay stays as it is")
             cap = b_start
             limited_by = "batch_size"
-    cap_info = {"batch_size": cap, "limited_by": limited_by, **{k: v for k, v in limits.items()}}
+    return {"batch_size": cap, "limited_by": limited_by, **limits}, b_start, b_base
 
-    if stage_factor is None:
-        # Step schedules: one batch stage per step of the schedule. Smooth ones: a staircase of doublings.
-        stage_factor = 1.0 if sched.piecewise_constant else 2.0
-    targets = _targets(rho, g_ref, model, lr_base, m_base, peak)
-    fit = max_stages is not None and _count_batches(
-        _batches(targets, b_base, b_start, cap, rounding, stage_factor, peak)) > max_stages
-    cap_words = _CAP_WORDS[limited_by]
+
+def _fit_stages(stairs: "_Staircase", max_stages: Optional[int], cap_words: str,
+                notes: list[str]) -> tuple["_Staircase", str]:
+    """The staircase within ``max_stages`` batch sizes, and how the report names its cap."""
+    fit = max_stages is not None and _count_batches(stairs.batches()) > max_stages
     if fit and max_stages == 1:  # one batch size: the staircase always steps up at the cap, so keep B, decay the LR
-        cap, cap_words = b_start, "--max-stages 1"
+        stairs, cap_words = stairs._replace(cap=stairs.b_start), "--max-stages 1"
     elif fit:
-        stage_factor = _fit_factor(targets, b_base, b_start, cap, rounding, stage_factor, peak, max_stages)
-    per_span = _staircase(spans, rho, targets, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding,
-                          stage_factor, peak)
+        stairs = stairs._replace(factor=_fit_factor(stairs, max_stages))
     if fit:
-        notes.append(f"at most {max_stages} batch stages: a new batch when the target grew by ×{stage_factor:.3g}")
-    elif stage_factor > 1:
-        notes.append(f"a new batch stage when the target batch has grown by ×{stage_factor:.3g}; "
+        notes.append(f"at most {max_stages} batch stages: a new batch when the target grew by ×{stairs.factor:.3g}")
+    elif stairs.factor > 1:
+        notes.append(f"a new batch stage when the target batch has grown by ×{stairs.factor:.3g}; "
                      "inside a stage the LR carries the rest")
+    return stairs, cap_words
 
-    stages = _merge(per_span, model, g_ref)
+
+def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span], stages: list[Stage],
+             cap_words: str, variant: bool, notes: list[str], warnings: list[str]) -> None:
+    """What the report says about the finished staircase: the hybrid tail, N/10, rounding, units."""
+    n, b0, model, rounding = options.dataset_size, options.batch_size, stairs.model, stairs.rounding
     hybrid_from = next((p.start for p in per_span if p.phase == "hybrid"), None)
     if hybrid_from is not None:
-        warnings.append(f"the batch reaches the cap of {cap} ({cap_words}) at epoch {hybrid_from}; "
+        warnings.append(f"the batch reaches the cap of {stairs.cap} ({cap_words}) at epoch {hybrid_from}; "
                         "from there the LR carries the rest of the decay (hybrid)")
     biggest = max(p.batch for p in per_span)
     if biggest > n / 10:
@@ -423,75 +421,83 @@ def convert_schedule(*, lr: Optional[float], batch_size: int, dataset_size: int,
         if not variant and not rounding.allows(b0):
             notes.append(f"--batch-size {b0} is not one of those batches: the plan starts at your batch {b0} "
                          f"(the original run, unchanged) and rounds only the grown batches")
-    if schedule_unit == "step":
-        notes.append(f"schedule read per step, {steps} steps an epoch (ceil(N/B0)); the plan is indexed in epochs")
+    if options.schedule_unit == "step":
+        notes.append(f"schedule read per step, {options.steps_per_epoch} steps an epoch (ceil(N/B0)); "
+                     "the plan is indexed in epochs")
     notes.append("updates count ceil(N/B) per epoch: the last partial batch of an epoch is kept")
     notes.append(BATCHNORM_NOTE)
-
-    inputs = {"lr": lr0, "batch_size": b0, "dataset_size": n, "epochs": e, "momentum": momentum,
-              "schedule": sched.describe(), "schedule_unit": schedule_unit, "optimizer": str(optimizer).lower(),
-              "rule": rule, "max_batch": max_batch, "max_fraction": max_fraction, "round_to": round_to,
-              "world_size": world_size, "micro_batch": micro_batch,
-              "max_stages": max_stages, "stage_factor": stage_factor, "increase_lr": increase_lr,
-              "momentum_to": momentum_to, "adam_rule": adam_rule if model.is_adam else None}
-    return Plan(stages=stages, dataset_size=n, inputs=inputs, baseline_updates=e * math.ceil(n / b0),
-                cap=cap_info, warnings=warnings, notes=notes)
 
 
 _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",
               "batch_size": "the starting batch"}
 
 
-def _targets(rho, g_ref, model, lr_base, m_base, peak) -> list[Optional[float]]:
-    """The unrounded batch each span asks for (from the peak on; None for the warmup before it)."""
-    return [model.batch_for(g_ref * r, lr_base, m_base) if i >= peak else None for i, r in enumerate(rho)]
+def _targets(rho: list[float], g_ref: float, model: TemperatureModel, base: _Base, peak: int) -> list[Optional[float]]:
+    """The unrounded batch each piece asks for (from the peak on; None for the warmup before it)."""
+    return [model.batch_for(g_ref * r, base.lr, base.momentum) if i >= peak else None for i, r in enumerate(rho)]
 
 
-def _batches(targets, b_base, b_start, cap, rounding, factor, peak) -> list[tuple[int, float]]:
-    """(batch, ref) of each span: ``ref`` is the unrounded batch the current stage was chosen for.
+class _Staircase(NamedTuple):
+    """The batch-growth rule of one conversion (module docstring).
 
-    A new stage starts when the target grew by ``factor`` or passed the cap (then straight
-    to the cap). The starting batch itself is never re-rounded (a B0 that is not a multiple
-    of --round-to stays B0): stages change only after the peak span.
+    From the ``peak`` piece on, piece i asks for the batch ``targets[i]`` that gives g_ref·ρ_i
+    at the base LR and momentum; a new batch stage starts when that target has grown by
+    ``factor`` or passed the ``cap`` (then straight to the cap), and inside a stage the LR
+    carries the residual. Pieces before the peak are the LR warmup, kept at ``b_start``.
     """
-    out = []
-    ref = min(b_base, float(cap))
-    batch = b_start
-    lo, top = cap * (1 - _EPS), float(cap)
-    for i, target in enumerate(targets):
-        if i > peak:
-            want = min(target, top)
-            if want >= ref * factor * (1 - _EPS) or target >= lo:
-                nearest = min(rounding.nearest(want), cap)
-                if nearest > batch:
-                    ref, batch = want, nearest
-        out.append((batch, ref))
-    return out
 
+    pieces: list[_Piece]
+    rho: list[float]
+    targets: list[Optional[float]]
+    peak: int
+    g_ref: float
+    model: TemperatureModel
+    lr_base: float
+    m_base: float
+    b_base: float
+    b_start: int
+    cap: int
+    rounding: Rounding
+    factor: float
 
-def _staircase(spans, rho, targets, g_ref, model, lr_base, m_base, b_base, b_start, cap, rounding, factor,
-               peak) -> list[_Span]:
-    """(batch, lr, momentum) of each span, following g_ref·ρ(t); see the module docstring.
+    def batches(self) -> list[tuple[int, float]]:
+        """(batch, ref) of each piece: ``ref`` is the unrounded batch the current stage was chosen for.
 
-    Spans before ``peak`` (the span the conversion starts from) are the LR warmup, kept at
-    the starting batch; inside a stage the LR carries the residual, ε = lr_for(g, ref).
-    """
-    out: list[_Span] = []
-    for i, ((start, end, _x, _m), r, target, (batch, ref)) in enumerate(
-            zip(spans, rho, targets, _batches(targets, b_base, b_start, cap, rounding, factor, peak))):
-        g = g_ref * r
-        if i >= peak:
-            phase = "hybrid" if batch == cap and target > cap * (1 + _EPS) else "growth"
-        else:
-            phase = "warmup"
-        lr = model.lr_for(g, m_base, ref)
-        if not math.isfinite(lr):  # B = N leaves no gradient noise, so no LR can raise g again
-            raise UserError(f"at epoch {start} the schedule asks for a higher temperature than batch {batch} (= N) can "
-                            "give at any LR; lower --max-fraction, or end the schedule before it rises again")
-        if abs(lr / lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
-            lr = lr_base
-        out.append(_Span(start, end, batch, lr, m_base, r, phase))
-    return out
+        The starting batch itself is never re-rounded (a B0 that is not a multiple of
+        --round-to stays B0): stages change only after the peak piece.
+        """
+        out = []
+        ref = min(self.b_base, float(self.cap))
+        batch = self.b_start
+        lo, top = self.cap * (1 - _EPS), float(self.cap)
+        for i, target in enumerate(self.targets):
+            if i > self.peak:
+                want = min(target, top)
+                if want >= ref * self.factor * (1 - _EPS) or target >= lo:
+                    nearest = min(self.rounding.nearest(want), self.cap)
+                    if nearest > batch:
+                        ref, batch = want, nearest
+            out.append((batch, ref))
+        return out
+
+    def spans(self) -> list[_Span]:
+        """(batch, lr, momentum) of each piece, following g_ref·ρ(t); ε = lr_for(g, ref) inside a stage."""
+        out: list[_Span] = []
+        for i, (piece, r, target, (batch, ref)) in enumerate(zip(self.pieces, self.rho, self.targets, self.batches())):
+            g = self.g_ref * r
+            if i >= self.peak:
+                phase = "hybrid" if batch == self.cap and target > self.cap * (1 + _EPS) else "growth"
+            else:
+                phase = "warmup"
+            lr = self.model.lr_for(g, self.m_base, ref)
+            if not math.isfinite(lr):  # B = N leaves no gradient noise, so no LR can raise g again
+                raise UserError(f"at epoch {piece.start} the schedule asks for a higher temperature than batch {batch} "
+                                "(= N) can give at any LR; lower --max-fraction, or end the schedule before it rises "
+                                "again")
+            if abs(lr / self.lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
+                lr = self.lr_base
+            out.append(_Span(piece.start, piece.end, batch, lr, self.m_base, r, phase))
+        return out
 
 
 def _count_batches(batches) -> int:
@@ -500,13 +506,14 @@ def _count_batches(batches) -> int:
     return 1 + sum(1 for a, b in zip(bs, bs[1:]) if a != b)
 
 
-def _fit_factor(targets, b_base, b_start, cap, rounding, factor, peak, max_stages) -> float:
+def _fit_factor(stairs: _Staircase, max_stages: int) -> float:
     """Smallest stage factor (bisection in log space) giving at most ``max_stages`` batch sizes."""
-    lo, hi = math.log(max(factor, 1.0)), math.log(max(cap / max(b_start, 1), 1.0) * 2 + 1)
+    lo = math.log(max(stairs.factor, 1.0))
+    hi = math.log(max(stairs.cap / max(stairs.b_start, 1), 1.0) * 2 + 1)
     best = math.exp(hi)
     for _ in range(60):  # to float precision: a factor just above a boundary would skip a step
         mid = (lo + hi) / 2
-        if _count_batches(_batches(targets, b_base, b_start, cap, rounding, math.exp(mid), peak)) <= max_stages:
+        if _count_batches(stairs._replace(factor=math.exp(mid)).batches()) <= max_stages:
             best, hi = math.exp(mid), mid
         else:
             lo = mid

@@ -3,7 +3,17 @@
 The CLI turns a UserError into a single line on stderr and exit code 2; anything
 else is a bug in bsadvisor and keeps its traceback.
 """
+from __future__ import annotations
 
 
 class UserError(ValueError):
-    """Bad input: the message says what is wrong and how to fix it, in one line."""
+    """Bad input: the message says what is wrong and how to fix it, in one line.
+
+    ``parameter``: when the message is about one parameter's value it starts with the
+    parameter's name (``max_fraction must be in (0, 1], got 2``) and names it here, so the
+    CLI can show the option the user typed instead (``--max-fraction must be ...``).
+    """
+
+    def __init__(self, message: str = "", parameter: str | None = None):
+        super().__init__(message)
+        self.parameter = parameter

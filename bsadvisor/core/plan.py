@@ -20,6 +20,8 @@ PLAN_SCHEMA = "bsadvisor.plan/1"
 #: but a plan's users do (training, ``batch_sizes()``, CSV export): a bound keeps them finite.
 MAX_EPOCHS = 1_000_000
 PHASES = ("warmup", "growth", "hybrid", "original")
+#: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
+SCHEDULE_UNITS = ("epoch", "step")
 REMEDY = "regenerate it with bsadvisor convert-schedule --out"
 
 
@@ -259,7 +261,7 @@ INPUTS_SPEC = S.Obj({
     "batch_size": S.opt(_COUNT), "dataset_size": S.opt(_COUNT), "epochs": S.opt(_COUNT),
     "momentum": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
     "schedule": S.opt(S.Str(nullable=True)),
-    "schedule_unit": S.opt(S.Str(choices=("epoch", "step"), nullable=True)),
+    "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
     "optimizer": S.opt(S.Str(nullable=True)), "rule": S.opt(S.Str(nullable=True)),
     "adam_rule": S.opt(S.Str(nullable=True)), "kind": S.opt(S.Str(nullable=True)),
     "max_batch": S.opt(_COUNT), "round_to": S.opt(_COUNT), "world_size": S.opt(_COUNT),

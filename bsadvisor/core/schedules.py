@@ -329,11 +329,12 @@ UNSUPPORTED_HINT = {
 def parse_schedule(text: str) -> Schedule:
     """Parse a scheduler expression or load a CSV table (a path ending in .csv)."""
     if not isinstance(text, str) or not text.strip():
-        raise UserError("--schedule is empty; give e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)' or a .csv file")
+        raise UserError("schedule is empty; give e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)' or a .csv file",
+                        parameter="schedule")
     text = text.strip()
     if len(text) > MAX_SCHEDULE_CHARS:
-        raise UserError(f"--schedule is {len(text):,} characters long; at most {MAX_SCHEDULE_CHARS:,} are accepted "
-                        "(write a long schedule as a CSV table epoch,lr)")
+        raise UserError(f"schedule is {len(text):,} characters long; at most {MAX_SCHEDULE_CHARS:,} are accepted "
+                        "(write a long schedule as a CSV table epoch,lr)", parameter="schedule")
     if text.lower().endswith(".csv"):
         return load_table(text)
     try:
@@ -478,8 +479,29 @@ def _validate(name: str, kw: dict[str, Any]) -> None:
 
 def load_table(path: str) -> TableSchedule:
     """Read ``epoch,lr[,momentum]`` rows (header optional), epochs strictly increasing from 0."""
-    p = Path(path)
     name = brief(str(path), 80)[1:-1]
+    rows, header = _table_rows(_table_text(Path(path), name), name)
+    width = len(header) if header else len(rows[0])  # a header fixes the columns: epoch,lr has no momentum
+    epochs, lrs, momenta = [], [], []
+    for i, r in enumerate(rows, 1):
+        if len(r) != width or width not in (2, 3):
+            raise UserError(f"schedule table {name}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
+                            f"columns, got {len(r)}")
+        e, lr, m = _table_row(r, width, name, i)
+        if epochs and e <= epochs[-1]:
+            raise UserError(f"schedule table {name}, row {i}: epochs must increase strictly")
+        epochs.append(e); lrs.append(lr)
+        if m is not None:
+            momenta.append(m)
+    if epochs[0] != 0:
+        raise UserError(f"schedule table {name} must start at epoch 0 (it starts at {epochs[0]})")
+    t = TableSchedule(epochs, lrs, momenta or None, source=str(path))
+    t.text = str(path)
+    return t
+
+
+def _table_text(p: Path, name: str) -> str:
+    """The table file's text, refused with a reason when it is no readable text file of sane size."""
     try:
         if p.is_dir():
             raise UserError(f"schedule table {name} is a folder; give the path of a CSV file")
@@ -494,6 +516,11 @@ def load_table(path: str) -> TableSchedule:
         raise UserError(f"schedule table {name} is not a text (UTF-8) file; is it the right file?") from None
     if "\0" in text:
         raise UserError(f"schedule table {name} is not a text file (it holds NUL bytes); is it the right file?")
+    return text
+
+
+def _table_rows(text: str, name: str) -> tuple[list[list[str]], Optional[list[str]]]:
+    """The table's non-empty CSV rows, and its header (epoch,lr[,momentum]) when it has one."""
     rows = []
     try:
         for r in csv.reader(text.splitlines()):
@@ -514,36 +541,25 @@ def load_table(path: str) -> TableSchedule:
         header = None
     if not rows:
         raise UserError(f"schedule table {name} has no rows; write lines like 0,0.1")
-    width = len(header) if header else len(rows[0])  # a header fixes the columns: epoch,lr has no momentum
-    epochs, lrs, momenta = [], [], []
-    for i, r in enumerate(rows, 1):
-        if len(r) != width or width not in (2, 3):
-            raise UserError(f"schedule table {name}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
-                            f"columns, got {len(r)}")
-        cells = [brief(c.strip(), 30) for c in r]
-        try:
-            e, lr = float(r[0]), float(r[1])
-            m = float(r[2]) if width == 3 else None
-        except ValueError:
-            raise UserError(f"schedule table {name}, row {i}: {', '.join(cells)} are not numbers") from None
+    return rows, header
 
-        if not (math.isfinite(e) and e == int(e) and 0 <= e < MAX_EPOCHS):
-            raise UserError(f"schedule table {name}, row {i}: epoch must be a whole number ≥ 0 (and below "
-                            f"{MAX_EPOCHS:,}), got {cells[0]}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise UserError(f"schedule table {name}, row {i}: lr must be a positive number, got {cells[1]}")
-        if m is not None and not (math.isfinite(m) and 0 <= m < 1):
-            raise UserError(f"schedule table {name}, row {i}: momentum must be in [0, 1), got {cells[2]}")
-        if epochs and int(e) <= epochs[-1]:
-            raise UserError(f"schedule table {name}, row {i}: epochs must increase strictly")
-        epochs.append(int(e)); lrs.append(lr)
-        if m is not None:
-            momenta.append(m)
-    if epochs[0] != 0:
-        raise UserError(f"schedule table {name} must start at epoch 0 (it starts at {epochs[0]})")
-    t = TableSchedule(epochs, lrs, momenta or None, source=str(path))
-    t.text = str(path)
-    return t
+
+def _table_row(r: list[str], width: int, name: str, i: int) -> tuple[int, float, Optional[float]]:
+    """(epoch, lr, momentum or None) of row ``i``, each checked."""
+    cells = [brief(c.strip(), 30) for c in r]
+    try:
+        e, lr = float(r[0]), float(r[1])
+        m = float(r[2]) if width == 3 else None
+    except ValueError:
+        raise UserError(f"schedule table {name}, row {i}: {', '.join(cells)} are not numbers") from None
+    if not (math.isfinite(e) and e == int(e) and 0 <= e < MAX_EPOCHS):
+        raise UserError(f"schedule table {name}, row {i}: epoch must be a whole number ≥ 0 (and below "
+                        f"{MAX_EPOCHS:,}), got {cells[0]}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"schedule table {name}, row {i}: lr must be a positive number, got {cells[1]}")
+    if m is not None and not (math.isfinite(m) and 0 <= m < 1):
+        raise UserError(f"schedule table {name}, row {i}: momentum must be in [0, 1), got {cells[2]}")
+    return int(e), lr, m
 
 
 def _is_number(s: str) -> bool:

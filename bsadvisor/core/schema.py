@@ -1,8 +1,9 @@
 """Declarative checks of the documents bsadvisor reads: plan and probe JSON, the TOML --config.
 
-Each file type has one spec (``plan.PLAN_SPEC``, ``probe_result.PROBE_SPEC``,
-``cmd_convert.CONFIG_SPEC``) built from the small vocabulary below: a field's type, its
-range, whether it is required, and for objects and lists the specs of what they hold.
+Each file type has one spec (``plan.PLAN_SPEC``, ``probe_result.PROBE_SPEC``, the
+--config spec in ``bsadvisor.cli.convert``) built from the small vocabulary below: a
+field's type, its range, whether it is required, and for objects and lists the specs of
+what they hold.
 ``validate`` walks a document against its spec once and either returns the cleaned
 values (integral floats as ints, ``null`` as NaN where a number may be missing) or
 raises one ``UserError`` line that names the file, the field's path and the fix:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core import checks
 
 RULES = ("exact", "proportional")
 ADAM_RULES = ("sqrt", "linear")
 SGD_FAMILY = ("sgd", "nesterov")
 ADAM_FAMILY = ("adam", "adamw")
+OPTIMIZERS = SGD_FAMILY + ADAM_FAMILY
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,
@@ -39,12 +40,9 @@ class TemperatureModel:
     adam_rule: str = "sqrt"
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise UserError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if self.optimizer not in SGD_FAMILY + ADAM_FAMILY:
-            raise UserError(f"--optimizer must be one of sgd, nesterov, adam, adamw, got {self.optimizer!r}")
-        if self.adam_rule not in ADAM_RULES:
-            raise UserError(f"--adam-rule must be one of {', '.join(ADAM_RULES)}, got {self.adam_rule!r}")
+        checks.choice("rule", self.rule, RULES)
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
 
     @property
     def is_adam(self) -> bool:

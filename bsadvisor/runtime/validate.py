@@ -18,7 +18,6 @@ The report of the results (Markdown, plots, the CLI's curves) is runtime/report.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import statistics
@@ -32,6 +31,7 @@ from bsadvisor.core import checks
 from bsadvisor.core import convert
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
+from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
 
 VALIDATION_SCHEMA = "bsadvisor.validation/1"
@@ -61,12 +61,9 @@ class RunSpec:
 
 
 # -- which runs --------------------------------------------------------------------------
-def _call(fn: Callable, inputs: dict, **overrides) -> Plan:
-    """Call ``fn`` with the plan's recorded inputs that it accepts, plus ``overrides``."""
-    params = inspect.signature(fn).parameters
-    kw = {k: v for k, v in inputs.items() if k in params and v is not None}  # None: take the default
-    kw.update({k: v for k, v in overrides.items() if k in params})
-    return fn(**kw)
+def _options(plan: Plan, **changes) -> ConvertOptions:
+    """The conversion options the plan records in its inputs, with ``changes`` (None: the default)."""
+    return ConvertOptions.from_dict({**plan.inputs, "dataset_size": plan.dataset_size, **changes})
 
 
 def baseline_of(plan: Plan) -> Plan:
@@ -76,8 +73,7 @@ def baseline_of(plan: Plan) -> Plan:
     if missing:
         raise UserError(f"the plan does not record its original schedule ({', '.join(missing)} missing from "
                         "'inputs'); regenerate it with bsadvisor convert-schedule --out")
-    inputs = dict(plan.inputs, dataset_size=plan.dataset_size)
-    return _call(convert.baseline_plan, inputs)
+    return convert.baseline(_options(plan))
 
 
 def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> convert.Rounding:
@@ -108,12 +104,12 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     b0 = plan.inputs.get("batch_size")
     if all(b == b0 or rounding.nearest(b) == b for b in plan.stage_batch_sizes()):
         return plan, None
-    inputs = dict(plan.inputs, dataset_size=plan.dataset_size, world_size=world_size, micro_batch=micro_batch)
-    if any(inputs.get(k) is None for k in ("lr", "batch_size", "epochs", "schedule")):
+    if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "epochs", "schedule")):
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
     cap = plan.cap or {}
-    fitted = _call(convert.convert_schedule, inputs, noise_cap_batch=cap.get("noise_scale"))
+    fitted = convert.convert(_options(plan, world_size=world_size, micro_batch=micro_batch,
+                                      noise_cap_batch=cap.get("noise_scale")))
     before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
@@ -127,18 +123,17 @@ def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] 
     runs = [RunSpec("original", baseline_of(plan), "the LR schedule at the fixed batch B0"),
             RunSpec("plan", plan, "batch growth (Smith et al. 2018)")]
     if variants:
-        inputs = dict(plan.inputs, dataset_size=plan.dataset_size)
-        b0 = int(inputs["batch_size"])
+        b0 = int(plan.inputs["batch_size"])
         if hybrid_cap is not None and not b0 < hybrid_cap <= plan.dataset_size:
             raise UserError(f"--hybrid-cap {hybrid_cap} must be above the starting batch {b0} (else the hybrid is the "
                             f"original schedule) and at most N = {plan.dataset_size}")
         cap = default_hybrid_cap(plan) if hybrid_cap is None else hybrid_cap
         if cap > b0:
-            runs.append(RunSpec(f"hybrid-{cap}", _call(convert.convert_schedule, inputs, max_batch=cap),
+            runs.append(RunSpec(f"hybrid-{cap}", convert.convert(_options(plan, max_batch=cap)),
                                 f"grow the batch up to {cap}, then decay the LR"))
         if increase_lr > 1:
             k = increase_lr
-            runs.append(RunSpec(f"increased-lr-x{k:g}", _call(convert.convert_schedule, inputs, increase_lr=k),
+            runs.append(RunSpec(f"increased-lr-x{k:g}", convert.convert(_options(plan, increase_lr=k)),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
 

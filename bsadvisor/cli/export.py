@@ -1,0 +1,61 @@
+"""`bsadvisor export`: a plan for other tools (the formats are bsadvisor.core.exports)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from bsadvisor.cli.app import app, emit_json, err_console
+from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, export
+
+EXPORT_EXAMPLES = """
+[bold]Examples[/]
+
+  Batch sizes as samples:batch pairs (the samples seen before each change), for a stepped batch schedule:
+
+  [cyan]bsadvisor export plan.json --format megatron[/]
+
+  One row per epoch, epoch,batch_size,lr,momentum:
+
+  [cyan]bsadvisor export plan.json --format csv --out plan.csv[/]
+
+  Both as JSON, with what the format cannot hold:
+
+  [cyan]bsadvisor export plan.json --format megatron --json[/]
+
+  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
+"""
+
+
+@app.command("export", epilog=EXPORT_EXAMPLES)
+def export_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan.json written by convert-schedule/advise --out")],
+    format_: Annotated[str, typer.Option("--format", help=" | ".join(EXPORT_FORMATS))] = "csv",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of printing.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON document: the exported text, its rows and "
+                                                       "notes on what the format cannot hold.")] = False,
+) -> None:
+    """Export a plan for the frameworks people already use. What the format cannot hold (e.g. the LR in
+    megatron) is said in a note on stderr."""
+    from rich.text import Text
+
+    from bsadvisor.core.fileio import check_destination, write_atomic
+    from bsadvisor.core.plan import Plan
+
+    check_format(format_)  # before the files: a typo fails first
+    if out is not None:
+        check_destination(out, "--out")
+    plan = Plan.load(plan_file)
+    text, rows, notes = export(plan, format_)
+    if out is not None:
+        write_atomic(out, text)
+    if json_:
+        emit_json({"schema": EXPORT_SCHEMA, "format": format_, "plan_file": str(plan_file),
+                   "out": None if out is None else str(out), "rows": rows, "text": text, "notes": notes})
+        return
+    if out is None:
+        typer.echo(text, nl=False)
+    for note in notes:
+        err_console.print(Text("note: " + note), soft_wrap=True, highlight=False)

@@ -1,0 +1,146 @@
+"""What a conversion takes: :class:`ConvertOptions`, each option's default written once.
+
+The CLI's convert-schedule options, ``convert_schedule(**options)`` and a plan's recorded
+``inputs`` all become one ConvertOptions, checked once when it is built (bsadvisor.core.checks):
+a ConvertOptions always holds clean values. A check of one value names the parameter
+(``max_fraction must be in (0, 1], got 2``); the CLI shows it as the option (--max-fraction).
+Messages that relate two inputs or tell the user which option to change keep the CLI's
+spelling (--batch-size, --dataset-size), as the plan's own warnings do.
+Pure Python, no torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Union
+
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.plan import MAX_EPOCHS, SCHEDULE_UNITS
+from bsadvisor.core.schedules import Schedule, parse_schedule
+from bsadvisor.core.temperature import ADAM_FAMILY, ADAM_RULES, OPTIMIZERS, RULES
+
+#: An example for a message that asks for a schedule.
+EXAMPLE_SCHEDULE = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """The inputs of a conversion (Smith et al. 1711.00489; docs/concepts.md §1–5).
+
+    The original run: ``lr`` ε0 (a CSV table gives its own), ``batch_size`` B0,
+    ``dataset_size`` N, ``epochs`` E, ``momentum`` m, ``schedule`` (a PyTorch scheduler
+    expression or a CSV table epoch,lr[,momentum]) read once an epoch or once a step
+    (``schedule_unit``), ``optimizer`` and the temperature ``rule`` (``adam_rule`` for Adam).
+    The plan: capped at ``max_batch`` (the device), ``max_fraction`` of N and
+    ``noise_cap_batch`` (a multiple of the measured noise scale); batches rounded as
+    convert.Rounding says (``round_to``, ``world_size``, ``micro_batch``); at most
+    ``max_stages`` batch sizes; a new one when the target grew by ``stage_factor`` (None:
+    1 for step schedules, 2 for smooth ones); the §5.2 variants ``increase_lr`` and
+    ``momentum_to``. Field order is the order a plan records them in ``inputs``.
+    """
+
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    dataset_size: Optional[int] = None
+    epochs: Optional[int] = None
+    momentum: float = 0.0
+    schedule: Union[str, Schedule, None] = None
+    schedule_unit: str = "epoch"
+    optimizer: str = "sgd"
+    rule: str = "exact"
+    max_batch: Optional[int] = None
+    max_fraction: float = 0.1
+    round_to: int = 1
+    world_size: int = 1
+    micro_batch: Optional[int] = None
+    max_stages: Optional[int] = None
+    stage_factor: Optional[float] = None
+    increase_lr: Optional[float] = None
+    momentum_to: Optional[float] = None
+    adam_rule: str = "sqrt"
+    noise_cap_batch: Optional[float] = None  # from a probe; the plan records it as cap.noise_scale, not in inputs
+
+    def __post_init__(self) -> None:
+        self._check_run()
+        self._check_plan()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
+
+    def _check_run(self) -> None:
+        """The original run: sizes, momentum, the schedule (parsed) and its starting LR."""
+        self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
+        self._set("batch_size", checks.positive_int("batch_size", self.batch_size))
+        e = self.epochs
+        if isinstance(e, int) and not isinstance(e, bool) and e > MAX_EPOCHS:
+            raise UserError(f"epochs {checks._show(e)} is more than {MAX_EPOCHS:,}: a plan covers at most "
+                            f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length",
+                            parameter="epochs")
+        self._set("epochs", checks.positive_int("epochs", e))
+        if self.batch_size > self.dataset_size:
+            raise UserError(f"--batch-size {self.batch_size} is larger than --dataset-size {self.dataset_size}")
+        checks.within("momentum", self.momentum, 0, 1, high_open=True)
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
+                            f"got {checks._show(self.schedule_unit)}", parameter="schedule_unit")
+        if self.schedule is None:
+            raise UserError(f"schedule is required, e.g. {EXAMPLE_SCHEDULE!r}", parameter="schedule")
+        sched = self.schedule if isinstance(self.schedule, Schedule) else parse_schedule(self.schedule)
+        self._set("schedule", sched)
+        if self.lr is None:
+            if not getattr(sched, "lrs", None):
+                raise UserError("lr is required (the LR the schedule starts from)", parameter="lr")
+            self._set("lr", sched.lrs[0])
+        self._set("lr", checks.positive("lr", self.lr))
+        sched.check_lr(self.lr)
+        sched.check(self.epochs * self.steps_per_epoch, self.schedule_unit)
+
+    def _check_plan(self) -> None:
+        """The temperature model, the caps, the rounding, the staircase and the §5.2 variants."""
+        checks.choice("rule", self.rule, RULES)
+        self._set("optimizer", str(self.optimizer).lower())
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
+        checks.within("max_fraction", self.max_fraction, 0, 1, low_open=True)
+        for name in ("round_to", "world_size"):
+            self._set(name, checks.positive_int(name, getattr(self, name)))
+        for name in ("micro_batch", "max_batch", "max_stages"):
+            self._set(name, checks.optional(checks.positive_int, name, getattr(self, name)))
+        for name, why in (("stage_factor", ""), ("increase_lr", " (it multiplies the LR and the batch)")):
+            value = checks.optional(checks.positive, name, getattr(self, name))
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be ≥ 1{why}, got {value}", parameter=name)
+            self._set(name, value)
+        if self.momentum_to is not None:
+            if self.optimizer in ADAM_FAMILY:
+                raise UserError("--momentum-to applies to SGD momentum; Adam's β1 does not set the temperature")
+            checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
+        checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
+        if self.max_batch is not None and self.max_batch < self.batch_size:
+            raise UserError(f"--max-batch {self.max_batch} is smaller than --batch-size {self.batch_size}: the "
+                            "original batch does not fit; lower --batch-size or allow gradient accumulation")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Reads of the schedule an epoch: a scheduler stepped per iteration is read at each epoch's
+        first step, ceil(N/B0) steps an epoch."""
+        return math.ceil(self.dataset_size / self.batch_size) if self.schedule_unit == "step" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plan records them in ``inputs``: the schedule described, ``adam_rule``
+        only for the Adam family (where it applies), ``noise_cap_batch`` left to the plan's cap."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "noise_cap_batch"}
+        doc["schedule"] = self.schedule.describe()
+        doc["adam_rule"] = self.adam_rule if self.optimizer in ADAM_FAMILY else None
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "ConvertOptions":
+        """Options from a dict such as a plan's ``inputs``: other keys are ignored, None means the default."""
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if doc.get(f.name) is not None})
+
+
+#: Every option's name, in the order a plan records them.
+OPTION_NAMES = tuple(f.name for f in fields(ConvertOptions))
+

@@ -232,7 +232,6 @@ def long_functions() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=False, reason="layout refactor in progress")
 def test_no_long_function_without_a_reason():
     offenders = long_functions()
     assert not offenders, (f"over {MAX_FUNCTION_LINES} lines with no '{LONG_REASON} ...' in the docstring:\n"

@@ -23,10 +23,7 @@ def defining_module(name: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(bsadvisor._LAZY))
 def test_public_name_resolves(name):
-    module = defining_module(name)
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"bsadvisor.{name}: its module {module} does not exist in this tree yet "
-                    "(it comes with the layout refactor; this passes once that is merged)")
+    assert importlib.util.find_spec(defining_module(name)) is not None, defining_module(name)
     assert getattr(bsadvisor, name) is not None
     assert name in dir(bsadvisor)
 

@@ -221,7 +221,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     metric, ``RunResult.diverged_at`` says when, and the checkpoint keeps it (a resumed
     run stays diverged).
 
-    The steps: set up, resume, then per epoch train, evaluate, checkpoint.
+    The steps: set up, resume, then per epoch train, evaluate, checkpoint. Long because
+    this docstring is the loop's contract; the body is named steps.
     """
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `bsadvisor --help` need not import the plan schema
+    from bsadvisor.core.plan import Plan
 
 EXPORT_FORMATS = ("megatron", "csv")
 EXPORT_SCHEMA = "bsadvisor.export/1"

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import MAX_EPOCHS, SCHEDULE_UNITS
-from bsadvisor.core.schedules import Schedule, parse_schedule
+
+if TYPE_CHECKING:
+    from bsadvisor.core.schedules import Schedule
 from bsadvisor.core.temperature import ADAM_FAMILY, ADAM_RULES, OPTIMIZERS, RULES
 
 #: An example for a message that asks for a schedule.
@@ -70,6 +71,11 @@ class ConvertOptions:
 
     def _check_run(self) -> None:
         """The original run: sizes, momentum, the schedule (parsed) and its starting LR."""
+        # Imported here, not at the top: the CLI imports this module for its help defaults,
+        # and `bsadvisor --help` should not pay for the plan schema and the schedule parser.
+        from bsadvisor.core.plan import MAX_EPOCHS, SCHEDULE_UNITS
+        from bsadvisor.core.schedules import Schedule, parse_schedule
+
         self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
         self._set("batch_size", checks.positive_int("batch_size", self.batch_size))
         e = self.epochs

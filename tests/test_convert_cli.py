@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from bsadvisor.core.plan import PLAN_SCHEMA, Plan
 

@@ -124,7 +124,7 @@ def test_momentum_to():
 
 
 def test_momentum_to_with_adam_rejected():
-    with pytest.raises(UserError, match="momentum-to"):
+    with pytest.raises(UserError, match="^momentum_to applies to SGD momentum"):
         convert_schedule(lr=1e-3, batch_size=B0, dataset_size=N, epochs=E, schedule=PAPER, optimizer="adam",
                          momentum_to=0.95)
 
@@ -525,10 +525,10 @@ def test_cosine_to_the_end_of_the_run_is_accepted():
 
 
 def test_messages_for_full_batch_and_huge_lr():
-    with pytest.raises(UserError, match="equals --dataset-size") as info:
+    with pytest.raises(UserError, match="^batch_size 128 equals dataset_size 128") as info:
         convert_schedule(lr=LR, batch_size=128, dataset_size=128, epochs=E, schedule=PAPER)
     assert "LR is 0" not in str(info.value)
-    with pytest.raises(UserError, match="--lr 1e\\+308 is too large") as info:
+    with pytest.raises(UserError, match="^lr 1e\\+308 is too large") as info:
         convert_schedule(lr=1e308, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER)
     assert "= N" not in str(info.value)
 
@@ -560,5 +560,18 @@ def test_extreme_variant_starts_at_the_cap_instead_of_overflowing():
     p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER,
                          rule="proportional", increase_lr=1e300)
     assert p.stages[0].batch_size == N // 10 and any("exceeds the cap" in w for w in p.warnings)
-    with pytest.raises(UserError, match="--increase-lr"):
+    with pytest.raises(UserError, match="^increase_lr 1e\\+300 times"):
         convert_schedule(lr=1e10, batch_size=B0, dataset_size=N, epochs=E, schedule=PAPER, increase_lr=1e300)
+
+
+def test_library_errors_name_parameters_and_the_cli_spells_them_as_options():
+    """The library names its own parameters; the CLI shows the options the user typed."""
+    from bsadvisor.cli.app import as_typed
+
+    with pytest.raises(UserError) as info:
+        convert_schedule(lr=LR, batch_size=600, dataset_size=500, epochs=E, schedule=PAPER)
+    assert str(info.value).startswith("batch_size 600 is larger than dataset_size 500")
+    shown = as_typed(info.value, ["convert-schedule"])
+    assert shown.startswith("--batch-size 600 is larger than --dataset-size 500")
+    # a command without such an option leaves the library's name as it is
+    assert as_typed(info.value, ["export"]).startswith("batch_size 600")

@@ -9,6 +9,7 @@ commands that train import torch inside their function bodies.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, Optional
 
@@ -73,21 +74,26 @@ def _required(ctx, param, value):
 
 
 def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
-    """The message with the parameter it starts with spelled as the user typed it on the command line.
+    """The message with the parameters it names spelled as the user typed them on the command line.
 
-    Library errors name the parameter (``max_fraction must be in (0, 1], got 2``); the
-    command that ran shows its option instead (``--max-fraction must be ...``). A name that
-    is no option of that command stays as it is.
+    Library errors name parameters (``max_fraction must be in (0, 1], got 2``, ``batch_size
+    600 is larger than dataset_size 500``); the command that ran shows its options instead
+    (``--max-fraction must be ...``). A name that is no option of that command stays as it is.
     """
-    text, name = str(exc), exc.parameter
-    if not name or not text.startswith(name + " "):
+    text = str(exc)
+    names = getattr(exc, "parameters", ()) or ((exc.parameter,) if exc.parameter else ())
+    if not names:
         return text
     args = sys.argv[1:] if argv is None else argv
     command = getattr(_command(), "commands", {}).get(args[0]) if args else None
+    flags = {}
     for param in getattr(command, "params", []):
-        # typer names a parameter that would shadow a builtin with a trailing _ (format_ for --format)
-        if param.name in (name, name + "_") and param.opts and param.opts[0].startswith("--"):
-            return param.opts[0] + text[len(name):]
+        if param.opts and param.opts[0].startswith("--"):
+            # typer names a parameter that would shadow a builtin with a trailing _ (format_ for --format)
+            flags[param.name.rstrip("_")] = param.opts[0]
+    for name in names:
+        if name in flags:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], text)
     return text
 
 

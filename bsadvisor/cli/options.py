@@ -1,8 +1,8 @@
 """The conversion options as Typer declarations, shared by convert-schedule, advise and validate.
 
 Every option defaults to None here, meaning "not given": a --config file or a probe may
-still fill it, and what is left takes ConvertOptions' default (the one place defaults
-are written; the help texts below read them from there). No torch.
+still fill it, and what is left takes ConvertOptions' default (written once, in core.defaults,
+where the help texts below read them too). No torch.
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from bsadvisor.core.options import ConvertOptions
-from bsadvisor.core.temperature import OPTIMIZERS
+from bsadvisor.core.defaults import DEFAULTS, OPTIMIZERS
 
 
 def _default(text: object) -> str:
@@ -28,27 +27,27 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch si
 DatasetSize = Annotated[Optional[int], typer.Option("--dataset-size", help="Training-set size N.", show_default=False)]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training length E in epochs.", show_default=False)]
 Momentum = Annotated[Optional[float], typer.Option(
-    "--momentum", help="SGD momentum m." + _default(ConvertOptions.momentum), show_default=False)]
+    "--momentum", help="SGD momentum m." + _default(DEFAULTS["momentum"]), show_default=False)]
 ScheduleOpt = Annotated[Optional[str], typer.Option(
     "--schedule", help="PyTorch scheduler expression, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)', "
                        "or a CSV table epoch,lr[,momentum].", show_default=False)]
 ScheduleUnit = Annotated[Optional[str], typer.Option(
     "--schedule-unit", help="epoch: the scheduler steps once an epoch; step: once an iteration "
-                            "(read with ceil(N/B0) steps an epoch)." + _default(ConvertOptions.schedule_unit),
+                            "(read with ceil(N/B0) steps an epoch)." + _default(DEFAULTS["schedule_unit"]),
     show_default=False)]
 Optimizer = Annotated[Optional[str], typer.Option(
-    "--optimizer", help=" | ".join(OPTIMIZERS) + "." + _default(ConvertOptions.optimizer), show_default=False)]
+    "--optimizer", help=" | ".join(OPTIMIZERS) + "." + _default(DEFAULTS["optimizer"]), show_default=False)]
 Rule = Annotated[Optional[str], typer.Option(
-    "--rule", help="exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's)." + _default(ConvertOptions.rule),
+    "--rule", help="exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's)." + _default(DEFAULTS["rule"]),
     show_default=False)]
 MaxBatch = Annotated[Optional[int], typer.Option(
     "--max-batch", help="Device cap: the largest batch that fits (× devices × accumulation)." + _default("none"),
     show_default=False)]
 MaxFraction = Annotated[Optional[float], typer.Option(
     "--max-fraction", help="Never grow past this fraction of N (the paper stopped near N/10)."
-                           + _default(ConvertOptions.max_fraction), show_default=False)]
+                           + _default(DEFAULTS["max_fraction"]), show_default=False)]
 RoundTo = Annotated[Optional[int], typer.Option(
-    "--round-to", help="Round batches to multiples of this." + _default(ConvertOptions.round_to), show_default=False)]
+    "--round-to", help="Round batches to multiples of this." + _default(DEFAULTS["round_to"]), show_default=False)]
 MaxStages = Annotated[Optional[int], typer.Option(
     "--max-stages", help="At most this many distinct batch sizes." + _default("no limit"), show_default=False)]
 StageFactor = Annotated[Optional[float], typer.Option(
@@ -60,7 +59,7 @@ MomentumTo = Annotated[Optional[float], typer.Option(
     "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", show_default=False)]
 AdamRule = Annotated[Optional[str], typer.Option(
     "--adam-rule", help="Adam family: sqrt (η ∝ √B, Malladi et al.) or linear (Smith et al.)."
-                        + _default(ConvertOptions.adam_rule), show_default=False)]
+                        + _default(DEFAULTS["adam_rule"]), show_default=False)]
 Config = Annotated[Optional[Path], typer.Option(
     "--config", help="TOML file with any of these options (keys as option names, e.g. batch-size = 128); "
                      "the command line wins.", show_default=False)]
@@ -70,7 +69,7 @@ ProbeOpt = Annotated[Optional[Path], typer.Option(
     "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "
                     "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.", show_default=False)]
 WorldSize = Annotated[Optional[int], typer.Option(
-    "--world-size", help="Devices training together." + _default(ConvertOptions.world_size), show_default=False)]
+    "--world-size", help="Devices training together." + _default(DEFAULTS["world_size"]), show_default=False)]
 GradAccum = Annotated[Optional[int], typer.Option(
     "--grad-accum", help="Gradient-accumulation steps allowed per update." + _default(1), show_default=False)]
 MicroBatch = Annotated[Optional[int], typer.Option(

@@ -221,8 +221,8 @@ def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: f
         t = model.temperature(x, m, b0)
         if not math.isfinite(t):
             if x == lr0:
-                raise UserError(f"--lr {lr0:g} is too large: the noise temperature ε/(1−m)·(N/B−1) overflows; "
-                                "give the LR your schedule starts from (e.g. 0.1)")
+                raise UserError(f"lr {lr0:g} is too large: the noise temperature ε/(1−m)·(N/B−1) overflows; "
+                                "give the LR your schedule starts from (e.g. 0.1)", parameter="lr")
             raise UserError(f"the schedule's LR {x:g} at epoch {start} is too large: the noise temperature overflows; "
                             "check the schedule's arguments")
         temps.append(t)
@@ -287,9 +287,10 @@ def convert(options: ConvertOptions) -> Plan:
     """
     n, b0 = options.dataset_size, options.batch_size
     if b0 == n:
-        raise UserError(f"--batch-size {b0} equals --dataset-size {n}: every step already uses the whole data set, so "
+        raise UserError(f"batch_size {b0} equals dataset_size {n}: every step already uses the whole data set, so "
                         "there is no gradient noise to trade and no batch to grow into; give the batch size the "
-                        "schedule was tuned at (batch growth needs B0 < N, typically B0 ≤ N/10)")
+                        "schedule was tuned at (batch growth needs B0 < N, typically B0 ≤ N/10)",
+                        parameters=("batch_size", "dataset_size"))
     original = _original(options)
     model, temps = original.model, original.temperatures
     warnings: list[str] = []
@@ -336,7 +337,8 @@ def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: Temp
     increase_lr, momentum_to = options.increase_lr, options.momentum_to
     lr_base = peak.lr * (increase_lr or 1.0)
     if not math.isfinite(lr_base):
-        raise UserError(f"--increase-lr {increase_lr:g} times the LR {peak.lr:g} overflows; the paper used K = 5")
+        raise UserError(f"increase_lr {increase_lr:g} times the LR {peak.lr:g} overflows; the paper used K = 5",
+                        parameter="increase_lr")
     m_base = momentum_to if momentum_to is not None else peak.momentum
     variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != peak.momentum)
     b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(options.batch_size)

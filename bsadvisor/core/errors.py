@@ -12,8 +12,11 @@ class UserError(ValueError):
     ``parameter``: when the message is about one parameter's value it starts with the
     parameter's name (``max_fraction must be in (0, 1], got 2``) and names it here, so the
     CLI can show the option the user typed instead (``--max-fraction must be ...``).
+    A message that relates several parameters (``batch_size 600 is larger than dataset_size
+    500``) names them all in ``parameters``; the CLI spells each as its option.
     """
 
-    def __init__(self, message: str = "", parameter: str | None = None):
+    def __init__(self, message: str = "", parameter: str | None = None, parameters: tuple[str, ...] = ()):
         super().__init__(message)
         self.parameter = parameter
+        self.parameters = tuple(parameters) or ((parameter,) if parameter else ())

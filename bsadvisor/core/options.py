@@ -4,8 +4,9 @@ The CLI's convert-schedule options, ``convert_schedule(**options)`` and a plan's
 ``inputs`` all become one ConvertOptions, checked once when it is built (bsadvisor.core.checks):
 a ConvertOptions always holds clean values. A check of one value names the parameter
 (``max_fraction must be in (0, 1], got 2``); the CLI shows it as the option (--max-fraction).
-Messages that relate two inputs or tell the user which option to change keep the CLI's
-spelling (--batch-size, --dataset-size), as the plan's own warnings do.
+A message that relates two inputs names both (``batch_size 600 is larger than dataset_size
+500``) and the CLI spells each as its option. The plan's own warnings and notes, which a
+reader of the plan sees whichever way it was made, keep the CLI's spelling.
 Pure Python, no torch.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bsadvisor.core.errors import UserError
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
-from bsadvisor.core.temperature import ADAM_FAMILY, ADAM_RULES, OPTIMIZERS, RULES
+from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
 
 #: An example for a message that asks for a schedule.
 EXAMPLE_SCHEDULE = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
@@ -45,21 +46,21 @@ class ConvertOptions:
     batch_size: Optional[int] = None
     dataset_size: Optional[int] = None
     epochs: Optional[int] = None
-    momentum: float = 0.0
+    momentum: float = DEFAULTS["momentum"]
     schedule: Union[str, Schedule, None] = None
-    schedule_unit: str = "epoch"
-    optimizer: str = "sgd"
-    rule: str = "exact"
+    schedule_unit: str = DEFAULTS["schedule_unit"]
+    optimizer: str = DEFAULTS["optimizer"]
+    rule: str = DEFAULTS["rule"]
     max_batch: Optional[int] = None
-    max_fraction: float = 0.1
-    round_to: int = 1
-    world_size: int = 1
+    max_fraction: float = DEFAULTS["max_fraction"]
+    round_to: int = DEFAULTS["round_to"]
+    world_size: int = DEFAULTS["world_size"]
     micro_batch: Optional[int] = None
     max_stages: Optional[int] = None
     stage_factor: Optional[float] = None
     increase_lr: Optional[float] = None
     momentum_to: Optional[float] = None
-    adam_rule: str = "sqrt"
+    adam_rule: str = DEFAULTS["adam_rule"]
     noise_cap_batch: Optional[float] = None  # from a probe; the plan records it as cap.noise_scale, not in inputs
 
     def __post_init__(self) -> None:
@@ -85,7 +86,8 @@ class ConvertOptions:
                             parameter="epochs")
         self._set("epochs", checks.positive_int("epochs", e))
         if self.batch_size > self.dataset_size:
-            raise UserError(f"--batch-size {self.batch_size} is larger than --dataset-size {self.dataset_size}")
+            raise UserError(f"batch_size {self.batch_size} is larger than dataset_size {self.dataset_size}",
+                            parameters=("batch_size", "dataset_size"))
         checks.within("momentum", self.momentum, 0, 1, high_open=True)
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
@@ -120,12 +122,14 @@ class ConvertOptions:
             self._set(name, value)
         if self.momentum_to is not None:
             if self.optimizer in ADAM_FAMILY:
-                raise UserError("--momentum-to applies to SGD momentum; Adam's β1 does not set the temperature")
+                raise UserError("momentum_to applies to SGD momentum; Adam's β1 does not set the temperature",
+                                parameter="momentum_to")
             checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
         checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
         if self.max_batch is not None and self.max_batch < self.batch_size:
-            raise UserError(f"--max-batch {self.max_batch} is smaller than --batch-size {self.batch_size}: the "
-                            "original batch does not fit; lower --batch-size or allow gradient accumulation")
+            raise UserError(f"max_batch {self.max_batch} is smaller than batch_size {self.batch_size}: the "
+                            "original batch does not fit; lower --batch-size or allow gradient accumulation",
+                            parameters=("max_batch", "batch_size"))
 
     @property
     def steps_per_epoch(self) -> int:

@@ -51,8 +51,9 @@ def probe_defaults(probe, world_size: int = 1, grad_accum: int = 1) -> dict[str,
 
 def check_probe_matches(probe, dataset_size: Optional[int]) -> None:
     if dataset_size is not None and dataset_size != probe.settings.dataset_size:
-        raise UserError(f"--dataset-size {dataset_size} disagrees with the probe's dataset size "
-                        f"{probe.settings.dataset_size}; probe the same dataset or drop --dataset-size")
+        raise UserError(f"dataset_size {dataset_size} disagrees with the probe's dataset size "
+                        f"{probe.settings.dataset_size}; probe the same dataset or drop dataset_size",
+                        parameter="dataset_size")
 
 
 def throughput_at(points, batch: float) -> tuple[float, bool]:
@@ -142,8 +143,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         check_probe_matches(result, explicit.get("dataset_size"))
         given = probe_defaults(result, devices, accumulation)
     elif (devices != 1 or accumulation != 1) and explicit.get("max_batch") is None:
-        raise UserError("--world-size and --grad-accum scale the probe's device cap: give --probe probe.json "
-                        "(or --max-batch directly)")
+        raise UserError("world_size and grad_accum scale the probe's device cap: give probe (a probe.json) "
+                        "or max_batch directly", parameters=("world_size", "grad_accum", "probe", "max_batch"))
     given.update(explicit)
     for required in ("batch_size", "dataset_size", "epochs", "schedule"):
         if given.get(required) is None:
@@ -154,7 +155,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     noise_cap_batch = None
     if noise_cap is not None:
         if result is None:
-            raise UserError("--noise-cap needs a measured noise scale: give --probe probe.json")
+            raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json)",
+                            parameters=("noise_cap", "probe"))
         noise_cap_batch = noise_cap * result.noise.b_simple
     plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,
                                   micro_batch=micro_batch))

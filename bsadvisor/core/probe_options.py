@@ -1,8 +1,8 @@
 """The probe's options, checked before any work (no torch: the CLI refuses bad values at once).
 
 ``bsadvisor probe`` and ``bsadvisor.probe(...)`` both go through :func:`check_probe_options`,
-so a bad value is one ``UserError`` line naming the option (``--seed``, ``--budget-seconds``)
-whichever way it came in.
+so a bad value is one ``UserError`` line naming the parameter (``seed``; the CLI shows it
+as ``--seed``) whichever way it came in.
 """
 from __future__ import annotations
 
@@ -26,17 +26,18 @@ def check_probe_options(*, batch_size: Any = None, lr: Any = None, warmup_steps:
     fixed number of noise draws (at least 2), or None to let the time budget decide.
     """
     if estimator not in ESTIMATORS:
-        raise UserError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {str(estimator)[:40]!r}")
+        raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(estimator)[:40]!r}",
+                        parameter="estimator")
     return dict(
-        batch_size=checks.optional(checks.integer, "--batch-size", batch_size, low=2),
-        lr=checks.optional(checks.positive, "--lr", lr),
-        warmup_steps=checks.optional(checks.integer, "--warmup-steps", warmup_steps, low=0),
-        budget_seconds=checks.positive("--budget-seconds", budget_seconds),
-        target_rel_ci=checks.number("--target-rel-ci", target_rel_ci, low=0, high=1, low_open=True, high_open=True),
+        batch_size=checks.optional(checks.integer, "batch_size", batch_size, low=2),
+        lr=checks.optional(checks.positive, "lr", lr),
+        warmup_steps=checks.optional(checks.integer, "warmup_steps", warmup_steps, low=0),
+        budget_seconds=checks.positive("budget_seconds", budget_seconds),
+        target_rel_ci=checks.number("target_rel_ci", target_rel_ci, low=0, high=1, low_open=True, high_open=True),
         estimator=estimator,
         micro_batches=checks.integer("micro_batches", micro_batches, low=2, high=MAX_MICRO_BATCHES),
-        memory_limit=checks.optional(checks.number, "--memory-limit", memory_limit, low=1),
-        seed=checks.seed("--seed", seed),
-        draws=checks.optional(checks.integer, "--draws", draws, low=2, high=MAX_DRAWS),
+        memory_limit=checks.optional(checks.number, "memory_limit", memory_limit, low=1),
+        seed=checks.seed("seed", seed),
+        draws=checks.optional(checks.integer, "draws", draws, low=2, high=MAX_DRAWS),
     )
 

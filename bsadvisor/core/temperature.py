@@ -19,11 +19,7 @@ from dataclasses import dataclass
 
 from bsadvisor.core import checks
 
-RULES = ("exact", "proportional")
-ADAM_RULES = ("sqrt", "linear")
-SGD_FAMILY = ("sgd", "nesterov")
-ADAM_FAMILY = ("adam", "adamw")
-OPTIMIZERS = SGD_FAMILY + ADAM_FAMILY
+from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, OPTIMIZERS, RULES, SGD_FAMILY  # noqa: F401 (re-exported)
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,

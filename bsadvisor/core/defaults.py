@@ -1,0 +1,24 @@
+"""The conversion's default values and allowed names, written once, in a module that imports nothing.
+
+ConvertOptions takes its field defaults from here and the CLI's help texts read them from
+here, so `bsadvisor --help` shows the defaults without building ConvertOptions or the
+temperature model (each a dataclass, a few milliseconds of start time).
+"""
+
+RULES = ("exact", "proportional")
+ADAM_RULES = ("sqrt", "linear")
+SGD_FAMILY = ("sgd", "nesterov")
+ADAM_FAMILY = ("adam", "adamw")
+OPTIMIZERS = SGD_FAMILY + ADAM_FAMILY
+
+#: ConvertOptions' defaults for the options that have one (the others default to None).
+DEFAULTS = {
+    "momentum": 0.0,
+    "schedule_unit": "epoch",
+    "optimizer": "sgd",
+    "rule": "exact",
+    "max_fraction": 0.1,
+    "round_to": 1,
+    "world_size": 1,
+    "adam_rule": "sqrt",
+}

@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bsadvisor.cli.app import app, console, emit_json
-from bsadvisor.cli.options import (AdamRule, BatchSize, Config, DatasetSize, Epochs, GradAccum, IncreaseLr, JsonOut,
-                                   Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum, MomentumTo, NoiseCap,
-                                   Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt, ScheduleUnit, StageFactor,
-                                   WorldSize)
+from bsadvisor.cli.options import (AdamRule, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
+                                   IncreaseLr, JsonOut, Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum,
+                                   MomentumTo, NoiseCap, Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt,
+                                   ScheduleUnit, SeqLen, StageFactor, Streaming, TotalSamples, TotalSteps, WorldSize)
 from bsadvisor.core.errors import UserError
 
 
@@ -22,7 +22,9 @@ def _config_spec() -> dict[str, Any]:
     count, fraction = S.Int(low=1), S.Num(low=0, high=1, high_open=True)
     return {
         "lr": S.Num(low=0, low_open=True), "batch_size": count, "dataset_size": count,
-        "epochs": S.Int(low=1, high=MAX_EPOCHS), "momentum": fraction,
+        "epochs": S.Num(low=0, high=MAX_EPOCHS, low_open=True), "momentum": fraction,
+        "total_samples": count, "total_steps": count, "streaming": S.Bool(), "seq_len": count,
+        "growth_factor": S.Int(low=2, high=1024),
         "schedule": S.Str(max_len=MAX_SCHEDULE_CHARS), "schedule_unit": S.Str(choices=SCHEDULE_UNITS),
         "optimizer": S.Str(choices=OPTIMIZERS), "rule": S.Str(choices=RULES),
         "adam_rule": S.Str(choices=ADAM_RULES), "max_batch": count,
@@ -132,6 +134,14 @@ EXAMPLES = """
 
   [cyan]bsadvisor convert-schedule --probe probe.json --world-size 8 --max-micro-batch 32 --epochs 90 --schedule "MultiStepLR(milestones=[30,60,80], gamma=0.1)"[/]
 
+  A language model's per-step warmup + cosine over one pass (AdamW, square-root rule), 2,048-token samples:
+
+  [cyan]bsadvisor convert-schedule --lr 6e-4 --batch-size 500 --dataset-size 10000000 --epochs 1 --optimizer adamw --schedule-unit step --seq-len 2048 --schedule "SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])"[/]
+
+  The same as a Megatron/OLMo-style ramp: every batch twice the previous one, at most 4,096 per step:
+
+  [cyan]bsadvisor convert-schedule ... --growth-factor 2 --max-batch 4096[/]
+
   From a CSV table and a config file, saved for `bsadvisor validate --plan`:
 
   [cyan]bsadvisor convert-schedule --config run.toml --schedule lr.csv --out plan.json[/]
@@ -146,7 +156,9 @@ def convert_schedule_cmd(
     round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
     increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
     probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
-    micro_batch: MicroBatch = None, config: Config = None, json_: JsonOut = False, out: Out = None,
+    micro_batch: MicroBatch = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
+    streaming: Streaming = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
+    config: Config = None, json_: JsonOut = False, out: Out = None,
 ) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
 

@@ -25,7 +25,21 @@ def _default(text: object) -> str:
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Base LR ε0 of the schedule (a CSV table gives its own).", show_default=False)]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size B0 the schedule was tuned at.", show_default=False)]
 DatasetSize = Annotated[Optional[int], typer.Option("--dataset-size", help="Training-set size N.", show_default=False)]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training length E in epochs.", show_default=False)]
+Epochs = Annotated[Optional[float], typer.Option(
+    "--epochs", help="Training length E in epochs (fractional allowed: 0.5 is half a pass).", show_default=False)]
+TotalSamples = Annotated[Optional[int], typer.Option(
+    "--total-samples", help="Training length in samples (examples consumed), instead of --epochs.", show_default=False)]
+TotalSteps = Annotated[Optional[int], typer.Option(
+    "--total-steps", help="Training length in updates of the original run at B0, instead of --epochs.",
+    show_default=False)]
+Streaming = Annotated[Optional[bool], typer.Option(
+    "--streaming", help="Every example is fresh (a data stream, or one pass or less): the temperature uses "
+                        "N → ∞ and the N/10 cap does not apply; --dataset-size may be left out.", show_default=False)]
+SeqLen = Annotated[Optional[int], typer.Option(
+    "--seq-len", help="Tokens per sample, for a language model: the plan also counts tokens.", show_default=False)]
+GrowthFactor = Annotated[Optional[int], typer.Option(
+    "--growth-factor", help="Every stage's batch is this integer times the previous one (Megatron, OLMo-core "
+                            "ramps); the LR factor absorbs the difference.", show_default=False)]
 Momentum = Annotated[Optional[float], typer.Option(
     "--momentum", help="SGD momentum m." + _default(DEFAULTS["momentum"]), show_default=False)]
 ScheduleOpt = Annotated[Optional[str], typer.Option(

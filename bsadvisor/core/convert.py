@@ -13,14 +13,17 @@ and the LR carries the rest of the decay ("hybrid", §5 of the paper):
 
     ε(t) = ε0·ρ(t)·(N/B0 − 1)/(N/B_cap − 1)   exact,   ε0·ρ(t)·B_cap/B0 proportional.
 
-Continuous schedules become a staircase: a new batch only when the target has grown
-by ``stage_factor``; inside a stage the LR carries the residual, so the realised
-temperature follows the original at every epoch (rounding of B aside).
+The plan lives on the sample axis (examples consumed; core/original.py). Continuous
+schedules become a staircase: a new batch only when the target has grown by
+``stage_factor`` (or, with ``growth_factor`` K, by K: integer multiples); inside a stage
+the LR is the original's LR at the same sample times the stage's factor f(B), the one
+that keeps the temperature (eq. 9), so the realised temperature follows the original
+update by update, rounding of B included, and a per-step warmup stays an LR warmup.
 
-The work is done on spans of epochs over which the original LR is constant
-(``Schedule.pieces``), never epoch by epoch: a step schedule over a million epochs
-costs as much as over two hundred. A schedule whose LR changes at more than
-MAX_SPANS epochs (a cosine over a very long run) is refused with a bound.
+The work is done on spans of samples over which the original LR is constant
+(``Schedule.pieces``), never update by update: a step schedule over a million epochs
+costs as much as over two hundred; a smooth schedule is read at no more than MAX_SPANS
+points (where a stage may start; the LR inside follows every step).
 No torch here: this module must import in milliseconds.
 """
 from __future__ import annotations
@@ -37,8 +40,8 @@ from bsadvisor.core.temperature import TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
 _EPS = 1e-9
-#: Most spans of constant LR a conversion handles (a smooth schedule has one per epoch).
-MAX_SPANS = 10_000
+#: Most points a smooth schedule is read at to place the stages (per step up to this many steps).
+MAX_SPANS = 20_000
 
 #: The note every plan carries (convert-schedule has no model to look at; advise and validate,
 #: which do, warn when the model really has BatchNorm layers).
@@ -48,14 +51,15 @@ BATCHNORM_NOTE = ("if the model has BatchNorm layers: their statistics depend on
 
 @dataclass
 class _Span:
-    """Epochs [start, end) with one original LR/momentum and, once planned, one (batch, lr)."""
+    """Samples [start, end) of one original piece and, once planned, one batch and LR factor."""
 
     start: int
     end: int
     batch: int
-    lr: float
+    lr: float  # the plan's LR at ``start``: lr_scale × the original's
+    lr_scale: float
     momentum: float
-    rho: float  # what the original schedule asks for, g/g0
+    rho: float  # what the original schedule asks for, g/g_ref
     phase: str
 
 
@@ -153,7 +157,7 @@ class Rounding:
 
 
 class _Piece(NamedTuple):
-    """Epochs [start, end) of the original run at one LR and momentum."""
+    """Samples [start, end) of the original run at one LR and momentum (its first step's, for a smooth span)."""
 
     start: int
     end: int
@@ -164,57 +168,65 @@ class _Piece(NamedTuple):
 class _Original(NamedTuple):
     """The original run, piece by piece, and its noise temperature g = ε/(1−m)·(N/B0 − 1) in each (eq. 1)."""
 
-    pieces: list[_Piece]  # tile [0, E); their number does not grow with E for a step schedule
+    pieces: list[_Piece]  # tile [0, S); their number does not grow with the run for a step schedule
     model: TemperatureModel
     temperatures: list[float]
+    run: Any  # core.original.OriginalRun
+
+
+def temperature_model(options: ConvertOptions) -> TemperatureModel:
+    """The options' temperature model: the N → ∞ form for a single pass over the data (eq. 2)."""
+    n = None if options.single_pass else options.dataset_size
+    return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule)
 
 
 def _original(options: ConvertOptions) -> _Original:
     """The original run's pieces of constant LR and momentum, read from the schedule, and their temperatures."""
-    sched, steps = options.schedule, options.steps_per_epoch
+    run = options.original()
     pieces = []
-    for start, end in _epoch_spans(sched, options.epochs, steps):
-        k = start * steps
+    for start, end, step in _sample_spans(run):
         try:
-            value = sched.lr(k, options.lr)
+            value = run.schedule.lr(step, options.lr)
         except OverflowError:
             value = math.inf
         if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"the schedule gives LR {value!r} at epoch {start}; it must be a finite number ≥ 0")
-        m = sched.momentum(k)
-        pieces.append(_Piece(start, end, value, float(options.momentum) if m is None else m))
-    model = TemperatureModel(options.dataset_size, options.rule, options.optimizer, options.adam_rule)
-    return _Original(pieces, model, _temperatures(model, pieces, options.batch_size, options.lr))
+            raise UserError(f"the schedule gives LR {value!r} at {_where(run, start)}; it must be a finite number ≥ 0")
+        pieces.append(_Piece(start, end, value, run.momentum_at(start)))
+    model = temperature_model(options)
+    return _Original(pieces, model, _temperatures(model, pieces, options.batch_size, options.lr, run), run)
 
 
-def _epoch_spans(sched: Schedule, epochs: int, steps: int) -> list[tuple[int, int]]:
-    """Epoch intervals tiling [0, epochs) over which the original LR and momentum are constant.
+def _where(run, sample: int) -> str:
+    """A sample position in the units the user thinks in: the epoch, or the step."""
+    if run.unit == "epoch" and run.dataset_size:
+        return f"epoch {sample // run.dataset_size}"
+    return f"step {run.step_at(sample)}"
 
-    Epoch j reads the schedule at step j·steps; a constant piece [a, b) of steps covers the
-    epochs ⌈a/steps⌉ … ⌈b/steps⌉ − 1, a smooth piece one span per epoch.
+
+def _sample_spans(run) -> list[tuple[int, int, int]]:
+    """(start_sample, end_sample, first scheduler step) tiling [0, S), over which the original LR is constant.
+
+    A constant piece of the schedule is one span; a smooth one is cut at every scheduler
+    step, or every c steps when the run has more than MAX_SPANS of them (c chosen so the
+    spans stay under MAX_SPANS): those are the points where a batch stage may begin.
     """
-    horizon = epochs * steps
-    spans: list[tuple[int, int]] = []
-    seen = 0
-    for a, b, smooth in sched.pieces(horizon, steps):
-        seen += 1
-        ea, eb = -(-a // steps), -(-b // steps)
-        if ea < eb:
-            if smooth:
-                spans.extend((j, j + 1) for j in range(ea, min(eb, ea + MAX_SPANS + 1)))
-            else:
-                spans.append((ea, eb))
-        if len(spans) > MAX_SPANS or seen > 4 * MAX_SPANS:
-            raise UserError(f"the schedule changes the LR at more than {MAX_SPANS:,} of the {epochs:,} epochs "
-                            f"({sched.describe()[:60]}); a plan holds at most {MAX_SPANS:,} stages: use a step "
-                            "schedule (MultiStepLR, a CSV table) or fewer epochs")
-    if not spans or spans[0][0] != 0 or spans[-1][1] != epochs or any(
+    pieces = [(a, b, smooth) for a, b, smooth in run.schedule.pieces(run.horizon, run.steps_per_epoch)]
+    smooth_steps = sum(b - a for a, b, smooth in pieces if smooth)
+    chunk = max(1, -(-smooth_steps // max(1, MAX_SPANS - len(pieces))))
+    spans: list[tuple[int, int, int]] = []
+    for a, b, smooth in pieces:
+        for k in (range(a, b, chunk) if smooth else (a,)):
+            start = run.first_sample(k)
+            end = min(run.first_sample(min(k + chunk, b) if smooth else b), run.total_samples)
+            if start < end:
+                spans.append((start, end, k))
+    if not spans or spans[0][0] != 0 or spans[-1][1] != run.total_samples or any(
             x[1] != y[0] for x, y in zip(spans, spans[1:])):  # a bug in a Schedule.pieces, not bad input
-        raise AssertionError(f"schedule pieces do not tile [0, {epochs}): {spans[:5]}")
+        raise AssertionError(f"schedule pieces do not tile [0, {run.total_samples}): {spans[:5]}")
     return spans
 
 
-def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: float) -> list[float]:
+def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: float, run) -> list[float]:
     """The original temperature of each piece; an overflow says which number is too large."""
     temps = []
     for start, _end, x, m in pieces:
@@ -223,28 +235,33 @@ def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: f
             if x == lr0:
                 raise UserError(f"lr {lr0:g} is too large: the noise temperature ε/(1−m)·(N/B−1) overflows; "
                                 "give the LR your schedule starts from (e.g. 0.1)", parameter="lr")
-            raise UserError(f"the schedule's LR {x:g} at epoch {start} is too large: the noise temperature overflows; "
-                            "check the schedule's arguments")
+            raise UserError(f"the schedule's LR {x:g} at {_where(run, start)} is too large: the noise temperature "
+                            "overflows; check the schedule's arguments")
         temps.append(t)
     return temps
 
 
 #: What a baseline plan records of its options.
-_BASELINE_INPUTS = ("lr", "batch_size", "dataset_size", "epochs", "momentum", "schedule", "schedule_unit")
+_BASELINE_INPUTS = ("lr", "batch_size", "dataset_size", "epochs", "total_samples", "total_steps", "momentum",
+                    "schedule", "schedule_unit", "seq_len", "streaming")
 
 
 def baseline(options: ConvertOptions) -> Plan:
-    """The original schedule as a Plan: batch B0 throughout, the schedule's LR in each epoch."""
+    """The original schedule as a Plan: batch B0 throughout, the schedule's own LR at every update.
+
+    One stage per stretch of constant momentum, each with ``lr_scale`` 1: the LR at sample s
+    is the original's, exactly as torch's scheduler steps it (per epoch or per update).
+    """
     original = _original(options)
-    n, b0, pieces, temps = options.dataset_size, options.batch_size, original.pieces, original.temperatures
+    b0, pieces, temps = options.batch_size, original.pieces, original.temperatures
     g_ref = max(temps)
     # B0 = N (full batch) has no gradient noise: g = 0 throughout; report the LR ratio instead.
     rho = [t / g_ref for t in temps] if g_ref > 0 else [p.lr / max(q.lr for q in pieces) if p.lr else 0.0
                                                        for p in pieces]
-    per_span = [_Span(p.start, p.end, b0, p.lr, p.momentum, r, "original") for p, r in zip(pieces, rho)]
+    per_span = [_Span(p.start, p.end, b0, p.lr, 1.0, p.momentum, r, "original") for p, r in zip(pieces, rho)]
     recorded = options.to_dict()
-    return Plan(stages=_merge(per_span, original.model, g_ref), dataset_size=n,
-                baseline_updates=options.epochs * math.ceil(n / b0),
+    return Plan(stages=_merge(per_span, original.model, g_ref), dataset_size=options.dataset_size,
+                baseline_updates=original.run.updates(),
                 inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
 
@@ -286,7 +303,7 @@ def convert(options: ConvertOptions) -> Plan:
     user's and is kept).
     """
     n, b0 = options.dataset_size, options.batch_size
-    if b0 == n:
+    if b0 == n and not options.single_pass:
         raise UserError(f"batch_size {b0} equals dataset_size {n}: every step already uses the whole data set, so "
                         "there is no gradient noise to trade and no batch to grow into; give the batch size the "
                         "schedule was tuned at (batch growth needs B0 < N, typically B0 ≤ N/10)",
@@ -301,11 +318,16 @@ def convert(options: ConvertOptions) -> Plan:
     if g_ref <= 0:
         raise UserError("the schedule's LR is 0 throughout; nothing to convert")
     rho = [t / g_ref for t in temps]
-    peak = temps.index(g_ref)  # a piece index; its first epoch is pieces[peak].start
-    peak_epoch = original.pieces[peak].start
-    if peak_epoch > 0:
-        notes.append(f"epochs 0–{peak_epoch - 1} are LR warmup: kept as an LR warmup at the starting batch; "
-                     f"only the decay from epoch {peak_epoch} on is converted")
+    peak = temps.index(g_ref)  # a piece index; its first sample is pieces[peak].start
+    if peak > 0:
+        run = original.run
+        first = original.pieces[peak].start
+        end = (f"epoch {first // n}" if run.unit == "epoch" else f"step {run.step_at(first)}")
+        notes.append(f"the schedule warms up until {end} (sample {first:,}): kept as an LR warmup at the starting "
+                     "batch, update by update; only the decay after it is converted")
+    if options.single_pass:
+        notes.append("one pass over the data or less: every example is fresh, so the temperature uses the N → ∞ "
+                     "form and the N/10 cap does not apply")
     if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, len(rho))):
         warnings.append("the schedule rises again after its peak; the batch is never reduced, the LR carries the rise")
 
@@ -315,20 +337,28 @@ def convert(options: ConvertOptions) -> Plan:
     stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak), peak=peak,
                         g_ref=g_ref, model=model, lr_base=base.lr, m_base=base.momentum, b_base=b_base,
                         b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
-                        factor=_stage_factor(options))
+                        factor=_stage_factor(options), b0=b0, growth=options.growth_factor)
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
     stages = _merge(per_span, model, g_ref)
     _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
     return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
-                baseline_updates=options.epochs * math.ceil(n / b0), cap=cap_info, warnings=warnings, notes=notes)
+                baseline_updates=original.run.updates(), cap=cap_info, warnings=warnings, notes=notes)
 
 
 def _stage_factor(options: ConvertOptions) -> float:
     """The given stage factor; by default one batch stage per step of a step schedule, doublings for a smooth one."""
     if options.stage_factor is not None:
         return options.stage_factor
-    return 1.0 if options.schedule.piecewise_constant else 2.0
+    if options.growth_factor is not None:
+        return float(options.growth_factor)
+    if options.schedule.piecewise_constant:
+        return 1.0
+    # A smooth schedule read once an epoch: stages of whole epochs, a new one per doubling. Read
+    # per step, a stage may start at any update at no cost, so follow the target more closely:
+    # a staircase of ratio r trains at (r − 1)/(r·ln r) of the target batch on average, 0.72 at
+    # r = 2 and 0.90 at r = 1.25.
+    return 2.0 if options.schedule_unit == "epoch" else 1.25
 
 
 def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: TemperatureModel,
@@ -364,15 +394,26 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base,
     Returns the plan's ``cap`` record, the starting batch and the (possibly capped) base batch.
     """
     n, b0 = options.dataset_size, options.batch_size
-    limits = {"max_fraction": max(1, math.floor(options.max_fraction * n))}
+    limits = {}
+    if not options.single_pass:
+        limits["max_fraction"] = max(1, math.floor(options.max_fraction * n))
     if options.max_batch is not None:
         limits["device"] = options.max_batch
     if options.noise_cap_batch is not None:
-        limits["noise_scale"] = max(1, math.floor(min(options.noise_cap_batch, n)))
+        limits["noise_scale"] = max(1, math.floor(min(options.noise_cap_batch, n or math.inf)))
+    if not limits:  # a single pass with no device or noise cap: at least 100 updates in the run
+        limits["run_length"] = max(1, options.run_samples // 100)
+        warnings.append(f"no cap on the batch (single pass, no --max-batch, no probe): capped at 1% of the run, "
+                        f"{limits['run_length']:,} samples; give --max-batch or --probe for the device's limit")
     limited_by = min(limits, key=limits.get)
-    cap = min(rounding.floor(min(limits.values())), n)
+    cap = min(rounding.floor(min(limits.values())), n or options.run_samples)
+    if options.growth_factor is not None:  # integer growth: the cap is the largest B0·K^i under it
+        k, top = options.growth_factor, b0
+        while top * k <= cap:
+            top *= k
+        cap = max(top, b0)
     b_base = base.batch
-    b_start = rounding.nearest(min(b_base, float(n))) if base.variant else b0  # b_base may be inf (g0 needs B > N)
+    b_start = rounding.nearest(min(b_base, float(n or options.run_samples))) if base.variant else b0  # b_base may be inf
     if cap < b_start:
         if base.variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "
@@ -406,32 +447,34 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
              cap_words: str, variant: bool, notes: list[str], warnings: list[str]) -> None:
     """What the report says about the finished staircase: the hybrid tail, N/10, rounding, units."""
     n, b0, model, rounding = options.dataset_size, options.batch_size, stairs.model, stairs.rounding
-    hybrid_from = next((p.start for p in per_span if p.phase == "hybrid"), None)
-    if hybrid_from is not None:
-        warnings.append(f"the batch reaches the cap of {stairs.cap} ({cap_words}) at epoch {hybrid_from}; "
-                        "from there the LR carries the rest of the decay (hybrid)")
+    hybrid = next((p for p in per_span if p.phase == "hybrid"), None)
+    if hybrid is not None:
+        warnings.append(f"the batch reaches the cap of {stairs.cap} ({cap_words}) at {_where(options.original(), hybrid.start)}"
+                        "; from there the LR carries the rest of the decay (hybrid)")
     biggest = max(p.batch for p in per_span)
-    if biggest > n / 10:
+    if not options.single_pass and biggest > n / 10:
         why = (", and the proportional rule overstates the batch as B nears N (the exact rule, --rule exact, "
                "does not)" if model.rule == "proportional" and not model.is_adam else "; validate before adopting")
         warnings.append(f"batch {biggest} exceeds N/10 = {n / 10:g}: the paper stopped growing near N/10{why}")
+    if options.growth_factor is not None:
+        notes.append(f"integer growth: every stage's batch is {options.growth_factor}× the previous one; the LR "
+                     "factor absorbs the difference from the exact target")
     if rounding != Rounding():
-        worst = max((abs(s.temperature / s.target_temperature - 1) for s in stages if s.target_temperature > 0),
-                    default=0.0)
-        notes.append(f"batches rounded to {rounding.describe()}: the realised temperature differs from the "
-                     f"original by at most {100 * worst:.2f}%")
+        notes.append(f"batches rounded to {rounding.describe()}: the LR factor absorbs the rounding, so the "
+                     "realised temperature still follows the original")
         if not variant and not rounding.allows(b0):
             notes.append(f"--batch-size {b0} is not one of those batches: the plan starts at your batch {b0} "
                          f"(the original run, unchanged) and rounds only the grown batches")
     if options.schedule_unit == "step":
-        notes.append(f"schedule read per step, {options.steps_per_epoch} steps an epoch (ceil(N/B0)); "
-                     "the plan is indexed in epochs")
-    notes.append("updates count ceil(N/B) per epoch: the last partial batch of an epoch is kept")
+        notes.append("schedule read per step (once an update of the original run); the plan is indexed in samples "
+                     "and the LR inside each stage follows the original step by step")
+    notes.append("updates: a batch ends early only at the end of an epoch (the last partial batch is kept) or of "
+                 "the run")
     notes.append(BATCHNORM_NOTE)
 
 
 _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",
-              "batch_size": "the starting batch"}
+              "batch_size": "the starting batch", "run_length": "1% of the run"}
 
 
 def _targets(rho: list[float], g_ref: float, model: TemperatureModel, base: _Base, peak: int) -> list[Optional[float]]:
@@ -445,7 +488,8 @@ class _Staircase(NamedTuple):
     From the ``peak`` piece on, piece i asks for the batch ``targets[i]`` that gives g_ref·ρ_i
     at the base LR and momentum; a new batch stage starts when that target has grown by
     ``factor`` or passed the ``cap`` (then straight to the cap), and inside a stage the LR
-    carries the residual. Pieces before the peak are the LR warmup, kept at ``b_start``.
+    is f(B) × the original's (eq. 9). With ``growth`` K every new batch is K × the previous
+    one. Pieces before the peak are the LR warmup, kept at ``b_start``.
     """
 
     pieces: list[_Piece]
@@ -461,6 +505,8 @@ class _Staircase(NamedTuple):
     cap: int
     rounding: Rounding
     factor: float
+    b0: int = 1
+    growth: Optional[int] = None
 
     def batches(self) -> list[tuple[int, float]]:
         """(batch, ref) of each piece: ``ref`` is the unrounded batch the current stage was chosen for.
@@ -473,7 +519,11 @@ class _Staircase(NamedTuple):
         batch = self.b_start
         lo, top = self.cap * (1 - _EPS), float(self.cap)
         for i, target in enumerate(self.targets):
-            if i > self.peak:
+            if i > self.peak and self.growth is not None:
+                while batch * self.growth <= self.cap and target >= batch * self.growth * (1 - _EPS):
+                    batch *= self.growth
+                ref = float(batch)
+            elif i > self.peak:
                 want = min(target, top)
                 if want >= ref * self.factor * (1 - _EPS) or target >= lo:
                     nearest = min(self.rounding.nearest(want), self.cap)
@@ -483,22 +533,23 @@ class _Staircase(NamedTuple):
         return out
 
     def spans(self) -> list[_Span]:
-        """(batch, lr, momentum) of each piece, following g_ref·ρ(t); ε = lr_for(g, ref) inside a stage."""
+        """(batch, LR factor, momentum) of each piece: the factor f(B) keeps the original's temperature (eq. 9)."""
         out: list[_Span] = []
-        for i, (piece, r, target, (batch, ref)) in enumerate(zip(self.pieces, self.rho, self.targets, self.batches())):
-            g = self.g_ref * r
+        for i, (piece, r, target, (batch, _ref)) in enumerate(zip(self.pieces, self.rho, self.targets,
+                                                                   self.batches())):
             if i >= self.peak:
-                phase = "hybrid" if batch == self.cap and target > self.cap * (1 + _EPS) else "growth"
+                grows = batch * self.growth <= self.cap if self.growth else batch < self.cap
+                phase = "hybrid" if not grows and target > batch * (1 + _EPS) else "growth"
             else:
                 phase = "warmup"
-            lr = self.model.lr_for(g, self.m_base, ref)
-            if not math.isfinite(lr):  # B = N leaves no gradient noise, so no LR can raise g again
-                raise UserError(f"at epoch {piece.start} the schedule asks for a higher temperature than batch {batch} "
-                                "(= N) can give at any LR; lower --max-fraction, or end the schedule before it rises "
-                                "again")
-            if abs(lr / self.lr_base - 1) < _EPS:  # float noise of the inverse; keep the user's number
-                lr = self.lr_base
-            out.append(_Span(piece.start, piece.end, batch, lr, self.m_base, r, phase))
+            scale = self.model.scale_for(batch, self.b0, self.m_base, piece.momentum)
+            if not math.isfinite(scale):  # B = N leaves no gradient noise, so no LR can raise g again
+                raise UserError(f"at sample {piece.start:,} the schedule asks for a higher temperature than batch "
+                                f"{batch} (= N) can give at any LR; lower --max-fraction, or end the schedule before "
+                                "it rises again")
+            if abs(scale - 1) < _EPS:  # float noise; keep the user's numbers exact
+                scale = 1.0
+            out.append(_Span(piece.start, piece.end, batch, scale * piece.lr, scale, self.m_base, r, phase))
         return out
 
 
@@ -523,16 +574,18 @@ def _fit_factor(stairs: _Staircase, max_stages: int) -> float:
 
 
 def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float) -> list[Stage]:
-    """Consecutive spans with the same (batch, lr, momentum, phase) become one Stage."""
+    """Consecutive spans with the same (batch, LR factor, momentum, phase) become one Stage."""
     stages: list[Stage] = []
     i = 0
     while i < len(per_span):
         cur, j = per_span[i], i + 1
-        while j < len(per_span) and (per_span[j].batch, per_span[j].lr, per_span[j].momentum, per_span[j].phase) \
-                == (cur.batch, cur.lr, cur.momentum, cur.phase):
+        key = (cur.batch, cur.lr_scale, cur.momentum, cur.phase)
+        while j < len(per_span) and (per_span[j].batch, per_span[j].lr_scale, per_span[j].momentum,
+                                     per_span[j].phase) == key:
             j += 1
         realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref if g_ref > 0 else 1.0
-        stages.append(Stage(start_epoch=cur.start, end_epoch=per_span[j - 1].end, batch_size=cur.batch, lr=cur.lr,
-                            momentum=cur.momentum, temperature=realised, target_temperature=cur.rho, phase=cur.phase))
+        stages.append(Stage(start_sample=cur.start, end_sample=per_span[j - 1].end, batch_size=cur.batch, lr=cur.lr,
+                            momentum=cur.momentum, temperature=realised, target_temperature=cur.rho, phase=cur.phase,
+                            lr_scale=cur.lr_scale))
         i = j
     return stages

@@ -45,7 +45,7 @@ class ConvertOptions:
     lr: Optional[float] = None
     batch_size: Optional[int] = None
     dataset_size: Optional[int] = None
-    epochs: Optional[int] = None
+    epochs: Optional[float] = None
     momentum: float = DEFAULTS["momentum"]
     schedule: Union[str, Schedule, None] = None
     schedule_unit: str = DEFAULTS["schedule_unit"]
@@ -61,6 +61,11 @@ class ConvertOptions:
     increase_lr: Optional[float] = None
     momentum_to: Optional[float] = None
     adam_rule: str = DEFAULTS["adam_rule"]
+    total_samples: Optional[int] = None
+    total_steps: Optional[int] = None
+    streaming: bool = False
+    seq_len: Optional[int] = None
+    growth_factor: Optional[int] = None
     noise_cap_batch: Optional[float] = None  # from a probe; the plan records it as cap.noise_scale, not in inputs
 
     def __post_init__(self) -> None:
@@ -71,22 +76,21 @@ class ConvertOptions:
         object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
 
     def _check_run(self) -> None:
-        """The original run: sizes, momentum, the schedule (parsed) and its starting LR."""
+        """The original run: sizes, length, momentum, the schedule (parsed) and its starting LR."""
         # Imported here, not at the top: the CLI imports this module for its help defaults,
         # and `bsadvisor --help` should not pay for the plan schema and the schedule parser.
-        from bsadvisor.core.plan import MAX_EPOCHS, SCHEDULE_UNITS
+        from bsadvisor.core.plan import SCHEDULE_UNITS
         from bsadvisor.core.schedules import Schedule, parse_schedule
 
-        self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
+        self._set("streaming", bool(self.streaming))
+        if self.dataset_size is not None or not self.streaming:
+            self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
         self._set("batch_size", checks.positive_int("batch_size", self.batch_size))
-        e = self.epochs
-        if isinstance(e, int) and not isinstance(e, bool) and e > MAX_EPOCHS:
-            raise UserError(f"epochs {checks._show(e)} is more than {MAX_EPOCHS:,}: a plan covers at most "
-                            f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length",
-                            parameter="epochs")
-        self._set("epochs", checks.positive_int("epochs", e))
-        if self.batch_size > self.dataset_size:
-            raise UserError(f"batch_size {self.batch_size} is larger than dataset_size {self.dataset_size}",
+        self._set("seq_len", checks.optional(checks.positive_int, "seq_len", self.seq_len))
+        self._check_length()
+        n = self.dataset_size
+        if n is not None and self.batch_size > n:
+            raise UserError(f"batch_size {self.batch_size} is larger than dataset_size {n}",
                             parameters=("batch_size", "dataset_size"))
         checks.within("momentum", self.momentum, 0, 1, high_open=True)
         if self.schedule_unit not in SCHEDULE_UNITS:
@@ -102,7 +106,65 @@ class ConvertOptions:
             self._set("lr", sched.lrs[0])
         self._set("lr", checks.positive("lr", self.lr))
         sched.check_lr(self.lr)
-        sched.check(self.epochs * self.steps_per_epoch, self.schedule_unit)
+        sched.check(self.original().horizon, self.schedule_unit)
+
+    def _check_length(self) -> None:
+        """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""
+        from bsadvisor.core.plan import MAX_EPOCHS, MAX_SAMPLES
+
+        given = [name for name in ("epochs", "total_samples", "total_steps") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise UserError(f"give the training length once: {' and '.join(given)} were both given",
+                            parameters=tuple(given))
+        if not given:
+            raise UserError("epochs is required (or total_samples, or total_steps)", parameter="epochs")
+        n = self.dataset_size
+        if self.epochs is not None:
+            if n is None:
+                raise UserError("epochs needs dataset_size; a streaming run is measured in total_samples or "
+                                "total_steps", parameters=("epochs", "dataset_size", "total_samples", "total_steps"))
+            e = checks.number("epochs", self.epochs, low=0, low_open=True)
+            if e > MAX_EPOCHS:
+                raise UserError(f"epochs {checks._show(self.epochs)} is more than {MAX_EPOCHS:,}: a plan covers at most "
+                                f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length",
+                                parameter="epochs")
+            self._set("epochs", int(e) if float(e).is_integer() else e)
+            samples = round(e * n)
+        elif self.total_samples is not None:
+            samples = checks.positive_int("total_samples", self.total_samples, high=MAX_SAMPLES)
+            self._set("total_samples", samples)
+        else:
+            steps = checks.positive_int("total_steps", self.total_steps, high=MAX_SAMPLES)
+            self._set("total_steps", steps)
+            if n is None:
+                samples = steps * self.batch_size
+            else:
+                full, rest = divmod(steps, math.ceil(n / self.batch_size))
+                samples = full * n + min(rest * self.batch_size, n)
+        if samples < self.batch_size:
+            raise UserError(f"the run is {samples} samples long, less than one batch of batch_size {self.batch_size}",
+                            parameters=("batch_size",))
+        if n is not None and samples > MAX_EPOCHS * n:
+            raise UserError(f"the run covers {samples / n:g} epochs; a plan covers at most {MAX_EPOCHS:,}",
+                            parameters=given[:1] and (given[0],))
+        self._set("_samples", samples)
+
+    @property
+    def run_samples(self) -> int:
+        """The run's length in samples (examples consumed): E·N, total_samples, or total_steps at B0."""
+        return self.__dict__["_samples"]
+
+    @property
+    def single_pass(self) -> bool:
+        """One pass over the data or less (or ``streaming``): every example is fresh, so N → ∞ (eq. 2)."""
+        return self.streaming or self.dataset_size is None or self.run_samples <= self.dataset_size
+
+    def original(self):
+        """The original run on the sample axis (core.original.OriginalRun)."""
+        from bsadvisor.core.original import OriginalRun
+
+        return OriginalRun(self.schedule, self.lr, self.batch_size, self.dataset_size, self.run_samples,
+                           self.schedule_unit, float(self.momentum))
 
     def _check_plan(self) -> None:
         """The temperature model, the caps, the rounding, the staircase and the §5.2 variants."""
@@ -126,6 +188,8 @@ class ConvertOptions:
                                 parameter="momentum_to")
             checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
         checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
+        self._set("growth_factor", checks.optional(checks.integer, "growth_factor", self.growth_factor, low=2,
+                                                    high=1024))
         if self.max_batch is not None and self.max_batch < self.batch_size:
             raise UserError(f"max_batch {self.max_batch} is smaller than batch_size {self.batch_size}: the "
                             "original batch does not fit; lower --batch-size or allow gradient accumulation",

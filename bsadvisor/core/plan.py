@@ -1,7 +1,13 @@
-"""A batch-size plan: what batch, LR and momentum to use in each epoch.
+"""A batch-size plan: which batch, LR and momentum to use at every point of training.
 
-Pure data + JSON (schema ``bsadvisor.plan/1``); no torch. The conversion that builds
-a Plan from an LR schedule lives in ``convert.py``.
+A plan is a function of progress in samples (examples consumed; docs/concepts.md §2):
+stages are intervals [start_sample, end_sample) each at one batch size. Inside a stage the
+LR is the original schedule's LR at that sample position times the stage's ``lr_scale``
+(so what the batch growth does not take over stays with the LR, update by update), or a
+constant ``lr`` for a stage without a scale (plans of schema /1, hand-written stages).
+
+Pure data + JSON (schema ``bsadvisor.plan/2``; ``/1`` files, indexed in epochs, still
+load); no torch. The conversion that builds a Plan from an LR schedule lives in convert.py.
 """
 from __future__ import annotations
 
@@ -9,16 +15,18 @@ import bisect
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from bsadvisor.core import schema as S
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import check_schema, json_safe
+from bsadvisor.core.fileio import json_safe
 
-PLAN_SCHEMA = "bsadvisor.plan/1"
-#: Longest plan, in epochs. Conversion never walks epochs one by one (stages are intervals),
-#: but a plan's users do (training, ``batch_sizes()``, CSV export): a bound keeps them finite.
+PLAN_SCHEMA = "bsadvisor.plan/2"
+PLAN_SCHEMA_V1 = "bsadvisor.plan/1"
+#: Longest plan, in epochs: a plan's users may walk it epoch by epoch (the sampler, CSV export).
 MAX_EPOCHS = 1_000_000
+#: Longest plan in samples (2**62: sums of sample positions stay exact integers).
+MAX_SAMPLES = 2**62
 PHASES = ("warmup", "growth", "hybrid", "original")
 #: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
 SCHEDULE_UNITS = ("epoch", "step")
@@ -27,7 +35,7 @@ REMEDY = "regenerate it with bsadvisor convert-schedule --out"
 
 @dataclass(frozen=True)
 class Setting:
-    """What to train with at one epoch."""
+    """What to train with at one point: the batch size, LR and momentum."""
 
     batch_size: int
     lr: float
@@ -36,42 +44,43 @@ class Setting:
 
 @dataclass(frozen=True)
 class Stage:
-    """Epochs [start_epoch, end_epoch) trained at one constant (batch_size, lr, momentum).
+    """Samples [start_sample, end_sample) trained at batch ``batch_size``.
 
-    ``temperature`` is the realised g/g0 (1.0 = the original schedule's start), and
-    ``target_temperature`` what the original schedule asks for at ``start_epoch``.
+    The LR at sample s is ``lr_scale`` × the original schedule's LR at s (eq. 9 of
+    docs/concepts.md); without a scale it is ``lr`` throughout. ``lr`` is always the LR
+    at the stage's first sample. ``temperature`` is the realised g/g_ref there (1.0 = the
+    original's peak) and ``target_temperature`` what the original schedule asks for.
     """
 
-    start_epoch: int
-    end_epoch: int
+    start_sample: int
+    end_sample: int
     batch_size: int
     lr: float
     momentum: float
     temperature: float
     target_temperature: float = float("nan")
-    phase: str = "growth"  # "warmup" | "growth" | "hybrid"
-    extra: dict = field(default_factory=dict)  # e.g. predicted_seconds, efficiency (issue 4)
+    phase: str = "growth"  # "warmup" | "growth" | "hybrid" | "original"
+    lr_scale: Optional[float] = None
+    extra: dict = field(default_factory=dict)  # e.g. predicted_seconds, efficiency
 
     @property
-    def epochs(self) -> int:
-        return self.end_epoch - self.start_epoch
-
-    def updates(self, dataset_size: int) -> int:
-        """Parameter updates: ceil(N/B) per epoch (the last partial batch is kept)."""
-        return self.epochs * math.ceil(dataset_size / self.batch_size)
+    def samples(self) -> int:
+        return self.end_sample - self.start_sample
 
 
 @dataclass
 class Plan:
-    """Stages tiling [0, epochs), plus what produced them.
+    """Stages tiling [0, total_samples), plus what produced them.
 
     ``inputs`` holds the conversion's settings (lr, batch_size, dataset_size, epochs,
-    momentum, schedule, rule, ...); ``baseline_updates`` counts the original schedule's
-    updates at the fixed batch; ``warnings``/``notes`` are for the report.
+    momentum, schedule, schedule_unit, rule, ...): from them the plan rebuilds the original
+    run's LR at any sample (:attr:`original`). ``dataset_size`` N is None for a streaming
+    plan whose data set size is unknown. ``baseline_updates`` counts the original
+    schedule's updates at the fixed batch; ``warnings``/``notes`` are for the report.
     """
 
     stages: list[Stage]
-    dataset_size: int
+    dataset_size: Optional[int]
     inputs: dict[str, Any] = field(default_factory=dict)
     baseline_updates: int = 0
     cap: dict[str, Any] = field(default_factory=dict)
@@ -84,30 +93,108 @@ class Plan:
 
     # -- queries -----------------------------------------------------------------
     @property
-    def epochs(self) -> int:
-        return self.stages[-1].end_epoch
+    def total_samples(self) -> int:
+        return self.stages[-1].end_sample
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the data: a whole number for epoch-long plans (None when N is unknown)."""
+        if self.dataset_size is None:
+            return None
+        e = self.total_samples / self.dataset_size
+        return int(e) if self.total_samples % self.dataset_size == 0 else e
+
+    @property
+    def full_epochs(self) -> int:
+        """Epochs the run starts: ⌈total_samples / N⌉ (the last may be partial)."""
+        return -(-self.total_samples // self.dataset_size)
+
+    def epoch_of(self, sample: int) -> float:
+        """``sample`` in epochs (a whole number at an epoch boundary)."""
+        n = self.dataset_size
+        return sample // n if sample % n == 0 else sample / n
+
+    @property
+    def epoch_aligned(self) -> bool:
+        """True when every stage starts and ends at an epoch boundary (the paper's plans)."""
+        n = self.dataset_size
+        return n is not None and all(s.start_sample % n == 0 and s.end_sample % n == 0 for s in self.stages)
+
+    @property
+    def seq_len(self) -> Optional[int]:
+        """Tokens per sample, when the plan was made for a language model (``--seq-len``)."""
+        return self.inputs.get("seq_len")
+
+    @property
+    def original(self):
+        """The original run (core.original.OriginalRun) recorded in ``inputs``, or None if they do not say."""
+        cached = self.__dict__.get("_original", False)
+        if cached is not False:
+            return cached
+        run = None
+        i = self.inputs
+        if i.get("schedule") and i.get("lr") and i.get("batch_size") and not str(i["schedule"]).startswith("table "):
+            from bsadvisor.core.original import OriginalRun
+            from bsadvisor.core.schedules import parse_schedule
+
+            run = OriginalRun(parse_schedule(i["schedule"]), float(i["lr"]), int(i["batch_size"]), self.dataset_size,
+                              self.total_samples, i.get("schedule_unit") or "epoch", float(i.get("momentum") or 0.0))
+        self._original = run
+        return run
+
+    def stage_index_at_sample(self, sample: int) -> int:
+        """Index of the stage holding ``sample``; past the end, the last stage."""
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+            raise UserError(f"sample position must be a whole number ≥ 0, got {S.show(sample)}")
+        ends = self.__dict__.get("_ends")
+        if ends is None or len(ends) != len(self.stages) or ends[-1] != self.stages[-1].end_sample:
+            ends = self._ends = [s.end_sample for s in self.stages]
+        return min(bisect.bisect_right(ends, sample), len(self.stages) - 1)
+
+    def at_sample(self, sample: int) -> Setting:
+        """Batch size, LR and momentum for the update that starts at sample position ``sample``."""
+        s = self.stages[self.stage_index_at_sample(sample)]
+        return Setting(s.batch_size, self.lr_at(s, sample), s.momentum)
+
+    def lr_at(self, stage: Stage, sample: int) -> float:
+        """The LR of ``stage`` at ``sample``: its scale × the original's LR there, else its constant LR."""
+        if stage.lr_scale is None or sample <= stage.start_sample:
+            return stage.lr
+        original = self.original
+        if original is None:
+            return stage.lr
+        return stage.lr_scale * original.lr_at(min(sample, self.total_samples - 1))
+
+    def at(self, epoch: float) -> Setting:
+        """Batch size, LR and momentum at the start of ``epoch`` (0-based; the epoch-level convenience)."""
+        if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch)) or epoch < 0:
+            raise UserError(f"epoch must be a number ≥ 0, got {S.show(epoch)}")
+        if self.dataset_size is None:
+            raise UserError("this plan has no data set size (streaming); use plan.at_sample(samples_seen)")
+        return self.at_sample(min(int(epoch * self.dataset_size), self.total_samples - 1))
 
     @property
     def updates(self) -> int:
-        return sum(s.updates(self.dataset_size) for s in self.stages)
+        """Parameter updates: a batch starts inside a stage and takes its size; it ends early only at
+        the end of an epoch or of the run (core.original.count_updates)."""
+        from bsadvisor.core.original import count_updates
 
-    def stage_index(self, epoch: float) -> int:
-        """Index of the stage holding ``epoch``; past the end, the last stage."""
-        if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch)) or epoch < 0:
-            raise UserError(f"epoch must be a number ≥ 0, got {S.show(epoch)}")
-        ends = self.__dict__.get("_ends")
-        if ends is None or len(ends) != len(self.stages) or ends[-1] != self.stages[-1].end_epoch:
-            ends = self._ends = [s.end_epoch for s in self.stages]
-        return min(bisect.bisect_right(ends, epoch), len(self.stages) - 1)
+        return count_updates(self.total_samples, self.dataset_size,
+                             [(s.start_sample, s.end_sample, s.batch_size) for s in self.stages])
 
-    def at(self, epoch: float) -> Setting:
-        """Batch size, LR and momentum to use during ``epoch`` (0-based)."""
-        s = self.stages[self.stage_index(epoch)]
-        return Setting(s.batch_size, s.lr, s.momentum)
+    def stage_updates(self, stage: Stage) -> int:
+        """Updates that start inside ``stage``."""
+        from bsadvisor.core.original import count_updates
+
+        i = self.stages.index(stage)
+        spans = [(s.start_sample, s.end_sample, s.batch_size) for s in self.stages]
+        before = count_updates(stage.start_sample, self.dataset_size, spans[:i]) if i else 0
+        upto = count_updates(stage.end_sample, self.dataset_size, spans[:i + 1])
+        return upto - before
 
     def batch_sizes(self) -> list[int]:
-        """The batch size of every epoch, in order (at most MAX_EPOCHS of them)."""
-        return [s.batch_size for s in self.stages for _ in range(s.epochs)]
+        """The batch size at the start of every epoch, in order (at most MAX_EPOCHS of them)."""
+        return [self.at(e).batch_size for e in range(self.full_epochs)]
 
     def stage_batch_sizes(self) -> list[int]:
         """The batch size of every stage, in order: the plan's batches without walking its epochs."""
@@ -117,48 +204,60 @@ class Plan:
     def validate(self) -> None:
         if not self.stages:
             raise UserError("plan has no stages")
-        if isinstance(self.dataset_size, bool) or not isinstance(self.dataset_size, int) or self.dataset_size < 1:
-            raise UserError(f"plan dataset_size must be a positive integer, got {S.show(self.dataset_size)}")
+        n = self.dataset_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"plan dataset_size must be a positive integer, got {S.show(n)}")
         expected = 0
         for i, s in enumerate(self.stages):
-            if s.start_epoch != expected or s.end_epoch <= s.start_epoch:
-                raise UserError(f"plan stage {i} covers epochs [{s.start_epoch}, {s.end_epoch}) but should start at "
-                                f"{expected} and be non-empty; stages must tile [0, epochs) in order")
+            if s.start_sample != expected or s.end_sample <= s.start_sample:
+                raise UserError(f"plan stage {i} covers samples [{s.start_sample}, {s.end_sample}) but should start at "
+                                f"{expected} and be non-empty; stages must tile [0, total_samples) in order")
             if isinstance(s.batch_size, bool) or not isinstance(s.batch_size, int) or s.batch_size < 1:
                 raise UserError(f"plan stage {i}: batch_size must be a positive integer, got {S.show(s.batch_size)}")
-            if s.batch_size > self.dataset_size:
-                raise UserError(f"plan stage {i}: batch_size {s.batch_size} is larger than the dataset "
-                                f"({self.dataset_size} examples)")
+            if n is not None and s.batch_size > n:
+                raise UserError(f"plan stage {i}: batch_size {s.batch_size} is larger than the dataset ({n} examples)")
             if not (math.isfinite(s.lr) and s.lr >= 0):
                 raise UserError(f"plan stage {i}: lr must be a finite number ≥ 0, got {S.show(s.lr)}")
+            if s.lr_scale is not None and not (math.isfinite(s.lr_scale) and s.lr_scale >= 0):
+                raise UserError(f"plan stage {i}: lr_scale must be a finite number ≥ 0, got {S.show(s.lr_scale)}")
             if not (math.isfinite(s.momentum) and 0 <= s.momentum < 1):
                 raise UserError(f"plan stage {i}: momentum must be in [0, 1), got {S.show(s.momentum)}")
-            expected = s.end_epoch
-        if expected > MAX_EPOCHS:
-            raise UserError(f"plan covers {expected} epochs; at most {MAX_EPOCHS:,} are supported")
+            expected = s.end_sample
+        if expected > MAX_SAMPLES:
+            raise UserError(f"plan covers {expected} samples; at most 2**62 are supported")
+        if n is not None and expected > MAX_EPOCHS * n:
+            raise UserError(f"plan covers {expected / n:g} epochs; at most {MAX_EPOCHS:,} are supported")
 
     # -- JSON --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        n, seq = self.dataset_size, self.seq_len
         stages = []
         for s in self.stages:
             d = {k: v for k, v in asdict(s).items() if k != "extra"}
-            d["updates"] = s.updates(self.dataset_size)
+            if n is not None:
+                d["start_epoch"], d["end_epoch"] = self.epoch_of(s.start_sample), self.epoch_of(s.end_sample)
+            if seq:
+                d["start_token"], d["end_token"] = s.start_sample * seq, s.end_sample * seq
+            d["updates"] = self.stage_updates(s)
             d.update(s.extra)
             stages.append(json_safe(d))
+        total = self.total_samples
         doc = {
             "schema": PLAN_SCHEMA,
             "inputs": json_safe(dict(self.inputs)),
-            "dataset_size": self.dataset_size,
+            "dataset_size": n,
+            "total_samples": total,
             "epochs": self.epochs,
             "cap": json_safe(dict(self.cap)),
             "stages": stages,
-            "baseline": {"updates": self.baseline_updates,
-                         "examples": self.epochs * self.dataset_size},
-            "plan": {"updates": self.updates, "examples": self.epochs * self.dataset_size,
+            "baseline": {"updates": self.baseline_updates, "examples": total},
+            "plan": {"updates": self.updates, "examples": total,
                      "update_ratio": (self.baseline_updates / self.updates) if self.baseline_updates else None},
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
+        if seq:
+            doc["total_tokens"] = total * seq
         if self.probe is not None:
             doc["probe"] = json_safe(self.probe)
         return doc
@@ -168,55 +267,37 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: Any, what: str = "plan file") -> "Plan":
-        """Rebuild from a ``bsadvisor.plan/1`` document, checked against PLAN_SPEC in one pass.
+        """Rebuild from a ``bsadvisor.plan/2`` (or ``/1``) document, checked against its spec in one pass.
 
-        A field of the wrong type or out of range, stages that do not tile [0, epochs), a
-        batch larger than the dataset, or recorded ``inputs`` that disagree with the stages
-        (epochs, dataset size) give one UserError naming ``what`` and the field.
+        A field of the wrong type or out of range, stages that do not tile the run, a batch
+        larger than the dataset, or recorded ``inputs`` that disagree with the stages give
+        one UserError naming ``what`` and the field.
         """
-        check_schema(doc, PLAN_SCHEMA, what, REMEDY)
+        if isinstance(doc, dict) and doc.get("schema") == PLAN_SCHEMA_V1:
+            return _from_v1(cls, doc, what)
+        _check_schema(doc, what)
         d = S.validate(doc, PLAN_SPEC, what, REMEDY)
         inputs = d.get("inputs") or {}
         n = d.get("dataset_size", inputs.get("dataset_size"))
-        if n is None:
-            raise S.refuse(what, "dataset_size", "is missing", REMEDY)
         stages = []
         for i, st in enumerate(d["stages"]):
             where = f"stages[{i}]"
-            if st["end_epoch"] <= st["start_epoch"] or st["start_epoch"] != (stages[-1].end_epoch if stages else 0):
-                expected = stages[-1].end_epoch if stages else 0
-                raise S.refuse(what, where, f"covers epochs [{st['start_epoch']}, {st['end_epoch']}) but must start at "
-                                            f"{expected} and be non-empty (stages tile [0, epochs) in order)", REMEDY)
-            if st["end_epoch"] > MAX_EPOCHS:
-                raise S.refuse(what, f"{where}.end_epoch", f"is {st['end_epoch']}; a plan covers at most "
-                                                           f"{MAX_EPOCHS:,} epochs", REMEDY)
-            if st["batch_size"] > n:
+            expected = stages[-1].end_sample if stages else 0
+            if st["end_sample"] <= st["start_sample"] or st["start_sample"] != expected:
+                raise S.refuse(what, where, f"covers samples [{st['start_sample']}, {st['end_sample']}) but must start "
+                                            f"at {expected} and be non-empty (stages tile the run in order)", REMEDY)
+            if n is not None and st["batch_size"] > n:
                 raise S.refuse(what, f"{where}.batch_size", f"{st['batch_size']} is larger than dataset_size {n}",
                                REMEDY)
-            stages.append(Stage(start_epoch=st["start_epoch"], end_epoch=st["end_epoch"],
-                                batch_size=st["batch_size"], lr=st["lr"], momentum=st["momentum"],
-                                temperature=st.get("temperature", math.nan),
-                                target_temperature=st.get("target_temperature", math.nan),
-                                phase=st.get("phase", "growth"),
-                                extra={k: v for k, v in st.items() if k not in _STAGE_FIELDS}))
-        epochs = stages[-1].end_epoch
-        recorded = [("epochs", d.get("epochs"), epochs), ("inputs.epochs", inputs.get("epochs"), epochs),
-                    ("inputs.dataset_size", inputs.get("dataset_size"), n)]
-        for path, value, actual in recorded:
-            if value is not None and value != actual:
-                whose = "the stages end at epoch" if "epochs" in path else "dataset_size is"
-                raise S.refuse(what, path, f"is {value} but {whose} {actual}", REMEDY)
-        b0 = inputs.get("batch_size")
-        if b0 is not None and b0 > n:
-            raise S.refuse(what, "inputs.batch_size", f"{b0} is larger than dataset_size {n}", REMEDY)
-        cap = d.get("cap") or {}
-        if cap and "batch_size" not in cap:
-            raise S.refuse(what, "cap.batch_size", "is missing (cap is {} or holds batch_size)", REMEDY)
-        baseline = d.get("baseline") or {}
-        return cls(stages=stages, dataset_size=n, inputs=dict(inputs),
-                   baseline_updates=baseline.get("updates") or 0, cap=dict(cap),
-                   warnings=list(d.get("warnings") or []), notes=list(d.get("notes") or []),
-                   probe=d.get("probe"))
+            stages.append(_stage(st, st["start_sample"], st["end_sample"]))
+        total = stages[-1].end_sample
+        if n is not None and total > MAX_EPOCHS * n:
+            raise S.refuse(what, "stages", f"cover {total / n:g} epochs; a plan covers at most {MAX_EPOCHS:,}", REMEDY)
+        if d.get("total_samples") is not None and d["total_samples"] != total:
+            raise S.refuse(what, "total_samples", f"is {d['total_samples']} but the stages end at sample {total}",
+                           REMEDY)
+        _check_inputs(inputs, n, what)
+        return _build(cls, stages, n, inputs, d)
 
     @classmethod
     def from_json(cls, text: str | dict) -> "Plan":
@@ -240,14 +321,76 @@ class Plan:
         write_atomic(path, self.to_json() + "\n")
 
 
+def _check_schema(doc: Any, what: str) -> None:
+    from bsadvisor.core.fileio import check_schema
+
+    if isinstance(doc, dict) and doc.get("schema") not in (PLAN_SCHEMA, PLAN_SCHEMA_V1, None):
+        found = doc.get("schema")
+        shown = repr(found) if isinstance(found, str) and len(found) <= 60 else "that is not a schema name"
+        raise UserError(f"{what} has schema {shown}, expected {PLAN_SCHEMA!r} (or {PLAN_SCHEMA_V1!r}); {REMEDY}")
+    check_schema(doc, PLAN_SCHEMA, what, REMEDY)
+
+
+def _stage(st: dict, start: int, end: int) -> Stage:
+    return Stage(start_sample=start, end_sample=end, batch_size=st["batch_size"], lr=st["lr"],
+                 momentum=st["momentum"], temperature=st.get("temperature", math.nan),
+                 target_temperature=st.get("target_temperature", math.nan), phase=st.get("phase", "growth"),
+                 lr_scale=st.get("lr_scale"), extra={k: v for k, v in st.items() if k not in _STAGE_FIELDS})
+
+
+def _check_inputs(inputs: dict, n: Optional[int], what: str) -> None:
+    if inputs.get("dataset_size") is not None and n is not None and inputs["dataset_size"] != n:
+        raise S.refuse(what, "inputs.dataset_size", f"is {inputs['dataset_size']} but dataset_size is {n}", REMEDY)
+    b0 = inputs.get("batch_size")
+    if b0 is not None and n is not None and b0 > n:
+        raise S.refuse(what, "inputs.batch_size", f"{b0} is larger than dataset_size {n}", REMEDY)
+
+
+def _build(cls, stages: list[Stage], n: Optional[int], inputs: dict, d: dict) -> "Plan":
+    cap = d.get("cap") or {}
+    if cap and "batch_size" not in cap:
+        raise S.refuse("plan", "cap.batch_size", "is missing (cap is {} or holds batch_size)", REMEDY)
+    baseline = d.get("baseline") or {}
+    return cls(stages=stages, dataset_size=n, inputs=dict(inputs), baseline_updates=baseline.get("updates") or 0,
+               cap=dict(cap), warnings=list(d.get("warnings") or []), notes=list(d.get("notes") or []),
+               probe=d.get("probe"))
+
+
+def _from_v1(cls, doc: dict, what: str) -> "Plan":
+    """A ``bsadvisor.plan/1`` document (stages in whole epochs, one constant LR each) as a Plan."""
+    d = S.validate(doc, PLAN_SPEC_V1, what, REMEDY)
+    inputs = d.get("inputs") or {}
+    n = d.get("dataset_size", inputs.get("dataset_size"))
+    if n is None:
+        raise S.refuse(what, "dataset_size", "is missing", REMEDY)
+    stages = []
+    for i, st in enumerate(d["stages"]):
+        where = f"stages[{i}]"
+        expected = stages[-1].end_sample // n if stages else 0
+        if st["end_epoch"] <= st["start_epoch"] or st["start_epoch"] != expected:
+            raise S.refuse(what, where, f"covers epochs [{st['start_epoch']}, {st['end_epoch']}) but must start at "
+                                        f"{expected} and be non-empty (stages tile [0, epochs) in order)", REMEDY)
+        if st["end_epoch"] > MAX_EPOCHS:
+            raise S.refuse(what, f"{where}.end_epoch", f"is {st['end_epoch']}; a plan covers at most "
+                                                       f"{MAX_EPOCHS:,} epochs", REMEDY)
+        if st["batch_size"] > n:
+            raise S.refuse(what, f"{where}.batch_size", f"{st['batch_size']} is larger than dataset_size {n}", REMEDY)
+        st = {k: v for k, v in st.items() if k != "lr_scale"}  # /1 stages hold a constant LR
+        stages.append(_stage(st, st["start_epoch"] * n, st["end_epoch"] * n))
+    epochs = stages[-1].end_sample // n
+    for path, value, actual in [("epochs", d.get("epochs"), epochs), ("inputs.epochs", inputs.get("epochs"), epochs)]:
+        if value is not None and value != actual:
+            raise S.refuse(what, path, f"is {value} but the stages end at epoch {actual}", REMEDY)
+    _check_inputs(inputs, n, what)
+    return _build(cls, stages, n, inputs, d)
+
+
 # -- the plan file's schema (bsadvisor.core.schema) --------------------------------------
-_STAGE_FIELDS = {"start_epoch", "end_epoch", "batch_size", "lr", "momentum", "temperature", "target_temperature",
-                 "phase", "updates"}
+_STAGE_FIELDS = {"start_sample", "end_sample", "start_epoch", "end_epoch", "start_token", "end_token", "batch_size",
+                 "lr", "lr_scale", "momentum", "temperature", "target_temperature", "phase", "updates"}
 _SCALAR = S.Json(max_depth=0)
 _COUNT = S.Int(low=1, nullable=True)
-STAGE_SPEC = S.Obj({
-    "start_epoch": S.req(S.Int(low=0)),
-    "end_epoch": S.req(S.Int(low=1)),
+_STAGE_COMMON = {
     "batch_size": S.req(S.Int(low=1)),
     "lr": S.req(S.Num(low=0)),
     "momentum": S.req(S.Num(low=0, high=1, high_open=True)),
@@ -255,10 +398,26 @@ STAGE_SPEC = S.Obj({
     "target_temperature": S.opt(S.Num(nullable=True, null_nan=True)),
     "phase": S.opt(S.Str(choices=PHASES)),
     "updates": S.opt(S.Int(low=0, nullable=True)),
+}
+STAGE_SPEC = S.Obj({
+    "start_sample": S.req(S.Int(low=0, high=MAX_SAMPLES)),
+    "end_sample": S.req(S.Int(low=1, high=MAX_SAMPLES)),
+    "lr_scale": S.opt(S.Num(low=0, nullable=True)),
+    "start_epoch": S.opt(S.Num(low=0, nullable=True)), "end_epoch": S.opt(S.Num(low=0, nullable=True)),
+    "start_token": S.opt(S.Int(low=0, nullable=True)), "end_token": S.opt(S.Int(low=0, nullable=True)),
+    **_STAGE_COMMON,
 }, extra=_SCALAR)  # per-stage figures a probe adds (predicted_seconds, efficiency, ...)
+STAGE_SPEC_V1 = S.Obj({
+    "start_epoch": S.req(S.Int(low=0)),
+    "end_epoch": S.req(S.Int(low=1)),
+    **_STAGE_COMMON,
+}, extra=_SCALAR)
 INPUTS_SPEC = S.Obj({
     "lr": S.opt(S.Num(low=0, low_open=True, nullable=True)),
-    "batch_size": S.opt(_COUNT), "dataset_size": S.opt(_COUNT), "epochs": S.opt(_COUNT),
+    "batch_size": S.opt(_COUNT), "dataset_size": S.opt(_COUNT),
+    "epochs": S.opt(S.Num(low=0, low_open=True, nullable=True)),
+    "total_samples": S.opt(_COUNT), "total_steps": S.opt(_COUNT), "seq_len": S.opt(_COUNT),
+    "streaming": S.opt(S.Json(max_depth=0)),
     "momentum": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
     "schedule": S.opt(S.Str(nullable=True)),
     "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
@@ -268,22 +427,33 @@ INPUTS_SPEC = S.Obj({
     "micro_batch": S.opt(_COUNT), "max_stages": S.opt(_COUNT), "grad_accum": S.opt(_COUNT),
     "max_fraction": S.opt(S.Num(low=0, high=1, low_open=True, nullable=True)),
     "stage_factor": S.opt(S.Num(low=1, nullable=True)),
+    "growth_factor": S.opt(S.Int(low=2, nullable=True)),
     "increase_lr": S.opt(S.Num(low=1, nullable=True)),
     "momentum_to": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
     "noise_cap": S.opt(S.Num(low=0, low_open=True, nullable=True)),
 }, extra=S.Json(max_depth=2))
-PLAN_SPEC = S.Obj({
+_PLAN_COMMON = {
     "schema": S.req(S.Str()),
     "inputs": S.opt(INPUTS_SPEC),
-    "dataset_size": S.opt(S.Int(low=1)),
-    "epochs": S.opt(S.Int(low=1)),
+    "dataset_size": S.opt(S.Int(low=1, nullable=True)),
     "cap": S.opt(S.Obj({"batch_size": S.opt(S.Int(low=1)), "limited_by": S.opt(S.Str(nullable=True))},
                        extra=S.Json(max_depth=1))),
-    "stages": S.req(S.List(STAGE_SPEC, min_len=1)),
     "baseline": S.opt(S.Obj({"updates": S.opt(S.Int(low=0, nullable=True)),
                              "examples": S.opt(S.Int(low=0, nullable=True))})),
     "plan": S.opt(S.Json(max_depth=2)),  # totals, recomputed from the stages
     "warnings": S.opt(S.List(S.Str())),
     "notes": S.opt(S.List(S.Str())),
     "probe": S.opt(S.Json(max_depth=4)),
+}
+PLAN_SPEC = S.Obj({
+    **_PLAN_COMMON,
+    "total_samples": S.opt(S.Int(low=1, high=MAX_SAMPLES, nullable=True)),
+    "total_tokens": S.opt(S.Int(low=1, nullable=True)),
+    "epochs": S.opt(S.Num(low=0, nullable=True)),
+    "stages": S.req(S.List(STAGE_SPEC, min_len=1)),
+}, extra=S.Json(max_depth=4))
+PLAN_SPEC_V1 = S.Obj({
+    **_PLAN_COMMON,
+    "epochs": S.opt(S.Int(low=1)),
+    "stages": S.req(S.List(STAGE_SPEC_V1, min_len=1)),
 }, extra=S.Json(max_depth=4))

@@ -147,6 +147,10 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
                         "or max_batch directly", parameters=("world_size", "grad_accum", "probe", "max_batch"))
     given.update(explicit)
     for required in ("batch_size", "dataset_size", "epochs", "schedule"):
+        if required == "dataset_size" and given.get("streaming"):
+            continue  # a stream has no data set size
+        if required == "epochs" and (given.get("total_samples") or given.get("total_steps")):
+            continue
         if given.get(required) is None:
             raise UserError(f"{required} is required (on the command line, in --config, or from --probe)",
                             parameter=required)

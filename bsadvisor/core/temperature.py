@@ -9,6 +9,10 @@ For Adam-family optimizers (Malladi et al. 2205.10287) the square-root rule hold
 T ∝ η·√(N/B − 1) (η ∝ √B keeps T fixed), with Smith et al.'s linear rule T ∝ η/B as
 the alternative (adam_rule="linear"). Adam's β1 does not enter T.
 
+Single-pass training (streaming, or one epoch or less) draws every example fresh, so the
+finite-data factor goes: with N → ∞, g ∝ ε/((1−m)·B) (docs/concepts.md eq. 2); a model
+with ``dataset_size=None`` uses that form (up to the constant N, which cancels in every ratio).
+
 A TemperatureModel answers three questions: the temperature of (lr, m, B); the batch
 that gives a temperature at (lr, m); and the LR that gives it at (m, B).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from bsadvisor.core import checks
 
@@ -30,7 +35,7 @@ def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float
 
 @dataclass(frozen=True)
 class TemperatureModel:
-    dataset_size: int
+    dataset_size: Optional[int]  # None: the N → ∞ (streaming) form
     rule: str = "exact"
     optimizer: str = "sgd"
     adam_rule: str = "sqrt"
@@ -52,10 +57,18 @@ class TemperatureModel:
     # v(B): the variance factor of a size-B mean gradient, up to a constant (tr Σ / N).
     def noise_factor(self, batch_size: float) -> float:
         n = self.dataset_size
+        if n is None:
+            return 1.0 / batch_size
         return n / batch_size - 1.0 if self.rule == "exact" else n / batch_size
+
+    @property
+    def streaming(self) -> bool:
+        return self.dataset_size is None
 
     def _batch_for_noise_factor(self, v: float) -> float:
         n = self.dataset_size
+        if n is None:
+            return 1.0 / v if v > 0 else math.inf
         if v <= 0:
             return float(n) if self.rule == "exact" else math.inf
         return n / (1.0 + v) if self.rule == "exact" else n / v
@@ -81,12 +94,25 @@ class TemperatureModel:
         denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
         return g / denom if denom > 0 else math.inf
 
+    def scale_for(self, batch_size: float, base_batch: float, momentum: float = 0.0,
+                  base_momentum: Optional[float] = None) -> float:
+        """The LR factor f that keeps the temperature when (B0, m0) becomes (B, m): T(f·ε, m, B) = T(ε, m0, B0).
+
+        It is the stage's ``lr_scale`` (docs/concepts.md eq. 9): the LR a stage trains with is
+        f × the original's LR at the same sample.
+        """
+        m0 = momentum if base_momentum is None else base_momentum
+        return (self._momentum_term(m0) * self.noise_factor(base_batch) ** self.power) / (
+            self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power)
+
     def describe(self) -> str:
         if self.is_adam:
             if self.adam_rule == "sqrt":
                 return ("square-root rule for Adam (Malladi et al. 2205.10287): T ∝ η·√v(B), so a decay of η by α "
-                        "becomes B × α²")
+                        "becomes B × α²" + (" (streaming: v(B) = 1/B)" if self.streaming else ""))
             return "linear rule for Adam (as Smith et al. 1711.00489 used): T ∝ η·v(B), a decay of η by α becomes B × α"
+        if self.streaming:
+            return "streaming (one pass or less): g ∝ ε/((1−m)·B) with N → ∞, B(t) = B0/ρ(t)"
         if self.rule == "exact":
             return "exact rule: g = ε/(1−m)·(N/B − 1), B(t) = N / (1 + (N/B0 − 1)·ρ(t))"
         return "proportional rule (Smith et al.): g ≈ εN/(B(1−m)), B(t) = B0/ρ(t)"

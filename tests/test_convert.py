@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bsadvisor.core.convert import baseline_plan, convert_schedule
+from bsadvisor.core.convert import MAX_SPANS, baseline_plan, convert_schedule
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 
@@ -34,7 +34,7 @@ def g_prop(lr, m, b, n):
 
 
 def batches(plan):
-    return [(s.start_epoch, s.end_epoch, s.batch_size) for s in plan.stages]
+    return [(plan.epoch_of(s.start_sample), plan.epoch_of(s.end_sample), s.batch_size) for s in plan.stages]
 
 
 def updates(plan, n):
@@ -79,23 +79,28 @@ def test_hybrid_exact_lr_beyond_device_cap(cap):
     p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER,
                          max_batch=cap, max_fraction=1.0)
     assert p.cap["batch_size"] == cap and p.cap["limited_by"] == "device"
-    for s in p.stages:
-        rho = 0.2 ** sum(s.start_epoch >= x for x in (60, 120, 160))
+    for epoch in (0, 60, 120, 160, 199):
+        s, setting = p.stages[p.stage_index(epoch)], p.at(epoch)
+        rho = 0.2 ** sum(epoch >= x for x in (60, 120, 160))
         target = N / (1 + (N / B0 - 1) * rho)
         if target > cap:
-            assert s.batch_size == cap and s.phase == "hybrid"
-            assert math.isclose(s.lr, LR * rho * (N / B0 - 1) / (N / cap - 1), rel_tol=1e-12)
+            assert setting.batch_size == cap and s.phase == "hybrid"
         else:
-            assert s.batch_size == round(target) and math.isclose(s.lr, LR, rel_tol=1e-12)
+            assert setting.batch_size == round(target)
+        # the LR factor keeps g exactly: ε = ε0·ρ·(N/B0 − 1)/(N/B − 1) at the stage's (rounded) batch
+        b = setting.batch_size
+        assert math.isclose(setting.lr, LR * rho * (N / B0 - 1) / (N / b - 1), rel_tol=1e-12)
     assert max(s.batch_size for s in p.stages) == cap
 
 
 def test_hybrid_proportional_lr():
     p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER,
                          rule="proportional", max_batch=1024, max_fraction=1.0)
-    assert [s.batch_size for s in p.stages] == [128, 640, 1024, 1024]
-    for s, rho in zip(p.stages[2:], (0.04, 0.008)):
-        assert math.isclose(s.lr, LR * rho * 1024 / B0, rel_tol=1e-12)
+    # the two capped stages are one stage at 1024 whose LR follows the original's decay (lr_scale 8)
+    assert [s.batch_size for s in p.stages] == [128, 640, 1024]
+    assert p.stages[-1].lr_scale == pytest.approx(1024 / B0, rel=1e-12)
+    for epoch, rho in ((120, 0.04), (160, 0.008)):
+        assert math.isclose(p.at(epoch).lr, LR * rho * 1024 / B0, rel_tol=1e-12)
 
 
 # ---------------------------------------------------------------- §5.2 variants, Adam
@@ -181,16 +186,21 @@ def test_warmup_stays_lr_warmup():
         s = p.stages[p.stage_index(epoch)]
         assert s.batch_size >= b0 and s.phase != "warmup"
         # target from torch's LR, not from the code under test
-        assert math.isclose(s.target_temperature, g_exact(ref[s.start_epoch], 0.9, b0, n) / g_peak, rel_tol=1e-9)
+        start = p.epoch_of(s.start_sample)
+        assert math.isclose(s.target_temperature, g_exact(ref[start], 0.9, b0, n) / g_peak, rel_tol=1e-9)
+        # inside the stage the LR follows torch's cosine times the stage's factor
+        assert math.isclose(p.at(epoch).lr, ref[epoch] * s.lr_scale, rel_tol=1e-9)
     assert any("warmup" in x for x in p.notes)
 
 
 def test_schedule_unit_step():
     spe = math.ceil(N / B0)  # 391 steps an epoch
-    ms = [60 * spe, 120 * spe + 100]  # the second falls inside epoch 120: first read at epoch 121
+    ms = [60 * spe, 120 * spe + 100]  # the second falls inside epoch 120, at its 101st update
     p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, rule="proportional",
                          max_fraction=1.0, schedule=f"MultiStepLR(milestones={ms}, gamma=0.2)", schedule_unit="step")
-    assert batches(p) == [(0, 60, 128), (60, math.ceil(ms[1] / spe), 640), (121, 200, 3200)]
+    # the plan follows the step where it happens, not the next epoch: sample 120·N + 100·B0
+    assert [(s.start_sample, s.end_sample, s.batch_size) for s in p.stages] == [
+        (0, 60 * N, 128), (60 * N, 120 * N + 100 * B0, 640), (120 * N + 100 * B0, 200 * N, 3200)]
     with pytest.raises(UserError, match="milestone"):
         convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E, schedule_unit="step",
                          schedule=f"MultiStepLR(milestones=[{E * spe}], gamma=0.2)")
@@ -238,8 +248,10 @@ def test_max_stages(k):
 
 def test_baseline_plan():
     p = baseline_plan(lr=LR, batch_size=B0, dataset_size=N, epochs=E, momentum=M, schedule=PAPER)
-    assert batches(p) == [(0, 60, 128), (60, 120, 128), (120, 160, 128), (160, 200, 128)]
-    assert [s.lr for s in p.stages] == pytest.approx([0.1, 0.02, 0.004, 0.0008], rel=1e-12)
+    # one stage at B0 whose LR is the original's own (lr_scale 1), read where torch would step it
+    assert batches(p) == [(0, 200, 128)] and p.stages[0].lr_scale == 1.0
+    assert [p.at(e).lr for e in (0, 59, 60, 120, 160, 199)] == pytest.approx(
+        [0.1, 0.1, 0.02, 0.004, 0.0008, 0.0008], rel=1e-12)
     assert p.updates == p.baseline_updates == 78_200
 
 
@@ -325,11 +337,11 @@ def test_properties(case):
     n, b0, e, lr0, m = kw["dataset_size"], kw["batch_size"], kw["epochs"], kw["lr"], kw["momentum"]
     cap = _caps(kw)
 
-    # stages tile [0, epochs)
-    assert p.stages[0].start_epoch == 0 and p.stages[-1].end_epoch == e
-    assert all(a.end_epoch == b.start_epoch for a, b in zip(p.stages, p.stages[1:]))
+    # stages tile [0, epochs·N) in whole epochs (an epoch-stepped schedule changes only there)
+    assert p.stages[0].start_sample == 0 and p.stages[-1].end_sample == e * n and p.epoch_aligned
+    assert all(a.end_sample == b.start_sample for a, b in zip(p.stages, p.stages[1:]))
     # updates add up (ceil per epoch)
-    assert p.updates == sum(s.epochs * math.ceil(n / s.batch_size) for s in p.stages)
+    assert p.updates == sum((s.samples // n) * math.ceil(n / s.batch_size) for s in p.stages)
     assert p.baseline_updates == e * math.ceil(n / b0)
     # batch never decreases; no cap exceeded (a B0 already above the cap stays at B0)
     bs = [s.batch_size for s in p.stages]
@@ -341,22 +353,26 @@ def test_properties(case):
 
     # realised g/g0 vs the original's, computed from the formula of docs/concepts.md §1, at every epoch
     g0 = _g(kw, lr0, m, b0)
+    for t in range(e):
+        setting = p.at(t)
+        target = factor(t)  # ρ(t) = ε(t)/ε0 (constant momentum)
+        realised = _g(kw, setting.lr, setting.momentum, setting.batch_size) / g0
+        # the LR factor absorbs the rounding of B: the temperature follows the original exactly
+        assert math.isclose(realised, target, rel_tol=1e-9, abs_tol=1e-12), (t, realised, target)
     for s in p.stages:
-        for t in range(s.start_epoch, s.end_epoch):
-            target = factor(t)  # ρ(t) = ε(t)/ε0 (constant momentum)
-            realised = _g(kw, s.lr, s.momentum, s.batch_size) / g0
-            assert abs(realised - target) <= 0.02 * target + 1e-12, (t, realised, target, s)
         assert math.isclose(s.temperature, _g(kw, s.lr, s.momentum, s.batch_size) / g0, rel_tol=1e-9, abs_tol=1e-12)
 
     # the LR: for step schedules (stage factor 1) it drops below ε0 only while B sits at its cap.
     # For smooth ones (default stage factor 2) off the cap the LR carries the residual of a stage, so it
     # stays in [ε0/2, ε0] under the proportional rule; under the exact rule the residual is
     # v(2B)/v(B) = (N/2B − 1)/(N/B − 1), a little under ½ (B ≤ N/2 here, rounding of B adds ≤ 2%).
+    # Rounding B to a whole number moves the LR factor by at most about 1/(2B) (≤ 1/B for B ≤ N/2).
     for s in p.stages:
-        assert s.lr <= lr0 * (1 + 1e-9)
+        rounding = 1 / s.batch_size
+        assert s.lr <= lr0 * (1 + rounding)
         at_cap = s.batch_size == max(b0, cap) or s.batch_size >= cap
         if stepwise:
-            if s.lr < lr0 * (1 - 1e-9):
+            if s.lr < lr0 * (1 - rounding):
                 assert at_cap, s
         elif not at_cap:
             if kw["rule"] == "proportional":
@@ -484,8 +500,14 @@ def test_smooth_schedule_reads_each_epoch_and_is_bounded():
     sched, calls = _counting("CosineAnnealingLR(T_max=300)")
     convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=300, momentum=M, schedule=sched)
     assert sorted(calls) == list(range(300))
-    with pytest.raises(UserError, match="10,000"):
-        convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=20_000, schedule="ExponentialLR(gamma=0.999)")
+    # a smooth schedule longer than MAX_SPANS reads is read on a coarser grid (where a stage may
+    # start), while the LR inside each stage still follows every epoch of it
+    sched, calls = _counting("ExponentialLR(gamma=0.9995)")
+    p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=30_000, schedule=sched, max_fraction=1.0)
+    assert len(calls) <= MAX_SPANS
+    for epoch in (0, 1, 777, 12_345, 29_999):
+        s = p.stages[p.stage_index(epoch)]
+        assert math.isclose(p.at(epoch).lr, s.lr_scale * LR * 0.9995 ** epoch, rel_tol=1e-9)
     with pytest.raises(UserError, match="1,000,000"):
         convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=10**9, schedule=PAPER)
 
@@ -521,7 +543,8 @@ def test_cosine_to_the_end_of_the_run_is_accepted():
     for tmax in (E - 1, E, 2 * E):
         p = convert_schedule(lr=LR, batch_size=B0, dataset_size=N, epochs=E,
                              schedule=f"CosineAnnealingLR(T_max={tmax})")
-        assert max(s.lr for s in p.stages) <= LR * (1 + 1e-12)
+        # never above the peak LR, beyond the rounding of a batch to a whole number (≤ 1/(2B) relative)
+        assert max(s.lr for s in p.stages) <= LR * (1 + 1 / (2 * B0))
 
 
 def test_messages_for_full_batch_and_huge_lr():

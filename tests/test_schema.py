@@ -74,15 +74,16 @@ def test_plan_with_a_probe_holding_nan_serialises():
 
 
 def test_stage_lookup_and_batch_sizes_on_a_long_plan():
-    stages = [Stage(0, 60, 128, 0.1, 0.9, 1.0), Stage(60, 999_000, 640, 0.1, 0.9, 0.2),
-              Stage(999_000, 1_000_000, 3200, 0.1, 0.9, 0.04)]
-    plan = Plan(stages=stages, dataset_size=50_000)
+    n = 50_000
+    stages = [Stage(0, 60 * n, 128, 0.1, 0.9, 1.0), Stage(60 * n, 999_000 * n, 640, 0.1, 0.9, 0.2),
+              Stage(999_000 * n, 1_000_000 * n, 3200, 0.1, 0.9, 0.04)]
+    plan = Plan(stages=stages, dataset_size=n)
     for epoch, i in [(0, 0), (59, 0), (59.5, 0), (60, 1), (998_999, 1), (999_000, 2), (10**12, 2)]:
         assert plan.stage_index(epoch) == i
     assert plan.stage_batch_sizes() == [128, 640, 3200]
     assert len(plan.batch_sizes()) == 1_000_000
     with pytest.raises(UserError, match="1,000,000"):
-        Plan(stages=[Stage(0, 10**12, 128, 0.1, 0.9, 1.0)], dataset_size=50_000)
+        Plan(stages=[Stage(0, 10**12 * n, 128, 0.1, 0.9, 1.0)], dataset_size=n)
 
 
 def test_plan_from_a_conversion_with_a_million_epochs_loads():

@@ -543,6 +543,8 @@ class _Staircase(NamedTuple):
             else:
                 phase = "warmup"
             scale = self.model.scale_for(batch, self.b0, self.m_base, piece.momentum)
+            if not math.isfinite(scale) and piece.lr == 0:  # B = N where the schedule reaches LR 0: nothing to keep
+                scale = 0.0
             if not math.isfinite(scale):  # B = N leaves no gradient noise, so no LR can raise g again
                 raise UserError(f"at sample {piece.start:,} the schedule asks for a higher temperature than batch "
                                 f"{batch} (= N) can give at any LR; lower --max-fraction, or end the schedule before "

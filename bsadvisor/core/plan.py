@@ -151,6 +151,12 @@ class Plan:
             ends = self._ends = [s.end_sample for s in self.stages]
         return min(bisect.bisect_right(ends, sample), len(self.stages) - 1)
 
+    def stage_index(self, epoch: float) -> int:
+        """Index of the stage holding the start of ``epoch`` (the epoch-level convenience)."""
+        if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch)) or epoch < 0:
+            raise UserError(f"epoch must be a number ≥ 0, got {S.show(epoch)}")
+        return self.stage_index_at_sample(int(epoch * (self.dataset_size or 0)))
+
     def at_sample(self, sample: int) -> Setting:
         """Batch size, LR and momentum for the update that starts at sample position ``sample``."""
         s = self.stages[self.stage_index_at_sample(sample)]
@@ -292,12 +298,19 @@ class Plan:
             stages.append(_stage(st, st["start_sample"], st["end_sample"]))
         total = stages[-1].end_sample
         if n is not None and total > MAX_EPOCHS * n:
-            raise S.refuse(what, "stages", f"cover {total / n:g} epochs; a plan covers at most {MAX_EPOCHS:,}", REMEDY)
-        if d.get("total_samples") is not None and d["total_samples"] != total:
-            raise S.refuse(what, "total_samples", f"is {d['total_samples']} but the stages end at sample {total}",
-                           REMEDY)
+            raise S.refuse(what, f"stages[{len(stages) - 1}].end_sample", f"is {total}, {total / n:g} epochs; a plan "
+                                                                         f"covers at most {MAX_EPOCHS:,} epochs", REMEDY)
+        recorded = [("total_samples", d.get("total_samples"), total), ("inputs.total_samples",
+                    inputs.get("total_samples"), total)]
+        if n is not None:
+            recorded += [("epochs", d.get("epochs"), total / n), ("inputs.epochs", inputs.get("epochs"), total / n)]
+        for path, value, actual in recorded:
+            if value is not None and not math.isclose(value, actual, rel_tol=1e-12):
+                whose = "the stages end at sample" if "samples" in path else "the stages end at epoch"
+                shown = actual if "samples" in path or actual != int(actual) else int(actual)
+                raise S.refuse(what, path, f"is {value} but {whose} {shown}", REMEDY)
         _check_inputs(inputs, n, what)
-        return _build(cls, stages, n, inputs, d)
+        return _build(cls, stages, n, inputs, d, what)
 
     @classmethod
     def from_json(cls, text: str | dict) -> "Plan":
@@ -346,10 +359,10 @@ def _check_inputs(inputs: dict, n: Optional[int], what: str) -> None:
         raise S.refuse(what, "inputs.batch_size", f"{b0} is larger than dataset_size {n}", REMEDY)
 
 
-def _build(cls, stages: list[Stage], n: Optional[int], inputs: dict, d: dict) -> "Plan":
+def _build(cls, stages: list[Stage], n: Optional[int], inputs: dict, d: dict, what: str) -> "Plan":
     cap = d.get("cap") or {}
     if cap and "batch_size" not in cap:
-        raise S.refuse("plan", "cap.batch_size", "is missing (cap is {} or holds batch_size)", REMEDY)
+        raise S.refuse(what, "cap.batch_size", "is missing (cap is {} or holds batch_size)", REMEDY)
     baseline = d.get("baseline") or {}
     return cls(stages=stages, dataset_size=n, inputs=dict(inputs), baseline_updates=baseline.get("updates") or 0,
                cap=dict(cap), warnings=list(d.get("warnings") or []), notes=list(d.get("notes") or []),
@@ -382,7 +395,7 @@ def _from_v1(cls, doc: dict, what: str) -> "Plan":
         if value is not None and value != actual:
             raise S.refuse(what, path, f"is {value} but the stages end at epoch {actual}", REMEDY)
     _check_inputs(inputs, n, what)
-    return _build(cls, stages, n, inputs, d)
+    return _build(cls, stages, n, inputs, d, what)
 
 
 # -- the plan file's schema (bsadvisor.core.schema) --------------------------------------

@@ -179,8 +179,9 @@ def annotate(plan: Plan, probe, world_size: int = 1, noise_cap: Optional[float] 
     measured throughput ladder.
     """
     inputs = plan.inputs
-    model = TemperatureModel(plan.dataset_size, inputs.get("rule") or "exact", inputs.get("optimizer") or "sgd",
-                             inputs.get("adam_rule") or "sqrt")
+    single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
+    model = TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
+                             inputs.get("optimizer") or "sgd", inputs.get("adam_rule") or "sqrt")
     stages, flagged, extrapolated = [], [], False
     for stage in plan.stages:
         figures, extra = _stage_figures(probe, model, stage, plan.dataset_size, world_size)
@@ -192,7 +193,7 @@ def annotate(plan: Plan, probe, world_size: int = 1, noise_cap: Optional[float] 
     rate0, extra0, _ = step_rate(probe, b0, world_size)
     extrapolated |= extra0
     totals = {"predicted_seconds": sum(s.extra["predicted_seconds"] for s in stages),
-              "baseline_predicted_seconds": plan.epochs * plan.dataset_size / rate0, "extrapolated": extrapolated}
+              "baseline_predicted_seconds": plan.total_samples / rate0, "extrapolated": extrapolated}
     warnings, notes = list(plan.warnings), list(plan.notes)
     if flagged:
         warnings.append(
@@ -217,7 +218,7 @@ def _stage_figures(probe, model: TemperatureModel, stage, dataset_size: int,
     rate, extrapolated, micro = step_rate(probe, stage.batch_size, world_size)
     b_noise = noise_scale_at(probe, model, stage.lr, stage.momentum, stage.batch_size)
     return {
-        "predicted_seconds": stage.epochs * dataset_size / rate,
+        "predicted_seconds": stage.samples / rate,
         "b_noise": b_noise,
         "efficiency": 1.0 / (1.0 + stage.batch_size / b_noise),
         "step_efficiency": 1.0 / (1.0 + b_noise / stage.batch_size),

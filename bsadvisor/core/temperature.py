@@ -102,8 +102,10 @@ class TemperatureModel:
         f × the original's LR at the same sample.
         """
         m0 = momentum if base_momentum is None else base_momentum
-        return (self._momentum_term(m0) * self.noise_factor(base_batch) ** self.power) / (
-            self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power)
+        denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+        if denom <= 0:  # B = N: no gradient noise, no LR gives a temperature
+            return math.inf
+        return self._momentum_term(m0) * self.noise_factor(base_batch) ** self.power / denom
 
     def describe(self) -> str:
         if self.is_adam:

@@ -75,7 +75,7 @@ def test_predicted_time_and_efficiency_follow_the_formulas(probe_file):
     g_probe = g(LR, M, B0)
     for s in plan.stages:
         micro = math.ceil(s.batch_size / math.ceil(s.batch_size / 256))
-        assert s.extra["predicted_seconds"] == pytest.approx(s.epochs * N / rate(micro), rel=1e-12)
+        assert s.extra["predicted_seconds"] == pytest.approx(s.samples / rate(micro), rel=1e-12)
         b_noise = 400.0 * g_probe / g(s.lr, s.momentum, s.batch_size)
         assert s.extra["b_noise"] == pytest.approx(b_noise, rel=1e-12)
         assert s.extra["efficiency"] == pytest.approx(1 / (1 + s.batch_size / b_noise), rel=1e-12)
@@ -84,7 +84,7 @@ def test_predicted_time_and_efficiency_follow_the_formulas(probe_file):
     assert pred["baseline_predicted_seconds"] == pytest.approx(10 * N / rate(B0), rel=1e-12)
     assert pred["predicted_seconds"] == pytest.approx(sum(s.extra["predicted_seconds"] for s in plan.stages))
     doc = plan.to_dict()
-    assert doc["schema"] == "bsadvisor.plan/1" and doc["probe"]["b_simple"] == 400.0
+    assert doc["schema"] == "bsadvisor.plan/2" and doc["probe"]["b_simple"] == 400.0
     assert all("predicted_seconds" in s and "efficiency" in s for s in doc["stages"])
     # plans without a probe carry none of it
     bare = plan_from_options(lr=LR, batch_size=B0, dataset_size=N, momentum=M, epochs=10, schedule=SCHEDULE)
@@ -100,8 +100,8 @@ def test_noise_cap_caps_and_flags(tmp_path):
     assert capped.cap == {**capped.cap, "batch_size": 150, "limited_by": "noise_scale"}
     assert max(capped.batch_sizes()) == 150
     # past the cap the LR carries the rest (hybrid, exact rule): ε = ε0·ρ·(N/B0−1)/(N/B_cap−1)
-    last = capped.stages[-1]
-    assert last.lr == pytest.approx(LR * 0.2**3 * (N / B0 - 1) / (N / 150 - 1), rel=1e-12)
+    assert capped.at(8).batch_size == 150
+    assert capped.at(8).lr == pytest.approx(LR * 0.2**3 * (N / B0 - 1) / (N / 150 - 1), rel=1e-12)
 
 
 def test_export_formats():
@@ -109,8 +109,11 @@ def test_export_formats():
                              rule="proportional", max_fraction=1.0)
     assert export_megatron(plan).split() == ["0:32", f"{3 * N}:160", f"{6 * N}:800", f"{8 * N}:4000"]
     rows = export_csv(plan).strip().splitlines()
-    assert rows[0] == "epoch,batch_size,lr,momentum" and len(rows) == 11
-    assert [int(r.split(",")[1]) for r in rows[1:]] == plan.batch_sizes()
+    assert rows[0] == "start_sample,end_sample,batch_size,lr_scale,lr,momentum,phase" and len(rows) == 5
+    # one row per stage; proportional rule: the LR factor is B/B0 (docs/concepts.md)
+    assert [r.split(",")[:4] for r in rows[1:]] == [
+        ["0", str(3 * N), "32", "1"], [str(3 * N), str(6 * N), "160", "5"], [str(6 * N), str(8 * N), "800", "25"],
+        [str(8 * N), str(10 * N), "4000", "125"]]
 
 
 def run_cli(*args, cwd=None):

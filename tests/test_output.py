@@ -4,6 +4,7 @@ targets that import their neighbours, probe and BatchNorm warnings in advise."""
 from __future__ import annotations
 
 import csv
+import math
 import io
 import json
 import re
@@ -70,10 +71,12 @@ def render(renderable, width: int) -> str:
 
 def numbers_of(plan: Plan) -> list[str]:
     """The figures the table must show whole, formatted as the report formats them (4 significant digits)."""
+    def pair(a, b):  # one value to 4 digits, or a range inside the stage, a→b to 3
+        return f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.3g}→{b:.3g}"
+
     out = []
     for r in plan_rows(plan):
-        out += [f"{r['batch']:,}", f"{r['lr'][0]:.4g}", f"{r['lr'][1]:.4g}", f"{r['temperature'][1]:.4g}",
-                f"{r['updates']:,}"]
+        out += [f"{r['batch']:,}", pair(*r["lr"]), pair(*r["temperature"]), f"{r['updates']:,}"]
     return out
 
 
@@ -159,23 +162,28 @@ def test_convert_schedule_piped_at_80_columns_shows_every_number_whole():
 def test_csv_numbers_are_formatted_and_exact_to_10_digits():
     plan = plan_from_options(lr=0.05, batch_size=32, dataset_size=3200, epochs=4, max_batch=32,
                              schedule="StepLR(step_size=2, gamma=0.1)")
-    assert any(repr(s.lr) == "0.005000000000000001" for s in plan.stages)  # the float the issue saw
+    assert any(repr(plan.at(e).lr) == "0.005000000000000001" for e in range(4))  # the float the issue saw
     text = export_csv(plan)
     assert "0.005000000000000001" not in text
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [r["lr"] for r in rows] == ["0.05", "0.05", "0.005", "0.005"]
-    for r in rows:
-        s = plan.at(int(r["epoch"]))
-        assert float(r["lr"]) == pytest.approx(s.lr, rel=1e-10) and float(r["momentum"]) == s.momentum
+    assert [(r["start_sample"], r["end_sample"], r["batch_size"]) for r in rows] == [
+        (str(s.start_sample), str(s.end_sample), str(s.batch_size)) for s in plan.stages]
+    for r in rows:  # the LR at any sample is lr_scale × the original schedule's LR there
+        start = int(r["start_sample"])
+        assert float(r["lr"]) == pytest.approx(plan.at_sample(start).lr, rel=1e-10)
+        for sample in (start, int(r["end_sample"]) - 1):
+            original = plan.original.lr_at(sample)
+            assert float(r["lr_scale"]) * original == pytest.approx(plan.at_sample(sample).lr, rel=1e-9)
+        assert float(r["momentum"]) == plan.at_sample(start).momentum
 
 
 def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     hybrid = plans()["hybrid"]
     notes = " ".join(megatron_notes(hybrid))
     assert "--rampup-batch-size" in notes and "LR" in notes
-    for s in hybrid.stages:  # every LR the format drops is named
-        if s.phase == "hybrid":
-            assert format(s.lr, ".10g") in notes
+    for s in hybrid.stages:  # every LR factor the format drops is named
+        if s.lr_scale != 1.0:
+            assert format(s.lr_scale, ".10g") in notes
     flat = plan_from_options(**CIFAR, rule="proportional", max_fraction=1)
     assert "--lr-decay-style constant" in " ".join(megatron_notes(flat))
     path = tmp_path / "plan.json"
@@ -185,12 +193,13 @@ def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     assert "note:" in r.stderr and "--rampup-batch-size" in r.stderr and "0.01298750" not in r.stdout
     r = run_cli(["export", path, "--format", "megatron", "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
-    assert doc["schema"] == "bsadvisor.export/1" and doc["text"] == export_megatron(hybrid)
+    assert doc["schema"] == "bsadvisor.export/2" and doc["text"] == export_megatron(hybrid)
     assert [f"{p['samples']}:{p['batch_size']}" for p in doc["rows"]] == export_megatron(hybrid).split()
     assert doc["notes"] == megatron_notes(hybrid) and r.stderr == ""
     r = run_cli(["export", path, "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
-    assert len(doc["rows"]) == hybrid.epochs and doc["rows"][130]["lr"] == hybrid.at(130).lr
+    assert len(doc["rows"]) == len(hybrid.stages)
+    assert doc["rows"][-1]["lr"] == hybrid.stages[-1].lr and doc["rows"][-1]["lr_scale"] == hybrid.stages[-1].lr_scale
 
 
 def test_export_help_puts_each_example_on_its_own_line():

@@ -13,15 +13,19 @@ from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, 
 EXPORT_EXAMPLES = """
 [bold]Examples[/]
 
-  Batch sizes as samples:batch pairs (the samples seen before each change), for a stepped batch schedule:
+  Megatron: its --rampup-batch-size flags when the plan is a linear ramp, else samples:batch pairs (the samples consumed before each change):
 
   [cyan]bsadvisor export plan.json --format megatron[/]
 
-  One row per epoch, epoch,batch_size,lr,momentum:
+  An OLMo-core-style batch schedule (in tokens when the plan was made with --seq-len; integer factors):
+
+  [cyan]bsadvisor export plan.json --format olmo[/]
+
+  One row per stage: start_sample,end_sample,batch_size,lr_scale (the LR as a multiple of the original schedule),lr,momentum,phase:
 
   [cyan]bsadvisor export plan.json --format csv --out plan.csv[/]
 
-  Both as JSON, with what the format cannot hold:
+  As JSON, with what the format cannot hold:
 
   [cyan]bsadvisor export plan.json --format megatron --json[/]
 

@@ -25,7 +25,8 @@ PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 
 
 def _fmt_lr(a: float, b: float) -> str:
-    return f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.4g} → {b:.4g}"
+    """One value, or where it goes inside a stage (``a→b``, three digits: a range, not a setting)."""
+    return f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.3g}→{b:.3g}"
 
 
 def _fmt_num(x: float) -> str:
@@ -105,22 +106,41 @@ class FitTable:
             yield Text(line, style="dim")
 
 
+def fmt_count(x: float) -> str:
+    """A sample or token count, short: 950, 12.5k, 4.48M, 1.2G."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:g}"
+
+
 def plan_rows(plan: Plan) -> list[dict]:
-    """One row per batch stage (consecutive segments with the same batch and phase)."""
+    """One row per batch stage (consecutive stages with the same batch and phase).
+
+    Where a stage starts and ends is in epochs for a plan whose stages are whole epochs
+    (the paper's), in samples otherwise. The LR is shown at the stage's first and last
+    update: inside a stage it follows the original schedule × the stage's factor.
+    """
     b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
+    counts = dict(zip(map(id, plan.stages), plan.updates_per_stage()))
+    aligned = plan.epoch_aligned
     rows = []
     for (batch, phase), segs in groupby(plan.stages, key=lambda s: (s.batch_size, s.phase)):
         segs = list(segs)
+        first, last = segs[0], segs[-1]
+        lr_end = plan.lr_at(last, max(last.start_sample, last.end_sample - batch))
+        where = (plan.epoch_of(first.start_sample), plan.epoch_of(last.end_sample)) if aligned else (
+            first.start_sample, last.end_sample)
         rows.append({
-            "start": segs[0].start_epoch, "end": segs[-1].end_epoch, "batch": batch, "phase": phase,
-            "lr": (segs[0].lr, segs[-1].lr), "momentum": segs[0].momentum,
-            "momenta": {s.momentum for s in segs},
-            "temperature": (segs[0].temperature, segs[-1].temperature),
-            "updates": sum(s.updates(plan.dataset_size) for s in segs),
+            "start": where[0], "end": where[1], "batch": batch, "phase": phase,
+            "lr": (first.lr, lr_end), "lr_scale": first.lr_scale if len({s.lr_scale for s in segs}) == 1 else None,
+            "momentum": first.momentum, "momenta": {s.momentum for s in segs},
+            "temperature": (first.temperature, last.temperature * (lr_end / last.lr if last.lr else 1.0)),
+            "updates": sum(counts[id(s)] for s in segs),
             "noise": math.sqrt(b0 / batch),
             "predicted_seconds": sum(s.extra.get("predicted_seconds") or 0.0 for s in segs)
             if any("predicted_seconds" in s.extra for s in segs) else None,
-            "efficiency": segs[0].extra.get("efficiency"),
+            "efficiency": first.extra.get("efficiency"),
         })
     return rows
 
@@ -129,18 +149,29 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
     """Stages of ``plan``: one row per batch stage, a legend of every column under it.
 
     Momentum gets a column only when it changes between stages (otherwise one line says
-    its value); efficiency and predicted time only when the plan was made with a probe.
+    its value); the LR factor only when a stage's LR follows the original schedule;
+    efficiency and predicted time only when the plan was made with a probe.
     """
     rows = plan_rows(plan)
+    aligned = plan.epoch_aligned
     has_time = any(r["predicted_seconds"] is not None for r in rows)
     has_eff = any(r["efficiency"] is not None for r in rows)
+    has_scale = any(r["lr_scale"] is not None and r["lr_scale"] != 1.0 for r in rows)
     momenta = set().union(*(r["momenta"] for r in rows))
     has_mom = len(momenta) > 1
-    cols = [("stage", "left"), ("epochs", "left"), ("batch", "right"), ("LR", "right")]
+    cols = [("stage", "left"), ("epochs" if aligned else "samples", "left"), ("batch", "right"), ("LR", "right")]
+    footer = ["total", "", "", ""]
+    if has_scale:
+        cols.append(("× orig", "right"))
+        footer.append("")
     if has_mom:
         cols.append(("mom.", "right"))
-    cols += [("g/g0", "right"), ("updates", "right"), ("noise std", "right")]
-    footer = ["total", "", "", ""] + ([""] if has_mom else []) + ["", f"{plan.updates:,}", ""]
+        footer.append("")
+    cols += [("g/g0", "right"), ("updates", "right")]
+    footer += ["", f"{plan.updates:,}"]
+    if not has_eff:  # with a probe, the efficiency column tells the noise story instead
+        cols.append(("noise std", "right"))
+        footer.append("")
     if has_eff:
         cols.append(("eff.", "right"))
         footer.append("")
@@ -149,32 +180,44 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
         footer.append(fmt_seconds(sum(r["predicted_seconds"] or 0 for r in rows)))
     body = []
     for i, r in enumerate(rows):
-        cells = [f"{i}{PHASE_LABELS.get(r['phase'], '')}", f"{r['start']}–{r['end']}", f"{r['batch']:,}",
-                 _fmt_lr(*r["lr"])]
+        span = f"{r['start']}–{r['end']}" if aligned else f"{fmt_count(r['start'])}–{fmt_count(r['end'])}"
+        cells = [f"{i}{PHASE_LABELS.get(r['phase'], '')}", span, f"{r['batch']:,}", _fmt_lr(*r["lr"])]
+        if has_scale:
+            cells.append("" if r["lr_scale"] is None else f"{r['lr_scale']:.3g}")
         if has_mom:
             cells.append(" ".join(f"{m:g}" for m in sorted(r["momenta"])))
-        cells += [_fmt_lr(*r["temperature"]), f"{r['updates']:,}", f"{r['noise']:.3f}"]
+        cells += [_fmt_lr(*r["temperature"]), f"{r['updates']:,}"]
+        if not has_eff:
+            cells.append(f"{r['noise']:.3f}")
         if has_eff:
             cells.append("" if r["efficiency"] is None else f"{r['efficiency']:.2f}")
         if has_time:
             cells.append(fmt_seconds(r["predicted_seconds"]))
         body.append(cells)
-    legend = []
-    if not has_mom:
-        legend.append(f"momentum {next(iter(momenta)):g} in every stage")
-    else:
-        legend.append("mom.: momentum")
+    return FitTable(title, cols, body, footer, caption=_legend(plan, body, momenta, has_mom, has_scale, has_eff,
+                                                              has_time))
+
+
+def _legend(plan: Plan, body: list[list[str]], momenta: set, has_mom: bool, has_scale: bool, has_eff: bool,
+            has_time: bool) -> list[str]:
+    """The lines under the plan table that say what each column means."""
+    legend = [f"momentum {next(iter(momenta)):g} in every stage" if not has_mom else "mom.: momentum"]
     if any("→" in c[3] for c in body):
-        legend[-1] += "; LR a → b: the LR moves from a to b inside the stage"
-    legend.append("g/g0: noise temperature g = ε/(1−m)·(N/B − 1) relative to the original's start; "
-                  "noise std: gradient-noise std relative to the first stage, √(B0/B)")
+        legend[-1] += "; LR a→b: the LR moves from a to b inside the stage (first and last update)"
+    if not plan.epoch_aligned:
+        seq = f"; × {plan.seq_len:,} tokens a sample" if plan.seq_len else ""
+        legend.append(f"samples: examples consumed (k = 10³, M = 10⁶){seq}")
+    if has_scale:
+        legend.append("× orig: the stage's LR is the original schedule's LR at the same sample × this factor")
+    legend.append("g/g0: noise temperature relative to the original's peak" + (
+        "" if has_eff else "; noise std: gradient-noise std relative to the first stage, √(B0/B)"))
     if has_eff:
         legend.append("eff.: efficiency, the share of each example's value the stage keeps, "
                       "1/(1 + B/B_noise) (McCandlish et al. 2018, eq. 2.12): near 1 while B ≪ B_noise, "
                       "0.5 at B = B_noise; B_noise is the probe's B_simple at the stage's temperature")
     if has_time:
         legend.append("time: predicted from the probe's measured throughput")
-    return FitTable(title, cols, body, footer, caption=legend)
+    return legend
 
 
 def fmt_seconds(s) -> str:
@@ -191,9 +234,14 @@ def plan_summary(plan: Plan) -> Group:
     """The whole report: table, totals versus the original, warnings, notes."""
     base, new = plan.baseline_updates, plan.updates
     ratio = base / new if new else float("nan")
+    total = plan.total_samples
+    length = f"{total:,} samples" + (f" = {total * plan.seq_len:,} tokens" if plan.seq_len else "")
+    if plan.dataset_size:
+        length += f" ({plan.epochs:g} epoch{'' if plan.epochs == 1 else 's'} of {plan.dataset_size:,})"
     lines = [plan_table(plan),
              Text.assemble(("updates", "bold"), f": original {base:,} → plan {new:,}  (",
-                           (f"{ratio:.2f}× fewer", "bold green"), ")")]
+                           (f"{ratio:.2f}× fewer", "bold green"), ")"),
+             Text(f"length: {length}, the same for both", style="dim")]
     cap = plan.cap
     if cap:
         lines.append(Text(f"cap: batch {cap.get('batch_size'):,} (limited by {cap.get('limited_by')})", style="dim"))

@@ -87,21 +87,35 @@ class OriginalRun:
 
 
 def count_updates(total: int, dataset_size: Optional[int], stages: list[tuple[int, int, int]]) -> int:
-    """Updates of a run that takes, at position s, a batch of the stage holding s, cut at the epoch's end.
+    """Updates of a run that takes, at position s, a batch of the stage holding s, cut at the epoch's end."""
+    return sum(updates_per_stage(total, dataset_size, stages))
 
-    ``stages``: (start, end, batch) tiling [0, total). One loop turn per stage and epoch
-    boundary, never one per update. The rule is the one the runtime follows (runtime/sampler.py):
-    a batch starts inside a stage and takes that stage's size; it ends early only at the end
-    of an epoch or of the run.
+
+def updates_per_stage(total: int, dataset_size: Optional[int], stages: list[tuple[int, int, int]]) -> list[int]:
+    """Updates that start inside each of ``stages`` ((start, end, batch) tiling [0, total)).
+
+    The rule the runtime follows (runtime/sampler.py): a batch starts inside a stage and
+    takes that stage's size; it ends early only at the end of an epoch or of the run (the
+    last partial batch is kept). Whole epochs inside a stage are counted at once (⌈N/B⌉
+    each), so the walk takes one turn per stage and epoch boundary it crosses mid-epoch,
+    never one per update or per epoch.
     """
-    count, s, i = 0, 0, 0
+    n = dataset_size
+    counts = [0] * len(stages)
+    s, i = 0, 0
     while s < total:
         while stages[i][1] <= s:
             i += 1
-        start, end, batch = stages[i]
-        epoch_end = total if dataset_size is None else min(total, (s // dataset_size + 1) * dataset_size)
-        stop = min(end, epoch_end)
-        n = -(-(stop - s) // batch)
-        count += n
-        s = min(s + n * batch, epoch_end)
-    return count
+        _start, end, batch = stages[i]
+        stop_stage = min(end, total)
+        if n is not None and s % n == 0 and stop_stage - s >= n:  # whole epochs at one batch size
+            whole = (stop_stage - s) // n
+            counts[i] += whole * -(-n // batch)
+            s += whole * n
+            continue
+        epoch_end = total if n is None else min(total, (s // n + 1) * n)
+        stop = min(stop_stage, epoch_end)
+        k = -(-(stop - s) // batch)
+        counts[i] += k
+        s = min(s + k * batch, epoch_end)
+    return counts

@@ -182,21 +182,22 @@ class Plan:
     @property
     def updates(self) -> int:
         """Parameter updates: a batch starts inside a stage and takes its size; it ends early only at
-        the end of an epoch or of the run (core.original.count_updates)."""
-        from bsadvisor.core.original import count_updates
+        the end of an epoch or of the run (core.original.updates_per_stage)."""
+        return sum(self.updates_per_stage())
 
-        return count_updates(self.total_samples, self.dataset_size,
-                             [(s.start_sample, s.end_sample, s.batch_size) for s in self.stages])
+    def updates_per_stage(self) -> list[int]:
+        """Updates that start inside each stage, in order."""
+        from bsadvisor.core.original import updates_per_stage
+
+        key = tuple((s.start_sample, s.end_sample, s.batch_size) for s in self.stages)
+        cached = self.__dict__.get("_updates")
+        if cached is None or cached[0] != key:
+            cached = self._updates = (key, updates_per_stage(self.total_samples, self.dataset_size, list(key)))
+        return cached[1]
 
     def stage_updates(self, stage: Stage) -> int:
         """Updates that start inside ``stage``."""
-        from bsadvisor.core.original import count_updates
-
-        i = self.stages.index(stage)
-        spans = [(s.start_sample, s.end_sample, s.batch_size) for s in self.stages]
-        before = count_updates(stage.start_sample, self.dataset_size, spans[:i]) if i else 0
-        upto = count_updates(stage.end_sample, self.dataset_size, spans[:i + 1])
-        return upto - before
+        return self.updates_per_stage()[self.stages.index(stage)]
 
     def batch_sizes(self) -> list[int]:
         """The batch size at the start of every epoch, in order (at most MAX_EPOCHS of them)."""
@@ -237,14 +238,14 @@ class Plan:
     # -- JSON --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         n, seq = self.dataset_size, self.seq_len
-        stages = []
-        for s in self.stages:
+        stages, per_stage = [], self.updates_per_stage()
+        for i, s in enumerate(self.stages):
             d = {k: v for k, v in asdict(s).items() if k != "extra"}
             if n is not None:
                 d["start_epoch"], d["end_epoch"] = self.epoch_of(s.start_sample), self.epoch_of(s.end_sample)
             if seq:
                 d["start_token"], d["end_token"] = s.start_sample * seq, s.end_sample * seq
-            d["updates"] = self.stage_updates(s)
+            d["updates"] = per_stage[i]
             d.update(s.extra)
             stages.append(json_safe(d))
         total = self.total_samples

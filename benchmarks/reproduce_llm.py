@@ -1,0 +1,86 @@
+"""Batch growth for a language model's per-step warmup + cosine, on builtin:charlm.
+
+builtin:charlm is a small causal transformer on bytes of Python standard-library source,
+trained for one epoch with AdamW and the recipe the target records: a per-step LinearLR
+warmup then a cosine to a tenth of the peak. Runs (same initial weights, seeds = data order):
+
+- original : the recipe at B0, the LR stepped once per update exactly as torch does
+- sqrt     : the bsadvisor plan under the square-root rule for Adam (T ∝ η/√B, the default)
+- linear   : the plan under the linear rule (T ∝ η/B, as Smith et al. used for Adam)
+
+Both plans keep the warmup and grow the batch after it (one pass: the N → ∞ form). The
+table gives the final eval loss (mean ± sd over seeds), parameter updates and training wall
+time (the fastest seed: other processes only ever add time). Whatever the result, it is a
+result: if a rule loses, the table says by how much.
+
+    python benchmarks/reproduce_llm.py [--seeds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
+from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
+from bsadvisor.targets.loading import load_target  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="batch growth on builtin:charlm (per-step warmup + cosine, AdamW)")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    target = load_target("builtin:charlm")
+    recipe = target.metadata
+    common = dict(lr=target.lr, batch_size=target.batch_size, dataset_size=target.dataset_size,
+                  epochs=recipe["epochs"], schedule=recipe["schedule"], schedule_unit=recipe["schedule_unit"],
+                  momentum=target.momentum, optimizer=target.optimizer, seq_len=recipe.get("seq_len"))
+    runs = {"original": baseline_plan(**common),
+            "sqrt": convert_schedule(**common, adam_rule="sqrt"),
+            "linear": convert_schedule(**common, adam_rule="linear")}
+    print(f"builtin:charlm, N = {target.dataset_size} sequences of {recipe.get('seq_len')} bytes, "
+          f"{recipe['epochs']} epoch, {recipe['schedule']} per step, AdamW lr {target.lr:g}, B0 {target.batch_size}, "
+          f"{args.seeds} seeds")
+    for name, plan in runs.items():
+        print(f"  {name:<8} batches {' '.join(str(b) for b in plan.stage_batch_sizes())}, {plan.updates} updates")
+
+    init = initial_state(target.model)
+    results: dict[str, list] = {k: [] for k in runs}
+    started = time.perf_counter()
+    for seed in range(args.seeds):
+        for name, plan in runs.items():  # interleaved, so a busy machine slows every run alike
+            r = train_plan(target, plan, seed=seed, name=name, init_state=init).final
+            results[name].append(r)
+            print(f"  seed {seed} {name:<8} eval loss {-r['metric']:.4f} train loss {r['train_loss']:.4f} "
+                  f"updates {r['updates']} wall {r['wall_s']:.1f}s", flush=True)
+
+    def mean_sd(name: str) -> tuple[float, float]:
+        xs = [-r["metric"] for r in results[name]]  # the metric is the negative eval loss
+        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+    ref_loss, ref_sd = mean_sd("original")
+    ref_updates = results["original"][0]["updates"]
+    ref_wall = min(r["wall_s"] for r in results["original"])
+    print("\n| run | final eval loss | Δ vs original | updates | fewer updates | train wall s (best seed) | less wall |")
+    print("|---|---|---|---|---|---|---|")
+    for name in runs:
+        loss, sd = mean_sd(name)
+        updates = results[name][0]["updates"]
+        wall = min(r["wall_s"] for r in results[name])
+        print(f"| {name} | {loss:.4f} ± {sd:.4f} | {loss - ref_loss:+.4f} | {updates:,} | {ref_updates / updates:.2f}× "
+              f"| {wall:.1f} | {ref_wall / wall:.2f}× |")
+    spread = 2 * ref_sd
+    for name in ("sqrt", "linear"):
+        loss, sd = mean_sd(name)
+        verdict = "within" if abs(loss - ref_loss) <= 2 * max(ref_sd, sd) else "outside"
+        print(f"{name}: Δ eval loss {loss - ref_loss:+.4f}, {verdict} 2 × sd of the seeds ({2 * max(ref_sd, sd):.4f})")
+    print(f"(original's own 2 × sd: {spread:.4f})\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,9 @@ from bsadvisor.runtime.step import make_gather, train_step
 
 
 def make_plan(n=103, stages=((0, 2, 10, 0.1, 0.9), (2, 3, 25, 0.1, 0.9), (3, 5, 40, 0.02, 0.5))):
-    return Plan(stages=[Stage(a, b, bs, lr, m, temperature=1.0) for a, b, bs, lr, m in stages], dataset_size=n)
+    """A plan of whole-epoch stages (given in epochs, stored in samples)."""
+    return Plan(stages=[Stage(a * n, b * n, bs, lr, m, temperature=1.0) for a, b, bs, lr, m in stages],
+                dataset_size=n)
 
 
 def test_sampler_yields_planned_batch_sizes_and_each_example_once():
@@ -87,19 +89,20 @@ def test_scheduler_sets_lr_and_momentum_and_round_trips():
     plan = make_plan()
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 2.0}], lr=1.0, momentum=0.0)
-    sched = BatchSizeScheduler(plan, opt)  # applies epoch 0 on construction
+    sched = BatchSizeScheduler(plan, opt)  # applies the start on construction
     seen = []
-    for epoch in range(plan.epochs):
+    for epoch in range(plan.epochs):  # the epoch-level convenience
+        sched.set_epoch(epoch)
         seen.append((sched.get_last_batch_size(), sched.get_last_lr(), opt.param_groups[0]["momentum"]))
-        sched.step()
     assert seen == [(10, [0.1, 0.2], 0.9)] * 2 + [(25, [0.1, 0.2], 0.9)] + [(40, [0.02, 0.04], 0.5)] * 2
 
     opt2 = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 2.0}], lr=1.0)
     sched2 = BatchSizeScheduler(plan, opt2)
     s1 = BatchSizeScheduler(plan, opt)
-    s1.step(); s1.step(); s1.step()
+    for _ in range(11 + 11 + 5):  # per update: epochs 0 and 1 at 10 (11 updates each), epoch 2 at 25 (5)
+        s1.step()
     sched2.load_state_dict(copy.deepcopy(s1.state_dict()))
-    assert sched2.last_epoch == 3 and sched2.get_last_batch_size() == 40
+    assert sched2.samples_seen == 3 * 103 and sched2.last_step == 27 and sched2.get_last_batch_size() == 40
     assert sched2.get_last_lr() == pytest.approx([0.02, 0.04]) and opt2.param_groups[1]["momentum"] == 0.5
 
 
@@ -108,8 +111,7 @@ def test_scheduler_sets_adam_beta1():
     opt = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=1.0)
     sched = BatchSizeScheduler(plan, opt)
     assert opt.param_groups[0]["betas"] == (0.9, 0.999)
-    for _ in range(3):
-        sched.step()
+    sched.set_epoch(3)
     assert opt.param_groups[0]["betas"] == (0.5, 0.999) and sched.get_last_lr() == [0.02]
 
 
@@ -153,3 +155,69 @@ def test_generic_dataset_goes_through_collate():
 
     batch = make_gather(Items(), collate)(torch.tensor([4, 1, 2]))
     assert calls == [3] and batch.squeeze(-1).tolist() == [4.0, 1.0, 2.0]
+
+
+# ------------------------------------------------------------------ per update, stages inside an epoch
+def mid_epoch_plan() -> Plan:
+    """N = 100; batch 8 until sample 150 (inside epoch 1), then 30 until 260 (epoch 2 ends at 60 of 100)."""
+    return Plan(stages=[Stage(0, 150, 8, 0.1, 0.9, 1.0), Stage(150, 260, 30, 0.05, 0.9, 1.0)], dataset_size=100)
+
+
+def expected_updates(plan: Plan) -> list[tuple[int, int]]:
+    """(start sample, examples) of every update, from the rule written out: a batch takes the size of
+    the stage holding its first sample and ends early only at the epoch's or the run's end."""
+    n, out, s = plan.dataset_size, [], 0
+    bounds = [(st.start_sample, st.end_sample, st.batch_size) for st in plan.stages]
+    while s < plan.total_samples:
+        b = next(bs for a, e, bs in bounds if a <= s < e)
+        stop = min(s + b, (s // n + 1) * n, plan.total_samples)
+        out.append((s, stop - s))
+        s = stop
+    return out
+
+
+def test_stage_boundary_inside_an_epoch_and_every_example_once():
+    plan = mid_epoch_plan()
+    sampler = PlanBatchSampler(plan, seed=5)
+    got = []
+    for epoch in range(plan.full_epochs):  # 3 epochs, the last one partial
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat))  # no example twice in an epoch
+        if epoch < 2:
+            assert sorted(flat) == list(range(100))  # every example of a whole epoch
+        else:
+            assert len(flat) == 60  # the run ends 60 examples into epoch 2
+        pos = epoch * 100
+        for b in batches:
+            got.append((pos, len(b)))
+            pos += len(b)
+    assert got == expected_updates(plan) and len(got) == plan.updates
+    # epoch 1 switches from 8 to 30 after 7 updates (sample 148 < 150 keeps 8; 156 ≥ 150 takes 30), and
+    # its last batch is cut at the epoch's end (186 + 30 > 200)
+    assert [b for s, b in got if 100 <= s < 200] == [8] * 7 + [30, 14]
+
+
+def test_scheduler_per_update_follows_at_sample():
+    plan = mid_epoch_plan()
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0, momentum=0.0)
+    sched = BatchSizeScheduler(plan, opt)
+    for start, size in expected_updates(plan):
+        setting = plan.at_sample(start)
+        assert sched.samples_seen == start and sched.get_last_batch_size() == setting.batch_size
+        assert sched.get_last_lr() == [setting.lr] and opt.param_groups[0]["momentum"] == setting.momentum
+        sched.step()  # no argument: the scheduler cuts the batch at the epoch end as the sampler does
+    assert sched.done and sched.samples_seen == plan.total_samples
+
+
+def test_sampler_resumes_mid_epoch_from_its_state():
+    plan = mid_epoch_plan()
+    first = PlanBatchSampler(plan, seed=2)
+    it = iter(first)
+    head = [next(it) for _ in range(9)]
+    state = copy.deepcopy(first.state_dict())
+    again = PlanBatchSampler(plan, seed=2)
+    again.load_state_dict(state)
+    whole = PlanBatchSampler(plan, seed=2)
+    assert head + list(again) == list(whole)

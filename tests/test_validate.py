@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -83,10 +84,12 @@ def cli(*args, env=None, **kw):
 
 
 def write_plan(path, stages, n=320, **inputs):
+    """A plan of whole-epoch stages (a, b in epochs) with constant LRs."""
     doc = {"lr": 0.05, "batch_size": 8, "dataset_size": n, "epochs": stages[-1][1], "momentum": 0.9,
            "schedule": "MultiStepLR(milestones=[2, 4], gamma=0.2)"}
     doc.update(inputs)
-    Plan(stages=[Stage(a, b, bs, lr, 0.9, 1.0) for a, b, bs, lr in stages], dataset_size=n, inputs=doc).save(path)
+    Plan(stages=[Stage(a * n, b * n, bs, lr, 0.9, 1.0) for a, b, bs, lr in stages], dataset_size=n,
+         inputs=doc).save(path)
     return path
 
 
@@ -113,6 +116,7 @@ def test_accepted_plan_writes_results_and_exits_0(target_file, tmp_path):
         # Independent truth for the counts: ceil(N/B) per epoch, from each plan's batch sizes,
         # and the per-epoch history must show exactly those batch sizes.
         stages = run["plan"]["stages"]
+        assert all(s["start_sample"] % 320 == 0 and s["end_sample"] % 320 == 0 for s in stages)  # epoch stages
         assert run["summary"]["updates"] == sum((s["end_epoch"] - s["start_epoch"]) * -(-320 // s["batch_size"])
                                                 for s in stages)
         sizes = [s["batch_size"] for s in stages for _ in range(s["end_epoch"] - s["start_epoch"])]
@@ -201,7 +205,7 @@ def test_runs_are_deterministic_start_from_the_same_weights_and_restore_rng(targ
     target = load_target(target_file)
     before = {k: v.clone() for k, v in target.model.state_dict().items()}
     n = target.dataset_size
-    same = Plan(stages=[Stage(0, 2, 8, 0.05, 0.9, 1.0)], dataset_size=n)
+    same = Plan(stages=[Stage(0, 2 * n, 8, 0.05, 0.9, 1.0)], dataset_size=n)
     torch.manual_seed(1234)
     rng = torch.random.get_rng_state()
     doc = run_validation(target, [RunSpec("original", same), RunSpec("plan", same)], seeds=2)
@@ -232,7 +236,8 @@ def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
     assert len(fitted.stages) == len(plan.stages) and fitted.epochs == plan.epochs
     assert fit_to_devices(fitted, 8, 12) == (fitted, None)  # already fits: untouched
     assert fit_to_devices(plan, 1, None) == (plan, None)
-    bare = Plan(stages=[Stage(0, 20, 50, 0.1, 0.9, 1.0), Stage(20, 30, 166, 0.1, 0.9, 0.3)], dataset_size=50_000,
+    bare = Plan(stages=[Stage(0, 20 * 50_000, 50, 0.1, 0.9, 1.0), Stage(20 * 50_000, 30 * 50_000, 166, 0.1, 0.9, 0.3)],
+                dataset_size=50_000,
                 inputs={"batch_size": 50})
     with pytest.raises(UserError, match="convert-schedule --world-size 8"):
         fit_to_devices(bare, 8, None)
@@ -444,3 +449,56 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     assert doc["schema"] == "bsadvisor.demo/1" and doc["probe"] is None
     assert doc["validation"]["schema"] == "bsadvisor.validation/1"
     assert doc["plan"]["epochs"] == 5 and set(doc["validation"]["runs"]) == {"original", "plan"}
+
+
+def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(target_file, tmp_path):
+    """Checkpoints every 7 updates (an epoch here is 40): killed at the first one, 7 updates into epoch 1,
+    the resumed run finishes with exactly the numbers of a run never interrupted."""
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    ref = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", ref_out, "--json")
+    assert ref.returncode in (0, 1), ref.stderr
+    ckpt = out / "checkpoints" / "original-seed0.pt"
+    args = [*SCHEDULE, *LENIENT, "--out", str(out), "--checkpoint-every", "7"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_BLOCK_AT=str(ckpt))
+    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_default_sigint)
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["history"] == [] and saved["partial"]["offset"] == 7 * 8  # mid-epoch: 7 batches of 8 into epoch 1
+    r = cli("validate", target_file, *args, "--resume")
+    assert r.returncode in (0, 1), r.stderr
+    got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
+    assert strip_wall(got) == strip_wall(want)
+    for name in ("original", "plan"):  # the per-update record too: same samples, batches and LRs
+        assert got["runs"][name]["seeds"][0]["steps"] == want["runs"][name]["seeds"][0]["steps"]
+    a = torch.load(out / "checkpoints" / "plan-seed0.pt", weights_only=True)["model"]
+    b = torch.load(ref_out / "checkpoints" / "plan-seed0.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_original_run_steps_its_lr_per_update_like_torch(tmp_path):
+    """--schedule-unit step: the original run's LR at every update is what torch's scheduler holds there."""
+    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.runtime.train import train_plan
+    from bsadvisor.targets.builtins import linreg
+
+    target = linreg(size=1000)
+    plan = baseline_plan(lr=0.01, batch_size=64, dataset_size=1000, epochs=3, schedule_unit="step",
+                         schedule="SequentialLR([LinearLR(start_factor=0.1, total_iters=10), "
+                                  "CosineAnnealingLR(T_max=38)], milestones=[10])")
+    steps = train_plan(target, plan, seed=0).steps
+    assert len(steps) == plan.updates == 3 * 16  # ⌈1000/64⌉ = 16 updates an epoch, the last one of 40
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    S = torch.optim.lr_scheduler
+    sched = S.SequentialLR(opt, [S.LinearLR(opt, start_factor=0.1, total_iters=10), S.CosineAnnealingLR(opt, T_max=38)],
+                           milestones=[10])
+    for k, rec in enumerate(steps):
+        assert rec["batch_size"] == (40 if k % 16 == 15 else 64)
+        assert math.isclose(rec["lr"], opt.param_groups[0]["lr"], rel_tol=1e-9), k
+        opt.step()
+        sched.step()

@@ -11,8 +11,9 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, Lr, MaxBatch, MaxFraction, MaxStages, Momentum,
-                                   RoundTo, Rule, ScheduleOpt, ScheduleUnit, StageFactor)
+from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
+                                   Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
+                                   TotalSamples, TotalSteps)
 from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
@@ -26,11 +27,13 @@ def _paper_schedule(epochs: int) -> str:
     return f"MultiStepLR(milestones={ms}, gamma=0.2)"
 
 
-def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str], epochs: Optional[int],
+def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str], epochs: Optional[float],
                   lr: Optional[float], batch_size: Optional[int], momentum: Optional[float], **convert_kw):
     """The plan to validate: a --plan file, or converted from the schedule options.
 
     lr, B0 and momentum default to the target's; N is always the target's dataset size.
+    A target that records its own recipe (``metadata``: schedule, schedule_unit, epochs,
+    seq_len; builtin:charlm does) supplies the schedule when none is given.
     """
     from bsadvisor.core.plan import Plan
 
@@ -43,7 +46,18 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
                             f"{target.name} has {target.dataset_size}; re-run convert-schedule with "
                             f"--dataset-size {target.dataset_size}")
         return plan
-    if schedule is None or epochs is None:
+    recipe = getattr(target, "metadata", None) or {}
+    length_given = epochs is not None or convert_kw.get("total_samples") or convert_kw.get("total_steps")
+    if schedule is None and not length_given and recipe.get("schedule"):
+        schedule, epochs = recipe["schedule"], recipe.get("epochs")
+        if convert_kw.get("schedule_unit") is None:
+            convert_kw["schedule_unit"] = recipe.get("schedule_unit")
+        if convert_kw.get("seq_len") is None:
+            convert_kw["seq_len"] = recipe.get("seq_len")
+        err_console.print(Text(f"note: using {target.name}'s own recipe: {schedule} over {epochs:g} epoch(s), "
+                               f"stepped per {convert_kw.get('schedule_unit') or 'epoch'}"), soft_wrap=True)
+        length_given = True
+    if schedule is None or not length_given:
         raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
     from bsadvisor.core.predict import plan_from_options
     from bsadvisor.core.temperature import ADAM_FAMILY
@@ -181,7 +195,8 @@ def _warn(text: str) -> None:
 
 def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
                    tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
-                   as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True) -> dict:
+                   as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True,
+                   checkpoint_every: Optional[int] = None) -> dict:
     """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes.
 
     With ``out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's files
@@ -204,7 +219,8 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     with holding:
         with (_progress() if main else contextlib.nullcontext()) as progress:
             doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                                 tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings)
+                                 tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings,
+                                 checkpoint_every=checkpoint_every)
         if not main:
             return doc
         if out is not None:
@@ -258,6 +274,8 @@ def validate(
     momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None,
     max_batch: MaxBatch = None, max_fraction: MaxFraction = None, round_to: RoundTo = None,
     max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
+    total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
+    growth_factor: GrowthFactor = None,
     seeds: int = typer.Option(1, "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
     variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
@@ -266,6 +284,8 @@ def validate(
     max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoints"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N updates "
+                                                   "inside an epoch (default: a quarter of an epoch, at least 50)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results and checkpoints of an earlier run "
                                    "in --out"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
@@ -281,15 +301,16 @@ def validate(
         _validate(target, plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                   schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
                   round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
+                  total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
                   seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                   tolerance=tolerance, max_micro_batch=max_micro_batch, out=out, resume=resume,
-                  overwrite=overwrite, device=device, as_json=as_json)
+                  overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(out)) from None  # cli.main prints it: one line, exit 130
 
 
 def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
-                      max_micro_batch: Any) -> None:
+                      max_micro_batch: Any, checkpoint_every: Any = None) -> None:
     """The numbers validate and demo take, checked before anything is imported or trained."""
     from bsadvisor.runtime.validate import MAX_SEEDS, check_epochs
 
@@ -300,16 +321,18 @@ def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: 
     checks.number("--increase-lr", increase_lr, low=1, low_open=True)
     checks.optional(checks.number, "--tolerance", tolerance, low=0)
     checks.optional(checks.positive_int, "--max-micro-batch", max_micro_batch)
+    checks.optional(checks.positive_int, "--checkpoint-every", checkpoint_every)
 
 
 def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
               max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
-              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json) -> None:
+              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json,
+              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, checkpoint_every=None) -> None:
     from bsadvisor.core.plan import Plan
     from bsadvisor.runtime.validate import check_epochs, check_out
 
     check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                      tolerance=tolerance, max_micro_batch=max_micro_batch)
+                      tolerance=tolerance, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every)
     if plan is not None:
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
@@ -324,14 +347,15 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
     p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
                       momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
                       max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
-                      stage_factor=stage_factor, adam_rule=adam_rule)
+                      stage_factor=stage_factor, adam_rule=adam_rule, total_samples=total_samples,
+                      total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor)
     if dist.enabled:
         p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
         if change and dist.is_main:
             err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
     doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                          tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite)
+                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite, checkpoint_every=checkpoint_every)
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
@@ -370,7 +394,8 @@ def demo(
     plan = _plan_options(tgt, plan_path=None, schedule=schedule, epochs=epochs, lr=None, batch_size=None,
                          momentum=None, max_batch=max_batch)
     for s in plan.stages:
-        say(f"   epochs {s.start_epoch:>3}–{s.end_epoch:<3} batch {s.batch_size:>5}  lr {s.lr:.4g}  "
+        start, end = (f"{plan.epoch_of(x):g}" for x in (s.start_sample, s.end_sample))
+        say(f"   epochs {start:>3}–{end:<3} batch {s.batch_size:>5}  lr {s.lr:.4g}  "
             f"momentum {s.momentum:g}")
     say(f"   {plan.updates:,} parameter updates instead of {plan.baseline_updates:,}.")
     say(f"[bold]4. Validate[/]: train the original schedule and the plan ({seeds} seed(s)"

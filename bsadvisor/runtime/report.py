@@ -139,6 +139,7 @@ def report_markdown(doc: dict) -> str:
     if any(not finite(r["summary"][k]) for r in doc["runs"].values() for k in ("metric_mean", "final_train_loss_mean")):
         lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
     lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
+    lines += temperature_table(doc)
     for w in doc.get("warnings", []):
         lines += [f"Warning: {_md(w)}", ""]
     for f in doc.get("plots", []):
@@ -146,6 +147,23 @@ def report_markdown(doc: dict) -> str:
     if not doc.get("plots"):
         lines += ["(Install the `plot` extra, `pip install 'bsadvisor[plot]'`, for PNG curves.)", ""]
     return "\n".join(lines)
+
+
+def temperature_table(doc: dict, points: int = 10) -> list[str]:
+    """report.md's table of the realised temperature of every run at ``points`` places of training."""
+    temp = doc.get("temperature") or {}
+    series = temp.get("series") or {}
+    if not series or not all(series.values()):
+        return []
+    total = max(pts[-1][0] for pts in series.values()) or 1
+    lines = [f"Realised noise temperature against samples (relative to {temp['relative_to']}; {temp['model']}):", "",
+             "| samples | " + " | ".join(series) + " |", "|---|" + "---|" * len(series)]
+    for k in range(points):
+        at = total * k // (points - 1)
+        # the update in progress at that sample: the last one that started at or before it
+        cells = [fmt(next((g for x, g in reversed(pts) if x <= at), None), ".3g") for pts in series.values()]
+        lines.append(f"| {at:,} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_outputs(doc: dict, out: Path) -> None:

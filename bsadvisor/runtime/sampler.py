@@ -1,13 +1,18 @@
-"""The data side of a Plan: which examples make each batch, epoch by epoch.
+"""The data side of a Plan: which examples make each batch, update by update.
 
 ``PlanBatchSampler`` is a batch sampler for ``DataLoader(batch_sampler=...)`` whose
-batch size follows the plan (Smith et al., arXiv 1711.00489), with reproducible
-shuffling from (seed, epoch) and an optional split of every global batch over ranks.
-The training loop (runtime/train.py) reads its index batches directly.
+batch size follows the plan (Smith et al., arXiv 1711.00489) at every update, a stage
+boundary inside an epoch included, with reproducible shuffling from (seed, epoch) and an
+optional split of every global batch over ranks. The training loop (runtime/train.py)
+reads its index batches directly.
+
+The rule (the one ``Plan.updates`` counts, core/original.py): the update that starts at
+sample position s takes ``plan.at_sample(s).batch_size`` examples of this epoch's
+permutation, fewer only at the end of the epoch or of the run; so within an epoch every
+example is used exactly once.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator, Optional
 
 import numpy as np
@@ -19,14 +24,16 @@ from bsadvisor.runtime.step import split_share
 
 
 class PlanBatchSampler:
-    """Yields lists of dataset indices whose length follows ``plan.at(epoch).batch_size``.
+    """Yields lists of dataset indices whose length follows ``plan.at_sample(position)``.
 
     Every epoch is a fresh permutation drawn from (seed, epoch) alone, so a run resumed
-    at epoch e sees the same batches as an uninterrupted one. The last partial batch is
-    kept (ceil(N/B) updates per epoch, as ``Plan.updates`` counts) unless ``drop_last``.
+    in epoch e sees the same batches as an uninterrupted one. A batch ends early only at
+    the end of an epoch (the last partial batch is kept, as ``Plan.updates`` counts, unless
+    ``drop_last``) or of the run (a plan may end inside an epoch).
 
     Epochs: call ``set_epoch(e)`` before iterating (like ``DistributedSampler``), or let
-    each new ``__iter__`` move on to the next epoch by itself.
+    each new ``__iter__`` move on to the next epoch by itself. ``state_dict()`` holds the
+    position inside the epoch too: a run checkpointed mid-epoch resumes at the next batch.
 
     With ``world_size > 1`` each global batch is cut into ``world_size`` contiguous shares
     (sizes differ by at most one; the last, partial batch may leave a share empty) and
@@ -37,6 +44,9 @@ class PlanBatchSampler:
 
     def __init__(self, plan: Plan, dataset_size: Optional[int] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False, shuffle: bool = True):
+        if plan.dataset_size is None:
+            raise UserError("the plan has no data set size (it was made with --streaming and no --dataset-size); "
+                            "a sampler needs one: re-run convert-schedule with --dataset-size")
         n = plan.dataset_size if dataset_size is None else int(dataset_size)
         if n != plan.dataset_size:
             raise UserError(f"the plan was made for {plan.dataset_size} training examples but the dataset has {n}; "
@@ -47,18 +57,40 @@ class PlanBatchSampler:
         self.rank, self.world_size = rank, world_size
         self.drop_last, self.shuffle = drop_last, shuffle
         self.epoch = 0
+        self.offset = 0  # examples of this epoch already yielded (a mid-epoch resume starts here)
         self._advance = False  # True once an epoch has been iterated without a set_epoch after it
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self.offset = 0
         self._advance = False
 
+    @property
+    def epochs(self) -> int:
+        """Epochs the plan starts (the last may be partial)."""
+        return self.plan.full_epochs
+
     def batch_size(self, epoch: Optional[int] = None) -> int:
+        """The batch size at the start of ``epoch`` (it may change inside the epoch)."""
         return self.plan.at(self.epoch if epoch is None else epoch).batch_size
 
+    def spans(self, epoch: int, offset: int = 0) -> list[tuple[int, int]]:
+        """(start, stop) positions inside ``epoch``'s permutation of each batch from ``offset`` on."""
+        n, total = self.dataset_size, self.plan.total_samples
+        first = epoch * n
+        end = min(n, total - first)
+        out, o = [], offset
+        while o < end:
+            b = self.plan.at_sample(first + o).batch_size
+            stop = min(o + b, end)
+            if self.drop_last and stop - o < b:
+                break
+            out.append((o, stop))
+            o = stop
+        return out
+
     def __len__(self) -> int:
-        b = self.batch_size()
-        return self.dataset_size // b if self.drop_last else math.ceil(self.dataset_size / b)
+        return len(self.spans(self.epoch))
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -69,25 +101,32 @@ class PlanBatchSampler:
                 @ np.array([1, 2**32], dtype=np.uint64)) & (2**63 - 1)
         return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(s))
 
-    def global_batches(self, epoch: int) -> list[torch.Tensor]:
-        """Every rank's batches for ``epoch`` (the whole global batch each), as index tensors."""
-        perm, b = self.permutation(epoch), self.batch_size(epoch)
-        stop = (self.dataset_size // b) * b if self.drop_last else self.dataset_size
-        return [perm[i:i + b] for i in range(0, stop, b)]
+    def global_batches(self, epoch: int, offset: int = 0) -> list[torch.Tensor]:
+        """Every rank's batches for ``epoch`` from ``offset`` on (the whole global batch each), as index tensors."""
+        perm = self.permutation(epoch)
+        return [perm[a:b] for a, b in self.spans(epoch, offset)]
 
     def index_batches(self, epoch: int) -> list[torch.Tensor]:
         """This rank's batches for ``epoch`` as index tensors (its share of each global batch)."""
         return [split_share(batch, self.rank, self.world_size) for batch in self.global_batches(epoch)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self._advance:
+        # After a whole epoch the next iteration starts the next one; an epoch left part way
+        # (a mid-epoch checkpoint's state) is continued where it stopped.
+        spans = self.spans(self.epoch, self.offset)
+        if self._advance and not spans:
             self.epoch += 1
+            self.offset = 0
+            spans = self.spans(self.epoch)
         self._advance = True
-        for batch in self.index_batches(self.epoch):
-            yield batch.tolist()
+        perm = self.permutation(self.epoch)
+        for a, b in spans:
+            self.offset = b
+            yield split_share(perm[a:b], self.rank, self.world_size).tolist()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed, "advance": self._advance}
+        return {"epoch": self.epoch, "seed": self.seed, "advance": self._advance, "offset": self.offset}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.seed, self._advance = int(state["epoch"]), int(state["seed"]), bool(state["advance"])
+        self.offset = int(state.get("offset", 0))

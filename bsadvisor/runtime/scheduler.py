@@ -1,10 +1,12 @@
-"""The optimizer side of a Plan: LR and momentum, epoch by epoch.
+"""The optimizer side of a Plan: LR and momentum, update by update.
 
-Smith et al. (arXiv 1711.00489) replace "decay the learning rate" by "increase the
-batch size"; the plan says, epoch by epoch, which batch size, LR and momentum to use.
-``BatchSizeScheduler`` is shaped like a torch LR scheduler (``step()`` once per epoch)
-and sets each param group's LR and momentum (SGD ``momentum``, Adam ``betas[0]``); the
-batch size is the sampler's business (runtime/sampler.py).
+Smith et al. (arXiv 1711.00489) replace "decay the learning rate" by "increase the batch
+size"; the plan says, at every sample position, which batch size, LR and momentum to use
+(inside a stage the LR follows the original schedule × the stage's factor, eq. 9 of
+docs/concepts.md). ``BatchSizeScheduler`` is shaped like a torch LR scheduler:
+``step()`` once per optimizer update. It sets each param group's LR and momentum (SGD
+``momentum``, Adam ``betas[0]``); the batch size is the sampler's business
+(runtime/sampler.py), and both count the same samples.
 """
 from __future__ import annotations
 
@@ -17,31 +19,58 @@ from bsadvisor.core.plan import Plan, Setting
 
 
 class BatchSizeScheduler:
-    """Sets LR and momentum from ``plan.at(epoch)``; call ``step()`` at the end of each epoch.
+    """Sets LR and momentum from ``plan.at_sample(samples_seen)``; call ``step()`` after each optimizer step.
 
-    Like torch's LR schedulers it applies epoch 0 on construction. The batch size is not
-    the optimizer's business: read it with ``get_last_batch_size()`` (or let a
-    ``PlanBatchSampler`` follow the same plan). Param groups keep their LR ratios to the
-    first group, so per-layer LR multipliers survive. For Adam/AdamW the plan's momentum
-    is β1.
+    Like torch's LR schedulers it applies the first setting on construction. Each
+    ``step()`` moves on by the batch just trained on: the plan's batch size at the current
+    position, cut at the end of the epoch or of the run exactly as ``PlanBatchSampler``
+    cuts it (pass ``samples=`` when your loader made a batch of another size). For a plan
+    of whole-epoch stages, ``set_epoch(e)`` jumps to the start of epoch e (the epoch-level
+    convenience: call it at each epoch start instead of stepping per update).
+
+    The batch size is not the optimizer's business: read it with ``get_last_batch_size()``.
+    Param groups keep their LR ratios to the first group, so per-layer LR multipliers
+    survive. For Adam/AdamW the plan's momentum is β1.
     """
 
-    def __init__(self, plan: Plan, optimizer: torch.optim.Optimizer, last_epoch: int = -1):
+    def __init__(self, plan: Plan, optimizer: torch.optim.Optimizer, samples_seen: int = 0):
         self.plan = plan
         self.optimizer = optimizer
         base = optimizer.param_groups[0]["lr"]
         self._ratios = [(g["lr"] / base) if base > 0 else 1.0 for g in optimizer.param_groups]
-        self.last_epoch = last_epoch
+        self.samples_seen = int(samples_seen)
+        self.last_step = 0  # optimizer updates stepped through
         self._setting: Optional[Setting] = None
-        self.step()
+        self._apply()
 
-    def step(self) -> None:
-        self.last_epoch += 1
-        self._apply(self.plan.at(self.last_epoch))
+    def _batch_here(self) -> int:
+        """Examples in the update that starts at ``samples_seen``: the plan's batch, cut at the epoch's end."""
+        s, n, total = self.samples_seen, self.plan.dataset_size, self.plan.total_samples
+        end = total if n is None else min(total, (s // n + 1) * n)
+        return max(0, min(self.plan.at_sample(min(s, total - 1)).batch_size, end - s))
 
-    def _apply(self, s: Setting) -> None:
-        # Only write when the setting changes: inside a stage nothing moves, and a user
-        # who tweaks a group by hand mid-stage is left alone.
+    def step(self, samples: Optional[int] = None) -> None:
+        """After an optimizer update: move on by ``samples`` (default: the planned batch here) and apply."""
+        self.samples_seen += self._batch_here() if samples is None else int(samples)
+        self.last_step += 1
+        self._apply()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to the start of ``epoch`` (for loops that think in epochs; the plan's stages are whole epochs)."""
+        if self.plan.dataset_size is None:
+            raise UserError("this plan has no data set size (streaming); step() once per update instead")
+        self.samples_seen = int(epoch) * self.plan.dataset_size
+        self._apply()
+
+    @property
+    def done(self) -> bool:
+        """True once the plan's samples are all consumed."""
+        return self.samples_seen >= self.plan.total_samples
+
+    def _apply(self) -> None:
+        s = self.plan.at_sample(min(self.samples_seen, self.plan.total_samples - 1))
+        # Only write when the setting changes, so a user who tweaks a group by hand between
+        # changes of the plan is left alone.
         if s == self._setting:
             return
         for ratio, group in zip(self._ratios, self.optimizer.param_groups):
@@ -53,7 +82,8 @@ class BatchSizeScheduler:
         self._setting = s
 
     def get_last_batch_size(self) -> int:
-        return self.plan.at(self.last_epoch).batch_size
+        """The batch size of the update about to run (the plan's; the epoch's last batch may be shorter)."""
+        return self.plan.at_sample(min(self.samples_seen, self.plan.total_samples - 1)).batch_size
 
     def get_last_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
@@ -62,12 +92,14 @@ class BatchSizeScheduler:
         return [g["betas"][0] if "betas" in g else g.get("momentum", 0.0) for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"last_epoch": self.last_epoch, "ratios": list(self._ratios), "plan": self.plan.to_dict()}
+        return {"samples_seen": self.samples_seen, "last_step": self.last_step, "ratios": list(self._ratios),
+                "plan": self.plan.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("plan") is not None and state["plan"]["stages"] != self.plan.to_dict()["stages"]:
             raise UserError("BatchSizeScheduler state was saved with a different plan; resume with the same plan")
-        self.last_epoch = int(state["last_epoch"])
+        self.samples_seen = int(state["samples_seen"])
+        self.last_step = int(state.get("last_step", 0))
         self._ratios = list(state.get("ratios", self._ratios))
         self._setting = None  # force a write: the optimizer may have been rebuilt
-        self._apply(self.plan.at(self.last_epoch))
+        self._apply()

@@ -1,4 +1,4 @@
-"""Train a Target following a Plan, with a checkpoint at the end of every epoch.
+"""Train a Target following a Plan update by update, with checkpoints at epoch ends and inside epochs.
 
 Every run the validator makes (the original LR schedule at a fixed batch, the batch-
 growth plan of Smith et al. 1711.00489, the hybrid, the increased-LR variant, a
@@ -7,8 +7,9 @@ constant-LR control) is "train following a Plan": this file is that one loop.
 Determinism: a run's randomness comes from its seed alone. The sampler draws each
 epoch's permutation from (seed, epoch); torch/numpy/python global RNGs (dropout, data
 augmentation in the user's code) are seeded at the start and saved in every checkpoint,
-so a run killed after epoch e and resumed finishes with the same numbers, bit for bit on
-CPU. The caller's global RNG state is put back afterwards.
+so a run killed anywhere (after its last checkpoint, at an epoch end or every
+``checkpoint_every`` updates inside one) and resumed finishes with the same numbers, bit
+for bit on CPU. The caller's global RNG state is put back afterwards.
 
 Checkpoints hold only tensors, plain containers, numbers and strings, and are read with
 ``torch.load(..., weights_only=True)``: a crafted checkpoint cannot run code (a pickle's
@@ -49,7 +50,9 @@ from bsadvisor.runtime.scheduler import BatchSizeScheduler
 from bsadvisor.runtime.step import make_gather, split_share, tensor_columns, to_device, train_step
 from bsadvisor.targets.target import Target
 
-CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"
+CHECKPOINT_FORMAT = "bsadvisor.checkpoint/2"
+#: At most this many per-update records a run keeps (every k-th update beyond that).
+MAX_STEP_RECORDS = 2000
 
 
 @dataclass
@@ -59,6 +62,7 @@ class RunResult:
     name: str
     seed: int
     history: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # {samples, batch_size, lr, momentum} of (every k-th) update
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
     diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
@@ -72,7 +76,7 @@ class RunResult:
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
-                "history": self.history}
+                "history": self.history, "steps": self.steps}
 
 
 @torch.no_grad()
@@ -192,10 +196,12 @@ class _Training:
     updates: int = 0
     examples: int = 0
     wall: float = 0.0
+    checkpoint_every: Optional[int] = None
+    partial: dict = field(default_factory=dict)  # the epoch in progress: epoch, offset, loss_sum, seen
 
     def where(self, epoch: int) -> str:
         """``run plan (seed 0), epoch 3/10``: how errors name the place."""
-        return f"run {self.name} (seed {self.seed}), epoch {epoch + 1}/{self.plan.epochs}"
+        return f"run {self.name} (seed {self.seed}), epoch {epoch + 1}/{self.plan.full_epochs}"
 
 
 def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
@@ -205,12 +211,15 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                device: Optional[str | torch.device] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,
                on_step: Optional[Callable[[int], None]] = None,
-               stop_on_divergence: bool = False) -> RunResult:
-    """Train ``target.model`` for ``plan.epochs`` epochs following ``plan``.
+               stop_on_divergence: bool = False, checkpoint_every: Optional[int] = None) -> RunResult:
+    """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
-    ``init_state`` (a model state_dict) is loaded first so every run starts from the same
-    weights. With ``checkpoint`` a file is written at the end of every epoch; with
-    ``resume`` an existing one is continued (or, if complete, returned as is).
+    Each update takes the sampler's next batch (``plan.at_sample(position)``'s size) and the
+    scheduler's LR and momentum for that position. ``init_state`` (a model state_dict) is
+    loaded first so every run starts from the same weights. With ``checkpoint`` a file is
+    written at the end of every epoch and, with ``checkpoint_every`` = k, every k updates
+    inside an epoch; with ``resume`` an existing one is continued (or, if complete,
+    returned as is), mid-epoch included.
     ``device`` moves the model there and every batch with it (None: leave both where
     they are). ``dist`` (from ``bsadvisor.runtime.distributed.init_from_env``): data-parallel
     training under torchrun; every rank must call this with the same arguments.
@@ -224,6 +233,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     The steps: set up, resume, then per epoch train, evaluate, checkpoint. Long because
     this docstring is the loop's contract; the body is named steps.
     """
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise UserError(f"checkpoint_every must be a whole number ≥ 1, got {checkpoint_every!r}")
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
                         f"train_dataset has {target.dataset_size}; re-run convert-schedule for this target")
@@ -239,18 +250,17 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     try:
         run = _set_up(target, plan, name, seed, dist, dev, init_state, meta,
                       Path(checkpoint) if checkpoint is not None else None)
+        run.checkpoint_every = checkpoint_every
         start = _resume(run, on_epoch) if resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
         # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
-        last = run.result.final
-        run.updates, run.examples, run.wall = last.get("updates", 0), last.get("examples", 0), last.get("wall_s", 0.0)
-        for epoch in range(start, plan.epochs):
+        for epoch in range(start, plan.full_epochs):
             train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, stop_on_divergence, on_step)
             rec = _record_epoch(run, epoch, train_loss, diverged, eval_batch_size)
-            run.scheduler.step()
+            run.partial = {}
             _write_checkpoint(run)
             if on_epoch:
                 on_epoch(rec)
@@ -271,7 +281,7 @@ def _set_up(target: Target, plan: Plan, name: str, seed: int, dist: Dist, dev: O
     if dev is not None:
         model.to(dev)
     model.train()
-    s0 = plan.at(0)
+    s0 = plan.at_sample(0)
     optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
     run = _Training(target=target, plan=plan, name=name, seed=seed, dist=dist, device=dev, checkpoint=checkpoint,
                     meta=meta, optimizer=optimizer, scheduler=BatchSizeScheduler(plan, optimizer),
@@ -300,6 +310,11 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         rng = doc["rng"]
         set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
         result.history = [dict(rec) for rec in doc["history"]]
+        result.steps = [dict(rec) for rec in doc.get("steps", [])]
+        run.partial = dict(doc.get("partial") or {})
+        totals = doc.get("totals") or {}
+        run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
+            "wall_s", 0.0)
     except UserError:
         raise
     except Exception as exc:
@@ -307,7 +322,7 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
                         "or --overwrite") from None
     start = result.resumed_from = len(result.history)
     if result.history and result.history[-1].get("diverged"):
-        result.diverged_at, start = result.history[-1]["epoch"], run.plan.epochs
+        result.diverged_at, start = result.history[-1]["epoch"], run.plan.full_epochs
     for rec in result.history:
         if on_epoch:
             on_epoch(rec)
@@ -332,17 +347,30 @@ def _refuse_other_run(saved: dict, run: _Training) -> None:
 def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,
                  max_micro_batch: Optional[int], stop_on_divergence: bool,
                  on_step: Optional[Callable[[int], None]]) -> tuple[float, bool]:
-    """One epoch of training steps; (mean training loss, diverged).
+    """One epoch of updates (from where a mid-epoch checkpoint left it); (mean training loss, diverged).
 
-    A loss that is not finite raises, or with ``stop_on_divergence`` ends the epoch: the
-    loss is returned with ``diverged`` True. Wall time (the slowest rank's) and the
-    example count go into the run's totals.
+    Each update: the scheduler's LR and momentum at the current sample position, the
+    sampler's next batch, one train_step, then the scheduler moves on by that batch. A
+    loss that is not finite raises, or with ``stop_on_divergence`` ends the epoch: the loss
+    is returned with ``diverged`` True. Wall time (the slowest rank's) and the example
+    count go into the run's totals.
     """
-    dist = run.dist
+    dist, n = run.dist, run.plan.dataset_size
+    part = run.partial if run.partial.get("epoch") == epoch else {"epoch": epoch, "offset": 0, "loss_sum": 0.0,
+                                                                  "seen": 0}
+    run.partial = part
     run.sampler.set_epoch(epoch)
-    loss_sum, seen, bad_loss = 0.0, 0, None
-    t0 = time.perf_counter()
-    for idx in run.sampler.global_batches(epoch):
+    run.scheduler.samples_seen = epoch * n + part["offset"]
+    run.scheduler._apply()
+    perm = run.sampler.permutation(epoch)
+    stride = max(1, run.plan.updates // MAX_STEP_RECORDS)
+    bad_loss, t0 = None, time.perf_counter()
+    for a, b in run.sampler.spans(epoch, part["offset"]):
+        idx = perm[a:b]
+        if run.updates % stride == 0:
+            setting = run.scheduler._setting
+            run.result.steps.append({"samples": epoch * n + a, "batch_size": len(idx), "lr": setting.lr,
+                                     "momentum": setting.momentum})
         try:
             loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device)
         except UserError:
@@ -355,22 +383,33 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
-        loss_sum += loss * len(idx)
-        seen += len(idx)
+        part["loss_sum"] += loss * len(idx)
+        part["seen"] += len(idx)
+        part["offset"] = b
         run.updates += 1
+        run.examples += len(idx)
+        run.scheduler.step(samples=len(idx))
         if on_step:
             on_step(len(idx))
-    took = time.perf_counter() - t0
+        if run.checkpoint_every and run.updates % run.checkpoint_every == 0 and b < n:
+            run.wall += _slowest(dist, time.perf_counter() - t0)
+            _write_checkpoint(run)  # mid-epoch: the partial epoch's sums and position go with it
+            t0 = time.perf_counter()
+    run.wall += _slowest(dist, time.perf_counter() - t0)
     if dist.enabled:
-        took = float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))  # slowest rank
         # BatchNorm running statistics moved differently on each rank (each saw its own
         # share); rank 0's are the model's, for evaluation and the checkpoint alike.
         dist.broadcast_module(run.target.model)
-    run.wall += took
-    run.examples += seen
     if bad_loss is not None:
         return bad_loss, True
-    return loss_sum / max(seen, 1), False
+    return part["loss_sum"] / max(part["seen"], 1), False
+
+
+def _slowest(dist: Dist, took: float) -> float:
+    """Wall time of a stretch of training: the slowest rank's."""
+    if dist.enabled:
+        return float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))
+    return took
 
 
 def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool, eval_batch_size: int) -> dict:
@@ -403,7 +442,9 @@ def _write_checkpoint(run: _Training) -> None:
         _save_checkpoint(run.checkpoint, {
             "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history})
+            "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
+            "steps": run.result.steps, "partial": dict(run.partial),
+            "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
 
 
 def _one_line(exc: Exception) -> str:

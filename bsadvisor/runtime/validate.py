@@ -40,11 +40,14 @@ MIN_TOLERANCE = 0.005
 # one and keeps a record of each: past this many epochs a run cannot be expected to finish.
 MAX_EPOCHS = 100_000
 MAX_SEEDS = 1_000
+#: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
+MIN_CHECKPOINT_EVERY = 50
 
 
-def check_epochs(epochs: int, where: str = "--epochs") -> int:
-    """``epochs`` if validate can train that many; otherwise a UserError that says the limit and why."""
-    epochs = checks.positive_int(where, epochs)
+def check_epochs(epochs: float, where: str = "--epochs") -> float:
+    """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
+    limit and why."""
+    epochs = checks.number(where, epochs, low=0, low_open=True)
     if epochs > MAX_EPOCHS:
         raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_EPOCHS:,} epochs, because it "
                         "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
@@ -68,8 +71,10 @@ def _options(plan: Plan, **changes) -> ConvertOptions:
 
 def baseline_of(plan: Plan) -> Plan:
     """The original LR schedule at the fixed batch B0, from the plan's recorded inputs."""
-    needed = ("lr", "batch_size", "epochs", "schedule")
+    needed = ("lr", "batch_size", "schedule")
     missing = [k for k in needed if plan.inputs.get(k) is None]
+    if all(plan.inputs.get(k) is None for k in ("epochs", "total_samples", "total_steps")):
+        missing.append("epochs")
     if missing:
         raise UserError(f"the plan does not record its original schedule ({', '.join(missing)} missing from "
                         "'inputs'); regenerate it with bsadvisor convert-schedule --out")
@@ -104,7 +109,7 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     b0 = plan.inputs.get("batch_size")
     if all(b == b0 or rounding.nearest(b) == b for b in plan.stage_batch_sizes()):
         return plan, None
-    if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "epochs", "schedule")):
+    if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "schedule")):
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
     cap = plan.cap or {}
@@ -141,7 +146,7 @@ def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] 
 def constant_plan(plan: Plan, *, lr: Optional[float] = None, batch_size: Optional[int] = None) -> Plan:
     """One stage at the schedule's starting LR and batch: the control without any schedule."""
     first = plan.stages[0]
-    return Plan(stages=[Stage(0, plan.epochs, batch_size or first.batch_size, first.lr if lr is None else lr,
+    return Plan(stages=[Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
                               first.momentum, temperature=1.0, phase="constant")],
                 dataset_size=plan.dataset_size, inputs=dict(plan.inputs))
 
@@ -301,13 +306,16 @@ def batchnorm_warning(model) -> Optional[str]:
 def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
                    resume: bool = False, max_micro_batch: Optional[int] = None,
                    tolerance: Optional[float] = None, progress=None, dist=None, device=None,
-                   warnings: Optional[list[str]] = None) -> dict:
+                   warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
     torchrun job (bsadvisor.runtime.distributed.Dist); every rank trains its share and returns
     the same document; only rank 0 writes checkpoints. ``device``: where to train.
-    ``warnings`` are recorded in the document (and the report).
+    ``warnings`` are recorded in the document (and the report). With ``out``, checkpoints
+    are written at every epoch end and every ``checkpoint_every`` updates inside an epoch
+    (default: a quarter of an epoch's updates, at least MIN_CHECKPOINT_EVERY, so a long
+    single-epoch run can be resumed part way).
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
@@ -335,9 +343,11 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
             for seed in range(seeds):
                 ckpt = ckpt_dir / f"{spec.name}-seed{seed}.pt" if ckpt_dir is not None else None
                 on_step, on_epoch = _progress_hooks(progress, f"{spec.name} seed {seed}",
-                                                    spec.plan.epochs * spec.plan.dataset_size)
+                                                    spec.plan.total_samples)
+                every = checkpoint_every or max(MIN_CHECKPOINT_EVERY,
+                                                -(-spec.plan.updates // (4 * spec.plan.full_epochs)))
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
-                               max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume,
+                               max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume, checkpoint_every=every,
                                dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
                                stop_on_divergence=spec is not specs[0])  # the reference's divergence is an error
                 results.append(_seed_result(r.to_dict(), metric_name))
@@ -347,11 +357,39 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
         target.model.load_state_dict(init)  # leave the user's model as we found it
         if home is not None:
             target.model.to(home)
-    doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
+    temperatures = realised_temperatures(specs, runs)
+    doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name, "temperature": temperatures,
            "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
            "world_size": dist.world_size if dist is not None else 1,
            "runs": runs, "verdict": verdict(runs, tolerance), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
+
+
+#: Points of each run's realised-temperature series kept in results.json.
+MAX_TEMPERATURE_POINTS = 500
+
+
+def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
+    """Each run's realised noise temperature against samples, relative to the original's peak (eq. 1, 2, 4).
+
+    Read from the updates the first seed actually trained (their LR, momentum and batch),
+    with the plan's temperature model; the original (the first run) sets the reference.
+    """
+    source = next((sp.plan for sp in specs if sp.plan.inputs.get("optimizer")), specs[0].plan)
+    try:
+        model = convert.temperature_model(_options(source))
+    except UserError:  # a hand-written plan without its inputs: no model to read it with
+        return {}
+    series = {}
+    for spec in specs:
+        steps = runs[spec.name]["seeds"][0].get("steps") or []
+        stride = max(1, -(-len(steps) // MAX_TEMPERATURE_POINTS))
+        series[spec.name] = [[r["samples"], model.temperature(r["lr"], r["momentum"], r["batch_size"])]
+                             for r in steps[::stride]]
+    g_ref = max((g for _, g in series.get(specs[0].name, [])), default=0.0)
+    if g_ref > 0:
+        series = {name: [[x, g / g_ref] for x, g in points] for name, points in series.items()}
+    return {"relative_to": f"the peak of {specs[0].name}", "model": model.describe(), "series": series}
 
 
 def _progress_hooks(progress, label: str, total: int) -> tuple[Optional[Callable], Optional[Callable]]:

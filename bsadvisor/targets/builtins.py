@@ -4,6 +4,9 @@
   closed form (docs/concepts.md eq. 13), so it is the ground truth for the probe's estimators.
 - ``mnist1d-mlp`` / ``mnist1d-cnn``: MNIST-1D (Greydanus 2020), generated offline by
   the ``mnist1d`` package (``pip install 'bsadvisor[examples]'``) and cached as .npz.
+- ``charlm``: a small causal transformer on bytes of Python standard-library source (present
+  on every machine), AdamW, one epoch with a per-step LinearLR warmup + cosine: the
+  language-model case (single pass, per-step schedule, Adam).
 """
 from __future__ import annotations
 
@@ -135,7 +138,114 @@ def _mnist1d(model_kind: str, seed: int = 0) -> Target:
                   eval_dataset=test, metric_fn=metric_fn, name=f"builtin:mnist1d-{model_kind}")
 
 
+#: Pure-Python standard-library modules present in every CPython ≥ 3.10: the charlm corpus.
+CHARLM_FILES = ("textwrap.py", "string.py", "heapq.py", "bisect.py", "functools.py", "fractions.py", "shlex.py",
+                "colorsys.py", "calendar.py", "difflib.py", "statistics.py", "abc.py", "copy.py", "fnmatch.py",
+                "glob.py", "operator.py", "queue.py", "sched.py", "argparse.py", "typing.py", "inspect.py",
+                "tarfile.py", "subprocess.py", "pickle.py", "dataclasses.py", "enum.py", "ast.py", "configparser.py",
+                "datetime.py", "pydoc.py", "ipaddress.py")
+CHARLM_SEQ_LEN = 64
+CHARLM_TRAIN = 16384  # sequences of CHARLM_SEQ_LEN + 1 bytes
+CHARLM_EVAL = 512
+CHARLM_LR = 2e-3
+CHARLM_BATCH = 32
+
+
+def charlm_text() -> bytes:
+    """The corpus: the CHARLM_FILES that exist here, concatenated (nothing is downloaded)."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    parts = [(stdlib / name).read_bytes() for name in CHARLM_FILES if (stdlib / name).is_file()]
+    text = b"\n".join(parts)
+    need = (CHARLM_TRAIN + CHARLM_EVAL) * (CHARLM_SEQ_LEN + 1)
+    if len(text) < need:
+        raise UserError(f"builtin:charlm needs {need:,} bytes of Python standard-library source in {stdlib}, "
+                        f"found {len(text):,}; is the standard library installed?")
+    return text
+
+
+def _char_model(vocab: int, seq_len: int, width: int = 64, heads: int = 4, layers: int = 2):
+    """A causal transformer: byte and position embeddings, pre-norm blocks, a linear head."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+            # causal: position i attends to positions ≤ i only, so a prediction never sees its answer
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+            return x + self.mlp(self.norm2(x))
+
+    class CharLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(seq_len, width)
+            self.blocks = nn.Sequential(*[Block() for _ in range(layers)])
+            self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+            # small output weights (as GPT-2 initialises them): the first predictions are near
+            # uniform, so the loss starts at about ln 256
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+        def forward(self, idx):
+            pos = torch.arange(idx.shape[1], device=idx.device)
+            return self.head(self.norm(self.blocks(self.tokens(idx) + self.positions(pos))))
+
+    return CharLM()
+
+
+def charlm(seed: int = 0) -> Target:
+    """builtin:charlm: bytes of standard-library source, windows of CHARLM_SEQ_LEN (+1 for the shifted target).
+
+    The first CHARLM_TRAIN windows train, the next CHARLM_EVAL evaluate. The recipe (one
+    epoch, AdamW, per-step warmup over 8% of the updates then a cosine to a tenth of the
+    LR) is in ``metadata``, where ``bsadvisor validate builtin:charlm`` reads it.
+    """
+    import torch
+    from torch import nn
+
+    data = torch.frombuffer(bytearray(charlm_text()), dtype=torch.uint8).long()
+    width = CHARLM_SEQ_LEN + 1
+    windows = data[:(CHARLM_TRAIN + CHARLM_EVAL) * width].view(-1, width)
+    train, test = windows[:CHARLM_TRAIN], windows[CHARLM_TRAIN:]
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = _char_model(256, CHARLM_SEQ_LEN)
+    finally:
+        torch.random.set_rng_state(state)  # building a target leaves the caller's RNG alone
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten())
+
+    def metric_fn(m, batch):  # the negative mean cross-entropy on held-out text: higher is better
+        x, y = batch
+        return -float(nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten()).detach())
+
+    steps = -(-CHARLM_TRAIN // CHARLM_BATCH)
+    warmup = max(1, round(0.08 * steps))
+    schedule = (f"SequentialLR([LinearLR(start_factor=0.01, total_iters={warmup}), "
+                f"CosineAnnealingLR(T_max={steps - warmup}, eta_min={CHARLM_LR / 10:g})], milestones=[{warmup}])")
+    return Target(model=model, train_dataset=torch.utils.data.TensorDataset(train[:, :-1], train[:, 1:]),
+                  loss_fn=loss_fn, batch_size=CHARLM_BATCH, lr=CHARLM_LR, momentum=0.9, optimizer="adamw",
+                  weight_decay=0.01, eval_dataset=torch.utils.data.TensorDataset(test[:, :-1], test[:, 1:]),
+                  metric_fn=metric_fn, name="builtin:charlm",
+                  metadata={"schedule": schedule, "schedule_unit": "step", "epochs": 1, "seq_len": CHARLM_SEQ_LEN,
+                            "metric_name": "negative eval cross-entropy (nats per byte)"})
+
+
 BUILTINS: dict[str, Callable[[], Target]] = {
+    "charlm": charlm,
     "linreg": linreg,
     "mnist1d-mlp": lambda: _mnist1d("mlp"),
     "mnist1d-cnn": lambda: _mnist1d("cnn"),

@@ -18,7 +18,7 @@ from hostile import Snapshot, assert_one_line_error, cli_env, run_cli
 
 SCHED = ["--schedule", "MultiStepLR(milestones=[2, 4], gamma=0.2)", "--epochs", "6"]
 LINREG = ["builtin:linreg", *SCHED]
-CHECKPOINT_FORMAT = "bsadvisor.checkpoint/1"  # written out here: a test must not trust the code it checks
+CHECKPOINT_FORMAT = "bsadvisor.checkpoint/2"  # written out here: a test must not trust the code it checks
 
 
 class Evil:
@@ -100,6 +100,11 @@ def other_model_checkpoint(tmp: Path) -> None:
     earlier_run(tmp, torch_bytes({"format": CHECKPOINT_FORMAT, "meta": meta}))
 
 
+def old_format_checkpoint(tmp: Path) -> None:
+    """A checkpoint of bsadvisor before plans in samples (format /1: per epoch, no position inside one)."""
+    earlier_run(tmp, torch_bytes({"format": "bsadvisor.checkpoint/1", "meta": {}}))
+
+
 def huge_epoch_plan(tmp: Path) -> None:
     stages = [{"start_epoch": 0, "end_epoch": 10**6, "batch_size": 64, "lr": 0.1, "momentum": 0.0}]
     (tmp / "plan.json").write_text(json.dumps({"schema": "bsadvisor.plan/1", "dataset_size": 16384,
@@ -163,6 +168,8 @@ CASES = [
      ["not a bsadvisor checkpoint"]),
     ("resume-foreign-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], other_format_checkpoint,
      ["not a bsadvisor checkpoint"]),
+    ("resume-old-format", [*LINREG, "--out", "{tmp}/out", "--resume"], old_format_checkpoint,
+     ["older bsadvisor", "delete it"]),
     ("resume-other-model", [*LINREG, "--out", "{tmp}/out", "--resume"], other_model_checkpoint,
      ["original-seed0.pt", "different model", "0.weight"]),
 ]

@@ -1,4 +1,4 @@
-"""docs/integration.md's training loop runs, is short, and really follows the plan."""
+"""docs/integration.md's training loops run, are short, and really follow the plan."""
 from __future__ import annotations
 
 import math
@@ -8,33 +8,65 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PER_STEP = ("SequentialLR([LinearLR(start_factor=0.1, total_iters=10), "
+            "CosineAnnealingLR(T_max=118, eta_min=0.001)], milestones=[10])")
 
 
-def python_block() -> str:
+def python_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "integration.md").read_text(), re.S)
-    assert len(blocks) == 1, "integration.md should hold exactly one ```python block"
-    return blocks[0]
+    assert len(blocks) == 2, "integration.md holds two ```python blocks: a per-step loop and an epoch loop"
+    return blocks
 
 
-def test_block_is_under_30_lines():
-    assert len([ln for ln in python_block().splitlines() if ln.strip()]) < 30
+def test_blocks_are_under_30_lines():
+    for block in python_blocks():
+        assert len([ln for ln in block.splitlines() if ln.strip()]) < 30
 
 
-def test_block_runs_and_follows_the_plan(tmp_path):
+def run_blocks(tmp_path) -> list[str]:
     script = tmp_path / "loop.py"
-    script.write_text(python_block())
+    script.write_text("\n".join(python_blocks()))  # the second block goes on with the first one's data and model
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == 8
-    rows = [re.match(r"epoch (\d+): batch (\d+), lr ([\d.e-]+), loss ([\d.]+)", ln).groups() for ln in lines]
+    return r.stdout.strip().splitlines()
 
-    from bsadvisor.core.convert import convert_schedule  # the same plan, built here independently
 
-    plan = convert_schedule(lr=0.05, batch_size=32, momentum=0.9, dataset_size=2048, epochs=8,
-                            schedule="MultiStepLR(milestones=[3, 5, 7], gamma=0.2)")
-    assert [int(b) for _, b, _, _ in rows] == plan.batch_sizes()
-    assert [float(lr) for _, _, lr, _ in rows] == [float(f"{plan.at(e).lr:.4g}") for e in range(8)]
-    assert max(plan.batch_sizes()) > 32  # the batch really grows
-    assert float(rows[-1][3]) < 0.1 and all(math.isfinite(float(r[3])) for r in rows)  # and the model trains
+def plan_updates(plan):
+    """(start sample, batch) of every update, from the rule (a batch ends early only at an epoch's end)."""
+    n, s, out = plan.dataset_size, 0, []
+    while s < plan.total_samples:
+        b = plan.at_sample(s).batch_size
+        stop = min(s + b, (s // n + 1) * n, plan.total_samples)
+        out.append((s, stop - s))
+        s = stop
+    return out
+
+
+def test_blocks_run_and_follow_the_plan(tmp_path):
+    lines = run_blocks(tmp_path)
+    from bsadvisor.core.convert import convert_schedule  # the same plans, built here independently
+
+    # the per-step loop: every 20th update prints the samples seen, its batch and the next LR
+    step_plan = convert_schedule(lr=0.01, batch_size=32, dataset_size=4096, epochs=1, optimizer="adamw",
+                                 momentum=0.9, schedule_unit="step", schedule=PER_STEP)
+    updates = plan_updates(step_plan)
+    printed = [re.match(r"update (\d+): (\d+) samples, batch (\d+), next lr ([\d.e-]+), loss ([\d.]+)", ln)
+               for ln in lines if ln.startswith("update")]
+    assert len(printed) == len(range(0, len(updates), 20))
+    for m in printed:
+        k, seen, batch, lr, _ = m.groups()
+        start, size = updates[int(k)]
+        assert int(batch) == size and int(seen) == start + size
+        assert float(lr) == float(f"{step_plan.at_sample(min(int(seen), 4095)).lr:.4g}")
+    assert lines[len(printed)] == f"{len(updates)} updates instead of 128" and len(updates) < 128
+
+    # the epoch loop: at each epoch's start, the plan's batch and LR for that epoch
+    epoch_plan = convert_schedule(lr=0.05, batch_size=32, momentum=0.9, dataset_size=4096, epochs=8,
+                                  schedule="MultiStepLR(milestones=[3, 5, 7], gamma=0.2)")
+    rows = [re.match(r"epoch (\d+): batch (\d+), lr ([\d.e-]+)", ln).groups() for ln in lines if ln.startswith("epoch")]
+    assert [int(b) for _, b, _ in rows] == epoch_plan.batch_sizes()
+    assert [float(lr) for _, _, lr in rows] == [float(f"{epoch_plan.at(e).lr:.4g}") for e in range(8)]
+    assert max(epoch_plan.batch_sizes()) > 32  # the batch really grows
+    final = float(lines[-1].split()[-1])
+    assert final < 0.1 and math.isfinite(final)  # and the model trains

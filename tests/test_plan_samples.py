@@ -76,7 +76,7 @@ def test_llm_batch_grows_and_temperature_follows_the_original(llm):
     assert len(updates) == plan.updates
     assert plan.baseline_updates == 20_000 and plan.baseline_updates / plan.updates >= 2.0
     # the realised temperature at every 1% of training, under the square-root rule with N → ∞:
-    # T ∝ η/√B (Adam; docs/concepts.md eq. 2 and 4), original vs plan at the same sample
+    # T ∝ η/√B (Adam with N → ∞; docs/concepts.md eqs. 8 and 15), original vs plan at the same sample
     starts = [u[0] for u in updates]
     for pct in range(100):
         sample = pct * plan.total_samples // 100

@@ -77,7 +77,7 @@ AdamRule = Annotated[Optional[str], typer.Option(
 Config = Annotated[Optional[Path], typer.Option(
     "--config", help="TOML file with any of these options (keys as option names, e.g. batch-size = 128); "
                      "the command line wins.", show_default=False)]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/1).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/2).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).", show_default=False)]
 ProbeOpt = Annotated[Optional[Path], typer.Option(
     "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "

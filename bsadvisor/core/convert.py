@@ -17,7 +17,7 @@ The plan lives on the sample axis (examples consumed; core/original.py). Continu
 schedules become a staircase: a new batch only when the target has grown by
 ``stage_factor`` (or, with ``growth_factor`` K, by K: integer multiples); inside a stage
 the LR is the original's LR at the same sample times the stage's factor f(B), the one
-that keeps the temperature (eq. 9), so the realised temperature follows the original
+that keeps the temperature (eq. 14), so the realised temperature follows the original
 update by update, rounding of B included, and a per-step warmup stays an LR warmup.
 
 The work is done on spans of samples over which the original LR is constant
@@ -175,7 +175,7 @@ class _Original(NamedTuple):
 
 
 def temperature_model(options: ConvertOptions) -> TemperatureModel:
-    """The options' temperature model: the N → ∞ form for a single pass over the data (eq. 2)."""
+    """The options' temperature model: the N → ∞ form for a single pass over the data (eq. 15)."""
     n = None if options.single_pass else options.dataset_size
     return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule)
 
@@ -488,7 +488,7 @@ class _Staircase(NamedTuple):
     From the ``peak`` piece on, piece i asks for the batch ``targets[i]`` that gives g_ref·ρ_i
     at the base LR and momentum; a new batch stage starts when that target has grown by
     ``factor`` or passed the ``cap`` (then straight to the cap), and inside a stage the LR
-    is f(B) × the original's (eq. 9). With ``growth`` K every new batch is K × the previous
+    is f(B) × the original's (eq. 14). With ``growth`` K every new batch is K × the previous
     one. Pieces before the peak are the LR warmup, kept at ``b_start``.
     """
 
@@ -533,7 +533,7 @@ class _Staircase(NamedTuple):
         return out
 
     def spans(self) -> list[_Span]:
-        """(batch, LR factor, momentum) of each piece: the factor f(B) keeps the original's temperature (eq. 9)."""
+        """(batch, LR factor, momentum) of each piece: the factor f(B) keeps the original's temperature (eq. 14)."""
         out: list[_Span] = []
         for i, (piece, r, target, (batch, _ref)) in enumerate(zip(self.pieces, self.rho, self.targets,
                                                                    self.batches())):

@@ -156,7 +156,7 @@ class ConvertOptions:
 
     @property
     def single_pass(self) -> bool:
-        """One pass over the data or less (or ``streaming``): every example is fresh, so N → ∞ (eq. 2)."""
+        """One pass over the data or less (or ``streaming``): every example is fresh, so N → ∞ (eq. 15)."""
         return self.streaming or self.dataset_size is None or self.run_samples <= self.dataset_size
 
     def original(self):

@@ -46,7 +46,7 @@ class Setting:
 class Stage:
     """Samples [start_sample, end_sample) trained at batch ``batch_size``.
 
-    The LR at sample s is ``lr_scale`` × the original schedule's LR at s (eq. 9 of
+    The LR at sample s is ``lr_scale`` × the original schedule's LR at s (eq. 14 of
     docs/concepts.md); without a scale it is ``lr`` throughout. ``lr`` is always the LR
     at the stage's first sample. ``temperature`` is the realised g/g_ref there (1.0 = the
     original's peak) and ``target_temperature`` what the original schedule asks for.

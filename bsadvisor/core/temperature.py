@@ -10,7 +10,7 @@ T ∝ η·√(N/B − 1) (η ∝ √B keeps T fixed), with Smith et al.'s linear
 the alternative (adam_rule="linear"). Adam's β1 does not enter T.
 
 Single-pass training (streaming, or one epoch or less) draws every example fresh, so the
-finite-data factor goes: with N → ∞, g ∝ ε/((1−m)·B) (docs/concepts.md eq. 2); a model
+finite-data factor goes: with N → ∞, g ∝ ε/((1−m)·B) (docs/concepts.md eq. 15); a model
 with ``dataset_size=None`` uses that form (up to the constant N, which cancels in every ratio).
 
 A TemperatureModel answers three questions: the temperature of (lr, m, B); the batch
@@ -98,7 +98,7 @@ class TemperatureModel:
                   base_momentum: Optional[float] = None) -> float:
         """The LR factor f that keeps the temperature when (B0, m0) becomes (B, m): T(f·ε, m, B) = T(ε, m0, B0).
 
-        It is the stage's ``lr_scale`` (docs/concepts.md eq. 9): the LR a stage trains with is
+        It is the stage's ``lr_scale`` (docs/concepts.md eq. 14): the LR a stage trains with is
         f × the original's LR at the same sample.
         """
         m0 = momentum if base_momentum is None else base_momentum

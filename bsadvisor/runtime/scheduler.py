@@ -2,7 +2,7 @@
 
 Smith et al. (arXiv 1711.00489) replace "decay the learning rate" by "increase the batch
 size"; the plan says, at every sample position, which batch size, LR and momentum to use
-(inside a stage the LR follows the original schedule × the stage's factor, eq. 9 of
+(inside a stage the LR follows the original schedule × the stage's factor, eq. 14 of
 docs/concepts.md). ``BatchSizeScheduler`` is shaped like a torch LR scheduler:
 ``step()`` once per optimizer update. It sets each param group's LR and momentum (SGD
 ``momentum``, Adam ``betas[0]``); the batch size is the sampler's business

@@ -143,6 +143,9 @@ def _load_checkpoint(path: Path) -> dict:
                             "delete it to start over") from None
         raise UserError(f"checkpoint {path} cannot be read safely (damaged, or not written by this bsadvisor: "
                         f"{type(exc).__name__}), so it was not loaded; delete it to start over") from None
+    if isinstance(doc, dict) and doc.get("format") == "bsadvisor.checkpoint/1":
+        raise UserError(f"checkpoint {path} was written by an older bsadvisor (checkpoints per epoch, before plans "
+                        "in samples) and cannot be continued; delete it to start over, or --overwrite")
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT or not isinstance(doc.get("meta"), dict):
         raise UserError(f"checkpoint {path} is not a bsadvisor checkpoint; delete it to start over")
     return doc

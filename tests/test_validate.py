@@ -168,22 +168,28 @@ def test_nan_loss_names_run_and_epoch(target_file):
     assert len(lines) == 1 and "run original" in lines[0] and "epoch 1/6" in lines[0] and "nan" in lines[0]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
-    ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    ref = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", ref_out)
-    assert ref.returncode == 0, ref.stderr
-
-    # Slow each step down, wait for the plan run's first epoch checkpoint, then SIGKILL.
-    ckpt = out / "checkpoints" / "original-seed0.pt"
+def kill_at_checkpoint(ckpt: Path, argv: list) -> None:
+    """Run ``bsadvisor ARGV`` with every step slowed down and held once ``ckpt`` exists (BSA_BLOCK_AT),
+    then SIGKILL it there: a run killed right after its first checkpoint, whatever the machine's load."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_BLOCK_AT=str(ckpt))
-    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", *map(str, argv)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    ref = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", ref_out)
+    assert ref.returncode == 0, ref.stderr
+
+    # Slow each step down, wait for the original run's first checkpoint (an epoch's end), then SIGKILL.
+    ckpt = out / "checkpoints" / "original-seed0.pt"
+    kill_at_checkpoint(ckpt, ["validate", target_file, *SCHEDULE, *LENIENT, "--out", str(out)])
     done = len(torch.load(ckpt, weights_only=True)["history"])
     assert 1 <= done < 6  # killed part way through the first run
     assert not (out / "results.json").exists()
@@ -459,15 +465,7 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(target_file, t
     assert ref.returncode in (0, 1), ref.stderr
     ckpt = out / "checkpoints" / "original-seed0.pt"
     args = [*SCHEDULE, *LENIENT, "--out", str(out), "--checkpoint-every", "7"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BSA_SLEEP="0.01", BSA_BLOCK_AT=str(ckpt))
-    proc = subprocess.Popen([sys.executable, "-m", "bsadvisor", "validate", target_file, *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_default_sigint)
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_at_checkpoint(ckpt, ["validate", target_file, *args])
     saved = torch.load(ckpt, weights_only=True)
     assert saved["history"] == [] and saved["partial"]["offset"] == 7 * 8  # mid-epoch: 7 batches of 8 into epoch 1
     r = cli("validate", target_file, *args, "--resume")

@@ -204,3 +204,16 @@ def test_a_batch_starts_in_its_stage_and_ends_at_the_epoch():
     # epoch 0: 0,40,80,120 (batch 40; the 4th runs to 160), then 160 (100 → cut at 200); epoch 1: 200, 300
     assert plan_updates(plan) == [(0, 40), (40, 40), (80, 40), (120, 40), (160, 100), (200, 100), (300, 100)]
     assert plan.updates == 7 and [plan.stage_updates(s) for s in plan.stages] == [4, 3]
+
+
+def test_a_csv_table_plan_keeps_each_rows_lr(tmp_path):
+    """A plan cannot re-read a CSV table, so each of its stages holds one constant LR: the hybrid tail
+    over two rows is two stages, and the LR at every epoch is the table's × the factor."""
+    table = tmp_path / "lr.csv"
+    table.write_text("epoch,lr\n0,0.1\n60,0.02\n120,0.004\n160,0.0008\n")
+    p = convert_schedule(batch_size=128, dataset_size=50_000, epochs=200, momentum=0.9, schedule=str(table),
+                         rule="proportional", max_batch=1024, max_fraction=1.0)
+    assert p.original is None and p.stage_batch_sizes() == [128, 640, 1024, 1024]
+    for epoch, lr in ((0, 0.1), (60, 0.02), (120, 0.004), (160, 0.0008), (199, 0.0008)):
+        b = p.at(epoch).batch_size
+        assert math.isclose(p.at(epoch).lr, lr * b / 128, rel_tol=1e-12)  # proportional rule: f(B) = B/B0

@@ -260,7 +260,7 @@ def baseline(options: ConvertOptions) -> Plan:
                                                        for p in pieces]
     per_span = [_Span(p.start, p.end, b0, p.lr, 1.0, p.momentum, r, "original") for p, r in zip(pieces, rho)]
     recorded = options.to_dict()
-    return Plan(stages=_merge(per_span, original.model, g_ref), dataset_size=options.dataset_size,
+    return Plan(stages=_merge(per_span, original.model, g_ref, _rebuildable(options)), dataset_size=options.dataset_size,
                 baseline_updates=original.run.updates(),
                 inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
@@ -340,7 +340,7 @@ def convert(options: ConvertOptions) -> Plan:
                         factor=_stage_factor(options), b0=b0, growth=options.growth_factor)
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
-    stages = _merge(per_span, model, g_ref)
+    stages = _merge(per_span, model, g_ref, _rebuildable(options))
     _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
     return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
                 baseline_updates=original.run.updates(), cap=cap_info, warnings=warnings, notes=notes)
@@ -575,15 +575,28 @@ def _fit_factor(stairs: _Staircase, max_stages: int) -> float:
     return best
 
 
-def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float) -> list[Stage]:
-    """Consecutive spans with the same (batch, LR factor, momentum, phase) become one Stage."""
+def _rebuildable(options: ConvertOptions) -> bool:
+    """Whether a plan can rebuild the original's LR from its recorded inputs (a CSV table is recorded by
+    its path only, so its LR cannot be read again from the plan)."""
+    from bsadvisor.core.schedules import TableSchedule
+
+    return not isinstance(options.schedule, TableSchedule)
+
+
+def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float, follow: bool = True) -> list[Stage]:
+    """Consecutive spans with the same (batch, LR factor, momentum, phase) become one Stage.
+
+    With ``follow`` False (the plan cannot rebuild the original's LR, a CSV table) spans
+    merge only when their LR is the same too: every stage then holds one constant LR.
+    """
+    def key(span: _Span) -> tuple:
+        return (span.batch, span.lr_scale, span.momentum, span.phase) + (() if follow else (span.lr,))
+
     stages: list[Stage] = []
     i = 0
     while i < len(per_span):
         cur, j = per_span[i], i + 1
-        key = (cur.batch, cur.lr_scale, cur.momentum, cur.phase)
-        while j < len(per_span) and (per_span[j].batch, per_span[j].lr_scale, per_span[j].momentum,
-                                     per_span[j].phase) == key:
+        while j < len(per_span) and key(per_span[j]) == key(cur):
             j += 1
         realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref if g_ref > 0 else 1.0
         stages.append(Stage(start_sample=cur.start, end_sample=per_span[j - 1].end, batch_size=cur.batch, lr=cur.lr,

@@ -260,8 +260,8 @@ def baseline(options: ConvertOptions) -> Plan:
                                                        for p in pieces]
     per_span = [_Span(p.start, p.end, b0, p.lr, 1.0, p.momentum, r, "original") for p, r in zip(pieces, rho)]
     recorded = options.to_dict()
-    return Plan(stages=_merge(per_span, original.model, g_ref, _rebuildable(options)), dataset_size=options.dataset_size,
-                baseline_updates=original.run.updates(),
+    stages = _merge(per_span, original.model, g_ref, _rebuildable(options))
+    return Plan(stages=stages, dataset_size=options.dataset_size, baseline_updates=original.run.updates(),
                 inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
 

@@ -55,12 +55,16 @@ class BatchSizeScheduler:
         self.last_step += 1
         self._apply()
 
+    def seek(self, samples_seen: int) -> None:
+        """Go to sample position ``samples_seen`` (a run resumed mid-epoch) and apply its setting."""
+        self.samples_seen = int(samples_seen)
+        self._apply()
+
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of ``epoch`` (for loops that think in epochs; the plan's stages are whole epochs)."""
         if self.plan.dataset_size is None:
             raise UserError("this plan has no data set size (streaming); step() once per update instead")
-        self.samples_seen = int(epoch) * self.plan.dataset_size
-        self._apply()
+        self.seek(int(epoch) * self.plan.dataset_size)
 
     @property
     def done(self) -> bool:

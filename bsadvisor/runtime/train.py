@@ -363,17 +363,16 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                                                   "seen": 0}
     run.partial = part
     run.sampler.set_epoch(epoch)
-    run.scheduler.samples_seen = epoch * n + part["offset"]
-    run.scheduler._apply()
+    run.scheduler.seek(epoch * n + part["offset"])
     perm = run.sampler.permutation(epoch)
     stride = max(1, run.plan.updates // MAX_STEP_RECORDS)
     bad_loss, t0 = None, time.perf_counter()
     for a, b in run.sampler.spans(epoch, part["offset"]):
         idx = perm[a:b]
         if run.updates % stride == 0:
-            setting = run.scheduler._setting
-            run.result.steps.append({"samples": epoch * n + a, "batch_size": len(idx), "lr": setting.lr,
-                                     "momentum": setting.momentum})
+            run.result.steps.append({"samples": epoch * n + a, "batch_size": len(idx),
+                                     "lr": run.scheduler.get_last_lr()[0],
+                                     "momentum": run.scheduler.get_last_momentum()[0]})
         try:
             loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device)
         except UserError:

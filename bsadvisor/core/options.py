@@ -195,12 +195,6 @@ class ConvertOptions:
                             "original batch does not fit; lower --batch-size or allow gradient accumulation",
                             parameters=("max_batch", "batch_size"))
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Reads of the schedule an epoch: a scheduler stepped per iteration is read at each epoch's
-        first step, ceil(N/B0) steps an epoch."""
-        return math.ceil(self.dataset_size / self.batch_size) if self.schedule_unit == "step" else 1
-
     def to_dict(self) -> dict[str, Any]:
         """The options as a plan records them in ``inputs``: the schedule described, ``adam_rule``
         only for the Adam family (where it applies), ``noise_cap_batch`` left to the plan's cap."""

@@ -116,7 +116,7 @@ def _print_runs(doc: dict, con) -> None:
 
     runs = doc["runs"]
     first = next(iter(runs.values()))["summary"]
-    title = Text(f"{doc['target']}: {doc['epochs']} epochs, {doc['seeds']} seed(s), "
+    title = Text(f"{doc['target']}: {doc['epochs']:.4g} epochs, {doc['seeds']} seed(s), "
                  f"{first['examples']:,} examples per run")
     legend = Text("metric: " + ("metric_fn on eval_dataset" if doc["metric"] == "metric" else doc["metric"])
                   + ", mean ± sd over seeds; loss: final training loss; n/a: not finite", style="dim")
@@ -158,7 +158,7 @@ def _print_curves(doc: dict, con) -> None:
     lo_l, hi_l = (min(finite(losses)), max(finite(losses))) if finite(losses) else (None, None)
     name_w = max(len(n) for n in runs)
     width = max(8, min(24, (con.width - name_w - 10) // 2))  # two curves beside the names fit the width
-    curves = Table(title=f"curves over {doc['epochs']} epochs", title_justify="left")
+    curves = Table(title=f"curves over {doc['epochs']:.4g} epochs", title_justify="left")
     for col in ("run", "metric", "training loss"):
         curves.add_column(col, no_wrap=True)
     for name, r in runs.items():

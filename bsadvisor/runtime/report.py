@@ -126,7 +126,7 @@ def report_markdown(doc: dict) -> str:
     v = doc["verdict"]
     lines = [f"# Validation of a batch-growth plan on {_md(doc['target'])}", "",
              f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {_md(verdict_text(doc))}. "
-             f"{doc['seeds']} seed(s), {doc['epochs']} epochs, N = {doc['dataset_size']}"
+             f"{doc['seeds']} seed(s), {doc['epochs']:.4g} epochs, N = {doc['dataset_size']}"
              + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
              f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
              "|---|---|---|---|---|---|"]

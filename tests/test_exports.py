@@ -49,10 +49,21 @@ def test_olmo_in_tokens_with_integer_factors():
     plan = convert_schedule(**LLM, growth_factor=2, seq_len=2048)
     text, rows, notes = export(plan, "olmo")
     lines = text.splitlines()
-    assert lines[0] == "start_tokens,batch_size_tokens,factor"
+    assert lines[0] == "start_tokens,duration_tokens,updates,batch_size_tokens,factor"
     first = plan.stages[0].batch_size
     changes = [s for i, s in enumerate(plan.stages) if i == 0 or s.batch_size != plan.stages[i - 1].batch_size]
-    assert lines[1:] == [f"{s.start_sample * 2048},{s.batch_size * 2048},{s.batch_size // first}" for s in changes]
+    ends = [s.start_sample for s in changes[1:]] + [plan.total_samples]
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(int(r[0]), int(r[1]), int(r[3]), int(r[4])) for r in rows] == [
+        (s.start_sample * 2048, (e - s.start_sample) * 2048, s.batch_size * 2048, s.batch_size // first)
+        for s, e in zip(changes, ends)]
+    # the updates of each group, counted by walking the plan update by update (one pass: no epoch cut)
+    walked, pos = [], 0
+    while pos < plan.total_samples:
+        b = plan.at_sample(pos).batch_size
+        walked.append(pos)
+        pos = min(pos + b, plan.total_samples)
+    assert [int(r[2]) for r in rows] == [sum(1 for p in walked if s.start_sample <= p < e) for s, e in zip(changes, ends)]
     assert not any("integer" in n for n in notes)
     # a plan without --growth-factor has batches that are not integer multiples: said
     _, _, notes = export(convert_schedule(**LLM), "olmo")

@@ -143,28 +143,34 @@ def _tokens(plan, samples: int) -> Optional[int]:
 
 
 def olmo_rows(plan) -> list[dict]:
-    """One row per batch change: where it starts (tokens, else samples) and the batch as a multiple of the first."""
+    """One row per batch change: where it starts, how long it lasts (samples, updates; tokens with a sequence
+    length) and the batch as a multiple of the first (OLMo-core grows the batch by integer factors)."""
     first = plan.stages[0].batch_size
+    counts = plan.updates_per_stage()
+    steps = batch_steps(plan)
+    ends = [step["samples"] for step in steps[1:]] + [plan.total_samples]
     rows = []
-    for step in batch_steps(plan):
+    for step, end in zip(steps, ends):
         factor = step["batch_size"] / first
-        row = {"start_samples": step["samples"], "batch_size": step["batch_size"],
-               "factor": int(factor) if factor.is_integer() else factor}
+        updates = sum(c for s, c in zip(plan.stages, counts) if step["samples"] <= s.start_sample < end)
+        row = {"start_samples": step["samples"], "duration_samples": end - step["samples"], "updates": updates,
+               "batch_size": step["batch_size"], "factor": int(factor) if factor.is_integer() else factor}
         if plan.seq_len:
-            row["start_tokens"] = _tokens(plan, step["samples"])
-            row["batch_size_tokens"] = _tokens(plan, step["batch_size"])
+            row.update(start_tokens=_tokens(plan, step["samples"]), duration_tokens=_tokens(plan, end - step["samples"]),
+                       batch_size_tokens=_tokens(plan, step["batch_size"]))
         rows.append(row)
     return rows
 
 
 def export_olmo(plan) -> str:
-    """An OLMo-core-style batch-size schedule: ``start,batch`` per change, in tokens when the plan has a
-    sequence length (OLMo-core counts the global batch in tokens), else in samples."""
-    tokens = bool(plan.seq_len)
-    lines = ["start_tokens,batch_size_tokens,factor" if tokens else "start_samples,batch_size,factor"]
+    """An OLMo-core-style batch-size schedule: per batch change its start, its duration and its updates, the
+    global batch and its factor over the first; in tokens when the plan has a sequence length (OLMo-core
+    counts the global batch in tokens), else in samples."""
+    unit = "tokens" if plan.seq_len else "samples"
+    batch = "batch_size_tokens" if plan.seq_len else "batch_size"
+    lines = [f"start_{unit},duration_{unit},updates,{batch},factor"]
     for r in olmo_rows(plan):
-        start, batch = (r["start_tokens"], r["batch_size_tokens"]) if tokens else (r["start_samples"], r["batch_size"])
-        lines.append(f"{start},{batch},{fmt_number(r['factor'])}")
+        lines.append(f"{r['start_' + unit]},{r['duration_' + unit]},{r['updates']},{r[batch]},{fmt_number(r['factor'])}")
     return "\n".join(lines) + "\n"
 
 

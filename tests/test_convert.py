@@ -598,3 +598,14 @@ def test_library_errors_name_parameters_and_the_cli_spells_them_as_options():
     assert shown.startswith("--batch-size 600 is larger than --dataset-size 500")
     # a command without such an option leaves the library's name as it is
     assert as_typed(info.value, ["export"]).startswith("batch_size 600")
+
+
+def test_the_cli_spells_parameters_but_not_words_or_file_names():
+    """A parameter named like an English word (probe) becomes its option only as a whole word, never
+    inside a file name (probe.json) or a longer name."""
+    from bsadvisor.cli.app import as_typed
+
+    err = UserError("noise_cap needs a measured noise scale: give probe (a probe.json file)",
+                    parameters=("noise_cap", "probe"))
+    assert as_typed(err, ["convert-schedule"]) == \
+        "--noise-cap needs a measured noise scale: give --probe (a probe.json file)"

@@ -217,3 +217,8 @@ def test_a_csv_table_plan_keeps_each_rows_lr(tmp_path):
     for epoch, lr in ((0, 0.1), (60, 0.02), (120, 0.004), (160, 0.0008), (199, 0.0008)):
         b = p.at(epoch).batch_size
         assert math.isclose(p.at(epoch).lr, lr * b / 128, rel_tol=1e-12)  # proportional rule: f(B) = B/B0
+
+
+def test_growth_factor_needs_a_start_batch_that_splits_evenly():
+    with pytest.raises(UserError, match="^growth_factor makes every batch B0"):
+        convert_schedule(**LLM, growth_factor=2, world_size=3)  # 500 is not a multiple of 3

@@ -93,7 +93,8 @@ def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
             flags[param.name.rstrip("_")] = param.opts[0]
     for name in names:
         if name in flags:
-            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], text)
+            # a whole word, not part of another (max_batch_size) or of a file name (probe.json)
+            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-]|\.\w)", flags[name], text)
     return text
 
 

@@ -333,6 +333,11 @@ def convert(options: ConvertOptions) -> Plan:
 
     base = _base_point(options, original.pieces[peak], g_ref, model, notes, warnings)
     rounding = Rounding(options.round_to, options.world_size, options.micro_batch)
+    if options.growth_factor is not None and not rounding.allows(b0):
+        # integer growth multiplies B0 itself: it must already split evenly for every stage to
+        raise UserError(f"growth_factor makes every batch B0 × {options.growth_factor}^i, but batch_size {b0} is not "
+                        f"one of the allowed batches ({rounding.describe()}); give a batch_size that is, or leave "
+                        "out growth_factor", parameters=("growth_factor", "batch_size"))
     cap_info, b_start, b_base = _cap(options, rounding, base, warnings)
     stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak), peak=peak,
                         g_ref=g_ref, model=model, lr_base=base.lr, m_base=base.momentum, b_base=b_base,

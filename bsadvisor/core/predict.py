@@ -143,8 +143,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         check_probe_matches(result, explicit.get("dataset_size"))
         given = probe_defaults(result, devices, accumulation)
     elif (devices != 1 or accumulation != 1) and explicit.get("max_batch") is None:
-        raise UserError("world_size and grad_accum scale the probe's device cap: give probe (a probe.json) "
-                        "or max_batch directly", parameters=("world_size", "grad_accum", "probe", "max_batch"))
+        raise UserError("world_size and grad_accum scale the measured device cap: give probe (a probe.json "
+                        "file) or max_batch directly", parameters=("world_size", "grad_accum", "probe", "max_batch"))
     given.update(explicit)
     for required in ("batch_size", "dataset_size", "epochs", "schedule"):
         if required == "dataset_size" and given.get("streaming"):
@@ -159,7 +159,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     noise_cap_batch = None
     if noise_cap is not None:
         if result is None:
-            raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json)",
+            raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json file)",
                             parameters=("noise_cap", "probe"))
         noise_cap_batch = noise_cap * result.noise.b_simple
     plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,

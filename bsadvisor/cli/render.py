@@ -122,11 +122,12 @@ def plan_rows(plan: Plan) -> list[dict]:
     update: inside a stage it follows the original schedule × the stage's factor.
     """
     b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
-    counts = dict(zip(map(id, plan.stages), plan.updates_per_stage()))
     aligned = plan.epoch_aligned
     rows = []
-    for (batch, phase), segs in groupby(plan.stages, key=lambda s: (s.batch_size, s.phase)):
-        segs = list(segs)
+    pairs = zip(plan.stages, plan.updates_per_stage())
+    for (batch, phase), group in groupby(pairs, key=lambda p: (p[0].batch_size, p[0].phase)):
+        group = list(group)
+        segs = [s for s, _ in group]
         first, last = segs[0], segs[-1]
         lr_end = plan.lr_at(last, max(last.start_sample, last.end_sample - batch))
         where = (plan.epoch_of(first.start_sample), plan.epoch_of(last.end_sample)) if aligned else (
@@ -136,7 +137,7 @@ def plan_rows(plan: Plan) -> list[dict]:
             "lr": (first.lr, lr_end), "lr_scale": first.lr_scale if len({s.lr_scale for s in segs}) == 1 else None,
             "momentum": first.momentum, "momenta": {s.momentum for s in segs},
             "temperature": (first.temperature, last.temperature * (lr_end / last.lr if last.lr else 1.0)),
-            "updates": sum(counts[id(s)] for s in segs),
+            "updates": sum(count for _, count in group),
             "noise": math.sqrt(b0 / batch),
             "predicted_seconds": sum(s.extra.get("predicted_seconds") or 0.0 for s in segs)
             if any("predicted_seconds" in s.extra for s in segs) else None,

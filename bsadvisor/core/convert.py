@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Optional
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.core.schedules import Schedule
+from bsadvisor.core.schedules import Schedule, TableSchedule
 from bsadvisor.core.temperature import TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
@@ -583,8 +583,6 @@ def _fit_factor(stairs: _Staircase, max_stages: int) -> float:
 def _rebuildable(options: ConvertOptions) -> bool:
     """Whether a plan can rebuild the original's LR from its recorded inputs (a CSV table is recorded by
     its path only, so its LR cannot be read again from the plan)."""
-    from bsadvisor.core.schedules import TableSchedule
-
     return not isinstance(options.schedule, TableSchedule)
 
 

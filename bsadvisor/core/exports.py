@@ -30,7 +30,7 @@ def export(plan: Plan, format_name: str) -> tuple[str, list[dict], list[str]]:
     """(text, rows, notes) of ``plan`` in ``format_name`` (one of EXPORT_FORMATS)."""
     fmt = check_format(format_name)
     if fmt == "megatron":
-        return export_megatron(plan), megatron_pairs(plan), megatron_notes(plan)
+        return export_megatron(plan), batch_steps(plan), megatron_notes(plan)
     if fmt == "olmo":
         return export_olmo(plan), olmo_rows(plan), olmo_notes(plan)
     return export_csv(plan), csv_rows(plan), []
@@ -65,16 +65,13 @@ def megatron_ramp(plan) -> Optional[tuple[int, int, int]]:
     start = steps[0]["batch_size"]
     increment = steps[1]["batch_size"] - start
     every = steps[1]["samples"]
+    if increment <= 0:  # Megatron only ramps up
+        return None
     for k, step in enumerate(steps):
         if step["batch_size"] != start + k * increment or step["samples"] != k * every:
             return None
     increments = len(steps) - 1
     return start, increment, every * increments
-
-
-def megatron_pairs(plan) -> list[dict]:
-    """The batch changes (:func:`batch_steps`), the rows of the megatron export."""
-    return batch_steps(plan)
 
 
 def export_megatron(plan) -> str:
@@ -83,7 +80,7 @@ def export_megatron(plan) -> str:
     if ramp is not None:
         final = batch_steps(plan)[-1]["batch_size"]
         return f"--rampup-batch-size {ramp[0]} {ramp[1]} {ramp[2]} --global-batch-size {final}\n"
-    return " ".join(f"{p['samples']}:{p['batch_size']}" for p in megatron_pairs(plan)) + "\n"
+    return " ".join(f"{p['samples']}:{p['batch_size']}" for p in batch_steps(plan)) + "\n"
 
 
 def megatron_notes(plan) -> list[str]:
@@ -101,14 +98,13 @@ def megatron_notes(plan) -> list[str]:
 def constant_lr(plan) -> Optional[float]:
     """The plan's LR if it is the same at every update (the batch growth took over the whole decay), else None."""
     points = {s.start_sample for s in plan.stages}
-    scaled = any(s.lr_scale is not None for s in plan.stages)
-    if scaled and plan.original is not None:
+    # where a stage follows the original, the LR changes where the original's does (without the
+    # original, at_sample gives each stage's constant LR, so the stage starts are enough)
+    if any(s.lr_scale is not None for s in plan.stages) and plan.original is not None:
         for start, _end, smooth in plan.original.pieces():
             if smooth:
                 return None
             points.add(start)
-    elif scaled:
-        return None
     lrs = [plan.at_sample(p).lr for p in sorted(points)]
     # a factor × the original's LR is the same number up to float rounding (5 × 0.02 = 0.10000000000000002)
     return lrs[0] if all(math.isclose(x, lrs[0], rel_tol=1e-9) for x in lrs) else None

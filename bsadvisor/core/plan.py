@@ -162,6 +162,13 @@ class Plan:
         s = self.stages[self.stage_index_at_sample(sample)]
         return Setting(s.batch_size, self.lr_at(s, sample), s.momentum)
 
+    def update_end(self, sample: int) -> int:
+        """Where the update that starts at ``sample`` ends: its stage's batch later, cut at the end of the
+        epoch or of the run (the one rule the sampler, the scheduler and ``updates`` follow)."""
+        n, total = self.dataset_size, self.total_samples
+        end = total if n is None else min(total, (sample // n + 1) * n)
+        return min(sample + self.at_sample(min(sample, total - 1)).batch_size, end)
+
     def lr_at(self, stage: Stage, sample: int) -> float:
         """The LR of ``stage`` at ``sample``: its scale × the original's LR there, else its constant LR."""
         if stage.lr_scale is None or sample <= stage.start_sample:

@@ -81,9 +81,8 @@ class PlanBatchSampler:
         end = min(n, total - first)
         out, o = [], offset
         while o < end:
-            b = self.plan.at_sample(first + o).batch_size
-            stop = min(o + b, end)
-            if self.drop_last and stop - o < b:
+            stop = self.plan.update_end(first + o) - first
+            if self.drop_last and stop - o < self.plan.at_sample(first + o).batch_size:
                 break
             out.append((o, stop))
             o = stop

@@ -45,9 +45,8 @@ class BatchSizeScheduler:
 
     def _batch_here(self) -> int:
         """Examples in the update that starts at ``samples_seen``: the plan's batch, cut at the epoch's end."""
-        s, n, total = self.samples_seen, self.plan.dataset_size, self.plan.total_samples
-        end = total if n is None else min(total, (s // n + 1) * n)
-        return max(0, min(self.plan.at_sample(min(s, total - 1)).batch_size, end - s))
+        s = self.samples_seen
+        return max(0, self.plan.update_end(s) - s) if s < self.plan.total_samples else 0
 
     def step(self, samples: Optional[int] = None) -> None:
         """After an optimizer update: move on by ``samples`` (default: the planned batch here) and apply."""

@@ -20,6 +20,7 @@ _LAZY = {
     "parse_schedule": "core.schedules",
     "UserError": "core.errors",
     "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
+    "NoiseModel": "core.noise_model", "load_trace": "core.noise_model",
     # targets: what is trained and probed
     "Target": "targets.target", "load_target": "targets.loading",
     # measure: the probe
@@ -27,6 +28,7 @@ _LAZY = {
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
+    "NoiseMonitor": "runtime.monitor",
     "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
     "current_dist": "runtime.distributed:current",
 }

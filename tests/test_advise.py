@@ -76,7 +76,9 @@ def test_predicted_time_and_efficiency_follow_the_formulas(probe_file):
     for s in plan.stages:
         micro = math.ceil(s.batch_size / math.ceil(s.batch_size / 256))
         assert s.extra["predicted_seconds"] == pytest.approx(s.samples / rate(micro), rel=1e-12)
-        b_noise = 400.0 * g_probe / g(s.lr, s.momentum, s.batch_size)
+        middle = (s.start_sample + s.end_sample) // 2  # figures at the stage's middle, its LR there (eq. 16)
+        lr_mid = s.lr_scale * LR * 0.2 ** sum(middle >= m * N for m in (3, 6, 8))
+        b_noise = 400.0 * g_probe / g(lr_mid, s.momentum, s.batch_size)
         assert s.extra["b_noise"] == pytest.approx(b_noise, rel=1e-12)
         assert s.extra["efficiency"] == pytest.approx(1 / (1 + s.batch_size / b_noise), rel=1e-12)
         assert s.extra["step_efficiency"] == pytest.approx(1 / (1 + b_noise / s.batch_size), rel=1e-12)
@@ -91,17 +93,95 @@ def test_predicted_time_and_efficiency_follow_the_formulas(probe_file):
     assert "probe" not in bare.to_dict() and all("efficiency" not in s for s in bare.to_dict()["stages"])
 
 
-def test_noise_cap_caps_and_flags(tmp_path):
+def test_growth_far_past_the_noise_scale_is_flagged_where_it_happens(tmp_path):
+    # B0 = 32 against B_simple = 2 at the probe's temperature: 16× B_noise at the start
     path = tmp_path / "p.json"
-    path.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=50.0)))
+    path.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=2.0)))
     flagged = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
-    assert any("noise scale" in w for w in flagged.warnings)  # 800 > 10 × 50
-    capped = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=3)
-    assert capped.cap == {**capped.cap, "batch_size": 150, "limited_by": "noise_scale"}
-    assert max(capped.batch_sizes()) == 150
-    # past the cap the LR carries the rest (hybrid, exact rule): ε = ε0·ρ·(N/B0−1)/(N/B_cap−1)
-    assert capped.at(8).batch_size == 150
-    assert capped.at(8).lr == pytest.approx(LR * 0.2**3 * (N / B0 - 1) / (N / 150 - 1), rel=1e-12)
+    warning = next(w for w in flagged.warnings if "noise scale there" in w)
+    first = flagged.stages[0]
+    assert f"batch {first.batch_size:,} " in warning and "B_noise ≈ 2 at sample 0" in warning
+    # B_simple = 400: B_noise grows as 1/T as fast as the plan's batch, so nothing is flagged
+    path.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=400.0)))
+    assert not any("noise scale there" in w for w in plan_from_options(
+        probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0).warnings)
+
+
+def _trace(tmp_path, points):
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"schema": "bsadvisor.noise_trace/1", "points": [
+        {"sample": s, "b_simple": b, "ci90": [b * 0.9, b * 1.1], "ci_kind": "bounded", "lr": lr, "momentum": M,
+         "batch_size": B0} for s, b, lr in points]}))
+    return path
+
+
+def test_noise_cap_from_a_trace_caps_and_the_lr_carries_the_rest(tmp_path):
+    # A trace whose B_simple stays at 50 while the LR falls 125×: B_noise no longer grows as 1/T, so a
+    # cap of 3 × B_noise(s) binds and the LR carries the rest of the decay (hybrid, exact rule).
+    trace = _trace(tmp_path, [(0, 50.0, LR), (10 * N, 50.0, LR * 0.2 ** 3)])
+    probe_file = tmp_path / "probe.json"
+    probe_file.write_text(json.dumps(probe_doc(max_batch=100000)))
+    capped = plan_from_options(probe=probe_file, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=3,
+                               noise_trace=trace)
+    t0, t_end = g(LR, M, B0), g(LR * 0.2 ** 3, M, B0)
+
+    def b_noise(sample):  # eq. 16: B·T interpolated log-linearly between the two points, over T(s)
+        bt = 50.0 * t0 * (t_end / t0) ** (sample / (10 * N))
+        return bt / g(LR * 0.2 ** sum(sample >= m * N for m in (3, 6, 8)), M, B0)
+
+    assert capped.cap["noise_scale"] == math.floor(3 * b_noise(8 * N))  # the last piece's cap
+    assert capped.cap["limited_by"] == "noise_scale"
+    for st in capped.stages:
+        assert st.batch_size <= 3 * b_noise(st.start_sample) * (1 + 1e-12)
+    last = capped.at(8)
+    assert last.batch_size == math.floor(3 * b_noise(8 * N)) and capped.stages[-1].phase == "hybrid"
+    assert last.lr == pytest.approx(LR * 0.2 ** 3 * (N / B0 - 1) / (N / last.batch_size - 1), rel=1e-12)
+    assert capped.inputs["noise_trace"] == str(trace) and capped.probe["noise_model"]["source"] == "trace"
+
+
+def test_noise_cap_follows_the_temperature_under_adam(tmp_path):
+    # Adam, square-root rule: the target batch grows as 1/ρ², B_noise as 1/ρ, so a cap of
+    # K·B_noise(s) binds later in the run (not at its start): hybrid from there.
+    doc = probe_doc(max_batch=100000, b_simple=100.0)
+    doc["settings"]["optimizer"] = "adam"
+    doc["settings"]["momentum"] = 0.9
+    path = tmp_path / "adam.json"
+    path.write_text(json.dumps(doc))
+    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=2)
+
+    def t_adam(lr, b):  # T ∝ η·√(N/B − 1) (Malladi et al.), Adam's β1 not in it
+        return lr * math.sqrt(N / b - 1)
+
+    for s in plan.stages:
+        rho = 0.2 ** sum(s.start_sample >= m * N for m in (3, 6, 8))
+        cap = 2 * 100.0 * t_adam(LR, B0) / t_adam(LR * rho, B0)
+        assert s.batch_size <= cap
+        # the cap, the efficiency and the warning read the same B_noise (eq. 16)
+        assert s.extra["efficiency"] == pytest.approx(1 / (1 + s.batch_size / s.extra["b_noise"]), rel=1e-12)
+    assert any(s.phase == "hybrid" for s in plan.stages) and plan.stages[0].phase != "hybrid"
+    assert plan.cap["limited_by"] == "noise_scale"
+
+
+def test_noise_cap_refuses_an_estimate_without_a_bounded_interval(tmp_path):
+    from bsadvisor.core.errors import UserError
+
+    doc = probe_doc(b_simple=400.0)
+    doc["noise"].update(ci90=[150.0, None], ci_kind="lower-bound")
+    path = tmp_path / "open.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="not a usable cap.*--budget-seconds.*--batch-size"):
+        plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, noise_cap=10)
+    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE)  # without a cap: no efficiency, a warning
+    assert all("efficiency" not in s.extra for s in plan.stages)
+    assert any("no upper bound" in w for w in plan.warnings)
+    # a negative estimate never becomes a cap either
+    doc = probe_doc(b_simple=400.0)
+    doc["noise"].update(b_simple=-85.0, ci90=[0.0, None], ci_kind="unbounded")
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="not a usable cap"):
+        plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, noise_cap=10)
+    r = run_cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE, "--noise-cap", "10")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_export_formats():

@@ -61,16 +61,85 @@ def test_averaging_before_dividing_differs_from_mean_of_ratios():
     assert est.b_simple > 0
 
 
-def test_delta_fallback_when_denominator_insignificant():
+def _fieller_statistic(num, den, r):
+    """(n̄ − r·d̄)² / Var(n̄ − r·d̄): Fieller's set is where this is ≤ t² (computed here independently)."""
+    n = len(num)
+    diff = np.asarray(num) - r * np.asarray(den)
+    return diff.mean() ** 2 / (diff.var(ddof=1) / n)
+
+
+def test_insignificant_denominator_gives_a_lower_bound_not_an_interval_through_zero():
+    from scipy import stats
+
     num = np.array([10.0, 12.0, 9.0, 11.0])
     den = np.array([1.0, -1.0, 0.5, -0.2])
-    r, (lo, hi), method = noise.ratio_interval(num, den)
-    assert method == "delta"
-    assert lo < r < hi
+    r, (lo, hi), kind = noise.ratio_interval(num, den)
+    assert kind == "lower-bound" and hi == math.inf and lo > 0
+    t2 = stats.t.ppf(0.95, df=3) ** 2
+    assert _fieller_statistic(num, den, lo) == pytest.approx(t2, rel=1e-9)  # lo is the set's edge
+    assert _fieller_statistic(num, den, lo * 10) < t2  # everything above it is in the set
+    assert _fieller_statistic(num, den, lo * 0.9) > t2
+
+
+def test_nothing_significant_gives_no_information():
+    num = np.array([1.0, -1.0, 0.5, -0.4])
+    den = np.array([1.0, -1.0, 0.5, -0.2])
+    r, ci, kind = noise.ratio_interval(num, den)
+    assert kind == "unbounded" and ci == (0.0, math.inf)
+    est = noise.estimate([3.0, 1.0, 2.0], [3.5, 0.5, 2.0], 1, 4)  # tr Σ estimates of both signs
+    assert not est.usable and est.rel_halfwidth == math.inf
+
+
+def test_negative_estimate_is_never_usable():
+    # |G_b|² below |G_B|² on average: tr Σ < 0, B_simple < 0, whatever the interval says
+    est = noise.estimate([1.0, 1.1, 0.9, 1.0], [2.0, 2.1, 1.9, 2.05], 1, 4)
+    assert est.b_simple < 0 and not est.usable
+    assert not noise.usable(-5.0, "bounded") and not noise.usable(float("nan"), "bounded")
+    assert "no upper bound" in noise.describe_interval(5.0, (2.0, math.inf), "lower-bound")
+
+
+def _finite_population(rng, n, d):
+    grads = rng.standard_normal((n, d)) + 0.12
+    G = grads.mean(0)
+    trace = ((grads - G) ** 2).sum(1).mean()  # tr Σ over the data set (1/N)
+    return grads, trace, float(G @ G)
+
+
+def test_finite_data_exact_expectations():
+    # Without replacement E|G_b|² = |G|² + tr Σ·(1/b − 1/N)·N/(N − 1) (eq. 17): fed those, the
+    # corrected estimator gives back tr Σ and |G|² exactly, the uncorrected one B/(1 − B/N) (eq. 18).
+    n, b, B, tr, g2 = 200, 10, 80, 90.0, 1.5
+
+    def expect(size):
+        return g2 + tr * (1 / size - 1 / n) * n / (n - 1)
+
+    est = noise.estimate([expect(b)] * 3, [expect(B)] * 3, b, B, dataset_size=n)
+    assert est.trace_sigma == pytest.approx(tr, rel=1e-12)
+    assert est.grad_sq_norm == pytest.approx(g2, rel=1e-12)
+    naive = noise.estimate([expect(b)] * 3, [expect(B)] * 3, b, B).b_simple
+    assert naive == pytest.approx((tr / g2) / (1 - (tr / g2) / (n - 1)) * n / (n - 1), rel=1e-12)
+
+
+def test_finite_data_sampling_without_replacement():
+    rng = np.random.default_rng(5)
+    n, d, b, k = 240, 6, 12, 8
+    grads, trace, g2 = _finite_population(rng, n, d)
+    truth = trace / g2
+    small, big = [], []
+    for _ in range(6000):
+        idx = rng.permutation(n)[:b * k].reshape(k, b)  # one batch of B = k·b without replacement
+        micro = grads[idx].mean(1)
+        small.append((micro ** 2).sum(1).mean())
+        big.append((micro.mean(0) ** 2).sum())
+    corrected = noise.estimate(small, big, b, b * k, dataset_size=n)
+    naive = noise.estimate(small, big, b, b * k)
+    assert truth / (1 - truth / n) > truth * 1.05  # the correction matters here
+    assert corrected.ci90[0] <= truth <= corrected.ci90[1]
+    assert not naive.ci90[0] <= truth <= naive.ci90[1]
 
 
 def test_rel_halfwidth_and_sqrt_table():
-    st = noise.NoiseStats(1, 1, 10.0, (8.0, 13.0), "fieller", 5, 1, 2)
+    st = noise.NoiseStats(1, 1, 10.0, (8.0, 13.0), "bounded", 5, 1, 2)
     assert st.rel_halfwidth == pytest.approx(0.3)
     rows = noise.sqrt_table(16.0, 64, max_batch=300)
     assert [r["batch_size"] for r in rows] == [64, 128, 256]
@@ -83,3 +152,5 @@ def test_bad_arguments():
         noise.per_draw_terms([1.0], [1.0], 4, 4)
     with pytest.raises(ValueError):
         noise.per_draw_terms([1.0, 2.0], [1.0], 1, 4)
+    with pytest.raises(ValueError):
+        noise.per_draw_terms([1.0], [1.0], 1, 4, dataset_size=3)  # B > N

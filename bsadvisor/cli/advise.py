@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console
 from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, GradAccum, IncreaseLr, Lr, MaxBatch, MaxFraction,
-                                   MaxStages, Momentum, MomentumTo, NoiseCap, RoundTo, Rule, ScheduleOpt, ScheduleUnit,
+                                   MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, RoundTo, Rule, ScheduleOpt, ScheduleUnit,
                                    StageFactor, WorldSize)
 from bsadvisor.core.errors import UserError
 
@@ -35,7 +35,7 @@ ADVISE_EXAMPLES = """
 # The convert-schedule options advise takes, in the order a printed command gives them.
 CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedule_unit", "rule", "max_batch",
                    "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
-                   "adam_rule", "world_size", "grad_accum", "noise_cap")
+                   "adam_rule", "world_size", "grad_accum", "noise_cap", "noise_trace")
 PROBE_DEFAULTS = {"device": "auto", "budget_seconds": 12.0, "seed": 0}
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
@@ -48,7 +48,7 @@ def advise_cmd(
     max_fraction: MaxFraction = None, round_to: RoundTo = None, max_stages: MaxStages = None,
     stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
     adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None,
-    noise_cap: NoiseCap = None,
+    noise_cap: NoiseCap = None, noise_trace: NoiseTrace = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = PROBE_DEFAULTS["device"],
     budget_seconds: Annotated[float, typer.Option(
         "--budget-seconds", help="Time budget of the probe.")] = PROBE_DEFAULTS["budget_seconds"],
@@ -65,7 +65,7 @@ def advise_cmd(
     check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
 
     from bsadvisor.core.fileio import write_json
-    from bsadvisor.core.predict import plan_from_options
+    from bsadvisor.core.predict import noise_model_of, plan_from_options, start_batch_advice
     from bsadvisor.targets.loading import load_target
 
     with _progress(quiet=json_) as progress:
@@ -73,7 +73,7 @@ def advise_cmd(
         tgt = load_target(target)
         has_bn = has_batchnorm(tgt.model)
         # the same conversion with the target's settings and no cap: bad options fail before the probe
-        dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap")}
+        dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
         plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
                              "batch_size": batch_size if batch_size is not None else tgt.batch_size,
                              "momentum": momentum if momentum is not None else tgt.momentum,
@@ -81,16 +81,19 @@ def advise_cmd(
         from bsadvisor.measure.probe import probe as run_probe
 
         result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
+    if probe_out is not None:  # first: a plan refused below (an unusable --noise-cap) keeps the measurement
+        write_json(probe_out, result.to_dict())
     plan = plan_from_options(probe=result, **options)
     batchnorm_warning(plan, has_bn)
-    if probe_out is not None:
-        write_json(probe_out, result.to_dict())
+    advice = start_batch_advice(plan, noise_model_of(result, options["noise_trace"]),
+                                lambda k: plan_from_options(probe=result, **{**options, "increase_lr": k}))
     if out is not None:
         plan.save(out)
     if json_:
-        emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict()})
+        emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict(), "advice": advice})
         return
     _print_advice(target, result, plan, out, probe_out, options, probe_opts)
+    _print_start_advice(advice, plan)
 
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
@@ -114,6 +117,10 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     if not DEVICE_RE.fullmatch(probe_opts["device"] or ""):
         raise UserError(f"--device must be cpu, cuda, cuda:N or auto, got {probe_opts['device']!r}")
     parse_schedule(options["schedule"])
+    if options["noise_trace"] is not None:
+        from bsadvisor.core.noise_model import load_trace
+
+        load_trace(options["noise_trace"])  # a bad trace fails before the probe
     if out is not None:
         check_destination(out, "--out")
     if probe_out is not None:
@@ -156,6 +163,37 @@ def _progress(quiet: bool):
         yield lambda phase, frac: bar.update(task, description=phase, completed=frac)
 
 
+def time_range(pred: dict, prefix: str = "") -> str:
+    """``12.3 s (11.0–14.1)``: the median prediction and the range of the repeated timings."""
+    from bsadvisor.cli.render import fmt_seconds
+
+    mid, low, high = (pred.get(f"{prefix}predicted_seconds{s}") for s in ("", "_low", "_high"))
+    if low is None or high is None or abs(high - low) < 0.005 * mid:
+        return fmt_seconds(mid)
+    return f"{fmt_seconds(mid)} ({fmt_seconds(low)}–{fmt_seconds(high)})"
+
+
+def _print_start_advice(advice: Optional[dict], plan) -> None:
+    """B0 well below the noise scale: say so, with the §5.2 variants that start at a larger batch."""
+    if not advice or not advice["variants"]:
+        return
+    from rich.text import Text
+
+    from bsadvisor.cli.render import FitTable, fmt_seconds
+
+    console.print(Text(
+        f"Your batch {advice['b0']:,} is well below the noise scale at the start (B_noise ≈ "
+        f"{advice['b_noise_at_start']:,.0f}; each example keeps {advice['efficiency_at_b0']:.0%} of its value): "
+        "a larger starting batch with a proportionally larger LR keeps the temperature and saves updates "
+        "(Smith et al. §5.2; validate before adopting, large factors cost some accuracy):", style="bold"))
+    rows = [[f"--increase-lr {v['increase_lr']:.3g}", f"{v['start_batch']:,}", f"{v['updates']:,}",
+             f"{plan.updates / v['updates']:.2f}×", f"{v['efficiency_at_start']:.2f}",
+             fmt_seconds(v["predicted_seconds"]) if v["predicted_seconds"] is not None else ""]
+            for v in advice["variants"]]
+    console.print(FitTable("Starting larger", [("variant", "left"), ("start batch", "right"), ("updates", "right"),
+                                               ("fewer", "right"), ("eff.", "right"), ("predicted", "right")], rows))
+
+
 def _arg(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -194,11 +232,13 @@ def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opt
 
     from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary
 
+    from bsadvisor.core.noise import describe_interval
+
     noise, mem = result.noise, result.memory
-    lo, hi = noise.ci90
     console.print(Text.assemble(
         ("Measured on ", "bold"), (target, "bold"),
-        f" ({result.settings.device}): noise scale B_simple ≈ {noise.b_simple:,.0f} (90% CI {lo:,.0f}–{hi:,.0f}), "
+        f" ({result.settings.device}): noise scale B_simple ≈ "
+        f"{describe_interval(noise.b_simple, noise.ci90, noise.ci_kind)}, "
         f"device cap {mem.max_batch:,} per device → plan cap {plan.cap.get('batch_size'):,} "
         f"({plan.cap.get('limited_by')})"))
     for w in getattr(result, "warnings", None) or []:
@@ -210,9 +250,8 @@ def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opt
     console.print(FitTable(
         "Original schedule vs plan",
         [("", "left"), ("updates", "right"), ("examples", "right"), ("predicted time", "right")],
-        [["original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}",
-          fmt_seconds(pred["baseline_predicted_seconds"])],
-         ["plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", fmt_seconds(pred["predicted_seconds"])],
+        [["original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}", time_range(pred, "baseline_")],
+         ["plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", time_range(pred)],
          ["ratio", f"{plan.baseline_updates / plan.updates:.2f}×", "1×", f"{speed:.2f}×"]]))
     console.print(Text("Next", style="bold"))
     for what, cmd in next_commands(target, out or Path("plan.json"), out, probe_out, options, probe_opts):

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from bsadvisor.cli.app import app, console, emit_json
 from bsadvisor.cli.options import (AdamRule, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
                                    IncreaseLr, JsonOut, Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum,
-                                   MomentumTo, NoiseCap, Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt,
+                                   MomentumTo, NoiseCap, NoiseTrace, Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt,
                                    ScheduleUnit, SeqLen, StageFactor, Streaming, TotalSamples, TotalSteps, WorldSize)
 from bsadvisor.core.errors import UserError
 
@@ -31,7 +31,7 @@ def _config_spec() -> dict[str, Any]:
         "max_fraction": S.Num(low=0, high=1, low_open=True), "round_to": count, "max_stages": count,
         "stage_factor": S.Num(low=1), "increase_lr": S.Num(low=1), "momentum_to": fraction,
         "probe": S.Str(max_len=4096), "world_size": count, "grad_accum": count,
-        "noise_cap": S.Num(low=0, low_open=True), "micro_batch": count,
+        "noise_cap": S.Num(low=0, low_open=True), "micro_batch": count, "noise_trace": S.Str(max_len=4096),
     }
 
 
@@ -156,7 +156,7 @@ def convert_schedule_cmd(
     round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
     increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
     probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
-    micro_batch: MicroBatch = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
+    micro_batch: MicroBatch = None, noise_trace: NoiseTrace = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
     streaming: Streaming = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
     config: Config = None, json_: JsonOut = False, out: Out = None,
 ) -> None:

@@ -66,7 +66,7 @@ MaxStages = Annotated[Optional[int], typer.Option(
     "--max-stages", help="At most this many distinct batch sizes." + _default("no limit"), show_default=False)]
 StageFactor = Annotated[Optional[float], typer.Option(
     "--stage-factor", help="New batch only when the target grew by this factor (the LR carries the rest). "
-                           "\\[default: 1 for step schedules, 2 for smooth ones]", show_default=False)]
+                           "\\[default: 1 for step schedules; for smooth ones 2 read per epoch, 1.25 read per step]", show_default=False)]
 IncreaseLr = Annotated[Optional[float], typer.Option(
     "--increase-lr", help="Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).", show_default=False)]
 MomentumTo = Annotated[Optional[float], typer.Option(
@@ -91,5 +91,10 @@ MicroBatch = Annotated[Optional[int], typer.Option(
                               "world size × this is world size × k steps × an equal micro-batch.  \\[default: the "
                               "probe's max batch]", show_default=False)]
 NoiseCap = Annotated[Optional[float], typer.Option(
-    "--noise-cap", help="Cap the batch at K × the measured noise scale B_simple (needs --probe; 10 is a "
-                        "sensible K).  \\[default: off, growth past 10× is flagged]", show_default=False)]
+    "--noise-cap", help="Cap the batch at K × the noise scale B_noise(s): the probe's B_simple scaled by the "
+                        "temperature, or --noise-trace (10 is a sensible K; an estimate without a bounded interval "
+                        "is refused).  \\[default: off, growth past 10× is flagged]", show_default=False)]
+NoiseTrace = Annotated[Optional[Path], typer.Option(
+    "--noise-trace", help="B_simple measured through training: results.json of `bsadvisor validate` (its original "
+                          "run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "
+                          "column and the warnings.", show_default=False)]

@@ -120,6 +120,8 @@ def _summary(r, format_bytes, out, con=None) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval, usable
+
     con = con or console
     n, s, m = r.noise, r.settings, r.memory
     world = getattr(s, "world_size", 1)
@@ -127,9 +129,10 @@ def _summary(r, format_bytes, out, con=None) -> None:
     con.print(f"[bold]bsadvisor probe[/bold] {escape(str(r.target))}  ({escape(where)}, {escape(s.optimizer)}, "
               f"lr {s.lr:g}, momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, "
               f"{s.warmup_steps} warmup steps)")
-    lo, hi = n.ci90
     conv = "" if n.converged else f"  [yellow](interval wider than ±{s.target_rel_ci:.0%}: raise --budget-seconds)[/yellow]"
-    con.print(f"Gradient noise scale B_simple = [bold]{n.b_simple:.4g}[/bold]  90% CI [{lo:.4g}, {hi:.4g}]{conv}")
+    con.print(f"Gradient noise scale B_simple = {escape(describe_interval(n.b_simple, n.ci90, n.ci_kind, '.4g'))}{conv}")
+    if not usable(n.b_simple, n.ci_kind):
+        con.print(f"  [yellow]{escape(UNUSABLE_ADVICE)}[/yellow]")
     draws = getattr(s, "draws", None)
     how = (f"{n.draws} draws fixed by --draws: the same --seed gives the same B_simple" if draws is not None else
            f"{n.draws} draws in the time budget: B_simple varies between runs; --draws N makes it reproducible")

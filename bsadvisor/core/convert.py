@@ -338,11 +338,12 @@ def convert(options: ConvertOptions) -> Plan:
         raise UserError(f"growth_factor makes every batch B0 × {options.growth_factor}^i, but batch_size {b0} is not "
                         f"one of the allowed batches ({rounding.describe()}); give a batch_size that is, or leave "
                         "out growth_factor", parameters=("growth_factor", "batch_size"))
-    cap_info, b_start, b_base = _cap(options, rounding, base, warnings)
+    cap_info, b_start, b_base = _cap(options, rounding, base, warnings, noise_caps := _noise_caps(options, original))
     stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak), peak=peak,
                         g_ref=g_ref, model=model, lr_base=base.lr, m_base=base.momentum, b_base=b_base,
                         b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
-                        factor=_stage_factor(options), b0=b0, growth=options.growth_factor)
+                        factor=_stage_factor(options), b0=b0, growth=options.growth_factor,
+                        caps=_piece_caps(noise_caps, cap_info["batch_size"], rounding))
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
     stages = _merge(per_span, model, g_ref, _rebuildable(options))
@@ -392,9 +393,36 @@ def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: Temp
     return _Base(lr_base, m_base, b_base, variant)
 
 
-def _cap(options: ConvertOptions, rounding: Rounding, base: _Base,
-         warnings: list[str]) -> tuple[dict[str, Any], int, float]:
-    """The cap, the smallest of the device, the dataset fraction and the noise-scale limit.
+def _noise_caps(options: ConvertOptions, original: _Original) -> Optional[list[float]]:
+    """Each piece's noise-scale cap, or None without one.
+
+    A number caps every piece alike; a callable (core.noise_model.NoiseCap) gives K·B_noise(s)
+    at each piece's start and temperature (docs/concepts.md eq. 16). The batch never shrinks,
+    so a piece's cap is the least of its own and every later piece's: a stage chosen under
+    it stays under the cap for as long as it lasts.
+    """
+    cap = options.noise_cap_batch
+    if cap is None:
+        return None
+    limit, model = float(options.dataset_size or math.inf), original.model
+    caps = [min(float(cap(p.start, t, model)) if callable(cap) else float(cap), limit)
+            for p, t in zip(original.pieces, original.temperatures)]
+    for i in range(len(caps) - 2, -1, -1):
+        caps[i] = min(caps[i], caps[i + 1])
+    return caps
+
+
+def _piece_caps(noise_caps: Optional[list[float]], cap: int, rounding: Rounding) -> Optional[list[int]]:
+    """Each piece's cap for the staircase: the noise-scale cap (rounded down to an allowed batch) under the plan's."""
+    if noise_caps is None:
+        return None
+    return [min(cap, rounding.floor(max(1, math.floor(c)))) for c in noise_caps]
+
+
+def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: list[str],
+         noise_caps: Optional[list[float]] = None) -> tuple[dict[str, Any], int, float]:
+    """The cap, the smallest of the device, the dataset fraction and the noise-scale limit (at the run's end,
+    its largest; each piece has its own, see _noise_caps).
 
     Returns the plan's ``cap`` record, the starting batch and the (possibly capped) base batch.
     """
@@ -404,8 +432,8 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base,
         limits["max_fraction"] = max(1, math.floor(options.max_fraction * n))
     if options.max_batch is not None:
         limits["device"] = options.max_batch
-    if options.noise_cap_batch is not None:
-        limits["noise_scale"] = max(1, math.floor(min(options.noise_cap_batch, n or math.inf)))
+    if noise_caps is not None:
+        limits["noise_scale"] = max(1, math.floor(noise_caps[-1]))
     if not limits:  # a single pass with no device or noise cap: at least 100 updates in the run
         limits["run_length"] = max(1, options.run_samples // 100)
         warnings.append(f"no cap on the batch (single pass, no --max-batch, no probe): capped at 1% of the run, "
@@ -454,7 +482,7 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
     n, b0, model, rounding = options.dataset_size, options.batch_size, stairs.model, stairs.rounding
     hybrid = next((p for p in per_span if p.phase == "hybrid"), None)
     if hybrid is not None:
-        warnings.append(f"the batch reaches the cap of {stairs.cap} ({cap_words}) at {_where(options.original(), hybrid.start)}"
+        warnings.append(f"the batch reaches the cap of {hybrid.batch} ({cap_words}) at {_where(options.original(), hybrid.start)}"
                         "; from there the LR carries the rest of the decay (hybrid)")
     biggest = max(p.batch for p in per_span)
     if not options.single_pass and biggest > n / 10:
@@ -512,6 +540,10 @@ class _Staircase(NamedTuple):
     factor: float
     b0: int = 1
     growth: Optional[int] = None
+    caps: Optional[list[int]] = None  # each piece's own cap (≤ cap), from a noise cap that varies with s
+
+    def cap_at(self, i: int) -> int:
+        return self.cap if self.caps is None else min(self.cap, self.caps[i])
 
     def batches(self) -> list[tuple[int, float]]:
         """(batch, ref) of each piece: ``ref`` is the unrounded batch the current stage was chosen for.
@@ -520,18 +552,19 @@ class _Staircase(NamedTuple):
         --round-to stays B0): stages change only after the peak piece.
         """
         out = []
-        ref = min(self.b_base, float(self.cap))
+        ref = min(self.b_base, float(self.cap_at(self.peak)))
         batch = self.b_start
-        lo, top = self.cap * (1 - _EPS), float(self.cap)
         for i, target in enumerate(self.targets):
+            cap = self.cap_at(i)
+            lo, top = cap * (1 - _EPS), float(cap)
             if i > self.peak and self.growth is not None:
-                while batch * self.growth <= self.cap and target >= batch * self.growth * (1 - _EPS):
+                while batch * self.growth <= cap and target >= batch * self.growth * (1 - _EPS):
                     batch *= self.growth
                 ref = float(batch)
             elif i > self.peak:
                 want = min(target, top)
                 if want >= ref * self.factor * (1 - _EPS) or target >= lo:
-                    nearest = min(self.rounding.nearest(want), self.cap)
+                    nearest = min(self.rounding.nearest(want), cap)
                     if nearest > batch:
                         ref, batch = want, nearest
             out.append((batch, ref))
@@ -543,7 +576,8 @@ class _Staircase(NamedTuple):
         for i, (piece, r, target, (batch, _ref)) in enumerate(zip(self.pieces, self.rho, self.targets,
                                                                    self.batches())):
             if i >= self.peak:
-                grows = batch * self.growth <= self.cap if self.growth else batch < self.cap
+                cap = self.cap_at(i)
+                grows = batch * self.growth <= cap if self.growth else batch < cap
                 phase = "hybrid" if not grows and target > batch * (1 + _EPS) else "growth"
             else:
                 phase = "warmup"

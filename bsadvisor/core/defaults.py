@@ -22,3 +22,7 @@ DEFAULTS = {
     "world_size": 1,
     "adam_rule": "sqrt",
 }
+
+#: A noise-scale interval's kind: two-sided; only a lower bound (|G|² not significantly
+#: positive); no information at all (core.noise.ratio_interval).
+CI_KINDS = ("bounded", "lower-bound", "unbounded")

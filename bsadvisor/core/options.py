@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
@@ -35,7 +35,7 @@ class ConvertOptions:
     expression or a CSV table epoch,lr[,momentum]) read once an epoch or once a step
     (``schedule_unit``), ``optimizer`` and the temperature ``rule`` (``adam_rule`` for Adam).
     The plan: capped at ``max_batch`` (the device), ``max_fraction`` of N and
-    ``noise_cap_batch`` (a multiple of the measured noise scale); batches rounded as
+    ``noise_cap_batch`` (a multiple of the noise scale, one batch or one per sample); batches rounded as
     convert.Rounding says (``round_to``, ``world_size``, ``micro_batch``); at most
     ``max_stages`` batch sizes; a new one when the target grew by ``stage_factor`` (None:
     1 for step schedules, 2 for smooth ones); the §5.2 variants ``increase_lr`` and
@@ -66,7 +66,9 @@ class ConvertOptions:
     streaming: bool = False
     seq_len: Optional[int] = None
     growth_factor: Optional[int] = None
-    noise_cap_batch: Optional[float] = None  # from a probe; the plan records it as cap.noise_scale, not in inputs
+    # From a probe: a batch, or cap(sample, temperature, temperature_model) -> batch (core.noise_model.NoiseCap);
+    # the plan records it as cap.noise_scale, not in inputs.
+    noise_cap_batch: Union[float, Callable[[float, float, Any], float], None] = None
 
     def __post_init__(self) -> None:
         self._check_run()
@@ -187,7 +189,8 @@ class ConvertOptions:
                 raise UserError("momentum_to applies to SGD momentum; Adam's β1 does not set the temperature",
                                 parameter="momentum_to")
             checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
-        checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
+        if not callable(self.noise_cap_batch):  # a number, or a per-sample cap (core.noise_model.NoiseCap)
+            checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
         self._set("growth_factor", checks.optional(checks.integer, "growth_factor", self.growth_factor, low=2,
                                                     high=1024))
         if self.max_batch is not None and self.max_batch < self.batch_size:

@@ -464,7 +464,7 @@ _PLAN_COMMON = {
     "plan": S.opt(S.Json(max_depth=2)),  # totals, recomputed from the stages
     "warnings": S.opt(S.List(S.Str())),
     "notes": S.opt(S.List(S.Str())),
-    "probe": S.opt(S.Json(max_depth=4)),
+    "probe": S.opt(S.Json(max_depth=5)),  # its noise_model: points, each with its ci90
 }
 PLAN_SPEC = S.Obj({
     **_PLAN_COMMON,

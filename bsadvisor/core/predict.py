@@ -5,13 +5,16 @@ probe's settings and caps (:func:`plan_from_options`) and annotates the Plan.
 
 - Cap: the probe's largest batch per device × world size × accumulation steps.
 - Efficiency (McCandlish et al. 1812.06162, eq. 2.11/2.12): steps S = S_min(1 + B_noise/B)
-  and examples E = E_min(1 + B/B_noise), with B_noise ≈ B_simple. B_simple scales as 1/T
-  (docs/concepts.md §9), so a stage at temperature T has B_noise = B_simple·T_probe/T.
-  We report ``efficiency`` = E_min/E = 1/(1 + B/B_noise): the share of each example's
-  value a stage keeps (1 at tiny batches, ½ at B = B_noise), and ``step_efficiency``
-  = S_min/S = 1/(1 + B_noise/B).
+  and examples E = E_min(1 + B/B_noise), with B_noise ≈ B_simple. The noise scale comes
+  from one model, B_noise(s) of core.noise_model (docs/concepts.md eq. 16): the probe's
+  B_simple scaled by T_probe/T(s), or a measured trace (``noise_trace``). The cap
+  (``noise_cap`` × B_noise(s)), the efficiencies, the "past 10× B_noise" warning and the
+  advice all read that model. We report ``efficiency`` = E_min/E = 1/(1 + B/B_noise): the
+  share of each example's value a stage keeps (1 at tiny batches, ½ at B = B_noise), and
+  ``step_efficiency`` = S_min/S = 1/(1 + B_noise/B), at the middle of each stage.
 - Time: examples/s of a full step, interpolated linearly in log batch size between the
-  probe's ladder points; outside the ladder, the nearest point (said as extrapolated).
+  probe's ladder points; outside the ladder, the nearest point (said as extrapolated). The
+  range comes from the slowest and fastest of the repeated timings at each rung.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any, Optional
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.temperature import TemperatureModel
@@ -30,7 +34,7 @@ from bsadvisor.core.temperature import TemperatureModel
 #: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
 SUGGESTED_NOISE_CAP = 10.0
 #: What plan_from_options takes besides the conversion options: the probe and the device layout.
-PROBE_OPTIONS = ("probe", "world_size", "grad_accum", "noise_cap", "micro_batch")
+PROBE_OPTIONS = ("probe", "world_size", "grad_accum", "noise_cap", "micro_batch", "noise_trace")
 #: The conversion options plan_from_options passes on as given (it derives the others from the probe).
 PLAN_OPTIONS = tuple(name for name in OPTION_NAMES if name not in PROBE_OPTIONS + ("noise_cap_batch",))
 
@@ -56,13 +60,19 @@ def check_probe_matches(probe, dataset_size: Optional[int]) -> None:
                         parameter="dataset_size")
 
 
-def throughput_at(points, batch: float) -> tuple[float, bool]:
+def throughput_at(points, batch: float, which: str = "examples_per_s") -> tuple[float, bool]:
     """Examples/s at ``batch``: log-B linear interpolation of (batch_size, examples_per_s) points.
 
     Returns (examples_per_s, extrapolated). Outside the measured range the nearest
     point's value is used, which is optimistic below and roughly right above the knee.
+    ``which``: the median (``examples_per_s``), or the slowest or fastest of the repeated
+    timings (``slowest``, ``fastest``; the median where a rung has no repeats).
     """
-    pts = sorted((p.batch_size, p.examples_per_s) for p in points if p.examples_per_s > 0)
+    def rate(p) -> float:
+        value = getattr(p, which, None) if which != "examples_per_s" else None
+        return p.examples_per_s if value is None else value
+
+    pts = sorted((p.batch_size, rate(p)) for p in points if p.examples_per_s and p.examples_per_s > 0)
     if not pts:
         raise UserError("the probe has no throughput measurements; rerun bsadvisor probe")
     xs = [math.log(b) for b, _ in pts]
@@ -76,32 +86,36 @@ def throughput_at(points, batch: float) -> tuple[float, bool]:
     return pts[i - 1][1] * (1 - w) + pts[i][1] * w, False
 
 
-def step_rate(probe, batch: int, world_size: int = 1) -> tuple[float, bool, int]:
+def step_rate(probe, batch: int, world_size: int = 1, which: str = "examples_per_s") -> tuple[float, bool, int]:
     """Global examples/s for a global batch: each device runs micro-batches of at most its cap.
 
     Assumes ideal data-parallel scaling across ``world_size`` devices (said in the report).
-    Returns (examples_per_s, extrapolated, micro_batch).
+    Returns (examples_per_s, extrapolated, micro_batch); ``which`` as in throughput_at.
     """
     per_device = math.ceil(batch / world_size)
     accum = math.ceil(per_device / probe.memory.max_batch)
     micro = math.ceil(per_device / accum)
-    rate, extrapolated = throughput_at(probe.throughput, micro)
+    rate, extrapolated = throughput_at(probe.throughput, micro, which)
     return rate * world_size, extrapolated, micro
 
 
-def noise_scale_at(probe, model: TemperatureModel, lr: float, momentum: float, batch: int) -> float:
-    """B_noise at a stage's temperature: B_simple measured at T_probe, scaled by T_probe/T (∝ 1/T)."""
-    s = probe.settings
-    t_probe = model.temperature(s.lr, s.momentum, s.batch_size)
-    t_stage = model.temperature(lr, momentum, batch)
-    if t_stage <= 0:
-        return math.inf
-    return probe.noise.b_simple * t_probe / t_stage
+def noise_model_of(probe=None, noise_trace=None) -> Optional[NoiseModel]:
+    """The one B_noise(s) model (core.noise_model): a measured trace when given, else the probe's point.
+
+    None when neither gives a usable estimate (a probe whose interval is open or whose
+    estimate is not positive): nothing may then be capped or rated by the noise scale.
+    """
+    if noise_trace is not None:
+        return noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
+    if probe is not None:
+        return NoiseModel.from_probe(probe)
+    return None
 
 
 def probe_summary(probe) -> dict[str, Any]:
     """What a plan keeps of the probe it used."""
     return {"target": probe.target, "b_simple": probe.noise.b_simple, "ci90": list(probe.noise.ci90),
+            "ci_kind": probe.noise.ci_kind,
             "max_batch": probe.memory.max_batch, "bytes_per_sample": probe.memory.bytes_per_sample,
             "throughput": [{"batch_size": p.batch_size, "examples_per_s": p.examples_per_s}
                            for p in probe.throughput],
@@ -111,14 +125,16 @@ def probe_summary(probe) -> dict[str, Any]:
 
 
 def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
-                      noise_cap: Optional[float] = None, micro_batch: Optional[int] = None, **options: Any) -> Plan:
+                      noise_cap: Optional[float] = None, micro_batch: Optional[int] = None,
+                      noise_trace: Any = None, **options: Any) -> Plan:
     """Convert with a probe: explicit options (None: not given) over the probe's over ConvertOptions' defaults.
 
     ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
     optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
     grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
     noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
-    multiple of the measured B_simple. With several devices (or accumulation) the batches
+    multiple of B_noise(s). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
+    or a NoiseModel) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
     are rounded so every device gets the same share and every accumulation step the same
     micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
     convert.Rounding). ``options``: the other fields of ConvertOptions (PLAN_OPTIONS).
@@ -146,6 +162,29 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         raise UserError("world_size and grad_accum scale the measured device cap: give probe (a probe.json "
                         "file) or max_batch directly", parameters=("world_size", "grad_accum", "probe", "max_batch"))
     given.update(explicit)
+    _check_required(given)
+    if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
+        micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
+    noise = noise_model_of(result, noise_trace)
+    noise_cap_batch = None
+    if noise_cap is not None:
+        if noise is None:
+            _refuse_noise_cap(result)
+        noise_cap_batch = noise.cap(noise_cap)
+    plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,
+                                  micro_batch=micro_batch))
+    if result is None and noise is None:
+        return plan
+    plan = annotate(plan, result, world_size=devices, noise_cap=noise_cap, noise_model=noise)
+    recorded = {"noise_cap": noise_cap, "noise_trace": None if noise_trace is None or isinstance(noise_trace, NoiseModel)
+                else str(noise_trace)}
+    if result is not None:
+        recorded.update(probe=source, world_size=devices, grad_accum=accumulation)
+    return replace(plan, inputs={**plan.inputs, **recorded})
+
+
+def _check_required(given: dict[str, Any]) -> None:
+    """The options a conversion cannot do without, from wherever they came (command line, config, probe)."""
     for required in ("batch_size", "dataset_size", "epochs", "schedule"):
         if required == "dataset_size" and given.get("streaming"):
             continue  # a stream has no data set size
@@ -154,73 +193,165 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         if given.get(required) is None:
             raise UserError(f"{required} is required (on the command line, in --config, or from --probe)",
                             parameter=required)
-    if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
-        micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
-    noise_cap_batch = None
-    if noise_cap is not None:
-        if result is None:
-            raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json file)",
-                            parameters=("noise_cap", "probe"))
-        noise_cap_batch = noise_cap * result.noise.b_simple
-    plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,
-                                  micro_batch=micro_batch))
+
+
+def _refuse_noise_cap(result) -> None:
+    """noise_cap without a usable noise scale: one line saying what is missing and how to get it."""
     if result is None:
-        return plan
-    plan = annotate(plan, result, world_size=devices, noise_cap=noise_cap)
-    return replace(plan, inputs={**plan.inputs, "probe": source, "world_size": devices, "grad_accum": accumulation,
-                                 "noise_cap": noise_cap})
+        raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json file) or noise_trace",
+                        parameters=("noise_cap", "probe", "noise_trace"))
+    from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
+
+    n = result.noise
+    raise UserError(f"noise_cap: the probe's B_simple = {describe_interval(n.b_simple, n.ci90, n.ci_kind)} is not a "
+                    f"usable cap; {UNUSABLE_ADVICE}, or give noise_trace", parameters=("noise_cap", "noise_trace"))
 
 
-def annotate(plan: Plan, probe, world_size: int = 1, noise_cap: Optional[float] = None) -> Plan:
-    """``plan`` with each stage's ``predicted_seconds``, ``b_noise`` and efficiencies, as a new Plan.
+def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[float] = None,
+             noise_model: Optional[NoiseModel] = None) -> Plan:
+    """``plan`` with each stage's predicted seconds (with a probe) and noise figures (with a noise model).
 
-    Its ``probe`` record holds the probe's summary and the totals: predicted seconds of the
-    plan and of the original schedule, and whether any figure was extrapolated beyond the
-    measured throughput ladder.
+    ``noise_model`` is the one B_noise(s) (default: the probe's point, :func:`noise_model_of`);
+    each stage gets ``b_noise``, ``efficiency`` and ``step_efficiency`` at its middle. The
+    plan's ``probe`` record holds the probe's summary, the noise model, and the totals:
+    predicted seconds of the plan and the original (with the range the repeated timings
+    give) and whether any figure was extrapolated beyond the measured throughput ladder.
     """
-    inputs = plan.inputs
-    single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
-    model = TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
-                             inputs.get("optimizer") or "sgd", inputs.get("adam_rule") or "sqrt")
+    if noise_model is None and probe is not None:
+        noise_model = NoiseModel.from_probe(probe)
+    model = _temperature_model(plan)
     stages, flagged, extrapolated = [], [], False
     for stage in plan.stages:
-        figures, extra = _stage_figures(probe, model, stage, plan.dataset_size, world_size)
-        extrapolated |= extra
+        figures = _noise_figures(plan, stage, model, noise_model)
+        if probe is not None:
+            times, extra = _time_figures(probe, stage, world_size)
+            figures.update(times)
+            extrapolated |= extra
         stages.append(replace(stage, extra={**stage.extra, **figures}))
-        if stage.batch_size > SUGGESTED_NOISE_CAP * probe.noise.b_simple and noise_cap is None:
-            flagged.append(stage.batch_size)
-    b0 = inputs.get("batch_size") or plan.stages[0].batch_size
-    rate0, extra0, _ = step_rate(probe, b0, world_size)
-    extrapolated |= extra0
-    totals = {"predicted_seconds": sum(s.extra["predicted_seconds"] for s in stages),
-              "baseline_predicted_seconds": plan.total_samples / rate0, "extrapolated": extrapolated}
+        b_noise = figures.get("b_noise")
+        if b_noise is not None and stage.batch_size > SUGGESTED_NOISE_CAP * b_noise and noise_cap is None:
+            flagged.append((stage, b_noise))
     warnings, notes = list(plan.warnings), list(plan.notes)
     if flagged:
+        stage, b_noise = max(flagged, key=lambda f: f[0].batch_size / f[1])
         warnings.append(
-            f"batch {max(flagged):,} is more than {SUGGESTED_NOISE_CAP:g}× the measured noise scale "
-            f"B_simple ≈ {probe.noise.b_simple:,.0f}: growth that far buys parallelism, not progress "
-            f"(McCandlish et al.); --noise-cap {SUGGESTED_NOISE_CAP:g} caps it there")
-    if extrapolated:
-        warnings.append("predicted times extrapolate beyond the probe's throughput ladder "
-                        f"({min(p.batch_size for p in probe.throughput)}–"
-                        f"{max(p.batch_size for p in probe.throughput)})")
-    if world_size > 1:
-        notes.append(f"predicted times assume ideal scaling over {world_size} devices")
-    notes.append("B_simple was measured at the start of training; it usually grows as training proceeds, "
-                 "so the efficiency figures are conservative")
-    return replace(plan, stages=stages, warnings=warnings, notes=notes,
-                   probe={**probe_summary(probe), "world_size": world_size, "predicted": totals})
+            f"batch {stage.batch_size:,} is more than {SUGGESTED_NOISE_CAP:g}× the noise scale there "
+            f"(B_noise ≈ {b_noise:,.0f} at sample {stage.start_sample:,}): growth that far buys parallelism, not "
+            f"progress (McCandlish et al.); --noise-cap {SUGGESTED_NOISE_CAP:g} caps it there")
+    if noise_model is not None:
+        notes.append(f"noise scale: {noise_model.describe()}")
+        if model.is_adam:
+            notes.append("B_noise ∝ 1/T is SGD's law; for Adam it is applied with the Adam temperature of the rule "
+                         "above, an assumption: a measured trace (--noise-trace) settles it")
+    elif probe is not None:
+        from bsadvisor.core.noise import UNUSABLE_ADVICE
+
+        warnings.append(UNUSABLE_ADVICE)
+    record = dict(plan.probe or {})
+    if probe is not None:
+        record.update(probe_summary(probe), world_size=world_size,
+                      predicted=_predicted_totals(plan, probe, stages, world_size, extrapolated))
+        if extrapolated:
+            warnings.append("predicted times extrapolate beyond the probe's throughput ladder "
+                            f"({min(p.batch_size for p in probe.throughput)}–"
+                            f"{max(p.batch_size for p in probe.throughput)})")
+        if world_size > 1:
+            notes.append(f"predicted times assume ideal scaling over {world_size} devices")
+    if noise_model is not None:
+        record["noise_model"] = noise_model.to_dict()
+    return replace(plan, stages=stages, warnings=warnings, notes=notes, probe=record)
 
 
-def _stage_figures(probe, model: TemperatureModel, stage, dataset_size: int,
-                   world_size: int) -> tuple[dict[str, Any], bool]:
-    """A stage's predicted seconds, noise scale, efficiencies and micro-batch; and whether its rate was extrapolated."""
+def _predicted_totals(plan: Plan, probe, stages, world_size: int, extrapolated: bool) -> dict[str, Any]:
+    """Predicted seconds of the plan and the original at B0, each with its range (slowest–fastest timings)."""
+    b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
+    totals: dict[str, Any] = {"extrapolated": extrapolated}
+    for suffix, which in (("", "examples_per_s"), ("_high", "slowest"), ("_low", "fastest")):
+        rate0, extra0, _ = step_rate(probe, b0, world_size, which)
+        totals["extrapolated"] |= extra0
+        totals[f"predicted_seconds{suffix}"] = sum(s.extra[f"predicted_seconds{suffix}"] for s in stages)
+        totals[f"baseline_predicted_seconds{suffix}"] = plan.total_samples / rate0
+    return totals
+
+
+def _time_figures(probe, stage, world_size: int) -> tuple[dict[str, Any], bool]:
+    """A stage's predicted seconds (median timing, and slowest/fastest), its micro-batch; whether extrapolated."""
     rate, extrapolated, micro = step_rate(probe, stage.batch_size, world_size)
-    b_noise = noise_scale_at(probe, model, stage.lr, stage.momentum, stage.batch_size)
-    return {
-        "predicted_seconds": stage.samples / rate,
-        "b_noise": b_noise,
-        "efficiency": 1.0 / (1.0 + stage.batch_size / b_noise),
-        "step_efficiency": 1.0 / (1.0 + b_noise / stage.batch_size),
-        "micro_batch": micro,
-    }, extrapolated
+    slow, _, _ = step_rate(probe, stage.batch_size, world_size, "slowest")
+    fast, _, _ = step_rate(probe, stage.batch_size, world_size, "fastest")
+    return {"predicted_seconds": stage.samples / rate, "predicted_seconds_high": stage.samples / slow,
+            "predicted_seconds_low": stage.samples / fast, "micro_batch": micro}, extrapolated
+
+
+def _noise_figures(plan: Plan, stage, model: TemperatureModel, noise_model: Optional[NoiseModel]) -> dict[str, Any]:
+    """B_noise (eq. 16) in the middle of a stage, at the temperature the stage trains at there, and its efficiencies."""
+    if noise_model is None:
+        return {}
+    middle = (stage.start_sample + stage.end_sample) // 2
+    t = model.temperature(plan.lr_at(stage, middle), stage.momentum, stage.batch_size)
+    b_noise = noise_model.b_noise(middle, t, model)
+    return {"b_noise": b_noise, "efficiency": 1.0 / (1.0 + stage.batch_size / b_noise),
+            "step_efficiency": 1.0 / (1.0 + b_noise / stage.batch_size)}
+
+
+def noise_at_start(plan: Plan, noise_model: NoiseModel) -> float:
+    """B_noise at the start, at the original's base setting (ε0, m, B0): what B0 is compared with (eq. 16)."""
+    inputs = plan.inputs
+    b0 = inputs.get("batch_size") or plan.stages[0].batch_size
+    lr0 = inputs.get("lr") or plan.stages[0].lr
+    model = _temperature_model(plan)
+    return noise_model.b_noise(0, model.temperature(lr0, inputs.get("momentum") or 0.0, b0), model)
+
+
+def _temperature_model(plan: Plan) -> TemperatureModel:
+    """The plan's temperature model, as convert made it (the N → ∞ form for one pass or less, eq. 15)."""
+    inputs = plan.inputs
+    single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
+    return TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
+                            inputs.get("optimizer") or "sgd", inputs.get("adam_rule") or "sqrt")
+
+
+#: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps
+#: ≥ 80% of its value (efficiency 1/(1 + B/B_noise), eq. 2.12) up to a batch 4× larger.
+WELL_BELOW = 4.0
+
+
+def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan) -> Optional[dict[str, Any]]:
+    """When B0 is well below the noise scale at the start: the §5.2 increased-LR variants that start larger.
+
+    Smith et al. §5.2: start at K·ε0 with the batch that keeps the temperature (B0·K for
+    SGD, B0·K² under Adam's square-root rule), K× fewer updates at the start. Starting
+    batches are B0 × 2^i up to B_noise(0)/WELL_BELOW (each example still worth ≥ 80%) and
+    up to B_noise(0) (worth 50%: McCandlish et al.'s balance of time and compute), within
+    the plan's cap. ``make_plan(K)`` converts with increase_lr=K. None when B0 is not well
+    below the noise scale (or there is no usable noise model, or a variant was asked for).
+    """
+    if noise_model is None or plan.inputs.get("increase_lr") not in (None, 1.0):
+        return None
+    b0 = int(plan.inputs.get("batch_size") or plan.stages[0].batch_size)
+    b_noise = noise_at_start(plan, noise_model)
+    if not b_noise >= WELL_BELOW * b0:
+        return None
+    cap = int((plan.cap or {}).get("batch_size") or b0)
+    model = _temperature_model(plan)
+    momentum = plan.inputs.get("momentum") or 0.0
+    targets = sorted({t for t in (_power_of_two_below(b0, b_noise / WELL_BELOW), _power_of_two_below(b0, b_noise))
+                      if b0 < t <= cap})
+    variants = []
+    for start in targets:
+        k = model.scale_for(start, b0, momentum)
+        variant = make_plan(k)
+        pred = (variant.probe or {}).get("predicted") or {}
+        variants.append({"increase_lr": k, "start_batch": variant.stages[0].batch_size, "updates": variant.updates,
+                         "efficiency_at_start": 1.0 / (1.0 + variant.stages[0].batch_size / b_noise),
+                         "predicted_seconds": pred.get("predicted_seconds")})
+    return {"b0": b0, "b_noise_at_start": b_noise, "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise),
+            "plan_updates": plan.updates, "variants": variants}
+
+
+def _power_of_two_below(b0: int, limit: float) -> int:
+    """The largest B0 × 2^i not above ``limit`` (B0 itself when none is)."""
+    b = b0
+    while b * 2 <= limit:
+        b *= 2
+    return b

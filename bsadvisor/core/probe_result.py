@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
+from bsadvisor.core.defaults import CI_KINDS
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import check_schema, json_safe
 from bsadvisor.core.temperature import temperature
@@ -31,6 +32,7 @@ class NoiseResult:
     micro_batch: int = 0          # b
     big_batch: int = 0            # B = k·b
     ci_method: str = "fieller"
+    ci_kind: str = "bounded"      # core.noise.CI_KINDS: a lower bound or nothing when |G|² is not significant
     converged: bool = False       # interval within ±target_rel_ci
     relative_noise: Optional[float] = None  # √(B_simple / batch_size)
     sqrt_table: list = field(default_factory=list)
@@ -57,6 +59,8 @@ class ThroughputPoint:
     step_seconds: float = 0.0
     repeats: int = 1              # timings taken at this batch
     spread: float = 0.0           # (max − min)/median of their examples/s
+    slowest: Optional[float] = None  # the lowest of the timings' examples/s (predicted time's high end)
+    fastest: Optional[float] = None  # the highest (its low end)
 
 
 @dataclass
@@ -99,6 +103,13 @@ class ProbeResult:
         return self.noise.b_simple
 
     @property
+    def noise_usable(self) -> bool:
+        """Whether the measured noise scale may set a cap (positive, bounded 90% interval)."""
+        from bsadvisor.core.noise import usable
+
+        return usable(self.noise.b_simple, self.noise.ci_kind)
+
+    @property
     def max_batch(self) -> int:
         return self.memory.max_batch
 
@@ -132,8 +143,12 @@ class ProbeResult:
         if st["batch_size"] > st["dataset_size"]:
             raise S.refuse(what, "settings.batch_size", f"{st['batch_size']} is larger than settings.dataset_size "
                                                         f"{st['dataset_size']}", REMEDY)
-        noise_doc = dict(d["noise"], ci90=tuple(d["noise"]["ci90"]))
-        lo, hi = noise_doc["ci90"]
+        lo, hi = d["noise"]["ci90"]
+        lo, hi = (0.0 if lo is None else lo), (math.inf if hi is None else hi)  # null: no bound (json_safe)
+        noise_doc = dict(d["noise"], ci90=(lo, hi))
+        if "ci_kind" not in d["noise"] and d["noise"].get("ci_method") == "delta":
+            # written before intervals were honest: a delta-method interval meant |G|² was not significant
+            noise_doc["ci_kind"] = "unbounded"
         if lo > hi:
             raise S.refuse(what, "noise.ci90", f"is [{lo:g}, {hi:g}]: its low end is above its high end", REMEDY)
         noise = _build(NoiseResult, noise_doc, doc["noise"], "noise", what)
@@ -173,11 +188,13 @@ PROBE_SPEC = _Obj({
     "schema": S.req(S.Str()),
     "target": S.opt(S.Str(max_len=10_000)),
     "noise": S.req(_Obj({
-        "b_simple": S.req(S.Num(low=0, low_open=True)),
-        "ci90": S.req(S.List(_NUM, length=2)),  # a finite B_simple always has a finite interval
+        # any finite value: a noise scale too small or too noisy to measure is still a probe
+        # (memory and throughput hold); ci_kind says whether it may set a cap
+        "b_simple": S.req(_NUM),
+        "ci90": S.req(S.List(S.Num(nullable=True), length=2)),  # null: no upper bound
         "trace_sigma": S.req(_NUM), "grad_sq_norm": S.req(_NUM), "examples": S.req(_COUNT),
         "draws": S.opt(_COUNT), "micro_batch": S.opt(_COUNT), "big_batch": S.opt(_COUNT),
-        "ci_method": S.opt(S.Str()), "converged": S.opt(S.Bool()),
+        "ci_method": S.opt(S.Str()), "ci_kind": S.opt(S.Str(choices=CI_KINDS)), "converged": S.opt(S.Bool()),
         "relative_noise": S.opt(S.Num(low=0, nullable=True)),
         "sqrt_table": S.opt(S.List(S.Json(max_depth=1))), "seconds": S.opt(_INFO_NONNEG),
     })),
@@ -189,6 +206,7 @@ PROBE_SPEC = _Obj({
     "throughput": S.req(S.List(_Obj({
         "batch_size": S.req(S.Int(low=1)), "examples_per_s": S.req(_INFO_NONNEG),  # null: a failed rung
         "step_seconds": S.opt(_INFO_NONNEG), "repeats": S.opt(S.Int(low=1)), "spread": S.opt(_INFO_NONNEG),
+        "slowest": S.opt(_INFO_NONNEG), "fastest": S.opt(_INFO_NONNEG),
     }))),
     "throughput_knee": S.opt(S.Int(low=1, nullable=True)),
     "temperature": S.opt(S.Num(low=0, nullable=True)),

@@ -277,10 +277,10 @@ def measure_noise(bench: Bench, budget: Budget) -> NoiseResult:
         bench.rewind()
     bench.warn(warning)
     # √(B_simple/B): the gradient's relative noise at the batch (eq. 9)
-    relative_noise = math.sqrt(stats.b_simple / config.batch_size) if stats.b_simple > 0 else None
+    relative_noise = math.sqrt(stats.b_simple / config.batch_size) if stats.usable else None
     return NoiseResult(b_simple=stats.b_simple, ci90=stats.ci90, trace_sigma=stats.trace_sigma,
                        grad_sq_norm=stats.grad_sq_norm, examples=examples, draws=stats.draws,
-                       micro_batch=estimator.micro_batch, big_batch=estimator.big_batch, ci_method=stats.ci_method,
+                       micro_batch=estimator.micro_batch, big_batch=estimator.big_batch, ci_kind=stats.ci_kind,
                        converged=stats.rel_halfwidth <= config.target_rel_ci,
                        relative_noise=relative_noise, seconds=seconds)
 
@@ -306,7 +306,8 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
             continue
         past_phase, past_budget = draw.late
         if count >= config.min_draws:
-            stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch)
+            stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
+                                         dataset_size=config.dataset_size)
             rel = stats.rel_halfwidth
             bench.progress("noise", min(1.0, max((now - started) / max(phase_deadline - started, 1e-9),
                                                  (config.target_rel_ci / rel) ** 2 if rel > 0 else 1.0)))
@@ -318,7 +319,8 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
     if stats is None or stats.draws != len(small):
         if len(small) < 2:
             raise UserError("the budget ran out before two noise draws; raise --budget-seconds")
-        stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch)
+        stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
+                                         dataset_size=config.dataset_size)
     return stats
 
 

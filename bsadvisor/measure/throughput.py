@@ -44,7 +44,7 @@ def measure_throughput_ladder(bench: Bench, budget: Budget, cap: int) -> list[Th
         median = statistics.median(rates)
         spread = (max(rates) - min(rates)) / median if median > 0 else 0.0
         points.append(ThroughputPoint(size, median, statistics.median(seconds for _, seconds in timings[size]),
-                                      repeats=len(rates), spread=spread))
+                                      repeats=len(rates), spread=spread, slowest=min(rates), fastest=max(rates)))
     if oom_at is not None:
         bench.warn(f"batch {oom_at} ran out of memory in the throughput ladder although the memory search let it "
                    "through (the CPU estimate misses transient buffers), so the memory cap may be too high: set a "

@@ -111,7 +111,8 @@ def _ddp_dist(model: torch.nn.Module) -> Dist:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], Any],
                gather: Callable[[torch.Tensor], Any], indices: torch.Tensor,
-               max_micro_batch: Optional[int] = None, device: Optional[torch.device] = None) -> float:
+               max_micro_batch: Optional[int] = None, device: Optional[torch.device] = None,
+               monitor=None) -> float:
     """One parameter update on the batch ``indices``; returns the batch's mean loss.
 
     If the batch (this rank's share of it, under DDP) exceeds ``max_micro_batch`` the
@@ -128,6 +129,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     (a last partial batch smaller than the world size) still joins that all-reduce with a
     zero-weighted stand-in example. The loss is all-reduced before the step, so every rank
     returns the same number and all skip the step together when it is not finite.
+
+    ``monitor`` (a runtime.monitor.NoiseMonitor, one process only): told after each
+    micro-batch's backward, so it reads the micro-batch gradients it needs from ``.grad``
+    without changing them; the caller closes the update with ``monitor.end_update``.
     """
     dist = _ddp_dist(model)
     rank, world = dist.rank, dist.world_size
@@ -148,6 +153,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
             if stand_in or world * len(part) != n:  # (one part on one process: the scale is 1, skip it)
                 loss = loss * (0.0 if stand_in else world * len(part) / n)
             loss.backward()
+        if monitor is not None:
+            monitor.after_backward(len(part), weight=len(part) / n)
         total = loss.detach() if total is None else total + loss.detach()  # on the device: no sync
     if world > 1:
         total = dist.all_reduce(total.to(torch.float64)) / world  # the global batch's mean loss

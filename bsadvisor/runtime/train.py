@@ -35,12 +35,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import write_atomic
 from bsadvisor.core.plan import Plan
@@ -63,6 +64,7 @@ class RunResult:
     seed: int
     history: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)  # {samples, batch_size, lr, momentum} of (every k-th) update
+    noise_trace: list[dict] = field(default_factory=list)  # the NoiseMonitor's points (runtime/monitor.py)
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
     diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
@@ -76,7 +78,7 @@ class RunResult:
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
-                "history": self.history, "steps": self.steps}
+                "history": self.history, "steps": self.steps, "noise_trace": self.noise_trace}
 
 
 @torch.no_grad()
@@ -201,6 +203,7 @@ class _Training:
     wall: float = 0.0
     checkpoint_every: Optional[int] = None
     partial: dict = field(default_factory=dict)  # the epoch in progress: epoch, offset, loss_sum, seen
+    monitor: Optional[NoiseMonitor] = None
 
     def where(self, epoch: int) -> str:
         """``run plan (seed 0), epoch 3/10``: how errors name the place."""
@@ -214,7 +217,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                device: Optional[str | torch.device] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,
                on_step: Optional[Callable[[int], None]] = None,
-               stop_on_divergence: bool = False, checkpoint_every: Optional[int] = None) -> RunResult:
+               stop_on_divergence: bool = False, checkpoint_every: Optional[int] = None,
+               noise_monitor: Optional[dict] = None) -> RunResult:
     """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
     Each update takes the sampler's next batch (``plan.at_sample(position)``'s size) and the
@@ -227,6 +231,10 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     they are). ``dist`` (from ``bsadvisor.runtime.distributed.init_from_env``): data-parallel
     training under torchrun; every rank must call this with the same arguments.
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
+    ``noise_monitor``: NoiseMonitor settings (runtime/monitor.py; ``{}`` for the defaults) to
+    record B_simple along the run in ``RunResult.noise_trace``: from the micro-batches of an
+    accumulated update, otherwise from extra draws within its overhead budget. It never
+    changes the trajectory.
 
     A training loss that is not finite raises a UserError, or with ``stop_on_divergence``
     ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN
@@ -254,6 +262,10 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
         run = _set_up(target, plan, name, seed, dist, dev, init_state, meta,
                       Path(checkpoint) if checkpoint is not None else None)
         run.checkpoint_every = checkpoint_every
+        if noise_monitor is not None:
+            run.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
+                                       device=dev, **{"seed": seed, **noise_monitor})
+            run.result.noise_trace = run.monitor.points
         start = _resume(run, on_epoch) if resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
@@ -315,6 +327,9 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         result.history = [dict(rec) for rec in doc["history"]]
         result.steps = [dict(rec) for rec in doc.get("steps", [])]
         run.partial = dict(doc.get("partial") or {})
+        if run.monitor is not None and doc.get("monitor") is not None:
+            run.monitor.load_state_dict(doc["monitor"])
+            result.noise_trace = run.monitor.points
         totals = doc.get("totals") or {}
         run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
             "wall_s", 0.0)
@@ -366,15 +381,13 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     run.scheduler.seek(epoch * n + part["offset"])
     perm = run.sampler.permutation(epoch)
     stride = max(1, run.plan.updates // MAX_STEP_RECORDS)
-    bad_loss, t0 = None, time.perf_counter()
+    bad_loss, t0, m0 = None, time.perf_counter(), _monitor_seconds(run)
     for a, b in run.sampler.spans(epoch, part["offset"]):
         idx = perm[a:b]
-        if run.updates % stride == 0:
-            run.result.steps.append({"samples": epoch * n + a, "batch_size": len(idx),
-                                     "lr": run.scheduler.get_last_lr()[0],
-                                     "momentum": run.scheduler.get_last_momentum()[0]})
+        lr, momentum, monitor = _before_update(run, epoch, epoch * n + a, len(idx), stride, max_micro_batch)
         try:
-            loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device)
+            loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device,
+                              monitor=monitor)
         except UserError:
             raise
         except Exception as exc:
@@ -385,6 +398,8 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
+        if monitor is not None:
+            monitor.end_update(epoch * n + a, lr, momentum, len(idx), run.updates)
         part["loss_sum"] += loss * len(idx)
         part["seen"] += len(idx)
         part["offset"] = b
@@ -394,10 +409,10 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
         if on_step:
             on_step(len(idx))
         if run.checkpoint_every and run.updates % run.checkpoint_every == 0 and b < n:
-            run.wall += _slowest(dist, time.perf_counter() - t0)
+            run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
             _write_checkpoint(run)  # mid-epoch: the partial epoch's sums and position go with it
-            t0 = time.perf_counter()
-    run.wall += _slowest(dist, time.perf_counter() - t0)
+            t0, m0 = time.perf_counter(), _monitor_seconds(run)
+    run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
     if dist.enabled:
         # BatchNorm running statistics moved differently on each rank (each saw its own
         # share); rank 0's are the model's, for evaluation and the checkpoint alike.
@@ -405,6 +420,47 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
+
+
+def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: int,
+                   max_micro_batch: Optional[int]) -> tuple[float, float, Optional[NoiseMonitor]]:
+    """The update's LR and momentum, recorded every ``stride`` updates; the monitor's extra draws when due.
+
+    Returns (lr, momentum, the monitor when it reads this update's micro-batches, else None).
+    """
+    lr, momentum = run.scheduler.get_last_lr()[0], run.scheduler.get_last_momentum()[0]
+    if run.updates % stride == 0:
+        run.result.steps.append({"samples": sample, "batch_size": batch, "lr": lr, "momentum": momentum})
+    monitor = _monitor_for(run, batch, max_micro_batch)
+    if monitor is None and run.monitor is not None:  # no micro-batches to read: extra draws, within budget
+        _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, batch, run.updates))
+    return lr, momentum, monitor
+
+
+def _monitor_for(run: _Training, batch: int, max_micro_batch: Optional[int]) -> Optional[NoiseMonitor]:
+    """The monitor, when this update accumulates micro-batches it can read on one process; else None.
+
+    Under DDP the last micro-batch's backward all-reduces ``.grad``, so its change is not
+    this rank's micro-batch gradient: there the monitor takes extra draws instead.
+    """
+    if run.monitor is None or run.dist.enabled or max_micro_batch is None or batch <= max_micro_batch:
+        return None
+    return run.monitor
+
+
+def _measure(run: _Training, epoch: int, measure: Callable[[], Any]) -> None:
+    """Run a monitor measurement; the user's model or loss raising there is named like a training step's."""
+    try:
+        measure()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{run.where(epoch)}: the noise monitor's gradient draw raised {_one_line(exc)}") from None
+
+
+def _monitor_seconds(run: _Training) -> float:
+    """Seconds the monitor's extra draws have taken in this run (kept out of its wall time)."""
+    return run.monitor.seconds if run.monitor is not None else 0.0
 
 
 def _slowest(dist: Dist, took: float) -> float:
@@ -446,6 +502,7 @@ def _write_checkpoint(run: _Training) -> None:
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
             "steps": run.result.steps, "partial": dict(run.partial),
+            "monitor": run.monitor.state_dict() if run.monitor is not None else None,
             "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
 
 

@@ -112,12 +112,21 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "schedule")):
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
-    cap = plan.cap or {}
     fitted = convert.convert(_options(plan, world_size=world_size, micro_batch=micro_batch,
-                                      noise_cap_batch=cap.get("noise_scale")))
+                                      noise_cap_batch=_noise_cap(plan)))
     before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
+
+
+def _noise_cap(plan: Plan):
+    """The plan's noise cap to convert again with: K × its recorded noise model (eq. 16), else its one number."""
+    k, model = plan.inputs.get("noise_cap"), (plan.probe or {}).get("noise_model")
+    if k is not None and model:
+        from bsadvisor.core.noise_model import NoiseModel
+
+        return NoiseModel.from_dict(model).cap(k)
+    return (plan.cap or {}).get("noise_scale")
 
 
 def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] = None,

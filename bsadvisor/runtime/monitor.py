@@ -1,0 +1,244 @@
+"""NoiseMonitor: the gradient noise scale B_simple during training, with its 90% interval.
+
+The probe measures B_simple once, near initialisation; it grows as training proceeds
+(docs/concepts.md §12). The monitor measures it along the run, with the estimators of
+:mod:`bsadvisor.core.noise` (McCandlish et al. 1812.06162, App. A, with the finite-data
+correction of eq. 17), in one of two ways:
+
+- **From gradient accumulation, at no extra cost.** A loop that accumulates k micro-batch
+  gradients already has them: call :meth:`NoiseMonitor.after_backward` after each
+  micro-batch's ``backward()``. The micro-batch gradient is the change in the accumulated
+  ``.grad`` (one copy and one squared norm per micro-batch); the gradient after the last
+  one is the update's. Each update with two or more micro-batches is one draw; every
+  ``window`` draws give one point.
+- **A few extra draws.** :meth:`NoiseMonitor.maybe_measure` (once per update, before the
+  step) takes ``draws`` fresh batches from the data set with the monitor's own random
+  generator, each split in ``micro_batches`` micro-batches, at the current parameters. It
+  measures only when the time it has spent stays within ``overhead`` (default 5%) of the
+  training time seen so far, or every ``every`` updates when that is given.
+
+Either way the training trajectory is untouched: gradients come from ``torch.autograd.grad``
+(``.grad`` is never written), BatchNorm buffers and every random stream (Python, NumPy,
+torch, CUDA) are put back after the extra draws, and the training sampler is never
+touched (the monitor draws its batches with a generator of its own).
+
+Each point records the sample position, B_simple with its interval and kind, and the
+setting (LR, momentum, batch) it was measured at, which is what turns a trace into the
+noise model of convert-schedule and advise (``--noise-trace``; core.noise_model, eq. 16).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from bsadvisor.core import noise as noise_stats
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import json_safe
+from bsadvisor.core.noise_model import TRACE_SCHEMA
+from bsadvisor.runtime import rng
+from bsadvisor.runtime.step import make_gather, to_device
+
+
+
+class NoiseMonitor:
+    """B_simple along a training run (module docstring); ``points`` holds what it measured.
+
+    ``model``: the module being trained (not a DDP wrapper). ``loss_fn(model, batch)`` and
+    ``dataset`` (+ ``collate_fn``) are needed only for the extra draws. ``dataset_size`` N
+    (default ``len(dataset)``) sets the finite-data correction; None with no dataset: a
+    stream (no correction). ``big_batch``: examples per extra draw (default: the training
+    batch at the time, at least 64 and at most N), split in ``micro_batches``.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
+                 dataset: Any = None, *, dataset_size: Optional[int] = None, collate_fn=None,
+                 draws: int = 8, micro_batches: int = 8, big_batch: Optional[int] = None,
+                 every: Optional[int] = None, overhead: float = 0.05, window: int = 16, seed: int = 0,
+                 device: Optional[torch.device] = None):
+        if draws < 2 or micro_batches < 2:
+            raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
+        if every is not None and every < 1:
+            raise UserError(f"the noise monitor's every must be ≥ 1 update, got {every}")
+        if not (0 < overhead <= 1):
+            raise UserError(f"the noise monitor's overhead must be in (0, 1], got {overhead}")
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.loss_fn, self.dataset = loss_fn, dataset
+        self.dataset_size = dataset_size if dataset_size is not None else (len(dataset) if dataset is not None
+                                                                           else None)
+        self.draws, self.micro_batches, self.big_batch = draws, micro_batches, big_batch
+        self.every, self.overhead, self.window = every, overhead, window
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+        self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
+        self.points: list[dict] = []
+        self.seconds = 0.0          # spent measuring
+        self._train_seconds = 0.0   # training time seen between calls (excluding the monitor's)
+        self._last_call: Optional[float] = None
+        self._updates_since = 0
+        self._cost = 0.0            # seconds the last measurement took
+        self._acc: dict = {}        # the update being accumulated
+        self._pending: list[tuple[float, float, float, int]] = []  # accumulation draws (small, big, b_eff, B)
+
+    # ------------------------------------------------------------------ extra draws
+    def maybe_measure(self, samples: int, lr: float, momentum: float, batch_size: int,
+                      update: Optional[int] = None) -> Optional[dict]:
+        """Measure now if the schedule says so (``every`` updates, or the overhead budget); call once per update."""
+        now = time.perf_counter()
+        if self._last_call is not None:
+            self._train_seconds += now - self._last_call
+        self._updates_since += 1
+        if self.every is not None:
+            due = not self.points or self._updates_since >= self.every
+        else:  # measure when the time spent stays within the budget, the first time at once
+            due = not self.points or self.seconds + self._cost <= self.overhead * self._train_seconds
+        point = self.measure(samples, lr, momentum, batch_size, update) if due else None
+        self._last_call = time.perf_counter()
+        return point
+
+    def measure(self, samples: int, lr: float, momentum: float, batch_size: int,
+                update: Optional[int] = None) -> dict:
+        """``draws`` extra draws at the current parameters; the point they give (also appended to ``points``)."""
+        if self.loss_fn is None or self._gather is None:
+            raise UserError("the noise monitor's extra draws need loss_fn and dataset; "
+                            "or feed it micro-batches with after_backward")
+        started = time.perf_counter()
+        n = self.dataset_size
+        big = self.big_batch or max(64, batch_size)
+        big = min(big, n) if n is not None else big
+        b = max(1, big // self.micro_batches)
+        k = max(2, big // b)
+        state = rng.get_state()
+        buffers = [t.detach().clone() for t in self.model.buffers()]
+        small, large = [], []
+        try:
+            for _ in range(self.draws):
+                idx = torch.randperm(n, generator=self.generator)[:k * b] if n is not None else None
+                s, g = self._one_draw(idx, k, b)
+                small.append(s)
+                large.append(g)
+        finally:
+            with torch.no_grad():
+                for t, saved in zip(self.model.buffers(), buffers):
+                    t.copy_(saved)
+            rng.set_state(state)
+        took = time.perf_counter() - started
+        self._cost = took
+        self.seconds += took
+        self._updates_since = 0
+        return self._add(samples, update, lr, momentum, batch_size, small, large, b, k * b, "draws", took)
+
+    def _one_draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
+        """(|G_b|² averaged over the k micro-batches, |G_B|² of their mean), gradients by autograd.grad."""
+        total = None
+        small = torch.zeros((), dtype=torch.float64)
+        for j in range(k):
+            batch = to_device(self._gather(idx[j * b:(j + 1) * b]), self.device)
+            loss = self.loss_fn(self.model, batch)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+            small = small + _sq_norm(grads).cpu()
+            if total is None:
+                total = [g.to(torch.float64) for g in grads]
+            else:
+                torch._foreach_add_(total, [g.to(torch.float64) for g in grads])
+        torch._foreach_div_(total, float(k))
+        s, g = float(small) / k, float(_sq_norm(total))
+        if not math.isfinite(s + g):
+            raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
+        return s, g
+
+    # ------------------------------------------------------------------ accumulation
+    def after_backward(self, size: int, weight: Optional[float] = None) -> None:
+        """Call after each micro-batch's ``backward()`` of ``size`` examples in an accumulated update.
+
+        ``weight``: the factor the micro-batch's loss was scaled by (default: the usual
+        ``size / batch``, given at :meth:`end_update`), so its own mean gradient is the change
+        in ``.grad`` divided by it.
+        """
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        acc = self._acc
+        prev = acc.get("prev")
+        diff = grads if prev is None else torch._foreach_sub(grads, prev)
+        acc.setdefault("parts", []).append((size, weight, float(_sq_norm(diff))))
+        acc["prev"] = [g.detach().clone() for g in grads]
+
+    def end_update(self, samples: int, lr: float, momentum: float, batch_size: Optional[int] = None,
+                   update: Optional[int] = None) -> Optional[dict]:
+        """Close an accumulated update (after its last ``after_backward``); every ``window`` updates, a point.
+
+        The change in ``.grad`` of a micro-batch of ``size`` is weight × its mean gradient, and the
+        final ``.grad`` is the update's mean gradient (each loss scaled by size/batch, as
+        gradient accumulation does). Updates of one micro-batch give no draw.
+        """
+        acc, self._acc = self._acc, {}
+        parts = acc.get("parts") or []
+        if len(parts) < 2:
+            return None
+        total = sum(size for size, _, _ in parts)
+        batch_size = batch_size or total
+        sq = [norm / ((w if w is not None else size / total) ** 2) for size, w, norm in parts]
+        final = float(_sq_norm(acc["prev"]))
+        b_eff = len(parts) / sum(1.0 / size for size, _, _ in parts)  # E|G_b|² has the mean of 1/b_j (eq. 17)
+        self._pending.append((sum(sq) / len(sq), final, b_eff, total))
+        if len(self._pending) < self.window:
+            return None
+        pending, self._pending = self._pending, []
+        b = sum(p[2] for p in pending) / len(pending)
+        big = round(sum(p[3] for p in pending) / len(pending))
+        return self._add(samples, update, lr, momentum, batch_size, [p[0] for p in pending],
+                         [p[1] for p in pending], b, big, "accumulation", 0.0)
+
+    # ------------------------------------------------------------------ points
+    def _add(self, samples, update, lr, momentum, batch_size, small, large, b, big, how, seconds) -> dict:
+        n = self.dataset_size
+        stats = noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big else None)
+        point = {"sample": int(samples), "update": update, "b_simple": stats.b_simple,
+                 "ci90": [stats.ci90[0], stats.ci90[1]], "ci_kind": stats.ci_kind,
+                 "trace_sigma": stats.trace_sigma, "grad_sq_norm": stats.grad_sq_norm, "draws": stats.draws,
+                 "micro_batch": b, "big_batch": big, "lr": float(lr), "momentum": float(momentum),
+                 "batch_size": int(batch_size), "how": how, "seconds": seconds}
+        self.points.append(point)
+        return point
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Seconds measuring / seconds training seen so far (the budget's figure)."""
+        return self.seconds / self._train_seconds if self._train_seconds > 0 else math.inf
+
+    def trace(self) -> dict:
+        """The trace as JSON-ready data (``bsadvisor.noise_trace/1``): what ``--noise-trace`` reads."""
+        return json_safe({"schema": TRACE_SCHEMA, "dataset_size": self.dataset_size, "points": self.points,
+                          "seconds": self.seconds})
+
+    def save(self, path) -> None:
+        """Write :meth:`trace` to ``path`` atomically."""
+        from bsadvisor.core.fileio import write_json
+
+        write_json(path, self.trace())
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the points so far and the generator (a resumed run continues both)."""
+        return {"points": [dict(p) for p in self.points], "generator": self.generator.get_state(),
+                "seconds": self.seconds, "train_seconds": self._train_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = [dict(p) for p in state.get("points", [])]
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+        self.seconds = float(state.get("seconds", 0.0))
+        self._train_seconds = float(state.get("train_seconds", 0.0))
+        self._last_call = None
+
+
+def _sq_norm(tensors) -> torch.Tensor:
+    """Σ |t|² in float64."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(list(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))).square().sum()
+
+
+__all__ = ["NoiseMonitor", "TRACE_SCHEMA"]

@@ -152,7 +152,7 @@ CASES = [
     ("plan-truncated", export({"plan.json": plan_with(lambda d: None)[:200]}, ["not valid JSON"])),
     ("plan-is-folder", (["export", "plans"], {"plans/x.json": "{}"}, ["plans", "folder"])),
     # ------------------------------------------------------------------ probe files (bsadvisor.probe/1)
-    ("probe-ci90-nulls", probe_case(_set("noise.ci90", [None, None]), ["noise.ci90[0]", "null"])),
+    ("probe-ci90-nulls", probe_case(_set("noise.ci90", [None, None]), ["noise.ci90", "open end", "bounded"])),
     ("probe-ci90-one-value", probe_case(_set("noise.ci90", [1.0]), ["noise.ci90", "2 values"])),
     ("probe-ci90-reversed", probe_case(_set("noise.ci90", [500.0, 100.0]), ["noise.ci90", "low end"])),
     ("probe-b-simple-zero", probe_case(_set("noise.b_simple", 0), ["noise.b_simple", "> 0", "got 0"])),

@@ -103,6 +103,7 @@ def print_results(doc: dict, out_console=None) -> None:
     con = out_console or console
     _print_runs(doc, con)
     _print_curves(doc, con)
+    _print_noise(doc, con)
     _print_verdict(doc, con)
 
 
@@ -168,6 +169,37 @@ def _print_curves(doc: dict, con) -> None:
         con.print(curves)
 
 
+def _print_noise(doc: dict, con) -> None:
+    """The terminal's picture of noise.png: each run's batch against its measured B_simple, a few points each."""
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from bsadvisor.runtime.report import describe_ci, fmt, noise_rows
+
+    rows = noise_rows(doc, points=5)
+    if not rows:
+        return
+    n = doc.get("dataset_size") or 0
+    t = Table(title="noise scale through training (first seed)", title_justify="left",
+              caption=Text("B/B_simple ≪ 1: room to grow; ≫ 1: parallelism, not progress", style="dim"),
+              caption_justify="left")
+    for col in ("run", "epoch", "batch", "B_simple", "90% CI", "B/B_simple"):
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+    for name, pts in rows.items():
+        for p in pts:
+            t.add_row(name, f"{p['sample'] / n if n else 0:.2f}", f"{p['batch_size']:,}", fmt(p["shown"], ",.0f"),
+                      describe_ci(p), fmt(p["ratio"], ".2g"))
+    if Measurement.get(con, con.options.update_width(10**4), t).maximum <= con.width:
+        con.print(t)
+    else:  # too wide: one line per point
+        con.print(Text("noise scale through training (first seed)"))
+        for name, pts in rows.items():
+            for p in pts:
+                con.print(Text(f"  {name} epoch {p['sample'] / n if n else 0:.2f}: batch {p['batch_size']:,}, "
+                               f"B_simple {fmt(p['shown'], ',.0f')} ({describe_ci(p)})"))
+
+
 def _print_verdict(doc: dict, con) -> None:
     """ACCEPTED or REJECTED, why, and the savings when both runs finished."""
     from rich.text import Text
@@ -196,12 +228,13 @@ def _warn(text: str) -> None:
 def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
                    tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
                    as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True,
-                   checkpoint_every: Optional[int] = None) -> dict:
+                   checkpoint_every: Optional[int] = None, noise_monitor: Optional[dict] = None) -> dict:
     """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes.
 
     With ``out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's files
     removed with ``overwrite``) from before the first run until the report is written.
     ``show=False`` prints nothing on stdout (the caller reports the document itself).
+    ``noise_monitor``: NoiseMonitor settings for every run (None: no monitor).
     """
     import contextlib
 
@@ -220,7 +253,7 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
         with (_progress() if main else contextlib.nullcontext()) as progress:
             doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
                                  tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings,
-                                 checkpoint_every=checkpoint_every)
+                                 checkpoint_every=checkpoint_every, noise_monitor=noise_monitor)
         if not main:
             return doc
         if out is not None:
@@ -290,6 +323,10 @@ def validate(
                                    "in --out"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
                                "auto; each process takes cuda:LOCAL_RANK)"),
+    noise_monitor: bool = typer.Option(True, "--noise-monitor/--no-noise-monitor", help="measure B_simple through "
+                                       "every run (NoiseMonitor): results.json, report.md and noise.png"),
+    monitor_overhead: float = typer.Option(0.05, "--monitor-overhead", help="the noise monitor's time budget, a "
+                                           "fraction of the training time (its extra gradient draws stay within it)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
 ) -> None:
     """Train the original schedule and the plan on TARGET and compare them (exit 0 accepted, 1 rejected).
@@ -304,9 +341,16 @@ def validate(
                   total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
                   seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                   tolerance=tolerance, max_micro_batch=max_micro_batch, out=out, resume=resume,
-                  overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every)
+                  overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
+                  noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(out)) from None  # cli.main prints it: one line, exit 130
+
+
+def _monitor_settings(on: bool, overhead: Any) -> Optional[dict]:
+    """NoiseMonitor settings from --noise-monitor and --monitor-overhead (None: off)."""
+    checks.number("--monitor-overhead", overhead, low=0, high=1, low_open=True)
+    return {"overhead": float(overhead)} if on else None
 
 
 def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
@@ -327,7 +371,8 @@ def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: 
 def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
               max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
               increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json,
-              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, checkpoint_every=None) -> None:
+              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, checkpoint_every=None,
+              noise_monitor=None) -> None:
     from bsadvisor.core.plan import Plan
     from bsadvisor.runtime.validate import check_epochs, check_out
 
@@ -355,7 +400,8 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
             err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
     doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                          tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite, checkpoint_every=checkpoint_every)
+                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite, checkpoint_every=checkpoint_every,
+                         noise_monitor=noise_monitor)
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
@@ -402,7 +448,7 @@ def demo(
         + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
     doc = run_and_report(tgt, plan, seeds=seeds, variants=variants, hybrid_cap=None, increase_lr=5.0,
                          tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False,
-                         overwrite=overwrite, show=not as_json)
+                         overwrite=overwrite, show=not as_json, noise_monitor={"overhead": 0.05})
     if as_json:
         from bsadvisor.core.fileio import json_safe
 

@@ -149,6 +149,13 @@ class ProbeResult:
         if "ci_kind" not in d["noise"] and d["noise"].get("ci_method") == "delta":
             # written before intervals were honest: a delta-method interval meant |G|² was not significant
             noise_doc["ci_kind"] = "unbounded"
+        if noise_doc.get("ci_kind", "bounded") == "bounded":  # a bounded estimate is a positive number in [lo, hi]
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise S.refuse(what, "noise.ci90", "has an open end but noise.ci_kind says the interval is bounded",
+                               REMEDY)
+            if not noise_doc["b_simple"] > 0:
+                raise S.refuse(what, "noise.b_simple", f"must be > 0 when noise.ci_kind is bounded, got "
+                                                       f"{noise_doc['b_simple']:g}", REMEDY)
         if lo > hi:
             raise S.refuse(what, "noise.ci90", f"is [{lo:g}, {hi:g}]: its low end is above its high end", REMEDY)
         noise = _build(NoiseResult, noise_doc, doc["noise"], "noise", what)

@@ -50,7 +50,8 @@ class NoiseMonitor:
     ``dataset`` (+ ``collate_fn``) are needed only for the extra draws. ``dataset_size`` N
     (default ``len(dataset)``) sets the finite-data correction; None with no dataset: a
     stream (no correction). ``big_batch``: examples per extra draw (default: the training
-    batch at the time, at least 64 and at most N), split in ``micro_batches``.
+    batch or about the last estimate, at least 64 and at most N; :meth:`_auto_big_batch`),
+    split in ``micro_batches``.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
@@ -79,57 +80,116 @@ class NoiseMonitor:
         self._train_seconds = 0.0   # training time seen between calls (excluding the monitor's)
         self._last_call: Optional[float] = None
         self._updates_since = 0
-        self._cost = 0.0            # seconds the last measurement took
+        self._per_example = 0.0     # seconds per example drawn, in the last set of draws
         self._acc: dict = {}        # the update being accumulated
         self._pending: list[tuple[float, float, float, int]] = []  # accumulation draws (small, big, b_eff, B)
 
     # ------------------------------------------------------------------ extra draws
     def maybe_measure(self, samples: int, lr: float, momentum: float, batch_size: int,
                       update: Optional[int] = None) -> Optional[dict]:
-        """Measure now if the schedule says so (``every`` updates, or the overhead budget); call once per update."""
+        """Measure now if the schedule says so (``every`` updates, or the overhead budget); call once per update,
+        before its step. The first call only starts the clock: the first point comes at the second update."""
         now = time.perf_counter()
         if self._last_call is not None:
             self._train_seconds += now - self._last_call
         self._updates_since += 1
-        if self.every is not None:
+        if self._last_call is None:
+            # Not before the first update: it pays the one-off start-up costs (autograd, allocators) that would
+            # otherwise be billed to the monitor and starve its budget.
+            due = False
+        elif self.every is not None:
             due = not self.points or self._updates_since >= self.every
-        else:  # measure when the time spent stays within the budget, the first time at once
-            due = not self.points or self.seconds + self._cost <= self.overhead * self._train_seconds
-        point = self.measure(samples, lr, momentum, batch_size, update) if due else None
+        else:  # measure when its predicted cost fits in what is left of the budget; the first time at once
+            big = self.big_batch or self._auto_big_batch(batch_size)
+            due = not self.points or self._predicted(big) <= self._allowance()
+        allowance = None if self.every is not None else self._allowance()
+        point = self.measure(samples, lr, momentum, batch_size, update, allowance) if due else None
         self._last_call = time.perf_counter()
         return point
 
+    def _allowance(self) -> float:
+        """Seconds the budget still allows: ``overhead`` × the training time seen, less what was spent."""
+        return self.overhead * self._train_seconds - self.seconds
+
+    def _predicted(self, big: int) -> float:
+        """Seconds a set of ``draws`` draws of ``big`` examples should take, from the last set's pace."""
+        return self._per_example * self.draws * big
+
     def measure(self, samples: int, lr: float, momentum: float, batch_size: int,
-                update: Optional[int] = None) -> dict:
-        """``draws`` extra draws at the current parameters; the point they give (also appended to ``points``)."""
+                update: Optional[int] = None, allowance: Optional[float] = None) -> dict:
+        """``draws`` extra draws at the current parameters; the point they give (also appended to ``points``).
+
+        Without a fixed ``big_batch`` the draw size follows the noise scale: when the draws
+        say B_simple is more than twice their batch (or give only a lower bound), they are
+        taken again, fresh, at a batch of about B_simple (at most N, at most twice): the
+        estimate of |G|² is only sharp when a draw is not far below B_simple. Only the last
+        set of draws makes the point, so its interval is not conditioned on the choice.
+        ``allowance``: seconds this call may take; no larger draws once they would pass it.
+        """
         if self.loss_fn is None or self._gather is None:
             raise UserError("the noise monitor's extra draws need loss_fn and dataset; "
                             "or feed it micro-batches with after_backward")
         started = time.perf_counter()
         n = self.dataset_size
-        big = self.big_batch or max(64, batch_size)
-        big = min(big, n) if n is not None else big
-        b = max(1, big // self.micro_batches)
-        k = max(2, big // b)
+        big = self.big_batch or self._auto_big_batch(batch_size)
         state = rng.get_state()
         buffers = [t.detach().clone() for t in self.model.buffers()]
-        small, large = [], []
         try:
-            for _ in range(self.draws):
-                idx = torch.randperm(n, generator=self.generator)[:k * b] if n is not None else None
-                s, g = self._one_draw(idx, k, b)
-                small.append(s)
-                large.append(g)
+            for _ in range(3):
+                big = min(big, n) if n is not None else big
+                began = time.perf_counter()
+                small, large, b, big = self._draws(big)
+                self._per_example = (time.perf_counter() - began) / (self.draws * big)
+                stats = noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big
+                                             else None)
+                wanted = min(self._wanted_big_batch(stats, big), n or math.inf)
+                spent = time.perf_counter() - started
+                if (self.big_batch is not None or wanted <= big
+                        or (allowance is not None and spent + self._predicted(wanted) > allowance)):
+                    break
+                big = wanted
         finally:
             with torch.no_grad():
                 for t, saved in zip(self.model.buffers(), buffers):
                     t.copy_(saved)
             rng.set_state(state)
         took = time.perf_counter() - started
-        self._cost = took
         self.seconds += took
         self._updates_since = 0
-        return self._add(samples, update, lr, momentum, batch_size, small, large, b, k * b, "draws", took)
+        return self._add(samples, update, lr, momentum, batch_size, small, large, b, big, "draws", took)
+
+    def _draws(self, big: int) -> tuple[list[float], list[float], int, int]:
+        """``draws`` draws of ``micro_batches`` micro-batches: (|G_b|², |G_B|² of each, b, B)."""
+        b = max(1, big // self.micro_batches)
+        k = max(2, big // b)
+        small, large = [], []
+        for _ in range(self.draws):
+            idx = torch.randperm(self.dataset_size, generator=self.generator)[:k * b]
+            s, g = self._one_draw(idx, k, b)
+            small.append(s)
+            large.append(g)
+        return small, large, b, k * b
+
+    def _auto_big_batch(self, batch_size: int) -> int:
+        """The first draw batch when none is fixed: about the last estimate (a power of two, at least 64 and
+        the training batch); after an open interval, twice its lower bound. B_simple grows through training."""
+        ref = 64.0
+        if self.points:
+            last = self.points[-1]
+            if last["ci_kind"] == "bounded":
+                ref = last["b_simple"]
+            else:
+                ref = 2 * max(last["ci90"][0] or 0.0, last["big_batch"])
+        return max(64, batch_size, 2 ** math.ceil(math.log2(max(ref, 1.0))))
+
+    @staticmethod
+    def _wanted_big_batch(stats, big: int) -> int:
+        """The draw batch these draws ask for: about B_simple when it is over twice theirs (a power of two)."""
+        if stats.ci_kind == "bounded":
+            ref = stats.b_simple if stats.b_simple > 2 * big else big
+        else:
+            ref = 4.0 * max(stats.ci90[0], big)
+        return 2 ** math.ceil(math.log2(max(ref, 1.0)))
 
     def _one_draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
         """(|G_b|² averaged over the k micro-batches, |G_B|² of their mean), gradients by autograd.grad."""

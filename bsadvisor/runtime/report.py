@@ -140,6 +140,7 @@ def report_markdown(doc: dict) -> str:
         lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
     lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
     lines += temperature_table(doc)
+    lines += noise_table(doc)
     for w in doc.get("warnings", []):
         lines += [f"Warning: {_md(w)}", ""]
     for f in doc.get("plots", []):
@@ -166,10 +167,100 @@ def temperature_table(doc: dict, points: int = 10) -> list[str]:
     return lines + [""]
 
 
+def noise_rows(doc: dict, points: int = 8) -> dict[str, list[dict]]:
+    """Each run's (first seed's) noise trace at up to ``points`` evenly spread places, with the batch it
+    trained at there and B/B_simple: where the run sits against the critical batch."""
+    rows = {}
+    for name, run in doc["runs"].items():
+        seed = run["seeds"][0] if run.get("seeds") else {}
+        trace = [p for p in seed.get("noise_trace") or [] if p.get("b_simple") is not None]
+        if not trace:
+            continue
+        picks = sorted({round(i * (len(trace) - 1) / max(points - 1, 1)) for i in range(min(points, len(trace)))})
+        # an open interval's point estimate says nothing (it may be negative): only its bound is shown
+        rows[name] = [dict(trace[i], shown=trace[i]["b_simple"] if trace[i]["ci_kind"] == "bounded" else None,
+                           ratio=trace[i]["batch_size"] / trace[i]["b_simple"]
+                           if trace[i]["ci_kind"] == "bounded" else None) for i in picks]
+    return rows
+
+
+def describe_ci(point: dict) -> str:
+    """A trace point's 90% interval, honest about open ones ("≥ lo", "unbounded")."""
+    lo, hi = point.get("ci90") or (None, None)
+    kind = point.get("ci_kind")
+    if kind == "bounded" and finite(lo) and finite(hi):
+        return f"{lo:,.0f}–{hi:,.0f}"
+    if kind == "lower-bound" and finite(lo):
+        return f"≥ {lo:,.0f}"
+    return "unbounded"
+
+
+def noise_table(doc: dict) -> list[str]:
+    """report.md's table of B_simple through training (NoiseMonitor), against the batch each run used."""
+    rows = noise_rows(doc)
+    if not rows:
+        return []
+    n = doc.get("dataset_size") or 0
+    lines = ["Gradient noise scale through training (NoiseMonitor, first seed): B_simple with its 90% interval "
+             "against the batch the run trained at; B/B_simple well below 1 leaves room to grow, well above 1 "
+             "buys parallelism, not progress (McCandlish et al.).", "",
+             "| run | epoch | batch | B_simple | 90% CI | B/B_simple |", "|---|---|---|---|---|---|"]
+    for name, pts in rows.items():
+        for p in pts:
+            lines.append(f"| {_md(name)} | {p['sample'] / n if n else 0:.2f} | {p['batch_size']:,} | "
+                         f"{fmt(p['shown'], ',.0f')} | {describe_ci(p)} | {fmt(p['ratio'], '.2g')} |")
+    return lines + [""]
+
+
+def plot_noise(doc: dict, out: Path) -> list[str]:
+    """noise.png: each run's batch size and its measured B_simple (90% interval) against samples (needs matplotlib)."""
+    rows = {name: run["seeds"][0].get("noise_trace") or [] for name, run in doc["runs"].items() if run.get("seeds")}
+    if not any(rows.values()):
+        return []
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = doc.get("dataset_size") or 1
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, (name, run) in enumerate(doc["runs"].items()):
+        color = f"C{i}"
+        steps = run["seeds"][0].get("steps") or []
+        if steps:
+            ax.step([r["samples"] / n for r in steps], [r["batch_size"] for r in steps], where="post", color=color,
+                    label=f"{name}: batch")
+        pts = [p for p in rows.get(name, []) if p.get("ci_kind") == "bounded"]
+        if pts:
+            xs = [p["sample"] / n for p in pts]
+            ys = [p["b_simple"] for p in pts]
+            yerr = [[y - p["ci90"][0] for y, p in zip(ys, pts)], [p["ci90"][1] - y for y, p in zip(ys, pts)]]
+            ax.errorbar(xs, ys, yerr=yerr, fmt="o", ms=3, color=color, alpha=0.7, capsize=2,
+                        label=f"{name}: B_simple (90% CI)")
+        bounds = [p for p in rows.get(name, []) if p.get("ci_kind") == "lower-bound" and finite(p["ci90"][0])]
+        if bounds:  # an open interval: only its lower bound is known
+            ax.plot([p["sample"] / n for p in bounds], [p["ci90"][0] for p in bounds], "^", ms=4, color=color,
+                    alpha=0.5, label=f"{name}: B_simple ≥ (open interval)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs (samples / N)")
+    ax.set_ylabel("examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{doc['target']}: batch size against the measured noise scale")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(Path(out) / "noise.png", buf.getvalue())
+    return ["noise.png"]
+
+
 def write_outputs(doc: dict, out: Path) -> None:
-    """results.json, curves_*.png (with matplotlib) and report.md in ``out``, each written atomically."""
+    """results.json, curves_*.png and noise.png (with matplotlib) and report.md in ``out``, each written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    doc["plots"] = plot_curves(doc, out)
+    doc["plots"] = plot_curves(doc, out) + plot_noise(doc, out)
     write_json(out / "results.json", doc)
     write_atomic(out / "report.md", report_markdown(doc))

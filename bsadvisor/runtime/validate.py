@@ -315,7 +315,8 @@ def batchnorm_warning(model) -> Optional[str]:
 def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
                    resume: bool = False, max_micro_batch: Optional[int] = None,
                    tolerance: Optional[float] = None, progress=None, dist=None, device=None,
-                   warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None) -> dict:
+                   warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None,
+                   noise_monitor: Optional[dict] = None) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
@@ -324,7 +325,8 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     ``warnings`` are recorded in the document (and the report). With ``out``, checkpoints
     are written at every epoch end and every ``checkpoint_every`` updates inside an epoch
     (default: a quarter of an epoch's updates, at least MIN_CHECKPOINT_EVERY, so a long
-    single-epoch run can be resumed part way).
+    single-epoch run can be resumed part way). ``noise_monitor``: NoiseMonitor settings
+    (runtime/monitor.py): every seed of every run records its B_simple trace (``noise_trace``).
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
@@ -358,7 +360,8 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
                                max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume, checkpoint_every=every,
                                dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
-                               stop_on_divergence=spec is not specs[0])  # the reference's divergence is an error
+                               stop_on_divergence=spec is not specs[0],  # the reference's divergence is an error
+                               noise_monitor=noise_monitor)
                 results.append(_seed_result(r.to_dict(), metric_name))
             runs[spec.name] = {"description": spec.description, "plan": spec.plan.to_dict(),
                                "seeds": results, "summary": summarize(results)}

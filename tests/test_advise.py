@@ -162,6 +162,24 @@ def test_noise_cap_follows_the_temperature_under_adam(tmp_path):
     assert plan.cap["limited_by"] == "noise_scale"
 
 
+@pytest.mark.parametrize("b_simple", [2.0, 100.0])
+def test_cap_efficiency_and_warning_read_one_noise_scale(tmp_path, b_simple):
+    doc = probe_doc(max_batch=100000, b_simple=b_simple)
+    doc["settings"]["optimizer"] = "adam"
+    path = tmp_path / "adam.json"
+    path.write_text(json.dumps(doc))
+    free = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    over = [s for s in free.stages if s.batch_size > 10 * s.extra["b_noise"]]
+    assert bool(over) == any("noise scale there" in w for w in free.warnings)
+    for k in (2, 10):
+        capped = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=k)
+        for s in capped.stages:
+            if s.batch_size > B0:  # B0 itself is the user's, kept even above a cap (the batch never shrinks)
+                assert s.batch_size <= k * s.extra["b_noise"] * (1 + 1e-9)
+            assert s.extra["efficiency"] == pytest.approx(1 / (1 + s.batch_size / s.extra["b_noise"]), rel=1e-12)
+        assert not any("noise scale there" in w for w in capped.warnings)  # a cap given: nothing to flag
+
+
 def test_noise_cap_refuses_an_estimate_without_a_bounded_interval(tmp_path):
     from bsadvisor.core.errors import UserError
 
@@ -262,6 +280,30 @@ def test_advise_on_mnist1d_stays_within_the_measured_cap():
     plan = Plan.from_dict(doc["plan"])
     assert max(plan.batch_sizes()) <= cap
     assert doc["plan"]["probe"]["b_simple"] == doc["probe"]["noise"]["b_simple"]
+    noise, advice = doc["probe"]["noise"], doc["advice"]
+    if noise["ci_kind"] == "bounded" and noise["b_simple"] >= 4 * B0:  # B0 well below the noise scale
+        # at the probe's own setting eq. 16 gives back the measured value
+        assert advice["b_noise_at_start"] == pytest.approx(noise["b_simple"], rel=1e-12)
+        for v in advice["variants"]:
+            assert B0 < v["start_batch"] <= advice["b_noise_at_start"] and v["updates"] < plan.updates
+            assert v["increase_lr"] == pytest.approx(v["start_batch"] / B0, rel=0.05)  # SGD: K = B/B0 (exact rule)
+    else:
+        assert advice is None
+
+
+def test_advise_refuses_an_open_noise_estimate_as_a_cap_and_keeps_the_probe(tmp_path):
+    # linear regression started at its optimum: the true gradient is 0, so |G|² is not significant
+    (tmp_path / "at_optimum.py").write_text(
+        "import torch\nfrom bsadvisor.targets.builtins import linreg\n\n\ndef make():\n    t = linreg()\n"
+        "    with torch.no_grad():\n        t.model.weight.copy_(torch.as_tensor(t.metadata['w_star']).reshape(1, -1))\n"
+        "    return t\n")
+    r = run_cli("advise", "at_optimum.py:make", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+                "--lr", "1e-7", "--budget-seconds", "3", "--noise-cap", "10", "--probe-out", "probe.json",
+                cwd=tmp_path)
+    probe = json.loads((tmp_path / "probe.json").read_text())  # written before the refusal: nothing lost
+    assert probe["noise"]["ci_kind"] != "bounded", probe["noise"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "not a usable cap" in r.stderr and "--budget-seconds" in r.stderr
 
 
 def test_probe_world_size_is_the_default_for_convert(tmp_path):

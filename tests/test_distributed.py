@@ -364,6 +364,54 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
         train_plan(t2, plan, seed=3, name="plan", max_micro_batch=MICRO, checkpoint=tmp_path / "cut.pt", resume=True)
 
 
+def _monitor_plan():
+    from bsadvisor.core.convert import baseline_plan
+
+    return baseline_plan(lr=0.01, batch_size=64, dataset_size=16384, epochs=1, momentum=0.9,
+                         schedule="ExponentialLR(gamma=0.5)")
+
+
+def _monitor_worker(outdir: str) -> None:
+    """2-process DDP with the noise monitor: each rank's gradient before the all-reduce is a small batch."""
+    import torch
+
+    from bsadvisor.runtime.distributed import exit_job, init_from_env
+    from bsadvisor.runtime.train import train_plan
+    from bsadvisor.targets.loading import load_target
+
+    torch.set_num_threads(1)
+    dist = init_from_env("cpu")
+    t = load_target("builtin:linreg")
+    r = train_plan(t, _monitor_plan(), seed=2, dist=dist, noise_monitor={"window": 16})
+    Path(outdir, f"monitor{dist.rank}.json").write_text(json.dumps({"trace": r.noise_trace,
+                                                                     "w": t.model.weight.reshape(-1).tolist()}))
+    dist.barrier()
+    exit_job(0)
+
+
+def test_two_processes_measure_the_noise_scale_from_the_ranks_gradients(tmp_path):
+    """Under DDP the ranks' shares are the small batches (replica estimator, AdaptDL): the trace equals the one
+    a single process reads from two accumulated micro-batches of the same halves, and is the same on every rank."""
+    from bsadvisor.runtime.train import train_plan
+    from bsadvisor.targets.loading import load_target
+
+    run = _torchrun([str(Path(__file__).resolve()), "--monitor-worker", str(tmp_path)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"monitor{i}.json").read_text()) for i in (0, 1))
+    assert r0 == r1
+    t = load_target("builtin:linreg")
+    one = train_plan(t, _monitor_plan(), seed=2, max_micro_batch=32, noise_monitor={"window": 16})
+    two = r0["trace"]
+    assert len(two) == len(one.noise_trace) == 16384 // 64 // 16
+    for a, b in zip(two, one.noise_trace):
+        assert (a["how"], b["how"]) == ("replicas", "accumulation")
+        assert a["sample"] == b["sample"] and a["ci_kind"] == b["ci_kind"]
+        assert math.isclose(a["b_simple"], b["b_simple"], rel_tol=1e-6)
+        assert all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a["ci90"], b["ci90"]) if x and y)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--monitor-worker":
+    _monitor_worker(sys.argv[2])
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
     _worker(sys.argv[2])
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--train-worker":

@@ -244,13 +244,62 @@ class NoiseMonitor:
         final = float(_sq_norm(acc["prev"]))
         b_eff = len(parts) / sum(1.0 / size for size, _, _ in parts)  # E|G_b|² has the mean of 1/b_j (eq. 17)
         self._pending.append((sum(sq) / len(sq), final, b_eff, total))
+        return self._close_window(samples, update, lr, momentum, batch_size, "accumulation")
+
+    def _close_window(self, samples, update, lr, momentum, batch_size, how: str) -> Optional[dict]:
+        """Every ``window`` pending draws: one point (the draws' b and B averaged), else None."""
         if len(self._pending) < self.window:
             return None
         pending, self._pending = self._pending, []
         b = sum(p[2] for p in pending) / len(pending)
         big = round(sum(p[3] for p in pending) / len(pending))
         return self._add(samples, update, lr, momentum, batch_size, [p[0] for p in pending],
-                         [p[1] for p in pending], b, big, "accumulation", 0.0)
+                         [p[1] for p in pending], b, big, how, 0.0)
+
+    # ------------------------------------------------------------------ data parallel (torchrun)
+    def ddp_comm_hook(self, process_group, bucket):
+        """A DDP communication hook that reads each rank's gradient before the all-reduce.
+
+        Register it with ``ddp_model.register_comm_hook(None, monitor.ddp_comm_hook)``: it
+        adds the squared norm of the bucket (this rank's gradient, before averaging) to the
+        update's tally and then all-reduces as DDP's default hook does. Each rank's share of
+        the global batch is then a small batch and the averaged gradient the big one, the
+        replica estimator of McCandlish et al. App. A (as AdaptDL uses it); close each update
+        with :meth:`end_replica_update`.
+        """
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        buffer = bucket.buffer()
+        local = buffer.detach().to(torch.float64).square().sum()  # on the device: no sync here
+        self._acc["local"] = local if "local" not in self._acc else self._acc["local"] + local
+        return allreduce_hook(process_group, bucket)
+
+    def end_replica_update(self, samples: int, lr: float, momentum: float, batch_size: int, share: int,
+                           update: Optional[int] = None) -> Optional[dict]:
+        """Close a data-parallel update (after ``optimizer.step()``, before the next ``zero_grad``).
+
+        ``share``: this rank's examples of the ``batch_size`` (global) batch. Each rank's
+        gradient before the all-reduce is world·share/batch × its share's mean gradient (the
+        loss scaling of runtime.step.train_step), and ``.grad`` after it is the batch's mean
+        gradient. One all-reduce of three numbers per update; every ``window`` updates, a point,
+        the same on every rank.
+        """
+        import torch.distributed as tdist
+
+        acc, self._acc = self._acc, {}
+        world = tdist.get_world_size()
+        local = acc.get("local")
+        tally = torch.zeros(3, dtype=torch.float64)
+        if share > 0 and local is not None:
+            weight = world * share / batch_size
+            tally += torch.tensor([float(local) / weight ** 2, 1.0, 1.0 / share], dtype=torch.float64)
+        tdist.all_reduce(tally)
+        ranks, inverse = float(tally[1]), float(tally[2])
+        if ranks < 2:
+            return None
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        self._pending.append((float(tally[0]) / ranks, float(_sq_norm(grads)), ranks / inverse, batch_size))
+        return self._close_window(samples, update, lr, momentum, batch_size, "replicas")
 
     # ------------------------------------------------------------------ points
     def _add(self, samples, update, lr, momentum, batch_size, small, large, b, big, how, seconds) -> dict:

@@ -270,6 +270,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
+            if run.monitor is not None:  # each rank's gradient before the all-reduce: the replica estimator
+                net.register_comm_hook(None, run.monitor.ddp_comm_hook)
         # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         for epoch in range(start, plan.full_epochs):
@@ -400,6 +402,9 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
             break
         if monitor is not None:
             monitor.end_update(epoch * n + a, lr, momentum, len(idx), run.updates)
+        elif run.monitor is not None and dist.enabled:
+            run.monitor.end_replica_update(epoch * n + a, lr, momentum, len(idx),
+                                           len(split_share(idx, dist.rank, dist.world_size)), run.updates)
         part["loss_sum"] += loss * len(idx)
         part["seen"] += len(idx)
         part["offset"] = b
@@ -432,7 +437,7 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
     if run.updates % stride == 0:
         run.result.steps.append({"samples": sample, "batch_size": batch, "lr": lr, "momentum": momentum})
     monitor = _monitor_for(run, batch, max_micro_batch)
-    if monitor is None and run.monitor is not None:  # no micro-batches to read: extra draws, within budget
+    if monitor is None and run.monitor is not None and not run.dist.enabled:  # extra draws, within budget
         _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, batch, run.updates))
     return lr, momentum, monitor
 
@@ -441,7 +446,8 @@ def _monitor_for(run: _Training, batch: int, max_micro_batch: Optional[int]) -> 
     """The monitor, when this update accumulates micro-batches it can read on one process; else None.
 
     Under DDP the last micro-batch's backward all-reduces ``.grad``, so its change is not
-    this rank's micro-batch gradient: there the monitor takes extra draws instead.
+    this rank's micro-batch gradient: there the ranks' gradients before the all-reduce
+    serve instead (NoiseMonitor.ddp_comm_hook, end_replica_update).
     """
     if run.monitor is None or run.dist.enabled or max_micro_batch is None or batch <= max_micro_batch:
         return None

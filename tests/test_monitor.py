@@ -164,3 +164,28 @@ def test_trace_round_trips_into_a_noise_model(tmp_path):
     assert model.b_noise(4096, t, tm) == pytest.approx(math.sqrt(a * b))  # log-linear between points
     assert model.b_noise(16384, t, tm) == pytest.approx(b)  # flat past the last usable point
     assert model.b_noise(8192, t / 2, tm) == pytest.approx(2 * b)  # ∝ 1/T
+
+
+def test_a_resumed_run_continues_the_trace(tmp_path):
+    # the checkpoint keeps the points and the monitor's generator: a resumed run records what an unbroken one does
+    settings = {"every": 3, "draws": 3, "micro_batches": 4}
+    target = _noisy_target()
+    init = {k: v.clone() for k, v in target.model.state_dict().items()}
+    full = train_plan(target, _plan(), seed=1, init_state=init, noise_monitor=settings)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(rec):
+        if rec["epoch"] == 2:
+            raise Stop
+
+    target = _noisy_target()
+    with pytest.raises(Stop):
+        train_plan(target, _plan(), seed=1, init_state=init, noise_monitor=settings,
+                   checkpoint=tmp_path / "run.pt", on_epoch=stop_after_two)
+    resumed = train_plan(target, _plan(), seed=1, init_state=init, noise_monitor=settings,
+                         checkpoint=tmp_path / "run.pt", resume=True)
+    assert resumed.resumed_from == 2
+    strip = lambda trace: [{k: v for k, v in p.items() if k != "seconds"} for p in trace]  # noqa: E731
+    assert strip(resumed.noise_trace) == strip(full.noise_trace)

@@ -93,7 +93,7 @@ class NoiseMonitor:
         if self._last_call is not None:
             self._train_seconds += now - self._last_call
         self._updates_since += 1
-        if self._last_call is None:
+        if self._last_call is None and not self.points:
             # Not before the first update: it pays the one-off start-up costs (autograd, allocators) that would
             # otherwise be billed to the monitor and starve its budget.
             due = False
@@ -332,7 +332,8 @@ class NoiseMonitor:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the points so far and the generator (a resumed run continues both)."""
         return {"points": [dict(p) for p in self.points], "generator": self.generator.get_state(),
-                "seconds": self.seconds, "train_seconds": self._train_seconds}
+                "seconds": self.seconds, "train_seconds": self._train_seconds, "updates_since": self._updates_since,
+                "pending": list(self._pending)}
 
     def load_state_dict(self, state: dict) -> None:
         self.points = [dict(p) for p in state.get("points", [])]
@@ -340,6 +341,8 @@ class NoiseMonitor:
             self.generator.set_state(state["generator"])
         self.seconds = float(state.get("seconds", 0.0))
         self._train_seconds = float(state.get("train_seconds", 0.0))
+        self._updates_since = int(state.get("updates_since", 0))
+        self._pending = [tuple(p) for p in state.get("pending", [])]
         self._last_call = None
 
 

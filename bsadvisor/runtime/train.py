@@ -400,11 +400,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
-        if monitor is not None:
-            monitor.end_update(epoch * n + a, lr, momentum, len(idx), run.updates)
-        elif run.monitor is not None and dist.enabled:
-            run.monitor.end_replica_update(epoch * n + a, lr, momentum, len(idx),
-                                           len(split_share(idx, dist.rank, dist.world_size)), run.updates)
+        _after_update(run, monitor, epoch * n + a, lr, momentum, idx)
         part["loss_sum"] += loss * len(idx)
         part["seen"] += len(idx)
         part["offset"] = b
@@ -440,6 +436,17 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
     if monitor is None and run.monitor is not None and not run.dist.enabled:  # extra draws, within budget
         _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, batch, run.updates))
     return lr, momentum, monitor
+
+
+def _after_update(run: _Training, monitor: Optional[NoiseMonitor], sample: int, lr: float, momentum: float,
+                  idx: torch.Tensor) -> None:
+    """Close the update for the noise monitor: its micro-batches (one process) or the ranks' gradients (DDP)."""
+    dist = run.dist
+    if monitor is not None:
+        monitor.end_update(sample, lr, momentum, len(idx), run.updates)
+    elif run.monitor is not None and dist.enabled:
+        run.monitor.end_replica_update(sample, lr, momentum, len(idx), len(split_share(idx, dist.rank,
+                                                                                       dist.world_size)), run.updates)
 
 
 def _monitor_for(run: _Training, batch: int, max_micro_batch: Optional[int]) -> Optional[NoiseMonitor]:

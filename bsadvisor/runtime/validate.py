@@ -312,6 +312,16 @@ def batchnorm_warning(model) -> Optional[str]:
 
 
 # -- the runs -------------------------------------------------------------------------
+def _check_runs(target, specs: list[RunSpec], resume: bool, out: Optional[Path]) -> None:
+    """What must hold before anything trains: --resume has a folder, every plan fits the target's data."""
+    if resume and out is None:
+        raise UserError("--resume needs --out DIR (the checkpoints live there)")
+    for spec in specs:
+        if spec.plan.dataset_size != target.dataset_size:
+            raise UserError(f"the {spec.name} plan was made for {spec.plan.dataset_size} training examples but "
+                            f"{target.name} has {target.dataset_size}; re-run convert-schedule for this target")
+
+
 def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
                    resume: bool = False, max_micro_batch: Optional[int] = None,
                    tolerance: Optional[float] = None, progress=None, dist=None, device=None,
@@ -332,12 +342,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
 
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     tolerance = checks.optional(checks.number, "--tolerance", tolerance, low=0)
-    if resume and out is None:
-        raise UserError("--resume needs --out DIR (the checkpoints live there)")
-    for spec in specs:
-        if spec.plan.dataset_size != target.dataset_size:
-            raise UserError(f"the {spec.name} plan was made for {spec.plan.dataset_size} training examples but "
-                            f"{target.name} has {target.dataset_size}; re-run convert-schedule for this target")
+    _check_runs(target, specs, resume, out)
     ckpt_dir = None
     if out is not None:
         ckpt_dir = Path(out) / "checkpoints"

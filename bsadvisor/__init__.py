@@ -29,6 +29,8 @@ _LAZY = {
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
     "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
     "current_dist": "runtime.distributed:current",
+    # integrations: other frameworks follow a plan (each imports its framework on first use)
+    "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

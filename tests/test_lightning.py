@@ -21,7 +21,7 @@ from bsadvisor import FollowPlan, Plan, Stage, UserError, load_target
 from bsadvisor.runtime.train import train_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_parts import N, Regression, make_plan, reference_target, trainer  # noqa: E402
+from lightning_parts import N, Regression, make_data, make_plan, mse, reference_target, trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +165,43 @@ def test_ddp_two_processes_share_every_global_batch(tmp_path):
     torch.testing.assert_close(torch.load(tmp_path / "weights.pt"), weights(ours.model))
 
 
+def test_a_datamodule_or_loaders_given_to_fit_are_followed_too(tmp_path):
+    import lightning.pytorch as pl
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(make_data(), batch_size=16, num_workers=0)
+
+    class NoLoader(Regression):
+        train_dataloader = None  # the data come from elsewhere
+
+    plan, expected = make_plan(), [b for _, b in planned_updates(make_plan())]
+    for data in (dict(datamodule=Data()), dict(train_dataloaders=Data().train_dataloader())):
+        module = NoLoader()
+        trainer(tmp_path, [FollowPlan(plan)]).fit(module, **data)
+        assert [rows for rows, _, _ in module.updates] == expected
+
+
+def test_manual_optimization_gets_the_plan_batches_and_lr(tmp_path):
+    class Manual(Regression):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.rows += len(batch[0])
+            self.manual_backward(mse(self.net, batch))
+            opt.step()
+
+    plan, module = make_plan(), Manual()
+    trainer(tmp_path, [FollowPlan(plan)]).fit(module)
+    assert module.updates == [(b, plan.at_sample(s).lr, plan.at_sample(s).momentum) for s, b in planned_updates(plan)]
+    with pytest.raises(UserError, match="automatic_optimization = False"):
+        trainer(tmp_path, [FollowPlan(plan, max_micro_batch=8)]).fit(Manual())
+
+
 def test_the_sampler_gives_an_empty_share_a_stand_in():
     from bsadvisor.integrations.lightning import _PlanBatches, _Update
 
@@ -179,6 +216,7 @@ def test_the_sampler_gives_an_empty_share_a_stand_in():
 @pytest.mark.parametrize("setting,pattern", [
     (dict(accumulate_grad_batches=2), "accumulate_grad_batches=2"),
     (dict(limit_train_batches=5), "limit_train_batches"),
+    (dict(limit_train_batches=1), "limit_train_batches"),  # an int is a count of batches: one
 ])
 def test_settings_that_fight_the_plan_are_refused(tmp_path, setting, pattern):
     with pytest.raises(UserError, match=pattern):

@@ -191,6 +191,10 @@ class FollowPlan(pl.Callback):
             self._undo.pop()()
         self._schedulers, self._sampler, self._update = [], None, None
 
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        # A fit that fails skips the teardown hooks: leave the module and trainer as they were all the same.
+        self.teardown(trainer, pl_module, "fit")
+
     def _refuse_settings(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """A UserError for a Trainer or module setting that would take the batches out of the plan's hands."""
         from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
@@ -199,7 +203,8 @@ class FollowPlan(pl.Callback):
             raise UserError(f"FollowPlan decides the batch of every update; drop Trainer(accumulate_grad_batches="
                             f"{trainer.accumulate_grad_batches}) and give FollowPlan(plan, max_micro_batch=...) "
                             "for batches that do not fit")
-        if trainer.limit_train_batches not in (1.0, None) or trainer.overfit_batches:
+        limit = trainer.limit_train_batches
+        if not (limit is None or isinstance(limit, float) and limit == 1.0) or trainer.overfit_batches:
             raise UserError("FollowPlan trains every batch of the plan; drop Trainer(limit_train_batches=...) "
                             "and Trainer(overfit_batches=...)")
         if is_param_in_hook_signature(pl_module.training_step, "dataloader_iter", explicit=True):

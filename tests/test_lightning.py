@@ -74,7 +74,7 @@ def test_a_shrinking_batch_gets_its_longer_epoch(tmp_path):
     # Lightning sizes every epoch by the first one; here the second has four times its batches
     plan = Plan(stages=[Stage(0, N, 64, 0.05, 0.9, 1.0), Stage(N, 2 * N, 16, 0.01, 0.5, 1.0)], dataset_size=N)
     module = Regression()
-    trainer(tmp_path, [FollowPlan(plan)], max_epochs=2).fit(module)
+    trainer(tmp_path, [FollowPlan(plan)], max_epochs=2, reload_dataloaders_every_n_epochs=1).fit(module)
     assert module.epoch_batches == [8, 32]
     assert module.updates == [(64, 0.05, 0.9)] * 8 + [(16, 0.01, 0.5)] * 32
 

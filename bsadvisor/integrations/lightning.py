@@ -238,11 +238,7 @@ class FollowPlan(pl.Callback):
             name = type(trainer.lr_scheduler_configs[0].scheduler).__name__
             raise UserError(f"FollowPlan sets the LR at every update; configure_optimizers also returns an LR "
                             f"scheduler ({name}): return only the optimizer (the plan holds the schedule)")
-        loader = trainer.train_dataloader
-        if not isinstance(getattr(loader, "batch_sampler", None), _PlanBatches):
-            raise UserError("the train DataLoader is not the one FollowPlan built (was another callback "
-                            "replacing it?); FollowPlan must own the train DataLoader")
-        self._sampler = loader.batch_sampler
+        self._sampler = _own_sampler(trainer)
         self._schedulers = [BatchSizeScheduler(self.plan, opt, samples_seen=self.samples_seen)
                             for opt in trainer.optimizers]
         plan = self.plan
@@ -259,6 +255,7 @@ class FollowPlan(pl.Callback):
         # Runs before Lightning starts this epoch's iterator (fit_loop.on_advance_start), and
         # not at all when a run resumes mid-epoch (the sampler was built at its position then).
         if self._sampler is not None:
+            self._sampler = _own_sampler(trainer)  # a new one if Lightning reloaded the loader
             self._sampler.seek(self.samples_seen)
             self._set_epoch_length(trainer)
 
@@ -371,6 +368,15 @@ class _AddGrads(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         return (grad_out, None, *[None if g is None else g * grad_out for g in ctx.grads])
+
+
+def _own_sampler(trainer: "pl.Trainer") -> _PlanBatches:
+    """The plan's batch sampler in the train DataLoader Lightning iterates."""
+    sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+    if not isinstance(sampler, _PlanBatches):
+        raise UserError("the train DataLoader is not the one FollowPlan built (did another callback replace it?); "
+                        "FollowPlan must own the train DataLoader")
+    return sampler
 
 
 def _fingerprint(plan: Plan) -> list:
@@ -522,6 +528,9 @@ def _optimizer_settings(module: Any) -> tuple[str, dict]:
 
 def _lightning_loss(model: Any, batch: Any) -> torch.Tensor:
     """``training_step``'s loss, with ``self.log`` dropped (there is no Trainer to log to)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        raise UserError("a LightningModule TARGET trains in one process here (torchrun wraps it in DDP, which only "
+                        "calls forward); validate it without torchrun, or train it with Lightning and FollowPlan")
     if not callable(getattr(model, "training_step", None)):
         raise UserError("a LightningModule target measures through training_step; use --estimator microbatch "
                         "or two-batch (per-example calls the model's forward only)")

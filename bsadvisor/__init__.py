@@ -31,6 +31,8 @@ _LAZY = {
     "NoiseMonitor": "runtime.monitor",
     "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
     "current_dist": "runtime.distributed:current",
+    # integrations: other frameworks follow a plan (each imports its framework on first use)
+    "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

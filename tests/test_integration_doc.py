@@ -12,10 +12,24 @@ PER_STEP = ("SequentialLR([LinearLR(start_factor=0.1, total_iters=10), "
             "CosineAnnealingLR(T_max=118, eta_min=0.001)], milestones=[10])")
 
 
+def blocks_under(heading: str | None) -> list[str]:
+    """The ```python blocks of integration.md under the ``## heading`` (None: before the first heading)."""
+    sections = re.split(r"^## ", (ROOT / "docs" / "integration.md").read_text(), flags=re.M)
+    body = sections[0] if heading is None else next(s for s in sections[1:] if s.startswith(heading + "\n"))
+    return re.findall(r"```python\n(.*?)```", body, re.S)
+
+
 def python_blocks() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "integration.md").read_text(), re.S)
-    assert len(blocks) == 2, "integration.md holds two ```python blocks: a per-step loop and an epoch loop"
+    blocks = blocks_under(None)
+    assert len(blocks) == 2, "integration.md opens with two ```python blocks: a per-step loop and an epoch loop"
     return blocks
+
+
+def test_every_python_block_is_run_here():
+    # plain PyTorch (2, run together), Lightning (1) and Accelerate (1): nothing else goes untested
+    every = re.findall(r"```python\n", (ROOT / "docs" / "integration.md").read_text())
+    assert len(every) == 4 == len(python_blocks()) + len(blocks_under("PyTorch Lightning")) + len(
+        blocks_under("Hugging Face Accelerate"))
 
 
 def test_blocks_are_under_30_lines():
@@ -70,3 +84,60 @@ def test_blocks_run_and_follow_the_plan(tmp_path):
     assert max(epoch_plan.batch_sizes()) > 32  # the batch really grows
     final = float(lines[-1].split()[-1])
     assert final < 0.1 and math.isfinite(final)  # and the model trains
+
+
+def run_in_process(block: str, monkeypatch, tmp_path, capsys) -> tuple[dict, list[str]]:
+    """Execute a block here (files it writes go to tmp_path); its namespace and printed lines."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(block, "docs/integration.md", "exec"), namespace)
+    return namespace, capsys.readouterr().out.strip().splitlines()
+
+
+def test_lightning_block_follows_the_plan(monkeypatch, tmp_path, capsys):
+    (block,) = blocks_under("PyTorch Lightning")
+    assert len([ln for ln in block.splitlines() if ln.strip()]) < 35
+    ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
+    plan, follow, trainer = ns["plan"], ns["follow"], ns["trainer"]
+    assert max(plan.stage_batch_sizes()) > follow.max_micro_batch  # the block really accumulates
+    assert trainer.global_step == follow.updates == len(plan_updates(plan)) and follow.updates < plan.baseline_updates
+    assert follow.samples_seen == plan.total_samples
+    m = re.fullmatch(r"(\d+) updates instead of 1024, loss ([\d.]+)", lines[-1])
+    assert m and int(m.group(1)) == plan.updates and float(m.group(2)) < 0.1
+
+
+def test_accelerate_block_trains_as_bsadvisor_does(monkeypatch, tmp_path, capsys):
+    import copy
+
+    import torch
+    from accelerate import Accelerator
+
+    from bsadvisor import Target
+    from bsadvisor.runtime.train import train_plan
+
+    (block,) = blocks_under("Hugging Face Accelerate")
+    assert len([ln for ln in block.splitlines() if ln.strip()]) < 35
+    start = []  # the model's weights as the block hands it to Accelerate
+    prepare = Accelerator.prepare
+
+    def spy(self, *objects):
+        start.append(copy.deepcopy(objects[0].state_dict()))
+        return prepare(self, *objects)
+
+    monkeypatch.setattr(Accelerator, "prepare", spy)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the reference below runs on the CPU too
+    ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
+    plan = ns["plan"]
+    rows = [re.match(r"epoch (\d+): batch (\d+), lr ([\d.e-]+)", ln).groups() for ln in lines if ln.startswith("epoch")]
+    assert [int(b) for _, b, _ in rows] == plan.batch_sizes() and max(plan.batch_sizes()) > ns["max_micro_batch"]
+    assert [float(lr) for _, _, lr in rows] == [float(f"{plan.at(e).lr:.4g}") for e in range(plan.full_epochs)]
+
+    # bsadvisor's own loop from the same weights, data, seed and micro-batches: the same model
+    model = torch.nn.Linear(10, 1)
+    model.load_state_dict(start[0])
+    ours = Target(model=model, train_dataset=ns["data"], batch_size=32, lr=0.05, momentum=0.9,
+                  loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]))
+    train_plan(ours, plan, seed=0, max_micro_batch=ns["max_micro_batch"])
+    trained = ns["accelerator"].unwrap_model(ns["model"])
+    torch.testing.assert_close(trained.state_dict(), model.state_dict())
+    assert float(lines[-1].split()[-1]) < 0.1

@@ -23,6 +23,7 @@ FORBIDDEN = {
     "targets": {"measure", "runtime", "cli"},
     "runtime": {"measure", "cli"},
     "measure": {"cli"},
+    "integrations": {"measure", "cli"},
 }
 MAX_FUNCTION_LINES = 60
 LONG_REASON = "Long because"
@@ -148,6 +149,15 @@ def test_packages_import_only_what_the_architecture_allows():
             if subpackage(imported) in forbidden:
                 violations.append(f"{name} imports {imported}")
     assert not violations, "\n".join(violations)
+
+
+def test_targets_reach_integrations_only_lazily():
+    # a TARGET returning a LightningModule is wrapped by integrations.lightning, imported inside
+    # the function that needs it: loading a plain TARGET never imports Lightning
+    for name in MODULES:
+        if subpackage(name) == "targets":
+            eager = {m for m in internal_imports(name, top_level_only=True) if subpackage(m) == "integrations"}
+            assert not eager, f"{name} imports {sorted(eager)} at import time"
 
 
 def test_core_imports_nothing_outside_core():

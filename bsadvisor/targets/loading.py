@@ -82,8 +82,36 @@ def _load_function(spec: str) -> Callable[[], Any]:
     return fn
 
 
+def _from_lightning(obj: Any) -> bool:
+    """True when ``obj`` (or a pair's first item) is an instance of a PyTorch Lightning class.
+
+    Told by the classes' modules, so Lightning is imported only when the TARGET returned
+    one of its objects (then it is installed).
+    """
+    first = obj[0] if isinstance(obj, tuple) and obj else obj
+    return any(c.__module__.split(".")[0] in ("lightning", "pytorch_lightning") for c in type(first).__mro__)
+
+
+def _lightning_target(obj: Any, spec: str) -> Target:
+    """A LightningModule, or a (LightningModule, LightningDataModule) pair, as a Target (integrations/lightning.py)."""
+    parts = obj if isinstance(obj, tuple) else (obj,)
+    if len(parts) > 2:
+        raise UserError(f"TARGET {spec!r} returned a tuple of {len(parts)}; return a LightningModule or a "
+                        "(LightningModule, LightningDataModule) pair")
+    from bsadvisor.integrations.lightning import target_from_lightning
+
+    try:
+        return target_from_lightning(*parts)
+    except UserError as exc:
+        raise UserError(f"TARGET {spec!r}: {exc}") from None
+
+
 def load_target(spec: str) -> Target:
-    """Import and call the function named by ``spec``; return a checked Target."""
+    """Import and call the function named by ``spec``; return a checked Target.
+
+    The function may also return a LightningModule (or a (module, datamodule) pair):
+    it is wrapped as a Target (``target_from_lightning``).
+    """
     fn = _load_function(spec)
     try:
         target = fn()
@@ -91,6 +119,8 @@ def load_target(spec: str) -> Target:
         raise
     except (Exception, SystemExit) as exc:
         raise UserError(f"TARGET {spec!r} raised {type(exc).__name__}: {exc}") from None
+    if _from_lightning(target):
+        target = _lightning_target(target, spec)
     target = check_target(target, where=f"TARGET {spec!r}")
     if target.name == "target":
         target.name = spec

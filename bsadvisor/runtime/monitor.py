@@ -100,8 +100,9 @@ class NoiseMonitor:
         elif self.every is not None:
             due = not self.points or self._updates_since >= self.every
         else:  # measure when its predicted cost fits in what is left of the budget; the first time at once
-            big = self.big_batch or self._auto_big_batch(batch_size)
-            due = not self.points or self._predicted(big) <= self._allowance()
+            left = self._allowance()
+            due = not self.points or (left > 0 and
+                                      self._predicted(self.big_batch or self._auto_big_batch(batch_size)) <= left)
         allowance = None if self.every is not None else self._allowance()
         point = self.measure(samples, lr, momentum, batch_size, update, allowance) if due else None
         self._last_call = time.perf_counter()

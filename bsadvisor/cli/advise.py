@@ -163,16 +163,6 @@ def _progress(quiet: bool):
         yield lambda phase, frac: bar.update(task, description=phase, completed=frac)
 
 
-def time_range(pred: dict, prefix: str = "") -> str:
-    """``12.3 s (11.0–14.1)``: the median prediction and the range of the repeated timings."""
-    from bsadvisor.cli.render import fmt_seconds
-
-    mid, low, high = (pred.get(f"{prefix}predicted_seconds{s}") for s in ("", "_low", "_high"))
-    if low is None or high is None or abs(high - low) < 0.005 * mid:
-        return fmt_seconds(mid)
-    return f"{fmt_seconds(mid)} ({fmt_seconds(low)}–{fmt_seconds(high)})"
-
-
 def _print_start_advice(advice: Optional[dict], plan) -> None:
     """B0 well below the noise scale: say so, with the §5.2 variants that start at a larger batch."""
     if not advice or not advice["variants"]:
@@ -230,7 +220,7 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
 def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict) -> None:
     from rich.text import Text
 
-    from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary
+    from bsadvisor.cli.render import FitTable, plan_summary, time_range
 
     from bsadvisor.core.noise import describe_interval
 

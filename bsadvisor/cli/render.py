@@ -215,10 +215,19 @@ def _legend(plan: Plan, body: list[list[str]], momenta: set, has_mom: bool, has_
     if has_eff:
         legend.append("eff.: efficiency, the share of each example's value the stage keeps, "
                       "1/(1 + B/B_noise) (McCandlish et al. 2018, eq. 2.12): near 1 while B ≪ B_noise, "
-                      "0.5 at B = B_noise; B_noise is the probe's B_simple at the stage's temperature")
+                      "0.5 at B = B_noise; B_noise in the middle of the stage, the probe's B_simple at the stage's "
+                      "temperature or --noise-trace (docs/concepts.md §12)")
     if has_time:
         legend.append("time: predicted from the probe's measured throughput")
     return legend
+
+
+def time_range(pred: dict, prefix: str = "") -> str:
+    """``12.3 s (11.0 s–14.1 s)``: the median prediction and the range of the probe's repeated timings."""
+    mid, low, high = (pred.get(f"{prefix}predicted_seconds{s}") for s in ("", "_low", "_high"))
+    if low is None or high is None or abs(high - low) < 0.005 * mid:
+        return fmt_seconds(mid)
+    return f"{fmt_seconds(mid)} ({fmt_seconds(low)}–{fmt_seconds(high)})"
 
 
 def fmt_seconds(s) -> str:
@@ -243,6 +252,10 @@ def plan_summary(plan: Plan) -> Group:
              Text.assemble(("updates", "bold"), f": original {base:,} → plan {new:,}  (",
                            (f"{ratio:.2f}× fewer", "bold green"), ")"),
              Text(f"length: {length}, the same for both", style="dim")]
+    pred = (plan.probe or {}).get("predicted")
+    if pred:
+        lines.append(Text(f"predicted time: plan {time_range(pred)}, original {time_range(pred, 'baseline_')} "
+                          "(median of the probe's timings; in brackets, fastest–slowest)", style="dim"))
     cap = plan.cap
     if cap:
         lines.append(Text(f"cap: batch {cap.get('batch_size'):,} (limited by {cap.get('limited_by')})", style="dim"))

@@ -32,7 +32,6 @@ function returns a LightningModule).
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 

@@ -154,3 +154,16 @@ def test_bad_arguments():
         noise.per_draw_terms([1.0, 2.0], [1.0], 1, 4)
     with pytest.raises(ValueError):
         noise.per_draw_terms([1.0], [1.0], 1, 4, dataset_size=3)  # B > N
+
+
+def test_an_estimate_far_above_its_draws_batch_keeps_only_its_lower_end():
+    # exact expectations, so Fieller's interval is the point itself: B_simple = 1000 from draws of B = 32
+    tr, g2, b, B = 1000.0, 1.0, 4, 32
+    small, big = [g2 + tr / b] * 3, [g2 + tr / B] * 3
+    est = noise.estimate(small, big, b, B)
+    assert est.b_simple == pytest.approx(1000.0) and est.ci_kind == "lower-bound"
+    assert est.ci90[0] == pytest.approx(1000.0) and est.ci90[1] == math.inf and not est.usable
+    # within the calibrated factor the same statistics give a bounded interval
+    tr = noise.CALIBRATED_RATIO * B * 0.9
+    est = noise.estimate([g2 + tr / b] * 3, [g2 + tr / B] * 3, b, B)
+    assert est.ci_kind == "bounded" and est.usable

@@ -189,7 +189,7 @@ def _print_noise(doc: dict, con) -> None:
     for name, pts in rows.items():
         for p in pts:
             t.add_row(name, f"{p['sample'] / n if n else 0:.2f}", f"{p['batch_size']:,}", fmt(p["shown"], ",.0f"),
-                      describe_ci(p), fmt(p["ratio"], ".2g"))
+                      describe_ci(p), p["ratio"])
     if Measurement.get(con, con.options.update_width(10**4), t).maximum <= con.width:
         con.print(t)
     else:  # too wide: one line per point

@@ -51,14 +51,15 @@ class NoiseMonitor:
     (default ``len(dataset)``) sets the finite-data correction; None with no dataset: a
     stream (no correction). ``big_batch``: examples per extra draw (default: the training
     batch or about the last estimate, at least 64 and at most N; :meth:`_auto_big_batch`),
-    split in ``micro_batches``.
+    split in ``micro_batches``. ``spread``: when the run's length is known (``train_plan``
+    passes it), the budgeted extra draws come at about this many evenly spaced places.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
                  dataset: Any = None, *, dataset_size: Optional[int] = None, collate_fn=None,
                  draws: int = 8, micro_batches: int = 8, big_batch: Optional[int] = None,
                  every: Optional[int] = None, overhead: float = 0.05, window: int = 16, seed: int = 0,
-                 device: Optional[torch.device] = None):
+                 spread: int = 10, device: Optional[torch.device] = None):
         if draws < 2 or micro_batches < 2:
             raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
         if every is not None and every < 1:
@@ -71,9 +72,10 @@ class NoiseMonitor:
         self.dataset_size = dataset_size if dataset_size is not None else (len(dataset) if dataset is not None
                                                                            else None)
         self.draws, self.micro_batches, self.big_batch = draws, micro_batches, big_batch
-        self.every, self.overhead, self.window = every, overhead, window
+        self.every, self.overhead, self.window, self.spread = every, overhead, window, spread
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
+        import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
         self.points: list[dict] = []
         self.seconds = 0.0          # spent measuring
@@ -86,27 +88,53 @@ class NoiseMonitor:
 
     # ------------------------------------------------------------------ extra draws
     def maybe_measure(self, samples: int, lr: float, momentum: float, batch_size: int,
-                      update: Optional[int] = None) -> Optional[dict]:
-        """Measure now if the schedule says so (``every`` updates, or the overhead budget); call once per update,
-        before its step. The first call only starts the clock: the first point comes at the second update."""
+                      update: Optional[int] = None, total_samples: Optional[int] = None) -> Optional[dict]:
+        """Measure now if the schedule says so; call once per update, before its step.
+
+        With ``every``: every that many updates. Otherwise within the overhead budget: with
+        ``total_samples`` (the run's length) at ``spread`` evenly spaced places of the run,
+        each with draws as large as what is left of the budget affords (a late point may then
+        be only a lower bound, but the whole run is covered); without it, whenever the next
+        draws' predicted cost fits. The first call only starts the clock: the first point
+        comes at the second update.
+        """
         now = time.perf_counter()
         if self._last_call is not None:
             self._train_seconds += now - self._last_call
         self._updates_since += 1
+        big = None
         if self._last_call is None and not self.points:
             # Not before the first update: it pays the one-off start-up costs (autograd, allocators) that would
             # otherwise be billed to the monitor and starve its budget.
             due = False
         elif self.every is not None:
             due = not self.points or self._updates_since >= self.every
+        elif total_samples:
+            due, big = self._due_spread(samples, batch_size, total_samples)
         else:  # measure when its predicted cost fits in what is left of the budget; the first time at once
             left = self._allowance()
             due = not self.points or (left > 0 and
                                       self._predicted(self.big_batch or self._auto_big_batch(batch_size)) <= left)
         allowance = None if self.every is not None else self._allowance()
-        point = self.measure(samples, lr, momentum, batch_size, update, allowance) if due else None
+        point = self.measure(samples, lr, momentum, batch_size, update, allowance, big) if due else None
         self._last_call = time.perf_counter()
         return point
+
+    def _due_spread(self, samples: int, batch_size: int, total: int) -> tuple[bool, Optional[int]]:
+        """At the next of ``spread`` evenly spaced places of the run: whether to measure, and the draw batch
+        the budget affords (at least the smallest draw; None: the monitor's own choice)."""
+        place = (len(self.points) * total) // self.spread
+        if self.points and samples < place:
+            return False, None
+        if not self.points or self._per_example == 0:
+            return True, None
+        smallest = max(64, batch_size)
+        left = self._allowance()
+        affordable = int(left / (self._per_example * self.draws)) if left > 0 else 0
+        if affordable < smallest:
+            return False, None  # wait: the budget grows with the training time
+        wanted = self.big_batch or self._auto_big_batch(batch_size)
+        return True, max(smallest, min(wanted, 2 ** int(math.log2(affordable))))
 
     def _allowance(self) -> float:
         """Seconds the budget still allows: ``overhead`` × the training time seen, less what was spent."""
@@ -117,7 +145,8 @@ class NoiseMonitor:
         return self._per_example * self.draws * big
 
     def measure(self, samples: int, lr: float, momentum: float, batch_size: int,
-                update: Optional[int] = None, allowance: Optional[float] = None) -> dict:
+                update: Optional[int] = None, allowance: Optional[float] = None,
+                big_batch: Optional[int] = None) -> dict:
         """``draws`` extra draws at the current parameters; the point they give (also appended to ``points``).
 
         Without a fixed ``big_batch`` the draw size follows the noise scale: when the draws
@@ -126,13 +155,14 @@ class NoiseMonitor:
         estimate of |G|² is only sharp when a draw is not far below B_simple. Only the last
         set of draws makes the point, so its interval is not conditioned on the choice.
         ``allowance``: seconds this call may take; no larger draws once they would pass it.
+        ``big_batch``: this call's first draw batch (default: the monitor's choice).
         """
         if self.loss_fn is None or self._gather is None:
             raise UserError("the noise monitor's extra draws need loss_fn and dataset; "
                             "or feed it micro-batches with after_backward")
         started = time.perf_counter()
         n = self.dataset_size
-        big = self.big_batch or self._auto_big_batch(batch_size)
+        big = big_batch or self.big_batch or self._auto_big_batch(batch_size)
         state = rng.get_state()
         buffers = [t.detach().clone() for t in self.model.buffers()]
         try:

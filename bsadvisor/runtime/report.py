@@ -179,9 +179,18 @@ def noise_rows(doc: dict, points: int = 8) -> dict[str, list[dict]]:
         picks = sorted({round(i * (len(trace) - 1) / max(points - 1, 1)) for i in range(min(points, len(trace)))})
         # an open interval's point estimate says nothing (it may be negative): only its bound is shown
         rows[name] = [dict(trace[i], shown=trace[i]["b_simple"] if trace[i]["ci_kind"] == "bounded" else None,
-                           ratio=trace[i]["batch_size"] / trace[i]["b_simple"]
-                           if trace[i]["ci_kind"] == "bounded" else None) for i in picks]
+                           ratio=_ratio_text(trace[i])) for i in picks]
     return rows
+
+
+def _ratio_text(point: dict) -> str:
+    """B/B_simple at a trace point: its value, "≤ B/lo" under a lower bound, "n/a" without one."""
+    lo = (point.get("ci90") or [None])[0]
+    if point.get("ci_kind") == "bounded" and finite(point["b_simple"]) and point["b_simple"] > 0:
+        return format(point["batch_size"] / point["b_simple"], ".2g")
+    if point.get("ci_kind") == "lower-bound" and finite(lo) and lo > 0:
+        return "≤ " + format(point["batch_size"] / lo, ".2g")
+    return "n/a"
 
 
 def describe_ci(point: dict) -> str:
@@ -208,7 +217,7 @@ def noise_table(doc: dict) -> list[str]:
     for name, pts in rows.items():
         for p in pts:
             lines.append(f"| {_md(name)} | {p['sample'] / n if n else 0:.2f} | {p['batch_size']:,} | "
-                         f"{fmt(p['shown'], ',.0f')} | {describe_ci(p)} | {fmt(p['ratio'], '.2g')} |")
+                         f"{fmt(p['shown'], ',.0f')} | {describe_ci(p)} | {p['ratio']} |")
     return lines + [""]
 
 

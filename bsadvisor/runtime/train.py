@@ -434,7 +434,9 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
         run.result.steps.append({"samples": sample, "batch_size": batch, "lr": lr, "momentum": momentum})
     monitor = _monitor_for(run, batch, max_micro_batch)
     if monitor is None and run.monitor is not None and not run.dist.enabled:  # extra draws, within budget
-        _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, batch, run.updates))
+        stage_batch = run.plan.at_sample(sample).batch_size  # not a short last batch of an epoch
+        _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, stage_batch, run.updates,
+                                                               run.plan.total_samples))
     return lr, momentum, monitor
 
 

@@ -7,6 +7,7 @@ failure is a UserError that names the TARGET.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -22,6 +23,17 @@ def _on_path(folder: str) -> None:
     """Put ``folder`` first on sys.path (once), as ``python file.py`` does for the file's folder."""
     if folder not in sys.path:
         sys.path.insert(0, folder)
+
+
+@contextlib.contextmanager
+def _no_bytecode():
+    """Import the user's code without writing ``__pycache__`` into their folders: a bsadvisor command
+    leaves the user's files as it found them."""
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = writes
 
 
 def _load_function(spec: str) -> Callable[[], Any]:
@@ -58,7 +70,8 @@ def _load_function(spec: str) -> Callable[[], Any]:
         sys.modules[mod_name] = module
         _on_path(str(path.resolve().parent))
         try:
-            loader_spec.loader.exec_module(module)
+            with _no_bytecode():
+                loader_spec.loader.exec_module(module)
         except (Exception, SystemExit) as exc:  # the user's file failed to import
             sys.modules.pop(mod_name, None)
             raise UserError(f"TARGET file {path} raised {type(exc).__name__} on import: {exc}") from None
@@ -66,7 +79,8 @@ def _load_function(spec: str) -> Callable[[], Any]:
         if "" not in sys.path:
             _on_path(os.getcwd())
         try:
-            module = importlib.import_module(module_part)
+            with _no_bytecode():
+                module = importlib.import_module(module_part)
         except ModuleNotFoundError as exc:
             if exc.name and module_part.split(".")[0] == exc.name.split(".")[0]:
                 raise UserError(f"TARGET module {module_part!r} not found in {os.getcwd()} or the installed "

@@ -92,8 +92,7 @@ def advise_cmd(
     if json_:
         emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict(), "advice": advice})
         return
-    _print_advice(target, result, plan, out, probe_out, options, probe_opts)
-    _print_start_advice(advice, plan)
+    _print_advice(target, result, plan, out, probe_out, options, probe_opts, advice)
 
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
@@ -177,15 +176,19 @@ def _print_start_advice(advice: Optional[dict], plan) -> None:
         "a larger starting batch with a proportionally larger LR keeps the temperature and saves updates "
         "(Smith et al. §5.2; validate before adopting, large factors cost some accuracy):", style="bold"))
     rows = [[f"--increase-lr {v['increase_lr']:.3g}", f"{v['start_batch']:,}", f"{v['updates']:,}",
-             f"{plan.updates / v['updates']:.2f}×", f"{v['efficiency_at_start']:.2f}",
+             f"÷{plan.updates / v['updates']:.2f}", f"{v['efficiency_at_start']:.2f}",
              fmt_seconds(v["predicted_seconds"]) if v["predicted_seconds"] is not None else ""]
             for v in advice["variants"]]
     console.print(FitTable("Starting larger", [("variant", "left"), ("start batch", "right"), ("updates", "right"),
-                                               ("fewer", "right"), ("eff.", "right"), ("predicted", "right")], rows))
+                                               ("vs plan", "right"), ("eff.", "right"), ("predicted", "right")],
+                           rows, caption=["vs plan: the plan's updates divided by the variant's; eff.: the share of "
+                                          "each example's value at the start, 1/(1 + B/B_noise)"]))
 
 
 def _arg(value) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return str(value)
 
 
 def command_line(*words: str, options: dict) -> str:
@@ -217,7 +220,8 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
     return cmds
 
 
-def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict) -> None:
+def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict,
+                  advice: Optional[dict] = None) -> None:
     from rich.text import Text
 
     from bsadvisor.cli.render import FitTable, plan_summary, time_range
@@ -243,6 +247,7 @@ def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opt
         [["original (LR decay)", f"{plan.baseline_updates:,}", f"{n * e:,}", time_range(pred, "baseline_")],
          ["plan (batch growth)", f"{plan.updates:,}", f"{n * e:,}", time_range(pred)],
          ["ratio", f"{plan.baseline_updates / plan.updates:.2f}×", "1×", f"{speed:.2f}×"]]))
+    _print_start_advice(advice, plan)
     console.print(Text("Next", style="bold"))
     for what, cmd in next_commands(target, out or Path("plan.json"), out, probe_out, options, probe_opts):
         console.print(Text.assemble(f"  {what + ':':<17}", (cmd, "cyan")), soft_wrap=True)

@@ -132,8 +132,10 @@ class NoiseModel:
             p = self.points[0]
             return (f"B_noise(s) = B_simple·T_probe/T(s), the probe's B_simple {p.b_simple:,.0f} measured at lr "
                     f"{p.lr:g}, batch {p.batch_size} (B_noise ∝ 1/T; it grows further as the loss falls)")
-        return (f"B_noise(s) from a measured trace of {len(self.points)} points, between them log-linear in "
-                "samples, each scaled by T_measured/T(s)")
+        n = len(self.points)
+        spread = ", log-linear in samples between them" if n > 1 else ""
+        return (f"B_noise(s) from a measured trace of {n} point{'s' if n != 1 else ''} with bounded intervals"
+                f"{spread}, each scaled by T_measured/T(s)")
 
 
 TRACE_SCHEMA = "bsadvisor.noise_trace/1"

@@ -3,7 +3,7 @@
 The probe measures B_simple once, near initialisation; it grows as training proceeds
 (docs/concepts.md §12). The monitor measures it along the run, with the estimators of
 :mod:`bsadvisor.core.noise` (McCandlish et al. 1812.06162, App. A, with the finite-data
-correction of eq. 17), in one of two ways:
+correction of eq. 17), in one of three ways:
 
 - **From gradient accumulation, at no extra cost.** A loop that accumulates k micro-batch
   gradients already has them: call :meth:`NoiseMonitor.after_backward` after each
@@ -16,6 +16,10 @@ correction of eq. 17), in one of two ways:
   generator, each split in ``micro_batches`` micro-batches, at the current parameters. It
   measures only when the time it has spent stays within ``overhead`` (default 5%) of the
   training time seen so far, or every ``every`` updates when that is given.
+- **Under torchrun, from the ranks' gradients.** :meth:`NoiseMonitor.ddp_comm_hook` reads
+  each rank's gradient before DDP's all-reduce (a small batch: the rank's share) and
+  :meth:`NoiseMonitor.end_replica_update` pairs it with the averaged one (the big batch):
+  the replica estimator of McCandlish et al. App. A, as AdaptDL uses it.
 
 Either way the training trajectory is untouched: gradients come from ``torch.autograd.grad``
 (``.grad`` is never written), BatchNorm buffers and every random stream (Python, NumPy,
@@ -40,7 +44,6 @@ from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.step import make_gather, to_device
-
 
 
 class NoiseMonitor:

@@ -128,7 +128,7 @@ def test_advise_output_is_whole_and_prints_markup_verbatim(monkeypatch):
     for figure in (f"{plan.baseline_updates:,}", f"{plan.updates:,}", f"{plan.dataset_size * plan.epochs:,}"):
         assert figure in words  # the comparison table's updates and examples, whole
     replan = next(line for line in text.splitlines() if "re-plan offline" in line)
-    assert shlex.quote("a[/x]b/probe.json") in replan and "--noise-cap 3.0" in replan and "--round-to 4" in replan
+    assert shlex.quote("a[/x]b/probe.json") in replan and "--noise-cap 3" in replan and "--round-to 4" in replan
 
 
 def test_batchnorm_warning_only_for_models_with_batchnorm():
@@ -240,7 +240,7 @@ def test_replan_command_gives_the_same_plan(tmp_path):
     assert got.stages == want.stages and got.cap == want.cap
     save = shlex.split(cmds["save the plan"])
     for flag, value in (("--max-fraction", "0.5"), ("--round-to", "8"), ("--max-stages", "3"), ("--seed", "7"),
-                        ("--stage-factor", "1.5"), ("--noise-cap", "4.0"), ("--grad-accum", "2"), ("--out", "plan.json")):
+                        ("--stage-factor", "1.5"), ("--noise-cap", "4"), ("--grad-accum", "2"), ("--out", "plan.json")):
         assert save[save.index(flag) + 1] == value
 
 

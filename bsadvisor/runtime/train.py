@@ -233,8 +233,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
     ``noise_monitor``: NoiseMonitor settings (runtime/monitor.py; ``{}`` for the defaults) to
     record B_simple along the run in ``RunResult.noise_trace``: from the micro-batches of an
-    accumulated update, otherwise from extra draws within its overhead budget. It never
-    changes the trajectory.
+    accumulated update, under DDP from each rank's gradient before the all-reduce,
+    otherwise from extra draws within its overhead budget. It never changes the trajectory.
 
     A training loss that is not finite raises a UserError, or with ``stop_on_divergence``
     ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN

@@ -41,6 +41,7 @@ import numpy as np
 
 from bsadvisor.core.defaults import CI_KINDS  # noqa: F401  (the ci_kind values)
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.noise_model import usable  # noqa: F401  (the one rule; NoiseStats.usable and the CLI read it)
 
 CONFIDENCE = 0.90
 #: An estimate above this many times its draws' big batch B is reported as a lower bound only. Far below
@@ -79,11 +80,6 @@ class NoiseStats:
     def usable(self) -> bool:
         """Whether the estimate may set a cap: a positive value inside a bounded interval."""
         return usable(self.b_simple, self.ci_kind)
-
-
-def usable(b_simple: Optional[float], ci_kind: Optional[str]) -> bool:
-    """A noise-scale estimate is usable as a cap when it is positive and its interval bounded."""
-    return (ci_kind == "bounded" and b_simple is not None and math.isfinite(b_simple) and b_simple > 0)
 
 
 def describe_interval(b_simple: float, ci90, ci_kind: str, spec: str = ",.0f") -> str:

@@ -20,7 +20,7 @@ applies the same law with the Adam temperature of the chosen rule (η·√v(B) u
 square-root rule): an assumption that only a measured trace settles (the plan says so).
 
 Only estimates whose 90% interval is bounded and positive become reference points
-(core.noise.usable): an open interval or a negative estimate never sets a cap.
+(:func:`usable`): an open interval or a negative estimate never sets a cap.
 """
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from bsadvisor.core.errors import UserError
+
+
+def usable(b_simple: Optional[float], ci_kind: Optional[str]) -> bool:
+    """A noise-scale estimate may set a cap (or an efficiency) when it is positive and its interval bounded."""
+    return ci_kind == "bounded" and b_simple is not None and math.isfinite(b_simple) and b_simple > 0
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,7 @@ class NoisePoint:
 
     @property
     def usable(self) -> bool:
-        return (self.ci_kind == "bounded" and math.isfinite(self.b_simple) and self.b_simple > 0
-                and self.lr > 0 and self.batch_size >= 1)
+        return usable(self.b_simple, self.ci_kind) and self.lr > 0 and self.batch_size >= 1
 
 
 @dataclass(frozen=True)

@@ -103,13 +103,6 @@ class ProbeResult:
         return self.noise.b_simple
 
     @property
-    def noise_usable(self) -> bool:
-        """Whether the measured noise scale may set a cap (positive, bounded 90% interval)."""
-        from bsadvisor.core.noise import usable
-
-        return usable(self.noise.b_simple, self.noise.ci_kind)
-
-    @property
     def max_batch(self) -> int:
         return self.memory.max_batch
 

@@ -33,7 +33,7 @@ from bsadvisor.core.probe_options import MAX_DRAWS
 from bsadvisor.core.probe_result import NoiseResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
 from bsadvisor.measure.step import backward, clear_grads, loss_of
-from bsadvisor.runtime.step import map_tensors
+from bsadvisor.runtime.step import map_tensors, sq_norm
 
 NOISE_SHARE = 0.6  # of what is left of the budget after the warmup
 
@@ -41,12 +41,6 @@ NOISE_SHARE = 0.6  # of what is left of the budget after the warmup
 # --------------------------------------------------------------------------- gradients
 def grads_of(params) -> list:
     return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
-def sq_norm(tensors) -> torch.Tensor:
-    """Σ |t|² over ``tensors``, in float64."""
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64) if tensors else []
-    return torch.stack(list(norms)).square().sum()
 
 
 def check_finite(value: float, where: str) -> None:

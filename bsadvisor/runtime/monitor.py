@@ -43,7 +43,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
-from bsadvisor.runtime.step import make_gather, to_device
+from bsadvisor.runtime.step import make_gather, sq_norm, to_device
 
 
 class NoiseMonitor:
@@ -214,7 +214,7 @@ class NoiseMonitor:
                 ref = last["b_simple"]
             else:
                 ref = 2 * max(last["ci90"][0] or 0.0, last["big_batch"])
-        return max(64, batch_size, 2 ** math.ceil(math.log2(max(ref, 1.0))))
+        return max(64, batch_size, _power_of_two_above(ref))
 
     @staticmethod
     def _wanted_big_batch(stats, big: int) -> int:
@@ -223,7 +223,7 @@ class NoiseMonitor:
             ref = stats.b_simple if stats.b_simple > 2 * big else big
         else:
             ref = 4.0 * max(stats.ci90[0], big)
-        return 2 ** math.ceil(math.log2(max(ref, 1.0)))
+        return _power_of_two_above(ref)
 
     def _one_draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
         """(|G_b|² averaged over the k micro-batches, |G_B|² of their mean), gradients by autograd.grad."""
@@ -234,13 +234,13 @@ class NoiseMonitor:
             loss = self.loss_fn(self.model, batch)
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
-            small = small + _sq_norm(grads).cpu()
+            small = small + sq_norm(grads).cpu()
             if total is None:
                 total = [g.to(torch.float64) for g in grads]
             else:
                 torch._foreach_add_(total, [g.to(torch.float64) for g in grads])
         torch._foreach_div_(total, float(k))
-        s, g = float(small) / k, float(_sq_norm(total))
+        s, g = float(small) / k, float(sq_norm(total))
         if not math.isfinite(s + g):
             raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
         return s, g
@@ -257,7 +257,7 @@ class NoiseMonitor:
         acc = self._acc
         prev = acc.get("prev")
         diff = grads if prev is None else torch._foreach_sub(grads, prev)
-        acc.setdefault("parts", []).append((size, weight, float(_sq_norm(diff))))
+        acc.setdefault("parts", []).append((size, weight, float(sq_norm(diff))))
         acc["prev"] = [g.detach().clone() for g in grads]
 
     def end_update(self, samples: int, lr: float, momentum: float, batch_size: Optional[int] = None,
@@ -275,7 +275,7 @@ class NoiseMonitor:
         total = sum(size for size, _, _ in parts)
         batch_size = batch_size or total
         sq = [norm / ((w if w is not None else size / total) ** 2) for size, w, norm in parts]
-        final = float(_sq_norm(acc["prev"]))
+        final = float(sq_norm(acc["prev"]))
         b_eff = len(parts) / sum(1.0 / size for size, _, _ in parts)  # E|G_b|² has the mean of 1/b_j (eq. 17)
         self._pending.append((sum(sq) / len(sq), final, b_eff, total))
         return self._close_window(samples, update, lr, momentum, batch_size, "accumulation")
@@ -332,7 +332,7 @@ class NoiseMonitor:
         if ranks < 2:
             return None
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        self._pending.append((float(tally[0]) / ranks, float(_sq_norm(grads)), ranks / inverse, batch_size))
+        self._pending.append((float(tally[0]) / ranks, float(sq_norm(grads)), ranks / inverse, batch_size))
         return self._close_window(samples, update, lr, momentum, batch_size, "replicas")
 
     # ------------------------------------------------------------------ points
@@ -380,11 +380,9 @@ class NoiseMonitor:
         self._last_call = None
 
 
-def _sq_norm(tensors) -> torch.Tensor:
-    """Σ |t|² in float64."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    return torch.stack(list(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))).square().sum()
+def _power_of_two_above(x: float) -> int:
+    """The smallest power of two ≥ ``x`` (1 for x ≤ 1): draw batches come in powers of two."""
+    return 2 ** math.ceil(math.log2(max(x, 1.0)))
 
 
 __all__ = ["NoiseMonitor", "TRACE_SCHEMA"]

@@ -83,6 +83,14 @@ def split_share(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     return batch[lo:lo + q + (rank < r)]
 
 
+def sq_norm(tensors) -> torch.Tensor:
+    """Σ |t|² over ``tensors`` in float64 (0 for none): the squared gradient norms of the noise estimators."""
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(list(torch._foreach_norm(tensors, 2, dtype=torch.float64))).square().sum()
+
+
 def resolve_device(device: str) -> torch.device:
     """``--device`` (auto, cpu, cuda, cuda:N) as a torch.device; auto picks CUDA when there is one."""
     device = (device or "auto").lower()

@@ -11,10 +11,11 @@ initial weights. Runs:
 - constant-lr   : LR 0.05 at B0 throughout (control: does the schedule matter at all?)
 
 Targets (printed with the table):
-1. plan matches the original's test accuracy within the seeds' spread (|Δ| ≤ 2 × sd),
+1. plan ACCEPTED by validate's paired verdict (docs/concepts.md eqs. 21–23): the 90 % interval
+   of the per-seed accuracy differences lies above −0.005,
 2. with ≥ 2.5× fewer parameter updates and ≥ 1.8× less training wall time,
-3. increased-lr within 0.5 percentage points with ≥ 10× fewer updates,
-4. constant-lr is worse than the original by more than the spread (the schedule matters).
+3. increased-lr also ACCEPTED, with ≥ 10× fewer updates,
+4. constant-lr is REJECTED (the schedule matters).
 
 Runs alternate seed by seed so a busy machine slows them all alike; wall time counts
 training steps only (evaluation excluded) and is the fastest of the seeds (timing noise
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
 from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
+from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 from bsadvisor.runtime.validate import constant_plan  # noqa: E402
 
 
@@ -71,7 +73,6 @@ def main() -> int:
         xs = [r[key] for r in res[name]]
         return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
-    ref_acc, ref_sd = stat("original", "metric")
     def wall(name):
         return min(r["wall_s"] for r in res[name])
 
@@ -87,21 +88,27 @@ def main() -> int:
         print(f"| {name} | {acc:.4f} ± {sd:.4f} | {loss:.4f} ± {lsd:.4f} | {upd:,} | {ref_upd / upd:.2f}× | "
               f"{w:.1f} | {ref_wall / w:.2f}× |")
 
-    plan_acc, plan_sd = stat("plan", "metric")
-    spread = 2 * max(ref_sd, plan_sd)
-    inc_acc = stat("increased-lr", "metric")[0]
-    const_acc = stat("constant-lr", "metric")[0]
+    def paired(name):
+        v = paired_verdict([r["metric"] for r in res[name]], [r["metric"] for r in res["original"]])
+        iv = v["interval"]
+        ci = f"[{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv else "(1 seed: no interval)"
+        return v["status"], f"d = {v['difference']:+.4f}, 90% CI {ci}, per seed " + \
+            " ".join(f"{d:+.4f}" for d in v["paired"])
+
+    print("\npaired by seed (candidate − original, same initial weights and data order), margin 0.005:")
+    verdicts = {name: paired(name) for name in runs if name != "original"}
+    for name, (status, text) in verdicts.items():
+        print(f"  {name:<13} {status.upper():<12} {text}")
     checks = [
-        (f"plan within the seeds' spread: |Δ| = {abs(plan_acc - ref_acc):.4f} ≤ 2×sd = {spread:.4f}",
-         abs(plan_acc - ref_acc) <= spread),
+        (f"plan accepted (paired): {verdicts['plan'][1]}", verdicts["plan"][0] == "accepted"),
         (f"plan ≥ 2.5× fewer updates: {ref_upd / res['plan'][0]['updates']:.2f}×",
          ref_upd / res["plan"][0]["updates"] >= 2.5),
         (f"plan ≥ 1.8× less wall time: {ref_wall / wall('plan'):.2f}×", ref_wall / wall("plan") >= 1.8),
-        (f"increased-lr within 0.5 pp: Δ = {inc_acc - ref_acc:+.4f}", ref_acc - inc_acc <= 0.005),
+        (f"increased-lr accepted (paired): {verdicts['increased-lr'][1]}", verdicts["increased-lr"][0] == "accepted"),
         (f"increased-lr ≥ 10× fewer updates: {ref_upd / res['increased-lr'][0]['updates']:.2f}×",
          ref_upd / res["increased-lr"][0]["updates"] >= 10),
-        (f"the schedule matters: constant-lr Δ = {const_acc - ref_acc:+.4f} < −2×sd = {-spread:.4f}",
-         const_acc - ref_acc < -spread),
+        (f"the schedule matters: constant-lr rejected (paired): {verdicts['constant-lr'][1]}",
+         verdicts["constant-lr"][0] == "rejected"),
     ]
     print()
     for text, ok in checks:

@@ -154,12 +154,14 @@ def _print_curves(doc: dict, con) -> None:
     runs = doc["runs"]
     metrics = [y for r in runs.values() for y in mean_curve(r, "epoch", "metric")[1]]
     losses = [y for r in runs.values() for y in mean_curve(r, "epoch", "train_loss")[1]]
+    points = max(len(mean_curve(r, "epoch", "metric")[0]) for r in runs.values())
     finite = lambda xs: [x for x in xs if x is not None]  # noqa: E731
     lo_m, hi_m = (min(finite(metrics)), max(finite(metrics))) if finite(metrics) else (None, None)
     lo_l, hi_l = (min(finite(losses)), max(finite(losses))) if finite(losses) else (None, None)
     name_w = max(len(n) for n in runs)
     width = max(8, min(24, (con.width - name_w - 10) // 2))  # two curves beside the names fit the width
-    curves = Table(title=f"curves over {doc['epochs']:.4g} epochs", title_justify="left")
+    curves = Table(title=f"curves: {points} point(s) over {doc['epochs']:.4g} epoch(s), same samples in "
+                         "every run", title_justify="left")
     for col in ("run", "metric", "training loss"):
         curves.add_column(col, no_wrap=True)
     for name, r in runs.items():
@@ -200,19 +202,31 @@ def _print_noise(doc: dict, con) -> None:
                                f"B_simple {fmt(p['shown'], ',.0f')} ({describe_ci(p)})"))
 
 
+VERDICT_STYLES = {"ACCEPTED": "bold green", "REJECTED": "bold red", "INCONCLUSIVE": "bold yellow"}
+#: validate's exit code for each verdict (2 is bad input, 130 an interrupt).
+EXIT_CODES = {"accepted": 0, "rejected": 1, "inconclusive": 3}
+
+
+def exit_code(doc: dict) -> int:
+    """0 accepted, 1 rejected, 3 inconclusive."""
+    return EXIT_CODES.get(doc["verdict"].get("status"), 1)
+
+
 def _print_verdict(doc: dict, con) -> None:
-    """ACCEPTED or REJECTED, why, and the savings when both runs finished."""
+    """ACCEPTED, REJECTED or INCONCLUSIVE, the paired difference and its interval, the variants, the savings."""
     from rich.text import Text
 
-    from bsadvisor.runtime.report import verdict_text
+    from bsadvisor.runtime.report import difference_text, status_word, verdict_text
 
     v = doc["verdict"]
-    line = Text.assemble(("ACCEPTED" if v["accepted"] else "REJECTED", "bold green" if v["accepted"] else "bold red"),
-                         ": " + verdict_text(doc))
+    for name, w in (v.get("variants") or {}).items():
+        con.print(Text(f"{name}: {status_word(w).lower()}, "
+                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence")}))
+                       + " (a variant: it does not decide the exit code)"))
+    word = status_word(v)
+    line = Text.assemble((word, VERDICT_STYLES[word]), ": " + verdict_text(doc))
     extra = []  # the ratios compare finished runs; a diverged run stopped early
-    if v.get("reason"):
-        pass
-    elif v.get("update_ratio") is not None:
+    if not v.get("reason") and v.get("update_ratio") is not None:
         extra.append(f"{v['update_ratio']:.2f}× fewer updates")
     if v.get("wall_ratio") is not None and not v.get("reason"):
         extra.append(f"{v['wall_ratio']:.2f}× less training time")
@@ -228,7 +242,8 @@ def _warn(text: str) -> None:
 def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
                    tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
                    as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True,
-                   checkpoint_every: Optional[int] = None, noise_monitor: Optional[dict] = None) -> dict:
+                   checkpoint_every: Optional[int] = None, noise_monitor: Optional[dict] = None,
+                   evals: int = 10) -> dict:
     """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes.
 
     With ``out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's files
@@ -253,7 +268,7 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
         with (_progress() if main else contextlib.nullcontext()) as progress:
             doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
                                  tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings,
-                                 checkpoint_every=checkpoint_every, noise_monitor=noise_monitor)
+                                 checkpoint_every=checkpoint_every, noise_monitor=noise_monitor, evals=evals)
         if not main:
             return doc
         if out is not None:
@@ -313,7 +328,10 @@ def validate(
     variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
     increase_lr: float = typer.Option(5.0, "--increase-lr", help="LR and batch factor of the increased-LR variant"),
-    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="accepted metric drop (default: max(2 × sd over seeds, 0.005))"),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="the margin δ: the accepted drop of the metric, "
+                                            "in its units (default 0.005) or as a percentage of the original's (1%)"),
+    evals: int = typer.Option(10, "--evals", help="evaluate every run at this many evenly spaced points (its curve; "
+                              "the same samples in every run)"),
     max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoints"),
@@ -329,7 +347,11 @@ def validate(
                                            "fraction of the training time (its extra gradient draws stay within it)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
 ) -> None:
-    """Train the original schedule and the plan on TARGET and compare them (exit 0 accepted, 1 rejected).
+    """Train the original schedule and the plan on TARGET and compare them, paired by seed.
+
+    Exit 0 ACCEPTED (the 90% interval of the paired difference lies above −margin),
+    1 REJECTED (below it), 3 INCONCLUSIVE (it straddles −margin: more seeds settle it,
+    add them with --seeds K --resume).
 
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.
@@ -340,7 +362,7 @@ def validate(
                   round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
                   total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
                   seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                  tolerance=tolerance, max_micro_batch=max_micro_batch, out=out, resume=resume,
+                  tolerance=tolerance, evals=evals, max_micro_batch=max_micro_batch, out=out, resume=resume,
                   overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
                   noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
     except KeyboardInterrupt:
@@ -350,34 +372,41 @@ def validate(
 def _monitor_settings(on: bool, overhead: Any) -> Optional[dict]:
     """NoiseMonitor settings from --noise-monitor and --monitor-overhead (None: off)."""
     checks.number("--monitor-overhead", overhead, low=0, high=1, low_open=True)
-    return {"overhead": float(overhead)} if on else None
+    return {"overhead": float(overhead), "min_points": MONITOR_MIN_POINTS} if on else None
+
+
+#: Fewest noise-trace points a validate run records, also when the overhead budget is short (one-epoch runs).
+MONITOR_MIN_POINTS = 5
 
 
 def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
-                      max_micro_batch: Any, checkpoint_every: Any = None) -> None:
+                      max_micro_batch: Any, checkpoint_every: Any = None, evals: Any = 10) -> None:
     """The numbers validate and demo take, checked before anything is imported or trained."""
-    from bsadvisor.runtime.validate import MAX_SEEDS, check_epochs
+    from bsadvisor.core.verdict import parse_margin
+    from bsadvisor.runtime.validate import MAX_EVALS, MAX_SEEDS, check_epochs
 
     checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     if epochs is not None:
         check_epochs(epochs)
     checks.optional(checks.positive_int, "--hybrid-cap", hybrid_cap)
     checks.number("--increase-lr", increase_lr, low=1, low_open=True)
-    checks.optional(checks.number, "--tolerance", tolerance, low=0)
+    parse_margin(tolerance)
+    checks.positive_int("--evals", evals, high=MAX_EVALS)
     checks.optional(checks.positive_int, "--max-micro-batch", max_micro_batch)
     checks.optional(checks.positive_int, "--checkpoint-every", checkpoint_every)
 
 
 def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
               max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
-              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json,
+              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json, evals=10,
               total_samples=None, total_steps=None, seq_len=None, growth_factor=None, checkpoint_every=None,
               noise_monitor=None) -> None:
     from bsadvisor.core.plan import Plan
     from bsadvisor.runtime.validate import check_epochs, check_out
 
     check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                      tolerance=tolerance, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every)
+                      tolerance=tolerance, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every,
+                      evals=evals)
     if plan is not None:
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
@@ -401,12 +430,12 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
     doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                          tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
                          as_json=as_json, dist=dist, device=dev, overwrite=overwrite, checkpoint_every=checkpoint_every,
-                         noise_monitor=noise_monitor)
+                         noise_monitor=noise_monitor, evals=evals)
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
-    if not doc["verdict"]["accepted"]:
-        raise typer.Exit(code=1)
+    if exit_code(doc):
+        raise typer.Exit(code=exit_code(doc))
 
 
 @app.command()
@@ -448,7 +477,8 @@ def demo(
         + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
     doc = run_and_report(tgt, plan, seeds=seeds, variants=variants, hybrid_cap=None, increase_lr=5.0,
                          tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False,
-                         overwrite=overwrite, show=not as_json, noise_monitor={"overhead": 0.05})
+                         overwrite=overwrite, show=not as_json,
+                         noise_monitor=_monitor_settings(True, 0.05))
     if as_json:
         from bsadvisor.core.fileio import json_safe
 
@@ -456,8 +486,8 @@ def demo(
                              "plan": plan.to_dict(), "validation": doc}))
     else:
         console.print("Next: bsadvisor validate your_file.py:make_target --schedule '...' --epochs E --out runs/")
-    if not doc["verdict"]["accepted"]:
-        raise typer.Exit(code=1)
+    if exit_code(doc):
+        raise typer.Exit(code=exit_code(doc))
 
 
 DEMO_SCHEMA = "bsadvisor.demo/1"

@@ -143,7 +143,7 @@ class NoiseModel:
 
 
 TRACE_SCHEMA = "bsadvisor.noise_trace/1"
-VALIDATION_SCHEMA = "bsadvisor.validation/1"
+VALIDATION_SCHEMAS = ("bsadvisor.validation/1", "bsadvisor.validation/1.1")
 TRACE_REMEDY = "give the results.json of bsadvisor validate or a file written by NoiseMonitor.save"
 
 
@@ -160,7 +160,7 @@ def load_trace(path, run: str = "original", seed: int = 0) -> NoiseModel:
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema == TRACE_SCHEMA:
         rows = doc.get("points")
-    elif schema == VALIDATION_SCHEMA:
+    elif schema in VALIDATION_SCHEMAS:
         runs = doc.get("runs") or {}
         if run not in runs:
             raise UserError(f"{what} has no run {run!r} (it has {', '.join(sorted(runs)) or 'none'})")

@@ -56,13 +56,16 @@ class NoiseMonitor:
     batch or about the last estimate, at least 64 and at most N; :meth:`_auto_big_batch`),
     split in ``micro_batches``. ``spread``: when the run's length is known (``train_plan``
     passes it), the budgeted extra draws come at about this many evenly spaced places.
+    ``min_points``: with the run's length known, at least this many points over the run even
+    where the budget would wait (each at the smallest draw): a short run (one epoch of a
+    language model) still gets a trace, at some cost over ``overhead``.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
                  dataset: Any = None, *, dataset_size: Optional[int] = None, collate_fn=None,
                  draws: int = 8, micro_batches: int = 8, big_batch: Optional[int] = None,
                  every: Optional[int] = None, overhead: float = 0.05, window: int = 16, seed: int = 0,
-                 spread: int = 10, device: Optional[torch.device] = None):
+                 spread: int = 10, min_points: int = 0, device: Optional[torch.device] = None):
         if draws < 2 or micro_batches < 2:
             raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
         if every is not None and every < 1:
@@ -76,6 +79,7 @@ class NoiseMonitor:
                                                                            else None)
         self.draws, self.micro_batches, self.big_batch = draws, micro_batches, big_batch
         self.every, self.overhead, self.window, self.spread = every, overhead, window, spread
+        self.min_points = max(0, min(int(min_points), spread))
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
         import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
@@ -135,7 +139,9 @@ class NoiseMonitor:
         left = self._allowance()
         affordable = int(left / (self._per_example * self.draws)) if left > 0 else 0
         if affordable < smallest:
-            return False, None  # wait: the budget grows with the training time
+            # wait, the budget grows with the training time; unless the run would end with fewer than min_points
+            owed = self.min_points * samples // total + 1 if self.min_points else 0
+            return (True, smallest) if len(self.points) < min(owed, self.min_points) else (False, None)
         wanted = self.big_batch or self._auto_big_batch(batch_size)
         return True, max(smallest, min(wanted, 2 ** int(math.log2(affordable))))
 

@@ -23,15 +23,18 @@ def _mean(values: list) -> Optional[float]:
 
 
 def mean_curve(run: dict, x: str, y: str) -> tuple[list[float], list[Optional[float]]]:
-    """Seed-mean curve of history field ``y`` against ``x`` ("epoch", "updates", "wall_s").
+    """Seed-mean curve of field ``y`` against ``x`` ("epoch", "samples", "updates", "wall_s").
 
-    Seeds can stop early (a diverged run); each epoch averages the seeds that reached it,
-    and a value that is null (not finite) is left out (None when no seed has one).
+    The points are the run's evaluations at fixed sample positions (each seed's ``evals``,
+    the same positions for every run and seed; "epoch" is then samples / N, fractional), or
+    its epoch ends for a document without them. Seeds can stop early (a diverged run); each
+    point averages the seeds that reached it, and a value that is null (not finite) is left
+    out (None when no seed has one).
     """
-    hs = [s["history"] for s in run["seeds"]]
+    hs = [s.get("evals") or s["history"] for s in run["seeds"]]
     n = max(len(h) for h in hs)
-    xs = [_mean([h[i][x] for h in hs if i < len(h)]) for i in range(n)]
-    ys = [_mean([h[i][y] for h in hs if i < len(h)]) for i in range(n)]
+    xs = [_mean([h[i].get(x) for h in hs if i < len(h)]) for i in range(n)]
+    ys = [_mean([h[i].get(y) for h in hs if i < len(h)]) for i in range(n)]
     return xs, ys
 
 
@@ -65,7 +68,8 @@ def plot_curves(doc: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    for x, label in (("epoch", "epochs"), ("updates", "parameter updates"), ("wall_s", "wall time (s)")):
+    for x, label in (("epoch", "epochs (samples / N)"), ("updates", "parameter updates"),
+                     ("wall_s", "wall time (s)")):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for name, run in doc["runs"].items():
             for ax, y in zip(axes, ("train_loss", "metric")):
@@ -112,20 +116,55 @@ def _md(text: Any) -> str:
     return out
 
 
+STATUS_WORDS = {"accepted": "ACCEPTED", "rejected": "REJECTED", "inconclusive": "INCONCLUSIVE"}
+
+
+def status_word(v: dict) -> str:
+    """ACCEPTED, REJECTED or INCONCLUSIVE (a /1 document has only ``accepted``)."""
+    return STATUS_WORDS.get(v.get("status"), "ACCEPTED" if v.get("accepted") else "REJECTED")
+
+
+def difference_text(v: dict) -> str:
+    """``-0.0021, 90% CI [-0.0050, +0.0008] over 3 paired seeds`` (or the one-seed caveat)."""
+    d = fmt(v.get("difference"), "+.4f")
+    iv = v.get("interval")
+    n = len(v.get("paired") or [])
+    if iv:
+        return (f"{d}, {round((v.get('confidence') or 0.9) * 100)}% CI [{fmt(iv[0], '+.4f')}, {fmt(iv[1], '+.4f')}] "
+                f"over {n} paired seeds")
+    return f"{d} (1 seed: no spread measured)"
+
+
 def verdict_text(doc: dict) -> str:
     """The verdict in one sentence (plain text: the caller adds any styling)."""
     v = doc["verdict"]
     if v.get("reason"):
         return v["reason"]
-    return (f"{v['candidate']} − {v['reference']} = {fmt(v['difference'], '+.4f')} in {doc['metric']}; "
-            f"tolerance {fmt(v['tolerance'], '.4f')} ({v['tolerance_rule']})")
+    if "margin" not in v:  # a bsadvisor.validation/1 document
+        return (f"{v['candidate']} − {v['reference']} = {fmt(v['difference'], '+.4f')} in {doc['metric']}; "
+                f"tolerance {fmt(v.get('tolerance'), '.4f')} ({v.get('tolerance_rule')})")
+    text = (f"{v['candidate']} − {v['reference']} in {doc['metric']}: {difference_text(v)}; "
+            f"margin {fmt(v['margin'], '.4g')} ({v['margin_rule']})")
+    if v.get("status") == "inconclusive":
+        text += "; " + settle_text(doc)
+    return text
+
+
+def settle_text(doc: dict) -> str:
+    """What an inconclusive verdict needs: about how many seeds, from the measured spread of d_s."""
+    v = doc["verdict"]
+    n = v.get("seeds_suggested")
+    if n is None:
+        return ("the difference is too close to the margin for any practical number of seeds to settle; "
+                "treat it as a tie at the margin, or choose the margin anew")
+    return f"about {n} seeds would likely settle it (add them with --seeds {n} --resume)"
 
 
 def report_markdown(doc: dict) -> str:
     """report.md: the verdict, a table of the runs (mean ± sd over seeds), warnings and the plots."""
     v = doc["verdict"]
     lines = [f"# Validation of a batch-growth plan on {_md(doc['target'])}", "",
-             f"**{'ACCEPTED' if v['accepted'] else 'REJECTED'}**: {_md(verdict_text(doc))}. "
+             f"**{status_word(v)}**: {_md(verdict_text(doc))}. "
              f"{doc['seeds']} seed(s), {doc['epochs']:.4g} epochs, N = {doc['dataset_size']}"
              + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
              f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
@@ -139,6 +178,8 @@ def report_markdown(doc: dict) -> str:
     if any(not finite(r["summary"][k]) for r in doc["runs"].values() for k in ("metric_mean", "final_train_loss_mean")):
         lines += ["n/a: not finite (NaN or infinity; null in results.json).", ""]
     lines += ["Runs: " + "; ".join(f"**{n}**: {r['description']}" for n, r in doc["runs"].items()), ""]
+    lines += paired_table(doc)
+    lines += curve_table(doc)
     lines += temperature_table(doc)
     lines += noise_table(doc)
     for w in doc.get("warnings", []):
@@ -148,6 +189,57 @@ def report_markdown(doc: dict) -> str:
     if not doc.get("plots"):
         lines += ["(Install the `plot` extra, `pip install 'bsadvisor[plot]'`, for PNG curves.)", ""]
     return "\n".join(lines)
+
+
+def paired_table(doc: dict) -> list[str]:
+    """report.md's per-seed table: each run's metric and its paired difference from the original's."""
+    v = doc["verdict"]
+    if "margin" not in v:
+        return []
+    ref = doc["runs"][v["reference"]]
+    others = [n for n in doc["runs"] if n != v["reference"]]
+    lines = [f"Paired by seed (same initial weights and data order): {doc['metric']} of each run, and its "
+             f"difference from {_md(v['reference'])} with the same seed (the verdict reads these).", "",
+             "| seed | " + " | ".join(_md(n) for n in [v["reference"], *others]) + " | "
+             + " | ".join(f"{_md(n)} − {_md(v['reference'])}" for n in others) + " |",
+             "|---|" + "---|" * (1 + 2 * len(others))]
+    for i, s in enumerate(ref["seeds"]):
+        cells = [fmt(s["metric"], ".4f")]
+        diffs = []
+        for n in others:
+            seeds = doc["runs"][n]["seeds"]
+            m = seeds[i]["metric"] if i < len(seeds) else None
+            cells.append(fmt(m, ".4f"))
+            diffs.append(fmt(m - s["metric"], "+.4f") if finite(m) and finite(s["metric"]) else "n/a")
+        lines.append(f"| {s['seed']} | " + " | ".join(cells + diffs) + " |")
+    summary = [f"**{_md(v['candidate'])}**: {STATUS_WORDS.get(v['status'], '?').lower()}, "
+               f"{_md(difference_text(v))}"]
+    for n, w in (v.get("variants") or {}).items():
+        summary.append(f"**{_md(n)}**: {STATUS_WORDS.get(w['status'], '?').lower()}, "
+                       f"{_md(difference_text({**w, 'confidence': v.get('confidence')}))}")
+    return lines + ["", "Mean paired difference: " + "; ".join(summary) + ".", ""]
+
+
+def curve_table(doc: dict) -> list[str]:
+    """report.md's curves as numbers: each run's mean metric and training loss at its evaluation points."""
+    runs = doc["runs"]
+    curves = {n: (mean_curve(r, "point", "metric"), mean_curve(r, "point", "train_loss")[1])
+              for n, r in runs.items()}
+    longest = max(curves.values(), key=lambda c: len(c[0][0]))
+    xs = longest[0][0]
+    if len(xs) < 2 or any(x is None for x in xs):
+        return []
+    n = doc.get("dataset_size") or 1
+    lines = [f"Curves: {doc['metric']} (and training loss since the previous point) at the same sample "
+             f"positions in every run, mean over {doc['seeds']} seed(s):", "",
+             "| samples | epoch | " + " | ".join(_md(k) for k in runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for i, x in enumerate(xs):
+        cells = []
+        for (cx, cy), loss in curves.values():
+            ok = i < len(cy)
+            cells.append(f"{fmt(cy[i] if ok else None, '.4f')} ({fmt(loss[i] if ok else None, '.4g')})")
+        lines.append(f"| {x:,.0f} | {x / n:.3g} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def temperature_table(doc: dict, points: int = 10) -> list[str]:

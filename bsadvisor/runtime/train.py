@@ -41,7 +41,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.validate import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import write_atomic
 from bsadvisor.core.plan import Plan
@@ -64,6 +66,7 @@ class RunResult:
     seed: int
     history: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)  # {samples, batch_size, lr, momentum} of (every k-th) update
+    evals: list[dict] = field(default_factory=list)  # the curve: metric and loss at ``evals`` places of the run
     noise_trace: list[dict] = field(default_factory=list)  # the NoiseMonitor's points (runtime/monitor.py)
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
@@ -78,7 +81,8 @@ class RunResult:
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
-                "history": self.history, "steps": self.steps, "noise_trace": self.noise_trace}
+                "history": self.history, "steps": self.steps, "evals": self.evals,
+                "noise_trace": self.noise_trace}
 
 
 @torch.no_grad()
@@ -204,6 +208,8 @@ class _Training:
     checkpoint_every: Optional[int] = None
     partial: dict = field(default_factory=dict)  # the epoch in progress: epoch, offset, loss_sum, seen
     monitor: Optional[NoiseMonitor] = None
+    eval_at: list[int] = field(default_factory=list)  # sample positions of the curve's points (eval_points)
+    since: dict = field(default_factory=lambda: {"loss_sum": 0.0, "seen": 0})  # loss since the last point
 
     def where(self, epoch: int) -> str:
         """``run plan (seed 0), epoch 3/10``: how errors name the place."""
@@ -218,7 +224,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
                on_epoch: Optional[Callable[[dict], None]] = None,
                on_step: Optional[Callable[[int], None]] = None,
                stop_on_divergence: bool = False, checkpoint_every: Optional[int] = None,
-               noise_monitor: Optional[dict] = None) -> RunResult:
+               noise_monitor: Optional[dict] = None, evals: Optional[int] = None) -> RunResult:
     """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
     Each update takes the sampler's next batch (``plan.at_sample(position)``'s size) and the
@@ -235,6 +241,9 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     record B_simple along the run in ``RunResult.noise_trace``: from the micro-batches of an
     accumulated update, under DDP from each rank's gradient before the all-reduce,
     otherwise from extra draws within its overhead budget. It never changes the trajectory.
+    ``evals``: also evaluate at that many evenly spaced sample positions (eval_points; the
+    last is the run's end) into ``RunResult.evals``, so a run of one epoch or less has a
+    curve; a point at an epoch end reuses that epoch's evaluation.
 
     A training loss that is not finite raises a UserError, or with ``stop_on_divergence``
     ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN
@@ -254,6 +263,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     dev = torch.device(device) if device is not None else None
     meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch,
             "model": model_signature(model)}
+    if evals is not None:
+        meta["evals"] = evals = checks.positive_int("evals", evals, high=MAX_EVALS)
     if dist.enabled:
         meta["world_size"] = dist.world_size  # the RNG streams are per rank
     user_rng = get_rng_state()
@@ -262,6 +273,7 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
         run = _set_up(target, plan, name, seed, dist, dev, init_state, meta,
                       Path(checkpoint) if checkpoint is not None else None)
         run.checkpoint_every = checkpoint_every
+        run.eval_at = eval_points(plan.total_samples, evals) if evals else []
         if noise_monitor is not None:
             run.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
                                        device=dev, **{"seed": seed, **noise_monitor})
@@ -275,7 +287,8 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
         # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         for epoch in range(start, plan.full_epochs):
-            train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, stop_on_divergence, on_step)
+            train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, stop_on_divergence, on_step,
+                                                eval_batch_size)
             rec = _record_epoch(run, epoch, train_loss, diverged, eval_batch_size)
             run.partial = {}
             _write_checkpoint(run)
@@ -328,6 +341,8 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
         result.history = [dict(rec) for rec in doc["history"]]
         result.steps = [dict(rec) for rec in doc.get("steps", [])]
+        result.evals = [dict(rec) for rec in doc.get("evals", [])]
+        run.since = dict(doc.get("since") or {"loss_sum": 0.0, "seen": 0})
         run.partial = dict(doc.get("partial") or {})
         if run.monitor is not None and doc.get("monitor") is not None:
             run.monitor.load_state_dict(doc["monitor"])
@@ -366,7 +381,7 @@ def _refuse_other_run(saved: dict, run: _Training) -> None:
 
 def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,
                  max_micro_batch: Optional[int], stop_on_divergence: bool,
-                 on_step: Optional[Callable[[int], None]]) -> tuple[float, bool]:
+                 on_step: Optional[Callable[[int], None]], eval_batch_size: int = 1024) -> tuple[float, bool]:
     """One epoch of updates (from where a mid-epoch checkpoint left it); (mean training loss, diverged).
 
     Each update: the scheduler's LR and momentum at the current sample position, the
@@ -404,11 +419,18 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
         part["loss_sum"] += loss * len(idx)
         part["seen"] += len(idx)
         part["offset"] = b
+        run.since["loss_sum"] += loss * len(idx)
+        run.since["seen"] += len(idx)
         run.updates += 1
         run.examples += len(idx)
         run.scheduler.step(samples=len(idx))
         if on_step:
             on_step(len(idx))
+        if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(run, epoch * n + b):
+            # a curve point inside the epoch (an epoch's end is _record_epoch's): not training time
+            run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
+            _add_eval_points(run, epoch * n + b, _evaluate_at(run, epoch, eval_batch_size))
+            t0, m0 = time.perf_counter(), _monitor_seconds(run)
         if run.checkpoint_every and run.updates % run.checkpoint_every == 0 and b < n:
             run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
             _write_checkpoint(run)  # mid-epoch: the partial epoch's sums and position go with it
@@ -487,13 +509,7 @@ def _slowest(dist: Dist, took: float) -> float:
 
 def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool, eval_batch_size: int) -> dict:
     """Evaluate (not after a divergence: the metric is NaN) and add the epoch's record to the history."""
-    if diverged:
-        metric = math.nan
-    else:
-        try:
-            metric = evaluate(run.target, eval_batch_size, run.dist, run.device)
-        except Exception as exc:
-            raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
+    metric = math.nan if diverged else _evaluate_at(run, epoch, eval_batch_size)
     setting = run.plan.at(epoch)
     rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
            "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
@@ -501,8 +517,49 @@ def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool,
     if diverged:
         rec["diverged"] = True
         run.result.diverged_at = epoch + 1
+    else:
+        _add_eval_points(run, min((epoch + 1) * run.plan.dataset_size, run.plan.total_samples), metric)
     run.result.history.append(rec)
     return rec
+
+
+def eval_points(total_samples: int, evals: int) -> list[int]:
+    """The sample positions of a run's curve: ``evals`` evenly spaced places, the last at the run's end."""
+    return sorted({max(1, round(total_samples * k / evals)) for k in range(1, evals + 1)})
+
+
+def _eval_due(run: _Training, position: int) -> bool:
+    """Whether the run has reached its next curve point at ``position`` (the same on every rank)."""
+    done = len(run.result.evals)
+    return done < len(run.eval_at) and position >= run.eval_at[done]
+
+
+def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[float]:
+    """The metric now (``evaluate``); the user's metric_fn raising is named like a training step's error.
+
+    The random streams are put back afterwards: a metric_fn that draws random numbers does not
+    change the training, so the curve's points (--evals) never change a run.
+    """
+    state = get_rng_state()
+    try:
+        return evaluate(run.target, eval_batch_size, run.dist, run.device)
+    except Exception as exc:
+        raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
+    finally:
+        set_rng_state(state)
+
+
+def _add_eval_points(run: _Training, position: int, metric: Optional[float]) -> None:
+    """Record the curve's points the run has reached at ``position`` (one evaluation serves them all)."""
+    while len(run.result.evals) < len(run.eval_at) and run.eval_at[len(run.result.evals)] <= position:
+        since = run.since
+        run.result.evals.append({
+            "point": run.eval_at[len(run.result.evals)],  # where it was due; "samples": the update that reached it
+            "samples": position, "epoch": position / run.plan.dataset_size, "updates": run.updates,
+            "batch_size": run.plan.at_sample(max(position - 1, 0)).batch_size,
+            "train_loss": since["loss_sum"] / since["seen"] if since["seen"] else None,
+            "metric": metric, "wall_s": run.wall})
+        run.since = {"loss_sum": 0.0, "seen": 0}
 
 
 def _write_checkpoint(run: _Training) -> None:
@@ -516,7 +573,8 @@ def _write_checkpoint(run: _Training) -> None:
             "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
-            "steps": run.result.steps, "partial": dict(run.partial),
+            "steps": run.result.steps, "evals": run.result.evals, "since": dict(run.since),
+            "partial": dict(run.partial),
             "monitor": run.monitor.state_dict() if run.monitor is not None else None,
             "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
 

@@ -4,15 +4,17 @@ Smith et al. (arXiv 1711.00489) claim that growing the batch at a fixed LR train
 well as decaying the LR at a fixed batch, with fewer parameter updates. This file checks
 that claim on the user's own model: every run is ``train.train_plan`` on a Plan (the
 original schedule at B0 is a Plan too), over the same seeds, from the same initial
-weights. The verdict compares the target's metric on ``eval_dataset``:
+weights. The verdict compares the target's metric on ``eval_dataset``, paired by seed
+(core/verdict.py, docs/concepts.md eqs. 21–23):
 
-    accepted  ⇔  mean(plan) ≥ mean(original) − tolerance
-    tolerance = max(2 × sd over seeds, 0.005)   (0.5 percentage points of accuracy)
+    d_s = metric(plan, s) − metric(original, s);   d̄ with its two-sided 90 % t interval
+    accepted ⇔ lo > −δ;   rejected ⇔ hi < −δ;   inconclusive otherwise (exit 3)
 
-(one-sided: a plan that beats the original is accepted). Without an eval metric the
-negated final training loss stands in for it. A metric that is not finite (a metric_fn
-that returns NaN, or a candidate run whose training loss diverged) rejects the plan and
-the verdict says why; NaN and infinity are written as null in every output.
+δ = --tolerance (0.005 by default, or a percentage of the original's metric). Without an
+eval metric the negated final training loss stands in for it. A metric that is not
+finite (a metric_fn that returns NaN, or a candidate run whose training loss diverged)
+rejects the plan and the verdict says why; NaN and infinity are written as null in every
+output.
 
 The report of the results (Markdown, plots, the CLI's curves) is runtime/report.py.
 """
@@ -33,13 +35,19 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.verdict import ACCEPTED, Margin, paired_verdict, parse_margin
 
-VALIDATION_SCHEMA = "bsadvisor.validation/1"
-MIN_TOLERANCE = 0.005
+#: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
+#: seed's ``evals`` (the curve at --evals points); every /1 field is still there.
+VALIDATION_SCHEMA = "bsadvisor.validation/1.1"
 # validate trains every epoch of every run and seed, evaluates and checkpoints after each
 # one and keeps a record of each: past this many epochs a run cannot be expected to finish.
 MAX_EPOCHS = 100_000
 MAX_SEEDS = 1_000
+#: At most this many evaluation points a run's curve has (--evals).
+MAX_EVALS = 1_000
+#: Evaluation points through every run by default (--evals): a curve also for runs of one epoch or less.
+DEFAULT_EVALS = 10
 #: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
 MIN_CHECKPOINT_EVERY = 50
 
@@ -188,40 +196,51 @@ def _why_notfinite(name: str, run: dict) -> str:
     div = [(s["seed"], s["diverged_at_epoch"]) for s in run.get("seeds", []) if s.get("diverged_at_epoch")]
     if div:
         return f"{name}'s training loss diverged (" + "; ".join(f"seed {sd}, epoch {e}" for sd, e in div) + ")"
-    value = run["summary"]["metric_mean"]
-    return f"{name}'s metric_fn gave {'no value' if value is None else value}"
+    bad = [s["seed"] for s in run.get("seeds", []) if not finite(s.get("metric"))]
+    return f"{name}'s metric_fn gave no finite value" + (f" (seed {', '.join(map(str, bad))})" if bad else "")
 
 
-def verdict(runs: dict, tolerance: Optional[float] = None, reference: str = "original",
-            candidate: str = "plan") -> dict:
-    """Accept ``candidate`` when its mean metric is at least the reference's less the tolerance.
+def verdict(runs: dict, tolerance: Any = None, reference: str = "original", candidate: str = "plan") -> dict:
+    """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–23).
 
-    A metric that is not finite (NaN from metric_fn, or a run whose loss diverged) rejects
-    the candidate; ``reason`` then says which run and why (it is None otherwise).
+    Each seed's metric difference d_s = candidate − reference (same seed: same initial
+    weights and data order), their mean and two-sided 90 % interval decide: accepted when
+    the interval is above −δ, rejected when below, inconclusive otherwise (with the seeds
+    that would likely settle it). ``tolerance``: δ as a number, a text such as "1%", a
+    ``Margin`` or None (the default 0.005). Every other run gets its own paired verdict in
+    ``variants`` (they do not decide the exit code). A metric that is not finite (NaN from
+    metric_fn, or a run whose loss diverged) rejects the candidate; ``reason`` then says
+    which run and why (it is None otherwise).
     """
-    ref, cand = runs[reference]["summary"], runs[candidate]["summary"]
-    sds = [x for x in (ref["metric_sd"], cand["metric_sd"]) if finite(x)]
-    sd = max(sds) if sds else 0.0
-    if tolerance is None:
-        tol, rule = max(2 * sd, MIN_TOLERANCE), f"max(2 × sd over seeds = {2 * sd:.4g}, {MIN_TOLERANCE})"
-    else:
-        tol, rule = float(tolerance), "--tolerance"
-    bad = [n for n in (reference, candidate) if not finite(runs[n]["summary"]["metric_mean"])]
-    diff = cand["metric_mean"] - ref["metric_mean"] if not bad else None
-    reason = None
-    if bad:
-        reason = "the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
-    out = {"accepted": bool(diff is not None and diff >= -tol), "reason": reason, "reference": reference,
-           "candidate": candidate, "difference": diff, "tolerance": tol, "tolerance_rule": rule,
-           "update_ratio": ref["updates"] / cand["updates"] if cand["updates"] else None,
-           "wall_ratio": (ref["wall_s_mean"] / cand["wall_s_mean"]) if finite(ref["wall_s_mean"]) and
-           finite(cand["wall_s_mean"]) and cand["wall_s_mean"] else None,
-           "within_tolerance": {}}
-    for name, r in runs.items():
-        if name != reference:
-            m = r["summary"]["metric_mean"]
-            out["within_tolerance"][name] = bool(finite(m) and finite(ref["metric_mean"])
-                                                 and m - ref["metric_mean"] >= -tol)
+    margin = tolerance if isinstance(tolerance, Margin) else parse_margin(tolerance)
+    ref = runs[reference]
+
+    def judge(name: str) -> dict:
+        v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin)
+        if v["reason"] is not None:
+            bad = [n for n in (reference, name) if not all(finite(s["metric"]) for s in runs[n]["seeds"])]
+            v["reason"] = ("the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
+                           if bad else "the margin is not finite (the original's metric is not)")
+        return v
+
+    main = judge(candidate)
+    rs, cs = ref["summary"], runs[candidate]["summary"]
+    out = {"status": main["status"], "accepted": main["status"] == ACCEPTED, "reference": reference,
+           "candidate": candidate, **{k: main[k] for k in ("reason", "difference", "interval", "paired", "sd",
+                                                           "margin", "margin_rule", "confidence",
+                                                           "seeds_suggested")},
+           "update_ratio": rs["updates"] / cs["updates"] if cs["updates"] else None,
+           "wall_ratio": (rs["wall_s_mean"] / cs["wall_s_mean"]) if finite(rs["wall_s_mean"]) and
+           finite(cs["wall_s_mean"]) and cs["wall_s_mean"] else None,
+           "variants": {}, "within_tolerance": {}}
+    for name in runs:
+        if name in (reference, candidate):
+            continue
+        v = judge(name)
+        out["variants"][name] = {k: v[k] for k in ("status", "reason", "difference", "interval", "paired",
+                                                  "seeds_suggested")}
+    out["within_tolerance"] = {candidate: out["accepted"],
+                               **{n: v["status"] == ACCEPTED for n, v in out["variants"].items()}}
     return out
 
 
@@ -326,7 +345,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                    resume: bool = False, max_micro_batch: Optional[int] = None,
                    tolerance: Optional[float] = None, progress=None, dist=None, device=None,
                    warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None,
-                   noise_monitor: Optional[dict] = None) -> dict:
+                   noise_monitor: Optional[dict] = None, evals: Optional[int] = DEFAULT_EVALS) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
@@ -337,11 +356,16 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     (default: a quarter of an epoch's updates, at least MIN_CHECKPOINT_EVERY, so a long
     single-epoch run can be resumed part way). ``noise_monitor``: NoiseMonitor settings
     (runtime/monitor.py): every seed of every run records its B_simple trace (``noise_trace``).
+    ``evals``: every run is also evaluated at that many evenly spaced sample positions (its
+    curve, ``evals`` in each seed's record), the same positions for every run.
+
+    Seeds are trained in order 0, 1, …: with ``resume``, the seeds an earlier run finished
+    are read back from their checkpoints, so a larger ``seeds`` trains only the new ones.
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
-    tolerance = checks.optional(checks.number, "--tolerance", tolerance, low=0)
+    margin = tolerance if isinstance(tolerance, Margin) else parse_margin(tolerance)
     _check_runs(target, specs, resume, out)
     ckpt_dir = None
     if out is not None:
@@ -366,7 +390,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                                max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume, checkpoint_every=every,
                                dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
                                stop_on_divergence=spec is not specs[0],  # the reference's divergence is an error
-                               noise_monitor=noise_monitor)
+                               noise_monitor=noise_monitor, evals=evals)
                 results.append(_seed_result(r.to_dict(), metric_name))
             runs[spec.name] = {"description": spec.description, "plan": spec.plan.to_dict(),
                                "seeds": results, "summary": summarize(results)}
@@ -378,7 +402,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name, "temperature": temperatures,
            "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
            "world_size": dist.world_size if dist is not None else 1,
-           "runs": runs, "verdict": verdict(runs, tolerance), "warnings": list(warnings or [])}
+           "runs": runs, "verdict": verdict(runs, margin), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
 
@@ -390,7 +414,9 @@ def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
     """Each run's realised noise temperature against samples, relative to the original's peak (eq. 1, 2, 4).
 
     Read from the updates the first seed actually trained (their LR, momentum and batch),
-    with the plan's temperature model; the original (the first run) sets the reference.
+    with the plan's temperature model; the original (the first run) sets the reference, so
+    its peak reads 1. An epoch's short last batch (fewer examples than the plan's batch
+    there) is left out: its one update's temperature spike says nothing about the schedule.
     """
     source = next((sp.plan for sp in specs if sp.plan.inputs.get("optimizer")), specs[0].plan)
     try:
@@ -399,7 +425,8 @@ def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
         return {}
     series = {}
     for spec in specs:
-        steps = runs[spec.name]["seeds"][0].get("steps") or []
+        steps = [r for r in runs[spec.name]["seeds"][0].get("steps") or []
+                 if r["batch_size"] >= spec.plan.at_sample(r["samples"]).batch_size]
         stride = max(1, -(-len(steps) // MAX_TEMPERATURE_POINTS))
         series[spec.name] = [[r["samples"], model.temperature(r["lr"], r["momentum"], r["batch_size"])]
                              for r in steps[::stride]]

@@ -97,14 +97,17 @@ def test_growth_far_past_the_noise_scale_is_flagged_where_it_happens(tmp_path):
     # B0 = 32 against B_simple = 2 at the probe's temperature: 16× B_noise at the start
     path = tmp_path / "p.json"
     path.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=2.0)))
-    flagged = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    flagged = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=0)  # no cap
     warning = next(w for w in flagged.warnings if "noise scale there" in w)
     first = flagged.stages[0]
     assert f"batch {first.batch_size:,} " in warning and "B_noise ≈ 2 at sample 0" in warning
     # B_simple = 400: B_noise grows as 1/T as fast as the plan's batch, so nothing is flagged
     path.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=400.0)))
     assert not any("noise scale there" in w for w in plan_from_options(
-        probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0).warnings)
+        probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=0).warnings)
+    # by default the batch stops at 4 × B_noise(s) (NOISE_CAP): nothing past it, so nothing to flag
+    default = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    assert default.inputs["noise_cap"] == 4
 
 
 def _trace(tmp_path, points):
@@ -168,11 +171,12 @@ def test_cap_efficiency_and_warning_read_one_noise_scale(tmp_path, b_simple):
     doc["settings"]["optimizer"] = "adam"
     path = tmp_path / "adam.json"
     path.write_text(json.dumps(doc))
-    free = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    free = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=0)
     over = [s for s in free.stages if s.batch_size > 10 * s.extra["b_noise"]]
     assert bool(over) == any("noise scale there" in w for w in free.warnings)
-    for k in (2, 10):
+    for k in (2, 10, None):  # None: the default, 4
         capped = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=k)
+        k = k or 4
         for s in capped.stages:
             if s.batch_size > B0:  # B0 itself is the user's, kept even above a cap (the batch never shrinks)
                 assert s.batch_size <= k * s.extra["b_noise"] * (1 + 1e-9)
@@ -241,7 +245,7 @@ def test_bad_probe_files_exit_2_with_one_line(tmp_path, mutate, needle):
     (["--world-size", "0"], "--world-size"),
     (["--grad-accum", "-1"], "--grad-accum"),
     (["--dataset-size", "999"], "disagrees"),
-    (["--noise-cap", "0"], "--noise-cap"),
+    (["--noise-cap", "-1"], "--noise-cap"),  # 0 turns the default cap off
 ])
 def test_mismatched_probe_options_exit_2(probe_file, args, needle):
     r = run_cli("convert-schedule", "--probe", str(probe_file), "--epochs", "10", "--schedule", SCHEDULE, *args)
@@ -315,3 +319,36 @@ def test_probe_world_size_is_the_default_for_convert(tmp_path):
     assert plan.cap["batch_size"] == 256 * 4
     plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, world_size=1)
     assert plan.cap["batch_size"] == 256
+
+
+def test_keep_batch_when_b0_is_already_past_the_noise_scale(tmp_path):
+    """B0 ≥ 4 × B_noise where the decay begins: the original schedule is the recommendation (eq. 16: at the
+    probe's own setting B_noise is the measured B_simple)."""
+    from bsadvisor.core.predict import keep_batch_advice, noise_model_of
+    from bsadvisor.core.probe_result import load_probe
+
+    for b_simple, keeps in ((5.0, True), (7.9, True), (8.1, False), (400.0, False)):
+        path = tmp_path / f"probe{b_simple}.json"
+        path.write_text(json.dumps(probe_doc(b_simple=b_simple)))
+        plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE)
+        keep = keep_batch_advice(plan, noise_model_of(load_probe(path)))
+        assert (keep is not None) == keeps, (b_simple, keep)
+        if keeps:
+            assert keep["ratio"] == pytest.approx(B0 / b_simple) and keep["b_noise"] == pytest.approx(b_simple)
+            assert plan.stages[0].batch_size == B0  # no growth at the start (the cap 4 × B_noise is below B0)
+
+
+def test_advise_keeps_the_batch_on_a_target_past_its_noise_scale():
+    """linreg (d = 16) from w = 0 has B_simple ≈ d + 1 + d·s²/|w*|² ≈ 18: at B0 = 128, 7× past it."""
+    r = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+                "--batch-size", "128", "--budget-seconds", "3")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "Keep the batch" in text and "Recommended: your original schedule, unchanged" in text
+    j = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+                "--batch-size", "128", "--budget-seconds", "3", "--json")
+    doc = json.loads(j.stdout)
+    noise = doc["probe"]["noise"]
+    assert noise["ci_kind"] == "bounded" and 128 >= 4 * noise["ci90"][1], noise  # clearly past 4 × B_simple
+    assert doc["recommendation"] == "original" and doc["keep_batch"]["ratio"] >= 4
+    assert Plan.from_dict(doc["plan"]).stage_batch_sizes() == [128] and doc["plan"]["inputs"]["kind"] == "baseline"

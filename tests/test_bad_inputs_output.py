@@ -75,7 +75,7 @@ CASES = [
     case("target-markup-folder-raises", ["advise", "a[/x]b/t.py:make", *ADVISE], "KeyError", "[/x]"),
     # ---- bad advise options (refused before the target is loaded)
     case("advise-noise-cap-nan", ["advise", "builtin:linreg", *ADVISE, "--noise-cap", "nan"], "--noise-cap"),
-    case("advise-noise-cap-zero", ["advise", "builtin:linreg", *ADVISE, "--noise-cap", "0"], "--noise-cap"),
+    case("advise-noise-cap-negative", ["advise", "builtin:linreg", *ADVISE, "--noise-cap", "-1"], "--noise-cap"),
     case("advise-noise-cap-inf", ["advise", "builtin:linreg", *ADVISE, "--noise-cap", "inf"], "--noise-cap"),
     case("advise-budget-inf", ["advise", "builtin:linreg", *ADVISE, "--budget-seconds", "inf"], "--budget-seconds"),
     case("advise-budget-zero", ["advise", "builtin:linreg", *ADVISE, "--budget-seconds", "0"], "--budget-seconds"),

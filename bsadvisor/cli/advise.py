@@ -12,7 +12,7 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console
-from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, GradAccum, IncreaseLr, Lr, MaxBatch, MaxFraction,
+from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, IncreaseLr, Lr, MaxBatch, MaxFraction,
                                    MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, RoundTo, Rule, ScheduleOpt, ScheduleUnit,
                                    StageFactor, WorldSize)
 from bsadvisor.core.errors import UserError
@@ -35,7 +35,7 @@ ADVISE_EXAMPLES = """
 # The convert-schedule options advise takes, in the order a printed command gives them.
 CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedule_unit", "rule", "max_batch",
                    "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
-                   "adam_rule", "world_size", "grad_accum", "noise_cap", "noise_trace")
+                   "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace")
 PROBE_DEFAULTS = {"device": "auto", "budget_seconds": 12.0, "seed": 0}
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
@@ -48,7 +48,7 @@ def advise_cmd(
     max_fraction: MaxFraction = None, round_to: RoundTo = None, max_stages: MaxStages = None,
     stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
     adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None,
-    noise_cap: NoiseCap = None, noise_trace: NoiseTrace = None,
+    noise_cap: NoiseCap = None, noise_trace: NoiseTrace = None, adam_sde: AdamSde = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = PROBE_DEFAULTS["device"],
     budget_seconds: Annotated[float, typer.Option(
         "--budget-seconds", help="Time budget of the probe.")] = PROBE_DEFAULTS["budget_seconds"],
@@ -65,7 +65,7 @@ def advise_cmd(
     check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
 
     from bsadvisor.core.fileio import write_json
-    from bsadvisor.core.predict import noise_model_of, plan_from_options, start_batch_advice
+    from bsadvisor.core.predict import keep_batch_advice, noise_model_of, plan_from_options, start_batch_advice
     from bsadvisor.targets.loading import load_target
 
     with _progress(quiet=json_) as progress:
@@ -85,14 +85,59 @@ def advise_cmd(
         write_json(probe_out, result.to_dict())
     plan = plan_from_options(probe=result, **options)
     batchnorm_warning(plan, has_bn)
-    advice = start_batch_advice(plan, noise_model_of(result, options["noise_trace"]),
-                                lambda k: plan_from_options(probe=result, **{**options, "increase_lr": k}))
+    noise = noise_model_of(result, options["noise_trace"])
+    keep = keep_batch_advice(plan, noise)
+    if keep is not None:  # no growth pays: the original schedule is the recommendation
+        plan = original_plan(plan, result)
+    advice = None if keep is not None else start_batch_advice(
+        plan, noise, lambda k: plan_from_options(probe=result, **{**options, "increase_lr": k}))
     if out is not None:
         plan.save(out)
     if json_:
-        emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict(), "advice": advice})
+        emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict(), "advice": advice,
+                   "keep_batch": keep, "recommendation": "original" if keep is not None else "plan"})
+        return
+    if keep is not None:
+        _print_keep(target, result, plan, keep, out, options)
         return
     _print_advice(target, result, plan, out, probe_out, options, probe_opts, advice)
+
+
+def original_plan(plan, probe):
+    """The original schedule as the recommended plan (batch B0 throughout), with the probe's predicted time."""
+    from dataclasses import replace
+
+    from bsadvisor.core.predict import annotate
+    from bsadvisor.runtime.validate import baseline_of
+
+    world = plan.inputs.get("world_size") or 1
+    kept = annotate(baseline_of(plan), probe, world_size=world)
+    return replace(kept, inputs={**kept.inputs, "probe": plan.inputs.get("probe")},
+                   notes=["recommended: the original schedule, unchanged (the batch is already past the noise scale)",
+                          *kept.notes])
+
+
+def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> None:
+    """Keep the batch: B0 is already past the noise scale, so no growth is recommended; say why and what next."""
+    from rich.text import Text
+
+    from bsadvisor.core.noise import describe_interval
+
+    noise = result.noise
+    console.print(Text.assemble(
+        ("Keep the batch: ", "bold"),
+        f"your batch {keep['b0']:,} is already {keep['ratio']:.3g}× the noise scale where the LR decay begins "
+        f"(B_noise ≈ {keep['b_noise']:,.3g} at sample {keep['sample']:,}; the probe measured B_simple ≈ "
+        f"{describe_interval(noise.b_simple, noise.ci90, noise.ci_kind)}). Each example keeps only "
+        f"{keep['efficiency_at_b0']:.0%} of its value at this batch, and a bigger one costs examples, not only "
+        f"updates (McCandlish et al.): growth past {keep['noise_cap']:g}× the noise scale is not recommended."),
+        soft_wrap=True)
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
+    console.print(Text("The noise scale usually grows as training goes on: record it through a run with "
+                       f"`bsadvisor validate {target} ... --out runs/v`, then re-plan with "
+                       "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)
 
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
@@ -109,7 +154,8 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     checks.optional(checks.number, "--momentum", options["momentum"], low=0, high=1, high_open=True)
     for name in ("max_batch", "round_to", "max_stages", "world_size", "grad_accum"):
         checks.optional(checks.positive_int, "--" + name.replace("_", "-"), options[name])
-    for name in ("max_fraction", "stage_factor", "increase_lr", "noise_cap"):
+    checks.optional(checks.number, "--noise-cap", options["noise_cap"], low=0)
+    for name in ("max_fraction", "stage_factor", "increase_lr"):
         checks.optional(checks.positive, "--" + name.replace("_", "-"), options[name])
     checks.positive("--budget-seconds", probe_opts["budget_seconds"])
     checks.seed("--seed", probe_opts["seed"])

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bsadvisor.cli.app import app, console, emit_json
-from bsadvisor.cli.options import (AdamRule, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
+from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
                                    IncreaseLr, JsonOut, Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum,
                                    MomentumTo, NoiseCap, NoiseTrace, Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt,
                                    ScheduleUnit, SeqLen, StageFactor, Streaming, TotalSamples, TotalSteps, WorldSize)
@@ -24,14 +24,14 @@ def _config_spec() -> dict[str, Any]:
         "lr": S.Num(low=0, low_open=True), "batch_size": count, "dataset_size": count,
         "epochs": S.Num(low=0, high=MAX_EPOCHS, low_open=True), "momentum": fraction,
         "total_samples": count, "total_steps": count, "streaming": S.Bool(), "seq_len": count,
-        "growth_factor": S.Int(low=2, high=1024),
+        "growth_factor": S.Int(low=2, high=1024), "adam_sde": S.Bool(),
         "schedule": S.Str(max_len=MAX_SCHEDULE_CHARS), "schedule_unit": S.Str(choices=SCHEDULE_UNITS),
         "optimizer": S.Str(choices=OPTIMIZERS), "rule": S.Str(choices=RULES),
         "adam_rule": S.Str(choices=ADAM_RULES), "max_batch": count,
         "max_fraction": S.Num(low=0, high=1, low_open=True), "round_to": count, "max_stages": count,
         "stage_factor": S.Num(low=1), "increase_lr": S.Num(low=1), "momentum_to": fraction,
         "probe": S.Str(max_len=4096), "world_size": count, "grad_accum": count,
-        "noise_cap": S.Num(low=0, low_open=True), "micro_batch": count, "noise_trace": S.Str(max_len=4096),
+        "noise_cap": S.Num(low=0), "micro_batch": count, "noise_trace": S.Str(max_len=4096),
     }
 
 
@@ -158,7 +158,7 @@ def convert_schedule_cmd(
     probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
     micro_batch: MicroBatch = None, noise_trace: NoiseTrace = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
     streaming: Streaming = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
-    config: Config = None, json_: JsonOut = False, out: Out = None,
+    adam_sde: AdamSde = None, config: Config = None, json_: JsonOut = False, out: Out = None,
 ) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
 

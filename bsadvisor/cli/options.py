@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from bsadvisor.core.defaults import DEFAULTS, OPTIMIZERS
+from bsadvisor.core.defaults import NOISE_CAP, DEFAULTS, OPTIMIZERS
 
 
 def _default(text: object) -> str:
@@ -41,7 +41,8 @@ GrowthFactor = Annotated[Optional[int], typer.Option(
     "--growth-factor", help="Every stage's batch is this integer times the previous one (Megatron, OLMo-core "
                             "ramps); the LR factor absorbs the difference.", show_default=False)]
 Momentum = Annotated[Optional[float], typer.Option(
-    "--momentum", help="SGD momentum m." + _default(DEFAULTS["momentum"]), show_default=False)]
+    "--momentum", help="SGD momentum m (Adam's β1 for the Adam family).  \\[default: 0, Adam's 0.9]",
+    show_default=False)]
 ScheduleOpt = Annotated[Optional[str], typer.Option(
     "--schedule", help="PyTorch scheduler expression, e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)', "
                        "or a CSV table epoch,lr[,momentum].", show_default=False)]
@@ -72,8 +73,13 @@ IncreaseLr = Annotated[Optional[float], typer.Option(
 MomentumTo = Annotated[Optional[float], typer.Option(
     "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", show_default=False)]
 AdamRule = Annotated[Optional[str], typer.Option(
-    "--adam-rule", help="Adam family: sqrt (η ∝ √B, Malladi et al.) or linear (Smith et al.)."
+    "--adam-rule", help="Adam family: linear (batch × α for an LR decay by α), sqrt (× α², Malladi et al.), "
+                        "seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise scale, linear "
+                        "above it; needs a probe or a trace)."
                         + _default(DEFAULTS["adam_rule"]), show_default=False)]
+AdamSde = Annotated[Optional[bool], typer.Option(
+    "--adam-sde", help="Adam family: also scale 1−β1 and 1−β2 by each stage's batch factor κ and Adam's ε by 1/√κ "
+                       "(Malladi et al.'s companion scaling; measured in docs/results.md).", show_default=False)]
 Config = Annotated[Optional[Path], typer.Option(
     "--config", help="TOML file with any of these options (keys as option names, e.g. batch-size = 128); "
                      "the command line wins.", show_default=False)]
@@ -92,8 +98,9 @@ MicroBatch = Annotated[Optional[int], typer.Option(
                               "probe's max batch]", show_default=False)]
 NoiseCap = Annotated[Optional[float], typer.Option(
     "--noise-cap", help="Cap the batch at K × the noise scale B_noise(s): the probe's B_simple scaled by the "
-                        "temperature, or --noise-trace (10 is a sensible K; an estimate without a bounded interval "
-                        "is refused).  \\[default: off, growth past 10× is flagged]", show_default=False)]
+                        "temperature, or --noise-trace (an estimate without a bounded interval is refused; 0: no "
+                        "cap).  \\[default: " + f"{NOISE_CAP:g}" + " with a probe or a trace, none without]",
+    show_default=False)]
 NoiseTrace = Annotated[Optional[Path], typer.Option(
     "--noise-trace", help="B_simple measured through training: results.json of `bsadvisor validate` (its original "
                           "run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from bsadvisor.cli.options import (AdamRule, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
+from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
                                    Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
                                    TotalSamples, TotalSteps)
 from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
@@ -60,11 +60,12 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
     if schedule is None or not length_given:
         raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
     from bsadvisor.core.predict import plan_from_options
+    from bsadvisor.core.defaults import ADAM_BETA1
     from bsadvisor.core.temperature import ADAM_FAMILY
 
     m = target.momentum if momentum is None else momentum
     if target.optimizer in ADAM_FAMILY and momentum is None and m == 0:
-        m = 0.9  # Target.make_optimizer's default β1
+        m = ADAM_BETA1  # Target.make_optimizer's default β1
     return plan_from_options(lr=target.lr if lr is None else lr,
                              batch_size=target.batch_size if batch_size is None else batch_size,
                              dataset_size=target.dataset_size, epochs=epochs, schedule=schedule, momentum=m,
@@ -323,7 +324,7 @@ def validate(
     max_batch: MaxBatch = None, max_fraction: MaxFraction = None, round_to: RoundTo = None,
     max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
     total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
-    growth_factor: GrowthFactor = None,
+    growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
     seeds: int = typer.Option(1, "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
     variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
@@ -361,7 +362,7 @@ def validate(
                   schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
                   round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
                   total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
-                  seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                  adam_sde=adam_sde, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
                   tolerance=tolerance, evals=evals, max_micro_batch=max_micro_batch, out=out, resume=resume,
                   overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
                   noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
@@ -399,7 +400,8 @@ def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: 
 def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
               max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
               increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json, evals=10,
-              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, checkpoint_every=None,
+              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, adam_sde=None,
+              checkpoint_every=None,
               noise_monitor=None) -> None:
     from bsadvisor.core.plan import Plan
     from bsadvisor.runtime.validate import check_epochs, check_out
@@ -422,7 +424,7 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
                       momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
                       max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
                       stage_factor=stage_factor, adam_rule=adam_rule, total_samples=total_samples,
-                      total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor)
+                      total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor, adam_sde=adam_sde)
     if dist.enabled:
         p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
         if change and dist.is_main:

@@ -29,14 +29,14 @@ No torch here: this module must import in milliseconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Optional
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
 from bsadvisor.core.schedules import Schedule, TableSchedule
-from bsadvisor.core.temperature import TemperatureModel
+from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel
 
 # Relative slack for float noise when comparing batch targets.
 _EPS = 1e-9
@@ -175,9 +175,28 @@ class _Original(NamedTuple):
 
 
 def temperature_model(options: ConvertOptions) -> TemperatureModel:
-    """The options' temperature model: the N → ∞ form for a single pass over the data (eq. 15)."""
+    """The options' temperature model: the N → ∞ form for a single pass over the data (eq. 15).
+
+    The noise-aware Adam rule (eq. 24) reads B_noise(s) from ``options.noise_model`` along the
+    original run (eq. 16, with the square-root temperature as the noise model's T: it must not
+    depend on itself), one value per span of the original's LR; the plan keeps the original's
+    temperature, so the same B_noise(s) holds for it.
+    """
     n = None if options.single_pass else options.dataset_size
-    return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule)
+    if not (options.adam_rule == "noise" and options.optimizer in ADAM_FAMILY):
+        return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule)
+    noise = options.noise_model
+    if noise is None:
+        raise UserError("adam_rule 'noise' reads the gradient noise scale B_noise(s) through the run: give a probe "
+                        "(--probe probe.json, or advise) or a measured trace (--noise-trace results.json)",
+                        parameter="adam_rule")
+    proxy, run = TemperatureModel(n, options.rule, options.optimizer, "sqrt"), options.original()
+    starts, values = [], []
+    for start, _end, step in _sample_spans(run):
+        t = proxy.temperature(run.schedule.lr(step, options.lr), run.momentum_at(start), options.batch_size)
+        starts.append(float(start))
+        values.append(noise.b_noise(start, t, proxy))
+    return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule, (tuple(starts), tuple(values)))
 
 
 def _original(options: ConvertOptions) -> _Original:
@@ -230,7 +249,7 @@ def _temperatures(model: TemperatureModel, pieces: list[_Piece], b0: int, lr0: f
     """The original temperature of each piece; an overflow says which number is too large."""
     temps = []
     for start, _end, x, m in pieces:
-        t = model.temperature(x, m, b0)
+        t = model.temperature(x, m, b0, start)
         if not math.isfinite(t):
             if x == lr0:
                 raise UserError(f"lr {lr0:g} is too large: the noise temperature ε/(1−m)·(N/B−1) overflows; "
@@ -339,14 +358,16 @@ def convert(options: ConvertOptions) -> Plan:
                         f"one of the allowed batches ({rounding.describe()}); give a batch_size that is, or leave "
                         "out growth_factor", parameters=("growth_factor", "batch_size"))
     cap_info, b_start, b_base = _cap(options, rounding, base, warnings, noise_caps := _noise_caps(options, original))
-    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak), peak=peak,
-                        g_ref=g_ref, model=model, lr_base=base.lr, m_base=base.momentum, b_base=b_base,
-                        b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
+    targets = _targets(rho, g_ref, model, base, peak, original.pieces)
+    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=targets, peak=peak, g_ref=g_ref, model=model,
+                        lr_base=base.lr, m_base=base.momentum, b_base=b_base, b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
                         factor=_stage_factor(options), b0=b0, growth=options.growth_factor,
                         caps=_piece_caps(noise_caps, cap_info["batch_size"], rounding))
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
     stages = _merge(per_span, model, g_ref, _rebuildable(options))
+    if options.adam_sde and model.is_adam:
+        stages = _adam_sde(stages, b0, notes)
     _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
     return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
                 baseline_updates=original.run.updates(), cap=cap_info, warnings=warnings, notes=notes)
@@ -377,7 +398,7 @@ def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: Temp
                         parameter="increase_lr")
     m_base = momentum_to if momentum_to is not None else peak.momentum
     variant = increase_lr not in (None, 1.0) or (momentum_to is not None and momentum_to != peak.momentum)
-    b_base = model.batch_for(g_ref, lr_base, m_base) if variant else float(options.batch_size)
+    b_base = model.batch_for(g_ref, lr_base, m_base, peak.start) if variant else float(options.batch_size)
     if increase_lr not in (None, 1.0):
         notes.append(f"increased-LR variant (§5.2): LR × {increase_lr:g} and the batch that keeps g0: "
                      f"{options.batch_size} → {b_base:.1f}")
@@ -386,11 +407,16 @@ def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: Temp
         warnings.append("raising the momentum costs some accuracy and the momentum buffer needs a few epochs "
                         "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
     if model.is_adam:
-        warnings.append(f"{options.optimizer}: applied the {'square-root' if model.power == 0.5 else 'linear'} rule "
-                        "(a decay of the LR by α becomes batch × "
-                        f"{'α²' if model.power == 0.5 else 'α'}); for full equivalence also scale 1−β1, 1−β2 and "
-                        "Adam's ε (Malladi et al. 2205.10287); only a validation run settles it (bsadvisor validate)")
+        warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}; no rule is established "
+                        "for Adam, only a validation run settles it (bsadvisor validate)")
     return _Base(lr_base, m_base, b_base, variant)
+
+
+#: How a plan's warning names each Adam rule (a decay of the LR by α becomes ...).
+ADAM_RULE_WORDS = {"sqrt": "square-root rule (a decay of the LR by α becomes batch × α²)",
+                   "linear": "linear rule (a decay of the LR by α becomes batch × α)",
+                   "noise": "noise-aware rule (batch × α² below the noise scale, × α above it, eq. 24)",
+                   "seesaw": "Seesaw rule (a decay of the LR by α becomes batch × α and LR ÷ √α)"}
 
 
 def _noise_caps(options: ConvertOptions, original: _Original) -> Optional[list[float]]:
@@ -404,9 +430,9 @@ def _noise_caps(options: ConvertOptions, original: _Original) -> Optional[list[f
     cap = options.noise_cap_batch
     if cap is None:
         return None
-    limit, model = float(options.dataset_size or math.inf), original.model
-    caps = [min(float(cap(p.start, t, model)) if callable(cap) else float(cap), limit)
-            for p, t in zip(original.pieces, original.temperatures)]
+    limit, proxy = float(options.dataset_size or math.inf), original.model.proxy  # eq. 16's T (temperature_model)
+    caps = [min(float(cap(p.start, proxy.temperature(p.lr, p.momentum, options.batch_size, p.start), proxy))
+                if callable(cap) else float(cap), limit) for p in original.pieces]
     for i in range(len(caps) - 2, -1, -1):
         caps[i] = min(caps[i], caps[i + 1])
     return caps
@@ -510,9 +536,18 @@ _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", 
               "batch_size": "the starting batch", "run_length": "1% of the run"}
 
 
-def _targets(rho: list[float], g_ref: float, model: TemperatureModel, base: _Base, peak: int) -> list[Optional[float]]:
-    """The unrounded batch each piece asks for (from the peak on; None for the warmup before it)."""
-    return [model.batch_for(g_ref * r, base.lr, base.momentum) if i >= peak else None for i, r in enumerate(rho)]
+def _targets(rho: list[float], g_ref: float, model: TemperatureModel, base: _Base, peak: int,
+             pieces: list[_Piece]) -> list[Optional[float]]:
+    """The unrounded batch each piece asks for (from the peak on; None for the warmup before it).
+
+    The Seesaw rule asks for the batch that carries ρ once, v(B) = v(B_base)·ρ (B = B_base/ρ for
+    B ≪ N), and leaves the rest of the square-root temperature to the LR (eq. 26).
+    """
+    if model.adam_rule == "seesaw" and model.is_adam:
+        v_base = model.noise_factor(base.batch)
+        return [model._batch_for_noise_factor(v_base * r) if i >= peak else None for i, r in enumerate(rho)]
+    return [model.batch_for(g_ref * r, base.lr, base.momentum, p.start) if i >= peak else None
+            for i, (r, p) in enumerate(zip(rho, pieces))]
 
 
 class _Staircase(NamedTuple):
@@ -581,7 +616,7 @@ class _Staircase(NamedTuple):
                 phase = "hybrid" if not grows and target > batch * (1 + _EPS) else "growth"
             else:
                 phase = "warmup"
-            scale = self.model.scale_for(batch, self.b0, self.m_base, piece.momentum)
+            scale = self.model.scale_for(batch, self.b0, self.m_base, piece.momentum, piece.start)
             if not math.isfinite(scale) and piece.lr == 0:  # B = N where the schedule reaches LR 0: nothing to keep
                 scale = 0.0
             if not math.isfinite(scale):  # B = N leaves no gradient noise, so no LR can raise g again
@@ -591,7 +626,66 @@ class _Staircase(NamedTuple):
             if abs(scale - 1) < _EPS:  # float noise; keep the user's numbers exact
                 scale = 1.0
             out.append(_Span(piece.start, piece.end, batch, scale * piece.lr, scale, self.m_base, r, phase))
-        return out
+        return _steady_scales(out) if self.model.uses_noise_scale else out
+
+
+#: Under the noise rule, the most a stage's LR factor may be off the exact one at any of its spans (eq. 25).
+NOISE_SCALE_TOLERANCE = 0.05
+
+
+def _steady_scales(spans: list[_Span]) -> list[_Span]:
+    """One LR factor for each run of spans at one batch, where the exact factor drifts with B_noise(s).
+
+    Under the noise rule the factor that keeps T at a batch depends on B_noise(s), which moves
+    inside a stage; a stage trains at one factor. Consecutive spans share the geometric middle
+    of their exact factors while those stay within 1 ± NOISE_SCALE_TOLERANCE of it, so the
+    realised temperature is within that tolerance of the original's; past it a new stage
+    (same batch, new factor) begins (eq. 25).
+    """
+    out, group = [], []
+
+    def flush():
+        finite = [s.lr_scale for s in group if s.lr_scale > 0]
+        mid = math.sqrt(min(finite) * max(finite)) if finite else 0.0
+        for s in group:
+            f = mid if s.lr_scale > 0 else s.lr_scale
+            out.append(_Span(s.start, s.end, s.batch, f * (s.lr / s.lr_scale) if s.lr_scale else s.lr, f,
+                             s.momentum, s.rho, s.phase))
+        group.clear()
+
+    limit = (1 + NOISE_SCALE_TOLERANCE) ** 2  # every span then within 1 ± tolerance of the middle
+    for span in spans:
+        if group:
+            same = span.batch == group[0].batch and span.phase == group[0].phase and span.momentum == group[0].momentum
+            scales = [s.lr_scale for s in group if s.lr_scale > 0] + ([span.lr_scale] if span.lr_scale > 0 else [])
+            if not same or (scales and max(scales) / min(scales) > limit):
+                flush()
+        group.append(span)
+    if group:
+        flush()
+    return out
+
+
+def _adam_sde(stages: list[Stage], b0: int, notes: list[str]) -> list[Stage]:
+    """Malladi et al.'s companion scaling (eq. 27): at a batch κ·B0, 1−β1 and 1−β2 × κ and ε ÷ √κ.
+
+    The SDE that makes η ∝ √B keep Adam's dynamics also scales Adam's averaging horizons
+    and its ε with the batch factor κ (relative to the original's batch at the same
+    sample). β1 is the stage's momentum; β2 and ε are factors the scheduler applies to the
+    optimizer's own values (1−β and ε of the user's optimizer). 1−β is capped at 1 (β ≥ 0).
+    """
+    out, shown = [], []
+    for st in stages:
+        kappa = st.batch_size / b0
+        if kappa == 1:
+            out.append(st)
+            continue
+        beta1 = max(0.0, 1.0 - kappa * (1.0 - st.momentum))
+        out.append(replace(st, momentum=beta1, extra={**st.extra, "beta2_factor": kappa, "eps_factor": kappa ** -0.5}))
+        shown.append(f"batch {st.batch_size}: β1 {beta1:.3g}, 1−β2 × {kappa:.3g}, ε × {kappa ** -0.5:.3g}")
+    if shown:
+        notes.append("Adam companion scaling (Malladi et al. 2205.10287, --adam-sde): " + "; ".join(dict.fromkeys(shown)))
+    return out
 
 
 def _count_batches(batches) -> int:
@@ -635,7 +729,7 @@ def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float, follow:
         cur, j = per_span[i], i + 1
         while j < len(per_span) and key(per_span[j]) == key(cur):
             j += 1
-        realised = model.temperature(cur.lr, cur.momentum, cur.batch) / g_ref if g_ref > 0 else 1.0
+        realised = model.temperature(cur.lr, cur.momentum, cur.batch, cur.start) / g_ref if g_ref > 0 else 1.0
         stages.append(Stage(start_sample=cur.start, end_sample=per_span[j - 1].end, batch_size=cur.batch, lr=cur.lr,
                             momentum=cur.momentum, temperature=realised, target_temperature=cur.rho, phase=cur.phase,
                             lr_scale=cur.lr_scale))

@@ -6,10 +6,13 @@ temperature model (each a dataclass, a few milliseconds of start time).
 """
 
 RULES = ("exact", "proportional")
-ADAM_RULES = ("sqrt", "linear")
+ADAM_RULES = ("sqrt", "linear", "noise", "seesaw")
 SGD_FAMILY = ("sgd", "nesterov")
 ADAM_FAMILY = ("adam", "adamw")
 OPTIMIZERS = SGD_FAMILY + ADAM_FAMILY
+
+#: Adam's β1 when no momentum is given (torch.optim.Adam/AdamW's default): a plan's momentum is β1 for Adam.
+ADAM_BETA1 = 0.9
 
 #: ConvertOptions' defaults for the options that have one (the others default to None).
 DEFAULTS = {
@@ -22,6 +25,11 @@ DEFAULTS = {
     "world_size": 1,
     "adam_rule": "sqrt",
 }
+
+#: With a measured noise scale (a probe or a trace), a plan's batch never grows past this many times
+#: B_noise(s), for any optimizer (docs/concepts.md §9): past it a bigger batch costs examples, not only
+#: updates. 0 turns the cap off.
+NOISE_CAP = 4.0
 
 #: A noise-scale interval's kind: two-sided; only a lower bound (|G|² not significantly
 #: positive); no information at all (core.noise.ratio_interval).

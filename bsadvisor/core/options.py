@@ -20,7 +20,7 @@ from bsadvisor.core.errors import UserError
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
-from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
+from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
 
 #: An example for a message that asks for a schedule.
 EXAMPLE_SCHEDULE = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
@@ -46,7 +46,7 @@ class ConvertOptions:
     batch_size: Optional[int] = None
     dataset_size: Optional[int] = None
     epochs: Optional[float] = None
-    momentum: float = DEFAULTS["momentum"]
+    momentum: Optional[float] = None  # None: DEFAULTS["momentum"] for SGD, ADAM_BETA1 (β1) for the Adam family
     schedule: Union[str, Schedule, None] = None
     schedule_unit: str = DEFAULTS["schedule_unit"]
     optimizer: str = DEFAULTS["optimizer"]
@@ -66,9 +66,14 @@ class ConvertOptions:
     streaming: bool = False
     seq_len: Optional[int] = None
     growth_factor: Optional[int] = None
+    # Adam: Malladi et al.'s companion scaling of 1−β1, 1−β2 and ε with each stage's batch factor (eq. 27)
+    adam_sde: bool = False
     # From a probe: a batch, or cap(sample, temperature, temperature_model) -> batch (core.noise_model.NoiseCap);
     # the plan records it as cap.noise_scale, not in inputs.
     noise_cap_batch: Union[float, Callable[[float, float, Any], float], None] = None
+    # The noise model B_noise(s) (core.noise_model.NoiseModel) adam_rule="noise" reads; not recorded in inputs
+    # (a plan records it in probe.noise_model).
+    noise_model: Any = None
 
     def __post_init__(self) -> None:
         self._check_run()
@@ -94,6 +99,8 @@ class ConvertOptions:
         if n is not None and self.batch_size > n:
             raise UserError(f"batch_size {self.batch_size} is larger than dataset_size {n}",
                             parameters=("batch_size", "dataset_size"))
+        if self.momentum is None:  # Adam's β1 is the plan's momentum: torch's default, not SGD's 0
+            self._set("momentum", ADAM_BETA1 if str(self.optimizer).lower() in ADAM_FAMILY else DEFAULTS["momentum"])
         checks.within("momentum", self.momentum, 0, 1, high_open=True)
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
@@ -174,6 +181,11 @@ class ConvertOptions:
         self._set("optimizer", str(self.optimizer).lower())
         checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
+        if not isinstance(self.adam_sde, bool):
+            raise UserError(f"adam_sde must be true or false, got {checks._show(self.adam_sde)}", parameter="adam_sde")
+        if self.adam_sde and self.optimizer not in ADAM_FAMILY:
+            raise UserError("adam_sde scales Adam's β1, β2 and ε; it does not apply to SGD (give --optimizer adamw)",
+                            parameter="adam_sde")
         checks.within("max_fraction", self.max_fraction, 0, 1, low_open=True)
         for name in ("round_to", "world_size"):
             self._set(name, checks.positive_int(name, getattr(self, name)))
@@ -201,9 +213,10 @@ class ConvertOptions:
     def to_dict(self) -> dict[str, Any]:
         """The options as a plan records them in ``inputs``: the schedule described, ``adam_rule``
         only for the Adam family (where it applies), ``noise_cap_batch`` left to the plan's cap."""
-        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "noise_cap_batch"}
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("noise_cap_batch", "noise_model")}
         doc["schedule"] = self.schedule.describe()
         doc["adam_rule"] = self.adam_rule if self.optimizer in ADAM_FAMILY else None
+        doc["adam_sde"] = self.adam_sde if self.optimizer in ADAM_FAMILY else None
         return doc
 
     @classmethod

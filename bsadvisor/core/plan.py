@@ -35,11 +35,14 @@ REMEDY = "regenerate it with bsadvisor convert-schedule --out"
 
 @dataclass(frozen=True)
 class Setting:
-    """What to train with at one point: the batch size, LR and momentum."""
+    """What to train with at one point: the batch size, LR and momentum (Adam's β1), and for Adam with the
+    companion scaling (``adam_sde``) the factors on 1−β2 and on ε (docs/concepts.md eq. 27)."""
 
     batch_size: int
     lr: float
     momentum: float
+    beta2_factor: float = 1.0
+    eps_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ class Plan:
     def at_sample(self, sample: int) -> Setting:
         """Batch size, LR and momentum for the update that starts at sample position ``sample``."""
         s = self.stages[self.stage_index_at_sample(sample)]
-        return Setting(s.batch_size, self.lr_at(s, sample), s.momentum)
+        return Setting(s.batch_size, self.lr_at(s, sample), s.momentum, float(s.extra.get("beta2_factor", 1.0)),
+                       float(s.extra.get("eps_factor", 1.0)))
 
     def update_end(self, sample: int) -> int:
         """Where the update that starts at ``sample`` ends: its stage's batch later, cut at the end of the
@@ -444,6 +448,7 @@ INPUTS_SPEC = S.Obj({
     "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
     "optimizer": S.opt(S.Str(nullable=True)), "rule": S.opt(S.Str(nullable=True)),
     "adam_rule": S.opt(S.Str(nullable=True)), "kind": S.opt(S.Str(nullable=True)),
+    "adam_sde": S.opt(S.Json(max_depth=0)),
     "max_batch": S.opt(_COUNT), "round_to": S.opt(_COUNT), "world_size": S.opt(_COUNT),
     "micro_batch": S.opt(_COUNT), "max_stages": S.opt(_COUNT), "grad_accum": S.opt(_COUNT),
     "max_fraction": S.opt(S.Num(low=0, high=1, low_open=True, nullable=True)),

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
+from bsadvisor.core.defaults import NOISE_CAP
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
@@ -133,7 +134,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
     grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
     noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
-    multiple of B_noise(s). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
+    multiple of B_noise(s) (default NOISE_CAP whenever there is a usable noise model; 0: no cap). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
     or a NoiseModel) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
     are rounded so every device gets the same share and every accumulation step the same
     micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
@@ -142,7 +143,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     world_size = checks.optional(checks.positive_int, "world_size", world_size)
     grad_accum = checks.optional(checks.positive_int, "grad_accum", grad_accum)
     micro_batch = checks.optional(checks.positive_int, "micro_batch", micro_batch)
-    noise_cap = checks.optional(checks.positive, "noise_cap", noise_cap)
+    noise_cap = checks.optional(checks.number, "noise_cap", noise_cap, low=0)
     explicit = {k: v for k, v in options.items() if v is not None}
     unknown = set(explicit) - set(PLAN_OPTIONS)
     if unknown:
@@ -166,13 +167,16 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
     noise = noise_model_of(result, noise_trace)
+    if noise_cap is None and noise is not None:
+        noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
+    noise_cap = noise_cap or None  # 0: no cap
     noise_cap_batch = None
     if noise_cap is not None:
         if noise is None:
             _refuse_noise_cap(result)
         noise_cap_batch = noise.cap(noise_cap)
     plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,
-                                  micro_batch=micro_batch))
+                                  micro_batch=micro_batch, noise_model=noise))
     if result is None and noise is None:
         return plan
     plan = annotate(plan, result, world_size=devices, noise_cap=noise_cap, noise_model=noise)
@@ -304,11 +308,14 @@ def noise_at_start(plan: Plan, noise_model: NoiseModel) -> float:
 
 
 def _temperature_model(plan: Plan) -> TemperatureModel:
-    """The plan's temperature model, as convert made it (the N → ∞ form for one pass or less, eq. 15)."""
+    """The temperature the plan's noise model scales with (eq. 16): the plan's model as convert made it (the
+    N → ∞ form for one pass or less, eq. 15), or for the noise-aware Adam rule its square-root limit
+    (TemperatureModel.proxy: B_noise(s) must not depend on itself)."""
     inputs = plan.inputs
     single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
+    rule = inputs.get("adam_rule") or "sqrt"
     return TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
-                            inputs.get("optimizer") or "sgd", inputs.get("adam_rule") or "sqrt")
+                            inputs.get("optimizer") or "sgd", "sqrt" if rule == "noise" else rule)
 
 
 #: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps
@@ -347,6 +354,29 @@ def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan)
                          "predicted_seconds": pred.get("predicted_seconds")})
     return {"b0": b0, "b_noise_at_start": b_noise, "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise),
             "plan_updates": plan.updates, "variants": variants}
+
+
+def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional[dict[str, Any]]:
+    """When B0 is already at or past NOISE_CAP × B_noise where the decay begins: keep the batch.
+
+    Past the noise scale a bigger batch costs examples, not only updates (McCandlish et al.
+    eq. 2.11: E = E_min(1 + B/B_noise)), so growth from there pays too little to recommend;
+    the original schedule is the recommendation. B_noise is read at the first sample the
+    plan could grow from (the end of a warmup), at the original's setting there (eq. 16):
+    with a probe that is its B_simple. None when B0 is below that (or there is no model).
+    """
+    if noise_model is None:
+        return None
+    inputs = plan.inputs
+    b0 = int(inputs.get("batch_size") or plan.stages[0].batch_size)
+    start = next((st for st in plan.stages if st.phase != "warmup"), plan.stages[0])
+    model = _temperature_model(plan)
+    t = model.temperature(plan.lr_at(start, start.start_sample), start.momentum, b0)
+    b_noise = noise_model.b_noise(start.start_sample, t, model)
+    if not b0 >= NOISE_CAP * b_noise:
+        return None
+    return {"b0": b0, "b_noise": b_noise, "sample": start.start_sample, "ratio": b0 / b_noise,
+            "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise), "noise_cap": NOISE_CAP}
 
 
 def _power_of_two_below(b0: int, limit: float) -> int:

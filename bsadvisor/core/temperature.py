@@ -5,9 +5,18 @@ Smith & Le (1710.06451) and Smith et al. (1711.00489, eq. 1):
     g = ε/(1−m) · (N/B − 1)      exact, sampling without replacement   (rule="exact")
     g ≈ ε·N / (B·(1−m))          when B ≪ N, the paper's form           (rule="proportional")
 
-For Adam-family optimizers (Malladi et al. 2205.10287) the square-root rule holds,
-T ∝ η·√(N/B − 1) (η ∝ √B keeps T fixed), with Smith et al.'s linear rule T ∝ η/B as
-the alternative (adam_rule="linear"). Adam's β1 does not enter T.
+For Adam-family optimizers (docs/concepts.md §7, eqs. 24–26) no rule is established; four
+are offered. Adam divides each coordinate by √v, v ≈ G² + σ²/B, so it acts like SGD at an
+LR ∝ η/√(G² + σ²/B) and its temperature is
+
+    T_Adam ∝ η · √( v(B) / (1 + B/B_noise) )       (adam_rule="noise", eq. 24)
+
+with B_noise = σ²/G² (McCandlish et al.'s noise scale) read from the plan's noise model at
+each sample s. Its limits are the other two rules: B ≪ B_noise gives Malladi et al.'s
+square-root rule T ∝ η·√v(B) (adam_rule="sqrt"), B ≫ B_noise the linear rule T ∝ η·v(B)
+(adam_rule="linear", as Smith et al. used for Adam). "seesaw" (Meterez et al.
+2510.14717) keeps the square-root temperature but grows the batch by α where the LR would
+decay by α, and divides the LR by √α. Adam's β1 does not enter T.
 
 Single-pass training (streaming, or one epoch or less) draws every example fresh, so the
 finite-data factor goes: with N → ∞, g ∝ ε/((1−m)·B) (docs/concepts.md eq. 15); a model
@@ -19,6 +28,7 @@ that gives a temperature at (lr, m); and the LR that gives it at (m, B).
 from __future__ import annotations
 
 import math
+import bisect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,20 +49,52 @@ class TemperatureModel:
     rule: str = "exact"
     optimizer: str = "sgd"
     adam_rule: str = "sqrt"
+    #: adam_rule="noise": B_noise(s) as a step function, (sample positions, values), each value holding
+    #: from its position to the next one (convert reads it from the noise model along the original run).
+    b_noise: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
 
     def __post_init__(self) -> None:
         checks.choice("rule", self.rule, RULES)
         checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
+        if self.uses_noise_scale:
+            starts, values = self.b_noise or ((), ())
+            if not starts or len(starts) != len(values) or not all(v > 0 for v in values):
+                raise ValueError("adam_rule 'noise' needs b_noise: sample positions and positive noise scales")
 
     @property
     def is_adam(self) -> bool:
         return self.optimizer in ADAM_FAMILY
 
     @property
+    def uses_noise_scale(self) -> bool:
+        """Whether the temperature reads B_noise(s) (the noise-aware Adam rule, eq. 24)."""
+        return self.is_adam and self.adam_rule == "noise"
+
+    @property
     def power(self) -> float:
-        """Exponent p in T ∝ lr · v(B)^p: 1 for SGD and Adam's linear rule, ½ for the sqrt rule."""
-        return 0.5 if self.is_adam and self.adam_rule == "sqrt" else 1.0
+        """Exponent p in T ∝ lr · v(B)^p: 1 for SGD and Adam's linear rule, ½ for the sqrt, seesaw and noise
+        rules (the noise rule also divides v by 1 + B/B_noise, eq. 24)."""
+        return 0.5 if self.is_adam and self.adam_rule in ("sqrt", "seesaw", "noise") else 1.0
+
+    @property
+    def proxy(self) -> "TemperatureModel":
+        """The model B_noise(s) is scaled with (eq. 16): the noise rule's variance-dominated limit, the
+        square-root rule (the noise model must not depend on itself); every other model is its own."""
+        if not self.uses_noise_scale:
+            return self
+        return TemperatureModel(self.dataset_size, self.rule, self.optimizer, "sqrt")
+
+    def noise_scale_at(self, sample: float) -> float:
+        """B_noise at ``sample`` (the step function's value there; inf for a model without one)."""
+        if not self.uses_noise_scale:
+            return math.inf
+        starts, values = self.b_noise
+        return values[max(0, bisect.bisect_right(starts, sample) - 1)]
+
+    def _signal_factor(self, batch_size: float, sample: float) -> float:
+        """1 + B/B_noise(s) under the noise rule (eq. 24), else 1."""
+        return 1.0 + batch_size / self.noise_scale_at(sample) if self.uses_noise_scale else 1.0
 
     # v(B): the variance factor of a size-B mean gradient, up to a constant (tr Σ / N).
     def noise_factor(self, batch_size: float) -> float:
@@ -77,38 +119,56 @@ class TemperatureModel:
         # SGD with momentum m takes effective steps ε/(1−m); Adam's β1 averages, it does not amplify.
         return 1.0 if self.is_adam else 1.0 / (1.0 - momentum)
 
-    def temperature(self, lr: float, momentum: float, batch_size: float) -> float:
-        return lr * self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+    def _batch_term(self, batch_size: float, sample: float) -> float:
+        """What the batch contributes to T: v(B)^p, divided by (1 + B/B_noise(s))^½ under the noise rule."""
+        return (self.noise_factor(batch_size) / self._signal_factor(batch_size, sample)) ** self.power
 
-    def batch_for(self, g: float, lr: float, momentum: float) -> float:
-        """The (unrounded) batch whose temperature at (lr, momentum) is g."""
+    def temperature(self, lr: float, momentum: float, batch_size: float, sample: float = 0.0) -> float:
+        """T of (lr, momentum, batch) at ``sample`` (the sample matters only to the noise rule)."""
+        return lr * self._momentum_term(momentum) * self._batch_term(batch_size, sample)
+
+    def batch_for(self, g: float, lr: float, momentum: float, sample: float = 0.0) -> float:
+        """The (unrounded) batch whose temperature at (lr, momentum) is g (at ``sample`` for the noise rule)."""
         if g <= 0:
             return self._batch_for_noise_factor(0.0)
         v = (g / (lr * self._momentum_term(momentum))) ** (1.0 / self.power)
-        return self._batch_for_noise_factor(v)
+        if not self.uses_noise_scale:
+            return self._batch_for_noise_factor(v)
+        # v(B) / (1 + B/B_noise) = v with v(B) = n/B − a (n = N, or 1 for the N → ∞ form) is the quadratic
+        # (v/B_noise)·B² + (a + v)·B − n = 0; its positive root, in the form without cancellation:
+        n, a = (1.0, 0.0) if self.dataset_size is None else (
+            float(self.dataset_size), 1.0 if self.rule == "exact" else 0.0)
+        c = v / self.noise_scale_at(sample)
+        return 2.0 * n / ((a + v) + math.sqrt((a + v) ** 2 + 4.0 * c * n))
 
-    def lr_for(self, g: float, momentum: float, batch_size: float) -> float:
+    def lr_for(self, g: float, momentum: float, batch_size: float, sample: float = 0.0) -> float:
         """The LR whose temperature at (momentum, batch_size) is g."""
         if g == 0:  # LR 0 gives temperature 0 at any batch, B = N included (where 0/0 would give inf)
             return 0.0
-        denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+        denom = self._momentum_term(momentum) * self._batch_term(batch_size, sample)
         return g / denom if denom > 0 else math.inf
 
     def scale_for(self, batch_size: float, base_batch: float, momentum: float = 0.0,
-                  base_momentum: Optional[float] = None) -> float:
+                  base_momentum: Optional[float] = None, sample: float = 0.0) -> float:
         """The LR factor f that keeps the temperature when (B0, m0) becomes (B, m): T(f·ε, m, B) = T(ε, m0, B0).
 
         It is the stage's ``lr_scale`` (docs/concepts.md eq. 14): the LR a stage trains with is
-        f × the original's LR at the same sample.
+        f × the original's LR at the same sample (``sample``: where, for the noise rule).
         """
         m0 = momentum if base_momentum is None else base_momentum
-        denom = self._momentum_term(momentum) * self.noise_factor(batch_size) ** self.power
+        denom = self._momentum_term(momentum) * self._batch_term(batch_size, sample)
         if denom <= 0:  # B = N: no gradient noise, no LR gives a temperature
             return math.inf
-        return self._momentum_term(m0) * self.noise_factor(base_batch) ** self.power / denom
+        return self._momentum_term(m0) * self._batch_term(base_batch, sample) / denom
 
     def describe(self) -> str:
         if self.is_adam:
+            if self.adam_rule == "noise":
+                return ("noise-aware rule for Adam: T ∝ η·√(v(B)/(1 + B/B_noise(s))), the square-root rule below the "
+                        "noise scale and the linear rule above it, B_noise(s) from the plan's noise model")
+            if self.adam_rule == "seesaw":
+                return ("Seesaw rule for Adam (Meterez et al. 2510.14717): the square-root temperature T ∝ η·√v(B), "
+                        "a decay of η by α becomes batch × α with the LR ÷ √α")
             if self.adam_rule == "sqrt":
                 return ("square-root rule for Adam (Malladi et al. 2205.10287): T ∝ η·√v(B), so a decay of η by α "
                         "becomes B × α²" + (" (streaming: v(B) = 1/B)" if self.streaming else ""))

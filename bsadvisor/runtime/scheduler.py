@@ -30,7 +30,9 @@ class BatchSizeScheduler:
 
     The batch size is not the optimizer's business: read it with ``get_last_batch_size()``.
     Param groups keep their LR ratios to the first group, so per-layer LR multipliers
-    survive. For Adam/AdamW the plan's momentum is β1.
+    survive. For Adam/AdamW the plan's momentum is β1, and a plan made with the companion
+    scaling (``adam_sde``) also scales each group's 1−β2 and ε from the values the optimizer
+    had when the scheduler was made (docs/concepts.md eq. 27).
     """
 
     def __init__(self, plan: Plan, optimizer: torch.optim.Optimizer, samples_seen: int = 0):
@@ -38,6 +40,8 @@ class BatchSizeScheduler:
         self.optimizer = optimizer
         base = optimizer.param_groups[0]["lr"]
         self._ratios = [(g["lr"] / base) if base > 0 else 1.0 for g in optimizer.param_groups]
+        # Adam's own β2 and ε, which a plan's companion scaling multiplies (1−β2 by κ, ε by 1/√κ)
+        self._adam_base = [[g["betas"][1], g.get("eps", 0.0)] if "betas" in g else None for g in optimizer.param_groups]
         self.samples_seen = int(samples_seen)
         self.last_step = 0  # optimizer updates stepped through
         self._setting: Optional[Setting] = None
@@ -76,10 +80,13 @@ class BatchSizeScheduler:
         # changes of the plan is left alone.
         if s == self._setting:
             return
-        for ratio, group in zip(self._ratios, self.optimizer.param_groups):
+        for ratio, base, group in zip(self._ratios, self._adam_base, self.optimizer.param_groups):
             group["lr"] = s.lr * ratio
             if "betas" in group:
-                group["betas"] = (s.momentum, group["betas"][1])
+                beta2 = group["betas"][1] if base is None else 1.0 - min(1.0, s.beta2_factor * (1.0 - base[0]))
+                group["betas"] = (s.momentum, beta2)
+                if base is not None and "eps" in group:
+                    group["eps"] = base[1] * s.eps_factor
             elif "momentum" in group:
                 group["momentum"] = s.momentum
         self._setting = s
@@ -96,7 +103,7 @@ class BatchSizeScheduler:
 
     def state_dict(self) -> dict:
         return {"samples_seen": self.samples_seen, "last_step": self.last_step, "ratios": list(self._ratios),
-                "plan": self.plan.to_dict()}
+                "adam_base": [list(b) if b is not None else None for b in self._adam_base], "plan": self.plan.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("plan") is not None and state["plan"]["stages"] != self.plan.to_dict()["stages"]:
@@ -104,5 +111,6 @@ class BatchSizeScheduler:
         self.samples_seen = int(state["samples_seen"])
         self.last_step = int(state.get("last_step", 0))
         self._ratios = list(state.get("ratios", self._ratios))
+        self._adam_base = [list(b) if b is not None else None for b in state.get("adam_base", self._adam_base)]
         self._setting = None  # force a write: the optimizer may have been rebuilt
         self._apply()

@@ -416,14 +416,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
         _after_update(run, monitor, epoch * n + a, lr, momentum, idx)
-        part["loss_sum"] += loss * len(idx)
-        part["seen"] += len(idx)
-        part["offset"] = b
-        run.since["loss_sum"] += loss * len(idx)
-        run.since["seen"] += len(idx)
-        run.updates += 1
-        run.examples += len(idx)
-        run.scheduler.step(samples=len(idx))
+        _count_update(run, part, loss, len(idx), b)
         if on_step:
             on_step(len(idx))
         if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(run, epoch * n + b):
@@ -443,6 +436,17 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
+
+
+def _count_update(run: _Training, part: dict, loss: float, size: int, offset: int) -> None:
+    """Book a finished update: the epoch's and the curve's running loss, the position, the totals, the scheduler."""
+    for acc in (part, run.since):
+        acc["loss_sum"] += loss * size
+        acc["seen"] += size
+    part["offset"] = offset
+    run.updates += 1
+    run.examples += size
+    run.scheduler.step(samples=size)
 
 
 def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: int,

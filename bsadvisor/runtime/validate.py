@@ -73,8 +73,20 @@ class RunSpec:
 
 # -- which runs --------------------------------------------------------------------------
 def _options(plan: Plan, **changes) -> ConvertOptions:
-    """The conversion options the plan records in its inputs, with ``changes`` (None: the default)."""
-    return ConvertOptions.from_dict({**plan.inputs, "dataset_size": plan.dataset_size, **changes})
+    """The conversion options the plan records in its inputs, with ``changes`` (None: the default), and the
+    noise model it recorded (the noise-aware Adam rule reads it)."""
+    return ConvertOptions.from_dict({**plan.inputs, "dataset_size": plan.dataset_size,
+                                     "noise_model": _noise_model(plan), **changes})
+
+
+def _noise_model(plan: Plan):
+    """The plan's recorded noise model (plan.probe.noise_model), or None."""
+    doc = (plan.probe or {}).get("noise_model")
+    if not doc:
+        return None
+    from bsadvisor.core.noise_model import NoiseModel
+
+    return NoiseModel.from_dict(doc)
 
 
 def baseline_of(plan: Plan) -> Plan:
@@ -129,11 +141,9 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
 
 def _noise_cap(plan: Plan):
     """The plan's noise cap to convert again with: K × its recorded noise model (eq. 16), else its one number."""
-    k, model = plan.inputs.get("noise_cap"), (plan.probe or {}).get("noise_model")
-    if k is not None and model:
-        from bsadvisor.core.noise_model import NoiseModel
-
-        return NoiseModel.from_dict(model).cap(k)
+    k, model = plan.inputs.get("noise_cap"), _noise_model(plan)
+    if k is not None and model is not None:
+        return model.cap(k)
     return (plan.cap or {}).get("noise_scale")
 
 
@@ -346,7 +356,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                    tolerance: Optional[float] = None, progress=None, dist=None, device=None,
                    warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None,
                    noise_monitor: Optional[dict] = None, evals: Optional[int] = DEFAULT_EVALS) -> dict:
-    """Train every run for every seed; return the results document (schema bsadvisor.validation/1).
+    """Train every run for every seed; return the results document (schema bsadvisor.validation/1.1).
 
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
     torchrun job (bsadvisor.runtime.distributed.Dist); every rank trains its share and returns
@@ -357,10 +367,8 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     single-epoch run can be resumed part way). ``noise_monitor``: NoiseMonitor settings
     (runtime/monitor.py): every seed of every run records its B_simple trace (``noise_trace``).
     ``evals``: every run is also evaluated at that many evenly spaced sample positions (its
-    curve, ``evals`` in each seed's record), the same positions for every run.
-
-    Seeds are trained in order 0, 1, …: with ``resume``, the seeds an earlier run finished
-    are read back from their checkpoints, so a larger ``seeds`` trains only the new ones.
+    curve), the same for every run. With ``resume``, the seeds an earlier run finished are
+    read back from their checkpoints: a larger ``seeds`` trains only the new ones.
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
@@ -398,10 +406,9 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
         target.model.load_state_dict(init)  # leave the user's model as we found it
         if home is not None:
             target.model.to(home)
-    temperatures = realised_temperatures(specs, runs)
-    doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name, "temperature": temperatures,
-           "dataset_size": target.dataset_size, "seeds": seeds, "epochs": specs[0].plan.epochs,
-           "world_size": dist.world_size if dist is not None else 1,
+    doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
+           "temperature": realised_temperatures(specs, runs), "dataset_size": target.dataset_size, "seeds": seeds,
+           "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
            "runs": runs, "verdict": verdict(runs, margin), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
@@ -428,7 +435,7 @@ def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
         steps = [r for r in runs[spec.name]["seeds"][0].get("steps") or []
                  if r["batch_size"] >= spec.plan.at_sample(r["samples"]).batch_size]
         stride = max(1, -(-len(steps) // MAX_TEMPERATURE_POINTS))
-        series[spec.name] = [[r["samples"], model.temperature(r["lr"], r["momentum"], r["batch_size"])]
+        series[spec.name] = [[r["samples"], model.temperature(r["lr"], r["momentum"], r["batch_size"], r["samples"])]
                              for r in steps[::stride]]
     g_ref = max((g for _, g in series.get(specs[0].name, [])), default=0.0)
     if g_ref > 0:

@@ -320,6 +320,7 @@ def convert(options: ConvertOptions) -> Plan:
     ``world_size``/``micro_batch``: data-parallel devices and the per-device micro-batch
     limit; the plan's batches are then rounded as :class:`Rounding` says (B0 itself is the
     user's and is kept).
+    Long because it reads as the conversion's table of contents: each line one named step.
     """
     n, b0 = options.dataset_size, options.batch_size
     if b0 == n and not options.single_pass:
@@ -358,16 +359,15 @@ def convert(options: ConvertOptions) -> Plan:
                         f"one of the allowed batches ({rounding.describe()}); give a batch_size that is, or leave "
                         "out growth_factor", parameters=("growth_factor", "batch_size"))
     cap_info, b_start, b_base = _cap(options, rounding, base, warnings, noise_caps := _noise_caps(options, original))
-    targets = _targets(rho, g_ref, model, base, peak, original.pieces)
-    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=targets, peak=peak, g_ref=g_ref, model=model,
+    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak,
+                                                                          original.pieces), peak=peak, g_ref=g_ref, model=model,
                         lr_base=base.lr, m_base=base.momentum, b_base=b_base, b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
                         factor=_stage_factor(options), b0=b0, growth=options.growth_factor,
                         caps=_piece_caps(noise_caps, cap_info["batch_size"], rounding))
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
     stages = _merge(per_span, model, g_ref, _rebuildable(options))
-    if options.adam_sde and model.is_adam:
-        stages = _adam_sde(stages, b0, notes)
+    stages = _adam_sde(stages, b0, notes) if options.adam_sde and model.is_adam else stages
     _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
     return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
                 baseline_updates=original.run.updates(), cap=cap_info, warnings=warnings, notes=notes)

@@ -36,7 +36,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
 from bsadvisor.core.schedules import Schedule, TableSchedule
-from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel
+from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel, noise_proxy_rule
 
 # Relative slack for float noise when comparing batch targets.
 _EPS = 1e-9
@@ -190,7 +190,8 @@ def temperature_model(options: ConvertOptions) -> TemperatureModel:
         raise UserError("adam_rule 'noise' reads the gradient noise scale B_noise(s) through the run: give a probe "
                         "(--probe probe.json, or advise) or a measured trace (--noise-trace results.json)",
                         parameter="adam_rule")
-    proxy, run = TemperatureModel(n, options.rule, options.optimizer, "sqrt"), options.original()
+    proxy = TemperatureModel(n, options.rule, options.optimizer, noise_proxy_rule(options.adam_rule))
+    run = options.original()
     starts, values = [], []
     for start, _end, step in _sample_spans(run):
         t = proxy.temperature(run.schedule.lr(step, options.lr), run.momentum_at(start), options.batch_size)

@@ -30,7 +30,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
-from bsadvisor.core.temperature import TemperatureModel
+from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 
 #: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
 SUGGESTED_NOISE_CAP = 10.0
@@ -313,9 +313,8 @@ def _temperature_model(plan: Plan) -> TemperatureModel:
     (TemperatureModel.proxy: B_noise(s) must not depend on itself)."""
     inputs = plan.inputs
     single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
-    rule = inputs.get("adam_rule") or "sqrt"
     return TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
-                            inputs.get("optimizer") or "sgd", "sqrt" if rule == "noise" else rule)
+                            inputs.get("optimizer") or "sgd", noise_proxy_rule(inputs.get("adam_rule") or "sqrt"))
 
 
 #: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps

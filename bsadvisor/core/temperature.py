@@ -43,6 +43,12 @@ def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float
     return TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
 
 
+def noise_proxy_rule(adam_rule: str) -> str:
+    """The Adam rule B_noise(s) is scaled with (eq. 16): the noise rule's variance-dominated limit, the
+    square-root rule (the noise model must not depend on itself); every other rule is its own."""
+    return "sqrt" if adam_rule == "noise" else adam_rule
+
+
 @dataclass(frozen=True)
 class TemperatureModel:
     dataset_size: Optional[int]  # None: the N → ∞ (streaming) form
@@ -79,11 +85,10 @@ class TemperatureModel:
 
     @property
     def proxy(self) -> "TemperatureModel":
-        """The model B_noise(s) is scaled with (eq. 16): the noise rule's variance-dominated limit, the
-        square-root rule (the noise model must not depend on itself); every other model is its own."""
+        """The model B_noise(s) is scaled with (eq. 16, ``noise_proxy_rule``)."""
         if not self.uses_noise_scale:
             return self
-        return TemperatureModel(self.dataset_size, self.rule, self.optimizer, "sqrt")
+        return TemperatureModel(self.dataset_size, self.rule, self.optimizer, noise_proxy_rule(self.adam_rule))
 
     def noise_scale_at(self, sample: float) -> float:
         """B_noise at ``sample`` (the step function's value there; inf for a model without one)."""

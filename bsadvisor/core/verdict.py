@@ -65,7 +65,10 @@ class Margin:
 
 
 def parse_margin(text: object, where: str = "--tolerance") -> Margin:
-    """``0.005`` (metric units) or ``1%`` (a fraction of the original's metric); None: the default."""
+    """``0.005`` (metric units) or ``1%`` (a fraction of the original's metric); None: the default;
+    a ``Margin`` as it is."""
+    if isinstance(text, Margin):
+        return text
     if text is None:
         return Margin()
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):

@@ -35,7 +35,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.core.verdict import ACCEPTED, Margin, paired_verdict, parse_margin
+from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there.
@@ -222,7 +222,7 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
     metric_fn, or a run whose loss diverged) rejects the candidate; ``reason`` then says
     which run and why (it is None otherwise).
     """
-    margin = tolerance if isinstance(tolerance, Margin) else parse_margin(tolerance)
+    margin = parse_margin(tolerance)
     ref = runs[reference]
 
     def judge(name: str) -> dict:
@@ -373,7 +373,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     from bsadvisor.runtime.train import initial_state, train_plan
 
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
-    margin = tolerance if isinstance(tolerance, Margin) else parse_margin(tolerance)
+    margin = parse_margin(tolerance)
     _check_runs(target, specs, resume, out)
     ckpt_dir = None
     if out is not None:

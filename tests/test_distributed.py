@@ -249,6 +249,14 @@ def test_validate_two_processes_match_one(tmp_path):
         assert not torch.allclose(w1, _final_weights_init())  # it trained
         assert torch.allclose(w1, w2, rtol=0, atol=1e-10), (w1 - w2).abs().max()
         assert c2["meta"]["world_size"] == 2 and len(c2["rng"]) == 2  # every rank's RNG state
+        e1, e2 = r1["seeds"][0]["evals"], r2["seeds"][0]["evals"]  # the curve points, inside epochs too
+        assert len(e1) == len(e2) >= 5 and [e["samples"] for e in e1] == [e["samples"] for e in e2]
+        assert all(math.isclose(a["metric"], b["metric"], rel_tol=1e-9) for a, b in zip(e1, e2))
+    # the paired verdict is the same under torchrun: status, difference and the per-seed d_s
+    v1, v2 = d1["verdict"], d2["verdict"]
+    assert v2["status"] == v1["status"] in ("accepted", "rejected", "inconclusive")
+    assert math.isclose(v1["difference"], v2["difference"], rel_tol=1e-9, abs_tol=1e-12)
+    assert len(v2["paired"]) == 1 and v2["interval"] is None  # one seed: no interval
 
 
 def _final_weights_init():

@@ -29,10 +29,6 @@ def _fmt_lr(a: float, b: float) -> str:
     return f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.3g}→{b:.3g}"
 
 
-def _fmt_num(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
 def _words_width(text: str) -> int:
     return max((cell_len(w) for w in text.split()), default=1)
 

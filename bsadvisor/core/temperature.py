@@ -146,13 +146,6 @@ class TemperatureModel:
         c = v / self.noise_scale_at(sample)
         return 2.0 * n / ((a + v) + math.sqrt((a + v) ** 2 + 4.0 * c * n))
 
-    def lr_for(self, g: float, momentum: float, batch_size: float, sample: float = 0.0) -> float:
-        """The LR whose temperature at (momentum, batch_size) is g."""
-        if g == 0:  # LR 0 gives temperature 0 at any batch, B = N included (where 0/0 would give inf)
-            return 0.0
-        denom = self._momentum_term(momentum) * self._batch_term(batch_size, sample)
-        return g / denom if denom > 0 else math.inf
-
     def scale_for(self, batch_size: float, base_batch: float, momentum: float = 0.0,
                   base_momentum: Optional[float] = None, sample: float = 0.0) -> float:
         """The LR factor f that keeps the temperature when (B0, m0) becomes (B, m): T(f·ε, m, B) = T(ε, m0, B0).

@@ -353,11 +353,6 @@ class NoiseMonitor:
         self.points.append(point)
         return point
 
-    @property
-    def overhead_ratio(self) -> float:
-        """Seconds measuring / seconds training seen so far (the budget's figure)."""
-        return self.seconds / self._train_seconds if self._train_seconds > 0 else math.inf
-
     def trace(self) -> dict:
         """The trace as JSON-ready data (``bsadvisor.noise_trace/1``): what ``--noise-trace`` reads."""
         return json_safe({"schema": TRACE_SCHEMA, "dataset_size": self.dataset_size, "points": self.points,

@@ -24,7 +24,6 @@ from bsadvisor.targets.target import Target
 LINREG_DIM = 16
 LINREG_NOISE = 1.0  # s: standard deviation of the label noise
 LINREG_SIZE = 16384
-MNIST1D_TRAIN = 32000  # the benchmark size of issue 5: 40 000 generated, 80% train
 
 
 def linreg_truth(weight, w_star, noise: float = LINREG_NOISE) -> tuple[float, float]:

@@ -8,6 +8,7 @@ every name is loaded on first use, so ``import bsadvisor`` stays cheap.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,26 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each name on first use
+    from .core.convert import convert_schedule
+    from .core.errors import UserError
+    from .core.noise_model import NoiseModel, load_trace
+    from .core.options import ConvertOptions
+    from .core.plan import Plan, Setting, Stage
+    from .core.probe_result import ProbeResult, load_probe
+    from .core.schedules import parse_schedule
+    from .core.temperature import TemperatureModel, temperature
+    from .integrations.lightning import FollowPlan, target_from_lightning
+    from .measure.probe import probe
+    from .runtime.distributed import Dist, init_from_env
+    from .runtime.distributed import current as current_dist
+    from .runtime.monitor import NoiseMonitor
+    from .runtime.sampler import PlanBatchSampler
+    from .runtime.scheduler import BatchSizeScheduler
+    from .runtime.step import make_gather, map_tensors, train_step
+    from .targets.loading import load_target
+    from .targets.target import Target
 
 
 def __getattr__(name: str):

@@ -34,6 +34,20 @@ def test_all_lists_every_public_name():
         bsadvisor.not_a_name
 
 
+def test_type_checkers_see_every_lazy_name_where_it_is_defined():
+    """The TYPE_CHECKING imports name each lazy name from the module _LAZY loads it from."""
+    import ast
+
+    tree = ast.parse((ROOT / "bsadvisor" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        for alias in node.names:
+            target = node.module if alias.asname is None else f"{node.module}:{alias.name}"
+            seen[alias.asname or alias.name] = target
+    assert seen == bsadvisor._LAZY
+
+
 def doc_imports() -> list[tuple[str, str]]:
     """(file, imported line) for every ``import bsadvisor...``/``from bsadvisor... import`` in the docs."""
     found = []

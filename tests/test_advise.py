@@ -150,7 +150,8 @@ def test_noise_cap_follows_the_temperature_under_adam(tmp_path):
     doc["settings"]["momentum"] = 0.9
     path = tmp_path / "adam.json"
     path.write_text(json.dumps(doc))
-    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=2)
+    plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=2,
+                             adam_rule="sqrt")
 
     def t_adam(lr, b):  # T ∝ η·√(N/B − 1) (Malladi et al.), Adam's β1 not in it
         return lr * math.sqrt(N / b - 1)

@@ -62,9 +62,12 @@ def test_variants_cli():
     doc = run_json(*PAPER, *big, "--momentum-to", "0.95")
     assert [s["batch_size"] for s in doc["stages"]] == [256, 1280, 6400, 32000]
     assert {s["momentum"] for s in doc["stages"]} == {0.95}
-    doc = run_json("--lr", "0.001", "--batch-size", "32", "--epochs", "30", "--optimizer", "adam",
-                   "--schedule", "MultiStepLR([10, 20], 0.5)", *big)
+    adam = ["--lr", "0.001", "--batch-size", "32", "--epochs", "30", "--optimizer", "adam",
+            "--schedule", "MultiStepLR([10, 20], 0.5)", *big]
+    doc = run_json(*adam, "--adam-rule", "sqrt")
     assert [s["batch_size"] for s in doc["stages"]] == [32, 128, 512]  # α = ½ ⇒ B × 4 (square-root rule)
+    doc = run_json(*adam)
+    assert [s["batch_size"] for s in doc["stages"]] == [32, 64, 128]  # α = ½ ⇒ B × 2 (linear rule, the default)
 
 
 def test_schedule_unit_step_cli():

@@ -73,7 +73,7 @@ IncreaseLr = Annotated[Optional[float], typer.Option(
 MomentumTo = Annotated[Optional[float], typer.Option(
     "--momentum-to", help="Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", show_default=False)]
 AdamRule = Annotated[Optional[str], typer.Option(
-    "--adam-rule", help="Adam family: linear (batch × α for an LR decay by α), sqrt (× α², Malladi et al.), "
+    "--adam-rule", help="Adam family: linear (batch × α for an LR decay by α; the one that held on every model in docs/results.md), sqrt (× α², Malladi et al.), "
                         "seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise scale, linear "
                         "above it; needs a probe or a trace)."
                         + _default(DEFAULTS["adam_rule"]), show_default=False)]

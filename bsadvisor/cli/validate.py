@@ -118,7 +118,7 @@ def _print_runs(doc: dict, con) -> None:
 
     runs = doc["runs"]
     first = next(iter(runs.values()))["summary"]
-    title = Text(f"{doc['target']}: {doc['epochs']:.4g} epochs, {doc['seeds']} seed(s), "
+    title = Text(f"{doc['target']}: {doc['epochs']:.4g} epoch{'' if doc['epochs'] == 1 else 's'}, {doc['seeds']} seed(s), "
                  f"{first['examples']:,} examples per run")
     legend = Text("metric: " + ("metric_fn on eval_dataset" if doc["metric"] == "metric" else doc["metric"])
                   + ", mean ± sd over seeds; loss: final training loss; n/a: not finite", style="dim")

@@ -408,8 +408,11 @@ def _base_point(options: ConvertOptions, peak: _Piece, g_ref: float, model: Temp
         warnings.append("raising the momentum costs some accuracy and the momentum buffer needs a few epochs "
                         "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
     if model.is_adam:
-        warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}; no rule is established "
-                        "for Adam, only a validation run settles it (bsadvisor validate)")
+        held = ("the rule that held on every model measured (docs/results.md)" if model.adam_rule == "linear"
+                else "which did not hold on every model measured (the linear rule, the default, did: docs/results.md)")
+        warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}, {held}; no rule is "
+                        "established for Adam in theory, only a validation run settles it for your model "
+                        "(bsadvisor validate)")
     return _Base(lr_base, m_base, b_base, variant)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
-from bsadvisor.core.defaults import NOISE_CAP
+from bsadvisor.core.defaults import DEFAULTS, NOISE_CAP
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
@@ -314,7 +314,7 @@ def _temperature_model(plan: Plan) -> TemperatureModel:
     inputs = plan.inputs
     single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
     return TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
-                            inputs.get("optimizer") or "sgd", noise_proxy_rule(inputs.get("adam_rule") or "sqrt"))
+                            inputs.get("optimizer") or "sgd", noise_proxy_rule(inputs.get("adam_rule") or DEFAULTS["adam_rule"]))
 
 
 #: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps

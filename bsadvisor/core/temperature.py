@@ -34,7 +34,7 @@ from typing import Optional
 
 from bsadvisor.core import checks
 
-from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, OPTIMIZERS, RULES, SGD_FAMILY  # noqa: F401 (re-exported)
+from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES, SGD_FAMILY  # noqa: F401 (re-exported)
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,
@@ -54,7 +54,7 @@ class TemperatureModel:
     dataset_size: Optional[int]  # None: the N → ∞ (streaming) form
     rule: str = "exact"
     optimizer: str = "sgd"
-    adam_rule: str = "sqrt"
+    adam_rule: str = DEFAULTS["adam_rule"]
     #: adam_rule="noise": B_noise(s) as a step function, (sample positions, values), each value holding
     #: from its position to the next one (convert reads it from the noise model along the original run).
     b_noise: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None

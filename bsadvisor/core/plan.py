@@ -27,6 +27,8 @@ PLAN_SCHEMA_V1 = "bsadvisor.plan/1"
 MAX_EPOCHS = 1_000_000
 #: Longest plan in samples (2**62: sums of sample positions stay exact integers).
 MAX_SAMPLES = 2**62
+#: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
+MAX_TABLE_BYTES = 16 * 2**20
 PHASES = ("warmup", "growth", "hybrid", "original")
 #: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
 SCHEDULE_UNITS = ("epoch", "step")
@@ -444,7 +446,7 @@ INPUTS_SPEC = S.Obj({
     "total_samples": S.opt(_COUNT), "total_steps": S.opt(_COUNT), "seq_len": S.opt(_COUNT),
     "streaming": S.opt(S.Json(max_depth=0)),
     "momentum": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
-    "schedule": S.opt(S.Str(nullable=True)),
+    "schedule": S.opt(S.Str(nullable=True, max_len=MAX_TABLE_BYTES)),
     "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
     "optimizer": S.opt(S.Str(nullable=True)), "rule": S.opt(S.Str(nullable=True)),
     "adam_rule": S.opt(S.Str(nullable=True)), "kind": S.opt(S.Str(nullable=True)),

@@ -122,3 +122,16 @@ def test_inline_table_text_parses_back_exactly():
     t = parse_schedule(text)
     assert t.unit == "step" and t.lrs == [0.1, 0.030000000000000002] and t.momenta == [0.85, 0.95]
     assert parse_schedule(t.describe()).describe() == t.describe() == text
+
+
+def test_the_plan_table_shows_a_peak_inside_a_stage(tmp_path):
+    from bsadvisor.cli.render import plan_rows, plan_table
+    from bsadvisor.core.convert import baseline_plan
+
+    path = write_table(tmp_path / "lr.csv", [0.01] * 3 + [0.1] * 2 + [0.01] * 5, unit="epoch")
+    base = baseline_plan(batch_size=B0, dataset_size=N, epochs=10, schedule=str(path))  # one stage at B0
+    (row,) = plan_rows(base)
+    assert row["lr"] == (0.01, 0.01) and row["lr_max"] == 0.1
+    assert "(max 0.1)" in plan_table(base).rows[0][3]
+    grown = convert_schedule(batch_size=B0, dataset_size=N, epochs=10, schedule=str(path))
+    assert all(r["lr_max"] <= max(r["lr"]) for r in plan_rows(grown))  # no stage hides a rise

@@ -184,6 +184,26 @@ class Plan:
             return stage.lr
         return stage.lr_scale * original.lr_at(min(sample, self.total_samples - 1))
 
+    def max_lr(self, stage: Stage) -> float:
+        """The largest LR ``stage`` trains at: its factor × the original's largest LR inside it.
+
+        The original's LR is read where each of its pieces starts inside the stage and at the
+        stage's last sample (a smooth piece, a cosine or a linear ramp, is monotone, so its
+        ends bound it): a restart inside a stage shows here, not at the stage's ends.
+        """
+        original = self.original
+        if stage.lr_scale is None or original is None:
+            return stage.lr
+        if "_pieces" not in self.__dict__:
+            self._pieces = list(original.pieces())
+        points = {stage.start_sample, stage.end_sample - 1}
+        for start, end, smooth in self._pieces:
+            if start < stage.end_sample and end > stage.start_sample:
+                points.add(max(start, stage.start_sample))
+                if smooth:
+                    points.add(min(end, stage.end_sample) - 1)
+        return max(self.lr_at(stage, p) for p in points)
+
     def at(self, epoch: float) -> Setting:
         """Batch size, LR and momentum at the start of ``epoch`` (0-based; the epoch-level convenience)."""
         if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch)) or epoch < 0:

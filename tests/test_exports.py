@@ -211,3 +211,17 @@ def test_csv_round_trips_every_stage():
     for r, s in zip(table, plan.stages):
         assert int(r["end_token"]) == s.end_sample * 1024 and r["phase"] == s.phase
         assert abs(float(r["lr_scale"]) - s.lr_scale) <= 1e-9 * s.lr_scale
+
+
+def test_the_worked_example_in_integration_md_is_what_export_prints():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
+    plan = convert_schedule(**LLM, seq_len=2048, growth_factor=2, max_batch=8000)
+    olmo, _, _ = export(plan, "olmo")
+    assert f"```text\n{olmo}```" in doc
+    with pytest.raises(UserError) as e:
+        export(plan, "megatron")
+    assert f"error: {e.value}" in doc
+    ramp, _, _ = export(convert_schedule(**LLM, seq_len=2048, growth_factor=2, max_batch=1000), "megatron")
+    assert f"$ bsadvisor export plan.json --format megatron\n{ramp}" in doc

@@ -175,8 +175,8 @@ def export_megatron(plan) -> str:
     UserError when even the best ramp is more than MEGATRON_TOLERANCE off the plan's temperature."""
     ramp = megatron_ramp(plan)
     if ramp.mean_error > MEGATRON_TOLERANCE:
-        raise UserError(f"the plan cannot be expressed as Megatron-LM's linear --rampup-batch-size: its batches grow "
-                        f"geometrically ({' → '.join(map(str, _distinct(plan)))}) and the best linear ramp "
+        raise UserError(f"the plan cannot be expressed as Megatron-LM's linear --rampup-batch-size: its batches "
+                        f"({' → '.join(map(str, _distinct(plan)))}) are no linear ramp, and the best one "
                         f"({megatron_flags(plan, ramp)}) is {ramp.mean_error:.0%} off the plan's temperature on "
                         f"average ({ramp.max_error:.0%} at worst, over {MEGATRON_TOLERANCE:.0%}); use --format csv "
                         "with your own batch-size schedule")

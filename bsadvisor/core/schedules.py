@@ -351,9 +351,11 @@ UNSUPPORTED_HINT = {
     "LambdaLR": "it runs Python code; write the LR per epoch to a CSV table (epoch,lr) instead",
     "MultiplicativeLR": "it runs Python code; write the LR per epoch to a CSV table (epoch,lr) instead",
     "ReduceLROnPlateau": "it depends on the validation loss; record the LRs it chose as a CSV table (epoch,lr)",
-    "OneCycleLR": "it ramps the LR up and down; export its LR per epoch as a CSV table (epoch,lr)",
-    "CyclicLR": "it cycles the LR; export its LR per epoch as a CSV table (epoch,lr)",
-    "CosineAnnealingWarmRestarts": "its restarts raise the LR; export its LR per epoch as a CSV table (epoch,lr)",
+    "OneCycleLR": ("it ramps the LR up and down; export its LR (and momentum) per update as a CSV table "
+                   "(step,lr,momentum) with --schedule-unit step"),
+    "CyclicLR": "it cycles the LR; export its LR per update as a CSV table (step,lr) with --schedule-unit step",
+    "CosineAnnealingWarmRestarts": ("its restarts raise the LR; export its LR per epoch or per update as a CSV table "
+                                    "(epoch,lr or step,lr)"),
     "ChainedScheduler": "write the combined LR per epoch as a CSV table (epoch,lr)",
 }
 

@@ -135,3 +135,25 @@ def test_the_plan_table_shows_a_peak_inside_a_stage(tmp_path):
     assert "(max 0.1)" in plan_table(base).rows[0][3]
     grown = convert_schedule(batch_size=B0, dataset_size=N, epochs=10, schedule=str(path))
     assert all(r["lr_max"] <= max(r["lr"]) for r in plan_rows(grown))  # no stage hides a rise
+
+
+def test_a_restart_in_an_expression_comes_back_down_like_a_table():
+    """SequentialLR of two cosines (a restart written as an expression) against torch's own, per epoch."""
+    def make(o):
+        return torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10),
+                                                         torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)],
+                                                     milestones=[10])
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1, momentum=0.9)
+    sched, lrs = make(opt), []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    plan = convert_schedule(lr=0.1, batch_size=B0, dataset_size=N, epochs=20, momentum=0.9, max_fraction=0.5,
+                            schedule="SequentialLR([CosineAnnealingLR(T_max=10), CosineAnnealingLR(T_max=10)], "
+                                     "milestones=[10])")
+    assert plan.at_sample(9 * N).batch_size > 4 * B0 and plan.at_sample(10 * N).batch_size == B0
+    for s, st in walk(plan):
+        lr0 = lrs[s // N]
+        assert st.lr <= 0.1 * 1.05 * (1 + 1e-12) and st.batch_size >= B0
+        assert g(st.lr, 0.9, st.batch_size) == pytest.approx(g(lr0, 0.9, B0), rel=1e-9)

@@ -157,3 +157,17 @@ def test_a_restart_in_an_expression_comes_back_down_like_a_table():
         lr0 = lrs[s // N]
         assert st.lr <= 0.1 * 1.05 * (1 + 1e-12) and st.batch_size >= B0
         assert g(st.lr, 0.9, st.batch_size) == pytest.approx(g(lr0, 0.9, B0), rel=1e-9)
+
+
+def test_a_plan_that_recorded_only_the_tables_path_says_how_to_fix_it(tmp_path):
+    lrs = [0.1] * 30 + [0.02] * 30
+    plan = convert_schedule(batch_size=B0, dataset_size=N, epochs=60,
+                            schedule=str(write_table(tmp_path / "lr.csv", lrs, unit="epoch")))
+    doc = plan.to_dict()
+    doc["inputs"]["schedule"] = f"table {tmp_path / 'gone.csv'}"  # as plans recorded a table before
+    old = Plan.from_dict(doc)
+    assert old.original is None  # the stages still load
+    from bsadvisor.runtime.validate import baseline_of
+
+    with pytest.raises(UserError, match="records its schedule table by path only.*convert the schedule again"):
+        baseline_of(old)

@@ -372,6 +372,10 @@ def parse_schedule(text: str) -> Schedule:
         raise UserError(f"schedule is {len(text):,} characters long; at most {MAX_SCHEDULE_CHARS:,} are accepted "
                         "(write a long schedule as a CSV table epoch,lr)", parameter="schedule")
     if text.lower().endswith(".csv"):
+        if text.startswith("table ") and not Path(text).is_file():  # what plans recorded before they held the rows
+            raise UserError(f"the plan records its schedule table by path only ({brief(text[6:], 60)}); convert the "
+                            "schedule again (bsadvisor convert-schedule --schedule FILE.csv --out plan.json) so the plan "
+                            "holds the table's rows")
         return load_table(text)
     try:
         tree = ast.parse(text, mode="eval")

@@ -24,9 +24,10 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.exports import export, megatron_ramp
 from bsadvisor.core.plan import Plan, Stage
 
+# the square-root rule named explicitly: the closed forms below are its (T ∝ η/√B in one pass)
 LLM = dict(lr=6e-4, batch_size=500, dataset_size=10_000_000, epochs=1, optimizer="adamw", schedule_unit="step",
-           schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
-                    "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
+           adam_rule="sqrt", schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
+                                      "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
 
 
 # --------------------------------------------------------------------------------------------- Megatron
@@ -217,11 +218,12 @@ def test_the_worked_example_in_integration_md_is_what_export_prints():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
-    plan = convert_schedule(**LLM, seq_len=2048, growth_factor=2, max_batch=8000)
+    example = {k: v for k, v in LLM.items() if k != "adam_rule"}  # the doc's command: the default Adam rule
+    plan = convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=8000)
     olmo, _, _ = export(plan, "olmo")
     assert f"```text\n{olmo}```" in doc
     with pytest.raises(UserError) as e:
         export(plan, "megatron")
     assert f"error: {e.value}" in doc
-    ramp, _, _ = export(convert_schedule(**LLM, seq_len=2048, growth_factor=2, max_batch=1000), "megatron")
+    ramp, _, _ = export(convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=1000), "megatron")
     assert f"$ bsadvisor export plan.json --format megatron\n{ramp}" in doc

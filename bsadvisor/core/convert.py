@@ -697,10 +697,12 @@ class _Staircase(NamedTuple):
         out: list[_Span] = []
         for i, (piece, r, target, (batch, _ref)) in enumerate(zip(self.pieces, self.rho, self.targets,
                                                                    self.batches())):
-            if i >= self.peak:
-                phase = "hybrid" if not self.can_grow(batch, self.cap_at(i)) and target > batch * (1 + _EPS) else "growth"
-            else:
+            if i < self.peak:
                 phase = "warmup"
+            elif out and out[-1].phase == "hybrid" and out[-1].batch == batch:
+                phase = "hybrid"  # capped once, the batch stays capped until its next stage (a rising cap may free it)
+            else:
+                phase = "hybrid" if not self.can_grow(batch, self.cap_at(i)) and target > batch * (1 + _EPS) else "growth"
             scale = self.lr_scale(i, batch)
             if not math.isfinite(scale) and piece.lr == 0:  # B = N where the schedule reaches LR 0: nothing to keep
                 scale = 0.0

@@ -215,8 +215,9 @@ def test_csv_table_with_momentum(tmp_path):
     p = convert_schedule(lr=None, batch_size=B0, dataset_size=BIG_N, epochs=E, schedule=str(f), rule="proportional")
     g0 = g_prop(0.1, 0.9, B0, BIG_N)
     rhos = [1.0, g_prop(0.02, 0.9, B0, BIG_N) / g0, g_prop(0.004, 0.95, B0, BIG_N) / g0]  # 1, 0.2, 0.08
-    assert batches(p) == [(0, 60, 128), (60, 120, round(B0 / rhos[1])), (120, 200, round(B0 / rhos[2]))]
-    assert [s.batch_size for s in p.stages] == [128, 640, 1600]
+    # the plan follows the table's momentum as the original does, so the batch carries the LR's decay only
+    assert batches(p) == [(0, 60, 128), (60, 120, round(B0 * 0.1 / 0.02)), (120, 200, round(B0 * 0.1 / 0.004))]
+    assert [s.momentum for s in p.stages] == [0.9, 0.9, 0.95]
     for s, r in zip(p.stages, rhos):
         assert math.isclose(g_prop(s.lr, s.momentum, s.batch_size, BIG_N) / g0, r, rel_tol=1e-9)
 
@@ -256,9 +257,10 @@ def test_baseline_plan():
 
 
 def test_lr_zero_at_full_dataset_batch():
-    # cosine reaches LR 0 at its last epoch; with the cap at N the exact rule needs B = N there (g = 0)
+    # cosine reaches LR 0 at its last epoch; with the cap at N the exact rule needs B = N there (g = 0);
+    # stage factor 1: a new batch at every epoch, so the last step to the cap is allowed however small
     p = convert_schedule(lr=0.1, batch_size=100, dataset_size=1000, epochs=101, momentum=0.9,
-                         schedule="CosineAnnealingLR(T_max=100)", max_fraction=1.0)
+                         schedule="CosineAnnealingLR(T_max=100)", max_fraction=1.0, stage_factor=1.0)
     last = p.stages[-1]
     assert last.batch_size == 1000 and last.lr == 0.0
 

@@ -83,11 +83,13 @@ def test_csv_table_and_toml_config(tmp_path):
     (tmp_path / "run.toml").write_text('batch-size = 128\ndataset_size = 10000000\nepochs = 200\n'
                                        'rule = "proportional"\nround-to = 1\n')
     doc = run_json("--config", "run.toml", "--schedule", "lr.csv", cwd=tmp_path)
-    assert [s["batch_size"] for s in doc["stages"]] == [128, 640, 1600]  # ρ = 1, 0.2, (0.004/0.05)/(0.1/0.1)
+    # the table's momentum is followed (0.95 in the last rows), so the batch carries the LR's decay: ×5, ×25
+    assert [s["batch_size"] for s in doc["stages"]] == [128, 640, 3200]
+    assert [s["momentum"] for s in doc["stages"]] == [0.9, 0.9, 0.95]
     assert doc["inputs"]["lr"] == 0.1 and doc["inputs"]["rule"] == "proportional"
     # the command line wins over the config file
     doc = run_json("--config", "run.toml", "--schedule", "lr.csv", "--batch-size", "256", cwd=tmp_path)
-    assert [s["batch_size"] for s in doc["stages"]] == [256, 1280, 3200]
+    assert [s["batch_size"] for s in doc["stages"]] == [256, 1280, 6400]
     assert doc["inputs"]["batch_size"] == 256
 
 

@@ -1,83 +1,229 @@
-"""Exports in samples and tokens: Megatron's ramp flags, an OLMo-core-style schedule, CSV per stage.
+"""Exports a framework can run as is: stock Megatron-LM's ramp flags, OLMo-core's BatchSizeSchedulerCallback,
+a CSV per stage; each export parsed back the way its framework would and compared with the plan.
 
-Expected values are written out by hand from each format's definition, not from the code.
+The frameworks' rules are written out here from their sources, independently of bsadvisor.core.exports:
+Megatron-LM's argparse flags and its RampupBatchsizeNumMicroBatchesCalculator (a linear ramp of START +
+INCREMENT·⌊s/(SAMPLES/n)⌋, FINAL once more than SAMPLES are consumed); OLMo-core's callback dataclass
+(batch sizes and Duration.tokens starts, from 0, strictly later, each an integer factor of the one before).
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import csv
 import io
+import math
+import shlex
+from dataclasses import dataclass, field
+from typing import List
+
+import pytest
 
 from bsadvisor.core.convert import convert_schedule
-from bsadvisor.core.exports import export, export_megatron, megatron_ramp
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.exports import export, megatron_ramp
 from bsadvisor.core.plan import Plan, Stage
 
+# the square-root rule named explicitly: the closed forms below are its (T ∝ η/√B in one pass)
 LLM = dict(lr=6e-4, batch_size=500, dataset_size=10_000_000, epochs=1, optimizer="adamw", schedule_unit="step",
-           schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
-                    "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
+           adam_rule="sqrt", schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
+                                      "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
 
 
-def ramp_plan() -> Plan:
-    """Megatron's --rampup-batch-size 32 32 3000 with --global-batch-size 128: (128−32)/32 = 3 increments,
-    one every 3000/3 = 1000 samples: 32 from 0, 64 from 1000, 96 from 2000, 128 from 3000."""
-    bounds = [(0, 1000, 32), (1000, 2000, 64), (2000, 3000, 96), (3000, 8000, 128)]
-    return Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=10_000)
+# --------------------------------------------------------------------------------------------- Megatron
+def megatron_parser() -> argparse.ArgumentParser:
+    """The flags as Megatron-LM's arguments.py defines them."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--global-batch-size", type=int, default=None)
+    p.add_argument("--rampup-batch-size", nargs="*", default=None)
+    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--train-iters", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    return p
+
+
+def megatron_batches(text: str, consumed: list[int]) -> list[int]:
+    """Parse ``text`` as Megatron-LM does and give its global batch after each of ``consumed`` samples."""
+    args = megatron_parser().parse_args(shlex.split(text))
+    assert args.train_iters is None and args.train_samples  # a ramp needs sample-based training
+    if args.rampup_batch_size is None:
+        return [args.global_batch_size] * len(consumed)
+    assert len(args.rampup_batch_size) == 3
+    start, inc, ramp = (int(x) for x in args.rampup_batch_size)
+    final = args.global_batch_size
+    assert final >= start and inc > 0 and (final - start) % inc == 0 and ramp >= 0
+    per_increment = ramp / ((final - start) // inc)
+    return [final if s > ramp else start + int(s / per_increment) * inc for s in consumed]
+
+
+def update_starts(plan: Plan) -> list[int]:
+    s, out = 0, []
+    while s < plan.total_samples:
+        out.append(s)
+        s = plan.update_end(s)
+    return out
 
 
 def test_a_linear_ramp_is_megatrons_own_flags():
-    plan = ramp_plan()
-    assert megatron_ramp(plan) == (32, 32, 3000)
-    assert export_megatron(plan) == "--rampup-batch-size 32 32 3000 --global-batch-size 128\n"
+    """--rampup-batch-size 32 32 ~3000 --global-batch-size 128: 32 from 0, 64 from 1000, 96 from 2000, 128 from
+    3000 (a hand-made plan without inputs: its LR 0.1 throughout)."""
+    bounds = [(0, 1000, 32), (1000, 2000, 64), (2000, 3000, 96), (3000, 8000, 128)]
+    plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=10_000)
+    ramp = megatron_ramp(plan)
+    assert (ramp.start, ramp.increment, ramp.final) == (32, 32, 128) and ramp.max_error == 0
     text, rows, notes = export(plan, "megatron")
-    assert not any("not a linear ramp" in n for n in notes)
+    starts = update_starts(plan)
+    assert megatron_batches(text, starts) == [plan.at_sample(s).batch_size for s in starts]
+    assert any("exactly Megatron's linear ramp" in n for n in notes)
     assert any("--lr-decay-style constant" in n for n in notes)  # LR 0.1 throughout: said, not dropped
 
 
-def test_a_geometric_plan_is_stepwise_and_says_so():
-    plan = convert_schedule(**LLM)
+def test_megatron_ramp_close_to_the_plan_and_its_stated_temperature_error():
+    plan = convert_schedule(**LLM, max_batch=800)  # 500 → 625 → 781: near a line
     text, rows, notes = export(plan, "megatron")
-    assert megatron_ramp(plan) is None
-    assert text.split() == [f"{s.start_sample}:{s.batch_size}" for s in plan.stages
-                            if s is plan.stages[0] or s.batch_size != plan.stages[plan.stages.index(s) - 1].batch_size]
-    joined = " ".join(notes)
-    assert "not a linear ramp" in joined and "--rampup-batch-size" in joined
-    # the LR part cannot be expressed: every stage's factor is listed (the first six)
-    grown = [s for s in plan.stages if s.lr_scale != 1.0]
-    assert all(format(s.lr_scale, ".10g") in joined for s in grown[:6])
+    starts = update_starts(plan)
+    ramp = megatron_batches(text, starts)
+    assert ramp[0] == 500 and ramp[-1] == max(plan.stage_batch_sizes())
+    # Adam's square-root rule, one pass (N → ∞): T ∝ η/√B, so at the plan's LR T_ramp/T_plan = √(B_plan/B_ramp);
+    # weighted by the samples each update covers
+    errors = [(abs(math.sqrt(plan.at_sample(s).batch_size / b) - 1), plan.update_end(s) - s)
+              for s, b in zip(starts, ramp)]
+    mean = sum(e * w for e, w in errors) / plan.total_samples
+    (row,) = rows
+    assert row["mean_error"] < 0.10 and abs(row["mean_error"] - mean) < 0.01
+    assert max(e for e, _ in errors) <= row["max_error"] + 0.01
+    assert any(f"{row['mean_error']:.1%}" in n for n in notes)
 
 
-def test_olmo_in_tokens_with_integer_factors():
+def test_a_geometric_plan_is_refused_for_megatron_in_one_line():
+    plan = convert_schedule(**LLM)
+    with pytest.raises(UserError, match="cannot be expressed as Megatron-LM's linear --rampup-batch-size") as e:
+        export(plan, "megatron")
+    assert "\n" not in str(e.value) and "--rampup-batch-size 500 " in str(e.value)  # the best ramp, for reference
+
+
+def test_a_plan_whose_batch_comes_back_down_is_refused_for_megatron_and_kept_by_olmo(tmp_path):
+    table = tmp_path / "lr.csv"
+    table.write_text("epoch,lr\n" + "".join(f"{e},{0.1 * 0.3 ** (e % 10)}\n" for e in range(20)))
+    plan = convert_schedule(batch_size=128, dataset_size=50_000, epochs=20, schedule=str(table), optimizer="adamw",
+                            growth_factor=2, seq_len=64)
+    assert plan.stage_batch_sizes().count(128) >= 2  # back down after the restart at epoch 10
+    with pytest.raises(UserError, match="comes back down"):
+        export(plan, "megatron")
+    text, _, _ = export(plan, "olmo")
+    assert [b // 64 for b in parse_olmo(text).batch_sizes] == [p.batch_size for p in changes(plan)]
+
+
+# ------------------------------------------------------------------------------------------------ OLMo-core
+@dataclass
+class Duration:
+    """OLMo-core's Duration (value, unit), with its tokens constructor."""
+
+    value: int
+    unit: str
+
+    @classmethod
+    def tokens(cls, tokens: int) -> "Duration":
+        return cls(value=tokens, unit="tokens")
+
+
+@dataclass
+class BatchSizeSchedulerCallback:
+    """OLMo-core's callback signature and the checks of its __post_init__."""
+
+    batch_sizes: List[int] = field(default_factory=list)
+    schedule: List[Duration] = field(default_factory=list)
+
+    def __post_init__(self):
+        assert len(self.batch_sizes) == len(self.schedule)
+        assert len({d.unit for d in self.schedule}) == 1 and self.schedule[0].value == 0
+        for (a, x), (b, y) in zip(zip(self.batch_sizes, self.schedule), zip(self.batch_sizes[1:], self.schedule[1:])):
+            assert y.value > x.value, "events must occur after previous events"
+            assert a != b and max(a, b) % min(a, b) == 0, "batch size changes by an integer factor only"
+
+
+def parse_olmo(text: str) -> BatchSizeSchedulerCallback:
+    """Read the snippet's call without running it: literal batch sizes and Duration.tokens(...) starts."""
+    tree = ast.parse(text)
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {("olmo_core.train.callbacks", "BatchSizeSchedulerCallback"), ("olmo_core.train.common", "Duration")} <= imports
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
+               "BatchSizeSchedulerCallback"]
+    kw = {k.arg: k.value for k in call.keywords}
+    batches = ast.literal_eval(kw["batch_sizes"])
+    starts = []
+    for d in kw["schedule"].elts:
+        assert isinstance(d, ast.Call) and d.func.value.id == "Duration" and d.func.attr == "tokens"
+        starts.append(Duration.tokens(ast.literal_eval(d.args[0])))
+    return BatchSizeSchedulerCallback(batch_sizes=batches, schedule=starts)
+
+
+def changes(plan):
+    return [s for i, s in enumerate(plan.stages) if i == 0 or s.batch_size != plan.stages[i - 1].batch_size]
+
+
+def test_olmo_snippet_builds_the_callback_and_round_trips_the_plan():
     plan = convert_schedule(**LLM, growth_factor=2, seq_len=2048)
     text, rows, notes = export(plan, "olmo")
-    lines = text.splitlines()
-    assert lines[0] == "start_tokens,duration_tokens,updates,batch_size_tokens,factor"
-    first = plan.stages[0].batch_size
-    changes = [s for i, s in enumerate(plan.stages) if i == 0 or s.batch_size != plan.stages[i - 1].batch_size]
-    ends = [s.start_sample for s in changes[1:]] + [plan.total_samples]
-    rows = [line.split(",") for line in lines[1:]]
-    assert [(int(r[0]), int(r[1]), int(r[3]), int(r[4])) for r in rows] == [
-        (s.start_sample * 2048, (e - s.start_sample) * 2048, s.batch_size * 2048, s.batch_size // first)
-        for s, e in zip(changes, ends)]
-    # the updates of each group, counted by walking the plan update by update (one pass: no epoch cut)
-    walked, pos = [], 0
-    while pos < plan.total_samples:
-        b = plan.at_sample(pos).batch_size
-        walked.append(pos)
-        pos = min(pos + b, plan.total_samples)
-    assert [int(r[2]) for r in rows] == [sum(1 for p in walked if s.start_sample <= p < e) for s, e in zip(changes, ends)]
-    assert not any("integer" in n for n in notes)
-    # a plan without --growth-factor has batches that are not integer multiples: said
-    _, _, notes = export(convert_schedule(**LLM), "olmo")
-    assert any("not an integer multiple" in n and "--growth-factor" in n for n in notes)
-    assert any("no sequence length" in n for n in notes)
+    cb = parse_olmo(text)
+    assert [b // 2048 for b in cb.batch_sizes] == [s.batch_size for s in changes(plan)]
+    assert [d.value // 2048 for d in cb.schedule] == [s.start_sample for s in changes(plan)]
+    assert all(b % 2048 == 0 for b in cb.batch_sizes) and all(d.value % 2048 == 0 for d in cb.schedule)
+    # one pass under Adam's square-root rule: the plan's factor is √(B/B0), which OLMo-core applies itself
+    assert "keep the original LR schedule as it is" in text
+    for s in plan.stages:
+        assert s.lr_scale == pytest.approx(math.sqrt(s.batch_size / 500), rel=1e-9)
 
 
-def test_csv_per_stage_with_tokens_and_factors():
+def test_olmo_states_the_lr_factor_net_of_its_own_square_root():
+    # several epochs: the finite-data factor N/B − 1 makes the plan's factor differ from OLMo-core's √(B/B0)
+    plan = convert_schedule(lr=3e-4, batch_size=64, dataset_size=100_000, epochs=6, optimizer="adamw",
+                            schedule="MultiStepLR(milestones=[2, 4], gamma=0.5)", growth_factor=2, seq_len=128,
+                            max_fraction=1.0)
+    text, rows, _ = export(plan, "olmo")
+    parse_olmo(text)
+    for row, first in zip(rows, changes(plan)):
+        own = math.sqrt(row["batch_size"] / 64)  # OLMo-core's cumulative factor
+        assert row["lr_factor"] * own == pytest.approx(first.lr_scale, rel=1e-9)
+        if not math.isclose(row["lr_factor"], 1.0, rel_tol=1e-6):
+            assert f"(batch {row['batch_size_tokens']}): x {format(row['lr_factor'], '.10g')}" in text
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(optimizer="sgd", seq_len=2048, growth_factor=2), "Adam-family"),
+    (dict(growth_factor=2), "--seq-len"),
+    (dict(seq_len=2048), "--growth-factor 2"),
+])
+def test_olmo_refuses_what_its_callback_cannot_follow(kw, fragment):
+    plan = convert_schedule(**{**LLM, **kw})
+    with pytest.raises(UserError, match=fragment) as e:
+        export(plan, "olmo")
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------------ CSV
+def test_csv_round_trips_every_stage():
     plan = convert_schedule(**LLM, seq_len=1024)
     text, rows, notes = export(plan, "csv")
     table = list(csv.DictReader(io.StringIO(text)))
-    assert len(table) == len(plan.stages) and notes == []
+    assert notes == []
+    assert [(int(r["start_sample"]), int(r["end_sample"]), int(r["batch_size"])) for r in table] == [
+        (s.start_sample, s.end_sample, s.batch_size) for s in plan.stages]
     for r, s in zip(table, plan.stages):
-        assert int(r["start_sample"]) == s.start_sample and int(r["end_token"]) == s.end_sample * 1024
-        assert int(r["batch_size"]) == s.batch_size and r["phase"] == s.phase
-        # the LR at the stage's last sample: the factor × torch's schedule there (closed form of the cosine)
+        assert int(r["end_token"]) == s.end_sample * 1024 and r["phase"] == s.phase
         assert abs(float(r["lr_scale"]) - s.lr_scale) <= 1e-9 * s.lr_scale
+
+
+def test_the_worked_example_in_integration_md_is_what_export_prints():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
+    example = {k: v for k, v in LLM.items() if k != "adam_rule"}  # the doc's command: the default Adam rule
+    plan = convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=8000)
+    olmo, _, _ = export(plan, "olmo")
+    assert f"```text\n{olmo}```" in doc
+    with pytest.raises(UserError) as e:
+        export(plan, "megatron")
+    assert f"error: {e.value}" in doc
+    ramp, _, _ = export(convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=1000), "megatron")
+    assert f"$ bsadvisor export plan.json --format megatron\n{ramp}" in doc

@@ -178,28 +178,38 @@ def test_csv_numbers_are_formatted_and_exact_to_10_digits():
 
 
 def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
-    hybrid = plans()["hybrid"]
+    # one milestone and a device cap: 128 → 500, one step of a linear ramp, the LR × a factor after it
+    hybrid = plan_from_options(**{**CIFAR, "schedule": "MultiStepLR(milestones=[60,120], gamma=0.2)"}, max_batch=500,
+                               max_fraction=1)
+    assert hybrid.stage_batch_sizes()[0] == 128 and len(set(hybrid.stage_batch_sizes())) == 2
     notes = " ".join(megatron_notes(hybrid))
-    assert "--rampup-batch-size" in notes and "LR" in notes
+    assert "exactly Megatron's linear ramp" in notes and "LR" in notes
     for s in hybrid.stages:  # every LR factor the format drops is named
         if s.lr_scale != 1.0:
             assert format(s.lr_scale, ".10g") in notes
-    flat = plan_from_options(**CIFAR, rule="proportional", max_fraction=1)
+    flat = plan_from_options(**{**CIFAR, "schedule": "MultiStepLR(milestones=[60], gamma=0.2)"}, rule="proportional",
+                             max_fraction=1)
     assert "--lr-decay-style constant" in " ".join(megatron_notes(flat))
     path = tmp_path / "plan.json"
     hybrid.save(path)
     r = run_cli(["export", path, "--format", "megatron"], cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == export_megatron(hybrid)
-    assert "note:" in r.stderr and "--rampup-batch-size" in r.stderr and "0.01298750" not in r.stdout
+    assert r.stdout.startswith("--rampup-batch-size 128 372 ")
+    assert "note:" in r.stderr and "--train-samples" in r.stderr and "0.01298750" not in r.stdout
     r = run_cli(["export", path, "--format", "megatron", "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
     assert doc["schema"] == "bsadvisor.export/2" and doc["text"] == export_megatron(hybrid)
-    assert [f"{p['samples']}:{p['batch_size']}" for p in doc["rows"]] == export_megatron(hybrid).split()
+    assert doc["rows"][0]["start"] == 128 and doc["rows"][0]["final"] == 500 and doc["rows"][0]["max_error"] == 0
     assert doc["notes"] == megatron_notes(hybrid) and r.stderr == ""
     r = run_cli(["export", path, "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
     assert len(doc["rows"]) == len(hybrid.stages)
     assert doc["rows"][-1]["lr"] == hybrid.stages[-1].lr and doc["rows"][-1]["lr_scale"] == hybrid.stages[-1].lr_scale
+    # three batch sizes growing ×5: no linear ramp is close; one line, exit 2
+    plans()["hybrid"].save(path)
+    r = run_cli(["export", path, "--format", "megatron"], cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "cannot be expressed as Megatron-LM's linear --rampup-batch-size" in r.stderr
 
 
 def test_export_help_puts_each_example_on_its_own_line():
@@ -304,5 +314,5 @@ def test_convert_and_export_print_paths_with_markup_verbatim(tmp_path):
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"plan written to {out}" in r.stdout
-    r = run_cli(["export", out, "--format", "megatron", "--out", "a[/x]b/pairs.txt"], cwd=tmp_path)
-    assert r.returncode == 0 and (tmp_path / "a[/x]b/pairs.txt").read_text().startswith("0:128 ")
+    r = run_cli(["export", out, "--format", "csv", "--out", "a[/x]b/stages.csv"], cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "a[/x]b/stages.csv").read_text().splitlines()[1].startswith("0,")

@@ -112,7 +112,9 @@ def test_per_step_cosine_over_epochs_follows_torch_at_every_step():
                             schedule=f"CosineAnnealingLR(T_max={steps})", max_batch=400)
     ref = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps), 0.1, steps)
     batches = plan.stage_batch_sizes()
-    assert batches == sorted(batches) and batches[0] == b0 and max(batches) == 400 and len(set(batches)) >= 3
+    # up to the cap, in steps of at least the stage factor 1.25 (a last step of less to the cap is left out)
+    assert batches == sorted(batches) and batches[0] == b0 and 400 / 1.25 < max(batches) <= 400
+    assert len(set(batches)) >= 3 and all(b >= a * 1.25 * (1 - 1e-9) for a, b in zip(batches, batches[1:]) if b != a)
     # a stage starts inside an epoch: no per-epoch quantisation
     assert any(s.start_sample % n for s in plan.stages)
     spe = math.ceil(n / b0)
@@ -217,13 +219,13 @@ def test_a_batch_starts_in_its_stage_and_ends_at_the_epoch():
 
 
 def test_a_csv_table_plan_keeps_each_rows_lr(tmp_path):
-    """A plan cannot re-read a CSV table, so each of its stages holds one constant LR: the hybrid tail
-    over two rows is two stages, and the LR at every epoch is the table's × the factor."""
+    """A plan records a CSV table's rows, so it rebuilds the table's LR like any schedule's: the hybrid tail
+    over two rows is one stage, and the LR at every epoch is the table's × the factor."""
     table = tmp_path / "lr.csv"
     table.write_text("epoch,lr\n0,0.1\n60,0.02\n120,0.004\n160,0.0008\n")
     p = convert_schedule(batch_size=128, dataset_size=50_000, epochs=200, momentum=0.9, schedule=str(table),
                          rule="proportional", max_batch=1024, max_fraction=1.0)
-    assert p.original is None and p.stage_batch_sizes() == [128, 640, 1024, 1024]
+    assert p.original is not None and p.stage_batch_sizes() == [128, 640, 1024]
     for epoch, lr in ((0, 0.1), (60, 0.02), (120, 0.004), (160, 0.0008), (199, 0.0008)):
         b = p.at(epoch).batch_size
         assert math.isclose(p.at(epoch).lr, lr * b / 128, rel_tol=1e-12)  # proportional rule: f(B) = B/B0

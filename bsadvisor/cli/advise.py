@@ -12,9 +12,9 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console
-from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, IncreaseLr, Lr, MaxBatch, MaxFraction,
-                                   MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, RoundTo, Rule, ScheduleOpt, ScheduleUnit,
-                                   StageFactor, WorldSize)
+from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, GrowthFactor, IncreaseLr, Lr, MaxBatch,
+                                   MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, RoundTo, Rule,
+                                   ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize, apply_recipe)
 from bsadvisor.core.errors import UserError
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -29,13 +29,18 @@ ADVISE_EXAMPLES = """
   Your own model on two GPUs, growth capped at 10 × the noise scale:
 
   [cyan]bsadvisor advise train.py:make_target --device cuda --world-size 2 --noise-cap 10 --epochs 90 --schedule "CosineAnnealingLR(T_max=90)"[/]
+
+  A target that records its own recipe (the built-in language model): no --schedule or --epochs needed:
+
+  [cyan]bsadvisor advise builtin:charlm --growth-factor 2[/]
 """
 
 
 # The convert-schedule options advise takes, in the order a printed command gives them.
 CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedule_unit", "rule", "max_batch",
                    "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
-                   "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace")
+                   "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace", "seq_len",
+                   "growth_factor")
 PROBE_DEFAULTS = {"device": "auto", "budget_seconds": 12.0, "seed": 0}
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
@@ -47,8 +52,8 @@ def advise_cmd(
     momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None, max_batch: MaxBatch = None,
     max_fraction: MaxFraction = None, round_to: RoundTo = None, max_stages: MaxStages = None,
     stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
-    adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None,
-    noise_cap: NoiseCap = None, noise_trace: NoiseTrace = None, adam_sde: AdamSde = None,
+    adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
+    noise_trace: NoiseTrace = None, adam_sde: AdamSde = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = PROBE_DEFAULTS["device"],
     budget_seconds: Annotated[float, typer.Option(
         "--budget-seconds", help="Time budget of the probe.")] = PROBE_DEFAULTS["budget_seconds"],
@@ -70,7 +75,7 @@ def advise_cmd(
 
     with _progress(quiet=json_) as progress:
         progress("loading the target", 0.0)
-        tgt = load_target(target)
+        tgt = _recipe(load_target(target), options)
         has_bn = has_batchnorm(tgt.model)
         # the same conversion with the target's settings and no cap: bad options fail before the probe
         dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
@@ -101,6 +106,18 @@ def advise_cmd(
         _print_keep(target, result, plan, keep, out, options)
         return
     _print_advice(target, result, plan, out, probe_out, options, probe_opts, advice)
+
+
+def _recipe(tgt, options: dict):
+    """``tgt``, with --schedule and --epochs filled from its own recipe, as validate does (or a UserError saying
+    they are needed)."""
+    options["schedule"], options["epochs"], note = apply_recipe(tgt, options["schedule"], options["epochs"], options)
+    if note:
+        err_console.print(note, soft_wrap=True, markup=False, highlight=False)
+    if options["schedule"] is None or options["epochs"] is None:
+        raise UserError(f"advise needs --schedule and --epochs (the LR schedule you train with); {tgt.name} records "
+                        "no recipe of its own")
+    return tgt
 
 
 def original_plan(plan, probe):
@@ -146,9 +163,9 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     from bsadvisor.core.fileio import check_destination
     from bsadvisor.core.schedules import parse_schedule
 
-    if options["schedule"] is None or options["epochs"] is None:
-        raise UserError("advise needs --schedule and --epochs (the LR schedule you train with)")
-    checks.positive_int("--epochs", options["epochs"])
+    # --schedule and --epochs may come from the target's recipe (checked once it is loaded)
+    checks.optional(checks.number, "--epochs", options["epochs"], low=0, low_open=True)
+    checks.optional(checks.positive_int, "--seq-len", options["seq_len"])
     checks.optional(checks.positive, "--lr", options["lr"])
     checks.optional(checks.positive_int, "--batch-size", options["batch_size"])
     checks.optional(checks.number, "--momentum", options["momentum"], low=0, high=1, high_open=True)
@@ -161,7 +178,8 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     checks.seed("--seed", probe_opts["seed"])
     if not DEVICE_RE.fullmatch(probe_opts["device"] or ""):
         raise UserError(f"--device must be cpu, cuda, cuda:N or auto, got {probe_opts['device']!r}")
-    parse_schedule(options["schedule"])
+    if options["schedule"] is not None:
+        parse_schedule(options["schedule"])
     if options["noise_trace"] is not None:
         from bsadvisor.core.noise_model import load_trace
 

@@ -13,11 +13,11 @@ from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, 
 EXPORT_EXAMPLES = """
 [bold]Examples[/]
 
-  Megatron: its --rampup-batch-size flags when the plan is a linear ramp, else samples:batch pairs (the samples consumed before each change):
+  Stock Megatron-LM: the --rampup-batch-size flags of the linear ramp closest to the plan (with its temperature error), or one line saying why no ramp is close enough:
 
   [cyan]bsadvisor export plan.json --format megatron[/]
 
-  An OLMo-core-style batch schedule (in tokens when the plan was made with --seq-len; integer factors):
+  OLMo-core: a Python snippet that builds its BatchSizeSchedulerCallback in tokens (a plan made with --seq-len, an Adam-family optimizer and --growth-factor), with the LR factors net of OLMo-core's own square-root scaling:
 
   [cyan]bsadvisor export plan.json --format olmo[/]
 
@@ -29,7 +29,7 @@ EXPORT_EXAMPLES = """
 
   [cyan]bsadvisor export plan.json --format megatron --json[/]
 
-  A Lightning snippet is not offered yet: bsadvisor has no Lightning callback; use BatchSizeScheduler and PlanBatchSampler in your loop (docs/integration.md).
+  Lightning needs no export: the FollowPlan callback (bsadvisor.integrations.lightning) reads plan.json itself (docs/integration.md).
 """
 
 

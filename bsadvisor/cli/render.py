@@ -24,9 +24,11 @@ from bsadvisor.core.plan import Plan
 PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 
 
-def _fmt_lr(a: float, b: float) -> str:
-    """One value, or where it goes inside a stage (``a→b``, three digits: a range, not a setting)."""
-    return f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.3g}→{b:.3g}"
+def _fmt_lr(a: float, b: float, peak: float = 0.0) -> str:
+    """One value, or where it goes inside a stage (``a→b``, three digits: a range, not a setting), and the
+    ``peak`` inside the stage where it exceeds both ends (a restart the ends would hide)."""
+    text = f"{a:.4g}" if math.isclose(a, b, rel_tol=1e-9) else f"{a:.3g}→{b:.3g}"
+    return text + (f" (max {peak:.3g})" if peak > max(a, b) * (1 + 1e-6) else "")
 
 
 def _words_width(text: str) -> int:
@@ -130,7 +132,7 @@ def plan_rows(plan: Plan) -> list[dict]:
             first.start_sample, last.end_sample)
         rows.append({
             "start": where[0], "end": where[1], "batch": batch, "phase": phase,
-            "lr": (first.lr, lr_end), "lr_scale": first.lr_scale if len({s.lr_scale for s in segs}) == 1 else None,
+            "lr": (first.lr, lr_end), "lr_max": max(plan.max_lr(s) for s in segs), "lr_scale": first.lr_scale if len({s.lr_scale for s in segs}) == 1 else None,
             "momentum": first.momentum, "momenta": {s.momentum for s in segs},
             "temperature": (first.temperature, last.temperature * (lr_end / last.lr if last.lr else 1.0)),
             "updates": sum(count for _, count in group),
@@ -178,7 +180,7 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
     body = []
     for i, r in enumerate(rows):
         span = f"{r['start']}–{r['end']}" if aligned else f"{fmt_count(r['start'])}–{fmt_count(r['end'])}"
-        cells = [f"{i}{PHASE_LABELS.get(r['phase'], '')}", span, f"{r['batch']:,}", _fmt_lr(*r["lr"])]
+        cells = [f"{i}{PHASE_LABELS.get(r['phase'], '')}", span, f"{r['batch']:,}", _fmt_lr(*r["lr"], peak=r["lr_max"])]
         if has_scale:
             cells.append("" if r["lr_scale"] is None else f"{r['lr_scale']:.3g}")
         if has_mom:
@@ -201,6 +203,8 @@ def _legend(plan: Plan, body: list[list[str]], momenta: set, has_mom: bool, has_
     legend = [f"momentum {next(iter(momenta)):g} in every stage" if not has_mom else "mom.: momentum"]
     if any("→" in c[3] for c in body):
         legend[-1] += "; LR a→b: the LR moves from a to b inside the stage (first and last update)"
+    if any("(max " in c[3] for c in body):
+        legend.append("LR (max x): the LR rises inside the stage to x, above both ends (the original rises there)")
     if not plan.epoch_aligned:
         seq = f"; × {plan.seq_len:,} tokens a sample" if plan.seq_len else ""
         legend.append(f"samples: examples consumed (k = 10³, M = 10⁶){seq}")

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
                                    Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
-                                   TotalSamples, TotalSteps)
+                                   TotalSamples, TotalSteps, apply_recipe)
 from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
@@ -46,17 +46,10 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
                             f"{target.name} has {target.dataset_size}; re-run convert-schedule with "
                             f"--dataset-size {target.dataset_size}")
         return plan
-    recipe = getattr(target, "metadata", None) or {}
+    schedule, epochs, note = apply_recipe(target, schedule, epochs, convert_kw)
+    if note:
+        err_console.print(Text(note), soft_wrap=True)
     length_given = epochs is not None or convert_kw.get("total_samples") or convert_kw.get("total_steps")
-    if schedule is None and not length_given and recipe.get("schedule"):
-        schedule, epochs = recipe["schedule"], recipe.get("epochs")
-        if convert_kw.get("schedule_unit") is None:
-            convert_kw["schedule_unit"] = recipe.get("schedule_unit")
-        if convert_kw.get("seq_len") is None:
-            convert_kw["seq_len"] = recipe.get("seq_len")
-        err_console.print(Text(f"note: using {target.name}'s own recipe: {schedule} over {epochs:g} epoch(s), "
-                               f"stepped per {convert_kw.get('schedule_unit') or 'epoch'}"), soft_wrap=True)
-        length_given = True
     if schedule is None or not length_given:
         raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
     from bsadvisor.core.predict import plan_from_options

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Optional
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.core.schedules import Schedule, TableSchedule
+from bsadvisor.core.schedules import Schedule
 from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel, noise_proxy_rule
 
 # Relative slack for float noise when comparing batch targets.
@@ -280,7 +280,7 @@ def baseline(options: ConvertOptions) -> Plan:
                                                        for p in pieces]
     per_span = [_Span(p.start, p.end, b0, p.lr, 1.0, p.momentum, r, "original") for p, r in zip(pieces, rho)]
     recorded = options.to_dict()
-    stages = _merge(per_span, original.model, g_ref, _rebuildable(options))
+    stages = _merge(per_span, original.model, g_ref)
     return Plan(stages=stages, dataset_size=options.dataset_size, baseline_updates=original.run.updates(),
                 inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
@@ -350,7 +350,9 @@ def convert(options: ConvertOptions) -> Plan:
         notes.append("one pass over the data or less: every example is fresh, so the temperature uses the N → ∞ "
                      "form and the N/10 cap does not apply")
     if any(rho[i] > rho[i - 1] * (1 + 1e-6) for i in range(peak + 1, len(rho))):
-        warnings.append("the schedule rises again after its peak; the batch is never reduced, the LR carries the rise")
+        notes.append("the schedule rises again after its peak (a restart): where the LR would pass the peak's by "
+                     f"{RISE_TOLERANCE:.0%} the batch comes back down (never below the starting batch) and the LR "
+                     "carries the rest")
 
     base = _base_point(options, original.pieces[peak], g_ref, model, notes, warnings)
     rounding = Rounding(options.round_to, options.world_size, options.micro_batch)
@@ -360,14 +362,16 @@ def convert(options: ConvertOptions) -> Plan:
                         f"one of the allowed batches ({rounding.describe()}); give a batch_size that is, or leave "
                         "out growth_factor", parameters=("growth_factor", "batch_size"))
     cap_info, b_start, b_base = _cap(options, rounding, base, warnings, noise_caps := _noise_caps(options, original))
-    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak,
-                                                                          original.pieces), peak=peak, g_ref=g_ref, model=model,
+    follow = options.schedule.momentum(0) is not None and options.momentum_to is None  # a table's momentum column
+    stairs = _Staircase(pieces=original.pieces, rho=rho, targets=_targets(rho, g_ref, model, base, peak, original.pieces,
+                                                                          follow), peak=peak, g_ref=g_ref, model=model,
                         lr_base=base.lr, m_base=base.momentum, b_base=b_base, b_start=b_start, cap=cap_info["batch_size"], rounding=rounding,
                         factor=_stage_factor(options), b0=b0, growth=options.growth_factor,
-                        caps=_piece_caps(noise_caps, cap_info["batch_size"], rounding))
+                        caps=_piece_caps(noise_caps, cap_info["batch_size"], rounding), follow_momentum=follow,
+                        dataset_size=options.dataset_size)
     stairs, cap_words = _fit_stages(stairs, options.max_stages, _CAP_WORDS[cap_info["limited_by"]], notes)
     per_span = stairs.spans()
-    stages = _merge(per_span, model, g_ref, _rebuildable(options))
+    stages = _without_idle_stages(_merge(per_span, model, g_ref), n)
     stages = _adam_sde(stages, b0, notes) if options.adam_sde and model.is_adam else stages
     _remarks(options, stairs, per_span, stages, cap_words, base.variant, notes, warnings)
     return Plan(stages=stages, dataset_size=n, inputs={**options.to_dict(), "stage_factor": stairs.factor},
@@ -510,10 +514,10 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
              cap_words: str, variant: bool, notes: list[str], warnings: list[str]) -> None:
     """What the report says about the finished staircase: the hybrid tail, N/10, rounding, units."""
     n, b0, model, rounding = options.dataset_size, options.batch_size, stairs.model, stairs.rounding
-    hybrid = next((p for p in per_span if p.phase == "hybrid"), None)
-    if hybrid is not None:
-        warnings.append(f"the batch reaches the cap of {hybrid.batch} ({cap_words}) at {_where(options.original(), hybrid.start)}"
-                        "; from there the LR carries the rest of the decay (hybrid)")
+    first = next((i for i, p in enumerate(per_span) if p.phase == "hybrid"), None)
+    if first is not None:
+        warnings.append(_cap_warning(stairs, per_span[first], stairs.cap_at(first), cap_words,
+                                     _where(options.original(), per_span[first].start)))
     biggest = max(p.batch for p in per_span)
     if not options.single_pass and biggest > n / 10:
         why = (", and the proportional rule overstates the batch as B nears N (the exact rule, --rule exact, "
@@ -536,22 +540,38 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
     notes.append(BATCHNORM_NOTE)
 
 
+def _cap_warning(stairs: "_Staircase", span: _Span, cap_there: int, cap_words: str, where: str) -> str:
+    """The hybrid warning, in the cap line's terms: the cap there (and the plan's cap where it rises to it)."""
+    near = "" if span.batch == cap_there else f" (batch {span.batch}: a step to {cap_there} would be less than ×{stairs.factor:.3g})"
+    rises = (f"; the {cap_words} rises with the run to the cap line's {stairs.cap}, and the batch follows it"
+             if cap_there < stairs.cap else "")
+    return (f"the batch reaches the cap of {cap_there} ({cap_words}) at {where}{near}{rises}; from there the LR "
+            "carries the rest of the decay (hybrid)")
+
+
 _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",
               "batch_size": "the starting batch", "run_length": "1% of the run"}
 
 
 def _targets(rho: list[float], g_ref: float, model: TemperatureModel, base: _Base, peak: int,
-             pieces: list[_Piece]) -> list[Optional[float]]:
+             pieces: list[_Piece], follow_momentum: bool = False) -> list[Optional[float]]:
     """The unrounded batch each piece asks for (from the peak on; None for the warmup before it).
 
+    With ``follow_momentum`` (a table that sets the momentum) the plan trains at each piece's
+    own momentum, as the original does, and the batch carries only the LR's part of ρ.
     The Seesaw rule asks for the batch that carries ρ once, v(B) = v(B_base)·ρ (B = B_base/ρ for
     B ≪ N), and leaves the rest of the square-root temperature to the LR (eq. 26).
     """
     if model.adam_rule == "seesaw" and model.is_adam:
         v_base = model.noise_factor(base.batch)
         return [model._batch_for_noise_factor(v_base * r) if i >= peak else None for i, r in enumerate(rho)]
-    return [model.batch_for(g_ref * r, base.lr, base.momentum, p.start) if i >= peak else None
-            for i, (r, p) in enumerate(zip(rho, pieces))]
+    return [model.batch_for(g_ref * r, base.lr, p.momentum if follow_momentum else base.momentum, p.start)
+            if i >= peak else None for i, (r, p) in enumerate(zip(rho, pieces))]
+
+
+#: How far above the base (peak) LR a stage's LR may go before the batch comes back down (a rise of the
+#: original's LR after its peak, e.g. a warm restart, is a fall of the target batch).
+RISE_TOLERANCE = 0.05
 
 
 class _Staircase(NamedTuple):
@@ -559,9 +579,13 @@ class _Staircase(NamedTuple):
 
     From the ``peak`` piece on, piece i asks for the batch ``targets[i]`` that gives g_ref·ρ_i
     at the base LR and momentum; a new batch stage starts when that target has grown by
-    ``factor`` or passed the ``cap`` (then straight to the cap), and inside a stage the LR
-    is f(B) × the original's (eq. 14). With ``growth`` K every new batch is K × the previous
-    one. Pieces before the peak are the LR warmup, kept at ``b_start``.
+    ``factor`` (and the rounded batch by ``factor`` over the current one) or passed the
+    ``cap`` (then to the cap, when that is ``factor`` above the current batch), and inside a
+    stage the LR is f(B) × the original's (eq. 14). When the original's LR rises again (a warm
+    restart) so far that f(B) × it would pass the base LR by RISE_TOLERANCE, the batch comes
+    back down, never below ``b_start``. With ``growth`` K every new batch is K × the
+    previous one. Pieces before the peak are the LR warmup, kept at ``b_start``. No batch
+    stage is shorter than one update at its batch (:meth:`_without_short_stages`).
     """
 
     pieces: list[_Piece]
@@ -580,9 +604,30 @@ class _Staircase(NamedTuple):
     b0: int = 1
     growth: Optional[int] = None
     caps: Optional[list[int]] = None  # each piece's own cap (≤ cap), from a noise cap that varies with s
+    follow_momentum: bool = False  # a table's momentum column: every piece trains at its own momentum
+    dataset_size: Optional[int] = None  # N, where an epoch ends (None: streaming), for the update count
 
     def cap_at(self, i: int) -> int:
         return self.cap if self.caps is None else min(self.cap, self.caps[i])
+
+    def momentum_at(self, i: int) -> float:
+        """The momentum piece i trains with: its own (a table's momentum column) or the base point's."""
+        return self.pieces[i].momentum if self.follow_momentum else self.m_base
+
+    def lr_scale(self, i: int, batch: int) -> float:
+        """f(B): the factor on the original's LR that keeps piece i's temperature at ``batch`` (eq. 14)."""
+        piece = self.pieces[i]
+        return self.model.scale_for(batch, self.b0, self.momentum_at(i), piece.momentum, piece.start)
+
+    def _too_hot(self, i: int, batch: int) -> bool:
+        """Whether ``batch`` at piece i needs an LR past the base LR × (1 + RISE_TOLERANCE)."""
+        return self.lr_scale(i, batch) * self.pieces[i].lr > self.lr_base * (1 + RISE_TOLERANCE)
+
+    def can_grow(self, batch: int, cap: int) -> bool:
+        """Whether a stage above ``batch`` fits under ``cap`` (K × batch, or ``factor`` × batch)."""
+        if self.growth is not None:
+            return batch * self.growth <= cap
+        return cap > batch and cap >= batch * self.factor * (1 - _EPS)
 
     def batches(self) -> list[tuple[int, float]]:
         """(batch, ref) of each piece: ``ref`` is the unrounded batch the current stage was chosen for.
@@ -594,33 +639,71 @@ class _Staircase(NamedTuple):
         ref = min(self.b_base, float(self.cap_at(self.peak)))
         batch = self.b_start
         for i, target in enumerate(self.targets):
-            cap = self.cap_at(i)
-            lo, top = cap * (1 - _EPS), float(cap)
-            if i > self.peak and self.growth is not None:
-                while batch * self.growth <= cap and target >= batch * self.growth * (1 - _EPS):
-                    batch *= self.growth
-                ref = float(batch)
-            elif i > self.peak:
-                want = min(target, top)
-                if want >= ref * self.factor * (1 - _EPS) or target >= lo:
-                    nearest = min(self.rounding.nearest(want), cap)
-                    if nearest > batch:
-                        ref, batch = want, nearest
+            if i > self.peak:
+                batch, ref = (self._down(i, target, batch) if batch > self.b_start and self._too_hot(i, batch)
+                              else self._up(i, target, batch, ref))
             out.append((batch, ref))
-        return out
+        return self._without_short_stages(out)
+
+    def _up(self, i: int, target: float, batch: int, ref: float) -> tuple[int, float]:
+        """(batch, ref) at piece i when the target may have grown: a new stage ``factor`` above, or K ×."""
+        cap = self.cap_at(i)
+        if self.growth is not None:
+            while batch * self.growth <= cap and target >= batch * self.growth * (1 - _EPS):
+                batch *= self.growth
+            return batch, float(batch)
+        want = min(target, float(cap))
+        if want >= ref * self.factor * (1 - _EPS) or (target >= cap * (1 - _EPS) and self.can_grow(batch, cap)):
+            nearest = min(self.rounding.nearest(want), cap)
+            if self._too_hot(i, nearest):  # rounded up too far for a small batch: round down instead
+                nearest = min(self.rounding.floor(want), cap)
+            if nearest > batch and nearest >= batch * self.factor * (1 - _EPS):
+                return nearest, want
+        return batch, ref
+
+    def _down(self, i: int, target: float, batch: int) -> tuple[int, float]:
+        """(batch, ref) at piece i after the original's LR rose: the batch comes back down, at least a
+        ``factor`` (or K) below, to one whose LR stays at the base LR, never below ``b_start``."""
+        if self.growth is not None:
+            while batch > self.b_start and self._too_hot(i, batch):
+                batch //= self.growth
+            return batch, float(batch)
+        lower = min(self.rounding.floor(target), self.rounding.floor(batch / self.factor))
+        batch = max(self.b_start, lower if lower < batch else self.b_start)
+        return batch, float(batch)
+
+    def _without_short_stages(self, batches: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """``batches`` with every batch stage shorter than one update at its batch folded into the smaller of
+        its neighbours (a smaller batch only lowers the LR that keeps the temperature)."""
+        from bsadvisor.core.original import updates_per_stage
+
+        batches = list(batches)
+        while True:
+            runs = _runs([b for b, _ in batches])
+            stages = [(self.pieces[a].start, self.pieces[b - 1].end, batch) for a, b, batch in runs]
+            counts = updates_per_stage(self.pieces[-1].end, self.dataset_size, stages)
+            short = next((k for k in range(1, len(runs)) if counts[k] == 0 or stages[k][1] - stages[k][0] < runs[k][2]),
+                         None)
+            if short is None:
+                return batches
+            a, b, batch = runs[short]
+            smaller = min([runs[short - 1][2]] + ([runs[short + 1][2]] if short + 1 < len(runs) else []))
+            if smaller >= batch:  # a short dip (a restart) between larger batches: keep its lower LR
+                return batches
+            batches[a:b] = [(smaller, float(smaller))] * (b - a)
 
     def spans(self) -> list[_Span]:
         """(batch, LR factor, momentum) of each piece: the factor f(B) keeps the original's temperature (eq. 14)."""
         out: list[_Span] = []
         for i, (piece, r, target, (batch, _ref)) in enumerate(zip(self.pieces, self.rho, self.targets,
                                                                    self.batches())):
-            if i >= self.peak:
-                cap = self.cap_at(i)
-                grows = batch * self.growth <= cap if self.growth else batch < cap
-                phase = "hybrid" if not grows and target > batch * (1 + _EPS) else "growth"
-            else:
+            if i < self.peak:
                 phase = "warmup"
-            scale = self.model.scale_for(batch, self.b0, self.m_base, piece.momentum, piece.start)
+            elif out and out[-1].phase == "hybrid" and out[-1].batch == batch:
+                phase = "hybrid"  # capped once, the batch stays capped until its next stage (a rising cap may free it)
+            else:
+                phase = "hybrid" if not self.can_grow(batch, self.cap_at(i)) and target > batch * (1 + _EPS) else "growth"
+            scale = self.lr_scale(i, batch)
             if not math.isfinite(scale) and piece.lr == 0:  # B = N where the schedule reaches LR 0: nothing to keep
                 scale = 0.0
             if not math.isfinite(scale):  # B = N leaves no gradient noise, so no LR can raise g again
@@ -629,8 +712,18 @@ class _Staircase(NamedTuple):
                                 "it rises again")
             if abs(scale - 1) < _EPS:  # float noise; keep the user's numbers exact
                 scale = 1.0
-            out.append(_Span(piece.start, piece.end, batch, scale * piece.lr, scale, self.m_base, r, phase))
+            out.append(_Span(piece.start, piece.end, batch, scale * piece.lr, scale, self.momentum_at(i), r, phase))
         return _steady_scales(out) if self.model.uses_noise_scale else out
+
+
+def _runs(values: list) -> list[tuple[int, int, Any]]:
+    """(first index, end index, value) of each run of equal consecutive ``values``."""
+    runs, start = [], 0
+    for k in range(1, len(values) + 1):
+        if k == len(values) or values[k] != values[start]:
+            runs.append((start, k, values[start]))
+            start = k
+    return runs
 
 
 #: Under the noise rule, the most a stage's LR factor may be off the exact one at any of its spans (eq. 25).
@@ -712,20 +805,35 @@ def _fit_factor(stairs: _Staircase, max_stages: int) -> float:
     return best
 
 
-def _rebuildable(options: ConvertOptions) -> bool:
-    """Whether a plan can rebuild the original's LR from its recorded inputs (a CSV table is recorded by
-    its path only, so its LR cannot be read again from the plan)."""
-    return not isinstance(options.schedule, TableSchedule)
+def _without_idle_stages(stages: list[Stage], dataset_size: Optional[int]) -> list[Stage]:
+    """``stages`` with every stage in which no update starts folded into a neighbour of its batch.
 
-
-def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float, follow: bool = True) -> list[Stage]:
-    """Consecutive spans with the same (batch, LR factor, momentum, phase) become one Stage.
-
-    With ``follow`` False (the plan cannot rebuild the original's LR, a CSV table) spans
-    merge only when their LR is the same too: every stage then holds one constant LR.
+    The runtime reads a stage's settings where an update starts, so such a stage never
+    trains; the staircase already makes every batch last an update, so it shares its batch
+    with the stage before or after (a phase or factor that changed under one update) and
+    folding it changes no update.
     """
+    from bsadvisor.core.original import updates_per_stage
+
+    stages = list(stages)
+    counts = updates_per_stage(stages[-1].end_sample, dataset_size,
+                               [(s.start_sample, s.end_sample, s.batch_size) for s in stages])
+    out: list[Stage] = []
+    for i, (stage, count) in enumerate(zip(stages, counts)):
+        after = stages[i + 1] if i + 1 < len(stages) else None
+        if count == 0 and out and out[-1].batch_size == stage.batch_size:
+            out[-1] = replace(out[-1], end_sample=stage.end_sample)
+        elif count == 0 and after is not None and after.batch_size == stage.batch_size:
+            stages[i + 1] = replace(after, start_sample=stage.start_sample)
+        else:
+            out.append(stage)
+    return out
+
+
+def _merge(per_span: list[_Span], model: TemperatureModel, g_ref: float) -> list[Stage]:
+    """Consecutive spans with the same (batch, LR factor, momentum, phase) become one Stage."""
     def key(span: _Span) -> tuple:
-        return (span.batch, span.lr_scale, span.momentum, span.phase) + (() if follow else (span.lr,))
+        return (span.batch, span.lr_scale, span.momentum, span.phase)
 
     stages: list[Stage] = []
     i = 0

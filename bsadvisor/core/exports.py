@@ -1,13 +1,13 @@
-"""A plan for the tools people already use: Megatron's flags, an OLMo-core-style schedule, a CSV table.
+"""A plan for the tools people already use: Megatron-LM's ramp flags, OLMo-core's callback, a CSV table.
 
 Each format gives its text, its rows (for a JSON document) and notes on what it cannot
 hold; nothing in a plan is dropped without a note. Positions are in samples (examples
-consumed), and in tokens where the plan knows its sequence length. Pure Python, no torch.
+consumed), and in tokens where the plan knows its sequence length. No torch (numpy for the ramp search).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from bsadvisor.core.errors import UserError
 
@@ -22,7 +22,7 @@ def check_format(format_name: str) -> str:
     """``format_name`` if it is one of EXPORT_FORMATS."""
     if format_name not in EXPORT_FORMATS:
         raise UserError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format_name!r} "
-                        "(lightning: not available yet, see bsadvisor export --help)", parameter="format")
+                        "(Lightning needs no export: its FollowPlan callback reads plan.json, docs/integration.md)", parameter="format")
     return format_name
 
 
@@ -30,7 +30,7 @@ def export(plan: Plan, format_name: str) -> tuple[str, list[dict], list[str]]:
     """(text, rows, notes) of ``plan`` in ``format_name`` (one of EXPORT_FORMATS)."""
     fmt = check_format(format_name)
     if fmt == "megatron":
-        return export_megatron(plan), batch_steps(plan), megatron_notes(plan)
+        return export_megatron(plan), megatron_rows(plan), megatron_notes(plan)
     if fmt == "olmo":
         return export_olmo(plan), olmo_rows(plan), olmo_notes(plan)
     return export_csv(plan), csv_rows(plan), []
@@ -51,45 +51,162 @@ def batch_steps(plan) -> list[dict]:
     return steps
 
 
-def megatron_ramp(plan) -> Optional[tuple[int, int, int]]:
-    """(start, increment, ramp samples) when the plan's batches are exactly Megatron's linear ramp, else None.
+class MegatronRamp(NamedTuple):
+    """Stock Megatron-LM's batch ramp (``--rampup-batch-size START INCREMENT SAMPLES --global-batch-size
+    FINAL``) and how far its temperature is from the plan's: the mean and the largest |T_ramp/T_plan − 1|
+    over the run (the plan's LR at each sample, the ramp's batch there), and where the largest is."""
 
-    ``--rampup-batch-size START INCREMENT SAMPLES`` with ``--global-batch-size G`` trains at
-    START + k·INCREMENT once k·SAMPLES/((G − START)/INCREMENT) samples are consumed
-    (k = 0 … (G − START)/INCREMENT). A plan matches when its batch changes sit at those
-    sample counts (to the sample) with a constant increment.
+    start: int
+    increment: int
+    ramp_samples: int
+    final: int
+    mean_error: float
+    max_error: float
+    worst_sample: int
+
+
+#: Points of the run the ramp's temperature is compared at (the middle of equal slices of the samples).
+RAMP_GRID = 512
+#: Ramp lengths tried, equally spaced over the run (besides each place the plan changes its batch).
+RAMP_LENGTHS = 256
+
+
+def megatron_batch(start: int, increment: int, ramp_samples: int, final: int, consumed):
+    """Megatron-LM's global batch after ``consumed`` samples (its RampupBatchsizeNumMicroBatchesCalculator):
+    ``final`` past the ramp, else START + INCREMENT·⌊consumed / (SAMPLES / n)⌋, n = (FINAL − START)/INCREMENT.
+    Works on numbers and on numpy arrays of ``consumed``."""
+    import numpy as np
+
+    consumed = np.asarray(consumed, dtype=float)
+    n = (final - start) // increment
+    if n == 0 or ramp_samples == 0:
+        return np.where(consumed > ramp_samples, final, start + 0 * consumed).astype(np.int64) if n else \
+            np.full(consumed.shape, final, dtype=np.int64)
+    steps = np.floor(consumed / (ramp_samples / n))
+    return np.where(consumed > ramp_samples, final, start + steps * increment).astype(np.int64)
+
+
+def megatron_ramp(plan) -> MegatronRamp:
+    """The linear ramp that best matches the plan's batches (docs/integration.md), or a UserError saying why
+    the plan cannot be one.
+
+    Megatron grows the batch linearly from START to FINAL in equal steps of INCREMENT (which
+    must divide FINAL − START; every batch a multiple of the plan's device unit, the micro-batch
+    × data-parallel size Megatron checks). START is the plan's first batch, FINAL its last;
+    among the increments that qualify and the ramp lengths tried, the one with the smallest
+    mean |log T_ramp/T_plan| over the run wins: at the plan's LR, the temperature moves with the
+    batch as v(B)^p (eq. 1; p = ½ under Adam's square-root rules).
     """
+    import numpy as np
+
     steps = batch_steps(plan)
-    if len(steps) < 2:
-        return None
-    start = steps[0]["batch_size"]
-    increment = steps[1]["batch_size"] - start
-    every = steps[1]["samples"]
-    if increment <= 0:  # Megatron only ramps up
-        return None
-    for k, step in enumerate(steps):
-        if step["batch_size"] != start + k * increment or step["samples"] != k * every:
-            return None
-    increments = len(steps) - 1
-    return start, increment, every * increments
+    batches = [p["batch_size"] for p in steps]
+    down = next((b for a, b in zip(steps, steps[1:]) if b["batch_size"] < a["batch_size"]), None)
+    if down is not None:
+        raise UserError(f"the plan cannot be expressed as Megatron-LM's --rampup-batch-size: its batch comes back "
+                        f"down to {down['batch_size']} at sample {down['samples']:,} (after a restart) and Megatron "
+                        "only ramps up; use --format csv with your own batch-size schedule")
+    start, final, total = batches[0], batches[-1], plan.total_samples
+    unit = _device_unit(plan)
+    increments = [d for d in _divisors(final - start) if d % unit == 0] if final > start else [1]
+    if not increments:
+        raise UserError(f"the plan cannot be expressed as Megatron-LM's --rampup-batch-size: no increment that is a "
+                        f"multiple of {unit} (micro-batch × data-parallel size) divides {final} − {start}; convert "
+                        f"again with --round-to {unit} and a --batch-size that is a multiple of it")
+    changes = [p["samples"] for p in steps[1:]]
+    # equal slices of the run, and each place the plan changes its batch (where an update starts)
+    grid = np.unique(np.concatenate([(np.arange(RAMP_GRID) + 0.5) * total / RAMP_GRID, changes]).astype(np.int64))
+    b_plan = np.asarray([plan.at_sample(int(x)).batch_size for x in grid], dtype=float)
+    power, noise = _noise_factor(plan)
+    # Megatron takes FINAL once more than SAMPLES are consumed: a change at sample c is SAMPLES = c − 1
+    lengths = sorted({int(x) for x in np.linspace(0, total, RAMP_LENGTHS + 1)[1:]} | {c - 1 for c in changes})
+    best = None
+    for inc in increments:
+        for r in lengths:
+            err = np.abs(power * np.log(noise(megatron_batch(start, inc, r, final, grid)) / noise(b_plan)))
+            score = float(err.mean())
+            if best is None or score < best[0] - 1e-15:
+                best = (score, inc, r, err)
+    _, inc, r, err = best
+    ratio = np.exp(err) - 1  # |T_ramp/T_plan − 1| of the larger side, per point
+    worst = int(np.argmax(ratio))
+    return MegatronRamp(start, inc, r, final, float(ratio.mean()), float(ratio[worst]), int(grid[worst]))
+
+
+def _divisors(n: int) -> list[int]:
+    """The divisors of n ≥ 1, ascending."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _device_unit(plan) -> int:
+    """The granularity the plan's batches were rounded to: lcm(--round-to, world size)."""
+    return math.lcm(int(plan.inputs.get("round_to") or 1), int(plan.inputs.get("world_size") or 1))
+
+
+def _noise_factor(plan):
+    """(p, v): the temperature at a fixed LR moves with the batch as v(B)^p (the plan's temperature model;
+    the noise-aware Adam rule read as its square-root limit, which it is below the noise scale)."""
+    from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel
+
+    inp = plan.inputs
+    optimizer = inp.get("optimizer") or "sgd"
+    rule = inp.get("adam_rule") if optimizer in ADAM_FAMILY else None
+    n = plan.dataset_size
+    single = inp.get("streaming") or n is None or plan.total_samples <= n
+    model = TemperatureModel(None if single else n, inp.get("rule") or "exact", optimizer,
+                             "sqrt" if rule in (None, "noise") else rule)
+    return model.power, model.noise_factor
+
+
+#: The most the best linear ramp's temperature may be off the plan's on average for the Megatron export.
+MEGATRON_TOLERANCE = 0.10
+
+
+def megatron_flags(plan, ramp: MegatronRamp) -> str:
+    flags = f"--global-batch-size {ramp.final} --train-samples {plan.total_samples}"
+    if ramp.final == ramp.start:
+        return flags
+    return f"--rampup-batch-size {ramp.start} {ramp.increment} {ramp.ramp_samples} {flags}"
 
 
 def export_megatron(plan) -> str:
-    """Megatron's ramp flags when the plan is a linear ramp; otherwise ``samples:batch`` pairs, one per change."""
+    """Stock Megatron-LM's flags for the best linear ramp (sample-based training: --train-samples), or a
+    UserError when even the best ramp is more than MEGATRON_TOLERANCE off the plan's temperature."""
     ramp = megatron_ramp(plan)
-    if ramp is not None:
-        final = batch_steps(plan)[-1]["batch_size"]
-        return f"--rampup-batch-size {ramp[0]} {ramp[1]} {ramp[2]} --global-batch-size {final}\n"
-    return " ".join(f"{p['samples']}:{p['batch_size']}" for p in batch_steps(plan)) + "\n"
+    if ramp.mean_error > MEGATRON_TOLERANCE:
+        raise UserError(f"the plan cannot be expressed as Megatron-LM's linear --rampup-batch-size: its batches "
+                        f"({' → '.join(map(str, _distinct(plan)))}) are no linear ramp, and the best one "
+                        f"({megatron_flags(plan, ramp)}) is {ramp.mean_error:.0%} off the plan's temperature on "
+                        f"average ({ramp.max_error:.0%} at worst, over {MEGATRON_TOLERANCE:.0%}); use --format csv "
+                        "with your own batch-size schedule")
+    return megatron_flags(plan, ramp) + "\n"
+
+
+def _distinct(plan) -> list[int]:
+    """The plan's batches in order, one per change (the first four and the last)."""
+    bs = [p["batch_size"] for p in batch_steps(plan)]
+    return bs if len(bs) <= 5 else bs[:4] + ["…", bs[-1]]
+
+
+def megatron_rows(plan) -> list[dict]:
+    ramp = megatron_ramp(plan)
+    return [{**ramp._asdict(), "train_samples": plan.total_samples}]
 
 
 def megatron_notes(plan) -> list[str]:
-    """What the megatron export cannot hold, and who reads it."""
+    """How far the linear ramp is from the plan, and what the flags cannot hold."""
+    ramp = megatron_ramp(plan)
     notes = []
-    if megatron_ramp(plan) is None:
-        notes.append("the plan's batches are not a linear ramp, so stock Megatron-LM's --rampup-batch-size START "
-                     "INCREMENT SAMPLES cannot express them: feed the samples:batch pairs to your own global-batch-"
-                     "size schedule (a num-microbatches calculator), or use --format csv")
+    if ramp.final != ramp.start:
+        exact = ramp.max_error < 1e-9
+        notes.append("the plan's batches are exactly Megatron's linear ramp" if exact else
+                     f"Megatron-LM ramps the batch linearly (--rampup-batch-size): the best ramp keeps the "
+                     f"temperature within {ramp.mean_error:.1%} of the plan's on average, "
+                     f"{ramp.max_error:.1%} at worst (sample {ramp.worst_sample:,}); for the plan itself, feed "
+                     "--format csv to your own batch-size schedule")
+    notes.append("--rampup-batch-size needs sample-based training: --train-samples, with --lr-decay-samples and "
+                 "--lr-warmup-samples for the LR")
     notes += _lr_notes(plan, "set Megatron's LR schedule (--lr, --lr-decay-style, --lr-decay-samples, --min-lr, "
                              "--lr-warmup-samples) to reproduce the original schedule")
     return notes
@@ -139,49 +256,87 @@ def _tokens(plan, samples: int) -> Optional[int]:
 
 
 def olmo_rows(plan) -> list[dict]:
-    """One row per batch change: where it starts, how long it lasts (samples, updates; tokens with a sequence
-    length) and the batch as a multiple of the first (OLMo-core grows the batch by integer factors)."""
-    first = plan.stages[0].batch_size
+    """One row per batch change, as OLMo-core's BatchSizeSchedulerCallback takes it: where it starts and the
+    global batch, in tokens (and samples); its updates; and ``lr_factor``, the factor the user's LR scheduler
+    applies on top of OLMo-core's own √(B/B_first) (a list when it changes inside the batch)."""
+    _olmo_check(plan)
+    seq, first = plan.seq_len, plan.stages[0].batch_size
     counts = plan.updates_per_stage()
     steps = batch_steps(plan)
     ends = [step["samples"] for step in steps[1:]] + [plan.total_samples]
     rows = []
     for step, end in zip(steps, ends):
-        factor = step["batch_size"] / first
-        updates = sum(c for s, c in zip(plan.stages, counts) if step["samples"] <= s.start_sample < end)
-        row = {"start_samples": step["samples"], "duration_samples": end - step["samples"], "updates": updates,
-               "batch_size": step["batch_size"], "factor": int(factor) if factor.is_integer() else factor}
-        if plan.seq_len:
-            row.update(start_tokens=_tokens(plan, step["samples"]), duration_tokens=_tokens(plan, end - step["samples"]),
-                       batch_size_tokens=_tokens(plan, step["batch_size"]))
-        rows.append(row)
+        inside = [(st, c) for st, c in zip(plan.stages, counts) if step["samples"] <= st.start_sample < end]
+        own = math.sqrt(step["batch_size"] / first)  # OLMo-core's cumulative √ factor at this batch
+        factors = list(dict.fromkeys((st.lr_scale if st.lr_scale is not None else 1.0) / own for st, _ in inside))
+        rows.append({"start_samples": step["samples"], "start_tokens": step["samples"] * seq,
+                     "batch_size": step["batch_size"], "batch_size_tokens": step["batch_size"] * seq,
+                     "updates": sum(c for _, c in inside), "olmo_lr_factor": own,
+                     "lr_factor": factors[0] if len(factors) == 1 else factors})
     return rows
 
 
+def _olmo_check(plan) -> None:
+    """Refuse, in one line, a plan OLMo-core's BatchSizeSchedulerCallback cannot follow as written."""
+    from bsadvisor.core.temperature import ADAM_FAMILY
+
+    optimizer = plan.inputs.get("optimizer") or "sgd"
+    if optimizer not in ADAM_FAMILY:
+        raise UserError(f"OLMo-core's BatchSizeSchedulerCallback rescales the LR of Adam-family optimizers only (it "
+                        f"raises NotImplementedError for {optimizer}); use --format csv for this plan")
+    if not plan.seq_len:
+        raise UserError("OLMo-core counts the batch and the schedule in tokens and the plan has no sequence length; "
+                        "convert again with --seq-len (tokens per sample)")
+    steps = batch_steps(plan)
+    for a, b in zip(steps, steps[1:]):
+        big, small = max(a["batch_size"], b["batch_size"]), min(a["batch_size"], b["batch_size"])
+        if big % small:
+            raise UserError(f"OLMo-core changes the batch by integer factors only, and the plan goes from "
+                            f"{a['batch_size']} to {b['batch_size']} at sample {b['samples']:,}; convert again with "
+                            "--growth-factor 2")
+
+
 def export_olmo(plan) -> str:
-    """An OLMo-core-style batch-size schedule: per batch change its start, its duration and its updates, the
-    global batch and its factor over the first; in tokens when the plan has a sequence length (OLMo-core
-    counts the global batch in tokens), else in samples."""
-    unit = "tokens" if plan.seq_len else "samples"
-    batch = "batch_size_tokens" if plan.seq_len else "batch_size"
-    lines = [f"start_{unit},duration_{unit},updates,{batch},factor"]
-    for r in olmo_rows(plan):
-        lines.append(f"{r['start_' + unit]},{r['duration_' + unit]},{r['updates']},{r[batch]},{fmt_number(r['factor'])}")
+    """A Python snippet that builds OLMo-core's BatchSizeSchedulerCallback for the plan, in tokens.
+
+    OLMo-core multiplies an Adam LR by √(new/old) at each batch change; the plan's LR is the
+    original's × its own factor (eq. 14), so the snippet states, per batch, the factor the
+    user's scheduler applies on top: plan factor ÷ √(B/B_first) (1 where they agree).
+    """
+    rows = olmo_rows(plan)
+    batches = ", ".join(str(r["batch_size_tokens"]) for r in rows)
+    schedule = ", ".join(f"Duration.tokens({r['start_tokens']})" for r in rows)
+    lines = ["from olmo_core.train.callbacks import BatchSizeSchedulerCallback",
+             "from olmo_core.train.common import Duration", "",
+             f"# bsadvisor plan: {len(rows)} global batch sizes in tokens ({plan.seq_len} tokens a sample); start the "
+             f"data loader at global_batch_size={rows[0]['batch_size_tokens']}",
+             "batch_size_scheduler = BatchSizeSchedulerCallback(",
+             f"    batch_sizes=[{batches}],",
+             f"    schedule=[{schedule}],",
+             ")"]
+    lines += [f"# LR: {line}" for line in _olmo_lr_lines(rows)]
     return "\n".join(lines) + "\n"
 
 
+def _olmo_lr_lines(rows: list[dict]) -> list[str]:
+    """What the user's LR scheduler does, net of OLMo-core's own √(B/B_first), one line per batch."""
+    if all(not isinstance(r["lr_factor"], list) and math.isclose(r["lr_factor"], 1.0, rel_tol=1e-6) for r in rows):
+        return ["OLMo-core's own sqrt(new/old) LR factor is the plan's: keep the original LR schedule as it is"]
+    out = ["OLMo-core multiplies the LR by sqrt(new/old) at each change; on top of it, multiply the original "
+           "schedule's LR by:"]
+    for r in rows:
+        f = r["lr_factor"]
+        shown = fmt_number(f) if not isinstance(f, list) else " then ".join(fmt_number(x) for x in f[:4]) + (
+            " ..." if len(f) > 4 else "") + " (per stage: bsadvisor export --format csv)"
+        out.append(f"  from token {r['start_tokens']} (batch {r['batch_size_tokens']}): x {shown}")
+    return out
+
+
 def olmo_notes(plan) -> list[str]:
-    notes = []
-    odd = [r for r in olmo_rows(plan) if not isinstance(r["factor"], int)]
-    if odd:
-        notes.append("OLMo-core's batch-size schedule grows the batch by integer factors; "
-                     f"{len(odd)} of these batches are not an integer multiple of the first "
-                     f"({', '.join(str(r['batch_size']) for r in odd[:4])}{', ...' if len(odd) > 4 else ''}): "
-                     "regenerate the plan with --growth-factor 2")
-    if not plan.seq_len:
-        notes.append("the plan has no sequence length, so durations are in samples: multiply by your sequence "
-                     "length (or regenerate with --seq-len) for tokens")
-    notes += _lr_notes(plan, "keep your trainer's LR schedule as the original")
+    notes = ["OLMo-core raises the batch only once the batches processed are a multiple of the factor, so each "
+             "increase may land up to factor − 1 updates after its token count"]
+    if len({s.momentum for s in plan.stages}) > 1:
+        notes.append("the plan also changes Adam's β1, which the callback cannot hold; use --format csv")
     return notes
 
 

@@ -27,6 +27,8 @@ PLAN_SCHEMA_V1 = "bsadvisor.plan/1"
 MAX_EPOCHS = 1_000_000
 #: Longest plan in samples (2**62: sums of sample positions stay exact integers).
 MAX_SAMPLES = 2**62
+#: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
+MAX_TABLE_BYTES = 16 * 2**20
 PHASES = ("warmup", "growth", "hybrid", "original")
 #: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
 SCHEDULE_UNITS = ("epoch", "step")
@@ -181,6 +183,26 @@ class Plan:
         if original is None:
             return stage.lr
         return stage.lr_scale * original.lr_at(min(sample, self.total_samples - 1))
+
+    def max_lr(self, stage: Stage) -> float:
+        """The largest LR ``stage`` trains at: its factor × the original's largest LR inside it.
+
+        The original's LR is read where each of its pieces starts inside the stage and at the
+        stage's last sample (a smooth piece, a cosine or a linear ramp, is monotone, so its
+        ends bound it): a restart inside a stage shows here, not at the stage's ends.
+        """
+        original = self.original
+        if stage.lr_scale is None or original is None:
+            return stage.lr
+        if "_pieces" not in self.__dict__:
+            self._pieces = list(original.pieces())
+        points = {stage.start_sample, stage.end_sample - 1}
+        for start, end, smooth in self._pieces:
+            if start < stage.end_sample and end > stage.start_sample:
+                points.add(max(start, stage.start_sample))
+                if smooth:
+                    points.add(min(end, stage.end_sample) - 1)
+        return max(self.lr_at(stage, p) for p in points)
 
     def at(self, epoch: float) -> Setting:
         """Batch size, LR and momentum at the start of ``epoch`` (0-based; the epoch-level convenience)."""
@@ -444,7 +466,7 @@ INPUTS_SPEC = S.Obj({
     "total_samples": S.opt(_COUNT), "total_steps": S.opt(_COUNT), "seq_len": S.opt(_COUNT),
     "streaming": S.opt(S.Json(max_depth=0)),
     "momentum": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
-    "schedule": S.opt(S.Str(nullable=True)),
+    "schedule": S.opt(S.Str(nullable=True, max_len=MAX_TABLE_BYTES)),
     "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
     "optimizer": S.opt(S.Str(nullable=True)), "rule": S.opt(S.Str(nullable=True)),
     "adam_rule": S.opt(S.Str(nullable=True)), "kind": S.opt(S.Str(nullable=True)),

@@ -9,7 +9,10 @@ Accepted forms (PyTorch's own class and argument names, optimizer omitted):
     PolynomialLR(total_iters=100, power=2.0)  ConstantLR(factor=0.5, total_iters=5)
     SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=195)], milestones=[5])
 
-or a CSV table ``epoch,lr[,momentum]`` (piecewise constant from each row's epoch on).
+or a CSV table ``epoch,lr[,momentum]`` (piecewise constant from each row's epoch on; the header
+``step,lr[,momentum]`` says the rows count scheduler steps of a per-step schedule). A plan
+records a table by its rows, as CSV text (``TableSchedule.describe``), so it rebuilds the
+original's LR without the file; ``parse_schedule`` reads that text back.
 The text goes through ``ast.parse`` and only literal arguments are read
 (``ast.literal_eval`` of each argument node); nothing is executed.
 
@@ -32,14 +35,16 @@ from typing import Any, Iterator, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import MAX_EPOCHS
+from bsadvisor.core.plan import MAX_EPOCHS, MAX_TABLE_BYTES
 
 #: Longest --schedule expression accepted; longer schedules belong in a CSV table.
 MAX_SCHEDULE_CHARS = 10_000
 #: Most rows a CSV schedule table may have.
 MAX_TABLE_ROWS = 100_000
-#: A CSV table larger than this is not a schedule table.
-MAX_TABLE_BYTES = 16 * 2**20
+#: A table whose values change at more rows than this is a smooth schedule written out, not a step schedule.
+MAX_STEP_ROWS = 64
+#: The first column's name in a table's header: what its rows count (scheduler steps once an epoch or an update).
+TABLE_UNITS = ("epoch", "step")
 
 #: (start, end, smooth): scheduler steps [start, end) over which the LR is constant (smooth=False)
 #: or may change at every step (smooth=True).
@@ -274,13 +279,28 @@ class SequentialLR(Schedule):
 
 @dataclass
 class TableSchedule(Schedule):
-    """Piecewise-constant absolute values from a CSV: row (epoch, lr[, momentum]) holds from ``epoch`` on."""
+    """Piecewise-constant absolute values from a CSV: row (epoch, lr[, momentum]) holds from ``epoch`` on.
+
+    ``unit`` is the header's first column (epoch or step; None without a header): what the
+    rows count, checked against the run's --schedule-unit.
+    """
 
     epochs: list
     lrs: list
     momenta: Optional[list] = None
     source: str = ""
-    piecewise_constant = True
+    unit: Optional[str] = None
+
+    @property
+    def piecewise_constant(self):  # type: ignore[override]
+        """A few changes (a step schedule written out); more than MAX_STEP_ROWS is a smooth schedule written
+        out (OneCycleLR per step), whose staircase then takes the smooth schedules' stage factor."""
+        return len(self._changes()) <= MAX_STEP_ROWS
+
+    def _changes(self) -> list[int]:
+        """The rows whose values differ from the row before (the first row included)."""
+        values = list(zip(self.lrs, self.momenta or [None] * len(self.lrs)))
+        return [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
 
     def _row(self, k: int) -> int:
         return bisect.bisect_right(self.epochs, k) - 1
@@ -293,15 +313,27 @@ class TableSchedule(Schedule):
         return None if self.momenta is None else self.momenta[self._row(k)]
 
     def check(self, horizon, unit="epoch"):
+        if self.unit is not None and self.unit != unit:
+            raise UserError(f"schedule table {self.source}'s header counts {self.unit}s but the schedule is read per "
+                            f"{unit}; give --schedule-unit {self.unit} (or write the header {unit},lr)")
         if self.epochs[-1] >= horizon:
-            raise UserError(f"schedule table {self.source} has a row at epoch {self.epochs[-1]}, at or past the end of "
-                            f"training ({horizon} {unit}s); drop it or raise --epochs")
+            raise UserError(f"schedule table {self.source} has a row at {unit} {self.epochs[-1]}, at or past the end "
+                            f"of training ({horizon} {unit}s); drop it or raise --epochs")
 
     def pieces(self, horizon, stride=1):
         yield from _constant_between(self.epochs[1:], horizon)
 
     def describe(self):
-        return f"table {self.source}"
+        """The table as CSV text with its header, one row per change of its values (float repr: exact).
+
+        A plan records this, not the file's path, so it rebuilds the original's LR anywhere.
+        """
+        cols = [self.unit or "epoch", "lr"] + (["momentum"] if self.momenta is not None else [])
+        lines = [",".join(cols)]
+        for i in self._changes():
+            values = [self.lrs[i]] + ([] if self.momenta is None else [self.momenta[i]])
+            lines.append(",".join([str(self.epochs[i])] + [repr(float(v)) for v in values]))
+        return "\n".join(lines) + "\n"
 
 
 # name -> (class, parameter names in torch's positional order after `optimizer`, required names)
@@ -319,9 +351,11 @@ UNSUPPORTED_HINT = {
     "LambdaLR": "it runs Python code; write the LR per epoch to a CSV table (epoch,lr) instead",
     "MultiplicativeLR": "it runs Python code; write the LR per epoch to a CSV table (epoch,lr) instead",
     "ReduceLROnPlateau": "it depends on the validation loss; record the LRs it chose as a CSV table (epoch,lr)",
-    "OneCycleLR": "it ramps the LR up and down; export its LR per epoch as a CSV table (epoch,lr)",
-    "CyclicLR": "it cycles the LR; export its LR per epoch as a CSV table (epoch,lr)",
-    "CosineAnnealingWarmRestarts": "its restarts raise the LR; export its LR per epoch as a CSV table (epoch,lr)",
+    "OneCycleLR": ("it ramps the LR up and down; export its LR (and momentum) per update as a CSV table "
+                   "(step,lr,momentum) with --schedule-unit step"),
+    "CyclicLR": "it cycles the LR; export its LR per update as a CSV table (step,lr) with --schedule-unit step",
+    "CosineAnnealingWarmRestarts": ("its restarts raise the LR; export its LR per epoch or per update as a CSV table "
+                                    "(epoch,lr or step,lr)"),
     "ChainedScheduler": "write the combined LR per epoch as a CSV table (epoch,lr)",
 }
 
@@ -332,10 +366,16 @@ def parse_schedule(text: str) -> Schedule:
         raise UserError("schedule is empty; give e.g. 'MultiStepLR(milestones=[60,120,160], gamma=0.2)' or a .csv file",
                         parameter="schedule")
     text = text.strip()
+    if _is_inline_table(text):  # a table recorded in a plan (TableSchedule.describe)
+        return table_from_text(text + "\n", "recorded in the plan")
     if len(text) > MAX_SCHEDULE_CHARS:
         raise UserError(f"schedule is {len(text):,} characters long; at most {MAX_SCHEDULE_CHARS:,} are accepted "
                         "(write a long schedule as a CSV table epoch,lr)", parameter="schedule")
     if text.lower().endswith(".csv"):
+        if text.startswith("table ") and not Path(text).is_file():  # what plans recorded before they held the rows
+            raise UserError(f"the plan records its schedule table by path only ({brief(text[6:], 60)}); convert the "
+                            "schedule again (bsadvisor convert-schedule --schedule FILE.csv --out plan.json) so the plan "
+                            "holds the table's rows")
         return load_table(text)
     try:
         tree = ast.parse(text, mode="eval")
@@ -477,10 +517,25 @@ def _validate(name: str, kw: dict[str, Any]) -> None:
             raise UserError("LinearLR: end_factor must be in [0, 1]")
 
 
+def _is_inline_table(text: str) -> bool:
+    """Whether ``text`` is a table's CSV text (a header line, then rows), not an expression or a path."""
+    head = text.split("\n", 1)[0].replace(" ", "").lower()
+    return "\n" in text and head.split(",")[0] in TABLE_UNITS and head.split(",")[1:2] == ["lr"]
+
+
 def load_table(path: str) -> TableSchedule:
     """Read ``epoch,lr[,momentum]`` rows (header optional), epochs strictly increasing from 0."""
     name = brief(str(path), 80)[1:-1]
-    rows, header = _table_rows(_table_text(Path(path), name), name)
+    t = table_from_text(_table_text(Path(path), name), name)
+    t.source = t.text = str(path)
+    return t
+
+
+def table_from_text(text: str, name: str) -> TableSchedule:
+    """A table from its CSV text (``name`` for messages): rows checked, epochs (or steps) increasing from 0."""
+    if len(text) > MAX_TABLE_BYTES:
+        raise UserError(f"schedule table {name} is larger than {MAX_TABLE_BYTES // 2**20} MiB; is it the right file?")
+    rows, header = _table_rows(text, name)
     width = len(header) if header else len(rows[0])  # a header fixes the columns: epoch,lr has no momentum
     epochs, lrs, momenta = [], [], []
     for i, r in enumerate(rows, 1):
@@ -493,10 +548,11 @@ def load_table(path: str) -> TableSchedule:
         epochs.append(e); lrs.append(lr)
         if m is not None:
             momenta.append(m)
+    unit = header[0] if header else None
     if epochs[0] != 0:
-        raise UserError(f"schedule table {name} must start at epoch 0 (it starts at {epochs[0]})")
-    t = TableSchedule(epochs, lrs, momenta or None, source=str(path))
-    t.text = str(path)
+        raise UserError(f"schedule table {name} must start at {unit or 'epoch'} 0 (it starts at {epochs[0]})")
+    t = TableSchedule(epochs, lrs, momenta or None, source=name, unit=unit)
+    t.text = t.describe()
     return t
 
 
@@ -533,9 +589,10 @@ def _table_rows(text: str, name: str) -> tuple[list[list[str]], Optional[list[st
         raise UserError(f"schedule table {name} is not a readable CSV ({exc})") from None
     if rows and not _is_number(rows[0][0]):
         header = [c.strip().lower() for c in rows[0]]
-        if header[:2] != ["epoch", "lr"] or header[2:] not in ([], ["momentum"]):
+        if header[:1] not in (["epoch"], ["step"]) or header[1:2] != ["lr"] or header[2:] not in ([], ["momentum"]):
             shown = brief(",".join(header), 60)
-            raise UserError(f"schedule table {name}: header must be epoch,lr or epoch,lr,momentum, got {shown}")
+            raise UserError(f"schedule table {name}: header must be epoch,lr[,momentum] (or step,lr[,momentum] "
+                            f"with --schedule-unit step), got {shown}")
         rows = rows[1:]
     else:
         header = None

@@ -161,18 +161,28 @@ class TemperatureModel:
 
     def describe(self) -> str:
         if self.is_adam:
-            if self.adam_rule == "noise":
-                return ("noise-aware rule for Adam: T ∝ η·√(v(B)/(1 + B/B_noise(s))), the square-root rule below the "
-                        "noise scale and the linear rule above it, B_noise(s) from the plan's noise model")
-            if self.adam_rule == "seesaw":
-                return ("Seesaw rule for Adam (Meterez et al. 2510.14717): the square-root temperature T ∝ η·√v(B), "
-                        "a decay of η by α becomes batch × α with the LR ÷ √α")
-            if self.adam_rule == "sqrt":
-                return ("square-root rule for Adam (Malladi et al. 2205.10287): T ∝ η·√v(B), so a decay of η by α "
-                        "becomes B × α²" + (" (streaming: v(B) = 1/B)" if self.streaming else ""))
-            return "linear rule for Adam (as Smith et al. 1711.00489 used): T ∝ η·v(B), a decay of η by α becomes B × α"
+            return self._describe_adam() + self._v_words()
         if self.streaming:
             return "streaming (one pass or less): g ∝ ε/((1−m)·B) with N → ∞, B(t) = B0/ρ(t)"
         if self.rule == "exact":
             return "exact rule: g = ε/(1−m)·(N/B − 1), B(t) = N / (1 + (N/B0 − 1)·ρ(t))"
         return "proportional rule (Smith et al.): g ≈ εN/(B(1−m)), B(t) = B0/ρ(t)"
+
+    def _v_words(self) -> str:
+        """Which v(B) an Adam rule reads: --rule picks the finite-data form (it is not ignored under Adam)."""
+        if self.streaming:
+            return "" if self.adam_rule == "sqrt" else "; v(B) = 1/B (one pass: N → ∞)"
+        return "; v(B) = N/B − 1 (--rule exact)" if self.rule == "exact" else "; v(B) = N/B (--rule proportional)"
+
+    def _describe_adam(self) -> str:
+        """The Adam rule's words (eqs. 24–26)."""
+        if self.adam_rule == "noise":
+            return ("noise-aware rule for Adam: T ∝ η·√(v(B)/(1 + B/B_noise(s))), the square-root rule below the "
+                    "noise scale and the linear rule above it, B_noise(s) from the plan's noise model")
+        if self.adam_rule == "seesaw":
+            return ("Seesaw rule for Adam (Meterez et al. 2510.14717): the square-root temperature T ∝ η·√v(B), "
+                    "a decay of η by α becomes batch × α with the LR ÷ √α")
+        if self.adam_rule == "sqrt":
+            return ("square-root rule for Adam (Malladi et al. 2205.10287): T ∝ η·√v(B), so a decay of η by α "
+                    "becomes B × α²" + (" (streaming: v(B) = 1/B)" if self.streaming else ""))
+        return "linear rule for Adam (as Smith et al. 1711.00489 used): T ∝ η·v(B), a decay of η by α becomes B × α"

@@ -167,3 +167,10 @@ def test_an_estimate_far_above_its_draws_batch_keeps_only_its_lower_end():
     tr = noise.CALIBRATED_RATIO * B * 0.9
     est = noise.estimate([g2 + tr / b] * 3, [g2 + tr / B] * 3, b, B)
     assert est.ci_kind == "bounded" and est.usable
+
+
+def test_describe_interval_keeps_small_noise_scales_readable():
+    # a language model's B_simple at initialisation is below one sequence: 0.529 must not print as "1"
+    assert noise.describe_interval(0.529, (0.21, 1.1), "bounded") == "0.529 (90% CI 0.21–1.1)"
+    assert noise.describe_interval(52.0, (30.0, 4000.0), "bounded") == "52 (90% CI 30–4,000)"
+    assert noise.describe_interval(52.0, (30.0, None), "lower-bound", ".4g") == "52 (90% CI: at least 30, no upper bound)"

@@ -82,14 +82,20 @@ class NoiseStats:
         return usable(self.b_simple, self.ci_kind)
 
 
-def describe_interval(b_simple: float, ci90, ci_kind: str, spec: str = ",.0f") -> str:
-    """One phrase for the estimate and its 90% interval, honest about open ones."""
+def describe_interval(b_simple: float, ci90, ci_kind: str, spec: Optional[str] = None) -> str:
+    """One phrase for the estimate and its 90% interval, honest about open ones. ``spec``: a format for
+    every number; by default whole numbers from 100 up and three significant digits below (0.529, not 1)."""
+    def num(x: float) -> str:
+        if spec is not None:
+            return f"{x:{spec}}"
+        return f"{x:,.0f}" if not math.isfinite(x) or abs(x) >= 100 else f"{x:.3g}"
+
     lo, hi = ci90
     if ci_kind == "bounded":
-        return f"{b_simple:{spec}} (90% CI {lo:{spec}}–{hi:{spec}})"
+        return f"{num(b_simple)} (90% CI {num(lo)}–{num(hi)})"
     if ci_kind == "lower-bound":
-        return f"{b_simple:{spec}} (90% CI: at least {lo:{spec}}, no upper bound)"
-    return f"{b_simple:{spec}} (90% CI: unbounded, the estimate carries no information)"
+        return f"{num(b_simple)} (90% CI: at least {num(lo)}, no upper bound)"
+    return f"{num(b_simple)} (90% CI: unbounded, the estimate carries no information)"
 
 
 def per_draw_terms(small_sq_norms, big_sq_norms, b: int, B: int,

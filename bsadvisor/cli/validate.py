@@ -272,8 +272,9 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
                                  checkpoint_every=checkpoint_every, noise_monitor=noise_monitor, evals=evals)
         if not main:
             return doc
-        if out is not None:
-            write_outputs(doc, out)
+        plot_warnings = write_outputs(doc, out) if out is not None else []
+        for w in plot_warnings:
+            _warn(w)
     if as_json:
         emit_json(doc)
     elif show:
@@ -281,6 +282,7 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
         if out is not None:
             console.print(Text(f"wrote {out}/results.json, {out}/report.md"
                                + (f" and {len(doc['plots'])} plots" if doc.get("plots") else
+                                  " (no plots: see the warning above)" if plot_warnings else
                                   " (no plots: matplotlib missing; pip install 'bsadvisor[plot]')")))
     return doc
 

@@ -22,12 +22,16 @@ MAX_INT = 2**63 - 1
 MAX_SEED = 2**63 - 1
 
 
-def _show(value: Any) -> str:
+def show(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge integer: its digit count), for error messages."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         # repr() of an int over 4300 digits raises in Python ≥ 3.11; say how big it is instead
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_show = show
 
 
 def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,

@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ def check_destination(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+#: The ending of every temporary file ``write_atomic`` makes (``.NAME.XXXXXXXX.bsadvisor.tmp``): only files of
+#: this shape are ever taken for orphans, never a user's own ``.draft.tmp``.
+TEMP_SUFFIX = ".bsadvisor.tmp"
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether a file name is one of ``write_atomic``'s temporary files (``.NAME.XXXXXXXX.bsadvisor.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -47,7 +59,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, option: str = "--ou
     mode = "wb" if isinstance(data, bytes) else "w"
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent if str(path.parent) else ".")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
@@ -204,16 +216,16 @@ class FolderLock:
 
 
 def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXX.tmp``).
+    """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXXXXXX.bsadvisor.tmp``).
 
-    Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
+    Only names of that shape (:func:`is_own_temp`) are touched: a user's ``.draft.tmp`` stays. Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
     can own them. Returns the files removed.
     """
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink():
+        if is_own_temp(p.name) and p.is_file() and not p.is_symlink():
             try:
                 p.unlink()
                 removed.append(p)

@@ -261,8 +261,11 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     dist = dist or Dist()
     model = target.model
     dev = torch.device(device) if device is not None else None
-    meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch,
-            "model": model_signature(model)}
+    plan_doc = plan.to_dict()
+    # the schedule's identity: the original's stages are the same for any schedule at a fixed batch, its LR
+    # comes from the recorded inputs (schedule text, LR, momentum, length), so those are compared too
+    meta = {"name": name, "seed": seed, "stages": plan_doc["stages"], "inputs": plan_doc["inputs"],
+            "max_micro_batch": max_micro_batch, "model": model_signature(model)}
     if evals is not None:
         meta["evals"] = evals = checks.positive_int("evals", evals, high=MAX_EVALS)
     if dist.enabled:
@@ -374,9 +377,23 @@ def _refuse_other_run(saved: dict, run: _Training) -> None:
     if change is not None:
         raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
                         "or --overwrite to start over")
+    if saved.get("inputs") != meta.get("inputs"):
+        raise UserError(f"checkpoint {ckpt_path} was made with another schedule ({_schedule_difference(saved, meta)}); "
+                        "resume with the same --schedule and options, or --overwrite to start over")
     if saved != meta:
         raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
                         "use another --out or drop --resume")
+
+
+def _schedule_difference(saved: dict, meta: dict) -> str:
+    """``schedule 'A' in the checkpoint, 'B' now``: the first recorded input that differs (short)."""
+    old, new = saved.get("inputs"), meta.get("inputs") or {}
+    if not isinstance(old, dict):
+        return "the checkpoint records no schedule"
+    for k in sorted(set(old) | set(new), key=lambda k: (k != "schedule", str(k))):
+        if old.get(k) != new.get(k):
+            return f"{k} {checks.show(old.get(k), 60)} in the checkpoint, {checks.show(new.get(k), 60)} now"
+    return "its inputs differ"
 
 
 def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,

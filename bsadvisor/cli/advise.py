@@ -74,6 +74,10 @@ def advise_cmd(
         has_bn = has_batchnorm(tgt.model)
         # the same conversion with the target's settings and no cap: bad options fail before the probe
         dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
+        if options["noise_trace"] is not None:  # a trace of another data set fails now, not after the probe
+            from bsadvisor.core.noise_model import load_trace
+
+            load_trace(options["noise_trace"]).check_dataset(tgt.dataset_size, f"noise trace {options['noise_trace']}")
         plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
                              "batch_size": batch_size if batch_size is not None else tgt.batch_size,
                              "momentum": momentum if momentum is not None else tgt.momentum,

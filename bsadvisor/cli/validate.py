@@ -49,7 +49,13 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
     recipe = getattr(target, "metadata", None) or {}
     length_given = epochs is not None or convert_kw.get("total_samples") or convert_kw.get("total_steps")
     if schedule is None and not length_given and recipe.get("schedule"):
-        schedule, epochs = recipe["schedule"], recipe.get("epochs")
+        from bsadvisor.runtime.validate import check_epochs
+
+        if not isinstance(recipe["schedule"], str):
+            raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
+                            f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
+        schedule = recipe["schedule"]
+        epochs = check_epochs(recipe.get("epochs"), f"{target.name}'s metadata['epochs']")
         if convert_kw.get("schedule_unit") is None:
             convert_kw["schedule_unit"] = recipe.get("schedule_unit")
         if convert_kw.get("seq_len") is None:

@@ -59,7 +59,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, option: str = "--ou
     mode = "wb" if isinstance(data, bytes) else "w"
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent if str(path.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+                                   dir=path.parent if str(path.parent) else ".")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
@@ -218,7 +219,8 @@ class FolderLock:
 def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXXXXXX.bsadvisor.tmp``).
 
-    Only names of that shape (:func:`is_own_temp`) are touched: a user's ``.draft.tmp`` stays. Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
+    Only names of that shape (:func:`is_own_temp`) are touched: a user's ``.draft.tmp`` stays.
+    Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
     can own them. Returns the files removed.
     """
     folder, removed = Path(folder), []

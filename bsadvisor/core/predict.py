@@ -167,6 +167,9 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
     noise = noise_model_of(result, noise_trace)
+    if noise is not None and noise_trace is not None:
+        noise.check_dataset(given.get("dataset_size"), f"noise trace {noise_trace}"
+                            if not isinstance(noise_trace, NoiseModel) else "the noise trace")
     if noise_cap is None and noise is not None:
         noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
     noise_cap = noise_cap or None  # 0: no cap

@@ -173,7 +173,7 @@ class PerExampleDraws(Estimator):
             grads = self.per_example_grads(params, self.buffers, batch)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
             raise UserError(f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
                             "use --estimator microbatch") from None
         return [grads[n] for n in self.names]

@@ -353,6 +353,7 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         totals = doc.get("totals") or {}
         run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
             "wall_s", 0.0)
+        _check_restored(run, totals)
     except UserError:
         raise
     except Exception as exc:
@@ -365,6 +366,51 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         if on_epoch:
             on_epoch(rec)
     return start
+
+
+#: The fields a checkpoint's records must hold, as (name, kind): "int" a whole number, "num" a number or None.
+_RECORD_FIELDS = {
+    "history": (("epoch", "int"), ("train_loss", "num"), ("metric", "num"), ("updates", "int"), ("examples", "int"),
+                ("wall_s", "num"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
+    "steps": (("samples", "int"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
+    "evals": (("point", "int"), ("samples", "int"), ("updates", "int"), ("batch_size", "int"), ("train_loss", "num"),
+              ("metric", "num"), ("wall_s", "num")),
+}
+
+
+def _field_ok(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int) and value >= 0
+    return value is None or isinstance(value, (int, float))
+
+
+def _check_restored(run: _Training, totals: Any) -> None:
+    """Every field of a checkpoint that is read after the resume has the type it is read as.
+
+    Its metadata can be right while a field is not (a hand-edited or damaged file): a ValueError
+    here becomes the "damaged checkpoint" line, not a traceback epochs later.
+    """
+    result = run.result
+    for name, fields in _RECORD_FIELDS.items():
+        for i, rec in enumerate(getattr(result, name)):
+            for key, kind in fields:
+                if key not in rec or not _field_ok(rec[key], kind):
+                    raise ValueError(f"{name}[{i}].{key} is {checks.show(rec.get(key))}")
+    checks_ = (("partial", run.partial, (("epoch", "int"), ("offset", "int"), ("loss_sum", "num"), ("seen", "int"))),
+               ("since", run.since, (("loss_sum", "num"), ("seen", "int"))),
+               ("totals", totals, (("updates", "int"), ("examples", "int"), ("wall_s", "num"))))
+    for name, doc, fields in checks_:
+        if not isinstance(doc, dict):
+            raise ValueError(f"{name} is {type(doc).__name__}")
+        for key, kind in fields:
+            if (doc or name == "since") and not _field_ok(doc.get(key, 0), kind):
+                raise ValueError(f"{name}.{key} is {checks.show(doc.get(key))}")
+    if run.partial and not run.partial["offset"] <= run.plan.dataset_size:
+        raise ValueError(f"partial.offset {run.partial['offset']} is past the epoch's end")
+    if len(result.history) > run.plan.full_epochs:
+        raise ValueError(f"it holds {len(result.history)} epochs, the plan has {run.plan.full_epochs}")
 
 
 def _refuse_other_run(saved: dict, run: _Training) -> None:
@@ -424,7 +470,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                               monitor=monitor)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
             raise UserError(f"{run.where(epoch)}: the model or loss_fn raised {_one_line(exc)}") from None
         if not math.isfinite(loss):
             if not stop_on_divergence:
@@ -512,7 +558,7 @@ def _measure(run: _Training, epoch: int, measure: Callable[[], Any]) -> None:
         measure()
     except UserError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
         raise UserError(f"{run.where(epoch)}: the noise monitor's gradient draw raised {_one_line(exc)}") from None
 
 
@@ -564,7 +610,7 @@ def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[f
     state = get_rng_state()
     try:
         return evaluate(run.target, eval_batch_size, run.dist, run.device)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
         raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
     finally:
         set_rng_state(state)

@@ -292,6 +292,10 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
         raise UserError(f"cannot create --out {out}: {existing} is a file; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to --out {out}: {existing} is not writable; choose another --out")
+    ck = out / "checkpoints"
+    if ck.exists() and not ck.is_dir():
+        raise UserError(f"--out {out} holds a file {ck.name!r} where validate keeps its checkpoints folder; move it "
+                        "away or choose another --out")
     if out.is_dir() and not (resume or overwrite):
         old = earlier_results(out)
         if old:
@@ -379,7 +383,10 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     if out is not None:
         ckpt_dir = Path(out) / "checkpoints"
         if dist is None or dist.is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create {ckpt_dir}: {exc.strerror or exc}; choose another --out") from None
     init = initial_state(target.model)  # every run and seed starts from these weights
     home = next((p.device for p in target.model.parameters()), None)
     metric_name = "metric" if target.metric_fn is not None and target.eval_dataset is not None \

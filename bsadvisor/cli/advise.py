@@ -58,7 +58,9 @@ def advise_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON here (atomically).")] = None,
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
-    print the recommendation: stages, updates, examples and predicted time, cap and noise scale."""
+    print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
+    \f
+    Long because its signature declares typer's options (15 lines); the body is the steps in order."""
     given = dict(locals())
     options = {k: given[k] for k in CONVERT_OPTIONS}
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
@@ -74,10 +76,7 @@ def advise_cmd(
         has_bn = has_batchnorm(tgt.model)
         # the same conversion with the target's settings and no cap: bad options fail before the probe
         dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
-        if options["noise_trace"] is not None:  # a trace of another data set fails now, not after the probe
-            from bsadvisor.core.noise_model import load_trace
-
-            load_trace(options["noise_trace"]).check_dataset(tgt.dataset_size, f"noise trace {options['noise_trace']}")
+        noise_model_of(None, options["noise_trace"], tgt.dataset_size)  # another data set's trace: not after the probe
         plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
                              "batch_size": batch_size if batch_size is not None else tgt.batch_size,
                              "momentum": momentum if momentum is not None else tgt.momentum,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import ArgumentTypeError, UserError
 
 # Larger integers than this are never a batch size, an epoch count or a seed; refusing them
 # up front keeps every later computation bounded (and str() of a 5000-digit int cheap).
@@ -111,3 +111,10 @@ def _bounds(name: str, v: float, shown: Any, low, high, low_open: bool, high_ope
         if high == MAX_INT:
             raise UserError(f"{name} must be below 2**63, got {_show(shown)}", parameter=name)
         raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}", parameter=name)
+
+
+def instance(name: str, value: Any, kind: type | tuple[type, ...], expected: str) -> Any:
+    """``value`` if it is an instance of ``kind``; otherwise a TypeError (ArgumentTypeError) saying what was expected."""
+    if not isinstance(value, kind):
+        raise ArgumentTypeError(f"{name} must be {expected}, got {type(value).__name__} {show(value)}", parameter=name)
+    return value

@@ -100,14 +100,17 @@ def step_rate(probe, batch: int, world_size: int = 1, which: str = "examples_per
     return rate * world_size, extrapolated, micro
 
 
-def noise_model_of(probe=None, noise_trace=None) -> Optional[NoiseModel]:
+def noise_model_of(probe=None, noise_trace=None, dataset_size: Optional[int] = None) -> Optional[NoiseModel]:
     """The one B_noise(s) model (core.noise_model): a measured trace when given, else the probe's point.
 
     None when neither gives a usable estimate (a probe whose interval is open or whose
     estimate is not positive): nothing may then be capped or rated by the noise scale.
+    With ``dataset_size`` a trace measured at a batch of N or more (another data set) is refused.
     """
     if noise_trace is not None:
-        return noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
+        model = noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
+        model.check_dataset(dataset_size, "the noise trace" if noise_trace is model else f"noise trace {noise_trace}")
+        return model
     if probe is not None:
         return NoiseModel.from_probe(probe)
     return None
@@ -166,10 +169,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     _check_required(given)
     if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
-    noise = noise_model_of(result, noise_trace)
-    if noise is not None and noise_trace is not None:
-        noise.check_dataset(given.get("dataset_size"), f"noise trace {noise_trace}"
-                            if not isinstance(noise_trace, NoiseModel) else "the noise trace")
+    noise = noise_model_of(result, noise_trace, given.get("dataset_size"))
     if noise_cap is None and noise is not None:
         noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
     noise_cap = noise_cap or None  # 0: no cap

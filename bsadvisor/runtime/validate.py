@@ -379,14 +379,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     margin = tolerance if isinstance(tolerance, Margin) else parse_margin(tolerance)
     _check_runs(target, specs, resume, out)
-    ckpt_dir = None
-    if out is not None:
-        ckpt_dir = Path(out) / "checkpoints"
-        if dist is None or dist.is_main:
-            try:
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"cannot create {ckpt_dir}: {exc.strerror or exc}; choose another --out") from None
+    ckpt_dir = _checkpoint_dir(out, dist)
     init = initial_state(target.model)  # every run and seed starts from these weights
     home = next((p.device for p in target.model.parameters()), None)
     metric_name = "metric" if target.metric_fn is not None and target.eval_dataset is not None \
@@ -418,6 +411,19 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
            "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
            "runs": runs, "verdict": verdict(runs, margin), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
+
+
+def _checkpoint_dir(out: Optional[Path], dist) -> Optional[Path]:
+    """``out/checkpoints``, created by rank 0 (None without ``out``)."""
+    if out is None:
+        return None
+    ckpt_dir = Path(out) / "checkpoints"
+    if dist is None or dist.is_main:
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {ckpt_dir}: {exc.strerror or exc}; choose another --out") from None
+    return ckpt_dir
 
 
 #: Points of each run's realised-temperature series kept in results.json.

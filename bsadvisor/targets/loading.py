@@ -37,6 +37,15 @@ def _no_bytecode():
         sys.dont_write_bytecode = writes
 
 
+def _kind(path: Path) -> tuple[bool, bool]:
+    """(is a folder, is a file); a folder on the way that cannot be read (PermissionError) is one UserError line."""
+    try:
+        return path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:  # no permission, a name too long, a NUL byte
+        raise UserError(f"TARGET file {checks.show(str(path), 80)} cannot be read: "
+                        f"{getattr(exc, 'strerror', None) or exc}; check the path and its folders' permissions") from None
+
+
 def _load_function(spec: str) -> Callable[[], Any]:
     """The function a TARGET string names, imported without running anything else.
 
@@ -59,11 +68,7 @@ def _load_function(spec: str) -> Callable[[], Any]:
                         "write path/to/file.py:function or package.module:function")
     path = Path(module_part)
     looks_like_file = module_part.endswith(".py") or "/" in module_part or "\\" in module_part
-    try:
-        is_dir, is_file = path.is_dir(), path.is_file()
-    except OSError as exc:  # a folder on the way that cannot be read (PermissionError), a name too long
-        raise UserError(f"TARGET file {checks.show(module_part, 80)} cannot be read: {exc.strerror or exc}; "
-                        "check the path and its folders' permissions") from None
+    is_dir, is_file = _kind(path)
     if is_dir and looks_like_file or is_file and not module_part.endswith(".py"):
         what = "a folder" if is_dir else "not a .py file"
         raise UserError(f"TARGET {spec!r}: {module_part} is {what}; give path/to/file.py:function")

@@ -215,3 +215,46 @@ def test_damaged_checkpoint_fields(tmp_path, how):
     torch.save(doc, ck)
     with pytest.raises(UserError, match="is damaged"):
         train_plan(target, plan, checkpoint=ck, resume=True, evals=2)
+
+
+# -- one --out rule for every command ---------------------------------------------------------
+CONVERT_OUT = ["convert-schedule", "--lr", "0.1", "--batch-size", "8", "--dataset-size", "640", "--epochs", "3",
+               "--schedule", "MultiStepLR(milestones=[1])", "--momentum", "0.9", "--out"]
+
+
+def test_every_command_refuses_to_replace_a_file_it_did_not_write(folder, monkeypatch):
+    import bsadvisor.measure.probe as probe
+
+    def never(*a, **k):
+        raise AssertionError("the probe ran before --out was checked")
+
+    monkeypatch.setattr(probe, "probe", never)
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "probe.json").write_text(json.dumps({"schema": "bsadvisor.probe/1"}))
+    fragments = ["notes.txt already exists", "--overwrite"]
+    refused(folder, [*CONVERT_OUT, "notes.txt"], fragments)
+    refused(folder, ["probe", "t.py:ok", "--out", "notes.txt"], fragments)
+    refused(folder, ["advise", "t.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3",
+                     "--out", "notes.txt"], fragments)
+    refused(folder, ["advise", "t.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3",
+                     "--probe-out", "notes.txt"], ["--probe-out notes.txt already exists"])
+    # a plan file is not a probe file, and a probe file is not a plan
+    assert run_main([*CONVERT_OUT, "plan.json"], cwd=folder).returncode == 0
+    refused(folder, ["probe", "t.py:ok", "--out", "plan.json"], ["not a bsadvisor.probe file"])
+    refused(folder, [*CONVERT_OUT, "probe.json"], ["not a bsadvisor.plan file"])
+    # export: its output has no schema, so any existing file (the input plan above all) needs --overwrite
+    refused(folder, ["export", "plan.json", "--out", "plan.json"], ["plan.json already exists", "--overwrite"])
+    assert (folder / "notes.txt").read_text() == "mine\n"
+
+
+def test_own_files_are_replaced_and_overwrite_replaces_any(folder):
+    assert run_main([*CONVERT_OUT, "plan.json"], cwd=folder).returncode == 0
+    first = (folder / "plan.json").read_text()
+    r = run_main([*CONVERT_OUT[:-3], "--momentum", "0.5", "--out", "plan.json"], cwd=folder)
+    assert r.returncode == 0, r.stderr  # an earlier plan is replaced
+    assert (folder / "plan.json").read_text() != first
+    (folder / "notes.txt").write_text("mine\n")
+    assert run_main([*CONVERT_OUT, "notes.txt", "--overwrite"], cwd=folder).returncode == 0
+    assert json.loads((folder / "notes.txt").read_text())["schema"] == "bsadvisor.plan/2"
+    assert run_main(["export", "plan.json", "--out", "e.csv"], cwd=folder).returncode == 0
+    assert run_main(["export", "plan.json", "--out", "e.csv", "--overwrite"], cwd=folder).returncode == 0

@@ -199,3 +199,105 @@ def test_a_failing_plot_keeps_the_results(tmp_path, monkeypatch):
     (tmp_path / "results.json").unlink()
     warnings = report.write_outputs(doc, tmp_path)
     assert "No space left" in warnings[0] and (tmp_path / "results.json").is_file()
+
+
+# -- unbounded work ------------------------------------------------------------------------
+def test_olmo_rows_count_the_updates_of_every_batch_change():
+    """The linear walk gives what the per-row sum over all stages gave (the quadratic form it replaces)."""
+    from bsadvisor.core.exports import batch_steps, olmo_rows
+
+    batches = [4, 4, 8, 8, 8, 4, 16, 16, 2, 2, 32]
+    stages = [__import__("bsadvisor.core.plan", fromlist=["Stage"]).Stage(i * 64, (i + 1) * 64, b, 0.1, 0.0, 1.0)
+              for i, b in enumerate(batches)]
+    from bsadvisor.core.plan import Plan
+
+    plan = Plan(stages=stages, dataset_size=128)
+    counts = plan.updates_per_stage()
+    steps = batch_steps(plan)
+    ends = [s["samples"] for s in steps[1:]] + [plan.total_samples]
+    want = [sum(c for s, c in zip(plan.stages, counts) if st["samples"] <= s.start_sample < end)
+            for st, end in zip(steps, ends)]
+    assert [r["updates"] for r in olmo_rows(plan)] == want and sum(want) == plan.updates
+
+
+def test_long_user_text_is_shortened_in_error_lines():
+    from hostile import assert_one_line_error, run_main
+
+    r = run_main(["convert-schedule", "--lr", "0.1", "--batch-size", "9" * 5001, "--dataset-size", "100"])
+    line = assert_one_line_error(r, ["--batch-size", "5,003 characters"])
+    assert len(line) < 400
+    r = run_main(["probe", "builtin:" + "a" * 100_000])
+    line = assert_one_line_error(r, ["unknown builtin target", "characters"])
+    assert len(line) < 400
+
+
+def test_the_consoles_do_not_highlight_user_text():
+    """rich's highlighter takes minutes over a 100,000-character name; the CLI's consoles never run it."""
+    from bsadvisor.cli.app import console, err_console
+
+    assert console._highlight is False and err_console._highlight is False
+
+
+def test_a_loss_fn_that_never_returns_is_stopped(tmp_path, monkeypatch):
+    """probe --budget-seconds 1 with a loss_fn that sleeps: stopped at 2 × budget + the grace (shortened here)."""
+    import bsadvisor.cli.app as app
+    from hostile import assert_one_line_error, run_main
+
+    (tmp_path / "t.py").write_text(
+        "import time\nfrom bsadvisor.targets.builtins import linreg\n\n"
+        "def make():\n    t = linreg(size=256)\n    t.loss_fn = lambda m, b: time.sleep(3600)\n    return t\n")
+    monkeypatch.setattr(app, "PROBE_GRACE_S", 0.5)
+    r = run_main(["probe", "t.py:make", "--budget-seconds", "0.5"], cwd=tmp_path)
+    assert_one_line_error(r, ["stopped after 1.5 s", "did not return"])
+
+
+def test_fixed_draws_that_do_not_fit_the_budget_are_refused(monkeypatch):
+    """--draws N with a budget that cannot hold them: one line, not minutes past the budget. The clock is faked
+    (every draw past the budget), so the test does not depend on the machine's speed."""
+    import bsadvisor.measure.noise as noise
+    from hostile import assert_one_line_error, run_main
+
+    real = noise.make_estimator
+
+    def late_estimator(bench, late):
+        return real(bench, lambda: [1.0, 1.0])
+
+    monkeypatch.setattr(noise, "make_estimator", late_estimator)
+    r = run_main(["probe", "builtin:linreg", "--draws", "100000", "--budget-seconds", "5"])
+    assert_one_line_error(r, ["--draws 100000 cannot be taken within --budget-seconds 5", "lower --draws"])
+
+
+def test_validate_max_minutes_stops_with_exit_124_and_resumes(tmp_path, monkeypatch):
+    """--max-minutes: the alarm fires (made immediate here), exit 124 with the resume command; resume finishes."""
+    import bsadvisor.cli.app as app
+    import bsadvisor.cli.validate as cv
+    from hostile import run_main
+
+    out = tmp_path / "v"
+    args = ["validate", "builtin:linreg", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3", "--out", out,
+            "--no-noise-monitor", "--tolerance", "1"]
+    real = app.time_limit
+    seen = []
+
+    def soon(seconds):
+        seen.append(seconds)
+        return real(0.3)  # stop part way
+
+    monkeypatch.setattr(cv, "time_limit", soon)
+    import bsadvisor.runtime.train as train
+
+    slow = train.train_step
+
+    def slow_step(*a, **k):
+        time.sleep(0.01)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", slow_step)
+    r = run_main([*args, "--max-minutes", "2"])
+    assert seen == [120.0]
+    assert r.returncode == 124 and r.stderr.strip().startswith("stopped after --max-minutes 2"), r.stderr
+    assert "Traceback" not in r.stderr and not (out / "results.json").exists()
+    monkeypatch.setattr(cv, "time_limit", real)
+    r = run_main([*args, "--resume"])
+    assert r.returncode in (0, 1, 3), r.stderr
+    assert (out / "results.json").is_file()

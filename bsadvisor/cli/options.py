@@ -85,6 +85,9 @@ Config = Annotated[Optional[Path], typer.Option(
                      "the command line wins.", show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/2).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).", show_default=False)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file that this command did "
+                                         "not write (without it such a file is refused; an earlier output of the "
+                                         "same kind is replaced).")]
 ProbeOpt = Annotated[Optional[Path], typer.Option(
     "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "
                     "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.", show_default=False)]

@@ -145,10 +145,13 @@ def olmo_rows(plan) -> list[dict]:
     counts = plan.updates_per_stage()
     steps = batch_steps(plan)
     ends = [step["samples"] for step in steps[1:]] + [plan.total_samples]
-    rows = []
+    rows, i = [], 0
     for step, end in zip(steps, ends):
         factor = step["batch_size"] / first
-        updates = sum(c for s, c in zip(plan.stages, counts) if step["samples"] <= s.start_sample < end)
+        updates = 0  # the stages that start in [step, end): one walk over the stages for all steps (linear)
+        while i < len(plan.stages) and plan.stages[i].start_sample < end:
+            updates += counts[i] if plan.stages[i].start_sample >= step["samples"] else 0
+            i += 1
         row = {"start_samples": step["samples"], "duration_samples": end - step["samples"], "updates": updates,
                "batch_size": step["batch_size"], "factor": int(factor) if factor.is_integer() else factor}
         if plan.seq_len:

@@ -41,6 +41,48 @@ def is_own_temp(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
+#: Prefixes of the schemas of the files each command writes with --out (check_replace).
+PLAN_FILES = ("bsadvisor.plan/",)
+PROBE_FILES = ("bsadvisor.probe/",)
+#: A file this large is no bsadvisor JSON file: check_replace does not read it.
+_MAX_OWN_BYTES = 64 * 2**20
+
+
+def check_replace(path: str | os.PathLike, schemas: tuple[str, ...] = (), overwrite: bool = False,
+                  option: str = "--out") -> Path:
+    """:func:`check_destination`, and the one ``--out`` rule of every command that writes a file.
+
+    An existing file is replaced only when it is one of the command's own (a JSON document whose
+    ``schema`` starts with one of ``schemas``: an earlier plan, an earlier probe) or with
+    ``overwrite``; anything else (your notes, a data set, the input plan of ``export``) is refused
+    before any work is done. A command whose output has no schema (``export``) passes no
+    ``schemas``: it replaces an existing file only with ``overwrite``.
+    """
+    path = check_destination(path, option)
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return path
+    if schemas and _schema_of(path).startswith(schemas):
+        return path
+    if not schemas:
+        raise UserError(f"{option} {path} already exists, and this command's output has no schema to recognise "
+                        f"it by; add --overwrite to replace it, or choose another {option}")
+    what = " or ".join(s.rstrip("/") for s in schemas)
+    raise UserError(f"{option} {path} already exists and is not a {what} file (one this command writes); add "
+                    f"--overwrite to replace it, or choose another {option}")
+
+
+def _schema_of(path: Path) -> str:
+    """The ``schema`` of a small JSON file ("" for anything else: too large, not JSON, unreadable, a link)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_OWN_BYTES:
+            return ""
+        doc = read_json(path)
+    except (UserError, OSError, ValueError):
+        return ""
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    return schema if isinstance(schema, str) else ""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -385,6 +385,10 @@ def write_outputs(doc: dict, out: Path) -> list[str]:
     return []
 
 
-def plot_text(text: Any) -> str:
-    """A user string in a plot's title or legend: matplotlib reads ``$...$`` as math, so ``$`` is escaped."""
-    return str(text).replace("$", r"\$")
+def plot_text(text: Any, limit: int = 120) -> str:
+    """A user string in a plot's title: matplotlib reads ``$...$`` as math, so ``$`` is escaped; at most
+    ``limit`` characters (a 100,000-character name would take matplotlib minutes to lay out)."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("$", r"\$")

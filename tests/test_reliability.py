@@ -301,3 +301,47 @@ def test_validate_max_minutes_stops_with_exit_124_and_resumes(tmp_path, monkeypa
     r = run_main([*args, "--resume"])
     assert r.returncode in (0, 1, 3), r.stderr
     assert (out / "results.json").is_file()
+
+
+# -- a loaded machine ------------------------------------------------------------------------
+def test_passive_wait_respects_the_users_policy():
+    from bsadvisor.core.machine import passive_wait
+
+    env = {}
+    assert passive_wait(env) is True and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert passive_wait(env) is False and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_cli_sets_the_policy_before_torch_loads():
+    """A fresh interpreter: main() sets OMP_WAIT_POLICY first; torch is loaded by the training command after it."""
+    import subprocess
+    import sys
+
+    from hostile import ROOT, cli_env
+
+    code = ("import os, sys\nfrom bsadvisor.cli import main\n"
+            "try:\n    main(['convert-schedule', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = cli_env()
+    env.pop("OMP_WAIT_POLICY", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.stdout.split()[-2:] == ["PASSIVE", "False"], out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.stdout.split()[-2:] == ["ACTIVE", "False"], out.stderr
+
+
+@pytest.mark.parametrize("threads,cores,load,policy,want", [
+    (2, 2, 1.5, None, None),
+    (2, 2, 2.0, None, None),
+    (2, 2, 4.2, "PASSIVE", "load average 4.2 on 2 cores"),
+    (2, 2, 4.2, None, "set OMP_WAIT_POLICY=PASSIVE"),
+    (1, 2, 9.0, "PASSIVE", "torch uses 1 thread)"),
+    (2, 2, None, None, None),
+])
+def test_busy_cpu_warning(threads, cores, load, policy, want):
+    from bsadvisor.core.machine import busy_cpu_warning
+
+    text = busy_cpu_warning(threads, cores, load, policy)
+    assert (text is None) if want is None else (want in text and "\n" not in text)

@@ -184,8 +184,35 @@ def probe_time_limit(budget_seconds: float):
                         "check it for a hang") from None
 
 
+def warn_busy_cpu() -> None:
+    """One warning line when the CPU is oversubscribed (core.machine); call it once torch is loaded.
+
+    Only on a terminal: a pipe or a log (scripts, CI, the tests) keeps stderr exactly the
+    command's own lines, whatever else the machine is running.
+    """
+    import os
+
+    if not err_console.is_terminal:
+        return
+    import torch
+
+    from bsadvisor.core.machine import busy_cpu_warning, cpu_count, load_average
+
+    text = busy_cpu_warning(torch.get_num_threads(), cpu_count(), load_average(), os.environ.get("OMP_WAIT_POLICY"))
+    if text:
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2."""
+    """Entry point: bad input becomes one line on stderr and exit code 2.
+
+    First of all, before any command can load torch, OpenMP threads are told to wait passively
+    (core.machine.passive_wait: unless the user chose a policy): on a shared CPU spinning threads
+    make a run many times slower, and the numbers do not change.
+    """
+    from bsadvisor.core.machine import passive_wait
+
+    passive_wait()
     try:
         code = _command()(args=argv, prog_name="bsadvisor", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 without a word

@@ -14,7 +14,8 @@ from rich.text import Text
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
                                    Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
                                    TotalSamples, TotalSteps)
-from bsadvisor.cli.app import Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit
+from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
+                               warn_busy_cpu)
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 
@@ -443,6 +444,8 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
 
     dist = init_from_env(device)
     dev = dist.device if dist.enabled else resolve_device(device)
+    if dist.is_main:
+        warn_busy_cpu()
     tgt = load_target(target)
     p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
                       momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
@@ -485,6 +488,7 @@ def demo(
     say = err_console.print if as_json else console.print
     from bsadvisor.targets.loading import load_target
 
+    warn_busy_cpu()
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")
     tgt = load_target("builtin:mnist1d-mlp")

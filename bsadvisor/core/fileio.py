@@ -21,9 +21,13 @@ def check_destination(path: str | os.PathLike, option: str = "--out") -> Path:
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    try:
+        is_dir, folder_ok = path.is_dir(), folder.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a folder we may not enter
+        raise UserError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; choose another {option}") from None
+    if is_dir:
         raise UserError(f"cannot write {path}: it is a folder; give {option} a file name such as {path / 'out.json'}")
-    if not folder.is_dir():
+    if not folder_ok:
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or choose another {option}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: folder {folder} is not writable; choose another {option}")
@@ -59,7 +63,11 @@ def check_replace(path: str | os.PathLike, schemas: tuple[str, ...] = (), overwr
     ``schemas``: it replaces an existing file only with ``overwrite``.
     """
     path = check_destination(path, option)
-    if overwrite or not (path.exists() or path.is_symlink()):
+    try:
+        exists = path.exists() or path.is_symlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose another {option}") from None
+    if overwrite or not exists:
         return path
     if schemas and _schema_of(path).startswith(schemas):
         return path

@@ -179,6 +179,8 @@ class Plan:
     def update_end(self, sample: int) -> int:
         """Where the update that starts at ``sample`` ends: its stage's batch later, cut at the end of the
         epoch or of the run (the one rule the sampler, the scheduler and ``updates`` follow)."""
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+            raise UserError(f"sample position must be a whole number ≥ 0, got {S.show(sample)}")
         n, total = self.dataset_size, self.total_samples
         end = total if n is None else min(total, (sample // n + 1) * n)
         return min(sample + self.at_sample(min(sample, total - 1)).batch_size, end)

@@ -53,7 +53,11 @@ def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float
         if batch_size > dataset_size:
             raise UserError(f"batch_size {batch_size:g} is larger than dataset_size {dataset_size}",
                             parameters=("batch_size", "dataset_size"))
-    return TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
+    g = TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
+    if not math.isfinite(g):
+        raise UserError(f"the temperature of lr {lr:g}, momentum {momentum:g} and batch_size {batch_size:g} is too large "
+                        "for a float; check lr", parameter="lr")
+    return g
 
 
 @dataclass(frozen=True)

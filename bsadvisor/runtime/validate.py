@@ -282,6 +282,10 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
     if resume and overwrite:
         raise UserError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     out = Path(out)
+    try:
+        out.exists(), (out / "checkpoints").exists()
+    except (OSError, ValueError) as exc:  # a name too long, a folder on the way we may not enter
+        raise UserError(f"cannot use --out {out}: {getattr(exc, 'strerror', None) or exc}; choose another --out") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; give --out a folder (it will hold results.json, "
                         "report.md, plots and checkpoints)")

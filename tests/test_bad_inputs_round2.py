@@ -258,3 +258,17 @@ def test_own_files_are_replaced_and_overwrite_replaces_any(folder):
     assert json.loads((folder / "notes.txt").read_text())["schema"] == "bsadvisor.plan/2"
     assert run_main(["export", "plan.json", "--out", "e.csv"], cwd=folder).returncode == 0
     assert run_main(["export", "plan.json", "--out", "e.csv", "--overwrite"], cwd=folder).returncode == 0
+
+
+#: This file's hostile inputs, for tests/test_bad_inputs_count.py (each is a parametrized case above).
+CASES = ([f"{command}-{fn}" for command in ("probe", "validate") for fn in
+          ("len_raises", "len_negative", "len_huge", "meta_model", "metadata_text")]
+         + ["validate-epochs_none", "validate-epochs_text", "validate-schedule_number", "probe-exits_7",
+            "validate-exits_7", "probe-unreadable-folder", "validate-checkpoints-a-file",
+            "advise-trace-of-another-data-set"]
+         + [f"trace-{case}-{opt}" for case in TRACES for opt in ("sgd", "adam")]
+         + [f"checkpoint-{how}" for how in ("offset text", "offset past the epoch", "history without train_loss",
+                                            "history a string", "steps samples text", "evals metric text",
+                                            "totals a list", "since seen negative", "too many epochs")]
+         + ["out-not-ours-convert", "out-not-ours-probe", "out-not-ours-advise", "probe-out-not-ours-advise",
+            "out-probe-over-plan", "out-plan-over-probe", "out-export-over-its-input"])

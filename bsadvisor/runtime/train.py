@@ -435,7 +435,7 @@ def _schedule_difference(saved: dict, meta: dict) -> str:
     """``schedule 'A' in the checkpoint, 'B' now``: the first recorded input that differs (short)."""
     old, new = saved.get("inputs"), meta.get("inputs") or {}
     if not isinstance(old, dict):
-        return "the checkpoint records no schedule"
+        return "the checkpoint records none: an older bsadvisor wrote it"
     for k in sorted(set(old) | set(new), key=lambda k: (k != "schedule", str(k))):
         if old.get(k) != new.get(k):
             return f"{k} {checks.show(old.get(k), 60)} in the checkpoint, {checks.show(new.get(k), 60)} now"

@@ -10,6 +10,7 @@ trained weights are bit-identical to the first quiet run's.
 
     python benchmarks/loaded_cpu.py                    # 2 rounds, passive waiting (the tool's default)
     python benchmarks/loaded_cpu.py --policy ACTIVE    # what OpenMP's spin-waiting does instead (slow!)
+    python benchmarks/loaded_cpu.py --threads 1        # a thread count the user chose (the tool never does)
     python benchmarks/loaded_cpu.py --rounds 3 --busy 0 2 4 --updates 1500
 
 The machine may be shared: the figures are this machine's at this moment, and the quiet
@@ -55,12 +56,14 @@ print(f"{took:.4f} {digest} {torch.get_num_threads()} {os.environ.get('OMP_WAIT_
 '''
 
 
-def run_once(busy: int, updates: int, policy: str) -> tuple[float, str, str]:
+def run_once(busy: int, updates: int, policy: str, threads: int = 0) -> tuple[float, str, str]:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         time.sleep(0.3 if busy else 0.0)  # let the busy processes take their cores
         env = dict(os.environ)
         env.pop("OMP_NUM_THREADS", None)  # torch's default thread count, as a user gets it
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)  # the user's choice, never the tool's
         if policy == "default":
             env.pop("OMP_WAIT_POLICY", None)  # the child sets PASSIVE, as the CLI does
         else:
@@ -80,13 +83,14 @@ def main() -> None:
     ap.add_argument("--busy", type=int, nargs="+", default=[0, 2, 4], help="busy processes per condition")
     ap.add_argument("--updates", type=int, default=1500)
     ap.add_argument("--policy", default="default", help="default (the tool's: PASSIVE unless set), ACTIVE or PASSIVE")
+    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0: torch's default)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; load average now {os.getloadavg()[0]:.2f}; {args.updates} updates per run")
     times: dict[int, list[float]] = {b: [] for b in args.busy}
     reference, identical, how = None, True, ""
     for r in range(args.rounds):
         for busy in args.busy:
-            took, digest, how = run_once(busy, args.updates, args.policy)
+            took, digest, how = run_once(busy, args.updates, args.policy, args.threads)
             reference = reference or digest
             identical &= digest == reference
             times[busy].append(took)

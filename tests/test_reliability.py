@@ -298,6 +298,7 @@ def test_validate_max_minutes_stops_with_exit_124_and_resumes(tmp_path, monkeypa
     assert r.returncode == 124 and r.stderr.strip().startswith("stopped after --max-minutes 2"), r.stderr
     assert "Traceback" not in r.stderr and not (out / "results.json").exists()
     monkeypatch.setattr(cv, "time_limit", real)
+    monkeypatch.setattr(train, "train_step", slow)
     r = run_main([*args, "--resume"])
     assert r.returncode in (0, 1, 3), r.stderr
     assert (out / "results.json").is_file()

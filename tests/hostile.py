@@ -64,3 +64,37 @@ class Snapshot:
         added, removed = sorted(set(now) - set(self.files)), sorted(set(self.files) - set(now))
         changed = sorted(k for k in set(now) & set(self.files) if now[k] != self.files[k])
         assert not (added or removed or changed), {"added": added, "removed": removed, "changed": changed}
+
+
+def run_main(argv: Iterable[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """``bsadvisor ARGV`` in this process (``cli.app.main``): stdout, stderr and the exit code, as run_cli gives them.
+
+    For refusals that need no fresh interpreter: a subprocess costs about half a second, this a few
+    milliseconds. An exception that escapes main (a bug) is reported as exit 1 with its traceback,
+    as the real CLI would show it.
+    """
+    import contextlib
+    import io
+    import traceback
+
+    from bsadvisor.cli import app as cli_app
+    import bsadvisor.cli  # noqa: F401  (registers the commands)
+
+    argv = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_app.main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:  # noqa: BLE001 -- a bug: show it as the interpreter would
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(["bsadvisor", *argv], code, out.getvalue(), err.getvalue())

@@ -341,6 +341,26 @@ def test_keep_batch_when_b0_is_already_past_the_noise_scale(tmp_path):
             assert plan.stages[0].batch_size == B0  # no growth at the start (the cap 4 × B_noise is below B0)
 
 
+def test_a_trace_whose_noise_scale_grows_later_lets_the_capped_plan_grow(tmp_path):
+    """A trace that starts at B_simple 5 (B0 = 32 is 6× past it where the decay begins) and grows 100× by the
+    second decay: B0 is past the noise scale at the start, but the plan capped at 4 × B_noise(s) grows later,
+    so that plan is the advice (the probe alone, one point at initialisation, keeps the batch)."""
+    from bsadvisor.core.predict import keep_batch_advice, noise_model_of
+    from bsadvisor.core.probe_result import load_probe
+
+    probe_file = tmp_path / "probe.json"
+    probe_file.write_text(json.dumps(probe_doc(max_batch=100000, b_simple=5.0)))
+    probe_only = plan_from_options(probe=probe_file, epochs=10, schedule=SCHEDULE, max_fraction=1.0)
+    assert keep_batch_advice(probe_only, noise_model_of(load_probe(probe_file))) is not None
+    trace = _trace(tmp_path, [(0, 5.0, LR), (3 * N, 50.0, LR * 0.2), (6 * N, 500.0, LR * 0.2 ** 2)])
+    plan = plan_from_options(probe=probe_file, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_trace=trace)
+    model = noise_model_of(load_probe(probe_file), trace)
+    assert model.source == "trace" and keep_batch_advice(plan, model) is None
+    assert plan.stages[0].batch_size == B0 and max(plan.stage_batch_sizes()) > B0
+    for st in plan.stages:  # and it never grows past the cap
+        assert st.batch_size <= max(B0, 4 * st.extra["b_noise"] * (1 + 1e-9))
+
+
 def test_advise_keeps_the_batch_on_a_target_past_its_noise_scale():
     """linreg (d = 16) from w = 0 has B_simple ≈ d + 1 + d·s²/|w*|² ≈ 18: at B0 = 128, 7× past it."""
     r = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",

@@ -388,14 +388,18 @@ def test_overwrite_orphans_and_umask(target_file, tmp_path):
     assert {p.name for p in written} >= {"results.json", "report.md", "curves_epoch.png", "plan-seed0.pt"}
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}  # 0666 less umask 027, not 0600
 
-    # a kill during an atomic write leaves .NAME.XXXX.tmp files: resume removes them (only those)
-    orphans = [out / ".results.json.k2j3.tmp", out / "checkpoints" / ".plan-seed0.pt.a8x1.tmp"]
+    # a kill during an atomic write leaves .NAME.XXXXXXXX.bsadvisor.tmp files: resume removes them (only those)
+    orphans = [out / ".results.json.k2j3ab_9.bsadvisor.tmp", out / "checkpoints" / ".plan-seed0.pt.a8x1zzzz.bsadvisor.tmp"]
     for p in orphans:
         p.write_bytes(b"\0" * 1000)
     (out / "keep.tmp").write_text("mine too")
+    mine = [out / ".draft.tmp", out / "checkpoints" / ".notes.tmp", out / ".results.json.k2j3.tmp"]
+    for p in mine:
+        p.write_text("the user's own")
     r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
     assert r.returncode == 0, r.stderr
     assert not any(p.exists() for p in orphans) and (out / "keep.tmp").exists()
+    assert all(p.read_text() == "the user's own" for p in mine)
 
 
 def test_batchnorm_warning_only_for_a_model_with_batchnorm(target_file, tmp_path):

@@ -11,10 +11,10 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from bsadvisor.cli.app import app, console, emit_json, err_console
+from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, GrowthFactor, IncreaseLr, Lr, MaxBatch,
-                                   MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, RoundTo, Rule,
-                                   ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize, apply_recipe)
+                                   MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, Overwrite, RoundTo,
+                                   Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize, apply_recipe)
 from bsadvisor.core.errors import UserError
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -61,13 +61,16 @@ def advise_cmd(
     probe_out: Annotated[Optional[Path], typer.Option("--probe-out", help="Also write the probe JSON here.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document holding the probe and the plan.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON here (atomically).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
-    print the recommendation: stages, updates, examples and predicted time, cap and noise scale."""
+    print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
+    \f
+    Long because its signature declares typer's options (15 lines); the body is the steps in order."""
     given = dict(locals())
     options = {k: given[k] for k in CONVERT_OPTIONS}
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
-    check_advise_options(options, probe_opts, out, probe_out)  # before anything slow: no torch yet
+    check_advise_options(options, probe_opts, out, probe_out, overwrite)  # before anything slow: no torch yet
 
     from bsadvisor.core.fileio import write_json
     from bsadvisor.core.predict import keep_batch_advice, noise_model_of, plan_from_options, start_batch_advice
@@ -79,13 +82,15 @@ def advise_cmd(
         has_bn = has_batchnorm(tgt.model)
         # the same conversion with the target's settings and no cap: bad options fail before the probe
         dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
+        noise_model_of(None, options["noise_trace"], tgt.dataset_size)  # another data set's trace: not after the probe
         plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
                              "batch_size": batch_size if batch_size is not None else tgt.batch_size,
                              "momentum": momentum if momentum is not None else tgt.momentum,
                              "dataset_size": tgt.dataset_size, "optimizer": tgt.optimizer})
         from bsadvisor.measure.probe import probe as run_probe
 
-        result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
+        with probe_time_limit(budget_seconds):
+            result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
     if probe_out is not None:  # first: a plan refused below (an unusable --noise-cap) keeps the measurement
         write_json(probe_out, result.to_dict())
     plan = plan_from_options(probe=result, **options)
@@ -157,10 +162,11 @@ def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> No
                        "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)
 
 
-def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path]) -> None:
+def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path],
+                         overwrite: bool = False) -> None:
     """The checks that need neither torch nor the target, so a typo fails at once."""
     from bsadvisor.core import checks
-    from bsadvisor.core.fileio import check_destination
+    from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
     from bsadvisor.core.schedules import parse_schedule
 
     # --schedule and --epochs may come from the target's recipe (checked once it is loaded)
@@ -185,9 +191,9 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
 
         load_trace(options["noise_trace"])  # a bad trace fails before the probe
     if out is not None:
-        check_destination(out, "--out")
+        check_replace(out, PLAN_FILES, overwrite, "--out")
     if probe_out is not None:
-        check_destination(probe_out, "--probe-out")
+        check_replace(probe_out, PROBE_FILES, overwrite, "--probe-out")
         if out is not None and Path(out).resolve() == Path(probe_out).resolve():
             raise UserError(f"--out and --probe-out are both {out}; give them different files")
 

@@ -8,6 +8,7 @@ commands that train import torch inside their function bodies.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -29,8 +30,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# No automatic highlighting: rich's highlighter runs regular expressions over every printed string, and
+# over a user's 100,000-character name they take minutes. Styles are given explicitly where wanted.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 
 # Typer ≥ 0.25 vendors its own click; find its exception classes through a public one.
 _MRO = {c.__name__: c for c in typer.BadParameter.__mro__}
@@ -49,8 +52,23 @@ def emit_json(doc: Any) -> None:
 
 
 def one_line(text: str) -> str:
-    """``text`` with its line breaks turned into spaces."""
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    """``text`` with its line breaks turned into spaces, and user text too long to read shortened (:func:`clip`)."""
+    return clip(" ".join(part.strip() for part in str(text).splitlines() if part.strip()))
+
+
+#: An unbroken run of characters longer than this (a 5,001-digit number, a 100,000-character name) is shortened.
+LONGEST_WORD = 200
+#: A message longer than this keeps its start and its end (the fix), with the middle left out.
+LONGEST_LINE = 2000
+
+
+def clip(text: str) -> str:
+    """``text`` fit for one readable line: each run of more than LONGEST_WORD non-blank characters becomes its
+    first 100 and a count, and a line still over LONGEST_LINE keeps its first and last parts."""
+    text = re.sub(r"\S{%d,}" % (LONGEST_WORD + 1), lambda m: f"{m.group()[:100]}…({len(m.group()):,} characters)", text)
+    if len(text) > LONGEST_LINE:
+        text = f"{text[:LONGEST_LINE - 400]} … {text[-380:]}"
+    return text
 
 
 def _command():
@@ -101,16 +119,107 @@ def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
 class Interrupted(Exception):
     """Ctrl-C in a command that has something to add (how to resume): main prints it, exit 130."""
 
+    code = 130
+
+
+class Stopped(Interrupted):
+    """A command that stopped at its time limit (validate --max-minutes): main prints the line, exit ``code``."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class OverTime(BaseException):
+    """Raised by :func:`time_limit`'s alarm: a BaseException, so no ``except Exception`` (the user's or ours)
+    swallows it on its way out."""
+
+
+#: Seconds a probe may run past --budget-seconds (twice it) before it is stopped: loading the target, the
+#: last step of each phase. A loss_fn that never returns is stopped then.
+PROBE_GRACE_S = 60.0
+
+
+def probe_limit(budget_seconds: float) -> float:
+    """The hard limit on a probe's wall time for ``--budget-seconds``: twice the budget plus PROBE_GRACE_S."""
+    return 2 * float(budget_seconds) + PROBE_GRACE_S
+
+
+@contextlib.contextmanager
+def time_limit(seconds: Optional[float]):
+    """Raise :class:`OverTime` in the main thread after ``seconds`` (None: no limit).
+
+    A real SIGALRM, so a ``time.sleep`` or a blocking read in the user's code is interrupted too
+    (a long C call returns first). Without SIGALRM (Windows) or outside the main thread: no limit.
+    """
+    import signal
+    import threading
+
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise OverTime()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def probe_time_limit(budget_seconds: float):
+    """:func:`time_limit` for a probe: past :func:`probe_limit` one UserError line says the user's code hung."""
+    limit = probe_limit(budget_seconds)
+    try:
+        with time_limit(limit):
+            yield
+    except OverTime:
+        raise UserError(f"the probe was stopped after {limit:g} s, twice --budget-seconds {float(budget_seconds):g} "
+                        f"plus {PROBE_GRACE_S:g} s: the target's code (loss_fn, the model or the data) did not return; "
+                        "check it for a hang") from None
+
+
+def warn_busy_cpu() -> None:
+    """One warning line when the CPU is oversubscribed (core.machine); call it once torch is loaded.
+
+    Only on a terminal: a pipe or a log (scripts, CI, the tests) keeps stderr exactly the
+    command's own lines, whatever else the machine is running.
+    """
+    import os
+
+    if not err_console.is_terminal:
+        return
+    import torch
+
+    from bsadvisor.core.machine import busy_cpu_warning, cpu_count, load_average
+
+    text = busy_cpu_warning(torch.get_num_threads(), cpu_count(), load_average(), os.environ.get("OMP_WAIT_POLICY"))
+    if text:
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2."""
+    """Entry point: bad input becomes one line on stderr and exit code 2.
+
+    First of all, before any command can load torch, OpenMP threads are told to wait passively
+    (core.machine.passive_wait: unless the user chose a policy): on a shared CPU spinning threads
+    make a run many times slower, and the numbers do not change.
+    """
+    from bsadvisor.core.machine import passive_wait
+
+    passive_wait()
     try:
         code = _command()(args=argv, prog_name="bsadvisor", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 without a word
             raise Interrupted("interrupted")
     except Interrupted as exc:
         err_console.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
-        _exit(130)
+        _exit(exc.code)
     except UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
         err_console.print(f"error: {one_line(as_typed(exc, argv))}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
@@ -126,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             msg = f"unknown option {option}{hint}"
         else:
             msg = one_line(exc.format_message())
-        err_console.print(f"error: {msg}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {clip(msg)}; see {where} --help", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     except typer.Abort:
         err_console.print("aborted", markup=False)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from bsadvisor.cli.app import app, console, emit_json
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
                                    IncreaseLr, JsonOut, Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum,
-                                   MomentumTo, NoiseCap, NoiseTrace, Optimizer, Out, ProbeOpt, RoundTo, Rule, ScheduleOpt,
+                                   MomentumTo, NoiseCap, NoiseTrace, Optimizer, Out, Overwrite, ProbeOpt, RoundTo, Rule, ScheduleOpt,
                                    ScheduleUnit, SeqLen, StageFactor, Streaming, TotalSamples, TotalSteps, WorldSize)
 from bsadvisor.core.errors import UserError
 
@@ -159,6 +159,7 @@ def convert_schedule_cmd(
     micro_batch: MicroBatch = None, noise_trace: NoiseTrace = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
     streaming: Streaming = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
     adam_sde: AdamSde = None, config: Config = None, json_: JsonOut = False, out: Out = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
 
@@ -169,6 +170,10 @@ def convert_schedule_cmd(
 
     allowed = set(PLAN_OPTIONS + PROBE_OPTIONS)
     cli = {k: v for k, v in locals().items() if k in allowed}
+    if out is not None:
+        from bsadvisor.core.fileio import PLAN_FILES, check_replace
+
+        check_replace(out, PLAN_FILES, overwrite)
     opts = merge_options(cli, config, allowed)
     plan = plan_from_options(**opts)
     output_plan(plan, json_, out)

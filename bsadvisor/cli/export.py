@@ -40,18 +40,20 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of printing.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON document: the exported text, its rows and "
                                                        "notes on what the format cannot hold.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file (an export has "
+                                                                "no schema to recognise it by).")] = False,
 ) -> None:
     """Export a plan for the frameworks people already use. What the format cannot hold (e.g. the LR in
     megatron) is said in a note on stderr."""
     from rich.text import Text
 
-    from bsadvisor.core.fileio import check_destination, write_atomic
+    from bsadvisor.core.fileio import check_replace, write_atomic
     from bsadvisor.core.plan import Plan
 
     check_format(format_)  # before the files: a typo fails first
+    plan = Plan.load(plan_file)  # a bad plan is named first
     if out is not None:
-        check_destination(out, "--out")
-    plan = Plan.load(plan_file)
+        check_replace(out, (), overwrite)  # never the input plan, nor any other file, without --overwrite
     text, rows, notes = export(plan, format_)
     if out is not None:
         write_atomic(out, text)

@@ -13,6 +13,7 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.core.defaults import NOISE_CAP, DEFAULTS, OPTIMIZERS
+from bsadvisor.core.errors import UserError
 
 
 def _default(text: object) -> str:
@@ -85,6 +86,9 @@ Config = Annotated[Optional[Path], typer.Option(
                      "the command line wins.", show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema bsadvisor.plan/2).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON to this file (atomically).", show_default=False)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file that this command did "
+                                         "not write (without it such a file is refused; an earlier output of the "
+                                         "same kind is replaced).")]
 ProbeOpt = Annotated[Optional[Path], typer.Option(
     "--probe", help="probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device cap "
                     "(max_batch × world size × accumulation) and per-stage predicted time and efficiency.", show_default=False)]
@@ -119,9 +123,16 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     length_given = epochs is not None or kw.get("total_samples") or kw.get("total_steps")
     if schedule is not None or length_given or not recipe.get("schedule"):
         return schedule, epochs, None
+    from bsadvisor.core import checks
+    from bsadvisor.runtime.validate import check_epochs
+
+    if not isinstance(recipe["schedule"], str):
+        raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
+                        f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
+    epochs = check_epochs(recipe.get("epochs"), f"{target.name}'s metadata['epochs']")
     for key in ("schedule_unit", "seq_len"):
         if kw.get(key) is None:
             kw[key] = recipe.get(key)
-    schedule, epochs = recipe["schedule"], recipe.get("epochs")
+    schedule = recipe["schedule"]
     return schedule, epochs, (f"note: using {target.name}'s own recipe: {schedule} over {epochs:g} epoch(s), "
                               f"stepped per {kw.get('schedule_unit') or 'epoch'}")

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from bsadvisor.cli.app import app, console, emit_json, err_console
+from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import check_destination
+from bsadvisor.cli.options import Overwrite
+from bsadvisor.core.fileio import PROBE_FILES, check_replace
 from bsadvisor.core.probe_options import ESTIMATORS
 
 EPILOG = (
@@ -45,13 +46,17 @@ def probe(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
     seed: int = typer.Option(0, "--seed", help="Seed for batch sampling and the model's randomness."),
-    draws: Optional[int] = typer.Option(None, "--draws", help="Take exactly this many noise draws (≥ 2) whatever "
-                                        "the budget: the same --seed then gives the same B_simple. Default: as "
-                                        "many as the budget allows (results vary between runs)."),
+    draws: Optional[int] = typer.Option(None, "--draws", help="Take exactly this many noise draws (≥ 2): the same "
+                                        "--seed then gives the same B_simple; refused if they do not fit in "
+                                        "--budget-seconds. Default: as many as the budget allows (results vary "
+                                        "between runs)."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Measure gradient noise (B_simple), memory cap and throughput on your own model.
 
     A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. The time budget decides the number of noise draws, so B_simple varies a little between runs; --draws N makes it reproducible. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
+    \f
+    Long because its signature declares typer's options (25 lines).
     """
     from bsadvisor.core.memory import format_bytes, parse_size
     from bsadvisor.core.probe_options import check_probe_options
@@ -68,7 +73,7 @@ def probe(
     # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once),
     # and before measuring, so a finished measurement is never lost because of where it was to go.
     if os.environ.get("RANK", "0") == "0" and out is not None:
-        check_destination(out, "--out")
+        check_replace(out, PROBE_FILES, overwrite)
 
     from bsadvisor.runtime.distributed import init_from_env  # imports torch
     from bsadvisor.measure.probe import probe as run_probe
@@ -77,10 +82,11 @@ def probe(
     kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                   budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
                   memory_limit=limit, seed=seed, draws=draws, dist=dist)
-    if dist.is_main:
-        _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
-    else:
-        run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
+    with probe_time_limit(budget_seconds):  # a loss_fn that never returns is stopped, one line
+        if dist.is_main:
+            _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+        else:
+            run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
@@ -126,9 +132,9 @@ def _summary(r, format_bytes, out, con=None) -> None:
     n, s, m = r.noise, r.settings, r.memory
     world = getattr(s, "world_size", 1)
     where = f"{s.device} × {world} processes" if world > 1 else s.device
-    con.print(f"[bold]bsadvisor probe[/bold] {escape(str(r.target))}  ({escape(where)}, {escape(s.optimizer)}, "
-              f"lr {s.lr:g}, momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, "
-              f"{s.warmup_steps} warmup steps)")
+    con.print(Text.assemble(("bsadvisor probe", "bold"), f" {r.target}  ({where}, {s.optimizer}, "
+                            f"lr {s.lr:g}, momentum {s.momentum:g}, batch {s.batch_size}, N {s.dataset_size}, "
+                            f"{s.warmup_steps} warmup steps)"))
     conv = "" if n.converged else f"  [yellow](interval wider than ±{s.target_rel_ci:.0%}: raise --budget-seconds)[/yellow]"
     con.print(f"Gradient noise scale B_simple = {escape(describe_interval(n.b_simple, n.ci90, n.ci_kind, '.4g'))}{conv}")
     if not usable(n.b_simple, n.ci_kind):

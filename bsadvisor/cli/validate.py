@@ -14,7 +14,8 @@ from rich.text import Text
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
                                    Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
                                    TotalSamples, TotalSteps, apply_recipe)
-from bsadvisor.cli.app import Interrupted, app, console, emit_json, err_console
+from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
+                               warn_busy_cpu)
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 
@@ -265,8 +266,9 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
                                  checkpoint_every=checkpoint_every, noise_monitor=noise_monitor, evals=evals)
         if not main:
             return doc
-        if out is not None:
-            write_outputs(doc, out)
+        plot_warnings = write_outputs(doc, out) if out is not None else []
+        for w in plot_warnings:
+            _warn(w)
     if as_json:
         emit_json(doc)
     elif show:
@@ -274,6 +276,7 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
         if out is not None:
             console.print(Text(f"wrote {out}/results.json, {out}/report.md"
                                + (f" and {len(doc['plots'])} plots" if doc.get("plots") else
+                                  " (no plots: see the warning above)" if plot_warnings else
                                   " (no plots: matplotlib missing; pip install 'bsadvisor[plot]')")))
     return doc
 
@@ -340,27 +343,43 @@ def validate(
     monitor_overhead: float = typer.Option(0.05, "--monitor-overhead", help="the noise monitor's time budget, a "
                                            "fraction of the training time (its extra gradient draws stay within it)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="stop after this many minutes of wall "
+                                                "time (exit 124; the checkpoints in --out are kept: continue with "
+                                                "--resume). Default: no limit"),
 ) -> None:
     """Train the original schedule and the plan on TARGET and compare them, paired by seed.
 
     Exit 0 ACCEPTED (the 90% interval of the paired difference lies above −margin),
     1 REJECTED (below it), 3 INCONCLUSIVE (it straddles −margin: more seeds settle it,
-    add them with --seeds K --resume).
+    add them with --seeds K --resume), 124 stopped by --max-minutes (continue with --resume).
 
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.
+    \f
+    Long because its signature declares typer's options (35 lines); the body is one call.
     """
+    limit = checks.optional(checks.number, "--max-minutes", max_minutes, low=0, low_open=True, high=MAX_MINUTES)
     try:
-        _validate(target, plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                  schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
-                  round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
-                  total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
-                  adam_sde=adam_sde, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                  tolerance=tolerance, evals=evals, max_micro_batch=max_micro_batch, out=out, resume=resume,
-                  overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
-                  noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
+        with time_limit(limit * 60 if limit else None):
+            _validate(target, plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                      schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
+                      round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
+                      total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
+                      adam_sde=adam_sde, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
+                      tolerance=tolerance, evals=evals, max_micro_batch=max_micro_batch, out=out, resume=resume,
+                      overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
+                      noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(out)) from None  # cli.main prints it: one line, exit 130
+    except OverTime:
+        raise Stopped(resume_hint(out).replace("interrupted", f"stopped after --max-minutes {limit:g}", 1),
+                      MAX_MINUTES_EXIT) from None
+
+
+#: validate's exit code when --max-minutes stops it (as GNU timeout's).
+MAX_MINUTES_EXIT = 124
+#: The largest --max-minutes (about 19 years): past it, no limit is meant.
+MAX_MINUTES = 10**7
 
 
 def _monitor_settings(on: bool, overhead: Any) -> Optional[dict]:
@@ -412,6 +431,8 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
 
     dist = init_from_env(device)
     dev = dist.device if dist.enabled else resolve_device(device)
+    if dist.is_main:
+        warn_busy_cpu()
     tgt = load_target(target)
     p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
                       momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
@@ -454,6 +475,7 @@ def demo(
     say = err_console.print if as_json else console.print
     from bsadvisor.targets.loading import load_target
 
+    warn_busy_cpu()
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")
     tgt = load_target("builtin:mnist1d-mlp")

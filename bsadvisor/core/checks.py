@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import ArgumentTypeError, UserError
 
 # Larger integers than this are never a batch size, an epoch count or a seed; refusing them
 # up front keeps every later computation bounded (and str() of a 5000-digit int cheap).
@@ -22,12 +22,16 @@ MAX_INT = 2**63 - 1
 MAX_SEED = 2**63 - 1
 
 
-def _show(value: Any) -> str:
+def show(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge integer: its digit count), for error messages."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         # repr() of an int over 4300 digits raises in Python ≥ 3.11; say how big it is instead
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_show = show
 
 
 def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
@@ -107,3 +111,10 @@ def _bounds(name: str, v: float, shown: Any, low, high, low_open: bool, high_ope
         if high == MAX_INT:
             raise UserError(f"{name} must be below 2**63, got {_show(shown)}", parameter=name)
         raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}", parameter=name)
+
+
+def instance(name: str, value: Any, kind: type | tuple[type, ...], expected: str) -> Any:
+    """``value`` if it is an instance of ``kind``; otherwise a TypeError (ArgumentTypeError) saying what was expected."""
+    if not isinstance(value, kind):
+        raise ArgumentTypeError(f"{name} must be {expected}, got {type(value).__name__} {show(value)}", parameter=name)
+    return value

@@ -20,3 +20,11 @@ class UserError(ValueError):
         super().__init__(message)
         self.parameter = parameter
         self.parameters = tuple(parameters) or ((parameter,) if parameter else ())
+
+
+class ArgumentTypeError(UserError, TypeError):
+    """A library call given an argument of the wrong type (a string for a Plan, None for an optimizer).
+
+    A TypeError for library users, as Python's own functions raise; a UserError too, so the CLI,
+    should one reach it, shows it as one line.
+    """

@@ -264,9 +264,13 @@ def olmo_rows(plan) -> list[dict]:
     counts = plan.updates_per_stage()
     steps = batch_steps(plan)
     ends = [step["samples"] for step in steps[1:]] + [plan.total_samples]
-    rows = []
+    rows, i = [], 0
     for step, end in zip(steps, ends):
-        inside = [(st, c) for st, c in zip(plan.stages, counts) if step["samples"] <= st.start_sample < end]
+        inside = []  # the stages that start in [step, end): one walk over the stages for all steps (linear)
+        while i < len(plan.stages) and plan.stages[i].start_sample < end:
+            if plan.stages[i].start_sample >= step["samples"]:
+                inside.append((plan.stages[i], counts[i]))
+            i += 1
         own = math.sqrt(step["batch_size"] / first)  # OLMo-core's cumulative √ factor at this batch
         factors = list(dict.fromkeys((st.lr_scale if st.lr_scale is not None else 1.0) / own for st, _ in inside))
         rows.append({"start_samples": step["samples"], "start_tokens": step["samples"] * seq,

@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,74 @@ def check_destination(path: str | os.PathLike, option: str = "--out") -> Path:
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    try:
+        is_dir, folder_ok = path.is_dir(), folder.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a folder we may not enter
+        raise UserError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; choose another {option}") from None
+    if is_dir:
         raise UserError(f"cannot write {path}: it is a folder; give {option} a file name such as {path / 'out.json'}")
-    if not folder.is_dir():
+    if not folder_ok:
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or choose another {option}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: folder {folder} is not writable; choose another {option}")
     return path
+
+
+#: The ending of every temporary file ``write_atomic`` makes (``.NAME.XXXXXXXX.bsadvisor.tmp``): only files of
+#: this shape are ever taken for orphans, never a user's own ``.draft.tmp``.
+TEMP_SUFFIX = ".bsadvisor.tmp"
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether a file name is one of ``write_atomic``'s temporary files (``.NAME.XXXXXXXX.bsadvisor.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+#: Prefixes of the schemas of the files each command writes with --out (check_replace).
+PLAN_FILES = ("bsadvisor.plan/",)
+PROBE_FILES = ("bsadvisor.probe/",)
+#: A file this large is no bsadvisor JSON file: check_replace does not read it.
+_MAX_OWN_BYTES = 64 * 2**20
+
+
+def check_replace(path: str | os.PathLike, schemas: tuple[str, ...] = (), overwrite: bool = False,
+                  option: str = "--out") -> Path:
+    """:func:`check_destination`, and the one ``--out`` rule of every command that writes a file.
+
+    An existing file is replaced only when it is one of the command's own (a JSON document whose
+    ``schema`` starts with one of ``schemas``: an earlier plan, an earlier probe) or with
+    ``overwrite``; anything else (your notes, a data set, the input plan of ``export``) is refused
+    before any work is done. A command whose output has no schema (``export``) passes no
+    ``schemas``: it replaces an existing file only with ``overwrite``.
+    """
+    path = check_destination(path, option)
+    try:
+        exists = path.exists() or path.is_symlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose another {option}") from None
+    if overwrite or not exists:
+        return path
+    if schemas and _schema_of(path).startswith(schemas):
+        return path
+    if not schemas:
+        raise UserError(f"{option} {path} already exists, and this command's output has no schema to recognise "
+                        f"it by; add --overwrite to replace it, or choose another {option}")
+    what = " or ".join(s.rstrip("/") for s in schemas)
+    raise UserError(f"{option} {path} already exists and is not a {what} file (one this command writes); add "
+                    f"--overwrite to replace it, or choose another {option}")
+
+
+def _schema_of(path: Path) -> str:
+    """The ``schema`` of a small JSON file ("" for anything else: too large, not JSON, unreadable, a link)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_OWN_BYTES:
+            return ""
+        doc = read_json(path)
+    except (UserError, OSError, ValueError):
+        return ""
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    return schema if isinstance(schema, str) else ""
 
 
 def _umask() -> int:
@@ -47,7 +109,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, option: str = "--ou
     mode = "wb" if isinstance(data, bytes) else "w"
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+                                   dir=path.parent if str(path.parent) else ".")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
@@ -204,8 +267,9 @@ class FolderLock:
 
 
 def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXX.tmp``).
+    """Delete the temporary files ``write_atomic`` leaves when killed mid-write (``.NAME.XXXXXXXX.bsadvisor.tmp``).
 
+    Only names of that shape (:func:`is_own_temp`) are touched: a user's ``.draft.tmp`` stays.
     Call it only while holding the folder's lock (:class:`FolderLock`): then no other writer
     can own them. Returns the files removed.
     """
@@ -213,7 +277,7 @@ def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink():
+        if is_own_temp(p.name) and p.is_file() and not p.is_symlink():
             try:
                 p.unlink()
                 removed.append(p)

@@ -79,16 +79,21 @@ class NoiseModel:
         """The model of a trace's usable rows (dicts with sample, b_simple, lr, momentum, batch_size,
         ci90, ci_kind); refused when none is usable."""
         points = []
-        for row in rows:
+        if not isinstance(rows, (list, tuple)):
+            raise UserError(f"{what}: its points are not a list; {TRACE_REMEDY}")
+        for i, row in enumerate(rows):
             try:
                 ci = row.get("ci90") or (0.0, None)
-                point = NoisePoint(int(row["sample"]), float(row["b_simple"]), float(row["lr"]),
-                                   float(row["momentum"]), int(row["batch_size"]),
+                point = NoisePoint(_whole(row["sample"]), float(row["b_simple"]), float(row["lr"]),
+                                   float(row["momentum"]), _whole(row["batch_size"]),
                                    (float(ci[0] or 0.0), math.inf if ci[1] is None else float(ci[1])),
                                    str(row.get("ci_kind") or "bounded"))
-            except (KeyError, TypeError, ValueError, IndexError):
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):
                 raise UserError(f"{what}: a point lacks sample, b_simple, lr, momentum or batch_size; "
                                 "give the results.json of bsadvisor validate or a NoiseMonitor log") from None
+            bad = _bad_setting(point)
+            if bad:
+                raise UserError(f"{what}: point {i + 1} (sample {point.sample}) has {bad}; {TRACE_REMEDY}")
             if point.usable:
                 points.append(point)
         if not points:
@@ -109,6 +114,19 @@ class NoiseModel:
         model = cls.from_trace(list(doc.get("points") or []), "the plan's noise model")
         return cls(model.points, str(doc.get("source") or "trace"))
 
+    def check_dataset(self, dataset_size: Optional[int], what: str = "the noise trace") -> None:
+        """Refuse points measured at a batch the data set cannot have (B ≥ N: no gradient noise, T = 0).
+
+        Called once N is known, before anything slow, so a trace of another data set fails at once.
+        """
+        if dataset_size is None:
+            return
+        for p in self.points:
+            if p.batch_size >= dataset_size:
+                raise UserError(f"{what} has a point measured at batch {p.batch_size}, not below the data set's "
+                                f"{dataset_size} examples (a batch of the whole data set has no gradient noise): "
+                                "was it recorded on another data set? Give a trace of this one")
+
     def b_noise(self, sample: float, temperature: float, model) -> float:
         """B_noise at ``sample`` for a run at ``temperature`` (in ``model``'s units, a TemperatureModel): eq. 16."""
         if temperature <= 0:
@@ -117,7 +135,7 @@ class NoiseModel:
 
     def _log_bt(self, sample: float, model) -> float:
         """log(B_ref·T_ref) at ``sample``: linear between the points' samples, flat beyond the ends."""
-        values = [math.log(p.b_simple * model.temperature(p.lr, p.momentum, p.batch_size)) for p in self.points]
+        values = [math.log(self._bt(p, model)) for p in self.points]
         xs = [p.sample for p in self.points]
         if sample <= xs[0]:
             return values[0]
@@ -126,6 +144,19 @@ class NoiseModel:
         i = bisect.bisect_right(xs, sample)
         w = (sample - xs[i - 1]) / (xs[i] - xs[i - 1])
         return values[i - 1] * (1 - w) + values[i] * w
+
+    def _bt(self, p: NoisePoint, model) -> float:
+        """B_simple × the temperature it was measured at; a point the model gives no positive temperature is refused."""
+        try:
+            t = model.temperature(p.lr, p.momentum, p.batch_size)
+            bt = p.b_simple * t
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            bt = math.nan
+        if isinstance(bt, complex) or not (isinstance(bt, float) and math.isfinite(bt) and bt > 0):
+            raise UserError(f"the noise trace's point at sample {p.sample} (lr {p.lr:g}, momentum {p.momentum:g}, "
+                            f"batch {p.batch_size}) has no positive noise temperature for this run (a batch not "
+                            "below the data set size, or numbers out of range); give a trace of this data set")
+        return bt
 
     def cap(self, multiple: float):
         """The per-sample batch cap ``multiple`` × B_noise(s), as convert takes it (noise_cap_batch)."""
@@ -142,6 +173,28 @@ class NoiseModel:
                 f"{spread}, each scaled by T_measured/T(s)")
 
 
+def _whole(x: Any) -> int:
+    """A whole number from a trace (an integral float such as 64.0 too); anything else is a ValueError."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x in (math.inf, -math.inf) or x != int(x):
+        raise ValueError(x)
+    return int(x)
+
+
+def _bad_setting(p: NoisePoint) -> Optional[str]:
+    """What is impossible about a trace point's setting (None: nothing)."""
+    if p.sample < 0:
+        return f"a negative sample position {p.sample}"
+    if not (math.isfinite(p.lr) and p.lr >= 0):
+        return f"lr {p.lr:g} (it must be a finite number ≥ 0)"
+    if not 0 <= p.momentum < 1:
+        return f"momentum {p.momentum:g} (it must be in [0, 1))"
+    if p.batch_size < 1:
+        return f"batch_size {p.batch_size} (it must be ≥ 1)"
+    if not math.isfinite(p.b_simple) and not math.isnan(p.b_simple):
+        return f"b_simple {p.b_simple} (not finite)"
+    return None
+
+
 TRACE_SCHEMA = "bsadvisor.noise_trace/1"
 VALIDATION_SCHEMAS = ("bsadvisor.validation/1", "bsadvisor.validation/1.1")
 TRACE_REMEDY = "give the results.json of bsadvisor validate or a file written by NoiseMonitor.save"
@@ -155,6 +208,10 @@ def load_trace(path, run: str = "original", seed: int = 0) -> NoiseModel:
     """
     from bsadvisor.core.fileio import read_json
 
+    if not isinstance(run, str):
+        raise TypeError(f"load_trace: run must be a run's name such as 'original', got {type(run).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"load_trace: seed must be a whole number ≥ 0 (a seed of the validate run), got {seed!r}")
     doc = read_json(path, "noise trace", TRACE_REMEDY)
     what = f"noise trace {path}"
     schema = doc.get("schema") if isinstance(doc, dict) else None
@@ -162,9 +219,14 @@ def load_trace(path, run: str = "original", seed: int = 0) -> NoiseModel:
         rows = doc.get("points")
     elif schema in VALIDATION_SCHEMAS:
         runs = doc.get("runs") or {}
+        if not isinstance(runs, dict) or not all(isinstance(k, str) for k in runs):
+            raise UserError(f"{what}: its 'runs' is not an object of runs; {TRACE_REMEDY}")
         if run not in runs:
-            raise UserError(f"{what} has no run {run!r} (it has {', '.join(sorted(runs)) or 'none'})")
-        seeds = runs[run].get("seeds") or []
+            names = ", ".join(sorted(runs))
+            raise UserError(f"{what} has no run {run!r} (it has {names[:200] or 'none'})")
+        seeds = runs[run].get("seeds") if isinstance(runs[run], dict) else None
+        if not isinstance(seeds, list):
+            raise UserError(f"{what}: run {run!r} has no list of seeds; {TRACE_REMEDY}")
         rows = seeds[seed].get("noise_trace") if seed < len(seeds) and isinstance(seeds[seed], dict) else None
         if not rows:
             raise UserError(f"{what}: run {run!r} recorded no noise trace; rerun bsadvisor validate "

@@ -14,11 +14,13 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from bsadvisor.core import checks
 from bsadvisor.core import schema as S
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import json_safe
 
 PLAN_SCHEMA = "bsadvisor.plan/2"
@@ -116,7 +118,10 @@ class Plan:
 
     def epoch_of(self, sample: int) -> float:
         """``sample`` in epochs (a whole number at an epoch boundary)."""
+        checks.number("sample", sample, low=0)
         n = self.dataset_size
+        if n is None:
+            raise UserError("this plan has no data set size (streaming), so it has no epochs; use sample positions")
         return sample // n if sample % n == 0 else sample / n
 
     @property
@@ -160,7 +165,12 @@ class Plan:
         """Index of the stage holding the start of ``epoch`` (the epoch-level convenience)."""
         if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch)) or epoch < 0:
             raise UserError(f"epoch must be a number ≥ 0, got {S.show(epoch)}")
-        return self.stage_index_at_sample(int(epoch * (self.dataset_size or 0)))
+        return self.stage_index_at_sample(self._epoch_start(epoch))
+
+    def _epoch_start(self, epoch: float) -> int:
+        """The sample where ``epoch`` starts, held at the run's last sample (no overflow for a huge epoch)."""
+        at = epoch * (self.dataset_size or 0)
+        return self.total_samples - 1 if at >= self.total_samples else int(at)
 
     def at_sample(self, sample: int) -> Setting:
         """Batch size, LR and momentum for the update that starts at sample position ``sample``."""
@@ -171,6 +181,8 @@ class Plan:
     def update_end(self, sample: int) -> int:
         """Where the update that starts at ``sample`` ends: its stage's batch later, cut at the end of the
         epoch or of the run (the one rule the sampler, the scheduler and ``updates`` follow)."""
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+            raise UserError(f"sample position must be a whole number ≥ 0, got {S.show(sample)}")
         n, total = self.dataset_size, self.total_samples
         end = total if n is None else min(total, (sample // n + 1) * n)
         return min(sample + self.at_sample(min(sample, total - 1)).batch_size, end)
@@ -210,7 +222,7 @@ class Plan:
             raise UserError(f"epoch must be a number ≥ 0, got {S.show(epoch)}")
         if self.dataset_size is None:
             raise UserError("this plan has no data set size (streaming); use plan.at_sample(samples_seen)")
-        return self.at_sample(min(int(epoch * self.dataset_size), self.total_samples - 1))
+        return self.at_sample(self._epoch_start(epoch))
 
     @property
     def updates(self) -> int:
@@ -242,8 +254,25 @@ class Plan:
 
     # -- checks ------------------------------------------------------------------
     def validate(self) -> None:
+        if not isinstance(self.stages, (list, tuple)):
+            raise ArgumentTypeError(f"plan stages must be a list of Stage, got {type(self.stages).__name__}")
         if not self.stages:
             raise UserError("plan has no stages")
+        for i, s in enumerate(self.stages):
+            if not isinstance(s, Stage):
+                raise ArgumentTypeError(f"plan stage {i} must be a Stage(start_sample, end_sample, batch_size, lr, "
+                                        f"momentum, temperature), got {type(s).__name__} {S.show(s)}")
+            for name in ("start_sample", "end_sample"):
+                value = getattr(s, name)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ArgumentTypeError(f"plan stage {i}: {name} must be a whole number, got {S.show(value)}")
+            for name in ("lr", "momentum"):
+                value = getattr(s, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ArgumentTypeError(f"plan stage {i}: {name} must be a number, got {S.show(value)}")
+        for name, kind in (("inputs", dict), ("cap", dict), ("warnings", list), ("notes", list)):
+            if not isinstance(getattr(self, name), kind):
+                raise ArgumentTypeError(f"plan {name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         n = self.dataset_size
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise UserError(f"plan dataset_size must be a positive integer, got {S.show(n)}")
@@ -360,6 +389,7 @@ class Plan:
     def load(cls, path) -> "Plan":
         from bsadvisor.core.fileio import read_json
 
+        checks.instance("path", path, (str, os.PathLike), "a plan file's path (str or pathlib.Path)")
         return cls.from_dict(read_json(path, "plan file", REMEDY), f"plan file {path}")
 
     def save(self, path) -> None:

@@ -100,14 +100,17 @@ def step_rate(probe, batch: int, world_size: int = 1, which: str = "examples_per
     return rate * world_size, extrapolated, micro
 
 
-def noise_model_of(probe=None, noise_trace=None) -> Optional[NoiseModel]:
+def noise_model_of(probe=None, noise_trace=None, dataset_size: Optional[int] = None) -> Optional[NoiseModel]:
     """The one B_noise(s) model (core.noise_model): a measured trace when given, else the probe's point.
 
     None when neither gives a usable estimate (a probe whose interval is open or whose
     estimate is not positive): nothing may then be capped or rated by the noise scale.
+    With ``dataset_size`` a trace measured at a batch of N or more (another data set) is refused.
     """
     if noise_trace is not None:
-        return noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
+        model = noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
+        model.check_dataset(dataset_size, "the noise trace" if noise_trace is model else f"noise trace {noise_trace}")
+        return model
     if probe is not None:
         return NoiseModel.from_probe(probe)
     return None
@@ -166,7 +169,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     _check_required(given)
     if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
-    noise = noise_model_of(result, noise_trace)
+    noise = noise_model_of(result, noise_trace, given.get("dataset_size"))
     if noise_cap is None and noise is not None:
         noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
     noise_cap = noise_cap or None  # 0: no cap
@@ -362,7 +365,10 @@ def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional
     eq. 2.11: E = E_min(1 + B/B_noise)), so growth from there pays too little to recommend;
     the original schedule is the recommendation. B_noise is read at the first sample the
     plan could grow from (the end of a warmup), at the original's setting there (eq. 16):
-    with a probe that is its B_simple. None when B0 is below that (or there is no model).
+    with a probe that is its B_simple. None when B0 is below that (or there is no model), and,
+    with a measured trace, when the plan capped at NOISE_CAP × B_noise(s) still grows later in the
+    run: on language models the trace shows the noise scale growing 10-100× after the first
+    updates (docs/results.md), which a probe's one point at initialisation cannot see.
     """
     if noise_model is None:
         return None
@@ -374,6 +380,8 @@ def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional
     b_noise = noise_model.b_noise(start.start_sample, t, model)
     if not b0 >= NOISE_CAP * b_noise:
         return None
+    if noise_model.source == "trace" and max(st.batch_size for st in plan.stages) > b0:
+        return None  # measured later in the run, B_noise(s) grows past B0 / NOISE_CAP: the capped plan grows there
     return {"b0": b0, "b_noise": b_noise, "sample": start.start_sample, "ratio": b0 / b_noise,
             "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise), "noise_cap": NOISE_CAP}
 

@@ -33,14 +33,31 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError
 
 from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES, SGD_FAMILY  # noqa: F401 (re-exported)
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,
                 rule: str = "exact") -> float:
-    """SGD noise temperature g = ε/(1−m)·(N/B − 1) (exact) or ε·N/(B(1−m)) (proportional)."""
-    return TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
+    """SGD noise temperature g = ε/(1−m)·(N/B − 1) (exact) or ε·N/(B(1−m)) (proportional).
+
+    ``lr`` ≥ 0, 1 ≤ ``batch_size`` ≤ ``dataset_size`` (None: the N → ∞ form), 0 ≤ ``momentum`` < 1;
+    anything else is a ValueError (or a TypeError for a value that is not a number).
+    """
+    lr = checks.number("lr", lr, low=0)
+    momentum = checks.number("momentum", momentum, low=0, high=1, high_open=True)
+    batch_size = checks.number("batch_size", batch_size, low=1)
+    if dataset_size is not None:
+        dataset_size = checks.positive_int("dataset_size", dataset_size)
+        if batch_size > dataset_size:
+            raise UserError(f"batch_size {batch_size:g} is larger than dataset_size {dataset_size}",
+                            parameters=("batch_size", "dataset_size"))
+    g = TemperatureModel(dataset_size, rule).temperature(lr, momentum, batch_size)
+    if not math.isfinite(g):
+        raise UserError(f"the temperature of lr {lr:g}, momentum {momentum:g} and batch_size {batch_size:g} is too large "
+                        "for a float; check lr", parameter="lr")
+    return g
 
 
 def noise_proxy_rule(adam_rule: str) -> str:

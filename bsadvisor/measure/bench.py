@@ -99,7 +99,7 @@ class Batches:
         else:
             try:
                 batch = self.target.collate([self.target.train_dataset[int(i)] for i in idx])
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
                 raise UserError(f"loading a batch from train_dataset failed: {type(exc).__name__}: {exc}") from None
         return to_device(batch, self.device)
 

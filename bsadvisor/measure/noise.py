@@ -173,7 +173,7 @@ class PerExampleDraws(Estimator):
             grads = self.per_example_grads(params, self.buffers, batch)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
             raise UserError(f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
                             "use --estimator microbatch") from None
         return [grads[n] for n in self.names]
@@ -295,10 +295,15 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
         big.append(draw.big)
         count = len(small)
         now = time.perf_counter()
-        if config.draws is not None:  # a fixed number of draws: no clock decides anything
+        past_phase, past_budget = draw.late
+        if config.draws is not None:  # a fixed number of draws: the clock decides nothing, but bounds the time
+            if past_budget and count < config.draws:
+                raise UserError(f"draws {config.draws} cannot be taken within budget_seconds "
+                                f"{config.budget_seconds:g} ({count} of them used the whole budget); lower draws to "
+                                f"about {max(2, count // 2)} or raise budget_seconds",
+                                parameters=("draws", "budget_seconds"))
             bench.progress("noise", count / config.draws)
             continue
-        past_phase, past_budget = draw.late
         if count >= config.min_draws:
             stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
                                          dataset_size=config.dataset_size)

@@ -46,7 +46,7 @@ def _guarded(call: Callable, what: str, where: str, oom: bool):
         return call()
     except UserError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
         error = failure(exc, what, where, oom)
     raise error
 

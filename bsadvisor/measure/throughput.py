@@ -9,13 +9,13 @@ and a ladder that is not monotone (:func:`ladder_warning`) are reported as warni
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from typing import Optional
 
 import torch
 
+from bsadvisor.core.machine import cpu_count, load_average  # noqa: F401 (tests patch them here)
 from bsadvisor.core.memory import OutOfMemory
 from bsadvisor.core.probe_result import ThroughputPoint
 from bsadvisor.measure.bench import Bench, Budget
@@ -188,20 +188,6 @@ def machine_warnings(device: torch.device) -> list[str]:
         return []
     warning = cpu_load_warning(torch.get_num_threads(), cpu_count(), load_average())
     return [warning] if warning else []
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def load_average() -> Optional[float]:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def cpu_load_warning(threads: int, cores: int, load: Optional[float]) -> Optional[str]:

@@ -365,10 +365,18 @@ class NoiseMonitor:
         write_json(path, self.trace())
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the points so far and the generator (a resumed run continues both)."""
-        return {"points": [dict(p) for p in self.points], "generator": self.generator.get_state(),
+        """What a checkpoint keeps: the points so far and the generator (a resumed run continues both).
+
+        The training time since the last call is booked now (a checkpoint is written between
+        updates), so a resumed run's budget is the uninterrupted one's.
+        """
+        if self._last_call is not None:
+            now = time.perf_counter()
+            self._train_seconds += now - self._last_call
+            self._last_call = now
+        return {"clock": self._last_call is not None, "points": [dict(p) for p in self.points], "generator": self.generator.get_state(),
                 "seconds": self.seconds, "train_seconds": self._train_seconds, "updates_since": self._updates_since,
-                "pending": list(self._pending)}
+                "pending": list(self._pending), "per_example": self._per_example}
 
     def load_state_dict(self, state: dict) -> None:
         self.points = [dict(p) for p in state.get("points", [])]
@@ -378,7 +386,10 @@ class NoiseMonitor:
         self._train_seconds = float(state.get("train_seconds", 0.0))
         self._updates_since = int(state.get("updates_since", 0))
         self._pending = [tuple(p) for p in state.get("pending", [])]
-        self._last_call = None
+        # the pace of the last draws: without it the first call after a resume would measure at once
+        # (an extra point at the resume position that the uninterrupted run never made)
+        self._per_example = float(state.get("per_example", 0.0))
+        self._last_call = time.perf_counter() if state.get("clock") else None
 
 
 def _power_of_two_above(x: float) -> int:

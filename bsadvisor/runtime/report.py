@@ -87,7 +87,7 @@ def plot_curves(doc: dict, out: Path) -> list[str]:
             axes[0].set_xscale("log")
             axes[1].set_xscale("log")
         axes[1].legend(fontsize=8)
-        fig.suptitle(f"{doc['target']}: mean over {doc['seeds']} seed(s)")
+        fig.suptitle(plot_text(f"{doc['target']}: mean over {doc['seeds']} seed(s)"))
         fig.tight_layout()
         path = Path(out) / f"curves_{x.split('_')[0]}.png"
         buf = io.BytesIO()
@@ -349,7 +349,7 @@ def plot_noise(doc: dict, out: Path) -> list[str]:
     ax.set_ylabel("examples")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{doc['target']}: batch size against the measured noise scale")
+    ax.set_title(plot_text(f"{doc['target']}: batch size against the measured noise scale"))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -358,10 +358,37 @@ def plot_noise(doc: dict, out: Path) -> list[str]:
     return ["noise.png"]
 
 
-def write_outputs(doc: dict, out: Path) -> None:
-    """results.json, curves_*.png and noise.png (with matplotlib) and report.md in ``out``, each written atomically."""
+def write_outputs(doc: dict, out: Path) -> list[str]:
+    """results.json and report.md, then curves_*.png and noise.png (with matplotlib) in ``out``, each atomically.
+
+    The results come first: the plots are optional, so a plot that fails (matplotlib refusing a
+    title, a full disk) costs only the plots. Returns the warnings to show (one line each); once
+    the plots are written, results.json and report.md are written again to list them.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    doc["plots"] = plot_curves(doc, out) + plot_noise(doc, out)
+    doc["plots"] = []
     write_json(out / "results.json", doc)
     write_atomic(out / "report.md", report_markdown(doc))
+    plots: list[str] = []
+    try:
+        plots = plot_curves(doc, out) + plot_noise(doc, out)
+    except Exception as exc:  # noqa: BLE001 -- anything matplotlib or the disk raises: the results are safe
+        from bsadvisor.core.errors import UserError
+
+        why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        return [f"no plots: {why[:200]}; the results are in {out / 'results.json'} and {out / 'report.md'}"]
+    if plots:
+        doc["plots"] = plots
+        write_json(out / "results.json", doc)
+        write_atomic(out / "report.md", report_markdown(doc))
+    return []
+
+
+def plot_text(text: Any, limit: int = 120) -> str:
+    """A user string in a plot's title: matplotlib reads ``$...$`` as math, so ``$`` is escaped; at most
+    ``limit`` characters (a 100,000-character name would take matplotlib minutes to lay out)."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("$", r"\$")

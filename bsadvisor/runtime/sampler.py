@@ -13,11 +13,12 @@ example is used exactly once.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.step import split_share
@@ -44,16 +45,17 @@ class PlanBatchSampler:
 
     def __init__(self, plan: Plan, dataset_size: Optional[int] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False, shuffle: bool = True):
+        checks.instance("plan", plan, Plan, "a bsadvisor Plan (Plan.load('plan.json'))")
         if plan.dataset_size is None:
             raise UserError("the plan has no data set size (it was made with --streaming and no --dataset-size); "
                             "a sampler needs one: re-run convert-schedule with --dataset-size")
-        n = plan.dataset_size if dataset_size is None else int(dataset_size)
+        n = plan.dataset_size if dataset_size is None else checks.positive_int("dataset_size", dataset_size)
         if n != plan.dataset_size:
             raise UserError(f"the plan was made for {plan.dataset_size} training examples but the dataset has {n}; "
                             "re-run convert-schedule for this dataset")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise UserError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
-        self.plan, self.dataset_size, self.seed = plan, n, int(seed)
+        self.plan, self.dataset_size, self.seed = plan, n, checks.seed("seed", seed)
         self.rank, self.world_size = rank, world_size
         self.drop_last, self.shuffle = drop_last, shuffle
         self.epoch = 0
@@ -61,9 +63,13 @@ class PlanBatchSampler:
         self._advance = False  # True once an epoch has been iterated without a set_epoch after it
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Start ``epoch`` (0 ≤ epoch ≤ the plan's epochs; the plan's end yields nothing)."""
+        self.epoch = self._epoch(epoch)
         self.offset = 0
         self._advance = False
+
+    def _epoch(self, epoch: Any) -> int:
+        return checks.integer("epoch", epoch, low=0, high=self.plan.full_epochs)
 
     @property
     def epochs(self) -> int:
@@ -127,5 +133,11 @@ class PlanBatchSampler:
         return {"epoch": self.epoch, "seed": self.seed, "advance": self._advance, "offset": self.offset}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.seed, self._advance = int(state["epoch"]), int(state["seed"]), bool(state["advance"])
-        self.offset = int(state.get("offset", 0))
+        """Continue from ``state_dict()``'s contents; a state that is not one is refused and changes nothing."""
+        checks.instance("state", state, dict, "a dict from PlanBatchSampler.state_dict()")
+        if "epoch" not in state or "seed" not in state:
+            raise UserError("PlanBatchSampler state needs 'epoch' and 'seed' (give what state_dict() returned)")
+        epoch, seed = self._epoch(state["epoch"]), checks.seed("seed", state["seed"])
+        offset = checks.integer("offset", state.get("offset", 0), low=0, high=self.dataset_size)
+        advance = checks.instance("advance", state.get("advance", False), bool, "True or False")
+        self.epoch, self.seed, self._advance, self.offset = epoch, seed, advance, offset

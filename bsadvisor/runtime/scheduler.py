@@ -10,10 +10,11 @@ docs/concepts.md). ``BatchSizeScheduler`` is shaped like a torch LR scheduler:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan, Setting
 
@@ -36,8 +37,10 @@ class BatchSizeScheduler:
     """
 
     def __init__(self, plan: Plan, optimizer: torch.optim.Optimizer, samples_seen: int = 0):
-        self.plan = plan
-        self.optimizer = optimizer
+        self.plan = checks.instance("plan", plan, Plan, "a bsadvisor Plan (Plan.load('plan.json'))")
+        self.optimizer = checks.instance("optimizer", optimizer, torch.optim.Optimizer,
+                                         "a torch.optim optimizer (torch.optim.SGD(model.parameters(), lr=...))")
+        samples_seen = self._position("samples_seen", samples_seen)
         base = optimizer.param_groups[0]["lr"]
         self._ratios = [(g["lr"] / base) if base > 0 else 1.0 for g in optimizer.param_groups]
         # Adam's own β2 and ε, which a plan's companion scaling multiplies (1−β2 by κ, ε by 1/√κ)
@@ -52,22 +55,27 @@ class BatchSizeScheduler:
         s = self.samples_seen
         return max(0, self.plan.update_end(s) - s) if s < self.plan.total_samples else 0
 
+    def _position(self, name: str, value: Any) -> int:
+        """A sample count or position: a whole number from 0 to the plan's total_samples."""
+        return checks.integer(name, value, low=0, high=self.plan.total_samples)
+
     def step(self, samples: Optional[int] = None) -> None:
         """After an optimizer update: move on by ``samples`` (default: the planned batch here) and apply."""
-        self.samples_seen += self._batch_here() if samples is None else int(samples)
+        self.samples_seen += self._batch_here() if samples is None else self._position("samples", samples)
         self.last_step += 1
         self._apply()
 
     def seek(self, samples_seen: int) -> None:
         """Go to sample position ``samples_seen`` (a run resumed mid-epoch) and apply its setting."""
-        self.samples_seen = int(samples_seen)
+        self.samples_seen = self._position("samples_seen", samples_seen)
         self._apply()
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of ``epoch`` (for loops that think in epochs; the plan's stages are whole epochs)."""
         if self.plan.dataset_size is None:
             raise UserError("this plan has no data set size (streaming); step() once per update instead")
-        self.seek(int(epoch) * self.plan.dataset_size)
+        epoch = checks.integer("epoch", epoch, low=0, high=self.plan.full_epochs)
+        self.seek(min(epoch * self.plan.dataset_size, self.plan.total_samples))
 
     @property
     def done(self) -> bool:
@@ -106,10 +114,16 @@ class BatchSizeScheduler:
                 "adam_base": [list(b) if b is not None else None for b in self._adam_base], "plan": self.plan.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("plan") is not None and state["plan"]["stages"] != self.plan.to_dict()["stages"]:
+        checks.instance("state", state, dict, "a dict from BatchSizeScheduler.state_dict()")
+        saved_plan = state.get("plan")
+        if saved_plan is not None and (not isinstance(saved_plan, dict)
+                                       or saved_plan.get("stages") != self.plan.to_dict()["stages"]):
             raise UserError("BatchSizeScheduler state was saved with a different plan; resume with the same plan")
-        self.samples_seen = int(state["samples_seen"])
-        self.last_step = int(state.get("last_step", 0))
+        if "samples_seen" not in state:
+            raise UserError("BatchSizeScheduler state needs 'samples_seen' (give what state_dict() returned)")
+        seen = self._position("samples_seen", state["samples_seen"])
+        self.last_step = checks.integer("last_step", state.get("last_step", 0), low=0)
+        self.samples_seen = seen
         self._ratios = list(state.get("ratios", self._ratios))
         self._adam_base = [list(b) if b is not None else None for b in state.get("adam_base", self._adam_base)]
         self._setting = None  # force a write: the optimizer may have been rebuilt

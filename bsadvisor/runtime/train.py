@@ -261,8 +261,11 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     dist = dist or Dist()
     model = target.model
     dev = torch.device(device) if device is not None else None
-    meta = {"name": name, "seed": seed, "stages": plan.to_dict()["stages"], "max_micro_batch": max_micro_batch,
-            "model": model_signature(model)}
+    plan_doc = plan.to_dict()
+    # the schedule's identity: the original's stages are the same for any schedule at a fixed batch, its LR
+    # comes from the recorded inputs (schedule text, LR, momentum, length), so those are compared too
+    meta = {"name": name, "seed": seed, "stages": plan_doc["stages"], "inputs": plan_doc["inputs"],
+            "max_micro_batch": max_micro_batch, "model": model_signature(model)}
     if evals is not None:
         meta["evals"] = evals = checks.positive_int("evals", evals, high=MAX_EVALS)
     if dist.enabled:
@@ -350,6 +353,7 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         totals = doc.get("totals") or {}
         run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
             "wall_s", 0.0)
+        _check_restored(run, totals)
     except UserError:
         raise
     except Exception as exc:
@@ -364,6 +368,51 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
     return start
 
 
+#: The fields a checkpoint's records must hold, as (name, kind): "int" a whole number, "num" a number or None.
+_RECORD_FIELDS = {
+    "history": (("epoch", "int"), ("train_loss", "num"), ("metric", "num"), ("updates", "int"), ("examples", "int"),
+                ("wall_s", "num"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
+    "steps": (("samples", "int"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
+    "evals": (("point", "int"), ("samples", "int"), ("updates", "int"), ("batch_size", "int"), ("train_loss", "num"),
+              ("metric", "num"), ("wall_s", "num")),
+}
+
+
+def _field_ok(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int) and value >= 0
+    return value is None or isinstance(value, (int, float))
+
+
+def _check_restored(run: _Training, totals: Any) -> None:
+    """Every field of a checkpoint that is read after the resume has the type it is read as.
+
+    Its metadata can be right while a field is not (a hand-edited or damaged file): a ValueError
+    here becomes the "damaged checkpoint" line, not a traceback epochs later.
+    """
+    result = run.result
+    for name, fields in _RECORD_FIELDS.items():
+        for i, rec in enumerate(getattr(result, name)):
+            for key, kind in fields:
+                if key not in rec or not _field_ok(rec[key], kind):
+                    raise ValueError(f"{name}[{i}].{key} is {checks.show(rec.get(key))}")
+    checks_ = (("partial", run.partial, (("epoch", "int"), ("offset", "int"), ("loss_sum", "num"), ("seen", "int"))),
+               ("since", run.since, (("loss_sum", "num"), ("seen", "int"))),
+               ("totals", totals, (("updates", "int"), ("examples", "int"), ("wall_s", "num"))))
+    for name, doc, fields in checks_:
+        if not isinstance(doc, dict):
+            raise ValueError(f"{name} is {type(doc).__name__}")
+        for key, kind in fields:
+            if (doc or name == "since") and not _field_ok(doc.get(key, 0), kind):
+                raise ValueError(f"{name}.{key} is {checks.show(doc.get(key))}")
+    if run.partial and not run.partial["offset"] <= run.plan.dataset_size:
+        raise ValueError(f"partial.offset {run.partial['offset']} is past the epoch's end")
+    if len(result.history) > run.plan.full_epochs:
+        raise ValueError(f"it holds {len(result.history)} epochs, the plan has {run.plan.full_epochs}")
+
+
 def _refuse_other_run(saved: dict, run: _Training) -> None:
     """A UserError unless the checkpoint's ``meta`` is this run's (process count, model, then the rest)."""
     ckpt_path, meta = run.checkpoint, run.meta
@@ -374,9 +423,23 @@ def _refuse_other_run(saved: dict, run: _Training) -> None:
     if change is not None:
         raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
                         "or --overwrite to start over")
+    if saved.get("inputs") != meta.get("inputs"):
+        raise UserError(f"checkpoint {ckpt_path} was made with another schedule ({_schedule_difference(saved, meta)}); "
+                        "resume with the same --schedule and options, or --overwrite to start over")
     if saved != meta:
         raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
                         "use another --out or drop --resume")
+
+
+def _schedule_difference(saved: dict, meta: dict) -> str:
+    """``schedule 'A' in the checkpoint, 'B' now``: the first recorded input that differs (short)."""
+    old, new = saved.get("inputs"), meta.get("inputs") or {}
+    if not isinstance(old, dict):
+        return "the checkpoint records none: an older bsadvisor wrote it"
+    for k in sorted(set(old) | set(new), key=lambda k: (k != "schedule", str(k))):
+        if old.get(k) != new.get(k):
+            return f"{k} {checks.show(old.get(k), 60)} in the checkpoint, {checks.show(new.get(k), 60)} now"
+    return "its inputs differ"
 
 
 def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,
@@ -407,7 +470,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                               monitor=monitor)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
             raise UserError(f"{run.where(epoch)}: the model or loss_fn raised {_one_line(exc)}") from None
         if not math.isfinite(loss):
             if not stop_on_divergence:
@@ -495,7 +558,7 @@ def _measure(run: _Training, epoch: int, measure: Callable[[], Any]) -> None:
         measure()
     except UserError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
         raise UserError(f"{run.where(epoch)}: the noise monitor's gradient draw raised {_one_line(exc)}") from None
 
 
@@ -547,7 +610,7 @@ def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[f
     state = get_rng_state()
     try:
         return evaluate(run.target, eval_batch_size, run.dist, run.device)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
         raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
     finally:
         set_rng_state(state)

@@ -282,6 +282,10 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
     if resume and overwrite:
         raise UserError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     out = Path(out)
+    try:
+        out.exists(), (out / "checkpoints").exists()
+    except (OSError, ValueError) as exc:  # a name too long, a folder on the way we may not enter
+        raise UserError(f"cannot use --out {out}: {getattr(exc, 'strerror', None) or exc}; choose another --out") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; give --out a folder (it will hold results.json, "
                         "report.md, plots and checkpoints)")
@@ -292,6 +296,10 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
         raise UserError(f"cannot create --out {out}: {existing} is a file; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to --out {out}: {existing} is not writable; choose another --out")
+    ck = out / "checkpoints"
+    if ck.exists() and not ck.is_dir():
+        raise UserError(f"--out {out} holds a file {ck.name!r} where validate keeps its checkpoints folder; move it "
+                        "away or choose another --out")
     if out.is_dir() and not (resume or overwrite):
         old = earlier_results(out)
         if old:
@@ -375,11 +383,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
     margin = parse_margin(tolerance)
     _check_runs(target, specs, resume, out)
-    ckpt_dir = None
-    if out is not None:
-        ckpt_dir = Path(out) / "checkpoints"
-        if dist is None or dist.is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = _checkpoint_dir(out, dist)
     init = initial_state(target.model)  # every run and seed starts from these weights
     home = next((p.device for p in target.model.parameters()), None)
     metric_name = "metric" if target.metric_fn is not None and target.eval_dataset is not None \
@@ -411,6 +415,19 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
            "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
            "runs": runs, "verdict": verdict(runs, margin), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
+
+
+def _checkpoint_dir(out: Optional[Path], dist) -> Optional[Path]:
+    """``out/checkpoints``, created by rank 0 (None without ``out``)."""
+    if out is None:
+        return None
+    ckpt_dir = Path(out) / "checkpoints"
+    if dist is None or dist.is_main:
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {ckpt_dir}: {exc.strerror or exc}; choose another --out") from None
+    return ckpt_dir
 
 
 #: Points of each run's realised-temperature series kept in results.json.

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.targets.target import Target, check_target
 
@@ -34,6 +35,15 @@ def _no_bytecode():
         yield
     finally:
         sys.dont_write_bytecode = writes
+
+
+def _kind(path: Path) -> tuple[bool, bool]:
+    """(is a folder, is a file); a folder on the way that cannot be read (PermissionError) is one UserError line."""
+    try:
+        return path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:  # no permission, a name too long, a NUL byte
+        raise UserError(f"TARGET file {checks.show(str(path), 80)} cannot be read: "
+                        f"{getattr(exc, 'strerror', None) or exc}; check the path and its folders' permissions") from None
 
 
 def _load_function(spec: str) -> Callable[[], Any]:
@@ -58,11 +68,12 @@ def _load_function(spec: str) -> Callable[[], Any]:
                         "write path/to/file.py:function or package.module:function")
     path = Path(module_part)
     looks_like_file = module_part.endswith(".py") or "/" in module_part or "\\" in module_part
-    if path.is_dir() and looks_like_file or path.is_file() and not module_part.endswith(".py"):
-        what = "a folder" if path.is_dir() else "not a .py file"
+    is_dir, is_file = _kind(path)
+    if is_dir and looks_like_file or is_file and not module_part.endswith(".py"):
+        what = "a folder" if is_dir else "not a .py file"
         raise UserError(f"TARGET {spec!r}: {module_part} is {what}; give path/to/file.py:function")
     if looks_like_file:
-        if not path.is_file():
+        if not is_file:
             raise UserError(f"TARGET file {path} not found; check the path")
         mod_name = f"_bsadvisor_target_{abs(hash(str(path.resolve())))}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)

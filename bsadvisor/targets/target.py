@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 from bsadvisor.core.errors import UserError
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+#: The largest training set a Target may have: every epoch draws a permutation of all its indices (int64).
+MAX_DATASET_SIZE = 2**31
 
 
 @dataclass
@@ -80,12 +82,32 @@ def check_target(target: Any, where: str = "target") -> Target:
         raise UserError(f"{where}: model is {type(target.model).__name__}, not a torch.nn.Module")
     if not any(p.requires_grad for p in target.model.parameters()):
         raise UserError(f"{where}: the model has no trainable parameters; nothing to measure")
+    if any(p.is_meta for p in target.model.parameters()):
+        raise UserError(f"{where}: the model is on the meta device (its weights have no values); create it on "
+                        "a real device, or call model.to_empty(device='cpu') and initialise the weights")
     try:
         n = len(target.train_dataset)
     except TypeError:
         raise UserError(f"{where}: train_dataset has no len(); use a map-style Dataset") from None
+    except Exception as exc:  # noqa: BLE001 -- the user's __len__ raised, or returned a negative number
+        raise UserError(f"{where}: len(train_dataset) raised {type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:200]}; its __len__ must return the number of "
+                        "examples") from None
     if n == 0:
         raise UserError(f"{where}: train_dataset is empty")
+    if n > MAX_DATASET_SIZE:
+        raise UserError(f"{where}: train_dataset says it has {n:.3g} examples, more than bsadvisor can shuffle "
+                        f"(at most {MAX_DATASET_SIZE:,}: each epoch is a permutation of every index, 8 bytes each); "
+                        "check its __len__, or train on a subset")
+    if target.eval_dataset is not None:
+        try:
+            len(target.eval_dataset)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{where}: len(eval_dataset) raised {type(exc).__name__}; its __len__ must return the "
+                            "number of examples") from None
+    if not isinstance(target.metadata, dict):
+        raise UserError(f"{where}: metadata must be a dict (such as {{'schedule': ..., 'epochs': ...}}), got "
+                        f"{type(target.metadata).__name__}")
     if not callable(target.loss_fn):
         raise UserError(f"{where}: loss_fn is not callable; give loss_fn(model, batch) -> scalar tensor")
     if isinstance(target.batch_size, bool) or not isinstance(target.batch_size, int) or target.batch_size < 1:

@@ -239,7 +239,7 @@ def test_the_consoles_do_not_highlight_user_text():
 
 
 def test_a_loss_fn_that_never_returns_is_stopped(tmp_path, monkeypatch):
-    """probe --budget-seconds 1 with a loss_fn that sleeps: stopped at 2 × budget + the grace (shortened here)."""
+    """probe --budget-seconds 0.5 with a loss_fn that sleeps: stopped at factor × budget + grace (shortened here)."""
     import bsadvisor.cli.app as app
     from hostile import assert_one_line_error, run_main
 
@@ -247,6 +247,7 @@ def test_a_loss_fn_that_never_returns_is_stopped(tmp_path, monkeypatch):
         "import time\nfrom bsadvisor.targets.builtins import linreg\n\n"
         "def make():\n    t = linreg(size=256)\n    t.loss_fn = lambda m, b: time.sleep(3600)\n    return t\n")
     monkeypatch.setattr(app, "PROBE_GRACE_S", 0.5)
+    monkeypatch.setattr(app, "PROBE_LIMIT_FACTOR", 2.0)
     r = run_main(["probe", "t.py:make", "--budget-seconds", "0.5"], cwd=tmp_path)
     assert_one_line_error(r, ["stopped after 1.5 s", "did not return"])
 

@@ -206,12 +206,11 @@ def test_olmo_rows_count_the_updates_of_every_batch_change():
     """The linear walk gives what the per-row sum over all stages gave (the quadratic form it replaces)."""
     from bsadvisor.core.exports import batch_steps, olmo_rows
 
-    batches = [4, 4, 8, 8, 8, 4, 16, 16, 2, 2, 32]
-    stages = [__import__("bsadvisor.core.plan", fromlist=["Stage"]).Stage(i * 64, (i + 1) * 64, b, 0.1, 0.0, 1.0)
-              for i, b in enumerate(batches)]
-    from bsadvisor.core.plan import Plan
+    from bsadvisor.core.plan import Plan, Stage
 
-    plan = Plan(stages=stages, dataset_size=128)
+    batches = [4, 4, 8, 8, 8, 16, 16, 32, 64, 64, 64]  # several stages a batch, as OLMo-core takes them (× integers)
+    stages = [Stage(i * 64, (i + 1) * 64, b, 0.1, 0.9, 1.0) for i, b in enumerate(batches)]
+    plan = Plan(stages=stages, dataset_size=128, inputs={"optimizer": "adamw", "seq_len": 16})
     counts = plan.updates_per_stage()
     steps = batch_steps(plan)
     ends = [s["samples"] for s in steps[1:]] + [plan.total_samples]

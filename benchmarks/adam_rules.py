@@ -181,22 +181,23 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict) -> None:
         noise["probe"] = measure_probe(name, target)
         target.model.load_state_dict(init)
         save_cache(cache)
-    original = make_plan(target, ORIGINAL, noise)
+    built: dict = {}  # config → plan, of this call
     for config in [ORIGINAL] + configs:
         try:
             plan = make_plan(target, config, noise)
         except Exception as exc:  # a config the library refuses is a result too
             print(f"  {name} {config}: no plan: {exc}", flush=True)
             continue
-        same = config != ORIGINAL and same_training(plan, original)
+        same = next((c for c, other in built.items() if same_training(plan, other)), None)
+        built[config] = plan
         for seed in range(seeds):
             k = key(name, config, seed)
             if k in cache["runs"]:
                 continue
-            if same:
-                cache["runs"][k] = {**cache["runs"][key(name, ORIGINAL, seed)], "same_as_original": True}
+            if same is not None and key(name, same, seed) in cache["runs"]:
+                cache["runs"][k] = {**cache["runs"][key(name, same, seed)], "same_as": same}
                 save_cache(cache)
-                print(f"  {name} {config:<16} seed {seed}: the original's training (no growth), not rerun", flush=True)
+                print(f"  {name} {config:<16} seed {seed}: trains exactly as {same} (copied, not rerun)", flush=True)
                 continue
             row, trace = train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
             if trace:
@@ -244,29 +245,41 @@ def print_table(rows: list[dict]) -> None:
               f"{_batches(r['batches'])} |")
 
 
-def print_noise(cache: dict, models: list[str]) -> None:
-    """B_noise(s) of each noise model at tenths of the run (the noise rule's step function), and B0."""
+def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:
+    """B_noise(s) of each noise model (the noise rule's step function, eq. 16) and each config's batch, at
+    tenths of the run: where the plans' batches stand against the noise scale."""
     from bsadvisor.core.convert import temperature_model
     from bsadvisor.core.options import ConvertOptions
     from bsadvisor.targets.loading import load_target
 
-    print("\nB_noise(s) along the original run (eq. 16), at 0, 10, …, 100 % of its samples:")
+    print("\nB_noise(s) along the original run (eq. 16) and each plan's batch, at 0, 10, …, 100 % of the samples:")
     for m in models:
         noise = cache["noise"].get(m, {})
-        target = None
+        if not noise:
+            continue
+        target = load_target(f"builtin:{m}")
+        opts = ConvertOptions(**recipe(target))
+        where = [min(opts.run_samples - 1, round(opts.run_samples * k / 10)) for k in range(11)]
+        print(f"  {m} (B0 = {target.batch_size}, N = {target.dataset_size}, {opts.run_samples:,} samples)")
         for source in ("probe", "trace"):
             model = noise_model(noise, source)
-            if model is None:
+            if model is not None:
+                tm = temperature_model(ConvertOptions(**recipe(target), adam_rule="noise", noise_model=model))
+                print(f"    B_noise ({source}){'':<10}" + " ".join(f"{tm.noise_scale_at(s):>6.3g}" for s in where))
+        for c in configs:
+            if not any(key(m, c, seed) in cache["runs"] for seed in range(2)):
                 continue
-            target = target or load_target(f"builtin:{m}")
-            opts = ConvertOptions(**recipe(target), adam_rule="noise", noise_model=model)
-            tm = temperature_model(opts)
-            total = opts.run_samples
-            values = [tm.noise_scale_at(min(total - 1, round(total * k / 10))) for k in range(11)]
-            print(f"  {m} ({source}, B0 = {target.batch_size}): " + " ".join(f"{v:.3g}" for v in values))
+            try:
+                plan = make_plan(target, c, noise)
+            except Exception:  # noqa: BLE001 (no plan: nothing to show)
+                continue
+            print(f"    batch {c:<20}" + " ".join(f"{plan.at_sample(s).batch_size:>6}" for s in where))
         if noise.get("trace"):
-            pts = ", ".join(f"{p['sample']}: {p['b_simple']:.3g} ({p['ci_kind']})" for p in noise["trace"])
-            print(f"  {m} raw trace (sample: B_simple at the original's lr): {pts}")
+            pts = ", ".join(f"{p['sample']}: {p['b_simple']:.3g}" for p in noise["trace"] if p["ci_kind"] == "bounded")
+            print(f"    raw trace (sample: B_simple at the original's LR and B0): {pts}")
+        if noise.get("probe"):
+            p = noise["probe"]
+            print(f"    probe: B_simple {p['b_simple']:.3g} ({p['ci_kind']}) at LR {p['lr']:g}, batch {p['batch_size']}")
 
 
 def main() -> int:
@@ -290,7 +303,7 @@ def main() -> int:
             run_model(m, configs, args.seeds, cache)
     all_configs = list(dict.fromkeys(configs + [k.split("|")[1] for k in cache["runs"]]))
     print_table(table(cache, models, [c for c in all_configs if c != ORIGINAL]))
-    print_noise(cache, models)
+    print_noise(cache, models, [c for c in all_configs if c != ORIGINAL])
     print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "
           f"{time.perf_counter() - started:.0f} s this call)")
     return 0

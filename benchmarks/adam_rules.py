@@ -142,9 +142,10 @@ def measure_probe(name: str, target) -> dict:
 
 
 def same_training(plan, original) -> bool:
-    """Whether ``plan`` trains exactly as ``original``: the same batch, LR, momentum and optimizer factors at
-    every update (a cap that binds at B0 gives the original back). Its runs are then the original's runs
-    (training is deterministic on CPU, bit for bit), copied instead of trained again."""
+    """Whether ``plan`` trains exactly as ``original`` (any earlier plan): the same batch, LR, momentum and
+    optimizer factors at every update (a cap that binds at B0 gives the original back; a cap that never binds
+    gives the uncapped plan). Its runs are then that plan's runs (training is deterministic on CPU, bit for
+    bit), copied instead of trained again."""
     if plan.updates != original.updates or plan.total_samples != original.total_samples:
         return False
     sample = 0
@@ -154,6 +155,17 @@ def same_training(plan, original) -> bool:
             return False
         sample += b.batch_size
     return True
+
+
+def lr_sum(plan) -> float:
+    """Σ of the LR over the plan's updates (each update at its first sample; a diagnostic: for Adam, whose
+    step per coordinate is about the LR when the signal dominates, it is the total drift the run allows)."""
+    total, sample = 0.0, 0
+    while sample < plan.total_samples:
+        setting = plan.at_sample(sample)
+        total += setting.lr
+        sample += setting.batch_size
+    return total
 
 
 def train_one(target, init, plan, seed: int, monitor: bool) -> tuple[dict, list]:
@@ -214,8 +226,12 @@ def _batches(bs: list[int]) -> str:
 
 
 def table(cache: dict, models: list[str], configs: list[str]) -> list[dict]:
+    from bsadvisor.targets.loading import load_target
+
     rows = []
     for m in models:
+        target = load_target(f"builtin:{m}") if any(key(m, c, 0) in cache["runs"] for c in configs) else None
+        noise = cache["noise"].get(m, {})
         for c in configs:
             ref, cand = [], []
             seed = 0
@@ -228,21 +244,22 @@ def table(cache: dict, models: list[str], configs: list[str]) -> list[dict]:
             v = paired_verdict([r["metric"] for r in cand], [r["metric"] for r in ref])
             rows.append({"model": m, "config": c, "ratio": ref[0]["updates"] / cand[0]["updates"], "verdict": v,
                          "seeds": len(cand), "wall": sum(r["wall_s"] for r in cand) / len(cand),
-                         "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"]})
+                         "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"],
+                         "lr_sum": lr_sum(make_plan(target, c, noise)) / lr_sum(make_plan(target, ORIGINAL, noise))})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print("\n| model | config | updates ratio (orig/plan) | d̄ | 90% interval | verdict | seeds | wall s plan / orig "
-          "| batches |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| ΣLR plan/orig | batches |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         v = r["verdict"]
         iv = "n/a" if v["interval"] is None else f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
         more = f" (≈{v['seeds_suggested']} seeds)" if v.get("seeds_suggested") else ""
         print(f"| {r['model']} | {r['config']} | {r['ratio']:.2f}× | {v['difference']:+.4f} | {iv} | "
               f"{v['status'].upper()}{more} | {r['seeds']} | {r['wall']:.1f} / {r['wall_ref']:.1f} | "
-              f"{_batches(r['batches'])} |")
+              f"{r['lr_sum']:.3f} | {_batches(r['batches'])} |")
 
 
 def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:

@@ -45,6 +45,9 @@ MODELS = ("charlm", "wordlm", "mixer1d")
 #: The order they are run in (issue 20's priority), then the rest.
 CONFIGS = ("linear", "linear+cap", "noise+cap", "noise", "sqrt", "seesaw", "linear+sde",
            "sqrt+cap", "seesaw+cap", "linear+sde+cap")
+#: The same with the noise model of the original's measured trace (the caps at 4 and 2 × B_noise(s)).
+TRACE_CONFIGS = ("linear+cap@trace", "linear+cap2@trace", "noise@trace", "noise+cap@trace", "noise+cap2@trace",
+                 "sqrt+cap@trace")
 RULES = ("sqrt", "linear", "seesaw", "noise")
 CACHE = Path(__file__).resolve().parent / "results" / "adam_rules.json"
 #: validate's monitor settings (bsadvisor/cli/validate.py: 5 % overhead, at least 5 points).
@@ -193,7 +196,13 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict) -> None:
         noise["probe"] = measure_probe(name, target)
         target.model.load_state_dict(init)
         save_cache(cache)
-    built: dict = {}  # config → plan, of this call
+    built: dict = {}  # config → plan: this call's, and those of the configs already cached for this model
+    for config in dict.fromkeys(k.split("|")[1] for k in cache["runs"] if k.startswith(f"{name}|")):
+        if config not in configs and config != ORIGINAL:
+            try:
+                built[config] = make_plan(target, config, noise)
+            except Exception:  # noqa: BLE001 (a config the library refuses: nothing to compare with)
+                pass
     for config in [ORIGINAL] + configs:
         try:
             plan = make_plan(target, config, noise)
@@ -318,7 +327,8 @@ def main() -> int:
     if not args.table_only:
         for m in models:
             run_model(m, configs, args.seeds, cache)
-    all_configs = list(dict.fromkeys(configs + [k.split("|")[1] for k in cache["runs"]]))
+    cached = [k.split("|")[1] for k in cache["runs"]]
+    all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
     print_table(table(cache, models, [c for c in all_configs if c != ORIGINAL]))
     print_noise(cache, models, [c for c in all_configs if c != ORIGINAL])
     print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "

@@ -271,6 +271,25 @@ def print_table(rows: list[dict]) -> None:
               f"{r['lr_sum']:.3f} | {_batches(r['batches'])} |")
 
 
+def print_pivot(rows: list[dict], models: list[str]) -> None:
+    """The same verdicts as one row per config and one column per model (docs/results.md's table)."""
+    cells = {(r["model"], r["config"]): r for r in rows}
+    print("\n| config | " + " | ".join(models) + " |")
+    print("|---|" + "---|" * len(models))
+    for c in dict.fromkeys(r["config"] for r in rows):
+        out = []
+        for m in models:
+            r = cells.get((m, c))
+            if r is None:
+                out.append("—")
+                continue
+            v = r["verdict"]
+            iv = "" if v["interval"] is None else f" [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+            out.append(f"{v['status'].upper()} {v['difference']:+.4f}{iv}, {r['ratio']:.2f}×, "
+                       f"ΣLR {r['lr_sum']:.2f}, {r['seeds']} seeds")
+        print(f"| {c} | " + " | ".join(out) + " |")
+
+
 def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:
     """B_noise(s) of each noise model (the noise rule's step function, eq. 16) and each config's batch, at
     tenths of the run: where the plans' batches stand against the noise scale."""
@@ -329,7 +348,9 @@ def main() -> int:
             run_model(m, configs, args.seeds, cache)
     cached = [k.split("|")[1] for k in cache["runs"]]
     all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
-    print_table(table(cache, models, [c for c in all_configs if c != ORIGINAL]))
+    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL])
+    print_table(rows)
+    print_pivot(rows, models)
     print_noise(cache, models, [c for c in all_configs if c != ORIGINAL])
     print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "
           f"{time.perf_counter() - started:.0f} s this call)")

@@ -53,6 +53,8 @@ CACHE = Path(__file__).resolve().parent / "results" / "adam_rules.json"
 #: validate's monitor settings (bsadvisor/cli/validate.py: 5 % overhead, at least 5 points).
 MONITOR = {"overhead": 0.05, "min_points": 5}
 ORIGINAL = "original"
+#: The control of the companion scaling: B0 and the original's LR, with linear+sde's β1, β2 and ε (sde_only_plan).
+SDE_ONLY = "sde-only"
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
@@ -104,6 +106,8 @@ def make_plan(target, config: str, noise: dict):
 
     if config == ORIGINAL:
         return baseline_plan(**recipe(target))
+    if config == SDE_ONLY:
+        return sde_only_plan(target, noise)
     c = parse_config(config)
     model = None
     if c["rule"] == "noise" or c["cap"]:
@@ -112,6 +116,19 @@ def make_plan(target, config: str, noise: dict):
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
     return plan_from_options(**recipe(target), adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
                              noise_cap=c["cap"])
+
+
+def sde_only_plan(target, noise: dict):
+    """The control of ``+sde``: the original's batch B0 and LR at every update, with the β1, β2 and ε that
+    ``linear+sde``'s plan trains with at the same sample (its stages, at B0 and the original's LR). What the
+    companion scaling does by itself, without the batch growth."""
+    from dataclasses import replace
+
+    base, sde = make_plan(target, ORIGINAL, noise), make_plan(target, "linear+sde", noise)
+    b0 = target.batch_size
+    stages = [replace(st, batch_size=b0, lr_scale=1.0, lr=base.at_sample(st.start_sample).lr, phase="original")
+              for st in sde.stages]
+    return replace(sde, stages=stages)
 
 
 def noise_model(noise: dict, source: str):
@@ -190,8 +207,8 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict) -> None:
     target = load_target(f"builtin:{name}")
     init = initial_state(target.model)
     noise = cache["noise"].setdefault(name, {})
-    needs_probe = any(parse_config(c)["source"] == "probe" and (parse_config(c)["rule"] == "noise" or
-                                                                 parse_config(c)["cap"]) for c in configs)
+    parsed = [parse_config(c) for c in configs if c != SDE_ONLY]
+    needs_probe = any(c["source"] == "probe" and (c["rule"] == "noise" or c["cap"]) for c in parsed)
     if needs_probe and "probe" not in noise:
         noise["probe"] = measure_probe(name, target)
         target.model.load_state_dict(init)
@@ -340,7 +357,8 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
-        parse_config(c)
+        if c != SDE_ONLY:
+            parse_config(c)
     cache = load_cache()
     started = time.perf_counter()
     if not args.table_only:

@@ -15,6 +15,8 @@ Configs (``RULE[+sde][+capK][@trace]``):
   has: ``bsadvisor.measure.probe.probe(target)``, scaled through training by eq. 16); ``@trace`` instead
   uses the B_simple trace the NoiseMonitor recorded on the original run of seed 0 with validate's settings
   (what ``--noise-trace results.json`` gives).
+- ``sde-only``: the control of ``+sde``: the original's batch and LR with the β1, β2 and ε of
+  ``linear+sde``'s plan at the same samples (what the companion scaling does without growth).
 
 Every plan is made by the library (``plan_from_options``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the

@@ -7,6 +7,11 @@
 - ``charlm``: a small causal transformer on bytes of Python standard-library source (present
   on every machine), AdamW, one epoch with a per-step LinearLR warmup + cosine: the
   language-model case (single pass, per-step schedule, Adam).
+- ``wordlm``: a word-level GRU language model on the English text of Python's pydoc topics
+  (``pydoc_data.topics``, in every CPython), AdamW, two epochs, per-step warmup + cosine: a
+  second language model, other data and another architecture (recurrent, word tokens).
+- ``mixer1d``: a small MLP-Mixer on MNIST-1D, AdamW, per-step warmup + cosine: the
+  non-language AdamW case (image-like signals, patches mixed across tokens and channels).
 """
 from __future__ import annotations
 
@@ -243,8 +248,194 @@ def charlm(seed: int = 0) -> Target:
                             "metric_name": "negative eval cross-entropy (nats per byte)"})
 
 
+def _warmup_cosine(steps: int, lr: float, share: float = 0.08) -> str:
+    """The per-step recipe of the AdamW builtins: LinearLR warmup over ``share`` of the updates, then a
+    cosine to a tenth of the LR."""
+    warmup = max(1, round(share * steps))
+    return (f"SequentialLR([LinearLR(start_factor=0.01, total_iters={warmup}), "
+            f"CosineAnnealingLR(T_max={steps - warmup}, eta_min={lr / 10:g})], milestones=[{warmup}])")
+
+
+WORDLM_SEQ_LEN = 24   # words per training window (+1 for the shifted target)
+WORDLM_EVAL = 400     # windows held out (the last ones)
+WORDLM_MIN_COUNT = 3  # a word seen fewer times in the training windows becomes <unk>
+WORDLM_LR = 3e-3
+WORDLM_BATCH = 16
+WORDLM_EPOCHS = 2
+
+
+def wordlm_words() -> list[str]:
+    """The corpus: pydoc's topic texts (``pydoc_data.topics``, English prose about Python), in key order,
+    lower-cased and split into words, numbers and single punctuation marks."""
+    import re
+
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a CPython built without pydoc_data
+        raise UserError("builtin:wordlm needs Python's pydoc_data.topics (part of the standard library); "
+                        "is the standard library installed?") from None
+    text = "\n".join(topics[k] for k in sorted(topics)).lower()
+    return re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", text)
+
+
+def _word_windows() -> tuple:
+    """(train windows, eval windows, vocabulary size) of the word corpus, ids as a LongTensor."""
+    import collections
+
+    import torch
+
+    words = wordlm_words()
+    width = WORDLM_SEQ_LEN + 1
+    n = len(words) // width
+    if n <= WORDLM_EVAL + 64:
+        raise UserError(f"builtin:wordlm: pydoc_data.topics has only {len(words):,} words here; too few to train on")
+    cut = (n - WORDLM_EVAL) * width
+    counts = collections.Counter(words[:cut])  # the vocabulary comes from the training text alone
+    vocab = ["<unk>"] + sorted(w for w, c in counts.items() if c >= WORDLM_MIN_COUNT)
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = torch.tensor([index.get(w, 0) for w in words[:n * width]], dtype=torch.long).view(n, width)
+    return ids[:n - WORDLM_EVAL], ids[n - WORDLM_EVAL:], len(vocab)
+
+
+def _word_model(vocab: int, width: int = 64, hidden: int = 128):
+    """Word embeddings, a one-layer GRU, a linear head over the vocabulary."""
+    from torch import nn
+
+    class WordLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, width)
+            self.rnn = nn.GRU(width, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, vocab)
+            nn.init.normal_(self.head.weight, std=0.02)  # near-uniform first predictions, as charlm
+            nn.init.zeros_(self.head.bias)
+
+        def forward(self, idx):
+            return self.head(self.rnn(self.embed(idx))[0])
+
+    return WordLM()
+
+
+def _next_token_fns():
+    """(loss_fn, metric_fn) of a next-token model: mean cross-entropy, and its negative on held-out text."""
+    from torch import nn
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten())
+
+    def metric_fn(m, batch):  # higher is better
+        x, y = batch
+        return -float(nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten()).detach())
+
+    return loss_fn, metric_fn
+
+
+def wordlm(seed: int = 0) -> Target:
+    """builtin:wordlm: pydoc's topic texts as words, windows of WORDLM_SEQ_LEN (+1 for the shifted target).
+
+    The last WORDLM_EVAL windows are held out; words seen fewer than WORDLM_MIN_COUNT times in
+    the training windows become <unk>. A GRU (embedding 64, hidden 128). The recipe in
+    ``metadata``: WORDLM_EPOCHS epochs of AdamW (LR 0.003, weight decay 0.01, batch 16), a
+    per-step warmup over 8% of the updates then a cosine to a tenth of the LR.
+    """
+    import torch
+
+    train, test, vocab = _word_windows()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = _word_model(vocab)
+    finally:
+        torch.random.set_rng_state(state)  # building a target leaves the caller's RNG alone
+    loss_fn, metric_fn = _next_token_fns()
+    steps = WORDLM_EPOCHS * -(-len(train) // WORDLM_BATCH)
+    return Target(model=model, train_dataset=torch.utils.data.TensorDataset(train[:, :-1], train[:, 1:]),
+                  loss_fn=loss_fn, batch_size=WORDLM_BATCH, lr=WORDLM_LR, momentum=0.9, optimizer="adamw",
+                  weight_decay=0.01, eval_dataset=torch.utils.data.TensorDataset(test[:, :-1], test[:, 1:]),
+                  metric_fn=metric_fn, name="builtin:wordlm",
+                  metadata={"schedule": _warmup_cosine(steps, WORDLM_LR), "schedule_unit": "step",
+                            "epochs": WORDLM_EPOCHS, "seq_len": WORDLM_SEQ_LEN, "vocab": vocab,
+                            "metric_name": "negative eval cross-entropy (nats per word)"})
+
+
+MIXER_PATCH = 4      # MNIST-1D's 40 samples → 10 patches (tokens)
+MIXER_LR = 2e-3
+MIXER_BATCH = 32
+MIXER_EPOCHS = 2
+
+
+def _mixer_model(length: int = 40, patch: int = MIXER_PATCH, width: int = 32, layers: int = 2, classes: int = 10):
+    """An MLP-Mixer (Tolstikhin et al. 2021) for 1-D signals: patches embedded, then blocks that mix
+    across tokens and across channels (pre-norm, residual), mean-pooled into a linear head."""
+    from torch import nn
+
+    tokens = length // patch
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.tokens = nn.Sequential(nn.Linear(tokens, 2 * tokens), nn.GELU(), nn.Linear(2 * tokens, tokens))
+            self.channels = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+        def forward(self, x):  # x: (batch, tokens, width)
+            x = x + self.tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+            return x + self.channels(self.norm2(x))
+
+    class Mixer1D(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(patch, width)
+            self.blocks = nn.Sequential(*[Block() for _ in range(layers)])
+            self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, classes)
+
+        def forward(self, x):  # x: (batch, length)
+            h = self.embed(x.view(x.shape[0], tokens, patch))
+            return self.head(self.norm(self.blocks(h)).mean(1))
+
+    return Mixer1D()
+
+
+def mixer1d(seed: int = 0) -> Target:
+    """builtin:mixer1d: an MLP-Mixer on MNIST-1D (the arrays of builtin:mnist1d-mlp), held-out accuracy.
+
+    The recipe in ``metadata``: MIXER_EPOCHS epochs of AdamW (LR 0.002, weight decay 0.01,
+    batch 32), a per-step warmup over 8% of the updates then a cosine to a tenth of the LR.
+    """
+    import torch
+    from torch import nn
+
+    a = mnist1d_arrays()
+    train = torch.utils.data.TensorDataset(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]))
+    test = torch.utils.data.TensorDataset(torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = _mixer_model()
+    finally:
+        torch.random.set_rng_state(state)
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        return nn.functional.cross_entropy(m(xb), yb)
+
+    def metric_fn(m, batch):  # accuracy
+        xb, yb = batch
+        return float((m(xb).argmax(-1) == yb).float().mean())
+
+    steps = MIXER_EPOCHS * -(-len(train) // MIXER_BATCH)
+    return Target(model=model, train_dataset=train, loss_fn=loss_fn, batch_size=MIXER_BATCH, lr=MIXER_LR,
+                  momentum=0.9, optimizer="adamw", weight_decay=0.01, eval_dataset=test, metric_fn=metric_fn,
+                  name="builtin:mixer1d",
+                  metadata={"schedule": _warmup_cosine(steps, MIXER_LR), "schedule_unit": "step",
+                            "epochs": MIXER_EPOCHS, "metric_name": "held-out accuracy"})
+
+
 BUILTINS: dict[str, Callable[[], Target]] = {
     "charlm": charlm,
+    "wordlm": wordlm,
+    "mixer1d": mixer1d,
     "linreg": linreg,
     "mnist1d-mlp": lambda: _mnist1d("mlp"),
     "mnist1d-cnn": lambda: _mnist1d("cnn"),

@@ -1,0 +1,381 @@
+"""Which Adam rule holds? Every rule of docs/concepts.md §7, paired seeds, on three AdamW models (issue 20).
+
+Models (each trained with its own recipe from ``metadata``: per-step LinearLR warmup + cosine):
+
+- ``charlm``  : causal byte-level transformer on standard-library source, 1 epoch (single pass)
+- ``wordlm``  : word-level GRU LM on pydoc's topic texts, 2 epochs
+- ``mixer1d`` : MLP-Mixer on MNIST-1D, 2 epochs (held-out accuracy)
+
+Configs (``RULE[+sde][+capK][@trace]``):
+
+- ``sqrt``, ``linear``, ``seesaw``, ``noise``: the Adam rule (``adam_rule``), no noise cap;
+- ``+cap`` / ``+cap2``: the noise cap at 4 (the default) / 2 × B_noise(s);
+- ``+sde``: Malladi's companion scaling of β1, β2 and ε (``adam_sde``);
+- the noise model (for ``noise`` and ``+cap``): by default the probe's one point (what ``bsadvisor advise``
+  has: ``bsadvisor.measure.probe.probe(target)``, scaled through training by eq. 16); ``@trace`` instead
+  uses the B_simple trace the NoiseMonitor recorded on the original run of seed 0 with validate's settings
+  (what ``--noise-trace results.json`` gives).
+- ``sde-only``: the control of ``+sde``: the original's batch and LR with the β1, β2 and ε of
+  ``linear+sde``'s plan at the same samples (what the companion scaling does without growth).
+
+Every plan is made by the library (``plan_from_options``, as the CLI makes it) and trained by
+``train_plan`` from the target's initial weights; seed s fixes the data order of both the
+original (the recipe at B0) and the plan, and the paired verdict (core/verdict.py, δ = 0.005,
+90 % t interval) compares them. Every run's final metric, updates and wall time are cached in
+benchmarks/results/adam_rules.json by (model, config, seed): a second call resumes, and a larger
+``--seeds`` adds seeds. The original runs are shared by every config of a model.
+
+    python benchmarks/adam_rules.py [--models charlm,wordlm,mixer1d] [--configs linear,noise+cap] [--seeds 3]
+    python benchmarks/adam_rules.py --table-only      # print the table of what is cached
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bsadvisor.core.fileio import write_atomic  # noqa: E402
+from bsadvisor.core.noise_model import NoiseModel, NoisePoint  # noqa: E402
+from bsadvisor.core.verdict import paired_verdict  # noqa: E402
+
+MODELS = ("charlm", "wordlm", "mixer1d")
+#: The order they are run in (issue 20's priority), then the rest.
+CONFIGS = ("linear", "linear+cap", "noise+cap", "noise", "sqrt", "seesaw", "linear+sde",
+           "sqrt+cap", "seesaw+cap", "linear+sde+cap")
+#: The same with the noise model of the original's measured trace (the caps at 4 and 2 × B_noise(s)).
+TRACE_CONFIGS = ("linear+cap@trace", "linear+cap2@trace", "noise@trace", "noise+cap@trace", "noise+cap2@trace",
+                 "sqrt+cap@trace")
+RULES = ("sqrt", "linear", "seesaw", "noise")
+CACHE = Path(__file__).resolve().parent / "results" / "adam_rules.json"
+#: validate's monitor settings (bsadvisor/cli/validate.py: 5 % overhead, at least 5 points).
+MONITOR = {"overhead": 0.05, "min_points": 5}
+ORIGINAL = "original"
+#: The control of the companion scaling: B0 and the original's LR, with linear+sde's β1, β2 and ε (sde_only_plan).
+SDE_ONLY = "sde-only"
+
+
+# -- the cache ---------------------------------------------------------------------------------------------
+def load_cache() -> dict:
+    if CACHE.is_file():
+        return json.loads(CACHE.read_text())
+    return {"schema": "bsadvisor.adam_rules/1", "runs": {}, "noise": {}}
+
+
+def save_cache(cache: dict) -> None:
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+
+
+def key(model: str, config: str, seed: int) -> str:
+    return f"{model}|{config}|{seed}"
+
+
+# -- configs -----------------------------------------------------------------------------------------------
+def parse_config(config: str) -> dict:
+    """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace')}."""
+    body, _, source = config.partition("@")
+    rule, *flags = body.split("+")
+    if rule not in RULES or source not in ("", "probe", "trace"):
+        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][@trace], RULE in {', '.join(RULES)}")
+    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe"}
+    for flag in flags:
+        if flag == "sde":
+            out["sde"] = True
+        elif flag.startswith("cap"):
+            out["cap"] = float(flag[3:] or 4)
+        else:
+            raise SystemExit(f"unknown flag {flag!r} in config {config!r}")
+    return out
+
+
+def recipe(target) -> dict:
+    """The target's own AdamW recipe as conversion options (what ``bsadvisor validate TARGET`` uses)."""
+    m = target.metadata
+    return dict(lr=target.lr, batch_size=target.batch_size, dataset_size=target.dataset_size, epochs=m["epochs"],
+                schedule=m["schedule"], schedule_unit=m["schedule_unit"], momentum=target.momentum,
+                optimizer=target.optimizer, seq_len=m.get("seq_len"))
+
+
+def make_plan(target, config: str, noise: dict):
+    """The plan of ``config``, made by the library as the CLI makes it."""
+    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.predict import plan_from_options
+
+    if config == ORIGINAL:
+        return baseline_plan(**recipe(target))
+    if config == SDE_ONLY:
+        return sde_only_plan(target, noise)
+    c = parse_config(config)
+    model = None
+    if c["rule"] == "noise" or c["cap"]:
+        model = noise_model(noise, c["source"])
+        if model is None:
+            raise RuntimeError(f"{config}: no usable {c['source']} noise model")
+    return plan_from_options(**recipe(target), adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
+                             noise_cap=c["cap"])
+
+
+def sde_only_plan(target, noise: dict):
+    """The control of ``+sde``: the original's batch B0 and LR at every update, with the β1, β2 and ε that
+    ``linear+sde``'s plan trains with at the same sample (its stages, at B0 and the original's LR). What the
+    companion scaling does by itself, without the batch growth."""
+    from dataclasses import replace
+
+    base, sde = make_plan(target, ORIGINAL, noise), make_plan(target, "linear+sde", noise)
+    b0 = target.batch_size
+    stages = [replace(st, batch_size=b0, lr_scale=1.0, lr=base.at_sample(st.start_sample).lr, phase="original")
+              for st in sde.stages]
+    return replace(sde, stages=stages)
+
+
+def noise_model(noise: dict, source: str):
+    """The cached probe point or monitor trace of a model as a NoiseModel (None when not usable)."""
+    if source == "trace":
+        rows = noise.get("trace")
+        return NoiseModel.from_trace(rows, "the original's trace") if rows else None
+    p = noise.get("probe")
+    if not p:
+        return None
+    point = NoisePoint(0, p["b_simple"], p["lr"], p["momentum"], p["batch_size"],
+                       (p["ci90"][0], float("inf") if p["ci90"][1] is None else p["ci90"][1]), p["ci_kind"])
+    return NoiseModel((point,), "probe") if point.usable else None
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+def measure_probe(name: str, target) -> dict:
+    """The probe's noise point (bsadvisor.measure.probe, its default budget; memory and throughput skipped:
+    they do not enter the noise model)."""
+    from bsadvisor.measure.probe import probe
+
+    started = time.perf_counter()
+    r = probe(target, measure_memory=False, measure_throughput=False, seed=0)
+    n, s = r.noise, r.settings
+    out = {"b_simple": n.b_simple, "ci90": [n.ci90[0], None if n.ci90[1] == float("inf") else n.ci90[1]],
+           "ci_kind": n.ci_kind, "lr": s.lr, "momentum": s.momentum, "batch_size": s.batch_size,
+           "seconds": time.perf_counter() - started}
+    print(f"  {name}: probe B_simple {n.b_simple:.3g} [{n.ci90[0]:.3g}, {n.ci90[1]:.3g}] ({n.ci_kind}), "
+          f"{out['seconds']:.0f} s", flush=True)
+    return out
+
+
+def same_training(plan, original) -> bool:
+    """Whether ``plan`` trains exactly as ``original`` (any earlier plan): the same batch, LR, momentum and
+    optimizer factors at every update (a cap that binds at B0 gives the original back; a cap that never binds
+    gives the uncapped plan). Its runs are then that plan's runs (training is deterministic on CPU, bit for
+    bit), copied instead of trained again."""
+    if plan.updates != original.updates or plan.total_samples != original.total_samples:
+        return False
+    sample = 0
+    while sample < original.total_samples:
+        a, b = plan.at_sample(sample), original.at_sample(sample)
+        if a != b:  # batch, LR, β1 and the companion factors on 1−β2 and ε
+            return False
+        sample += b.batch_size
+    return True
+
+
+def lr_sum(plan) -> float:
+    """Σ of the LR over the plan's updates (each update at its first sample; a diagnostic: for Adam, whose
+    step per coordinate is about the LR when the signal dominates, it is the total drift the run allows)."""
+    total, sample = 0.0, 0
+    while sample < plan.total_samples:
+        setting = plan.at_sample(sample)
+        total += setting.lr
+        sample += setting.batch_size
+    return total
+
+
+def train_one(target, init, plan, seed: int, monitor: bool) -> tuple[dict, list]:
+    from bsadvisor.runtime.train import train_plan
+
+    r = train_plan(target, plan, seed=seed, init_state=init, noise_monitor=dict(MONITOR) if monitor else None)
+    f = r.final
+    row = {"metric": f["metric"], "train_loss": f["train_loss"], "updates": f["updates"], "wall_s": f["wall_s"],
+           "batches": plan.stage_batch_sizes()}
+    return row, list(r.noise_trace)
+
+
+def run_model(name: str, configs: list[str], seeds: int, cache: dict) -> None:
+    """Train what the cache lacks: the original's seeds (seed 0 with the monitor: the trace), the probe if a
+    config needs it, then every config's seeds; the cache is saved after every run."""
+    from bsadvisor.runtime.train import initial_state
+    from bsadvisor.targets.loading import load_target
+
+    target = load_target(f"builtin:{name}")
+    init = initial_state(target.model)
+    noise = cache["noise"].setdefault(name, {})
+    parsed = [parse_config(c) for c in configs if c != SDE_ONLY]
+    needs_probe = any(c["source"] == "probe" and (c["rule"] == "noise" or c["cap"]) for c in parsed)
+    if needs_probe and "probe" not in noise:
+        noise["probe"] = measure_probe(name, target)
+        target.model.load_state_dict(init)
+        save_cache(cache)
+    built: dict = {}  # config → plan: this call's, and those of the configs already cached for this model
+    for config in dict.fromkeys(k.split("|")[1] for k in cache["runs"] if k.startswith(f"{name}|")):
+        if config not in configs and config != ORIGINAL:
+            try:
+                built[config] = make_plan(target, config, noise)
+            except Exception:  # noqa: BLE001 (a config the library refuses: nothing to compare with)
+                pass
+    for config in [ORIGINAL] + configs:
+        try:
+            plan = make_plan(target, config, noise)
+        except Exception as exc:  # a config the library refuses is a result too
+            print(f"  {name} {config}: no plan: {exc}", flush=True)
+            continue
+        same = next((c for c, other in built.items() if same_training(plan, other)), None)
+        built[config] = plan
+        for seed in range(seeds):
+            k = key(name, config, seed)
+            if k in cache["runs"]:
+                continue
+            if same is not None and key(name, same, seed) in cache["runs"]:
+                cache["runs"][k] = {**cache["runs"][key(name, same, seed)], "same_as": same}
+                save_cache(cache)
+                print(f"  {name} {config:<16} seed {seed}: trains exactly as {same} (copied, not rerun)", flush=True)
+                continue
+            row, trace = train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
+            if trace:
+                noise["trace"] = trace
+            cache["runs"][k] = row
+            save_cache(cache)
+            print(f"  {name} {config:<16} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
+                  f"wall {row['wall_s']:.1f}s batches {_batches(row['batches'])}", flush=True)
+
+
+# -- the report --------------------------------------------------------------------------------------------
+def _batches(bs: list[int]) -> str:
+    return " → ".join(map(str, bs)) if len(bs) <= 8 else " → ".join(map(str, bs[:3] + ["…"] + bs[-3:]))
+
+
+def table(cache: dict, models: list[str], configs: list[str]) -> list[dict]:
+    from bsadvisor.targets.loading import load_target
+
+    rows = []
+    for m in models:
+        target = load_target(f"builtin:{m}") if any(key(m, c, 0) in cache["runs"] for c in configs) else None
+        noise = cache["noise"].get(m, {})
+        for c in configs:
+            ref, cand = [], []
+            seed = 0
+            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"]:
+                cand.append(cache["runs"][key(m, c, seed)])
+                ref.append(cache["runs"][key(m, ORIGINAL, seed)])
+                seed += 1
+            if not cand:
+                continue
+            v = paired_verdict([r["metric"] for r in cand], [r["metric"] for r in ref])
+            rows.append({"model": m, "config": c, "ratio": ref[0]["updates"] / cand[0]["updates"], "verdict": v,
+                         "seeds": len(cand), "wall": sum(r["wall_s"] for r in cand) / len(cand),
+                         "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"],
+                         "lr_sum": lr_sum(make_plan(target, c, noise)) / lr_sum(make_plan(target, ORIGINAL, noise))})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| model | config | updates ratio (orig/plan) | d̄ | 90% interval | verdict | seeds | wall s plan / orig "
+          "| ΣLR plan/orig | batches |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        v = r["verdict"]
+        iv = "n/a" if v["interval"] is None else f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+        more = f" (≈{v['seeds_suggested']} seeds)" if v.get("seeds_suggested") else ""
+        print(f"| {r['model']} | {r['config']} | {r['ratio']:.2f}× | {v['difference']:+.4f} | {iv} | "
+              f"{v['status'].upper()}{more} | {r['seeds']} | {r['wall']:.1f} / {r['wall_ref']:.1f} | "
+              f"{r['lr_sum']:.3f} | {_batches(r['batches'])} |")
+
+
+def print_pivot(rows: list[dict], models: list[str]) -> None:
+    """The same verdicts as one row per config and one column per model (docs/results.md's table)."""
+    cells = {(r["model"], r["config"]): r for r in rows}
+    print("\n| config | " + " | ".join(models) + " |")
+    print("|---|" + "---|" * len(models))
+    for c in dict.fromkeys(r["config"] for r in rows):
+        out = []
+        for m in models:
+            r = cells.get((m, c))
+            if r is None:
+                out.append("—")
+                continue
+            v = r["verdict"]
+            iv = "" if v["interval"] is None else f" [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+            out.append(f"{v['status'].upper()} {v['difference']:+.4f}{iv}, {r['ratio']:.2f}×, "
+                       f"ΣLR {r['lr_sum']:.2f}, {r['seeds']} seeds")
+        print(f"| {c} | " + " | ".join(out) + " |")
+
+
+def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:
+    """B_noise(s) of each noise model (the noise rule's step function, eq. 16) and each config's batch, at
+    tenths of the run: where the plans' batches stand against the noise scale."""
+    from bsadvisor.core.convert import temperature_model
+    from bsadvisor.core.options import ConvertOptions
+    from bsadvisor.targets.loading import load_target
+
+    print("\nB_noise(s) along the original run (eq. 16) and each plan's batch, at 0, 10, …, 100 % of the samples:")
+    for m in models:
+        noise = cache["noise"].get(m, {})
+        if not noise:
+            continue
+        target = load_target(f"builtin:{m}")
+        opts = ConvertOptions(**recipe(target))
+        where = [min(opts.run_samples - 1, round(opts.run_samples * k / 10)) for k in range(11)]
+        print(f"  {m} (B0 = {target.batch_size}, N = {target.dataset_size}, {opts.run_samples:,} samples)")
+        for source in ("probe", "trace"):
+            model = noise_model(noise, source)
+            if model is not None:
+                tm = temperature_model(ConvertOptions(**recipe(target), adam_rule="noise", noise_model=model))
+                print(f"    B_noise ({source}){'':<10}" + " ".join(f"{tm.noise_scale_at(s):>6.3g}" for s in where))
+        for c in configs:
+            if not any(key(m, c, seed) in cache["runs"] for seed in range(2)):
+                continue
+            try:
+                plan = make_plan(target, c, noise)
+            except Exception:  # noqa: BLE001 (no plan: nothing to show)
+                continue
+            print(f"    batch {c:<20}" + " ".join(f"{plan.at_sample(s).batch_size:>6}" for s in where))
+        if noise.get("trace"):
+            pts = ", ".join(f"{p['sample']}: {p['b_simple']:.3g}" for p in noise["trace"] if p["ci_kind"] == "bounded")
+            print(f"    raw trace (sample: B_simple at the original's LR and B0): {pts}")
+        if noise.get("probe"):
+            p = noise["probe"]
+            print(f"    probe: B_simple {p['b_simple']:.3g} ({p['ci_kind']}) at LR {p['lr']:g}, batch {p['batch_size']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Adam rules on three AdamW models, paired seeds (issue 20)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--table-only", action="store_true", help="print the table of the cached runs, train nothing")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    models = [m for m in args.models.split(",") if m]
+    configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        if c != SDE_ONLY:
+            parse_config(c)
+    cache = load_cache()
+    started = time.perf_counter()
+    if not args.table_only:
+        for m in models:
+            run_model(m, configs, args.seeds, cache)
+    cached = [k.split("|")[1] for k in cache["runs"]]
+    all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
+    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL])
+    print_table(rows)
+    print_pivot(rows, models)
+    print_noise(cache, models, [c for c in all_configs if c != ORIGINAL])
+    print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "
+          f"{time.perf_counter() - started:.0f} s this call)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""builtin:wordlm and builtin:mixer1d: the second language model and the non-language AdamW model of
+benchmarks/adam_rules.py (construct, one step, a recipe that converts)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bsadvisor.core.convert import baseline_plan
+from bsadvisor.targets.builtins import WORDLM_SEQ_LEN, mixer1d, wordlm, wordlm_words
+from bsadvisor.targets.loading import load_target
+from bsadvisor.targets.target import check_target
+
+
+def _recipe_plan(t):
+    m = t.metadata
+    return baseline_plan(lr=t.lr, batch_size=t.batch_size, dataset_size=t.dataset_size, epochs=m["epochs"],
+                         schedule=m["schedule"], schedule_unit=m["schedule_unit"], momentum=t.momentum,
+                         optimizer=t.optimizer, seq_len=m.get("seq_len"))
+
+
+def _one_step(t):
+    x, y = (d[:t.batch_size] for d in t.train_dataset.tensors)
+    opt = t.make_optimizer()
+    assert isinstance(opt, torch.optim.AdamW)
+    before = float(t.loss_fn(t.model, (x, y)).detach())
+    opt.zero_grad()
+    t.loss_fn(t.model, (x, y)).backward()
+    opt.step()
+    assert math.isfinite(before) and math.isfinite(float(t.loss_fn(t.model, (x, y)).detach()))
+    return before
+
+
+def test_wordlm_builds_steps_and_its_recipe_converts():
+    t = check_target(load_target("builtin:wordlm"))
+    x, y = t.train_dataset.tensors
+    assert x.shape == (t.dataset_size, WORDLM_SEQ_LEN) and torch.equal(x[:, 1:], y[:, :-1])
+    assert int(x.max()) < t.metadata["vocab"] and t.metadata["vocab"] > 1000
+    # near-uniform first predictions: cross-entropy ≈ ln(vocab)
+    assert abs(_one_step(t) - math.log(t.metadata["vocab"])) < 0.1
+    m = t.metadata
+    assert m["schedule_unit"] == "step" and "LinearLR" in m["schedule"] and "CosineAnnealingLR" in m["schedule"]
+    plan = _recipe_plan(t)
+    assert plan.updates == m["epochs"] * -(-t.dataset_size // t.batch_size)
+    assert isinstance(t.metric_fn(t.model, (x[:4], y[:4])), float)
+
+
+def test_wordlm_is_other_text_than_charlm_and_builds_deterministically():
+    words = wordlm_words()
+    assert len(words) > 100_000 and "def" not in words[:50]
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    a, b = wordlm(), wordlm()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_mixer1d_builds_steps_and_its_recipe_converts():
+    pytest.importorskip("mnist1d")
+    t = check_target(load_target("builtin:mixer1d"))
+    assert t.dataset_size == 32000 and t.optimizer == "adamw"
+    _one_step(t)
+    assert t.model(t.train_dataset.tensors[0][:3]).shape == (3, 10)
+    plan = _recipe_plan(t)
+    assert plan.updates == t.metadata["epochs"] * t.dataset_size // t.batch_size
+    state = torch.random.get_rng_state()
+    assert all(torch.equal(p, q) for p, q in zip(mixer1d().model.parameters(), mixer1d().model.parameters()))
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -109,13 +109,32 @@ def mnist1d_arrays(num_samples: int = 40000, seed: int = 42) -> dict[str, np.nda
     return arrays
 
 
-def _mnist1d(model_kind: str, seed: int = 0) -> Target:
+def _mnist1d_task():
+    """MNIST-1D as the classification every MNIST-1D builtin trains: (train, test, loss_fn, metric_fn),
+    the mean cross-entropy and the held-out accuracy."""
     import torch
     from torch import nn
 
     a = mnist1d_arrays()
     train = torch.utils.data.TensorDataset(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]))
     test = torch.utils.data.TensorDataset(torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]))
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        return nn.functional.cross_entropy(m(xb), yb)
+
+    def metric_fn(m, batch):  # accuracy
+        xb, yb = batch
+        return float((m(xb).argmax(-1) == yb).float().mean())
+
+    return train, test, loss_fn, metric_fn
+
+
+def _mnist1d(model_kind: str, seed: int = 0) -> Target:
+    import torch
+    from torch import nn
+
+    train, test, loss_fn, metric_fn = _mnist1d_task()
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -129,15 +148,6 @@ def _mnist1d(model_kind: str, seed: int = 0) -> Target:
                                   nn.Flatten(), nn.Linear(125, 10))
     finally:
         torch.random.set_rng_state(gen_state)
-
-    def loss_fn(m, batch):
-        xb, yb = batch
-        return nn.functional.cross_entropy(m(xb), yb)
-
-    def metric_fn(m, batch):  # accuracy
-        xb, yb = batch
-        return float((m(xb).argmax(-1) == yb).float().mean())
-
     return Target(model=model, train_dataset=train, loss_fn=loss_fn, batch_size=32, lr=0.05, momentum=0.9,
                   eval_dataset=test, metric_fn=metric_fn, name=f"builtin:mnist1d-{model_kind}")
 
@@ -404,26 +414,14 @@ def mixer1d(seed: int = 0) -> Target:
     batch 32), a per-step warmup over 8% of the updates then a cosine to a tenth of the LR.
     """
     import torch
-    from torch import nn
 
-    a = mnist1d_arrays()
-    train = torch.utils.data.TensorDataset(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]))
-    test = torch.utils.data.TensorDataset(torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]))
+    train, test, loss_fn, metric_fn = _mnist1d_task()
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = _mixer_model()
     finally:
         torch.random.set_rng_state(state)
-
-    def loss_fn(m, batch):
-        xb, yb = batch
-        return nn.functional.cross_entropy(m(xb), yb)
-
-    def metric_fn(m, batch):  # accuracy
-        xb, yb = batch
-        return float((m(xb).argmax(-1) == yb).float().mean())
-
     steps = MIXER_EPOCHS * -(-len(train) // MIXER_BATCH)
     return Target(model=model, train_dataset=train, loss_fn=loss_fn, batch_size=MIXER_BATCH, lr=MIXER_LR,
                   momentum=0.9, optimizer="adamw", weight_decay=0.01, eval_dataset=test, metric_fn=metric_fn,

@@ -42,7 +42,7 @@ from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 VALIDATION_SCHEMA = "bsadvisor.validation/1.1"
 # validate trains every epoch of every run and seed, evaluates and checkpoints after each
 # one and keeps a record of each: past this many epochs a run cannot be expected to finish.
-MAX_EPOCHS = 100_000
+MAX_TRAIN_EPOCHS = 100_000
 MAX_SEEDS = 1_000
 #: At most this many evaluation points a run's curve has (--evals).
 MAX_EVALS = 1_000
@@ -56,8 +56,8 @@ def check_epochs(epochs: float, where: str = "--epochs") -> float:
     """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
     limit and why."""
     epochs = checks.number(where, epochs, low=0, low_open=True)
-    if epochs > MAX_EPOCHS:
-        raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_EPOCHS:,} epochs, because it "
+    if epochs > MAX_TRAIN_EPOCHS:
+        raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_TRAIN_EPOCHS:,} epochs, because it "
                         "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
     return epochs
 

@@ -245,3 +245,12 @@ def test_no_long_function_without_a_reason():
     offenders = long_functions()
     assert not offenders, (f"over {MAX_FUNCTION_LINES} lines with no '{LONG_REASON} ...' in the docstring:\n"
                            + "\n".join(offenders))
+
+
+def test_no_import_cycle_inside_core_counting_function_level_imports():
+    """core/ is the pure base everything stands on: no cycle among its modules even through a lazy import
+    inside a function (those hide an order dependency that the top-level check does not see)."""
+    core = [name for name in MODULES if name.startswith("bsadvisor.core.")]
+    graph = {name: {m for m in internal_imports(name) if m.startswith("bsadvisor.core.")} - {name} for name in core}
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle inside core (function-level imports count): " + " -> ".join(cycle)

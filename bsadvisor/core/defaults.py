@@ -1,4 +1,4 @@
-"""The conversion's default values and allowed names, written once, in a module that imports nothing.
+"""The conversion's default values, allowed names and limits, written once, in a module that imports nothing.
 
 ConvertOptions takes its field defaults from here and the CLI's help texts read them from
 here, so `bsadvisor --help` shows the defaults without building ConvertOptions or the
@@ -36,3 +36,10 @@ NOISE_CAP = 4.0
 #: A noise-scale interval's kind: two-sided; only a lower bound (|G|² not significantly
 #: positive); no information at all (core.noise.ratio_interval).
 CI_KINDS = ("bounded", "lower-bound", "unbounded")
+
+#: Longest plan, in epochs: a plan's users may walk it epoch by epoch (the sampler, CSV export).
+MAX_EPOCHS = 1_000_000
+#: Longest plan in samples (2**62: sums of sample positions stay exact integers).
+MAX_SAMPLES = 2**62
+#: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
+MAX_TABLE_BYTES = 16 * 2**20

@@ -20,17 +20,12 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
+from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES  # noqa: F401 (re-exported)
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import json_safe
 
 PLAN_SCHEMA = "bsadvisor.plan/2"
 PLAN_SCHEMA_V1 = "bsadvisor.plan/1"
-#: Longest plan, in epochs: a plan's users may walk it epoch by epoch (the sampler, CSV export).
-MAX_EPOCHS = 1_000_000
-#: Longest plan in samples (2**62: sums of sample positions stay exact integers).
-MAX_SAMPLES = 2**62
-#: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
-MAX_TABLE_BYTES = 16 * 2**20
 PHASES = ("warmup", "growth", "hybrid", "original")
 #: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
 SCHEDULE_UNITS = ("epoch", "step")

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import MAX_EPOCHS, MAX_TABLE_BYTES
+from bsadvisor.core.defaults import MAX_EPOCHS, MAX_TABLE_BYTES
 
 #: Longest --schedule expression accepted; longer schedules belong in a CSV table.
 MAX_SCHEDULE_CHARS = 10_000

@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from bsadvisor.cli import advise as cmd_advise
+from bsadvisor.targets.target import batchnorm_layers
 from bsadvisor.cli.advise import next_commands
 from bsadvisor.core.exports import export_csv, export_megatron, megatron_notes
 from bsadvisor.core.predict import plan_from_options
@@ -133,9 +134,9 @@ def test_advise_output_is_whole_and_prints_markup_verbatim(monkeypatch):
 
 def test_batchnorm_warning_only_for_models_with_batchnorm():
     torch = pytest.importorskip("torch")
-    assert cmd_advise.has_batchnorm(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)))
-    assert cmd_advise.has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.SyncBatchNorm(2)))
-    assert not cmd_advise.has_batchnorm(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)))
+    assert batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))) == ['1']
+    assert batchnorm_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.SyncBatchNorm(2))) == ['1']
+    assert not batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)))
     plan = plans()["probe"]
     plan.warnings.append("BatchNorm statistics depend on the batch (generic remark)")
     plan.notes.append("BatchNorm: a generic note")

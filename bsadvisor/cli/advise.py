@@ -75,11 +75,12 @@ def advise_cmd(
     from bsadvisor.core.fileio import write_json
     from bsadvisor.core.predict import keep_batch_advice, noise_model_of, plan_from_options, start_batch_advice
     from bsadvisor.targets.loading import load_target
+    from bsadvisor.targets.target import batchnorm_layers
 
     with _progress(quiet=json_) as progress:
         progress("loading the target", 0.0)
         tgt = _recipe(load_target(target), options)
-        has_bn = has_batchnorm(tgt.model)
+        has_bn = bool(batchnorm_layers(tgt.model))
         # the same conversion with the target's settings and no cap: bad options fail before the probe
         dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
         noise_model_of(None, options["noise_trace"], tgt.dataset_size)  # another data set's trace: not after the probe
@@ -196,12 +197,6 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
         check_replace(probe_out, PROBE_FILES, overwrite, "--probe-out")
         if out is not None and Path(out).resolve() == Path(probe_out).resolve():
             raise UserError(f"--out and --probe-out are both {out}; give them different files")
-
-
-def has_batchnorm(model) -> bool:
-    import torch
-
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on the batch: keep a fixed per-device "

@@ -34,6 +34,7 @@ from bsadvisor.core.probe_result import NoiseResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
 from bsadvisor.measure.step import backward, clear_grads, loss_of
 from bsadvisor.runtime.step import map_tensors, sq_norm
+from bsadvisor.targets.target import batchnorm_layers
 
 NOISE_SHARE = 0.6  # of what is left of the budget after the warmup
 
@@ -155,7 +156,7 @@ class PerExampleDraws(Estimator):
         self.model = copy.deepcopy(bench.model)
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+        if batchnorm_layers(self.model):
             raise UserError("the per-example estimator cannot handle BatchNorm (a batch of one has no statistics); "
                             "use --estimator microbatch")
         model_copy, target = self.model, bench.target

@@ -329,16 +329,10 @@ def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False):
         yield out
 
 
-def batchnorm_layers(model) -> list[str]:
-    """The names of the model's BatchNorm layers (any ``torch.nn.modules.batchnorm._BatchNorm``)."""
-    import torch
-
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
 def batchnorm_warning(model) -> Optional[str]:
     """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
+    from bsadvisor.targets.target import batchnorm_layers
+
     names = batchnorm_layers(model)
     if not names:
         return None

@@ -127,3 +127,12 @@ def check_target(target: Any, where: str = "target") -> Target:
     if target.eval_dataset is not None and target.metric_fn is None:
         raise UserError(f"{where}: eval_dataset given without metric_fn(model, batch) -> float")
     return target
+
+
+def batchnorm_layers(model) -> list[str]:
+    """The names of the model's BatchNorm layers (any ``torch.nn.modules.batchnorm._BatchNorm``, SyncBatchNorm
+    too): their statistics depend on the batch, which the probe, advise and validate each have to say."""
+    import torch
+
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -1,7 +1,7 @@
 """The validation report: Markdown, PNG curves, and the curves and numbers the CLI shows.
 
 Everything here reads the results document ``runtime/validate.py`` returns (schema
-bsadvisor.validation/1) and changes nothing in it but its ``plots`` list. A value that
+bsadvisor.validation/1.1) and changes nothing in it but its ``plots`` list. A value that
 is null (not finite: NaN or infinity in a run) is shown as "n/a" and left out of a
 curve. No torch: matplotlib is imported only to draw, and only if it is installed.
 """

@@ -135,8 +135,6 @@ class OverTime(BaseException):
     swallows it on its way out."""
 
 
-#: Seconds a probe may run past --budget-seconds (twice it) before it is stopped: loading the target, the
-#: last step of each phase. A loss_fn that never returns is stopped then.
 #: The probe's hard limit is PROBE_LIMIT_FACTOR × --budget-seconds + PROBE_GRACE_S: only a hang reaches it.
 #: The budget bounds the noise draws, not the memory and throughput ladder, and a loaded 2-core machine runs
 #: 5-20× slower (builtin:charlm's probe, 12 s budget, took over 84 s there), so the limit is generous.

@@ -1,8 +1,8 @@
-"""The conversion's default values, allowed names and limits, written once, in a module that imports nothing.
+"""The options' default values, allowed names and limits, written once, in a module that imports nothing.
 
-ConvertOptions takes its field defaults from here and the CLI's help texts read them from
-here, so `bsadvisor --help` shows the defaults without building ConvertOptions or the
-temperature model (each a dataclass, a few milliseconds of start time).
+ConvertOptions, ProbeOptions and ValidateOptions take their field defaults from here and the
+CLI's help texts read them from here, so `bsadvisor --help` shows the defaults without building
+the option classes or the temperature model (each a dataclass, a few milliseconds of start time).
 """
 
 RULES = ("exact", "proportional")
@@ -26,6 +26,20 @@ DEFAULTS = {
     # Adam's rule: the one accepted (paired verdict) on every model of benchmarks/adam_rules.py, with the most
     # fewer updates (docs/results.md): 1.55-1.58x on charlm, wordlm and mixer1d; sqrt was rejected on all three.
     "adam_rule": "linear",
+}
+
+#: ProbeOptions' defaults for the options that have one (the others default to None: the target's
+#: batch, LR and a warmup of about 2% of an epoch; no memory limit of our own; the budget decides the draws).
+PROBE_DEFAULTS = {
+    "device": "auto",
+    "budget_seconds": 12.0,
+    "target_rel_ci": 0.10,
+    "estimator": "microbatch",
+    "micro_batches": 8,
+    "seed": 0,
+    "min_draws": 10,
+    "measure_memory": True,
+    "measure_throughput": True,
 }
 
 #: With a measured noise scale (a probe or a trace), a plan's batch never grows past this many times

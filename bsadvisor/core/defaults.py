@@ -42,6 +42,23 @@ PROBE_DEFAULTS = {
     "measure_throughput": True,
 }
 
+#: ValidateOptions' defaults for the options that have one (the others default to None: the hybrid's cap a
+#: quarter of the plan's largest batch, the margin 0.005, no accumulation, checkpoints every quarter epoch,
+#: no --out, no time limit).
+VALIDATE_DEFAULTS = {
+    "seeds": 1,
+    "variants": False,
+    "increase_lr": 5.0,
+    "evals": 10,
+    "noise_monitor": True,
+    # the noise monitor's time budget, a fraction of the training time
+    "monitor_overhead": 0.05,
+    # fewest noise-trace points a run records, also when the overhead budget is short (one-epoch runs)
+    "monitor_min_points": 5,
+    "resume": False,
+    "overwrite": False,
+}
+
 #: With a measured noise scale (a probe or a trace), a plan's batch never grows past this many times
 #: B_noise(s), for any optimizer (docs/concepts.md §9): past it a bigger batch costs examples, not only
 #: updates. 0 turns the cap off.

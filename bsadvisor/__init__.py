@@ -26,6 +26,7 @@ _LAZY = {
     "Target": "targets.target", "load_target": "targets.loading",
     # measure: the probe
     "probe": "measure.probe",
+    "ProbeOptions": "core.probe_options",
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .core.noise_model import NoiseModel, load_trace
     from .core.options import ConvertOptions
     from .core.plan import Plan, Setting, Stage
+    from .core.probe_options import ProbeOptions
     from .core.probe_result import ProbeResult, load_probe
     from .core.schedules import parse_schedule
     from .core.temperature import TemperatureModel, temperature

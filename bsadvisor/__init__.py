@@ -22,10 +22,11 @@ _LAZY = {
     "UserError": "core.errors",
     "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
     "NoiseModel": "core.noise_model", "load_trace": "core.noise_model",
+    "recommend": "core.recommend", "Recommendation": "core.recommend",
     # targets: what is trained and probed
     "Target": "targets.target", "load_target": "targets.loading",
-    # measure: the probe
-    "probe": "measure.probe",
+    # measure: the probe, and advise (probe, then recommend)
+    "probe": "measure.probe", "advise": "measure.advise",
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
@@ -45,9 +46,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .core.options import ConvertOptions
     from .core.plan import Plan, Setting, Stage
     from .core.probe_result import ProbeResult, load_probe
+    from .core.recommend import Recommendation, recommend
     from .core.schedules import parse_schedule
     from .core.temperature import TemperatureModel, temperature
     from .integrations.lightning import FollowPlan, target_from_lightning
+    from .measure.advise import advise
     from .measure.probe import probe
     from .runtime.distributed import Dist, init_from_env
     from .runtime.distributed import current as current_dist

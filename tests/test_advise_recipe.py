@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bsadvisor.cli.options import apply_recipe
+from bsadvisor.runtime.recipe import apply_recipe
 from bsadvisor.core.convert import convert_schedule
 
 RECIPE = {"schedule": "CosineAnnealingLR(T_max=100)", "schedule_unit": "step", "epochs": 1, "seq_len": 64}

@@ -21,6 +21,7 @@ from bsadvisor.targets.target import batchnorm_layers
 from bsadvisor.cli.advise import next_commands
 from bsadvisor.core.exports import export_csv, export_megatron, megatron_notes
 from bsadvisor.core.predict import plan_from_options
+from bsadvisor.core.recommend import BATCHNORM_WARNING, recommend
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult
 from bsadvisor.cli.render import plan_rows, plan_summary
@@ -113,8 +114,7 @@ def test_advise_output_is_whole_and_prints_markup_verbatim(monkeypatch):
     probe.warnings = ["the loss looks sum-reduced [bold]x[/]: the gradient norm grows with the batch"]
     options = {k: None for k in cmd_advise.CONVERT_OPTIONS}
     options.update(epochs=10, schedule=SCHEDULE, max_fraction=1.0, round_to=4, noise_cap=3.0)
-    plan = plan_from_options(probe=probe, **options)
-    cmd_advise.batchnorm_warning(plan, has_bn=True)
+    plan = recommend(options, probe=probe, batchnorm=True)
     con = Console(width=80, file=io.StringIO(), color_system=None)
     monkeypatch.setattr(cmd_advise, "console", con)
     target = "a[/x]b/train [red].py:make_target"
@@ -137,13 +137,12 @@ def test_batchnorm_warning_only_for_models_with_batchnorm():
     assert batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))) == ['1']
     assert batchnorm_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.SyncBatchNorm(2))) == ['1']
     assert not batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)))
-    plan = plans()["probe"]
-    plan.warnings.append("BatchNorm statistics depend on the batch (generic remark)")
-    plan.notes.append("BatchNorm: a generic note")
-    cmd_advise.batchnorm_warning(plan, has_bn=False)
+    probe = ProbeResult.from_dict(probe_doc())
+    assert any("BatchNorm" in x for x in recommend(probe=probe, epochs=10, schedule=SCHEDULE).notes)  # unknown
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, batchnorm=False)
     assert not any("BatchNorm" in x for x in plan.warnings + plan.notes)
-    cmd_advise.batchnorm_warning(plan, has_bn=True)
-    assert [w for w in plan.warnings if "BatchNorm" in w] == [cmd_advise.BATCHNORM_WARNING]
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, batchnorm=True)
+    assert [w for w in plan.warnings + plan.notes if "BatchNorm" in w] == [BATCHNORM_WARNING]
 
 
 def test_convert_schedule_piped_at_80_columns_shows_every_number_whole():

@@ -17,7 +17,6 @@ from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAcc
                                    Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize)
 from bsadvisor.core.errors import UserError
 
-
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
 
@@ -81,6 +80,7 @@ def advise_cmd(
         prepared = options_for_target(tgt, {**options, "noise_trace": trace})
         if prepared.note:
             err_console.print(prepared.note, soft_wrap=True, markup=False, highlight=False)
+        # the next commands printed below repeat the recipe's schedule and length
         options.update({k: prepared.options[k] for k in ("schedule", "epochs", "schedule_unit", "seq_len")})
         with probe_time_limit(budget_seconds):
             rec = advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)

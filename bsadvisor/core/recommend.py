@@ -50,8 +50,9 @@ def recommend(options: Union[ConvertOptions, dict, None] = None, *, probe: Any =
 
     ``options`` is a ConvertOptions or a dict of the keywords :func:`core.predict.plan_from_options`
     takes (None: not given, so the probe's value or the default applies; a ConvertOptions' noise_cap_batch
-    and noise_model are the probe's and the trace's to give); ``keywords`` are more of them and win. ``probe`` is a ProbeResult or a probe.json file; ``noise_trace`` a trace file, a NoiseModel
-    or a read :class:`core.predict.Trace`. ``batchnorm``: whether the model has BatchNorm layers (None:
+    and noise_model are the probe's and the trace's to give); ``keywords`` are more of them and win.
+    ``probe`` is a ProbeResult or a probe.json file; ``noise_trace`` a trace file, a NoiseModel or a
+    read :class:`core.predict.Trace`. ``batchnorm``: whether the model has BatchNorm layers (None:
     unknown, and the plan says what to do if it has; True: a warning; False: nothing).
     """
     kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})

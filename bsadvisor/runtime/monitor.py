@@ -255,14 +255,17 @@ class NoiseMonitor:
         k = max(2, big // b)
         small, large = [], []
         for _ in range(self.settings.draws):
-            idx = torch.randperm(self.dataset_size, generator=self.generator)[:k * b]
-            s, g, _ = micro_batch_draw(self.params, k, lambda j, idx=idx: (self._gradient(idx[j * b:(j + 1) * b]),
-                                                                           None)).draw()
-            if not math.isfinite(s + g):
-                raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
+            s, g = self._draw(torch.randperm(self.dataset_size, generator=self.generator)[:k * b], k, b)
             small.append(s)
             large.append(g)
         return small, large, b, k * b
+
+    def _draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
+        """One draw of k micro-batches of b on the examples ``idx``: (|G_b|², |G_B|²)."""
+        s, g, _ = micro_batch_draw(self.params, k, lambda j: (self._gradient(idx[j * b:(j + 1) * b]), None)).draw()
+        if not math.isfinite(s + g):
+            raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
+        return s, g
 
     def _gradient(self, idx: torch.Tensor) -> list:
         """The mean loss's gradient on the examples ``idx``, by autograd.grad (``.grad`` is never written)."""

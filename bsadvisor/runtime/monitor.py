@@ -1,9 +1,10 @@
 """NoiseMonitor: the gradient noise scale B_simple during training, with its 90% interval.
 
 The probe measures B_simple once, near initialisation; it grows as training proceeds
-(docs/concepts.md §12). The monitor measures it along the run, with the estimators of
+(docs/concepts.md §12). The monitor measures it along the run with the probe's own
+estimators: the draws of :mod:`bsadvisor.runtime.gradient_noise` and the statistics of
 :mod:`bsadvisor.core.noise` (McCandlish et al. 1812.06162, App. A, with the finite-data
-correction of eq. 17), in one of three ways:
+correction of eq. 17). This module only schedules them, in one of three ways:
 
 - **From gradient accumulation, at no extra cost.** A loop that accumulates k micro-batch
   gradients already has them: call :meth:`NoiseMonitor.after_backward` after each

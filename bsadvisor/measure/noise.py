@@ -248,6 +248,11 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
     has_buffers = any(True for _ in bench.model.buffers())
     small, big = [], []
     stats = None
+
+    def estimate() -> noise_stats.NoiseStats:
+        return noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
+                                    dataset_size=config.dataset_size)
+
     limit = config.max_draws if config.max_draws is not None else MAX_DRAWS
     while len(small) < limit:
         draw = estimator.draw(len(small))
@@ -267,8 +272,7 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
             bench.progress("noise", count / config.draws)
             continue
         if count >= config.min_draws:
-            stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
-                                         dataset_size=config.dataset_size)
+            stats = estimate()
             rel = stats.rel_halfwidth
             bench.progress("noise", min(1.0, max((now - started) / max(phase_deadline - started, 1e-9),
                                                  (config.target_rel_ci / rel) ** 2 if rel > 0 else 1.0)))
@@ -280,8 +284,7 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
     if stats is None or stats.draws != len(small):
         if len(small) < 2:
             raise UserError("the budget ran out before two noise draws; raise --budget-seconds")
-        stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
-                                         dataset_size=config.dataset_size)
+        stats = estimate()
     return stats
 
 

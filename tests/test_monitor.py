@@ -189,3 +189,20 @@ def test_a_resumed_run_continues_the_trace(tmp_path):
     assert resumed.resumed_from == 2
     strip = lambda trace: [{k: v for k, v in p.items() if k != "seconds"} for p in trace]  # noqa: E731
     assert strip(resumed.noise_trace) == strip(full.noise_trace)
+
+
+def test_settings_are_one_checked_object_that_keywords_override():
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.runtime.monitor import MonitorSettings
+
+    model = torch.nn.Linear(3, 1)
+    given = MonitorSettings(window=3, overhead=0.2)
+    monitor = NoiseMonitor(model, settings=given, window=5)
+    assert monitor.settings == MonitorSettings(window=5, overhead=0.2) and given.window == 3
+    assert NoiseMonitor(model).settings == MonitorSettings()
+    assert NoiseMonitor(model, min_points=50, spread=4).settings.min_points == 4  # at most one point a place
+    for bad in ({"draws": 1}, {"every": 0}, {"overhead": 0.0}, {"overhead": 1.5}):
+        with pytest.raises(UserError):
+            NoiseMonitor(model, **bad)
+    with pytest.raises(TypeError):
+        NoiseMonitor(model, windows=3)

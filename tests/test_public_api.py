@@ -54,15 +54,12 @@ def test_type_checkers_see_every_lazy_name_where_it_is_defined():
 def test_distributed_namespace_loads_on_first_use():
     """``bsadvisor.distributed`` holds the process-group names (they left the top level) and the
     plain ``import bsadvisor`` does not load it, since it imports torch."""
-    import subprocess
-    import sys
+    from test_layout import run_python
 
-    code = ("import sys, bsadvisor\n"
-            "print('bsadvisor.distributed' in sys.modules, hasattr(bsadvisor, 'init_from_env'))\n"
-            "d = bsadvisor.distributed\n"
-            "print(d.init_from_env('cpu') == d.Dist() == d.current(), sorted(d.__all__))")
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    r = run_python("import sys, bsadvisor\n"
+                   "print('bsadvisor.distributed' in sys.modules, hasattr(bsadvisor, 'init_from_env'))\n"
+                   "d = bsadvisor.distributed\n"
+                   "print(d.init_from_env('cpu') == d.Dist() == d.current(), sorted(d.__all__))")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["False False", "True ['Dist', 'current', 'init_from_env']"]
 

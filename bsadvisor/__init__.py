@@ -2,6 +2,7 @@
 
 Everything the docs use is importable from here (``from bsadvisor import Plan, probe``), so
 user code never names a sub-package; docs/architecture.md says where each name lives.
+The torchrun plumbing has its own namespace, ``bsadvisor.distributed``, also loaded on first use.
 The pure-math names (``convert_schedule``, ``Plan``, ``temperature``, ...) import no torch;
 every name is loaded on first use, so ``import bsadvisor`` stays cheap.
 """
@@ -31,15 +32,17 @@ _LAZY = {
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
     "NoiseMonitor": "runtime.monitor",
-    "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
-    "current_dist": "runtime.distributed:current",
     # integrations: other frameworks follow a plan (each imports its framework on first use)
     "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# public sub-modules, imported on first use: ``bsadvisor.distributed`` (Dist, init_from_env, current)
+_NAMESPACES = ("distributed",)
+
+__all__ = sorted(_LAZY) + list(_NAMESPACES) + ["__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each name on first use
+    from . import distributed
     from .core.convert import convert_schedule
     from .core.errors import UserError
     from .core.noise_model import NoiseModel, load_trace
@@ -52,8 +55,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .integrations.lightning import FollowPlan, target_from_lightning
     from .measure.advise import advise
     from .measure.probe import probe
-    from .runtime.distributed import Dist, init_from_env
-    from .runtime.distributed import current as current_dist
     from .runtime.monitor import NoiseMonitor
     from .runtime.sampler import PlanBatchSampler
     from .runtime.scheduler import BatchSizeScheduler
@@ -68,6 +69,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{module_name}", __name__), attribute or name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _NAMESPACES:  # importing a sub-module sets it on the package, so this runs once
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'bsadvisor' has no attribute {name!r}")
 
 

@@ -28,7 +28,7 @@ _LAZY = {
     "probe": "measure.probe",
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
-    "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
+    "train_step": "runtime.step", "make_gather": "runtime.batches", "map_tensors": "runtime.batches",
     "NoiseMonitor": "runtime.monitor",
     "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
     "current_dist": "runtime.distributed:current",
@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .runtime.monitor import NoiseMonitor
     from .runtime.sampler import PlanBatchSampler
     from .runtime.scheduler import BatchSizeScheduler
-    from .runtime.step import make_gather, map_tensors, train_step
+    from .runtime.batches import make_gather, map_tensors
+    from .runtime.step import train_step
     from .targets.loading import load_target
     from .targets.target import Target
 

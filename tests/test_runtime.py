@@ -10,7 +10,8 @@ import torch
 from bsadvisor import BatchSizeScheduler, PlanBatchSampler
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.runtime.step import make_gather, train_step
+from bsadvisor.runtime.batches import make_gather
+from bsadvisor.runtime.step import train_step
 
 
 def make_plan(n=103, stages=((0, 2, 10, 0.1, 0.9), (2, 3, 25, 0.1, 0.9), (3, 5, 40, 0.02, 0.5))):

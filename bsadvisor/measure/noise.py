@@ -33,7 +33,8 @@ from bsadvisor.core.probe_options import MAX_DRAWS
 from bsadvisor.core.probe_result import NoiseResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
 from bsadvisor.measure.step import backward, clear_grads, loss_of
-from bsadvisor.runtime.step import map_tensors, sq_norm
+from bsadvisor.runtime.batches import map_tensors
+from bsadvisor.runtime.step import sq_norm
 from bsadvisor.targets.target import batchnorm_layers
 
 NOISE_SHARE = 0.6  # of what is left of the budget after the warmup

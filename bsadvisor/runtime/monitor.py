@@ -43,7 +43,8 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
-from bsadvisor.runtime.step import make_gather, sq_norm, to_device
+from bsadvisor.runtime.batches import make_gather, to_device
+from bsadvisor.runtime.step import sq_norm
 
 
 class NoiseMonitor:

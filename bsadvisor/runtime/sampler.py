@@ -21,7 +21,7 @@ import torch
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
-from bsadvisor.runtime.step import split_share
+from bsadvisor.runtime.batches import split_share
 
 
 class PlanBatchSampler:
@@ -66,6 +66,17 @@ class PlanBatchSampler:
         """Start ``epoch`` (0 ≤ epoch ≤ the plan's epochs; the plan's end yields nothing)."""
         self.epoch = self._epoch(epoch)
         self.offset = 0
+        self._advance = False
+
+    def seek(self, samples: int) -> None:
+        """Stand at sample position ``samples`` of the plan: its epoch, and the offset inside it.
+
+        The next iteration yields the batches from there to the epoch's end (a run resumed
+        part way, or a loop that keeps its own position, such as FollowPlan's).
+        """
+        epoch, offset = divmod(checks.integer("samples", samples, low=0, high=self.plan.total_samples),
+                               self.dataset_size)
+        self.epoch, self.offset = self._epoch(epoch), offset
         self._advance = False
 
     def _epoch(self, epoch: Any) -> int:

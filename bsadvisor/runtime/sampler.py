@@ -40,7 +40,8 @@ class PlanBatchSampler:
     (sizes differ by at most one; the last, partial batch may leave a share empty) and
     this rank yields its share: the shares are disjoint and together are exactly the
     global batch. Shares can be uneven, so weight each rank's mean loss by
-    ``len(share) * world_size / global_batch`` before DDP averages the gradients.
+    ``len(share) * world_size / global_batch`` before DDP averages the gradients
+    (runtime/batches.py, loss_weight).
     """
 
     def __init__(self, plan: Plan, dataset_size: Optional[int] = None, seed: int = 0, rank: int = 0,

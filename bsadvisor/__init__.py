@@ -30,7 +30,7 @@ _LAZY = {
     "probe": "measure.probe", "advise": "measure.advise",
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
-    "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
+    "train_step": "runtime.step", "make_gather": "runtime.batches", "map_tensors": "runtime.batches",
     "NoiseMonitor": "runtime.monitor",
     # integrations: other frameworks follow a plan (each imports its framework on first use)
     "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .runtime.monitor import NoiseMonitor
     from .runtime.sampler import PlanBatchSampler
     from .runtime.scheduler import BatchSizeScheduler
-    from .runtime.step import make_gather, map_tensors, train_step
+    from .runtime.batches import make_gather, map_tensors
+    from .runtime.step import train_step
     from .targets.loading import load_target
     from .targets.target import Target
 

@@ -418,7 +418,7 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
     check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
     from bsadvisor.runtime.distributed import init_from_env
-    from bsadvisor.runtime.step import resolve_device
+    from bsadvisor.runtime.distributed import resolve_device
     from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.validate import fit_to_devices
 

@@ -36,7 +36,8 @@ from bsadvisor.measure.bench import Bench, Budget, over_ranks
 from bsadvisor.measure.step import backward, clear_grads, loss_of
 from bsadvisor.runtime.gradient_noise import (MicroBatchSums, PerExampleGradients, grads_of, micro_batch_draw,
                                               per_example_draw)
-from bsadvisor.runtime.step import map_tensors, sq_norm
+from bsadvisor.runtime.batches import map_tensors
+from bsadvisor.runtime.step import sq_norm
 from bsadvisor.targets.target import batchnorm_layers
 
 NOISE_SHARE = 0.6  # of what is left of the budget after the warmup

@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from bsadvisor.runtime.step import map_tensors, sq_norm
+from bsadvisor.runtime.batches import map_tensors
+from bsadvisor.runtime.step import sq_norm
 
 
 def dense(params, grads) -> list:

@@ -48,7 +48,7 @@ from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
-from bsadvisor.runtime.step import make_gather, to_device
+from bsadvisor.runtime.batches import make_gather, to_device
 
 
 @dataclass(frozen=True)

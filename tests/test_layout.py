@@ -231,24 +231,29 @@ def test_cli_app_imports_no_command():
 
 
 # ---------------------------------------------------------------------------- function length
-def long_functions() -> list[str]:
-    """Functions and methods over MAX_FUNCTION_LINES lines whose docstring gives no reason."""
-    found = []
+def functions():
+    """Every function and method of the package: (path, qualified name, node)."""
     for name, path in MODULES.items():
         tree = parse(name)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         for node in ast.walk(tree):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            lines = node.end_lineno - node.lineno + 1
-            if lines <= MAX_FUNCTION_LINES or LONG_REASON in (ast.get_docstring(node) or ""):
-                continue
             qualname, parent = [node.name], parents.get(node)
             while parent is not None and not isinstance(parent, ast.Module):
                 if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     qualname.insert(0, parent.name)
                 parent = parents.get(parent)
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {'.'.join(qualname)} ({lines} lines)")
+            yield path, ".".join(qualname), node
+
+
+def long_functions() -> list[str]:
+    """Functions and methods over MAX_FUNCTION_LINES lines whose docstring gives no reason."""
+    found = []
+    for path, qualname, node in functions():
+        lines = node.end_lineno - node.lineno + 1
+        if lines > MAX_FUNCTION_LINES and LONG_REASON not in (ast.get_docstring(node) or ""):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {qualname} ({lines} lines)")
     return found
 
 
@@ -265,3 +270,34 @@ def test_no_import_cycle_inside_core_counting_function_level_imports():
     graph = {name: {m for m in internal_imports(name) if m.startswith("bsadvisor.core.")} - {name} for name in core}
     cycle = find_cycle(graph)
     assert not cycle, "import cycle inside core (function-level imports count): " + " -> ".join(cycle)
+
+
+# ---------------------------------------------------------------------------- parameter count
+#: Outside cli/ a function takes at most this many parameters; more travel together as an options
+#: object (ConvertOptions, ProbeOptions, ValidateOptions). The CLI's commands declare typer's options.
+MAX_PARAMETERS = 12
+EXEMPT_FROM_PARAMETER_COUNT = PACKAGE / "cli"
+
+
+def parameter_count(node: ast.AST) -> int:
+    """Positional-only, ordinary and keyword-only parameters, plus *args and **kwargs; a leading self or
+    cls is not counted."""
+    a = node.args
+    names = [arg.arg for arg in a.posonlyargs + a.args]
+    count = len(names) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+    return count - (names[:1] in (["self"], ["cls"]))
+
+
+def test_parameter_count_counts_every_kind():
+    tree = ast.parse("def f(a, /, b, *c, d, **e): pass\n"
+                     "class K:\n    def m(self, a, *, b): pass\n    def n(cls): pass\n")
+    f, m, n = (node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef))
+    assert (parameter_count(f), parameter_count(m), parameter_count(n)) == (5, 2, 0)
+
+
+def test_no_function_outside_cli_takes_more_than_12_parameters():
+    offenders = [f"{path.relative_to(ROOT)}:{node.lineno} {qualname} ({parameter_count(node)} parameters)"
+                 for path, qualname, node in functions()
+                 if EXEMPT_FROM_PARAMETER_COUNT not in path.parents and parameter_count(node) > MAX_PARAMETERS]
+    assert not offenders, (f"over {MAX_PARAMETERS} parameters outside bsadvisor/cli/ (pass an options object "
+                           "instead):\n" + "\n".join(offenders))

@@ -15,6 +15,7 @@ from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_l
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, GrowthFactor, IncreaseLr, Lr, MaxBatch,
                                    MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, Overwrite, RoundTo,
                                    Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize)
+from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
 
 ADVISE_EXAMPLES = """
@@ -39,7 +40,6 @@ CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedu
                    "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
                    "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace", "seq_len",
                    "growth_factor")
-PROBE_DEFAULTS = {"device": "auto", "budget_seconds": 12.0, "seed": 0}
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
 

@@ -11,6 +11,7 @@ from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_l
 from bsadvisor.core.errors import UserError
 from bsadvisor.cli.options import Overwrite
 from bsadvisor.core.fileio import PROBE_FILES, check_replace
+from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.probe_options import ESTIMATORS
 
 EPILOG = (
@@ -29,23 +30,23 @@ EPILOG = (
 def probe(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME "
                                            "(a function returning bsadvisor.Target; see docs/target.md)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda if available)."),
+    device: str = typer.Option(PROBE_DEFAULTS["device"], "--device", help="cpu, cuda or auto (cuda if available)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch to measure at (default: the target's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for the warmup steps (default: the target's)."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Optimizer steps before measuring "
                                                "(default: ~2% of an epoch, 1–50)."),
-    budget_seconds: float = typer.Option(12.0, "--budget-seconds", help="Time budget of the measuring (warmup, "
+    budget_seconds: float = typer.Option(PROBE_DEFAULTS["budget_seconds"], "--budget-seconds", help="Time budget of the measuring (warmup, "
                                          "noise, memory, throughput); building the target is not counted."),
-    target_rel_ci: float = typer.Option(0.10, "--target-rel-ci", help="Stop when the 90% interval of B_simple "
+    target_rel_ci: float = typer.Option(PROBE_DEFAULTS["target_rel_ci"], "--target-rel-ci", help="Stop when the 90% interval of B_simple "
                                         "is within ± this fraction."),
-    estimator: str = typer.Option(ESTIMATORS[0], "--estimator",
+    estimator: str = typer.Option(PROBE_DEFAULTS["estimator"], "--estimator",
                                   help=f"{', '.join(ESTIMATORS[:-1])} or {ESTIMATORS[-1]}."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap per process, e.g. 8GiB, "
                                                "500MB (default: half the available RAM, shared by a node's "
                                                "processes under torchrun)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for batch sampling and the model's randomness."),
+    seed: int = typer.Option(PROBE_DEFAULTS["seed"], "--seed", help="Seed for batch sampling and the model's randomness."),
     draws: Optional[int] = typer.Option(None, "--draws", help="Take exactly this many noise draws (≥ 2): the same "
                                         "--seed then gives the same B_simple; refused if they do not fit in "
                                         "--budget-seconds. Default: as many as the budget allows (results vary "
@@ -59,7 +60,7 @@ def probe(
     Long because its signature declares typer's options (25 lines).
     """
     from bsadvisor.core.memory import format_bytes, parse_size
-    from bsadvisor.core.probe_options import check_probe_options
+    from bsadvisor.core.probe_options import ProbeOptions
 
     limit = None
     if memory_limit is not None:
@@ -68,8 +69,9 @@ def probe(
         except ValueError as exc:
             raise UserError(f"--memory-limit: {exc}") from None
     # Every value is checked before torch is imported and anything is measured.
-    check_probe_options(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, budget_seconds=budget_seconds,
-                        target_rel_ci=target_rel_ci, estimator=estimator, memory_limit=limit, seed=seed, draws=draws)
+    options = ProbeOptions(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                           budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
+                           memory_limit=limit, seed=seed, draws=draws)
     # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once),
     # and before measuring, so a finished measurement is never lost because of where it was to go.
     if os.environ.get("RANK", "0") == "0" and out is not None:
@@ -79,22 +81,19 @@ def probe(
     from bsadvisor.measure.probe import probe as run_probe
 
     dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
-    kwargs = dict(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                  budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                  memory_limit=limit, seed=seed, draws=draws, dist=dist)
-    with probe_time_limit(budget_seconds):  # a loss_fn that never returns is stopped, one line
+    with probe_time_limit(options.budget_seconds):  # a loss_fn that never returns is stopped, one line
         if dist.is_main:
-            _run_main(run_probe, target, kwargs, json_out, out, format_bytes)
+            _run_main(lambda **kw: run_probe(target, options, dist=dist, **kw), json_out, out, format_bytes)
         else:
-            run_probe(target, **kwargs)  # measures and agrees with the others; rank 0 reports
+            run_probe(target, options, dist=dist)  # measures and agrees with the others; rank 0 reports
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
 
 
-def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:
+def _run_main(run_probe, json_out, out, format_bytes) -> None:
     if json_out:
-        result = run_probe(target, **kwargs)
+        result = run_probe()
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -107,7 +106,7 @@ def _run_main(run_probe, target, kwargs, json_out, out, format_bytes) -> None:
                     tasks[phase] = bar.add_task(phase, total=1.0)
                 bar.update(tasks[phase], completed=min(1.0, frac))
 
-            result = run_probe(target, progress=progress, **kwargs)
+            result = run_probe(progress=progress)
     doc = result.to_dict()
     if out is not None:
         from bsadvisor.core.fileio import write_json

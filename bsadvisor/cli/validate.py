@@ -6,7 +6,7 @@ inside the command bodies.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.text import Text
@@ -16,8 +16,11 @@ from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthF
                                    TotalSamples, TotalSteps)
 from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
                                warn_busy_cpu)
-from bsadvisor.core import checks
+from bsadvisor.core.defaults import VALIDATE_DEFAULTS
 from bsadvisor.core.errors import UserError
+
+if TYPE_CHECKING:  # imported where it is built: `bsadvisor --help` does not build the option classes
+    from bsadvisor.core.validate_options import ValidateOptions
 
 
 def _paper_schedule(epochs: int) -> str:
@@ -227,17 +230,13 @@ def _warn(text: str) -> None:
     err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Optional[int], increase_lr: float,
-                   tolerance: Optional[float], out: Optional[Path], resume: bool, max_micro_batch: Optional[int],
-                   as_json: bool, dist=None, device=None, overwrite: bool = False, show: bool = True,
-                   checkpoint_every: Optional[int] = None, noise_monitor: Optional[dict] = None,
-                   evals: int = 10) -> dict:
+def run_and_report(target, plan, options: ValidateOptions, *, as_json: bool, dist=None, device=None,
+                   show: bool = True) -> dict:
     """Train the runs and report them; under torchrun every rank trains, rank 0 alone prints and writes.
 
-    With ``out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's files
-    removed with ``overwrite``) from before the first run until the report is written.
+    With ``options.out``, rank 0 holds the folder (validate.claim_out: locked, an earlier run's
+    files removed with ``overwrite``) from before the first run until the report is written.
     ``show=False`` prints nothing on stdout (the caller reports the document itself).
-    ``noise_monitor``: NoiseMonitor settings for every run (None: no monitor).
     """
     import contextlib
 
@@ -245,18 +244,18 @@ def run_and_report(target, plan, *, seeds: int, variants: bool, hybrid_cap: Opti
     from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation
 
     main = dist is None or dist.is_main
-    specs = build_runs(plan, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr)
+    out = options.out
+    specs = build_runs(plan, options)
     warnings = [w for w in [batchnorm_warning(target.model)] if w]
     if main:
         for w in warnings:
             _warn(w)
-    holding = claim_out(out, resume=resume, overwrite=overwrite) if out is not None and main \
+    holding = claim_out(out, resume=options.resume, overwrite=options.overwrite) if out is not None and main \
         else contextlib.nullcontext()
     with holding:
         with (_progress() if main else contextlib.nullcontext()) as progress:
-            doc = run_validation(target, specs, seeds=seeds, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                                 tolerance=tolerance, progress=progress, dist=dist, device=device, warnings=warnings,
-                                 checkpoint_every=checkpoint_every, noise_monitor=noise_monitor, evals=evals)
+            doc = run_validation(target, specs, options=options, progress=progress, dist=dist, device=device,
+                                 warnings=warnings)
         if not main:
             return doc
         plot_warnings = write_outputs(doc, out) if out is not None else []
@@ -314,26 +313,26 @@ def validate(
     max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
     total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
     growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
-    seeds: int = typer.Option(1, "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
-    variants: bool = typer.Option(False, "--variants", help="also train the hybrid and the increased-LR variant"),
+    seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
+    variants: bool = typer.Option(VALIDATE_DEFAULTS["variants"], "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
-    increase_lr: float = typer.Option(5.0, "--increase-lr", help="LR and batch factor of the increased-LR variant"),
+    increase_lr: float = typer.Option(VALIDATE_DEFAULTS["increase_lr"], "--increase-lr", help="LR and batch factor of the increased-LR variant"),
     tolerance: Optional[str] = typer.Option(None, "--tolerance", help="the margin δ: the accepted drop of the metric, "
                                             "in its units (default 0.005) or as a percentage of the original's (1%)"),
-    evals: int = typer.Option(10, "--evals", help="evaluate every run at this many evenly spaced points (its curve; "
+    evals: int = typer.Option(VALIDATE_DEFAULTS["evals"], "--evals", help="evaluate every run at this many evenly spaced points (its curve; "
                               "the same samples in every run)"),
     max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoints"),
+    resume: bool = typer.Option(VALIDATE_DEFAULTS["resume"], "--resume", help="continue the run in --out from its checkpoints"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N updates "
                                                    "inside an epoch (default: a quarter of an epoch, at least 50)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace the results and checkpoints of an earlier run "
+    overwrite: bool = typer.Option(VALIDATE_DEFAULTS["overwrite"], "--overwrite", help="replace the results and checkpoints of an earlier run "
                                    "in --out"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
                                "auto; each process takes cuda:LOCAL_RANK)"),
-    noise_monitor: bool = typer.Option(True, "--noise-monitor/--no-noise-monitor", help="measure B_simple through "
+    noise_monitor: bool = typer.Option(VALIDATE_DEFAULTS["noise_monitor"], "--noise-monitor/--no-noise-monitor", help="measure B_simple through "
                                        "every run (NoiseMonitor): results.json, report.md and noise.png"),
-    monitor_overhead: float = typer.Option(0.05, "--monitor-overhead", help="the noise monitor's time budget, a "
+    monitor_overhead: float = typer.Option(VALIDATE_DEFAULTS["monitor_overhead"], "--monitor-overhead", help="the noise monitor's time budget, a "
                                            "fraction of the training time (its extra gradient draws stay within it)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="stop after this many minutes of wall "
@@ -349,19 +348,23 @@ def validate(
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.
     \f
-    Long because its signature declares typer's options (35 lines); the body is one call.
+    Long because its signature declares typer's options (35 lines); the body gathers them for one call.
     """
-    limit = checks.optional(checks.number, "--max-minutes", max_minutes, low=0, low_open=True, high=MAX_MINUTES)
+    from bsadvisor.core.validate_options import ValidateOptions
+
+    options = ValidateOptions(
+        seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr, tolerance=tolerance,
+        evals=evals, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every, noise_monitor=noise_monitor,
+        monitor_overhead=monitor_overhead, out=out, resume=resume, overwrite=overwrite, max_minutes=max_minutes)
+    plan_options = dict(schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                        schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
+                        round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
+                        total_samples=total_samples, total_steps=total_steps, seq_len=seq_len,
+                        growth_factor=growth_factor, adam_sde=adam_sde)
+    limit = options.max_minutes
     try:
         with time_limit(limit * 60 if limit else None):
-            _validate(target, plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                      schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
-                      round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
-                      total_samples=total_samples, total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor,
-                      adam_sde=adam_sde, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                      tolerance=tolerance, evals=evals, max_micro_batch=max_micro_batch, out=out, resume=resume,
-                      overwrite=overwrite, device=device, as_json=as_json, checkpoint_every=checkpoint_every,
-                      noise_monitor=_monitor_settings(noise_monitor, monitor_overhead))
+            _validate(target, plan, options, plan_options, device=device, as_json=as_json)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(out)) from None  # cli.main prints it: one line, exit 130
     except OverTime:
@@ -371,52 +374,20 @@ def validate(
 
 #: validate's exit code when --max-minutes stops it (as GNU timeout's).
 MAX_MINUTES_EXIT = 124
-#: The largest --max-minutes (about 19 years): past it, no limit is meant.
-MAX_MINUTES = 10**7
 
 
-def _monitor_settings(on: bool, overhead: Any) -> Optional[dict]:
-    """NoiseMonitor settings from --noise-monitor and --monitor-overhead (None: off)."""
-    checks.number("--monitor-overhead", overhead, low=0, high=1, low_open=True)
-    return {"overhead": float(overhead), "min_points": MONITOR_MIN_POINTS} if on else None
-
-
-#: Fewest noise-trace points a validate run records, also when the overhead budget is short (one-epoch runs).
-MONITOR_MIN_POINTS = 5
-
-
-def check_run_options(*, seeds: Any, epochs: Any, hybrid_cap: Any, increase_lr: Any, tolerance: Any,
-                      max_micro_batch: Any, checkpoint_every: Any = None, evals: Any = 10) -> None:
-    """The numbers validate and demo take, checked before anything is imported or trained."""
-    from bsadvisor.core.verdict import parse_margin
-    from bsadvisor.runtime.validate import MAX_EVALS, MAX_SEEDS, check_epochs
-
-    checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
-    if epochs is not None:
-        check_epochs(epochs)
-    checks.optional(checks.positive_int, "--hybrid-cap", hybrid_cap)
-    checks.number("--increase-lr", increase_lr, low=1, low_open=True)
-    parse_margin(tolerance)
-    checks.positive_int("--evals", evals, high=MAX_EVALS)
-    checks.optional(checks.positive_int, "--max-micro-batch", max_micro_batch)
-    checks.optional(checks.positive_int, "--checkpoint-every", checkpoint_every)
-
-
-def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_size, momentum, schedule_unit, rule,
-              max_batch, max_fraction, round_to, max_stages, stage_factor, adam_rule, seeds, variants, hybrid_cap,
-              increase_lr, tolerance, max_micro_batch, out, resume, overwrite, device, as_json, evals=10,
-              total_samples=None, total_steps=None, seq_len=None, growth_factor=None, adam_sde=None,
-              checkpoint_every=None,
-              noise_monitor=None) -> None:
+def _validate(target: str, plan: Optional[Path], options: ValidateOptions, plan_options: dict, *, device: str,
+              as_json: bool) -> None:
+    """Check what can be checked before the target is imported, then build the plan and validate it."""
     from bsadvisor.core.plan import Plan
-    from bsadvisor.runtime.validate import check_epochs, check_out
+    from bsadvisor.core.validate_options import check_epochs
+    from bsadvisor.runtime.validate import check_out
 
-    check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                      tolerance=tolerance, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every,
-                      evals=evals)
+    if plan_options.get("epochs") is not None:
+        check_epochs(plan_options["epochs"])
     if plan is not None:
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
-    check_out(out, resume=resume, overwrite=overwrite)  # before the target is imported
+    check_out(options.out, resume=options.resume, overwrite=options.overwrite)  # before the target is imported
     from bsadvisor.runtime.distributed import init_from_env
     from bsadvisor.runtime.distributed import resolve_device
     from bsadvisor.targets.loading import load_target
@@ -427,19 +398,12 @@ def _validate(target: str, plan: Optional[Path], *, schedule, epochs, lr, batch_
     if dist.is_main:
         warn_busy_cpu()
     tgt = load_target(target)
-    p = _plan_options(tgt, plan_path=plan, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
-                      momentum=momentum, schedule_unit=schedule_unit, rule=rule, max_batch=max_batch,
-                      max_fraction=max_fraction, round_to=round_to, max_stages=max_stages,
-                      stage_factor=stage_factor, adam_rule=adam_rule, total_samples=total_samples,
-                      total_steps=total_steps, seq_len=seq_len, growth_factor=growth_factor, adam_sde=adam_sde)
+    p = _plan_options(tgt, plan_path=plan, **plan_options)
     if dist.enabled:
-        p, change = fit_to_devices(p, dist.world_size, max_micro_batch)
+        p, change = fit_to_devices(p, dist.world_size, options.max_micro_batch)
         if change and dist.is_main:
             err_console.print(f"note: {change}", markup=False, highlight=False, soft_wrap=True)
-    doc = run_and_report(tgt, p, seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr,
-                         tolerance=tolerance, out=out, resume=resume, max_micro_batch=max_micro_batch,
-                         as_json=as_json, dist=dist, device=dev, overwrite=overwrite, checkpoint_every=checkpoint_every,
-                         noise_monitor=noise_monitor, evals=evals)
+    doc = run_and_report(tgt, p, options, as_json=as_json, dist=dist, device=dev)
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()
@@ -459,8 +423,10 @@ def demo(
                                  "validation) on stdout; the narration goes to stderr"),
 ) -> None:
     """Probe, convert and validate on builtin:mnist1d-mlp (about two minutes on a laptop CPU)."""
-    check_run_options(seeds=seeds, epochs=epochs, hybrid_cap=None, increase_lr=5.0, tolerance=None,
-                      max_micro_batch=None)
+    from bsadvisor.core.validate_options import ValidateOptions, check_epochs
+
+    options = ValidateOptions(seeds=seeds, variants=variants, out=out, overwrite=overwrite)
+    check_epochs(epochs)
     schedule = _paper_schedule(epochs)
     from bsadvisor.runtime.validate import check_out
 
@@ -485,10 +451,7 @@ def demo(
     say(f"   {plan.updates:,} parameter updates instead of {plan.baseline_updates:,}.")
     say(f"[bold]4. Validate[/]: train the original schedule and the plan ({seeds} seed(s)"
         + (", plus the hybrid and the increased-LR variant" if variants else "") + ") and compare test accuracy.")
-    doc = run_and_report(tgt, plan, seeds=seeds, variants=variants, hybrid_cap=None, increase_lr=5.0,
-                         tolerance=None, out=out, resume=False, max_micro_batch=None, as_json=False,
-                         overwrite=overwrite, show=not as_json,
-                         noise_monitor=_monitor_settings(True, 0.05))
+    doc = run_and_report(tgt, plan, options, as_json=False, show=not as_json)
     if as_json:
         from bsadvisor.core.fileio import json_safe
 

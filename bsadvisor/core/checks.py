@@ -118,3 +118,22 @@ def instance(name: str, value: Any, kind: type | tuple[type, ...], expected: str
     if not isinstance(value, kind):
         raise ArgumentTypeError(f"{name} must be {expected}, got {type(value).__name__} {show(value)}", parameter=name)
     return value
+
+
+def options_object(cls: type, options: Any, changes: dict, caller: str) -> Any:
+    """The frozen options object a call takes whole: ``options`` (an instance of ``cls``; None: its
+    defaults) with the keyword ``changes``, so ``probe(target, budget_seconds=3)`` and
+    ``probe(target, ProbeOptions(budget_seconds=3))`` are the same call, checked once.
+
+    A keyword that is no field of ``cls`` is the TypeError Python raises for any call.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in changes:
+        if name not in names:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}")
+    if options is None:
+        return cls(**changes)
+    instance("options", options, cls, f"a {cls.__name__}")
+    return dataclasses.replace(options, **changes) if changes else options

@@ -1,8 +1,8 @@
-"""The conversion's default values, allowed names and limits, written once, in a module that imports nothing.
+"""The options' default values, allowed names and limits, written once, in a module that imports nothing.
 
-ConvertOptions takes its field defaults from here and the CLI's help texts read them from
-here, so `bsadvisor --help` shows the defaults without building ConvertOptions or the
-temperature model (each a dataclass, a few milliseconds of start time).
+ConvertOptions, ProbeOptions and ValidateOptions take their field defaults from here and the
+CLI's help texts read them from here, so `bsadvisor --help` shows the defaults without building
+the option classes or the temperature model (each a dataclass, a few milliseconds of start time).
 """
 
 RULES = ("exact", "proportional")
@@ -26,6 +26,37 @@ DEFAULTS = {
     # Adam's rule: the one accepted (paired verdict) on every model of benchmarks/adam_rules.py, with the most
     # fewer updates (docs/results.md): 1.55-1.58x on charlm, wordlm and mixer1d; sqrt was rejected on all three.
     "adam_rule": "linear",
+}
+
+#: ProbeOptions' defaults for the options that have one (the others default to None: the target's
+#: batch, LR and a warmup of about 2% of an epoch; no memory limit of our own; the budget decides the draws).
+PROBE_DEFAULTS = {
+    "device": "auto",
+    "budget_seconds": 12.0,
+    "target_rel_ci": 0.10,
+    "estimator": "microbatch",
+    "micro_batches": 8,
+    "seed": 0,
+    "min_draws": 10,
+    "measure_memory": True,
+    "measure_throughput": True,
+}
+
+#: ValidateOptions' defaults for the options that have one (the others default to None: the hybrid's cap a
+#: quarter of the plan's largest batch, the margin 0.005, no accumulation, checkpoints every quarter epoch,
+#: no --out, no time limit).
+VALIDATE_DEFAULTS = {
+    "seeds": 1,
+    "variants": False,
+    "increase_lr": 5.0,
+    "evals": 10,
+    "noise_monitor": True,
+    # the noise monitor's time budget, a fraction of the training time
+    "monitor_overhead": 0.05,
+    # fewest noise-trace points a run records, also when the overhead budget is short (one-epoch runs)
+    "monitor_min_points": 5,
+    "resume": False,
+    "overwrite": False,
 }
 
 #: With a measured noise scale (a probe or a trace), a plan's batch never grows past this many times

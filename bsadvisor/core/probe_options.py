@@ -1,14 +1,18 @@
-"""The probe's options, checked before any work (no torch: the CLI refuses bad values at once).
+"""The probe's options, :class:`ProbeOptions`, each default written once (core/defaults.py), checked
+before any work (no torch: the CLI refuses bad values at once).
 
-``bsadvisor probe`` and ``bsadvisor.probe(...)`` both go through :func:`check_probe_options`,
-so a bad value is one ``UserError`` line naming the parameter (``seed``; the CLI shows it
-as ``--seed``) whichever way it came in.
+``bsadvisor probe``, ``bsadvisor.probe(target, ProbeOptions(...))`` and the keyword form
+``bsadvisor.probe(target, seed=1)`` all build one ProbeOptions, checked when it is built, so a
+bad value is one ``UserError`` line naming the parameter (``seed``; the CLI shows it as
+``--seed``) whichever way it came in.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from bsadvisor.core import checks
+from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
@@ -16,28 +20,51 @@ MAX_DRAWS = 100_000
 MAX_MICRO_BATCHES = 4096
 
 
-def check_probe_options(*, batch_size: Any = None, lr: Any = None, warmup_steps: Any = None,
-                        budget_seconds: Any = 12.0, target_rel_ci: Any = 0.10, estimator: Any = "microbatch",
-                        micro_batches: Any = 8, memory_limit: Any = None, seed: Any = 0,
-                        draws: Any = None) -> dict:
-    """The options as clean Python numbers; the first bad one raises a UserError naming it.
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What a probe measures with (docs/probe.md); a ProbeOptions always holds clean values.
 
-    ``memory_limit`` is in bytes (at least one: zero would mean "no limit"); ``draws``: a
-    fixed number of noise draws (at least 2), or None to let the time budget decide.
+    ``device``: cpu, cuda, cuda:N or auto. ``batch_size`` B, ``lr`` and ``warmup_steps``:
+    None takes the target's batch and LR and about 2% of an epoch of warmup.
+    ``budget_seconds`` bounds the measuring; the noise draws stop when B_simple's 90% interval
+    is within ±``target_rel_ci``, or after exactly ``draws`` draws (at least 2) when given
+    (else between ``min_draws`` and ``max_draws``). ``estimator`` (one of ESTIMATORS) splits a
+    batch into ``micro_batches``. ``memory_limit``: bytes (at least one; None: half the
+    available RAM). ``measure_memory``/``measure_throughput``: False skips that phase.
     """
-    if estimator not in ESTIMATORS:
-        raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(estimator)[:40]!r}",
-                        parameter="estimator")
-    return dict(
-        batch_size=checks.optional(checks.integer, "batch_size", batch_size, low=2),
-        lr=checks.optional(checks.positive, "lr", lr),
-        warmup_steps=checks.optional(checks.integer, "warmup_steps", warmup_steps, low=0),
-        budget_seconds=checks.positive("budget_seconds", budget_seconds),
-        target_rel_ci=checks.number("target_rel_ci", target_rel_ci, low=0, high=1, low_open=True, high_open=True),
-        estimator=estimator,
-        micro_batches=checks.integer("micro_batches", micro_batches, low=2, high=MAX_MICRO_BATCHES),
-        memory_limit=checks.optional(checks.number, "memory_limit", memory_limit, low=1),
-        seed=checks.seed("seed", seed),
-        draws=checks.optional(checks.integer, "draws", draws, low=2, high=MAX_DRAWS),
-    )
 
+    device: str = PROBE_DEFAULTS["device"]
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    warmup_steps: Optional[int] = None
+    budget_seconds: float = PROBE_DEFAULTS["budget_seconds"]
+    target_rel_ci: float = PROBE_DEFAULTS["target_rel_ci"]
+    estimator: str = PROBE_DEFAULTS["estimator"]
+    micro_batches: int = PROBE_DEFAULTS["micro_batches"]
+    memory_limit: Optional[float] = None
+    seed: int = PROBE_DEFAULTS["seed"]
+    min_draws: int = PROBE_DEFAULTS["min_draws"]
+    max_draws: Optional[int] = None
+    draws: Optional[int] = None
+    measure_memory: bool = PROBE_DEFAULTS["measure_memory"]
+    measure_throughput: bool = PROBE_DEFAULTS["measure_throughput"]
+
+    def __post_init__(self) -> None:
+        """The first bad value raises a UserError naming it; the others are kept as clean Python numbers."""
+        if self.estimator not in ESTIMATORS:
+            raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(self.estimator)[:40]!r}",
+                            parameter="estimator")
+        clean: dict[str, Any] = dict(
+            batch_size=checks.optional(checks.integer, "batch_size", self.batch_size, low=2),
+            lr=checks.optional(checks.positive, "lr", self.lr),
+            warmup_steps=checks.optional(checks.integer, "warmup_steps", self.warmup_steps, low=0),
+            budget_seconds=checks.positive("budget_seconds", self.budget_seconds),
+            target_rel_ci=checks.number("target_rel_ci", self.target_rel_ci, low=0, high=1, low_open=True,
+                                        high_open=True),
+            micro_batches=checks.integer("micro_batches", self.micro_batches, low=2, high=MAX_MICRO_BATCHES),
+            memory_limit=checks.optional(checks.number, "memory_limit", self.memory_limit, low=1),
+            seed=checks.seed("seed", self.seed),
+            draws=checks.optional(checks.integer, "draws", self.draws, low=2, high=MAX_DRAWS),
+        )
+        for name, value in clean.items():
+            object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value

@@ -22,9 +22,10 @@ import dataclasses
 import time
 from typing import Callable, Optional
 
+from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise import sqrt_table
-from bsadvisor.core.probe_options import check_probe_options
+from bsadvisor.core.probe_options import ProbeOptions
 from bsadvisor.core.probe_result import MemoryResult, NoiseResult, ProbeResult, ProbeSettings
 from bsadvisor.core.temperature import temperature
 from bsadvisor.measure.bench import Bench, Budget, ProbeConfig
@@ -41,14 +42,12 @@ from bsadvisor.targets.loading import load_target
 from bsadvisor.targets.target import Target, check_target
 
 
-def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr: Optional[float] = None,
-          warmup_steps: Optional[int] = None, budget_seconds: float = 12.0, target_rel_ci: float = 0.10,
-          estimator: str = "microbatch", micro_batches: int = 8, memory_limit: Optional[float] = None,
-          seed: int = 0, min_draws: int = 10, max_draws: Optional[int] = None, draws: Optional[int] = None,
-          measure_memory: bool = True, measure_throughput: bool = True,
-          progress: Optional[Callable[[str, float], None]] = None, dist: Optional[Dist] = None) -> ProbeResult:
+def probe(target, options: Optional[ProbeOptions] = None, *, progress: Optional[Callable[[str, float], None]] = None,
+          dist: Optional[Dist] = None, **fields) -> ProbeResult:
     """Measure gradient noise, memory cap and throughput of ``target`` (a Target or a TARGET string).
 
+    ``options``: a :class:`ProbeOptions` (None: the defaults); ``fields`` are its fields as
+    keywords (``probe(target, budget_seconds=3, seed=1)``), over ``options`` when both are given.
     Side-effect free: the model's parameters, grads, buffers, modes and every RNG state
     are restored bit for bit on return or on error. ``progress(phase, fraction)`` is
     called while measuring. See docs/probe.md.
@@ -67,12 +66,9 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
     the global batch (world_size × per-device batch), each rank draws its own examples,
     and every rank returns the same result (docs/distributed.md). None: one process.
     """
+    options = checks.options_object(ProbeOptions, options, fields, "probe")
     dist = dist if dist is not None else Dist()
-    target, config = configure(
-        target, dist, device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-        budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-        micro_batches=micro_batches, memory_limit=memory_limit, seed=seed, min_draws=min_draws,
-        max_draws=max_draws, draws=draws, measure_memory=measure_memory, measure_throughput=measure_throughput)
+    target, config = configure(target, dist, options)
     warnings = machine_warnings(config.device)
     with preserved_state(target.model):
         bench = Bench.open(target, config, dist, progress or (lambda phase, fraction: None), warnings)
@@ -92,34 +88,31 @@ def probe(target, *, device: str = "auto", batch_size: Optional[int] = None, lr:
     return agree(result, dist, measured_state)
 
 
-def configure(target, dist: Dist, *, device: str, batch_size, lr, warmup_steps, budget_seconds, target_rel_ci,
-              estimator, micro_batches, memory_limit, seed, min_draws, max_draws, draws, measure_memory,
-              measure_throughput) -> tuple[Target, ProbeConfig]:
-    """The target, built and checked, and the options resolved against it (one UserError line when bad)."""
-    opts = check_probe_options(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                               budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                               micro_batches=micro_batches, memory_limit=memory_limit, seed=seed, draws=draws)
+def configure(target, dist: Dist, options: ProbeOptions) -> tuple[Target, ProbeConfig]:
+    """The target, built and checked, and the (checked) options resolved against it (one UserError line when
+    they do not fit it)."""
     if isinstance(target, str):
         target = load_target(target)
     target = check_target(target)
     dataset_size = target.dataset_size
-    batch = target.batch_size if opts["batch_size"] is None else opts["batch_size"]
+    batch = target.batch_size if options.batch_size is None else options.batch_size
     if batch < 2:
         raise UserError(f"--batch-size must be at least 2 to measure gradient noise, got {batch}")
     if batch > dataset_size:
         raise UserError(f"--batch-size {batch} exceeds the dataset size {dataset_size}")
-    if opts["draws"] is not None:
-        min_draws = max_draws = opts["draws"]
-    device = _data_parallel_device(dist, estimator, batch, device)
+    min_draws, max_draws = options.min_draws, options.max_draws
+    if options.draws is not None:
+        min_draws = max_draws = options.draws
+    device = _data_parallel_device(dist, options.estimator, batch, options.device)
     return target, ProbeConfig(
         batch_size=batch, local_batch=batch // dist.world_size, world_size=dist.world_size,
-        dataset_size=dataset_size, lr=float(target.lr if opts["lr"] is None else opts["lr"]),
-        warmup_steps=(default_warmup_steps(dataset_size, batch) if opts["warmup_steps"] is None
-                      else opts["warmup_steps"]),
-        budget_seconds=opts["budget_seconds"], target_rel_ci=opts["target_rel_ci"], estimator=estimator,
-        micro_batches=opts["micro_batches"], memory_limit=opts["memory_limit"], seed=opts["seed"],
-        rank_seed=rng.rank_seed(opts["seed"], dist.rank), min_draws=min_draws, max_draws=max_draws,
-        draws=opts["draws"], measure_memory=measure_memory, measure_throughput=measure_throughput,
+        dataset_size=dataset_size, lr=float(target.lr if options.lr is None else options.lr),
+        warmup_steps=(default_warmup_steps(dataset_size, batch) if options.warmup_steps is None
+                      else options.warmup_steps),
+        budget_seconds=options.budget_seconds, target_rel_ci=options.target_rel_ci, estimator=options.estimator,
+        micro_batches=options.micro_batches, memory_limit=options.memory_limit, seed=options.seed,
+        rank_seed=rng.rank_seed(options.seed, dist.rank), min_draws=min_draws, max_draws=max_draws,
+        draws=options.draws, measure_memory=options.measure_memory, measure_throughput=options.measure_throughput,
         device=resolve_device(device))
 
 

@@ -35,31 +35,15 @@ from bsadvisor.core.convert import baseline_of, plan_options as _options, record
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
 from bsadvisor.core.plan import Plan, Stage
+# MAX_EVALS and check_epochs are imported from here by train.py and the CLI's recipe options
+from bsadvisor.core.validate_options import MAX_EVALS, ValidateOptions, check_epochs  # noqa: F401
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there.
 VALIDATION_SCHEMA = "bsadvisor.validation/1.1"
-# validate trains every epoch of every run and seed, evaluates and checkpoints after each
-# one and keeps a record of each: past this many epochs a run cannot be expected to finish.
-MAX_TRAIN_EPOCHS = 100_000
-MAX_SEEDS = 1_000
-#: At most this many evaluation points a run's curve has (--evals).
-MAX_EVALS = 1_000
-#: Evaluation points through every run by default (--evals): a curve also for runs of one epoch or less.
-DEFAULT_EVALS = 10
 #: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
 MIN_CHECKPOINT_EVERY = 50
-
-
-def check_epochs(epochs: float, where: str = "--epochs") -> float:
-    """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
-    limit and why."""
-    epochs = checks.number(where, epochs, low=0, low_open=True)
-    if epochs > MAX_TRAIN_EPOCHS:
-        raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_TRAIN_EPOCHS:,} epochs, because it "
-                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
-    return epochs
 
 
 @dataclass
@@ -118,14 +102,14 @@ def _noise_cap(plan: Plan):
     return (plan.cap or {}).get("noise_scale")
 
 
-def build_runs(plan: Plan, *, variants: bool = False, hybrid_cap: Optional[int] = None,
-               increase_lr: float = 5.0) -> list[RunSpec]:
-    """original + plan, and with ``variants`` the hybrid at ``hybrid_cap`` and the increased-LR plan."""
-    hybrid_cap = checks.optional(checks.positive_int, "--hybrid-cap", hybrid_cap)
-    increase_lr = checks.number("--increase-lr", increase_lr, low=1, low_open=True)
+def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[RunSpec]:
+    """original + plan, and with ``options.variants`` the hybrid at ``options.hybrid_cap`` and the
+    increased-LR plan (``options.increase_lr``)."""
+    options = options if options is not None else ValidateOptions()
+    hybrid_cap, increase_lr = options.hybrid_cap, options.increase_lr
     runs = [RunSpec("original", baseline_of(plan), "the LR schedule at the fixed batch B0"),
             RunSpec("plan", plan, "batch growth (Smith et al. 2018)")]
-    if variants:
+    if options.variants:
         b0 = int(plan.inputs["batch_size"])
         if hybrid_cap is not None and not b0 < hybrid_cap <= plan.dataset_size:
             raise UserError(f"--hybrid-cap {hybrid_cap} must be above the starting batch {b0} (else the hybrid is the "
@@ -324,29 +308,28 @@ def _check_runs(target, specs: list[RunSpec], resume: bool, out: Optional[Path])
                             f"{target.name} has {target.dataset_size}; re-run convert-schedule for this target")
 
 
-def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optional[Path] = None,
-                   resume: bool = False, max_micro_batch: Optional[int] = None,
-                   tolerance: Optional[float] = None, progress=None, dist=None, device=None,
-                   warnings: Optional[list[str]] = None, checkpoint_every: Optional[int] = None,
-                   noise_monitor: Optional[dict] = None, evals: Optional[int] = DEFAULT_EVALS) -> dict:
+def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptions] = None, *, progress=None,
+                   dist=None, device=None, warnings: Optional[list[str]] = None, **fields) -> dict:
     """Train every run for every seed; return the results document (schema bsadvisor.validation/1.1).
 
+    ``options``: a :class:`ValidateOptions` (None: the defaults); ``fields`` are its fields as
+    keywords (``run_validation(target, specs, seeds=2)``), over ``options`` when both are given.
     ``progress`` is an optional rich ``Progress``; one bar per (run, seed). ``dist``: a
     torchrun job (bsadvisor.runtime.distributed.Dist); every rank trains its share and returns
     the same document; only rank 0 writes checkpoints. ``device``: where to train.
     ``warnings`` are recorded in the document (and the report). With ``out``, checkpoints
     are written at every epoch end and every ``checkpoint_every`` updates inside an epoch
     (default: a quarter of an epoch's updates, at least MIN_CHECKPOINT_EVERY, so a long
-    single-epoch run can be resumed part way). ``noise_monitor``: NoiseMonitor settings
-    (runtime/monitor.py): every seed of every run records its B_simple trace (``noise_trace``).
-    ``evals``: every run is also evaluated at that many evenly spaced sample positions (its
-    curve), the same for every run. With ``resume``, the seeds an earlier run finished are
-    read back from their checkpoints: a larger ``seeds`` trains only the new ones.
+    single-epoch run can be resumed part way). With the noise monitor (runtime/monitor.py)
+    every seed of every run records its B_simple trace (``noise_trace``). Every run is also
+    evaluated at ``evals`` evenly spaced sample positions (its curve), the same for every run.
+    With ``resume``, the seeds an earlier run finished are read back from their checkpoints:
+    a larger ``seeds`` trains only the new ones.
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
-    seeds = checks.positive_int("--seeds", seeds, high=MAX_SEEDS)
-    margin = parse_margin(tolerance)
+    options = checks.options_object(ValidateOptions, options, fields, "run_validation")
+    seeds, out, resume = options.seeds, options.out, options.resume
     _check_runs(target, specs, resume, out)
     ckpt_dir = _checkpoint_dir(out, dist)
     init = initial_state(target.model)  # every run and seed starts from these weights
@@ -361,13 +344,14 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
                 ckpt = ckpt_dir / f"{spec.name}-seed{seed}.pt" if ckpt_dir is not None else None
                 on_step, on_epoch = _progress_hooks(progress, f"{spec.name} seed {seed}",
                                                     spec.plan.total_samples)
-                every = checkpoint_every or max(MIN_CHECKPOINT_EVERY,
+                every = options.checkpoint_every or max(MIN_CHECKPOINT_EVERY,
                                                 -(-spec.plan.updates // (4 * spec.plan.full_epochs)))
                 r = train_plan(target, spec.plan, seed=seed, name=spec.name, init_state=init,
-                               max_micro_batch=max_micro_batch, checkpoint=ckpt, resume=resume, checkpoint_every=every,
+                               max_micro_batch=options.max_micro_batch, checkpoint=ckpt, resume=resume,
+                               checkpoint_every=every,
                                dist=dist, device=device, on_step=on_step, on_epoch=on_epoch,
                                stop_on_divergence=spec is not specs[0],  # the reference's divergence is an error
-                               noise_monitor=noise_monitor, evals=evals)
+                               noise_monitor=options.monitor_settings, evals=options.evals)
                 results.append(_seed_result(r.to_dict(), metric_name))
             runs[spec.name] = {"description": spec.description, "plan": spec.plan.to_dict(),
                                "seeds": results, "summary": summarize(results)}
@@ -378,7 +362,7 @@ def run_validation(target, specs: list[RunSpec], *, seeds: int = 1, out: Optiona
     doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
            "temperature": realised_temperatures(specs, runs), "dataset_size": target.dataset_size, "seeds": seeds,
            "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
-           "runs": runs, "verdict": verdict(runs, margin), "warnings": list(warnings or [])}
+           "runs": runs, "verdict": verdict(runs, options.tolerance), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
 

@@ -1,0 +1,106 @@
+"""What a validation takes: :class:`ValidateOptions`, each default written once (core/defaults.py).
+
+``bsadvisor validate``, ``bsadvisor demo`` and ``run_validation(target, specs, options)`` all
+hold one ValidateOptions, checked when it is built, before the target is imported or torch
+loaded: a bad value is one ``UserError`` line naming the option (``--seeds must be ≥ 1, got 0``).
+The plan to validate (the schedule options) is a ConvertOptions' business, not this one's.
+Pure Python, no torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from bsadvisor.core import checks
+from bsadvisor.core.defaults import VALIDATE_DEFAULTS
+from bsadvisor.core.errors import UserError
+from bsadvisor.core.verdict import Margin, parse_margin
+
+# validate trains every epoch of every run and seed, evaluates and checkpoints after each
+# one and keeps a record of each: past this many epochs a run cannot be expected to finish.
+MAX_TRAIN_EPOCHS = 100_000
+MAX_SEEDS = 1_000
+#: At most this many evaluation points a run's curve has (--evals).
+MAX_EVALS = 1_000
+#: The largest --max-minutes (about 19 years): past it, no limit is meant.
+MAX_MINUTES = 10**7
+
+
+def check_epochs(epochs: float, where: str = "--epochs") -> float:
+    """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
+    limit and why."""
+    epochs = checks.number(where, epochs, low=0, low_open=True)
+    if epochs > MAX_TRAIN_EPOCHS:
+        raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_TRAIN_EPOCHS:,} epochs, because it "
+                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
+    return epochs
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How a plan is validated (docs/validate.md); a ValidateOptions always holds clean values.
+
+    ``seeds`` paired seeds per run; with ``variants`` also the hybrid (capped at ``hybrid_cap``,
+    None: a quarter of the plan's largest batch) and the increased-LR plan (``increase_lr`` > 1).
+    ``tolerance``: the margin δ (a number in the metric's units, a text such as "1%", a Margin
+    or None: the default), held as a Margin. ``evals`` evaluation points through every run.
+    ``max_micro_batch``: accumulate gradients above it. ``checkpoint_every`` updates inside an
+    epoch (None: a quarter of an epoch, at least 50). ``noise_monitor`` measures B_simple through
+    every run within ``monitor_overhead`` of the training time and at least
+    ``monitor_min_points`` times (``noise_monitor`` may also be None: off, or NoiseMonitor
+    settings as train_plan takes them). ``out``: the folder of results and checkpoints,
+    continued with ``resume`` or replaced with ``overwrite``. ``max_minutes``: stop after this
+    much wall time (None: no limit).
+    """
+
+    seeds: int = VALIDATE_DEFAULTS["seeds"]
+    variants: bool = VALIDATE_DEFAULTS["variants"]
+    hybrid_cap: Optional[int] = None
+    increase_lr: float = VALIDATE_DEFAULTS["increase_lr"]
+    tolerance: Union[str, float, Margin, None] = None
+    evals: int = VALIDATE_DEFAULTS["evals"]
+    max_micro_batch: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    noise_monitor: Union[bool, Mapping, None] = VALIDATE_DEFAULTS["noise_monitor"]
+    monitor_overhead: float = VALIDATE_DEFAULTS["monitor_overhead"]
+    monitor_min_points: int = VALIDATE_DEFAULTS["monitor_min_points"]
+    out: Optional[Path] = None
+    resume: bool = VALIDATE_DEFAULTS["resume"]
+    overwrite: bool = VALIDATE_DEFAULTS["overwrite"]
+    max_minutes: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        """The first bad value raises a UserError naming its option (in the order the CLI always checked them)."""
+        self._set("max_minutes", checks.optional(checks.number, "--max-minutes", self.max_minutes, low=0,
+                                                 low_open=True, high=MAX_MINUTES))
+        monitor = self.noise_monitor
+        if isinstance(monitor, Mapping):  # NoiseMonitor settings, as train_plan takes them
+            self._set("monitor_overhead", monitor.get("overhead", self.monitor_overhead))
+            self._set("monitor_min_points", monitor.get("min_points", self.monitor_min_points))
+        self._set("noise_monitor", bool(monitor))
+        self._set("monitor_overhead", checks.number("--monitor-overhead", self.monitor_overhead, low=0, high=1,
+                                                    low_open=True))
+        self._set("monitor_min_points", checks.positive_int("monitor_min_points", self.monitor_min_points))
+        self._set("seeds", checks.positive_int("--seeds", self.seeds, high=MAX_SEEDS))
+        self._set("hybrid_cap", checks.optional(checks.positive_int, "--hybrid-cap", self.hybrid_cap))
+        self._set("increase_lr", checks.number("--increase-lr", self.increase_lr, low=1, low_open=True))
+        self._set("tolerance", parse_margin(self.tolerance))
+        self._set("evals", checks.positive_int("--evals", self.evals, high=MAX_EVALS))
+        self._set("max_micro_batch", checks.optional(checks.positive_int, "--max-micro-batch", self.max_micro_batch))
+        self._set("checkpoint_every", checks.optional(checks.positive_int, "--checkpoint-every",
+                                                      self.checkpoint_every))
+        for name in ("variants", "resume", "overwrite"):
+            self._set(name, bool(getattr(self, name)))
+        self._set("out", None if self.out is None else Path(self.out))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
+
+    @property
+    def monitor_settings(self) -> Optional[dict]:
+        """The NoiseMonitor settings every run trains with (runtime/monitor.py), None without the monitor."""
+        if not self.noise_monitor:
+            return None
+        return {"overhead": self.monitor_overhead, "min_points": self.monitor_min_points}

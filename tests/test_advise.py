@@ -5,8 +5,6 @@ docs/concepts.md eqs. 1 and 10), independently of bsadvisor.core.predict.
 """
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.exports import export_csv, export_megatron
 from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.plan import Plan
+from hostile import run_main
 
 N, B0, LR, M = 32000, 32, 0.05, 0.9
 SCHEDULE = "MultiStepLR(milestones=[3,6,8], gamma=0.2)"
@@ -222,8 +221,8 @@ def test_export_formats():
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    """``bsadvisor ARGS`` through the CLI's entry point, in-process (tests/hostile.py)."""
+    return run_main(args, cwd=cwd)
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -277,6 +276,7 @@ def test_export_cli_and_bad_plan(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_on_mnist1d_stays_within_the_measured_cap():
     r = run_cli("advise", "builtin:mnist1d-mlp", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
                 "--budget-seconds", "8", "--json")
@@ -298,6 +298,7 @@ def test_advise_on_mnist1d_stays_within_the_measured_cap():
         assert advice is None
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_refuses_an_open_noise_estimate_as_a_cap_and_keeps_the_probe(tmp_path):
     # linear regression started at its optimum: the true gradient is 0, so |G|² is not significant
     (tmp_path / "at_optimum.py").write_text(
@@ -361,6 +362,7 @@ def test_a_trace_whose_noise_scale_grows_later_lets_the_capped_plan_grow(tmp_pat
         assert st.batch_size <= max(B0, 4 * st.extra["b_noise"] * (1 + 1e-9))
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_keeps_the_batch_on_a_target_past_its_noise_scale():
     """linreg (d = 16) from w = 0 has B_simple ≈ d + 1 + d·s²/|w*|² ≈ 18: at B0 = 128, 7× past it."""
     r = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",

@@ -1,4 +1,5 @@
-"""`bsadvisor convert-schedule` through the real command line (`python -m bsadvisor` subprocesses)."""
+"""`bsadvisor convert-schedule` through the command line: the CLI's entry point, run in-process at
+120 columns (tests/hostile.py ``run_main``), and one fresh interpreter to show the command never loads torch."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from bsadvisor.core.plan import PLAN_SCHEMA, Plan
+from hostile import cli_env, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["--lr", "0.1", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "200", "--momentum", "0.9",
@@ -17,9 +18,8 @@ PAPER = ["--lr", "0.1", "--batch-size", "128", "--dataset-size", "50000", "--epo
 
 
 def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120")
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=60)
+    """``bsadvisor ARGS`` in a 120-column pipe, in-process."""
+    return run_main(args, cwd=cwd or ROOT, env=cli_env(COLUMNS="120"))
 
 
 def run_json(*args, cwd=None) -> dict:

@@ -1,4 +1,8 @@
-"""Shared harness for hostile-input tests: run the real CLI, check the one-line contract.
+"""Shared harness for the CLI tests: run the CLI (in-process or as a process), check the one-line contract.
+
+``run_main`` runs the CLI's entry point in this process exactly as a piped ``python -m bsadvisor`` would
+show it, and is what the tests use; ``run_cli`` starts the real process, for the few smoke tests that
+need one (tests/test_cli_process.py checks that both print the same).
 
 The contract for bad input (README, docs/cli.md): exit code 2, exactly one line on stderr
 starting with ``error: ``, no traceback anywhere, and nothing the user had changed or
@@ -19,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_env(**extra: str) -> dict:
-    """The environment for a CLI subprocess: this checkout first on the path, 80 columns, one thread."""
+    """The environment for a CLI run (a process, or run_main's call): this checkout first on the path, 80 columns,
+    one thread."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80", OMP_NUM_THREADS="1")
     env.pop("FORCE_COLOR", None)
     env.update(extra)
@@ -28,7 +33,8 @@ def cli_env(**extra: str) -> dict:
 
 def run_cli(argv: Iterable[str], cwd: Path, env: Optional[dict] = None, timeout: float = 120,
             stdin: Optional[str] = None) -> subprocess.CompletedProcess:
-    """``python -m bsadvisor ARGV`` in ``cwd`` with stdout/stderr captured (so piped, not a terminal)."""
+    """``python -m bsadvisor ARGV`` in ``cwd`` with stdout/stderr captured (so piped, not a terminal): about half
+    a second each, so only where a fresh interpreter is the point."""
     return subprocess.run([sys.executable, "-m", "bsadvisor", *map(str, argv)], capture_output=True, text=True,
                           cwd=cwd, env=env or cli_env(), timeout=timeout, input=stdin)
 

@@ -1,4 +1,4 @@
-"""Issue 22: advise reads the target's own recipe as validate does and takes --seq-len and --growth-factor;
+"""advise reads the target's own recipe as validate does and takes --seq-len and --growth-factor;
 --rule under Adam is applied and said (v(B) = N/B − 1 or N/B), not silently dropped."""
 from types import SimpleNamespace
 

@@ -1,4 +1,4 @@
-"""Hostile files and schedule strings through the real CLI (issue 10).
+"""Hostile files and schedule strings through the CLI's entry point (in-process, tests/hostile.py).
 
 Plan files go through ``bsadvisor export PLAN`` (it only reads the plan), probe files
 through ``convert-schedule --probe``, TOML through ``convert-schedule --config``, and

@@ -1,4 +1,4 @@
-"""Issue 10, hostile inputs to advise's targets and options and to export: each is one ``error:``
+"""Hostile inputs to advise's targets and options and to export: each is one ``error:``
 line on stderr, exit 2, no traceback, and nothing in the folder changed or half-written.
 
 Every case fails before the probe: the target and option cases of advise before torch is

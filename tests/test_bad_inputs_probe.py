@@ -1,4 +1,4 @@
-"""Hostile inputs to `bsadvisor probe` (issue 10): each is exit 2, one `error:` line, no traceback,
+"""Hostile inputs to `bsadvisor probe`: each is exit 2, one `error:` line, no traceback,
 nothing in the folder changed or half-written.
 
 Option values are refused before torch is imported (cheap); the target cases (a user's code that

@@ -1,6 +1,6 @@
 """Hostile inputs to `bsadvisor validate` and `bsadvisor demo`: one line, exit 2, nothing changed.
 
-Each case runs the real CLI in a subprocess (tests/hostile.py). Most fail on the options
+Each case runs the CLI's entry point in-process (tests/hostile.py). Most fail on the options
 before torch is imported; the checkpoint cases resume from a crafted file and must refuse
 it without running anything in it (weights_only loading) and without touching the folder.
 """

@@ -1,4 +1,4 @@
-"""Issue 22: a plan has no stage that never trains, no two batch stages closer than the stage factor, and
+"""A plan has no stage that never trains, no two batch stages closer than the stage factor, and
 its cap line and warnings agree (a language model's per-step warmup + cosine under a rising noise-scale cap,
 from a stored probe file)."""
 import json

@@ -1,4 +1,4 @@
-"""Issue 10, output people can read: tables whole at 80 columns and in pipes, the efficiency
+"""Output people can read: tables whole at 80 columns and in pipes, the efficiency
 legend, export notes and number formats, full "next" commands, rich markup in user strings,
 targets that import their neighbours, probe and BatchNorm warnings in advise."""
 from __future__ import annotations
@@ -163,7 +163,7 @@ def test_convert_schedule_piped_at_80_columns_shows_every_number_whole():
 def test_csv_numbers_are_formatted_and_exact_to_10_digits():
     plan = plan_from_options(lr=0.05, batch_size=32, dataset_size=3200, epochs=4, max_batch=32,
                              schedule="StepLR(step_size=2, gamma=0.1)")
-    assert any(repr(plan.at(e).lr) == "0.005000000000000001" for e in range(4))  # the float the issue saw
+    assert any(repr(plan.at(e).lr) == "0.005000000000000001" for e in range(4))  # the float a plain repr prints
     text = export_csv(plan)
     assert "0.005000000000000001" not in text
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -222,7 +222,7 @@ def test_export_help_puts_each_example_on_its_own_line():
 
 
 def test_every_command_has_json():
-    """README: every command has --json (demo gets its --json from the demo fix of issue 10)."""
+    """README: every command has --json (demo may go without)."""
     import typer.main
 
     from bsadvisor.cli.app import app

@@ -57,6 +57,7 @@ def test_linreg_after_warmup_measured_state():
     assert r.noise.b_simple == pytest.approx(tr / g2, rel=0.10)
 
 
+@pytest.mark.slow  # fifty probes
 def test_linreg_interval_coverage_50_probes():
     t = load_target("builtin:linreg")
     hits = 0
@@ -88,6 +89,7 @@ def small_mlp_target(n=4000):
                   loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
 
 
+@pytest.mark.slow  # a probe of an MLP and its exact per-example truth
 def test_mlp_default_probe_within_10_percent_of_exact_per_example_truth():
     t = small_mlp_target()
     r = bsadvisor.probe(t, seed=0, **FAST)

@@ -110,6 +110,7 @@ def test_lightning_block_follows_the_plan(monkeypatch, tmp_path, capsys):
     assert m and int(m.group(1)) == plan.updates and float(m.group(2)) < 0.1
 
 
+@pytest.mark.slow  # trains with Accelerate and with bsadvisor
 def test_accelerate_block_trains_as_bsadvisor_does(monkeypatch, tmp_path, capsys):
     import copy
 

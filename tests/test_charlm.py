@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from bsadvisor.targets.builtins import CHARLM_SEQ_LEN, charlm, charlm_text
@@ -32,6 +33,7 @@ def test_the_model_is_causal():
     assert not torch.allclose(before[:, 40:], after[:, 40:])
 
 
+@pytest.mark.slow  # trains the language model
 def test_initial_loss_is_about_uniform_and_training_lowers_it():
     t = charlm()
     x, y = (d[:64] for d in t.train_dataset.tensors)

@@ -207,7 +207,7 @@ def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = Non
                                           else None)
             if run.monitor is not None:  # each rank's gradient before the all-reduce: the replica estimator
                 net.register_comm_hook(None, run.monitor.ddp_comm_hook)
-        # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
+        # Data: index_select on in-memory tensors (no DataLoader; see runtime/batches.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         for epoch in range(start, plan.full_epochs):
             train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, opts.stop_on_divergence,

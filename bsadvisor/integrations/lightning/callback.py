@@ -45,7 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
-from bsadvisor.integrations.lightning.target import loss_of
+from bsadvisor.integrations.lightning.target import training_step_loss
 from bsadvisor.runtime.batches import (batch_rows, loss_weight, micro_batches, rank_share, share_span, split_batch,
                                        weighted)
 from bsadvisor.runtime.sampler import PlanBatchSampler
@@ -339,7 +339,8 @@ class FollowPlan(pl.Callback):
         params = [p for p in module.parameters() if p.requires_grad] if k > 1 else []
         grads, earlier = None, None
         for part in parts[:-1]:
-            loss = weighted(loss_of(original(part, *args, **kwargs), "training_step"), update.weight(batch_rows(part)))
+            loss = training_step_loss(original(part, *args, **kwargs), "training_step")
+            loss = weighted(loss, update.weight(batch_rows(part)))
             got = torch.autograd.grad(loss, params, allow_unused=True)
             grads = list(got) if grads is None else [g if a is None else a if g is None else a + g
                                                      for a, g in zip(grads, got)]
@@ -350,7 +351,8 @@ class FollowPlan(pl.Callback):
                 raise UserError("training_step returned None for a micro-batch; FollowPlan(max_micro_batch=...) "
                                 "needs a loss from every micro-batch")
             return out
-        loss = weighted(loss_of(out, "training_step"), update.weight(batch_rows(parts[-1]) if k > 1 else rows))
+        loss = weighted(training_step_loss(out, "training_step"),
+                        update.weight(batch_rows(parts[-1]) if k > 1 else rows))
         if grads is not None:
             loss = _AddGrads.apply(loss + earlier, grads, *params)
         return _with_loss(out, loss)

@@ -126,7 +126,7 @@ def _lightning_loss(model: Any, batch: Any) -> torch.Tensor:
         raise UserError("a LightningModule target measures through training_step; use --estimator microbatch "
                         "or two-batch (per-example calls the model's forward only)")
     with _logging_to({}, model):
-        return loss_of(model.training_step(batch, 0), "training_step")
+        return training_step_loss(model.training_step(batch, 0), "training_step")
 
 
 def _logged_metric(model: Any, batch: Any, key: Optional[str], mode: Optional[str]) -> float:
@@ -170,7 +170,7 @@ class _logging_to:
         return False
 
 
-def loss_of(out: Any, hook: str) -> torch.Tensor:
+def training_step_loss(out: Any, hook: str) -> torch.Tensor:
     """The loss in what a ``training_step`` returned: the tensor, or its dict's "loss"."""
     loss = out.get("loss") if isinstance(out, dict) else out
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -179,4 +179,4 @@ def loss_of(out: Any, hook: str) -> torch.Tensor:
     return loss
 
 
-__all__ = ["target_from_lightning", "loss_of"]
+__all__ = ["target_from_lightning", "training_step_loss"]

@@ -350,6 +350,7 @@ def test_probe_cli_on_a_lightning_module(tmp_path, capsys):
     assert doc["settings"]["optimizer"] == "adamw" and doc["settings"]["batch_size"] == 25
 
 
+@pytest.mark.slow
 def test_import_bsadvisor_does_not_load_lightning(tmp_path):
     f = tmp_path / "plain.py"
     f.write_text("import torch\nfrom bsadvisor import Target\n"

@@ -26,6 +26,7 @@ def full_data_truth(target, weight):
     return (float((per_example ** 2).sum(1).mean()) - g2) / g2
 
 
+@pytest.mark.slow
 def test_interval_coverage_on_linear_regression_at_several_parameter_points():
     # 3 parameter points × 50 seeds: the 90% interval holds the full-data truth 85-95% of the time
     target = linreg()
@@ -109,6 +110,7 @@ def _plan():
                 dataset_size=512)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_micro_batch", [None, 32])
 def test_the_monitor_leaves_the_training_trajectory_bit_identical(max_micro_batch):
     finals = []
@@ -166,6 +168,7 @@ def test_trace_round_trips_into_a_noise_model(tmp_path):
     assert model.b_noise(8192, t / 2, tm) == pytest.approx(2 * b)  # ∝ 1/T
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_trace(tmp_path):
     # the checkpoint keeps the points and the monitor's generator: a resumed run records what an unbroken one does
     settings = {"every": 3, "draws": 3, "micro_batches": 4}

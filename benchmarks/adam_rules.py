@@ -18,7 +18,7 @@ Configs (``RULE[+sde][+capK][@trace]``):
 - ``sde-only``: the control of ``+sde``: the original's batch and LR with the β1, β2 and ε of
   ``linear+sde``'s plan at the same samples (what the companion scaling does without growth).
 
-Every plan is made by the library (``plan_from_options``, as the CLI makes it) and trained by
+Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the
 original (the recipe at B0) and the plan, and the paired verdict (core/verdict.py, δ = 0.005,
 90 % t interval) compares them. Every run's final metric, updates and wall time are cached in
@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bsadvisor.core.fileio import write_atomic  # noqa: E402
 from bsadvisor.core.noise_model import NoiseModel, NoisePoint  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
+from bsadvisor.runtime.recipe import options_for_target  # noqa: E402
 
 MODELS = ("charlm", "wordlm", "mixer1d")
 #: The order they are run in (issue 20's priority), then the rest.
@@ -93,21 +94,13 @@ def parse_config(config: str) -> dict:
     return out
 
 
-def recipe(target) -> dict:
-    """The target's own AdamW recipe as conversion options (what ``bsadvisor validate TARGET`` uses)."""
-    m = target.metadata
-    return dict(lr=target.lr, batch_size=target.batch_size, dataset_size=target.dataset_size, epochs=m["epochs"],
-                schedule=m["schedule"], schedule_unit=m["schedule_unit"], momentum=target.momentum,
-                optimizer=target.optimizer, seq_len=m.get("seq_len"))
-
-
 def make_plan(target, config: str, noise: dict):
     """The plan of ``config``, made by the library as the CLI makes it."""
     from bsadvisor.core.convert import baseline_plan
-    from bsadvisor.core.predict import plan_from_options
+    from bsadvisor.core.recommend import recommend
 
     if config == ORIGINAL:
-        return baseline_plan(**recipe(target))
+        return baseline_plan(**options_for_target(target).options)
     if config == SDE_ONLY:
         return sde_only_plan(target, noise)
     c = parse_config(config)
@@ -116,8 +109,8 @@ def make_plan(target, config: str, noise: dict):
         model = noise_model(noise, c["source"])
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
-    return plan_from_options(**recipe(target), adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
-                             noise_cap=c["cap"])
+    return recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
+                     noise_cap=c["cap"])
 
 
 def sde_only_plan(target, noise: dict):
@@ -322,13 +315,14 @@ def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:
         if not noise:
             continue
         target = load_target(f"builtin:{m}")
-        opts = ConvertOptions(**recipe(target))
+        recipe = options_for_target(target).options
+        opts = ConvertOptions(**recipe)
         where = [min(opts.run_samples - 1, round(opts.run_samples * k / 10)) for k in range(11)]
         print(f"  {m} (B0 = {target.batch_size}, N = {target.dataset_size}, {opts.run_samples:,} samples)")
         for source in ("probe", "trace"):
             model = noise_model(noise, source)
             if model is not None:
-                tm = temperature_model(ConvertOptions(**recipe(target), adam_rule="noise", noise_model=model))
+                tm = temperature_model(ConvertOptions(**recipe, adam_rule="noise", noise_model=model))
                 print(f"    B_noise ({source}){'':<10}" + " ".join(f"{tm.noise_scale_at(s):>6.3g}" for s in where))
         for c in configs:
             if not any(key(m, c, seed) in cache["runs"] for seed in range(2)):

@@ -27,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
+from bsadvisor.core.convert import baseline_plan  # noqa: E402
+from bsadvisor.core.recommend import recommend  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
+from bsadvisor.runtime.recipe import options_for_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
 from bsadvisor.targets.loading import load_target  # noqa: E402
 
@@ -39,12 +41,10 @@ def main() -> int:
     args = ap.parse_args()
     target = load_target("builtin:charlm")
     recipe = target.metadata
-    common = dict(lr=target.lr, batch_size=target.batch_size, dataset_size=target.dataset_size,
-                  epochs=recipe["epochs"], schedule=recipe["schedule"], schedule_unit=recipe["schedule_unit"],
-                  momentum=target.momentum, optimizer=target.optimizer, seq_len=recipe.get("seq_len"))
+    common = options_for_target(target).options  # the recipe, as advise and validate read it
     runs = {"original": baseline_plan(**common),
-            "linear": convert_schedule(**common),
-            "sqrt": convert_schedule(**common, adam_rule="sqrt")}
+            "linear": recommend(common),
+            "sqrt": recommend(common, adam_rule="sqrt")}
     print(f"builtin:charlm, N = {target.dataset_size} sequences of {recipe.get('seq_len')} bytes, "
           f"{recipe['epochs']} epoch, {recipe['schedule']} per step, AdamW lr {target.lr:g}, B0 {target.batch_size}, "
           f"{args.seeds} seeds")

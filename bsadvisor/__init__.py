@@ -2,6 +2,7 @@
 
 Everything the docs use is importable from here (``from bsadvisor import Plan, probe``), so
 user code never names a sub-package; docs/architecture.md says where each name lives.
+The torchrun plumbing has its own namespace, ``bsadvisor.distributed``, also loaded on first use.
 The pure-math names (``convert_schedule``, ``Plan``, ``temperature``, ...) import no torch;
 every name is loaded on first use, so ``import bsadvisor`` stays cheap.
 """
@@ -22,24 +23,27 @@ _LAZY = {
     "UserError": "core.errors",
     "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
     "NoiseModel": "core.noise_model", "load_trace": "core.noise_model",
+    "recommend": "core.recommend", "Recommendation": "core.recommend",
     # targets: what is trained and probed
     "Target": "targets.target", "load_target": "targets.loading",
-    # measure: the probe
-    "probe": "measure.probe",
+    # measure: the probe, and advise (probe, then recommend)
+    "probe": "measure.probe", "advise": "measure.advise",
     "ProbeOptions": "core.probe_options",
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
-    "train_step": "runtime.step", "make_gather": "runtime.step", "map_tensors": "runtime.step",
+    "train_step": "runtime.step", "make_gather": "runtime.batches", "map_tensors": "runtime.batches",
     "NoiseMonitor": "runtime.monitor",
-    "Dist": "runtime.distributed", "init_from_env": "runtime.distributed",
-    "current_dist": "runtime.distributed:current",
     # integrations: other frameworks follow a plan (each imports its framework on first use)
     "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# public sub-modules, imported on first use: ``bsadvisor.distributed`` (Dist, init_from_env, current)
+_NAMESPACES = ("distributed",)
+
+__all__ = sorted(_LAZY) + list(_NAMESPACES) + ["__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads each name on first use
+    from . import distributed
     from .core.convert import convert_schedule
     from .core.errors import UserError
     from .core.noise_model import NoiseModel, load_trace
@@ -47,16 +51,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .core.plan import Plan, Setting, Stage
     from .core.probe_options import ProbeOptions
     from .core.probe_result import ProbeResult, load_probe
+    from .core.recommend import Recommendation, recommend
     from .core.schedules import parse_schedule
     from .core.temperature import TemperatureModel, temperature
     from .integrations.lightning import FollowPlan, target_from_lightning
+    from .measure.advise import advise
     from .measure.probe import probe
-    from .runtime.distributed import Dist, init_from_env
-    from .runtime.distributed import current as current_dist
     from .runtime.monitor import NoiseMonitor
     from .runtime.sampler import PlanBatchSampler
     from .runtime.scheduler import BatchSizeScheduler
-    from .runtime.step import make_gather, map_tensors, train_step
+    from .runtime.batches import make_gather, map_tensors
+    from .runtime.step import train_step
     from .targets.loading import load_target
     from .targets.target import Target
 
@@ -67,6 +72,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{module_name}", __name__), attribute or name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _NAMESPACES:  # importing a sub-module sets it on the package, so this runs once
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'bsadvisor' has no attribute {name!r}")
 
 

@@ -7,17 +7,23 @@ import math
 import pytest
 import torch
 
-from bsadvisor.core.convert import baseline_plan
+import bsadvisor
+from bsadvisor.core.convert import baseline_of
+from bsadvisor.runtime.recipe import options_for_target
 from bsadvisor.targets.builtins import WORDLM_SEQ_LEN, mixer1d, wordlm, wordlm_words
 from bsadvisor.targets.loading import load_target
 from bsadvisor.targets.target import check_target
+from test_charlm import assert_builds_deterministically
 
 
 def _recipe_plan(t):
-    m = t.metadata
-    return baseline_plan(lr=t.lr, batch_size=t.batch_size, dataset_size=t.dataset_size, epochs=m["epochs"],
-                         schedule=m["schedule"], schedule_unit=m["schedule_unit"], momentum=t.momentum,
-                         optimizer=t.optimizer, seq_len=m.get("seq_len"))
+    """The target's own recipe at its B0, as advise and validate read it: converted, then the original it
+    converts (the original schedule at fixed B0, from the plan's recorded inputs)."""
+    prepared = options_for_target(t)
+    assert prepared.note and "own recipe" in prepared.note
+    plan = bsadvisor.recommend(prepared.options)
+    assert plan.stages[-1].batch_size > t.batch_size  # the recipe converts into a growing batch
+    return baseline_of(plan)
 
 
 def _one_step(t):
@@ -49,11 +55,7 @@ def test_wordlm_builds_steps_and_its_recipe_converts():
 def test_wordlm_is_other_text_than_charlm_and_builds_deterministically():
     words = wordlm_words()
     assert len(words) > 100_000 and "def" not in words[:50]
-    torch.manual_seed(5)
-    state = torch.random.get_rng_state()
-    a, b = wordlm(), wordlm()
-    assert torch.equal(torch.random.get_rng_state(), state)
-    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    assert_builds_deterministically(wordlm)
 
 
 def test_mixer1d_builds_steps_and_its_recipe_converts():
@@ -64,6 +66,4 @@ def test_mixer1d_builds_steps_and_its_recipe_converts():
     assert t.model(t.train_dataset.tensors[0][:3]).shape == (3, 10)
     plan = _recipe_plan(t)
     assert plan.updates == t.metadata["epochs"] * t.dataset_size // t.batch_size
-    state = torch.random.get_rng_state()
-    assert all(torch.equal(p, q) for p, q in zip(mixer1d().model.parameters(), mixer1d().model.parameters()))
-    assert torch.equal(torch.random.get_rng_state(), state)
+    assert_builds_deterministically(mixer1d)

@@ -1,12 +1,10 @@
-"""Issue 4: a probe file shapes the plan (cap, defaults, predicted time, efficiency), advise, export.
+"""A probe file shapes the plan (cap, defaults, predicted time, efficiency), advise, export.
 
 Expected numbers are computed here from the formulas (McCandlish et al. eq. 2.11/2.12,
 docs/concepts.md eqs. 1 and 10), independently of bsadvisor.core.predict.
 """
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.exports import export_csv, export_megatron
 from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.plan import Plan
+from hostile import run_main
 
 N, B0, LR, M = 32000, 32, 0.05, 0.9
 SCHEDULE = "MultiStepLR(milestones=[3,6,8], gamma=0.2)"
@@ -204,7 +203,7 @@ def test_noise_cap_refuses_an_estimate_without_a_bounded_interval(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="not a usable cap"):
         plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, noise_cap=10)
-    r = run_cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE, "--noise-cap", "10")
+    r = cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE, "--noise-cap", "10")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -221,9 +220,9 @@ def test_export_formats():
         [str(8 * N), str(10 * N), "4000", "125"]]
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+def cli(*args, cwd=None):
+    """``bsadvisor ARGS`` through the CLI's entry point, in-process (tests/hostile.py)."""
+    return run_main(args, cwd=cwd)
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -238,7 +237,7 @@ def test_bad_probe_files_exit_2_with_one_line(tmp_path, mutate, needle):
     mutate(doc)
     path = tmp_path / "probe.json"
     path.write_text(json.dumps(doc))
-    r = run_cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE)
+    r = cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
@@ -251,7 +250,7 @@ def test_bad_probe_files_exit_2_with_one_line(tmp_path, mutate, needle):
     (["--noise-cap", "-1"], "--noise-cap"),  # 0 turns the default cap off
 ])
 def test_mismatched_probe_options_exit_2(probe_file, args, needle):
-    r = run_cli("convert-schedule", "--probe", str(probe_file), "--epochs", "10", "--schedule", SCHEDULE, *args)
+    r = cli("convert-schedule", "--probe", str(probe_file), "--epochs", "10", "--schedule", SCHEDULE, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
 
@@ -260,7 +259,7 @@ def test_probe_file_not_json_or_missing(tmp_path):
     bad = tmp_path / "probe.json"
     bad.write_text("{not json")
     for path in (bad, tmp_path / "missing.json"):
-        r = run_cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE)
+        r = cli("convert-schedule", "--probe", str(path), "--epochs", "10", "--schedule", SCHEDULE)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
@@ -268,17 +267,18 @@ def test_export_cli_and_bad_plan(tmp_path):
     plan = plan_from_options(lr=LR, batch_size=B0, dataset_size=N, momentum=M, epochs=10, schedule=SCHEDULE)
     path = tmp_path / "plan.json"
     plan.save(path)
-    r = run_cli("export", str(path), "--format", "csv")
+    r = cli("export", str(path), "--format", "csv")
     assert r.returncode == 0 and r.stdout.splitlines()[1].split(",")[:3] == ["0", str(3 * N), "32"]
-    r = run_cli("export", str(path), "--format", "lightning")
+    r = cli("export", str(path), "--format", "lightning")
     assert r.returncode == 2 and "lightning" in r.stderr
     path.write_text(json.dumps({"schema": "nope"}))
-    r = run_cli("export", str(path))
+    r = cli("export", str(path))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_on_mnist1d_stays_within_the_measured_cap():
-    r = run_cli("advise", "builtin:mnist1d-mlp", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+    r = cli("advise", "builtin:mnist1d-mlp", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
                 "--budget-seconds", "8", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -298,13 +298,14 @@ def test_advise_on_mnist1d_stays_within_the_measured_cap():
         assert advice is None
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_refuses_an_open_noise_estimate_as_a_cap_and_keeps_the_probe(tmp_path):
     # linear regression started at its optimum: the true gradient is 0, so |G|² is not significant
     (tmp_path / "at_optimum.py").write_text(
         "import torch\nfrom bsadvisor.targets.builtins import linreg\n\n\ndef make():\n    t = linreg()\n"
         "    with torch.no_grad():\n        t.model.weight.copy_(torch.as_tensor(t.metadata['w_star']).reshape(1, -1))\n"
         "    return t\n")
-    r = run_cli("advise", "at_optimum.py:make", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+    r = cli("advise", "at_optimum.py:make", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
                 "--lr", "1e-7", "--budget-seconds", "3", "--noise-cap", "10", "--probe-out", "probe.json",
                 cwd=tmp_path)
     probe = json.loads((tmp_path / "probe.json").read_text())  # written before the refusal: nothing lost
@@ -361,14 +362,15 @@ def test_a_trace_whose_noise_scale_grows_later_lets_the_capped_plan_grow(tmp_pat
         assert st.batch_size <= max(B0, 4 * st.extra["b_noise"] * (1 + 1e-9))
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_keeps_the_batch_on_a_target_past_its_noise_scale():
     """linreg (d = 16) from w = 0 has B_simple ≈ d + 1 + d·s²/|w*|² ≈ 18: at B0 = 128, 7× past it."""
-    r = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+    r = cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
                 "--batch-size", "128", "--budget-seconds", "3")
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
     assert "Keep the batch" in text and "Recommended: your original schedule, unchanged" in text
-    j = run_cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+    j = cli("advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
                 "--batch-size", "128", "--budget-seconds", "3", "--json")
     doc = json.loads(j.stdout)
     noise = doc["probe"]["noise"]

@@ -1,13 +1,12 @@
-"""Issue 22: advise reads the target's own recipe as validate does and takes --seq-len and --growth-factor;
+"""advise reads the target's own recipe as validate does and takes --seq-len and --growth-factor;
 --rule under Adam is applied and said (v(B) = N/B − 1 or N/B), not silently dropped."""
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from bsadvisor.cli.options import apply_recipe
+from bsadvisor.runtime.recipe import apply_recipe
 from bsadvisor.core.convert import convert_schedule
+from hostile import run_main
 
 RECIPE = {"schedule": "CosineAnnealingLR(T_max=100)", "schedule_unit": "step", "epochs": 1, "seq_len": 64}
 
@@ -27,8 +26,7 @@ def test_the_recipe_fills_what_is_not_given_and_nothing_else():
 
 
 def test_advise_without_a_schedule_names_the_target_without_a_recipe():
-    r = subprocess.run([sys.executable, "-m", "bsadvisor", "advise", "builtin:linreg", "--seq-len", "16"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_main(["advise", "builtin:linreg", "--seq-len", "16"])
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "--schedule and --epochs" in r.stderr and "builtin:linreg records no recipe" in r.stderr
 

@@ -1,4 +1,4 @@
-"""Library API misuse (issue 21): every public function refuses garbage with ValueError or TypeError and one
+"""Library API misuse: every public function refuses garbage with ValueError or TypeError and one
 clear sentence, never a raw ZeroDivisionError/OverflowError/AttributeError and never a silently wrong answer."""
 from __future__ import annotations
 

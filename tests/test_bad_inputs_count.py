@@ -1,7 +1,7 @@
-"""The hostile-input suites together cover at least 150 inputs (issue: hardening).
+"""The hostile-input suites together cover at least 150 inputs.
 
 Each ``tests/test_bad_inputs_*.py`` keeps its table of hostile inputs in ``CASES`` and
-runs every one through the real CLI (exit 2, one line, no traceback, nothing changed);
+runs every one through the CLI's entry point (exit 2, one line, no traceback, nothing changed);
 tests/test_cli_errors.py holds the original table. This test counts them, so the
 coverage cannot shrink unnoticed.
 """

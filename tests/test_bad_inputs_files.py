@@ -1,4 +1,4 @@
-"""Hostile files and schedule strings through the real CLI (issue 10).
+"""Hostile files and schedule strings through the CLI's entry point (in-process, tests/hostile.py).
 
 Plan files go through ``bsadvisor export PLAN`` (it only reads the plan), probe files
 through ``convert-schedule --probe``, TOML through ``convert-schedule --config``, and
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bsadvisor.core.convert import convert_schedule
-from hostile import Snapshot, assert_one_line_error, run_cli
+from hostile import Snapshot, assert_one_line_error, run_main
 
 PAPER = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
 BASE = ["--lr", "0.1", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "200", "--momentum", "0.9"]
@@ -246,7 +246,7 @@ def test_hostile_file_is_one_line_exit_2(tmp_path, argv, files, fragments):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body if isinstance(body, bytes) else body.encode())
     before = Snapshot(tmp_path)
-    r = run_cli(argv, cwd=tmp_path, timeout=60)
+    r = run_main(argv, cwd=tmp_path)
     assert_one_line_error(r, fragments)
     before.assert_unchanged()
 
@@ -260,12 +260,12 @@ def test_a_good_plan_and_probe_are_accepted(tmp_path):
     """The documents the cases mutate are valid, so each case fails for its own change only."""
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
     (tmp_path / "probe.json").write_text(json.dumps(PROBE))
-    r = run_cli(["export", "plan.json", "--format", "csv"], cwd=tmp_path)
+    r = run_main(["export", "plan.json", "--format", "csv"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     n, b0 = 50_000, 128  # exact rule B = N/(1 + (N/B0 − 1)·0.2^k), capped at N/10
     batches = [min(round(n / (1 + (n / b0 - 1) * 0.2**k)), n // 10) for k in range(4)]
     rows = [line.split(",") for line in r.stdout.splitlines()[1:]]
     assert [(int(a), int(b)) for a, _, b, *_ in rows] == [(e * n, b) for e, b in zip([0, 60, 120, 160], batches)]
-    r = run_cli(probe_case(lambda d: None, [])[0], cwd=tmp_path)
+    r = run_main(probe_case(lambda d: None, [])[0], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(Path(tmp_path / "out.json").read_text())["schema"] == "bsadvisor.plan/2"

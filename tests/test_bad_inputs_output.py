@@ -1,4 +1,4 @@
-"""Issue 10, hostile inputs to advise's targets and options and to export: each is one ``error:``
+"""Hostile inputs to advise's targets and options and to export: each is one ``error:``
 line on stderr, exit 2, no traceback, and nothing in the folder changed or half-written.
 
 Every case fails before the probe: the target and option cases of advise before torch is
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from hostile import Snapshot, assert_one_line_error, run_cli
+from hostile import Snapshot, assert_one_line_error, run_main
 
 SCHED = "MultiStepLR(milestones=[2,4], gamma=0.2)"
 ADVISE = ["--epochs", "6", "--schedule", SCHED, "--device", "cpu"]
@@ -148,7 +148,7 @@ def folder(tmp_path):
 @pytest.mark.parametrize("argv, fragments", CASES)
 def test_hostile_output_inputs(folder, argv, fragments):
     snap = Snapshot(folder)
-    r = run_cli(argv, cwd=folder)
+    r = run_main(argv, cwd=folder)
     assert_one_line_error(r, fragments)
     snap.assert_unchanged()
 

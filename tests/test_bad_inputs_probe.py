@@ -1,4 +1,4 @@
-"""Hostile inputs to `bsadvisor probe` (issue 10): each is exit 2, one `error:` line, no traceback,
+"""Hostile inputs to `bsadvisor probe`: each is exit 2, one `error:` line, no traceback,
 nothing in the folder changed or half-written.
 
 Option values are refused before torch is imported (cheap); the target cases (a user's code that
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from hostile import Snapshot, assert_one_line_error, cli_env, run_cli
+from hostile import Snapshot, assert_one_line_error, cli_env, run_main
 
 # Targets whose code fails in one phase only. linreg(size=2048): batch 64, micro-batches of 8;
 # memory trials at 64, 1024, 2048; throughput rungs 16, 64, 256, ..., 32, 128, ...
@@ -167,6 +167,6 @@ def test_hostile_probe_input(case, folder):
     _, args, fragments = case
     argv = ["probe", *(a.replace("{tmp}", str(folder)) for a in args)]
     snap = Snapshot(folder)
-    r = run_cli(argv, cwd=folder, env=cli_env(BSADVISOR_CACHE=str(folder / "cache")))
+    r = run_main(argv, cwd=folder, env=cli_env(BSADVISOR_CACHE=str(folder / "cache")))
     assert_one_line_error(r, fragments)
     snap.assert_unchanged()

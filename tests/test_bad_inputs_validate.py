@@ -1,6 +1,6 @@
 """Hostile inputs to `bsadvisor validate` and `bsadvisor demo`: one line, exit 2, nothing changed.
 
-Each case runs the real CLI in a subprocess (tests/hostile.py). Most fail on the options
+Each case runs the CLI's entry point in-process (tests/hostile.py). Most fail on the options
 before torch is imported; the checkpoint cases resume from a crafted file and must refuse
 it without running anything in it (weights_only loading) and without touching the folder.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile import Snapshot, assert_one_line_error, cli_env, run_cli
+from hostile import Snapshot, assert_one_line_error, cli_env, run_main
 
 SCHED = ["--schedule", "MultiStepLR(milestones=[2, 4], gamma=0.2)", "--epochs", "6"]
 LINREG = ["builtin:linreg", *SCHED]
@@ -183,7 +183,7 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, setup, fragme
     if argv[0] != "demo":
         argv = ["validate", *argv]
     before = Snapshot(tmp_path)
-    r = run_cli(argv, cwd=tmp_path)
+    r = run_main(argv, cwd=tmp_path)
     assert_one_line_error(r, [f.replace("{tmp}", str(tmp_path)) for f in fragments])
     before.assert_unchanged()
     assert not (tmp_path / "PWNED").exists()  # the crafted pickle never ran
@@ -206,7 +206,7 @@ def test_second_run_into_a_locked_out_is_refused(tmp_path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first run holds it
         before = Snapshot(tmp_path)
-        r = run_cli(["validate", *LINREG, "--out", out], cwd=tmp_path)
+        r = run_main(["validate", *LINREG, "--out", out], cwd=tmp_path)
         assert_one_line_error(r, [str(out), "in use", "another"])
         before.assert_unchanged()
     finally:

@@ -1,16 +1,15 @@
-"""Issue 22: a plan has no stage that never trains, no two batch stages closer than the stage factor, and
+"""A plan has no stage that never trains, no two batch stages closer than the stage factor, and
 its cap line and warnings agree (a language model's per-step warmup + cosine under a rising noise-scale cap,
 from a stored probe file)."""
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.predict import plan_from_options
+from hostile import run_main
 
 PROBE = Path(__file__).parent / "data" / "lm_probe.json"
 WARMUP_COSINE = ("SequentialLR([LinearLR(start_factor=0.01, total_iters=300), "
@@ -38,9 +37,8 @@ def assert_clean(plan):
 
 
 def test_noise_capped_lm_plan_has_clean_stages_and_one_cap():
-    r = subprocess.run([sys.executable, "-m", "bsadvisor", "convert-schedule", "--probe", str(PROBE), "--epochs", "1",
-                        "--schedule", WARMUP_COSINE, "--schedule-unit", "step", "--noise-cap", "10", "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_main(["convert-schedule", "--probe", str(PROBE), "--epochs", "1", "--schedule", WARMUP_COSINE,
+                  "--schedule-unit", "step", "--noise-cap", "10", "--json"])
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     plan = Plan.from_dict(doc)

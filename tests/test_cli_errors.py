@@ -1,18 +1,14 @@
 """Bad input through the real CLI: one line on stderr naming the problem, exit 2, no traceback.
 
-Each case runs `python -m bsadvisor ...` in a fresh subprocess. ``{d}`` in an argument
-is replaced by a temporary folder holding the files of ``FILES``.
+Each case runs the CLI's entry point in-process (tests/hostile.py ``run_main``: piped, 80 columns,
+as a subprocess sees it). ``{d}`` in an argument is replaced by a temporary folder holding the files
+of ``FILES``.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from hostile import cli_env, run_main
 
 BASE = {"--lr": "0.1", "--batch-size": "128", "--dataset-size": "50000", "--epochs": "200", "--momentum": "0.9",
         "--schedule": "MultiStepLR(milestones=[60,120,160], gamma=0.2)"}
@@ -114,9 +110,8 @@ def files(tmp_path_factory):
 @pytest.mark.parametrize("argv,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2(files, argv, fragments):
     argv = [a.replace("{d}", str(files)) for a in argv]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80")  # narrow terminal: the message must still be 1 line
-    r = subprocess.run([sys.executable, "-m", "bsadvisor", *argv], capture_output=True, text=True, env=env,
-                       cwd=files, timeout=60)
+    env = cli_env(COLUMNS="80")  # narrow terminal: the message must still be 1 line
+    r = run_main(argv, cwd=files, env=env)
     assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr)
     assert "Traceback" not in r.stderr + r.stdout
     lines = r.stderr.splitlines()

@@ -450,7 +450,7 @@ def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, 
         assert r.floor(b) == max(below)
 
 
-# ---------------------------------------------------------------- issue 10: rounding ties, spans, refusals, messages
+# ---------------------------------------------------------------- rounding ties, spans, refusals, messages
 @pytest.mark.parametrize("rounding,b,expect", [
     ((8, 1, None), 12, 8), ((8, 1, None), 20, 16), ((8, 1, None), 28, 24), ((8, 1, None), 36, 32),  # ties → smaller
     ((8, 1, None), 12.01, 16), ((8, 1, None), 4, 8), ((6, 1, None), 9, 6), ((3, 2, None), 15, 12),

@@ -1,4 +1,5 @@
-"""`bsadvisor convert-schedule` through the real command line (`python -m bsadvisor` subprocesses)."""
+"""`bsadvisor convert-schedule` through the command line: the CLI's entry point, run in-process at
+120 columns (tests/hostile.py ``run_main``), and one fresh interpreter to show the command never loads torch."""
 from __future__ import annotations
 
 import json
@@ -8,22 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from bsadvisor.core.plan import PLAN_SCHEMA, Plan
+from hostile import cli_env, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["--lr", "0.1", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "200", "--momentum", "0.9",
          "--schedule", "MultiStepLR(milestones=[60,120,160], gamma=0.2)"]
 
 
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120")
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=60)
+def cli(*args, cwd=None):
+    """``bsadvisor ARGS`` in a 120-column pipe, in-process."""
+    return run_main(args, cwd=cwd or ROOT, env=cli_env(COLUMNS="120"))
 
 
 def run_json(*args, cwd=None) -> dict:
-    r = run_cli("convert-schedule", *args, "--json", cwd=cwd)
+    r = cli("convert-schedule", *args, "--json", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -107,30 +107,30 @@ def test_round_to_and_max_stages_cli():
 
 def test_out_writes_valid_json_and_failures_leave_it(tmp_path):
     out = tmp_path / "plan.json"
-    r = run_cli("convert-schedule", *PAPER, "--out", out)
+    r = cli("convert-schedule", *PAPER, "--out", out)
     assert r.returncode == 0, r.stderr
     plan = Plan.load(out)
     assert [s.batch_size for s in plan.stages] == [128, 634, 3015, 5000]
     before = out.read_bytes()
-    bad = run_cli("convert-schedule", *PAPER[:-2], "--schedule", "MultiStepLR(milestones=[60,120,260])", "--out", out)
+    bad = cli("convert-schedule", *PAPER[:-2], "--schedule", "MultiStepLR(milestones=[60,120,260])", "--out", out)
     assert bad.returncode == 2 and "260" in bad.stderr
-    bad = run_cli("convert-schedule", *PAPER, "--lr", "nan", "--out", out)
+    bad = cli("convert-schedule", *PAPER, "--lr", "nan", "--out", out)
     assert bad.returncode == 2
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]  # no temporary files left behind
     # --json and --out together: the same document
-    both = run_cli("convert-schedule", *PAPER, "--out", out, "--json")
+    both = cli("convert-schedule", *PAPER, "--out", out, "--json")
     assert json.loads(both.stdout) == json.loads(out.read_text())
 
 
 def test_table_report_mentions_totals():
-    r = run_cli("convert-schedule", *PAPER, "--rule", "proportional", "--max-fraction", "1")
+    r = cli("convert-schedule", *PAPER, "--rule", "proportional", "--max-fraction", "1")
     assert r.returncode == 0, r.stderr
     assert "29,000" in r.stdout and "78,200" in r.stdout and "16,000" in r.stdout
 
 
 def test_help_lists_every_option():
-    r = run_cli("convert-schedule", "--help")
+    r = cli("convert-schedule", "--help")
     assert r.returncode == 0
     for opt in ("--lr", "--batch-size", "--dataset-size", "--epochs", "--momentum", "--schedule", "--schedule-unit",
                 "--optimizer", "--rule", "--max-batch", "--max-fraction", "--round-to", "--max-stages",

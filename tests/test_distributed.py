@@ -21,8 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120
+# every test that starts a torchrun job is slow: three interpreters importing torch, then a gloo rendezvous
+torchrun_job = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -104,8 +108,6 @@ def test_no_torchrun_is_single_process(monkeypatch):
 
 
 def test_bad_environment_is_a_user_error(monkeypatch):
-    import pytest
-
     from bsadvisor.runtime.distributed import init_from_env
     from bsadvisor.core.errors import UserError
 
@@ -132,10 +134,10 @@ def _truth_at_init() -> float:
     return tr / g2
 
 
+@torchrun_job
 def test_two_processes_agree_with_one_and_with_the_closed_form(tmp_path):
     """Same B_simple from a 2-process gloo job and a 1-process run; both intervals near the truth."""
-    one = subprocess.run([sys.executable, "-m", "bsadvisor", "probe", *PROBE_ARGS], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    one = _in_process(["probe", *PROBE_ARGS], tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     out = tmp_path / "probe2.json"
     two = _torchrun(["-m", "bsadvisor", "probe", *PROBE_ARGS, "--out", str(out)], tmp_path)
@@ -159,6 +161,7 @@ def test_two_processes_agree_with_one_and_with_the_closed_form(tmp_path):
     assert d2["memory"]["max_batch"] >= 1 and d2["throughput"]
 
 
+@torchrun_job
 def test_every_rank_returns_the_same_result(tmp_path):
     run = _torchrun([str(Path(__file__).resolve()), "--worker", str(tmp_path)], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -183,6 +186,7 @@ def test_every_rank_returns_the_same_result(tmp_path):
     assert len(f0) > 20 and len(f0 & f1) < 0.05 * len(f0)
 
 
+@torchrun_job
 def test_unsupported_estimator_under_torchrun_exits_2(tmp_path):
     run = _torchrun(["-m", "bsadvisor", "probe", "builtin:linreg", "--device", "cpu", "--json",
                      "--estimator", "two-batch"], tmp_path)
@@ -201,9 +205,11 @@ CONVERT = ["convert-schedule", "--lr", "0.01", "--batch-size", "43", "--dataset-
 MICRO = 16
 
 
-def _bsadvisor(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
+def _in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    """A one-process command through the CLI's entry point in this process (no interpreter to start)."""
+    from hostile import run_main
+
+    return run_main(args, cwd=cwd)
 
 
 def _final_weights(path: Path):
@@ -212,11 +218,12 @@ def _final_weights(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)  # checkpoints hold no pickled objects
 
 
+@torchrun_job
 def test_validate_two_processes_match_one(tmp_path):
     """Same plan, seed and data order: 2-process DDP ends at the 1-process parameters, to float tolerance."""
     import torch
 
-    conv = _bsadvisor([*CONVERT, "--out", "plan.json"], tmp_path)  # a plan made for one device
+    conv = _in_process([*CONVERT, "--out", "plan.json"], tmp_path)  # a plan made for one device
     assert conv.returncode == 0, conv.stderr
     args = ["validate", "builtin:linreg", "--device", "cpu", "--max-micro-batch", str(MICRO), "--json"]
     two = _torchrun(["-m", "bsadvisor", *args, "--plan", "plan.json", "--out", "two"], tmp_path)
@@ -231,7 +238,7 @@ def test_validate_two_processes_match_one(tmp_path):
         k = -(-b // (2 * MICRO))
         assert b % (2 * k) == 0 and b // (2 * k) <= MICRO
     (tmp_path / "fitted.json").write_text(json.dumps(fitted))
-    one = _bsadvisor([*args, "--plan", "fitted.json", "--out", "one"], tmp_path)
+    one = _in_process([*args, "--plan", "fitted.json", "--out", "one"], tmp_path)
     assert one.returncode == two.returncode, one.stderr[-2000:]
     d1 = json.loads(one.stdout)
     assert json.loads((tmp_path / "two" / "results.json").read_text())["runs"].keys() == d2["runs"].keys()
@@ -328,6 +335,7 @@ def _train_worker(outdir: str) -> None:
     exit_job(0)  # as the CLI ends a torchrun process
 
 
+@torchrun_job
 def test_two_process_training_checkpoints_and_resumes(tmp_path):
     """train_plan under DDP: no_sync inner steps, rank-0 checkpoints, resume by all, = one process."""
     import torch
@@ -366,8 +374,6 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
     # only rank 0 wrote; a 2-process checkpoint is refused by a 1-process resume, with the reason
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["cut.pt", "full.pt"]
     t2 = load_target("builtin:linreg")
-    import pytest
-
     with pytest.raises(UserError, match="2-process run; resume it with the same number of processes"):
         train_plan(t2, plan, seed=3, name="plan", max_micro_batch=MICRO, checkpoint=tmp_path / "cut.pt", resume=True)
 
@@ -397,6 +403,7 @@ def _monitor_worker(outdir: str) -> None:
     exit_job(0)
 
 
+@torchrun_job
 def test_two_processes_measure_the_noise_scale_from_the_ranks_gradients(tmp_path):
     """Under DDP the ranks' shares are the small batches (replica estimator, AdaptDL): the trace equals the one
     a single process reads from two accumulated micro-batches of the same halves, and is the same on every rank."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PER_STEP = ("SequentialLR([LinearLR(start_factor=0.1, total_iters=10), "
             "CosineAnnealingLR(T_max=118, eta_min=0.001)], milestones=[10])")
@@ -57,6 +59,7 @@ def plan_updates(plan):
     return out
 
 
+@pytest.mark.slow  # trains the doc's loops in a fresh interpreter
 def test_blocks_run_and_follow_the_plan(tmp_path):
     lines = run_blocks(tmp_path)
     from bsadvisor.core.convert import convert_schedule  # the same plans, built here independently
@@ -94,6 +97,7 @@ def run_in_process(block: str, monkeypatch, tmp_path, capsys) -> tuple[dict, lis
     return namespace, capsys.readouterr().out.strip().splitlines()
 
 
+@pytest.mark.slow  # trains with Lightning
 def test_lightning_block_follows_the_plan(monkeypatch, tmp_path, capsys):
     (block,) = blocks_under("PyTorch Lightning")
     assert len([ln for ln in block.splitlines() if ln.strip()]) < 35
@@ -106,6 +110,7 @@ def test_lightning_block_follows_the_plan(monkeypatch, tmp_path, capsys):
     assert m and int(m.group(1)) == plan.updates and float(m.group(2)) < 0.1
 
 
+@pytest.mark.slow  # trains with Accelerate and with bsadvisor
 def test_accelerate_block_trains_as_bsadvisor_does(monkeypatch, tmp_path, capsys):
     import copy
 

@@ -1,7 +1,8 @@
 """The package layout keeps the architecture of docs/architecture.md.
 
 core is pure (no torch, nothing outside core); targets builds on core; runtime on core and
-targets; measure on core, targets and runtime; cli on everything. No import cycles, the CLI's
+targets; measure on core, targets and runtime; cli on everything; the top-level modules (``__init__``,
+``distributed``) re-export them and no sub-package imports those. No import cycles, the CLI's
 ``app`` imports no command, and long functions say why they are long. The imports are read
 with ``ast`` (so an import inside a function counts too), never by importing the modules,
 except where the point is what an import really loads.
@@ -148,6 +149,16 @@ def test_packages_import_only_what_the_architecture_allows():
         for imported in sorted(internal_imports(name)):
             if subpackage(imported) in forbidden:
                 violations.append(f"{name} imports {imported}")
+    assert not violations, "\n".join(violations)
+
+
+def test_no_subpackage_imports_a_top_level_module():
+    """``bsadvisor/__init__.py`` and ``bsadvisor/distributed.py`` are façades over the sub-packages (what
+    users import); a sub-package importing one would run the layering backwards."""
+    top = {name for name in MODULES if not subpackage(name)}
+    assert {"bsadvisor", "bsadvisor.distributed"} <= top
+    violations = [f"{name} imports {imported}" for name in MODULES if subpackage(name)
+                  for imported in sorted(internal_imports(name) & top)]
     assert not violations, "\n".join(violations)
 
 

@@ -203,7 +203,7 @@ def test_manual_optimization_gets_the_plan_batches_and_lr(tmp_path):
 
 
 def test_the_sampler_gives_an_empty_share_a_stand_in():
-    from bsadvisor.integrations.lightning import _PlanBatches, _Update
+    from bsadvisor.integrations.lightning.callback import _PlanBatches, _Update
 
     plan = Plan(stages=[Stage(0, 5, 2, 0.1, 0.0, 1.0)], dataset_size=5)  # batches 2, 2, 1
     rank0, rank1 = (list(_PlanBatches(None, plan, 5, 0, r, 2, 0)) for r in range(2))
@@ -211,6 +211,36 @@ def test_the_sampler_gives_an_empty_share_a_stand_in():
     assert rank1[2] == rank0[2]  # the last global batch has one example: rank 1 repeats it...
     assert _Update(1, 0, 2).weight(1) == 0.0 and _Update(1, 1, 2).weight(1) == 2.0  # ...weighted by zero
     assert sorted(i for b in rank0 + rank1[:2] for i in b) == list(range(5))
+
+
+@pytest.mark.parametrize("version", ["2.7.0", "3.0.1", "2.5.9", "2.10.0rc1", "unknown"])
+def test_an_untested_lightning_is_refused_in_one_line(monkeypatch, version):
+    import lightning
+
+    monkeypatch.setattr(lightning, "__version__", version)
+    with pytest.raises(UserError) as info:
+        FollowPlan(make_plan())
+    line = str(info.value)
+    assert "\n" not in line and f"Lightning {version} is installed" in line and "tested with Lightning 2.6" in line
+    assert line.endswith("pip install 'lightning>=2.6,<2.7'"), line
+
+
+@pytest.mark.parametrize("version", ["2.6.0", "2.6.6", "2.6.10.dev3"])
+def test_a_tested_lightning_is_accepted(monkeypatch, version):
+    import lightning
+
+    monkeypatch.setattr(lightning, "__version__", version)
+    assert FollowPlan(make_plan()).plan is not None
+
+
+def test_the_lightning_extra_pins_the_tested_releases():
+    from pathlib import Path
+
+    from bsadvisor.integrations.lightning.callback import LIGHTNING_REQUIREMENT
+
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert f'lightning = ["{LIGHTNING_REQUIREMENT}"]' in pyproject
+    assert f'"{LIGHTNING_REQUIREMENT}"' in pyproject.split("test = ", 1)[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("setting,pattern", [
@@ -320,6 +350,7 @@ def test_probe_cli_on_a_lightning_module(tmp_path, capsys):
     assert doc["settings"]["optimizer"] == "adamw" and doc["settings"]["batch_size"] == 25
 
 
+@pytest.mark.slow
 def test_import_bsadvisor_does_not_load_lightning(tmp_path):
     f = tmp_path / "plain.py"
     f.write_text("import torch\nfrom bsadvisor import Target\n"

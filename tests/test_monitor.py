@@ -26,6 +26,7 @@ def full_data_truth(target, weight):
     return (float((per_example ** 2).sum(1).mean()) - g2) / g2
 
 
+@pytest.mark.slow
 def test_interval_coverage_on_linear_regression_at_several_parameter_points():
     # 3 parameter points × 50 seeds: the 90% interval holds the full-data truth 85-95% of the time
     target = linreg()
@@ -109,6 +110,7 @@ def _plan():
                 dataset_size=512)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_micro_batch", [None, 32])
 def test_the_monitor_leaves_the_training_trajectory_bit_identical(max_micro_batch):
     finals = []
@@ -166,6 +168,7 @@ def test_trace_round_trips_into_a_noise_model(tmp_path):
     assert model.b_noise(8192, t / 2, tm) == pytest.approx(2 * b)  # ∝ 1/T
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_trace(tmp_path):
     # the checkpoint keeps the points and the monitor's generator: a resumed run records what an unbroken one does
     settings = {"every": 3, "draws": 3, "micro_batches": 4}
@@ -189,3 +192,20 @@ def test_a_resumed_run_continues_the_trace(tmp_path):
     assert resumed.resumed_from == 2
     strip = lambda trace: [{k: v for k, v in p.items() if k != "seconds"} for p in trace]  # noqa: E731
     assert strip(resumed.noise_trace) == strip(full.noise_trace)
+
+
+def test_settings_are_one_checked_object_that_keywords_override():
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.runtime.monitor import MonitorSettings
+
+    model = torch.nn.Linear(3, 1)
+    given = MonitorSettings(window=3, overhead=0.2)
+    monitor = NoiseMonitor(model, settings=given, window=5)
+    assert monitor.settings == MonitorSettings(window=5, overhead=0.2) and given.window == 3
+    assert NoiseMonitor(model).settings == MonitorSettings()
+    assert NoiseMonitor(model, min_points=50, spread=4).settings.min_points == 4  # at most one point a place
+    for bad in ({"draws": 1}, {"every": 0}, {"overhead": 0.0}, {"overhead": 1.5}):
+        with pytest.raises(UserError):
+            NoiseMonitor(model, **bad)
+    with pytest.raises(TypeError):
+        NoiseMonitor(model, windows=3)

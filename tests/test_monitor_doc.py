@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # trains the doc's loop in a fresh interpreter
 def test_monitor_doc_loop_runs_and_its_trace_is_a_noise_model(tmp_path):
     block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "monitor.md").read_text(), re.S)
     assert len(block) == 1 and len([ln for ln in block[0].splitlines() if ln.strip()]) < 35

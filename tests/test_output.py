@@ -1,4 +1,4 @@
-"""Issue 10, output people can read: tables whole at 80 columns and in pipes, the efficiency
+"""Output people can read: tables whole at 80 columns and in pipes, the efficiency
 legend, export notes and number formats, full "next" commands, rich markup in user strings,
 targets that import their neighbours, probe and BatchNorm warnings in advise."""
 from __future__ import annotations
@@ -21,11 +21,12 @@ from bsadvisor.targets.target import batchnorm_layers
 from bsadvisor.cli.advise import next_commands
 from bsadvisor.core.exports import export_csv, export_megatron, megatron_notes
 from bsadvisor.core.predict import plan_from_options
+from bsadvisor.core.recommend import BATCHNORM_WARNING, recommend
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult
 from bsadvisor.cli.render import plan_rows, plan_summary
 
-from hostile import ROOT, cli_env, run_cli
+from hostile import ROOT, cli_env, run_main
 
 CIFAR = dict(lr=0.1, batch_size=128, dataset_size=50000, epochs=200, momentum=0.9,
              schedule="MultiStepLR(milestones=[60,120,160], gamma=0.2)")
@@ -113,8 +114,7 @@ def test_advise_output_is_whole_and_prints_markup_verbatim(monkeypatch):
     probe.warnings = ["the loss looks sum-reduced [bold]x[/]: the gradient norm grows with the batch"]
     options = {k: None for k in cmd_advise.CONVERT_OPTIONS}
     options.update(epochs=10, schedule=SCHEDULE, max_fraction=1.0, round_to=4, noise_cap=3.0)
-    plan = plan_from_options(probe=probe, **options)
-    cmd_advise.batchnorm_warning(plan, has_bn=True)
+    plan = recommend(options, probe=probe, batchnorm=True)
     con = Console(width=80, file=io.StringIO(), color_system=None)
     monkeypatch.setattr(cmd_advise, "console", con)
     target = "a[/x]b/train [red].py:make_target"
@@ -137,20 +137,19 @@ def test_batchnorm_warning_only_for_models_with_batchnorm():
     assert batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))) == ['1']
     assert batchnorm_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.SyncBatchNorm(2))) == ['1']
     assert not batchnorm_layers(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)))
-    plan = plans()["probe"]
-    plan.warnings.append("BatchNorm statistics depend on the batch (generic remark)")
-    plan.notes.append("BatchNorm: a generic note")
-    cmd_advise.batchnorm_warning(plan, has_bn=False)
+    probe = ProbeResult.from_dict(probe_doc())
+    assert any("BatchNorm" in x for x in recommend(probe=probe, epochs=10, schedule=SCHEDULE).notes)  # unknown
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, batchnorm=False)
     assert not any("BatchNorm" in x for x in plan.warnings + plan.notes)
-    cmd_advise.batchnorm_warning(plan, has_bn=True)
-    assert [w for w in plan.warnings if "BatchNorm" in w] == [cmd_advise.BATCHNORM_WARNING]
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, batchnorm=True)
+    assert [w for w in plan.warnings + plan.notes if "BatchNorm" in w] == [BATCHNORM_WARNING]
 
 
 def test_convert_schedule_piped_at_80_columns_shows_every_number_whole():
     args = ["convert-schedule", "--lr", "0.4", "--batch-size", "256", "--dataset-size", "1281167", "--epochs", "90",
             "--schedule", "SequentialLR([LinearLR(start_factor=0.1, total_iters=5), CosineAnnealingLR(T_max=85)], "
                           "milestones=[5])", "--max-batch", "2048", "--round-to", "64", "--max-stages", "5"]
-    r = run_cli(args, cwd=ROOT, env=cli_env(COLUMNS="80"))
+    r = run_main(args, cwd=ROOT, env=cli_env(COLUMNS="80"))
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80
     plan = plan_from_options(lr=0.4, batch_size=256, dataset_size=1281167, epochs=90, schedule=args[10],
@@ -163,7 +162,7 @@ def test_convert_schedule_piped_at_80_columns_shows_every_number_whole():
 def test_csv_numbers_are_formatted_and_exact_to_10_digits():
     plan = plan_from_options(lr=0.05, batch_size=32, dataset_size=3200, epochs=4, max_batch=32,
                              schedule="StepLR(step_size=2, gamma=0.1)")
-    assert any(repr(plan.at(e).lr) == "0.005000000000000001" for e in range(4))  # the float the issue saw
+    assert any(repr(plan.at(e).lr) == "0.005000000000000001" for e in range(4))  # the float a plain repr prints
     text = export_csv(plan)
     assert "0.005000000000000001" not in text
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -193,28 +192,28 @@ def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     assert "--lr-decay-style constant" in " ".join(megatron_notes(flat))
     path = tmp_path / "plan.json"
     hybrid.save(path)
-    r = run_cli(["export", path, "--format", "megatron"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron"], cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == export_megatron(hybrid)
     assert r.stdout.startswith("--rampup-batch-size 128 372 ")
     assert "note:" in r.stderr and "--train-samples" in r.stderr and "0.01298750" not in r.stdout
-    r = run_cli(["export", path, "--format", "megatron", "--json"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron", "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
     assert doc["schema"] == "bsadvisor.export/2" and doc["text"] == export_megatron(hybrid)
     assert doc["rows"][0]["start"] == 128 and doc["rows"][0]["final"] == 500 and doc["rows"][0]["max_error"] == 0
     assert doc["notes"] == megatron_notes(hybrid) and r.stderr == ""
-    r = run_cli(["export", path, "--json"], cwd=tmp_path)
+    r = run_main(["export", path, "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
     assert len(doc["rows"]) == len(hybrid.stages)
     assert doc["rows"][-1]["lr"] == hybrid.stages[-1].lr and doc["rows"][-1]["lr_scale"] == hybrid.stages[-1].lr_scale
     # three batch sizes growing ×5: no linear ramp is close; one line, exit 2
     plans()["hybrid"].save(path)
-    r = run_cli(["export", path, "--format", "megatron"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron"], cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     assert "cannot be expressed as Megatron-LM's linear --rampup-batch-size" in r.stderr
 
 
 def test_export_help_puts_each_example_on_its_own_line():
-    r = run_cli(["export", "--help"], cwd=ROOT, env=cli_env(COLUMNS="100"))
+    r = run_main(["export", "--help"], cwd=ROOT, env=cli_env(COLUMNS="100"))
     lines = [ln.strip() for ln in r.stdout.splitlines()]
     for cmd in ("bsadvisor export plan.json --format megatron", "bsadvisor export plan.json --format csv --out plan.csv",
                 "bsadvisor export plan.json --format megatron --json"):
@@ -222,7 +221,7 @@ def test_export_help_puts_each_example_on_its_own_line():
 
 
 def test_every_command_has_json():
-    """README: every command has --json (demo gets its --json from the demo fix of issue 10)."""
+    """README: every command has --json (demo may go without)."""
     import typer.main
 
     from bsadvisor.cli.app import app
@@ -245,7 +244,7 @@ def test_replan_command_gives_the_same_plan(tmp_path):
                               dict(cmd_advise.PROBE_DEFAULTS, seed=7)))
     argv = shlex.split(cmds["re-plan offline"])
     assert argv[:2] == ["bsadvisor", "convert-schedule"]
-    r = run_cli(argv[1:] + ["--json"], cwd=tmp_path)
+    r = run_main(argv[1:] + ["--json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     got = Plan.from_dict(json.loads(r.stdout))
     assert got.stages == want.stages and got.cap == want.cap
@@ -259,6 +258,7 @@ HELPER = "from bsadvisor.targets.builtins import linreg\n\ndef make():\n    retu
 TARGET = "from helper import make\n\ndef make_target():\n    t = make()\n    t.name = 'markup [/x] target'\n    return t\n"
 
 
+@pytest.mark.slow  # a real probe of several seconds
 def test_advise_end_to_end_markup_folder_sibling_import_and_replan(tmp_path):
     """A target file in a folder named a[/x]b that imports a module beside it (no PYTHONPATH): advise runs,
     prints its report, and the re-plan command it prints rebuilds the very same plan."""
@@ -267,7 +267,7 @@ def test_advise_end_to_end_markup_folder_sibling_import_and_replan(tmp_path):
     (folder / "helper.py").write_text(HELPER)
     (folder / "t.py").write_text(TARGET)
     env = cli_env(COLUMNS="80")
-    r = run_cli(["advise", "a[/x]b/t.py:make_target", "--epochs", "6", "--schedule",
+    r = run_main(["advise", "a[/x]b/t.py:make_target", "--epochs", "6", "--schedule",
                  "MultiStepLR(milestones=[2,4], gamma=0.2)", "--device", "cpu", "--budget-seconds", "10",
                  "--max-fraction", "0.25", "--round-to", "8", "--probe-out", "a[/x]b/probe.json",
                  "--out", "a[/x]b/plan.json"], cwd=tmp_path, env=env)
@@ -278,7 +278,7 @@ def test_advise_end_to_end_markup_folder_sibling_import_and_replan(tmp_path):
     line = next(ln for ln in r.stdout.splitlines() if "re-plan offline:" in ln)
     argv = shlex.split(line.split("re-plan offline:", 1)[1])
     assert "--max-fraction" in argv and "--round-to" in argv
-    r2 = run_cli(argv[1:] + ["--json"], cwd=tmp_path, env=env)
+    r2 = run_main(argv[1:] + ["--json"], cwd=tmp_path, env=env)
     assert r2.returncode == 0, r2.stderr
     assert Plan.from_dict(json.loads(r2.stdout)).stages == Plan.load(folder / "plan.json").stages
 
@@ -311,9 +311,9 @@ def test_targets_import_their_neighbours_without_pythonpath(tmp_path, spec):
 def test_convert_and_export_print_paths_with_markup_verbatim(tmp_path):
     (tmp_path / "a[" / "x]b").mkdir(parents=True)
     out = "a[/x]b/plan.json"
-    r = run_cli(["convert-schedule", *[f"--{k.replace('_', '-')}={v}" for k, v in CIFAR.items()], "--out", out],
+    r = run_main(["convert-schedule", *[f"--{k.replace('_', '-')}={v}" for k, v in CIFAR.items()], "--out", out],
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"plan written to {out}" in r.stdout
-    r = run_cli(["export", out, "--format", "csv", "--out", "a[/x]b/stages.csv"], cwd=tmp_path)
+    r = run_main(["export", out, "--format", "csv", "--out", "a[/x]b/stages.csv"], cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "a[/x]b/stages.csv").read_text().splitlines()[1].startswith("0,")

@@ -57,6 +57,7 @@ def test_linreg_after_warmup_measured_state():
     assert r.noise.b_simple == pytest.approx(tr / g2, rel=0.10)
 
 
+@pytest.mark.slow  # fifty probes
 def test_linreg_interval_coverage_50_probes():
     t = load_target("builtin:linreg")
     hits = 0
@@ -88,6 +89,7 @@ def small_mlp_target(n=4000):
                   loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
 
 
+@pytest.mark.slow  # a probe of an MLP and its exact per-example truth
 def test_mlp_default_probe_within_10_percent_of_exact_per_example_truth():
     t = small_mlp_target()
     r = bsadvisor.probe(t, seed=0, **FAST)
@@ -240,7 +242,7 @@ def test_bad_options():
         bsadvisor.probe(t, batch_size=10**6)
 
 
-# --------------------------------------------------------------------------- issue 10: failures after warmup
+# --------------------------------------------------------------------------- failures after warmup
 class _BackwardBoom(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -315,7 +317,7 @@ def test_batchnorm_at_batch_one_under_a_tiny_memory_limit():
     assert_same_state(before, state_of(t.model))
 
 
-# --------------------------------------------------------------------------- issue 10: budget, draws, warnings
+# --------------------------------------------------------------------------- budget, draws, warnings
 def test_budget_starts_when_measuring_starts(tmp_path):
     """Building the target (importing, generating data) is not charged to the budget."""
     f = tmp_path / "slow.py"
@@ -373,10 +375,10 @@ def _pt(b, eps):
     return ThroughputPoint(b, float(eps), b / eps)
 
 
-def test_ladder_warning_flags_the_issue_ladder():
+def test_ladder_warning_flags_a_busy_machines_ladder():
     from bsadvisor.measure.throughput import ladder_warning
 
-    # measured on a busy 2-core machine (issue 10): 1,024 faster per step than 512, then 2,048 slower
+    # measured on a busy 2-core machine: 1,024 faster per step than 512, then 2,048 slower
     w = ladder_warning([_pt(256, 2000), _pt(512, 2607), _pt(1024, 36058), _pt(2048, 11121)])
     assert w and "not monotone" in w and "batch 1024: 36,058" in w and "OMP_NUM_THREADS" in w
     assert ladder_warning([_pt(16, 1e4), _pt(32, 1.9e4), _pt(64, 3e4), _pt(128, 3.1e4), _pt(256, 2.9e4)]) is None

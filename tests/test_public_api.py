@@ -29,7 +29,7 @@ def test_public_name_resolves(name):
 
 
 def test_all_lists_every_public_name():
-    assert set(bsadvisor.__all__) == set(bsadvisor._LAZY) | {"__version__"}
+    assert set(bsadvisor.__all__) == set(bsadvisor._LAZY) | set(bsadvisor._NAMESPACES) | {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         bsadvisor.not_a_name
 
@@ -40,12 +40,28 @@ def test_type_checkers_see_every_lazy_name_where_it_is_defined():
 
     tree = ast.parse((ROOT / "bsadvisor" / "__init__.py").read_text())
     block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
-    seen = {}
+    seen, namespaces = {}, set()
     for node in block.body:
+        if node.module is None:  # `from . import distributed`: a sub-module namespace
+            namespaces.update(alias.name for alias in node.names)
+            continue
         for alias in node.names:
             target = node.module if alias.asname is None else f"{node.module}:{alias.name}"
             seen[alias.asname or alias.name] = target
-    assert seen == bsadvisor._LAZY
+    assert seen == bsadvisor._LAZY and namespaces == set(bsadvisor._NAMESPACES)
+
+
+def test_distributed_namespace_loads_on_first_use():
+    """``bsadvisor.distributed`` holds the process-group names (they left the top level) and the
+    plain ``import bsadvisor`` does not load it, since it imports torch."""
+    from test_layout import run_python
+
+    r = run_python("import sys, bsadvisor\n"
+                   "print('bsadvisor.distributed' in sys.modules, hasattr(bsadvisor, 'init_from_env'))\n"
+                   "d = bsadvisor.distributed\n"
+                   "print(d.init_from_env('cpu') == d.Dist() == d.current(), sorted(d.__all__))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["False False", "True ['Dist', 'current', 'init_from_env']"]
 
 
 def doc_imports() -> list[tuple[str, str]]:
@@ -77,4 +93,14 @@ def test_docs_call_only_public_names():
     # prose and code like `bsadvisor.probe(target)`: a call on the package names a public function
     called = {(str(p.relative_to(ROOT)), m) for p in DOCS for m in re.findall(r"\bbsadvisor\.(\w+)\(", p.read_text())}
     unknown = sorted(f"{path}: bsadvisor.{name}(" for path, name in called if name not in bsadvisor.__all__)
+    assert not unknown, "\n".join(unknown)
+
+
+def test_docs_call_only_names_of_the_distributed_namespace():
+    from bsadvisor import distributed
+
+    called = {(str(p.relative_to(ROOT)), m) for p in DOCS
+              for m in re.findall(r"\bbsadvisor\.distributed\.(\w+)\(", p.read_text())}
+    assert {name for _, name in called} >= {"init_from_env", "current"}, called
+    unknown = sorted(f"{path}: bsadvisor.distributed.{name}(" for path, name in called if name not in distributed.__all__)
     assert not unknown, "\n".join(unknown)

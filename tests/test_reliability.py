@@ -93,33 +93,45 @@ def _comparable(doc: dict) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("stop_after", [7, 23, 41])
-def test_resumed_results_equal_uninterrupted_noise_trace_included(tmp_path, monkeypatch, stop_after):
-    """Killed at several places (mid-epoch checkpoints every 5 updates), resumed: results.json is the uninterrupted
-    run's, the noise trace included (the monitor's pace and budget are in its checkpoint)."""
+def _monitored_run(monkeypatch, out, clock=None, **kw):
+    """Validation with the noise monitor on a fake clock, checkpoints every 5 updates."""
     import bsadvisor.runtime.monitor as monitor
-    from bsadvisor.runtime.report import write_outputs
     from bsadvisor.runtime.validate import run_validation
 
-    settings = {"overhead": 0.05, "min_points": 5}
+    monkeypatch.setattr(monitor, "time", clock or _Clock())
+    target = _target()
+    return run_validation(target, _specs(target), out=out, noise_monitor={"overhead": 0.05, "min_points": 5}, evals=4,
+                          checkpoint_every=5, **kw)
 
-    def run(out, clock=None, **kw):
-        monkeypatch.setattr(monitor, "time", clock or _Clock())
-        target = _target()
-        return run_validation(target, _specs(target), out=out, noise_monitor=settings, evals=4, checkpoint_every=5,
-                              **kw)
 
-    want = run(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The folder of the uninterrupted run that every cut-and-resumed run below must reproduce."""
+    from bsadvisor.runtime.report import write_outputs
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "ref"
+    with pytest.MonkeyPatch.context() as mp:
+        write_outputs(_monitored_run(mp, out), out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reliability-uninterrupted")
+@pytest.mark.parametrize("stop_after", [7, 23, 41])
+def test_resumed_results_equal_uninterrupted_noise_trace_included(uninterrupted, tmp_path, monkeypatch, stop_after):
+    """Killed at several places (mid-epoch checkpoints every 5 updates), resumed: results.json is the uninterrupted
+    run's, the noise trace included (the monitor's pace and budget are in its checkpoint)."""
+    from bsadvisor.runtime.report import write_outputs
+
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", progress=_StopAfter(stop_after))
+        _monitored_run(monkeypatch, tmp_path / "cut", progress=_StopAfter(stop_after))
     clock = _Clock()
     clock.t = 123.0  # the resumed process's clock starts elsewhere
-    got = run(tmp_path / "cut", clock, resume=True)
+    got = _monitored_run(monkeypatch, tmp_path / "cut", clock, resume=True)
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] is not None
     assert got["runs"]["plan"]["seeds"][0]["noise_trace"], "the monitor recorded nothing"
-    for doc, out in ((want, tmp_path / "ref"), (got, tmp_path / "cut")):
-        write_outputs(doc, out)
-    a = json.loads((tmp_path / "ref" / "results.json").read_text())
+    write_outputs(got, tmp_path / "cut")
+    a = json.loads((uninterrupted / "results.json").read_text())
     b = json.loads((tmp_path / "cut" / "results.json").read_text())
     for d in (a, b):
         for run_ in d["runs"].values():
@@ -166,6 +178,7 @@ def _doc_with_target(name: str) -> dict:
     return run_validation(target, _specs(target, epochs=2), noise_monitor=None, evals=2)
 
 
+@pytest.mark.slow
 def test_dollar_target_name_plots_and_results(tmp_path):
     """A target named ``loss $\\foo{x}$``: matplotlib would raise ParseFatalException; the `$` is escaped."""
     pytest.importorskip("matplotlib")
@@ -267,6 +280,7 @@ def test_fixed_draws_that_do_not_fit_the_budget_are_refused(monkeypatch):
     assert_one_line_error(r, ["--draws 100000 cannot be taken within --budget-seconds 5", "lower --draws"])
 
 
+@pytest.mark.slow
 def test_validate_max_minutes_stops_with_exit_124_and_resumes(tmp_path, monkeypatch):
     """--max-minutes: the alarm fires (made immediate here), exit 124 with the resume command; resume finishes."""
     import bsadvisor.cli.app as app
@@ -314,6 +328,7 @@ def test_passive_wait_respects_the_users_policy():
     assert passive_wait(env) is False and env == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
+@pytest.mark.slow
 def test_the_cli_sets_the_policy_before_torch_loads():
     """A fresh interpreter: main() sets OMP_WAIT_POLICY first; torch is loaded by the training command after it."""
     import subprocess

@@ -10,7 +10,8 @@ import torch
 from bsadvisor import BatchSizeScheduler, PlanBatchSampler
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.runtime.step import make_gather, train_step
+from bsadvisor.runtime.batches import make_gather
+from bsadvisor.runtime.step import train_step
 
 
 def make_plan(n=103, stages=((0, 2, 10, 0.1, 0.9), (2, 3, 25, 0.1, 0.9), (3, 5, 40, 0.02, 0.5))):
@@ -221,3 +222,91 @@ def test_sampler_resumes_mid_epoch_from_its_state():
     again.load_state_dict(state)
     whole = PlanBatchSampler(plan, seed=2)
     assert head + list(again) == list(whole)
+
+
+def test_sampler_seek_stands_at_a_sample_position_like_a_resumed_state():
+    plan = mid_epoch_plan()
+    whole = PlanBatchSampler(plan, seed=2)
+    it = iter(whole)
+    head = [next(it) for _ in range(9)]
+    rest = list(it)
+    seeked = PlanBatchSampler(plan, seed=2)
+    seeked.seek(sum(len(b) for b in head))
+    assert list(seeked) == rest
+    with pytest.raises(UserError, match="samples"):
+        seeked.seek(plan.total_samples + 1)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_shares_stand_ins_and_loss_weights_sum_to_the_global_mean(world):
+    from bsadvisor.runtime.batches import loss_weight, micro_batches, rank_share
+
+    for n in (1, 2, 5, 12):
+        batch = torch.arange(100, 100 + n)
+        shares = [rank_share(batch, r, world) for r in range(world)]
+        assert torch.cat([s for s, stand_in in shares if not stand_in]).tolist() == batch.tolist()
+        assert all(s.tolist() == [100] for s, stand_in in shares if stand_in)
+        total = 0.0
+        for share, stand_in in shares:
+            k = micro_batches(len(share), 2)
+            parts = torch.tensor_split(share, k)
+            assert len(parts) == k and all(len(p) <= 2 for p in parts)
+            total += sum(loss_weight(len(p), n, world, stand_in) for p in parts)
+        assert total / world == pytest.approx(1.0)  # DDP's mean of the summed weights: the global batch's mean
+
+
+def test_split_batch_walks_nested_batches_and_refuses_other_leaves():
+    from collections import namedtuple
+
+    from bsadvisor.runtime.batches import batch_rows, split_batch
+
+    Pair = namedtuple("Pair", "x y")
+    batch = {"a": Pair(torch.arange(5), torch.arange(5) * 2), "b": [torch.ones(5, 2)]}
+    assert batch_rows(batch) == 5
+    parts = split_batch(batch, 2, 5, "max_micro_batch")
+    assert [p["a"].x.tolist() for p in parts] == [[0, 1, 2], [3, 4]] and isinstance(parts[1]["a"], Pair)
+    assert parts[1]["b"][0].shape == (2, 2)
+    with pytest.raises(UserError, match="^max_micro_batch splits batches of tensors with 5 rows each; this batch "
+                                        "holds a str"):
+        split_batch({"x": torch.arange(5), "name": "s"}, 2, 5, "max_micro_batch")
+    assert batch_rows(["no tensor"]) is None
+
+
+def test_plan_fingerprint_is_its_stages_and_inputs():
+    plan = Plan(stages=[Stage(0, 20, 4, 0.1, 0.9, 1.0)], dataset_size=10, inputs={"schedule": "A", "lr": 0.1})
+    same = Plan.from_json(plan.to_json())
+    assert same.fingerprint() == plan.fingerprint()
+    other_schedule = Plan(stages=plan.stages, dataset_size=10, inputs={"schedule": "B", "lr": 0.1})
+    other_batch = Plan(stages=[Stage(0, 20, 5, 0.1, 0.9, 1.0)], dataset_size=10, inputs=plan.inputs)
+    assert other_schedule.fingerprint() != plan.fingerprint() != other_batch.fingerprint()
+
+
+def test_train_options_are_checked_once_and_keywords_override_them():
+    from bsadvisor.runtime.train import TrainOptions, train_plan
+
+    with pytest.raises(UserError, match="checkpoint_every must be a whole number"):
+        TrainOptions(checkpoint_every=0)
+    with pytest.raises(UserError, match="evals"):
+        TrainOptions(evals=0)
+    with pytest.raises(TypeError):
+        train_plan(None, None, no_such_setting=1)
+    torch.manual_seed(0)
+    x = torch.randn(40, 3)
+    data = torch.utils.data.TensorDataset(x, x.sum(1))
+
+    def run(*args, **kwargs):
+        from bsadvisor import Target
+
+        torch.manual_seed(0)
+        target = Target(model=torch.nn.Linear(3, 1), train_dataset=data, batch_size=8, lr=0.05,
+                        loss_fn=lambda m, b: ((m(b[0]).squeeze(-1) - b[1]) ** 2).mean())
+        plan = Plan(stages=[Stage(0, 80, 8, 0.05, 0.0, 1.0)], dataset_size=40)
+        return train_plan(target, plan, *args, **kwargs)
+
+    def losses(result):
+        return [(rec["train_loss"], rec["updates"]) for rec in result.history]
+
+    by_keywords = losses(run(seed=3, max_micro_batch=4))
+    assert by_keywords == losses(run(TrainOptions(seed=3, max_micro_batch=4)))
+    assert by_keywords == losses(run(TrainOptions(seed=5), seed=3, max_micro_batch=4))
+    assert losses(run(seed=4)) != by_keywords

@@ -193,7 +193,7 @@ def test_bad_tables(tmp_path, body, fragment):
     assert fragment in str(info.value)
 
 
-# ---------------------------------------------------------------- pieces: where the LR may change (issue 10)
+# ---------------------------------------------------------------- pieces: where the LR may change
 @pytest.mark.parametrize("text", [c[0] for c in CASES])
 @pytest.mark.parametrize("horizon,stride", [(260, 1), (97, 1), (260, 7), (1, 1)])
 def test_pieces_tile_the_run_and_are_constant_where_they_say(text, horizon, stride):

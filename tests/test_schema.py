@@ -1,4 +1,4 @@
-"""One declarative schema per file type (bsadvisor.core.schema): plan, probe, JSON reading (issue 10)."""
+"""One declarative schema per file type (bsadvisor.core.schema): plan, probe, JSON reading."""
 from __future__ import annotations
 
 import copy

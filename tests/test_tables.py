@@ -1,4 +1,4 @@
-"""Issue 22: schedules given as a table (CSV) are recorded in the plan, followed through restarts and
+"""Schedules given as a table (CSV) are recorded in the plan, followed through restarts and
 momentum cycles, and compared against torch's own schedulers stepped once an update.
 
 The truth is torch: OneCycleLR and CosineAnnealingWarmRestarts are stepped per update and written

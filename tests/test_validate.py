@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -77,10 +79,52 @@ def target_file(tmp_path):
     return f"{path}:make"
 
 
-def cli(*args, env=None, **kw):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "bsadvisor", *map(str, args)], capture_output=True, text=True,
-                          env=e, cwd=ROOT, timeout=300, **kw)
+class Trained(NamedTuple):
+    """A finished ``bsadvisor validate`` run shared by the tests that only read it (or copy it first)."""
+    target: str  # the TARGET spec it was run on (a resume must name the same one)
+    out: Path  # its --out folder: results.json, report.md, plots, checkpoints
+    run: subprocess.CompletedProcess  # the command's exit code, stdout and stderr
+
+
+def _in_process(*args) -> subprocess.CompletedProcess:
+    from hostile import run_main
+
+    return run_main(args, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny target, written once for the module's shared runs."""
+    path = tmp_path_factory.mktemp("target") / "tiny.py"
+    path.write_text(TARGET_SRC)
+    return f"{path}:make"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """``validate SCHEDULE --tolerance 1 --out ref``, uninterrupted: the reference of the resume tests, the
+    finished run the architecture check resumes (a copy), and the BatchNorm test's model without BatchNorm."""
+    out = tmp_path_factory.mktemp("finished") / "ref"
+    return Trained(tiny, out, _in_process("validate", tiny, *SCHEDULE, *LENIENT, "--out", out))
+
+
+@pytest.fixture(scope="module")
+def accepted(tiny, tmp_path_factory):
+    """An accepted plan with both variants and 2 seeds, as --json: the outputs test reads it, the
+    --overwrite test overwrites a copy of it."""
+    out = tmp_path_factory.mktemp("accepted") / "out"
+    # 2 seeds give a wide interval (t at 1 degree of freedom is 6.3): a margin of 5 % of the original's
+    # accuracy (about 0.045) lets the test be about the outputs; the default margin is tested below.
+    return Trained(tiny, out, _in_process("validate", tiny, *SCHEDULE, "--seeds", "2", "--variants", "--max-fraction",
+                                          "0.5", "--out", out, "--json", "--tolerance", "5%"))
+
+
+def main_run(monkeypatch, *args, env=None):
+    """``bsadvisor ARGS`` through the CLI's entry point in this process, no interpreter to start: for the
+    commands nobody kills. ``env``: the target's BSA_* knobs, set for the rest of the test."""
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    return _in_process(*args)
 
 
 def write_plan(path, stages, n=320, **inputs):
@@ -102,12 +146,10 @@ def strip_wall(doc):
     return out
 
 
-def test_accepted_plan_writes_results_and_exits_0(target_file, tmp_path):
-    out = tmp_path / "out"
-    # 2 seeds give a wide interval (t at 1 degree of freedom is 6.3): a margin of 5 % of the original's
-    # accuracy (about 0.045) lets this test be about the outputs; the default margin is tested below.
-    r = cli("validate", target_file, *SCHEDULE, "--seeds", "2", "--variants", "--max-fraction", "0.5", "--out", out,
-            "--json", "--tolerance", "5%")
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-accepted")
+def test_accepted_plan_writes_results_and_exits_0(accepted):
+    r, out = accepted.run, accepted.out
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["schema"] == "bsadvisor.validation/1.1" and doc["verdict"]["accepted"] is True
@@ -137,10 +179,11 @@ def test_accepted_plan_writes_results_and_exits_0(target_file, tmp_path):
     assert "ACCEPTED" in report and "curves_epoch.png" in report and (out / "curves_updates.png").is_file()
 
 
-def test_rejected_plan_exits_1(target_file, tmp_path):
+@pytest.mark.slow
+def test_rejected_plan_exits_1(target_file, tmp_path, monkeypatch):
     # A "plan" with LR 0 never trains: the untrained model is far below the original.
     plan = write_plan(tmp_path / "bad.json", [(0, 6, 8, 0.0)])
-    r = cli("validate", target_file, "--plan", plan)
+    r = main_run(monkeypatch, "validate", target_file, "--plan", plan)
     assert r.returncode == 1, r.stderr
     assert "REJECTED" in r.stdout
 
@@ -152,25 +195,25 @@ def test_rejected_plan_exits_1(target_file, tmp_path):
                  "stages": [{"start_epoch": 0, "end_epoch": 2, "batch_size": 0, "lr": 0.1, "momentum": 0}]}),
      "batch_size"),
 ])
-def test_bad_plan_file_exits_2_with_one_line(target_file, tmp_path, content, message):
+def test_bad_plan_file_exits_2_with_one_line(target_file, tmp_path, content, message, monkeypatch):
     path = tmp_path / "plan.json"
     path.write_text(content)
-    r = cli("validate", target_file, "--plan", path)
+    r = main_run(monkeypatch, "validate", target_file, "--plan", path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
-def test_plan_for_another_dataset_size_exits_2(target_file, tmp_path):
+def test_plan_for_another_dataset_size_exits_2(target_file, tmp_path, monkeypatch):
     plan = write_plan(tmp_path / "plan.json", [(0, 6, 8, 0.05)], n=1000)
-    r = cli("validate", target_file, "--plan", plan)
+    r = main_run(monkeypatch, "validate", target_file, "--plan", plan)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "1000" in lines[0] and "320" in lines[0]
 
 
-def test_nan_loss_names_run_and_epoch(target_file):
-    r = cli("validate", target_file, *SCHEDULE, env={"BSA_NAN": "1"})
+def test_nan_loss_names_run_and_epoch(target_file, monkeypatch):
+    r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, env={"BSA_NAN": "1"})
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "run original" in lines[0] and "epoch 1/6" in lines[0] and "nan" in lines[0]
@@ -190,10 +233,11 @@ def kill_at_checkpoint(ckpt: Path, argv: list) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
-    ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    ref = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", ref_out)
-    assert ref.returncode == 0, ref.stderr
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-finished")
+def test_resume_after_sigkill_matches_uninterrupted_run(finished, tmp_path, monkeypatch):
+    target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
+    assert finished.run.returncode == 0, finished.run.stderr
 
     # Slow each step down, wait for the original run's first checkpoint (an epoch's end), then SIGKILL.
     ckpt = out / "checkpoints" / "original-seed0.pt"
@@ -202,7 +246,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(target_file, tmp_path):
     assert 1 <= done < 6  # killed part way through the first run
     assert not (out / "results.json").exists()
 
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
+    r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
     assert r.returncode == 0, r.stderr
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] == done
@@ -265,11 +309,12 @@ def strict_json(text):
     return json.loads(text, parse_constant=bad)
 
 
-def test_nan_metric_is_null_everywhere_and_rejects_with_the_reason(target_file, tmp_path):
+@pytest.mark.slow
+def test_nan_metric_is_null_everywhere_and_rejects_with_the_reason(target_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
     name = "tiny [/x] [bold]t"  # rich markup in a user string is shown, not interpreted
     env = {"BSA_METRIC_NAN": "1", "BSA_NAME": name}
-    r = cli("validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
+    r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
     assert r.returncode == 1, r.stderr  # rejected, not a crash
     doc = strict_json(r.stdout)
     v = doc["verdict"]
@@ -280,18 +325,19 @@ def test_nan_metric_is_null_everywhere_and_rejects_with_the_reason(target_file, 
     report = (out / "report.md").read_text()
     assert "REJECTED" in report and "not finite" in report and "| original | n/a |" in report
     # resume reads the finished checkpoints back and reports the same; the table shows the name as typed
-    r2 = cli("validate", target_file, *SCHEDULE, "--out", out, "--resume", env=env)
+    r2 = main_run(monkeypatch, "validate", target_file, *SCHEDULE, "--out", out, "--resume", env=env)
     assert r2.returncode == 1, r2.stderr
     assert "Traceback" not in r2.stderr and name in r2.stdout and "REJECTED" in r2.stdout and "not finite" in r2.stdout
     assert "…" not in r2.stdout
     assert strict_json((out / "results.json").read_text())["verdict"] == v
 
 
-def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file, tmp_path):
+@pytest.mark.slow
+def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file, tmp_path, monkeypatch):
     """The plan's loss turns infinite once its batch grows past B0 = 8: that run stops, the verdict says so."""
     out = tmp_path / "out"
     env = {"BSA_DIVERGE_ABOVE": "8"}
-    r = cli("validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
+    r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, "--out", out, "--json", env=env)
     assert r.returncode == 1, r.stderr
     doc = strict_json(r.stdout)
     plan = doc["runs"]["plan"]
@@ -304,18 +350,22 @@ def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file,
     assert len(doc["runs"]["original"]["seeds"][0]["history"]) == 6
     assert "diverged" in doc["verdict"]["reason"] and doc["verdict"]["accepted"] is False
     # resume: the diverged run stays diverged (it is not trained on from NaN weights)
-    r2 = cli("validate", target_file, *SCHEDULE, "--out", out, "--resume", "--json", env=env)
+    r2 = main_run(monkeypatch, "validate", target_file, *SCHEDULE, "--out", out, "--resume", "--json", env=env)
     assert r2.returncode == 1, r2.stderr
     again = strict_json(r2.stdout)
     assert strip_wall(again) == strip_wall(doc) and again["verdict"]["reason"] == doc["verdict"]["reason"]
 
 
-def test_resume_with_another_architecture_is_refused(target_file, tmp_path):
-    out = tmp_path / "out"
-    assert cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out).returncode == 0
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-finished")
+def test_resume_with_another_architecture_is_refused(finished, tmp_path, monkeypatch):
+    target_file, out = finished.target, tmp_path / "out"
+    assert finished.run.returncode == 0, finished.run.stderr
+    shutil.copytree(finished.out, out)  # a finished run of the 16-unit ReLU model
     for env, words in (({"BSA_HIDDEN": "32"}, ["'0.weight'", "[16, 6]", "[32, 6]"]),
                        ({"BSA_ACT": "tanh"}, ["'1'", "ReLU", "Tanh"])):  # same shapes, another activation
-        r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume", env=env)
+        with monkeypatch.context() as mp:  # each knob alone
+            r = main_run(mp, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume", env=env)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "is from a different model" in lines[0], r.stderr
@@ -328,7 +378,8 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path, monkeypatch):
     out = tmp_path / "out dir"  # a space: the printed command must quote it
     mark = tmp_path / "started"
     ckpt = out / "checkpoints" / "original-seed0.pt"
@@ -350,7 +401,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
 
     cmd = shlex.split(lines[0].split("`")[1])
     assert cmd[:2] == ["bsadvisor", "validate"] and str(out) in cmd
-    r = cli(*cmd[1:], env={"BSA_SLEEP": "0"})
+    r = main_run(monkeypatch, *cmd[1:])  # the printed command, as typed (in this process: no knobs set)
     assert r.returncode == 0, r.stderr
     got = json.loads((out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] >= 1
@@ -370,16 +421,21 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path):
     assert proc.returncode == 130 and err.strip() == "interrupted", err
 
 
-def test_overwrite_orphans_and_umask(target_file, tmp_path):
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-accepted")
+def test_overwrite_orphans_and_umask(accepted, tmp_path, monkeypatch):
     """--overwrite removes the earlier run's files (not the user's); resume removes orphaned
     temporary files; every output gets the user's umask."""
-    out = tmp_path / "out"
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--variants", "--max-fraction", "0.5", "--out", out)
-    assert r.returncode == 0, r.stderr
-    assert len(list((out / "checkpoints").glob("*.pt"))) == 4
+    target_file, out = accepted.target, tmp_path / "out"
+    assert accepted.run.returncode == 0, accepted.run.stderr
+    shutil.copytree(accepted.out, out)  # the earlier run: 2 variants beside original and plan, 2 seeds each
+    assert len(list((out / "checkpoints").glob("*.pt"))) == 4 * 2
     (out / "notes.txt").write_text("mine")
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--overwrite",
-            preexec_fn=lambda: os.umask(0o027))
+    umask = os.umask(0o027)
+    try:
+        r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--overwrite")
+    finally:
+        os.umask(umask)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["original-seed0.pt", "plan-seed0.pt"]
     assert set(json.loads((out / "results.json").read_text())["runs"]) == {"original", "plan"}
@@ -396,19 +452,21 @@ def test_overwrite_orphans_and_umask(target_file, tmp_path):
     mine = [out / ".draft.tmp", out / "checkpoints" / ".notes.tmp", out / ".results.json.k2j3.tmp"]
     for p in mine:
         p.write_text("the user's own")
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
+    r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
     assert r.returncode == 0, r.stderr
     assert not any(p.exists() for p in orphans) and (out / "keep.tmp").exists()
     assert all(p.read_text() == "the user's own" for p in mine)
 
 
-def test_batchnorm_warning_only_for_a_model_with_batchnorm(target_file, tmp_path):
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT, "--json", env={"BSA_BN": "1"})
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-finished")
+def test_batchnorm_warning_only_for_a_model_with_batchnorm(finished, monkeypatch):
+    r = main_run(monkeypatch, "validate", finished.target, *SCHEDULE, *LENIENT, "--json", env={"BSA_BN": "1"})
     assert r.returncode == 0, r.stderr
     warns = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warns) == 1 and "BatchNorm layers (1)" in warns[0], r.stderr
     assert json.loads(r.stdout)["warnings"] == [warns[0][len("warning: "):]]
-    r = cli("validate", target_file, *SCHEDULE, *LENIENT)
+    r = finished.run  # the same command and model without BatchNorm
     assert r.returncode == 0, r.stderr
     assert "BatchNorm" not in r.stderr + r.stdout  # the plan's generic note is not repeated here
     assert "…" not in r.stdout
@@ -469,18 +527,19 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     assert doc["plan"]["epochs"] == 5 and set(doc["validation"]["runs"]) == {"original", "plan"}
 
 
-def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(target_file, tmp_path):
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-finished")
+def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(finished, tmp_path, monkeypatch):
     """Checkpoints every 7 updates (an epoch here is 40): killed at the first one, 7 updates into epoch 1,
     the resumed run finishes with exactly the numbers of a run never interrupted."""
-    ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    ref = cli("validate", target_file, *SCHEDULE, *LENIENT, "--out", ref_out, "--json")
-    assert ref.returncode in (0, 1), ref.stderr
+    target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
+    assert finished.run.returncode in (0, 1), finished.run.stderr
     ckpt = out / "checkpoints" / "original-seed0.pt"
     args = [*SCHEDULE, *LENIENT, "--out", str(out), "--checkpoint-every", "7"]
     kill_at_checkpoint(ckpt, ["validate", target_file, *args])
     saved = torch.load(ckpt, weights_only=True)
     assert saved["history"] == [] and saved["partial"]["offset"] == 7 * 8  # mid-epoch: 7 batches of 8 into epoch 1
-    r = cli("validate", target_file, *args, "--resume")
+    r = main_run(monkeypatch, "validate", target_file, *args, "--resume")
     assert r.returncode in (0, 1), r.stderr
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert strip_wall(got) == strip_wall(want)

@@ -14,11 +14,9 @@ from typing_extensions import Annotated
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, GrowthFactor, IncreaseLr, Lr, MaxBatch,
                                    MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, Overwrite, RoundTo,
-                                   Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize, apply_recipe)
+                                   Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize)
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
-
-ADVICE_SCHEMA = "bsadvisor.advice/1"
 
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
@@ -70,74 +68,31 @@ def advise_cmd(
     given = dict(locals())
     options = {k: given[k] for k in CONVERT_OPTIONS}
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
-    check_advise_options(options, probe_opts, out, probe_out, overwrite)  # before anything slow: no torch yet
+    trace = check_advise_options(options, probe_opts, out, probe_out, overwrite)  # before anything slow: no torch yet
 
-    from bsadvisor.core.fileio import write_json
-    from bsadvisor.core.predict import keep_batch_advice, noise_model_of, plan_from_options, start_batch_advice
+    from bsadvisor.measure.advise import advise
+    from bsadvisor.runtime.recipe import options_for_target
     from bsadvisor.targets.loading import load_target
-    from bsadvisor.targets.target import batchnorm_layers
 
     with _progress(quiet=json_) as progress:
         progress("loading the target", 0.0)
-        tgt = _recipe(load_target(target), options)
-        has_bn = bool(batchnorm_layers(tgt.model))
-        # the same conversion with the target's settings and no cap: bad options fail before the probe
-        dry = {k: v for k, v in options.items() if k not in ("world_size", "grad_accum", "noise_cap", "noise_trace")}
-        noise_model_of(None, options["noise_trace"], tgt.dataset_size)  # another data set's trace: not after the probe
-        plan_from_options(**{**dry, "lr": lr if lr is not None else tgt.lr,
-                             "batch_size": batch_size if batch_size is not None else tgt.batch_size,
-                             "momentum": momentum if momentum is not None else tgt.momentum,
-                             "dataset_size": tgt.dataset_size, "optimizer": tgt.optimizer})
-        from bsadvisor.measure.probe import probe as run_probe
-
+        tgt = load_target(target)
+        prepared = options_for_target(tgt, {**options, "noise_trace": trace})
+        if prepared.note:
+            err_console.print(prepared.note, soft_wrap=True, markup=False, highlight=False)
+        # the next commands printed below repeat the recipe's schedule and length
+        options.update({k: prepared.options[k] for k in ("schedule", "epochs", "schedule_unit", "seq_len")})
         with probe_time_limit(budget_seconds):
-            result = run_probe(tgt, batch_size=batch_size, lr=lr, progress=progress, **probe_opts)
-    if probe_out is not None:  # first: a plan refused below (an unusable --noise-cap) keeps the measurement
-        write_json(probe_out, result.to_dict())
-    plan = plan_from_options(probe=result, **options)
-    batchnorm_warning(plan, has_bn)
-    noise = noise_model_of(result, options["noise_trace"])
-    keep = keep_batch_advice(plan, noise)
-    if keep is not None:  # no growth pays: the original schedule is the recommendation
-        plan = original_plan(plan, result)
-    advice = None if keep is not None else start_batch_advice(
-        plan, noise, lambda k: plan_from_options(probe=result, **{**options, "increase_lr": k}))
+            rec = advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
     if out is not None:
-        plan.save(out)
+        rec.plan.save(out)
     if json_:
-        emit_json({"schema": ADVICE_SCHEMA, "probe": result.to_dict(), "plan": plan.to_dict(), "advice": advice,
-                   "keep_batch": keep, "recommendation": "original" if keep is not None else "plan"})
+        emit_json(rec.to_dict())
         return
-    if keep is not None:
-        _print_keep(target, result, plan, keep, out, options)
+    if rec.keep_batch is not None:
+        _print_keep(target, rec.probe, rec.plan, rec.keep_batch, out, options)
         return
-    _print_advice(target, result, plan, out, probe_out, options, probe_opts, advice)
-
-
-def _recipe(tgt, options: dict):
-    """``tgt``, with --schedule and --epochs filled from its own recipe, as validate does (or a UserError saying
-    they are needed)."""
-    options["schedule"], options["epochs"], note = apply_recipe(tgt, options["schedule"], options["epochs"], options)
-    if note:
-        err_console.print(note, soft_wrap=True, markup=False, highlight=False)
-    if options["schedule"] is None or options["epochs"] is None:
-        raise UserError(f"advise needs --schedule and --epochs (the LR schedule you train with); {tgt.name} records "
-                        "no recipe of its own")
-    return tgt
-
-
-def original_plan(plan, probe):
-    """The original schedule as the recommended plan (batch B0 throughout), with the probe's predicted time."""
-    from dataclasses import replace
-
-    from bsadvisor.core.predict import annotate
-    from bsadvisor.runtime.validate import baseline_of
-
-    world = plan.inputs.get("world_size") or 1
-    kept = annotate(baseline_of(plan), probe, world_size=world)
-    return replace(kept, inputs={**kept.inputs, "probe": plan.inputs.get("probe")},
-                   notes=["recommended: the original schedule, unchanged (the batch is already past the noise scale)",
-                          *kept.notes])
+    _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
 
 
 def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> None:
@@ -164,8 +119,9 @@ def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> No
 
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path],
-                         overwrite: bool = False) -> None:
-    """The checks that need neither torch nor the target, so a typo fails at once."""
+                         overwrite: bool = False):
+    """The checks that need neither torch nor the target, so a typo fails at once; the --noise-trace read
+    (a core.predict.Trace, or None)."""
     from bsadvisor.core import checks
     from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
     from bsadvisor.core.schedules import parse_schedule
@@ -187,29 +143,18 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
         raise UserError(f"--device must be cpu, cuda, cuda:N or auto, got {probe_opts['device']!r}")
     if options["schedule"] is not None:
         parse_schedule(options["schedule"])
+    trace = None
     if options["noise_trace"] is not None:
-        from bsadvisor.core.noise_model import load_trace
+        from bsadvisor.core.predict import read_trace
 
-        load_trace(options["noise_trace"])  # a bad trace fails before the probe
+        trace = read_trace(options["noise_trace"])  # a bad trace fails before the probe; read only here
     if out is not None:
         check_replace(out, PLAN_FILES, overwrite, "--out")
     if probe_out is not None:
         check_replace(probe_out, PROBE_FILES, overwrite, "--probe-out")
         if out is not None and Path(out).resolve() == Path(probe_out).resolve():
             raise UserError(f"--out and --probe-out are both {out}; give them different files")
-
-
-BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on the batch: keep a fixed per-device "
-                     "group as the batch grows (ghost batch norm) or check with bsadvisor validate")
-
-
-def batchnorm_warning(plan, has_bn: bool) -> None:
-    """The plan's generic BatchNorm remark (convert cannot see the model) becomes a warning only when the
-    target really has BatchNorm layers, and disappears when it has none."""
-    plan.warnings[:] = [w for w in plan.warnings if "BatchNorm" not in w]
-    plan.notes[:] = [n for n in plan.notes if "BatchNorm" not in n]
-    if has_bn:
-        plan.warnings.append(BATCHNORM_WARNING)
+    return trace
 
 
 @contextlib.contextmanager

@@ -166,7 +166,8 @@ def convert_schedule_cmd(
     Keeps g = ε/(1−m)·(N/B − 1) on the original trajectory by growing B instead of decaying ε,
     up to the cap (device, N·max-fraction); past the cap the LR carries the rest (hybrid).
     """
-    from bsadvisor.core.predict import PLAN_OPTIONS, PROBE_OPTIONS, plan_from_options
+    from bsadvisor.core.predict import PLAN_OPTIONS, PROBE_OPTIONS
+    from bsadvisor.core.recommend import recommend
 
     allowed = set(PLAN_OPTIONS + PROBE_OPTIONS)
     cli = {k: v for k, v in locals().items() if k in allowed}
@@ -175,5 +176,5 @@ def convert_schedule_cmd(
 
         check_replace(out, PLAN_FILES, overwrite)
     opts = merge_options(cli, config, allowed)
-    plan = plan_from_options(**opts)
+    plan = recommend(opts)
     output_plan(plan, json_, out)

@@ -13,7 +13,6 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.core.defaults import NOISE_CAP, DEFAULTS, OPTIMIZERS
-from bsadvisor.core.errors import UserError
 
 
 def _default(text: object) -> str:
@@ -110,29 +109,3 @@ NoiseTrace = Annotated[Optional[Path], typer.Option(
                           "run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "
                           "column and the warnings.", show_default=False)]
 
-
-def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
-                 kw: dict) -> tuple[Optional[str], Optional[float], Optional[str]]:
-    """The schedule and length to convert, and a note when they come from the target's own recipe.
-
-    A target that records its recipe (``metadata``: schedule, schedule_unit, epochs, seq_len;
-    builtin:charlm does) supplies it when neither a schedule nor a length is given; ``kw``
-    then gets the recipe's schedule_unit and seq_len where it has none.
-    """
-    recipe = getattr(target, "metadata", None) or {}
-    length_given = epochs is not None or kw.get("total_samples") or kw.get("total_steps")
-    if schedule is not None or length_given or not recipe.get("schedule"):
-        return schedule, epochs, None
-    from bsadvisor.core import checks
-    from bsadvisor.runtime.validate import check_epochs
-
-    if not isinstance(recipe["schedule"], str):
-        raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
-                        f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
-    epochs = check_epochs(recipe.get("epochs"), f"{target.name}'s metadata['epochs']")
-    for key in ("schedule_unit", "seq_len"):
-        if kw.get(key) is None:
-            kw[key] = recipe.get(key)
-    schedule = recipe["schedule"]
-    return schedule, epochs, (f"note: using {target.name}'s own recipe: {schedule} over {epochs:g} epoch(s), "
-                              f"stepped per {kw.get('schedule_unit') or 'epoch'}")

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
                                    Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
-                                   TotalSamples, TotalSteps, apply_recipe)
+                                   TotalSamples, TotalSteps)
 from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
                                warn_busy_cpu)
 from bsadvisor.core.defaults import VALIDATE_DEFAULTS
@@ -35,9 +35,9 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
                   lr: Optional[float], batch_size: Optional[int], momentum: Optional[float], **convert_kw):
     """The plan to validate: a --plan file, or converted from the schedule options.
 
-    lr, B0 and momentum default to the target's; N is always the target's dataset size.
-    A target that records its own recipe (``metadata``: schedule, schedule_unit, epochs,
-    seq_len; builtin:charlm does) supplies the schedule when none is given.
+    Converted by core.recommend.recommend from runtime.recipe.options_for_target: lr, B0 and
+    momentum default to the target's (Adam's β1 when it is 0), N is always the target's, and
+    a target that records its own recipe supplies the schedule when none is given.
     """
     from bsadvisor.core.plan import Plan
 
@@ -50,23 +50,16 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
                             f"{target.name} has {target.dataset_size}; re-run convert-schedule with "
                             f"--dataset-size {target.dataset_size}")
         return plan
-    schedule, epochs, note = apply_recipe(target, schedule, epochs, convert_kw)
-    if note:
-        err_console.print(Text(note), soft_wrap=True)
-    length_given = epochs is not None or convert_kw.get("total_samples") or convert_kw.get("total_steps")
-    if schedule is None or not length_given:
-        raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
-    from bsadvisor.core.predict import plan_from_options
-    from bsadvisor.core.defaults import ADAM_BETA1
-    from bsadvisor.core.temperature import ADAM_FAMILY
+    from bsadvisor.core.recommend import recommend
+    from bsadvisor.runtime.recipe import options_for_target
 
-    m = target.momentum if momentum is None else momentum
-    if target.optimizer in ADAM_FAMILY and momentum is None and m == 0:
-        m = ADAM_BETA1  # Target.make_optimizer's default β1
-    return plan_from_options(lr=target.lr if lr is None else lr,
-                             batch_size=target.batch_size if batch_size is None else batch_size,
-                             dataset_size=target.dataset_size, epochs=epochs, schedule=schedule, momentum=m,
-                             optimizer=target.optimizer, **convert_kw)
+    prepared = options_for_target(target, dict(schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+                                               momentum=momentum, **convert_kw))
+    if prepared.note:
+        err_console.print(Text(prepared.note), soft_wrap=True)
+    if prepared.options["schedule"] is None or not prepared.length_given:
+        raise UserError("give --plan FILE, or --schedule and --epochs to convert the schedule here")
+    return recommend(prepared.options)
 
 
 def _progress():
@@ -396,7 +389,7 @@ def _validate(target: str, plan: Optional[Path], options: ValidateOptions, plan_
         check_epochs(Plan.load(plan).epochs, f"plan {plan}: epochs")  # a bad plan file fails fast
     check_out(options.out, resume=options.resume, overwrite=options.overwrite)  # before the target is imported
     from bsadvisor.runtime.distributed import init_from_env
-    from bsadvisor.runtime.step import resolve_device
+    from bsadvisor.runtime.distributed import resolve_device
     from bsadvisor.targets.loading import load_target
     from bsadvisor.runtime.validate import fit_to_devices
 

@@ -326,6 +326,13 @@ class Plan:
             doc["probe"] = json_safe(self.probe)
         return doc
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies a plan for a resumed run: its stages as its file writes them, and the inputs that give
+        their LR (the original schedule, LR, momentum, length). Checkpoints of bsadvisor's loop and of
+        FollowPlan record it and resume only with an equal one."""
+        doc = self.to_dict()
+        return {"stages": doc["stages"], "inputs": doc["inputs"]}
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from bsadvisor.core import checks
@@ -100,17 +100,40 @@ def step_rate(probe, batch: int, world_size: int = 1, which: str = "examples_per
     return rate * world_size, extrapolated, micro
 
 
+@dataclass(frozen=True)
+class Trace:
+    """A measured noise trace read once: its noise model and the file it came from (None: given as a model)."""
+
+    model: NoiseModel
+    path: Optional[str] = None
+
+    @property
+    def what(self) -> str:
+        """How an error names it."""
+        return "the noise trace" if self.path is None else f"noise trace {self.path}"
+
+
+def read_trace(noise_trace) -> Optional[Trace]:
+    """``noise_trace`` (a file, a NoiseModel, a Trace or None) as a Trace: a file is read here, once."""
+    if noise_trace is None or isinstance(noise_trace, Trace):
+        return noise_trace
+    if isinstance(noise_trace, NoiseModel):
+        return Trace(noise_trace)
+    return Trace(load_trace(noise_trace), str(noise_trace))
+
+
 def noise_model_of(probe=None, noise_trace=None, dataset_size: Optional[int] = None) -> Optional[NoiseModel]:
     """The one B_noise(s) model (core.noise_model): a measured trace when given, else the probe's point.
 
     None when neither gives a usable estimate (a probe whose interval is open or whose
     estimate is not positive): nothing may then be capped or rated by the noise scale.
-    With ``dataset_size`` a trace measured at a batch of N or more (another data set) is refused.
+    ``noise_trace``: as :func:`read_trace` takes it. With ``dataset_size`` a trace measured at a
+    batch of N or more (another data set) is refused.
     """
     if noise_trace is not None:
-        model = noise_trace if isinstance(noise_trace, NoiseModel) else load_trace(noise_trace)
-        model.check_dataset(dataset_size, "the noise trace" if noise_trace is model else f"noise trace {noise_trace}")
-        return model
+        trace = read_trace(noise_trace)
+        trace.model.check_dataset(dataset_size, trace.what)
+        return trace.model
     if probe is not None:
         return NoiseModel.from_probe(probe)
     return None
@@ -138,7 +161,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
     noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
     multiple of B_noise(s) (default NOISE_CAP whenever there is a usable noise model; 0: no cap). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
-    or a NoiseModel) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
+    a NoiseModel, or a :class:`Trace` already read) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
     are rounded so every device gets the same share and every accumulation step the same
     micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
     convert.Rounding). ``options``: the other fields of ConvertOptions (PLAN_OPTIONS).
@@ -169,7 +192,8 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     _check_required(given)
     if result is not None and micro_batch is None and (devices > 1 or accumulation > 1):
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
-    noise = noise_model_of(result, noise_trace, given.get("dataset_size"))
+    trace = read_trace(noise_trace)
+    noise = noise_model_of(result, trace, given.get("dataset_size"))
     if noise_cap is None and noise is not None:
         noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
     noise_cap = noise_cap or None  # 0: no cap
@@ -183,8 +207,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     if result is None and noise is None:
         return plan
     plan = annotate(plan, result, world_size=devices, noise_cap=noise_cap, noise_model=noise)
-    recorded = {"noise_cap": noise_cap, "noise_trace": None if noise_trace is None or isinstance(noise_trace, NoiseModel)
-                else str(noise_trace)}
+    recorded = {"noise_cap": noise_cap, "noise_trace": trace.path if trace is not None else None}
     if result is not None:
         recorded.update(probe=source, world_size=devices, grad_accum=accumulation)
     return replace(plan, inputs={**plan.inputs, **recorded})

@@ -6,4 +6,5 @@ throughput ladder (``throughput.py``), assemble the result. ``bench.py`` holds w
 phases share (options, budget, batches), ``step.py`` the guarded calls into the user's
 code, ``state.py`` the snapshot that leaves the user's model as it was found. The pure
 statistics and search live in :mod:`bsadvisor.core.noise` and :mod:`bsadvisor.core.memory`.
+``advise.py``: ``bsadvisor.advise``, the probe followed by the recommendation (core.recommend).
 """

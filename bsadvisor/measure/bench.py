@@ -18,7 +18,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.measure.state import Rewind, state_on_cpu
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.distributed import Dist
-from bsadvisor.runtime.step import to_device
+from bsadvisor.runtime.batches import to_device
 from bsadvisor.targets.target import Target
 
 

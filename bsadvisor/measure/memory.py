@@ -25,8 +25,8 @@ from bsadvisor.core.memory import (UNITS, OutOfMemory, format_bytes, headroom, i
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.probe_result import MemoryResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
-from bsadvisor.measure.step import backward, clear_grads, loss_of, optimizer_step, train_step
-from bsadvisor.runtime.step import map_tensors
+from bsadvisor.measure.step import backward, clear_grads, guarded_step, loss_of, optimizer_step
+from bsadvisor.runtime.batches import map_tensors
 
 MEMORY_SHARE = 0.4  # of what is left of the budget after the noise phase; the throughput ladder gets the rest
 MAX_TRIALS = 8
@@ -159,8 +159,8 @@ class MemoryTrials:
             torch.cuda.reset_peak_memory_stats(device)
             oom_text = None
             try:
-                train_step(self.bench.target, self.bench.model, optimizer, self.bench.batches.next(batch_size),
-                           f"memory trial at batch {batch_size}", check=False, oom=True)
+                guarded_step(self.bench.target, self.bench.model, optimizer, self.bench.batches.next(batch_size),
+                             f"memory trial at batch {batch_size}", check=False, oom=True)
                 torch.cuda.synchronize(device)
                 return float(torch.cuda.max_memory_allocated(device))
             except (OutOfMemory, torch.OutOfMemoryError) as exc:  # the step's, or moving the batch

@@ -15,11 +15,12 @@ class with one ``draw()``:
   pooled by one all-reduce per draw (the replica estimator of App. A folded into the
   micro-batch one; docs/distributed.md).
 
-Gradients are accumulated in float64 for the norms.
+The gradients and their norms are computed by :mod:`bsadvisor.runtime.gradient_noise`, the
+estimators the noise monitor uses too; these classes choose b and B from the probe's
+options, take the bench's batches, name the step that failed and read the budget's clock.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -33,39 +34,33 @@ from bsadvisor.core.probe_options import MAX_DRAWS
 from bsadvisor.core.probe_result import NoiseResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
 from bsadvisor.measure.step import backward, clear_grads, loss_of
-from bsadvisor.runtime.step import map_tensors, sq_norm
+from bsadvisor.runtime.gradient_noise import (MicroBatchSums, PerExampleGradients, grads_of, micro_batch_draw,
+                                              per_example_draw)
+from bsadvisor.runtime.batches import map_tensors
+from bsadvisor.runtime.step import sq_norm
 from bsadvisor.targets.target import batchnorm_layers
 
 NOISE_SHARE = 0.6  # of what is left of the budget after the warmup
 
 
 # --------------------------------------------------------------------------- gradients
-def grads_of(params) -> list:
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
 def check_finite(value: float, where: str) -> None:
     if not math.isfinite(value):
         raise UserError(f"gradient is not finite at {where}; lower --lr or check the model for overflow")
 
 
-def micro_batch_grads(bench: Bench, batch, count: int, size: int, where: str, suffix: str = ""):
-    """Gradients of ``count`` micro-batches of ``size`` rows of ``batch`` at fixed θ: (their sum
-    in float64, their norms, their losses). Losses are checked by the caller, all at once."""
-    params = bench.params
-    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    norms, losses = [], []
-    for j in range(count):
-        clear_grads(params)
+def micro_batch_sums(bench: Bench, batch, count: int, size: int, where: str, suffix: str = "") -> MicroBatchSums:
+    """The micro-batch draw (runtime.gradient_noise) on ``count`` micro-batches of ``size`` rows of
+    ``batch`` at fixed θ, each by backward into ``.grad``. Losses are checked by the caller, all at once."""
+    def gradient(j: int):
+        clear_grads(bench.params)
         step = f"{where}, micro-batch {j + 1}{suffix}"
         rows = map_tensors(lambda t: t[j * size:(j + 1) * size], batch)
         loss = loss_of(bench.target, bench.model, rows, step, check_finite=False)
         backward(loss, step)
-        losses.append(loss.detach())
-        grads = grads_of(params)
-        norms.extend(torch._foreach_norm(grads, 2, dtype=torch.float64))
-        torch._foreach_add_(total, grads)
-    return total, norms, losses
+        return grads_of(bench.params), loss
+
+    return micro_batch_draw(bench.params, count, gradient)
 
 
 # --------------------------------------------------------------------------- estimators
@@ -110,13 +105,10 @@ class MicroBatchDraws(Estimator):
     def draw(self, index: int) -> Draw:
         count, size = self.micro_batches, self.micro_batch
         where = f"noise draw {index + 1}"
-        total, norms, losses = micro_batch_grads(self.bench, self.bench.batches.next(count * size), count, size, where)
-        torch._foreach_div_(total, float(count))
-        mean_sq_norm = torch.stack(norms).square().sum() / count
-        # One read-back for the three numbers (each .item() would wait for the device).
-        small, big, loss_sum = torch.stack([mean_sq_norm, sq_norm(total), torch.stack(losses).double().sum()]).tolist()
+        sums = micro_batch_sums(self.bench, self.bench.batches.next(count * size), count, size, where)
+        small, big, loss_sum = sums.draw()
         if not math.isfinite(loss_sum):
-            bad = next(j for j, v in enumerate(torch.stack(losses).tolist()) if not math.isfinite(v))
+            bad = next(j for j, v in enumerate(torch.stack(sums.losses).tolist()) if not math.isfinite(v))
             raise UserError(f"loss is not finite at noise draw {index + 1}, micro-batch {bad + 1}; "
                             "lower --lr or check the data")
         return self._finish(small, big, where)
@@ -149,57 +141,27 @@ class PerExampleDraws(Estimator):
     """
 
     def __init__(self, bench: Bench, late):
-        from torch.func import functional_call, grad, vmap
-
         super().__init__(bench, late)
         self.micro_batch, self.big_batch = 1, bench.config.batch_size
-        self.model = copy.deepcopy(bench.model)
-        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        if batchnorm_layers(self.model):
+        if batchnorm_layers(bench.model):
             raise UserError("the per-example estimator cannot handle BatchNorm (a batch of one has no statistics); "
                             "use --estimator microbatch")
-        model_copy, target = self.model, bench.target
-
-        def loss_of_one(params, buffers, item):
-            single = map_tensors(lambda t: t.unsqueeze(0), item)
-            return target.loss_fn(_Functional(model_copy, params, buffers, functional_call), single)
-
-        self.per_example_grads = vmap(grad(loss_of_one), in_dims=(None, None, 0), randomness="different")
+        self.per_example_grads = PerExampleGradients(bench.model, bench.target.loss_fn)
 
     def grads(self, batch, where: str) -> list:
         """Each trainable parameter's per-example gradients, shaped [B, *parameter shape]."""
-        params = {n: p.detach() for n, p in self.model.named_parameters() if n in self.names}
         try:
-            grads = self.per_example_grads(params, self.buffers, batch)
+            return self.per_example_grads(batch)
         except UserError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
             raise UserError(f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
                             "use --estimator microbatch") from None
-        return [grads[n] for n in self.names]
 
     def draw(self, index: int) -> Draw:
-        size = self.big_batch
         where = f"noise draw {index + 1}"
-        grads = self.grads(self.bench.batches.next(size), where)
-        small = sum(float(torch.linalg.vector_norm(g.reshape(size, -1), dim=1, dtype=torch.float64).square().sum())
-                    for g in grads) / size
-        big = sum(float(torch.linalg.vector_norm(g.to(torch.float64).mean(0)).square()) for g in grads)
+        small, big = per_example_draw(self.grads(self.bench.batches.next(self.big_batch), where), self.big_batch)
         return self._finish(small, big, where)
-
-
-class _Functional(torch.nn.Module):
-    """Calls the copied model with given parameters, so the user's loss_fn(model, batch) works under vmap."""
-
-    def __init__(self, model, params, buffers, functional_call):
-        super().__init__()
-        object.__setattr__(self, "_m", model)
-        object.__setattr__(self, "_state", {**buffers, **params})
-        object.__setattr__(self, "_fc", functional_call)
-
-    def forward(self, *args, **kwargs):
-        return self._fc(self._m, self._state, args, kwargs)
 
 
 class ReplicaDraws(Estimator):
@@ -221,12 +183,12 @@ class ReplicaDraws(Estimator):
 
     def draw(self, index: int) -> Draw:
         count, size, dist = self.micro_batches, self.micro_batch, self.bench.dist
-        total, norms, losses = micro_batch_grads(self.bench, self.bench.batches.next(count * size), count, size,
-                                                 f"noise draw {index + 1}", f" on rank {dist.rank}")
+        sums = micro_batch_sums(self.bench, self.bench.batches.next(count * size), count, size,
+                                f"noise draw {index + 1}", f" on rank {dist.rank}")
         flags = [float(x) for x in self.late()]
-        local = torch.stack([torch.stack(norms).square().sum(), torch.stack(losses).double().sum()]).cpu()
+        local = torch.stack([sums.sq_norm_sum(), sums.loss_sum()]).cpu()
         tail = torch.cat([local, torch.tensor(flags, dtype=torch.float64)])
-        flat = torch.cat([t.reshape(-1) for t in total] + [tail.to(total[0].device)])
+        flat = torch.cat([t.reshape(-1) for t in sums.total] + [tail.to(sums.total[0].device)])
         flat = dist.all_reduce(flat)  # one collective per draw: gradient sum, norm sum, loss sum, clocks
         pooled = count * dist.world_size
         mean_grad = flat[:-tail.numel()] / pooled
@@ -287,6 +249,11 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
     has_buffers = any(True for _ in bench.model.buffers())
     small, big = [], []
     stats = None
+
+    def estimate() -> noise_stats.NoiseStats:
+        return noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
+                                    dataset_size=config.dataset_size)
+
     limit = config.max_draws if config.max_draws is not None else MAX_DRAWS
     while len(small) < limit:
         draw = estimator.draw(len(small))
@@ -306,8 +273,7 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
             bench.progress("noise", count / config.draws)
             continue
         if count >= config.min_draws:
-            stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
-                                         dataset_size=config.dataset_size)
+            stats = estimate()
             rel = stats.rel_halfwidth
             bench.progress("noise", min(1.0, max((now - started) / max(phase_deadline - started, 1e-9),
                                                  (config.target_rel_ci / rel) ** 2 if rel > 0 else 1.0)))
@@ -319,8 +285,7 @@ def _draw_until_done(bench: Bench, estimator: Estimator, started: float,
     if stats is None or stats.draws != len(small):
         if len(small) < 2:
             raise UserError("the budget ran out before two noise draws; raise --budget-seconds")
-        stats = noise_stats.estimate(small, big, estimator.micro_batch, estimator.big_batch,
-                                         dataset_size=config.dataset_size)
+        stats = estimate()
     return stats
 
 
@@ -343,13 +308,12 @@ def sum_reduction_warning(bench: Bench) -> Optional[str]:
     size = batch // count
     where = "the loss-reduction check"
     rows = bench.batches.next(count * size)
-    total, _, _ = micro_batch_grads(bench, rows, count, size, where)
+    sums = micro_batch_sums(bench, rows, count, size, where)
     clear_grads(bench.params)
     backward(loss_of(bench.target, bench.model, rows, where, check_finite=False), where)
     full = float(sq_norm(grads_of(bench.params)))
     clear_grads(bench.params)
-    torch._foreach_div_(total, float(count))
-    mean_micro = float(sq_norm(total))
+    mean_micro = float(sq_norm(sums.mean()))
     if not (math.isfinite(full) and math.isfinite(mean_micro) and mean_micro > 0):
         return None
     ratio = math.sqrt(full / mean_micro)

@@ -37,7 +37,7 @@ from bsadvisor.measure.throughput import knee, machine_warnings, measure_through
 from bsadvisor.measure.warmup import default_warmup_steps, warm_up
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.distributed import Dist
-from bsadvisor.runtime.step import resolve_device
+from bsadvisor.runtime.distributed import resolve_device
 from bsadvisor.targets.loading import load_target
 from bsadvisor.targets.target import Target, check_target
 

@@ -1,4 +1,4 @@
-"""Calling the user's code during the probe: loss, backward, optimizer step.
+"""Calling the user's code during the probe: loss, backward, optimizer step (``guarded_step``: all three).
 
 The probe runs the user's ``loss_fn``, backward and optimizer hundreds of times (warmup,
 noise draws, memory trials, throughput rungs). A failure there is one UserError line
@@ -76,15 +76,15 @@ def optimizer_step(optimizer, where: str, oom: bool = False) -> None:
     _guarded(optimizer.step, "the optimizer step raised", where, oom)
 
 
-def train_step(target, model, optimizer, batch, where: str, check: bool = True, dist: Optional[Dist] = None,
-               oom: bool = False) -> torch.Tensor:
-    """One optimizer step of the probe on ``batch``; returns the loss.
+def guarded_step(target, model, optimizer, batch, where: str, check: bool = True, dist: Optional[Dist] = None,
+                 oom: bool = False) -> torch.Tensor:
+    """One optimizer step of the probe on ``batch``, each call into the user's code guarded; returns the loss.
 
     ``check``: also refuse a non-finite loss; ``oom``: let out-of-memory through as
     :class:`OutOfMemory`; ``dist``: average the gradients over the ranks before the step.
 
-    This is deliberately not :func:`bsadvisor.runtime.step.train_step`, which differs in
-    what the probe needs: that one takes dataset indices and a gather (here the batch is
+    This is deliberately not the training loop's update (:func:`bsadvisor.runtime.step.train_step`),
+    which differs in what the probe needs: that one takes dataset indices and a gather (here the batch is
     already drawn and on the device), expects a DistributedDataParallel-wrapped model (the
     probe averages the gradients of the plain model with ``Dist.average_grads``), reads
     the loss back to the host every step (a device sync that would distort the throughput

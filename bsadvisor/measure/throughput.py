@@ -19,7 +19,7 @@ from bsadvisor.core.machine import cpu_count, load_average  # noqa: F401 (tests 
 from bsadvisor.core.memory import OutOfMemory
 from bsadvisor.core.probe_result import ThroughputPoint
 from bsadvisor.measure.bench import Bench, Budget
-from bsadvisor.measure.step import clear_grads, sync, train_step
+from bsadvisor.measure.step import clear_grads, guarded_step, sync
 
 THROUGHPUT_REPEATS = 3    # timings per rung; the median is reported, the spread with it
 REPEAT_SECONDS = 0.03     # each timing runs steps for at least this long
@@ -116,11 +116,11 @@ def _time_rung(bench: Bench, optimizer, size: int, untimed: bool) -> Optional[tu
     out_of_memory = False
     try:
         if untimed:
-            train_step(target, model, optimizer, batch, where, check=False, oom=True)
+            guarded_step(target, model, optimizer, batch, where, check=False, oom=True)
             sync(device)
         steps, started = 0, time.perf_counter()
         while True:
-            train_step(target, model, optimizer, batch, where, check=False, oom=True)
+            guarded_step(target, model, optimizer, batch, where, check=False, oom=True)
             steps += 1
             sync(device)
             elapsed = time.perf_counter() - started

@@ -13,7 +13,7 @@ import torch
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
-from bsadvisor.measure.step import clear_grads, train_step
+from bsadvisor.measure.step import clear_grads, guarded_step
 
 WARMUP_SHARE = 0.2  # of --budget-seconds: the warmup stops here (a warning; an error with --draws)
 
@@ -37,8 +37,8 @@ def warm_up(bench: Bench, optimizer, budget: Budget) -> int:
     deadline = budget.start + WARMUP_SHARE * budget.seconds
     done = 0
     for step in range(steps):
-        train_step(bench.target, bench.model, optimizer, bench.batches.next(config.local_batch),
-                   f"warmup step {step + 1}", dist=bench.dist)
+        guarded_step(bench.target, bench.model, optimizer, bench.batches.next(config.local_batch),
+                     f"warmup step {step + 1}", dist=bench.dist)
         if not all(torch.isfinite(p).all() for p in bench.params):
             raise UserError(f"parameters became non-finite at warmup step {step + 1}; lower --lr")
         done = step + 1

@@ -1,11 +1,12 @@
-"""torch.distributed for the probe and the training loop: a process group from torchrun's environment.
+"""Where a process trains: a process group from torchrun's environment, or ``--device`` for one process.
 
 ``bsadvisor`` has no launcher of its own. Under ``torchrun --nproc_per_node=K -m bsadvisor
 probe ...`` every process reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
 ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and :func:`init_from_env` joins the
 group: NCCL with one CUDA device per process (``cuda:LOCAL_RANK``), gloo on CPU. Without
 ``WORLD_SIZE`` (a plain ``bsadvisor probe``) it returns a single-process :class:`Dist`
-whose collectives are no-ops, so callers need no special case.
+whose collectives are no-ops, so callers need no special case; :func:`resolve_device` turns
+its ``--device`` into a torch.device.
 
 The collective timeout is ``BSADVISOR_DIST_TIMEOUT`` seconds (default 600): a rank that
 dies or a rendezvous that never completes fails the job instead of hanging it.
@@ -236,3 +237,20 @@ def init_from_env(device: str = "auto") -> Dist:
         raise UserError(f"joining the process group ({backend}) failed: {msg}") from None
     return Dist(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                 backend=backend, device=dev, owns_group=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``--device`` (auto, cpu, cuda, cuda:N) as a torch.device; auto picks CUDA when there is one."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available; use --device cpu or auto")
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise UserError(f"--device {device!r} is not a device; use cuda or cuda:N") from None
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")

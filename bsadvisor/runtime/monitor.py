@@ -1,9 +1,10 @@
 """NoiseMonitor: the gradient noise scale B_simple during training, with its 90% interval.
 
 The probe measures B_simple once, near initialisation; it grows as training proceeds
-(docs/concepts.md §12). The monitor measures it along the run, with the estimators of
+(docs/concepts.md §12). The monitor measures it along the run with the probe's own
+estimators: the draws of :mod:`bsadvisor.runtime.gradient_noise` and the statistics of
 :mod:`bsadvisor.core.noise` (McCandlish et al. 1812.06162, App. A, with the finite-data
-correction of eq. 17), in one of three ways:
+correction of eq. 17). This module only schedules them, in one of three ways:
 
 - **From gradient accumulation, at no extra cost.** A loop that accumulates k micro-batch
   gradients already has them: call :meth:`NoiseMonitor.after_backward` after each
@@ -32,8 +33,11 @@ noise model of convert-schedule and advise (``--noise-trace``; core.noise_model,
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -43,57 +47,83 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
-from bsadvisor.runtime.step import make_gather, sq_norm, to_device
+from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
+from bsadvisor.runtime.batches import make_gather, to_device
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """How often and how much the monitor measures, checked once; the defaults are written here only.
+
+    ``draws`` draws of ``micro_batches`` micro-batches per measurement; ``big_batch``: examples
+    per extra draw (default: the training batch or about the last estimate, at least 64 and at
+    most N; :meth:`NoiseMonitor._auto_big_batch`). ``every``: measure every that many updates
+    instead of within ``overhead``, the share of the training time the extra draws may take.
+    ``window``: accumulation or replica draws per point. ``seed``: the monitor's own generator.
+    ``spread``: when the run's length is known (``train_plan`` passes it), the budgeted extra
+    draws come at about this many evenly spaced places. ``min_points``: with the run's length
+    known, at least this many points over the run even where the budget would wait (each at
+    the smallest draw): a short run still gets a trace, at some cost over ``overhead``.
+    """
+
+    draws: int = 8
+    micro_batches: int = 8
+    big_batch: Optional[int] = None
+    every: Optional[int] = None
+    overhead: float = 0.05
+    window: int = 16
+    seed: int = 0
+    spread: int = 10
+    min_points: int = 0
+
+    def __post_init__(self):
+        if self.draws < 2 or self.micro_batches < 2:
+            raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
+        if self.every is not None and self.every < 1:
+            raise UserError(f"the noise monitor's every must be ≥ 1 update, got {self.every}")
+        if not (0 < self.overhead <= 1):
+            raise UserError(f"the noise monitor's overhead must be in (0, 1], got {self.overhead}")
+        object.__setattr__(self, "min_points", max(0, min(int(self.min_points), self.spread)))
 
 
 class NoiseMonitor:
     """B_simple along a training run (module docstring); ``points`` holds what it measured.
 
+    A scheduler over the estimators of :mod:`bsadvisor.runtime.gradient_noise`: it decides
+    when to measure and how large, keeps the time it spends within its allowance, gathers
+    draws into points and keeps its state for a checkpoint.
+
     ``model``: the module being trained (not a DDP wrapper). ``loss_fn(model, batch)`` and
     ``dataset`` (+ ``collate_fn``) are needed only for the extra draws. ``dataset_size`` N
     (default ``len(dataset)``) sets the finite-data correction; None with no dataset: a
-    stream (no correction). ``big_batch``: examples per extra draw (default: the training
-    batch or about the last estimate, at least 64 and at most N; :meth:`_auto_big_batch`),
-    split in ``micro_batches``. ``spread``: when the run's length is known (``train_plan``
-    passes it), the budgeted extra draws come at about this many evenly spaced places.
-    ``min_points``: with the run's length known, at least this many points over the run even
-    where the budget would wait (each at the smallest draw): a short run (one epoch of a
-    language model) still gets a trace, at some cost over ``overhead``.
+    stream (no correction). ``settings``: a :class:`MonitorSettings`; its fields may also be
+    given as keywords (``NoiseMonitor(model, window=8)``), which override ``settings``.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
                  dataset: Any = None, *, dataset_size: Optional[int] = None, collate_fn=None,
-                 draws: int = 8, micro_batches: int = 8, big_batch: Optional[int] = None,
-                 every: Optional[int] = None, overhead: float = 0.05, window: int = 16, seed: int = 0,
-                 spread: int = 10, min_points: int = 0, device: Optional[torch.device] = None):
-        if draws < 2 or micro_batches < 2:
-            raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
-        if every is not None and every < 1:
-            raise UserError(f"the noise monitor's every must be ≥ 1 update, got {every}")
-        if not (0 < overhead <= 1):
-            raise UserError(f"the noise monitor's overhead must be in (0, 1], got {overhead}")
+                 device: Optional[torch.device] = None, settings: Optional[MonitorSettings] = None, **fields):
+        self.settings = dataclasses.replace(settings or MonitorSettings(), **fields)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.loss_fn, self.dataset = loss_fn, dataset
         self.dataset_size = dataset_size if dataset_size is not None else (len(dataset) if dataset is not None
                                                                            else None)
-        self.draws, self.micro_batches, self.big_batch = draws, micro_batches, big_batch
-        self.every, self.overhead, self.window, self.spread = every, overhead, window, spread
-        self.min_points = max(0, min(int(min_points), spread))
         self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.settings.seed)
         import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
+        self._accumulated = AccumulatedDraws(self.params)
+        self._replicas = ReplicaTally(self.params)
         self.points: list[dict] = []
         self.seconds = 0.0          # spent measuring
         self._train_seconds = 0.0   # training time seen between calls (excluding the monitor's)
         self._last_call: Optional[float] = None
         self._updates_since = 0
         self._per_example = 0.0     # seconds per example drawn, in the last set of draws
-        self._acc: dict = {}        # the update being accumulated
         self._pending: list[tuple[float, float, float, int]] = []  # accumulation draws (small, big, b_eff, B)
 
-    # ------------------------------------------------------------------ extra draws
+    # ------------------------------------------------------------------ when to measure
     def maybe_measure(self, samples: int, lr: float, momentum: float, batch_size: int,
                       update: Optional[int] = None, total_samples: Optional[int] = None) -> Optional[dict]:
         """Measure now if the schedule says so; call once per update, before its step.
@@ -105,54 +135,65 @@ class NoiseMonitor:
         draws' predicted cost fits. The first call only starts the clock: the first point
         comes at the second update.
         """
-        now = time.perf_counter()
-        if self._last_call is not None:
-            self._train_seconds += now - self._last_call
+        first = self._last_call is None
+        self._book_training_time(time.perf_counter())
         self._updates_since += 1
-        big = None
-        if self._last_call is None and not self.points:
-            # Not before the first update: it pays the one-off start-up costs (autograd, allocators) that would
-            # otherwise be billed to the monitor and starve its budget.
-            due = False
-        elif self.every is not None:
-            due = not self.points or self._updates_since >= self.every
-        elif total_samples:
-            due, big = self._due_spread(samples, batch_size, total_samples)
-        else:  # measure when its predicted cost fits in what is left of the budget; the first time at once
-            left = self._allowance()
-            due = not self.points or (left > 0 and
-                                      self._predicted(self.big_batch or self._auto_big_batch(batch_size)) <= left)
-        allowance = None if self.every is not None else self._allowance()
+        due, big = self._due(first, samples, batch_size, total_samples)
+        allowance = None if self.settings.every is not None else self._allowance()
         point = self.measure(samples, lr, momentum, batch_size, update, allowance, big) if due else None
         self._last_call = time.perf_counter()
         return point
 
+    def _book_training_time(self, now: float) -> None:
+        """Add the time since the last call (training, not the monitor's) to the training time seen."""
+        if self._last_call is not None:
+            self._train_seconds += now - self._last_call
+            self._last_call = now
+
+    def _due(self, first: bool, samples: int, batch_size: int,
+             total_samples: Optional[int]) -> tuple[bool, Optional[int]]:
+        """Whether to measure at this update, and its first draw batch (None: the monitor's own choice)."""
+        if first and not self.points:
+            # Not before the first update: it pays the one-off start-up costs (autograd, allocators) that would
+            # otherwise be billed to the monitor and starve its budget.
+            return False, None
+        if self.settings.every is not None:
+            return not self.points or self._updates_since >= self.settings.every, None
+        if total_samples:
+            return self._due_spread(samples, batch_size, total_samples)
+        # measure when its predicted cost fits in what is left of the budget; the first time at once
+        left = self._allowance()
+        wanted = self.settings.big_batch or self._auto_big_batch(batch_size)
+        return not self.points or (left > 0 and self._predicted(wanted) <= left), None
+
     def _due_spread(self, samples: int, batch_size: int, total: int) -> tuple[bool, Optional[int]]:
         """At the next of ``spread`` evenly spaced places of the run: whether to measure, and the draw batch
         the budget affords (at least the smallest draw; None: the monitor's own choice)."""
-        place = (len(self.points) * total) // self.spread
+        settings = self.settings
+        place = (len(self.points) * total) // settings.spread
         if self.points and samples < place:
             return False, None
         if not self.points or self._per_example == 0:
             return True, None
         smallest = max(64, batch_size)
         left = self._allowance()
-        affordable = int(left / (self._per_example * self.draws)) if left > 0 else 0
+        affordable = int(left / (self._per_example * settings.draws)) if left > 0 else 0
         if affordable < smallest:
             # wait, the budget grows with the training time; unless the run would end with fewer than min_points
-            owed = self.min_points * samples // total + 1 if self.min_points else 0
-            return (True, smallest) if len(self.points) < min(owed, self.min_points) else (False, None)
-        wanted = self.big_batch or self._auto_big_batch(batch_size)
+            owed = settings.min_points * samples // total + 1 if settings.min_points else 0
+            return (True, smallest) if len(self.points) < min(owed, settings.min_points) else (False, None)
+        wanted = settings.big_batch or self._auto_big_batch(batch_size)
         return True, max(smallest, min(wanted, 2 ** int(math.log2(affordable))))
 
     def _allowance(self) -> float:
         """Seconds the budget still allows: ``overhead`` × the training time seen, less what was spent."""
-        return self.overhead * self._train_seconds - self.seconds
+        return self.settings.overhead * self._train_seconds - self.seconds
 
     def _predicted(self, big: int) -> float:
         """Seconds a set of ``draws`` draws of ``big`` examples should take, from the last set's pace."""
-        return self._per_example * self.draws * big
+        return self._per_example * self.settings.draws * big
 
+    # ------------------------------------------------------------------ extra draws
     def measure(self, samples: int, lr: float, momentum: float, batch_size: int,
                 update: Optional[int] = None, allowance: Optional[float] = None,
                 big_batch: Optional[int] = None) -> dict:
@@ -170,45 +211,67 @@ class NoiseMonitor:
             raise UserError("the noise monitor's extra draws need loss_fn and dataset; "
                             "or feed it micro-batches with after_backward")
         started = time.perf_counter()
-        n = self.dataset_size
-        big = big_batch or self.big_batch or self._auto_big_batch(batch_size)
+        big = big_batch or self.settings.big_batch or self._auto_big_batch(batch_size)
+        with self._trajectory_kept():
+            small, large, b, big = self._sized_draws(big, started, allowance)
+        took = time.perf_counter() - started
+        self.seconds += took
+        self._updates_since = 0
+        return self._add(samples, update, lr, momentum, batch_size, (small, large, b, big), "draws", took)
+
+    @contextlib.contextmanager
+    def _trajectory_kept(self):
+        """Every random stream and the model's buffers (BatchNorm statistics) as they were, after the block."""
         state = rng.get_state()
         buffers = [t.detach().clone() for t in self.model.buffers()]
         try:
-            for _ in range(3):
-                big = min(big, n) if n is not None else big
-                began = time.perf_counter()
-                small, large, b, big = self._draws(big)
-                self._per_example = (time.perf_counter() - began) / (self.draws * big)
-                stats = noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big
-                                             else None)
-                wanted = min(self._wanted_big_batch(stats, big), n or math.inf)
-                spent = time.perf_counter() - started
-                if (self.big_batch is not None or wanted <= big
-                        or (allowance is not None and spent + self._predicted(wanted) > allowance)):
-                    break
-                big = wanted
+            yield
         finally:
             with torch.no_grad():
                 for t, saved in zip(self.model.buffers(), buffers):
                     t.copy_(saved)
             rng.set_state(state)
-        took = time.perf_counter() - started
-        self.seconds += took
-        self._updates_since = 0
-        return self._add(samples, update, lr, momentum, batch_size, small, large, b, big, "draws", took)
+
+    def _sized_draws(self, big: int, started: float, allowance: Optional[float]):
+        """Sets of draws, each at the batch the previous one asks for (at most three): the last one's
+        (|G_b|² list, |G_B|² list, b, B)."""
+        n = self.dataset_size
+        for _ in range(3):
+            big = min(big, n) if n is not None else big
+            began = time.perf_counter()
+            small, large, b, big = self._draws(big)
+            self._per_example = (time.perf_counter() - began) / (self.settings.draws * big)
+            wanted = min(self._wanted_big_batch(self._estimate(small, large, b, big), big), n or math.inf)
+            spent = time.perf_counter() - started
+            if (self.settings.big_batch is not None or wanted <= big
+                    or (allowance is not None and spent + self._predicted(wanted) > allowance)):
+                break
+            big = wanted
+        return small, large, b, big
 
     def _draws(self, big: int) -> tuple[list[float], list[float], int, int]:
-        """``draws`` draws of ``micro_batches`` micro-batches: (|G_b|², |G_B|² of each, b, B)."""
-        b = max(1, big // self.micro_batches)
+        """``draws`` micro-batch draws (runtime.gradient_noise) of ``micro_batches`` micro-batches of
+        examples the monitor's generator picks: (|G_b|², |G_B|² of each, b, B)."""
+        b = max(1, big // self.settings.micro_batches)
         k = max(2, big // b)
         small, large = [], []
-        for _ in range(self.draws):
-            idx = torch.randperm(self.dataset_size, generator=self.generator)[:k * b]
-            s, g = self._one_draw(idx, k, b)
+        for _ in range(self.settings.draws):
+            s, g = self._draw(torch.randperm(self.dataset_size, generator=self.generator)[:k * b], k, b)
             small.append(s)
             large.append(g)
         return small, large, b, k * b
+
+    def _draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
+        """One draw of k micro-batches of b on the examples ``idx``: (|G_b|², |G_B|²)."""
+        s, g, _ = micro_batch_draw(self.params, k, lambda j: (self._gradient(idx[j * b:(j + 1) * b]), None)).draw()
+        if not math.isfinite(s + g):
+            raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
+        return s, g
+
+    def _gradient(self, idx: torch.Tensor) -> list:
+        """The mean loss's gradient on the examples ``idx``, by autograd.grad (``.grad`` is never written)."""
+        loss = self.loss_fn(self.model, to_device(self._gather(idx), self.device))
+        return dense(self.params, torch.autograd.grad(loss, self.params, allow_unused=True))
 
     def _auto_big_batch(self, batch_size: int) -> int:
         """The first draw batch when none is fixed: about the last estimate (a power of two, at least 64 and
@@ -231,26 +294,6 @@ class NoiseMonitor:
             ref = 4.0 * max(stats.ci90[0], big)
         return _power_of_two_above(ref)
 
-    def _one_draw(self, idx: torch.Tensor, k: int, b: int) -> tuple[float, float]:
-        """(|G_b|² averaged over the k micro-batches, |G_B|² of their mean), gradients by autograd.grad."""
-        total = None
-        small = torch.zeros((), dtype=torch.float64)
-        for j in range(k):
-            batch = to_device(self._gather(idx[j * b:(j + 1) * b]), self.device)
-            loss = self.loss_fn(self.model, batch)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
-            small = small + sq_norm(grads).cpu()
-            if total is None:
-                total = [g.to(torch.float64) for g in grads]
-            else:
-                torch._foreach_add_(total, [g.to(torch.float64) for g in grads])
-        torch._foreach_div_(total, float(k))
-        s, g = float(small) / k, float(sq_norm(total))
-        if not math.isfinite(s + g):
-            raise UserError("the noise monitor's gradients are not finite; lower the LR or check the model")
-        return s, g
-
     # ------------------------------------------------------------------ accumulation
     def after_backward(self, size: int, weight: Optional[float] = None) -> None:
         """Call after each micro-batch's ``backward()`` of ``size`` examples in an accumulated update.
@@ -259,12 +302,7 @@ class NoiseMonitor:
         ``size / batch``, given at :meth:`end_update`), so its own mean gradient is the change
         in ``.grad`` divided by it.
         """
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        acc = self._acc
-        prev = acc.get("prev")
-        diff = grads if prev is None else torch._foreach_sub(grads, prev)
-        acc.setdefault("parts", []).append((size, weight, float(sq_norm(diff))))
-        acc["prev"] = [g.detach().clone() for g in grads]
+        self._accumulated.after_backward(size, weight)
 
     def end_update(self, samples: int, lr: float, momentum: float, batch_size: Optional[int] = None,
                    update: Optional[int] = None) -> Optional[dict]:
@@ -274,27 +312,10 @@ class NoiseMonitor:
         final ``.grad`` is the update's mean gradient (each loss scaled by size/batch, as
         gradient accumulation does). Updates of one micro-batch give no draw.
         """
-        acc, self._acc = self._acc, {}
-        parts = acc.get("parts") or []
-        if len(parts) < 2:
+        draw = self._accumulated.end_update()
+        if draw is None:
             return None
-        total = sum(size for size, _, _ in parts)
-        batch_size = batch_size or total
-        sq = [norm / ((w if w is not None else size / total) ** 2) for size, w, norm in parts]
-        final = float(sq_norm(acc["prev"]))
-        b_eff = len(parts) / sum(1.0 / size for size, _, _ in parts)  # E|G_b|² has the mean of 1/b_j (eq. 17)
-        self._pending.append((sum(sq) / len(sq), final, b_eff, total))
-        return self._close_window(samples, update, lr, momentum, batch_size, "accumulation")
-
-    def _close_window(self, samples, update, lr, momentum, batch_size, how: str) -> Optional[dict]:
-        """Every ``window`` pending draws: one point (the draws' b and B averaged), else None."""
-        if len(self._pending) < self.window:
-            return None
-        pending, self._pending = self._pending, []
-        b = sum(p[2] for p in pending) / len(pending)
-        big = round(sum(p[3] for p in pending) / len(pending))
-        return self._add(samples, update, lr, momentum, batch_size, [p[0] for p in pending],
-                         [p[1] for p in pending], b, big, how, 0.0)
+        return self._pend(draw, samples, update, lr, momentum, batch_size or draw[3], "accumulation")
 
     # ------------------------------------------------------------------ data parallel (torchrun)
     def ddp_comm_hook(self, process_group, bucket):
@@ -307,44 +328,41 @@ class NoiseMonitor:
         replica estimator of McCandlish et al. App. A (as AdaptDL uses it); close each update
         with :meth:`end_replica_update`.
         """
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        buffer = bucket.buffer()
-        local = buffer.detach().to(torch.float64).square().sum()  # on the device: no sync here
-        self._acc["local"] = local if "local" not in self._acc else self._acc["local"] + local
-        return allreduce_hook(process_group, bucket)
+        return self._replicas.comm_hook(process_group, bucket)
 
     def end_replica_update(self, samples: int, lr: float, momentum: float, batch_size: int, share: int,
                            update: Optional[int] = None) -> Optional[dict]:
         """Close a data-parallel update (after ``optimizer.step()``, before the next ``zero_grad``).
 
-        ``share``: this rank's examples of the ``batch_size`` (global) batch. Each rank's
-        gradient before the all-reduce is world·share/batch × its share's mean gradient (the
-        loss scaling of runtime.step.train_step), and ``.grad`` after it is the batch's mean
-        gradient. One all-reduce of three numbers per update; every ``window`` updates, a point,
-        the same on every rank.
+        ``share``: this rank's examples of the ``batch_size`` (global) batch. One all-reduce
+        of three numbers per update; every ``window`` updates, a point, the same on every rank.
         """
-        import torch.distributed as tdist
-
-        acc, self._acc = self._acc, {}
-        world = tdist.get_world_size()
-        local = acc.get("local")
-        tally = torch.zeros(3, dtype=torch.float64)
-        if share > 0 and local is not None:
-            weight = world * share / batch_size
-            tally += torch.tensor([float(local) / weight ** 2, 1.0, 1.0 / share], dtype=torch.float64)
-        tdist.all_reduce(tally)
-        ranks, inverse = float(tally[1]), float(tally[2])
-        if ranks < 2:
+        draw = self._replicas.end_update(batch_size, share)
+        if draw is None:
             return None
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        self._pending.append((float(tally[0]) / ranks, float(sq_norm(grads)), ranks / inverse, batch_size))
-        return self._close_window(samples, update, lr, momentum, batch_size, "replicas")
+        return self._pend(draw, samples, update, lr, momentum, batch_size, "replicas")
 
     # ------------------------------------------------------------------ points
-    def _add(self, samples, update, lr, momentum, batch_size, small, large, b, big, how, seconds) -> dict:
+    def _pend(self, draw, samples, update, lr, momentum, batch_size, how: str) -> Optional[dict]:
+        """Keep a draw (|G_b|², |G_B|², b, B); every ``window`` of them, one point (b and B averaged), else None."""
+        self._pending.append(draw)
+        if len(self._pending) < self.settings.window:
+            return None
+        pending, self._pending = self._pending, []
+        b = sum(p[2] for p in pending) / len(pending)
+        big = round(sum(p[3] for p in pending) / len(pending))
+        return self._add(samples, update, lr, momentum, batch_size, ([p[0] for p in pending],
+                         [p[1] for p in pending], b, big), how, 0.0)
+
+    def _estimate(self, small, large, b, big) -> noise_stats.NoiseStats:
+        """core.noise.estimate, with the finite-data correction when the data set holds the draw batch."""
         n = self.dataset_size
-        stats = noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big else None)
+        return noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big else None)
+
+    def _add(self, samples, update, lr, momentum, batch_size, draws, how, seconds) -> dict:
+        """The point of ``draws`` (|G_b|² list, |G_B|² list, b, B), appended to ``points``."""
+        small, large, b, big = draws
+        stats = self._estimate(small, large, b, big)
         point = {"sample": int(samples), "update": update, "b_simple": stats.b_simple,
                  "ci90": [stats.ci90[0], stats.ci90[1]], "ci_kind": stats.ci_kind,
                  "trace_sigma": stats.trace_sigma, "grad_sq_norm": stats.grad_sq_norm, "draws": stats.draws,
@@ -353,6 +371,7 @@ class NoiseMonitor:
         self.points.append(point)
         return point
 
+    # ------------------------------------------------------------------ files and checkpoints
     def trace(self) -> dict:
         """The trace as JSON-ready data (``bsadvisor.noise_trace/1``): what ``--noise-trace`` reads."""
         return json_safe({"schema": TRACE_SCHEMA, "dataset_size": self.dataset_size, "points": self.points,
@@ -371,11 +390,10 @@ class NoiseMonitor:
         updates), so a resumed run's budget is the uninterrupted one's.
         """
         if self._last_call is not None:
-            now = time.perf_counter()
-            self._train_seconds += now - self._last_call
-            self._last_call = now
-        return {"clock": self._last_call is not None, "points": [dict(p) for p in self.points], "generator": self.generator.get_state(),
-                "seconds": self.seconds, "train_seconds": self._train_seconds, "updates_since": self._updates_since,
+            self._book_training_time(time.perf_counter())
+        return {"clock": self._last_call is not None, "points": [dict(p) for p in self.points],
+                "generator": self.generator.get_state(), "seconds": self.seconds,
+                "train_seconds": self._train_seconds, "updates_since": self._updates_since,
                 "pending": list(self._pending), "per_example": self._per_example}
 
     def load_state_dict(self, state: dict) -> None:
@@ -397,4 +415,4 @@ def _power_of_two_above(x: float) -> int:
     return 2 ** math.ceil(math.log2(max(x, 1.0)))
 
 
-__all__ = ["NoiseMonitor", "TRACE_SCHEMA"]
+__all__ = ["MonitorSettings", "NoiseMonitor", "TRACE_SCHEMA"]

@@ -21,7 +21,7 @@ import torch
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
-from bsadvisor.runtime.step import split_share
+from bsadvisor.runtime.batches import split_share
 
 
 class PlanBatchSampler:
@@ -40,7 +40,8 @@ class PlanBatchSampler:
     (sizes differ by at most one; the last, partial batch may leave a share empty) and
     this rank yields its share: the shares are disjoint and together are exactly the
     global batch. Shares can be uneven, so weight each rank's mean loss by
-    ``len(share) * world_size / global_batch`` before DDP averages the gradients.
+    ``len(share) * world_size / global_batch`` before DDP averages the gradients
+    (runtime/batches.py, loss_weight).
     """
 
     def __init__(self, plan: Plan, dataset_size: Optional[int] = None, seed: int = 0, rank: int = 0,
@@ -66,6 +67,17 @@ class PlanBatchSampler:
         """Start ``epoch`` (0 ≤ epoch ≤ the plan's epochs; the plan's end yields nothing)."""
         self.epoch = self._epoch(epoch)
         self.offset = 0
+        self._advance = False
+
+    def seek(self, samples: int) -> None:
+        """Stand at sample position ``samples`` of the plan: its epoch, and the offset inside it.
+
+        The next iteration yields the batches from there to the epoch's end (a run resumed
+        part way, or a loop that keeps its own position, such as FollowPlan's).
+        """
+        epoch, offset = divmod(checks.integer("samples", samples, low=0, high=self.plan.total_samples),
+                               self.dataset_size)
+        self.epoch, self.offset = self._epoch(epoch), offset
         self._advance = False
 
     def _epoch(self, epoch: Any) -> int:

@@ -11,25 +11,24 @@ so a run killed anywhere (after its last checkpoint, at an epoch end or every
 ``checkpoint_every`` updates inside one) and resumed finishes with the same numbers, bit
 for bit on CPU. The caller's global RNG state is put back afterwards.
 
-Checkpoints hold only tensors, plain containers, numbers and strings, and are read with
-``torch.load(..., weights_only=True)``: a crafted checkpoint cannot run code (a pickle's
-``__reduce__`` is refused, not called). A checkpoint records the model's architecture
-(module types and weight shapes); resuming with another model is refused.
+Checkpoints (their format, what they must match to be resumed: runtime/checkpoint.py) hold
+only tensors, plain containers, numbers and strings, and are read without running code; a
+checkpoint of another run (another model, schedule, plan or settings) is refused.
+Evaluation and the curve's positions are runtime/evaluation.py's.
 
 Wall time counts training steps only (not evaluation or checkpoint writes), so the
 comparison between runs is about the training itself.
 
 Under torchrun (``dist`` enabled) the model is wrapped in DistributedDataParallel and
 every rank walks the same global batches, training on its share (runtime/step.py, train_step):
-the run is the one-process run, split. Rank 0 writes the checkpoint (with every rank's
-RNG state) and, on resume, reads it and sends it to the others, so no shared filesystem
-is needed. Losses, metrics and wall times are reduced over ranks: every rank returns
-the same RunResult.
+the run is the one-process run, split. Rank 0 writes the checkpoint and, on resume, reads
+it and sends it to the others. Losses, metrics and wall times are reduced over ranks: every
+rank returns the same RunResult.
 """
 from __future__ import annotations
 
 import copy
-import io
+import dataclasses
 import math
 import os
 import time
@@ -40,20 +39,22 @@ from typing import Any, Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bsadvisor.runtime import checkpoint as ckpt
+from bsadvisor.runtime.batches import make_gather, split_share
+from bsadvisor.runtime.checkpoint import model_signature
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.evaluation import eval_points, evaluate
 from bsadvisor.runtime.validate import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import write_atomic
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
 from bsadvisor.runtime.sampler import PlanBatchSampler
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
-from bsadvisor.runtime.step import make_gather, split_share, tensor_columns, to_device, train_step
+from bsadvisor.runtime.step import train_step
 from bsadvisor.targets.target import Target
 
-CHECKPOINT_FORMAT = "bsadvisor.checkpoint/2"
 #: At most this many per-update records a run keeps (every k-th update beyond that).
 MAX_STEP_RECORDS = 2000
 
@@ -85,105 +86,46 @@ class RunResult:
                 "noise_trace": self.noise_trace}
 
 
-@torch.no_grad()
-def evaluate(target: Target, batch_size: int = 1024, dist: Optional[Dist] = None,
-             device: Optional[torch.device] = None) -> Optional[float]:
-    """Mean of ``target.metric_fn`` over ``eval_dataset`` (weighted by batch length).
+@dataclass(frozen=True)
+class TrainOptions:
+    """How one run trains, checked once; the defaults are written here and nowhere else.
 
-    Under torchrun each rank scores a contiguous share of the examples and the sums are
-    all-reduced: every rank returns the same number.
+    ``seed``: the shuffle, the start of the random streams; ``name``: how results and errors
+    name the run. ``max_micro_batch``: accumulate an update's gradient over micro-batches of
+    at most that many examples (per process) when its batch is larger. ``checkpoint``: a file
+    written at the end of every epoch and, with ``checkpoint_every`` = k, every k updates
+    inside an epoch; with ``resume`` an existing one is continued (or, if complete, returned
+    as is), mid-epoch included. ``eval_batch_size``: examples per metric_fn call.
+    ``device`` moves the model there and every batch with it (None: leave both where they
+    are). ``stop_on_divergence``: a training loss that is not finite ends the run (see
+    ``train_plan``) instead of raising. ``noise_monitor``: NoiseMonitor settings
+    (runtime/monitor.py; ``{}`` for the defaults) to record B_simple along the run in
+    ``RunResult.noise_trace``: from the micro-batches of an accumulated update, under DDP
+    from each rank's gradient before the all-reduce, otherwise from extra draws within its
+    overhead budget; it never changes the trajectory. ``evals``: also evaluate at that many
+    evenly spaced sample positions (eval_points; the last is the run's end) into
+    ``RunResult.evals``, so a run of one epoch or less has a curve; a point at an epoch end
+    reuses that epoch's evaluation.
     """
-    if target.eval_dataset is None or target.metric_fn is None:
-        return None
-    dist = dist or Dist()
-    ds, model = target.eval_dataset, target.model
-    n = len(ds)
-    mine = split_share(torch.arange(n), dist.rank, dist.world_size)
-    gather = make_gather(ds, target.collate_fn)
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        for lo in range(0, len(mine), batch_size):
-            idx = mine[lo:lo + batch_size]
-            total += float(target.metric_fn(model, to_device(gather(idx), device))) * len(idx)
-    finally:
-        model.train(was_training)
-    if dist.enabled:
-        total = float(dist.all_reduce(torch.tensor(total, dtype=torch.float64)))
-    return total / n
 
+    seed: int = 0
+    name: str = "run"
+    max_micro_batch: Optional[int] = None
+    checkpoint: Optional[str | os.PathLike] = None
+    resume: bool = False
+    checkpoint_every: Optional[int] = None
+    eval_batch_size: int = 1024
+    device: Optional[str | torch.device] = None
+    stop_on_divergence: bool = False
+    noise_monitor: Optional[dict] = None
+    evals: Optional[int] = None
 
-def _save_checkpoint(path: Path, doc: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(doc, buf)
-    write_atomic(path, buf.getvalue())  # temp file + os.replace: a kill leaves the old one
-
-
-def _resume_doc(path: Optional[Path], dist: Dist) -> Optional[dict]:
-    """Rank 0 reads the checkpoint (if there is one) and every rank gets its contents."""
-    doc, error = None, None
-    if dist.is_main and path is not None and path.is_file():
-        try:
-            doc = _load_checkpoint(path)
-        except UserError as exc:
-            error = str(exc)
-    doc, error = dist.broadcast_object((doc, error))
-    if error is not None:
-        raise UserError(error)
-    return doc
-
-
-def _load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain containers only, never code."""
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
-            warnings.simplefilter("ignore")
-            doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "unsupported global" in str(exc).lower():
-            raise UserError(f"checkpoint {path} holds Python objects, not only tensors and numbers (a crafted file "
-                            "or one from an older bsadvisor), so it was not loaded: loading it could run code; "
-                            "delete it to start over") from None
-        raise UserError(f"checkpoint {path} cannot be read safely (damaged, or not written by this bsadvisor: "
-                        f"{type(exc).__name__}), so it was not loaded; delete it to start over") from None
-    if isinstance(doc, dict) and doc.get("format") == "bsadvisor.checkpoint/1":
-        raise UserError(f"checkpoint {path} was written by an older bsadvisor (checkpoints per epoch, before plans "
-                        "in samples) and cannot be continued; delete it to start over, or --overwrite")
-    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT or not isinstance(doc.get("meta"), dict):
-        raise UserError(f"checkpoint {path} is not a bsadvisor checkpoint; delete it to start over")
-    return doc
-
-
-def model_signature(model: torch.nn.Module) -> dict:
-    """What identifies a model's architecture: its module types and its weights' names, shapes and dtypes."""
-    return {"modules": [[name, type(m).__name__] for name, m in model.named_modules()],
-            "state": [[k, list(v.shape), str(v.dtype).replace("torch.", "")]
-                      for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)]}
-
-
-def _architecture_difference(saved: dict, now: dict) -> Optional[str]:
-    """A short description of the first difference between two model signatures (None: the same)."""
-    if saved == now or not saved:  # no signature: the meta comparison refuses it
-        return None
-    old_s, new_s = {k: (s, d) for k, s, d in saved.get("state", [])}, {k: (s, d) for k, s, d in now.get("state", [])}
-    for k in new_s:
-        if k in old_s and old_s[k] != new_s[k]:
-            return (f"weight {k!r} is {old_s[k][0]} {old_s[k][1]} in the checkpoint, "
-                    f"{new_s[k][0]} {new_s[k][1]} in the model")
-    for k in old_s:
-        if k not in new_s:
-            return f"the checkpoint has a weight {k!r} the model lacks"
-    for k in new_s:
-        if k not in old_s:
-            return f"the model has a weight {k!r} the checkpoint lacks"
-    old_m, new_m = dict(map(tuple, saved.get("modules", []))), dict(map(tuple, now.get("modules", [])))
-    for k, t in new_m.items():
-        if old_m.get(k) != t:
-            return f"module {k or '(root)'!r} is {old_m.get(k) or 'missing'} in the checkpoint, {t} in the model"
-    return "its modules differ"
+    def __post_init__(self) -> None:
+        every = self.checkpoint_every
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise UserError(f"checkpoint_every must be a whole number ≥ 1, got {every!r}")
+        if self.evals is not None:
+            object.__setattr__(self, "evals", checks.positive_int("evals", self.evals, high=MAX_EVALS))
 
 
 @dataclass
@@ -216,34 +158,20 @@ class _Training:
         return f"run {self.name} (seed {self.seed}), epoch {epoch + 1}/{self.plan.full_epochs}"
 
 
-def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
-               init_state: Optional[dict] = None, max_micro_batch: Optional[int] = None,
-               checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
-               eval_batch_size: int = 1024, dist: Optional[Dist] = None,
-               device: Optional[str | torch.device] = None,
-               on_epoch: Optional[Callable[[dict], None]] = None,
-               on_step: Optional[Callable[[int], None]] = None,
-               stop_on_divergence: bool = False, checkpoint_every: Optional[int] = None,
-               noise_monitor: Optional[dict] = None, evals: Optional[int] = None) -> RunResult:
+def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = None, *,
+               init_state: Optional[dict] = None, dist: Optional[Dist] = None,
+               on_epoch: Optional[Callable[[dict], None]] = None, on_step: Optional[Callable[[int], None]] = None,
+               **settings: Any) -> RunResult:
     """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
+    How it trains is ``options`` (a ``TrainOptions``), or its fields as keywords
+    (``train_plan(target, plan, seed=1, max_micro_batch=256)``), which override ``options``'.
     Each update takes the sampler's next batch (``plan.at_sample(position)``'s size) and the
     scheduler's LR and momentum for that position. ``init_state`` (a model state_dict) is
-    loaded first so every run starts from the same weights. With ``checkpoint`` a file is
-    written at the end of every epoch and, with ``checkpoint_every`` = k, every k updates
-    inside an epoch; with ``resume`` an existing one is continued (or, if complete,
-    returned as is), mid-epoch included.
-    ``device`` moves the model there and every batch with it (None: leave both where
-    they are). ``dist`` (from ``bsadvisor.runtime.distributed.init_from_env``): data-parallel
-    training under torchrun; every rank must call this with the same arguments.
+    loaded first so every run starts from the same weights. ``dist`` (from
+    ``bsadvisor.runtime.distributed.init_from_env``): data-parallel training under
+    torchrun; every rank must call this with the same arguments.
     ``on_step(n_examples)`` / ``on_epoch(record)`` feed progress bars.
-    ``noise_monitor``: NoiseMonitor settings (runtime/monitor.py; ``{}`` for the defaults) to
-    record B_simple along the run in ``RunResult.noise_trace``: from the micro-batches of an
-    accumulated update, under DDP from each rank's gradient before the all-reduce,
-    otherwise from extra draws within its overhead budget. It never changes the trajectory.
-    ``evals``: also evaluate at that many evenly spaced sample positions (eval_points; the
-    last is the run's end) into ``RunResult.evals``, so a run of one epoch or less has a
-    curve; a point at an epoch end reuses that epoch's evaluation.
 
     A training loss that is not finite raises a UserError, or with ``stop_on_divergence``
     ends the run there: the epoch's record gets ``diverged: True`` with the loss and a NaN
@@ -253,48 +181,40 @@ def train_plan(target: Target, plan: Plan, *, seed: int = 0, name: str = "run",
     The steps: set up, resume, then per epoch train, evaluate, checkpoint. Long because
     this docstring is the loop's contract; the body is named steps.
     """
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-        raise UserError(f"checkpoint_every must be a whole number ≥ 1, got {checkpoint_every!r}")
+    opts = dataclasses.replace(options or TrainOptions(), **settings)
     if plan.dataset_size != target.dataset_size:
         raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
                         f"train_dataset has {target.dataset_size}; re-run convert-schedule for this target")
     dist = dist or Dist()
     model = target.model
-    dev = torch.device(device) if device is not None else None
-    plan_doc = plan.to_dict()
-    # the schedule's identity: the original's stages are the same for any schedule at a fixed batch, its LR
-    # comes from the recorded inputs (schedule text, LR, momentum, length), so those are compared too
-    meta = {"name": name, "seed": seed, "stages": plan_doc["stages"], "inputs": plan_doc["inputs"],
-            "max_micro_batch": max_micro_batch, "model": model_signature(model)}
-    if evals is not None:
-        meta["evals"] = evals = checks.positive_int("evals", evals, high=MAX_EVALS)
-    if dist.enabled:
-        meta["world_size"] = dist.world_size  # the RNG streams are per rank
+    seed, max_micro_batch, evals, noise_monitor = opts.seed, opts.max_micro_batch, opts.evals, opts.noise_monitor
+    dev = torch.device(opts.device) if opts.device is not None else None
+    meta = ckpt.run_meta(plan, opts.name, seed, max_micro_batch, model, evals, dist)
     user_rng = get_rng_state()
     net = model
     try:
-        run = _set_up(target, plan, name, seed, dist, dev, init_state, meta,
-                      Path(checkpoint) if checkpoint is not None else None)
-        run.checkpoint_every = checkpoint_every
+        run = _set_up(target, plan, opts.name, seed, dist, dev, init_state, meta,
+                      Path(opts.checkpoint) if opts.checkpoint is not None else None)
+        run.checkpoint_every = opts.checkpoint_every
         run.eval_at = eval_points(plan.total_samples, evals) if evals else []
         if noise_monitor is not None:
             run.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
                                        device=dev, **{"seed": seed, **noise_monitor})
             run.result.noise_trace = run.monitor.points
-        start = _resume(run, on_epoch) if resume else 0
+        start = _resume(run, on_epoch) if opts.resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
             if run.monitor is not None:  # each rank's gradient before the all-reduce: the replica estimator
                 net.register_comm_hook(None, run.monitor.ddp_comm_hook)
-        # Data: index_select on in-memory tensors (no DataLoader; see runtime/step.py).
+        # Data: index_select on in-memory tensors (no DataLoader; see runtime/batches.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         for epoch in range(start, plan.full_epochs):
-            train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, stop_on_divergence, on_step,
-                                                eval_batch_size)
-            rec = _record_epoch(run, epoch, train_loss, diverged, eval_batch_size)
+            train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, opts.stop_on_divergence,
+                                                on_step, opts.eval_batch_size)
+            rec = _record_epoch(run, epoch, train_loss, diverged, opts.eval_batch_size)
             run.partial = {}
-            _write_checkpoint(run)
+            ckpt.write(run)
             if on_epoch:
                 on_epoch(rec)
             if diverged:
@@ -331,29 +251,12 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
     refused. A diverged run stays diverged: nothing is left to train.
     """
     ckpt_path, dist, result = run.checkpoint, run.dist, run.result
-    doc = _resume_doc(ckpt_path, dist)
+    doc = ckpt.read(ckpt_path, dist)
     if doc is None:
         return 0
-    _refuse_other_run(doc["meta"], run)
+    ckpt.refuse_other_run(doc["meta"], run.meta, ckpt_path, dist.world_size)
     try:
-        run.target.model.load_state_dict(doc["model"])
-        run.optimizer.load_state_dict(doc["optimizer"])
-        run.scheduler.load_state_dict(doc["scheduler"])
-        run.sampler.load_state_dict(doc["sampler"])
-        rng = doc["rng"]
-        set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
-        result.history = [dict(rec) for rec in doc["history"]]
-        result.steps = [dict(rec) for rec in doc.get("steps", [])]
-        result.evals = [dict(rec) for rec in doc.get("evals", [])]
-        run.since = dict(doc.get("since") or {"loss_sum": 0.0, "seen": 0})
-        run.partial = dict(doc.get("partial") or {})
-        if run.monitor is not None and doc.get("monitor") is not None:
-            run.monitor.load_state_dict(doc["monitor"])
-            result.noise_trace = run.monitor.points
-        totals = doc.get("totals") or {}
-        run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
-            "wall_s", 0.0)
-        _check_restored(run, totals)
+        ckpt.restore(run, doc)
     except UserError:
         raise
     except Exception as exc:
@@ -366,80 +269,6 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
         if on_epoch:
             on_epoch(rec)
     return start
-
-
-#: The fields a checkpoint's records must hold, as (name, kind): "int" a whole number, "num" a number or None.
-_RECORD_FIELDS = {
-    "history": (("epoch", "int"), ("train_loss", "num"), ("metric", "num"), ("updates", "int"), ("examples", "int"),
-                ("wall_s", "num"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
-    "steps": (("samples", "int"), ("batch_size", "int"), ("lr", "num"), ("momentum", "num")),
-    "evals": (("point", "int"), ("samples", "int"), ("updates", "int"), ("batch_size", "int"), ("train_loss", "num"),
-              ("metric", "num"), ("wall_s", "num")),
-}
-
-
-def _field_ok(value: Any, kind: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind == "int":
-        return isinstance(value, int) and value >= 0
-    return value is None or isinstance(value, (int, float))
-
-
-def _check_restored(run: _Training, totals: Any) -> None:
-    """Every field of a checkpoint that is read after the resume has the type it is read as.
-
-    Its metadata can be right while a field is not (a hand-edited or damaged file): a ValueError
-    here becomes the "damaged checkpoint" line, not a traceback epochs later.
-    """
-    result = run.result
-    for name, fields in _RECORD_FIELDS.items():
-        for i, rec in enumerate(getattr(result, name)):
-            for key, kind in fields:
-                if key not in rec or not _field_ok(rec[key], kind):
-                    raise ValueError(f"{name}[{i}].{key} is {checks.show(rec.get(key))}")
-    checks_ = (("partial", run.partial, (("epoch", "int"), ("offset", "int"), ("loss_sum", "num"), ("seen", "int"))),
-               ("since", run.since, (("loss_sum", "num"), ("seen", "int"))),
-               ("totals", totals, (("updates", "int"), ("examples", "int"), ("wall_s", "num"))))
-    for name, doc, fields in checks_:
-        if not isinstance(doc, dict):
-            raise ValueError(f"{name} is {type(doc).__name__}")
-        for key, kind in fields:
-            if (doc or name == "since") and not _field_ok(doc.get(key, 0), kind):
-                raise ValueError(f"{name}.{key} is {checks.show(doc.get(key))}")
-    if run.partial and not run.partial["offset"] <= run.plan.dataset_size:
-        raise ValueError(f"partial.offset {run.partial['offset']} is past the epoch's end")
-    if len(result.history) > run.plan.full_epochs:
-        raise ValueError(f"it holds {len(result.history)} epochs, the plan has {run.plan.full_epochs}")
-
-
-def _refuse_other_run(saved: dict, run: _Training) -> None:
-    """A UserError unless the checkpoint's ``meta`` is this run's (process count, model, then the rest)."""
-    ckpt_path, meta = run.checkpoint, run.meta
-    if saved.get("world_size", 1) != meta.get("world_size", 1):
-        raise UserError(f"checkpoint {ckpt_path} was written by a {saved.get('world_size', 1)}-process "
-                        f"run; resume it with the same number of processes (now {run.dist.world_size})")
-    change = _architecture_difference(saved.get("model") or {}, meta["model"])
-    if change is not None:
-        raise UserError(f"checkpoint {ckpt_path} is from a different model ({change}); use another --out, "
-                        "or --overwrite to start over")
-    if saved.get("inputs") != meta.get("inputs"):
-        raise UserError(f"checkpoint {ckpt_path} was made with another schedule ({_schedule_difference(saved, meta)}); "
-                        "resume with the same --schedule and options, or --overwrite to start over")
-    if saved != meta:
-        raise UserError(f"checkpoint {ckpt_path} belongs to a different run (plan, seed or settings differ); "
-                        "use another --out or drop --resume")
-
-
-def _schedule_difference(saved: dict, meta: dict) -> str:
-    """``schedule 'A' in the checkpoint, 'B' now``: the first recorded input that differs (short)."""
-    old, new = saved.get("inputs"), meta.get("inputs") or {}
-    if not isinstance(old, dict):
-        return "the checkpoint records none: an older bsadvisor wrote it"
-    for k in sorted(set(old) | set(new), key=lambda k: (k != "schedule", str(k))):
-        if old.get(k) != new.get(k):
-            return f"{k} {checks.show(old.get(k), 60)} in the checkpoint, {checks.show(new.get(k), 60)} now"
-    return "its inputs differ"
 
 
 def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: int,
@@ -489,7 +318,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
             t0, m0 = time.perf_counter(), _monitor_seconds(run)
         if run.checkpoint_every and run.updates % run.checkpoint_every == 0 and b < n:
             run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
-            _write_checkpoint(run)  # mid-epoch: the partial epoch's sums and position go with it
+            ckpt.write(run)  # mid-epoch: the partial epoch's sums and position go with it
             t0, m0 = time.perf_counter(), _monitor_seconds(run)
     run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
     if dist.enabled:
@@ -590,11 +419,6 @@ def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool,
     return rec
 
 
-def eval_points(total_samples: int, evals: int) -> list[int]:
-    """The sample positions of a run's curve: ``evals`` evenly spaced places, the last at the run's end."""
-    return sorted({max(1, round(total_samples * k / evals)) for k in range(1, evals + 1)})
-
-
 def _eval_due(run: _Training, position: int) -> bool:
     """Whether the run has reached its next curve point at ``position`` (the same on every rank)."""
     done = len(run.result.evals)
@@ -629,23 +453,6 @@ def _add_eval_points(run: _Training, position: int, metric: Optional[float]) -> 
         run.since = {"loss_sum": 0.0, "seen": 0}
 
 
-def _write_checkpoint(run: _Training) -> None:
-    """Rank 0 writes everything a resume needs, with every rank's random streams (no-op without a path)."""
-    if run.checkpoint is None:
-        return
-    dist = run.dist
-    rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
-    if dist.is_main:
-        _save_checkpoint(run.checkpoint, {
-            "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
-            "steps": run.result.steps, "evals": run.result.evals, "since": dict(run.since),
-            "partial": dict(run.partial),
-            "monitor": run.monitor.state_dict() if run.monitor is not None else None,
-            "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
-
-
 def _one_line(exc: Exception) -> str:
     """``Type: first line of the message`` (DDP's errors run to many lines)."""
     text = str(exc).strip().splitlines()
@@ -657,5 +464,5 @@ def initial_state(model: torch.nn.Module) -> dict:
     return copy.deepcopy(model.state_dict())
 
 
-__all__ = ["RunResult", "train_plan", "evaluate", "initial_state", "model_signature", "seed_everything",
-           "tensor_columns"]
+__all__ = ["RunResult", "TrainOptions", "train_plan", "evaluate", "eval_points", "initial_state", "model_signature",
+           "seed_everything"]

@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional
 from bsadvisor.core import checks
 
 from bsadvisor.core import convert
+from bsadvisor.core.convert import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
-from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
 # MAX_EVALS and check_epochs are imported from here by train.py and the CLI's recipe options
 from bsadvisor.core.validate_options import MAX_EVALS, ValidateOptions, check_epochs  # noqa: F401
@@ -56,35 +56,6 @@ class RunSpec:
 
 
 # -- which runs --------------------------------------------------------------------------
-def _options(plan: Plan, **changes) -> ConvertOptions:
-    """The conversion options the plan records in its inputs, with ``changes`` (None: the default), and the
-    noise model it recorded (the noise-aware Adam rule reads it)."""
-    return ConvertOptions.from_dict({**plan.inputs, "dataset_size": plan.dataset_size,
-                                     "noise_model": _noise_model(plan), **changes})
-
-
-def _noise_model(plan: Plan):
-    """The plan's recorded noise model (plan.probe.noise_model), or None."""
-    doc = (plan.probe or {}).get("noise_model")
-    if not doc:
-        return None
-    from bsadvisor.core.noise_model import NoiseModel
-
-    return NoiseModel.from_dict(doc)
-
-
-def baseline_of(plan: Plan) -> Plan:
-    """The original LR schedule at the fixed batch B0, from the plan's recorded inputs."""
-    needed = ("lr", "batch_size", "schedule")
-    missing = [k for k in needed if plan.inputs.get(k) is None]
-    if all(plan.inputs.get(k) is None for k in ("epochs", "total_samples", "total_steps")):
-        missing.append("epochs")
-    if missing:
-        raise UserError(f"the plan does not record its original schedule ({', '.join(missing)} missing from "
-                        "'inputs'); regenerate it with bsadvisor convert-schedule --out")
-    return convert.baseline(_options(plan))
-
-
 def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> convert.Rounding:
     """The plan's batch granularity (convert.Rounding), optionally for another device layout."""
     inp = plan.inputs

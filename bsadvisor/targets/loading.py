@@ -118,12 +118,12 @@ def _from_lightning(obj: Any) -> bool:
 
 
 def _lightning_target(obj: Any, spec: str) -> Target:
-    """A LightningModule, or a (LightningModule, LightningDataModule) pair, as a Target (integrations/lightning.py)."""
+    """A LightningModule, or a (LightningModule, LightningDataModule) pair, as a Target (integrations/lightning/)."""
     parts = obj if isinstance(obj, tuple) else (obj,)
     if len(parts) > 2:
         raise UserError(f"TARGET {spec!r} returned a tuple of {len(parts)}; return a LightningModule or a "
                         "(LightningModule, LightningDataModule) pair")
-    from bsadvisor.integrations.lightning import target_from_lightning
+    from bsadvisor.integrations.lightning.target import target_from_lightning
 
     try:
         return target_from_lightning(*parts)

@@ -1,9 +1,9 @@
-"""Hostile inputs, round two (issue 21): the 29 tracebacks of the second sweep, each one line and exit 2.
+"""Inputs well-formed on the surface and wrong inside, each one line and exit 2, never a traceback.
 
-Run in-process (hostile.run_main): a noise trace of the wrong shape or values, a dataset whose
-``__len__`` raises or lies, a model on the meta device, a recipe with bad metadata, an unreadable
-folder, ``checkpoints`` as a file, checkpoint fields that are damaged while their metadata is right,
-and ``sys.exit(7)`` inside ``loss_fn``.
+Run in-process (hostile.run_main): a dataset whose ``__len__`` raises or lies, a model on the meta
+device, a recipe with bad metadata, ``sys.exit(7)`` inside ``loss_fn``, an unreadable folder,
+``checkpoints`` as a file, a noise trace of the wrong shape or values, checkpoint fields that are
+damaged while their metadata is right, and an ``--out`` naming a file the command did not write.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PyTorch Lightning follows a plan: the ``FollowPlan`` callback, and LightningModules as TARGETs.
+"""PyTorch Lightning follows a plan: the ``FollowPlan`` callback.
 
 ``FollowPlan(plan)`` makes ``Trainer.fit`` train with the plan's batch size, LR and momentum
 at every update (Smith et al., arXiv 1711.00489; docs/integration.md), on the batches
@@ -23,34 +23,53 @@ LightningModule and DataModule stay as they are:
 Lightning has no public hook for a per-update batch size, so FollowPlan sets a few
 attributes of the Trainer's fit loop (``_data_source``, ``max_batches``,
 ``_combined_loader.limits``) and of the LightningModule (``training_step`` while fitting);
-each is named where it is set. Written against Lightning 2.6 (tests/test_lightning.py).
+each is named where it is set. Written against Lightning 2.6 (tests/test_lightning.py): a
+FollowPlan made with another Lightning is refused (``check_lightning_version``), and the
+``lightning`` extra pins the same range.
 
-``target_from_lightning(module, datamodule)`` wraps a LightningModule as a ``Target`` for
-``bsadvisor probe``/``advise``/``validate`` (targets/loading.py calls it when a TARGET
-function returns a LightningModule).
+The batch rules are bsadvisor's own loop's (runtime/batches.py: shares, stand-ins,
+micro-batches, loss weights), so both train on the same batches with the same weights.
 """
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import lightning
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
+from bsadvisor.integrations.lightning.target import training_step_loss
+from bsadvisor.runtime.batches import (batch_rows, loss_weight, micro_batches, rank_share, share_span, split_batch,
+                                       weighted)
 from bsadvisor.runtime.sampler import PlanBatchSampler
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
-from bsadvisor.runtime.step import map_tensors, split_share
-from bsadvisor.targets.target import Target
 
-try:
-    import lightning.pytorch as pl
-    from lightning.pytorch.utilities import rank_zero_warn
-except ImportError as exc:  # the optional extra is missing
-    raise ImportError("bsadvisor.integrations.lightning needs PyTorch Lightning: "
-                      "pip install 'bsadvisor[lightning]'") from exc
+#: The Lightning releases FollowPlan is tested with (major, minor): the loop internals it sets are theirs.
+TESTED_LIGHTNING = (2, 6)
+#: The pip requirement that installs one of them (the ``lightning`` extra in pyproject.toml says the same).
+LIGHTNING_REQUIREMENT = f"lightning>={TESTED_LIGHTNING[0]}.{TESTED_LIGHTNING[1]},<{TESTED_LIGHTNING[0]}." \
+                        f"{TESTED_LIGHTNING[1] + 1}"
+
+
+def check_lightning_version(version: Optional[str] = None) -> None:
+    """A UserError unless the installed Lightning (or ``version``) is a release FollowPlan is tested with.
+
+    FollowPlan sets attributes of Lightning's fit loop that are not public API; another
+    release may have moved them, and would fail in the middle of a fit, or worse, not at all.
+    """
+    version = lightning.__version__ if version is None else version
+    found = re.match(r"(\d+)\.(\d+)", str(version))
+    if found is None or (int(found.group(1)), int(found.group(2))) != TESTED_LIGHTNING:
+        raise UserError(f"FollowPlan is tested with Lightning {TESTED_LIGHTNING[0]}.{TESTED_LIGHTNING[1]}.x and sets "
+                        f"its fit loop's internals, but Lightning {version} is installed: "
+                        f"pip install '{LIGHTNING_REQUIREMENT}'")
 
 
 class _PlanBatches(PlanBatchSampler, BatchSampler):
@@ -63,10 +82,9 @@ class _PlanBatches(PlanBatchSampler, BatchSampler):
     ``world_size``: contiguous shares of each global batch), so the injected sampler is
     kept only as Lightning's ``set_epoch`` target and never drawn from.
 
-    It starts at sample position ``samples`` (a resumed run). A rank whose share of a
-    global batch is empty (the last, partial batch smaller than the world size) gets the
-    batch's first example as a stand-in, which FollowPlan weights by zero: an empty batch
-    cannot be collated, and every rank must join the update's gradient all-reduce.
+    It starts at sample position ``samples`` (a resumed run; ``seek``). A rank whose share of
+    a global batch is empty (the last, partial batch smaller than the world size) gets the
+    batch's stand-in example (runtime/batches.py, rank_share), which FollowPlan weights by zero.
     """
 
     def __init__(self, sampler: Any, plan: Plan, dataset_size: int, seed: int, rank: int, world_size: int,
@@ -75,17 +93,11 @@ class _PlanBatches(PlanBatchSampler, BatchSampler):
         self.sampler = sampler
         self.seek(samples)
 
-    def seek(self, samples: int) -> None:
-        """Stand at sample position ``samples``: its epoch, and the offset inside it."""
-        self.epoch, self.offset = divmod(int(samples), self.dataset_size)
-        self._advance = False
-
     def __iter__(self):
         perm = self.permutation(self.epoch)
         for a, b in self.spans(self.epoch, self.offset):
             self.offset = b
-            share = split_share(perm[a:b], self.rank, self.world_size)
-            yield (share if len(share) else perm[a:a + 1]).tolist()
+            yield rank_share(perm[a:b], self.rank, self.world_size)[0].tolist()
 
 
 class _PlanLoader(DataLoader):
@@ -118,9 +130,8 @@ class _Update:
     world: int
 
     def weight(self, rows: int) -> float:
-        """The factor on the mean loss of ``rows`` of this rank's share (runtime/step.py, train_step):
-        DDP averages over ranks, so ∑ over ranks and micro-batches is the global batch's mean."""
-        return 0.0 if self.share == 0 else self.world * rows / self.global_batch
+        """The factor on the mean loss of ``rows`` of this rank's share (runtime/batches.py, loss_weight)."""
+        return loss_weight(rows, self.global_batch, self.world, stand_in=self.share == 0)
 
 
 class FollowPlan(pl.Callback):
@@ -142,6 +153,7 @@ class FollowPlan(pl.Callback):
     """
 
     def __init__(self, plan: Plan, max_micro_batch: Optional[int] = None, seed: int = 0):
+        check_lightning_version()
         if not isinstance(plan, Plan):
             raise UserError(f"FollowPlan needs a bsadvisor Plan (Plan.load('plan.json')), got {type(plan).__name__}")
         if plan.dataset_size is None:
@@ -278,9 +290,9 @@ class FollowPlan(pl.Callback):
                              batch_idx: int) -> None:
         s, plan = self.samples_seen, self.plan
         global_batch = plan.update_end(s) - s
-        q, r = divmod(global_batch, self._world)
-        update = _Update(global_batch, q + (self._rank < r), self._world)
-        rows = _rows(batch)
+        lo, hi = share_span(global_batch, self._rank, self._world)
+        update = _Update(global_batch, hi - lo, self._world)
+        rows = batch_rows(batch)
         if rows is not None and rows != max(update.share, 1):
             raise UserError(f"FollowPlan expected a batch of {max(update.share, 1)} examples at sample {s} of the "
                             f"plan, got {rows}: the train DataLoader was changed after FollowPlan built it")
@@ -322,12 +334,13 @@ class FollowPlan(pl.Callback):
         if update is None:  # called outside fit's training loop
             return original(batch, *args, **kwargs)
         rows = max(update.share, 1)
-        k = 1 if self.max_micro_batch is None else -(-rows // self.max_micro_batch)
-        parts = [batch] if k == 1 else _split(batch, k, rows)
+        k = micro_batches(rows, self.max_micro_batch)
+        parts = [batch] if k == 1 else split_batch(batch, k, rows, "FollowPlan(max_micro_batch=...)")
         params = [p for p in module.parameters() if p.requires_grad] if k > 1 else []
         grads, earlier = None, None
         for part in parts[:-1]:
-            loss = _weighted(_loss_of(original(part, *args, **kwargs), "training_step"), update, _rows(part))
+            loss = training_step_loss(original(part, *args, **kwargs), "training_step")
+            loss = weighted(loss, update.weight(batch_rows(part)))
             got = torch.autograd.grad(loss, params, allow_unused=True)
             grads = list(got) if grads is None else [g if a is None else a if g is None else a + g
                                                      for a, g in zip(grads, got)]
@@ -338,7 +351,8 @@ class FollowPlan(pl.Callback):
                 raise UserError("training_step returned None for a micro-batch; FollowPlan(max_micro_batch=...) "
                                 "needs a loss from every micro-batch")
             return out
-        loss = _weighted(_loss_of(out, "training_step"), update, _rows(parts[-1]) if k > 1 else rows)
+        loss = weighted(training_step_loss(out, "training_step"),
+                        update.weight(batch_rows(parts[-1]) if k > 1 else rows))
         if grads is not None:
             loss = _AddGrads.apply(loss + earlier, grads, *params)
         return _with_loss(out, loss)
@@ -346,10 +360,10 @@ class FollowPlan(pl.Callback):
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"samples_seen": self.samples_seen, "updates": self.updates, "seed": self.seed,
-                "stages": _fingerprint(self.plan)}
+                "plan": self.plan.fingerprint()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("stages") != _fingerprint(self.plan) or state_dict.get("seed") != self.seed:
+        if state_dict.get("plan") != self.plan.fingerprint() or state_dict.get("seed") != self.seed:
             raise UserError("this checkpoint was trained following another plan or seed; resume with the same "
                             "FollowPlan(plan, seed=...)")
         self.samples_seen = int(state_dict["samples_seen"])
@@ -378,204 +392,8 @@ def _own_sampler(trainer: "pl.Trainer") -> _PlanBatches:
     return sampler
 
 
-def _fingerprint(plan: Plan) -> list:
-    """What identifies a plan in a checkpoint: each stage's samples, batch and LR."""
-    return [[s.start_sample, s.end_sample, s.batch_size, s.lr] for s in plan.stages]
-
-
-def _leaves(batch: Any) -> list:
-    """The leaves of a batch (tensors, or anything that is not a list, tuple or dict)."""
-    if isinstance(batch, (list, tuple)):
-        return [leaf for b in batch for leaf in _leaves(b)]
-    if isinstance(batch, dict):
-        return [leaf for b in batch.values() for leaf in _leaves(b)]
-    return [batch]
-
-
-def _rows(batch: Any) -> Optional[int]:
-    """Examples in a batch: the length of its first tensor (None: no tensor in it)."""
-    return next((len(t) for t in _leaves(batch) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
-
-
-def _split(batch: Any, k: int, rows: int) -> list:
-    """``batch`` as k near-equal micro-batches along the first dimension (runtime/step.py, train_step's split)."""
-    for leaf in _leaves(batch):
-        if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or len(leaf) != rows:
-            raise UserError(f"FollowPlan(max_micro_batch=...) splits batches of tensors with {rows} rows each; this "
-                            f"batch holds a {type(leaf).__name__} that is not one")
-    return [map_tensors(lambda t, i=i: t.tensor_split(k)[i], batch) for i in range(k)]
-
-
-def _loss_of(out: Any, hook: str) -> torch.Tensor:
-    """The loss in what a ``training_step`` returned: the tensor, or its dict's "loss"."""
-    loss = out.get("loss") if isinstance(out, dict) else out
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise UserError(f"{hook} returned {type(out).__name__}; return the mean loss (a scalar tensor) or a dict "
-                        "with it under 'loss'")
-    return loss
-
-
-def _weighted(loss: torch.Tensor, update: _Update, rows: int) -> torch.Tensor:
-    w = update.weight(rows)
-    return loss if w == 1.0 else loss * w  # (skipped at 1: the one-process loss stays bit for bit)
-
-
 def _with_loss(out: Any, loss: torch.Tensor) -> Any:
     return {**out, "loss": loss} if isinstance(out, dict) else loss
 
 
-# -- LightningModule as a Target ---------------------------------------------------------------
-_OPTIMIZERS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
-
-
-def target_from_lightning(module: Any, datamodule: Any = None, *, metric: Optional[str] = None,
-                          mode: Optional[str] = None) -> Target:
-    """A ``Target`` for ``probe``/``advise``/``validate`` from a LightningModule (and a LightningDataModule).
-
-    - ``loss_fn(model, batch)``: ``model.training_step(batch, 0)``, its returned loss or
-      its dict's "loss" (``self.log`` calls there are dropped);
-    - ``train_dataset``, ``batch_size``, ``collate_fn``: the train DataLoader's
-      (the datamodule's ``train_dataloader`` if it has one, else the module's), after
-      ``prepare_data`` and ``setup("fit")`` as the Trainer calls them;
-    - ``optimizer``, ``lr``, ``momentum``, ``weight_decay``: the first optimizer
-      ``configure_optimizers`` returns (SGD, Adam or AdamW);
-    - ``eval_dataset``, ``metric_fn``: the val DataLoader's dataset, and the value
-      ``validation_step`` logs with ``self.log`` under ``metric`` (default: the first one
-      it logs), negated when ``mode`` is "min" (default: "min" when the name holds
-      "loss", else "max"), as a Target's metric is higher-is-better.
-
-    Lightning's batch hooks (``on_before_batch_transfer`` and the like) are not called.
-    """
-    if not all(callable(getattr(module, hook, None)) for hook in ("training_step", "configure_optimizers")):
-        raise UserError(f"expected a LightningModule, got {type(module).__name__}")
-    if mode not in (None, "min", "max"):
-        raise UserError(f"mode must be 'min' or 'max', got {mode!r}")
-    holder = _prepare(module, datamodule)
-    if not _defines(holder, "train_dataloader"):
-        raise UserError(f"{type(module).__name__} has no train_dataloader; return (module, datamodule) from the "
-                        "TARGET function")
-    loader = _call(holder, "train_dataloader")
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-        raise UserError(f"train_dataloader returned {type(loader).__name__}; a target needs one DataLoader over a "
-                        "map-style dataset")
-    batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
-    optimizer, settings = _optimizer_settings(module)
-    from torch.utils.data import default_collate
-
-    target = Target(model=module, train_dataset=loader.dataset, loss_fn=_lightning_loss,
-                    batch_size=batch_size, optimizer=optimizer, name=type(module).__name__,
-                    collate_fn=None if loader.collate_fn is default_collate else loader.collate_fn, **settings)
-    val_holder = next((h for h in (datamodule, module) if h is not None and _defines(h, "val_dataloader")), None)
-    if _defines(module, "validation_step") and val_holder is not None:
-        val = _call(val_holder, "val_dataloader")
-        if isinstance(val, DataLoader) and not isinstance(val.dataset, IterableDataset):
-            target.eval_dataset = val.dataset
-            target.metric_fn = functools.partial(_logged_metric, key=metric, mode=mode)
-    return target
-
-
-def _prepare(module: Any, datamodule: Any) -> Any:
-    """Run the set-up hooks the Trainer runs before fitting; the object that holds the dataloaders."""
-    holder = module
-    if datamodule is not None:
-        if not callable(getattr(datamodule, "train_dataloader", None)):
-            raise UserError(f"expected a LightningDataModule next to the module, got {type(datamodule).__name__}")
-        for hook, args in (("prepare_data", ()), ("setup", ("fit",))):
-            _call(datamodule, hook, *args)
-        if _defines(datamodule, "train_dataloader"):
-            holder = datamodule
-    for hook, args in (("setup", ("fit",)), ("configure_model", ())):
-        if _defines(module, hook):
-            _call(module, hook, *args)
-    return holder
-
-
-def _call(obj: Any, hook: str, *args) -> Any:
-    """``obj.hook(*args)``, its failure a UserError naming the hook."""
-    try:
-        return getattr(obj, hook)(*args)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{type(obj).__name__}.{hook} raised {type(exc).__name__}: {exc}") from None
-
-
-def _defines(obj: Any, hook: str) -> bool:
-    """True when ``obj``'s class defines ``hook`` itself, not only Lightning's base class (either namespace)."""
-    return any(hook in vars(c) for c in type(obj).__mro__
-               if c.__module__.split(".")[0] not in ("lightning", "pytorch_lightning", "torch", "builtins"))
-
-
-def _optimizer_settings(module: Any) -> tuple[str, dict]:
-    """(optimizer name, {lr, momentum, weight_decay}) of the first optimizer ``configure_optimizers`` returns."""
-    conf = _call(module, "configure_optimizers")
-    while isinstance(conf, (list, tuple, dict)) and not isinstance(conf, torch.optim.Optimizer):
-        conf = conf.get("optimizer") if isinstance(conf, dict) else (conf[0] if conf else None)
-    if not isinstance(conf, torch.optim.Optimizer):
-        raise UserError(f"configure_optimizers returned no optimizer ({type(conf).__name__})")
-    name = _OPTIMIZERS.get(type(conf))
-    if name is None:
-        raise UserError(f"configure_optimizers returned {type(conf).__name__}; a Lightning target needs SGD, Adam or "
-                        "AdamW (or write a bsadvisor.Target, docs/target.md)")
-    group = conf.param_groups[0]
-    momentum = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
-    if name == "sgd" and group.get("nesterov"):
-        name = "nesterov"
-    return name, {"lr": float(group["lr"]), "momentum": float(momentum),
-                  "weight_decay": float(group.get("weight_decay", 0.0))}
-
-
-def _lightning_loss(model: Any, batch: Any) -> torch.Tensor:
-    """``training_step``'s loss, with ``self.log`` dropped (there is no Trainer to log to)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        raise UserError("a LightningModule TARGET trains in one process here (torchrun wraps it in DDP, which only "
-                        "calls forward); validate it without torchrun, or train it with Lightning and FollowPlan")
-    if not callable(getattr(model, "training_step", None)):
-        raise UserError("a LightningModule target measures through training_step; use --estimator microbatch "
-                        "or two-batch (per-example calls the model's forward only)")
-    with _logging_to({}, model):
-        return _loss_of(model.training_step(batch, 0), "training_step")
-
-
-def _logged_metric(model: Any, batch: Any, key: Optional[str], mode: Optional[str]) -> float:
-    """The value ``validation_step`` logs under ``key`` (or first), higher-is-better."""
-    logged: dict = {}
-    with _logging_to(logged, model):
-        model.validation_step(batch, 0)
-    if not logged:
-        raise UserError("validation_step logged nothing; log the metric with self.log(name, value)")
-    if key is None:
-        key = next(iter(logged))
-    if key not in logged:
-        raise UserError(f"validation_step logged {', '.join(map(repr, logged))}, not {key!r}")
-    value = float(logged[key])
-    lower_is_better = mode == "min" or (mode is None and "loss" in key.lower())
-    return -value if lower_is_better else value
-
-
-class _logging_to:
-    """While inside: ``model.log``/``log_dict`` write into ``logged`` (first value per name) instead of a Trainer."""
-
-    def __init__(self, logged: dict, model: Any):
-        self.logged, self.model = logged, model
-
-    def __enter__(self):
-        logged = self.logged
-
-        def log(name, value, *args, **kwargs):
-            logged.setdefault(name, value.detach() if isinstance(value, torch.Tensor) else value)
-
-        def log_dict(values, *args, **kwargs):
-            for name, value in values.items():
-                log(name, value)
-
-        vars(self.model).update(log=log, log_dict=log_dict)  # instance attributes shadow the methods
-        return self
-
-    def __exit__(self, *exc):
-        vars(self.model).pop("log", None)
-        vars(self.model).pop("log_dict", None)
-        return False
-
-
-__all__ = ["FollowPlan", "target_from_lightning"]
+__all__ = ["FollowPlan", "check_lightning_version"]

@@ -1,0 +1,116 @@
+"""The recommendation: conversion options (and a probe, a noise trace) → the plan to follow.
+
+Pure Python (no torch). Two steps, one per command that needs them:
+
+- :func:`recommend` is the plan ``convert-schedule`` prints: the conversion, capped by the
+  probe's device cap and noise scale and annotated with its predicted times (core.predict).
+- :meth:`Recommendation.from_options` is what ``advise`` prints: that plan, then the
+  decision whether growing pays at all (when B0 is already past the noise scale the
+  recommended plan is the original schedule, unchanged) and, when B0 is well below it, the
+  variants that start at a larger batch. ``bsadvisor.advise`` (measure.advise) measures a
+  Target first and ends here.
+
+The noise trace is read once (core.predict.read_trace) and every step reads that copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Union
+
+from bsadvisor.core.convert import BATCHNORM_NOTE, baseline_of
+from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
+from bsadvisor.core.plan import Plan
+from bsadvisor.core.probe_result import ProbeResult, load_probe
+from bsadvisor.core.predict import (PLAN_OPTIONS, annotate, keep_batch_advice, noise_model_of, plan_from_options,
+                                    read_trace, start_batch_advice)
+
+ADVICE_SCHEMA = "bsadvisor.advice/1"
+
+#: What replaces the plan's generic BatchNorm note once the model is known to have BatchNorm layers.
+BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on the batch: keep a fixed per-device "
+                     "group as the batch grows (ghost batch norm) or check with bsadvisor validate")
+
+#: The notes of an original schedule recommended instead of a plan.
+KEEP_NOTE = "recommended: the original schedule, unchanged (the batch is already past the noise scale)"
+
+
+def _keywords(options: Union[ConvertOptions, dict, None], keywords: dict[str, Any]) -> dict[str, Any]:
+    """plan_from_options' keywords from a ConvertOptions (its conversion fields) or a dict (which may also hold
+    probe and noise_trace), ``keywords`` over them (a None keyword: not given there)."""
+    if isinstance(options, ConvertOptions):  # its world_size counts above 1 (1 may be a probe's to say)
+        options = {**{name: getattr(options, name) for name in OPTION_NAMES if name in PLAN_OPTIONS},
+                   "world_size": options.world_size if options.world_size > 1 else None,
+                   "micro_batch": options.micro_batch}
+    return {**(options or {}), **{k: v for k, v in keywords.items() if v is not None or k not in (options or {})}}
+
+
+def recommend(options: Union[ConvertOptions, dict, None] = None, *, probe: Any = None, noise_trace: Any = None,
+              batchnorm: Optional[bool] = None, **keywords: Any) -> Plan:
+    """The batch-growth plan for ``options``: converted, capped and annotated with ``probe`` and ``noise_trace``.
+
+    ``options`` is a ConvertOptions or a dict of the keywords :func:`core.predict.plan_from_options`
+    takes (None: not given, so the probe's value or the default applies; a ConvertOptions' noise_cap_batch
+    and noise_model are the probe's and the trace's to give); ``keywords`` are more of them and win.
+    ``probe`` is a ProbeResult or a probe.json file; ``noise_trace`` a trace file, a NoiseModel or a
+    read :class:`core.predict.Trace`. ``batchnorm``: whether the model has BatchNorm layers (None:
+    unknown, and the plan says what to do if it has; True: a warning; False: nothing).
+    """
+    kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
+    plan = plan_from_options(**kw)
+    if batchnorm is None:
+        return plan
+    return replace(plan, notes=[n for n in plan.notes if n != BATCHNORM_NOTE],
+                   warnings=[*plan.warnings, *([BATCHNORM_WARNING] if batchnorm else [])])
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What advise recommends: ``plan`` to follow, and why.
+
+    ``plan`` is the batch-growth plan, or with ``keep_batch`` (B0 already past NOISE_CAP × the
+    noise scale where the decay begins; core.predict.keep_batch_advice) the original schedule
+    unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
+    (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
+    """
+
+    plan: Plan
+    probe: Any = None
+    keep_batch: Optional[dict] = None
+    start_advice: Optional[dict] = None
+
+    @property
+    def recommendation(self) -> str:
+        """"original" when the original schedule is recommended, else "plan"."""
+        return "original" if self.keep_batch is not None else "plan"
+
+    @classmethod
+    def from_options(cls, options: Union[ConvertOptions, dict, None] = None, *, probe: Any = None,
+                     noise_trace: Any = None, batchnorm: Optional[bool] = None,
+                     **keywords: Any) -> "Recommendation":
+        """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice."""
+        kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
+        probe, trace = kw.pop("probe", None), read_trace(kw.pop("noise_trace", None))
+        if probe is not None and not isinstance(probe, ProbeResult):
+            probe = load_probe(probe)  # read once (the plan then names the probe's target, not the file)
+        plan = recommend(kw, probe=probe, noise_trace=trace, batchnorm=batchnorm)
+        noise = noise_model_of(probe, trace)
+        keep = keep_batch_advice(plan, noise)
+        if keep is not None:  # no growth pays: the original schedule is the recommendation
+            return cls(original_plan(plan, probe), probe, keep)
+        advice = start_batch_advice(
+            plan, noise, lambda k: plan_from_options(probe=probe, noise_trace=trace, **{**kw, "increase_lr": k}))
+        return cls(plan, probe, None, advice)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``bsadvisor.advice/1`` document advise --json prints."""
+        return {"schema": ADVICE_SCHEMA, "probe": self.probe.to_dict() if self.probe is not None else None,
+                "plan": self.plan.to_dict(), "advice": self.start_advice, "keep_batch": self.keep_batch,
+                "recommendation": self.recommendation}
+
+
+def original_plan(plan: Plan, probe=None) -> Plan:
+    """The original schedule of ``plan`` as the recommended plan (batch B0 throughout), with the probe's
+    predicted time."""
+    world = plan.inputs.get("world_size") or 1
+    kept = annotate(baseline_of(plan), probe, world_size=world)
+    return replace(kept, inputs={**kept.inputs, "probe": plan.inputs.get("probe")}, notes=[KEEP_NOTE, *kept.notes])

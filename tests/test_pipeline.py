@@ -1,0 +1,151 @@
+"""The public pipeline: ``recommend`` is the plan convert-schedule prints, ``advise`` the document advise
+prints, and ``options_for_target`` the options both advise and validate convert for a target."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import bsadvisor
+from bsadvisor.core.fileio import json_safe
+from bsadvisor.core.probe_result import ProbeResult
+from bsadvisor.core.recommend import BATCHNORM_WARNING, Recommendation, recommend
+from bsadvisor.runtime.recipe import options_for_target
+
+from hostile import run_main
+
+SCHEDULE = "MultiStepLR(milestones=[3,6,8], gamma=0.2)"
+CIFAR = dict(lr=0.1, batch_size=128, dataset_size=50000, epochs=200, momentum=0.9,
+             schedule="MultiStepLR(milestones=[60,120,160], gamma=0.2)")
+
+
+def probe_doc(b_simple: float, n: int = 16384, b0: int = 64, lr: float = 0.01, momentum: float = 0.0) -> dict:
+    """A probe of builtin:linreg's settings measuring ``b_simple``."""
+    return {
+        "schema": "bsadvisor.probe/1", "target": "builtin:linreg",
+        "noise": {"b_simple": b_simple, "ci90": [b_simple * 0.9, b_simple * 1.1], "trace_sigma": 4.0,
+                  "grad_sq_norm": 4.0 / b_simple, "examples": 10000},
+        "memory": {"max_batch": 1024, "bytes_per_sample": 1e5, "fixed_bytes": 1e7, "trials": 3},
+        "throughput": [{"batch_size": b, "examples_per_s": r} for b, r in ((64, 1e4), (256, 3e4), (1024, 4e4))],
+        "settings": {"lr": lr, "momentum": momentum, "batch_size": b0, "dataset_size": n, "device": "cpu",
+                     "optimizer": "sgd", "estimator": "microbatch", "seed": 0},
+    }
+
+
+def as_json(doc) -> dict:
+    """A document as the CLI prints it (emit_json: json_safe, then JSON)."""
+    return json.loads(json.dumps(json_safe(doc)))
+
+
+def printed(argv) -> dict:
+    r = run_main(argv)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_the_pipeline_is_public():
+    assert (bsadvisor.recommend, bsadvisor.Recommendation) == (recommend, Recommendation)
+    from bsadvisor.measure.advise import advise
+
+    assert bsadvisor.advise is advise
+
+
+def test_recommend_is_the_plan_convert_schedule_prints(tmp_path):
+    argv = ["convert-schedule", "--json"] + [f"--{k.replace('_', '-')}={v}" for k, v in CIFAR.items()]
+    assert as_json(recommend(CIFAR).to_dict()) == printed(argv)
+    assert as_json(recommend(bsadvisor.ConvertOptions(**CIFAR)).to_dict()) == printed(argv)
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps(probe_doc(400.0)))
+    argv = ["convert-schedule", "--json", "--probe", probe, "--epochs", "10", "--schedule", SCHEDULE,
+            "--noise-cap", "3", "--world-size", "2"]
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, noise_cap=3, world_size=2)
+    assert as_json(plan.to_dict()) == printed(argv)
+    assert plan.cap["limited_by"] and plan.inputs["world_size"] == 2
+
+
+def test_batchnorm_is_said_only_when_known():
+    probe = ProbeResult.from_dict(probe_doc(400.0))
+    plans = {bn: recommend(probe=probe, epochs=10, schedule=SCHEDULE, batchnorm=bn) for bn in (None, False, True)}
+    said = {bn: [x for x in p.warnings + p.notes if "BatchNorm" in x] for bn, p in plans.items()}
+    assert len(said[None]) == 1 and said[None][0] in plans[None].notes  # unknown: the generic note
+    assert said[False] == [] and said[True] == [BATCHNORM_WARNING]
+    assert plans[True].stages == plans[None].stages
+
+
+def test_the_recommendation_is_the_original_schedule_when_b0_is_past_the_noise_scale():
+    keep = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(2.0)), epochs=10, schedule=SCHEDULE)
+    assert keep.recommendation == "original" and keep.keep_batch["b0"] == 64 and keep.start_advice is None
+    assert keep.plan.inputs["kind"] == "baseline" and {s.batch_size for s in keep.plan.stages} == {64}
+    grow = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(4000.0)), epochs=10, schedule=SCHEDULE)
+    assert grow.recommendation == "plan" and grow.keep_batch is None and grow.start_advice["variants"]
+    assert grow.plan.to_dict() == recommend(probe=grow.probe, epochs=10, schedule=SCHEDULE).to_dict()
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """bsadvisor.probe replaced by one that returns a fixed measurement (and records how it was called)."""
+    from bsadvisor.measure import probe as probe_module
+
+    calls, result = [], {}
+
+    def probe(target, **kw):
+        calls.append(kw)
+        return ProbeResult.from_dict(result["doc"])
+
+    monkeypatch.setattr(probe_module, "probe", probe)
+    return SimpleNamespace(calls=calls, set=lambda doc: result.update(doc=doc))
+
+
+@pytest.mark.parametrize("b_simple", [4000.0, 2.0])  # a plan with start advice; the original schedule kept
+def test_advise_returns_what_the_advise_command_prints(fake_probe, b_simple):
+    fake_probe.set(probe_doc(b_simple))
+    cli = printed(["advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+                   "--budget-seconds", "2", "--json"])
+    rec = bsadvisor.advise(bsadvisor.load_target("builtin:linreg"), {"epochs": 10, "schedule": SCHEDULE},
+                           device="cpu", budget_seconds=2, seed=0)
+    assert as_json(rec.to_dict()) == cli
+    assert cli["recommendation"] == ("original" if b_simple < 10 else "plan")
+    asked = [{k: v for k, v in kw.items() if k != "progress"} for kw in fake_probe.calls]
+    assert asked == [dict(batch_size=None, lr=None, device="cpu", budget_seconds=2, seed=0)] * 2
+
+
+def test_advise_reads_the_noise_trace_once(fake_probe, tmp_path, monkeypatch):
+    from bsadvisor.core import predict
+
+    fake_probe.set(probe_doc(400.0))
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"schema": "bsadvisor.noise_trace/1", "points": [
+        {"sample": s, "b_simple": 400.0, "ci90": [360.0, 440.0], "ci_kind": "bounded", "lr": lr, "momentum": 0.0,
+         "batch_size": 64} for s, lr in ((0, 0.01), (100000, 0.0002))]}))
+    reads = []
+    monkeypatch.setattr(predict, "load_trace", lambda path: reads.append(path) or bsadvisor.load_trace(path))
+    doc = printed(["advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu",
+                   "--noise-trace", trace, "--json"])
+    assert reads == [trace] and doc["plan"]["inputs"]["noise_trace"] == str(trace)
+
+
+def test_options_for_target_fills_the_recipe_the_settings_and_adams_beta1():
+    torch = pytest.importorskip("torch")
+    recipe = {"schedule": "CosineAnnealingLR(T_max=100)", "schedule_unit": "step", "epochs": 1, "seq_len": 64}
+    target = SimpleNamespace(name="t", metadata=recipe, lr=1e-3, batch_size=16, momentum=0.0, optimizer="adamw",
+                             dataset_size=1000, model=torch.nn.Sequential(torch.nn.Linear(2, 2),
+                                                                          torch.nn.BatchNorm1d(2)))
+    made = options_for_target(target, {"rule": "proportional"})
+    assert made.options == dict(rule="proportional", schedule=recipe["schedule"], epochs=1, schedule_unit="step",
+                                seq_len=64, lr=1e-3, momentum=0.9, dataset_size=1000, batch_size=16,
+                                optimizer="adamw")
+    assert "t's own recipe" in made.note and made.batchnorm == ("1",) and made.length_given
+    given = options_for_target(target, {"schedule": SCHEDULE, "epochs": 3, "momentum": 0.0, "lr": 0.5})
+    assert given.note is None and given.options["momentum"] == 0.0 and given.options["lr"] == 0.5
+    assert "seq_len" not in given.options and given.given["lr"] == 0.5
+
+
+@pytest.mark.slow  # a real probe: a few seconds
+def test_advise_with_a_real_probe_recommends_from_what_it_measured():
+    rec = bsadvisor.advise(bsadvisor.load_target("builtin:linreg"), {"epochs": 10, "schedule": SCHEDULE},
+                           device="cpu", budget_seconds=1.0)
+    again = Recommendation.from_options(epochs=10, schedule=SCHEDULE, lr=0.01, batch_size=64, momentum=0.0,
+                                        dataset_size=16384, optimizer="sgd", probe=rec.probe, batchnorm=False)
+    assert rec.probe.target == "builtin:linreg" and rec.plan.to_dict() == again.plan.to_dict()
+    assert rec.recommendation == again.recommendation

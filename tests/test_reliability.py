@@ -5,8 +5,6 @@ Everything runs in-process (the library and ``cli.app.main``) on builtin:linreg:
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from pathlib import Path

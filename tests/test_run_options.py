@@ -142,3 +142,21 @@ def test_an_unknown_keyword_is_the_usual_type_error_before_any_work():
         run_validation(None, [], seed=2)
     with pytest.raises(UserError, match="^seed "):
         bsadvisor.probe("no_such_module:target", seed=-1)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:", "", "CPU0"])
+def test_one_device_check_for_every_command(device, tmp_path):
+    """probe, advise, validate and ProbeOptions spell a bad --device out the same way (checks.device)."""
+    from tests.hostile import assert_one_line_error, run_main
+
+    expected = f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
+    with pytest.raises(UserError, match=r"^device must be cpu, cuda, cuda:N or auto"):
+        ProbeOptions(device=device)
+    for argv in (["probe", "builtin:linreg"], ["advise", "builtin:linreg"], ["validate", "builtin:linreg", "--schedule", "MultiStepLR(milestones=[2], gamma=0.1)", "--epochs", "3"]):
+        line = assert_one_line_error(run_main([*argv, "--device", device], cwd=tmp_path))
+        assert line == "error: " + expected, (argv, line)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "CPU", "cuda", "cuda:1"])
+def test_device_spellings_pass_the_check(device):
+    assert checks.device("--device", device) == device

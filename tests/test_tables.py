@@ -6,7 +6,6 @@ to a CSV table, exactly what the docs tell a user to do; every update of the pla
 against the original at the same sample with the temperature of docs/concepts.md eq. 1
 (g = ε/(1−m)·(N/B − 1)), computed here, not by bsadvisor.
 """
-import math
 
 import pytest
 import torch

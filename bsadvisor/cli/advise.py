@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -40,7 +39,6 @@ CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedu
                    "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
                    "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace", "seq_len",
                    "growth_factor")
-DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
 
 @app.command("advise", epilog=ADVISE_EXAMPLES)
@@ -124,6 +122,7 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     (a core.predict.Trace, or None)."""
     from bsadvisor.core import checks
     from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
+    from bsadvisor.core.probe_options import ProbeOptions
     from bsadvisor.core.schedules import parse_schedule
 
     # --schedule and --epochs may come from the target's recipe (checked once it is loaded)
@@ -137,10 +136,7 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     checks.optional(checks.number, "--noise-cap", options["noise_cap"], low=0)
     for name in ("max_fraction", "stage_factor", "increase_lr"):
         checks.optional(checks.positive, "--" + name.replace("_", "-"), options[name])
-    checks.positive("--budget-seconds", probe_opts["budget_seconds"])
-    checks.seed("--seed", probe_opts["seed"])
-    if not DEVICE_RE.fullmatch(probe_opts["device"] or ""):
-        raise UserError(f"--device must be cpu, cuda, cuda:N or auto, got {probe_opts['device']!r}")
+    ProbeOptions(**probe_opts)  # the probe's own checks, before the target loads
     if options["schedule"] is not None:
         parse_schedule(options["schedule"])
     trace = None

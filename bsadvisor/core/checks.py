@@ -11,6 +11,7 @@ is the caller's: a library parameter (``max_fraction``), which the error also ca
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Optional
 
 from bsadvisor.core.errors import ArgumentTypeError, UserError
@@ -70,6 +71,16 @@ def positive(name: str, value: Any) -> float:
 def positive_int(name: str, value: Any, high: Optional[int] = MAX_INT) -> int:
     """A whole number ≥ 1."""
     return integer(name, value, low=1, high=high)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
+
+
+def device(name: str, value: Any) -> str:
+    """A device spelling: auto, cpu, cuda or cuda:N (whether it exists is torch's question, asked later)."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise UserError(f"{name} must be cpu, cuda, cuda:N or auto, got {show(value)}", parameter=name)
+    return value
 
 
 def seed(name: str, value: Any) -> int:

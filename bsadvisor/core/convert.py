@@ -35,7 +35,6 @@ from typing import Any, NamedTuple, Optional
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan, Stage
-from bsadvisor.core.schedules import Schedule
 from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel, noise_proxy_rule
 
 # Relative slack for float noise when comparing batch targets.

@@ -49,7 +49,7 @@ def busy_cpu_warning(threads: int, cores: int, load: Optional[float], policy: Op
         return None
     wait = ("OpenMP threads wait passively" if (policy or "").upper() == "PASSIVE" else
             f"OMP_WAIT_POLICY={policy or 'unset'}: its threads spin-wait, set OMP_WAIT_POLICY=PASSIVE")
-    fewer = (f"; fewer threads may run faster (OMP_NUM_THREADS=1; the thread count is yours to choose)"
+    fewer = ("; fewer threads may run faster (OMP_NUM_THREADS=1; the thread count is yours to choose)"
              if threads > 1 else "")
     return (f"the CPU is oversubscribed (load average {load:.1f} on {cores} cores, torch uses {threads} "
             f"thread{'s' if threads != 1 else ''}): training and timings will be slower ({wait}){fewer}")

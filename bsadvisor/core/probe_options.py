@@ -55,6 +55,7 @@ class ProbeOptions:
             raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(self.estimator)[:40]!r}",
                             parameter="estimator")
         clean: dict[str, Any] = dict(
+            device=checks.device("device", self.device),
             batch_size=checks.optional(checks.integer, "batch_size", self.batch_size, low=2),
             lr=checks.optional(checks.positive, "lr", self.lr),
             warmup_steps=checks.optional(checks.integer, "warmup_steps", self.warmup_steps, low=0),

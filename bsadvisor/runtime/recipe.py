@@ -28,7 +28,7 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     if schedule is not None or length_given or not recipe.get("schedule"):
         return schedule, epochs, None
     from bsadvisor.core import checks
-    from bsadvisor.runtime.validate import check_epochs
+    from bsadvisor.core.validate_options import check_epochs
 
     if not isinstance(recipe["schedule"], str):
         raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "

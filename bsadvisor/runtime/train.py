@@ -44,7 +44,7 @@ from bsadvisor.runtime.batches import make_gather, split_share
 from bsadvisor.runtime.checkpoint import model_signature
 from bsadvisor.runtime.distributed import Dist
 from bsadvisor.runtime.evaluation import eval_points, evaluate
-from bsadvisor.runtime.validate import MAX_EVALS
+from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError

@@ -35,8 +35,7 @@ from bsadvisor.core.convert import baseline_of, plan_options as _options, record
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
 from bsadvisor.core.plan import Plan, Stage
-# MAX_EVALS and check_epochs are imported from here by train.py and the CLI's recipe options
-from bsadvisor.core.validate_options import MAX_EVALS, ValidateOptions, check_epochs  # noqa: F401
+from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each

@@ -15,6 +15,11 @@ from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY
 from bsadvisor.core.errors import UserError
 
 
+def _length_given(epochs: Optional[float], kw: dict) -> bool:
+    """Whether a run's length is given: epochs, or total samples or steps."""
+    return epochs is not None or bool(kw.get("total_samples") or kw.get("total_steps"))
+
+
 def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
                  kw: dict) -> tuple[Optional[str], Optional[float], Optional[str]]:
     """The schedule and length to convert, and a note when they come from the target's own recipe.
@@ -24,8 +29,7 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     then gets the recipe's schedule_unit and seq_len where it has none.
     """
     recipe = getattr(target, "metadata", None) or {}
-    length_given = epochs is not None or kw.get("total_samples") or kw.get("total_steps")
-    if schedule is not None or length_given or not recipe.get("schedule"):
+    if schedule is not None or _length_given(epochs, kw) or not recipe.get("schedule"):
         return schedule, epochs, None
     from bsadvisor.core import checks
     from bsadvisor.core.validate_options import check_epochs
@@ -57,8 +61,7 @@ class TargetOptions:
     @property
     def length_given(self) -> bool:
         """Whether the run has a length (epochs, or total samples or steps)."""
-        o = self.options
-        return o.get("epochs") is not None or bool(o.get("total_samples") or o.get("total_steps"))
+        return _length_given(self.options.get("epochs"), self.options)
 
 
 def options_for_target(target, given: Optional[dict[str, Any]] = None) -> TargetOptions:

@@ -1,4 +1,5 @@
-"""A plan for the tools people already use: Megatron-LM's ramp flags, OLMo-core's callback, a CSV table.
+"""A plan for the tools people already use: Megatron-Core's step schedule (or its old linear ramp), OLMo-core's
+callback with the plan's LR scheduler, MaxText's ramp, Levanter's batch schedule, a CSV table.
 
 Each format gives its text, its rows (for a JSON document) and notes on what it cannot
 hold; nothing in a plan is dropped without a note. Positions are in samples (examples
@@ -15,6 +16,8 @@ if TYPE_CHECKING:  # annotations only: `bsadvisor --help` need not import the pl
     from bsadvisor.core.plan import Plan
 
 EXPORT_FORMATS = ("megatron", "olmo", "csv")
+#: Megatron-Core releases the export writes for: 0.18 on reads --step-batch-size-schedule, 0.17 and older the ramp.
+MEGATRON_VERSIONS = ("0.18", "0.17")
 EXPORT_SCHEMA = "bsadvisor.export/2"
 
 
@@ -26,13 +29,30 @@ def check_format(format_name: str) -> str:
     return format_name
 
 
-def export(plan: Plan, format_name: str) -> tuple[str, list[dict], list[str]]:
-    """(text, rows, notes) of ``plan`` in ``format_name`` (one of EXPORT_FORMATS)."""
+def check_megatron_version(version: str) -> str:
+    """``version`` as MAJOR.MINOR if it is a Megatron-Core release (0.18 or later: the step schedule)."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+)\.(\d+)(\.\d+)?\s*", str(version))
+    if found is None:
+        raise UserError(f"--megatron-version must be a Megatron-Core release such as 0.18 or 0.17, got {version!r}",
+                        parameter="megatron_version")
+    return "0.18" if (int(found.group(1)), int(found.group(2))) >= (0, 18) else "0.17"
+
+
+def export(plan: Plan, format_name: str, megatron_version: str = "0.18",
+           plan_path: str = "plan.json") -> tuple[str, list[dict], list[str]]:
+    """(text, rows, notes) of ``plan`` in ``format_name`` (one of EXPORT_FORMATS). ``megatron_version``: the
+    Megatron-Core release (0.18 on: the step schedule; 0.17 and older: the linear ramp); ``plan_path``: where
+    the OLMo-core snippet loads the plan from."""
     fmt = check_format(format_name)
     if fmt == "megatron":
-        return export_megatron(plan), megatron_rows(plan), megatron_notes(plan)
+        if check_megatron_version(megatron_version) == "0.17":
+            return export_megatron_ramp(plan), megatron_ramp_rows(plan), megatron_ramp_notes(plan)
+        step = megatron_step(plan)
+        return step.text, step.rows, step.notes
     if fmt == "olmo":
-        return export_olmo(plan), olmo_rows(plan), olmo_notes(plan)
+        return export_olmo(plan, plan_path), olmo_rows(plan), olmo_notes(plan)
     return export_csv(plan), csv_rows(plan), []
 
 
@@ -71,19 +91,22 @@ RAMP_GRID = 512
 RAMP_LENGTHS = 256
 
 
-def megatron_batch(start: int, increment: int, ramp_samples: int, final: int, consumed):
-    """Megatron-LM's global batch after ``consumed`` samples (its RampupBatchsizeNumMicroBatchesCalculator):
-    ``final`` past the ramp, else START + INCREMENT·⌊consumed / (SAMPLES / n)⌋, n = (FINAL − START)/INCREMENT.
-    Works on numbers and on numpy arrays of ``consumed``."""
+def megatron_batch(start: int, increment: int, ramp_samples, final: int, consumed):
+    """Megatron-LM's global batch after ``consumed`` samples (its RampupBatchsizeNumMicroBatchesCalculator, up to
+    Megatron-Core 0.17): ``final`` past the ramp, else START + INCREMENT·⌊consumed / (SAMPLES / n)⌋,
+    n = (FINAL − START)/INCREMENT. Works on numbers and on numpy arrays (``ramp_samples`` and ``consumed``
+    broadcast)."""
     import numpy as np
 
     consumed = np.asarray(consumed, dtype=float)
+    ramp = np.asarray(ramp_samples, dtype=float)
     n = (final - start) // increment
-    if n == 0 or ramp_samples == 0:
-        return np.where(consumed > ramp_samples, final, start + 0 * consumed).astype(np.int64) if n else \
-            np.full(consumed.shape, final, dtype=np.int64)
-    steps = np.floor(consumed / (ramp_samples / n))
-    return np.where(consumed > ramp_samples, final, start + steps * increment).astype(np.int64)
+    if n == 0:
+        return np.full(np.broadcast(consumed, ramp).shape, final, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.floor(consumed / (ramp / n))
+    steps = np.where(ramp > 0, steps, 0)
+    return np.where(consumed > ramp, final, start + steps * increment).astype(np.int64)
 
 
 def megatron_ramp(plan) -> MegatronRamp:
@@ -95,7 +118,9 @@ def megatron_ramp(plan) -> MegatronRamp:
     × data-parallel size Megatron checks). START is the plan's first batch, FINAL its last;
     among the increments that qualify and the ramp lengths tried, the one with the smallest
     mean |log T_ramp/T_plan| over the run wins: at the plan's LR, the temperature moves with the
-    batch as v(B)^p (eq. 1; p = ½ under Adam's square-root rules).
+    batch as v(B)^p (eq. 1; p = ½ under Adam's square-root rules). The search is bounded
+    whatever the plan (RAMP_MAX_STEPS, RAMP_MAX_INCREMENTS, RAMP_MAX_CHANGES): a plan of 10^5
+    batch changes or a jump of 2^60 answers in well under a second.
     """
     import numpy as np
 
@@ -108,35 +133,53 @@ def megatron_ramp(plan) -> MegatronRamp:
                         "only ramps up; use --format csv with your own batch-size schedule")
     start, final, total = batches[0], batches[-1], plan.total_samples
     unit = _device_unit(plan)
-    increments = [d for d in _divisors(final - start) if d % unit == 0] if final > start else [1]
+    increments = _ramp_increments(final - start, unit) if final > start else [1]
     if not increments:
         raise UserError(f"the plan cannot be expressed as Megatron-LM's --rampup-batch-size: no increment that is a "
-                        f"multiple of {unit} (micro-batch × data-parallel size) divides {final} − {start}; convert "
-                        f"again with --round-to {unit} and a --batch-size that is a multiple of it")
-    changes = [p["samples"] for p in steps[1:]]
-    # equal slices of the run, and each place the plan changes its batch (where an update starts)
+                        f"multiple of {unit} (micro-batch × data-parallel size) divides {final} − {start} in at most "
+                        f"{RAMP_MAX_STEPS} steps; convert again with --round-to {unit} and a --batch-size that is a "
+                        "multiple of it")
+    changes = _spread([p["samples"] for p in steps[1:]], RAMP_MAX_CHANGES)
+    # equal slices of the run, and the places the plan changes its batch (where an update starts)
     grid = np.unique(np.concatenate([(np.arange(RAMP_GRID) + 0.5) * total / RAMP_GRID, changes]).astype(np.int64))
     b_plan = np.asarray([plan.at_sample(int(x)).batch_size for x in grid], dtype=float)
     power, noise = _noise_factor(plan)
+    log_plan = np.log(noise(b_plan))
     # Megatron takes FINAL once more than SAMPLES are consumed: a change at sample c is SAMPLES = c − 1
-    lengths = sorted({int(x) for x in np.linspace(0, total, RAMP_LENGTHS + 1)[1:]} | {c - 1 for c in changes})
+    lengths = np.asarray(sorted({int(x) for x in np.linspace(0, total, RAMP_LENGTHS + 1)[1:]}
+                                | {c - 1 for c in changes}), dtype=np.int64)
     best = None
-    for inc in increments:
-        for r in lengths:
-            err = np.abs(power * np.log(noise(megatron_batch(start, inc, r, final, grid)) / noise(b_plan)))
-            score = float(err.mean())
-            if best is None or score < best[0] - 1e-15:
-                best = (score, inc, r, err)
+    for inc in increments:  # every ramp length at once: a (grid × lengths) table of batches
+        ramp = megatron_batch(start, inc, lengths[None, :], final, grid[:, None])
+        err = np.abs(power * (np.log(noise(ramp.astype(float))) - log_plan[:, None]))
+        scores = err.mean(axis=0)
+        j = int(np.argmin(scores))
+        if best is None or scores[j] < best[0] - 1e-15:
+            best = (float(scores[j]), inc, int(lengths[j]), err[:, j])
     _, inc, r, err = best
     ratio = np.exp(err) - 1  # |T_ramp/T_plan − 1| of the larger side, per point
     worst = int(np.argmax(ratio))
     return MegatronRamp(start, inc, r, final, float(ratio.mean()), float(ratio[worst]), int(grid[worst]))
 
 
-def _divisors(n: int) -> list[int]:
-    """The divisors of n ≥ 1, ascending."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
+#: The most ramp steps ((FINAL − START)/INCREMENT), increments and batch changes the ramp search tries.
+RAMP_MAX_STEPS = 4096
+RAMP_MAX_INCREMENTS = 48
+RAMP_MAX_CHANGES = 256
+
+
+def _spread(values: list, k: int) -> list:
+    """At most ``k`` of ``values``, evenly spread (all of them when there are k or fewer)."""
+    if len(values) <= k:
+        return list(values)
+    return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
+
+
+def _ramp_increments(diff: int, unit: int) -> list[int]:
+    """The INCREMENTs of a ramp over ``diff``: diff/n for n = 1..RAMP_MAX_STEPS that divide it into multiples of
+    ``unit`` (at most RAMP_MAX_INCREMENTS of them, spread over n). Bounded: never a loop up to √diff."""
+    ns = [n for n in range(1, min(RAMP_MAX_STEPS, diff) + 1) if diff % n == 0 and (diff // n) % unit == 0]
+    return [diff // n for n in _spread(ns, RAMP_MAX_INCREMENTS)]
 
 
 def _device_unit(plan) -> int:
@@ -170,8 +213,8 @@ def megatron_flags(plan, ramp: MegatronRamp) -> str:
     return f"--rampup-batch-size {ramp.start} {ramp.increment} {ramp.ramp_samples} {flags}"
 
 
-def export_megatron(plan) -> str:
-    """Stock Megatron-LM's flags for the best linear ramp (sample-based training: --train-samples), or a
+def export_megatron_ramp(plan) -> str:
+    """Megatron-Core ≤ 0.17's flags for the best linear ramp (sample-based training: --train-samples), or a
     UserError when even the best ramp is more than MEGATRON_TOLERANCE off the plan's temperature."""
     ramp = megatron_ramp(plan)
     if ramp.mean_error > MEGATRON_TOLERANCE:
@@ -189,12 +232,12 @@ def _distinct(plan) -> list[int]:
     return bs if len(bs) <= 5 else bs[:4] + ["…", bs[-1]]
 
 
-def megatron_rows(plan) -> list[dict]:
+def megatron_ramp_rows(plan) -> list[dict]:
     ramp = megatron_ramp(plan)
     return [{**ramp._asdict(), "train_samples": plan.total_samples}]
 
 
-def megatron_notes(plan) -> list[str]:
+def megatron_ramp_notes(plan) -> list[str]:
     """How far the linear ramp is from the plan, and what the flags cannot hold."""
     ramp = megatron_ramp(plan)
     notes = []
@@ -210,6 +253,198 @@ def megatron_notes(plan) -> list[str]:
     notes += _lr_notes(plan, "set Megatron's LR schedule (--lr, --lr-decay-style, --lr-decay-samples, --min-lr, "
                              "--lr-warmup-samples) to reproduce the original schedule")
     return notes
+
+
+# ------------------------------------------------------------------------ Megatron-Core >= 0.18: the step schedule
+class Exported(NamedTuple):
+    """An export: the text to paste, its rows (for --json) and notes on what it does not hold exactly."""
+
+    text: str
+    rows: list
+    notes: list
+
+
+#: Megatron reads each schedule number through float (``int(float(value) * multiplier)``): exact up to 2^53.
+FLOAT_EXACT = 2 ** 53
+
+
+def _float_exact(value: int, what: str) -> str:
+    """``value`` as Megatron's schedule parser reads it back exactly, or a UserError."""
+    if value >= FLOAT_EXACT:
+        raise UserError(f"Megatron-Core reads --step-batch-size-schedule numbers through a float, exact only below "
+                        f"2^53, and the plan's {what} is {value:,}; convert again with a smaller --max-batch or run")
+    return str(value)
+
+
+def megatron_schedule(plan) -> tuple[list[tuple[int, int]], Optional[int]]:
+    """((threshold, batch), ...) for --step-batch-size-schedule, and the --seq-length the thresholds need.
+
+    Megatron-Core (num_microbatches_calculator.py, StepBatchsizeNumMicroBatchesCalculator) reads a
+    threshold as tokens when the run has a --seq-length (every GPT run does) and converts it to
+    samples as ⌊threshold / seq_length⌋; without one, as samples. The batch of consumed samples c is
+    that of the last threshold ≤ c, the plan's rule for the update that starts at c.
+    """
+    seq = plan.seq_len
+    return [(p["samples"] * (seq or 1), p["batch_size"]) for p in batch_steps(plan)], seq
+
+
+class MegatronLR(NamedTuple):
+    """Megatron-Core's LR schedule (OptimizerParamScheduler over consumed samples) closest to the plan's LR, and
+    how far the temperature is from the plan's where the batch is the plan's: |LR_megatron / LR_plan − 1|."""
+
+    style: str  # constant | linear | cosine | WSD
+    init: float
+    peak: float
+    floor: float
+    warmup: int  # samples
+    decay: int  # samples (--lr-decay-samples)
+    wsd_decay: int  # samples of WSD's final decay
+    wsd_style: str
+    mean_error: float
+    max_error: float
+    worst_sample: int
+
+    def flags(self) -> str:
+        f = (f"--lr {fmt_number(self.peak)} --min-lr {fmt_number(self.floor)} --lr-decay-style {self.style} "
+             f"--lr-warmup-samples {self.warmup} --lr-warmup-init {fmt_number(self.init)} --lr-decay-samples {self.decay}")
+        if self.style == "WSD":
+            f += f" --lr-wsd-decay-samples {self.wsd_decay} --lr-wsd-decay-style {self.wsd_style}"
+        return f
+
+
+def megatron_lr_at(lr: MegatronLR, consumed):
+    """Megatron-Core's OptimizerParamScheduler.get_lr after ``consumed`` samples (numpy arrays work)."""
+    import numpy as np
+
+    c = np.asarray(consumed, dtype=float)
+    warm = lr.init + (lr.peak - lr.init) * c / max(lr.warmup, 1)
+    ratio = np.clip((c - lr.warmup) / max(lr.decay - lr.warmup, 1), 0.0, 1.0)
+    if lr.style == "constant":
+        after = np.full(c.shape, lr.peak)
+    elif lr.style == "linear":
+        after = lr.floor + (1 - ratio) * (lr.peak - lr.floor)
+    elif lr.style == "cosine":
+        after = lr.floor + 0.5 * (np.cos(np.pi * ratio) + 1) * (lr.peak - lr.floor)
+    else:  # WSD: flat, then the last wsd_decay samples decay
+        w = np.clip((c - (lr.decay - lr.wsd_decay)) / max(lr.wsd_decay, 1), 0.0, 1.0)
+        coeff = 1 - w if lr.wsd_style == "linear" else 0.5 * (np.cos(np.pi * w) + 1)
+        after = lr.floor + coeff * (lr.peak - lr.floor)
+    if lr.style != "constant":
+        after = np.where(c > lr.decay, lr.floor, after)
+    return np.where((lr.warmup > 0) & (c <= lr.warmup), warm, after)
+
+
+#: Positions the LR is compared at: the middles of equal slices of the run, and (at most) this many stage starts.
+LR_GRID = 2048
+
+
+def megatron_lr(plan) -> MegatronLR:
+    """The Megatron LR flags closest to the plan's LR: its warmup (the plan's warmup stages, linear as
+    LinearLR's), then constant, linear or cosine decay to its last LR, or WSD whose decay is the plan's
+    hybrid/original tail. The one with the smallest mean |LR_megatron/LR_plan − 1| over the run wins;
+    at the plan's batch that ratio is the temperature's (eq. 1: T ∝ LR at a given batch)."""
+    import numpy as np
+
+    total, stages = plan.total_samples, plan.stages
+    starts = _spread([s.start_sample for s in stages], LR_GRID)
+    grid = np.unique(np.concatenate([(np.arange(LR_GRID) + 0.5) * total / LR_GRID, starts]).astype(np.int64))
+    slices = (np.arange(LR_GRID) + 0.5) * total / LR_GRID
+    in_slices = np.isin(grid, slices.astype(np.int64))
+    lr_plan = np.asarray([plan.at_sample(int(x)).lr for x in grid])
+    warmup = 0
+    for s in stages:  # the warmup stages at the start
+        if s.phase != "warmup":
+            break
+        warmup = s.end_sample
+    warmup = min(warmup, total - 1)
+    init = plan.at_sample(0).lr if warmup else 0.0
+    peak = float(lr_plan[grid >= warmup].max()) if warmup else float(lr_plan.max())
+    last = plan.at_sample(total - 1).lr
+    tail = next((s.start_sample for s in stages if s.phase in ("hybrid", "original") and s.start_sample > warmup), None)
+    # a constant LR at the peak, or at the value nearest the plan's on average (the 1/LR-weighted median
+    # minimises the mean |c/LR − 1|): the plan's LR saw-tooths where its factor holds the original's decay
+    after = np.sort(lr_plan[in_slices & (grid > warmup)]) if (in_slices & (grid > warmup)).any() else lr_plan
+    weights = np.cumsum(1 / after)
+    middle = float(after[np.searchsorted(weights, weights[-1] / 2)])
+    candidates = [("constant", peak, 0, "linear"), ("constant", middle, 0, "linear")]
+    if last < peak:
+        candidates += [("linear", last, 0, "linear"), ("cosine", last, 0, "linear")]
+        if tail is not None:
+            candidates += [("WSD", last, total - tail, style) for style in ("linear", "cosine")]
+    best = None
+    for style, floor, wsd, wsd_style in candidates:
+        top = floor if style == "constant" else peak
+        lr = MegatronLR(style, min(init, top), top, floor, warmup, total, wsd, wsd_style, 0.0, 0.0, 0)
+        ratio = np.abs(megatron_lr_at(lr, grid) / lr_plan - 1)
+        score = float(ratio[in_slices].mean()) if in_slices.any() else float(ratio.mean())
+        if best is None or score < best[0] - 1e-12:
+            best = (score, lr, ratio)
+    score, lr, ratio = best
+    worst = int(np.argmax(ratio))
+    return lr._replace(mean_error=score, max_error=float(ratio[worst]), worst_sample=int(grid[worst]))
+
+
+def _unbroken_misalignment(plan) -> Optional[int]:
+    """The first epoch boundary where a run that never ends an update at an epoch's end (Megatron, Levanter)
+    leaves the plan's updates, or None. The plan cuts an update short at each epoch's end; a continuous
+    run agrees with it when every epoch boundary inside the run is one of its own update starts.
+    One turn per stage (arithmetic within a stage), so a jump of 2^60 costs nothing."""
+    n, total = plan.dataset_size, plan.total_samples
+    if n is None or total <= n:
+        return None
+    u = 0  # the continuous run's next update start
+    for st in plan.stages:
+        b = st.batch_size
+        if u >= st.end_sample:
+            continue
+        first = (st.start_sample // n + 1) * n  # epoch boundaries inside [max(u, start), end)
+        e = max(first, -(-max(u, st.start_sample) // n) * n)
+        while e < min(st.end_sample, total):
+            if e < u or (e - u) % b:
+                return e
+            e += n
+        u += -(-(st.end_sample - u) // b) * b  # updates that start inside the stage
+    return None
+
+
+def megatron_step(plan) -> Exported:
+    """Megatron-Core ≥ 0.18's flags: --step-batch-size-schedule (thresholds in tokens with --seq-length, else in
+    samples), --train-samples and the LR flags closest to the plan's, with the temperature error stated;
+    a UserError when the LR is more than MEGATRON_TOLERANCE off on average."""
+    schedule, seq = megatron_schedule(plan)
+    entries = " ".join(f"{_float_exact(t, 'threshold')}:{_float_exact(b, 'batch')}" for t, b in schedule)
+    lr = megatron_lr(plan)
+    if lr.mean_error > MEGATRON_TOLERANCE:
+        raise UserError(f"Megatron-Core's LR schedules (warmup, then constant, linear, cosine or WSD over samples) "
+                        f"cannot hold this plan's LR: the closest ({lr.flags()}) is {lr.mean_error:.0%} off the "
+                        f"plan's temperature on average ({lr.max_error:.0%} at worst, over "
+                        f"{MEGATRON_TOLERANCE:.0%}); use --format csv with your own LR schedule")
+    flags = f'--step-batch-size-schedule "{entries}" --train-samples {plan.total_samples}'
+    if seq:
+        flags += f" --seq-length {seq}"
+    text = flags + " " + lr.flags() + "\n"
+    unit = "tokens" if seq else "samples"
+    notes = [f"Megatron-Core ≥ 0.18 reads --step-batch-size-schedule (thresholds in {unit}"
+             + (f", ⌊threshold / --seq-length⌋ samples" if seq else "; with a --seq-length they would be read as "
+                "tokens: convert with --seq-len for a GPT run") + "); leave out --global-batch-size and "
+             "--rampup-batch-size (Megatron refuses the first with the schedule and ignores the second); "
+             "--megatron-version 0.17 gives the old ramp",
+             (f"the batch is the plan's at every update; the LR flags keep the temperature within "
+              f"{lr.mean_error:.1%} of the plan's on average, {lr.max_error:.1%} at worst (sample "
+              f"{lr.worst_sample:,})") if lr.max_error > 1e-9 else
+             "the batch and the LR are the plan's at every update",
+             f"every batch must be a multiple of --micro-batch-size × data-parallel size (Megatron checks it): "
+             f"the plan's are multiples of {_device_unit(plan)} (convert-schedule --round-to, --world-size)"]
+    off = _unbroken_misalignment(plan)
+    if off is not None:
+        notes.append(f"Megatron counts no epochs: the plan ends an update at each epoch's end and Megatron does "
+                     f"not, so from sample {off:,} its updates start up to one batch off the plan's (convert "
+                     "with batches that divide the data set, or --epochs 1)")
+    if len({s.momentum for s in plan.stages}) > 1:
+        notes.append("the plan also changes the momentum, which Megatron's flags cannot hold; use --format csv")
+    rows = [{"threshold": t, "threshold_unit": unit, "start_samples": t // (seq or 1), "batch_size": b}
+            for t, b in schedule]
+    return Exported(text, rows, notes)
 
 
 def constant_lr(plan) -> Optional[float]:

@@ -35,6 +35,7 @@ _LAZY = {
     "NoiseMonitor": "runtime.monitor",
     # integrations: other frameworks follow a plan (each imports its framework on first use)
     "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
+    "HFFollowPlan": "integrations.transformers",
 }
 
 # public sub-modules, imported on first use: ``bsadvisor.distributed`` (Dist, init_from_env, current)
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .core.schedules import parse_schedule
     from .core.temperature import TemperatureModel, temperature
     from .integrations.lightning import FollowPlan, target_from_lightning
+    from .integrations.transformers import HFFollowPlan
     from .measure.advise import advise
     from .measure.probe import probe
     from .runtime.monitor import NoiseMonitor

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.exports import export_csv, export_megatron
+from bsadvisor.core.exports import export_csv, export_megatron_ramp as export_megatron
 from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.plan import Plan
 from hostile import run_main

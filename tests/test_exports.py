@@ -71,7 +71,7 @@ def test_a_linear_ramp_is_megatrons_own_flags():
     plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=10_000)
     ramp = megatron_ramp(plan)
     assert (ramp.start, ramp.increment, ramp.final) == (32, 32, 128) and ramp.max_error == 0
-    text, rows, notes = export(plan, "megatron")
+    text, rows, notes = export(plan, "megatron", "0.17")
     starts = update_starts(plan)
     assert megatron_batches(text, starts) == [plan.at_sample(s).batch_size for s in starts]
     assert any("exactly Megatron's linear ramp" in n for n in notes)
@@ -80,7 +80,7 @@ def test_a_linear_ramp_is_megatrons_own_flags():
 
 def test_megatron_ramp_close_to_the_plan_and_its_stated_temperature_error():
     plan = convert_schedule(**LLM, max_batch=800)  # 500 → 625 → 781: near a line
-    text, rows, notes = export(plan, "megatron")
+    text, rows, notes = export(plan, "megatron", "0.17")
     starts = update_starts(plan)
     ramp = megatron_batches(text, starts)
     assert ramp[0] == 500 and ramp[-1] == max(plan.stage_batch_sizes())
@@ -98,7 +98,7 @@ def test_megatron_ramp_close_to_the_plan_and_its_stated_temperature_error():
 def test_a_geometric_plan_is_refused_for_megatron_in_one_line():
     plan = convert_schedule(**LLM)
     with pytest.raises(UserError, match="cannot be expressed as Megatron-LM's linear --rampup-batch-size") as e:
-        export(plan, "megatron")
+        export(plan, "megatron", "0.17")
     assert "\n" not in str(e.value) and "--rampup-batch-size 500 " in str(e.value)  # the best ramp, for reference
 
 
@@ -109,7 +109,7 @@ def test_a_plan_whose_batch_comes_back_down_is_refused_for_megatron_and_kept_by_
                             growth_factor=2, seq_len=64)
     assert plan.stage_batch_sizes().count(128) >= 2  # back down after the restart at epoch 10
     with pytest.raises(UserError, match="comes back down"):
-        export(plan, "megatron")
+        export(plan, "megatron", "0.17")
     text, _, _ = export(plan, "olmo")
     assert [b // 64 for b in parse_olmo(text).batch_sizes] == [p.batch_size for p in changes(plan)]
 
@@ -145,6 +145,10 @@ class BatchSizeSchedulerCallback:
 def parse_olmo(text: str) -> BatchSizeSchedulerCallback:
     """Read the snippet's call without running it: literal batch sizes and Duration.tokens(...) starts."""
     tree = ast.parse(text)
+    if "BatchSizeSchedulerCallback(" in text and "PlanLR" in text:  # only the callback's call is read here
+        start = text.index("batch_size_scheduler = ")
+        tree = ast.parse(text[:text.index("from bsadvisor")] + text[start:text.index(")\n", start) + 2]
+                         + "".join(ln + "\n" for ln in text.splitlines() if ln.startswith("from olmo_core")))
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert {("olmo_core.train.callbacks", "BatchSizeSchedulerCallback"), ("olmo_core.train.common", "Duration")} <= imports
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
@@ -169,24 +173,90 @@ def test_olmo_snippet_builds_the_callback_and_round_trips_the_plan():
     assert [b // 2048 for b in cb.batch_sizes] == [s.batch_size for s in changes(plan)]
     assert [d.value // 2048 for d in cb.schedule] == [s.start_sample for s in changes(plan)]
     assert all(b % 2048 == 0 for b in cb.batch_sizes) and all(d.value % 2048 == 0 for d in cb.schedule)
-    # one pass under Adam's square-root rule: the plan's factor is √(B/B0), which OLMo-core applies itself
-    assert "keep the original LR schedule as it is" in text
+    # one pass under Adam's square-root rule: the plan's factor is √(B/B0)
     for s in plan.stages:
         assert s.lr_scale == pytest.approx(math.sqrt(s.batch_size / 500), rel=1e-9)
 
 
-def test_olmo_states_the_lr_factor_net_of_its_own_square_root():
-    # several epochs: the finite-data factor N/B − 1 makes the plan's factor differ from OLMo-core's √(B/B0)
-    plan = convert_schedule(lr=3e-4, batch_size=64, dataset_size=100_000, epochs=6, optimizer="adamw",
-                            schedule="MultiStepLR(milestones=[2, 4], gamma=0.5)", growth_factor=2, seq_len=128,
-                            max_fraction=1.0)
+def run_olmo_standin(text: str, plan: Plan, plan_path) -> list[tuple[int, int, float]]:
+    """Run the snippet against stand-ins with OLMo-core's signatures (Scheduler(units, lr_field, initial_lr_field),
+    set_lr(group, trainer)) and its callback's rules, re-written from batch_size_scheduler.py and trainer.py:
+    before each batch the latest due event applies, a raise only once batches_processed is a multiple of the
+    factor, the group's initial LR × √(new/old) at each change; tokens seen include the batch when the
+    scheduler sets the LR. Returns (first sample, batch in samples, LR) of every update."""
+    import sys
+    import types
+    from dataclasses import dataclass as dc
+
+    @dc
+    class Scheduler:
+        lr_field: str = "lr"
+        initial_lr_field: str = "initial_lr"
+        units: str = "steps"
+
+    mods = {"olmo_core": types.ModuleType("olmo_core"), "olmo_core.optim": types.ModuleType("olmo_core.optim"),
+            "olmo_core.optim.scheduler": types.ModuleType("s"), "olmo_core.train": types.ModuleType("t"),
+            "olmo_core.train.callbacks": types.ModuleType("c"), "olmo_core.train.common": types.ModuleType("m")}
+    mods["olmo_core.optim.scheduler"].Scheduler = Scheduler
+    mods["olmo_core.optim.scheduler"].SchedulerUnits = types.SimpleNamespace(tokens="tokens", steps="steps")
+    mods["olmo_core.train.callbacks"].BatchSizeSchedulerCallback = BatchSizeSchedulerCallback
+    mods["olmo_core.train.common"].Duration = Duration
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+    try:
+        ns = {}
+        exec(compile(text.replace("'plan.json'", repr(str(plan_path))), "snippet", "exec"), ns)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k)
+            else:
+                sys.modules[k] = v
+    cb, sched, seq = ns["batch_size_scheduler"], ns["lr_scheduler"], plan.seq_len
+    assert sched.units == "tokens"  # OLMo-core refuses a non-token scheduler without t_max
+    loader = types.SimpleNamespace(global_batch_size=cb.batch_sizes[0], batches_processed=0)
+    trainer = types.SimpleNamespace(data_loader=loader, global_train_tokens_seen=0)
+    group = {"lr": 6e-4 * 2}  # a group at twice the base LR keeps its ratio
+    out, total = [], plan.total_samples * seq
+    while trainer.global_train_tokens_seen < total:
+        for target, start in reversed(list(zip(cb.batch_sizes, cb.schedule))):  # pre_load_batch
+            if trainer.global_train_tokens_seen >= start.value:
+                cur = loader.global_batch_size
+                if target > cur and loader.batches_processed % (target // cur) == 0 or target < cur:
+                    group.setdefault("initial_lr", group["lr"])
+                    group["initial_lr"] *= math.sqrt(target / cur)
+                    loader.batches_processed = loader.batches_processed * cur // target
+                    loader.global_batch_size = target
+                break
+        first = trainer.global_train_tokens_seen // seq
+        trainer.global_train_tokens_seen += loader.global_batch_size
+        loader.batches_processed += 1
+        lr = sched.set_lr(group, trainer) / 2
+        out.append((first, loader.global_batch_size // seq, lr))
+    return out
+
+
+def test_olmo_snippet_trains_the_plans_batch_and_lr_on_a_standin(tmp_path):
+    plan = convert_schedule(**{**LLM, "adam_rule": "linear"}, growth_factor=2,
+                            seq_len=128, max_batch=4000)
+    path = tmp_path / "plan.json"
+    plan.save(path)
     text, rows, _ = export(plan, "olmo")
-    parse_olmo(text)
-    for row, first in zip(rows, changes(plan)):
-        own = math.sqrt(row["batch_size"] / 64)  # OLMo-core's cumulative factor
-        assert row["lr_factor"] * own == pytest.approx(first.lr_scale, rel=1e-9)
-        if not math.isclose(row["lr_factor"], 1.0, rel_tol=1e-6):
-            assert f"(batch {row['batch_size_tokens']}): x {format(row['lr_factor'], '.10g')}" in text
+    assert "# LR" not in text  # nothing the plan needs lives in a comment
+    ran = run_olmo_standin(text, plan, path)
+    by_start = {s: (b, lr) for s, b, lr in ran}
+    on_time = 0
+    for st in changes(plan):
+        # OLMo-core changes on time where the samples so far are whole batches of the new size (its
+        # batches_processed rule): there, the plan's batch and LR at the stage's first update
+        if st.start_sample % st.batch_size == 0:
+            assert by_start[st.start_sample] == (st.batch_size, pytest.approx(plan.at_sample(st.start_sample).lr,
+                                                                               rel=1e-12))
+            on_time += 1
+    assert on_time >= 2
+    for s, b, lr in ran:  # everywhere: the LR of the plan's stage at the batch OLMo-core trains
+        stage = [x for x in plan.stages if x.start_sample <= s and x.batch_size == b][-1]
+        assert lr == pytest.approx(plan.lr_at(stage, s), rel=1e-12)
 
 
 @pytest.mark.parametrize("kw, fragment", [
@@ -225,5 +295,11 @@ def test_the_worked_example_in_integration_md_is_what_export_prints():
     with pytest.raises(UserError) as e:
         export(plan, "megatron")
     assert f"error: {e.value}" in doc
-    ramp, _, _ = export(convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=1000), "megatron")
-    assert f"$ bsadvisor export plan.json --format megatron\n{ramp}" in doc
+    with pytest.raises(UserError) as e:
+        export(plan, "megatron", "0.17")
+    assert f"error: {e.value}" in doc
+    fine = convert_schedule(**example, seq_len=2048, round_to=8)
+    step, _, notes = export(fine, "megatron")
+    assert f"$ bsadvisor export plan.json --format megatron\n{step}" + "".join(f"note: {n}\n" for n in notes) in doc
+    ramp, _, _ = export(convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=1000), "megatron", "0.17")
+    assert f"$ bsadvisor export plan.json --format megatron --megatron-version 0.17\n{ramp}" in doc

@@ -19,7 +19,7 @@ from rich.console import Console
 from bsadvisor.cli import advise as cmd_advise
 from bsadvisor.targets.target import batchnorm_layers
 from bsadvisor.cli.advise import next_commands
-from bsadvisor.core.exports import export_csv, export_megatron, megatron_notes
+from bsadvisor.core.exports import export_csv, export_megatron_ramp as export_megatron, megatron_ramp_notes as megatron_notes
 from bsadvisor.core.predict import plan_from_options
 from bsadvisor.core.recommend import BATCHNORM_WARNING, recommend
 from bsadvisor.core.plan import Plan
@@ -192,11 +192,11 @@ def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     assert "--lr-decay-style constant" in " ".join(megatron_notes(flat))
     path = tmp_path / "plan.json"
     hybrid.save(path)
-    r = run_main(["export", path, "--format", "megatron"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron", "--megatron-version", "0.17"], cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == export_megatron(hybrid)
     assert r.stdout.startswith("--rampup-batch-size 128 372 ")
     assert "note:" in r.stderr and "--train-samples" in r.stderr and "0.01298750" not in r.stdout
-    r = run_main(["export", path, "--format", "megatron", "--json"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron", "--megatron-version", "0.17", "--json"], cwd=tmp_path)
     doc = json.loads(r.stdout)
     assert doc["schema"] == "bsadvisor.export/2" and doc["text"] == export_megatron(hybrid)
     assert doc["rows"][0]["start"] == 128 and doc["rows"][0]["final"] == 500 and doc["rows"][0]["max_error"] == 0
@@ -207,7 +207,7 @@ def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     assert doc["rows"][-1]["lr"] == hybrid.stages[-1].lr and doc["rows"][-1]["lr_scale"] == hybrid.stages[-1].lr_scale
     # three batch sizes growing ×5: no linear ramp is close; one line, exit 2
     plans()["hybrid"].save(path)
-    r = run_main(["export", path, "--format", "megatron"], cwd=tmp_path)
+    r = run_main(["export", path, "--format", "megatron", "--megatron-version", "0.17"], cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     assert "cannot be expressed as Megatron-LM's linear --rampup-batch-size" in r.stderr
 

@@ -8,14 +8,18 @@ import typer
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, emit_json, err_console
-from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, export
+from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, check_megatron_version, export
 
 EXPORT_EXAMPLES = """
 [bold]Examples[/]
 
-  Stock Megatron-LM: the --rampup-batch-size flags of the linear ramp closest to the plan (with its temperature error), or one line saying why no ramp is close enough:
+  Megatron-Core 0.18 or later: --step-batch-size-schedule (the plan's batch at every update, in tokens with --seq-length) with the LR flags closest to the plan's and their temperature error, or one line saying why they are too far:
 
   [cyan]bsadvisor export plan.json --format megatron[/]
+
+  Megatron-Core 0.17 or older: the --rampup-batch-size flags of the linear ramp closest to the plan:
+
+  [cyan]bsadvisor export plan.json --format megatron --megatron-version 0.17[/]
 
   OLMo-core: a Python snippet that builds its BatchSizeSchedulerCallback in tokens (a plan made with --seq-len, an Adam-family optimizer and --growth-factor), with the LR factors net of OLMo-core's own square-root scaling:
 
@@ -40,6 +44,9 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write here (atomically) instead of printing.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON document: the exported text, its rows and "
                                                        "notes on what the format cannot hold.")] = False,
+    megatron_version: Annotated[str, typer.Option("--megatron-version", help="The Megatron-Core release: 0.18 or "
+                                                  "later reads --step-batch-size-schedule, 0.17 or older the "
+                                                  "linear --rampup-batch-size.")] = "0.18",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file (an export has "
                                                                 "no schema to recognise it by).")] = False,
 ) -> None:
@@ -51,10 +58,11 @@ def export_cmd(
     from bsadvisor.core.plan import Plan
 
     check_format(format_)  # before the files: a typo fails first
+    check_megatron_version(megatron_version)
     plan = Plan.load(plan_file)  # a bad plan is named first
     if out is not None:
         check_replace(out, (), overwrite)  # never the input plan, nor any other file, without --overwrite
-    text, rows, notes = export(plan, format_)
+    text, rows, notes = export(plan, format_, megatron_version, str(plan_file))
     if out is not None:
         write_atomic(out, text)
     if json_:

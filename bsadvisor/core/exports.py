@@ -535,25 +535,60 @@ def _olmo_check(plan) -> None:
                             "--growth-factor 2")
 
 
-def export_olmo(plan) -> str:
-    """A Python snippet that builds OLMo-core's BatchSizeSchedulerCallback for the plan, in tokens.
+def export_olmo(plan, plan_path: str = "plan.json") -> str:
+    """Python for OLMo-core: its BatchSizeSchedulerCallback in tokens, and an LR scheduler that trains the plan's LR.
 
-    OLMo-core multiplies an Adam LR by √(new/old) at each batch change; the plan's LR is the
-    original's × its own factor (eq. 14), so the snippet states, per batch, the factor the
-    user's scheduler applies on top: plan factor ÷ √(B/B_first) (1 where they agree).
+    OLMo-core's callback multiplies an Adam LR's initial value by √(new/old) at each batch change
+    (olmo_core/train/callbacks/batch_size_scheduler.py); the plan's LR is the original's × its own
+    factor (eq. 14). ``PlanLR`` (an OLMo-core ``Scheduler`` in tokens, which the callback requires
+    without a t_max) sets each group's LR to the plan's at the update's first sample, × the group's
+    own ratio, so OLMo-core's √ factor is undone: ``Plan.at_sample`` is the LR, not a comment.
+    While OLMo-core holds the old batch (it raises the batch only once the batches processed are a
+    multiple of the factor) the LR stays that of the last stage at the batch it trains.
     """
     rows = olmo_rows(plan)
     batches = ", ".join(str(r["batch_size_tokens"]) for r in rows)
     schedule = ", ".join(f"Duration.tokens({r['start_tokens']})" for r in rows)
-    lines = ["from olmo_core.train.callbacks import BatchSizeSchedulerCallback",
-             "from olmo_core.train.common import Duration", "",
-             f"# bsadvisor plan: {len(rows)} global batch sizes in tokens ({plan.seq_len} tokens a sample); start the "
-             f"data loader at global_batch_size={rows[0]['batch_size_tokens']}",
+    lines = ["from dataclasses import dataclass",
+             "",
+             "from bsadvisor import Plan",
+             "from olmo_core.optim.scheduler import Scheduler, SchedulerUnits",
+             "from olmo_core.train.callbacks import BatchSizeSchedulerCallback",
+             "from olmo_core.train.common import Duration",
+             "",
+             f"plan = Plan.load({plan_path!r})  # the plan's batches and LR; start the data loader at "
+             f"global_batch_size={rows[0]['batch_size_tokens']}",
+             f"SEQ_LEN = {plan.seq_len}",
              "batch_size_scheduler = BatchSizeSchedulerCallback(",
              f"    batch_sizes=[{batches}],",
              f"    schedule=[{schedule}],",
-             ")"]
-    lines += [f"# LR: {line}" for line in _olmo_lr_lines(rows)]
+             ")",
+             "",
+             "",
+             "@dataclass",
+             "class PlanLR(Scheduler):",
+             "    \"\"\"The plan's LR at every update (bsadvisor), in place of OLMo-core's sqrt(new/old) factor.\"\"\"",
+             "",
+             "    units: SchedulerUnits = SchedulerUnits.tokens",
+             "",
+             "    def get_lr(self, initial_lr, current, t_max):",
+             "        return plan.at_sample(current // SEQ_LEN).lr",
+             "",
+             "    def set_lr(self, group, trainer):",
+             "        batch = trainer.data_loader.global_batch_size  # tokens, as OLMo-core trains it now",
+             "        start = (trainer.global_train_tokens_seen - batch) // SEQ_LEN  # this update's first sample",
+             "        stage = plan.stages[plan.stage_index_at_sample(start)]",
+             "        if stage.batch_size * SEQ_LEN != batch:  # OLMo-core has not changed the batch yet",
+             "            stage = [s for s in plan.stages if s.start_sample <= start and s.batch_size * SEQ_LEN == batch][-1]",
+             "        if group.get('plan_lr_ratio') is None:  # the group's LR relative to the plan's base LR",
+             f"            group['plan_lr_ratio'] = group.get(self.initial_lr_field) or group[self.lr_field]",
+             f"            group['plan_lr_ratio'] /= {plan.inputs.get('lr') or plan.stages[0].lr!r}",
+             "        lr = plan.lr_at(stage, start) * group['plan_lr_ratio']",
+             "        group[self.lr_field] = lr",
+             "        return lr",
+             "",
+             "",
+             "lr_scheduler = PlanLR()  # the train module's scheduler"]
     return "\n".join(lines) + "\n"
 
 

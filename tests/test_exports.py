@@ -114,6 +114,183 @@ def test_a_plan_whose_batch_comes_back_down_is_refused_for_megatron_and_kept_by_
     assert [b // 64 for b in parse_olmo(text).batch_sizes] == [p.batch_size for p in changes(plan)]
 
 
+# ---------------------------------------------------------------------- Megatron-Core >= 0.18: the step schedule
+def megatron_core_parser() -> argparse.ArgumentParser:
+    """The flags as Megatron-Core 0.18's training_config.py declares them (argparse from the dataclass fields)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--step-batch-size-schedule", type=str, default=None)
+    p.add_argument("--global-batch-size", type=int, default=None)
+    p.add_argument("--rampup-batch-size", nargs=3, type=int, default=None)
+    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--train-iters", type=int, default=None)
+    p.add_argument("--seq-length", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
+                   default="linear")
+    p.add_argument("--lr-warmup-samples", type=int, default=0)
+    p.add_argument("--lr-warmup-init", type=float, default=0.0)
+    p.add_argument("--lr-decay-samples", type=int, default=None)
+    p.add_argument("--lr-wsd-decay-samples", type=int, default=None)
+    p.add_argument("--lr-wsd-decay-style", default="exponential")
+    return p
+
+
+def megatron_core_run(text: str):
+    """(consumed samples, global batch, LR) of every update Megatron-Core >= 0.18 trains from ``text``.
+
+    Its rules, written out from num_microbatches_calculator.py (StepBatchsizeNumMicroBatchesCalculator:
+    entries split on spaces and commas, each number read as int(float(x) × K/M/B/T), thresholds in tokens
+    divided by --seq-length when there is one, sorted, the first at 0, strictly increasing; the batch of
+    the last threshold <= consumed), training.py (update_train_iters: updates until consumed >=
+    --train-samples; --global-batch-size refused beside the schedule) and optimizer_param_scheduler.py
+    (get_lr over consumed samples: linear warmup from --lr-warmup-init, then the decay style)."""
+    args = megatron_core_parser().parse_args(shlex.split(text))
+    assert args.global_batch_size is None and args.rampup_batch_size is None and args.train_iters is None
+
+    def number(x: str) -> int:
+        x = x.strip().upper()
+        mult = {"T": 10**12, "B": 10**9, "M": 10**6, "K": 10**3}.get(x[-1:], 1)
+        return int(float(x[:-1] if mult > 1 else x) * mult)
+
+    schedule = []
+    for entry in args.step_batch_size_schedule.strip().replace(",", " ").split():
+        t, b = entry.split(":", 1)
+        t = number(t) // args.seq_length if args.seq_length is not None else number(t)
+        schedule.append((t, number(b)))
+    schedule.sort(key=lambda e: e[0])
+    assert schedule[0][0] == 0 and all(b[0] > a[0] for a, b in zip(schedule, schedule[1:]))
+    decay = args.lr_decay_samples or args.train_samples
+    warm, peak, floor = args.lr_warmup_samples, args.lr, args.min_lr
+    assert warm < decay and floor <= peak
+
+    def lr_at(c: int) -> float:
+        if warm > 0 and c <= warm:
+            return args.lr_warmup_init + (peak - args.lr_warmup_init) * c / warm
+        if args.lr_decay_style == "constant":
+            return peak
+        if c > decay:
+            return floor
+        ratio = (c - warm) / (decay - warm)
+        if args.lr_decay_style == "linear":
+            coeff = 1 - ratio
+        elif args.lr_decay_style == "cosine":
+            coeff = 0.5 * (math.cos(math.pi * ratio) + 1)
+        else:  # WSD
+            start = decay - args.lr_wsd_decay_samples
+            w = 0.0 if c <= start else (c - start) / args.lr_wsd_decay_samples
+            coeff = 1 - w if args.lr_wsd_decay_style == "linear" else 0.5 * (math.cos(math.pi * w) + 1)
+        return floor + coeff * (peak - floor)
+
+    def batch_at(c: int) -> int:
+        return [b for t, b in schedule if c >= t][-1]
+
+    out, consumed = [], 0
+    while consumed < args.train_samples:
+        out.append((consumed, batch_at(consumed), lr_at(consumed)))
+        consumed += batch_at(consumed)
+    megatron_core_run.batch_at = batch_at  # the calculator's batch at any consumed count, for the last text run
+    return out
+
+
+def same_updates(ran, want) -> bool:
+    """Megatron's updates are the plan's; its last one takes a whole batch where the plan's is cut at the end."""
+    return ([u[:2] for u in ran[:-1]] == [u[:2] for u in want[:-1]] and ran[-1][0] == want[-1][0]
+            and ran[-1][1] >= want[-1][1] and len(ran) == len(want))
+
+
+def plan_updates(plan: Plan):
+    """(start, examples, LR) of every update of the plan, walked from Plan.at_sample and the epoch's end."""
+    out, s, n = [], 0, plan.dataset_size
+    while s < plan.total_samples:
+        st = plan.at_sample(s)
+        end = min(s + st.batch_size, plan.total_samples, (s // n + 1) * n if n else plan.total_samples)
+        out.append((s, end - s, st.lr))
+        s = end
+    return out
+
+
+def test_megatron_step_schedule_parsed_as_megatron_core_gives_the_plans_batch_at_every_update():
+    plan = convert_schedule(**{k: v for k, v in LLM.items() if k != "adam_rule"}, seq_len=2048, round_to=8)
+    text, rows, notes = export(plan, "megatron")
+    assert "--seq-length 2048" in text and "--global-batch-size" not in text
+    ran, want = megatron_core_run(text), plan_updates(plan)
+    assert same_updates(ran, want)
+    for st in plan.stages:  # the calculator's batch at every stage start is the stage's
+        assert megatron_core_run.batch_at(st.start_sample) == st.batch_size
+    # the temperature error the notes state, at the plan's batch: |LR_megatron / LR_plan − 1|, sample-weighted
+    errors = [(abs(lr / w[2] - 1), w[1]) for (_, _, lr), w in zip(ran, want)]
+    mean = sum(e * n for e, n in errors) / plan.total_samples
+    stated = next(n for n in notes if "keep the temperature within" in n)
+    stated_mean = float(stated.split("within ")[1].split("%")[0]) / 100
+    stated_max = float(stated.split("average, ")[1].split("%")[0]) / 100
+    assert abs(mean - stated_mean) < 0.01 and max(e for e, _ in errors) <= stated_max + 0.005
+
+
+def test_megatron_step_schedule_is_exact_for_a_plan_whose_lr_megatron_holds():
+    # batch growth replacing a step decay entirely (constant LR): batches exact, LR exact, in samples (no seq_len)
+    bounds = [(0, 4000, 32), (4000, 8000, 64), (8000, 20000, 256)]
+    plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=20_000)
+    text, _, notes = export(plan, "megatron")
+    assert "--seq-length" not in text and "--lr-decay-style constant" in text
+    ran, want = megatron_core_run(text), plan_updates(plan)
+    assert same_updates(ran, want) and [u[2] for u in ran] == [u[2] for u in want]
+    assert any("the batch and the LR are the plan's at every update" in n for n in notes)
+
+
+def test_megatron_step_notes_a_multi_epoch_plan_whose_epochs_it_would_not_cut():
+    plan = convert_schedule(lr=0.1, batch_size=128, dataset_size=50_000, epochs=30, momentum=0.9,
+                            schedule="MultiStepLR(milestones=[10, 20], gamma=0.2)")
+    _, _, notes = export(plan, "megatron")
+    assert any("Megatron counts no epochs" in n and "from sample 50,000" in n for n in notes)
+    # batches that divide the data set: Megatron's updates are the plan's across epochs
+    aligned = Plan(stages=[Stage(0, 2000, 100, 0.1, 0.0, 1.0), Stage(2000, 6000, 200, 0.1, 0.0, 1.0)],
+                   dataset_size=1000)
+    text, _, notes = export(aligned, "megatron")
+    assert not any("Megatron counts no epochs" in n for n in notes)
+    assert megatron_core_run(text) == plan_updates(aligned)  # the last update too: the batches divide the run
+
+
+def test_megatron_refuses_an_lr_its_schedules_cannot_hold_and_numbers_its_parser_would_round():
+    plan = convert_schedule(**{k: v for k, v in LLM.items() if k != "adam_rule"}, growth_factor=2, seq_len=2048)
+    with pytest.raises(UserError, match="cannot hold this plan's LR") as e:
+        export(plan, "megatron")
+    assert "\n" not in str(e.value) and "--format csv" in str(e.value)
+    jump = Plan(stages=[Stage(0, 1000, 1, 0.1, 0.0, 1.0), Stage(1000, 1000 + 2**60, 2**60, 0.1, 0.0, 1.0)],
+                dataset_size=None)
+    with pytest.raises(UserError, match="2\\^53"):
+        export(jump, "megatron")
+
+
+@pytest.mark.parametrize("fmt, version", [("megatron", "0.18"), ("megatron", "0.17"), ("olmo", "0.18"),
+                                          ("csv", "0.18")])
+def test_a_batch_jump_of_2_to_the_60_answers_at_once(fmt, version):
+    """Issue 32: the old ramp search divided by every number up to √(2^60) (~10^9 turns); every format now
+    answers in a bounded number of steps, with its export or a one-line refusal (the time is
+    benchmarks/export_scaling.py's to measure; here a bound on the work: no more than a few thousand
+    candidate increments are ever tried)."""
+    import bsadvisor.core.exports as ex
+
+    jump = Plan(stages=[Stage(0, 1000, 1, 0.1, 0.0, 1.0), Stage(1000, 1000 + 2**60, 2**60, 0.1, 0.0, 1.0)],
+                dataset_size=None, inputs={"optimizer": "adamw", "seq_len": 2})
+    assert len(ex._ramp_increments(2**60, 1)) <= ex.RAMP_MAX_INCREMENTS
+    try:
+        text, _, _ = export(jump, fmt, version)
+    except UserError as e:
+        assert "\n" not in str(e)
+        return
+    if fmt == "megatron":
+        assert megatron_batches(text, [0, 1000]) == [1, 2**60]
+
+
+def test_megatron_version_is_checked():
+    plan = Plan(stages=[Stage(0, 1000, 8, 0.1, 0.0, 1.0)], dataset_size=1000)
+    assert export(plan, "megatron", "0.19.1")[0].startswith("--step-batch-size-schedule")
+    assert export(plan, "megatron", "0.16")[0].startswith("--global-batch-size")
+    with pytest.raises(UserError, match="--megatron-version"):
+        export(plan, "megatron", "latest")
+
+
 # ------------------------------------------------------------------------------------------------ OLMo-core
 @dataclass
 class Duration:

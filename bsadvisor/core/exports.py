@@ -48,7 +48,8 @@ def export(plan: Plan, format_name: str, megatron_version: str = "0.18",
     fmt = check_format(format_name)
     if fmt == "megatron":
         if check_megatron_version(megatron_version) == "0.17":
-            return export_megatron_ramp(plan), megatron_ramp_rows(plan), megatron_ramp_notes(plan)
+            ramp = megatron_ramp(plan)  # the search once, for the text, the rows and the notes
+            return export_megatron_ramp(plan, ramp), megatron_ramp_rows(plan, ramp), megatron_ramp_notes(plan, ramp)
         step = megatron_step(plan)
         return step.text, step.rows, step.notes
     if fmt == "olmo":
@@ -213,10 +214,10 @@ def megatron_flags(plan, ramp: MegatronRamp) -> str:
     return f"--rampup-batch-size {ramp.start} {ramp.increment} {ramp.ramp_samples} {flags}"
 
 
-def export_megatron_ramp(plan) -> str:
+def export_megatron_ramp(plan, ramp: Optional[MegatronRamp] = None) -> str:
     """Megatron-Core ≤ 0.17's flags for the best linear ramp (sample-based training: --train-samples), or a
     UserError when even the best ramp is more than MEGATRON_TOLERANCE off the plan's temperature."""
-    ramp = megatron_ramp(plan)
+    ramp = ramp or megatron_ramp(plan)
     if ramp.mean_error > MEGATRON_TOLERANCE:
         raise UserError(f"the plan cannot be expressed as Megatron-LM's linear --rampup-batch-size: its batches "
                         f"({' → '.join(map(str, _distinct(plan)))}) are no linear ramp, and the best one "
@@ -232,14 +233,14 @@ def _distinct(plan) -> list[int]:
     return bs if len(bs) <= 5 else bs[:4] + ["…", bs[-1]]
 
 
-def megatron_ramp_rows(plan) -> list[dict]:
-    ramp = megatron_ramp(plan)
+def megatron_ramp_rows(plan, ramp: Optional[MegatronRamp] = None) -> list[dict]:
+    ramp = ramp or megatron_ramp(plan)
     return [{**ramp._asdict(), "train_samples": plan.total_samples}]
 
 
-def megatron_ramp_notes(plan) -> list[str]:
+def megatron_ramp_notes(plan, ramp: Optional[MegatronRamp] = None) -> list[str]:
     """How far the linear ramp is from the plan, and what the flags cannot hold."""
-    ramp = megatron_ramp(plan)
+    ramp = ramp or megatron_ramp(plan)
     notes = []
     if ramp.final != ramp.start:
         exact = ramp.max_error < 1e-9

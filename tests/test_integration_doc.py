@@ -28,10 +28,11 @@ def python_blocks() -> list[str]:
 
 
 def test_every_python_block_is_run_here():
-    # plain PyTorch (2, run together), Lightning (1) and Accelerate (1): nothing else goes untested
+    # plain PyTorch (2, run together), Lightning (1), Accelerate (1) and the transformers Trainer (1):
+    # nothing else goes untested
     every = re.findall(r"```python\n", (ROOT / "docs" / "integration.md").read_text())
-    assert len(every) == 4 == len(python_blocks()) + len(blocks_under("PyTorch Lightning")) + len(
-        blocks_under("Hugging Face Accelerate"))
+    assert len(every) == 5 == len(python_blocks()) + len(blocks_under("PyTorch Lightning")) + len(
+        blocks_under("Hugging Face Accelerate")) + len(blocks_under("Hugging Face Trainer"))
 
 
 def test_blocks_are_under_30_lines():
@@ -146,3 +147,37 @@ def test_accelerate_block_trains_as_bsadvisor_does(monkeypatch, tmp_path, capsys
     trained = ns["accelerator"].unwrap_model(ns["model"])
     torch.testing.assert_close(trained.state_dict(), model.state_dict())
     assert float(lines[-1].split()[-1]) < 0.1
+
+
+@pytest.mark.slow  # trains with the transformers Trainer
+def test_trainer_block_follows_the_plan(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import torch
+
+    (block,) = blocks_under("Hugging Face Trainer")
+    assert len([ln for ln in block.splitlines() if ln.strip()]) < 35
+    seen = []  # the examples the forward sees between optimizer steps, counted from outside
+    forward = torch.nn.Module.__call__
+
+    def counting(self, *args, **kwargs):
+        if type(self).__name__ == "Regression":
+            seen.append(len(kwargs.get("x", args[0] if args else [])))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    steps = []
+    original_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        steps.append((sum(seen), self.param_groups[0]["lr"]))
+        seen.clear()
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
+    plan = ns["plan"]
+    want = plan_updates(plan)
+    assert len(set(plan.stage_batch_sizes())) == 3 and plan.full_epochs == 1  # growth inside the epoch
+    assert [b for b, _ in steps] == [size for _, size in want]
+    assert [lr for _, lr in steps] == pytest.approx([plan.at_sample(s).lr for s, _ in want], rel=1e-12)
+    assert lines[-1] == f"{len(want)} updates instead of {plan.baseline_updates}"

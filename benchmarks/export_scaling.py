@@ -25,7 +25,8 @@ CASES = [(f, f, "0.18") for f in EXPORT_FORMATS] + [("megatron-0.17", "megatron"
 
 def plan_of(k: int, growing: bool = False) -> Plan:
     """K stages of a tenth of an epoch each, batches 8, 16, 8, 16, ... (an Adam plan in tokens, so OLMo-core
-    takes it); ``growing``: 8, 16, 24, ... (the old ramp refuses a batch that comes back down at once)."""
+    takes it); ``growing``: 8, 16, 24, ... (the linear ramps, Megatron 0.17 and MaxText, refuse a batch that
+    comes back down at once)."""
     n = 160 * k // 10
     stages = [Stage(i * 160, (i + 1) * 160, 8 * (i + 1) if growing else 8 * (1 + i % 2), 0.1, 0.9, 1.0)
               for i in range(k)]
@@ -55,7 +56,7 @@ def main() -> None:
     print(f"{'format':<15}{'stages':>10}{'seconds':>10}{'µs/stage':>10}  outcome")
     for label, fmt, version in CASES:
         for k in args.stages:
-            took, outcome = timed(plan_of(k, growing=version == "0.17"), fmt, version)
+            took, outcome = timed(plan_of(k, growing=version == "0.17" or fmt == "maxtext"), fmt, version)
             print(f"{label:<15}{k:>10,}{took:>10.2f}{took / k * 1e6:>10.1f}  {outcome}", flush=True)
     print("\na batch jump of 2^60:")
     for label, fmt, version in CASES:

@@ -30,6 +30,10 @@ LLM = dict(lr=6e-4, batch_size=500, dataset_size=10_000_000, epochs=1, optimizer
                                       "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
 
 
+#: the LLM example under the default Adam rule (docs/integration.md's command)
+DEFAULT_RULE = {k: v for k, v in LLM.items() if k != "adam_rule"}
+
+
 # --------------------------------------------------------------------------------------------- Megatron
 def megatron_parser() -> argparse.ArgumentParser:
     """The flags as Megatron-LM's arguments.py defines them."""
@@ -263,7 +267,7 @@ def test_megatron_refuses_an_lr_its_schedules_cannot_hold_and_numbers_its_parser
 
 
 @pytest.mark.parametrize("fmt, version", [("megatron", "0.18"), ("megatron", "0.17"), ("olmo", "0.18"),
-                                          ("csv", "0.18")])
+                                          ("maxtext", "0.18"), ("levanter", "0.18"), ("csv", "0.18")])
 def test_a_batch_jump_of_2_to_the_60_answers_at_once(fmt, version):
     """Issue 32: the old ramp search divided by every number up to √(2^60) (~10^9 turns); every format now
     answers in a bounded number of steps, with its export or a one-line refusal (the time is
@@ -289,6 +293,146 @@ def test_megatron_version_is_checked():
     assert export(plan, "megatron", "0.16")[0].startswith("--global-batch-size")
     with pytest.raises(UserError, match="--megatron-version"):
         export(plan, "megatron", "latest")
+
+
+# ------------------------------------------------------------------------------------------- Levanter, MaxText
+def levanter_run(text: str):
+    """(consumed samples, batch, LR) of every step Levanter trains from the exported config, by its rules written
+    out from levanter/schedule.py (BatchSchedule: segments [start, next start) at their value; the data offset
+    is the sum of the batches before) and levanter/optim/config.py (lr_scheduler: optax linear warmup from 0 for
+    ``warmup`` steps, a stable part when ``decay`` is set, then constant / cosine_decay_schedule(lr, decay_steps,
+    min_lr_ratio) / linear_schedule(lr, min_lr, decay_steps), joined at the boundaries)."""
+    import yaml
+
+    doc = yaml.safe_load(text)
+    t, o = doc["trainer"], doc["optimizer"]
+    segments = [(e["start"], e["value"]) for e in t["train_batch_size"]]
+    assert segments[0][0] == 0 and all(b[0] > a[0] for a, b in zip(segments, segments[1:]))
+    steps, lr, warm = t["num_train_steps"], o["learning_rate"], o["warmup"]
+    assert isinstance(warm, int)  # an int is steps (a float would be a fraction)
+    decay = o["decay"] if o["decay"] is not None else steps - warm
+    stable = steps - warm - decay
+    floor = lr * o["min_lr_ratio"]
+
+    def lr_at(step: int) -> float:
+        if warm and step < warm:
+            return lr * step / warm
+        k = step - warm
+        if k < stable:
+            return lr
+        k -= stable
+        if o["lr_schedule"] == "constant":
+            return lr
+        if o["lr_schedule"] == "cosine":
+            c = min(k, decay) / decay
+            return lr * ((1 - o["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * c)) + o["min_lr_ratio"])
+        return lr + (floor - lr) * min(k, decay) / decay  # linear
+
+    out, consumed = [], 0
+    for step in range(steps):
+        batch = [v for start, v in segments if step >= start][-1]
+        out.append((consumed, batch, lr_at(step)))
+        consumed += batch
+    return out
+
+
+def test_levanter_batch_schedule_is_the_plans_and_its_lr_error_is_as_stated():
+    plan = convert_schedule(**{**DEFAULT_RULE, "batch_size": 512}, seq_len=2048, round_to=8)
+    text, rows, notes = export(plan, "levanter")
+    ran, want = levanter_run(text), plan_updates(plan)
+    assert same_updates(ran, want) and len({b for _, b, _ in ran}) == len(rows) > 5
+    errors = [(abs(lr / w[2] - 1), w[1]) for (_, _, lr), w in zip(ran, want)]
+    mean = sum(e * n for e, n in errors) / plan.total_samples
+    stated = next(n for n in notes if "keep" in n or "keeps" in n)
+    assert abs(mean - float(stated.split("within ")[1].split("%")[0]) / 100) < 0.01
+
+
+def test_levanter_is_exact_for_a_constant_lr_plan_and_refuses_an_lr_it_cannot_hold():
+    bounds = [(0, 4000, 32), (4000, 8000, 64), (8000, 20000, 256)]
+    plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=20_000)
+    text, _, notes = export(plan, "levanter")
+    ran, want = levanter_run(text), plan_updates(plan)
+    assert same_updates(ran, want) and [u[2] for u in ran] == [u[2] for u in want]
+    with pytest.raises(UserError, match="Levanter's LR schedules") as e:
+        export(convert_schedule(**DEFAULT_RULE, growth_factor=2, seq_len=2048), "levanter")
+    assert "\n" not in str(e.value)
+
+
+def maxtext_run(text: str, devices: int = 1):
+    """(consumed, batch, LR) of every step MaxText trains from the exported config, by its rules written out from
+    maxtext/utils/rampup_batch.py (RampupBatchManager: global = int(devices × per-device); samples per
+    increment R/n; after each step the samples of the stage grow by the batch, and once they reach R/n the batch
+    grows by the increment and the count restarts at 0) and maxtext_utils.create_learning_rate_schedule (linear
+    warmup from 0 over int(schedule_steps × warmup_steps_fraction) steps; cosine to the final fraction over the
+    rest with pct = step/(len − 1), or WSD: stable, then linear over int(schedule_steps ×
+    wsd_decay_steps_fraction) − 1 steps or cosine)."""
+    import yaml
+
+    c = yaml.safe_load(text)
+    lr, final_lr, sched = c["learning_rate"], c["learning_rate"] * c["learning_rate_final_fraction"], \
+        c["learning_rate_schedule_steps"]
+    warm = int(sched * c["warmup_steps_fraction"])
+
+    def cos(init, end, n, k):
+        pct = k / (n - 1) if n > 1 else 1.0
+        a = 0.5 * (math.cos(math.pi * pct) + 1)
+        return init * a + end * (1 - a)
+
+    def lr_at(step: int) -> float:
+        if warm and step < warm:
+            return lr * step / warm
+        k = step - warm
+        if c["lr_schedule_type"] == "cosine":
+            return cos(lr, final_lr, sched - warm, k)
+        decay = int(sched * c["wsd_decay_steps_fraction"])
+        stable = sched - warm - decay
+        if k < stable:
+            return lr
+        k -= stable
+        if c["wsd_decay_style"] == "linear":
+            return lr + (final_lr - lr) * min(k, decay - 1) / max(decay - 1, 1)
+        return cos(lr, final_lr, decay, k)
+
+    end = int(devices * c["per_device_batch_size"])
+    if c["enable_rampup_batch_size"]:
+        current = int(devices * c["per_device_batch_size_start"])
+        inc = int(devices * c["per_device_batch_size_increment"])
+        per = c["global_rampup_samples"] / ((c["per_device_batch_size"] - c["per_device_batch_size_start"])
+                                            // c["per_device_batch_size_increment"])
+    else:
+        current = end
+    out, consumed, accum = [], 0, 0
+    for step in range(c["steps"]):
+        out.append((consumed, current, lr_at(step)))
+        consumed += current
+        if current < end:
+            accum += current
+            if accum >= per:
+                current, accum = min(current + inc, end), 0
+    return out
+
+
+def test_maxtext_ramp_trains_a_linear_plan_exactly():
+    bounds = [(0, 3072, 32), (3072, 6144, 64), (6144, 9216, 96), (9216, 20000, 128)]
+    plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=20_000)
+    text, rows, notes = export(plan, "maxtext")
+    assert "enable_rampup_batch_size: true" in text and "within 0.0%" in notes[0]
+    ran, want = maxtext_run(text), plan_updates(plan)
+    assert same_updates(ran, want) and [u[2] for u in ran] == pytest.approx([u[2] for u in want], rel=1e-12)
+
+
+def test_maxtext_per_device_batches_and_refusals():
+    bounds = [(0, 3072, 32), (3072, 6144, 64), (6144, 9216, 96), (9216, 20000, 128)]
+    plan = Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=20_000,
+                inputs={"world_size": 4})
+    text, _, _ = export(plan, "maxtext")
+    assert "per_device_batch_size_start: 8\n" in text and "per_device_batch_size: 32\n" in text
+    assert same_updates(maxtext_run(text, devices=4), plan_updates(plan))
+    # a geometric plan is no linear ramp: one line
+    with pytest.raises(UserError, match="MaxText") as e:
+        export(convert_schedule(**{**DEFAULT_RULE, "batch_size": 512}, seq_len=2048, round_to=8),
+               "maxtext")
+    assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------ OLMo-core
@@ -479,4 +623,9 @@ def test_the_worked_example_in_integration_md_is_what_export_prints():
     step, _, notes = export(fine, "megatron")
     assert f"$ bsadvisor export plan.json --format megatron\n{step}" + "".join(f"note: {n}\n" for n in notes) in doc
     ramp, _, _ = export(convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=1000), "megatron", "0.17")
+    lev, _, lev_notes = export(fine, "levanter")
+    assert f"$ bsadvisor export plan.json --format levanter\n{lev}" + "".join(f"note: {n}\n" for n in lev_notes) in doc
+    with pytest.raises(UserError) as e:
+        export(fine, "maxtext")
+    assert f"$ bsadvisor export plan.json --format maxtext\nerror: {e.value}" in doc
     assert f"$ bsadvisor export plan.json --format megatron --megatron-version 0.17\n{ramp}" in doc

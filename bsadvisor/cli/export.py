@@ -21,7 +21,13 @@ EXPORT_EXAMPLES = """
 
   [cyan]bsadvisor export plan.json --format megatron --megatron-version 0.17[/]
 
-  OLMo-core: a Python snippet that builds its BatchSizeSchedulerCallback in tokens (a plan made with --seq-len, an Adam-family optimizer and --growth-factor), with the LR factors net of OLMo-core's own square-root scaling:
+  MaxText (its batch ramp and LR schedule, per device for the plan's --world-size) and Levanter (train_batch_size as a step schedule, and its LR), each with its temperature error, or one line saying why it is too far:
+
+  [cyan]bsadvisor export plan.json --format maxtext[/]
+
+  [cyan]bsadvisor export plan.json --format levanter[/]
+
+  OLMo-core: a Python snippet that builds its BatchSizeSchedulerCallback in tokens (a plan made with --seq-len, an Adam-family optimizer and --growth-factor) and PlanLR, an OLMo-core scheduler that trains the plan's LR in place of OLMo-core's own square-root scaling (it reads plan.json):
 
   [cyan]bsadvisor export plan.json --format olmo[/]
 

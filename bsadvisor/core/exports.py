@@ -15,7 +15,7 @@ from bsadvisor.core.errors import UserError
 if TYPE_CHECKING:  # annotations only: `bsadvisor --help` need not import the plan schema
     from bsadvisor.core.plan import Plan
 
-EXPORT_FORMATS = ("megatron", "olmo", "csv")
+EXPORT_FORMATS = ("megatron", "olmo", "maxtext", "levanter", "csv")
 #: Megatron-Core releases the export writes for: 0.18 on reads --step-batch-size-schedule, 0.17 and older the ramp.
 MEGATRON_VERSIONS = ("0.18", "0.17")
 EXPORT_SCHEMA = "bsadvisor.export/2"
@@ -54,6 +54,10 @@ def export(plan: Plan, format_name: str, megatron_version: str = "0.18",
         return step.text, step.rows, step.notes
     if fmt == "olmo":
         return export_olmo(plan, plan_path), olmo_rows(plan), olmo_notes(plan)
+    if fmt == "levanter":
+        return levanter_schedule(plan)
+    if fmt == "maxtext":
+        return maxtext_ramp(plan)
     return export_csv(plan), csv_rows(plan), []
 
 
@@ -339,44 +343,73 @@ def megatron_lr_at(lr: MegatronLR, consumed):
 LR_GRID = 2048
 
 
-def megatron_lr(plan) -> MegatronLR:
-    """The Megatron LR flags closest to the plan's LR: its warmup (the plan's warmup stages, linear as
-    LinearLR's), then constant, linear or cosine decay to its last LR, or WSD whose decay is the plan's
-    hybrid/original tail. The one with the smallest mean |LR_megatron/LR_plan − 1| over the run wins;
-    at the plan's batch that ratio is the temperature's (eq. 1: T ∝ LR at a given batch)."""
+def lr_grid(plan):
+    """(grid, in_slices, lr_plan): the sample positions the LR is compared at (the middles of LR_GRID equal
+    slices of the run, and at most LR_GRID stage starts), which of them are the slices' (the mean is
+    theirs: each stands for an equal share of the samples), and the plan's LR there."""
     import numpy as np
 
-    total, stages = plan.total_samples, plan.stages
-    starts = _spread([s.start_sample for s in stages], LR_GRID)
-    grid = np.unique(np.concatenate([(np.arange(LR_GRID) + 0.5) * total / LR_GRID, starts]).astype(np.int64))
-    slices = (np.arange(LR_GRID) + 0.5) * total / LR_GRID
-    in_slices = np.isin(grid, slices.astype(np.int64))
-    lr_plan = np.asarray([plan.at_sample(int(x)).lr for x in grid])
+    total = plan.total_samples
+    starts = _spread([s.start_sample for s in plan.stages], LR_GRID)
+    slices = ((np.arange(LR_GRID) + 0.5) * total / LR_GRID).astype(np.int64)
+    grid = np.unique(np.concatenate([slices, starts]).astype(np.int64))
+    return grid, np.isin(grid, slices), np.asarray([plan.at_sample(int(x)).lr for x in grid])
+
+
+def megatron_lr(plan) -> MegatronLR:
+    """The Megatron LR flags closest to the plan's LR (closest_lr over consumed samples, warmup from the plan's
+    first LR as Megatron's --lr-warmup-init allows)."""
+    return closest_lr(plan)
+
+
+def closest_lr(plan, position=None, total=None, init_zero: bool = False, batch_error=None) -> MegatronLR:
+    """The framework LR schedule closest to the plan's LR: its warmup (the plan's warmup stages, linear as
+    LinearLR's), then constant, linear or cosine decay to its last LR, or WSD whose decay is the plan's
+    hybrid/original tail. The one with the smallest mean |T/T_plan − 1| over the run wins, where at the
+    plan's batch T/T_plan is LR/LR_plan (eq. 1: T ∝ LR at a given batch), times ``batch_error`` (the
+    temperature factor of a batch that is not the plan's, per grid point) where given.
+
+    ``position`` maps sample positions (numpy) to the framework's own schedule axis (Megatron: samples,
+    the default; Levanter and MaxText: steps) and ``total`` is the run's length on that axis; the
+    returned warmup, decay and WSD lengths are on it. ``init_zero``: the framework warms up from 0.
+    """
+    import numpy as np
+
+    stages = plan.stages
+    grid, in_slices, lr_plan = lr_grid(plan)
+    pos = grid.astype(float) if position is None else position(grid)
+    at = (lambda x: float(x)) if position is None else (lambda x: float(position(np.asarray([x]))[0]))
+    factor = np.ones(len(grid)) if batch_error is None else batch_error(grid)
     warmup = 0
-    for s in stages:  # the warmup stages at the start
-        if s.phase != "warmup":
+    for st in stages:  # the warmup stages at the start
+        if st.phase != "warmup":
             break
-        warmup = s.end_sample
-    warmup = min(warmup, total - 1)
-    init = plan.at_sample(0).lr if warmup else 0.0
+        warmup = st.end_sample
+    warmup = min(warmup, plan.total_samples - 1)
+    length = float(plan.total_samples if total is None else total)
+    warm = int(round(at(warmup))) if warmup else 0
+    init = 0.0 if init_zero or not warmup else plan.at_sample(0).lr
     peak = float(lr_plan[grid >= warmup].max()) if warmup else float(lr_plan.max())
-    last = plan.at_sample(total - 1).lr
-    tail = next((s.start_sample for s in stages if s.phase in ("hybrid", "original") and s.start_sample > warmup), None)
+    last = plan.at_sample(plan.total_samples - 1).lr
+    tail = next((st.start_sample for st in stages if st.phase in ("hybrid", "original") and st.start_sample > warmup),
+                None)
     # a constant LR at the peak, or at the value nearest the plan's on average (the 1/LR-weighted median
     # minimises the mean |c/LR − 1|): the plan's LR saw-tooths where its factor holds the original's decay
-    after = np.sort(lr_plan[in_slices & (grid > warmup)]) if (in_slices & (grid > warmup)).any() else lr_plan
+    late = in_slices & (grid > warmup)
+    after = np.sort(lr_plan[late] / factor[late]) if late.any() else lr_plan
     weights = np.cumsum(1 / after)
     middle = float(after[np.searchsorted(weights, weights[-1] / 2)])
     candidates = [("constant", peak, 0, "linear"), ("constant", middle, 0, "linear")]
     if last < peak:
         candidates += [("linear", last, 0, "linear"), ("cosine", last, 0, "linear")]
         if tail is not None:
-            candidates += [("WSD", last, total - tail, style) for style in ("linear", "cosine")]
+            wsd = int(round(length - at(tail)))
+            candidates += [("WSD", last, wsd, style) for style in ("linear", "cosine")]
     best = None
     for style, floor, wsd, wsd_style in candidates:
         top = floor if style == "constant" else peak
-        lr = MegatronLR(style, min(init, top), top, floor, warmup, total, wsd, wsd_style, 0.0, 0.0, 0)
-        ratio = np.abs(megatron_lr_at(lr, grid) / lr_plan - 1)
+        lr = MegatronLR(style, min(init, top), top, floor, warm, int(round(length)), wsd, wsd_style, 0.0, 0.0, 0)
+        ratio = np.abs(megatron_lr_at(lr, pos) * factor / lr_plan - 1)
         score = float(ratio[in_slices].mean()) if in_slices.any() else float(ratio.mean())
         if best is None or score < best[0] - 1e-12:
             best = (score, lr, ratio)
@@ -406,6 +439,231 @@ def _unbroken_misalignment(plan) -> Optional[int]:
             e += n
         u += -(-(st.end_sample - u) // b) * b  # updates that start inside the stage
     return None
+
+
+def _unbroken_run(plan) -> tuple[list[int], list[int], int]:
+    """A run that never ends an update at an epoch's end (Megatron, Levanter, MaxText count no epochs):
+    per stage, its first update start (≥ the stage's start: an update of the stage before may reach into
+    it) and the updates before that; and the run's updates in all. One turn per stage."""
+    firsts, before, u, count, total = [], [], 0, 0, plan.total_samples
+    for st in plan.stages:
+        firsts.append(u)
+        before.append(count)
+        end = min(st.end_sample, total)
+        if u < end:
+            k = -(-(end - u) // st.batch_size)
+            count += k
+            u += k * st.batch_size
+    return firsts, before, count
+
+
+def _steps_at(plan, run):
+    """Sample positions (numpy) → steps of the unbroken ``run`` (fractional inside an update)."""
+    import numpy as np
+
+    firsts, before, _ = run
+    starts = np.asarray([st.start_sample for st in plan.stages])
+    batches = np.asarray([st.batch_size for st in plan.stages], dtype=float)
+    u, n = np.asarray(firsts, dtype=float), np.asarray(before, dtype=float)
+
+    def steps(x):
+        x = np.asarray(x, dtype=float)
+        i = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, len(starts) - 1)
+        back = batches[np.maximum(i - 1, 0)]  # inside an update that started in the stage before
+        return np.where(x >= u[i], n[i] + (x - u[i]) / batches[i], n[i] - (u[i] - x) / back)
+
+    return steps
+
+
+def levanter_schedule(plan) -> Exported:
+    """Levanter's TrainerConfig.train_batch_size as a step schedule (ScheduleStep start/value, levanter/schedule.py
+    BatchSchedule: the batch of the last start ≤ step), num_train_steps, and the OptimizerConfig LR closest to
+    the plan's (learning_rate, warmup in steps from 0, lr_schedule, min_lr_ratio, decay) with its temperature
+    error; a UserError when that is more than MEGATRON_TOLERANCE off on average."""
+    run = _unbroken_run(plan)
+    firsts, before, updates = run
+    entries, last = [], None
+    for st, u, n in zip(plan.stages, firsts, before):
+        if u < min(st.end_sample, plan.total_samples) and st.batch_size != last:
+            entries.append((n, st.batch_size))
+            last = st.batch_size
+    lr = closest_lr(plan, _steps_at(plan, run), updates, init_zero=True)
+    if lr.mean_error > MEGATRON_TOLERANCE:
+        raise UserError(f"Levanter's LR schedules (warmup from 0, then constant, linear or cosine, with a final "
+                        f"decay) cannot hold this plan's LR: the closest (learning_rate {fmt_number(lr.peak)}, "
+                        f"lr_schedule {lr.style}) is {lr.mean_error:.0%} off the plan's temperature on average "
+                        f"({lr.max_error:.0%} at worst, over {MEGATRON_TOLERANCE:.0%}); use --format csv with your "
+                        "own LR schedule")
+    schedule = lr.wsd_style if lr.style == "WSD" else lr.style
+    lines = [f"# bsadvisor plan for Levanter: {len(entries)} batch sizes, {updates} steps", "trainer:",
+             f"  num_train_steps: {updates}", "  train_batch_size:"]
+    lines += [f"    - start: {n}\n      value: {b}" for n, b in entries]
+    lines += ["optimizer:", f"  learning_rate: {fmt_number(lr.peak)}", f"  warmup: {lr.warmup}",
+              f"  lr_schedule: {schedule}", f"  min_lr_ratio: {fmt_number(lr.floor / lr.peak)}",
+              f"  decay: {lr.wsd_decay if lr.style == 'WSD' else 'null'}"]
+    notes = [(f"the batch is the plan's at every step; the LR keeps the temperature within {lr.mean_error:.1%} of "
+              f"the plan's on average, {lr.max_error:.1%} at worst (sample {lr.worst_sample:,})")
+             if lr.max_error > 1e-9 else "the batch and the LR are the plan's at every step",
+             f"Levanter checks that every batch is a multiple of per_device_parallelism × the data axis: the plan's "
+             f"are multiples of {_device_unit(plan)} (convert-schedule --round-to, --world-size)"]
+    off = _unbroken_misalignment(plan)
+    if off is not None:
+        notes.append(f"Levanter counts no epochs: the plan ends an update at each epoch's end and Levanter does "
+                     f"not, so from sample {off:,} its steps start up to one batch off the plan's (convert with "
+                     "batches that divide the data set, or --epochs 1)")
+    if len({st.momentum for st in plan.stages}) > 1:
+        notes.append("the plan also changes the momentum (Adam's β1), which this config cannot hold; use --format csv")
+    rows = [{"start_step": n, "batch_size": b} for n, b in entries]
+    return Exported("\n".join(lines) + "\n", rows, notes)
+
+
+class MaxTextRamp(NamedTuple):
+    """MaxText's batch ramp (RampupBatchManager, maxtext/utils/rampup_batch.py) in global batches: START,
+    INCREMENT, FINAL and global_rampup_samples R. Stage k (k < n = (FINAL − START)/INCREMENT) trains at
+    START + k·INCREMENT for ⌈(R/n) / its batch⌉ steps (the samples counted per stage restart at 0), then FINAL."""
+
+    start: int
+    increment: int
+    final: int
+    rampup_samples: int
+
+    def stages(self):
+        """(batches, samples at which each ramp stage ends, steps each takes), numpy."""
+        import numpy as np
+
+        n = (self.final - self.start) // self.increment if self.final > self.start else 0
+        batches = self.start + np.arange(n, dtype=float) * self.increment
+        steps = np.ceil(self.rampup_samples / max(n, 1) / batches) if n else np.zeros(0)
+        return batches, np.cumsum(steps * batches), steps
+
+    def batch_at(self, consumed):
+        import numpy as np
+
+        batches, ends, _ = self.stages()
+        i = np.searchsorted(ends, np.asarray(consumed, dtype=float), side="right")
+        return np.where(i < len(batches), self.start + i * self.increment, self.final)
+
+    def steps_at(self, consumed):
+        """Steps trained after ``consumed`` samples (fractional inside a step)."""
+        import numpy as np
+
+        batches, ends, steps = self.stages()
+        x = np.asarray(consumed, dtype=float)
+        i = np.searchsorted(ends, x, side="right")
+        starts = np.concatenate([[0.0], ends])
+        before = np.concatenate([[0.0], np.cumsum(steps)])
+        b = np.where(i < len(batches), self.start + i * self.increment, self.final)
+        return before[i] + (x - starts[i]) / b
+
+
+#: At most this many ramp increments and lengths are tried for MaxText (each costs a pass over its stages).
+MAXTEXT_INCREMENTS = 16
+MAXTEXT_LENGTHS = 96
+
+
+def _maxtext_best_ramp(plan, steps: list[dict]) -> "MaxTextRamp":
+    """The MaxText ramp (increment, rampup samples) whose batches keep the temperature closest to the plan's at
+    the plan's LR (mean |log T/T_plan| over the run), among bounded candidates (MAXTEXT_INCREMENTS × lengths)."""
+    import numpy as np
+
+    start, final, total = steps[0]["batch_size"], steps[-1]["batch_size"], plan.total_samples
+    unit = _device_unit(plan)
+    grid, in_slices, _ = lr_grid(plan)
+    power, noise = _noise_factor(plan)
+    b_plan = np.asarray([plan.at_sample(int(x)).batch_size for x in grid], dtype=float)
+    if final > start:
+        increments = [i for i in _spread(_ramp_increments(final - start, unit), MAXTEXT_INCREMENTS)]
+        if not increments:
+            raise UserError(f"the plan cannot be expressed as MaxText's batch ramp: no increment that is a multiple "
+                            f"of {unit} divides {final} − {start}; convert again with --round-to {unit}")
+        changes = _spread([p["samples"] for p in steps[1:]], MAXTEXT_LENGTHS // 2)
+        lengths = sorted({int(x) for x in np.linspace(0, total, MAXTEXT_LENGTHS + 1)[1:]} | set(changes))
+        best = None
+        for inc in increments:
+            for r in lengths:
+                ramp = MaxTextRamp(start, inc, final, r)
+                err = np.abs(power * np.log(noise(ramp.batch_at(grid).astype(float)) / noise(b_plan)))
+                score = float(err[in_slices].mean())
+                if best is None or score < best[0] - 1e-15:
+                    best = (score, ramp)
+        ramp = best[1]
+    else:
+        ramp = MaxTextRamp(start, 1, final, 0)
+    return ramp
+
+
+def maxtext_ramp(plan) -> Exported:
+    """MaxText's rampup config (per_device_batch_size_start/_increment/per_device_batch_size,
+    global_rampup_samples) closest to the plan's batches, and its LR config (learning_rate, lr_schedule_type,
+    warmup_steps_fraction, ...) closest to the plan's LR at those batches, with the temperature error of the
+    two together; a UserError when that is more than MEGATRON_TOLERANCE off on average."""
+    import numpy as np
+
+    steps = batch_steps(plan)
+    down = next((b for a, b in zip(steps, steps[1:]) if b["batch_size"] < a["batch_size"]), None)
+    if down is not None:
+        raise UserError(f"MaxText's batch ramp only grows, and the plan's batch comes back down to "
+                        f"{down['batch_size']} at sample {down['samples']:,}; use --format csv")
+    devices = int(plan.inputs.get("world_size") or 1)
+    start, final, total = steps[0]["batch_size"], steps[-1]["batch_size"], plan.total_samples
+    bad = next((p["batch_size"] for p in steps if p["batch_size"] % devices), None)
+    if bad is not None:
+        raise UserError(f"MaxText sets the batch per device, and the plan's batch {bad} is not a multiple of its "
+                        f"{devices} devices; convert again with --world-size and --round-to")
+    power, noise = _noise_factor(plan)
+    ramp = _maxtext_best_ramp(plan, steps)
+    total_steps = int(math.ceil(float(ramp.steps_at(np.asarray([total]))[0]) - 1e-9))
+
+    def batch_error(x):
+        return (noise(ramp.batch_at(x).astype(float)) / noise(np.asarray(
+            [plan.at_sample(int(v)).batch_size for v in x], dtype=float))) ** power
+
+    lr = closest_lr(plan, ramp.steps_at, total_steps, init_zero=True, batch_error=batch_error)
+    if lr.mean_error > MEGATRON_TOLERANCE:
+        raise UserError(f"the plan cannot be expressed as MaxText's batch ramp and LR schedule: the closest "
+                        f"(batches {start} → {final} by {ramp.increment} over {ramp.rampup_samples:,} samples, "
+                        f"LR {lr.style}) is {lr.mean_error:.0%} off the plan's temperature on average "
+                        f"({lr.max_error:.0%} at worst, over {MEGATRON_TOLERANCE:.0%}); use --format csv")
+    lines = [f"# bsadvisor plan for MaxText on {devices} device(s): {len(steps)} batch sizes, {total_steps} steps"]
+    if final > start:
+        lines += ["enable_rampup_batch_size: true",
+                  f"per_device_batch_size_start: {fmt_number(start / devices)}",
+                  f"per_device_batch_size_increment: {fmt_number(ramp.increment / devices)}",
+                  f"per_device_batch_size: {fmt_number(final / devices)}",
+                  f"global_rampup_samples: {ramp.rampup_samples}"]
+    else:
+        lines += ["enable_rampup_batch_size: false", f"per_device_batch_size: {fmt_number(final / devices)}"]
+    decay = {"constant": 0, "linear": total_steps - lr.warmup, "WSD": lr.wsd_decay}.get(lr.style)
+    lines += [f"steps: {total_steps}", f"learning_rate_schedule_steps: {total_steps}",
+              f"learning_rate: {fmt_number(lr.peak)}",
+              f"lr_schedule_type: {'cosine' if lr.style == 'cosine' else 'wsd'}",
+              f"warmup_steps_fraction: {_fraction(lr.warmup, total_steps)}",
+              f"learning_rate_final_fraction: {fmt_number(lr.floor / lr.peak)}"]
+    if decay is not None:
+        lines += [f"wsd_decay_steps_fraction: {_fraction(decay, total_steps)}",
+                  f"wsd_decay_style: {lr.wsd_style if lr.style == 'WSD' else 'linear'}"]
+    exact = all(int(ramp.batch_at(np.asarray([p["samples"]]))[0]) == p["batch_size"] for p in steps)
+    notes = [f"MaxText ramps the batch linearly with equal samples per step of the ramp; with the LR config the "
+             f"temperature stays within {lr.mean_error:.1%} of the plan's on average, {lr.max_error:.1%} at worst "
+             f"(sample {lr.worst_sample:,})" + ("" if exact else "; for the plan itself use --format csv"),
+             f"per-device batches for {devices} device(s) (convert-schedule --world-size): MaxText multiplies them "
+             "by the devices it runs on"]
+    if len({st.momentum for st in plan.stages}) > 1:
+        notes.append("the plan also changes the momentum (Adam's β1), which this config cannot hold; use --format csv")
+    return Exported("\n".join(lines) + "\n",
+                    [{**ramp._asdict(), "devices": devices, "steps": total_steps, "lr_style": lr.style}], notes)
+
+
+def _fraction(count: int, total: int) -> str:
+    """A fraction f that MaxText turns back into ``count`` steps as int(total × f) (float rounding included)."""
+    import numpy as np
+
+    if count <= 0:
+        return "0.0"
+    f = count / total
+    while int(total * f) < count:
+        f = float(np.nextafter(f, 2.0))
+    return repr(f)
 
 
 def megatron_step(plan) -> Exported:

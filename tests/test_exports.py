@@ -580,6 +580,61 @@ def test_olmo_snippet_trains_the_plans_batch_and_lr_on_a_standin(tmp_path):
         assert lr == pytest.approx(plan.lr_at(stage, s), rel=1e-12)
 
 
+def test_olmo_snippet_trains_the_plans_batch_and_lr_with_olmo_core_itself(tmp_path):
+    """The same run with OLMo-core's own BatchSizeSchedulerCallback, Scheduler base class, data loader batch-size
+    setter and TransformerTrainModule type (built without a model: the callback reads only its optim and
+    scheduler), where OLMo-core is installed (pip install ai2-olmo-core; it imports on a CPU)."""
+    pytest.importorskip("olmo_core.train.callbacks")
+    import types
+
+    import torch
+    from olmo_core.data.data_loader import DataLoaderBase
+    from olmo_core.optim.scheduler import Scheduler
+    from olmo_core.train.common import Duration as OlmoDuration
+    from olmo_core.train.train_module import TransformerTrainModule
+
+    plan = convert_schedule(**{**LLM, "adam_rule": "linear"}, growth_factor=2, seq_len=128, max_batch=4000)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    text, _, _ = export(plan, "olmo")
+    ns = {}
+    exec(compile(text.replace("'plan.json'", repr(str(path))), "snippet", "exec"), ns)
+    cb, sched, seq = ns["batch_size_scheduler"], ns["lr_scheduler"], plan.seq_len
+    assert isinstance(sched, Scheduler) and isinstance(cb.schedule[0], OlmoDuration)
+
+    class Loader(DataLoaderBase):  # OLMo-core's global_batch_size setter, nothing else
+        _iter_batches = get_mock_batch = load_state_dict = reshuffle = state_dict = total_batches = None
+
+    Loader.__abstractmethods__ = frozenset()
+    loader = object.__new__(Loader)
+    loader._global_batch_size, loader.batches_processed = cb.batch_sizes[0], 0
+    module = object.__new__(TransformerTrainModule)
+    module.optim = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=6e-4 * 2)  # a group at 2× the LR
+    module.scheduler = sched
+    trainer = types.SimpleNamespace(train_module=module, data_loader=loader, global_step=0, global_train_tokens_seen=0,
+                                    epoch=1, max_duration=OlmoDuration.tokens(plan.total_samples * seq),
+                                    callbacks={}, record_metric=lambda *a, **k: None)
+    cb.trainer = trainer
+    cb.post_attach()  # OLMo-core's check of the scheduler's units
+    group = module.optim.param_groups[0]
+    ran = []
+    while trainer.global_train_tokens_seen < plan.total_samples * seq:
+        cb.pre_load_batch()
+        first = trainer.global_train_tokens_seen // seq
+        trainer.global_step += 1
+        trainer.global_train_tokens_seen += loader.global_batch_size
+        loader.batches_processed += 1
+        ran.append((first, loader.global_batch_size // seq, sched.set_lr(group, trainer) / 2))
+    for s, b, lr in ran:  # the LR of the plan's stage at the batch OLMo-core trains, its √ factor undone
+        stage = [x for x in plan.stages if x.start_sample <= s and x.batch_size == b][-1]
+        assert lr == pytest.approx(plan.lr_at(stage, s), rel=1e-12)
+    on_time = [st for st in changes(plan) if st.start_sample % st.batch_size == 0]
+    assert len(on_time) >= 2
+    by_start = {s: (b, lr) for s, b, lr in ran}
+    for st in on_time:
+        assert by_start[st.start_sample][0] == st.batch_size
+
+
 @pytest.mark.parametrize("kw, fragment", [
     (dict(optimizer="sgd", seq_len=2048, growth_factor=2), "Adam-family"),
     (dict(growth_factor=2), "--seq-len"),

@@ -843,26 +843,15 @@ def export_olmo(plan, plan_path: str = "plan.json") -> str:
              f"            group['plan_lr_ratio'] = group.get(self.initial_lr_field) or group[self.lr_field]",
              f"            group['plan_lr_ratio'] /= {plan.inputs.get('lr') or plan.stages[0].lr!r}",
              "        lr = plan.lr_at(stage, start) * group['plan_lr_ratio']",
-             "        group[self.lr_field] = lr",
+             "        if hasattr(group.get(self.lr_field), 'fill_'):  # a tensor LR (compiled optimizers), as OLMo-core",
+             "            group[self.lr_field].fill_(lr)",
+             "        else:",
+             "            group[self.lr_field] = lr",
              "        return lr",
              "",
              "",
              "lr_scheduler = PlanLR()  # the train module's scheduler"]
     return "\n".join(lines) + "\n"
-
-
-def _olmo_lr_lines(rows: list[dict]) -> list[str]:
-    """What the user's LR scheduler does, net of OLMo-core's own √(B/B_first), one line per batch."""
-    if all(not isinstance(r["lr_factor"], list) and math.isclose(r["lr_factor"], 1.0, rel_tol=1e-6) for r in rows):
-        return ["OLMo-core's own sqrt(new/old) LR factor is the plan's: keep the original LR schedule as it is"]
-    out = ["OLMo-core multiplies the LR by sqrt(new/old) at each change; on top of it, multiply the original "
-           "schedule's LR by:"]
-    for r in rows:
-        f = r["lr_factor"]
-        shown = fmt_number(f) if not isinstance(f, list) else " then ".join(fmt_number(x) for x in f[:4]) + (
-            " ..." if len(f) > 4 else "") + " (per stage: bsadvisor export --format csv)"
-        out.append(f"  from token {r['start_tokens']} (batch {r['batch_size_tokens']}): x {shown}")
-    return out
 
 
 def olmo_notes(plan) -> list[str]:

@@ -475,6 +475,25 @@ def _steps_at(plan, run):
     return steps
 
 
+def _schedule_notes(plan, lr: MegatronLR, name: str, step: str, unit_rule: str) -> list[str]:
+    """The notes of a step-schedule export (Megatron, Levanter): the LR's temperature error, the batch
+    granularity the framework checks, the epochs it does not count, a momentum it cannot hold."""
+    notes = [(f"the batch is the plan's at every {step}; the LR settings keep the temperature within "
+              f"{lr.mean_error:.1%} of the plan's on average, {lr.max_error:.1%} at worst (sample {lr.worst_sample:,})")
+             if lr.max_error > 1e-9 else f"the batch and the LR are the plan's at every {step}",
+             f"{name} checks that every batch is a multiple of {unit_rule}: the plan's are multiples of "
+             f"{_device_unit(plan)} (convert-schedule --round-to, --world-size)"]
+    off = _unbroken_misalignment(plan)
+    if off is not None:
+        notes.append(f"{name} counts no epochs: the plan ends an update at each epoch's end and {name} does not, "
+                     f"so from sample {off:,} its {step}s start up to one batch off the plan's (convert with batches "
+                     "that divide the data set, or --epochs 1)")
+    if len({st.momentum for st in plan.stages}) > 1:
+        notes.append(f"the plan also changes the momentum (Adam's β1), which {name}'s settings cannot hold; use "
+                     "--format csv")
+    return notes
+
+
 def levanter_schedule(plan) -> Exported:
     """Levanter's TrainerConfig.train_batch_size as a step schedule (ScheduleStep start/value, levanter/schedule.py
     BatchSchedule: the batch of the last start ≤ step), num_train_steps, and the OptimizerConfig LR closest to
@@ -501,18 +520,7 @@ def levanter_schedule(plan) -> Exported:
     lines += ["optimizer:", f"  learning_rate: {fmt_number(lr.peak)}", f"  warmup: {lr.warmup}",
               f"  lr_schedule: {schedule}", f"  min_lr_ratio: {fmt_number(lr.floor / lr.peak)}",
               f"  decay: {lr.wsd_decay if lr.style == 'WSD' else 'null'}"]
-    notes = [(f"the batch is the plan's at every step; the LR keeps the temperature within {lr.mean_error:.1%} of "
-              f"the plan's on average, {lr.max_error:.1%} at worst (sample {lr.worst_sample:,})")
-             if lr.max_error > 1e-9 else "the batch and the LR are the plan's at every step",
-             f"Levanter checks that every batch is a multiple of per_device_parallelism × the data axis: the plan's "
-             f"are multiples of {_device_unit(plan)} (convert-schedule --round-to, --world-size)"]
-    off = _unbroken_misalignment(plan)
-    if off is not None:
-        notes.append(f"Levanter counts no epochs: the plan ends an update at each epoch's end and Levanter does "
-                     f"not, so from sample {off:,} its steps start up to one batch off the plan's (convert with "
-                     "batches that divide the data set, or --epochs 1)")
-    if len({st.momentum for st in plan.stages}) > 1:
-        notes.append("the plan also changes the momentum (Adam's β1), which this config cannot hold; use --format csv")
+    notes = _schedule_notes(plan, lr, "Levanter", "step", "per_device_parallelism × the data axis")
     rows = [{"start_step": n, "batch_size": b} for n, b in entries]
     return Exported("\n".join(lines) + "\n", rows, notes)
 
@@ -687,20 +695,7 @@ def megatron_step(plan) -> Exported:
              + (f", ⌊threshold / --seq-length⌋ samples" if seq else "; with a --seq-length they would be read as "
                 "tokens: convert with --seq-len for a GPT run") + "); leave out --global-batch-size and "
              "--rampup-batch-size (Megatron refuses the first with the schedule and ignores the second); "
-             "--megatron-version 0.17 gives the old ramp",
-             (f"the batch is the plan's at every update; the LR flags keep the temperature within "
-              f"{lr.mean_error:.1%} of the plan's on average, {lr.max_error:.1%} at worst (sample "
-              f"{lr.worst_sample:,})") if lr.max_error > 1e-9 else
-             "the batch and the LR are the plan's at every update",
-             f"every batch must be a multiple of --micro-batch-size × data-parallel size (Megatron checks it): "
-             f"the plan's are multiples of {_device_unit(plan)} (convert-schedule --round-to, --world-size)"]
-    off = _unbroken_misalignment(plan)
-    if off is not None:
-        notes.append(f"Megatron counts no epochs: the plan ends an update at each epoch's end and Megatron does "
-                     f"not, so from sample {off:,} its updates start up to one batch off the plan's (convert "
-                     "with batches that divide the data set, or --epochs 1)")
-    if len({s.momentum for s in plan.stages}) > 1:
-        notes.append("the plan also changes the momentum, which Megatron's flags cannot hold; use --format csv")
+             "--megatron-version 0.17 gives the old ramp"] + _schedule_notes(plan, lr, "Megatron", "update", "--micro-batch-size × data-parallel size")
     rows = [{"threshold": t, "threshold_unit": unit, "start_samples": t // (seq or 1), "batch_size": b}
             for t, b in schedule]
     return Exported(text, rows, notes)

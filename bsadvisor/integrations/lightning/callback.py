@@ -33,7 +33,6 @@ micro-batches, loss weights), so both train on the same batches with the same we
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -46,6 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 from bsadvisor.integrations.lightning.target import training_step_loss
+from bsadvisor.integrations.releases import check_release, requirement
 from bsadvisor.runtime.batches import (batch_rows, loss_weight, micro_batches, rank_share, share_span, split_batch,
                                        weighted)
 from bsadvisor.runtime.sampler import PlanBatchSampler
@@ -54,8 +54,7 @@ from bsadvisor.runtime.scheduler import BatchSizeScheduler
 #: The Lightning releases FollowPlan is tested with (major, minor): the loop internals it sets are theirs.
 TESTED_LIGHTNING = (2, 6)
 #: The pip requirement that installs one of them (the ``lightning`` extra in pyproject.toml says the same).
-LIGHTNING_REQUIREMENT = f"lightning>={TESTED_LIGHTNING[0]}.{TESTED_LIGHTNING[1]},<{TESTED_LIGHTNING[0]}." \
-                        f"{TESTED_LIGHTNING[1] + 1}"
+LIGHTNING_REQUIREMENT = requirement("lightning", TESTED_LIGHTNING)
 
 
 def check_lightning_version(version: Optional[str] = None) -> None:
@@ -65,11 +64,9 @@ def check_lightning_version(version: Optional[str] = None) -> None:
     release may have moved them, and would fail in the middle of a fit, or worse, not at all.
     """
     version = lightning.__version__ if version is None else version
-    found = re.match(r"(\d+)\.(\d+)", str(version))
-    if found is None or (int(found.group(1)), int(found.group(2))) != TESTED_LIGHTNING:
-        raise UserError(f"FollowPlan is tested with Lightning {TESTED_LIGHTNING[0]}.{TESTED_LIGHTNING[1]}.x and sets "
-                        f"its fit loop's internals, but Lightning {version} is installed: "
-                        f"pip install '{LIGHTNING_REQUIREMENT}'")
+    check_release(version, TESTED_LIGHTNING, f"FollowPlan is tested with Lightning {TESTED_LIGHTNING[0]}."
+                  f"{TESTED_LIGHTNING[1]}.x and sets its fit loop's internals, but Lightning {version} is installed: "
+                  f"pip install '{LIGHTNING_REQUIREMENT}'")
 
 
 class _PlanBatches(PlanBatchSampler, BatchSampler):

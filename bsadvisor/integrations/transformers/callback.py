@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Any, Optional
 
 import transformers
@@ -41,22 +40,20 @@ from transformers import TrainerCallback
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
+from bsadvisor.integrations.releases import check_release, requirement
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
 
 #: The transformers releases HFFollowPlan is tested with (major, minor): its inner loop's rules are theirs.
 TESTED_TRANSFORMERS = (5, 25)
-TRANSFORMERS_REQUIREMENT = f"transformers>={TESTED_TRANSFORMERS[0]}.{TESTED_TRANSFORMERS[1]},<" \
-                           f"{TESTED_TRANSFORMERS[0]}.{TESTED_TRANSFORMERS[1] + 1}"
+TRANSFORMERS_REQUIREMENT = requirement("transformers", TESTED_TRANSFORMERS)
 
 
 def check_transformers_version(version: Optional[str] = None) -> None:
     """A UserError unless the installed transformers (or ``version``) is a release HFFollowPlan is tested with."""
     version = transformers.__version__ if version is None else version
-    found = re.match(r"(\d+)\.(\d+)", str(version))
-    if found is None or (int(found.group(1)), int(found.group(2))) != TESTED_TRANSFORMERS:
-        raise UserError(f"HFFollowPlan is tested with transformers {TESTED_TRANSFORMERS[0]}.{TESTED_TRANSFORMERS[1]}.x "
-                        f"and relies on its Trainer's accumulation rules, but transformers {version} is installed: "
-                        f"pip install '{TRANSFORMERS_REQUIREMENT}'")
+    check_release(version, TESTED_TRANSFORMERS, f"HFFollowPlan is tested with transformers {TESTED_TRANSFORMERS[0]}."
+                  f"{TESTED_TRANSFORMERS[1]}.x and relies on its Trainer's accumulation rules, but transformers "
+                  f"{version} is installed: pip install '{TRANSFORMERS_REQUIREMENT}'")
 
 
 def plan_updates(plan: Plan) -> list[tuple[int, int, int]]:

@@ -72,6 +72,7 @@ def test_a_resume_the_trainer_would_place_elsewhere_is_refused(tmp_path):
     (dict(per_device=3), "per-device batch"),
     (dict(max_steps=10), "max_steps=10"),
     (dict(num_train_epochs=3), "num_train_epochs=3"),
+    (dict(max_steps=320), "stop after 5 epochs"),  # the plan's 320 updates; the Trainer counts 64 an epoch
 ])
 def test_settings_it_cannot_follow_are_refused_in_one_line(change, fragment, tmp_path):
     with pytest.raises(UserError, match=fragment) as e:
@@ -118,6 +119,8 @@ def test_deepspeed_iterable_data_wrong_scheduler_and_other_releases_are_refused(
         def __iter__(self):
             yield from range(3)
 
+    with pytest.raises(UserError, match="auto_find_batch_size"):
+        cb._refuse_settings(SimpleNamespace(**{**vars(args), "auto_find_batch_size": True}), None, sched)
     with pytest.raises(UserError, match="IterableDataset"):
         cb._refuse_settings(args, SimpleNamespace(dataset=Stream()), sched)
     with pytest.raises(UserError, match="pip install 'transformers>=5.25,<5.26'"):

@@ -162,6 +162,12 @@ class HFFollowPlan(TrainerCallback):
             raise UserError(f"TrainingArguments(num_train_epochs={args.num_train_epochs:g}) but the plan trains "
                             f"{plan.epochs} epochs: give num_train_epochs={plan.full_epochs}")
         micro = len(train_dataloader)
+        if args.max_steps is not None and args.max_steps > 0 and \
+                math.ceil(args.max_steps / math.ceil(micro / self._given_accumulation)) < plan.full_epochs:
+            raise UserError(f"TrainingArguments(max_steps={args.max_steps}) makes the Trainer stop after "
+                            f"{math.ceil(args.max_steps / math.ceil(micro / self._given_accumulation))} epochs (it "
+                            f"counts a fixed accumulation) and the plan trains {plan.full_epochs}: leave max_steps "
+                            f"out (-1) and give num_train_epochs={plan.full_epochs}")
         per_epoch: list[list[int]] = [[] for _ in range(plan.full_epochs)]
         for (e, _, _), k in zip(updates, self._ks):
             per_epoch[e].append(k)
@@ -205,6 +211,10 @@ class HFFollowPlan(TrainerCallback):
                 or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
             raise UserError("HFFollowPlan does not follow a plan under DeepSpeed (its engine fixes the batch when it "
                             "is built); drop the deepspeed config, or follow docs/integration.md (DeepSpeed)")
+        if getattr(args, "auto_find_batch_size", False):
+            raise UserError("HFFollowPlan follows the plan's batches with the per-device batch given; drop "
+                            "TrainingArguments(auto_find_batch_size=True) and give a per_device_train_batch_size "
+                            "that fits")
         if lr_scheduler is not self.scheduler:
             raise UserError("the Trainer's LR scheduler is not HFFollowPlan's BatchSizeScheduler: give "
                             "Trainer(..., optimizers=(optimizer, scheduler), callbacks=[HFFollowPlan(scheduler)])")

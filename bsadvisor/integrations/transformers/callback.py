@@ -155,19 +155,8 @@ class HFFollowPlan(TrainerCallback):
                             "--batch-size that is a multiple of it), or give a per_device_train_batch_size that "
                             "divides every batch of the plan")
         self._ks = [b // unit for _, _, b in updates]
-        if args.max_steps is not None and args.max_steps > 0 and args.max_steps != len(updates):
-            raise UserError(f"TrainingArguments(max_steps={args.max_steps}) but the plan takes {len(updates)} "
-                            f"updates: leave max_steps out (-1) and give num_train_epochs={plan.full_epochs}")
-        if (args.max_steps is None or args.max_steps <= 0) and math.ceil(args.num_train_epochs) != plan.full_epochs:
-            raise UserError(f"TrainingArguments(num_train_epochs={args.num_train_epochs:g}) but the plan trains "
-                            f"{plan.epochs} epochs: give num_train_epochs={plan.full_epochs}")
         micro = len(train_dataloader)
-        if args.max_steps is not None and args.max_steps > 0 and \
-                math.ceil(args.max_steps / math.ceil(micro / self._given_accumulation)) < plan.full_epochs:
-            raise UserError(f"TrainingArguments(max_steps={args.max_steps}) makes the Trainer stop after "
-                            f"{math.ceil(args.max_steps / math.ceil(micro / self._given_accumulation))} epochs (it "
-                            f"counts a fixed accumulation) and the plan trains {plan.full_epochs}: leave max_steps "
-                            f"out (-1) and give num_train_epochs={plan.full_epochs}")
+        self._refuse_length(args, len(updates), math.ceil(micro / self._given_accumulation))
         per_epoch: list[list[int]] = [[] for _ in range(plan.full_epochs)]
         for (e, _, _), k in zip(updates, self._ks):
             per_epoch[e].append(k)
@@ -204,6 +193,21 @@ class HFFollowPlan(TrainerCallback):
         if done < len(updates):
             self.scheduler.seek(updates[done][1])
             args.gradient_accumulation_steps = self._ks[done]
+
+    def _refuse_length(self, args, updates: int, iterations: int) -> None:
+        """A UserError for a run length other than the plan's (``iterations``: the Trainer's updates an epoch)."""
+        plan, steps = self.plan, args.max_steps if args.max_steps is not None and args.max_steps > 0 else None
+        if steps is not None and steps != updates:
+            raise UserError(f"TrainingArguments(max_steps={steps}) but the plan takes {updates} updates: leave "
+                            f"max_steps out (-1) and give num_train_epochs={plan.full_epochs}")
+        if steps is not None and math.ceil(steps / iterations) < plan.full_epochs:
+            raise UserError(f"TrainingArguments(max_steps={steps}) makes the Trainer stop after "
+                            f"{math.ceil(steps / iterations)} epochs (it counts a fixed accumulation) and the plan "
+                            f"trains {plan.full_epochs}: leave max_steps out (-1) and give "
+                            f"num_train_epochs={plan.full_epochs}")
+        if steps is None and math.ceil(args.num_train_epochs) != plan.full_epochs:
+            raise UserError(f"TrainingArguments(num_train_epochs={args.num_train_epochs:g}) but the plan trains "
+                            f"{plan.epochs} epochs: give num_train_epochs={plan.full_epochs}")
 
     def _refuse_settings(self, args, loader, lr_scheduler) -> None:
         """A UserError for a setting that takes the batch, or the LR, out of the plan's hands."""

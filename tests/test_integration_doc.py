@@ -28,11 +28,12 @@ def python_blocks() -> list[str]:
 
 
 def test_every_python_block_is_run_here():
-    # plain PyTorch (2, run together), Lightning (1), Accelerate (1) and the transformers Trainer (1):
-    # nothing else goes untested
+    # plain PyTorch (2, run together), Lightning (1), Accelerate (1), the transformers Trainer (1) and
+    # DeepSpeed (1, where it is installed): nothing else goes untested
     every = re.findall(r"```python\n", (ROOT / "docs" / "integration.md").read_text())
-    assert len(every) == 5 == len(python_blocks()) + len(blocks_under("PyTorch Lightning")) + len(
-        blocks_under("Hugging Face Accelerate")) + len(blocks_under("Hugging Face Trainer"))
+    assert len(every) == 6 == len(python_blocks()) + len(blocks_under("PyTorch Lightning")) + len(
+        blocks_under("Hugging Face Accelerate")) + len(blocks_under("Hugging Face Trainer")) + len(
+        blocks_under("DeepSpeed"))
 
 
 def test_blocks_are_under_30_lines():
@@ -156,28 +157,54 @@ def test_trainer_block_follows_the_plan(monkeypatch, tmp_path, capsys):
 
     (block,) = blocks_under("Hugging Face Trainer")
     assert len([ln for ln in block.splitlines() if ln.strip()]) < 35
-    seen = []  # the examples the forward sees between optimizer steps, counted from outside
-    forward = torch.nn.Module.__call__
-
-    def counting(self, *args, **kwargs):
-        if type(self).__name__ == "Regression":
-            seen.append(len(kwargs.get("x", args[0] if args else [])))
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
-    steps = []
-    original_step = torch.optim.AdamW.step
-
-    def step(self, *args, **kwargs):
-        steps.append((sum(seen), self.param_groups[0]["lr"]))
-        seen.clear()
-        return original_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    steps = count_updates(monkeypatch, "Regression", torch.optim.AdamW)
     ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
     plan = ns["plan"]
     want = plan_updates(plan)
     assert len(set(plan.stage_batch_sizes())) == 3 and plan.full_epochs == 1  # growth inside the epoch
-    assert [b for b, _ in steps] == [size for _, size in want]
-    assert [lr for _, lr in steps] == pytest.approx([plan.at_sample(s).lr for s, _ in want], rel=1e-12)
+    assert [b for b, _, _ in steps] == [size for _, size in want]
+    assert [lr for _, lr, _ in steps] == pytest.approx([plan.at_sample(s).lr for s, _ in want], rel=1e-12)
     assert lines[-1] == f"{len(want)} updates instead of {plan.baseline_updates}"
+
+
+def count_updates(monkeypatch, model_class: str, optimizer) -> list:
+    """(examples the forward of ``model_class`` saw, LR, momentum) at every ``optimizer.step``, counted from outside."""
+    import torch
+
+    seen, steps = [], []
+    forward = torch.nn.Module.__call__
+
+    def counting(self, *args, **kwargs):
+        if type(self).__name__ == model_class:
+            first = kwargs.get("x", args[0] if args else None)
+            seen.append(len(first))
+        return forward(self, *args, **kwargs)
+
+    original = optimizer.step
+
+    def step(self, *args, **kwargs):
+        g = self.param_groups[0]
+        steps.append((sum(seen), g["lr"], g.get("momentum", g.get("betas", (None,))[0])))
+        seen.clear()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    monkeypatch.setattr(optimizer, "step", step)
+    return steps
+
+
+@pytest.mark.slow  # trains with DeepSpeed (on a CPU)
+def test_deepspeed_block_follows_the_plan(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("deepspeed")
+    import torch
+
+    (block,) = blocks_under("DeepSpeed")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    steps = count_updates(monkeypatch, "Linear", torch.optim.SGD)
+    ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
+    plan = ns["plan"]
+    want = plan_updates(plan)
+    assert len(set(plan.batch_sizes())) >= 3 and max(plan.batch_sizes()) > ns["micro"]  # it accumulates
+    assert [b for b, _, _ in steps] == [size for _, size in want]
+    assert [(lr, m) for _, lr, m in steps] == [(plan.at_sample(s).lr, plan.at_sample(s).momentum) for s, _ in want]
+    assert lines[-1].startswith(f"{len(want)} updates instead of {plan.baseline_updates}")

@@ -684,3 +684,21 @@ def test_the_worked_example_in_integration_md_is_what_export_prints():
         export(fine, "maxtext")
     assert f"$ bsadvisor export plan.json --format maxtext\nerror: {e.value}" in doc
     assert f"$ bsadvisor export plan.json --format megatron --megatron-version 0.17\n{ramp}" in doc
+
+
+def test_the_export_command_takes_every_format_and_the_megatron_version(tmp_path):
+    import json
+
+    from hostile import assert_one_line_error, run_main
+
+    bounds = [(0, 3072, 32), (3072, 6144, 64), (6144, 9216, 96), (9216, 20000, 128)]
+    Plan(stages=[Stage(a, b, batch, 0.1, 0.0, 1.0) for a, b, batch in bounds], dataset_size=20_000).save(
+        tmp_path / "plan.json")
+    for fmt in ("megatron", "maxtext", "levanter"):
+        r = run_main(["export", "plan.json", "--format", fmt, "--json"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["text"] == export(Plan.load(tmp_path / "plan.json"), fmt)[0]
+    r = run_main(["export", "plan.json", "--format", "megatron", "--megatron-version", "0.17"], cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("--rampup-batch-size 32 32 ")
+    r = run_main(["export", "plan.json", "--format", "megatron", "--megatron-version", "latest"], cwd=tmp_path)
+    assert_one_line_error(r, ["--megatron-version", "latest"])

@@ -692,7 +692,7 @@ def megatron_step(plan) -> Exported:
     text = flags + " " + lr.flags() + "\n"
     unit = "tokens" if seq else "samples"
     notes = [f"Megatron-Core ≥ 0.18 reads --step-batch-size-schedule (thresholds in {unit}"
-             + (f", ⌊threshold / --seq-length⌋ samples" if seq else "; with a --seq-length they would be read as "
+             + (", ⌊threshold / --seq-length⌋ samples" if seq else "; with a --seq-length they would be read as "
                 "tokens: convert with --seq-len for a GPT run") + "); leave out --global-batch-size and "
              "--rampup-batch-size (Megatron refuses the first with the schedule and ignores the second); "
              "--megatron-version 0.17 gives the old ramp"] + _schedule_notes(plan, lr, "Megatron", "update", "--micro-batch-size × data-parallel size")
@@ -835,7 +835,7 @@ def export_olmo(plan, plan_path: str = "plan.json") -> str:
              "        if stage.batch_size * SEQ_LEN != batch:  # OLMo-core has not changed the batch yet",
              "            stage = [s for s in plan.stages if s.start_sample <= start and s.batch_size * SEQ_LEN == batch][-1]",
              "        if group.get('plan_lr_ratio') is None:  # the group's LR relative to the plan's base LR",
-             f"            group['plan_lr_ratio'] = group.get(self.initial_lr_field) or group[self.lr_field]",
+             "            group['plan_lr_ratio'] = group.get(self.initial_lr_field) or group[self.lr_field]",
              f"            group['plan_lr_ratio'] /= {plan.inputs.get('lr') or plan.stages[0].lr!r}",
              "        lr = plan.lr_at(stage, start) * group['plan_lr_ratio']",
              "        if hasattr(group.get(self.lr_field), 'fill_'):  # a tensor LR (compiled optimizers), as OLMo-core",

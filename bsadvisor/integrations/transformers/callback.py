@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import transformers
 from torch.utils.data import IterableDataset

@@ -33,49 +33,59 @@ def load(root: Path, name: str):
     return module
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("megatron", type=Path, help="a Megatron-LM checkout (Megatron-Core >= 0.18)")
-    ap.add_argument("--data-parallel", type=int, default=4)
-    args = ap.parse_args()
+def megatron_core(root: Path):
+    """(StepBatchsizeNumMicroBatchesCalculator, OptimizerParamScheduler) from the checkout at ``root``."""
     utils = types.ModuleType("megatron.core.utils")
     utils.log_single_rank = lambda *a, **k: None
     for name in ("megatron", "megatron.core"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["megatron.core.utils"] = utils
-    calculator = load(args.megatron, "num_microbatches_calculator").StepBatchsizeNumMicroBatchesCalculator
-    scheduler = load(args.megatron, "optimizer_param_scheduler").OptimizerParamScheduler
+    return (load(root, "num_microbatches_calculator").StepBatchsizeNumMicroBatchesCalculator,
+            load(root, "optimizer_param_scheduler").OptimizerParamScheduler)
+
+
+def run_flags(root: Path, text: str, plan, data_parallel: int = 4) -> tuple[int, int, float]:
+    """(updates, updates with the plan's batch, sample-weighted mean |LR/LR_plan − 1|) of Megatron-Core's own
+    calculator and scheduler over the flags ``text``, in training.py's sample-based loop."""
+    calculator, scheduler = megatron_core(root)
+    toks = shlex.split(text)
+    flag = {toks[i]: toks[i + 1] for i in range(0, len(toks), 2)}
+    calc = calculator(micro_batch_size=1, data_parallel_size=data_parallel, decrease_batch_size_if_needed=False,
+                      rank=0, schedule=flag["--step-batch-size-schedule"],
+                      seq_length=int(flag["--seq-length"]) if "--seq-length" in flag else None)
+    opt = types.SimpleNamespace(param_groups=[{"lr": 0.0}])
+    sch = scheduler(opt, init_lr=float(flag["--lr-warmup-init"]), max_lr=float(flag["--lr"]),
+                    min_lr=float(flag["--min-lr"]), lr_warmup_steps=int(flag["--lr-warmup-samples"]),
+                    lr_decay_steps=int(flag["--lr-decay-samples"]), lr_decay_style=flag["--lr-decay-style"],
+                    start_wd=0.0, end_wd=0.0, wd_incr_steps=1, wd_incr_style="constant",
+                    wsd_decay_steps=int(flag.get("--lr-wsd-decay-samples", 0)) or None,
+                    lr_wsd_decay_style=flag.get("--lr-wsd-decay-style"))
+    consumed, updates, same, err = 0, 0, 0, 0.0
+    while consumed < int(flag["--train-samples"]):
+        calc.update(consumed, consistency_check=True)
+        batch = calc.get_current_global_batch_size()
+        want = plan.update_end(consumed) - consumed
+        same += batch == want
+        updates += 1
+        err += abs(opt.param_groups[0]["lr"] / plan.at_sample(consumed).lr - 1) * want
+        sch.step(batch)
+        consumed += batch
+    return updates, same, err / plan.total_samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("megatron", type=Path, help="a Megatron-LM checkout (Megatron-Core >= 0.18)")
+    ap.add_argument("--data-parallel", type=int, default=4)
+    args = ap.parse_args()
     plans = {"warmup + cosine, AdamW, --seq-len 2048 --round-to 8": convert_schedule(**LLM, seq_len=2048, round_to=8),
              "the same without --seq-len (thresholds in samples)": convert_schedule(**LLM, round_to=8)}
     for name, plan in plans.items():
         text, _, notes = export(plan, "megatron")
-        toks = shlex.split(text)
-        flag = {toks[i]: toks[i + 1] for i in range(0, len(toks), 2)}
-        calc = calculator(micro_batch_size=1, data_parallel_size=args.data_parallel,
-                          decrease_batch_size_if_needed=False, rank=0, schedule=flag["--step-batch-size-schedule"],
-                          seq_length=int(flag["--seq-length"]) if "--seq-length" in flag else None)
-        opt = types.SimpleNamespace(param_groups=[{"lr": 0.0}])
-        sch = scheduler(opt, init_lr=float(flag["--lr-warmup-init"]), max_lr=float(flag["--lr"]),
-                        min_lr=float(flag["--min-lr"]), lr_warmup_steps=int(flag["--lr-warmup-samples"]),
-                        lr_decay_steps=int(flag["--lr-decay-samples"]), lr_decay_style=flag["--lr-decay-style"],
-                        start_wd=0.0, end_wd=0.0, wd_incr_steps=1, wd_incr_style="constant",
-                        wsd_decay_steps=int(flag.get("--lr-wsd-decay-samples", 0)) or None,
-                        lr_wsd_decay_style=flag.get("--lr-wsd-decay-style"))
-        consumed, updates, same, err, weight = 0, 0, 0, 0.0, 0
-        while consumed < int(flag["--train-samples"]):
-            calc.update(consumed, consistency_check=True)
-            batch = calc.get_current_global_batch_size()
-            setting = plan.at_sample(consumed)
-            want = plan.update_end(consumed) - consumed
-            same += batch == want
-            updates += 1
-            err += abs(opt.param_groups[0]["lr"] / setting.lr - 1) * want
-            weight += want
-            sch.step(batch)
-            consumed += batch
+        updates, same, err = run_flags(args.megatron, text, plan, args.data_parallel)
         stated = next(n for n in notes if "temperature" in n or "the LR are the plan's" in n)
         print(f"{name}:\n  {updates} updates, {same} take the plan's batch ({updates - same} differ: the plan cuts "
-              f"its last update at the end of the run); mean |LR/LR_plan - 1| = {err / weight:.4f}\n"
+              f"its last update at the end of the run); mean |LR/LR_plan - 1| = {err:.4f}\n"
               f"  the export says: {stated}")
 
 

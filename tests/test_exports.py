@@ -702,3 +702,24 @@ def test_the_export_command_takes_every_format_and_the_megatron_version(tmp_path
     assert r.returncode == 0 and r.stdout.startswith("--rampup-batch-size 32 32 ")
     r = run_main(["export", "plan.json", "--format", "megatron", "--megatron-version", "latest"], cwd=tmp_path)
     assert_one_line_error(r, ["--megatron-version", "latest"])
+
+
+def test_the_doc_megatron_flags_through_megatron_cores_own_code():
+    """Where a Megatron-LM checkout is at hand (MEGATRON_LM=path; Megatron-Core >= 0.18 is not on PyPI), the
+    worked example's flags run through its own calculator and LR scheduler (benchmarks/megatron_paste_check.py)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    root = os.environ.get("MEGATRON_LM")
+    if not root:
+        pytest.skip("set MEGATRON_LM to a Megatron-LM checkout (Megatron-Core >= 0.18) to run its own code")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from megatron_paste_check import run_flags
+
+    plan = convert_schedule(**DEFAULT_RULE, seq_len=2048, round_to=8)
+    text, _, notes = export(plan, "megatron")
+    updates, same, err = run_flags(Path(root), text, plan)
+    assert updates == len(plan_updates(plan)) and same == updates - 1  # the plan cuts its last update at the end
+    stated = next(n for n in notes if "keep the temperature within" in n)
+    assert abs(err - float(stated.split("within ")[1].split("%")[0]) / 100) < 0.005

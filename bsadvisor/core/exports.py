@@ -694,8 +694,9 @@ def megatron_step(plan) -> Exported:
     notes = [f"Megatron-Core ≥ 0.18 reads --step-batch-size-schedule (thresholds in {unit}"
              + (", ⌊threshold / --seq-length⌋ samples" if seq else "; with a --seq-length they would be read as "
                 "tokens: convert with --seq-len for a GPT run") + "); leave out --global-batch-size and "
-             "--rampup-batch-size (Megatron refuses the first with the schedule and ignores the second); "
-             "--megatron-version 0.17 gives the old ramp"] + _schedule_notes(plan, lr, "Megatron", "update", "--micro-batch-size × data-parallel size")
+             "--rampup-batch-size (Megatron refuses the first with the schedule and ignores the second), and, the "
+             "training being sample-based, --train-iters, --lr-decay-iters, --lr-warmup-iters and "
+             "--lr-warmup-fraction (Megatron asserts so); --megatron-version 0.17 gives the old ramp"] + _schedule_notes(plan, lr, "Megatron", "update", "--micro-batch-size × data-parallel size")
     rows = [{"threshold": t, "threshold_unit": unit, "start_samples": t // (seq or 1), "batch_size": b}
             for t, b in schedule]
     return Exported(text, rows, notes)

@@ -8,6 +8,9 @@ consistency check, the scheduler stepped by each batch) and prints, per plan, ho
 the plan's batch and how far the LR is from the plan's, beside what the export states.
 
     git clone https://github.com/NVIDIA/Megatron-LM && python benchmarks/megatron_paste_check.py Megatron-LM
+    # and the --megatron-version 0.17 ramp through an older checkout's RampupBatchsizeNumMicroBatchesCalculator:
+    git -C Megatron-LM worktree add ../mcore-0.17 core_v0.17.1
+    python benchmarks/megatron_paste_check.py Megatron-LM --ramp-checkout mcore-0.17
 """
 from __future__ import annotations
 
@@ -73,11 +76,37 @@ def run_flags(root: Path, text: str, plan, data_parallel: int = 4) -> tuple[int,
     return updates, same, err / plan.total_samples
 
 
+def check_ramp(root: Path, data_parallel: int) -> None:
+    """The --megatron-version 0.17 export of a one-step plan through that release's ramp calculator."""
+    for name in ("megatron", "megatron.core"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    ramp_class = load(root, "num_microbatches_calculator").RampupBatchsizeNumMicroBatchesCalculator
+    plan = convert_schedule(**LLM, growth_factor=2, max_batch=1000, seq_len=2048)
+    text = export(plan, "megatron", "0.17")[0]
+    toks = shlex.split(text)
+    start, inc, ramp = (int(x) for x in toks[1:4])
+    calc = ramp_class(global_batch_size=int(toks[toks.index("--global-batch-size") + 1]), micro_batch_size=1,
+                      data_parallel_size=data_parallel, decrease_batch_size_if_needed=False, rank=0,
+                      start_global_batch_size=start, batch_size_increment=inc, ramup_samples=ramp)
+    consumed, updates, same = 0, 0, 0
+    while consumed < plan.total_samples:
+        calc.update(consumed, consistency_check=True)
+        batch = calc.get_current_global_batch_size()
+        same += batch == plan.update_end(consumed) - consumed
+        updates += 1
+        consumed += batch
+    print(f"{text.strip()}\n  through RampupBatchsizeNumMicroBatchesCalculator: {updates} updates, {same} take the "
+          "plan's batch")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("megatron", type=Path, help="a Megatron-LM checkout (Megatron-Core >= 0.18)")
     ap.add_argument("--data-parallel", type=int, default=4)
+    ap.add_argument("--ramp-checkout", type=Path, help="a Megatron-LM checkout of Megatron-Core <= 0.17")
     args = ap.parse_args()
+    if args.ramp_checkout is not None:
+        check_ramp(args.ramp_checkout, args.data_parallel)
     plans = {"warmup + cosine, AdamW, --seq-len 2048 --round-to 8": convert_schedule(**LLM, seq_len=2048, round_to=8),
              "the same without --seq-len (thresholds in samples)": convert_schedule(**LLM, round_to=8)}
     for name, plan in plans.items():

@@ -199,7 +199,8 @@ def recipe_text(recipe: dict) -> str:
     kwargs = recipe.get("optimizer_kwargs") or {}
     text = names.get(recipe.get("optimizer"), str(recipe.get("optimizer")))
     if kwargs:
-        text += " (" + ", ".join(f"{k} {v}" for k, v in kwargs.items()) + ")"
+        shown = {k: "(" + ", ".join(map(str, v)) + ")" if isinstance(v, list) else v for k, v in kwargs.items()}
+        text += " (" + ", ".join(f"{k} {v}" for k, v in shown.items()) + ")"
     text += f", weight decay {recipe.get('weight_decay', 0):g}"
     clip = recipe.get("max_grad_norm")
     text += f", gradient clipping at norm {clip:g}" if clip is not None else ", no gradient clipping"

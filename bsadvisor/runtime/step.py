@@ -68,6 +68,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     ``max_grad_norm`` and steps through the scaler; ``recipe.skipped`` then says whether the
     scaler skipped the step (inf/NaN gradients). The monitor reads the gradients before
     clipping, with the loss scale divided out.
+
+    Long because this docstring is the update's contract; the body is one loop and a step.
     """
     dist = _ddp_dist(model)
     rank, world = dist.rank, dist.world_size

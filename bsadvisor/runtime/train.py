@@ -313,12 +313,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
-        skipped = run.recipe.skipped  # the GradScaler skipped the step: its examples were seen, no update made
-        if skipped:
-            _skipped_update(run, part, loss, epoch * n + a, len(idx), b)
-        else:
-            _after_update(run, monitor, epoch * n + a, lr, momentum, idx)
-            _count_update(run, part, loss, len(idx), b)
+        skipped = _book_update(run, monitor, part, loss, epoch * n + a, lr, momentum, idx, b)
         if on_step:
             on_step(len(idx))
         if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(run, epoch * n + b):
@@ -338,6 +333,17 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
+
+
+def _book_update(run: _Training, monitor: Optional[NoiseMonitor], part: dict, loss: float, sample: int, lr: float,
+                 momentum: float, idx: torch.Tensor, offset: int) -> bool:
+    """Book the update just trained (the monitor, the totals, the scheduler); True when the GradScaler skipped it."""
+    if run.recipe.skipped:  # its examples were seen, no update was made
+        _skipped_update(run, part, loss, sample, len(idx), offset)
+        return True
+    _after_update(run, monitor, sample, lr, momentum, idx)
+    _count_update(run, part, loss, len(idx), offset)
+    return False
 
 
 def _skipped_update(run: _Training, part: dict, loss: float, sample: int, size: int, offset: int) -> None:

@@ -172,7 +172,7 @@ class FollowPlan(pl.Callback):
         self.plan, self.max_micro_batch, self.seed = plan, max_micro_batch, seed
         self.samples_seen = 0  # global examples trained on: the plan's position
         self.updates = 0
-        self.skipped_steps: list[dict] = []  # {samples, update}: steps an fp16 GradScaler skipped
+        self.skipped_steps: list[dict] = []  # {samples, update, loss_scale}: steps an fp16 GradScaler skipped
         self._scaler, self._scale_before = None, None
         self._rank, self._world = 0, 1
         self._schedulers: list[BatchSizeScheduler] = []
@@ -316,7 +316,8 @@ class FollowPlan(pl.Callback):
             return
         if self._scale_before is not None and self._scaler.get_scale() < self._scale_before:
             # the scale only goes down when the scaler skipped the step: no update was made
-            self.skipped_steps.append({"samples": self.samples_seen, "update": self.updates})
+            self.skipped_steps.append({"samples": self.samples_seen, "update": self.updates,
+                                       "loss_scale": self._scale_before})
         else:
             self.updates += 1
         self.samples_seen += self._update.global_batch

@@ -191,7 +191,8 @@ def _trainer_settings(trainer: Any, left_out: list[str]) -> dict:
     """max_grad_norm and precision from a Trainer; what they cannot say goes to ``left_out``."""
     settings = {}
     clip = getattr(trainer, "gradient_clip_val", None)
-    algorithm = str(getattr(trainer, "gradient_clip_algorithm", None) or "norm")
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None) or "norm"
+    algorithm = str(getattr(algorithm, "value", algorithm))  # Lightning's GradClipAlgorithmType, or its string
     if clip:
         if algorithm == "norm":
             settings["max_grad_norm"] = float(clip)

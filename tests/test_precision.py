@@ -293,31 +293,22 @@ def test_a_clipped_run_resumes_bit_identically(tmp_path, precision):
 # --------------------------------------------------------------------------- the acceptance check
 _SPY_TARGET = '''
 import torch
-from torch import nn
+
 import recipe_spy
-from bsadvisor import Target
+from tests.test_precision import _mlp_target
 
 
 def make_target():
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 8, generator=gen)
-    y = torch.randint(0, 3, (512,), generator=gen)
-    x = centers[y] + torch.randn(512, 8, generator=gen)
-    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 3))
+    t = _mlp_target(precision="bf16-mixed", clip=0.25, kwargs={"betas": (0.9, 0.95), "eps": 1e-8})
+    t.lr, t.weight_decay, t.name = 0.003, 0.01, "spy"
+    loss = t.loss_fn
 
-    def loss_fn(m, batch):
+    def loss_fn(m, batch):  # the autocast state the user's loss runs under
         recipe_spy.calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        xb, yb = batch
-        return nn.functional.cross_entropy(m(xb), yb)
+        return loss(m, batch)
 
-    def metric_fn(m, batch):
-        xb, yb = batch
-        return float((m(xb).argmax(-1) == yb).float().mean())
-
-    data = torch.utils.data.TensorDataset(x, y)
-    return Target(model=model, train_dataset=data, loss_fn=loss_fn, batch_size=32, lr=0.003, optimizer="adamw",
-                  optimizer_kwargs={"betas": (0.9, 0.95), "eps": 1e-8}, max_grad_norm=0.25, precision="bf16-mixed",
-                  eval_dataset=data, metric_fn=metric_fn, weight_decay=0.01, name="spy")
+    t.loss_fn = loss_fn
+    return t
 '''
 
 

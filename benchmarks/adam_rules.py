@@ -44,6 +44,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -282,7 +283,9 @@ def _batches(bs: list[int]) -> str:
     return " → ".join(map(str, bs)) if len(bs) <= 8 else " → ".join(map(str, bs[:3] + ["…"] + bs[-3:]))
 
 
-def table(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP) -> list[dict]:
+def table(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP,
+          limit: Optional[dict] = None) -> list[dict]:
+    """The paired verdict of every (model, config) cached; ``limit``: (model, config) → at most that many seeds."""
     rows = []
     for m in models:
         target = build_target(m, beta2, clip) if any(key(m, c, 0) in cache["runs"] for c in configs) else None
@@ -290,7 +293,8 @@ def table(cache: dict, models: list[str], configs: list[str], beta2: float = BAS
         for c in configs:
             ref, cand = [], []
             seed = 0
-            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"]:
+            most = (limit or {}).get((m, c), float("inf"))
+            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"] and seed < most:
                 cand.append(cache["runs"][key(m, c, seed)])
                 ref.append(cache["runs"][key(m, ORIGINAL, seed)])
                 seed += 1
@@ -337,8 +341,8 @@ def print_pivot(rows: list[dict], models: list[str]) -> None:
 
 
 def print_change(rows: list[dict], base_rows: list[dict], tag: str) -> None:
-    """Config by config and model by model: the verdict with ``tag``'s recipe against the β2 = 0.999 table's,
-    on the seeds both have (paired within each table), and whether it changed."""
+    """Config by config and model by model: the verdict with ``tag``'s recipe against the β2 = 0.999 table's
+    (``base_rows``, on the same seeds), and whether it changed."""
     base = {(r["model"], r["config"]): r for r in base_rows}
     print(f"\nDoes the Adam-rule table change with {tag} (against β2 {BASE_BETA2}, no clipping)?")
     print("| model | config | β2 0.999 | " + tag + " | changed |")
@@ -423,8 +427,10 @@ def main() -> int:
     rows = table(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
     print_table(rows)
     print_pivot(rows, models)
-    if tag:
-        print_change(rows, table(load_cache(), models, [c for c in all_configs if c != ORIGINAL]), tag)
+    if tag:  # the β2 = 0.999 table on the same seeds (0 … k−1) as this variant's
+        same_seeds = {(r["model"], r["config"]): r["seeds"] for r in rows}
+        print_change(rows, table(load_cache(), models, [c for c in all_configs if c != ORIGINAL], limit=same_seeds),
+                     tag)
     print_noise(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
     print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "
           f"{time.perf_counter() - started:.0f} s this call)")

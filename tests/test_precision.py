@@ -355,3 +355,16 @@ def test_probe_and_validate_train_the_users_recipe(tmp_path, monkeypatch):
     assert ("Trained with AdamW (betas (0.9, 0.95), eps 1e-08), weight decay 0.01, gradient clipping at norm 0.25, "
             "precision bf16-mixed") in report
     assert not math.isnan(doc["runs"]["plan"]["summary"]["metric_mean"])
+
+
+@pytest.mark.slow  # two probes' memory searches
+def test_bf16_activations_lower_the_probes_bytes_per_example():
+    """The memory cap is measured under the user's precision: bf16 autocast saves half-size activations for
+    backward, so a wide MLP's bytes per example fall (to about 0.5–0.6 of fp32's: the logits stay fp32)."""
+    per_example = {}
+    for precision in ("32", "bf16-mixed"):
+        t = _mlp_target(precision=precision, n=4096)
+        t.model = nn.Sequential(nn.Linear(8, 1024), nn.Tanh(), nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 3))
+        r = bsadvisor.probe(t, draws=2, seed=0, budget_seconds=120, measure_throughput=False, memory_limit=2**28)
+        per_example[precision] = r.memory.bytes_per_sample
+    assert 0.4 < per_example["bf16-mixed"] / per_example["32"] < 0.75

@@ -368,3 +368,14 @@ def test_bf16_activations_lower_the_probes_bytes_per_example():
         r = bsadvisor.probe(t, draws=2, seed=0, budget_seconds=120, measure_throughput=False, memory_limit=2**28)
         per_example[precision] = r.memory.bytes_per_sample
     assert 0.4 < per_example["bf16-mixed"] / per_example["32"] < 0.75
+
+
+def test_fp16_noise_draws_back_off_the_loss_scale_as_the_scaler_does():
+    """No warmup: the draws start at the GradScaler's first scale (2¹⁶), where this model's fp16 gradients
+    overflow; each overflow halves the scale and draws again, and B_simple is the fp32 one up to fp16 rounding."""
+    got = {}
+    for precision in ("32", "16-mixed"):
+        t = _overflowing_target(precision)
+        got[precision] = bsadvisor.probe(t, draws=8, seed=0, warmup_steps=0, budget_seconds=60, measure_memory=False,
+                                         measure_throughput=False).noise.b_simple
+    assert got["16-mixed"] == pytest.approx(got["32"], rel=0.02)

@@ -211,7 +211,8 @@ def _check_recipe(target: Target, where: str) -> None:
     if target.param_groups is not None:
         _check_groups(target, where)
     try:  # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in
-        target.make_optimizer([torch.zeros(1, requires_grad=True)] if not target.param_groups else None)
+        if (kwargs or target.param_groups) and type(target).make_optimizer is Target.make_optimizer:
+            target.make_optimizer([torch.zeros(1, requires_grad=True)] if not target.param_groups else None)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 -- torch's ValueError / TypeError names the value

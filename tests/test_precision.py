@@ -379,3 +379,18 @@ def test_fp16_noise_draws_back_off_the_loss_scale_as_the_scaler_does():
         got[precision] = bsadvisor.probe(t, draws=8, seed=0, warmup_steps=0, budget_seconds=60, measure_memory=False,
                                          measure_throughput=False).noise.b_simple
     assert got["16-mixed"] == pytest.approx(got["32"], rel=0.02)
+
+
+def test_the_report_states_the_recipe_and_the_skipped_steps():
+    from bsadvisor.runtime.report import recipe_lines
+
+    doc = {"recipe": {"optimizer": "sgd", "optimizer_kwargs": {"dampening": 0.1}, "weight_decay": 0.0,
+                      "max_grad_norm": None, "precision": "16-mixed", "param_groups": None},
+           "runs": {"original": {"seeds": [{"skipped_steps": [{"samples": 0}]}, {"skipped_steps": []}]},
+                    "plan": {"seeds": [{"skipped_steps": [{"samples": 0}, {"samples": 16}]}, {}]}}}
+    assert recipe_lines(doc) == [
+        "Trained with SGD (dampening 0.1), weight decay 0, no gradient clipping, precision 16-mixed (every run, every "
+        "seed).", "",
+        "Steps the fp16 GradScaler skipped (inf/NaN gradients; not counted as updates): original 1, plan 2 (all seeds).",
+        ""]
+    assert recipe_lines({"runs": {}}) == []  # a results.json from before the recipe was recorded

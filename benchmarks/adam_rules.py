@@ -27,6 +27,14 @@ benchmarks/results/adam_rules.json by (model, config, seed): a second call resum
 
     python benchmarks/adam_rules.py [--models charlm,wordlm,mixer1d] [--configs linear,noise+cap] [--seeds 3]
     python benchmarks/adam_rules.py --table-only      # print the table of what is cached
+
+The recipe (issue 30): every model trains AdamW with β2 = 0.999 and no clipping here (the rows of
+benchmarks/results/adam_rules.json; builtin:charlm's own recipe is now β2 0.95 with clipping 1.0, and
+is set back for them). ``--beta2 0.95`` (and ``--clip 1.0``) train every model with that β2 (and
+clipping) instead, cached apart in adam_rules@<variant>.json, and the script then says, config by
+config, whether the verdict changes from the β2 = 0.999 table:
+
+    python benchmarks/adam_rules.py --models charlm,mixer1d --configs linear,sqrt --beta2 0.95
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,16 +69,44 @@ ORIGINAL = "original"
 SDE_ONLY = "sde-only"
 
 
+#: The recipe of the cached table: AdamW's β2 and clipping every model trains with unless --beta2/--clip say.
+BASE_BETA2, BASE_CLIP = 0.999, None
+
+
+# -- the recipe variant (issue 30) -------------------------------------------------------------------------
+def variant(beta2: float, clip) -> str:
+    """``""`` for the cached table's recipe (β2 0.999, no clipping), else ``b2=0.95`` / ``b2=0.95,clip=1``."""
+    if beta2 == BASE_BETA2 and clip == BASE_CLIP:
+        return ""
+    return f"b2={beta2:g}" + (f",clip={clip:g}" if clip is not None else "")
+
+
+def cache_path(tag: str) -> Path:
+    return CACHE if not tag else CACHE.with_name(f"adam_rules@{tag}.json")
+
+
+def build_target(name: str, beta2: float = BASE_BETA2, clip=BASE_CLIP):
+    """builtin:NAME trained with AdamW betas (β1, ``beta2``) and ``clip`` (None: no clipping), its β1 its own."""
+    from bsadvisor.targets.loading import load_target
+
+    target = load_target(f"builtin:{name}")
+    target.optimizer_kwargs = {**target.optimizer_kwargs, "betas": (target.beta1, beta2)}
+    target.max_grad_norm = clip
+    return target
+
+
 # -- the cache ---------------------------------------------------------------------------------------------
-def load_cache() -> dict:
-    if CACHE.is_file():
-        return json.loads(CACHE.read_text())
-    return {"schema": "bsadvisor.adam_rules/1", "runs": {}, "noise": {}}
+def load_cache(tag: str = "") -> dict:
+    path = cache_path(tag)
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"schema": "bsadvisor.adam_rules/1", "runs": {}, "noise": {}, "variant": tag}
 
 
 def save_cache(cache: dict) -> None:
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+    path = cache_path(cache.get("variant", ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
 
 def key(model: str, config: str, seed: int) -> str:
@@ -193,13 +230,13 @@ def train_one(target, init, plan, seed: int, monitor: bool) -> tuple[dict, list]
     return row, list(r.noise_trace)
 
 
-def run_model(name: str, configs: list[str], seeds: int, cache: dict) -> None:
+def run_model(name: str, configs: list[str], seeds: int, cache: dict, beta2: float = BASE_BETA2,
+              clip=BASE_CLIP) -> None:
     """Train what the cache lacks: the original's seeds (seed 0 with the monitor: the trace), the probe if a
     config needs it, then every config's seeds; the cache is saved after every run."""
     from bsadvisor.runtime.train import initial_state
-    from bsadvisor.targets.loading import load_target
 
-    target = load_target(f"builtin:{name}")
+    target = build_target(name, beta2, clip)
     init = initial_state(target.model)
     noise = cache["noise"].setdefault(name, {})
     parsed = [parse_config(c) for c in configs if c != SDE_ONLY]
@@ -246,17 +283,18 @@ def _batches(bs: list[int]) -> str:
     return " → ".join(map(str, bs)) if len(bs) <= 8 else " → ".join(map(str, bs[:3] + ["…"] + bs[-3:]))
 
 
-def table(cache: dict, models: list[str], configs: list[str]) -> list[dict]:
-    from bsadvisor.targets.loading import load_target
-
+def table(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP,
+          limit: Optional[dict] = None) -> list[dict]:
+    """The paired verdict of every (model, config) cached; ``limit``: (model, config) → at most that many seeds."""
     rows = []
     for m in models:
-        target = load_target(f"builtin:{m}") if any(key(m, c, 0) in cache["runs"] for c in configs) else None
+        target = build_target(m, beta2, clip) if any(key(m, c, 0) in cache["runs"] for c in configs) else None
         noise = cache["noise"].get(m, {})
         for c in configs:
             ref, cand = [], []
             seed = 0
-            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"]:
+            most = (limit or {}).get((m, c), float("inf"))
+            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"] and seed < most:
                 cand.append(cache["runs"][key(m, c, seed)])
                 ref.append(cache["runs"][key(m, ORIGINAL, seed)])
                 seed += 1
@@ -302,19 +340,38 @@ def print_pivot(rows: list[dict], models: list[str]) -> None:
         print(f"| {c} | " + " | ".join(out) + " |")
 
 
-def print_noise(cache: dict, models: list[str], configs: list[str]) -> None:
+def print_change(rows: list[dict], base_rows: list[dict], tag: str) -> None:
+    """Config by config and model by model: the verdict with ``tag``'s recipe against the β2 = 0.999 table's
+    (``base_rows``, on the same seeds), and whether it changed."""
+    base = {(r["model"], r["config"]): r for r in base_rows}
+    print(f"\nDoes the Adam-rule table change with {tag} (against β2 {BASE_BETA2}, no clipping)?")
+    print("| model | config | β2 0.999 | " + tag + " | changed |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        b = base.get((r["model"], r["config"]))
+        if b is None:
+            continue
+        cells = []
+        for x in (b, r):
+            v = x["verdict"]
+            iv = "" if v["interval"] is None else f" [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+            cells.append(f"{v['status'].upper()} {v['difference']:+.4f}{iv}, {x['ratio']:.2f}×, {x['seeds']} seeds")
+        changed = "no" if b["verdict"]["status"] == r["verdict"]["status"] else "YES"
+        print(f"| {r['model']} | {r['config']} | {cells[0]} | {cells[1]} | {changed} |")
+
+
+def print_noise(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP) -> None:
     """B_noise(s) of each noise model (the noise rule's step function, eq. 16) and each config's batch, at
     tenths of the run: where the plans' batches stand against the noise scale."""
     from bsadvisor.core.convert import temperature_model
     from bsadvisor.core.options import ConvertOptions
-    from bsadvisor.targets.loading import load_target
 
     print("\nB_noise(s) along the original run (eq. 16) and each plan's batch, at 0, 10, …, 100 % of the samples:")
     for m in models:
         noise = cache["noise"].get(m, {})
         if not noise:
             continue
-        target = load_target(f"builtin:{m}")
+        target = build_target(m, beta2, clip)
         recipe = options_for_target(target).options
         opts = ConvertOptions(**recipe)
         where = [min(opts.run_samples - 1, round(opts.run_samples * k / 10)) for k in range(11)]
@@ -346,7 +403,10 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--table-only", action="store_true", help="print the table of the cached runs, train nothing")
+    ap.add_argument("--beta2", type=float, default=BASE_BETA2, help="AdamW's β2 for every model (issue 30)")
+    ap.add_argument("--clip", type=float, default=BASE_CLIP, help="max_grad_norm for every model (default: none)")
     args = ap.parse_args()
+    tag = variant(args.beta2, args.clip)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -355,17 +415,23 @@ def main() -> int:
     for c in configs:
         if c != SDE_ONLY:
             parse_config(c)
-    cache = load_cache()
+    cache = load_cache(tag)
     started = time.perf_counter()
     if not args.table_only:
         for m in models:
-            run_model(m, configs, args.seeds, cache)
+            run_model(m, configs, args.seeds, cache, args.beta2, args.clip)
     cached = [k.split("|")[1] for k in cache["runs"]]
     all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
-    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL])
+    if tag:  # only what this variant trained
+        all_configs = [c for c in all_configs if c in cached]
+    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
     print_table(rows)
     print_pivot(rows, models)
-    print_noise(cache, models, [c for c in all_configs if c != ORIGINAL])
+    if tag:  # the β2 = 0.999 table on the same seeds (0 … k−1) as this variant's
+        same_seeds = {(r["model"], r["config"]): r["seeds"] for r in rows}
+        print_change(rows, table(load_cache(), models, [c for c in all_configs if c != ORIGINAL], limit=same_seeds),
+                     tag)
+    print_noise(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
     print(f"\n(δ = 0.005 in the metric's units; wall: mean training seconds per run on this machine; "
           f"{time.perf_counter() - started:.0f} s this call)")
     return 0

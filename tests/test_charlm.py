@@ -70,3 +70,16 @@ def test_the_recipe_is_one_epoch_per_step_warmup_and_cosine():
     assert m["epochs"] == 1 and m["schedule_unit"] == "step" and m["seq_len"] == CHARLM_SEQ_LEN
     steps = -(-t.dataset_size // t.batch_size)
     assert f"T_max={steps - round(0.08 * steps)}" in m["schedule"] and "LinearLR" in m["schedule"]
+
+
+def test_it_trains_the_usual_language_model_recipe():
+    """AdamW betas (0.9, 0.95) and clipping at 1.0 (GPT-3, Chinchilla, OLMo, nanoGPT), and validate's plan keeps
+    β2 = 0.95: the plan's momentum is β1 only."""
+    from bsadvisor.runtime.recipe import options_for_target
+    from bsadvisor.targets.target import check_target
+
+    t = check_target(charlm())
+    assert (t.optimizer, t.max_grad_norm, t.precision) == ("adamw", 1.0, "32")
+    assert t.make_optimizer().param_groups[0]["betas"] == (0.9, 0.95)
+    assert options_for_target(t).options["momentum"] == 0.9
+    assert t.recipe()["optimizer_kwargs"] == {"betas": [0.9, 0.95]}

@@ -143,7 +143,8 @@ def test_accelerate_block_trains_as_bsadvisor_does(monkeypatch, tmp_path, capsys
     model = torch.nn.Linear(10, 1)
     model.load_state_dict(start[0])
     ours = Target(model=model, train_dataset=ns["data"], batch_size=32, lr=0.05, momentum=0.9,
-                  loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]))
+                  loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]),
+                  precision="bf16-mixed", max_grad_norm=ns["max_grad_norm"])
     train_plan(ours, plan, seed=0, max_micro_batch=ns["max_micro_batch"])
     trained = ns["accelerator"].unwrap_model(ns["model"])
     torch.testing.assert_close(trained.state_dict(), model.state_dict())

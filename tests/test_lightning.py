@@ -366,3 +366,82 @@ def test_import_bsadvisor_does_not_load_lightning(tmp_path):
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[]", "True"]
+
+
+class _Loud(Regression):
+    """Regression with targets × 300: at the GradScaler's first scale (2¹⁶) the fp16 gradients overflow."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return super().training_step((x, 300 * y), batch_idx)
+
+
+@pytest.mark.slow  # two trainings
+def test_fp16_scaler_and_clipping_match_bsadvisor_own_loop_skipped_steps_included(tmp_path):
+    """Lightning with an fp16 GradScaler (on the CPU: Lightning turns "16-mixed" into bf16 there, so the plugin is
+    given) and gradient_clip_val: FollowPlan reports the steps the scaler skipped and does not count them, and the
+    weights equal bsadvisor's own loop with precision "16-mixed" and max_grad_norm, bit for bit."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    plan = make_plan()
+    module, follow = _Loud(), FollowPlan(plan, seed=3)
+    trainer(tmp_path, [follow], plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))],
+            gradient_clip_val=1.0).fit(module)
+    ours = reference_target()
+    ours.loss_fn = lambda net, b: mse(net, (b[0], 300 * b[1]))
+    ours.precision, ours.max_grad_norm = "16-mixed", 1.0
+    run = train_plan(ours, plan, seed=3)
+    assert follow.skipped_steps and follow.skipped_steps == run.skipped_steps
+    assert follow.updates == run.final["updates"] == plan.updates - len(run.skipped_steps)
+    assert follow.samples_seen == plan.total_samples
+    torch.testing.assert_close(weights(module.net), weights(ours.model), rtol=0, atol=0)
+
+
+@pytest.mark.slow  # two trainings
+def test_bf16_and_clipping_carried_from_the_trainer_train_as_lightning_does(tmp_path):
+    """target_from_lightning(module, trainer=...) carries bf16-mixed and gradient_clip_val; bsadvisor's loop on
+    that target ends with FollowPlan's weights."""
+    from bsadvisor import target_from_lightning
+
+    plan = make_plan()
+    module, follow = Regression(), FollowPlan(plan, seed=3)
+    fit = trainer(tmp_path, [follow], precision="bf16-mixed", gradient_clip_val=0.5)
+    target = target_from_lightning(Regression(), trainer=fit)
+    assert (target.precision, target.max_grad_norm) == ("bf16-mixed", 0.5)
+    fit.fit(module)
+    train_plan(target, plan, seed=3)
+    torch.testing.assert_close(weights(module.net), weights(target.model.net))
+
+
+class _Grouped(Regression):
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        rest = [p for n, p in self.named_parameters() if not n.endswith("weight")]
+        return torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0, "lr": 0.01}], lr=0.003,
+                                 betas=(0.9, 0.95), eps=1e-6, amsgrad=True, weight_decay=0.1)
+
+
+def test_a_lightning_targets_optimizer_kwargs_and_param_groups_carry_over():
+    from bsadvisor import target_from_lightning
+    from bsadvisor.targets.target import check_target
+
+    module = _Grouped()
+    target = check_target(target_from_lightning(module))
+    assert target.optimizer_kwargs == {"betas": (0.9, 0.95), "eps": 1e-6, "amsgrad": True}
+    assert target.param_groups == [{"params": ["net.0.weight", "net.2.weight"]},
+                                   {"params": ["net.0.bias", "net.2.bias"], "lr": 0.01, "weight_decay": 0.0}]
+    mine, theirs = target.make_optimizer(), module.configure_optimizers()
+    for a, b in zip(mine.param_groups, theirs.param_groups):
+        assert {k: v for k, v in a.items() if k != "params"} == {k: v for k, v in b.items() if k != "params"}
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+
+
+def test_what_a_lightning_target_cannot_carry_is_named_in_one_warning(tmp_path):
+    from bsadvisor import target_from_lightning
+
+    fit = trainer(tmp_path, [], precision="bf16-true", gradient_clip_val=0.5, gradient_clip_algorithm="value")
+    with pytest.warns(UserWarning) as caught:
+        target = target_from_lightning(Regression(), trainer=fit)
+    (w,) = [str(c.message) for c in caught if "not carried over" in str(c.message)]
+    assert "\n" not in w and "gradient_clip_algorithm='value'" in w and "precision='bf16-true'" in w
+    assert (target.precision, target.max_grad_norm) == ("32", None)

@@ -18,6 +18,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.measure.state import Rewind, state_on_cpu
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.precision import StepRecipe
 from bsadvisor.runtime.batches import to_device
 from bsadvisor.targets.target import Target
 
@@ -119,6 +120,8 @@ class Bench:
     progress: Callable[[str, float], None]
     warnings: list = field(default_factory=list)
     rewind: Optional[Rewind] = None  # θ after the warmup (set by freeze)
+    recipe: Optional[StepRecipe] = None  # the target's precision and clipping, for every step and draw
+    loss_scale: float = 1.0  # the noise draws' fp16 loss scale (the warmup's scaler's, halved on an overflow)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -138,7 +141,8 @@ class Bench:
         dist.broadcast_module(model)
         batches = Batches(target, config.device, config.rank_seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        return cls(target, config, dist, params, batches, progress, warnings)
+        return cls(target, config, dist, params, batches, progress, warnings,
+                   recipe=StepRecipe.of(target, config.device))
 
     def freeze(self) -> dict:
         """Fix θ for the measurements (docs/probe.md, step 2); returns a CPU copy of it.
@@ -148,6 +152,7 @@ class Bench:
         """
         self.dist.broadcast_module(self.model)
         self.rewind = Rewind(self.model)
+        self.loss_scale = self.recipe.loss_scale if self.recipe is not None else 1.0
         measured_state = state_on_cpu(self.model)
         self.batches.examples = 0  # count only the examples the measurements use
         return measured_state

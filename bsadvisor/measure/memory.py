@@ -140,9 +140,10 @@ class MemoryTrials:
             try:
                 batch = self.bench.batches.next(batch_size)
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-                    loss = loss_of(target, model, batch, where, check_finite=False, oom=True)
-                backward(loss, where, oom=True)
-                optimizer_step(optimizer, where, oom=True)
+                    loss = loss_of(target, model, batch, where, check_finite=False, oom=True,
+                                   recipe=self.bench.recipe)
+                backward(loss, where, oom=True, recipe=self.bench.recipe)
+                optimizer_step(optimizer, where, oom=True, recipe=self.bench.recipe, params=model.parameters())
             except (OutOfMemory, RuntimeError, MemoryError) as exc:
                 if not is_oom(exc):
                     raise
@@ -160,7 +161,7 @@ class MemoryTrials:
             oom_text = None
             try:
                 guarded_step(self.bench.target, self.bench.model, optimizer, self.bench.batches.next(batch_size),
-                             f"memory trial at batch {batch_size}", check=False, oom=True)
+                             f"memory trial at batch {batch_size}", check=False, oom=True, recipe=self.bench.recipe)
                 torch.cuda.synchronize(device)
                 return float(torch.cuda.max_memory_allocated(device))
             except (OutOfMemory, torch.OutOfMemoryError) as exc:  # the step's, or moving the batch

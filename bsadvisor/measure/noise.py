@@ -49,16 +49,35 @@ def check_finite(value: float, where: str) -> None:
         raise UserError(f"gradient is not finite at {where}; lower --lr or check the model for overflow")
 
 
+def gradient_of(bench: Bench, rows, where: str, check: bool = False) -> tuple[list, torch.Tensor]:
+    """(the mean loss's gradient on ``rows``, the loss) by backward into ``.grad``, as the user trains.
+
+    The loss runs under the target's autocast. Under fp16 ("16-mixed") the backward takes
+    the loss × the bench's loss scale (the warmup's GradScaler's) and the gradient is
+    divided by it: unscaled, before any clipping. A gradient that overflows there halves
+    the scale and is computed again, as the scaler backs off.
+    """
+    while True:
+        clear_grads(bench.params)
+        loss = loss_of(bench.target, bench.model, rows, where, check_finite=check, recipe=bench.recipe)
+        scale = bench.loss_scale
+        backward(loss, where, scale=scale)
+        grads = grads_of(bench.params)
+        if scale == 1.0:
+            return grads, loss
+        if math.isfinite(float(sq_norm(grads))) or scale < 2.0:
+            return list(torch._foreach_div(grads, scale)), loss
+        bench.loss_scale = scale / 2
+
+
 def micro_batch_sums(bench: Bench, batch, count: int, size: int, where: str, suffix: str = "") -> MicroBatchSums:
     """The micro-batch draw (runtime.gradient_noise) on ``count`` micro-batches of ``size`` rows of
-    ``batch`` at fixed θ, each by backward into ``.grad``. Losses are checked by the caller, all at once."""
+    ``batch`` at fixed θ, each by backward into ``.grad`` (:func:`gradient_of`). Losses are checked by the
+    caller, all at once."""
     def gradient(j: int):
-        clear_grads(bench.params)
         step = f"{where}, micro-batch {j + 1}{suffix}"
         rows = map_tensors(lambda t: t[j * size:(j + 1) * size], batch)
-        loss = loss_of(bench.target, bench.model, rows, step, check_finite=False)
-        backward(loss, step)
-        return grads_of(bench.params), loss
+        return gradient_of(bench, rows, step)
 
     return micro_batch_draw(bench.params, count, gradient)
 
@@ -125,10 +144,9 @@ class TwoBatchDraws(Estimator):
     def draw(self, index: int) -> Draw:
         norms = []
         for size, name in ((self.micro_batch, "small"), (self.big_batch, "big")):
-            clear_grads(self.bench.params)
             where = f"noise draw {index + 1}, {name} batch"
-            backward(loss_of(self.bench.target, self.bench.model, self.bench.batches.next(size), where), where)
-            norms.append(float(sq_norm(grads_of(self.bench.params))))
+            grads, _ = gradient_of(self.bench, self.bench.batches.next(size), where, check=True)
+            norms.append(float(sq_norm(grads)))
         return self._finish(norms[0], norms[1], f"noise draw {index + 1}")
 
 
@@ -146,12 +164,16 @@ class PerExampleDraws(Estimator):
         if batchnorm_layers(bench.model):
             raise UserError("the per-example estimator cannot handle BatchNorm (a batch of one has no statistics); "
                             "use --estimator microbatch")
+        if bench.target.precision == "16-mixed":
+            raise UserError("the per-example estimator has no fp16 loss scaling (precision '16-mixed'); "
+                            "use --estimator microbatch")
         self.per_example_grads = PerExampleGradients(bench.model, bench.target.loss_fn)
 
     def grads(self, batch, where: str) -> list:
         """Each trainable parameter's per-example gradients, shaped [B, *parameter shape]."""
         try:
-            return self.per_example_grads(batch)
+            with self.bench.recipe.autocast():
+                return self.per_example_grads(batch)
         except UserError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
@@ -309,9 +331,7 @@ def sum_reduction_warning(bench: Bench) -> Optional[str]:
     where = "the loss-reduction check"
     rows = bench.batches.next(count * size)
     sums = micro_batch_sums(bench, rows, count, size, where)
-    clear_grads(bench.params)
-    backward(loss_of(bench.target, bench.model, rows, where, check_finite=False), where)
-    full = float(sq_norm(grads_of(bench.params)))
+    full = float(sq_norm(gradient_of(bench, rows, where)[0]))
     clear_grads(bench.params)
     mean_micro = float(sq_norm(sums.mean()))
     if not (math.isfinite(full) and math.isfinite(mean_micro) and mean_micro > 0):

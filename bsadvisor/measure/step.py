@@ -16,6 +16,7 @@ import torch
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.memory import OutOfMemory, is_oom
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.precision import StepRecipe
 
 
 def first_line(exc: BaseException) -> str:
@@ -51,9 +52,17 @@ def _guarded(call: Callable, what: str, where: str, oom: bool):
     raise error
 
 
-def loss_of(target, model, batch, where: str, check_finite: bool = True, oom: bool = False) -> torch.Tensor:
-    """``target.loss_fn(model, batch)``, checked to be a scalar tensor with grad (and finite)."""
-    loss = _guarded(lambda: target.loss_fn(model, batch), "loss_fn raised", where, oom)
+def loss_of(target, model, batch, where: str, check_finite: bool = True, oom: bool = False,
+            recipe: Optional[StepRecipe] = None) -> torch.Tensor:
+    """``target.loss_fn(model, batch)`` (under the recipe's autocast), checked to be a scalar tensor with grad
+    (and finite)."""
+    def call():
+        if recipe is None:
+            return target.loss_fn(model, batch)
+        with recipe.autocast():
+            return target.loss_fn(model, batch)
+
+    loss = _guarded(call, "loss_fn raised", where, oom)
     if not isinstance(loss, torch.Tensor):
         raise UserError(f"loss_fn returned {type(loss).__name__} at {where}, not a tensor; "
                         "return the mean loss as a scalar tensor")
@@ -68,20 +77,32 @@ def loss_of(target, model, batch, where: str, check_finite: bool = True, oom: bo
     return loss.reshape(())
 
 
-def backward(loss: torch.Tensor, where: str, oom: bool = False) -> None:
-    _guarded(loss.backward, "backward raised", where, oom)
+def backward(loss: torch.Tensor, where: str, oom: bool = False, scale: float = 1.0,
+             recipe: Optional[StepRecipe] = None) -> None:
+    """``loss.backward()``: of ``loss`` × ``scale`` when given (an fp16 loss scale: the gradients carry it), or
+    through the recipe's GradScaler (a training step's)."""
+    if recipe is not None and recipe.scaler is not None:
+        _guarded(lambda: recipe.backward(loss), "backward raised", where, oom)
+    else:
+        _guarded((loss * scale).backward if scale != 1.0 else loss.backward, "backward raised", where, oom)
 
 
-def optimizer_step(optimizer, where: str, oom: bool = False) -> None:
-    _guarded(optimizer.step, "the optimizer step raised", where, oom)
+def optimizer_step(optimizer, where: str, oom: bool = False, recipe: Optional[StepRecipe] = None,
+                   params=None) -> None:
+    """``optimizer.step()``, or the recipe's step (unscale, clip, step through the scaler)."""
+    if recipe is None or recipe.plain:
+        _guarded(optimizer.step, "the optimizer step raised", where, oom)
+    else:
+        _guarded(lambda: recipe.step(optimizer, params), "the optimizer step raised", where, oom)
 
 
 def guarded_step(target, model, optimizer, batch, where: str, check: bool = True, dist: Optional[Dist] = None,
-                 oom: bool = False) -> torch.Tensor:
+                 oom: bool = False, recipe: Optional[StepRecipe] = None) -> torch.Tensor:
     """One optimizer step of the probe on ``batch``, each call into the user's code guarded; returns the loss.
 
     ``check``: also refuse a non-finite loss; ``oom``: let out-of-memory through as
-    :class:`OutOfMemory`; ``dist``: average the gradients over the ranks before the step.
+    :class:`OutOfMemory`; ``dist``: average the gradients over the ranks before the step;
+    ``recipe``: the target's precision and clipping (autocast, loss scale, clip, scaler step).
 
     This is deliberately not the training loop's update (:func:`bsadvisor.runtime.step.train_step`),
     which differs in what the probe needs: that one takes dataset indices and a gather (here the batch is
@@ -94,11 +115,11 @@ def guarded_step(target, model, optimizer, batch, where: str, check: bool = True
     memory search).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_of(target, model, batch, where, check_finite=check, oom=oom)
-    backward(loss, where, oom)
+    loss = loss_of(target, model, batch, where, check_finite=check, oom=oom, recipe=recipe)
+    backward(loss, where, oom, recipe=recipe)
     if dist is not None and dist.enabled:
         dist.average_grads([p for p in model.parameters() if p.requires_grad])
-    optimizer_step(optimizer, where, oom)
+    optimizer_step(optimizer, where, oom, recipe, model.parameters())
     return loss
 
 

@@ -116,11 +116,11 @@ def _time_rung(bench: Bench, optimizer, size: int, untimed: bool) -> Optional[tu
     out_of_memory = False
     try:
         if untimed:
-            guarded_step(target, model, optimizer, batch, where, check=False, oom=True)
+            guarded_step(target, model, optimizer, batch, where, check=False, oom=True, recipe=bench.recipe)
             sync(device)
         steps, started = 0, time.perf_counter()
         while True:
-            guarded_step(target, model, optimizer, batch, where, check=False, oom=True)
+            guarded_step(target, model, optimizer, batch, where, check=False, oom=True, recipe=bench.recipe)
             steps += 1
             sync(device)
             elapsed = time.perf_counter() - started

@@ -38,7 +38,7 @@ def warm_up(bench: Bench, optimizer, budget: Budget) -> int:
     done = 0
     for step in range(steps):
         guarded_step(bench.target, bench.model, optimizer, bench.batches.next(config.local_batch),
-                     f"warmup step {step + 1}", dist=bench.dist)
+                     f"warmup step {step + 1}", dist=bench.dist, recipe=bench.recipe)
         if not all(torch.isfinite(p).all() for p in bench.params):
             raise UserError(f"parameters became non-finite at warmup step {step + 1}; lower --lr")
         done = step + 1

@@ -63,6 +63,7 @@ def write(run: "_Training") -> None:
             "steps": run.result.steps, "evals": run.result.evals, "since": dict(run.since),
             "partial": dict(run.partial),
             "monitor": run.monitor.state_dict() if run.monitor is not None else None,
+            "scaler": run.recipe.state_dict(), "skipped_steps": run.result.skipped_steps,  # fp16: the loss scale
             "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
 
 
@@ -73,6 +74,8 @@ def restore(run: "_Training", doc: dict) -> None:
     run.optimizer.load_state_dict(doc["optimizer"])
     run.scheduler.load_state_dict(doc["scheduler"])
     run.sampler.load_state_dict(doc["sampler"])
+    run.recipe.load_state_dict(doc.get("scaler"))  # the GradScaler's scale and growth tracker
+    result.skipped_steps = [dict(rec) for rec in doc.get("skipped_steps", [])]
     rng = doc["rng"]
     set_rng_state(rng[run.dist.rank] if isinstance(rng, list) else rng)
     result.history = [dict(rec) for rec in doc["history"]]

@@ -23,6 +23,7 @@ the gradients and their norms. Norms and sums are in float64.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -161,11 +162,13 @@ class AccumulatedDraws:
         self.parts.append((size, weight, float(sq_norm(diff))))
         self.prev = [g.detach().clone() for g in grads]
 
-    def end_update(self) -> Optional[tuple[float, float, float, int]]:
+    def end_update(self, grad_scale: float = 1.0) -> Optional[tuple[float, float, float, int]]:
         """The update's draw (|G_b|², |G_B|², the effective b, B), or None for one micro-batch; starts the next.
 
         A micro-batch of ``size`` without a weight was scaled by size/batch, as gradient
-        accumulation does.
+        accumulation does. ``grad_scale``: a GradScaler's loss scale, which the accumulated
+        ``.grad`` carries (the weights given with each micro-batch include it). A draw whose
+        gradients are not finite (an fp16 overflow the scaler skips) is dropped.
         """
         parts, prev = self.parts, self.prev
         self.parts, self.prev = [], None
@@ -174,7 +177,8 @@ class AccumulatedDraws:
         total = sum(size for size, _, _ in parts)
         sq = [norm / ((w if w is not None else size / total) ** 2) for size, w, norm in parts]
         b_eff = len(parts) / sum(1.0 / size for size, _, _ in parts)  # E|G_b|² has the mean of 1/b_j (eq. 17)
-        return sum(sq) / len(sq), float(sq_norm(prev)), b_eff, total
+        draw = sum(sq) / len(sq), float(sq_norm(prev)) / grad_scale ** 2, b_eff, total
+        return draw if math.isfinite(draw[0] + draw[1]) else None
 
 
 class ReplicaTally:
@@ -194,12 +198,15 @@ class ReplicaTally:
         self.local = local if self.local is None else self.local + local
         return allreduce_hook(process_group, bucket)
 
-    def end_update(self, batch_size: int, share: int) -> Optional[tuple[float, float, float, int]]:
+    def end_update(self, batch_size: int, share: int, grad_scale: float = 1.0,
+                   big_sq_norm: Optional[float] = None) -> Optional[tuple[float, float, float, int]]:
         """The update's draw, the same on every rank (one all-reduce of three numbers), or None under two ranks.
 
         Each rank's gradient before the all-reduce is world·share/batch × its share's mean
         gradient (the loss scaling of runtime.step.train_step); ``.grad`` after it is the
-        batch's mean gradient.
+        batch's mean gradient. ``grad_scale``: a GradScaler's loss scale, which the ranks'
+        gradients carry; ``big_sq_norm``: the averaged gradient's squared norm (unscaled, before
+        clipping) when ``.grad`` no longer holds it.
         """
         import torch.distributed as tdist
 
@@ -208,9 +215,11 @@ class ReplicaTally:
         tally = torch.zeros(3, dtype=torch.float64)
         if share > 0 and local is not None:
             weight = world * share / batch_size
-            tally += torch.tensor([float(local) / weight ** 2, 1.0, 1.0 / share], dtype=torch.float64)
+            tally += torch.tensor([float(local) / (weight * grad_scale) ** 2, 1.0, 1.0 / share],
+                                  dtype=torch.float64)
         tdist.all_reduce(tally)
         ranks, inverse = float(tally[1]), float(tally[2])
         if ranks < 2:
             return None
-        return float(tally[0]) / ranks, float(sq_norm(grads_of(self.params))), ranks / inverse, batch_size
+        big = float(sq_norm(grads_of(self.params))) if big_sq_norm is None else big_sq_norm
+        return float(tally[0]) / ranks, big, ranks / inverse, batch_size

@@ -49,6 +49,7 @@ from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
 from bsadvisor.runtime.batches import make_gather, to_device
+from bsadvisor.runtime.precision import unscaled_grads
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class NoiseMonitor:
         self.dataset_size = dataset_size if dataset_size is not None else (len(dataset) if dataset is not None
                                                                            else None)
         self.device = device
+        self.recipe = None  # a runtime.precision.StepRecipe: the extra draws' autocast and loss scale
         self.generator = torch.Generator().manual_seed(self.settings.seed)
         import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
@@ -269,9 +271,18 @@ class NoiseMonitor:
         return s, g
 
     def _gradient(self, idx: torch.Tensor) -> list:
-        """The mean loss's gradient on the examples ``idx``, by autograd.grad (``.grad`` is never written)."""
-        loss = self.loss_fn(self.model, to_device(self._gather(idx), self.device))
-        return dense(self.params, torch.autograd.grad(loss, self.params, allow_unused=True))
+        """The mean loss's gradient on the examples ``idx``, by autograd.grad (``.grad`` is never written).
+
+        Under the training's recipe (``recipe``): the loss under its autocast, differentiated
+        at the scaler's loss scale and divided by it, as the training's own gradients are.
+        """
+        batch = to_device(self._gather(idx), self.device)
+        if self.recipe is None:
+            return dense(self.params, torch.autograd.grad(self.loss_fn(self.model, batch), self.params,
+                                                          allow_unused=True))
+        with self.recipe.autocast():
+            loss = self.loss_fn(self.model, batch)
+        return dense(self.params, unscaled_grads(loss, self.params, self.recipe.loss_scale))
 
     def _auto_big_batch(self, batch_size: int) -> int:
         """The first draw batch when none is fixed: about the last estimate (a power of two, at least 64 and
@@ -305,14 +316,16 @@ class NoiseMonitor:
         self._accumulated.after_backward(size, weight)
 
     def end_update(self, samples: int, lr: float, momentum: float, batch_size: Optional[int] = None,
-                   update: Optional[int] = None) -> Optional[dict]:
+                   update: Optional[int] = None, grad_scale: float = 1.0) -> Optional[dict]:
         """Close an accumulated update (after its last ``after_backward``); every ``window`` updates, a point.
 
         The change in ``.grad`` of a micro-batch of ``size`` is weight × its mean gradient, and the
         final ``.grad`` is the update's mean gradient (each loss scaled by size/batch, as
-        gradient accumulation does). Updates of one micro-batch give no draw.
+        gradient accumulation does). Updates of one micro-batch give no draw. Under a
+        GradScaler, ``.grad`` carries its loss scale: give each micro-batch's weight times the
+        scale and ``grad_scale`` = the scale; an update whose gradients overflowed gives no draw.
         """
-        draw = self._accumulated.end_update()
+        draw = self._accumulated.end_update(grad_scale)
         if draw is None:
             return None
         return self._pend(draw, samples, update, lr, momentum, batch_size or draw[3], "accumulation")
@@ -331,16 +344,24 @@ class NoiseMonitor:
         return self._replicas.comm_hook(process_group, bucket)
 
     def end_replica_update(self, samples: int, lr: float, momentum: float, batch_size: int, share: int,
-                           update: Optional[int] = None) -> Optional[dict]:
+                           update: Optional[int] = None, grad_scale: float = 1.0,
+                           big_sq_norm: Optional[float] = None) -> Optional[dict]:
         """Close a data-parallel update (after ``optimizer.step()``, before the next ``zero_grad``).
 
         ``share``: this rank's examples of the ``batch_size`` (global) batch. One all-reduce
         of three numbers per update; every ``window`` updates, a point, the same on every rank.
+        ``grad_scale``: a GradScaler's loss scale in the ranks' gradients; ``big_sq_norm``: the
+        averaged gradient's squared norm before clipping, when the step clipped ``.grad``.
         """
-        draw = self._replicas.end_update(batch_size, share)
+        draw = self._replicas.end_update(batch_size, share, grad_scale, big_sq_norm)
         if draw is None:
             return None
         return self._pend(draw, samples, update, lr, momentum, batch_size, "replicas")
+
+    def discard_update(self) -> None:
+        """Forget the update in progress (a step the GradScaler skipped: its gradients overflowed)."""
+        self._accumulated.end_update()
+        self._replicas.local = None
 
     # ------------------------------------------------------------------ points
     def _pend(self, draw, samples, update, lr, momentum, batch_size, how: str) -> Optional[dict]:

@@ -81,7 +81,7 @@ def options_for_target(target, given: Optional[dict[str, Any]] = None) -> Target
     if m is None:
         m = target.momentum
         if target.optimizer in ADAM_FAMILY and m == 0:
-            m = ADAM_BETA1  # Target.make_optimizer's default β1
+            m = getattr(target, "beta1", ADAM_BETA1)  # optimizer_kwargs' β1, else make_optimizer's default
     kw.update(lr=target.lr if kw.get("lr") is None else kw["lr"], momentum=m, dataset_size=target.dataset_size,
               batch_size=target.batch_size if kw.get("batch_size") is None else kw["batch_size"],
               optimizer=target.optimizer)

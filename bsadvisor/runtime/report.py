@@ -167,6 +167,7 @@ def report_markdown(doc: dict) -> str:
              f"**{status_word(v)}**: {_md(verdict_text(doc))}. "
              f"{doc['seeds']} seed(s), {doc['epochs']:.4g} epochs, N = {doc['dataset_size']}"
              + (f", data parallel over {doc['world_size']} processes" if doc.get("world_size", 1) > 1 else "") + ".", "",
+             *recipe_lines(doc),
              f"| run | {doc['metric']} | final train loss | updates | examples | wall s |",
              "|---|---|---|---|---|---|"]
     for name, run in doc["runs"].items():
@@ -189,6 +190,36 @@ def report_markdown(doc: dict) -> str:
     if not doc.get("plots"):
         lines += ["(Install the `plot` extra, `pip install 'bsadvisor[plot]'`, for PNG curves.)", ""]
     return "\n".join(lines)
+
+
+def recipe_text(recipe: dict) -> str:
+    """``AdamW (betas [0.9, 0.95], eps 1e-08), weight decay 0.01, gradient clipping at norm 1, precision
+    bf16-mixed``: the recipe every run trained with."""
+    names = {"sgd": "SGD", "nesterov": "SGD (Nesterov)", "adam": "Adam", "adamw": "AdamW"}
+    kwargs = recipe.get("optimizer_kwargs") or {}
+    text = names.get(recipe.get("optimizer"), str(recipe.get("optimizer")))
+    if kwargs:
+        shown = {k: "(" + ", ".join(map(str, v)) + ")" if isinstance(v, list) else v for k, v in kwargs.items()}
+        text += " (" + ", ".join(f"{k} {v}" for k, v in shown.items()) + ")"
+    text += f", weight decay {recipe.get('weight_decay', 0):g}"
+    clip = recipe.get("max_grad_norm")
+    text += f", gradient clipping at norm {clip:g}" if clip is not None else ", no gradient clipping"
+    text += f", precision {recipe.get('precision', '32')}"
+    if recipe.get("param_groups"):
+        text += f", {len(recipe['param_groups'])} param groups"
+    return text
+
+
+def recipe_lines(doc: dict) -> list[str]:
+    """The recipe line of report.md, and the steps a GradScaler skipped (fp16), when any."""
+    if not doc.get("recipe"):
+        return []
+    lines = [f"Trained with {_md(recipe_text(doc['recipe']))} (every run, every seed).", ""]
+    skipped = {name: sum(len(s.get("skipped_steps") or []) for s in run["seeds"]) for name, run in doc["runs"].items()}
+    if any(skipped.values()):
+        lines += ["Steps the fp16 GradScaler skipped (inf/NaN gradients; not counted as updates): "
+                  + ", ".join(f"{name} {n}" for name, n in skipped.items()) + " (all seeds).", ""]
+    return lines
 
 
 def paired_table(doc: dict) -> list[str]:

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bsadvisor.runtime.batches import loss_weight, micro_batches, rank_share, to_device, weighted
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.precision import StepRecipe
 
 
 def sq_norm(tensors) -> torch.Tensor:
@@ -39,7 +40,7 @@ def _ddp_dist(model: torch.nn.Module) -> Dist:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], Any],
                gather: Callable[[torch.Tensor], Any], indices: torch.Tensor,
                max_micro_batch: Optional[int] = None, device: Optional[torch.device] = None,
-               monitor=None) -> float:
+               monitor=None, recipe: Optional[StepRecipe] = None) -> float:
     """One parameter update on the batch ``indices``; returns the batch's mean loss.
 
     If the batch (this rank's share of it, under DDP) exceeds ``max_micro_batch`` the
@@ -60,6 +61,15 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     ``monitor`` (a runtime.monitor.NoiseMonitor, one process only): told after each
     micro-batch's backward, so it reads the micro-batch gradients it needs from ``.grad``
     without changing them; the caller closes the update with ``monitor.end_update``.
+
+    ``recipe`` (a runtime.precision.StepRecipe, ``StepRecipe.of(target)``): the user's
+    precision and clipping. ``loss_fn`` runs under its autocast, backward takes the scaled
+    loss under a GradScaler, and the step unscales, clips the global gradient norm to
+    ``max_grad_norm`` and steps through the scaler; ``recipe.skipped`` then says whether the
+    scaler skipped the step (inf/NaN gradients). The monitor reads the gradients before
+    clipping, with the loss scale divided out.
+
+    Long because this docstring is the update's contract; the body is one loop and a step.
     """
     dist = _ddp_dist(model)
     rank, world = dist.rank, dist.world_size
@@ -67,22 +77,26 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     share, stand_in = rank_share(indices, rank, world)
     k = micro_batches(len(share), max_micro_batch)
     parts = torch.tensor_split(share, k) if k > 1 else (share,)
+    recipe = recipe if recipe is not None else StepRecipe(device=device)
+    scale = recipe.loss_scale  # fixed within the update (the scaler changes it in update())
     optimizer.zero_grad(set_to_none=True)
     total = None
     for i, part in enumerate(parts):
         inner = model.no_sync() if world > 1 and i < k - 1 else contextlib.nullcontext()
         with inner:
-            loss = loss_fn(model, to_device(gather(part), device))
+            with recipe.autocast():
+                loss = loss_fn(model, to_device(gather(part), device))
             # ∑ over ranks and parts of world·|part|/n, divided by world (DDP's mean), is 1
             loss = weighted(loss, loss_weight(len(part), n, world, stand_in))
-            loss.backward()
-        if monitor is not None:
-            monitor.after_backward(len(part), weight=len(part) / n)
+            recipe.backward(loss)
+        if monitor is not None:  # .grad holds the scaled gradient: weight × loss scale
+            monitor.after_backward(len(part), weight=len(part) / n * scale)
         total = loss.detach() if total is None else total + loss.detach()  # on the device: no sync
     if world > 1:
         total = dist.all_reduce(total.to(torch.float64)) / world  # the global batch's mean loss
     value = float(total)
     if not math.isfinite(value):
+        recipe.skipped = False
         return value  # the caller names the run and epoch; do not step on a NaN gradient
-    optimizer.step()
+    recipe.step(optimizer, model.parameters())
     return value

@@ -52,6 +52,7 @@ from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
 from bsadvisor.runtime.sampler import PlanBatchSampler
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
+from bsadvisor.runtime.precision import StepRecipe
 from bsadvisor.runtime.step import train_step
 from bsadvisor.targets.target import Target
 
@@ -72,6 +73,7 @@ class RunResult:
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
     diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
+    skipped_steps: list[dict] = field(default_factory=list)  # {samples, update, loss_scale}: steps a GradScaler skipped
 
     @property
     def final(self) -> dict:
@@ -83,7 +85,7 @@ class RunResult:
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
                 "history": self.history, "steps": self.steps, "evals": self.evals,
-                "noise_trace": self.noise_trace}
+                "noise_trace": self.noise_trace, "skipped_steps": self.skipped_steps}
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class _Training:
     checkpoint: Optional[Path]
     meta: dict  # what a checkpoint must match to be resumed
     optimizer: torch.optim.Optimizer
+    recipe: StepRecipe  # the target's precision and clipping (runtime/precision.py)
     scheduler: BatchSizeScheduler
     sampler: PlanBatchSampler
     result: RunResult
@@ -190,6 +193,7 @@ def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = Non
     seed, max_micro_batch, evals, noise_monitor = opts.seed, opts.max_micro_batch, opts.evals, opts.noise_monitor
     dev = torch.device(opts.device) if opts.device is not None else None
     meta = ckpt.run_meta(plan, opts.name, seed, max_micro_batch, model, evals, dist)
+    meta["recipe"] = target.recipe()  # another optimizer's kwargs, clipping or precision: another run
     user_rng = get_rng_state()
     net = model
     try:
@@ -200,6 +204,7 @@ def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = Non
         if noise_monitor is not None:
             run.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
                                        device=dev, **{"seed": seed, **noise_monitor})
+            run.monitor.recipe = run.recipe
             run.result.noise_trace = run.monitor.points
         start = _resume(run, on_epoch) if opts.resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
@@ -237,7 +242,8 @@ def _set_up(target: Target, plan: Plan, name: str, seed: int, dist: Dist, dev: O
     s0 = plan.at_sample(0)
     optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
     run = _Training(target=target, plan=plan, name=name, seed=seed, dist=dist, device=dev, checkpoint=checkpoint,
-                    meta=meta, optimizer=optimizer, scheduler=BatchSizeScheduler(plan, optimizer),
+                    meta=meta, optimizer=optimizer, recipe=StepRecipe.of(target, dev),
+                    scheduler=BatchSizeScheduler(plan, optimizer),
                     sampler=PlanBatchSampler(plan, target.dataset_size, seed=seed),  # global batches; ranks take shares
                     result=RunResult(name=name, seed=seed, plan_updates=plan.updates))
     seed_everything(rank_seed(seed, dist.rank))  # dropout/augmentation: a different stream per rank
@@ -296,7 +302,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
         lr, momentum, monitor = _before_update(run, epoch, epoch * n + a, len(idx), stride, max_micro_batch)
         try:
             loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device,
-                              monitor=monitor)
+                              monitor=monitor, recipe=run.recipe)
         except UserError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
@@ -307,8 +313,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
-        _after_update(run, monitor, epoch * n + a, lr, momentum, idx)
-        _count_update(run, part, loss, len(idx), b)
+        skipped = _book_update(run, monitor, part, loss, epoch * n + a, lr, momentum, idx, b)
         if on_step:
             on_step(len(idx))
         if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(run, epoch * n + b):
@@ -316,7 +321,7 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
             run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
             _add_eval_points(run, epoch * n + b, _evaluate_at(run, epoch, eval_batch_size))
             t0, m0 = time.perf_counter(), _monitor_seconds(run)
-        if run.checkpoint_every and run.updates % run.checkpoint_every == 0 and b < n:
+        if run.checkpoint_every and not skipped and run.updates % run.checkpoint_every == 0 and b < n:
             run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
             ckpt.write(run)  # mid-epoch: the partial epoch's sums and position go with it
             t0, m0 = time.perf_counter(), _monitor_seconds(run)
@@ -328,6 +333,31 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
+
+
+def _book_update(run: _Training, monitor: Optional[NoiseMonitor], part: dict, loss: float, sample: int, lr: float,
+                 momentum: float, idx: torch.Tensor, offset: int) -> bool:
+    """Book the update just trained (the monitor, the totals, the scheduler); True when the GradScaler skipped it."""
+    if run.recipe.skipped:  # its examples were seen, no update was made
+        _skipped_update(run, part, loss, sample, len(idx), offset)
+        return True
+    _after_update(run, monitor, sample, lr, momentum, idx)
+    _count_update(run, part, loss, len(idx), offset)
+    return False
+
+
+def _skipped_update(run: _Training, part: dict, loss: float, sample: int, size: int, offset: int) -> None:
+    """Book an update the GradScaler skipped (inf/NaN gradients under fp16): reported in ``skipped_steps``, not
+    counted as an update; the plan moves on past its examples, as Lightning and Hugging Face do."""
+    run.result.skipped_steps.append({"samples": sample, "update": run.updates, "loss_scale": run.recipe.last_scale})
+    if run.monitor is not None:
+        run.monitor.discard_update()
+    for acc in (part, run.since):
+        acc["loss_sum"] += loss * size
+        acc["seen"] += size
+    part["offset"] = offset
+    run.examples += size
+    run.scheduler.step(samples=size)
 
 
 def _count_update(run: _Training, part: dict, loss: float, size: int, offset: int) -> None:
@@ -362,11 +392,14 @@ def _after_update(run: _Training, monitor: Optional[NoiseMonitor], sample: int, 
                   idx: torch.Tensor) -> None:
     """Close the update for the noise monitor: its micro-batches (one process) or the ranks' gradients (DDP)."""
     dist = run.dist
+    recipe = run.recipe
     if monitor is not None:
-        monitor.end_update(sample, lr, momentum, len(idx), run.updates)
+        monitor.end_update(sample, lr, momentum, len(idx), run.updates, grad_scale=recipe.last_scale)
     elif run.monitor is not None and dist.enabled:
+        clipped = recipe.grad_norm ** 2 if recipe.grad_norm is not None else None  # .grad is clipped now
         run.monitor.end_replica_update(sample, lr, momentum, len(idx), len(split_share(idx, dist.rank,
-                                                                                       dist.world_size)), run.updates)
+                                                                                       dist.world_size)), run.updates,
+                                       grad_scale=recipe.last_scale, big_sq_norm=clipped)
 
 
 def _monitor_for(run: _Training, batch: int, max_micro_batch: Optional[int]) -> Optional[NoiseMonitor]:

@@ -359,6 +359,7 @@ def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptio
         if home is not None:
             target.model.to(home)
     doc = {"schema": VALIDATION_SCHEMA, "target": target.name, "metric": metric_name,
+           "recipe": target.recipe(),  # what every run trained with: optimizer and kwargs, clipping, precision
            "temperature": realised_temperatures(specs, runs), "dataset_size": target.dataset_size, "seeds": seeds,
            "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
            "runs": runs, "verdict": verdict(runs, options.tolerance), "warnings": list(warnings or [])}

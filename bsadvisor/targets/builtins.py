@@ -163,6 +163,8 @@ CHARLM_TRAIN = 16384  # sequences of CHARLM_SEQ_LEN + 1 bytes
 CHARLM_EVAL = 512
 CHARLM_LR = 2e-3
 CHARLM_BATCH = 32
+CHARLM_BETA2 = 0.95  # AdamW betas (0.9, 0.95) and clipping at 1.0: GPT-3, Chinchilla, OLMo, nanoGPT
+CHARLM_CLIP = 1.0
 
 
 def charlm_text() -> bytes:
@@ -254,6 +256,7 @@ def charlm(seed: int = 0) -> Target:
                   loss_fn=loss_fn, batch_size=CHARLM_BATCH, lr=CHARLM_LR, momentum=0.9, optimizer="adamw",
                   weight_decay=0.01, eval_dataset=torch.utils.data.TensorDataset(test[:, :-1], test[:, 1:]),
                   metric_fn=metric_fn, name="builtin:charlm",
+                  optimizer_kwargs={"betas": (0.9, CHARLM_BETA2)}, max_grad_norm=CHARLM_CLIP,  # the usual LM recipe
                   metadata={"schedule": schedule, "schedule_unit": "step", "epochs": 1, "seq_len": CHARLM_SEQ_LEN,
                             "metric_name": "negative eval cross-entropy (nats per byte)"})
 

@@ -14,6 +14,11 @@ from typing import Any, Callable, Optional
 from bsadvisor.core.errors import UserError
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+#: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+#: Keys of optimizer_kwargs that a Target field (or the plan, per update) sets instead: where each goes.
+_OWN_FIELDS = {"lr": "Target.lr", "momentum": "Target.momentum", "weight_decay": "Target.weight_decay",
+               "params": "the model", "nesterov": "optimizer='nesterov'"}
 #: The largest training set a Target may have: every epoch draws a permutation of all its indices (int64).
 MAX_DATASET_SIZE = 2**31
 
@@ -41,9 +46,30 @@ class Target:
     collate_fn: Optional[Callable[[list], Any]] = None
     name: str = "target"
     metadata: dict = field(default_factory=dict)
+    optimizer_kwargs: dict = field(default_factory=dict)
+    max_grad_norm: Optional[float] = None
+    precision: str = "32"
+    param_groups: Optional[list] = None
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
+        self.precision = str(self.precision)
+
+    @property
+    def beta1(self) -> float:
+        """The momentum the target trains with: ``momentum``; for Adam at 0, β1 of ``optimizer_kwargs['betas']``
+        or 0.9 (torch's default)."""
+        if self.momentum > 0 or self.optimizer not in ("adam", "adamw"):
+            return float(self.momentum)
+        betas = (self.optimizer_kwargs or {}).get("betas")
+        return float(betas[0]) if betas is not None else 0.9
+
+    def recipe(self) -> dict:
+        """What the target trains with, as plain data (results.json, the report, a checkpoint's identity):
+        the optimizer with its keyword arguments, weight decay, gradient clipping and precision."""
+        return {"optimizer": self.optimizer, "optimizer_kwargs": _plain(dict(self.optimizer_kwargs or {})),
+                "weight_decay": float(self.weight_decay), "max_grad_norm": self.max_grad_norm,
+                "precision": self.precision, "param_groups": _plain(self.param_groups)}
 
     @property
     def dataset_size(self) -> int:
@@ -56,12 +82,24 @@ class Target:
         params = self.model.parameters() if params is None else params
         lr = self.lr if lr is None else lr
         momentum = self.momentum if momentum is None else momentum
+        kwargs = dict(self.optimizer_kwargs or {})
+        params = self._groups(params)
         if self.optimizer in ("sgd", "nesterov"):
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=self.weight_decay,
-                                   nesterov=self.optimizer == "nesterov" and momentum > 0)
-        betas = (momentum if momentum > 0 else 0.9, 0.999)
+                                   nesterov=self.optimizer == "nesterov" and momentum > 0, **kwargs)
+        beta2 = kwargs.pop("betas", (0.9, 0.999))[1]  # β1 is the momentum (the plan's, per update)
+        betas = (momentum if momentum > 0 else self.beta1, beta2)
         cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=betas, weight_decay=self.weight_decay)
+        return cls(params, lr=lr, betas=betas, weight_decay=self.weight_decay, **kwargs)
+
+    def _groups(self, params):
+        """``params`` split into ``param_groups`` (lists of parameter names with their own settings), if any."""
+        if not self.param_groups:
+            return params
+        named = {id(p): n for n, p in self.model.named_parameters()}
+        by_name = {named.get(id(p)): p for p in params}
+        return [{**{k: v for k, v in g.items() if k != "params"}, "params": [by_name[n] for n in g["params"]]}
+                for g in self.param_groups]
 
     def collate(self, items: list):
         if self.collate_fn is not None:
@@ -126,7 +164,86 @@ def check_target(target: Any, where: str = "target") -> Target:
         raise UserError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {target.optimizer!r}")
     if target.eval_dataset is not None and target.metric_fn is None:
         raise UserError(f"{where}: eval_dataset given without metric_fn(model, batch) -> float")
+    _check_recipe(target, where)
     return target
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and anything not a number, string or container as its repr (for JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _check_recipe(target: Target, where: str) -> None:
+    """optimizer_kwargs against the optimizer's signature, param_groups against the model, max_grad_norm and
+    precision: each a UserError naming the field."""
+    import inspect
+
+    import torch
+
+    kwargs = target.optimizer_kwargs
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise UserError(f"{where}: optimizer_kwargs must be a dict of keyword arguments such as "
+                        f"{{'betas': (0.9, 0.95), 'eps': 1e-8}}, got {type(kwargs).__name__}")
+    cls = torch.optim.SGD if target.optimizer in ("sgd", "nesterov") else (
+        torch.optim.Adam if target.optimizer == "adam" else torch.optim.AdamW)
+    accepted = [n for n in inspect.signature(cls).parameters if n not in _OWN_FIELDS]
+    for key in kwargs:
+        if key in _OWN_FIELDS:
+            raise UserError(f"{where}: optimizer_kwargs sets {key!r}; give it as {_OWN_FIELDS[key]} instead")
+        if key not in accepted:
+            raise UserError(f"{where}: optimizer_kwargs has {key!r}, which torch.optim.{cls.__name__} does not take "
+                            f"(it takes {', '.join(accepted)})")
+    if "betas" in kwargs:
+        betas = kwargs["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise UserError(f"{where}: optimizer_kwargs['betas'] must be two numbers in [0, 1), such as (0.9, 0.95), "
+                            f"got {betas!r}")
+        if target.momentum > 0 and target.momentum != betas[0]:
+            raise UserError(f"{where}: momentum {target.momentum} and optimizer_kwargs['betas'][0] {betas[0]} "
+                            "disagree; Adam's β1 is the momentum: give one of them")
+    if target.param_groups is not None:
+        _check_groups(target, where)
+    try:  # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in
+        if (kwargs or target.param_groups) and type(target).make_optimizer is Target.make_optimizer:
+            target.make_optimizer([torch.zeros(1, requires_grad=True)] if not target.param_groups else None)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- torch's ValueError / TypeError names the value
+        raise UserError(f"{where}: torch.optim.{cls.__name__} refused optimizer_kwargs {_plain(kwargs)}: "
+                        f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    clip = target.max_grad_norm
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
+                             or clip <= 0):
+        raise UserError(f"{where}: max_grad_norm must be a positive number (the global gradient norm to clip to) "
+                        f"or None, got {clip!r}")
+    if target.precision not in PRECISIONS:
+        raise UserError(f"{where}: precision must be one of {', '.join(map(repr, PRECISIONS))} (Lightning's names), "
+                        f"got {target.precision!r}")
+
+
+def _check_groups(target: Target, where: str) -> None:
+    """param_groups: a list of dicts whose 'params' name each trainable parameter exactly once."""
+    groups = target.param_groups
+    trainable = [n for n, p in target.model.named_parameters() if p.requires_grad]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), (list, tuple))
+                                               for g in groups):
+        raise UserError(f"{where}: param_groups must be a list of dicts, each with 'params': a list of parameter "
+                        "names (model.named_parameters()) and its own settings")
+    named = [n for g in groups for n in g["params"]]
+    unknown = sorted(set(named) - set(dict(target.model.named_parameters())))
+    if unknown:
+        raise UserError(f"{where}: param_groups name {unknown[0]!r}, not a parameter of the model")
+    if sorted(named) != sorted(trainable):
+        missing = sorted(set(trainable) - set(named)) or sorted({n for n in named if named.count(n) > 1})
+        raise UserError(f"{where}: param_groups must name every trainable parameter once; {missing[0]!r} is "
+                        f"{'missing' if missing[0] not in named else 'named twice'}")
 
 
 def batchnorm_layers(model) -> list[str]:

@@ -19,6 +19,10 @@ LightningModule and DataModule stay as they are:
   the validation interval) at every epoch start.
 - Resume: the samples and updates trained are the callback's state in Lightning's own
   checkpoints; a resumed fit continues at the next batch of the plan, mid-epoch included.
+- Precision and clipping are the Trainer's (``precision``, ``gradient_clip_val``): Lightning
+  runs them as the user set them. Under ``precision="16-mixed"`` a step the GradScaler
+  skips (inf/NaN gradients) is recorded in ``skipped_steps`` and not counted in ``updates``;
+  the plan moves on past its examples, as bsadvisor's own loop does.
 
 Lightning has no public hook for a per-update batch size, so FollowPlan sets a few
 attributes of the Trainer's fit loop (``_data_source``, ``max_batches``,
@@ -48,6 +52,7 @@ from bsadvisor.integrations.lightning.target import training_step_loss
 from bsadvisor.integrations.releases import check_release, requirement
 from bsadvisor.runtime.batches import (batch_rows, loss_weight, micro_batches, rank_share, share_span, split_batch,
                                        weighted)
+from bsadvisor.runtime.precision import unscaled_grads
 from bsadvisor.runtime.sampler import PlanBatchSampler
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
 
@@ -164,6 +169,8 @@ class FollowPlan(pl.Callback):
         self.plan, self.max_micro_batch, self.seed = plan, max_micro_batch, seed
         self.samples_seen = 0  # global examples trained on: the plan's position
         self.updates = 0
+        self.skipped_steps: list[dict] = []  # {samples, update, loss_scale}: steps an fp16 GradScaler skipped
+        self._scaler, self._scale_before = None, None
         self._rank, self._world = 0, 1
         self._schedulers: list[BatchSizeScheduler] = []
         self._sampler: Optional[_PlanBatches] = None
@@ -249,6 +256,8 @@ class FollowPlan(pl.Callback):
         self._sampler = _own_sampler(trainer)
         self._schedulers = [BatchSizeScheduler(self.plan, opt, samples_seen=self.samples_seen)
                             for opt in trainer.optimizers]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # "16-mixed": Lightning's GradScaler
+        self._scaler = scaler if isinstance(scaler, torch.amp.GradScaler) else None
         plan = self.plan
         if trainer.max_epochs not in (None, -1) and trainer.max_epochs < plan.full_epochs:
             rank_zero_warn(f"Trainer(max_epochs={trainer.max_epochs}) stops before the plan's {plan.full_epochs} "
@@ -296,13 +305,19 @@ class FollowPlan(pl.Callback):
         for scheduler in self._schedulers:
             scheduler.seek(s)
         self._update = update
+        self._scale_before = self._scaler.get_scale() if self._scaler is not None else None
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._update is None:
             return
+        if self._scale_before is not None and self._scaler.get_scale() < self._scale_before:
+            # the scale only goes down when the scaler skipped the step: no update was made
+            self.skipped_steps.append({"samples": self.samples_seen, "update": self.updates,
+                                       "loss_scale": self._scale_before})
+        else:
+            self.updates += 1
         self.samples_seen += self._update.global_batch
-        self.updates += 1
         self._update = None
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -338,7 +353,8 @@ class FollowPlan(pl.Callback):
         for part in parts[:-1]:
             loss = training_step_loss(original(part, *args, **kwargs), "training_step")
             loss = weighted(loss, update.weight(batch_rows(part)))
-            got = torch.autograd.grad(loss, params, allow_unused=True)
+            # at the fp16 GradScaler's scale and divided by it: the fp16 backward keeps its range
+            got = unscaled_grads(loss, params, self._scale_before or 1.0)
             grads = list(got) if grads is None else [g if a is None else a if g is None else a + g
                                                      for a, g in zip(grads, got)]
             earlier = loss.detach() if earlier is None else earlier + loss.detach()
@@ -357,7 +373,7 @@ class FollowPlan(pl.Callback):
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"samples_seen": self.samples_seen, "updates": self.updates, "seed": self.seed,
-                "plan": self.plan.fingerprint()}
+                "plan": self.plan.fingerprint(), "skipped_steps": [dict(s) for s in self.skipped_steps]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("plan") != self.plan.fingerprint() or state_dict.get("seed") != self.seed:
@@ -365,6 +381,7 @@ class FollowPlan(pl.Callback):
                             "FollowPlan(plan, seed=...)")
         self.samples_seen = int(state_dict["samples_seen"])
         self.updates = int(state_dict["updates"])
+        self.skipped_steps = [dict(s) for s in state_dict.get("skipped_steps", [])]
 
 
 class _AddGrads(torch.autograd.Function):

@@ -21,7 +21,7 @@ _OPTIMIZERS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.Ada
 
 
 def target_from_lightning(module: Any, datamodule: Any = None, *, metric: Optional[str] = None,
-                          mode: Optional[str] = None) -> Target:
+                          mode: Optional[str] = None, trainer: Any = None) -> Target:
     """A ``Target`` for ``probe``/``advise``/``validate`` from a LightningModule (and a LightningDataModule).
 
     - ``loss_fn(model, batch)``: ``model.training_step(batch, 0)``, its returned loss or
@@ -29,14 +29,22 @@ def target_from_lightning(module: Any, datamodule: Any = None, *, metric: Option
     - ``train_dataset``, ``batch_size``, ``collate_fn``: the train DataLoader's
       (the datamodule's ``train_dataloader`` if it has one, else the module's), after
       ``prepare_data`` and ``setup("fit")`` as the Trainer calls them;
-    - ``optimizer``, ``lr``, ``momentum``, ``weight_decay``: the first optimizer
-      ``configure_optimizers`` returns (SGD, Adam or AdamW);
+    - ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``optimizer_kwargs`` (β2, eps,
+      amsgrad, dampening, foreach/fused, ...: every setting that differs from torch's default)
+      and ``param_groups`` (when it has several: their parameters by name and the settings
+      where each differs from the first): the first optimizer ``configure_optimizers``
+      returns (SGD, Adam or AdamW);
+    - ``max_grad_norm`` and ``precision``: the ``trainer``'s ``gradient_clip_val`` (with
+      ``gradient_clip_algorithm="norm"``) and ``precision`` ("32-true", "bf16-mixed",
+      "16-mixed"), when a Trainer is handed over;
     - ``eval_dataset``, ``metric_fn``: the val DataLoader's dataset, and the value
       ``validation_step`` logs with ``self.log`` under ``metric`` (default: the first one
       it logs), negated when ``mode`` is "min" (default: "min" when the name holds
       "loss", else "max"), as a Target's metric is higher-is-better.
 
     Lightning's batch hooks (``on_before_batch_transfer`` and the like) are not called.
+    What cannot be carried over (an LR scheduler, a second optimizer, value clipping, another
+    precision, gradient accumulation) is named in one warning line.
     """
     if not all(callable(getattr(module, hook, None)) for hook in ("training_step", "configure_optimizers")):
         raise UserError(f"expected a LightningModule, got {type(module).__name__}")
@@ -51,7 +59,14 @@ def target_from_lightning(module: Any, datamodule: Any = None, *, metric: Option
         raise UserError(f"train_dataloader returned {type(loader).__name__}; a target needs one DataLoader over a "
                         "map-style dataset")
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
-    optimizer, settings = _optimizer_settings(module)
+    optimizer, settings, left_out = _optimizer_settings(module)
+    if trainer is not None:
+        settings.update(_trainer_settings(trainer, left_out))
+    if left_out:
+        import warnings
+
+        warnings.warn(f"{type(module).__name__}: bsadvisor trains without " + "; ".join(left_out)
+                      + " (not carried over from Lightning)", UserWarning, stacklevel=2)
     from torch.utils.data import default_collate
 
     target = Target(model=module, train_dataset=loader.dataset, loss_fn=_lightning_loss,
@@ -98,10 +113,19 @@ def _defines(obj: Any, hook: str) -> bool:
                if c.__module__.split(".")[0] not in ("lightning", "pytorch_lightning", "torch", "builtins"))
 
 
-def _optimizer_settings(module: Any) -> tuple[str, dict]:
-    """(optimizer name, {lr, momentum, weight_decay}) of the first optimizer ``configure_optimizers`` returns."""
+def _optimizer_settings(module: Any) -> tuple[str, dict, list[str]]:
+    """(optimizer name, the Target's optimizer fields, what is left out) of the first optimizer
+    ``configure_optimizers`` returns: lr, momentum, weight_decay, the other settings that differ from torch's
+    defaults (``optimizer_kwargs``) and, for several param groups, the groups by parameter name."""
     conf = _call(module, "configure_optimizers")
+    left_out = []
+    if isinstance(conf, dict) and conf.get("lr_scheduler") is not None or (
+            isinstance(conf, (list, tuple)) and len(conf) == 2 and isinstance(conf[0], (list, tuple))
+            and conf[1]):
+        left_out.append("the LR scheduler configure_optimizers returns (the plan holds the schedule)")
     while isinstance(conf, (list, tuple, dict)) and not isinstance(conf, torch.optim.Optimizer):
+        if isinstance(conf, (list, tuple)) and sum(isinstance(o, torch.optim.Optimizer) for o in conf) > 1:
+            left_out.append(f"optimizers after the first ({len(conf) - 1} more)")
         conf = conf.get("optimizer") if isinstance(conf, dict) else (conf[0] if conf else None)
     if not isinstance(conf, torch.optim.Optimizer):
         raise UserError(f"configure_optimizers returned no optimizer ({type(conf).__name__})")
@@ -113,8 +137,76 @@ def _optimizer_settings(module: Any) -> tuple[str, dict]:
     momentum = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
     if name == "sgd" and group.get("nesterov"):
         name = "nesterov"
-    return name, {"lr": float(group["lr"]), "momentum": float(momentum),
-                  "weight_decay": float(group.get("weight_decay", 0.0))}
+    settings = {"lr": float(group["lr"]), "momentum": float(momentum),
+                "weight_decay": float(group.get("weight_decay", 0.0)),
+                "optimizer_kwargs": _optimizer_kwargs(type(conf), group)}
+    if len(conf.param_groups) > 1:
+        settings["param_groups"] = _param_groups(module, conf)
+    return name, settings, left_out
+
+
+#: Param-group keys a Target sets from its own fields (or per update, from the plan), or that are not settings.
+_FIELDS = ("params", "lr", "momentum", "weight_decay", "nesterov", "initial_lr", "name")
+
+
+def _optimizer_kwargs(cls: type, group: dict) -> dict:
+    """The group's settings that differ from ``cls``'s defaults and are not a Target field (Adam's β1 is the
+    momentum, so ``betas`` is carried only when β2 differs)."""
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()}
+    kwargs = {}
+    for key, value in group.items():
+        if key in _FIELDS or key not in defaults or value == defaults[key]:
+            continue
+        if key == "betas":
+            if value[1] == defaults["betas"][1]:
+                continue
+            value = (float(value[0]), float(value[1]))
+        kwargs[key] = value
+    return kwargs
+
+
+def _param_groups(module: Any, optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The optimizer's param groups by parameter name, each with the settings where it differs from the first."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    first = optimizer.param_groups[0]
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in names]
+        if missing:
+            raise UserError("configure_optimizers put a tensor that is not one of the module's parameters in a "
+                            "param group; a target's param groups name the module's parameters")
+        groups.append({"params": [names[id(p)] for p in group["params"]],
+                       **{k: (tuple(v) if isinstance(v, list) else v) for k, v in group.items()
+                          if k not in ("params", "initial_lr", "name") and v != first.get(k)}})
+    return groups
+
+
+#: Lightning's precision names that are a Target's precision.
+_PRECISIONS = {"32-true": "32", "32": "32", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+
+
+def _trainer_settings(trainer: Any, left_out: list[str]) -> dict:
+    """max_grad_norm and precision from a Trainer; what they cannot say goes to ``left_out``."""
+    settings = {}
+    clip = getattr(trainer, "gradient_clip_val", None)
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None) or "norm"
+    algorithm = str(getattr(algorithm, "value", algorithm))  # Lightning's GradClipAlgorithmType, or its string
+    if clip:
+        if algorithm == "norm":
+            settings["max_grad_norm"] = float(clip)
+        else:
+            left_out.append(f"Trainer(gradient_clip_algorithm={algorithm!r}) clipping (only norm clipping is carried)")
+    precision = str(getattr(trainer, "precision", "32-true"))
+    if precision in _PRECISIONS:
+        settings["precision"] = _PRECISIONS[precision]
+    else:
+        left_out.append(f"Trainer(precision={precision!r}) (bsadvisor trains '32', 'bf16-mixed' or '16-mixed')")
+    if getattr(trainer, "accumulate_grad_batches", 1) != 1:
+        left_out.append(f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) (the plan decides "
+                        "each update's batch)")
+    return settings
 
 
 def _lightning_loss(model: Any, batch: Any) -> torch.Tensor:

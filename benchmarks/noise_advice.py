@@ -1,0 +1,278 @@
+"""What does the gradient noise scale predict about a plan's outcome? (issue 28)
+
+On six models, the default plan (``recommend`` with the target's recipe: the linear Adam rule for AdamW, the
+exact rule for SGD; no noise cap) is trained against the original with the same seeds (paired verdict,
+δ = 0.005, 90 % t interval), and set beside what the noise scale says about it:
+
+- along the run: the NoiseMonitor's B_simple(s) on the original of seed 0 (validate's monitor settings), and
+  the plan's batch at the same samples. The plan keeps the original's temperature, so under B_noise ∝ 1/T the
+  plan's noise scale at s is the original's measured one: B/B_simple is read directly. Reported at the first
+  point after the recipe's warmup ("start"), at the last bounded point ("late") and its maximum, and the
+  growth of B_simple from the first to the last of those points;
+- what ``advise`` read until now: the probe's one point near initialisation (its default warmup, 2 % of an
+  epoch at the target's LR), and whether it kept the batch (B0 ≥ 4 × B_noise where the decay begins);
+- what a cheap scout reads: the same probe after as many updates as the recipe's warmup (at least 2 % of
+  the run), at the target's LR, with its 90 % interval.
+
+Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter`` (AdamW, own recipe),
+``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
+MultiStepLR at epochs 3, 6 and 8, γ = 0.2). The Adam-rule study (``--rules``) adds the sorter with β2 = 0.95
+(``sorter-b95``) and a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data),
+the optimizer overridden here (Target has no optimizer keywords on this branch).
+
+Every run is trained by the library (``adam_rules.train_one``: ``runtime.train.train_plan``, what
+``validate`` runs, with its monitor on the original of seed 0) and cached in
+benchmarks/results/noise_advice.json by (model, config, seed); runs already in adam_rules.json (the same
+models, configs and seeds: training is deterministic on CPU) are read from there, not trained again.
+
+    python benchmarks/noise_advice.py [--models charlm,sorter] [--configs linear] [--seeds 3]
+    python benchmarks/noise_advice.py --models sorter,sorter-b95,sorter-long-b95 --configs linear,sqrt,seesaw
+    python benchmarks/noise_advice.py --table-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import adam_rules  # noqa: E402  (its plans, its training call, its cache of the same runs)
+from bsadvisor.core.fileio import write_atomic  # noqa: E402
+from bsadvisor.core.verdict import paired_verdict  # noqa: E402
+
+MODELS = ("charlm", "wordlm", "mixer1d", "sorter", "mnist1d-mlp", "mnist1d-cnn")
+RULE_MODELS = ("sorter-b95", "sorter-long-b95")
+CACHE = Path(__file__).resolve().parent / "results" / "noise_advice.json"
+ORIGINAL = adam_rules.ORIGINAL
+#: benchmarks/reproduce_smith.py's recipe for the SGD models (they record none of their own).
+SGD_RECIPE = {"schedule": "MultiStepLR(milestones=[3, 6, 8], gamma=0.2)", "schedule_unit": "epoch", "epochs": 10}
+#: The old advise's keep-the-batch threshold (B0 ≥ this × B_noise where the decay begins).
+OLD_NOISE_CAP = 4.0
+
+
+# -- the models ----------------------------------------------------------------------------------------------
+def _beta2(target, beta2: float):
+    """``target`` training with AdamW betas (β1, ``beta2``): its optimizer overridden on this instance."""
+    make = target.make_optimizer
+
+    def make_optimizer(params=None, lr=None, momentum=None):
+        opt = make(params, lr=lr, momentum=momentum)
+        for group in opt.param_groups:
+            group["betas"] = (group["betas"][0], beta2)
+        return opt
+
+    target.make_optimizer = make_optimizer
+    target.metadata = {**target.metadata, "beta2": beta2}
+    return target
+
+
+def load(name: str):
+    """The model ``name`` as a Target with the recipe it is trained with here."""
+    from bsadvisor.targets.loading import load_target
+
+    if name.startswith("mnist1d-"):
+        target = load_target(f"builtin:{name}")
+        target.metadata = {**target.metadata, **SGD_RECIPE}
+        return target
+    if name == "sorter-b95":
+        return _beta2(load_target("builtin:sorter"), 0.95)
+    if name == "sorter-long-b95":
+        import torch
+
+        from bsadvisor.targets.builtins import SORTER_LR, SORTER_TRAIN, _warmup_cosine, sorter_data
+
+        target = load_target("builtin:sorter")
+        train = sorter_data(6 * SORTER_TRAIN, 1234)
+        target.train_dataset = torch.utils.data.TensorDataset(train[:, :-1], train[:, 1:])
+        steps = -(-len(train) // target.batch_size)
+        target.metadata = {**target.metadata, "schedule": _warmup_cosine(steps, SORTER_LR)}
+        return _beta2(target, 0.95)
+    return load_target(f"builtin:{name}")
+
+
+# -- the cache -----------------------------------------------------------------------------------------------
+def load_cache() -> dict:
+    if CACHE.is_file():
+        return json.loads(CACHE.read_text())
+    return {"schema": "bsadvisor.noise_advice/1", "runs": {}, "noise": {}}
+
+
+def save_cache(cache: dict) -> None:
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+
+
+def cached_run(cache: dict, shared: dict, k: str):
+    """A run from this cache or adam_rules.json (the same training there)."""
+    return cache["runs"].get(k) or shared["runs"].get(k)
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+def warmup_updates(plan, b0: int) -> int:
+    """Updates the recipe warms up for (0: none)."""
+    first = next((st for st in plan.stages if st.phase != "warmup"), plan.stages[0])
+    return first.start_sample // b0
+
+
+def measure_probe(target, warmup_steps=None) -> dict:
+    """The probe's noise point (its default budget; memory and throughput skipped), after ``warmup_steps``
+    updates at the target's LR (None: the probe's default, 2 % of an epoch)."""
+    from bsadvisor.measure.probe import probe
+
+    started = time.perf_counter()
+    r = probe(target, measure_memory=False, measure_throughput=False, seed=0, warmup_steps=warmup_steps)
+    n, s = r.noise, r.settings
+    return {"b_simple": n.b_simple, "ci90": [n.ci90[0], None if n.ci90[1] == math.inf else n.ci90[1]],
+            "ci_kind": n.ci_kind, "lr": s.lr, "momentum": s.momentum, "batch_size": s.batch_size,
+            "warmup_steps": s.warmup_steps, "seconds": time.perf_counter() - started}
+
+
+def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: dict, scout: bool) -> None:
+    """Train what neither cache has (the original's seed 0 with the monitor), then the probes."""
+    from bsadvisor.runtime.train import initial_state
+
+    target = load(name)
+    init = initial_state(target.model)
+    noise = cache["noise"].setdefault(name, {})
+    for k in ("probe", "trace"):
+        if k not in noise and shared["noise"].get(name, {}).get(k) and not name.startswith("sorter-"):
+            noise[k] = shared["noise"][name][k]
+    for config in [ORIGINAL] + configs:
+        plan = adam_rules.make_plan(target, config, noise)
+        for seed in range(seeds):
+            k = adam_rules.key(name, config, seed)
+            if cached_run(cache, shared, k) is not None:
+                continue
+            row, trace = adam_rules.train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
+            if trace:
+                noise["trace"] = trace
+            cache["runs"][k] = row
+            save_cache(cache)
+            print(f"  {name} {config:<18} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
+                  f"wall {row['wall_s']:.1f}s", flush=True)
+    if scout and "probe" not in noise:
+        noise["probe"] = measure_probe(target)
+        target.model.load_state_dict(init)
+        save_cache(cache)
+    if scout and "scout" not in noise:
+        plan = adam_rules.make_plan(target, ORIGINAL, noise)
+        steps = max(warmup_updates(plan, target.batch_size), math.ceil(0.02 * plan.updates))
+        noise["scout"] = measure_probe(target, steps)
+        target.model.load_state_dict(init)
+        save_cache(cache)
+        p = noise["scout"]
+        print(f"  {name}: scout after {steps} updates: B_simple {p['b_simple']:.3g} {p['ci90']} ({p['ci_kind']})",
+              flush=True)
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def verdict_row(cache: dict, shared: dict, name: str, config: str):
+    cand, ref = [], []
+    seed = 0
+    while True:
+        c = cached_run(cache, shared, adam_rules.key(name, config, seed))
+        r = cached_run(cache, shared, adam_rules.key(name, ORIGINAL, seed))
+        if c is None or r is None:
+            break
+        cand.append(c)
+        ref.append(r)
+        seed += 1
+    if not cand:
+        return None
+    v = paired_verdict([r["metric"] for r in cand], [r["metric"] for r in ref])
+    return {"verdict": v, "seeds": len(cand), "ratio": ref[0]["updates"] / cand[0]["updates"]}
+
+
+def noise_features(target, plan, noise: dict) -> dict:
+    """B/B_simple along the run (start: first bounded point after the warmup; late: the last bounded one),
+    the growth of B_simple between them, the old advise's decision, the probe's and the scout's readings."""
+    out: dict = {}
+    b0 = target.batch_size
+    warm = warmup_updates(plan, b0) * b0
+    pts = [p for p in noise.get("trace") or [] if p["ci_kind"] == "bounded" and p["b_simple"] > 0
+           and p["sample"] >= warm]
+    if pts:
+        ratios = [plan.at_sample(p["sample"]).batch_size / p["b_simple"] for p in pts]
+        out.update(start=ratios[0], late=ratios[-1], max=max(ratios), growth=pts[-1]["b_simple"] / pts[0]["b_simple"],
+                   b_start=pts[0]["b_simple"], b_late=pts[-1]["b_simple"], late_batch=plan.at_sample(pts[-1]["sample"]).batch_size)
+    final = plan.stages[-1].batch_size
+    for k in ("probe", "scout"):
+        p = noise.get(k)
+        if p:
+            out[k] = p["b_simple"]
+            out[f"{k}_ci"] = p["ci90"]
+            out[f"{k}_final"] = final / p["b_simple"] if p["b_simple"] > 0 else math.inf
+    model = adam_rules.noise_model(noise, "probe")
+    if model is not None:
+        from bsadvisor.core.predict import keep_batch_advice
+        from bsadvisor.core.recommend import recommend
+        from bsadvisor.runtime.recipe import options_for_target
+
+        capped = recommend(options_for_target(target).options, noise_trace=model, noise_cap=OLD_NOISE_CAP)
+        out["old_keep"] = keep_batch_advice(capped, model) is not None
+    return out
+
+
+def _f(x, fmt=".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]) -> list[dict]:
+    rows = []
+    print("\n| model | plan | verdict (d̄ [90% interval], seeds) | fewer updates | B/B_simple start · late · max "
+          "| B_simple growth | probe at init (old advise) | scout after warmup [90%] · final B / scout |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in models:
+        noise = cache["noise"].get(m) or {}
+        target = None
+        for c in configs:
+            r = verdict_row(cache, shared, m, c)
+            if r is None:
+                continue
+            target = target or load(m)
+            plan = adam_rules.make_plan(target, c, noise)
+            f = noise_features(target, plan, noise)
+            v = r["verdict"]
+            iv = "" if v["interval"] is None else f" [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+            old = "—" if "probe" not in f else (f"{f['probe']:.3g} ({'keep' if f.get('old_keep') else 'plan'})")
+            sc = "—" if "scout" not in f else (f"{f['scout']:.3g} [{_f(f['scout_ci'][0], '.3g')}, "
+                                               f"{_f(f['scout_ci'][1], '.3g')}] · {f['scout_final']:.2f}")
+            print(f"| {m} | {c} | {v['status'].upper()} {v['difference']:+.4f}{iv}, {r['seeds']} | {r['ratio']:.2f}× | "
+                  f"{_f(f.get('start'))} · {_f(f.get('late'))} · {_f(f.get('max'))} | {_f(f.get('growth'), '.1f')}× "
+                  f"| {old} | {sc} |")
+            rows.append({"model": m, "config": c, **r, **f})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="what the noise scale predicts about a plan's outcome (issue 28)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--configs", default="linear")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--no-scout", action="store_true", help="skip the probes (init and after the warmup)")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    models = [m for m in args.models.split(",") if m]
+    configs = [c for c in args.configs.split(",") if c]
+    cache, shared = load_cache(), adam_rules.load_cache()
+    started = time.perf_counter()
+    if not args.table_only:
+        for m in models:
+            run_model(m, configs, args.seeds, cache, shared, scout=not args.no_scout)
+    print_table(cache, shared, models, configs)
+    print(f"\n(δ = 0.005 in the metric's units; B: the plan's batch at the monitor's samples; "
+          f"{time.perf_counter() - started:.0f} s this call)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

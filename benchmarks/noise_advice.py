@@ -115,9 +115,14 @@ def cached_run(cache: dict, shared: dict, k: str):
 
 # -- measuring -----------------------------------------------------------------------------------------------
 def warmup_updates(plan, b0: int) -> int:
-    """Updates the recipe warms up for (0: none)."""
-    first = next((st for st in plan.stages if st.phase != "warmup"), plan.stages[0])
-    return first.start_sample // b0
+    """Updates the recipe warms up for: those before the LR first stops rising (0: no warmup)."""
+    update, lr = 0, plan.at_sample(0).lr
+    while (update + 1) * b0 < plan.total_samples:
+        nxt = plan.at_sample((update + 1) * b0).lr
+        if nxt <= lr:
+            return update
+        update, lr = update + 1, nxt
+    return 0
 
 
 def measure_probe(target, warmup_steps=None) -> dict:
@@ -126,7 +131,9 @@ def measure_probe(target, warmup_steps=None) -> dict:
     from bsadvisor.measure.probe import probe
 
     started = time.perf_counter()
-    r = probe(target, measure_memory=False, measure_throughput=False, seed=0, warmup_steps=warmup_steps)
+    # the scout's budget lets its longer warmup finish (the probe stops warming up at 20 % of the budget)
+    r = probe(target, measure_memory=False, measure_throughput=False, seed=0, warmup_steps=warmup_steps,
+              budget_seconds=12.0 if warmup_steps is None else 60.0)
     n, s = r.noise, r.settings
     return {"b_simple": n.b_simple, "ci90": [n.ci90[0], None if n.ci90[1] == math.inf else n.ci90[1]],
             "ci_kind": n.ci_kind, "lr": s.lr, "momentum": s.momentum, "batch_size": s.batch_size,

@@ -17,8 +17,9 @@ exact rule for SGD; no noise cap) is trained against the original with the same 
 Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter`` (AdamW, own recipe),
 ``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
 MultiStepLR at epochs 3, 6 and 8, γ = 0.2). The Adam-rule study (``--rules``) adds the sorter with β2 = 0.95
-(``sorter-b95``) and a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data),
-the optimizer overridden here (Target has no optimizer keywords on this branch).
+(``sorter-b95``), a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data) and
+a mixer1d run of 3,000 updates with β2 = 0.95 (``mixer1d-long-b95``: three epochs), the optimizer overridden
+here (Target has no optimizer keywords on this branch).
 
 Every run is trained by the library (``adam_rules.train_one``: ``runtime.train.train_plan``, what
 ``validate`` runs, with its monitor on the original of seed 0) and cached in
@@ -47,7 +48,7 @@ from bsadvisor.core.fileio import write_atomic  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 
 MODELS = ("charlm", "wordlm", "mixer1d", "sorter", "mnist1d-mlp", "mnist1d-cnn")
-RULE_MODELS = ("sorter-b95", "sorter-long-b95")
+RULE_MODELS = ("sorter-b95", "sorter-long-b95", "mixer1d-long-b95")
 CACHE = Path(__file__).resolve().parent / "results" / "noise_advice.json"
 ORIGINAL = adam_rules.ORIGINAL
 #: benchmarks/reproduce_smith.py's recipe for the SGD models (they record none of their own).
@@ -93,6 +94,13 @@ def load(name: str):
         steps = -(-len(train) // target.batch_size)
         target.metadata = {**target.metadata, "schedule": _warmup_cosine(steps, SORTER_LR)}
         return _beta2(target, 0.95)
+    if name == "mixer1d-long-b95":
+        from bsadvisor.targets.builtins import MIXER_LR, _warmup_cosine
+
+        target = load_target("builtin:mixer1d")
+        steps = 3 * -(-target.dataset_size // target.batch_size)
+        target.metadata = {**target.metadata, "epochs": 3, "schedule": _warmup_cosine(steps, MIXER_LR)}
+        return _beta2(target, 0.95)
     return load_target(f"builtin:{name}")
 
 
@@ -104,7 +112,12 @@ def load_cache() -> dict:
 
 
 def save_cache(cache: dict) -> None:
+    """Write ``cache`` merged over what the file holds now: two processes (one per core) may add runs at once."""
     CACHE.parent.mkdir(parents=True, exist_ok=True)
+    on_disk = load_cache()
+    cache["runs"] = {**on_disk["runs"], **cache["runs"]}
+    for model, noise in on_disk["noise"].items():
+        cache["noise"][model] = {**noise, **cache["noise"].get(model, {})}
     write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
 

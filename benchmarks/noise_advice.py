@@ -153,8 +153,34 @@ def measure_probe(target, warmup_steps=None) -> dict:
             "warmup_steps": s.warmup_steps, "seconds": time.perf_counter() - started}
 
 
+ADVISE = "advise"
+#: The cache's key of the scout (the probe after the recipe's warmup).
+SCOUT = "scout_after_warmup"
+
+
+def make_plan(target, config: str, noise: dict):
+    """``advise``: the plan ``bsadvisor.advise`` recommended with its defaults (cached); else adam_rules' config."""
+    if config == ADVISE:
+        from bsadvisor.core.plan import Plan
+
+        return Plan.from_dict(noise[ADVISE])
+    return adam_rules.make_plan(target, config, noise)
+
+
+def advise_plan(target) -> dict:
+    """What ``bsadvisor advise TARGET`` recommends with its defaults (the probe on the CPU, seed 0), as a dict."""
+    from bsadvisor.measure.advise import advise
+    from bsadvisor.runtime.recipe import options_for_target
+
+    rec = advise(target, options_for_target(target), device="cpu", seed=0)
+    print(f"  {target.name}: advise recommends {rec.recommendation}: {rec.plan.stage_batch_sizes()}, "
+          f"{rec.plan.updates} updates", flush=True)
+    return rec.plan.to_dict()
+
+
 def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: dict, scout: bool) -> None:
-    """Train what neither cache has (the original's seed 0 with the monitor), then the probes."""
+    """Train what neither cache has (the original's seed 0 with the monitor), then the probes. A config that
+    trains exactly as one already run (adam_rules.same_training) copies its runs."""
     from bsadvisor.runtime.train import initial_state
 
     target = load(name)
@@ -163,11 +189,22 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: di
     for k in ("probe", "trace"):
         if k not in noise and shared["noise"].get(name, {}).get(k) and not name.startswith("sorter-"):
             noise[k] = shared["noise"][name][k]
+    if ADVISE in configs and ADVISE not in noise:
+        noise[ADVISE] = advise_plan(target)
+        target.model.load_state_dict(init)
+        save_cache(cache)
+    built = {}
     for config in [ORIGINAL] + configs:
-        plan = adam_rules.make_plan(target, config, noise)
+        plan = make_plan(target, config, noise)
+        same = next((c for c, other in built.items() if adam_rules.same_training(plan, other)), None)
+        built[config] = plan
         for seed in range(seeds):
             k = adam_rules.key(name, config, seed)
             if cached_run(cache, shared, k) is not None:
+                continue
+            if same is not None and cached_run(cache, shared, adam_rules.key(name, same, seed)) is not None:
+                cache["runs"][k] = {**cached_run(cache, shared, adam_rules.key(name, same, seed)), "same_as": same}
+                save_cache(cache)
                 continue
             row, trace = adam_rules.train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
             if trace:
@@ -180,13 +217,13 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: di
         noise["probe"] = measure_probe(target)
         target.model.load_state_dict(init)
         save_cache(cache)
-    if scout and "scout" not in noise:
-        plan = adam_rules.make_plan(target, ORIGINAL, noise)
+    if scout and SCOUT not in noise:
+        plan = make_plan(target, ORIGINAL, noise)
         steps = max(warmup_updates(plan, target.batch_size), math.ceil(0.02 * plan.updates))
-        noise["scout"] = measure_probe(target, steps)
+        noise[SCOUT] = measure_probe(target, steps)
         target.model.load_state_dict(init)
         save_cache(cache)
-        p = noise["scout"]
+        p = noise[SCOUT]
         print(f"  {name}: scout after {steps} updates: B_simple {p['b_simple']:.3g} {p['ci90']} ({p['ci_kind']})",
               flush=True)
 
@@ -215,15 +252,23 @@ def noise_features(target, plan, noise: dict) -> dict:
     out: dict = {}
     b0 = target.batch_size
     warm = warmup_updates(plan, b0) * b0
-    pts = [p for p in noise.get("trace") or [] if p["ci_kind"] == "bounded" and p["b_simple"] > 0
-           and p["sample"] >= warm]
+    trace = [p for p in noise.get("trace") or [] if p["sample"] >= warm]
+    pts = [p for p in trace if p["ci_kind"] == "bounded" and p["b_simple"] > 0]
     if pts:
         ratios = [plan.at_sample(p["sample"]).batch_size / p["b_simple"] for p in pts]
-        out.update(start=ratios[0], late=ratios[-1], max=max(ratios), growth=pts[-1]["b_simple"] / pts[0]["b_simple"],
-                   b_start=pts[0]["b_simple"], b_late=pts[-1]["b_simple"], late_batch=plan.at_sample(pts[-1]["sample"]).batch_size)
+        out.update(start=ratios[0], max=max(ratios), growth=pts[-1]["b_simple"] / pts[0]["b_simple"],
+                   b_start=pts[0]["b_simple"], b_late=pts[-1]["b_simple"])
+        if pts[-1]["sample"] >= plan.total_samples / 2:  # "late": a bounded point in the second half of the run
+            out["late"] = ratios[-1]
+    # where |G|² is not significant (SGD late in a multi-epoch run) only a lower bound on B_simple is measured:
+    # an upper bound on B/B_simple over the second half of the run
+    lows = [plan.at_sample(p["sample"]).batch_size / p["ci90"][0] for p in trace
+            if p["ci_kind"] == "lower-bound" and (p["ci90"][0] or 0) > 0 and p["sample"] >= plan.total_samples / 2]
+    if lows and "late" not in out:
+        out["late_at_most"] = max(lows)
     final = plan.stages[-1].batch_size
-    for k in ("probe", "scout"):
-        p = noise.get(k)
+    for k, entry in (("probe", "probe"), ("scout", SCOUT)):
+        p = noise.get(entry)
         if p:
             out[k] = p["b_simple"]
             out[f"{k}_ci"] = p["ci90"]
@@ -256,15 +301,16 @@ def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]
             if r is None:
                 continue
             target = target or load(m)
-            plan = adam_rules.make_plan(target, c, noise)
+            plan = make_plan(target, c, noise)
             f = noise_features(target, plan, noise)
             v = r["verdict"]
             iv = "" if v["interval"] is None else f" [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+            late = _f(f.get("late")) if "late_at_most" not in f else f"≤ {f['late_at_most']:.2f}"
             old = "—" if "probe" not in f else (f"{f['probe']:.3g} ({'keep' if f.get('old_keep') else 'plan'})")
             sc = "—" if "scout" not in f else (f"{f['scout']:.3g} [{_f(f['scout_ci'][0], '.3g')}, "
                                                f"{_f(f['scout_ci'][1], '.3g')}] · {f['scout_final']:.2f}")
             print(f"| {m} | {c} | {v['status'].upper()} {v['difference']:+.4f}{iv}, {r['seeds']} | {r['ratio']:.2f}× | "
-                  f"{_f(f.get('start'))} · {_f(f.get('late'))} · {_f(f.get('max'))} | {_f(f.get('growth'), '.1f')}× "
+                  f"{_f(f.get('start'))} · {late} · {_f(f.get('max'))} | {_f(f.get('growth'), '.1f')}× "
                   f"| {old} | {sc} |")
             rows.append({"model": m, "config": c, **r, **f})
     return rows

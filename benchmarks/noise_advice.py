@@ -115,9 +115,12 @@ def save_cache(cache: dict) -> None:
     """Write ``cache`` merged over what the file holds now: two processes (one per core) may add runs at once."""
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     on_disk = load_cache()
+    cache["vhat"] = {**on_disk.get("vhat", {}), **cache.get("vhat", {})}
     cache["runs"] = {**on_disk["runs"], **cache["runs"]}
-    for model, noise in on_disk["noise"].items():
-        cache["noise"][model] = {**noise, **cache["noise"].get(model, {})}
+    for model, noise in on_disk["noise"].items():  # in place: callers hold these dicts
+        mine = cache["noise"].setdefault(model, {})
+        for k, v in noise.items():
+            mine.setdefault(k, v)
     write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
 
@@ -323,12 +326,17 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-scout", action="store_true", help="skip the probes (init and after the warmup)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--vhat", action="store_true", help="Adam's v̂ at the end of the original and the default plan "
+                    "(seed 0) instead of the table")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
+    if args.vhat:
+        vhat_main(models)
+        return 0
     cache, shared = load_cache(), adam_rules.load_cache()
     started = time.perf_counter()
     if not args.table_only:
@@ -338,6 +346,66 @@ def main() -> int:
     print(f"\n(δ = 0.005 in the metric's units; B: the plan's batch at the monitor's samples; "
           f"{time.perf_counter() - started:.0f} s this call)")
     return 0
+
+
+
+# -- Adam's second moment: does v̂ follow the batch? ------------------------------------------------------------
+def vhat_diagnostic(name: str, seed: int = 0) -> dict:
+    """Train the original and the default plan of ``name`` (seed ``seed``) and read Adam's bias-corrected
+    second moment at the end: √(Σv̂_plan / Σv̂_original) (1: v̂ did not follow the batch; √(B0/B_end) if it
+    followed it fully) and each run's staleness √(Σv̂ / Σg²_last), g the last update's gradient (v̂ remembers
+    larger early gradients when it is ≫ 1)."""
+    from bsadvisor.runtime.train import initial_state, train_plan
+
+    target = load(name)
+    init = initial_state(target.model)
+    made = []
+    make = target.make_optimizer
+
+    def keep(params=None, lr=None, momentum=None):
+        opt = make(params, lr=lr, momentum=momentum)
+        made.append(opt)
+        return opt
+
+    target.make_optimizer = keep
+    out = {}
+    for config in (ORIGINAL, "linear"):
+        plan = make_plan(target, config, {})
+        made.clear()
+        train_plan(target, plan, seed=seed, init_state=init)
+        opt = made[-1]
+        v = g = 0.0
+        for group in opt.param_groups:
+            beta2 = group["betas"][1]
+            for p in group["params"]:
+                st = opt.state.get(p) or {}
+                if "exp_avg_sq" not in st:
+                    continue
+                step = float(st["step"])
+                v += float(st["exp_avg_sq"].sum()) / (1 - beta2 ** step)
+                g += float((p.grad ** 2).sum()) if p.grad is not None else 0.0
+        out[config] = {"vhat": v, "grad_sq": g, "last_batch": plan.stages[-1].batch_size,
+                       "beta2": opt.param_groups[0]["betas"][1], "updates": plan.updates}
+    o, p = out[ORIGINAL], out["linear"]
+    out["ratio"] = (p["vhat"] / o["vhat"]) ** 0.5
+    out["if_followed"] = (o["last_batch"] / p["last_batch"]) ** 0.5
+    out["stale_original"] = (o["vhat"] / o["grad_sq"]) ** 0.5 if o["grad_sq"] else None
+    out["stale_plan"] = (p["vhat"] / p["grad_sq"]) ** 0.5 if p["grad_sq"] else None
+    return out
+
+
+def vhat_main(models: list[str]) -> None:
+    cache = load_cache()
+    for m in models:
+        d = cache.setdefault("vhat", {}).get(m)
+        if d is None:
+            d = vhat_diagnostic(m)
+            cache = load_cache()
+            cache.setdefault("vhat", {})[m] = d
+            save_cache(cache)
+        print(f"  {m}: √(v̂_plan/v̂_orig) at the end {d['ratio']:.2f} (if v̂ followed the batch: "
+              f"{d['if_followed']:.2f}); √(v̂/g²_last) original {d['stale_original']:.2f}, plan {d['stale_plan']:.2f}; "
+              f"β2 {d['original']['beta2']}, {d['original']['updates']} → {d['linear']['updates']} updates", flush=True)
 
 
 if __name__ == "__main__":

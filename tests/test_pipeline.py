@@ -153,3 +153,19 @@ def test_advise_with_a_real_probe_recommends_from_what_it_measured():
                                         dataset_size=16384, optimizer="sgd", probe=rec.probe, batchnorm=False)
     assert rec.probe.target == "builtin:linreg" and rec.plan.to_dict() == again.plan.to_dict()
     assert rec.recommendation == again.recommendation
+
+
+def test_advise_says_the_noise_scale_vetoes_nothing(fake_probe):
+    """B0 = 64 against a probe B_simple of 2 (32× "past" it): by default advise still recommends the plan, and its
+    output says the noise scale is reported, not used; --noise-cap 4 keeps the batch, saying it is the cap asked for."""
+    fake_probe.set(probe_doc(2.0))
+    argv = ["advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu"]
+    r = run_main(argv)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "the noise scale is reported, not used: it caps and vetoes nothing by default" in text
+    assert "Keep the batch" not in text
+    kept = run_main(argv + ["--noise-cap", "4"])
+    assert kept.returncode == 0, kept.stderr
+    kept_text = " ".join(kept.stdout.split())
+    assert "Keep the batch" in kept_text and "--noise-cap 4 rules out growth past 4× the noise scale" in kept_text

@@ -198,10 +198,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
     trace = read_trace(noise_trace)
     noise = noise_model_of(result, trace, given.get("dataset_size"))
-    # No cap unless asked for: on the benchmark models neither the probe's point nor the trace measured along
-    # the run predicted whether a plan held (docs/results.md, benchmarks/noise_advice.py), so the noise scale
-    # is reported and vetoes nothing by default (docs/concepts.md §9).
-    noise_cap = noise_cap or None  # None or 0: no cap
+    noise_cap = noise_cap or None  # None or 0: no cap (the default: the noise scale predicted nothing, concepts §9)
     noise_cap_batch = None
     if noise_cap is not None:
         if noise is None:
@@ -397,7 +394,7 @@ def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional
 
     Only with a cap the user asked for: by default the noise scale vetoes nothing, since on the
     benchmark models it did not predict whether a plan held (docs/results.md; charlm's probe
-    read B0 = 77× B_noise and the plan held). With the cap, growth past it is what the user
+    read B0 = 60-80× B_noise and the plan held). With the cap, growth past it is what the user
     ruled out, so the original schedule is the recommendation. B_noise is read at the first
     sample the plan could grow from (the end of a warmup), at the original's setting there (eq. 16):
     with a probe that is its B_simple. None without a cap, when B0 is below that (or there is no model), and,

@@ -1,10 +1,11 @@
-"""Which Adam rule holds? Every rule of docs/concepts.md §7, paired seeds, on three AdamW models (issue 20).
+"""Which Adam rule holds? Every rule of docs/concepts.md §7, paired seeds, on four AdamW models (issues 20, 28).
 
 Models (each trained with its own recipe from ``metadata``: per-step LinearLR warmup + cosine):
 
 - ``charlm``  : causal byte-level transformer on standard-library source, 1 epoch (single pass)
 - ``wordlm``  : word-level GRU LM on pydoc's topic texts, 2 epochs
 - ``mixer1d`` : MLP-Mixer on MNIST-1D, 2 epochs (held-out accuracy)
+- ``sorter``  : causal transformer sorting 12 numbers in 0..31, 1 epoch (issue 28: where linear loses)
 
 Configs (``RULE[+sde][+capK][@trace]``):
 
@@ -44,7 +45,7 @@ from bsadvisor.core.noise_model import NoiseModel, NoisePoint  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 from bsadvisor.runtime.recipe import options_for_target  # noqa: E402
 
-MODELS = ("charlm", "wordlm", "mixer1d")
+MODELS = ("charlm", "wordlm", "mixer1d", "sorter")
 #: The order they are run in (issue 20's priority), then the rest.
 CONFIGS = ("linear", "linear+cap", "noise+cap", "noise", "sqrt", "seesaw", "linear+sde",
            "sqrt+cap", "seesaw+cap", "linear+sde+cap")

@@ -29,6 +29,7 @@ models, configs and seeds: training is deterministic on CPU) are read from there
     python benchmarks/noise_advice.py [--models charlm,sorter] [--configs linear] [--seeds 3]
     python benchmarks/noise_advice.py --models sorter,sorter-b95,sorter-long-b95 --configs linear,sqrt,seesaw
     python benchmarks/noise_advice.py --table-only
+    python benchmarks/noise_advice.py --vhat --models charlm,sorter   # Adam's v̂ at the end, original vs plan
 """
 from __future__ import annotations
 

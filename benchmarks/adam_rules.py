@@ -62,15 +62,15 @@ SDE_ONLY = "sde-only"
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
-def load_cache() -> dict:
-    if CACHE.is_file():
-        return json.loads(CACHE.read_text())
-    return {"schema": "bsadvisor.adam_rules/1", "runs": {}, "noise": {}}
+def load_cache(path: Path = CACHE, schema: str = "bsadvisor.adam_rules/1") -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"schema": schema, "runs": {}, "noise": {}}
 
 
-def save_cache(cache: dict) -> None:
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+def save_cache(cache: dict, path: Path = CACHE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
 
 def key(model: str, config: str, seed: int) -> str:

@@ -26,7 +26,7 @@ Every run is trained by the library (``adam_rules.train_one``: ``runtime.train.t
 benchmarks/results/noise_advice.json by (model, config, seed); runs already in adam_rules.json (the same
 models, configs and seeds: training is deterministic on CPU) are read from there, not trained again.
 
-    python benchmarks/noise_advice.py [--models charlm,sorter] [--configs linear] [--seeds 3]
+    python benchmarks/noise_advice.py [--models charlm,sorter] [--configs linear,advise] [--seeds 3]
     python benchmarks/noise_advice.py --models sorter,sorter-b95,sorter-long-b95 --configs linear,sqrt,seesaw
     python benchmarks/noise_advice.py --table-only
     python benchmarks/noise_advice.py --vhat --models charlm,sorter   # Adam's v̂ at the end, original vs plan
@@ -34,7 +34,6 @@ models, configs and seeds: training is deterministic on CPU) are read from there
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -45,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import adam_rules  # noqa: E402  (its plans, its training call, its cache of the same runs)
-from bsadvisor.core.fileio import write_atomic  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 
 MODELS = ("charlm", "wordlm", "mixer1d", "sorter", "mnist1d-mlp", "mnist1d-cnn")
@@ -107,14 +105,11 @@ def load(name: str):
 
 # -- the cache -----------------------------------------------------------------------------------------------
 def load_cache() -> dict:
-    if CACHE.is_file():
-        return json.loads(CACHE.read_text())
-    return {"schema": "bsadvisor.noise_advice/1", "runs": {}, "noise": {}}
+    return adam_rules.load_cache(CACHE, "bsadvisor.noise_advice/1")
 
 
 def save_cache(cache: dict) -> None:
     """Write ``cache`` merged over what the file holds now: two processes (one per core) may add runs at once."""
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
     on_disk = load_cache()
     cache["vhat"] = {**on_disk.get("vhat", {}), **cache.get("vhat", {})}
     cache["runs"] = {**on_disk["runs"], **cache["runs"]}
@@ -122,7 +117,7 @@ def save_cache(cache: dict) -> None:
         mine = cache["noise"].setdefault(model, {})
         for k, v in noise.items():
             mine.setdefault(k, v)
-    write_atomic(CACHE, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+    adam_rules.save_cache(cache, CACHE)
 
 
 def cached_run(cache: dict, shared: dict, k: str):
@@ -323,7 +318,7 @@ def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]
 def main() -> int:
     ap = argparse.ArgumentParser(description="what the noise scale predicts about a plan's outcome (issue 28)")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--configs", default="linear")
+    ap.add_argument("--configs", default="linear,advise")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-scout", action="store_true", help="skip the probes (init and after the warmup)")
     ap.add_argument("--table-only", action="store_true")

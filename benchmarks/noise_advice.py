@@ -1,13 +1,15 @@
 """What does the gradient noise scale predict about a plan's outcome? (issue 28)
 
-On six models, the default plan (``recommend`` with the target's recipe: the linear Adam rule for AdamW, the
-exact rule for SGD; no noise cap) is trained against the original with the same seeds (paired verdict,
+On six models, the plan ``bsadvisor.advise`` recommends with its defaults (config ``advise``: the probe's device
+cap, no noise cap) and the library's default conversion without a probe (config ``linear``: ``recommend`` with
+the target's recipe, the linear Adam rule for AdamW, the exact rule for SGD) are trained against the original with the same seeds (paired verdict,
 δ = 0.005, 90 % t interval), and set beside what the noise scale says about it:
 
 - along the run: the NoiseMonitor's B_simple(s) on the original of seed 0 (validate's monitor settings), and
   the plan's batch at the same samples. The plan keeps the original's temperature, so under B_noise ∝ 1/T the
   plan's noise scale at s is the original's measured one: B/B_simple is read directly. Reported at the first
-  point after the recipe's warmup ("start"), at the last bounded point ("late") and its maximum, and the
+  point after the recipe's warmup ("start"), at the last bounded point in the run's second half ("late"; an
+upper bound "≤" where only lower bounds of B_simple were measured there) and its maximum, and the
   growth of B_simple from the first to the last of those points;
 - what ``advise`` read until now: the probe's one point near initialisation (its default warmup, 2 % of an
   epoch at the target's LR), and whether it kept the batch (B0 ≥ 4 × B_noise where the decay begins);
@@ -16,7 +18,8 @@ exact rule for SGD; no noise cap) is trained against the original with the same 
 
 Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter`` (AdamW, own recipe),
 ``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
-MultiStepLR at epochs 3, 6 and 8, γ = 0.2). The Adam-rule study (``--rules``) adds the sorter with β2 = 0.95
+MultiStepLR at epochs 3, 6 and 8, γ = 0.2). The Adam-rule study (``--models`` below, ``--configs
+linear,sqrt,seesaw``) adds the sorter with β2 = 0.95
 (``sorter-b95``), a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data) and
 a mixer1d run of 3,000 updates with β2 = 0.95 (``mixer1d-long-b95``: three epochs), the optimizer overridden
 here (Target has no optimizer keywords on this branch).
@@ -27,7 +30,7 @@ benchmarks/results/noise_advice.json by (model, config, seed); runs already in a
 models, configs and seeds: training is deterministic on CPU) are read from there, not trained again.
 
     python benchmarks/noise_advice.py [--models charlm,sorter] [--configs linear,advise] [--seeds 3]
-    python benchmarks/noise_advice.py --models sorter,sorter-b95,sorter-long-b95 --configs linear,sqrt,seesaw
+    python benchmarks/noise_advice.py --models sorter-b95,mixer1d-long-b95 --configs linear,sqrt,seesaw --no-scout
     python benchmarks/noise_advice.py --table-only
     python benchmarks/noise_advice.py --vhat --models charlm,sorter   # Adam's v̂ at the end, original vs plan
 """

@@ -62,11 +62,13 @@ def advise_cmd(
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
 
-    Defaults: the target's own recipe when it records one; the exact rule; for Adam/AdamW the linear rule
-    (the one accepted on the benchmark models); the batch capped by the device (the probe's largest batch)
-    and at a tenth of the data set; no noise cap. The probe's noise scale is reported, not used: it vetoes
-    and caps nothing unless --noise-cap K is given, because on the benchmark models it did not predict
-    whether a plan held (docs/results.md). Only a validation run settles a plan: bsadvisor validate --plan.
+    Defaults: the target's own recipe when it records one; the exact rule;
+    for Adam/AdamW the linear rule (accepted on the benchmark models); the
+    batch capped by the device (the probe's largest batch) and, over several
+    epochs, at a tenth of the data set; no noise cap. The noise scale is reported, not used: it
+    caps and vetoes nothing unless --noise-cap K is given, because on the
+    benchmark models it did not predict whether a plan held (docs/results.md).
+    Only a validation run settles a plan: bsadvisor validate --plan.
     \f
     Long because its signature declares typer's options (15 lines); the body is the steps in order."""
     given = dict(locals())

@@ -1,10 +1,11 @@
-"""Which Adam rule holds? Every rule of docs/concepts.md §7, paired seeds, on three AdamW models (issue 20).
+"""Which Adam rule holds? Every rule of docs/concepts.md §7, paired seeds, on four AdamW models (issues 20, 28).
 
 Models (each trained with its own recipe from ``metadata``: per-step LinearLR warmup + cosine):
 
 - ``charlm``  : causal byte-level transformer on standard-library source, 1 epoch (single pass)
 - ``wordlm``  : word-level GRU LM on pydoc's topic texts, 2 epochs
 - ``mixer1d`` : MLP-Mixer on MNIST-1D, 2 epochs (held-out accuracy)
+- ``sorter``  : causal transformer sorting 12 numbers in 0..31, 1 epoch (issue 28: where linear loses)
 
 Configs (``RULE[+sde][+capK][@trace]``):
 
@@ -53,7 +54,7 @@ from bsadvisor.core.noise_model import NoiseModel, NoisePoint  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 from bsadvisor.runtime.recipe import options_for_target  # noqa: E402
 
-MODELS = ("charlm", "wordlm", "mixer1d")
+MODELS = ("charlm", "wordlm", "mixer1d", "sorter")
 #: The order they are run in (issue 20's priority), then the rest.
 CONFIGS = ("linear", "linear+cap", "noise+cap", "noise", "sqrt", "seesaw", "linear+sde",
            "sqrt+cap", "seesaw+cap", "linear+sde+cap")
@@ -96,15 +97,16 @@ def build_target(name: str, beta2: float = BASE_BETA2, clip=BASE_CLIP):
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
-def load_cache(tag: str = "") -> dict:
-    path = cache_path(tag)
+def load_cache(where: "str | Path" = "", schema: str = "bsadvisor.adam_rules/1") -> dict:
+    """The cached runs: ``where`` a recipe variant's tag (``variant``) or a cache file's path."""
+    path = where if isinstance(where, Path) else cache_path(where)
     if path.is_file():
         return json.loads(path.read_text())
-    return {"schema": "bsadvisor.adam_rules/1", "runs": {}, "noise": {}, "variant": tag}
+    return {"schema": schema, "runs": {}, "noise": {}, **({} if isinstance(where, Path) else {"variant": where})}
 
 
-def save_cache(cache: dict) -> None:
-    path = cache_path(cache.get("variant", ""))
+def save_cache(cache: dict, path: "Path | None" = None) -> None:
+    path = path if path is not None else cache_path(cache.get("variant", ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 

@@ -67,3 +67,26 @@ def test_mixer1d_builds_steps_and_its_recipe_converts():
     plan = _recipe_plan(t)
     assert plan.updates == t.metadata["epochs"] * t.dataset_size // t.batch_size
     assert_builds_deterministically(mixer1d)
+
+
+def test_sorter_is_a_sorting_task_with_a_one_epoch_recipe():
+    from bsadvisor.targets.builtins import SORTER_LEN, SORTER_VOCAB, sorter
+
+    t = check_target(load_target("builtin:sorter"))
+    x, y = t.train_dataset.tensors
+    assert x.shape == (t.dataset_size, 2 * SORTER_LEN - 1) and torch.equal(x[:, 1:], y[:, :-1])
+    full = torch.cat([x, y[:, -1:]], dim=1)
+    # the second half is the first half sorted, every number in 0..31
+    assert torch.equal(full[:, SORTER_LEN:], full[:, :SORTER_LEN].sort(dim=1).values)
+    assert int(full.min()) >= 0 and int(full.max()) == SORTER_VOCAB - 1
+    # near-uniform first predictions over the 32 numbers: cross-entropy of the sorted half ≈ ln 32
+    assert abs(_one_step(t) - math.log(SORTER_VOCAB)) < 0.1
+    # the loss reads the sorted half only: changing the unsorted targets (y's first SORTER_LEN-1) changes nothing
+    xb, yb = x[:8], y[:8].clone()
+    before = float(t.loss_fn(t.model, (xb, yb)))
+    yb[:, :SORTER_LEN - 1] = (yb[:, :SORTER_LEN - 1] + 1) % SORTER_VOCAB
+    assert float(t.loss_fn(t.model, (xb, yb))) == before
+    assert t.metric_fn(t.model, (xb, yb)) == pytest.approx(-before)
+    plan = _recipe_plan(t)
+    assert plan.updates == t.dataset_size // t.batch_size and t.metadata["epochs"] == 1
+    assert_builds_deterministically(sorter)

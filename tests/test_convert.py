@@ -614,3 +614,21 @@ def test_the_cli_spells_parameters_but_not_words_or_file_names():
                     parameters=("noise_cap", "probe"))
     assert as_typed(err, ["convert-schedule"]) == \
         "--noise-cap needs a measured noise scale: give --probe (a probe.json file)"
+
+
+def test_adam_sde_keeps_beta1s_horizon_in_examples():
+    """eq. 27: at a batch κ·B0, β1 → β1^κ (the averaging horizon 1/(1−β) keeps its length in examples);
+    ≈ 1 − κ(1−β1) when β1 is near 1, and never below 0 (κ 9.6 at β1 0.9: 0.36, where 1 − κ(1−β1) gave 0.04)."""
+    from bsadvisor.core.convert import convert
+    from bsadvisor.core.options import ConvertOptions
+
+    plan = convert(ConvertOptions(lr=0.002, batch_size=32, dataset_size=16384, momentum=0.9, epochs=1,
+                                  optimizer="adamw", schedule="CosineAnnealingLR(T_max=512)", schedule_unit="step",
+                                  adam_rule="linear", adam_sde=True))
+    grown = [st for st in plan.stages if st.batch_size > 32]
+    assert grown
+    for st in grown:
+        kappa = st.batch_size / 32
+        assert st.momentum == pytest.approx(0.9 ** kappa, rel=1e-12)
+        assert st.extra["beta2_factor"] == pytest.approx(kappa) and st.extra["eps_factor"] == pytest.approx(kappa ** -0.5)
+    assert 0.9 ** 9.6 == pytest.approx(0.364, abs=1e-3) and 0.999 ** 2 == pytest.approx(1 - 2 * 0.001, abs=1e-5)

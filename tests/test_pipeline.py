@@ -74,8 +74,12 @@ def test_batchnorm_is_said_only_when_known():
 
 
 def test_the_recommendation_is_the_original_schedule_when_b0_is_past_the_noise_scale():
-    keep = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(2.0)), epochs=10, schedule=SCHEDULE)
+    keep = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(2.0)), epochs=10, schedule=SCHEDULE,
+                                       noise_cap=4)
     assert keep.recommendation == "original" and keep.keep_batch["b0"] == 64 and keep.start_advice is None
+    # without --noise-cap the probe's point vetoes nothing: the plan is recommended
+    free = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(2.0)), epochs=10, schedule=SCHEDULE)
+    assert free.recommendation == "plan" and free.keep_batch is None and max(free.plan.stage_batch_sizes()) > 64
     assert keep.plan.inputs["kind"] == "baseline" and {s.batch_size for s in keep.plan.stages} == {64}
     grow = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(4000.0)), epochs=10, schedule=SCHEDULE)
     assert grow.recommendation == "plan" and grow.keep_batch is None and grow.start_advice["variants"]
@@ -105,7 +109,7 @@ def test_advise_returns_what_the_advise_command_prints(fake_probe, b_simple):
     rec = bsadvisor.advise(bsadvisor.load_target("builtin:linreg"), {"epochs": 10, "schedule": SCHEDULE},
                            device="cpu", budget_seconds=2, seed=0)
     assert as_json(rec.to_dict()) == cli
-    assert cli["recommendation"] == ("original" if b_simple < 10 else "plan")
+    assert cli["recommendation"] == "plan"  # the noise scale vetoes nothing by default
     asked = [{k: v for k, v in kw.items() if k != "progress"} for kw in fake_probe.calls]
     assert asked == [dict(batch_size=None, lr=None, device="cpu", budget_seconds=2, seed=0)] * 2
 
@@ -149,3 +153,19 @@ def test_advise_with_a_real_probe_recommends_from_what_it_measured():
                                         dataset_size=16384, optimizer="sgd", probe=rec.probe, batchnorm=False)
     assert rec.probe.target == "builtin:linreg" and rec.plan.to_dict() == again.plan.to_dict()
     assert rec.recommendation == again.recommendation
+
+
+def test_advise_says_the_noise_scale_vetoes_nothing(fake_probe):
+    """B0 = 64 against a probe B_simple of 2 (32× "past" it): by default advise still recommends the plan, and its
+    output says the noise scale is reported, not used; --noise-cap 4 keeps the batch, saying it is the cap asked for."""
+    fake_probe.set(probe_doc(2.0))
+    argv = ["advise", "builtin:linreg", "--epochs", "10", "--schedule", SCHEDULE, "--device", "cpu"]
+    r = run_main(argv)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "the noise scale is reported, not used: it caps and vetoes nothing by default" in text
+    assert "Keep the batch" not in text
+    kept = run_main(argv + ["--noise-cap", "4"])
+    assert kept.returncode == 0, kept.stderr
+    kept_text = " ".join(kept.stdout.split())
+    assert "Keep the batch" in kept_text and "--noise-cap 4 rules out growth past 4× the noise scale" in kept_text

@@ -61,6 +61,14 @@ def advise_cmd(
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
+
+    Defaults: the target's own recipe when it records one; the exact rule;
+    for Adam/AdamW the linear rule (accepted on the benchmark models); the
+    batch capped by the device (the probe's largest batch) and, over several
+    epochs, at a tenth of the data set; no noise cap. The noise scale is reported, not used: it
+    caps and vetoes nothing unless --noise-cap K is given, because on the
+    benchmark models it did not predict whether a plan held (docs/results.md).
+    Only a validation run settles a plan: bsadvisor validate --plan.
     \f
     Long because its signature declares typer's options (15 lines); the body is the steps in order."""
     given = dict(locals())
@@ -94,7 +102,8 @@ def advise_cmd(
 
 
 def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> None:
-    """Keep the batch: B0 is already past the noise scale, so no growth is recommended; say why and what next."""
+    """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
+    recommended; say why and what next."""
     from rich.text import Text
 
     from bsadvisor.core.noise import describe_interval
@@ -106,7 +115,8 @@ def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> No
         f"(B_noise ≈ {keep['b_noise']:,.3g} at sample {keep['sample']:,}; the probe measured B_simple ≈ "
         f"{describe_interval(noise.b_simple, noise.ci90, noise.ci_kind)}). Each example keeps only "
         f"{keep['efficiency_at_b0']:.0%} of its value at this batch, and a bigger one costs examples, not only "
-        f"updates (McCandlish et al.): growth past {keep['noise_cap']:g}× the noise scale is not recommended."),
+        f"updates (McCandlish et al.): --noise-cap {keep['noise_cap']:g} rules out growth past "
+        f"{keep['noise_cap']:g}× the noise scale."),
         soft_wrap=True)
     console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
                        + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),

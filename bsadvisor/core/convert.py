@@ -792,12 +792,15 @@ def _steady_scales(spans: list[_Span]) -> list[_Span]:
 
 
 def _adam_sde(stages: list[Stage], b0: int, notes: list[str]) -> list[Stage]:
-    """Malladi et al.'s companion scaling (eq. 27): at a batch κ·B0, 1−β1 and 1−β2 × κ and ε ÷ √κ.
+    """Malladi et al.'s companion scaling (eq. 27): at a batch κ·B0, β1 → β1^κ, 1−β2 × κ and ε ÷ √κ.
 
     The SDE that makes η ∝ √B keep Adam's dynamics also scales Adam's averaging horizons
     and its ε with the batch factor κ (relative to the original's batch at the same
-    sample). β1 is the stage's momentum; β2 and ε are factors the scheduler applies to the
-    optimizer's own values (1−β and ε of the user's optimizer). 1−β is capped at 1 (β ≥ 0).
+    sample). β1 is the stage's momentum, raised to κ: its horizon 1/(1−β1^κ) is the original's
+    measured in examples (κ× fewer updates of κ× the examples), ≈ κ·(1−β1) for β1 near 1 but
+    never negative (1 − κ·(1−β1) is 0.04 at β1 0.9 and κ 9.6; 0.9^9.6 is 0.36). β2 and ε are
+    factors the scheduler applies to the optimizer's own values (1−β2 × κ, capped at 1, for
+    β2 near 1 the same as β2^κ; ε ÷ √κ).
     """
     out, shown = [], []
     for st in stages:
@@ -805,7 +808,7 @@ def _adam_sde(stages: list[Stage], b0: int, notes: list[str]) -> list[Stage]:
         if kappa == 1:
             out.append(st)
             continue
-        beta1 = max(0.0, 1.0 - kappa * (1.0 - st.momentum))
+        beta1 = st.momentum ** kappa  # the horizon in examples kept (eq. 27)
         out.append(replace(st, momentum=beta1, extra={**st.extra, "beta2_factor": kappa, "eps_factor": kappa ** -0.5}))
         shown.append(f"batch {st.batch_size}: β1 {beta1:.3g}, 1−β2 × {kappa:.3g}, ε × {kappa ** -0.5:.3g}")
     if shown:

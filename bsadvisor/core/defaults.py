@@ -59,9 +59,9 @@ VALIDATE_DEFAULTS = {
     "overwrite": False,
 }
 
-#: With a measured noise scale (a probe or a trace), a plan's batch never grows past this many times
-#: B_noise(s), for any optimizer (docs/concepts.md §9): past it a bigger batch costs examples, not only
-#: updates. 0 turns the cap off.
+#: The multiple of B_noise(s) that --noise-cap is usually given (a cap only when asked for: by default the noise
+#: scale caps nothing, docs/concepts.md §9; on the benchmark models neither the probe's point nor a trace
+#: predicted whether a plan held, docs/results.md).
 NOISE_CAP = 4.0
 
 #: A noise-scale interval's kind: two-sided; only a lower bound (|G|² not significantly

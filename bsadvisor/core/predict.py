@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
-from bsadvisor.core.defaults import DEFAULTS, NOISE_CAP
+from bsadvisor.core.defaults import DEFAULTS
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
@@ -34,6 +34,10 @@ from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 
 #: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
 SUGGESTED_NOISE_CAP = 10.0
+#: What a plan says when the noise scale it reports caps and vetoes nothing (the default).
+NOISE_NOT_USED = ("the noise scale is reported, not used: it caps and vetoes nothing by default, because on the "
+                  "benchmark models neither the probe's reading nor the one measured along the run predicted whether "
+                  "a plan held (docs/results.md); --noise-cap K caps the batch at K × B_noise(s)")
 #: What plan_from_options takes besides the conversion options: the probe and the device layout.
 PROBE_OPTIONS = ("probe", "world_size", "grad_accum", "noise_cap", "micro_batch", "noise_trace")
 #: The conversion options plan_from_options passes on as given (it derives the others from the probe).
@@ -160,7 +164,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
     grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
     noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
-    multiple of B_noise(s) (default NOISE_CAP whenever there is a usable noise model; 0: no cap). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
+    multiple of B_noise(s) (default None, like 0: no cap; NOISE_CAP is the value the CLI suggests). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
     a NoiseModel, or a :class:`Trace` already read) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
     are rounded so every device gets the same share and every accumulation step the same
     micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
@@ -194,9 +198,7 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         micro_batch = result.memory.max_batch  # the per-device cap: above it a batch accumulates
     trace = read_trace(noise_trace)
     noise = noise_model_of(result, trace, given.get("dataset_size"))
-    if noise_cap is None and noise is not None:
-        noise_cap = NOISE_CAP  # with a measured noise scale, growth stops where it stops paying
-    noise_cap = noise_cap or None  # 0: no cap
+    noise_cap = noise_cap or None  # None or 0: no cap (the default: the noise scale predicted nothing, concepts §9)
     noise_cap_batch = None
     if noise_cap is not None:
         if noise is None:
@@ -259,7 +261,10 @@ def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[fl
             extrapolated |= extra
         stages.append(replace(stage, extra={**stage.extra, **figures}))
         b_noise = figures.get("b_noise")
-        if b_noise is not None and stage.batch_size > SUGGESTED_NOISE_CAP * b_noise and noise_cap is None:
+        # flagged only from a trace measured along the run: the probe's one point near initialisation says
+        # little about late in the run (there it was 10-100x below the trace on the language models)
+        if (b_noise is not None and stage.batch_size > SUGGESTED_NOISE_CAP * b_noise and noise_cap is None
+                and noise_model is not None and noise_model.source == "trace"):
             flagged.append((stage, b_noise))
     warnings, notes = list(plan.warnings), list(plan.notes)
     if flagged:
@@ -270,6 +275,8 @@ def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[fl
             f"progress (McCandlish et al.); --noise-cap {SUGGESTED_NOISE_CAP:g} caps it there")
     if noise_model is not None:
         notes.append(f"noise scale: {noise_model.describe()}")
+        if noise_cap is None:
+            notes.append(NOISE_NOT_USED)
         if model.is_adam:
             notes.append("B_noise ∝ 1/T is SGD's law; for Adam it is applied with the Adam temperature of the rule "
                          "above, an assumption: a measured trace (--noise-trace) settles it")
@@ -344,7 +351,7 @@ def _temperature_model(plan: Plan) -> TemperatureModel:
 
 
 #: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps
-#: ≥ 80% of its value (efficiency 1/(1 + B/B_noise), eq. 2.12) up to a batch 4× larger.
+#: ≥ 80% of its value at B0 and ≥ 50% up to a batch 4× larger (efficiency 1/(1 + B/B_noise), eq. 2.12).
 WELL_BELOW = 4.0
 
 
@@ -382,31 +389,34 @@ def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan)
 
 
 def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional[dict[str, Any]]:
-    """When B0 is already at or past NOISE_CAP × B_noise where the decay begins: keep the batch.
+    """With a noise cap asked for (``--noise-cap K``), when B0 is already at or past K × B_noise where the decay
+    begins: keep the batch.
 
-    Past the noise scale a bigger batch costs examples, not only updates (McCandlish et al.
-    eq. 2.11: E = E_min(1 + B/B_noise)), so growth from there pays too little to recommend;
-    the original schedule is the recommendation. B_noise is read at the first sample the
-    plan could grow from (the end of a warmup), at the original's setting there (eq. 16):
-    with a probe that is its B_simple. None when B0 is below that (or there is no model), and,
-    with a measured trace, when the plan capped at NOISE_CAP × B_noise(s) still grows later in the
+    Only with a cap the user asked for: by default the noise scale vetoes nothing, since on the
+    benchmark models it did not predict whether a plan held (docs/results.md; charlm's probe
+    read B0 = 60-80× B_noise and the plan held). With the cap, growth past it is what the user
+    ruled out, so the original schedule is the recommendation. B_noise is read at the first
+    sample the plan could grow from (the end of a warmup), at the original's setting there (eq. 16):
+    with a probe that is its B_simple. None without a cap, when B0 is below that (or there is no model), and,
+    with a measured trace, when the plan capped at K × B_noise(s) still grows later in the
     run: on language models the trace shows the noise scale growing 10-100× after the first
     updates (docs/results.md), which a probe's one point at initialisation cannot see.
     """
-    if noise_model is None:
-        return None
     inputs = plan.inputs
+    cap = inputs.get("noise_cap")
+    if noise_model is None or not cap:
+        return None
     b0 = int(inputs.get("batch_size") or plan.stages[0].batch_size)
     start = next((st for st in plan.stages if st.phase != "warmup"), plan.stages[0])
     model = _temperature_model(plan)
     t = model.temperature(plan.lr_at(start, start.start_sample), start.momentum, b0)
     b_noise = noise_model.b_noise(start.start_sample, t, model)
-    if not b0 >= NOISE_CAP * b_noise:
+    if not b0 >= cap * b_noise:
         return None
     if noise_model.source == "trace" and max(st.batch_size for st in plan.stages) > b0:
-        return None  # measured later in the run, B_noise(s) grows past B0 / NOISE_CAP: the capped plan grows there
+        return None  # measured later in the run, B_noise(s) grows past B0 / cap: the capped plan grows there
     return {"b0": b0, "b_noise": b_noise, "sample": start.start_sample, "ratio": b0 / b_noise,
-            "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise), "noise_cap": NOISE_CAP}
+            "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise), "noise_cap": cap}
 
 
 def _power_of_two_below(b0: int, limit: float) -> int:

@@ -31,7 +31,8 @@ BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on
                      "group as the batch grows (ghost batch norm) or check with bsadvisor validate")
 
 #: The notes of an original schedule recommended instead of a plan.
-KEEP_NOTE = "recommended: the original schedule, unchanged (the batch is already past the noise scale)"
+KEEP_NOTE = ("recommended: the original schedule, unchanged (the batch is already past the --noise-cap multiple of "
+             "the noise scale)")
 
 
 def _keywords(options: Union[ConvertOptions, dict, None], keywords: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +68,8 @@ def recommend(options: Union[ConvertOptions, dict, None] = None, *, probe: Any =
 class Recommendation:
     """What advise recommends: ``plan`` to follow, and why.
 
-    ``plan`` is the batch-growth plan, or with ``keep_batch`` (B0 already past NOISE_CAP × the
-    noise scale where the decay begins; core.predict.keep_batch_advice) the original schedule
+    ``plan`` is the batch-growth plan, or with ``keep_batch`` (a --noise-cap K asked for, and B0 already past
+    K × the noise scale where the decay begins; core.predict.keep_batch_advice) the original schedule
     unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
     (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
     """

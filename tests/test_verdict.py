@@ -1,4 +1,4 @@
-"""The paired verdict (core/verdict.py, concepts eqs. 21–23) on synthetic metric tables: no training."""
+"""The paired verdict (core/verdict.py, concepts eqs. 21–25) on synthetic metric tables: no training."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,10 @@ import pytest
 from scipy import stats
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.verdict import (ACCEPTED, INCONCLUSIVE, REJECTED, Margin, paired_interval, paired_verdict,
-                                    parse_margin, seeds_needed, t_quantile)
-from bsadvisor.runtime.validate import verdict
+from bsadvisor.core.verdict import (ACCEPTED, INCONCLUSIVE, INDICATIVE, MIXING, REJECTED, Margin, log_evidence,
+                                    paired_interval, paired_verdict, parse_margin, seeds_needed, settle_power,
+                                    simulate_looks, t_boundary, t_quantile)
+from bsadvisor.runtime.validate import count_looks, earlier_looks, verdict
 
 
 @pytest.mark.parametrize("confidence, dof", [(0.9, 1), (0.9, 2), (0.9, 9), (0.95, 4), (0.5, 30)])
@@ -28,64 +29,144 @@ def test_interval_is_scipys_paired_t_interval():
     assert (lo < 0 < hi) == (stats.ttest_rel(cand, ref).pvalue > 0.10)
 
 
+REF5 = [0.55, 0.75, 0.62, 0.70, 0.58]  # five seeds far apart on their own (initial weights, data order)
+
+
 def test_seeds_that_disagree_alone_but_agree_paired_give_a_narrow_interval():
-    # Two seeds 0.2 apart on their own (initial weights, data order), the plan tracking each one.
-    ref, cand = [0.55, 0.75], [0.552, 0.753]
-    v = paired_verdict(cand, ref)
+    # The plan tracks each seed of the original to within 0.003.
+    cand = [r + d for r, d in zip(REF5, [0.002, 0.003, 0.001, 0.002, 0.003])]
+    v = paired_verdict(cand, REF5)
     lo, hi = v["interval"]
     assert v["status"] == ACCEPTED and hi - lo < 0.02
-    assert statistics.stdev(ref) > 0.14  # the old rule's tolerance, 2 × sd, would have been 0.28
+    assert statistics.stdev(REF5) > 0.07  # the old rule's tolerance, 2 × sd, would have been 0.14
 
 
 def test_the_reverse_is_inconclusive_not_accepted():
     # The same means, but the plan's seeds do not track the original's: the paired differences disagree.
-    ref, cand = [0.55, 0.75], [0.75, 0.551]
-    v = paired_verdict(cand, ref)
+    cand = [0.75, 0.551, 0.70, 0.58, 0.62]
+    v = paired_verdict(cand, REF5)
     assert v["status"] == INCONCLUSIVE and v["interval"][0] < -0.005 < v["interval"][1]
 
 
 def test_three_outcomes():
-    ref = [0.80, 0.70, 0.90]
-    assert paired_verdict([0.801, 0.702, 0.899], ref)["status"] == ACCEPTED
-    assert paired_verdict([0.75, 0.66, 0.84], ref)["status"] == REJECTED
-    assert paired_verdict([0.81, 0.68, 0.89], ref)["status"] == INCONCLUSIVE
-    better = paired_verdict([0.90, 0.82, 0.99], ref)  # better than the original: accepted (one-sided margin)
+    ref = [0.80, 0.70, 0.90, 0.75, 0.85]
+    shifted = lambda ds: [r + d for r, d in zip(ref, ds)]  # noqa: E731
+    assert paired_verdict(shifted([0.001, 0.002, -0.001, 0.0, 0.001]), ref)["status"] == ACCEPTED
+    assert paired_verdict(shifted([-0.05, -0.04, -0.06, -0.05, -0.045]), ref)["status"] == REJECTED
+    assert paired_verdict(shifted([0.01, -0.02, -0.01, 0.0, 0.005]), ref)["status"] == INCONCLUSIVE
+    better = paired_verdict(shifted([0.10, 0.12, 0.09, 0.11, 0.10]), ref)  # better: accepted (one-sided margin)
     assert better["status"] == ACCEPTED and better["difference"] > 0
 
 
-def test_one_seed_decides_from_the_difference_alone():
-    v = paired_verdict([0.796], [0.80])
-    assert v["status"] == ACCEPTED and v["interval"] is None and v["sd"] is None
-    assert paired_verdict([0.79], [0.80])["status"] == REJECTED
+def test_one_seed_is_only_indicative():
+    """One seed never accepts or rejects on its own, whatever its difference (issue #32)."""
+    for d in (0.2, 0.0, -0.004, -0.006, -0.3):
+        v = paired_verdict([0.80 + d], [0.80])
+        assert v["status"] == INDICATIVE and v["interval"] is None and v["sd"] is None
+        assert v["seeds_suggested"] is None
+    # and with two the boundary is infinite: the interval is unbounded, the verdict inconclusive
+    v = paired_verdict([0.9, 0.901], [0.8, 0.8])
+    assert v["status"] == INCONCLUSIVE and v["interval"] == [None, None] and math.isinf(t_boundary(2))
 
 
-def test_seeds_suggested_settles_it_when_mean_and_sd_hold():
+def test_log_evidence_is_the_mixture_it_says_by_numerical_integration():
+    """Eq. 24 against its definition: the scale-invariant likelihood ratio of θ vs 0, ∫ over the scale s with
+    weight s^(n−1), mixed over θ ≥ 0 with the half-normal weight of precision c (scipy.integrate)."""
+    from scipy import integrate
+
+    c = MIXING
+    for y in ([0.3, 1.1, 0.2], [-0.3, -1.0, 0.2, -0.1]):
+        n, q, sm = len(y), sum(v * v for v in y), sum(y)
+
+        def lik(theta, s):
+            return s ** (n - 1) * math.exp(-0.5 * sum((s * v - theta) ** 2 for v in y))
+
+        null = integrate.quad(lambda s: lik(0.0, s), 0, math.inf)[0]
+        mix = integrate.dblquad(lambda s, th: lik(th, s) * 2 * stats.norm.pdf(th, scale=1 / math.sqrt(c)),
+                                0, math.inf, 0, math.inf)[0]
+        t = statistics.fmean(y) / (statistics.stdev(y) / math.sqrt(n))
+        assert float(log_evidence(t, n)) == pytest.approx(math.log(mix / null), rel=1e-5), y
+        assert abs(sm) > 0 and q > 0
+
+
+def test_the_sequence_covers_the_true_mean_at_every_n_at_once():
+    """Ville's inequality, by simulation: of 4,000 streams of 300 seeds at the margin, the fraction whose t
+    statistic ever crosses τ_n (at any n from 2 to 300) stays below α = 5%; the fixed-n t quantile,
+    read after every seed, is crossed far more often."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.0, 1.0, (4000, 300))
+    n = np.arange(1, 301)
+    csum, csq = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt((csq - csum ** 2 / n) / (n - 1))
+        t = (csum / n) / (sd / np.sqrt(n))
+    tau = np.array([t_boundary(int(k)) for k in n])
+    ever = np.nanmax(np.where(np.isfinite(tau), t - tau, -np.inf), axis=1) > 0
+    naive = np.nanmax(t[:, 1:] - stats.t.ppf(0.95, n[1:] - 1), axis=1) > 0
+    assert ever.mean() <= 0.05 and naive.mean() > 0.25, (ever.mean(), naive.mean())
+
+
+def test_seeds_suggested_give_80_percent_power():
     ref = [0.80, 0.70, 0.90]
-    cand = [0.81, 0.68, 0.89]
+    cand = [0.795, 0.697, 0.897]
     v = paired_verdict(cand, ref)
     n = v["seeds_suggested"]
-    assert v["status"] == INCONCLUSIVE and n is not None and n > 3
+    assert v["status"] == INCONCLUSIVE and n is not None and n > 3 and not v["too_close"]
     mean, sd, delta = v["difference"], v["sd"], v["margin"]
-    # independent check with scipy.stats: at n seeds the interval clears -δ, at n - 1 it does not
-    half = lambda k: stats.t.ppf(0.95, k - 1) * sd / math.sqrt(k)  # noqa: E731
-    assert half(n) < abs(mean + delta) <= half(n - 1)
-    # a table of n seeds with that mean and sd is then decided
-    ds = [mean + sd * z for z in _unit_sd(n)]
-    assert paired_verdict([r + d for r, d in zip([0.8] * n, ds)], [0.8] * n)["status"] != INCONCLUSIVE
+    theta = (mean + delta) / sd
+    # independent check with scipy.stats' noncentral t: at n seeds the chance t ≥ τ_n is ≥ 80%, at n − 1 not
+    power = lambda k: stats.nct.sf(t_boundary(k), k - 1, theta * math.sqrt(k))  # noqa: E731
+    assert power(n) >= 0.8 > power(n - 1)
+    assert settle_power(theta, n) == pytest.approx(power(n), rel=1e-9)
+    # and by simulation: n seeds of that mean and spread are accepted about 80% of the time
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    ds = rng.normal(mean, sd, (4000, n))
+    t = (ds.mean(axis=1) + delta) / (ds.std(axis=1, ddof=1) / math.sqrt(n))
+    assert 0.77 < float(np.mean(t > t_boundary(n))) < 0.87
 
 
-def _unit_sd(n):
-    """n numbers with mean 0 and sample sd 1."""
-    xs = [(-1) ** i * 1.0 for i in range(n)]
-    m = statistics.fmean(xs)
-    xs = [x - m for x in xs]
-    s = statistics.stdev(xs)
-    return [x / s for x in xs]
+def test_too_close_to_settle_exactly_on_the_margin():
+    """A mean on the margin (within one standard error of it) gets no seed count, however small its spread."""
+    ref = [0.80, 0.70, 0.90, 0.75]
+    for ds in ([-0.005, -0.004, -0.006, -0.005], [-0.0051, -0.0049, -0.0045, -0.0056]):
+        v = paired_verdict([r + d for r, d in zip(ref, ds)], ref)
+        assert v["status"] == INCONCLUSIVE and v["seeds_suggested"] is None and v["too_close"], v
 
 
 def test_seeds_needed_never_for_a_difference_at_the_margin():
     assert seeds_needed(-0.005, 0.01, 0.005) is None
     assert seeds_needed(-0.0049999, 0.5, 0.005) is None  # more than 1000 seeds
+
+
+def test_resume_until_settled_accepts_at_most_5_percent_at_the_margin():
+    """Issue #32's check, against the rule itself: true mean exactly −δ, sd 0.004, the first verdict at 3
+    seeds, then the suggested seeds up to three times. The fixed-n rule accepted 16% of such plans."""
+    at = simulate_looks(-0.005, 0.004, 0.005, start=3, extra_looks=3, sims=20000, seed=0)
+    assert at["accepted"] <= 0.05 and at["rejected"] <= 0.05 and at["looks"] > 1.3, at
+    below = simulate_looks(-0.0052, 0.004, 0.005, sims=20000, seed=1)
+    assert below["accepted"] <= at["accepted"] + 0.005
+    good = simulate_looks(0.0, 0.004, 0.005, sims=4000, seed=2)  # the sequence still decides a good plan
+    assert good["accepted"] > 0.8, good
+
+
+def test_looks_are_counted_from_the_earlier_results(tmp_path):
+    import json
+
+    assert earlier_looks(tmp_path) == [] and earlier_looks(None) == []
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "bsadvisor.validation/1.1", "seeds": 3,
+                                                       "verdict": {"status": "inconclusive"}}))
+    assert earlier_looks(tmp_path) == [3]  # an older file: one look at its seeds
+    assert count_looks([3], 10) == {"looks": 2, "look_seeds": [3, 10]}
+    assert count_looks([3, 10], 10) == {"looks": 2, "look_seeds": [3, 10]}  # nothing added: the same look
+    (tmp_path / "results.json").write_text(json.dumps({"seeds": 10, "verdict": {"look_seeds": [3, 10]}}))
+    assert earlier_looks(tmp_path) == [3, 10]
+    for bad in ("{", "[]", json.dumps({"verdict": {"look_seeds": ["x"]}, "seeds": 2}), json.dumps({"seeds": 2})):
+        (tmp_path / "results.json").write_text(bad)
+        assert earlier_looks(tmp_path) == []
 
 
 def test_relative_margin_and_parsing():
@@ -113,14 +194,17 @@ def _run(metrics, updates=100):
 
 
 def test_validate_verdict_document():
-    runs = {"original": _run([0.80, 0.70, 0.90], 300), "plan": _run([0.801, 0.702, 0.899], 100),
-            "hybrid-64": _run([0.75, 0.66, 0.84], 200)}
+    runs = {"original": _run([0.80, 0.70, 0.90, 0.75, 0.85], 300),
+            "plan": _run([0.801, 0.702, 0.899, 0.75, 0.851], 100),
+            "hybrid-64": _run([0.75, 0.66, 0.84, 0.70, 0.805], 200)}
     v = verdict(runs)
     assert v["status"] == "accepted" and v["accepted"] is True and v["update_ratio"] == 3
-    assert v["paired"] == pytest.approx([0.001, 0.002, -0.001]) and len(v["interval"]) == 2
+    assert v["paired"] == pytest.approx([0.001, 0.002, -0.001, 0.0, 0.001]) and len(v["interval"]) == 2
     assert v["margin"] == 0.005 and v["seeds_suggested"] is None
+    assert v["looks"] == 1 and v["look_seeds"] == [5] and "confidence sequence" in v["method"]
     assert v["variants"]["hybrid-64"]["status"] == "rejected"
     assert v["within_tolerance"] == {"plan": True, "hybrid-64": False}
-    runs["plan"] = _run([0.81, 0.68, 0.89], 100)
-    v = verdict(runs, "0.005")
-    assert v["status"] == "inconclusive" and v["accepted"] is False and v["seeds_suggested"] > 3
+    runs["plan"] = _run([0.81, 0.69, 0.89, 0.76, 0.86], 100)
+    v = verdict(runs, "0.005", earlier=[3])
+    assert v["status"] == "inconclusive" and v["accepted"] is False and v["seeds_suggested"] > 5
+    assert v["looks"] == 2 and v["look_seeds"] == [3, 5]

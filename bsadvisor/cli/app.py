@@ -148,6 +148,10 @@ def probe_limit(budget_seconds: float) -> float:
     return PROBE_LIMIT_FACTOR * float(budget_seconds) + PROBE_GRACE_S
 
 
+#: The longest time limit set as an OS timer (about three years; setitimer overflows near 9·10⁸ s).
+MAX_ALARM_S = 1e8
+
+
 @contextlib.contextmanager
 def time_limit(seconds: Optional[float]):
     """Raise :class:`OverTime` in the main thread after ``seconds`` (None: no limit).
@@ -158,7 +162,8 @@ def time_limit(seconds: Optional[float]):
     import signal
     import threading
 
-    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread() \
+            or not seconds < MAX_ALARM_S:  # past the OS timer's range (about 9·10⁸ s): no limit, not an OverflowError
         yield
         return
 
@@ -246,7 +251,34 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         _exit(130)
+    except RuntimeError as exc:
+        lost = lost_peer(exc)
+        if lost is None:
+            raise
+        err_console.print(f"error: {lost}", markup=False, highlight=False, soft_wrap=True)
+        _exit(2)
     _exit(code if isinstance(code, int) else 0)
+
+
+#: What gloo, NCCL or the store say when another process of the job has gone.
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+              "socket timeout", "nccl communicator was aborted")
+
+
+def lost_peer(exc: BaseException) -> Optional[str]:
+    """One line for a torchrun job whose other process died (killed, or failed first), else None.
+
+    A surviving rank's next collective fails inside gloo/NCCL with a C++ message and a traceback
+    that says nothing of the cause; torch.distributed's DistError types, or the transport's words.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    tdist = sys.modules.get("torch.distributed")  # never import torch here
+    in_job = tdist is not None and tdist.is_available() and tdist.is_initialized()
+    if not (type(exc).__name__.startswith("Dist") or in_job and any(w in text.lower() for w in _PEER_LOST)):
+        return None
+    return (f"another process of the torchrun job stopped (killed, or failed first: see its output), so this one "
+            f"cannot go on: {clip(first)}")
 
 
 def _exit(code: int) -> None:

@@ -64,12 +64,26 @@ def check_lightning_version(version: Optional[str] = None) -> None:
     FollowPlan sets attributes of Lightning's fit loop that are not public API; another
     release may have moved them, and would fail in the middle of a fit, or worse, not at all.
     """
-    version = lightning.__version__ if version is None else version
+    if version is None:
+        version = getattr(lightning, "__version__", None) or _installed_version("lightning")
+    if version is None:
+        raise UserError("cannot tell which Lightning is installed (lightning.__version__ is missing and pip "
+                        f"knows no 'lightning' package): pip install '{LIGHTNING_REQUIREMENT}'")
     found = re.match(r"(\d+)\.(\d+)", str(version))
     if found is None or (int(found.group(1)), int(found.group(2))) != TESTED_LIGHTNING:
         raise UserError(f"FollowPlan is tested with Lightning {TESTED_LIGHTNING[0]}.{TESTED_LIGHTNING[1]}.x and sets "
                         f"its fit loop's internals, but Lightning {version} is installed: "
                         f"pip install '{LIGHTNING_REQUIREMENT}'")
+
+
+def _installed_version(name: str) -> Optional[str]:
+    """The version pip installed of ``name`` (None: not installed as a package)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class _PlanBatches(PlanBatchSampler, BatchSampler):

@@ -1,4 +1,4 @@
-"""The paired verdict (core/verdict.py, concepts eqs. 21–25) on synthetic metric tables: no training."""
+"""The paired verdict (core/verdict.py, concepts eqs. 21–23, 28–30) on synthetic metric tables: no training."""
 from __future__ import annotations
 
 import math

@@ -2,7 +2,7 @@
 
 Every candidate (the plan, the hybrid, the increased-LR variant) trains with the same
 seeds as the original: seed s fixes the initial weights, the data order and the RNG
-streams of both. So the comparison is paired (docs/concepts.md, eqs. 21–25):
+streams of both. So the comparison is paired (docs/concepts.md, eqs. 21–23 and 28–30):
 
     d_s = metric(candidate, s) − metric(original, s)              (21)
     d̄ ± τ_n · sd(d) / √n                                          (22)  a 90 % confidence sequence
@@ -18,22 +18,23 @@ interval must hold at every look, not only at one planned sample size: τ_n is t
 boundary of an anytime-valid t confidence sequence (Lai 1976; Wang and Ramdas 2023),
 not Student's t quantile. For the hypothesis μ = μ0 (y_s = d_s − μ0, t its t statistic)
 the scale-invariant likelihood ratio mixed over standardized effects θ = (μ − μ0)/σ ≥ 0
-with a half-normal weight of precision c is, in closed form (eq. 24),
+with a half-normal weight of precision c is, in closed form (eq. 28),
 
     M_n(t) = 2·√(c/(n+c)) · (1 − n·r/(n+c))^(−n/2) · F_{t,n}(√n·√(n·r/(n + c − n·r))),
     r = t²/(t² + n − 1)
 
 (F_{t,n} the Student-t CDF with n degrees of freedom; for t < 0 the argument is negative),
-a nonnegative martingale under μ = μ0 (a supermartingale for μ < μ0), so by Ville's
-inequality P(M_n ≥ 1/α at any n) ≤ α. M_n grows with t, so "M_n ≥ 1/α" is "t ≥ τ_n"
-(eq. 25) and the lower end of the sequence is d̄ − τ_n·sd/√n; the upper end mirrors it.
+a nonnegative martingale under μ = μ0 (a supermartingale for μ < μ0) in the filtration of
+the scale-free data (the ratios y_s/|y_1|), so by Ville's inequality P(M_n ≥ 1/α at any n)
+≤ α, for looks and seed counts chosen from those ratios (the suggestion below is). M_n
+grows with t, so "M_n ≥ 1/α" is "t ≥ τ_n" (eq. 29) and the lower end of the sequence is d̄ − τ_n·sd/√n; the upper end mirrors it.
 Each side holds at 95 % (α = 0.05) however many times, and after however many seeds,
 the verdict is read. One seed has no spread: the verdict is only indicative (a status of
 its own, never accepted or rejected), and with two the boundary is infinite.
 
 The seeds suggested for an inconclusive verdict give an 80 % chance (power) that the
 sequence settles at that many seeds, if the difference and its spread are what was
-measured: P(noncentral t_{n−1}(θ̂·√n) ≥ τ_n) ≥ 0.8 with θ̂ = |d̄ + δ| / sd.
+measured: P(noncentral t_{n−1}(θ̂·√n) ≥ τ_n) ≥ 0.8 with θ̂ = |d̄ + δ| / sd (eq. 30).
 
 Pure math (scipy's special functions and noncentral t; no torch).
 """
@@ -53,7 +54,7 @@ CONFIDENCE = 0.90
 DEFAULT_MARGIN = 0.005
 #: More seeds than this are never suggested (validate's own limit on --seeds).
 MAX_SUGGESTED_SEEDS = 1000
-#: The precision c of the half-normal weight over standardized effects θ in eq. 24. Smaller c spends
+#: The precision c of the half-normal weight over standardized effects θ in eq. 28. Smaller c spends
 #: more of α on large effects (a decision from fewer seeds when the difference is far from the margin),
 #: larger c on small ones; 0.25 is about the best for the seeds a verdict takes (5 to 30): the
 #: boundary τ_n is 11.3 at 3 seeds, 4.3 at 5, 3.5 at 10, 3.3 at 30 (Student's t: 2.9, 2.1, 1.8, 1.7).
@@ -146,7 +147,7 @@ def paired_interval(differences: Sequence[float],
 
 
 def log_evidence(t, n, c: float = MIXING):
-    """log M_n (eq. 24): the evidence against μ = μ0 for μ > μ0 of n differences whose t statistic is ``t``.
+    """log M_n (eq. 28): the evidence against μ = μ0 for μ > μ0 of n differences whose t statistic is ``t``.
 
     ``t`` and ``n`` may be numpy arrays (n ≥ 2); t = ±inf (no spread) is the limit."""
     import numpy as np
@@ -162,7 +163,7 @@ def log_evidence(t, n, c: float = MIXING):
 
 @functools.lru_cache(maxsize=4096)
 def t_boundary(n: int, alpha: float = (1 - CONFIDENCE) / 2, c: float = MIXING) -> float:
-    """τ_n (eq. 25): the t statistic at which M_n reaches 1/α; infinite when no n-seed data reach it
+    """τ_n (eq. 29): the t statistic at which M_n reaches 1/α; infinite when no n-seed data reach it
     (one or two seeds at the defaults)."""
     from scipy.optimize import brentq
 

@@ -169,7 +169,7 @@ def _why_notfinite(name: str, run: dict) -> str:
 
 def verdict(runs: dict, tolerance: Any = None, reference: str = "original", candidate: str = "plan",
             earlier: Optional[list[int]] = None) -> dict:
-    """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–25).
+    """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–23, 28–30).
 
     Each seed's metric difference d_s = candidate − reference (same seed: same initial
     weights and data order), their mean and 90 % confidence sequence decide: accepted when

@@ -208,3 +208,27 @@ def test_validate_verdict_document():
     v = verdict(runs, "0.005", earlier=[3])
     assert v["status"] == "inconclusive" and v["accepted"] is False and v["seeds_suggested"] > 5
     assert v["looks"] == 2 and v["look_seeds"] == [3, 5]
+
+
+@pytest.mark.slow  # three short validate runs of builtin:linreg
+def test_resume_counts_its_looks_from_the_results_in_out(tmp_path):
+    """The looks come from --out's results.json, not from the user: 1 seed (indicative, exit 3), then
+    --resume --seeds 3 (a second look), then the same command again (no seed added: the same look)."""
+    import json
+
+    from hostile import run_main
+
+    out = tmp_path / "v"
+    args = ["validate", "builtin:linreg", "--epochs", "2", "--schedule", "MultiStepLR(milestones=[1], gamma=0.1)",
+            "--device", "cpu", "--no-noise-monitor", "--evals", "2", "--out", str(out)]
+    first = run_main(args, cwd=tmp_path)
+    v = json.loads((out / "results.json").read_text())["verdict"]
+    assert first.returncode == 3 and v["status"] == INDICATIVE and (v["looks"], v["look_seeds"]) == (1, [1])
+    assert "INDICATIVE" in first.stdout and "never decides" in " ".join(first.stdout.split())
+    for _ in range(2):
+        r = run_main([*args, "--seeds", "3", "--resume"], cwd=tmp_path)
+        assert r.returncode in (0, 1, 3), r.stderr
+        doc = json.loads((out / "results.json").read_text())
+        v = doc["verdict"]
+        assert doc["schema"] == "bsadvisor.validation/1.2" and (v["looks"], v["look_seeds"]) == (2, [1, 3])
+        assert "confidence sequence" in v["method"] and len(v["paired"]) == 3

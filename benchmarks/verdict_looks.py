@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from bsadvisor.core.verdict import paired_verdict, simulate_looks  # noqa: E402
+from bsadvisor.core.verdict import add_seeds, paired_verdict, simulate_looks  # noqa: E402
 
 SD, DELTA = 0.004, 0.005
 
@@ -57,11 +57,7 @@ def before(true_mean: float, sims: int, seed: int = 0, start: int = 3, extra_loo
             want[hit] = k
         status[pending[want == 0]] = 2
         go, k = pending[want > 0], want[want > 0]
-        m = k - n[go]
-        add_mean = rng.normal(true_mean, SD / np.sqrt(m))
-        add_ss = SD ** 2 * rng.chisquare(np.maximum(m - 1, 1)) * (m > 1)
-        ss[go] = ss[go] + add_ss + n[go] * m / k * (mean[go] - add_mean) ** 2
-        mean[go] = (n[go] * mean[go] + m * add_mean) / k
+        mean[go], ss[go] = add_seeds(rng, true_mean, SD, n[go], mean[go], ss[go], k)
         n[go] = k
     return {"accepted": float(np.mean(status == 1)), "first_accepted": first,
             "rejected": float(np.mean(status == -1))}

@@ -135,14 +135,21 @@ def paired_interval(differences: Sequence[float],
                     confidence: float = CONFIDENCE) -> tuple[float, Optional[float], Optional[float], Optional[float]]:
     """(mean d̄, lower end, upper end, sd of d) of the fixed-n paired t interval, valid for ONE look only;
     None ends with one seed. The verdict uses :func:`sequential_interval`."""
+    return _interval(differences, lambda n: t_quantile(confidence, n - 1))
+
+
+def _interval(differences: Sequence[float], factor) -> tuple[float, Optional[float], Optional[float], Optional[float]]:
+    """(d̄, d̄ − f·sd/√n, d̄ + f·sd/√n, sd) with f = ``factor(n)`` (None ends with one difference; infinite f:
+    infinite ends)."""
     ds = [float(d) for d in differences]
     if not ds:
-        raise ValueError("paired_interval needs at least one difference")
+        raise ValueError("the paired interval needs at least one difference")
     mean = statistics.fmean(ds)
     if len(ds) == 1:
         return mean, None, None, None
     sd = statistics.stdev(ds)
-    half = t_quantile(confidence, len(ds) - 1) * sd / math.sqrt(len(ds))
+    f = factor(len(ds))
+    half = math.inf if math.isinf(f) else f * sd / math.sqrt(len(ds))
     return mean, mean - half, mean + half, sd
 
 
@@ -185,16 +192,7 @@ def sequential_interval(differences: Sequence[float], confidence: float = CONFID
     Valid at every n at once (each side at (1 + confidence)/2): read it after every added seed and
     the chance that it ever excludes the true mean stays below 1 − confidence. None ends with one
     seed; infinite ends while τ_n is (two seeds)."""
-    ds = [float(d) for d in differences]
-    if not ds:
-        raise ValueError("sequential_interval needs at least one difference")
-    mean = statistics.fmean(ds)
-    if len(ds) == 1:
-        return mean, None, None, None
-    sd = statistics.stdev(ds)
-    tau = t_boundary(len(ds), (1 - confidence) / 2)
-    half = math.inf if math.isinf(tau) else tau * sd / math.sqrt(len(ds))
-    return mean, mean - half, mean + half, sd
+    return _interval(differences, lambda n: t_boundary(n, (1 - confidence) / 2))
 
 
 def decide(mean: float, lo: Optional[float], hi: Optional[float], margin: float) -> str:
@@ -351,11 +349,19 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
         stop = close | (want == 0)
         status[pending[stop]] = 2
         go, k = pending[~stop], want[~stop]
-        m = k - n[go]
-        add_mean = rng.normal(true_mean, sd / np.sqrt(m))
-        add_ss = sd ** 2 * rng.chisquare(np.maximum(m - 1, 1)) * (m > 1)
-        ss[go] = ss[go] + add_ss + n[go] * m / k * (mean[go] - add_mean) ** 2
-        mean[go] = (n[go] * mean[go] + m * add_mean) / k
+        mean[go], ss[go] = add_seeds(rng, true_mean, sd, n[go], mean[go], ss[go], k)
         n[go] = k
     return {"accepted": float(np.mean(status == 1)), "rejected": float(np.mean(status == -1)),
             "first_accepted": first, "looks": float(np.mean(looks))}
+
+
+def add_seeds(rng, true_mean: float, sd: float, n, mean, ss, k):
+    """(mean, sum of squared deviations) of ``n`` differences with ``mean`` and ``ss`` after adding k − n new
+    N(true_mean, sd²) ones, drawn through their sufficient statistics: their mean (normal) and their own sum
+    of squares (sd²·χ²_{k−n−1}), pooled. numpy arrays; ``rng`` a numpy Generator."""
+    import numpy as np
+
+    m = k - n
+    add_mean = rng.normal(true_mean, sd / np.sqrt(m))
+    add_ss = sd ** 2 * rng.chisquare(np.maximum(m - 1, 1)) * (m > 1)
+    return (n * mean + m * add_mean) / k, ss + add_ss + n * m / k * (mean - add_mean) ** 2

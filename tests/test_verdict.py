@@ -232,3 +232,20 @@ def test_resume_counts_its_looks_from_the_results_in_out(tmp_path):
         v = doc["verdict"]
         assert doc["schema"] == "bsadvisor.validation/1.2" and (v["looks"], v["look_seeds"]) == (2, [1, 3])
         assert "confidence sequence" in v["method"] and len(v["paired"]) == 3
+
+
+def test_older_results_still_read_with_their_own_wording():
+    """A /1.1 document (single-look t interval, no method) is reported as it was; a /1.2 one as a sequence."""
+    from bsadvisor.core.noise_model import VALIDATION_SCHEMAS
+    from bsadvisor.runtime.report import settle_text, verdict_text
+
+    old = {"status": "inconclusive", "reference": "original", "candidate": "plan", "reason": None,
+           "difference": -0.002, "interval": [-0.008, 0.004], "paired": [0.0, -0.004, -0.002], "sd": 0.002,
+           "margin": 0.005, "margin_rule": "the default", "confidence": 0.9, "seeds_suggested": 7}
+    text = verdict_text({"verdict": old, "metric": "metric"})
+    assert "90% CI [-0.0080, +0.0040]" in text and "about 7 seeds would likely settle it" in text
+    new = {**old, "method": "cs", "looks": 2, "interval": [None, 0.004], "seeds_suggested": None, "too_close": True}
+    text = verdict_text({"verdict": new, "metric": "metric"})
+    assert "[−∞, +0.0040]" in text and "valid at every look (look 2)" in text and "too close to settle" in text
+    assert "80% chance" in settle_text({"verdict": {**new, "seeds_suggested": 12, "too_close": False}})
+    assert "bsadvisor.validation/1.2" in VALIDATION_SCHEMAS and "bsadvisor.validation/1.1" in VALIDATION_SCHEMAS

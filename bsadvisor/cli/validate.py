@@ -213,7 +213,7 @@ def _print_verdict(doc: dict, con) -> None:
     v = doc["verdict"]
     for name, w in (v.get("variants") or {}).items():
         con.print(Text(f"{name}: {status_word(w).lower()}, "
-                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence")}))
+                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence"), "method": v.get("method")}))
                        + " (a variant: it does not decide the exit code)"))
     word = status_word(v)
     line = Text.assemble((word, VERDICT_STYLES[word]), ": " + verdict_text(doc))

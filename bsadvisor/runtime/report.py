@@ -242,7 +242,7 @@ def paired_table(doc: dict) -> list[str]:
                f"{_md(difference_text(v))}"]
     for n, w in (v.get("variants") or {}).items():
         summary.append(f"**{_md(n)}**: {STATUS_WORDS.get(w['status'], '?').lower()}, "
-                       f"{_md(difference_text({**w, 'confidence': v.get('confidence')}))}")
+                       f"{_md(difference_text({**w, 'confidence': v.get('confidence'), 'method': v.get('method')}))}")
     return lines + ["", "Mean paired difference: " + "; ".join(summary) + ".", ""]
 
 

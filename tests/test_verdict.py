@@ -151,6 +151,9 @@ def test_resume_until_settled_accepts_at_most_5_percent_at_the_margin():
     assert below["accepted"] <= at["accepted"] + 0.005
     good = simulate_looks(0.0, 0.004, 0.005, sims=4000, seed=2)  # the sequence still decides a good plan
     assert good["accepted"] > 0.8, good
+    for mean in (-0.005, -0.009, 0.0):  # one seed (the default --seeds 1): never accepted nor rejected
+        one = simulate_looks(mean, 0.004, 0.005, start=1, sims=2000, seed=3)
+        assert one["accepted"] == one["rejected"] == 0.0, one
 
 
 def test_looks_are_counted_from_the_earlier_results(tmp_path):

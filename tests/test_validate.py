@@ -184,7 +184,7 @@ def test_accepted_plan_writes_results_and_exits_0(accepted):
 def test_rejected_plan_exits_1(target_file, tmp_path, monkeypatch):
     # A "plan" with LR 0 never trains: the untrained model is far below the original.
     plan = write_plan(tmp_path / "bad.json", [(0, 6, 8, 0.0)])
-    r = main_run(monkeypatch, "validate", target_file, "--plan", plan)
+    r = main_run(monkeypatch, "validate", target_file, "--plan", plan, "--seeds", "3")  # one seed never rejects
     assert r.returncode == 1, r.stderr
     assert "REJECTED" in r.stdout
 

@@ -195,3 +195,33 @@ def test_batchnorm_no_is_not_true():
     _refuses(lambda: bsadvisor.recommend(opts, batchnorm="no"), UserError, "batchnorm")
     assert not bsadvisor.recommend(opts, batchnorm=False).warnings
     assert any("BatchNorm" in w for w in bsadvisor.recommend(opts, batchnorm=True).warnings)
+
+
+def test_a_lost_peer_inside_a_training_step_is_not_blamed_on_the_model(tmp_path):
+    """A surviving rank's all-reduce fails inside train_step (gloo: "Connection reset by peer"): the one line
+    says the other process stopped, not that the user's model raised."""
+    import torch.distributed as tdist
+
+    from bsadvisor.core.plan import Plan, Stage
+    from bsadvisor.runtime.train import train_plan
+    from bsadvisor.targets.builtins import linreg
+
+    target = linreg(size=256)
+
+    def gone(model, batch):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5329: Connection reset by "
+                           "peer. This is typically caused by a remote worker hanging")
+
+    target.loss_fn = gone
+    plan = Plan(stages=[Stage(0, 256, 64, 0.01, 0.0, 1.0)], dataset_size=256)
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(UserError) as info:
+            train_plan(target, plan)
+    finally:
+        tdist.destroy_process_group()
+    text = str(info.value)
+    assert "another process of the torchrun job stopped" in text and "model or loss_fn raised" not in text, text
+    target.loss_fn = lambda m, b: (_ for _ in ()).throw(RuntimeError("Connection reset by peer"))
+    with pytest.raises(UserError, match="the model or loss_fn raised"):  # no job: the user's own error
+        train_plan(target, plan)

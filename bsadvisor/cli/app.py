@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, lost_peer
 
 app = typer.Typer(
     name="bsadvisor",
@@ -255,30 +255,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         lost = lost_peer(exc)
         if lost is None:
             raise
-        err_console.print(f"error: {lost}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {clip(lost)}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     _exit(code if isinstance(code, int) else 0)
 
-
-#: What gloo, NCCL or the store say when another process of the job has gone.
-_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
-              "socket timeout", "nccl communicator was aborted")
-
-
-def lost_peer(exc: BaseException) -> Optional[str]:
-    """One line for a torchrun job whose other process died (killed, or failed first), else None.
-
-    A surviving rank's next collective fails inside gloo/NCCL with a C++ message and a traceback
-    that says nothing of the cause; torch.distributed's DistError types, or the transport's words.
-    """
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    tdist = sys.modules.get("torch.distributed")  # never import torch here
-    in_job = tdist is not None and tdist.is_available() and tdist.is_initialized()
-    if not (type(exc).__name__.startswith("Dist") or in_job and any(w in text.lower() for w in _PEER_LOST)):
-        return None
-    return (f"another process of the torchrun job stopped (killed, or failed first: see its output), so this one "
-            f"cannot go on: {clip(first)}")
 
 
 def _exit(code: int) -> None:

@@ -49,8 +49,9 @@ def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-PROBE_ARGS = ["builtin:linreg", "--device", "cpu", "--json", "--budget-seconds", "4", "--warmup-steps", "0",
-              "--seed", "5"]
+# --draws fixes the noise estimate (not the seconds: a loaded machine buys fewer draws in a budget, issue #32)
+PROBE_ARGS = ["builtin:linreg", "--device", "cpu", "--json", "--budget-seconds", "60", "--draws", "30",
+              "--warmup-steps", "0", "--seed", "5"]
 
 
 # --------------------------------------------------------------------------- worker (run under torchrun)

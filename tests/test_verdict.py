@@ -252,3 +252,15 @@ def test_older_results_still_read_with_their_own_wording():
     assert "[−∞, +0.0040]" in text and "valid at every look (look 2)" in text and "too close to settle" in text
     assert "80% chance" in settle_text({"verdict": {**new, "seeds_suggested": 12, "too_close": False}})
     assert "bsadvisor.validation/1.2" in VALIDATION_SCHEMAS and "bsadvisor.validation/1.1" in VALIDATION_SCHEMAS
+
+
+def test_the_documented_seed_counts_are_the_rules():
+    """validate.md's table of seeds for an 80% chance (5 at 3 spreads from the margin ... 70 at 0.5)."""
+    from pathlib import Path
+
+    from bsadvisor.core.verdict import seeds_for_power
+
+    counts = [int(seeds_for_power(theta, 1)[0]) for theta in (3, 2, 1.25, 0.8, 0.5)]
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "validate.md").read_text().split())
+    assert counts == [5, 7, 13, 28, 70]
+    assert "about 5 seeds at 3 spreads, 7 at 2, 13 at 1.25, 28 at 0.8 and 70 at 0.5" in text

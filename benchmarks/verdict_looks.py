@@ -7,13 +7,29 @@ and the mean number of looks, for
 
 - before: the fixed-n rule (a two-sided 90 % Student-t interval at every look, one seed deciding alone,
   the seeds whose half-width would clear the margin if d̄ and sd held);
-- after: bsadvisor's rule (core/verdict.py: the anytime-valid t confidence sequence, one seed only
-  indicative, the seeds for 80 % power), through ``simulate_looks``.
+- after: bsadvisor's rule (core/verdict.py: the paired t interval with α spent across looks,
+  α_k = 0.05·6/(π²k²) per side at look k, one seed only indicative, the seeds for 80 % power at
+  the next look), through ``simulate_looks``.
 
 A non-inferiority verdict must accept a plan whose true mean is exactly −δ at most 5 % of the time.
 The one-seed rows give P(ACCEPTED) of a single seed (the default ``--seeds 1``).
 
     python benchmarks/verdict_looks.py [--sims 20000]
+
+Recorded (``--sims 20000``, 2026-12-07), P(ACCEPTED) at the first look / at any look, P(REJECTED):
+
+    true mean μ | fixed-n t (before #32)   | confidence sequence (c = 0.25) | α spent across looks (now)
+    −0.0050     |  4.79%  16.09%  16.18%   |  0.34%   1.10%   1.20%         |  2.87%   3.50%   3.89%
+    −0.0060     |  2.32%   3.89%  77.11%   |  0.20%   0.41%  24.10%         |  1.33%   1.43%  25.25%
+    −0.0090     |  0.11%   0.12%  98.01%   |  0.01%   0.01%  77.53%         |  0.08%   0.08%  78.09%
+    −0.0030     | 15.40%  90.44%   1.44%   |  1.17%  47.69%   0.15%         |  9.54%  47.96%   0.67%
+    +0.0000     | 42.80%  99.23%   0.07%   |  4.11%  87.87%   0.00%         | 29.15%  88.04%   0.04%
+    one seed, P(ACCEPTED) at μ = −0.0050 / −0.0090: fixed-n 49.6% / 15.1%; now 0.0% / 0.0% (indicative)
+
+The confidence sequence (an anytime-valid t test, half-normal mixture; bsadvisor's rule briefly on the
+branch of #32, never released) was valid across looks too but accepted a good plan (μ = 0) at the first
+look 4% of the time: 3 seeds needed t > 11.3. Spending α across looks keeps the first look near the
+one-look t interval (t = 3.87 at 3 seeds against 2.92) and is as good by the last look.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ seeds as the original: seed s fixes the initial weights, the data order and the 
 streams of both. So the comparison is paired (docs/concepts.md, eqs. 21–23 and 28–30):
 
     d_s = metric(candidate, s) − metric(original, s)              (21)
-    d̄ ± τ_n · sd(d) / √n                                          (22)  a 90 % confidence sequence
+    d̄ ± t_{1−α_k, n−1} · sd(d) / √n                               (22)  α spent across looks (28–29)
     accepted ⇔ lo > −δ;  rejected ⇔ hi < −δ;  else inconclusive   (23)
 
 δ is the non-inferiority margin (``--tolerance``: 0.005 in the metric's units by default,
@@ -14,33 +14,27 @@ or a fraction of the original's mean metric, "1%"). Most of what makes two seeds
 d_s, so the paired interval is far narrower than the seeds' own spread.
 
 The verdict is taken again each time ``validate --resume --seeds K`` adds seeds, so the
-interval must hold at every look, not only at one planned sample size: τ_n is the
-boundary of an anytime-valid t confidence sequence (Lai 1976; Wang and Ramdas 2023),
-not Student's t quantile. For the hypothesis μ = μ0 (y_s = d_s − μ0, t its t statistic)
-the scale-invariant likelihood ratio mixed over standardized effects θ = (μ − μ0)/σ ≥ 0
-with a half-normal weight of precision c is, in closed form (eq. 28),
+interval must hold at every look, not only at one planned sample size. It spends α across
+looks (a union bound, eqs. 28–29): look k (1-based, counted from the results.json in
+``--out``) spends, on each side,
 
-    M_n(t) = 2·√(c/(n+c)) · (1 − n·r/(n+c))^(−n/2) · F_{t,n}(√n·√(n·r/(n + c − n·r))),
-    r = t²/(t² + n − 1)
+    α_k = α · 6/(π² k²),   Σ_k α_k = α = 0.05                    (28)
+    d̄ ± t_{1−α_k, n−1} · sd(d) / √n                               (29)
 
-(F_{t,n} the Student-t CDF with n degrees of freedom; for t < 0 the argument is negative),
-a nonnegative martingale under μ = μ0 (a supermartingale for μ < μ0) in the filtration of
-the scale-free data (the ratios y_s/|y_1|), so by Ville's inequality P(M_n ≥ 1/α at any n)
-≤ α, for looks and seed counts chosen from those ratios (the suggestion below is). M_n
-grows with t, so "M_n ≥ 1/α" is "t ≥ τ_n" (eq. 29) and the lower end of the sequence is d̄ − τ_n·sd/√n; the upper end mirrors it.
-Each side holds at 95 % (α = 0.05) however many times, and after however many seeds,
-the verdict is read. One seed has no spread: the verdict is only indicative (a status of
-its own, never accepted or rejected), and with two the boundary is infinite.
+so the chance that any look's interval misses the true mean on a side is at most
+Σ α_k = α, however many times the verdict is read. Look 1 spends 3.04 % per side
+(t = 3.87 at 3 seeds against 2.92 for a one-look 90 % interval), look 2 0.76 %, look 3
+0.34 %. One seed has no spread: the verdict is only indicative (a status of its own,
+never accepted or rejected).
 
-The seeds suggested for an inconclusive verdict give an 80 % chance (power) that the
-sequence settles at that many seeds, if the difference and its spread are what was
-measured: P(noncentral t_{n−1}(θ̂·√n) ≥ τ_n) ≥ 0.8 with θ̂ = |d̄ + δ| / sd (eq. 30).
+The seeds suggested for an inconclusive verdict give an 80 % chance (power) that the next
+look (k + 1) settles at that many seeds, if the difference and its spread are what was
+measured: P(noncentral t_{n−1}(θ̂·√n) ≥ t_{1−α_{k+1}, n−1}) ≥ 0.8 with θ̂ = |d̄ + δ| / sd (eq. 30).
 
-Pure math (scipy's special functions and noncentral t; no torch).
+Pure math (scipy's Student-t quantile and noncentral t; no torch).
 """
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -48,22 +42,17 @@ from typing import Optional, Sequence
 
 from bsadvisor.core.errors import UserError
 
-#: Two-sided confidence of the paired interval: each side holds at (1 + CONFIDENCE) / 2, at every look.
+#: Two-sided confidence of the paired interval over all looks: each side holds at (1 + CONFIDENCE) / 2,
+#: α = 0.05, spent across looks (:func:`spent_alpha`).
 CONFIDENCE = 0.90
 #: The default margin δ, in the metric's units (half a percentage point of accuracy).
 DEFAULT_MARGIN = 0.005
 #: More seeds than this are never suggested (validate's own limit on --seeds).
 MAX_SUGGESTED_SEEDS = 1000
-#: The precision c of the half-normal weight over standardized effects θ in eq. 28. Smaller c spends
-#: more of α on large effects (a decision from fewer seeds when the difference is far from the margin),
-#: larger c on small ones; 0.25 is about the best for the seeds a verdict takes (5 to 30): the
-#: boundary τ_n is 11.3 at 3 seeds, 4.3 at 5, 3.5 at 10, 3.3 at 30 (Student's t: 2.9, 2.1, 1.8, 1.7).
-MIXING = 0.25
 #: The chance of settling an inconclusive verdict that the suggested seeds aim at.
 POWER = 0.80
 #: How the interval is computed, as results.json records it (verdict.method).
-METHOD = ("anytime-valid paired t confidence sequence (Lai 1976; half-normal mixture, c = 0.25): "
-          "each side holds at 95% at every look")
+METHOD = "paired t, alpha spent across looks: alpha_k = 0.05*6/(pi^2 k^2) per side at look k"
 
 ACCEPTED, REJECTED, INCONCLUSIVE, INDICATIVE = "accepted", "rejected", "inconclusive", "indicative"
 
@@ -153,46 +142,39 @@ def _interval(differences: Sequence[float], factor) -> tuple[float, Optional[flo
     return mean, mean - half, mean + half, sd
 
 
-def log_evidence(t, n, c: float = MIXING):
-    """log M_n (eq. 28): the evidence against μ = μ0 for μ > μ0 of n differences whose t statistic is ``t``.
-
-    ``t`` and ``n`` may be numpy arrays (n ≥ 2); t = ±inf (no spread) is the limit."""
+def spent_alpha(look, confidence: float = CONFIDENCE):
+    """α_k (eq. 28): what look ``look`` (1-based) spends on each side, α·6/(π²k²) with α = (1 − confidence)/2;
+    summed over every look it is α. ``look`` may be a numpy array."""
     import numpy as np
-    from scipy.special import stdtr
 
-    t, n = np.asarray(t, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(np.isinf(t), 1.0, t * t / (t * t + n - 1))
-        arg = np.sign(t) * n * np.sqrt(r / (n + c - n * r))
-        return (math.log(2) + 0.5 * np.log(c / (n + c)) - n / 2 * np.log1p(-n * r / (n + c))
-                + np.log(stdtr(n, arg)))
+    k = np.asarray(look, dtype=float)
+    if np.any(k < 1):
+        raise ValueError(f"looks are counted from 1, got {look}")
+    out = (1 - confidence) / 2 * 6 / (math.pi ** 2 * k * k)
+    return float(out) if out.ndim == 0 else out
 
 
-@functools.lru_cache(maxsize=4096)
-def t_boundary(n: int, alpha: float = (1 - CONFIDENCE) / 2, c: float = MIXING) -> float:
-    """τ_n (eq. 29): the t statistic at which M_n reaches 1/α; infinite when no n-seed data reach it
-    (one or two seeds at the defaults)."""
-    from scipy.optimize import brentq
+def look_quantile(n, look, confidence: float = CONFIDENCE):
+    """t_{1−α_k, n−1} (eq. 29): the Student-t quantile of n seeds at look k; infinite below two seeds.
+    ``n`` and ``look`` may be numpy arrays."""
+    import numpy as np
+    from scipy.special import stdtrit  # scipy.stats would add a second to the first call
 
-    if n < 2:
-        return math.inf
-    goal = math.log(1 / alpha)
-    if float(log_evidence(math.inf, n, c)) < goal:
-        return math.inf
-    hi = 1.0
-    while float(log_evidence(hi, n, c)) < goal:
-        hi *= 2
-    return float(brentq(lambda t: float(log_evidence(t, n, c)) - goal, 0.0, hi, xtol=1e-10, rtol=1e-12))
+    n, look = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(look, dtype=float))
+    with np.errstate(invalid="ignore"):
+        q = np.where(n >= 2, stdtrit(np.maximum(n - 1, 1), 1 - spent_alpha(np.maximum(look, 1), confidence)),
+                     np.inf)
+    return float(q) if q.ndim == 0 else q
 
 
-def sequential_interval(differences: Sequence[float], confidence: float = CONFIDENCE
+def sequential_interval(differences: Sequence[float], look: int = 1, confidence: float = CONFIDENCE
                         ) -> tuple[float, Optional[float], Optional[float], Optional[float]]:
-    """(mean d̄, lower end, upper end, sd of d) of the confidence sequence (eq. 22): d̄ ∓ τ_n·sd/√n.
+    """(mean d̄, lower end, upper end, sd of d) of the interval at look ``look`` (eqs. 22, 29):
+    d̄ ∓ t_{1−α_k, n−1}·sd/√n.
 
-    Valid at every n at once (each side at (1 + confidence)/2): read it after every added seed and
-    the chance that it ever excludes the true mean stays below 1 − confidence. None ends with one
-    seed; infinite ends while τ_n is (two seeds)."""
-    return _interval(differences, lambda n: t_boundary(n, (1 - confidence) / 2))
+    Each look spends α_k of α = (1 − confidence)/2 per side (eq. 28), so read at look 1, 2, 3, ... the
+    chance that any of them excludes the true mean on a side stays below α. None ends with one seed."""
+    return _interval(differences, lambda n: look_quantile(n, look, confidence))
 
 
 def decide(mean: float, lo: Optional[float], hi: Optional[float], margin: float) -> str:
@@ -209,38 +191,40 @@ def decide(mean: float, lo: Optional[float], hi: Optional[float], margin: float)
     return INCONCLUSIVE
 
 
-def settle_power(theta, n, confidence: float = CONFIDENCE):
-    """P(the sequence settles at n seeds) for a standardized distance θ = |μ + δ|/σ from the margin:
-    P(noncentral t_{n−1}(θ·√n) ≥ τ_n). ``theta`` and ``n`` may be numpy arrays."""
+def settle_power(theta, n, look, confidence: float = CONFIDENCE):
+    """P(look ``look`` settles at n seeds) for a standardized distance θ = |μ + δ|/σ from the margin:
+    P(noncentral t_{n−1}(θ·√n) ≥ t_{1−α_k, n−1}) (eq. 30). ``theta``, ``n`` and ``look`` may be numpy arrays."""
     import numpy as np
     from scipy.stats import nct  # scipy.special.nctdtr gives NaN far in the tail (scipy 1.17)
 
-    theta, n = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(n, dtype=int))
-    values, where = np.unique(n, return_inverse=True)
-    tau = np.array([t_boundary(int(k), (1 - confidence) / 2) for k in values])[where].reshape(n.shape)
+    theta, n, look = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(n, dtype=int),
+                                         np.asarray(look, dtype=int))
+    tau = np.asarray(look_quantile(n, look, confidence)).reshape(n.shape)
     finite = np.isfinite(tau) & (n >= 2)
     out = np.zeros(n.shape)
     out[finite] = nct.sf(tau[finite], n[finite] - 1, theta[finite] * np.sqrt(n[finite]))
     return out
 
 
-def seeds_for_power(theta, have, confidence: float = CONFIDENCE, power: float = POWER,
+def seeds_for_power(theta, have, look, confidence: float = CONFIDENCE, power: float = POWER,
                     limit: int = MAX_SUGGESTED_SEEDS):
-    """The fewest seeds n > ``have`` with :func:`settle_power` ≥ ``power``; 0 where none up to ``limit``.
+    """The fewest seeds n > ``have`` with :func:`settle_power` ≥ ``power`` at look ``look``; 0 where none up
+    to ``limit``.
 
-    Vectorised over ``theta`` and ``have`` (numpy arrays): a bisection on n (the power grows with n)."""
+    Vectorised over ``theta``, ``have`` and ``look`` (numpy arrays): a bisection on n (the power grows with n)."""
     import numpy as np
 
-    theta, have = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(have, dtype=int))
-    theta, have = theta.ravel(), have.ravel()
+    theta, have, look = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(have, dtype=int),
+                                            np.asarray(look, dtype=int))
+    theta, have, look = theta.ravel(), have.ravel(), look.ravel()
     lo = np.maximum(have + 1, 2) - 1  # power(lo) < power (or lo = have)
     hi = np.full(theta.shape, limit)
-    reach = settle_power(theta, hi, confidence) >= power
+    reach = settle_power(theta, hi, look, confidence) >= power
     lo, hi = lo[reach], hi[reach]
-    th = theta[reach]
+    th, lk = theta[reach], look[reach]
     while np.any(hi - lo > 1):
         mid = (lo + hi) // 2
-        ok = settle_power(th, mid, confidence) >= power
+        ok = settle_power(th, mid, lk, confidence) >= power
         hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
     out = np.zeros(theta.shape, dtype=int)
     out[reach] = hi
@@ -257,9 +241,10 @@ def too_close(mean: float, sd: Optional[float], n: int, margin: float) -> bool:
 
 
 def seeds_needed(mean: float, sd: Optional[float], margin: float, confidence: float = CONFIDENCE,
-                 have: int = 2, limit: int = MAX_SUGGESTED_SEEDS) -> Optional[int]:
-    """The seeds that give an 80 % chance (POWER) that the confidence sequence settles, if d̄ and sd are
-    the truth; None past ``limit`` or when the mean is too close to the margin to tell (:func:`too_close`).
+                 have: int = 2, limit: int = MAX_SUGGESTED_SEEDS, look: int = 2) -> Optional[int]:
+    """The seeds that give an 80 % chance (POWER) that look ``look`` (the next one: the verdict's look + 1)
+    settles, if d̄ and sd are the truth (eq. 30); None past ``limit`` or when the mean is too close to the
+    margin to tell (:func:`too_close`).
 
     A difference exactly at the margin is never settled (None).
     """
@@ -267,17 +252,19 @@ def seeds_needed(mean: float, sd: Optional[float], margin: float, confidence: fl
     if sd is None or gap == 0 or not math.isfinite(gap) or too_close(mean, sd, have, margin):
         return None
     theta = math.inf if sd == 0 else gap / sd
-    n = int(seeds_for_power(min(theta, 1e6), have, confidence, POWER, limit)[0])
+    n = int(seeds_for_power(min(theta, 1e6), have, look, confidence, POWER, limit)[0])
     return n or None
 
 
 def paired_verdict(candidate: Sequence[Optional[float]], reference: Sequence[Optional[float]],
-                   margin: Margin = Margin(), confidence: float = CONFIDENCE) -> dict:
-    """The verdict on one candidate from its per-seed metrics and the original's (same seeds, same order).
+                   margin: Margin = Margin(), confidence: float = CONFIDENCE, look: int = 1) -> dict:
+    """The verdict on one candidate from its per-seed metrics and the original's (same seeds, same order),
+    taken at look ``look`` (1-based: how many verdicts these seeds' runs have had, this one included).
 
-    Returns ``status``, ``difference`` (d̄), ``interval`` ([lo, hi] of the confidence sequence, None
-    with one seed, infinite ends as None), ``paired`` (each seed's d_s), ``sd`` (of d), ``margin`` (δ),
-    ``margin_rule``, ``confidence``, ``method`` and, when inconclusive, ``seeds_suggested`` (None:
+    Returns ``status``, ``difference`` (d̄), ``interval`` ([lo, hi] at look ``look``, eq. 29: α spent
+    across looks; None with one seed), ``paired`` (each seed's d_s), ``sd`` (of d), ``margin`` (δ),
+    ``margin_rule``, ``confidence``, ``method``, ``look`` and, when inconclusive, ``seeds_suggested`` (for
+    the next look, ``look`` + 1; None:
     more than MAX_SUGGESTED_SEEDS, or the mean too close to the margin, ``too_close``). One seed gives
     the status INDICATIVE. A seed whose metric is missing on either side makes the candidate rejected
     with ``reason`` set (the caller says why the metric is missing).
@@ -285,24 +272,26 @@ def paired_verdict(candidate: Sequence[Optional[float]], reference: Sequence[Opt
     if len(candidate) != len(reference) or not candidate:
         raise ValueError(f"paired_verdict needs one metric per seed on both sides, got {len(candidate)} "
                          f"and {len(reference)}")
+    if isinstance(look, bool) or not isinstance(look, int) or look < 1:
+        raise ValueError(f"paired_verdict's look is counted from 1, got {look!r}")
     ok = all(_finite(c) and _finite(r) for c, r in zip(candidate, reference))
     ref_mean = statistics.fmean(reference) if all(_finite(r) for r in reference) else None
     delta = margin.resolve(ref_mean)
     out = {"status": REJECTED, "difference": None, "interval": None, "paired": None, "sd": None,
            "margin": delta if math.isfinite(delta) else None, "margin_rule": margin.describe(ref_mean),
-           "confidence": confidence, "method": METHOD, "seeds": len(candidate), "seeds_suggested": None,
+           "confidence": confidence, "method": METHOD, "look": look, "seeds": len(candidate), "seeds_suggested": None,
            "too_close": False, "reason": None}
     if not ok or not math.isfinite(delta):
         out["reason"] = "not finite"
         return out
     ds = [c - r for c, r in zip(candidate, reference)]
-    mean, lo, hi, sd = sequential_interval(ds, confidence)
+    mean, lo, hi, sd = sequential_interval(ds, look, confidence)
     status = decide(mean, lo, hi, delta)
     interval = None if lo is None else [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None]
     out.update(status=status, difference=mean, interval=interval, paired=ds, sd=sd)
     if status == INCONCLUSIVE:
         out["too_close"] = too_close(mean, sd, len(ds), delta)
-        out["seeds_suggested"] = seeds_needed(mean, sd, delta, confidence, have=len(ds))
+        out["seeds_suggested"] = seeds_needed(mean, sd, delta, confidence, have=len(ds), look=look + 1)
     return out
 
 
@@ -314,7 +303,8 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
                    sims: int = 20000, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
     """The rule's operating characteristics by simulation: ``sims`` validations of a candidate whose paired
     differences are N(true_mean, sd²), each starting at ``start`` seeds and then, while inconclusive, resumed
-    to the suggested seeds up to ``extra_looks`` times (``validate --resume --seeds K``, K as suggested).
+    to the suggested seeds up to ``extra_looks`` times (``validate --resume --seeds K``, K as suggested):
+    look k (1 for the first) is judged at α_k and suggests seeds for look k + 1, as validate does.
 
     Returns the fractions ``accepted`` and ``rejected`` (at any look), ``first_accepted`` (at the first look)
     and ``looks`` (the mean number of looks). Exact in distribution: the seeds a look adds enter through
@@ -330,11 +320,11 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
     status = np.zeros(sims, dtype=int)  # 0 undecided, 1 accepted, -1 rejected, 2 stopped (too close, no suggestion)
     looks = np.zeros(sims, dtype=int)
     first = None
-    for look in range(extra_looks + 1):
+    for look in range(1, extra_looks + 2):  # look k spends α_k (eq. 28)
         active = status == 0
         looks[active] += 1
         s = np.sqrt(ss / np.maximum(n - 1, 1))
-        tau = np.array([t_boundary(int(k), (1 - confidence) / 2) for k in range(int(n.max()) + 1)])[n]
+        tau = look_quantile(n, look, confidence)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (mean + margin) * np.sqrt(n) / s
         status[active & (t > tau)] = 1
@@ -342,10 +332,10 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
         if first is None:
             first = float(np.mean(status == 1))
         pending = np.flatnonzero(status == 0)
-        if look == extra_looks or pending.size == 0:
+        if look == extra_looks + 1 or pending.size == 0:
             break
         close = np.abs(t[pending]) < 1  # too_close: no suggestion, the user stops
-        want = seeds_for_power(np.abs(t[pending]) / np.sqrt(n[pending]), n[pending], confidence)
+        want = seeds_for_power(np.abs(t[pending]) / np.sqrt(n[pending]), n[pending], look + 1, confidence)
         stop = close | (want == 0)
         status[pending[stop]] = 2
         go, k = pending[~stop], want[~stop]

@@ -7,9 +7,10 @@ original schedule at B0 is a Plan too), over the same seeds, from the same initi
 weights. The verdict compares the target's metric on ``eval_dataset``, paired by seed
 (core/verdict.py, docs/concepts.md eqs. 21–23):
 
-    d_s = metric(plan, s) − metric(original, s);   d̄ with its 90 % confidence sequence
+    d_s = metric(plan, s) − metric(original, s);   d̄ ± t_{1−α_k, n−1}·sd/√n at look k
     accepted ⇔ lo > −δ;   rejected ⇔ hi < −δ;   inconclusive otherwise (exit 3)
-    (one seed: indicative only, exit 3; the interval holds at every --resume look)
+    (one seed: indicative only, exit 3; look k spends α_k = 0.05·6/(π²k²) per side, so the
+    interval holds at every --resume look: eqs. 28–30)
 
 δ = --tolerance (0.005 by default, or a percentage of the original's metric). Without an
 eval metric the negated final training loss stands in for it. A metric that is not
@@ -40,8 +41,8 @@ from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
-#: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval is
-#: a confidence sequence, valid at every look (verdict.method, verdict.looks, verdict.look_seeds,
+#: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
+#: spends α across looks, valid at every look (verdict.method, verdict.looks, verdict.look_seeds,
 #: verdict.too_close), and one seed's status is "indicative".
 VALIDATION_SCHEMA = "bsadvisor.validation/1.2"
 #: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
@@ -172,21 +173,25 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
     """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–23, 28–30).
 
     Each seed's metric difference d_s = candidate − reference (same seed: same initial
-    weights and data order), their mean and 90 % confidence sequence decide: accepted when
-    the interval is above −δ, rejected when below, inconclusive otherwise (with the seeds
-    that give an 80 % chance of settling it), indicative with one seed. ``tolerance``: δ as a number, a text such as "1%", a
+    weights and data order), their mean and 90 % interval at this look decide (α spent across
+    looks, eqs. 28–29): accepted when the interval is above −δ, rejected when below,
+    inconclusive otherwise (with the seeds that give an 80 % chance of settling it at the next
+    look), indicative with one seed. ``tolerance``: δ as a number, a text such as "1%", a
     ``Margin`` or None (the default 0.005). Every other run gets its own paired verdict in
     ``variants`` (they do not decide the exit code). A metric that is not finite (NaN from
     metric_fn, or a run whose loss diverged) rejects the candidate; ``reason`` then says
     which run and why (it is None otherwise). ``earlier``: the seed counts of the verdicts taken
-    before on these runs (:func:`earlier_looks`); ``looks`` counts them with this one (the
-    interval holds however many there are: ``method``).
+    before on these runs (:func:`earlier_looks`); ``looks`` counts them with this one, and look k
+    spends α_k = α·6/(π²k²) per side of α = 0.05 (``method``), so the interval holds however
+    many looks there are.
     """
     margin = parse_margin(tolerance)
     ref = runs[reference]
+    looks = count_looks(earlier or [], len(ref["seeds"]))  # before judging: the look sets the α it spends
 
     def judge(name: str) -> dict:
-        v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin)
+        v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin,
+                           look=looks["looks"])
         if v["reason"] is not None:
             bad = [n for n in (reference, name) if not all(finite(s["metric"]) for s in runs[n]["seeds"])]
             v["reason"] = ("the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
@@ -199,7 +204,7 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
            "candidate": candidate, **{k: main[k] for k in ("reason", "difference", "interval", "paired", "sd",
                                                            "margin", "margin_rule", "confidence",
                                                            "method", "seeds_suggested", "too_close")},
-           **count_looks(earlier or [], len(ref["seeds"])),
+           **looks,
            "update_ratio": rs["updates"] / cs["updates"] if cs["updates"] else None,
            "wall_ratio": (rs["wall_s_mean"] / cs["wall_s_mean"]) if finite(rs["wall_s_mean"]) and
            finite(cs["wall_s_mean"]) and cs["wall_s_mean"] else None,
@@ -225,7 +230,7 @@ def count_looks(earlier: list[int], seeds: int) -> dict:
 def earlier_looks(out: Optional[Path]) -> list[int]:
     """The seed counts of the verdicts an earlier run in ``out`` took, from its results.json (``look_seeds``;
     a /1 or /1.1 file: one look at its ``seeds``). [] without one, or when the file cannot be read: the
-    count is a record (the interval holds at every look), never a reason to refuse a resume."""
+    count sets the α this look spends (eq. 28), never a reason to refuse a resume."""
     import json
 
     if out is None:

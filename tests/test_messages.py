@@ -76,7 +76,8 @@ def test_help_shows_no_developer_note(args):
 def test_validate_help_states_the_verdict_contract():
     r = run_main(["validate", "--help"], cwd=ROOT, env=cli_env(COLUMNS="200"))
     text = " ".join(r.stdout.replace("│", " ").split())
-    for phrase in ("INDICATIVE", "3 or more", "80%", "valid however many times", "124"):
+    for phrase in ("INDICATIVE", "3 or more", "80%", "valid however many times", "124", "spends α across looks",
+                   "0.05·6/(π²k²)"):
         assert phrase in text, phrase
 
 

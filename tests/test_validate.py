@@ -113,8 +113,8 @@ def accepted(tiny, tmp_path_factory):
     """An accepted plan with both variants and 3 seeds, as --json: the outputs test reads it, the
     --overwrite test overwrites a copy of it."""
     out = tmp_path_factory.mktemp("accepted") / "out"
-    # 3 seeds give a wide interval (the sequence's boundary at 3 seeds is 11.3, tests/test_verdict.py; two
-    # never decide): a margin of 5 % of the original's accuracy (about 0.045) lets the test be about the
+    # 3 seeds give a wide interval (t = 3.87 at the first look, α spent across looks, tests/test_verdict.py):
+    # a margin of 5 % of the original's accuracy (about 0.045) lets the test be about the
     # outputs; the default margin is tested below.
     return Trained(tiny, out, _in_process("validate", tiny, *SCHEDULE, "--seeds", "3", "--variants", "--max-fraction",
                                           "0.5", "--out", out, "--json", "--tolerance", "5%"))

@@ -320,8 +320,8 @@ def validate(
     total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
     growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
     seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same "
-                              "initial weights). One seed gives an INDICATIVE verdict only (exit 3): accepting or "
-                              "rejecting needs 3 or more"),
+                              "initial weights). One seed gives an INDICATIVE verdict only (exit 3): use 3 or more for a "
+                              "verdict (two give a wide interval)"),
     variants: bool = typer.Option(VALIDATE_DEFAULTS["variants"], "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
     increase_lr: float = typer.Option(VALIDATE_DEFAULTS["increase_lr"], "--increase-lr", help="LR and batch factor of the increased-LR variant"),
@@ -353,9 +353,10 @@ def validate(
     1 REJECTED (below it), 3 INCONCLUSIVE (it straddles −margin: the verdict says how many
     seeds give an 80% chance to settle it; add them with --seeds K --resume) or INDICATIVE
     (one seed: never accepted or rejected on its own), 2 bad input, 124 stopped by
-    --max-minutes (continue with --resume), 130 interrupted. The interval is a confidence
-    sequence: it stays valid however many times --resume adds seeds and looks again
-    (docs/concepts.md §13).
+    --max-minutes (continue with --resume), 130 interrupted. The interval spends α across
+    looks (look k: the paired t interval at α_k = 0.05·6/(π²k²) per side, looks counted
+    from the results.json in --out): it stays valid however many times --resume adds seeds
+    into the same --out and looks again (docs/concepts.md §13).
 
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.

@@ -80,8 +80,9 @@ def test_alpha_is_spent_across_looks_and_look_one_is_scipys_t_interval():
     total = float(np.sum(spent_alpha(ks)))
     assert total <= 0.05 and total == pytest.approx(0.05, rel=1e-5)
     assert spent_alpha(1) == pytest.approx(0.0303964, rel=1e-5) and spent_alpha(2) == pytest.approx(spent_alpha(1) / 4)
-    with pytest.raises(ValueError):
-        spent_alpha(0)
+    for bad in (lambda: spent_alpha(0), lambda: sequential_interval([0.1, 0.2], 0)):
+        with pytest.raises(ValueError):
+            bad()
     ds = [0.004, -0.001, 0.006, 0.002]
     for look in (1, 2, 5):
         mean, lo, hi, sd = sequential_interval(ds, look)

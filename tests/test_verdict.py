@@ -182,8 +182,11 @@ def test_looks_are_counted_from_the_earlier_results(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema": "bsadvisor.validation/1.1", "seeds": 3,
                                                        "verdict": {"status": "inconclusive"}}))
     assert earlier_looks(tmp_path) == [3]  # an older file: one look at its seeds
-    assert count_looks([3], 10) == {"looks": 2, "look_seeds": [3, 10]}
-    assert count_looks([3, 10], 10) == {"looks": 2, "look_seeds": [3, 10]}  # nothing added: the same look
+    assert count_looks([3], 10) == {"looks": 2, "look_seeds": [3, 10], "spending_look": 2}
+    assert count_looks([3, 10], 10) == {"looks": 2, "look_seeds": [3, 10], "spending_look": 2}  # the same look
+    # a look at one seed has no interval: it spends no α, so the first verdict at 3 seeds spends α_1
+    assert count_looks([1], 3) == {"looks": 2, "look_seeds": [1, 3], "spending_look": 1}
+    assert count_looks([], 1)["spending_look"] == 1 and count_looks([1, 3, 5], 8)["spending_look"] == 3
     (tmp_path / "results.json").write_text(json.dumps({"seeds": 10, "verdict": {"look_seeds": [3, 10]}}))
     assert earlier_looks(tmp_path) == [3, 10]
     for bad in ("{", "[]", json.dumps({"verdict": {"look_seeds": ["x"]}, "seeds": 2}), json.dumps({"seeds": 2})):
@@ -238,6 +241,9 @@ def test_validate_verdict_document():
     h = [c - r for c, r in zip([0.75, 0.66, 0.84, 0.70, 0.805], [0.80, 0.70, 0.90, 0.75, 0.85])]
     assert v["variants"]["hybrid-64"]["interval"] == pytest.approx(list(sequential_interval(h, 2)[1:3]))
     assert verdict(runs, "0.005", earlier=[3, 5])["looks"] == 2  # nothing added since: still look 2
+    after_one = verdict(runs, "0.005", earlier=[1])  # a one-seed look before: this is α's first look
+    assert after_one["looks"] == 2 and after_one["spending_look"] == 1
+    assert after_one["interval"] == pytest.approx(list(sequential_interval(ds, 1)[1:3]))
 
 
 @pytest.mark.slow  # three short validate runs of builtin:linreg
@@ -261,6 +267,7 @@ def test_resume_counts_its_looks_from_the_results_in_out(tmp_path):
         doc = json.loads((out / "results.json").read_text())
         v = doc["verdict"]
         assert doc["schema"] == "bsadvisor.validation/1.2" and (v["looks"], v["look_seeds"]) == (2, [1, 3])
+        assert v["spending_look"] == 1  # the one-seed look spent nothing: 3 seeds are judged at α_1
         assert "alpha spent across looks" in v["method"] and len(v["paired"]) == 3
 
 

@@ -16,7 +16,7 @@ d_s, so the paired interval is far narrower than the seeds' own spread.
 The verdict is taken again each time ``validate --resume --seeds K`` adds seeds, so the
 interval must hold at every look, not only at one planned sample size. It spends α across
 looks (a union bound, eqs. 28–29): look k (1-based, counted from the results.json in
-``--out``) spends, on each side,
+``--out``; a look at one seed has no interval and spends nothing) spends, on each side,
 
     α_k = α · 6/(π² k²),   Σ_k α_k = α = 0.05                    (28)
     d̄ ± t_{1−α_k, n−1} · sd(d) / √n                               (29)
@@ -322,11 +322,12 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
     status = np.zeros(sims, dtype=int)  # 0 undecided, 1 accepted, -1 rejected, 2 stopped (too close, no suggestion)
     looks = np.zeros(sims, dtype=int)
     first = None
-    for look in range(1, extra_looks + 2):  # look k spends α_k (eq. 28)
+    for look in range(1, extra_looks + 2):  # look k spends α_k (eq. 28); a one-seed look spends nothing
         active = status == 0
         looks[active] += 1
+        spend = max(1, look - (start < 2))
         s = np.sqrt(ss / np.maximum(n - 1, 1))
-        tau = look_quantile(n, look, confidence)
+        tau = look_quantile(n, spend, confidence)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (mean + margin) * np.sqrt(n) / s
         status[active & (t > tau)] = 1
@@ -337,7 +338,7 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
         if look == extra_looks + 1 or pending.size == 0:
             break
         close = np.abs(t[pending]) < 1  # too_close: no suggestion, the user stops
-        want = seeds_for_power(np.abs(t[pending]) / np.sqrt(n[pending]), n[pending], look + 1, confidence)
+        want = seeds_for_power(np.abs(t[pending]) / np.sqrt(n[pending]), n[pending], spend + 1, confidence)
         stop = close | (want == 0)
         status[pending[stop]] = 2
         go, k = pending[~stop], want[~stop]

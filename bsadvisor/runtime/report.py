@@ -135,7 +135,7 @@ def difference_text(v: dict) -> str:
     if iv and v.get("method"):
         lo = fmt(iv[0], "+.4f") if iv[0] is not None else "−∞"
         hi = fmt(iv[1], "+.4f") if iv[1] is not None else "+∞"
-        looks = v.get("looks") or 1
+        looks = v.get("spending_look") or v.get("looks") or 1
         return (f"{d}, {pct}% interval [{lo}, {hi}] over {n} paired seeds, valid at every look"
                 + (f" (look {looks})" if looks > 1 else ""))
     if iv:

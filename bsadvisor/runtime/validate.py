@@ -43,7 +43,7 @@ from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
 #: spends α across looks, valid at every look (verdict.method, verdict.looks, verdict.look_seeds,
-#: verdict.too_close), and one seed's status is "indicative".
+#: verdict.spending_look, verdict.too_close), and one seed's status is "indicative".
 VALIDATION_SCHEMA = "bsadvisor.validation/1.2"
 #: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
 MIN_CHECKPOINT_EVERY = 50
@@ -181,9 +181,9 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
     ``variants`` (they do not decide the exit code). A metric that is not finite (NaN from
     metric_fn, or a run whose loss diverged) rejects the candidate; ``reason`` then says
     which run and why (it is None otherwise). ``earlier``: the seed counts of the verdicts taken
-    before on these runs (:func:`earlier_looks`); ``looks`` counts them with this one, and look k
-    spends α_k = α·6/(π²k²) per side of α = 0.05 (``method``), so the interval holds however
-    many looks there are.
+    before on these runs (:func:`earlier_looks`); ``looks`` counts them with this one, and the k-th
+    look at two seeds or more (``spending_look``) spends α_k = α·6/(π²k²) per side of α = 0.05
+    (``method``), so the interval holds however many looks there are.
     """
     margin = parse_margin(tolerance)
     ref = runs[reference]
@@ -191,7 +191,7 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
 
     def judge(name: str) -> dict:
         v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin,
-                           look=looks["looks"])
+                           look=looks["spending_look"])
         if v["reason"] is not None:
             bad = [n for n in (reference, name) if not all(finite(s["metric"]) for s in runs[n]["seeds"])]
             v["reason"] = ("the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
@@ -221,10 +221,12 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
 
 
 def count_looks(earlier: list[int], seeds: int) -> dict:
-    """``looks`` (how many verdicts these runs have had, this one included) and ``look_seeds`` (the seeds
-    at each). A verdict on as many seeds as the last one (a resume that added none) is the same look."""
+    """``looks`` (how many verdicts these runs have had, this one included), ``look_seeds`` (the seeds
+    at each) and ``spending_look``: the k whose α_k this verdict spends (eq. 28), counting only the looks
+    at two seeds or more (one seed has no interval, so it cannot miss and spends nothing; at least 1).
+    A verdict on as many seeds as the last one (a resume that added none) is the same look."""
     looks = list(earlier) if earlier and earlier[-1] == seeds else [*earlier, seeds]
-    return {"looks": len(looks), "look_seeds": looks}
+    return {"looks": len(looks), "look_seeds": looks, "spending_look": max(1, sum(k >= 2 for k in looks))}
 
 
 def earlier_looks(out: Optional[Path]) -> list[int]:

@@ -30,6 +30,18 @@ The confidence sequence (an anytime-valid t test, half-normal mixture; bsadvisor
 branch of #32, never released) was valid across looks too but accepted a good plan (μ = 0) at the first
 look 4% of the time: 3 seeds needed t > 11.3. Spending α across looks keeps the first look near the
 one-look t interval (t = 3.87 at 3 seeds against 2.92) and is as good by the last look.
+
+Other spending sequences (Σ α_k = α for any number of looks), same simulation, seed 0, 20000 runs:
+P(ACCEPTED) at μ = −δ first / any look, P(REJECTED) at −δ; at μ = 0 first / any look:
+
+    α·6/(π²k²)   (α_1 3.04%)   2.87%  3.50%  3.89%   29.2%  88.0%   (bsadvisor's)
+    α/(k(k+1))   (α_1 2.50%)   2.34%  3.17%  3.49%   24.8%  88.0%
+    α·¾·(¼)^(k−1) (α_1 3.75%)  3.65%  4.22%  4.50%   34.6%  88.0%
+    α·k⁻³/ζ(3)   (α_1 4.16%)   4.11%  4.47%  4.51%   37.4%  88.1%
+
+A steeper sequence buys a better first look at the cost of later ones and of the room left under 5 %
+for seed counts chosen from the results (where the union bound is not exact); 6/(π²k²) keeps 1.1
+points of that room and a closed form.
 """
 from __future__ import annotations
 

@@ -49,8 +49,9 @@ def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-PROBE_ARGS = ["builtin:linreg", "--device", "cpu", "--json", "--budget-seconds", "4", "--warmup-steps", "0",
-              "--seed", "5"]
+# --draws fixes the noise estimate (not the seconds: a loaded machine buys fewer draws in a budget, issue #32)
+PROBE_ARGS = ["builtin:linreg", "--device", "cpu", "--json", "--budget-seconds", "60", "--draws", "30",
+              "--warmup-steps", "0", "--seed", "5"]
 
 
 # --------------------------------------------------------------------------- worker (run under torchrun)
@@ -227,7 +228,8 @@ def test_validate_two_processes_match_one(tmp_path):
     assert conv.returncode == 0, conv.stderr
     args = ["validate", "builtin:linreg", "--device", "cpu", "--max-micro-batch", str(MICRO), "--json"]
     two = _torchrun(["-m", "bsadvisor", *args, "--plan", "plan.json", "--out", "two"], tmp_path)
-    assert two.returncode in (0, 1), two.stderr[-3000:]
+    # one seed: INDICATIVE, exit 3 on every rank (issue #32), which torchrun reports as its own exit 1
+    assert two.returncode == 1 and "exitcode  : 3" in two.stderr, two.stderr[-3000:]
     # rank 0 alone says the plan was rounded for 2 processes, once
     assert two.stderr.count("note: 2 processes: batches rounded to") == 1, two.stderr[-2000:]
     d2 = json.loads(two.stdout)  # and rank 0 alone prints one document
@@ -239,7 +241,7 @@ def test_validate_two_processes_match_one(tmp_path):
         assert b % (2 * k) == 0 and b // (2 * k) <= MICRO
     (tmp_path / "fitted.json").write_text(json.dumps(fitted))
     one = _in_process([*args, "--plan", "fitted.json", "--out", "one"], tmp_path)
-    assert one.returncode == two.returncode, one.stderr[-2000:]
+    assert one.returncode == 3, one.stderr[-2000:]
     d1 = json.loads(one.stdout)
     assert json.loads((tmp_path / "two" / "results.json").read_text())["runs"].keys() == d2["runs"].keys()
     assert (d1["world_size"], d2["world_size"]) == (1, 2)
@@ -261,7 +263,7 @@ def test_validate_two_processes_match_one(tmp_path):
         assert all(math.isclose(a["metric"], b["metric"], rel_tol=1e-9) for a, b in zip(e1, e2))
     # the paired verdict is the same under torchrun: status, difference and the per-seed d_s
     v1, v2 = d1["verdict"], d2["verdict"]
-    assert v2["status"] == v1["status"] in ("accepted", "rejected", "inconclusive")
+    assert v2["status"] == v1["status"] == "indicative"
     assert math.isclose(v1["difference"], v2["difference"], rel_tol=1e-9, abs_tol=1e-12)
     assert len(v2["paired"]) == 1 and v2["interval"] is None  # one seed: no interval
 

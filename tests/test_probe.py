@@ -17,6 +17,9 @@ from bsadvisor.targets.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(measure_memory=False, measure_throughput=False)
+#: A budget no loaded machine runs out of: the accuracy tests fix their draws (``draws=N``), so what they
+#: measure, and whether it is within its tolerance, never depends on the seconds a draw took (issue #32).
+NO_CLOCK = dict(budget_seconds=600)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +41,7 @@ def linreg_finite_truth(target, weight):
 
 def test_linreg_within_10_percent_of_closed_form():
     t = load_target("builtin:linreg")
-    r = bsadvisor.probe(t, warmup_steps=0, seed=3, **FAST)
+    r = bsadvisor.probe(t, warmup_steps=0, seed=3, draws=27, **NO_CLOCK, **FAST)
     tr, g2 = t.metadata["truth"](t.model)  # population closed form at θ = init (warmup 0)
     assert r.noise.b_simple == pytest.approx(tr / g2, rel=0.10)
     assert r.noise.trace_sigma == pytest.approx(tr, rel=0.15)
@@ -48,7 +51,7 @@ def test_linreg_within_10_percent_of_closed_form():
 
 def test_linreg_after_warmup_measured_state():
     t = load_target("builtin:linreg")
-    r = bsadvisor.probe(t, warmup_steps=20, seed=4, **FAST)
+    r = bsadvisor.probe(t, warmup_steps=20, seed=4, draws=40, **NO_CLOCK, **FAST)
     w = r.measured_state["weight"]
     assert not torch.equal(w, t.model.weight.detach())  # warmup moved θ, the model itself is untouched
     m = copy.deepcopy(t.model)
@@ -62,17 +65,21 @@ def test_linreg_interval_coverage_50_probes():
     t = load_target("builtin:linreg")
     hits = 0
     for seed in range(50):
-        r = bsadvisor.probe(t, warmup_steps=3, seed=100 + seed, **FAST)
+        r = bsadvisor.probe(t, warmup_steps=3, seed=100 + seed, draws=40, **NO_CLOCK, **FAST)
         tr, g2 = linreg_finite_truth(t, r.measured_state["weight"])
         lo, hi = r.noise.ci90
         hits += lo <= tr / g2 <= hi
     assert 40 <= hits <= 48  # 80–97 %
 
 
+DRAWS = {"two-batch": 900, "per-example": 14}  # about what each takes to converge on an idle machine
+
+
 @pytest.mark.parametrize("estimator", ["two-batch", "per-example"])
 def test_other_estimators_linreg(estimator):
     t = load_target("builtin:linreg")
-    r = bsadvisor.probe(t, warmup_steps=0, seed=5, estimator=estimator, **FAST)
+    r = bsadvisor.probe(t, warmup_steps=0, seed=5, estimator=estimator, draws=DRAWS[estimator], **NO_CLOCK,
+                        **FAST)
     tr, g2 = linreg_finite_truth(t, t.model.weight.detach())
     assert r.noise.b_simple == pytest.approx(tr / g2, rel=0.15)
     assert r.settings.estimator == estimator
@@ -92,7 +99,7 @@ def small_mlp_target(n=4000):
 @pytest.mark.slow  # a probe of an MLP and its exact per-example truth
 def test_mlp_default_probe_within_10_percent_of_exact_per_example_truth():
     t = small_mlp_target()
-    r = bsadvisor.probe(t, seed=0, **FAST)
+    r = bsadvisor.probe(t, seed=0, draws=700, **NO_CLOCK, **FAST)
     model = copy.deepcopy(t.model)
     model.load_state_dict(r.measured_state)
     params = list(model.parameters())

@@ -41,7 +41,8 @@ CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedu
                    "growth_factor")
 
 
-@app.command("advise", epilog=ADVISE_EXAMPLES)
+@app.command("advise", epilog=ADVISE_EXAMPLES, short_help="Probe TARGET and recommend a batch-growth plan that fits "
+             "the measured device.")
 def advise_cmd(
     target: Annotated[str, typer.Argument(help="path/to/file.py:function, package.module:function or builtin:NAME")],
     schedule: ScheduleOpt = None, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, lost_peer
 
 app = typer.Typer(
     name="bsadvisor",
@@ -148,6 +148,10 @@ def probe_limit(budget_seconds: float) -> float:
     return PROBE_LIMIT_FACTOR * float(budget_seconds) + PROBE_GRACE_S
 
 
+#: The longest time limit set as an OS timer (about three years; setitimer overflows near 9·10⁸ s).
+MAX_ALARM_S = 1e8
+
+
 @contextlib.contextmanager
 def time_limit(seconds: Optional[float]):
     """Raise :class:`OverTime` in the main thread after ``seconds`` (None: no limit).
@@ -158,7 +162,8 @@ def time_limit(seconds: Optional[float]):
     import signal
     import threading
 
-    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread() \
+            or not seconds < MAX_ALARM_S:  # past the OS timer's range (about 9·10⁸ s): no limit, not an OverflowError
         yield
         return
 
@@ -246,7 +251,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         _exit(130)
+    except RuntimeError as exc:
+        lost = lost_peer(exc)
+        if lost is None:
+            raise
+        err_console.print(f"error: {clip(lost)}", markup=False, highlight=False, soft_wrap=True)
+        _exit(2)
     _exit(code if isinstance(code, int) else 0)
+
 
 
 def _exit(code: int) -> None:

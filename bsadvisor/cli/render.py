@@ -45,7 +45,7 @@ class FitTable:
 
     ``columns``: (header, justify) pairs; ``rows``: lists of strings; ``footer``: an
     optional last row (totals) drawn under a rule. When the console is too narrow for
-    even the longest word of every column, the rows are printed one field a line.
+    even the longest word of every column, each row is one line of "header value" fields.
     """
 
     title: str
@@ -91,15 +91,13 @@ class FitTable:
         widths = self.widths(options.max_width, console, options)
         if widths is not None:
             yield self._table(widths)
-        else:
+        else:  # one line per row (wrapped at spaces, never inside a figure): a pipe of 80 columns stays short
             yield Text(self.title, style="bold")
             headers = [h for h, _ in self.columns]
-            pad = max(cell_len(h) for h in headers) + 2
             for row in self.rows + ([self.footer] if self.footer else []):
-                yield Text(row[0] if row is self.footer else f"{headers[0]} {row[0]}", style="bold")
-                for h, c in zip(headers[1:], row[1:]):
-                    if c:
-                        yield Text(f"  {h.ljust(pad)}{c}")
+                head = row[0] if row is self.footer else f"{headers[0]} {row[0]}"
+                fields = [f"{h} {c}" for h, c in zip(headers[1:], row[1:]) if c]
+                yield Text.assemble((head, "bold"), *(["  ", " · ".join(fields)] if fields else []))
         for line in self.caption:
             yield Text(line, style="dim")
 

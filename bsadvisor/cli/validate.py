@@ -193,13 +193,14 @@ def _print_noise(doc: dict, con) -> None:
                                f"B_simple {fmt(p['shown'], ',.0f')} ({describe_ci(p)})"))
 
 
-VERDICT_STYLES = {"ACCEPTED": "bold green", "REJECTED": "bold red", "INCONCLUSIVE": "bold yellow"}
-#: validate's exit code for each verdict (2 is bad input, 130 an interrupt).
-EXIT_CODES = {"accepted": 0, "rejected": 1, "inconclusive": 3}
+VERDICT_STYLES = {"ACCEPTED": "bold green", "REJECTED": "bold red", "INCONCLUSIVE": "bold yellow",
+                  "INDICATIVE": "bold yellow"}
+#: validate's exit code for each verdict (2 is bad input, 124 --max-minutes, 130 an interrupt).
+EXIT_CODES = {"accepted": 0, "rejected": 1, "inconclusive": 3, "indicative": 3}
 
 
 def exit_code(doc: dict) -> int:
-    """0 accepted, 1 rejected, 3 inconclusive."""
+    """0 accepted, 1 rejected, 3 inconclusive or indicative (one seed: not a decision)."""
     return EXIT_CODES.get(doc["verdict"].get("status"), 1)
 
 
@@ -212,18 +213,23 @@ def _print_verdict(doc: dict, con) -> None:
     v = doc["verdict"]
     for name, w in (v.get("variants") or {}).items():
         con.print(Text(f"{name}: {status_word(w).lower()}, "
-                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence")}))
+                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence"), "method": v.get("method")}))
                        + " (a variant: it does not decide the exit code)"))
     word = status_word(v)
     line = Text.assemble((word, VERDICT_STYLES[word]), ": " + verdict_text(doc))
     extra = []  # the ratios compare finished runs; a diverged run stopped early
-    if not v.get("reason") and v.get("update_ratio") is not None:
-        extra.append(f"{v['update_ratio']:.2f}× fewer updates")
-    if v.get("wall_ratio") is not None and not v.get("reason"):
-        extra.append(f"{v['wall_ratio']:.2f}× less training time")
+    if not v.get("reason") and v.get("update_ratio"):
+        extra.append(_ratio_text(v["update_ratio"], "fewer updates", "more updates"))
+    if v.get("wall_ratio") and not v.get("reason"):
+        extra.append(_ratio_text(v["wall_ratio"], "less training time", "more training time"))
     if extra:
         line.append("; " + ", ".join(extra))
     con.print(line)
+
+
+def _ratio_text(ratio: float, fewer: str, more: str) -> str:
+    """``3.00× fewer updates`` for original/plan = 3; ``1.16× more training time`` for 0.86 (the plan slower)."""
+    return f"{ratio:.2f}× {fewer}" if ratio >= 1 else f"{1 / ratio:.2f}× {more}"
 
 
 def _warn(text: str) -> None:
@@ -313,7 +319,9 @@ def validate(
     max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
     total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
     growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
-    seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same initial weights)"),
+    seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same "
+                              "initial weights). One seed gives an INDICATIVE verdict only (exit 3): use 3 or more for a "
+                              "verdict (two give a wide interval)"),
     variants: bool = typer.Option(VALIDATE_DEFAULTS["variants"], "--variants", help="also train the hybrid and the increased-LR variant"),
     hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
     increase_lr: float = typer.Option(VALIDATE_DEFAULTS["increase_lr"], "--increase-lr", help="LR and batch factor of the increased-LR variant"),
@@ -334,7 +342,7 @@ def validate(
                                        "every run (NoiseMonitor): results.json, report.md and noise.png"),
     monitor_overhead: float = typer.Option(VALIDATE_DEFAULTS["monitor_overhead"], "--monitor-overhead", help="the noise monitor's time budget, a "
                                            "fraction of the training time (its extra gradient draws stay within it)"),
-    as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1)"),
+    as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1.2)"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="stop after this many minutes of wall "
                                                 "time (exit 124; the checkpoints in --out are kept: continue with "
                                                 "--resume). Default: no limit"),
@@ -342,8 +350,13 @@ def validate(
     """Train the original schedule and the plan on TARGET and compare them, paired by seed.
 
     Exit 0 ACCEPTED (the 90% interval of the paired difference lies above −margin),
-    1 REJECTED (below it), 3 INCONCLUSIVE (it straddles −margin: more seeds settle it,
-    add them with --seeds K --resume), 124 stopped by --max-minutes (continue with --resume).
+    1 REJECTED (below it), 3 INCONCLUSIVE (it straddles −margin: the verdict says how many
+    seeds give an 80% chance to settle it; add them with --seeds K --resume) or INDICATIVE
+    (one seed: never accepted or rejected on its own), 2 bad input, 124 stopped by
+    --max-minutes (continue with --resume), 130 interrupted. The interval spends α across
+    looks (look k: the paired t interval at α_k = 0.05·6/(π²k²) per side, looks counted
+    from the results.json in --out): it stays valid however many times --resume adds seeds
+    into the same --out and looks again (docs/concepts.md §13).
 
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.

@@ -73,6 +73,27 @@ def positive_int(name: str, value: Any, high: Optional[int] = MAX_INT) -> int:
     return integer(name, value, low=1, high=high)
 
 
+def instance(name: str, value: Any, kind: Any, what: str) -> Any:
+    """``value`` when it is a ``kind`` (a type or tuple of types), else an ArgumentTypeError naming ``name``."""
+    if not isinstance(value, kind):
+        raise ArgumentTypeError(f"{name} must be {what}, got {type(value).__name__}", parameter=name)
+    return value
+
+
+def function(name: str, value: Any) -> Any:
+    """``value`` when it can be called, else an ArgumentTypeError naming ``name``."""
+    if not callable(value):
+        raise ArgumentTypeError(f"{name} must be a function, got {type(value).__name__}", parameter=name)
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    """True or False, nothing else: a string such as "no" is not read as true."""
+    if not isinstance(value, bool):
+        raise UserError(f"{name} must be True or False, got {show(value)}", parameter=name)
+    return value
+
+
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
 
 

@@ -515,7 +515,8 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
                             "with the LR lowered to keep g0")
             b_start, b_base = cap, float(cap)
         else:
-            warnings.append(f"--batch-size {b0} already exceeds the cap {cap} ({limited_by}); no room to grow, "
+            warnings.append(f"--batch-size {b0} already exceeds the cap {cap} ({_CAP_WORDS[limited_by]}); no room "
+                            "to grow, "
                             "the LR decay stays as it is")
             cap = b_start
             limited_by = "batch_size"
@@ -544,7 +545,7 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
     n, b0, model, rounding = options.dataset_size, options.batch_size, stairs.model, stairs.rounding
     first = next((i for i, p in enumerate(per_span) if p.phase == "hybrid"), None)
     if first is not None:
-        warnings.append(_cap_warning(stairs, per_span[first], stairs.cap_at(first), cap_words,
+        warnings.append(_cap_warning(stairs, per_span[first], first, cap_words,
                                      _where(options.original(), per_span[first].start)))
     biggest = max(p.batch for p in per_span)
     if not options.single_pass and biggest > n / 10:
@@ -568,13 +569,25 @@ def _remarks(options: ConvertOptions, stairs: "_Staircase", per_span: list[_Span
     notes.append(BATCHNORM_NOTE)
 
 
-def _cap_warning(stairs: "_Staircase", span: _Span, cap_there: int, cap_words: str, where: str) -> str:
-    """The hybrid warning, in the cap line's terms: the cap there (and the plan's cap where it rises to it)."""
-    near = "" if span.batch == cap_there else f" (batch {span.batch}: a step to {cap_there} would be less than ×{stairs.factor:.3g})"
-    rises = (f"; the {cap_words} rises with the run to the cap line's {stairs.cap}, and the batch follows it"
-             if cap_there < stairs.cap else "")
-    return (f"the batch reaches the cap of {cap_there} ({cap_words}) at {where}{near}{rises}; from there the LR "
-            "carries the rest of the decay (hybrid)")
+def _cap_warning(stairs: "_Staircase", span: _Span, i: int, cap_words: str, where: str) -> str:
+    """The hybrid warning, in the cap line's terms: the cap that binds at piece ``i`` (the noise-scale cap
+    where it is below the plan's cap, else the plan's cap, named by ``cap_words``), and the plan's cap the
+    noise-scale cap rises to."""
+    cap_there = stairs.cap_at(i)
+    noise_there = stairs.caps is not None and stairs.caps[i] < stairs.cap
+    words = _CAP_WORDS["noise_scale"] if noise_there else cap_words
+    named = "" if cap_words == _CAP_WORDS["noise_scale"] else f" ({cap_words})"
+    rises = (f"; the noise-scale cap rises with the run to the cap line's {stairs.cap}{named}, and the "
+             "batch follows it" if noise_there else "")
+    if cap_there <= span.batch and span.batch != cap_there:  # a cap below the batch it would grow from
+        head = (f"from {where} the {words}, {cap_there}, is below the batch {span.batch}, so the batch stays at "
+                f"{span.batch}")
+    elif span.batch == cap_there:
+        head = f"the batch reaches the cap of {cap_there} ({words}) at {where}"
+    else:
+        head = (f"the batch reaches the cap of {cap_there} ({words}) at {where} (batch {span.batch}: a step to "
+                f"{cap_there} would be less than ×{stairs.factor:.3g})")
+    return f"{head}{rises}; from there the LR carries the rest of the decay (hybrid)"
 
 
 _CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",

@@ -5,6 +5,9 @@ else is a bug in bsadvisor and keeps its traceback.
 """
 from __future__ import annotations
 
+import sys
+from typing import Optional
+
 
 class UserError(ValueError):
     """Bad input: the message says what is wrong and how to fix it, in one line.
@@ -28,3 +31,25 @@ class ArgumentTypeError(UserError, TypeError):
     A TypeError for library users, as Python's own functions raise; a UserError too, so the CLI,
     should one reach it, shows it as one line.
     """
+
+
+#: What gloo, NCCL or the store say when another process of the job has gone.
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+              "socket timeout", "nccl communicator was aborted")
+
+
+def lost_peer(exc: BaseException) -> Optional[str]:
+    """One line for a torchrun job whose other process died (killed, or failed first), else None.
+
+    A surviving rank's next collective fails inside gloo/NCCL with a C++ message (and, uncaught, a
+    traceback) that says nothing of the cause: torch.distributed's DistError types, or the transport's
+    words while a process group is up. Never imports torch.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    tdist = sys.modules.get("torch.distributed")
+    in_job = tdist is not None and tdist.is_available() and tdist.is_initialized()
+    if not (type(exc).__name__.startswith("Dist") or in_job and any(w in text.lower() for w in _PEER_LOST)):
+        return None
+    return ("another process of the torchrun job stopped (killed, or failed first: see its output), so this one "
+            f"cannot go on: {first}")

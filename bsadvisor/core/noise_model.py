@@ -196,7 +196,7 @@ def _bad_setting(p: NoisePoint) -> Optional[str]:
 
 
 TRACE_SCHEMA = "bsadvisor.noise_trace/1"
-VALIDATION_SCHEMAS = ("bsadvisor.validation/1", "bsadvisor.validation/1.1")
+VALIDATION_SCHEMAS = ("bsadvisor.validation/1", "bsadvisor.validation/1.1", "bsadvisor.validation/1.2")
 TRACE_REMEDY = "give the results.json of bsadvisor validate or a file written by NoiseMonitor.save"
 
 

@@ -18,6 +18,9 @@ from bsadvisor.core.errors import UserError
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
 MAX_DRAWS = 100_000
 MAX_MICRO_BATCHES = 4096
+#: The longest --budget-seconds: a week. The probe's own time limit (a multiple of it) is an OS timer,
+#: which overflows near 9·10⁸ s; no probe needs more than a few minutes.
+MAX_BUDGET_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,19 @@ class ProbeOptions:
             batch_size=checks.optional(checks.integer, "batch_size", self.batch_size, low=2),
             lr=checks.optional(checks.positive, "lr", self.lr),
             warmup_steps=checks.optional(checks.integer, "warmup_steps", self.warmup_steps, low=0),
-            budget_seconds=checks.positive("budget_seconds", self.budget_seconds),
+            budget_seconds=checks.number("budget_seconds", self.budget_seconds, low=0, low_open=True,
+                                         high=MAX_BUDGET_SECONDS),
             target_rel_ci=checks.number("target_rel_ci", self.target_rel_ci, low=0, high=1, low_open=True,
                                         high_open=True),
             micro_batches=checks.integer("micro_batches", self.micro_batches, low=2, high=MAX_MICRO_BATCHES),
             memory_limit=checks.optional(checks.number, "memory_limit", self.memory_limit, low=1),
             seed=checks.seed("seed", self.seed),
             draws=checks.optional(checks.integer, "draws", self.draws, low=2, high=MAX_DRAWS),
+            min_draws=checks.integer("min_draws", self.min_draws, low=2, high=MAX_DRAWS),
+            measure_memory=checks.flag("measure_memory", self.measure_memory),
+            measure_throughput=checks.flag("measure_throughput", self.measure_throughput),
         )
+        clean["max_draws"] = checks.optional(checks.integer, "max_draws", self.max_draws, low=clean["min_draws"],
+                                             high=MAX_DRAWS)
         for name, value in clean.items():
             object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
+from bsadvisor.core import checks
 from bsadvisor.core.convert import BATCHNORM_NOTE, baseline_of
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
@@ -56,6 +57,7 @@ def recommend(options: Union[ConvertOptions, dict, None] = None, *, probe: Any =
     read :class:`core.predict.Trace`. ``batchnorm``: whether the model has BatchNorm layers (None:
     unknown, and the plan says what to do if it has; True: a warning; False: nothing).
     """
+    batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)  # "no" is not True
     kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
     plan = plan_from_options(**kw)
     if batchnorm is None:
@@ -78,6 +80,14 @@ class Recommendation:
     probe: Any = None
     keep_batch: Optional[dict] = None
     start_advice: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        checks.instance("plan", self.plan, Plan, "a Plan (Recommendation.from_options builds one)")
+        if self.probe is not None:
+            checks.instance("probe", self.probe, ProbeResult, "a ProbeResult or None")
+        for name in ("keep_batch", "start_advice"):
+            if getattr(self, name) is not None:
+                checks.instance(name, getattr(self, name), dict, "a dict or None")
 
     @property
     def recommendation(self) -> str:

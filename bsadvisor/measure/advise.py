@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core import checks
+from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.recommend import Recommendation
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 
@@ -33,6 +34,14 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     """
     from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
     from bsadvisor.measure.probe import probe
+    from bsadvisor.targets.target import Target
+
+    if isinstance(target, str):
+        raise ArgumentTypeError(f"target must be a Target, got the string {checks.show(target)}: load it first, "
+                                "bsadvisor.advise(bsadvisor.load_target(...), ...)", parameter="target")
+    checks.instance("target", target, Target, "a Target (bsadvisor.load_target builds one)")
+    if options is not None:
+        checks.instance("options", options, (TargetOptions, dict), "a dict of conversion options, or None")
 
     prepared = options if isinstance(options, TargetOptions) else options_for_target(target, options)
     opts = prepared.options

@@ -151,6 +151,12 @@ def exit_job(code: int) -> NoReturn:
     os._exit(code)
 
 
+#: The largest RANK, WORLD_SIZE, LOCAL_RANK or LOCAL_WORLD_SIZE taken (torch keeps them as 32-bit ints).
+MAX_ENV_INT = 2**31 - 1
+#: The longest collective timeout (BSADVISOR_DIST_TIMEOUT), 30 days.
+MAX_TIMEOUT_S = 30 * 24 * 3600
+
+
 def _env_int(name: str, default: Optional[int] = None) -> int:
     raw = os.environ.get(name)
     if raw is None:
@@ -158,9 +164,12 @@ def _env_int(name: str, default: Optional[int] = None) -> int:
             raise UserError(f"{name} is not set: start the job with torchrun (see docs/distributed.md)")
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not a whole number") from None
+        raise UserError(f"environment variable {name}={checks.show(raw)} is not a whole number") from None
+    if abs(value) > MAX_ENV_INT:  # torch's store and process group take 32-bit ranks and sizes
+        raise UserError(f"environment variable {name}={checks.show(raw)} is too large (at most {MAX_ENV_INT})")
+    return value
 
 
 def _timeout() -> datetime.timedelta:
@@ -169,8 +178,9 @@ def _timeout() -> datetime.timedelta:
         secs = float(raw) if raw is not None else DEFAULT_TIMEOUT_S
     except ValueError:
         raise UserError(f"BSADVISOR_DIST_TIMEOUT={raw!r} is not a number of seconds") from None
-    if not secs > 0:
-        raise UserError(f"BSADVISOR_DIST_TIMEOUT must be positive, got {raw!r}")
+    if not 0 < secs <= MAX_TIMEOUT_S:  # inf or 1e308 would overflow timedelta
+        raise UserError(f"BSADVISOR_DIST_TIMEOUT must be a number of seconds above 0 and at most "
+                        f"{MAX_TIMEOUT_S} (30 days), got {checks.show(raw)}")
     return datetime.timedelta(seconds=secs)
 
 

@@ -43,7 +43,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from bsadvisor.core import noise as noise_stats
-from bsadvisor.core.errors import UserError
+from bsadvisor.core import checks
+from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
@@ -78,6 +79,10 @@ class MonitorSettings:
     min_points: int = 0
 
     def __post_init__(self):
+        for name in ("draws", "micro_batches", "window", "spread", "min_points", "big_batch", "every", "seed"):
+            checks.optional(checks.integer, f"the noise monitor's {name}", getattr(self, name),
+                            low=0 if name in ("min_points", "seed") else 1)
+        checks.number("the noise monitor's overhead", self.overhead)
         if self.draws < 2 or self.micro_batches < 2:
             raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
         if self.every is not None and self.every < 1:
@@ -104,6 +109,15 @@ class NoiseMonitor:
     def __init__(self, model: torch.nn.Module, loss_fn: Optional[Callable[[Any, Any], Any]] = None,
                  dataset: Any = None, *, dataset_size: Optional[int] = None, collate_fn=None,
                  device: Optional[torch.device] = None, settings: Optional[MonitorSettings] = None, **fields):
+        checks.instance("model", model, torch.nn.Module, "a torch.nn.Module")
+        checks.optional(checks.function, "loss_fn", loss_fn)
+        if settings is not None:
+            checks.instance("settings", settings, MonitorSettings, "a MonitorSettings")
+        checks.optional(checks.positive_int, "dataset_size", dataset_size)
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(MonitorSettings)})
+        if unknown:
+            raise ArgumentTypeError(f"NoiseMonitor has no setting {', '.join(unknown)}; the settings are "
+                                    f"{', '.join(f.name for f in dataclasses.fields(MonitorSettings))}")
         self.settings = dataclasses.replace(settings or MonitorSettings(), **fields)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -116,22 +116,30 @@ def _md(text: Any) -> str:
     return out
 
 
-STATUS_WORDS = {"accepted": "ACCEPTED", "rejected": "REJECTED", "inconclusive": "INCONCLUSIVE"}
+STATUS_WORDS = {"accepted": "ACCEPTED", "rejected": "REJECTED", "inconclusive": "INCONCLUSIVE",
+                "indicative": "INDICATIVE"}
 
 
 def status_word(v: dict) -> str:
-    """ACCEPTED, REJECTED or INCONCLUSIVE (a /1 document has only ``accepted``)."""
+    """ACCEPTED, REJECTED, INCONCLUSIVE or INDICATIVE (a /1 document has only ``accepted``)."""
     return STATUS_WORDS.get(v.get("status"), "ACCEPTED" if v.get("accepted") else "REJECTED")
 
 
 def difference_text(v: dict) -> str:
-    """``-0.0021, 90% CI [-0.0050, +0.0008] over 3 paired seeds`` (or the one-seed caveat)."""
+    """``-0.0021, 90% interval [-0.0050, +0.0008] over 3 paired seeds, valid at every look`` (or the
+    one-seed caveat). A /1.1 document's interval was a fixed-n t interval: ``90% CI``."""
     d = fmt(v.get("difference"), "+.4f")
     iv = v.get("interval")
     n = len(v.get("paired") or [])
+    pct = round((v.get("confidence") or 0.9) * 100)
+    if iv and v.get("method"):
+        lo = fmt(iv[0], "+.4f") if iv[0] is not None else "−∞"
+        hi = fmt(iv[1], "+.4f") if iv[1] is not None else "+∞"
+        looks = v.get("spending_look") or v.get("looks") or 1
+        return (f"{d}, {pct}% interval [{lo}, {hi}] over {n} paired seeds, valid at every look"
+                + (f" (look {looks})" if looks > 1 else ""))
     if iv:
-        return (f"{d}, {round((v.get('confidence') or 0.9) * 100)}% CI [{fmt(iv[0], '+.4f')}, {fmt(iv[1], '+.4f')}] "
-                f"over {n} paired seeds")
+        return f"{d}, {pct}% CI [{fmt(iv[0], '+.4f')}, {fmt(iv[1], '+.4f')}] over {n} paired seeds"
     return f"{d} (1 seed: no spread measured)"
 
 
@@ -147,17 +155,35 @@ def verdict_text(doc: dict) -> str:
             f"margin {fmt(v['margin'], '.4g')} ({v['margin_rule']})")
     if v.get("status") == "inconclusive":
         text += "; " + settle_text(doc)
+    elif v.get("status") == "indicative":
+        text += "; " + indicative_text(v)
     return text
 
 
+def indicative_text(v: dict) -> str:
+    """What one seed says, and what a verdict needs."""
+    side = "above" if finite(v.get("difference")) and finite(v.get("margin")) and \
+        v["difference"] > -v["margin"] else "not above"
+    return (f"one seed is indicative only: its difference is {side} the margin, but one difference "
+            "never decides; add seeds with --seeds K --resume (K ≥ 3 measures the spread, and the "
+            "verdict then says how many would settle it)")
+
+
 def settle_text(doc: dict) -> str:
-    """What an inconclusive verdict needs: about how many seeds, from the measured spread of d_s."""
+    """What an inconclusive verdict needs: the seeds for an 80 % chance of settling it (core/verdict.py)."""
     v = doc["verdict"]
     n = v.get("seeds_suggested")
+    if n is None and v.get("too_close"):
+        return ("too close to settle: the mean difference is within one standard error of the margin, so "
+                "which side it is on is not known and more seeds may never decide it; treat it as a tie "
+                "at the margin, or choose the margin anew")
     if n is None:
         return ("the difference is too close to the margin for any practical number of seeds to settle; "
                 "treat it as a tie at the margin, or choose the margin anew")
-    return f"about {n} seeds would likely settle it (add them with --seeds {n} --resume)"
+    if not v.get("method"):  # a /1.1 document: the fixed-n rule's suggestion
+        return f"about {n} seeds would likely settle it (add them with --seeds {n} --resume)"
+    return (f"{n} seeds in all would settle it with an 80% chance if the difference and its spread "
+            f"stay as measured (add them with --seeds {n} --resume)")
 
 
 def report_markdown(doc: dict) -> str:
@@ -247,7 +273,7 @@ def paired_table(doc: dict) -> list[str]:
                f"{_md(difference_text(v))}"]
     for n, w in (v.get("variants") or {}).items():
         summary.append(f"**{_md(n)}**: {STATUS_WORDS.get(w['status'], '?').lower()}, "
-                       f"{_md(difference_text({**w, 'confidence': v.get('confidence')}))}")
+                       f"{_md(difference_text({**w, 'confidence': v.get('confidence'), 'method': v.get('method')}))}")
     return lines + ["", "Mean paired difference: " + "; ".join(summary) + ".", ""]
 
 

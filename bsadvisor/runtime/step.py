@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bsadvisor.core import checks
+from bsadvisor.core.errors import ArgumentTypeError
 from bsadvisor.runtime.batches import loss_weight, micro_batches, rank_share, to_device, weighted
 from bsadvisor.runtime.distributed import Dist
 from bsadvisor.runtime.precision import StepRecipe
@@ -71,6 +73,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
 
     Long because this docstring is the update's contract; the body is one loop and a step.
     """
+    _check_arguments(model, optimizer, loss_fn, gather, indices, max_micro_batch)
     dist = _ddp_dist(model)
     rank, world = dist.rank, dist.world_size
     n = len(indices)
@@ -86,6 +89,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
         with inner:
             with recipe.autocast():
                 loss = loss_fn(model, to_device(gather(part), device))
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ArgumentTypeError("loss_fn must return the batch's loss as a one-element tensor, got "
+                                        + (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                                           else type(loss).__name__), parameter="loss_fn")
             # ∑ over ranks and parts of world·|part|/n, divided by world (DDP's mean), is 1
             loss = weighted(loss, loss_weight(len(part), n, world, stand_in))
             recipe.backward(loss)
@@ -100,3 +107,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
         return value  # the caller names the run and epoch; do not step on a NaN gradient
     recipe.step(optimizer, model.parameters())
     return value
+
+
+def _check_arguments(model, optimizer, loss_fn, gather, indices, max_micro_batch) -> None:
+    """train_step's arguments are what it needs, or one ArgumentTypeError/UserError naming the wrong one."""
+    checks.instance("model", model, torch.nn.Module, "a torch.nn.Module")
+    checks.instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    checks.function("loss_fn", loss_fn)
+    checks.function("gather", gather)
+    checks.instance("indices", indices, torch.Tensor, "a 1-D tensor of example indices")
+    if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        raise ArgumentTypeError(f"indices must be a 1-D tensor of integer example indices, got a {indices.dtype} "
+                                f"tensor of shape {tuple(indices.shape)}", parameter="indices")
+    checks.optional(checks.positive_int, "max_micro_batch", max_micro_batch)

@@ -47,7 +47,7 @@ from bsadvisor.runtime.evaluation import eval_points, evaluate
 from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.core import checks
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, lost_peer
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
 from bsadvisor.runtime.sampler import PlanBatchSampler
@@ -306,7 +306,8 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
         except UserError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-            raise UserError(f"{run.where(epoch)}: the model or loss_fn raised {_one_line(exc)}") from None
+            lost = lost_peer(exc)  # not the model's fault: the other rank of the job is gone
+            raise UserError(f"{run.where(epoch)}: {lost or 'the model or loss_fn raised ' + _one_line(exc)}") from None
         if not math.isfinite(loss):
             if not stop_on_divergence:
                 raise UserError(f"{run.where(epoch)}: the loss is {loss} after {run.updates} updates; "

@@ -7,8 +7,10 @@ original schedule at B0 is a Plan too), over the same seeds, from the same initi
 weights. The verdict compares the target's metric on ``eval_dataset``, paired by seed
 (core/verdict.py, docs/concepts.md eqs. 21–23):
 
-    d_s = metric(plan, s) − metric(original, s);   d̄ with its two-sided 90 % t interval
+    d_s = metric(plan, s) − metric(original, s);   d̄ ± t_{1−α_k, n−1}·sd/√n at look k
     accepted ⇔ lo > −δ;   rejected ⇔ hi < −δ;   inconclusive otherwise (exit 3)
+    (one seed: indicative only, exit 3; look k spends α_k = 0.05·6/(π²k²) per side, so the
+    interval holds at every --resume look: eqs. 28–30)
 
 δ = --tolerance (0.005 by default, or a percentage of the original's metric). Without an
 eval metric the negated final training loss stands in for it. A metric that is not
@@ -39,8 +41,10 @@ from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
-#: seed's ``evals`` (the curve at --evals points); every /1 field is still there.
-VALIDATION_SCHEMA = "bsadvisor.validation/1.1"
+#: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
+#: spends α across looks, valid at every look (verdict.method, verdict.looks, verdict.look_seeds,
+#: verdict.spending_look, verdict.too_close), and one seed's status is "indicative".
+VALIDATION_SCHEMA = "bsadvisor.validation/1.2"
 #: Fewest updates between two mid-epoch checkpoints by default (short epochs: only at their end).
 MIN_CHECKPOINT_EVERY = 50
 
@@ -164,23 +168,30 @@ def _why_notfinite(name: str, run: dict) -> str:
     return f"{name}'s metric_fn gave no finite value" + (f" (seed {', '.join(map(str, bad))})" if bad else "")
 
 
-def verdict(runs: dict, tolerance: Any = None, reference: str = "original", candidate: str = "plan") -> dict:
-    """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–23).
+def verdict(runs: dict, tolerance: Any = None, reference: str = "original", candidate: str = "plan",
+            earlier: Optional[list[int]] = None) -> dict:
+    """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, concepts eqs. 21–23, 28–30).
 
     Each seed's metric difference d_s = candidate − reference (same seed: same initial
-    weights and data order), their mean and two-sided 90 % interval decide: accepted when
-    the interval is above −δ, rejected when below, inconclusive otherwise (with the seeds
-    that would likely settle it). ``tolerance``: δ as a number, a text such as "1%", a
+    weights and data order), their mean and 90 % interval at this look decide (α spent across
+    looks, eqs. 28–29): accepted when the interval is above −δ, rejected when below,
+    inconclusive otherwise (with the seeds that give an 80 % chance of settling it at the next
+    look), indicative with one seed. ``tolerance``: δ as a number, a text such as "1%", a
     ``Margin`` or None (the default 0.005). Every other run gets its own paired verdict in
     ``variants`` (they do not decide the exit code). A metric that is not finite (NaN from
     metric_fn, or a run whose loss diverged) rejects the candidate; ``reason`` then says
-    which run and why (it is None otherwise).
+    which run and why (it is None otherwise). ``earlier``: the seed counts of the verdicts taken
+    before on these runs (:func:`earlier_looks`); ``looks`` counts them with this one, and the k-th
+    look at two seeds or more (``spending_look``) spends α_k = α·6/(π²k²) per side of α = 0.05
+    (``method``), so the interval holds however many looks there are.
     """
     margin = parse_margin(tolerance)
     ref = runs[reference]
+    looks = count_looks(earlier or [], len(ref["seeds"]))  # before judging: the look sets the α it spends
 
     def judge(name: str) -> dict:
-        v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin)
+        v = paired_verdict([s["metric"] for s in runs[name]["seeds"]], [s["metric"] for s in ref["seeds"]], margin,
+                           look=looks["spending_look"])
         if v["reason"] is not None:
             bad = [n for n in (reference, name) if not all(finite(s["metric"]) for s in runs[n]["seeds"])]
             v["reason"] = ("the metric is not finite: " + "; ".join(_why_notfinite(n, runs[n]) for n in bad)
@@ -192,7 +203,8 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
     out = {"status": main["status"], "accepted": main["status"] == ACCEPTED, "reference": reference,
            "candidate": candidate, **{k: main[k] for k in ("reason", "difference", "interval", "paired", "sd",
                                                            "margin", "margin_rule", "confidence",
-                                                           "seeds_suggested")},
+                                                           "method", "seeds_suggested", "too_close")},
+           **looks,
            "update_ratio": rs["updates"] / cs["updates"] if cs["updates"] else None,
            "wall_ratio": (rs["wall_s_mean"] / cs["wall_s_mean"]) if finite(rs["wall_s_mean"]) and
            finite(cs["wall_s_mean"]) and cs["wall_s_mean"] else None,
@@ -202,10 +214,39 @@ def verdict(runs: dict, tolerance: Any = None, reference: str = "original", cand
             continue
         v = judge(name)
         out["variants"][name] = {k: v[k] for k in ("status", "reason", "difference", "interval", "paired",
-                                                  "seeds_suggested")}
+                                                  "seeds_suggested", "too_close")}
     out["within_tolerance"] = {candidate: out["accepted"],
                                **{n: v["status"] == ACCEPTED for n, v in out["variants"].items()}}
     return out
+
+
+def count_looks(earlier: list[int], seeds: int) -> dict:
+    """``looks`` (how many verdicts these runs have had, this one included), ``look_seeds`` (the seeds
+    at each) and ``spending_look``: the k whose α_k this verdict spends (eq. 28), counting only the looks
+    at two seeds or more (one seed has no interval, so it cannot miss and spends nothing; at least 1).
+    A verdict on as many seeds as the last one (a resume that added none) is the same look."""
+    looks = list(earlier) if earlier and earlier[-1] == seeds else [*earlier, seeds]
+    return {"looks": len(looks), "look_seeds": looks, "spending_look": max(1, sum(k >= 2 for k in looks))}
+
+
+def earlier_looks(out: Optional[Path]) -> list[int]:
+    """The seed counts of the verdicts an earlier run in ``out`` took, from its results.json (``look_seeds``;
+    a /1 or /1.1 file: one look at its ``seeds``). [] without one, or when the file cannot be read: the
+    count sets the α this look spends (eq. 28), never a reason to refuse a resume."""
+    import json
+
+    if out is None:
+        return []
+    try:
+        doc = json.loads((Path(out) / "results.json").read_text())
+        seen = doc["verdict"].get("look_seeds")
+        if seen is None:
+            seen = [doc["seeds"]]
+        if isinstance(seen, list) and seen and all(type(k) is int and 0 < k <= 10 ** 6 for k in seen):
+            return seen
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        pass
+    return []
 
 
 # -- the output folder ------------------------------------------------------------------
@@ -309,7 +350,7 @@ def _check_runs(target, specs: list[RunSpec], resume: bool, out: Optional[Path])
 
 def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptions] = None, *, progress=None,
                    dist=None, device=None, warnings: Optional[list[str]] = None, **fields) -> dict:
-    """Train every run for every seed; return the results document (schema bsadvisor.validation/1.1).
+    """Train every run for every seed; return the results document (schema bsadvisor.validation/1.2).
 
     ``options``: a :class:`ValidateOptions` (None: the defaults); ``fields`` are its fields as
     keywords (``run_validation(target, specs, seeds=2)``), over ``options`` when both are given.
@@ -323,7 +364,8 @@ def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptio
     every seed of every run records its B_simple trace (``noise_trace``). Every run is also
     evaluated at ``evals`` evenly spaced sample positions (its curve), the same for every run.
     With ``resume``, the seeds an earlier run finished are read back from their checkpoints:
-    a larger ``seeds`` trains only the new ones.
+    a larger ``seeds`` trains only the new ones, and the verdict counts the earlier run's looks
+    (``verdict.looks``, from its results.json).
     """
     from bsadvisor.runtime.train import initial_state, train_plan
 
@@ -336,6 +378,7 @@ def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptio
     metric_name = "metric" if target.metric_fn is not None and target.eval_dataset is not None \
         else "negative final training loss"
     runs: dict[str, Any] = {}
+    earlier = earlier_looks(out) if resume else []  # read before anything in --out is rewritten
     try:
         for spec in specs:
             results = []
@@ -362,7 +405,7 @@ def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptio
            "recipe": target.recipe(),  # what every run trained with: optimizer and kwargs, clipping, precision
            "temperature": realised_temperatures(specs, runs), "dataset_size": target.dataset_size, "seeds": seeds,
            "epochs": specs[0].plan.epochs, "world_size": dist.world_size if dist is not None else 1,
-           "runs": runs, "verdict": verdict(runs, options.tolerance), "warnings": list(warnings or [])}
+           "runs": runs, "verdict": verdict(runs, options.tolerance, earlier=earlier), "warnings": list(warnings or [])}
     return json_safe(doc)  # NaN and infinity become null: the document is plain JSON
 
 

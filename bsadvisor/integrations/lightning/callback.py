@@ -49,7 +49,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 from bsadvisor.integrations.lightning.target import training_step_loss
-from bsadvisor.integrations.releases import check_release, requirement
+from bsadvisor.integrations.releases import check_release, installed_version, requirement
 from bsadvisor.runtime.batches import (batch_rows, loss_weight, micro_batches, rank_share, share_span, split_batch,
                                        weighted)
 from bsadvisor.runtime.precision import unscaled_grads
@@ -68,7 +68,8 @@ def check_lightning_version(version: Optional[str] = None) -> None:
     FollowPlan sets attributes of Lightning's fit loop that are not public API; another
     release may have moved them, and would fail in the middle of a fit, or worse, not at all.
     """
-    version = lightning.__version__ if version is None else version
+    if version is None:
+        version = installed_version(lightning, "lightning", f"pip install '{LIGHTNING_REQUIREMENT}'")
     check_release(version, TESTED_LIGHTNING, f"FollowPlan is tested with Lightning {TESTED_LIGHTNING[0]}."
                   f"{TESTED_LIGHTNING[1]}.x and sets its fit loop's internals, but Lightning {version} is installed: "
                   f"pip install '{LIGHTNING_REQUIREMENT}'")

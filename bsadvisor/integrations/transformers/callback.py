@@ -40,7 +40,7 @@ from transformers import TrainerCallback
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
-from bsadvisor.integrations.releases import check_release, requirement
+from bsadvisor.integrations.releases import check_release, installed_version, requirement
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
 
 #: The transformers releases HFFollowPlan is tested with (major, minor): its inner loop's rules are theirs.
@@ -50,7 +50,8 @@ TRANSFORMERS_REQUIREMENT = requirement("transformers", TESTED_TRANSFORMERS)
 
 def check_transformers_version(version: Optional[str] = None) -> None:
     """A UserError unless the installed transformers (or ``version``) is a release HFFollowPlan is tested with."""
-    version = transformers.__version__ if version is None else version
+    if version is None:
+        version = installed_version(transformers, "transformers", f"pip install '{TRANSFORMERS_REQUIREMENT}'")
     check_release(version, TESTED_TRANSFORMERS, f"HFFollowPlan is tested with transformers {TESTED_TRANSFORMERS[0]}."
                   f"{TESTED_TRANSFORMERS[1]}.x and relies on its Trainer's accumulation rules, but transformers "
                   f"{version} is installed: pip install '{TRANSFORMERS_REQUIREMENT}'")

@@ -141,3 +141,15 @@ def test_a_run_records_exactly_what_it_wrote_and_overwrite_keeps_the_users_files
     assert (out / "checkpoints" / "my_model.pt").read_bytes() == b"the user's model"
     assert os.stat(out / "results.json").st_mtime_ns != stamp
     assert "checkpoints/my_model.pt" not in read_manifest(out)
+
+
+def test_overwrite_never_deletes_files_no_manifest_names(tmp_path):
+    """A folder without a manifest (a bsadvisor before manifests, or the user's own files of validate's names)."""
+    out = tmp_path / "v"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "original-seed0.pt").write_bytes(b"the user's, or an old run's")
+    (out / ".bsadvisor.lock").write_text("")  # the lock file stays (fileio.FolderLock)
+    before = Snapshot(tmp_path)
+    r = run_main([*LINREG, "--out", out, "--overwrite"], cwd=tmp_path)
+    assert_one_line_error(r, ["original-seed0.pt", "only files a manifest names"])
+    before.assert_unchanged()

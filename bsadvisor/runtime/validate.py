@@ -249,7 +249,8 @@ def _legacy_files(out: Path) -> list[Path]:
 
 def earlier_results(out: Path) -> list[Path]:
     """The files an earlier validate run wrote in ``out`` (results, report, plots, checkpoints): those its
-    manifest names (core.fileio.own_files), or a pre-manifest run's. Only these are ever deleted or replaced."""
+    manifest names (core.fileio.own_files), or a pre-manifest run's (continued with --resume; --overwrite
+    deletes only what a manifest names)."""
     out = Path(out)
     return own_files(out) or _legacy_files(out)
 
@@ -351,7 +352,14 @@ def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False, check
         stamps = _stamps(out, names)
         kept = set()
         if overwrite:
-            for f in earlier_results(out):
+            legacy = _legacy_files(out)
+            if legacy:  # no manifest names them: nothing proves they are not the user's
+                raise UserError(f"--out {out} holds {legacy[0].relative_to(out)}"
+                                + (f" and {len(legacy) - 1} more" if len(legacy) > 1 else "")
+                                + f", from a run without a {MANIFEST_NAME} (an older bsadvisor): --overwrite deletes "
+                                "only files a manifest names; delete them yourself, continue with --resume, or "
+                                "choose another --out")
+            for f in own_files(out):
                 f.unlink()
         else:  # --resume, or a folder with nothing of an earlier run: its files stay ours
             kept = {str(p.relative_to(out)) for p in earlier_results(out)} | read_manifest(out)

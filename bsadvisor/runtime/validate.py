@@ -327,6 +327,13 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
     foreign = _foreign(out, OUTPUT_FILES)
     if foreign:
         _refuse_foreign(out, foreign)
+    legacy = _legacy_files(out) if overwrite else []
+    if legacy:  # no manifest names them: nothing proves they are not the user's
+        raise UserError(f"--out {out} holds {legacy[0].relative_to(out)}"
+                        + (f" and {len(legacy) - 1} more" if len(legacy) > 1 else "")
+                        + f", from a run without a {MANIFEST_NAME} (an older bsadvisor): --overwrite deletes "
+                        "only files a manifest names; delete them yourself, continue with --resume, or "
+                        "choose another --out")
 
 
 @contextmanager
@@ -352,13 +359,6 @@ def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False, check
         stamps = _stamps(out, names)
         kept = set()
         if overwrite:
-            legacy = _legacy_files(out)
-            if legacy:  # no manifest names them: nothing proves they are not the user's
-                raise UserError(f"--out {out} holds {legacy[0].relative_to(out)}"
-                                + (f" and {len(legacy) - 1} more" if len(legacy) > 1 else "")
-                                + f", from a run without a {MANIFEST_NAME} (an older bsadvisor): --overwrite deletes "
-                                "only files a manifest names; delete them yourself, continue with --resume, or "
-                                "choose another --out")
             for f in own_files(out):
                 f.unlink()
         else:  # --resume, or a folder with nothing of an earlier run: its files stay ours

@@ -255,10 +255,13 @@ def accepted_outcome(argv, before: dict, after: dict) -> str:
     bad = garbage_in(argv)
     if bad is not None:
         return f"BUG: wrong result: accepted garbage {bad}"
-    outs = [o.rstrip("/") for o in outputs_of(argv) if o]
-    named = lambda k: any(k == o or k.startswith(o + "/") for o in outs)  # noqa: E731
+    # typer reads --out "" as Path(""), which is "." (the current folder): every file there is the output's
+    outs = [o.rstrip("/") or "." for o in outputs_of(argv)]
+    named = lambda k: any(o == "." or k == o or k.startswith(o + "/") for o in outs)  # noqa: E731
     lost = sorted(k for k in before if k not in after)
-    changed = sorted(k for k in before if k in after and after[k] != before[k] and not named(k))
+    # a file the command names may be replaced (its own kind: convert --out plan.json); the user's others never
+    changed = sorted(k for k in before if k in after and after[k] != before[k]
+                     and (not named(k) or k in USER_FILES and k not in outs))
     new = sorted(k for k in after if k not in before and not named(k))
     if lost or changed:
         return f"BUG: data loss: accepted and lost {lost[:3]} changed {changed[:3]}"
@@ -935,34 +938,39 @@ def torchrun_cases(args):
 def hang_cases(args):
     import subprocess
 
-    def case_for(argv, hang_at: str, bound: float):
+    def case_for(argv, hang_at: str, bound: float, slack: float = 30):
+        """``bound``: the stated bound (the limit's own seconds); ``slack``: the interpreter's and torch's start-up
+        before the limit is armed, on a busy machine."""
         def case(folder: Path) -> str:
             env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80", OMP_NUM_THREADS="1", HANG_AT=hang_at)
             t0 = time.monotonic()
             try:
                 r = subprocess.run([sys.executable, "-m", "bsadvisor", *argv], cwd=folder, env=env,
-                                   capture_output=True, text=True, timeout=bound + 60)
+                                   capture_output=True, text=True, timeout=bound + slack)
             except subprocess.TimeoutExpired:
-                return f"BUG: hang past the stated bound of {bound:g} s"
+                return f"BUG: hang past the stated bound of {bound:g} s (+ {slack:g} s to start)"
             took = time.monotonic() - t0
             if "Traceback" in r.stderr:
                 return "BUG: traceback " + r.stderr[-300:].replace("\n", " | ")
             lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
             if r.returncode not in (2, 124) or len(lines) != 1:
                 return f"BUG: exit {r.returncode} after {took:.0f} s: {r.stderr[-200:]!r}"
-            HANG_TIMES.append(f"{' '.join(argv[:2])} (hang at {hang_at}): stopped after {took:.1f} s, bound {bound:g} s")
+            HANG_TIMES.append(f"{' '.join(argv[:2])} (hang at {hang_at}): stopped after {took:.1f} s (process start "
+                              f"included), stated bound {bound:g} s")
+            if took > bound + slack:
+                return f"BUG: hang: stopped after {took:.0f} s, past the stated bound of {bound:g} s"
             return "stopped within its bound"
         return case
 
     vt = ["validate", "t_hang.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "2"]
     for at in ("import", "target", "loss"):
-        yield f"validate --max-minutes 0.05, hang at {at}", case_for([*vt, "--max-minutes", "0.05"], at, 3 + 30)
+        yield f"validate --max-minutes 0.05, hang at {at}", case_for([*vt, "--max-minutes", "0.05"], at, 3)
     if not args.quick_hangs:
         yield "probe --budget-seconds 1, hang in the loss", case_for(
-            ["probe", "t_hang.py:ok", "--budget-seconds", "1"], "loss", 10 * 1 + 300 + 30)
+            ["probe", "t_hang.py:ok", "--budget-seconds", "1"], "loss", 10 * 1 + 300)
         yield "advise --budget-seconds 1, hang at import", case_for(
             ["advise", "t_hang.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "2",
-             "--budget-seconds", "1"], "import", 10 * 1 + 300 + 30)
+             "--budget-seconds", "1"], "import", 10 * 1 + 300)
 
 
 HANG_TIMES: list = []

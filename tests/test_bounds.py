@@ -46,3 +46,20 @@ def test_probe_stops_a_loss_that_never_returns(tmp_path, monkeypatch):
     r = run_main(["probe", "hang.py:make", "--budget-seconds", "0.1"], cwd=tmp_path)
     assert time.monotonic() - t0 < 30
     assert_one_line_error(r, ["stopped after 2 s", "did not return"])
+
+
+def test_validates_progress_bars_say_whether_it_has_a_time_limit(monkeypatch):
+    """validate has no limit without --max-minutes: each progress bar says so and how to bound it."""
+    import io
+
+    from rich.console import Console
+
+    import bsadvisor.cli.validate as validate
+
+    for minutes, words in ((None, "no time limit: --max-minutes M bounds it"), (2.5, "limit 2.5 min")):
+        out = io.StringIO()
+        monkeypatch.setattr(validate, "err_console", Console(file=out, force_terminal=True, width=160))
+        with validate._progress(minutes) as progress:
+            task = progress.add_task("original seed 0", total=10)
+            progress.advance(task, 5)
+        assert words in out.getvalue()

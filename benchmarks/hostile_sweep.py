@@ -172,6 +172,10 @@ def cli_cases():
     for t in ["--estimator", "--device", "--memory-limit"]:
         for v in ["", "x" * 5000, "cuda:-1", "tpu", "-1GB", "1e309GiB", "nan"]:
             yield f"probe {t}={v[:12]!r}", ["probe", "t.py:ok", t, v], None
+    for budget in ("1e9", "9e8", "1e300"):  # issue 32's list: signal.setitimer overflows (another branch fixes it)
+        yield f"probe --budget-seconds {budget}", ["probe", "t.py:ok", "--budget-seconds", budget], None
+        yield f"advise --budget-seconds {budget}", ["advise", "t.py:ok", "--schedule", "StepLR(step_size=1)",
+                                                    "--epochs", "2", "--budget-seconds", budget], None
     yield "validate --resume without --out", [*VALIDATE, "--resume"], None
     yield "validate --resume --overwrite", [*VALIDATE, "--out", "v", "--resume", "--overwrite"], None
     yield "validate --out a file", [*VALIDATE, "--out", "notes.txt"], None
@@ -928,6 +932,9 @@ def torchrun_cases(args):
     yield "torchrun validate --max-micro-batch 0", case_for([*v, "--max-micro-batch", "0"], "refused")
     yield "torchrun probe --estimator two-batch", case_for(["probe", "t.py:ok", "--device", "cpu", "--estimator",
                                                             "two-batch"], "refused")
+    for timeout in ("inf", "1e308", "-5", "abc"):  # issue 32's list: timedelta overflow (another branch fixes it)
+        yield f"torchrun validate BSADVISOR_DIST_TIMEOUT={timeout}", case_for(
+            [*v, "--seeds", "1"], "refused", {"BSADVISOR_DIST_TIMEOUT": timeout})
     yield "torchrun validate --out v (accepted)", case_for([*v, "--out", "v"], "accepted")
     yield "torchrun validate --out v with the user's noise.png", \
         lambda folder: ((folder / "v").mkdir(), (folder / "v" / "noise.png").write_bytes(b"mine"),

@@ -254,6 +254,9 @@ def _check_types(run: "_Training", doc: dict) -> None:
     for name in ("scheduler", "sampler", "optimizer"):
         if not isinstance(doc.get(name), dict):
             raise ValueError(f"{name} is {type(doc.get(name)).__name__}")
+    partial = doc.get("partial")
+    if partial and not partial["offset"] <= run.plan.dataset_size:
+        raise ValueError(f"partial.offset {partial['offset']} is past the epoch's end")
     if len(doc["history"]) > run.plan.full_epochs:
         raise ValueError(f"it holds {len(doc['history'])} epochs, the plan has {run.plan.full_epochs}")
 

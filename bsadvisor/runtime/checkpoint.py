@@ -88,9 +88,7 @@ def restore(run: "_Training", doc: dict) -> None:
         expected_groups = _groups(run.optimizer)  # the fresh optimizer at the resume position (seek in _derive)
         run.target.model.load_state_dict(doc["model"])
         run.optimizer.load_state_dict(doc["optimizer"])
-        run.scheduler._setting = None  # the plan's LR and momentum written into the loaded groups again
-        run.scheduler.seek(derived.position)
-        run.scheduler.last_step = derived.updates
+        run.scheduler.load_state_dict(derived.scheduler)  # the plan's LR and momentum into the loaded groups
         _check_optimizer(run, doc, derived, expected_groups)
     except _Disagrees as exc:
         raise UserError(f"checkpoint {run.checkpoint} disagrees with the run it belongs to: {exc}; it was edited or "
@@ -273,6 +271,7 @@ class _Derived:
     updates: int                # updates the plan takes to get there
     epoch_updates: tuple        # updates at the end of each epoch the history holds
     steps: tuple                # the per-update records train.py keeps (every stride-th update)
+    scheduler: dict             # the scheduler's state there (BatchSizeScheduler.state_dict)
 
 
 def _derive(run: "_Training", doc: dict) -> _Derived:
@@ -295,7 +294,8 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
     else:
         position = min(len(history) * n, plan.total_samples)
     stride = max(1, plan.updates // MAX_STEP_RECORDS)
-    lr_ratio = run.scheduler._ratios[0] if run.scheduler._ratios else 1.0
+    ratios = run.scheduler.state_dict()["ratios"]  # the target's optimizer's groups, relative to the first
+    lr_ratio = ratios[0] if ratios else 1.0
     group = run.optimizer.param_groups[0]
     has_momentum = "betas" in group or "momentum" in group
     updates, ends, steps = 0, [], []
@@ -316,7 +316,8 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
             updates += 1
         ends.append(updates)
     run.scheduler.seek(position)  # the fresh optimizer's groups at the position: what the loaded ones must be
-    return _Derived(position, updates, tuple(ends), tuple(steps))
+    scheduler = {**run.scheduler.state_dict(), "last_step": updates}
+    return _Derived(position, updates, tuple(ends), tuple(steps), scheduler)
 
 
 def _same(name: str, saved: Any, derived: Any, source: str) -> None:
@@ -401,8 +402,7 @@ def _check_evals(run: "_Training", doc: dict, derived: _Derived) -> None:
 
 def _check_scheduler(run: "_Training", doc: dict, derived: _Derived) -> None:
     """The scheduler's state is the plan's at the position, with the target's optimizer's group ratios."""
-    saved, now = doc["scheduler"], run.scheduler.state_dict()
-    now["last_step"] = derived.updates
+    saved, now = doc["scheduler"], derived.scheduler
     for key in sorted(set(saved) | set(now)):
         if key == "plan":
             if not isinstance(saved.get("plan"), dict) or saved["plan"].get("stages") != now["plan"]["stages"]:

@@ -167,3 +167,25 @@ def test_adams_step_count_is_the_runs_update_count(tmp_path):
     _edit(ck, bump)
     with pytest.raises(UserError, match="step count is 19 in the checkpoint, 16 updates"):
         train_plan(target(), plan, checkpoint=ck, resume=True)
+
+
+def test_a_diverged_runs_checkpoint_resumes_as_diverged(tmp_path):
+    """The update whose loss was not finite was recorded before it ran: the derivation includes it."""
+    from bsadvisor.targets.target import Target
+
+    def target():
+        t = linreg(size=N)
+        calls = [0]
+
+        def loss(model, batch):
+            calls[0] += 1
+            value = t.loss_fn(model, batch)
+            return value * float("inf") if calls[0] == 13 else value  # the 13th update: epoch 2, offset 32
+        return Target(**{**t.__dict__, "loss_fn": loss})
+
+    ck = tmp_path / "c.pt"
+    first = train_plan(target(), _plan(), checkpoint=ck, stop_on_divergence=True).to_dict()
+    assert first["diverged_at_epoch"] == 2
+    again = train_plan(target(), _plan(), checkpoint=ck, resume=True, stop_on_divergence=True).to_dict()
+    assert again["diverged_at_epoch"] == 2 and again["steps"] == first["steps"]
+    assert repr(again["history"]) == repr(first["history"])  # NaN metric: compared as text

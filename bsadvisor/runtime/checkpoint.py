@@ -298,21 +298,27 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
     lr_ratio = ratios[0] if ratios else 1.0
     group = run.optimizer.param_groups[0]
     has_momentum = "betas" in group or "momentum" in group
+    def record(start: int, size: int) -> dict:
+        s = plan.at_sample(start)
+        return {"samples": start, "batch_size": size, "lr": s.lr * lr_ratio,
+                "momentum": s.momentum if has_momentum else 0.0}
+
     updates, ends, steps = 0, [], []
     for epoch in range(plan.full_epochs):
         first = epoch * n
-        if first >= position:
+        if first > position or first == position and not diverged:
             break
         for a, b in run.sampler.spans(epoch):
             if first + a >= position:
+                # the update whose loss was not finite was recorded before it ran (train._before_update)
+                if diverged and first + a == position and updates % stride == 0:
+                    steps.append(record(first + a, b - a))
                 break
             if first + b > position:
                 raise _Disagrees(f"the run's position {position:,} (from its history and partial epoch) is inside "
                                  f"a batch ({first + a:,} to {first + b:,}), not at the end of one")
             if updates % stride == 0:
-                s = plan.at_sample(first + a)
-                steps.append({"samples": first + a, "batch_size": b - a, "lr": s.lr * lr_ratio,
-                              "momentum": s.momentum if has_momentum else 0.0})
+                steps.append(record(first + a, b - a))
             updates += 1
         ends.append(updates)
     run.scheduler.seek(position)  # the fresh optimizer's groups at the position: what the loaded ones must be

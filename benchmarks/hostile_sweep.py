@@ -24,7 +24,8 @@ uninterrupted run's numbers exactly), ``signal`` (SIGINT/SIGTERM/SIGKILL mid-run
 the stated bound: --max-minutes for validate, 10 × --budget-seconds + 300 s for probe and advise;
 ``--quick-hangs`` leaves out the two that wait that bound). Every BUG line carries its family.
 
-    python benchmarks/hostile_sweep.py              # all cases, prints the counts (about 25 minutes)
+    python benchmarks/hostile_sweep.py              # all cases, prints the counts (about 17 minutes; 3 with
+                                                    # --quick-hangs, which leaves out two 5-minute hangs)
     python benchmarks/hostile_sweep.py --list       # every case and its outcome
     python benchmarks/hostile_sweep.py --only cli   # or: library, api, out, checkpoint, signal, torchrun, hang
 

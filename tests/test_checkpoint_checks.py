@@ -144,7 +144,7 @@ def test_a_truncated_history_at_an_epoch_end_is_refused(tmp_path):
 def test_a_checkpoint_without_its_digest_is_refused(tmp_path):
     ck = _checkpoint(tmp_path, 11)
     _edit(ck, lambda d: d.pop("digest"), redigest=False)
-    with pytest.raises(UserError, match="changed after bsadvisor wrote them"):
+    with pytest.raises(UserError, match="no digest of its records .an older bsadvisor wrote it, or it was edited"):
         _resume(ck)
 
 

@@ -334,6 +334,8 @@ def _same(name: str, saved: Any, derived: Any, source: str) -> None:
 
 def _check_digest(run: "_Training", doc: dict, derived: _Derived) -> None:
     """The numbers nothing re-derives (losses, metrics, wall times, RNG and monitor states) are bsadvisor's own."""
+    if "digest" not in doc:
+        raise _Disagrees("it has no digest of its records (an older bsadvisor wrote it, or it was edited)")
     if doc.get("digest") != digest(doc):
         raise _Disagrees("its records were changed after bsadvisor wrote them (the digest of its losses, metrics, "
                          "wall times and random states does not match)")

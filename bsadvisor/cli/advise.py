@@ -81,7 +81,8 @@ def advise_cmd(
     from bsadvisor.runtime.recipe import options_for_target
     from bsadvisor.targets.loading import load_target
 
-    with _progress(quiet=json_) as progress:
+    # one limit for the target's import and the probe: a TARGET that never returns is stopped too
+    with _progress(quiet=json_) as progress, probe_time_limit(budget_seconds):
         progress("loading the target", 0.0)
         tgt = load_target(target)
         prepared = options_for_target(tgt, {**options, "noise_trace": trace})
@@ -89,8 +90,7 @@ def advise_cmd(
             err_console.print(prepared.note, soft_wrap=True, markup=False, highlight=False)
         # the next commands printed below repeat the recipe's schedule and length
         options.update({k: prepared.options[k] for k in ("schedule", "epochs", "schedule_unit", "seq_len")})
-        with probe_time_limit(budget_seconds):
-            rec = advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
+        rec = advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
     if out is not None:
         rec.plan.save(out)
     if json_:

@@ -62,16 +62,22 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
     return recommend(prepared.options)
 
 
-def _progress():
-    """One bar per (run, seed) on stderr; none when stderr is not a terminal (logs stay clean)."""
+def _progress(max_minutes: Optional[float] = None):
+    """One bar per (run, seed) on stderr; none when stderr is not a terminal (logs stay clean).
+
+    validate has no time limit of its own (training takes as long as it takes, and a user's code that
+    never returns is not stopped) unless --max-minutes gives one: each bar says which it is.
+    """
     import contextlib
 
     if not err_console.is_terminal:
         return contextlib.nullcontext()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    limit = (f"limit {max_minutes:g} min" if max_minutes else "no time limit: --max-minutes M bounds it")
     return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("examples"), TimeElapsedColumn(), console=err_console, transient=False)
+                    TextColumn("examples"), TimeElapsedColumn(), TextColumn(limit, style="dim"),
+                    console=err_console, transient=False)
 
 
 def _num(x) -> str:
@@ -247,7 +253,7 @@ def run_and_report(target, plan, options: ValidateOptions, *, as_json: bool, dis
     import contextlib
 
     from bsadvisor.runtime.report import write_outputs
-    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, claim_out, run_validation
+    from bsadvisor.runtime.validate import batchnorm_warning, build_runs, checkpoint_names, claim_out, run_validation
 
     main = dist is None or dist.is_main
     out = options.out
@@ -256,10 +262,11 @@ def run_and_report(target, plan, options: ValidateOptions, *, as_json: bool, dis
     if main:
         for w in warnings:
             _warn(w)
-    holding = claim_out(out, resume=options.resume, overwrite=options.overwrite) if out is not None and main \
+    holding = claim_out(out, resume=options.resume, overwrite=options.overwrite,
+                        checkpoints=tuple(checkpoint_names(specs, options.seeds))) if out is not None and main \
         else contextlib.nullcontext()
     with holding:
-        with (_progress() if main else contextlib.nullcontext()) as progress:
+        with (_progress(options.max_minutes) if main else contextlib.nullcontext()) as progress:
             doc = run_validation(target, specs, options=options, progress=progress, dist=dist, device=device,
                                  warnings=warnings)
         if not main:
@@ -345,7 +352,8 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1.2)"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="stop after this many minutes of wall "
                                                 "time (exit 124; the checkpoints in --out are kept: continue with "
-                                                "--resume). Default: no limit"),
+                                                "--resume). Default: no limit (a target's code that never returns "
+                                                "is then never stopped)"),
 ) -> None:
     """Train the original schedule and the plan on TARGET and compare them, paired by seed.
 

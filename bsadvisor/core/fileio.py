@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from bsadvisor.core.errors import UserError
 
@@ -284,3 +284,66 @@ def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+#: The record, in a folder bsadvisor writes (validate's --out), of the files it wrote there: the only files it
+#: ever replaces or deletes (``--overwrite``), so a user's own file of the same name is never touched.
+MANIFEST_NAME = ".bsadvisor-manifest.json"
+MANIFEST_SCHEMA = "bsadvisor.manifest/1"
+
+
+def _relative(name: Any) -> bool:
+    """A manifest entry: a relative path inside the folder (no ``..``, not absolute, not empty)."""
+    from pathlib import PurePosixPath
+
+    if not isinstance(name, str) or not name or "\0" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and ".." not in p.parts and "." not in p.parts
+
+
+def read_manifest(folder: str | os.PathLike) -> set[str]:
+    """The files (paths relative to ``folder``) bsadvisor recorded writing there; empty without a manifest.
+
+    A manifest that is a link, damaged or of another schema names nothing: nothing is then taken as ours.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        if path.is_symlink() or not path.is_file():
+            return set()
+        doc = read_json(path)
+    except (UserError, OSError):
+        return set()
+    files = doc.get("files") if isinstance(doc, dict) and doc.get("schema") == MANIFEST_SCHEMA else None
+    return {f for f in files if _relative(f)} if isinstance(files, list) else set()
+
+
+def write_manifest(folder: str | os.PathLike, names: Any) -> None:
+    """Record ``names`` (relative paths) as bsadvisor's files in ``folder`` (atomically, replacing the record)."""
+    write_json(Path(folder) / MANIFEST_NAME, {"schema": MANIFEST_SCHEMA, "files": sorted(set(names))})
+
+
+def inside_without_links(folder: str | os.PathLike, name: str) -> Optional[Path]:
+    """``folder/name`` when no part of the way from ``folder`` to it is a symbolic link (None otherwise)."""
+    path = Path(folder)
+    for part in Path(name).parts:
+        path = path / part
+        try:
+            if path.is_symlink():
+                return None
+        except OSError:
+            return None
+    return path
+
+
+def own_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of ``folder``'s manifest that exist as regular files reached without a link: what may be deleted."""
+    found = []
+    for name in sorted(read_manifest(folder)):
+        path = inside_without_links(folder, name)
+        try:
+            if path is not None and path.is_file():
+                found.append(path)
+        except OSError:
+            pass
+    return found

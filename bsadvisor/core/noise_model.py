@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from bsadvisor.core.errors import UserError
@@ -60,6 +60,10 @@ class NoiseModel:
 
     points: tuple[NoisePoint, ...]
     source: str = "probe"  # "probe" or "trace"
+    #: log(B_ref·T_ref) at every point, per temperature model (by identity: a noise-rule model holds a long
+    #: tuple, too slow to hash per call); a few entries, so a trace of n points costs O(n) once per model
+    #: and O(log n) per B_noise(s) (convert asks once per span: n log n, not n × spans).
+    _curves: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -103,10 +107,10 @@ class NoiseModel:
 
     def to_dict(self) -> dict[str, Any]:
         """What a plan records (plan.probe.noise_model) to rebuild the model (validate re-converts with it)."""
-        def row(p: NoisePoint) -> dict:
-            d = asdict(p)
-            d["ci90"] = [p.ci90[0], None if math.isinf(p.ci90[1]) else p.ci90[1]]
-            return d
+        def row(p: NoisePoint) -> dict:  # asdict's deep copy, without its cost on a trace of 10⁵ points
+            return {"sample": p.sample, "b_simple": p.b_simple, "lr": p.lr, "momentum": p.momentum,
+                    "batch_size": p.batch_size, "ci90": [p.ci90[0], None if math.isinf(p.ci90[1]) else p.ci90[1]],
+                    "ci_kind": p.ci_kind}
         return {"source": self.source, "points": [row(p) for p in self.points]}
 
     @classmethod
@@ -135,8 +139,7 @@ class NoiseModel:
 
     def _log_bt(self, sample: float, model) -> float:
         """log(B_ref·T_ref) at ``sample``: linear between the points' samples, flat beyond the ends."""
-        values = [math.log(self._bt(p, model)) for p in self.points]
-        xs = [p.sample for p in self.points]
+        xs, values = self._curve(model)
         if sample <= xs[0]:
             return values[0]
         if sample >= xs[-1]:
@@ -144,6 +147,17 @@ class NoiseModel:
         i = bisect.bisect_right(xs, sample)
         w = (sample - xs[i - 1]) / (xs[i] - xs[i - 1])
         return values[i - 1] * (1 - w) + values[i] * w
+
+    def _curve(self, model) -> tuple[list[float], list[float]]:
+        """The points' samples and log(B_ref·T_ref) under ``model``, computed once per model object."""
+        hit = self._curves.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1], hit[2]
+        xs, values = [p.sample for p in self.points], [math.log(self._bt(p, model)) for p in self.points]
+        if len(self._curves) >= 8:  # a few models per conversion; never an unbounded cache
+            self._curves.clear()
+        self._curves[id(model)] = (model, xs, values)  # holding the model keeps its id from being reused
+        return xs, values
 
     def _bt(self, p: NoisePoint, model) -> float:
         """B_simple × the temperature it was measured at; a point the model gives no positive temperature is refused."""

@@ -99,6 +99,7 @@ class ConvertOptions:
         if n is not None and self.batch_size > n:
             raise UserError(f"batch_size {self.batch_size} is larger than dataset_size {n}",
                             parameters=("batch_size", "dataset_size"))
+        given_momentum = self.momentum
         if self.momentum is None:  # Adam's β1 is the plan's momentum: torch's default, not SGD's 0
             self._set("momentum", ADAM_BETA1 if str(self.optimizer).lower() in ADAM_FAMILY else DEFAULTS["momentum"])
         checks.within("momentum", self.momentum, 0, 1, high_open=True)
@@ -109,6 +110,7 @@ class ConvertOptions:
             raise UserError(f"schedule is required, e.g. {EXAMPLE_SCHEDULE!r}", parameter="schedule")
         sched = self.schedule if isinstance(self.schedule, Schedule) else parse_schedule(self.schedule)
         self._set("schedule", sched)
+        self._table_momentum(sched, given_momentum)
         if self.lr is None:
             if not getattr(sched, "lrs", None):
                 raise UserError("lr is required (the LR the schedule starts from)", parameter="lr")
@@ -116,6 +118,19 @@ class ConvertOptions:
         self._set("lr", checks.positive("lr", self.lr))
         sched.check_lr(self.lr)
         sched.check(self.original().horizon, self.schedule_unit)
+
+    def _table_momentum(self, sched, given: Optional[float]) -> None:
+        """A CSV table's momentum column sets the momentum (each row's from its step on): ``momentum``
+        records its first row, and a ``momentum`` given beside it must be that value, or it is refused
+        (it would be ignored, yet recorded as if used)."""
+        column = getattr(sched, "momenta", None)
+        if not column:
+            return
+        if given is not None and float(given) != column[0]:
+            raise UserError(f"momentum {float(given):g} conflicts with the schedule table, whose third column sets "
+                            f"the momentum row by row ({column[0]:g} at its first row); drop momentum, or that column",
+                            parameters=("momentum", "schedule"))
+        self._set("momentum", float(column[0]))
 
     def _check_length(self) -> None:
         """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.defaults import MAX_EPOCHS, MAX_TABLE_BYTES
+from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES
 
 #: Longest --schedule expression accepted; longer schedules belong in a CSV table.
 MAX_SCHEDULE_CHARS = 10_000
@@ -542,7 +542,7 @@ def table_from_text(text: str, name: str) -> TableSchedule:
         if len(r) != width or width not in (2, 3):
             raise UserError(f"schedule table {name}, row {i}: expected {'2 or 3' if i == 1 and not header else width} "
                             f"columns, got {len(r)}")
-        e, lr, m = _table_row(r, width, name, i)
+        e, lr, m = _table_row(r, width, name, i, header[0] if header else None)
         if epochs and e <= epochs[-1]:
             raise UserError(f"schedule table {name}, row {i}: epochs must increase strictly")
         epochs.append(e); lrs.append(lr)
@@ -601,17 +601,23 @@ def _table_rows(text: str, name: str) -> tuple[list[list[str]], Optional[list[st
     return rows, header
 
 
-def _table_row(r: list[str], width: int, name: str, i: int) -> tuple[int, float, Optional[float]]:
-    """(epoch, lr, momentum or None) of row ``i``, each checked."""
+def _table_row(r: list[str], width: int, name: str, i: int, unit: Optional[str] = None
+               ) -> tuple[int, float, Optional[float]]:
+    """(epoch, lr, momentum or None) of row ``i``, each checked.
+
+    The first column is limited in the table's own unit: an epoch below MAX_EPOCHS, a step (a header
+    ``step``, or none: ``--schedule-unit`` decides, and the table's check against the run's length
+    follows) below MAX_SAMPLES, so a language model's per-step schedule can be written as a table."""
     cells = [brief(c.strip(), 30) for c in r]
     try:
         e, lr = float(r[0]), float(r[1])
         m = float(r[2]) if width == 3 else None
     except ValueError:
         raise UserError(f"schedule table {name}, row {i}: {', '.join(cells)} are not numbers") from None
-    if not (math.isfinite(e) and e == int(e) and 0 <= e < MAX_EPOCHS):
-        raise UserError(f"schedule table {name}, row {i}: epoch must be a whole number ≥ 0 (and below "
-                        f"{MAX_EPOCHS:,}), got {cells[0]}")
+    limit, word = (MAX_EPOCHS, "epoch") if unit == "epoch" else (MAX_SAMPLES, unit or "its first column")
+    if not (math.isfinite(e) and e == int(e) and 0 <= e < limit):
+        raise UserError(f"schedule table {name}, row {i}: {word} must be a whole number ≥ 0 (and below "
+                        f"{limit:,}), got {cells[0]}")
     if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"schedule table {name}, row {i}: lr must be a positive number, got {cells[1]}")
     if m is not None and not (math.isfinite(m) and 0 <= m < 1):

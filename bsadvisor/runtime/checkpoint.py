@@ -15,6 +15,8 @@ reads it and sends it to the others, so no shared filesystem is needed.
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -56,7 +58,7 @@ def write(run: "_Training") -> None:
     dist = run.dist
     rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
     if dist.is_main:
-        _save(run.checkpoint, {
+        doc = {
             "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
@@ -64,20 +66,39 @@ def write(run: "_Training") -> None:
             "partial": dict(run.partial),
             "monitor": run.monitor.state_dict() if run.monitor is not None else None,
             "scaler": run.recipe.state_dict(), "skipped_steps": run.result.skipped_steps,  # fp16: the loss scale
-            "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}})
+            "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}}
+        doc["digest"] = digest(doc)
+        _save(run.checkpoint, doc)
 
 
 def restore(run: "_Training", doc: dict) -> None:
-    """Load a checkpoint's contents (``read``) into the run, then check every field read (ValueError if not)."""
-    result = run.result
-    run.target.model.load_state_dict(doc["model"])
-    run.optimizer.load_state_dict(doc["optimizer"])
-    run.scheduler.load_state_dict(doc["scheduler"])
-    run.sampler.load_state_dict(doc["sampler"])
-    run.recipe.load_state_dict(doc.get("scaler"))  # the GradScaler's scale and growth tracker
-    result.skipped_steps = [dict(rec) for rec in doc.get("skipped_steps", [])]
+    """Load a checkpoint's contents (``read``) into the run, after checking every field it reads.
+
+    A field of the wrong type is a ValueError (the "damaged" line). What the plan, the target's
+    optimizer and the seed determine (the position, the update count, the scheduler, the sampler,
+    the optimizer's settings, the step records, the history's settings) is re-derived and the
+    checkpoint's must agree; what they cannot determine (losses, metrics, wall times, the RNG and
+    monitor states) must be the numbers bsadvisor wrote (its ``digest``) and be sane. A
+    disagreement is one UserError line naming the field (a hand-edited file is never resumed as is).
+    """
+    _check_types(run, doc)
+    try:
+        derived = _derive(run, doc)
+        for check in SECTION_CHECKS:
+            check(run, doc, derived)
+        expected_groups = _groups(run.optimizer)  # the fresh optimizer at the resume position (seek in _derive)
+        run.target.model.load_state_dict(doc["model"])
+        run.optimizer.load_state_dict(doc["optimizer"])
+        run.scheduler.load_state_dict(derived.scheduler)  # the plan's LR and momentum into the loaded groups
+        run.recipe.load_state_dict(doc.get("scaler"))  # the GradScaler's scale and growth tracker
+        _check_optimizer(run, doc, derived, expected_groups)
+    except _Disagrees as exc:
+        raise UserError(f"checkpoint {run.checkpoint} disagrees with the run it belongs to: {exc}; it was edited or "
+                        "damaged, so it is not resumed: delete it to start over, or --overwrite") from None
     rng = doc["rng"]
     set_rng_state(rng[run.dist.rank] if isinstance(rng, list) else rng)
+    result = run.result
+    result.skipped_steps = [dict(rec) for rec in doc.get("skipped_steps", [])]
     result.history = [dict(rec) for rec in doc["history"]]
     result.steps = [dict(rec) for rec in doc.get("steps", [])]
     result.evals = [dict(rec) for rec in doc.get("evals", [])]
@@ -86,10 +107,7 @@ def restore(run: "_Training", doc: dict) -> None:
     if run.monitor is not None and doc.get("monitor") is not None:
         run.monitor.load_state_dict(doc["monitor"])
         result.noise_trace = run.monitor.points
-    totals = doc.get("totals") or {}
-    run.updates, run.examples, run.wall = totals.get("updates", 0), totals.get("examples", 0), totals.get(
-        "wall_s", 0.0)
-    _check_restored(run, totals)
+    run.updates, run.examples, run.wall = derived.updates, derived.position, doc["totals"]["wall_s"]
 
 
 def _save(path: Path, doc: dict) -> None:
@@ -210,31 +228,273 @@ def _field_ok(value: Any, kind: str) -> bool:
     return value is None or isinstance(value, (int, float))
 
 
-def _check_restored(run: "_Training", totals: Any) -> None:
+def _check_types(run: "_Training", doc: dict) -> None:
     """Every field of a checkpoint that is read after the resume has the type it is read as.
 
     Its metadata can be right while a field is not (a hand-edited or damaged file): a ValueError
     here becomes the "damaged checkpoint" line, not a traceback epochs later.
     """
-    result = run.result
-    for name, fields in _RECORD_FIELDS.items():
-        for i, rec in enumerate(getattr(result, name)):
-            for key, kind in fields:
+    for name in ("history", "steps", "evals"):
+        records = doc.get(name, [] if name != "history" else None)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{name} is not a list of records")
+        for i, rec in enumerate(records):
+            for key, kind in _RECORD_FIELDS[name]:
                 if key not in rec or not _field_ok(rec[key], kind):
                     raise ValueError(f"{name}[{i}].{key} is {checks.show(rec.get(key))}")
-    checks_ = (("partial", run.partial, (("epoch", "int"), ("offset", "int"), ("loss_sum", "num"), ("seen", "int"))),
-               ("since", run.since, (("loss_sum", "num"), ("seen", "int"))),
-               ("totals", totals, (("updates", "int"), ("examples", "int"), ("wall_s", "num"))))
-    for name, doc, fields in checks_:
-        if not isinstance(doc, dict):
-            raise ValueError(f"{name} is {type(doc).__name__}")
+    sections = (("partial", (("epoch", "int"), ("offset", "int"), ("loss_sum", "num"), ("seen", "int"))),
+                ("since", (("loss_sum", "num"), ("seen", "int"))),
+                ("totals", (("updates", "int"), ("examples", "int"), ("wall_s", "num"))))
+    for name, fields in sections:
+        section = doc.get(name) if name != "since" else (doc.get("since") or {"loss_sum": 0.0, "seen": 0})
+        if not isinstance(section, dict) or (name == "totals" and not section):
+            raise ValueError(f"{name} is {type(section).__name__}")
         for key, kind in fields:
-            if (doc or name == "since") and not _field_ok(doc.get(key, 0), kind):
-                raise ValueError(f"{name}.{key} is {checks.show(doc.get(key))}")
-    if run.partial and not run.partial["offset"] <= run.plan.dataset_size:
-        raise ValueError(f"partial.offset {run.partial['offset']} is past the epoch's end")
-    if len(result.history) > run.plan.full_epochs:
-        raise ValueError(f"it holds {len(result.history)} epochs, the plan has {run.plan.full_epochs}")
+            if section and not (key in section and _field_ok(section[key], kind)):
+                raise ValueError(f"{name}.{key} is {checks.show(section.get(key))}")
+    for name in ("scheduler", "sampler", "optimizer"):
+        if not isinstance(doc.get(name), dict):
+            raise ValueError(f"{name} is {type(doc.get(name)).__name__}")
+    partial = doc.get("partial")
+    if partial and not partial["offset"] <= run.plan.dataset_size:
+        raise ValueError(f"partial.offset {partial['offset']} is past the epoch's end")
+    if len(doc["history"]) > run.plan.full_epochs:
+        raise ValueError(f"it holds {len(doc['history'])} epochs, the plan has {run.plan.full_epochs}")
+
+
+class _Disagrees(Exception):
+    """A checkpoint's field disagrees with what the plan, the target and the seed say it must be."""
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """What the plan, the target and the seed say about a checkpoint of this run (``_derive``)."""
+
+    position: int               # samples trained: the epochs the history holds and the partial epoch's offset
+    updates: int                # updates the plan takes to get there
+    epoch_updates: tuple        # updates at the end of each epoch the history holds
+    steps: tuple                # the per-update records train.py keeps (every stride-th update)
+    scheduler: dict             # the scheduler's state there (BatchSizeScheduler.state_dict)
+
+
+def _derive(run: "_Training", doc: dict) -> _Derived:
+    """The position, update counts and step records of the run the checkpoint's history and partial epoch say.
+
+    Walks the plan's batches (the sampler's spans) from the start: O(updates), as the training itself.
+    A position that is not at the end of a batch is refused.
+    """
+    from bsadvisor.runtime.train import MAX_STEP_RECORDS
+
+    plan, n, history, partial = run.plan, run.plan.dataset_size, doc["history"], doc.get("partial") or {}
+    diverged = bool(history) and bool(history[-1].get("diverged"))
+    if partial and (diverged or partial["epoch"] != len(history)):
+        raise _Disagrees(f"partial.epoch is {partial['epoch']} but the history holds {len(history)} epoch(s) "
+                         "(a partial epoch is the one after them)")
+    if diverged:  # the run stopped at the update whose loss was not finite
+        position = history[-1]["examples"]
+    elif partial:
+        position = partial["epoch"] * n + partial["offset"]
+    else:
+        position = min(len(history) * n, plan.total_samples)
+    stride = max(1, plan.updates // MAX_STEP_RECORDS)
+    ratios = run.scheduler.state_dict()["ratios"]  # the target's optimizer's groups, relative to the first
+    lr_ratio = ratios[0] if ratios else 1.0
+    group = run.optimizer.param_groups[0]
+    has_momentum = "betas" in group or "momentum" in group
+    def record(start: int, size: int) -> dict:
+        s = plan.at_sample(start)
+        return {"samples": start, "batch_size": size, "lr": s.lr * lr_ratio,
+                "momentum": s.momentum if has_momentum else 0.0}
+
+    # an update the GradScaler skipped (fp16) moved the plan and the scheduler on but is no update (train.py)
+    skipped = {rec.get("samples") for rec in doc.get("skipped_steps") or [] if isinstance(rec, dict)}
+    updates, attempts, ends, steps = 0, 0, [], []
+    for epoch in range(plan.full_epochs):
+        first = epoch * n
+        if first > position or first == position and not diverged:
+            break
+        for a, b in run.sampler.spans(epoch):
+            if first + a >= position:
+                # the update whose loss was not finite was recorded before it ran (train._before_update)
+                if diverged and first + a == position and updates % stride == 0:
+                    steps.append(record(first + a, b - a))
+                break
+            if first + b > position:
+                raise _Disagrees(f"the run's position {position:,} (from its history and partial epoch) is inside "
+                                 f"a batch ({first + a:,} to {first + b:,}), not at the end of one")
+            if updates % stride == 0:
+                steps.append(record(first + a, b - a))
+            attempts += 1
+            updates += first + a not in skipped
+        ends.append(updates)
+    run.scheduler.seek(position)  # the fresh optimizer's groups at the position: what the loaded ones must be
+    scheduler = {**run.scheduler.state_dict(), "last_step": attempts}
+    return _Derived(position, updates, tuple(ends), tuple(steps), scheduler)
+
+
+def _same(name: str, saved: Any, derived: Any, source: str) -> None:
+    if saved != derived or type(saved) is not type(derived) and not (
+            isinstance(saved, (int, float)) and isinstance(derived, (int, float)) and not isinstance(saved, bool)):
+        raise _Disagrees(f"{name} is {checks.show(saved, 60)} in the checkpoint, {checks.show(derived, 60)} {source}")
+
+
+def _check_digest(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The numbers nothing re-derives (losses, metrics, wall times, RNG and monitor states) are bsadvisor's own."""
+    if "digest" not in doc:
+        raise _Disagrees("it has no digest of its records (an older bsadvisor wrote it, or it was edited)")
+    if doc.get("digest") != digest(doc):
+        raise _Disagrees("its records were changed after bsadvisor wrote them (the digest of its losses, metrics, "
+                         "wall times and random states does not match)")
+
+
+def _check_totals(run: "_Training", doc: dict, derived: _Derived) -> None:
+    totals = doc["totals"]
+    _same("totals.examples", totals["examples"], derived.position, "from its history and partial epoch")
+    _same("totals.updates", totals["updates"], derived.updates, "from the plan")
+    walls = [r["wall_s"] for r in doc["history"] + doc.get("evals", [])] + [totals["wall_s"]]
+    for w in walls:
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise _Disagrees(f"a wall time is {checks.show(w)} (it must be a finite number ≥ 0)")
+    if totals["wall_s"] < max(walls):
+        raise _Disagrees(f"totals.wall_s {totals['wall_s']:g} is below a wall time it recorded earlier "
+                         f"({max(walls):g})")
+
+
+def _check_history(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """Each epoch's record: its number, the plan's setting, the updates and examples to its end; finite sums."""
+    plan, n = run.plan, run.plan.dataset_size
+    for i, rec in enumerate(doc["history"]):
+        setting = plan.at(i)
+        last_diverged = rec.get("diverged") and i == len(doc["history"]) - 1
+        expect = {"epoch": i + 1, "batch_size": setting.batch_size, "lr": setting.lr, "momentum": setting.momentum,
+                  "examples": derived.position if last_diverged else min((i + 1) * n, plan.total_samples),
+                  "updates": derived.updates if last_diverged else derived.epoch_updates[i]}
+        for key, value in expect.items():
+            _same(f"history[{i}].{key}", rec[key], value, "from the plan")
+        if rec.get("diverged") and not last_diverged:
+            raise _Disagrees(f"history[{i}] is marked diverged but the run went on after it")
+        if not last_diverged and not (rec["train_loss"] is not None and math.isfinite(rec["train_loss"])):
+            raise _Disagrees(f"history[{i}].train_loss is {checks.show(rec['train_loss'])} in an epoch that finished")
+
+
+def _check_steps(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The per-update records are the plan's batches, LRs and momenta at their positions: re-derived whole."""
+    steps = doc.get("steps", [])
+    if len(steps) != len(derived.steps):
+        raise _Disagrees(f"it holds {len(steps)} step records, the plan gives {len(derived.steps)} to its position")
+    for i, (rec, expect) in enumerate(zip(steps, derived.steps)):
+        for key, value in expect.items():
+            _same(f"steps[{i}].{key}", rec[key], value, "from the plan")
+
+
+def _check_partial_and_since(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The partial epoch's sums cover its offset; the curve's running sum covers the samples since its last point."""
+    partial, since = doc.get("partial") or {}, doc.get("since") or {"loss_sum": 0.0, "seen": 0}
+    if partial:
+        _same("partial.seen", partial["seen"], partial["offset"], "(its offset)")
+    evals = doc.get("evals", [])
+    _same("since.seen", since["seen"], derived.position - (evals[-1]["samples"] if evals else 0),
+          "from its position and last curve point")
+    for name, sums in (("partial", partial), ("since", since)):
+        if sums and not math.isfinite(sums["loss_sum"]):
+            raise _Disagrees(f"{name}.loss_sum is {checks.show(sums['loss_sum'])}, no sum of finite losses")
+
+
+def _check_evals(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The curve's points: where they were due (eval_points), reached by then, with the plan's batch there."""
+    evals, due = doc.get("evals", []), run.eval_at
+    if len(evals) > len(due) or len(evals) < sum(1 for p in due if p < derived.position):
+        raise _Disagrees(f"it holds {len(evals)} curve point(s), the run has passed {sum(1 for p in due if p < derived.position)}")
+    for i, rec in enumerate(evals):
+        _same(f"evals[{i}].point", rec["point"], due[i], "from --evals")
+        if not due[i] <= rec["samples"] <= derived.position:
+            raise _Disagrees(f"evals[{i}].samples is {rec['samples']}, not between its point {due[i]} and the run's "
+                             f"position {derived.position}")
+        _same(f"evals[{i}].batch_size", rec["batch_size"], run.plan.at_sample(max(rec["samples"] - 1, 0)).batch_size,
+              "from the plan")
+
+
+def _check_scheduler(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The scheduler's state is the plan's at the position, with the target's optimizer's group ratios."""
+    saved, now = doc["scheduler"], derived.scheduler
+    for key in sorted(set(saved) | set(now)):
+        if key == "plan":
+            if not isinstance(saved.get("plan"), dict) or saved["plan"].get("stages") != now["plan"]["stages"]:
+                raise _Disagrees("scheduler.plan is not the run's plan")
+            continue
+        _same(f"scheduler.{key}", saved.get(key), now.get(key), "from the plan and the target's optimizer")
+
+
+def _check_sampler(run: "_Training", doc: dict, derived: _Derived) -> None:
+    """The sampler's state: the run's seed and the epoch in progress (it walks spans; no offset of its own)."""
+    history, partial = doc["history"], doc.get("partial") or {}
+    epoch = partial["epoch"] if partial else max(len(history) - 1, 0)
+    expect = {"epoch": epoch, "seed": run.seed, "advance": False, "offset": 0}
+    saved = doc["sampler"]
+    for key in sorted(set(saved) | set(expect)):
+        _same(f"sampler.{key}", saved.get(key), expect.get(key), "for this run and seed")
+
+
+def _groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The optimizer's settings per param group (everything but the parameters)."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def _check_optimizer(run: "_Training", doc: dict, derived: _Derived, expected: list[dict]) -> None:
+    """After loading: every group's settings are the target's optimizer's (LR and momentum: the plan's there),
+    and an Adam-style step count is the run's update count."""
+    loaded = _groups(run.optimizer)
+    if len(loaded) != len(expected):
+        raise _Disagrees(f"the optimizer has {len(loaded)} param groups in the checkpoint, {len(expected)} in the "
+                         "target's")
+    for i, (got, want) in enumerate(zip(loaded, expected)):
+        for key in sorted(set(got) | set(want)):
+            _same(f"optimizer.param_groups[{i}].{key}", got.get(key), want.get(key),
+                  "for the target's optimizer at this point of the plan")
+    for state in run.optimizer.state.values():
+        step = state.get("step") if isinstance(state, dict) else None
+        if step is not None and float(step) != derived.updates:
+            raise _Disagrees(f"the optimizer's step count is {float(step):g} in the checkpoint, {derived.updates} "
+                             "updates from the plan")
+
+
+#: The checks of a checkpoint's sections against the plan, the target and the seed, in order (each raises
+#: _Disagrees). A new section of the checkpoint gets its own function here.
+SECTION_CHECKS = (_check_digest, _check_totals, _check_history, _check_steps, _check_partial_and_since,
+                  _check_evals, _check_scheduler, _check_sampler)
+
+#: The sections a digest covers: everything but the weights and the optimizer's tensors (their settings
+#: are checked against the target's optimizer) and the digest itself.
+_UNDIGESTED = ("model", "optimizer", "digest")
+
+
+def digest(doc: dict) -> str:
+    """SHA-256 of a checkpoint's sections but the weights and the optimizer: a hand edit of a number is seen."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                feed(k)
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed({k: v for k, v in doc.items() if k not in _UNDIGESTED})
+    return h.hexdigest()
 
 
 __all__ = ["CHECKPOINT_FORMAT", "run_meta", "write", "restore", "read", "model_signature", "refuse_other_run"]

@@ -64,6 +64,19 @@ class TargetOptions:
         return _length_given(self.options.get("epochs"), self.options)
 
 
+def _table_sets_momentum(schedule: Any) -> bool:
+    """Whether ``schedule`` is a CSV table with a momentum column (ConvertOptions takes the momentum from it)."""
+    from bsadvisor.core.schedules import Schedule, parse_schedule
+
+    if schedule is None:
+        return False
+    try:
+        sched = schedule if isinstance(schedule, Schedule) else parse_schedule(schedule)
+    except UserError:  # a bad schedule: ConvertOptions says why
+        return False
+    return bool(getattr(sched, "momenta", None))
+
+
 def options_for_target(target, given: Optional[dict[str, Any]] = None) -> TargetOptions:
     """``given`` (conversion keywords, None: not given) completed from ``target``: its recipe, settings, N.
 
@@ -78,7 +91,7 @@ def options_for_target(target, given: Optional[dict[str, Any]] = None) -> Target
     kw = dict(given)
     kw["schedule"], kw["epochs"], note = apply_recipe(target, kw.get("schedule"), kw.get("epochs"), kw)
     m = kw.get("momentum")
-    if m is None:
+    if m is None and not _table_sets_momentum(kw.get("schedule")):  # a table's column is the momentum then
         m = target.momentum
         if target.optimizer in ADAM_FAMILY and m == 0:
             m = getattr(target, "beta1", ADAM_BETA1)  # optimizer_kwargs' β1, else make_optimizer's default

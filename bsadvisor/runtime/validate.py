@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from bsadvisor.core import checks
 from bsadvisor.core import convert
 from bsadvisor.core.convert import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import FolderLock, json_safe, remove_orphan_temps
+from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
+                                   read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
 from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
@@ -250,17 +252,70 @@ def earlier_looks(out: Optional[Path]) -> list[int]:
 
 
 # -- the output folder ------------------------------------------------------------------
-OUTPUT_FILES = ("results.json", "report.md", "curves_epoch.png", "curves_updates.png", "curves_wall.png")
+#: Every file validate writes in --out besides its checkpoints (noise.png with the noise monitor and matplotlib).
+OUTPUT_FILES = ("results.json", "report.md", "curves_epoch.png", "curves_updates.png", "curves_wall.png",
+                "noise.png")
+CHECKPOINTS = "checkpoints"
+#: A checkpoint's name (``NAME-seedK.pt``): only to recognise a run written before manifests (legacy_files).
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_.-]+-seed[0-9]+\.pt")
+
+
+def checkpoint_names(specs: list[RunSpec], seeds: int) -> list[str]:
+    """The checkpoints (paths relative to --out) a validation of ``specs`` over ``seeds`` seeds writes."""
+    return [f"{CHECKPOINTS}/{spec.name}-seed{seed}.pt" for spec in specs for seed in range(seeds)]
+
+
+def _regular(path: Optional[Path]) -> bool:
+    """A regular file, not a link (so never a file outside --out)."""
+    try:
+        return path is not None and not path.is_symlink() and path.is_file()
+    except OSError:
+        return False
+
+
+def _legacy_files(out: Path) -> list[Path]:
+    """A run written before manifests (none in ``out``): its checkpoints (checkpoints/NAME-seedK.pt, a
+    killed run leaves only those) and, when results.json is a validation document, the files of
+    validate's names (OUTPUT_FILES)."""
+    if (out / MANIFEST_NAME).exists():
+        return []
+    found = []
+    if _regular(out / "results.json") and _schema_of(out / "results.json").startswith("bsadvisor.validation/"):
+        found = [out / n for n in OUTPUT_FILES if _regular(out / n)]
+    ck = inside_without_links(out, CHECKPOINTS)
+    if ck is not None and ck.is_dir():
+        found += sorted(p for p in ck.iterdir() if _CHECKPOINT_NAME.fullmatch(p.name) and _regular(p))
+    return found
 
 
 def earlier_results(out: Path) -> list[Path]:
-    """The files an earlier validate run left in ``out`` (results, report, plots, checkpoints)."""
+    """The files an earlier validate run wrote in ``out`` (results, report, plots, checkpoints): those its
+    manifest names (core.fileio.own_files), or a pre-manifest run's (continued with --resume; --overwrite
+    deletes only what a manifest names)."""
     out = Path(out)
-    found = [out / n for n in OUTPUT_FILES if (out / n).is_file()]
-    ck = out / "checkpoints"
-    if ck.is_dir():
-        found += sorted(p for p in ck.glob("*.pt") if p.is_file())
+    return own_files(out) or _legacy_files(out)
+
+
+def _foreign(out: Path, names) -> list[str]:
+    """Which of ``names`` (relative to ``out``) exist but are not an earlier run's: the user's own files."""
+    ours = set(earlier_results(out))
+    found = []
+    for name in names:
+        path = out / name
+        try:
+            there = path.exists() or path.is_symlink()
+        except OSError:
+            there = True
+        if there and path not in ours:
+            found.append(name)
     return found
+
+
+def _refuse_foreign(out: Path, names: list[str]) -> None:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise UserError(f"--out {out} holds {shown}, which validate would write but did not write there (its "
+                    f"{MANIFEST_NAME} does not name it): bsadvisor never replaces a file of yours; move it away or "
+                    "choose another --out")
 
 
 def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = False) -> None:
@@ -268,7 +323,10 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
 
     ``--out`` must be a folder (or not exist yet, under a writable folder). A folder that
     holds an earlier run's results is used only with ``--resume`` (continue it) or
-    ``--overwrite`` (replace it), so no result is lost by accident.
+    ``--overwrite`` (replace it), so no result is lost by accident. The one rule of what
+    validate may replace or delete there: the files its manifest (core.fileio.MANIFEST_NAME)
+    names, never a file of yours of the same name (refused, whatever the flags) and never
+    through a link (a ``checkpoints`` link out of --out is refused).
     """
     if out is None:
         if resume or overwrite:
@@ -292,22 +350,40 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to --out {out}: {existing} is not writable; choose another --out")
     ck = out / "checkpoints"
+    if ck.is_symlink():
+        raise UserError(f"--out {out} holds a link {ck.name!r} where validate keeps its checkpoints folder: "
+                        "bsadvisor writes and deletes only inside --out, never through a link; remove the link or "
+                        "choose another --out")
     if ck.exists() and not ck.is_dir():
         raise UserError(f"--out {out} holds a file {ck.name!r} where validate keeps its checkpoints folder; move it "
                         "away or choose another --out")
-    if out.is_dir() and not (resume or overwrite):
+    if not out.is_dir():
+        return
+    if not (resume or overwrite):
         old = earlier_results(out)
         if old:
             more = f" and {len(old) - 1} more" if len(old) > 1 else ""
             raise UserError(f"--out {out} holds an earlier run's results ({old[0].relative_to(out)}{more}); add --resume "
                             "to continue that run, --overwrite to replace it, or choose another --out")
+    foreign = _foreign(out, OUTPUT_FILES)
+    if foreign:
+        _refuse_foreign(out, foreign)
+    legacy = _legacy_files(out) if overwrite else []
+    if legacy:  # no manifest names them: nothing proves they are not the user's
+        raise UserError(f"--out {out} holds {legacy[0].relative_to(out)}"
+                        + (f" and {len(legacy) - 1} more" if len(legacy) > 1 else "")
+                        + f", from a run without a {MANIFEST_NAME} (an older bsadvisor): --overwrite deletes "
+                        "only files a manifest names; delete them yourself, continue with --resume, or "
+                        "choose another --out")
 
 
 @contextmanager
-def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False):
-    """Hold ``out`` for this run: create it, lock it (a second run into it is refused),
-    then, with ``overwrite``, delete the earlier run's files, and remove temporary files
-    a killed run left behind."""
+def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False, checkpoints: tuple[str, ...] = ()):
+    """Hold ``out`` for this run: create it, lock it (a second run into it is refused), check that no
+    file of the user's has a name the run writes (``checkpoints``: the run's checkpoints, relative to
+    ``out``; with ``resume`` an existing one is read and checked as a checkpoint of this run), then,
+    with ``overwrite``, delete the earlier run's files (its manifest's), record this run's files in
+    the manifest before any is written, and remove temporary files a killed run left behind."""
     out = Path(out)
     check_out(out, resume=resume, overwrite=overwrite)
     try:
@@ -316,12 +392,45 @@ def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False):
         raise UserError(f"cannot create --out {out}: {exc.strerror or exc}; choose another --out") from None
     with FolderLock(out, "--out", "bsadvisor validate"):
         check_out(out, resume=resume, overwrite=overwrite)  # a run that held the lock may have written results
+        foreign = [n for n in _foreign(out, checkpoints) if not (resume and _regular(out / n))]
+        if foreign:
+            _refuse_foreign(out, foreign)
+        before = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+        names = sorted(set(OUTPUT_FILES) | set(checkpoints) | (before or set()))
+        stamps = _stamps(out, names)
+        kept = set()
         if overwrite:
-            for f in earlier_results(out):
+            for f in own_files(out):
                 f.unlink()
+        else:  # --resume, or a folder with nothing of an earlier run: its files stay ours
+            kept = {str(p.relative_to(out)) for p in earlier_results(out)} | read_manifest(out)
+        write_manifest(out, kept | set(OUTPUT_FILES) | set(checkpoints))  # before any is written
         remove_orphan_temps(out)
         remove_orphan_temps(out / "checkpoints")
-        yield out
+        try:
+            yield out
+        finally:  # the record keeps only what was written (a plot matplotlib could not draw is not ours)
+            try:
+                if _stamps(out, names) == stamps and before is None:  # refused before writing: as it was
+                    (out / MANIFEST_NAME).unlink()
+                elif _stamps(out, names) == stamps:
+                    write_manifest(out, before)
+                else:
+                    write_manifest(out, [n for n in read_manifest(out) if _regular(out / n)])
+            except (UserError, OSError):  # a full disk: the larger record stays, naming only validate's own names
+                pass
+
+
+def _stamps(out: Path, names) -> dict:
+    """(size, mtime) of each of ``names`` there is in ``out``: whether a run wrote or deleted any."""
+    found = {}
+    for n in names:
+        try:
+            st = (out / n).lstat()
+            found[n] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+    return found
 
 
 def batchnorm_warning(model) -> Optional[str]:
@@ -414,6 +523,9 @@ def _checkpoint_dir(out: Optional[Path], dist) -> Optional[Path]:
     if out is None:
         return None
     ckpt_dir = Path(out) / "checkpoints"
+    if ckpt_dir.is_symlink():
+        raise UserError(f"{ckpt_dir} is a link: bsadvisor writes checkpoints only inside --out, never through a "
+                        "link; remove it or choose another --out")
     if dist is None or dist.is_main:
         try:
             ckpt_dir.mkdir(parents=True, exist_ok=True)

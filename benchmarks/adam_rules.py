@@ -135,7 +135,7 @@ def parse_config(config: str) -> dict:
 
 def make_plan(target, config: str, noise: dict):
     """The plan of ``config``, made by the library as the CLI makes it."""
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
     from bsadvisor.core.recommend import recommend
 
     if config == ORIGINAL:
@@ -365,7 +365,7 @@ def print_change(rows: list[dict], base_rows: list[dict], tag: str) -> None:
 def print_noise(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP) -> None:
     """B_noise(s) of each noise model (the noise rule's step function, eq. 16) and each config's batch, at
     tenths of the run: where the plans' batches stand against the noise scale."""
-    from bsadvisor.core.convert import temperature_model
+    from bsadvisor.core.spans import temperature_model
     from bsadvisor.core.options import ConvertOptions
 
     print("\nB_noise(s) along the original run (eq. 16) and each plan's batch, at 0, 10, …, 100 % of the samples:")

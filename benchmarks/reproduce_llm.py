@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsadvisor.core.convert import baseline_plan  # noqa: E402
+from bsadvisor.core.baseline import baseline_plan  # noqa: E402
 from bsadvisor.core.recommend import recommend  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 from bsadvisor.runtime.recipe import options_for_target  # noqa: E402

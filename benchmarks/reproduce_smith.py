@@ -33,7 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsadvisor.core.convert import baseline_plan, convert_schedule  # noqa: E402
+from bsadvisor.core.baseline import baseline_plan  # noqa: E402
+from bsadvisor.core.convert import convert_schedule  # noqa: E402
 from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402

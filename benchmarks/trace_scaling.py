@@ -8,7 +8,7 @@ each n it times, in one process, interleaved, ``--repeats`` times (the best is p
 - ``read``: the trace file read and checked (``core.predict.read_trace``);
 - ``recommend``: ``bsadvisor.recommend`` with the trace (the noise cap K·B_noise(s) at every span, the
   annotation's efficiencies), under Adam's linear rule and under the noise rule (which also reads
-  B_noise(s) along the original run, core.convert.temperature_model);
+  B_noise(s) along the original run, core.spans.temperature_model);
 - ``save+load``: the plan (which records the trace's model) written and read back (shown apart: JSON
   encoding, linear in the points; not part of the 5 s target).
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bsadvisor
-from bsadvisor.core.convert import baseline_of
+from bsadvisor.core.baseline import baseline_of
 from bsadvisor.runtime.recipe import options_for_target
 from bsadvisor.targets.builtins import WORDLM_SEQ_LEN, mixer1d, wordlm, wordlm_words
 from bsadvisor.targets.loading import load_target

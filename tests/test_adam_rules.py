@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from bsadvisor.core.convert import baseline_plan, convert_schedule
+from bsadvisor.core.baseline import baseline_plan
+from bsadvisor.core.convert import convert_schedule
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import NoiseModel, NoisePoint
 from bsadvisor.core.temperature import TemperatureModel

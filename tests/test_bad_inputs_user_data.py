@@ -201,7 +201,7 @@ def _damage(doc: dict, how: str) -> None:
 def test_damaged_checkpoint_fields(tmp_path, how):
     import torch
 
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
     from bsadvisor.core.errors import UserError
     from bsadvisor.runtime.train import train_plan
     from bsadvisor.targets.builtins import linreg

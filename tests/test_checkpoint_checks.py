@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bsadvisor.core.convert import baseline_plan
+from bsadvisor.core.baseline import baseline_plan
 from bsadvisor.core.errors import UserError
 from bsadvisor.runtime.checkpoint import digest
 from bsadvisor.runtime.train import train_plan

@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bsadvisor.core.convert import MAX_SPANS, baseline_plan, convert_schedule
+from bsadvisor.core.baseline import baseline_plan
+from bsadvisor.core.convert import convert_schedule
+from bsadvisor.core.spans import MAX_SPANS
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 
@@ -430,7 +432,7 @@ def test_world_size_rounding_splits_every_batch_evenly(case, world, micro):
 @given(st.integers(1, 8), st.sampled_from([1, 2, 3, 4, 8]), st.one_of(st.none(), st.integers(1, 40)),
        st.floats(1, 1500))
 def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, b):
-    from bsadvisor.core.convert import Rounding
+    from bsadvisor.core.rounding import Rounding
 
     r = Rounding(round_to, world, micro)
     unit = math.lcm(round_to, world)
@@ -458,7 +460,7 @@ def test_rounding_nearest_and_floor_against_brute_force(round_to, world, micro, 
 ])
 def test_rounding_nearest_ties_go_to_the_smaller(rounding, b, expect):
     """Rounding.nearest's docstring: ties go to the smaller batch (round() would send 20/8 = 2.5 to 2 but 28/8 to 4)."""
-    from bsadvisor.core.convert import Rounding
+    from bsadvisor.core.rounding import Rounding
 
     assert Rounding(*rounding).nearest(b) == expect
 
@@ -577,7 +579,7 @@ def test_batchnorm_is_one_note_not_a_warning():
 
 def test_rounding_floor_is_quick_when_large_batches_cannot_split_evenly():
     """Multiples of 5 over one device of ≤ 7 examples a step: only 5 (1 step), 10 (2 × 5), 15 (3 × 5) split evenly."""
-    from bsadvisor.core.convert import Rounding
+    from bsadvisor.core.rounding import Rounding
 
     r = Rounding(5, 1, 7)
     assert [r.floor(b) for b in (5, 9, 10, 14, 15, 1e6, 1e18)] == [5, 5, 10, 10, 15, 15, 15]

@@ -381,7 +381,7 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
 
 
 def _monitor_plan():
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
 
     return baseline_plan(lr=0.01, batch_size=64, dataset_size=16384, epochs=1, momentum=0.9,
                          schedule="ExponentialLR(gamma=0.5)")

@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from bsadvisor.core.convert import baseline_plan, convert_schedule
+from bsadvisor.core.baseline import baseline_plan
+from bsadvisor.core.convert import convert_schedule
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan, Stage
 

@@ -126,7 +126,7 @@ def test_inline_table_text_parses_back_exactly():
 
 def test_the_plan_table_shows_a_peak_inside_a_stage(tmp_path):
     from bsadvisor.cli.render import plan_rows, plan_table
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
 
     path = write_table(tmp_path / "lr.csv", [0.01] * 3 + [0.1] * 2 + [0.01] * 5, unit="epoch")
     base = baseline_plan(batch_size=B0, dataset_size=N, epochs=10, schedule=str(path))  # one stage at B0

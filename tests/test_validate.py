@@ -553,7 +553,7 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(finished, tmp_
 
 def test_original_run_steps_its_lr_per_update_like_torch(tmp_path):
     """--schedule-unit step: the original run's LR at every update is what torch's scheduler holds there."""
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
     from bsadvisor.runtime.train import train_plan
     from bsadvisor.targets.builtins import linreg
 
@@ -582,7 +582,7 @@ def _tiny(target_file):
 
 def test_more_seeds_on_resume_train_only_the_new_ones(target_file, tmp_path):
     """--resume with a larger --seeds: the finished seeds are read back, only the new one trains."""
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
     from bsadvisor.runtime.validate import RunSpec, run_validation
 
     target = _tiny(target_file)
@@ -633,7 +633,7 @@ def test_curve_points_are_the_model_at_those_samples(target_file):
 def test_realised_temperature_of_the_original_peaks_at_1_despite_a_short_last_batch():
     """N = 1000 at B = 64: every epoch ends with a batch of 40, whose temperature is higher; the
     table's reference is the schedule's peak, so the original reads 1 at the start (eq. 1)."""
-    from bsadvisor.core.convert import baseline_plan
+    from bsadvisor.core.baseline import baseline_plan
     from bsadvisor.runtime.validate import RunSpec, realised_temperatures
 
     plan = baseline_plan(lr=0.1, batch_size=64, dataset_size=1000, epochs=3, momentum=0.9,

@@ -36,7 +36,7 @@ class ConvertOptions:
     (``schedule_unit``), ``optimizer`` and the temperature ``rule`` (``adam_rule`` for Adam).
     The plan: capped at ``max_batch`` (the device), ``max_fraction`` of N and
     ``noise_cap_batch`` (a multiple of the noise scale, one batch or one per sample); batches rounded as
-    convert.Rounding says (``round_to``, ``world_size``, ``micro_batch``); at most
+    core/rounding.py says (``round_to``, ``world_size``, ``micro_batch``); at most
     ``max_stages`` batch sizes; a new one when the target grew by ``stage_factor`` (None:
     1 for step schedules, 2 for smooth ones); the §5.2 variants ``increase_lr`` and
     ``momentum_to``. Field order is the order a plan records them in ``inputs``.

@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 from bsadvisor.core import checks
-from bsadvisor.core.convert import BATCHNORM_NOTE, baseline_of
+from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
 from bsadvisor.core.predict import (PLAN_OPTIONS, annotate, keep_batch_advice, noise_model_of, plan_from_options,
                                     read_trace, start_batch_advice)
+from bsadvisor.core.remarks import BATCHNORM_NOTE
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
 

@@ -34,11 +34,13 @@ from typing import Any, Callable, Optional
 from bsadvisor.core import checks
 
 from bsadvisor.core import convert
-from bsadvisor.core.convert import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
+from bsadvisor.core.baseline import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.rounding import Rounding
+from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
 
@@ -61,12 +63,12 @@ class RunSpec:
 
 
 # -- which runs --------------------------------------------------------------------------
-def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> convert.Rounding:
-    """The plan's batch granularity (convert.Rounding), optionally for another device layout."""
+def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> Rounding:
+    """The plan's batch granularity (core/rounding.py), optionally for another device layout."""
     inp = plan.inputs
-    return convert.Rounding(int(inp.get("round_to") or 1),
-                            int(world_size if world_size is not None else inp.get("world_size") or 1),
-                            micro_batch if world_size is not None else inp.get("micro_batch"))
+    return Rounding(int(inp.get("round_to") or 1),
+                    int(world_size if world_size is not None else inp.get("world_size") or 1),
+                    micro_batch if world_size is not None else inp.get("micro_batch"))
 
 
 def default_hybrid_cap(plan: Plan) -> int:
@@ -79,7 +81,7 @@ def default_hybrid_cap(plan: Plan) -> int:
 
 
 def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> tuple[Plan, Optional[str]]:
-    """The plan with every grown batch split evenly over ``world_size`` devices (convert.Rounding).
+    """The plan with every grown batch split evenly over ``world_size`` devices (core/rounding.py).
 
     Each batch other than B0 (the user's own, kept) must be world size × k accumulation
     steps × micro-batch (≤ ``micro_batch``). A plan that is not is converted again from
@@ -548,7 +550,7 @@ def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
     """
     source = next((sp.plan for sp in specs if sp.plan.inputs.get("optimizer")), specs[0].plan)
     try:
-        model = convert.temperature_model(_options(source))
+        model = temperature_model(_options(source))
     except UserError:  # a hand-written plan without its inputs: no model to read it with
         return {}
     series = {}

@@ -273,11 +273,11 @@ def test_a_batch_jump_of_2_to_the_60_answers_at_once(fmt, version):
     answers in a bounded number of steps, with its export or a one-line refusal (the time is
     benchmarks/export_scaling.py's to measure; here a bound on the work: no more than a few thousand
     candidate increments are ever tried)."""
-    import bsadvisor.core.exports as ex
+    import bsadvisor.core.exports.fit as ex
 
     jump = Plan(stages=[Stage(0, 1000, 1, 0.1, 0.0, 1.0), Stage(1000, 1000 + 2**60, 2**60, 0.1, 0.0, 1.0)],
                 dataset_size=None, inputs={"optimizer": "adamw", "seq_len": 2})
-    assert len(ex._ramp_increments(2**60, 1)) <= ex.RAMP_MAX_INCREMENTS
+    assert len(ex.ramp_increments(2**60, 1)) <= ex.RAMP_MAX_INCREMENTS
     try:
         text, _, _ = export(jump, fmt, version)
     except UserError as e:

@@ -215,7 +215,8 @@ def test_a_failing_plot_keeps_the_results(tmp_path, monkeypatch):
 # -- unbounded work ------------------------------------------------------------------------
 def test_olmo_rows_count_the_updates_of_every_batch_change():
     """The linear walk gives what the per-row sum over all stages gave (the quadratic form it replaces)."""
-    from bsadvisor.core.exports import batch_steps, olmo_rows
+    from bsadvisor.core.exports import olmo_rows
+    from bsadvisor.core.exports.fit import batch_steps
 
     from bsadvisor.core.plan import Plan, Stage
 

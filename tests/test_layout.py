@@ -27,6 +27,8 @@ FORBIDDEN = {
     "integrations": {"measure", "cli"},
 }
 MAX_FUNCTION_LINES = 60
+#: A module longer than this holds more than one idea: split it by idea (docs/architecture.md).
+MAX_MODULE_LINES = 650
 LONG_REASON = "Long because"
 
 
@@ -261,6 +263,31 @@ def test_no_long_function_without_a_reason():
     offenders = long_functions()
     assert not offenders, (f"over {MAX_FUNCTION_LINES} lines with no '{LONG_REASON} ...' in the docstring:\n"
                            + "\n".join(offenders))
+
+
+def long_modules() -> list[str]:
+    """Modules of the package over MAX_MODULE_LINES lines."""
+    found = []
+    for path in MODULES.values():
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+    return found
+
+
+def test_long_modules_finds_one(tmp_path, monkeypatch):
+    long = tmp_path / "long.py"
+    long.write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    short = tmp_path / "short.py"
+    short.write_text("x = 1\n" * MAX_MODULE_LINES)
+    monkeypatch.setattr(sys.modules[__name__], "MODULES", {"long": long, "short": short})
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert long_modules() == [f"long.py ({MAX_MODULE_LINES + 1} lines)"]
+
+
+def test_no_module_over_650_lines():
+    offenders = long_modules()
+    assert not offenders, f"over {MAX_MODULE_LINES} lines: split by idea\n" + "\n".join(offenders)
 
 
 def test_no_import_cycle_inside_core_counting_function_level_imports():

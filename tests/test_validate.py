@@ -608,7 +608,8 @@ def test_more_seeds_on_resume_train_only_the_new_ones(target_file, tmp_path):
 def test_curve_points_are_the_model_at_those_samples(target_file):
     """A one-epoch run evaluated at 8 points: each point's metric is what a run stopped there scores
     (an independent run of the same plan cut at that sample), and the last is the run's final metric."""
-    from bsadvisor.runtime.train import eval_points, evaluate, initial_state, train_plan
+    from bsadvisor.runtime.evaluation import eval_points, evaluate
+    from bsadvisor.runtime.train import initial_state, train_plan
 
     target = _tiny(target_file)
     n = target.dataset_size

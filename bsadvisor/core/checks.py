@@ -32,8 +32,6 @@ def show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-_show = show
-
 
 def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
            low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
@@ -42,12 +40,12 @@ def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional
     ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a number, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be a number, got {show(value)}", parameter=name)
     if isinstance(value, int) and abs(value) > MAX_INT:
-        raise UserError(f"{name} must be below 2**63, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be below 2**63, got {show(value)}", parameter=name)
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise UserError(f"{name} must be a finite number, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be a finite number, got {show(value)}", parameter=name)
     _bounds(name, v, value, low, high, low_open, high_open)
     return v
 
@@ -55,9 +53,9 @@ def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional
 def integer(name: str, value: Any, *, low: Optional[int] = None, high: Optional[int] = MAX_INT) -> int:
     """``value`` as an int: a whole number (an integral float such as 128.0 is accepted) within bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a whole number, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be a whole number, got {show(value)}", parameter=name)
     if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
-        raise UserError(f"{name} must be a whole number, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be a whole number, got {show(value)}", parameter=name)
     v = int(value)
     _bounds(name, v, value, low, high, False, False)
     return v
@@ -120,14 +118,14 @@ def within(name: str, value: Any, low: float, high: float, *, low_open: bool = F
               and (value < high or (value == high and not high_open)))
     if not inside:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise UserError(f"{name} must be in {interval}, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be in {interval}, got {show(value)}", parameter=name)
     return value
 
 
 def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     """One of the ``allowed`` words."""
     if value not in allowed:
-        raise UserError(f"{name} must be one of {', '.join(allowed)}, got {_show(value)}", parameter=name)
+        raise UserError(f"{name} must be one of {', '.join(allowed)}, got {show(value)}", parameter=name)
     return value
 
 
@@ -138,11 +136,11 @@ def optional(check, name: str, value: Any, **kw):
 
 def _bounds(name: str, v: float, shown: Any, low, high, low_open: bool, high_open: bool) -> None:
     if low is not None and (v < low or (low_open and v == low)):
-        raise UserError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {_show(shown)}", parameter=name)
+        raise UserError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {show(shown)}", parameter=name)
     if high is not None and (v > high or (high_open and v == high)):
         if high == MAX_INT:
-            raise UserError(f"{name} must be below 2**63, got {_show(shown)}", parameter=name)
-        raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {_show(shown)}", parameter=name)
+            raise UserError(f"{name} must be below 2**63, got {show(shown)}", parameter=name)
+        raise UserError(f"{name} must be {'<' if high_open else '≤'} {high:g}, got {show(shown)}", parameter=name)
 
 
 def instance(name: str, value: Any, kind: type | tuple[type, ...], expected: str) -> Any:

@@ -105,7 +105,7 @@ class ConvertOptions:
         checks.within("momentum", self.momentum, 0, 1, high_open=True)
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
-                            f"got {checks._show(self.schedule_unit)}", parameter="schedule_unit")
+                            f"got {checks.show(self.schedule_unit)}", parameter="schedule_unit")
         if self.schedule is None:
             raise UserError(f"schedule is required, e.g. {EXAMPLE_SCHEDULE!r}", parameter="schedule")
         sched = self.schedule if isinstance(self.schedule, Schedule) else parse_schedule(self.schedule)
@@ -134,7 +134,7 @@ class ConvertOptions:
 
     def _check_length(self) -> None:
         """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""
-        from bsadvisor.core.plan import MAX_EPOCHS, MAX_SAMPLES
+        from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES
 
         given = [name for name in ("epochs", "total_samples", "total_steps") if getattr(self, name) is not None]
         if len(given) > 1:
@@ -149,7 +149,7 @@ class ConvertOptions:
                                 "total_steps", parameters=("epochs", "dataset_size", "total_samples", "total_steps"))
             e = checks.number("epochs", self.epochs, low=0, low_open=True)
             if e > MAX_EPOCHS:
-                raise UserError(f"epochs {checks._show(self.epochs)} is more than {MAX_EPOCHS:,}: a plan covers at most "
+                raise UserError(f"epochs {checks.show(self.epochs)} is more than {MAX_EPOCHS:,}: a plan covers at most "
                                 f"{MAX_EPOCHS:,} epochs (its users walk it epoch by epoch); give the run's real length",
                                 parameter="epochs")
             self._set("epochs", int(e) if float(e).is_integer() else e)
@@ -197,7 +197,7 @@ class ConvertOptions:
         checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
         if not isinstance(self.adam_sde, bool):
-            raise UserError(f"adam_sde must be true or false, got {checks._show(self.adam_sde)}", parameter="adam_sde")
+            raise UserError(f"adam_sde must be true or false, got {checks.show(self.adam_sde)}", parameter="adam_sde")
         if self.adam_sde and self.optimizer not in ADAM_FAMILY:
             raise UserError("adam_sde scales Adam's β1, β2 and ε; it does not apply to SGD (give --optimizer adamw)",
                             parameter="adam_sde")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
-from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES  # noqa: F401 (re-exported)
+from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import json_safe
 

@@ -465,7 +465,7 @@ def _number(v: Any, name: str, param: str) -> float:
 
 def _int(v: Any, name: str, param: str, low: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise UserError(f"{name}: {param} must be an integer ≥ {low}, got {checks._show(v)}")
+        raise UserError(f"{name}: {param} must be an integer ≥ {low}, got {checks.show(v)}")
     return checks.integer(f"{name}: {param}", v, low=low)
 
 

@@ -43,7 +43,7 @@ def show(value: Any) -> str:
         return "a list"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return checks._show(value)
+    return checks.show(value)
 
 
 def _join(path: str, key: str) -> str:

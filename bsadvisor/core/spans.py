@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Stage
-from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel, noise_proxy_rule
+from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 
 #: Most points a smooth schedule is read at to place the stages (per step up to this many steps).
 MAX_SPANS = 20_000

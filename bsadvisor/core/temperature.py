@@ -35,7 +35,7 @@ from typing import Optional
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
 
-from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES, SGD_FAMILY  # noqa: F401 (re-exported)
+from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,

@@ -83,10 +83,6 @@ class Margin:
             return f"--tolerance {self.value * 100:g}% of the original's {ref}"
         return "--tolerance" if self.given else "the default"
 
-    def to_text(self) -> str:
-        """The --tolerance text that gives this margin back (``parse_margin``)."""
-        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
-
 
 def parse_margin(text: object, where: str = "--tolerance") -> Margin:
     """``0.005`` (metric units) or ``1%`` (a fraction of the original's metric); None: the default;

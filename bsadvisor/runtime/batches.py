@@ -1,7 +1,7 @@
 """Batches: fetching them by index, walking their structure, and cutting them into shares and micro-batches.
 
 One function per job, used by bsadvisor's loop (runtime/step.py, runtime/train.py), the
-probe and the noise monitor, and the Lightning callback (integrations/lightning_callback.py):
+probe and the noise monitor, and the Lightning callback (integrations/lightning/callback.py):
 
 - ``map_tensors`` / ``batch_rows`` / ``split_batch``: the one walk over a batch's
   structure (a tensor, or lists/tuples/dicts nesting them), and what is built on it.

@@ -38,7 +38,7 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
         raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
                         f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
     # validate's limit (it trains every epoch) also on advise's path: a recipe past it is refused by both
-    # commands with the same message, as before the pipeline was shared
+    # commands with the same message
     epochs = check_epochs(recipe.get("epochs"), f"{target.name}'s metadata['epochs']")
     for key in ("schedule_unit", "seq_len"):
         if kw.get(key) is None:

@@ -58,7 +58,8 @@ def device_unit(plan) -> int:
 def noise_factor(plan):
     """(p, v): the temperature at a fixed LR moves with the batch as v(B)^p (the plan's temperature model;
     the noise-aware Adam rule read as its square-root limit, which it is below the noise scale)."""
-    from bsadvisor.core.temperature import ADAM_FAMILY, TemperatureModel
+    from bsadvisor.core.defaults import ADAM_FAMILY
+    from bsadvisor.core.temperature import TemperatureModel
 
     inp = plan.inputs
     optimizer = inp.get("optimizer") or "sgd"

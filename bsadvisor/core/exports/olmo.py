@@ -33,7 +33,7 @@ def olmo_rows(plan) -> list[dict]:
 
 def _olmo_check(plan) -> None:
     """Refuse, in one line, a plan OLMo-core's BatchSizeSchedulerCallback cannot follow as written."""
-    from bsadvisor.core.temperature import ADAM_FAMILY
+    from bsadvisor.core.defaults import ADAM_FAMILY
 
     optimizer = plan.inputs.get("optimizer") or "sgd"
     if optimizer not in ADAM_FAMILY:

@@ -39,7 +39,6 @@ from typing import Optional
 
 import numpy as np
 
-from bsadvisor.core.defaults import CI_KINDS  # noqa: F401  (the ci_kind values)
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import usable  # noqa: F401  (the one rule; NoiseStats.usable and the CLI read it)
 
@@ -63,7 +62,7 @@ class NoiseStats:
     grad_sq_norm: float
     b_simple: float
     ci90: tuple[float, float]
-    ci_kind: str  # one of CI_KINDS
+    ci_kind: str  # one of CI_KINDS (core/defaults.py)
     draws: int
     b: int
     B: int

@@ -32,7 +32,7 @@ class NoiseResult:
     micro_batch: int = 0          # b
     big_batch: int = 0            # B = k·b
     ci_method: str = "fieller"
-    ci_kind: str = "bounded"      # core.noise.CI_KINDS: a lower bound or nothing when |G|² is not significant
+    ci_kind: str = "bounded"      # core.defaults.CI_KINDS: a lower bound or nothing when |G|² is not significant
     converged: bool = False       # interval within ±target_rel_ci
     relative_noise: Optional[float] = None  # √(B_simple / batch_size)
     sqrt_table: list = field(default_factory=list)

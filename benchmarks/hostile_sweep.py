@@ -58,6 +58,9 @@ from bsadvisor.cli import app as cli_app  # noqa: E402
 import bsadvisor.cli  # noqa: E402,F401  (registers the commands)
 
 LIMIT_S = 60  # a case that runs longer is a hang
+#: The exit codes of a command that ran to its end: 0, and validate's 3 (a one-seed verdict is only
+#: indicative; inconclusive); 1 (rejected) never comes from these cases' tolerance of 1.
+FINISHED = (0, 3)
 
 PLAN = {"schema": "bsadvisor.plan/2", "dataset_size": 640, "total_samples": 1920, "epochs": 3,
         "inputs": {"lr": 0.1, "batch_size": 8, "dataset_size": 640, "epochs": 3, "momentum": 0.9,
@@ -229,7 +232,7 @@ def run_cli_case(argv, extra, folder: Path) -> str:
         if len(lines[0]) > 2600:
             return f"BUG: error line of {len(lines[0])} characters"
         return "refused"
-    if code == 0:
+    if code in FINISHED:
         return accepted_outcome(argv, before, after)
     return f"BUG: exit {code}: {err.getvalue()[-300:]!r}"
 
@@ -565,7 +568,8 @@ def api_cases(args):
                ("recommend(opts, batchnorm=g)", None), ("recommend(opts, batchnorm=g)", True),
                ("recommend(g)", None), ("recommend(g)", {}), ("probe(target, g)", None),
                ("ProbeOptions(max_draws=g)", None), ("ProbeOptions(measure_memory=g)", True),
-               ("ProbeOptions(measure_throughput=g)", True), ("advise('t.py:ok', g)", None)]
+               ("ProbeOptions(measure_throughput=g)", True), ("advise('t.py:ok', g)", None),
+               ("NoiseMonitor(model, g)", None)]
     for name, call in calls.items():
         for g in garbage:
             label = f"{name} g={g!r:.12}"
@@ -626,7 +630,7 @@ def _out_case(setup, argv, expect_refusal: bool, keep: tuple = ()):
                 changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
                 return f"BUG: refused but the folder changed: {changed[:3]}"
             return "refused"
-        if code == 0:
+        if code in FINISHED:
             return "BUG: wrong result: accepted a folder it must refuse" if expect_refusal else "accepted"
         return _refusal(code, err) or f"BUG: exit {code}"
     return case
@@ -634,7 +638,7 @@ def _out_case(setup, argv, expect_refusal: bool, keep: tuple = ()):
 
 def _earlier_run(folder: Path) -> None:
     code, _, err = _cli([*VALIDATE_FAST, "--out", "v"])
-    if code != 0:
+    if code not in FINISHED:
         raise RuntimeError(f"the earlier run failed: {err[-300:]}")
 
 
@@ -711,13 +715,13 @@ def _reference(folder: Path) -> tuple[dict, Path]:
         os.chdir(home)
         try:
             code, out, err = _cli(["validate", *SLOW, "--json"], limit=600)
-            if code != 0:
+            if code not in FINISHED:
                 raise RuntimeError(f"the reference run failed: {err[-300:]}")
             ref = _numbers(json.loads(out))
             for minutes in STOP_MINUTES:  # until the original's checkpoint has a finished epoch and a partial one
                 shutil.rmtree(home / "stopped", ignore_errors=True)
                 code, _, err = _cli(["validate", *SLOW, "--out", "stopped", "--max-minutes", minutes], limit=600)
-                if code not in (0, 124) or not list((home / "stopped" / "checkpoints").glob("*.pt")):
+                if code not in (*FINISHED, 124) or not list((home / "stopped" / "checkpoints").glob("*.pt")):
                     continue
                 doc = torch.load(home / "stopped" / "checkpoints" / "original-seed0.pt", weights_only=True)
                 if doc["history"] and doc["partial"]:
@@ -768,7 +772,7 @@ def _resume_case(change, redigest: bool, must_refuse: bool = True):
         if code == 2:
             return _refusal(code, err) or ("refused" if change is not None else
                                            f"BUG: refused an unedited checkpoint: {err.strip()[-200:]}")
-        if code == 0:
+        if code in FINISHED:
             doc = json.loads(out)
             walls = [s.get("wall_s") for r in doc["runs"].values() for s in r["seeds"]]
             if any(w is None or w < 0 for w in walls) or (doc["verdict"].get("wall_ratio") or 1) < 0:
@@ -882,7 +886,7 @@ def signal_cases(args):
                     len(err.strip().splitlines()) == 1 and "resume with" in err):
                 return f"BUG: SIGINT's line: {err[-200:]!r}"
             code, out, err = _cli(["validate", *SLOW, "--out", "v", "--resume", "--json"], limit=600)
-            if code != 0:
+            if code not in FINISHED:
                 return f"BUG: the resume after {signal.Signals(sig).name} failed (exit {code}): {err[-200:]!r}"
             if _numbers(json.loads(out)) != ref:
                 return f"BUG: wrong result: resumed after {signal.Signals(sig).name}, the numbers differ"
@@ -930,7 +934,8 @@ def torchrun_cases(args):
                 if _tree(folder) != before:
                     return "BUG: refused but the folder changed"
                 return "refused"
-            if r.returncode != 0:
+            # torchrun exits 1 when a rank exits non-zero: a one-seed verdict's 3 is in its summary
+            if r.returncode != 0 and not (r.returncode == 1 and "exitcode  : 3" in r.stderr):
                 return f"BUG: exit {r.returncode}: {r.stderr[-200:]!r}"
             return accepted_outcome(argv, before, _tree(folder))
         return case

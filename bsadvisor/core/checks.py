@@ -71,13 +71,6 @@ def positive_int(name: str, value: Any, high: Optional[int] = MAX_INT) -> int:
     return integer(name, value, low=1, high=high)
 
 
-def instance(name: str, value: Any, kind: Any, what: str) -> Any:
-    """``value`` when it is a ``kind`` (a type or tuple of types), else an ArgumentTypeError naming ``name``."""
-    if not isinstance(value, kind):
-        raise ArgumentTypeError(f"{name} must be {what}, got {type(value).__name__}", parameter=name)
-    return value
-
-
 def function(name: str, value: Any) -> Any:
     """``value`` when it can be called, else an ArgumentTypeError naming ``name``."""
     if not callable(value):

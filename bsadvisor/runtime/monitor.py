@@ -151,6 +151,7 @@ class NoiseMonitor:
         draws' predicted cost fits. The first call only starts the clock: the first point
         comes at the second update.
         """
+        _check_position(samples, lr, momentum, batch_size, update, total_samples)
         first = self._last_call is None
         self._book_training_time(time.perf_counter())
         self._updates_since += 1
@@ -451,3 +452,14 @@ def _power_of_two_above(x: float) -> int:
 
 
 __all__ = ["MonitorSettings", "NoiseMonitor", "TRACE_SCHEMA"]
+
+
+def _check_position(samples, lr, momentum, batch_size, update, total_samples) -> None:
+    """maybe_measure's arguments are the update's (a position, an LR, a momentum, a batch), or one line naming
+    the wrong one: a garbage position would silently misplace every later point of the trace."""
+    checks.integer("samples", samples, low=0)
+    checks.number("lr", lr, low=0)
+    checks.within("momentum", momentum, 0, 1, high_open=True)
+    checks.positive_int("batch_size", batch_size)
+    checks.optional(checks.integer, "update", update, low=0)
+    checks.optional(checks.positive_int, "total_samples", total_samples)

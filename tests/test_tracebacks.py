@@ -177,6 +177,13 @@ def test_noise_monitor_with_garbage():
     _refuses(lambda: NoiseMonitor(model, settings={"draws": 4}), ArgumentTypeError, "settings")
     _refuses(lambda: NoiseMonitor(model, dataset_size=-5), UserError, "dataset_size")
     assert NoiseMonitor(model, draws=4).settings.draws == 4
+    data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8))
+    monitor = NoiseMonitor(torch.nn.Linear(2, 1), lambda m, b: m(b[0]).mean(), data)
+    for args, name in [((None, 0.1, 0.0, 4), "samples"), ((-1, 0.1, 0.0, 4), "samples"),
+                       ((0, float("nan"), 0.0, 4), "lr"), ((0, 0.1, 1.0, 4), "momentum"),
+                       ((0, 0.1, 0.0, True), "batch_size"), ((0, 0.1, 0.0, 4, -2), "update")]:
+        _refuses(lambda: monitor.maybe_measure(*args), UserError, name)
+    assert monitor.maybe_measure(0, 0.1, 0.0, 4, 1, 80) is None  # the first call only starts the clock
 
 
 @pytest.mark.parametrize("field,value,fragment", [

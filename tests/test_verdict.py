@@ -299,3 +299,12 @@ def test_the_documented_seed_counts_are_the_rules():
     text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "validate.md").read_text().split())
     assert counts == [5, 6, 10, 20, 46]
     assert "about 5 seeds at 3 spreads, 6 at 2, 10 at 1.25, 20 at 0.8 and 46 at 0.5" in text
+
+
+def test_a_variant_is_shown_at_the_main_verdicts_look():
+    from bsadvisor.runtime.report import variant_difference_text
+
+    main = {"confidence": 0.9, "method": "paired t, alpha spent across looks", "spending_look": 2, "looks": 2}
+    variant = {"difference": 0.001, "interval": [-0.001, 0.003], "paired": [0.0, 0.001, 0.002]}
+    assert variant_difference_text(variant, main).endswith("(look 2)")
+    assert "(look" not in variant_difference_text(variant, {**main, "spending_look": 1, "looks": 1})

@@ -260,7 +260,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     _exit(code if isinstance(code, int) else 0)
 
 
-
 def _exit(code: int) -> None:
     """sys.exit, except in a torchrun job: there end the process at once (distributed.exit_job)."""
     tdist = sys.modules.get("torch.distributed")  # never import torch here

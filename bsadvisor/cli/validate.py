@@ -214,12 +214,12 @@ def _print_verdict(doc: dict, con) -> None:
     """ACCEPTED, REJECTED or INCONCLUSIVE, the paired difference and its interval, the variants, the savings."""
     from rich.text import Text
 
-    from bsadvisor.runtime.report import difference_text, status_word, verdict_text
+    from bsadvisor.runtime.report import status_word, variant_difference_text, verdict_text
 
     v = doc["verdict"]
     for name, w in (v.get("variants") or {}).items():
         con.print(Text(f"{name}: {status_word(w).lower()}, "
-                       + (w["reason"] if w.get("reason") else difference_text({**w, "confidence": v.get("confidence"), "method": v.get("method")}))
+                       + (w["reason"] if w.get("reason") else variant_difference_text(w, v))
                        + " (a variant: it does not decide the exit code)"))
     word = status_word(v)
     line = Text.assemble((word, VERDICT_STYLES[word]), ": " + verdict_text(doc))

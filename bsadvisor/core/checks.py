@@ -32,7 +32,6 @@ def show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-
 def number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
            low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
     """``value`` as a float: a real number (not bool, not NaN, finite unless ``allow_inf``) within bounds.

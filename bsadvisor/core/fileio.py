@@ -7,7 +7,7 @@ import math
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from bsadvisor.core.errors import UserError
@@ -294,8 +294,6 @@ MANIFEST_SCHEMA = "bsadvisor.manifest/1"
 
 def _relative(name: Any) -> bool:
     """A manifest entry: a relative path inside the folder (no ``..``, not absolute, not empty)."""
-    from pathlib import PurePosixPath
-
     if not isinstance(name, str) or not name or "\0" in name:
         return False
     p = PurePosixPath(name)

@@ -90,10 +90,8 @@ def backward(loss: torch.Tensor, where: str, oom: bool = False, scale: float = 1
 def optimizer_step(optimizer, where: str, oom: bool = False, recipe: Optional[StepRecipe] = None,
                    params=None) -> None:
     """``optimizer.step()``, or the recipe's step (unscale, clip, step through the scaler)."""
-    if recipe is None or recipe.plain:
-        _guarded(optimizer.step, "the optimizer step raised", where, oom)
-    else:
-        _guarded(lambda: recipe.step(optimizer, params), "the optimizer step raised", where, oom)
+    call = optimizer.step if recipe is None else lambda: recipe.step(optimizer, params)
+    _guarded(call, "the optimizer step raised", where, oom)
 
 
 def guarded_step(target, model, optimizer, batch, where: str, check: bool = True, dist: Optional[Dist] = None,

@@ -403,8 +403,9 @@ def _check_partial_and_since(run: "_Training", doc: dict, derived: _Derived) -> 
 def _check_evals(run: "_Training", doc: dict, derived: _Derived) -> None:
     """The curve's points: where they were due (eval_points), reached by then, with the plan's batch there."""
     evals, due = doc.get("evals", []), run.eval_at
-    if len(evals) > len(due) or len(evals) < sum(1 for p in due if p < derived.position):
-        raise _Disagrees(f"it holds {len(evals)} curve point(s), the run has passed {sum(1 for p in due if p < derived.position)}")
+    passed = sum(1 for p in due if p < derived.position)
+    if len(evals) > len(due) or len(evals) < passed:
+        raise _Disagrees(f"it holds {len(evals)} curve point(s), the run has passed {passed}")
     for i, rec in enumerate(evals):
         _same(f"evals[{i}].point", rec["point"], due[i], "from --evals")
         if not due[i] <= rec["samples"] <= derived.position:

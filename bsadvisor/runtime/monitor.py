@@ -50,7 +50,7 @@ from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
 from bsadvisor.runtime.batches import make_gather, to_device
-from bsadvisor.runtime.precision import unscaled_grads
+from bsadvisor.runtime.precision import StepRecipe, unscaled_grads
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,6 @@ class MonitorSettings:
         checks.number("the noise monitor's overhead", self.overhead)
         if self.draws < 2 or self.micro_batches < 2:
             raise UserError("the noise monitor needs draws ≥ 2 and micro_batches ≥ 2")
-        if self.every is not None and self.every < 1:
-            raise UserError(f"the noise monitor's every must be ≥ 1 update, got {self.every}")
         if not (0 < self.overhead <= 1):
             raise UserError(f"the noise monitor's overhead must be in (0, 1], got {self.overhead}")
         object.__setattr__(self, "min_points", max(0, min(int(self.min_points), self.spread)))
@@ -125,7 +123,7 @@ class NoiseMonitor:
         self.dataset_size = dataset_size if dataset_size is not None else (len(dataset) if dataset is not None
                                                                            else None)
         self.device = device
-        self.recipe = None  # a runtime.precision.StepRecipe: the extra draws' autocast and loss scale
+        self.recipe = StepRecipe()  # the training's (train_plan sets it): the extra draws' autocast and loss scale
         self.generator = torch.Generator().manual_seed(self.settings.seed)
         import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
@@ -292,9 +290,6 @@ class NoiseMonitor:
         at the scaler's loss scale and divided by it, as the training's own gradients are.
         """
         batch = to_device(self._gather(idx), self.device)
-        if self.recipe is None:
-            return dense(self.params, torch.autograd.grad(self.loss_fn(self.model, batch), self.params,
-                                                          allow_unused=True))
         with self.recipe.autocast():
             loss = self.loss_fn(self.model, batch)
         return dense(self.params, unscaled_grads(loss, self.params, self.recipe.loss_scale))

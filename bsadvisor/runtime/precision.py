@@ -74,11 +74,6 @@ class StepRecipe:
             device = next((p.device for p in target.model.parameters()), torch.device("cpu"))
         return cls(getattr(target, "precision", "32"), getattr(target, "max_grad_norm", None), device)
 
-    @property
-    def plain(self) -> bool:
-        """Full precision without clipping: an update is exactly ``backward``, ``optimizer.step()``."""
-        return self.precision == "32" and self.max_grad_norm is None
-
     def autocast(self):
         """The context the user's loss_fn runs in: ``torch.autocast`` of the precision (a no-op for "32")."""
         if self.precision == "32":
@@ -107,10 +102,9 @@ class StepRecipe:
             optimizer.step()
             self.skipped = False
             return True
-        before = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
-        self.skipped = self.scaler.get_scale() < before  # the scale only goes down on an inf/NaN gradient
+        self.skipped = self.scaler.get_scale() < self.last_scale  # the scale only goes down on an inf/NaN gradient
         return not self.skipped
 
     def describe(self) -> dict:

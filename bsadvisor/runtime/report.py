@@ -143,6 +143,12 @@ def difference_text(v: dict) -> str:
     return f"{d} (1 seed: no spread measured)"
 
 
+def variant_difference_text(w: dict, v: dict) -> str:
+    """:func:`difference_text` of a variant's verdict ``w``, read with the main verdict ``v``'s confidence,
+    method and look (a variant is judged at the same look; its record does not repeat them)."""
+    return difference_text({**w, **{k: v.get(k) for k in ("confidence", "method", "spending_look", "looks")}})
+
+
 def verdict_text(doc: dict) -> str:
     """The verdict in one sentence (plain text: the caller adds any styling)."""
     v = doc["verdict"]
@@ -273,7 +279,7 @@ def paired_table(doc: dict) -> list[str]:
                f"{_md(difference_text(v))}"]
     for n, w in (v.get("variants") or {}).items():
         summary.append(f"**{_md(n)}**: {STATUS_WORDS.get(w['status'], '?').lower()}, "
-                       f"{_md(difference_text({**w, 'confidence': v.get('confidence'), 'method': v.get('method')}))}")
+                       f"{_md(variant_difference_text(w, v))}")
     return lines + ["", "Mean paired difference: " + "; ".join(summary) + ".", ""]
 
 

@@ -339,35 +339,27 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
 def _book_update(run: _Training, monitor: Optional[NoiseMonitor], part: dict, loss: float, sample: int, lr: float,
                  momentum: float, idx: torch.Tensor, offset: int) -> bool:
     """Book the update just trained (the monitor, the totals, the scheduler); True when the GradScaler skipped it."""
-    if run.recipe.skipped:  # its examples were seen, no update was made
-        _skipped_update(run, part, loss, sample, len(idx), offset)
-        return True
-    _after_update(run, monitor, sample, lr, momentum, idx)
-    _count_update(run, part, loss, len(idx), offset)
-    return False
+    skipped = run.recipe.skipped
+    if skipped:  # inf/NaN gradients under fp16: reported in skipped_steps, not counted as an update
+        run.result.skipped_steps.append({"samples": sample, "update": run.updates,
+                                         "loss_scale": run.recipe.last_scale})
+        if run.monitor is not None:
+            run.monitor.discard_update()
+    else:
+        _after_update(run, monitor, sample, lr, momentum, idx)
+    # a skipped step's examples were seen: the plan moves on past them, as Lightning and Hugging Face do
+    _count_update(run, part, loss, len(idx), offset, updated=not skipped)
+    return skipped
 
 
-def _skipped_update(run: _Training, part: dict, loss: float, sample: int, size: int, offset: int) -> None:
-    """Book an update the GradScaler skipped (inf/NaN gradients under fp16): reported in ``skipped_steps``, not
-    counted as an update; the plan moves on past its examples, as Lightning and Hugging Face do."""
-    run.result.skipped_steps.append({"samples": sample, "update": run.updates, "loss_scale": run.recipe.last_scale})
-    if run.monitor is not None:
-        run.monitor.discard_update()
+def _count_update(run: _Training, part: dict, loss: float, size: int, offset: int, updated: bool = True) -> None:
+    """Book a finished update: the epoch's and the curve's running loss, the position, the totals, the scheduler
+    (``updated`` False: the GradScaler skipped the step, so the examples count but the update does not)."""
     for acc in (part, run.since):
         acc["loss_sum"] += loss * size
         acc["seen"] += size
     part["offset"] = offset
-    run.examples += size
-    run.scheduler.step(samples=size)
-
-
-def _count_update(run: _Training, part: dict, loss: float, size: int, offset: int) -> None:
-    """Book a finished update: the epoch's and the curve's running loss, the position, the totals, the scheduler."""
-    for acc in (part, run.since):
-        acc["loss_sum"] += loss * size
-        acc["seen"] += size
-    part["offset"] = offset
-    run.updates += 1
+    run.updates += int(updated)
     run.examples += size
     run.scheduler.step(samples=size)
 

@@ -37,7 +37,7 @@ from bsadvisor.core import convert
 from bsadvisor.core.baseline import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
-                                   read_manifest, remove_orphan_temps, write_manifest)
+                                   read_json, read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
@@ -237,18 +237,16 @@ def earlier_looks(out: Optional[Path]) -> list[int]:
     """The seed counts of the verdicts an earlier run in ``out`` took, from its results.json (``look_seeds``;
     a /1 or /1.1 file: one look at its ``seeds``). [] without one, or when the file cannot be read: the
     count sets the α this look spends (eq. 28), never a reason to refuse a resume."""
-    import json
-
     if out is None:
         return []
     try:
-        doc = json.loads((Path(out) / "results.json").read_text())
+        doc = read_json(Path(out) / "results.json")
         seen = doc["verdict"].get("look_seeds")
         if seen is None:
             seen = [doc["seeds"]]
         if isinstance(seen, list) and seen and all(type(k) is int and 0 < k <= 10 ** 6 for k in seen):
             return seen
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return []
 
@@ -338,7 +336,7 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
         raise UserError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     out = Path(out)
     try:
-        out.exists(), (out / "checkpoints").exists()
+        out.exists(), (out / CHECKPOINTS).exists()
     except (OSError, ValueError) as exc:  # a name too long, a folder on the way we may not enter
         raise UserError(f"cannot use --out {out}: {getattr(exc, 'strerror', None) or exc}; choose another --out") from None
     if out.exists() and not out.is_dir():
@@ -351,7 +349,7 @@ def check_out(out: Optional[Path], *, resume: bool = False, overwrite: bool = Fa
         raise UserError(f"cannot create --out {out}: {existing} is a file; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to --out {out}: {existing} is not writable; choose another --out")
-    ck = out / "checkpoints"
+    ck = out / CHECKPOINTS
     if ck.is_symlink():
         raise UserError(f"--out {out} holds a link {ck.name!r} where validate keeps its checkpoints folder: "
                         "bsadvisor writes and deletes only inside --out, never through a link; remove the link or "
@@ -408,14 +406,15 @@ def claim_out(out: Path, *, resume: bool = False, overwrite: bool = False, check
             kept = {str(p.relative_to(out)) for p in earlier_results(out)} | read_manifest(out)
         write_manifest(out, kept | set(OUTPUT_FILES) | set(checkpoints))  # before any is written
         remove_orphan_temps(out)
-        remove_orphan_temps(out / "checkpoints")
+        remove_orphan_temps(out / CHECKPOINTS)
         try:
             yield out
         finally:  # the record keeps only what was written (a plot matplotlib could not draw is not ours)
             try:
-                if _stamps(out, names) == stamps and before is None:  # refused before writing: as it was
+                unchanged = _stamps(out, names) == stamps
+                if unchanged and before is None:  # refused before writing: as it was
                     (out / MANIFEST_NAME).unlink()
-                elif _stamps(out, names) == stamps:
+                elif unchanged:
                     write_manifest(out, before)
                 else:
                     write_manifest(out, [n for n in read_manifest(out) if _regular(out / n)])
@@ -524,7 +523,7 @@ def _checkpoint_dir(out: Optional[Path], dist) -> Optional[Path]:
     """``out/checkpoints``, created by rank 0 (None without ``out``)."""
     if out is None:
         return None
-    ckpt_dir = Path(out) / "checkpoints"
+    ckpt_dir = Path(out) / CHECKPOINTS
     if ckpt_dir.is_symlink():
         raise UserError(f"{ckpt_dir} is a link: bsadvisor writes checkpoints only inside --out, never through a "
                         "link; remove it or choose another --out")

@@ -252,9 +252,7 @@ def charlm(seed: int = 0) -> Target:
         return -float(nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten()).detach())
 
     steps = -(-CHARLM_TRAIN // CHARLM_BATCH)
-    warmup = max(1, round(0.08 * steps))
-    schedule = (f"SequentialLR([LinearLR(start_factor=0.01, total_iters={warmup}), "
-                f"CosineAnnealingLR(T_max={steps - warmup}, eta_min={CHARLM_LR / 10:g})], milestones=[{warmup}])")
+    schedule = _warmup_cosine(steps, CHARLM_LR)
     return Target(model=model, train_dataset=torch.utils.data.TensorDataset(train[:, :-1], train[:, 1:]),
                   loss_fn=loss_fn, batch_size=CHARLM_BATCH, lr=CHARLM_LR, momentum=0.9, optimizer="adamw",
                   weight_decay=0.01, eval_dataset=torch.utils.data.TensorDataset(test[:, :-1], test[:, 1:]),

@@ -89,8 +89,7 @@ class Target:
                                    nesterov=self.optimizer == "nesterov" and momentum > 0, **kwargs)
         beta2 = kwargs.pop("betas", (0.9, 0.999))[1]  # β1 is the momentum (the plan's, per update)
         betas = (momentum if momentum > 0 else self.beta1, beta2)
-        cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=betas, weight_decay=self.weight_decay, **kwargs)
+        return _optimizer_class(self.optimizer)(params, lr=lr, betas=betas, weight_decay=self.weight_decay, **kwargs)
 
     def _groups(self, params):
         """``params`` split into ``param_groups`` (lists of parameter names with their own settings), if any."""
@@ -168,6 +167,13 @@ def check_target(target: Any, where: str = "target") -> Target:
     return target
 
 
+def _optimizer_class(name: str) -> type:
+    """The torch.optim class of an OPTIMIZERS name."""
+    import torch
+
+    return torch.optim.SGD if name in ("sgd", "nesterov") else torch.optim.Adam if name == "adam" else torch.optim.AdamW
+
+
 def _plain(value: Any) -> Any:
     """``value`` with tuples as lists and anything not a number, string or container as its repr (for JSON)."""
     if isinstance(value, dict):
@@ -190,8 +196,7 @@ def _check_recipe(target: Target, where: str) -> None:
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise UserError(f"{where}: optimizer_kwargs must be a dict of keyword arguments such as "
                         f"{{'betas': (0.9, 0.95), 'eps': 1e-8}}, got {type(kwargs).__name__}")
-    cls = torch.optim.SGD if target.optimizer in ("sgd", "nesterov") else (
-        torch.optim.Adam if target.optimizer == "adam" else torch.optim.AdamW)
+    cls = _optimizer_class(target.optimizer)
     accepted = [n for n in inspect.signature(cls).parameters if n not in _OWN_FIELDS]
     for key in kwargs:
         if key in _OWN_FIELDS:

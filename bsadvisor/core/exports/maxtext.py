@@ -63,7 +63,7 @@ def _maxtext_best_ramp(plan, steps: list[dict]) -> "MaxTextRamp":
     power, noise = noise_factor(plan)
     b_plan = np.asarray([plan.at_sample(int(x)).batch_size for x in grid], dtype=float)
     if final > start:
-        increments = [i for i in spread(ramp_increments(final - start, unit), MAXTEXT_INCREMENTS)]
+        increments = spread(ramp_increments(final - start, unit), MAXTEXT_INCREMENTS)
         if not increments:
             raise UserError(f"the plan cannot be expressed as MaxText's batch ramp: no increment that is a multiple "
                             f"of {unit} divides {final} − {start}; convert again with --round-to {unit}")

@@ -6,7 +6,7 @@ import math
 from typing import NamedTuple, Optional
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.exports.fit import (MEGATRON_TOLERANCE, RAMP_MAX_CHANGES, RAMP_MAX_STEPS, Exported, MegatronLR,
+from bsadvisor.core.exports.fit import (MEGATRON_TOLERANCE, RAMP_MAX_CHANGES, RAMP_MAX_STEPS, Exported,
                                         batch_steps, closest_lr, device_unit, fmt_number, noise_factor,
                                         ramp_increments, schedule_notes, spread)
 
@@ -213,19 +213,13 @@ def megatron_schedule(plan) -> tuple[list[tuple[int, int]], Optional[int]]:
     return [(p["samples"] * (seq or 1), p["batch_size"]) for p in batch_steps(plan)], seq
 
 
-def megatron_lr(plan) -> MegatronLR:
-    """The Megatron LR flags closest to the plan's LR (closest_lr over consumed samples, warmup from the plan's
-    first LR as Megatron's --lr-warmup-init allows)."""
-    return closest_lr(plan)
-
-
 def megatron_step(plan) -> Exported:
     """Megatron-Core ≥ 0.18's flags: --step-batch-size-schedule (thresholds in tokens with --seq-length, else in
     samples), --train-samples and the LR flags closest to the plan's, with the temperature error stated;
     a UserError when the LR is more than MEGATRON_TOLERANCE off on average."""
     schedule, seq = megatron_schedule(plan)
     entries = " ".join(f"{_float_exact(t, 'threshold')}:{_float_exact(b, 'batch')}" for t, b in schedule)
-    lr = megatron_lr(plan)
+    lr = closest_lr(plan)  # over consumed samples, warmup from the plan's first LR (--lr-warmup-init)
     if lr.mean_error > MEGATRON_TOLERANCE:
         raise UserError(f"Megatron-Core's LR schedules (warmup, then constant, linear, cosine or WSD over samples) "
                         f"cannot hold this plan's LR: the closest ({lr.flags()}) is {lr.mean_error:.0%} off the "

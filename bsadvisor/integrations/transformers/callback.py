@@ -111,6 +111,11 @@ def trainer_updates(micro_per_epoch: int, iterations: int, epochs: int, ks: list
     return out
 
 
+def _micro_unit(args) -> int:
+    """Examples of one micro-batch over all processes: the per-device batch × GPUs × processes."""
+    return args.per_device_train_batch_size * max(1, args.n_gpu) * max(1, args.world_size)
+
+
 def _updates_in(ks: list[int], micro: int) -> int:
     """How many of the updates ``ks`` (micro-batches each) the first ``micro`` micro-batches complete."""
     done = 0
@@ -146,8 +151,7 @@ class HFFollowPlan(TrainerCallback):
     def on_train_begin(self, args, state, control, train_dataloader=None, lr_scheduler=None, **kwargs):
         self._given_accumulation = args.gradient_accumulation_steps
         self._refuse_settings(args, train_dataloader, lr_scheduler)
-        plan, world = self.plan, max(1, args.world_size)
-        unit = args.per_device_train_batch_size * max(1, args.n_gpu) * world
+        plan, unit = self.plan, _micro_unit(args)
         updates = plan_updates(plan)
         bad = next(((s, b) for _, s, b in updates if b % unit), None)
         if bad is not None:
@@ -157,11 +161,11 @@ class HFFollowPlan(TrainerCallback):
                             "divides every batch of the plan")
         self._ks = [b // unit for _, _, b in updates]
         micro = len(train_dataloader)
-        self._refuse_length(args, len(updates), math.ceil(micro / self._given_accumulation))
+        iterations = math.ceil(micro / self._given_accumulation)  # the Trainer's updates an epoch
+        self._refuse_length(args, len(updates), iterations)
         per_epoch: list[list[int]] = [[] for _ in range(plan.full_epochs)]
         for (e, _, _), k in zip(updates, self._ks):
             per_epoch[e].append(k)
-        iterations = math.ceil(micro / self._given_accumulation)
         done = state.global_step
         first_epoch = skipped = 0
         if done:  # a resume: where the Trainer will start (_init_training_state), and where the plan is
@@ -230,7 +234,7 @@ class HFFollowPlan(TrainerCallback):
         if len(dataset) != self.plan.dataset_size:
             raise UserError(f"the plan was made for {self.plan.dataset_size} training examples but train_dataset has "
                             f"{len(dataset)}; re-run convert-schedule for this dataset")
-        unit = args.per_device_train_batch_size * max(1, args.n_gpu) * max(1, args.world_size)
+        unit = _micro_unit(args)
         if len(dataset) % unit:
             raise UserError(f"the train_dataset's {len(dataset)} examples are not a multiple of the per-device batch "
                             f"× processes = {unit}, so the epoch's last micro-batches would be uneven: give a "

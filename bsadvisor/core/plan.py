@@ -183,9 +183,7 @@ class Plan:
         plan uses: its noise figures, the advice, the exports): the N → ∞ form for one pass or less (eq. 15),
         and the noise-aware Adam rule as its square-root limit (eq. 16, ``TemperatureModel.proxy``: B_noise(s)
         must not depend on itself; convert's own model, core.spans.temperature_model, adds the B_noise(s) steps)."""
-        o = self.options
-        return TemperatureModel(None if o.single_pass else o.dataset_size, o.rule, o.optimizer,
-                                noise_proxy_rule(o.adam_rule))
+        return TemperatureModel.of(self.options, noise_proxy_rule(self.options.adam_rule))
 
     @property
     def noise_model(self) -> Optional[NoiseModel]:

@@ -19,24 +19,13 @@ from bsadvisor.core.predict import KeepBatchAdvice, StartAdvice, noise_at_start
 from bsadvisor.core.probe_result import ProbeResult
 from bsadvisor.core.recommend import Recommendation, recommend
 
+from test_pipeline import probe_doc  # a probe at B 64, LR 0.01, N 16384 that measured the B_simple given
+
 N, B0, LR = 16384, 128, 0.01
 SCHEDULE = "MultiStepLR(milestones=[3,6,8], gamma=0.2)"
 OPTIONS = dict(lr=0.1, batch_size=128, dataset_size=50_000, epochs=200, momentum=0.9, rule="proportional",
                schedule="MultiStepLR(milestones=[60,120,160], gamma=0.2)", max_batch=4096, round_to=8,
                max_fraction=0.5, stage_factor=1.5)
-
-
-def probe_doc(b_simple: float, batch: int = 64) -> dict:
-    """A probe at ``batch`` (LR and N the plans' below) that measured ``b_simple``."""
-    return {
-        "schema": "bsadvisor.probe/1", "target": "builtin:linreg",
-        "noise": {"b_simple": b_simple, "ci90": [b_simple * 0.9, b_simple * 1.1], "trace_sigma": 4.0,
-                  "grad_sq_norm": 4.0 / b_simple, "examples": 10000},
-        "memory": {"max_batch": 1024, "bytes_per_sample": 1e5, "fixed_bytes": 1e7, "trials": 3},
-        "throughput": [{"batch_size": b, "examples_per_s": r} for b, r in ((64, 1e4), (256, 3e4), (1024, 4e4))],
-        "settings": {"lr": LR, "momentum": 0.0, "batch_size": batch, "dataset_size": N, "device": "cpu",
-                     "optimizer": "adamw", "estimator": "microbatch", "seed": 0},
-    }
 
 
 def reloaded(plan: Plan, tmp_path) -> Plan:
@@ -57,7 +46,8 @@ def test_a_plan_file_gives_back_the_options_it_was_made_with(tmp_path):
 def test_a_plan_made_with_a_probe_gives_back_its_layout_and_cap(tmp_path):
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps(probe_doc(400.0)))
-    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, noise_cap=3, world_size=2, adam_rule="sqrt")
+    plan = recommend(probe=probe, epochs=10, schedule=SCHEDULE, noise_cap=3, world_size=2, optimizer="adamw",
+                     adam_rule="sqrt")
     loaded = reloaded(plan, tmp_path)
     o = loaded.options
     assert (o.world_size, o.micro_batch, o.optimizer, o.adam_rule, o.batch_size, o.lr) == (2, 1024, "adamw", "sqrt",

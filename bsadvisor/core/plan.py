@@ -155,7 +155,7 @@ class Plan:
         as recorded. A recorded input that is not a valid option raises UserError naming it.
         """
         key = (dict(self.inputs), self.dataset_size, self.total_samples, self.stages[0].batch_size,
-               self.stages[0].lr, id(self.probe))
+               self.stages[0].lr, self.probe)
         cached = self.__dict__.get("_options")
         if cached is not None and cached[0] == key:
             return cached[1]

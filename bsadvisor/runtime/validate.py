@@ -135,10 +135,10 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
 def constant_plan(plan: Plan, *, lr: Optional[float] = None, batch_size: Optional[int] = None) -> Plan:
     """One stage at the schedule's starting LR and batch: the control without any schedule."""
     first = plan.stages[0]
-    return replace(plan.with_inputs(), stages=[Stage(0, plan.total_samples, batch_size or first.batch_size,
-                                       first.lr if lr is None else lr, first.momentum, temperature=1.0,
-                                       phase="constant")],
-                   baseline_updates=0, cap={}, warnings=[], notes=[], probe=None)
+    stage = Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
+                  first.momentum, temperature=1.0, phase="constant")
+    # the plan's inputs (a copy), and nothing else of it
+    return replace(plan.with_inputs(), stages=[stage], baseline_updates=0, cap={}, warnings=[], notes=[], probe=None)
 
 
 # -- statistics and verdict -----------------------------------------------------------

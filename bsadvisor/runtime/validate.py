@@ -33,12 +33,12 @@ from typing import Any, Callable, Optional
 
 from bsadvisor.core import checks
 
-from bsadvisor.core import convert
 from bsadvisor.core.baseline import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.recommend import recommend
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
@@ -94,19 +94,25 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "schedule")):
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
-    fitted = convert.convert(_options(plan, world_size=world_size, micro_batch=micro_batch,
-                                      noise_cap_batch=_noise_cap(plan)))
+    fitted = reconvert(plan, world_size=world_size, micro_batch=micro_batch)
     before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
 
 
-def _noise_cap(plan: Plan):
-    """The plan's noise cap to convert again with: K × its recorded noise model (eq. 16), else its one number."""
-    k, model = plan.inputs.get("noise_cap"), _noise_model(plan)
-    if k is not None and model is not None:
-        return model.cap(k)
-    return (plan.cap or {}).get("noise_scale")
+def reconvert(plan: Plan, **changes: Any) -> Plan:
+    """The plan converted again from the options it records, with ``changes``, through ``recommend`` (the one
+    conversion path): capped at K × its recorded noise model (eq. 16) and annotated with it (B_noise and
+    efficiency per stage) when it has one. A plan spread over several devices with neither a device cap nor a
+    probe keeps its batch cap as the device cap (recommend scales only a measured one by the devices)."""
+    model = _noise_model(plan)
+    options = _options(plan, **changes)
+    if options.world_size > 1 and options.max_batch is None:
+        cap = plan.cap or {}
+        options = _options(plan, **changes, max_batch=cap.get("max_fraction") or cap.get("run_length")
+                           or cap.get("batch_size"))
+    k = plan.inputs.get("noise_cap")  # a noise cap needs the model it was taken from (recorded since plan/2)
+    return recommend(options, noise_trace=model, noise_cap=k if model is not None else None)
 
 
 def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[RunSpec]:
@@ -123,11 +129,11 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
                             f"original schedule) and at most N = {plan.dataset_size}")
         cap = default_hybrid_cap(plan) if hybrid_cap is None else hybrid_cap
         if cap > b0:
-            runs.append(RunSpec(f"hybrid-{cap}", convert.convert(_options(plan, max_batch=cap)),
+            runs.append(RunSpec(f"hybrid-{cap}", reconvert(plan, max_batch=cap),
                                 f"grow the batch up to {cap}, then decay the LR"))
         if increase_lr > 1:
             k = increase_lr
-            runs.append(RunSpec(f"increased-lr-x{k:g}", convert.convert(_options(plan, increase_lr=k)),
+            runs.append(RunSpec(f"increased-lr-x{k:g}", reconvert(plan, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
 

@@ -106,6 +106,7 @@ def reconvert(plan: Plan, **changes: Any) -> Plan:
     efficiency per stage) when it has one. A plan spread over several devices with neither a device cap nor a
     probe keeps its batch cap as the device cap (recommend scales only a measured one by the devices)."""
     model = _noise_model(plan)
+    changes["noise_model"] = None  # given to recommend as the noise trace, which sets it
     options = _options(plan, **changes)
     if options.world_size > 1 and options.max_batch is None:
         cap = plan.cap or {}

@@ -339,8 +339,8 @@ def plan_for(target, plan: Union[Plan, ConvertOptions, TargetOptions, dict, None
                             f"{target.dataset_size}; re-run convert-schedule with --dataset-size "
                             f"{target.dataset_size}")
         return plan
-    if isinstance(plan, ConvertOptions):
-        return recommend(plan)
+    if isinstance(plan, ConvertOptions):  # its noise model goes in as the trace (recommend sets the field from it)
+        return recommend(dataclasses.replace(plan, noise_model=None), noise_trace=plan.noise_model)
     if plan is not None:
         checks.instance("plan", plan, (TargetOptions, dict), "a Plan, a ConvertOptions, a dict of conversion "
                         "options or None")

@@ -43,6 +43,7 @@ from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
+from bsadvisor.targets.target import batchnorm_layers
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
@@ -443,8 +444,6 @@ def _stamps(out: Path, names) -> dict:
 
 def batchnorm_warning(model) -> Optional[str]:
     """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
-    from bsadvisor.targets.target import batchnorm_layers
-
     names = batchnorm_layers(model)
     if not names:
         return None

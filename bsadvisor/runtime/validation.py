@@ -30,6 +30,7 @@ from bsadvisor.core.recommend import recommend
 from bsadvisor.core.validate_options import ValidateOptions, check_epochs
 from bsadvisor.runtime import validate as engine
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
+from bsadvisor.targets.target import Target
 
 
 def _plain(value: Any) -> Any:
@@ -271,7 +272,7 @@ class Validation(_Document):
 
     def _write_files(self, out: Path) -> Validation:
         """The files, into a folder this run holds (claim_out)."""
-        from bsadvisor.runtime.report import write_outputs
+        from bsadvisor.runtime.report import write_outputs  # report.py reads a Validation: no cycle at import
 
         doc = self.to_dict()
         warnings = write_outputs(doc, out)
@@ -296,8 +297,6 @@ def validate(target, plan: Union[Plan, ConvertOptions, TargetOptions, dict, None
     was refitted to the devices, ``warning: ...`` for a model with BatchNorm); they are also in the
     Validation's ``warnings``. Raises UserError when the plan does not fit the target or there is nothing to convert.
     """
-    from bsadvisor.targets.target import Target
-
     if isinstance(target, str):
         raise ArgumentTypeError(f"target must be a Target, got the string {checks.show(target)}: load it first, "
                                 "bsadvisor.validate(bsadvisor.load_target(...), ...)", parameter="target")

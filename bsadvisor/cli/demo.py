@@ -7,7 +7,7 @@ options, runtime.validation.plan_for; :func:`bsadvisor.validate`); the report is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -16,7 +16,7 @@ from bsadvisor.cli.validate import exit_code, plan_source, run_and_report
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import json_safe
 from bsadvisor.core.validate_options import ValidateOptions, check_epochs
-from bsadvisor.runtime.validate import check_out
+from bsadvisor.runtime.validate import check_out, finite
 from bsadvisor.runtime.validation import plan_for
 from bsadvisor.targets import loading
 
@@ -86,12 +86,10 @@ def _demo_probe(tgt, skip: bool, say) -> tuple[Optional[dict], Optional[int]]:
     from bsadvisor.measure.probe import probe  # torch
 
     result = probe(tgt)
-    d: dict[str, Any] = result.to_dict()
-    noise, memory = d.get("noise") or {}, d.get("memory") or {}
-    b, ci = noise.get("b_simple"), noise.get("ci90")
-    if b is not None:
-        say(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci and None not in ci else ""))
-    mb = memory.get("max_batch")
+    b, ci = result.noise.b_simple, result.noise.ci90
+    if finite(b):
+        say(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci and all(map(finite, ci)) else ""))
+    mb = result.memory.max_batch
     if mb:
         say(f"   largest batch that fits: {mb:,}")
-    return d, (int(mb) if mb else None)
+    return result.to_dict(), (int(mb) if mb else None)

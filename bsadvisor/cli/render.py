@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bsadvisor.core.plan import Plan
-from bsadvisor.runtime.report import (describe_ci, difference_text, fmt, mean_curve, noise_rows, sparkline,
+from bsadvisor.runtime.report import (difference_text, fmt, mean_curve, noise_rows, sparkline,
                                       status_word, verdict_text)
 from bsadvisor.runtime.validation import Validation
 
@@ -333,8 +333,8 @@ def noise_table(doc: Validation) -> Optional[FitTable]:
     if not found:
         return None
     n = doc.dataset_size or 0
-    rows = [[name, f"{p['sample'] / n if n else 0:.2f}", f"{p['batch_size']:,}", fmt(p["shown"], ",.0f"),
-             describe_ci(p), p["ratio"]] for name, pts in found.items() for p in pts]
+    rows = [[name, f"{p.sample / n if n else 0:.2f}", f"{p.batch_size:,}", fmt(p.b_simple, ",.0f"), p.interval, p.ratio]
+            for name, pts in found.items() for p in pts]
     cols = [("run", "left"), ("epoch", "right"), ("batch", "right"), ("B_simple", "right"), ("90% CI", "right"),
             ("B/B_simple", "right")]
     return FitTable("noise scale through training (first seed)", cols, rows,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -338,7 +339,20 @@ def temperature_table(doc: Doc, points: int = 10) -> list[str]:
     return lines + [""]
 
 
-def noise_rows(doc: Doc, points: int = 8) -> dict[str, list[dict]]:
+@dataclass(frozen=True)
+class NoiseRow:
+    """A noise-trace point as the tables show it: where (``sample``), the run's batch there, B_simple (None
+    for an open interval, whose point estimate says nothing: it may be negative), its 90% interval in words
+    and B/B_simple (the batch against the critical batch)."""
+
+    sample: int
+    batch_size: int
+    b_simple: Optional[float]
+    interval: str
+    ratio: str
+
+
+def noise_rows(doc: Doc, points: int = 8) -> dict[str, list[NoiseRow]]:
     """Each run's (first seed's) noise trace at up to ``points`` evenly spread places, with the batch it
     trained at there and B/B_simple: where the run sits against the critical batch."""
     rows = {}
@@ -347,9 +361,8 @@ def noise_rows(doc: Doc, points: int = 8) -> dict[str, list[dict]]:
         if not trace:
             continue
         picks = sorted({round(i * (len(trace) - 1) / max(points - 1, 1)) for i in range(min(points, len(trace)))})
-        # an open interval's point estimate says nothing (it may be negative): only its bound is shown
-        rows[name] = [dict(trace[i], shown=trace[i]["b_simple"] if trace[i]["ci_kind"] == "bounded" else None,
-                           ratio=_ratio_text(trace[i])) for i in picks]
+        rows[name] = [NoiseRow(p["sample"], p["batch_size"], p["b_simple"] if p["ci_kind"] == "bounded" else None,
+                               describe_ci(p), _ratio_text(p)) for p in (trace[i] for i in picks)]
     return rows
 
 
@@ -387,8 +400,8 @@ def noise_table(doc: Doc) -> list[str]:
              "| run | epoch | batch | B_simple | 90% CI | B/B_simple |", "|---|---|---|---|---|---|"]
     for name, pts in rows.items():
         for p in pts:
-            lines.append(f"| {_md(name)} | {p['sample'] / n if n else 0:.2f} | {p['batch_size']:,} | "
-                         f"{fmt(p['shown'], ',.0f')} | {describe_ci(p)} | {p['ratio']} |")
+            lines.append(f"| {_md(name)} | {p.sample / n if n else 0:.2f} | {p.batch_size:,} | "
+                         f"{fmt(p.b_simple, ',.0f')} | {p.interval} | {p.ratio} |")
     return lines + [""]
 
 

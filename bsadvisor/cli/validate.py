@@ -205,14 +205,14 @@ def plan_source(target, plan: Optional[Plan], plan_options: dict, note: Callable
 def _validate(target: str, plan: Optional[Path], options: ValidateOptions, plan_options: dict, *, device: str,
               as_json: bool) -> None:
     """Check what can be checked before the target is imported, then validate the plan on it."""
-    from bsadvisor.runtime.distributed import init_from_env, resolve_device  # torch
-
     if plan_options.get("epochs") is not None:
         check_epochs(plan_options["epochs"])
     if plan is not None and plan_options.get("schedule") is not None:
         raise UserError("give either --plan FILE or --schedule/--epochs, not both")
     loaded = Plan.load(plan) if plan is not None else None  # a bad plan file fails before the target is imported
     check_out(options.out, resume=options.resume, overwrite=options.overwrite)
+    from bsadvisor.runtime.distributed import init_from_env, resolve_device  # torch: after the checks
+
     dist = init_from_env(device)
     dev = dist.device if dist.enabled else resolve_device(device)
     if dist.is_main:

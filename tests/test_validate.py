@@ -776,3 +776,33 @@ def test_the_library_call_refuses_what_it_cannot_validate_before_training(tiny):
         bsadvisor.validate(target, {"lr": 0.1})
     with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
         bsadvisor.validate(target, other, seed=3)
+
+
+def test_variants_and_the_device_refit_carry_the_noise_annotation():
+    """Validate's variants and the torchrun refit are made by recommend, so each stage carries its B_noise and
+    efficiency as the plan's do (a plan made with a noise model); their batches are those of a conversion
+    of the same options with the same noise model and cap."""
+    import bsadvisor
+    from bsadvisor.core.baseline import plan_options, recorded_noise_model
+    from bsadvisor.core.convert import convert
+    from bsadvisor.core.noise_model import NoiseModel
+    from bsadvisor.core.validate_options import ValidateOptions
+    from bsadvisor.runtime.validate import build_runs, fit_to_devices
+
+    model = NoiseModel.from_dict({"source": "probe", "points": [
+        {"sample": 0, "b_simple": 20.0, "lr": 0.05, "momentum": 0.9, "batch_size": 8, "ci90": [15.0, 25.0],
+         "ci_kind": "bounded"}]})
+    plan = bsadvisor.recommend({"lr": 0.05, "batch_size": 8, "momentum": 0.9, "dataset_size": 3200, "epochs": 6,
+                                "schedule": "MultiStepLR(milestones=[2, 4], gamma=0.2)"}, noise_trace=model,
+                               noise_cap=8)
+    assert all("efficiency" in s.extra for s in plan.stages)
+    runs = {r.name: r.plan for r in build_runs(plan, ValidateOptions(variants=True))}
+    fitted, note = fit_to_devices(plan, 3, 5)
+    assert note is not None and len(runs) == 4
+    recorded = recorded_noise_model(plan)
+    for got, changes in ((runs["increased-lr-x5"], {"increase_lr": 5}), (fitted, {"world_size": 3, "micro_batch": 5}),
+                         *((p, {"max_batch": int(n.split("-")[1])}) for n, p in runs.items() if n.startswith("hybrid"))):
+        assert all("efficiency" in s.extra and "b_noise" in s.extra for s in got.stages), changes
+        want = convert(plan_options(plan, noise_cap_batch=recorded.cap(8), **changes))
+        assert got.stage_batch_sizes() == want.stage_batch_sizes(), changes
+    assert all(b == 8 or b % 3 == 0 for b in fitted.stage_batch_sizes())

@@ -33,16 +33,17 @@ from typing import Any, Callable, Optional
 
 from bsadvisor.core import checks
 
-from bsadvisor.core import convert
 from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.recommend import recommend
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
+from bsadvisor.targets.target import batchnorm_layers
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
@@ -94,19 +95,26 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     if missing:
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
-    fitted = convert.convert(replace(plan.options, world_size=world_size, micro_batch=micro_batch,
-                                     noise_cap_batch=_noise_cap(plan)))
+    fitted = reconvert(plan, world_size=world_size, micro_batch=micro_batch)
     before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
 
 
-def _noise_cap(plan: Plan):
-    """The plan's noise cap to convert again with: K × its recorded noise model (eq. 16), else its one number."""
-    k, model = plan.noise_cap, plan.noise_model
-    if k is not None and model is not None:
-        return model.cap(k)
-    return (plan.cap or {}).get("noise_scale")
+def reconvert(plan: Plan, **changes: Any) -> Plan:
+    """The plan converted again from the options it records, with ``changes``, through ``recommend`` (the one
+    conversion path): capped at K × its recorded noise model (eq. 16) and annotated with it (B_noise and
+    efficiency per stage) when it has one. A plan spread over several devices with neither a device cap nor a
+    probe keeps its batch cap as the device cap (recommend scales only a measured one by the devices)."""
+    model = plan.noise_model
+    changes["noise_model"] = None  # given to recommend as the noise trace, which sets it
+    options = replace(plan.options, **changes)
+    if options.world_size > 1 and options.max_batch is None:
+        cap = plan.cap or {}
+        options = replace(options, max_batch=cap.get("max_fraction") or cap.get("run_length")
+                          or cap.get("batch_size"))
+    k = plan.noise_cap  # a noise cap needs the model it was taken from (recorded since plan/2)
+    return recommend(options, noise_trace=model, noise_cap=k if model is not None else None)
 
 
 def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[RunSpec]:
@@ -123,11 +131,11 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
                             f"original schedule) and at most N = {plan.dataset_size}")
         cap = default_hybrid_cap(plan) if hybrid_cap is None else hybrid_cap
         if cap > b0:
-            runs.append(RunSpec(f"hybrid-{cap}", convert.convert(replace(plan.options, max_batch=cap)),
+            runs.append(RunSpec(f"hybrid-{cap}", reconvert(plan, max_batch=cap),
                                 f"grow the batch up to {cap}, then decay the LR"))
         if increase_lr > 1:
             k = increase_lr
-            runs.append(RunSpec(f"increased-lr-x{k:g}", convert.convert(replace(plan.options, increase_lr=k)),
+            runs.append(RunSpec(f"increased-lr-x{k:g}", reconvert(plan, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
 
@@ -437,8 +445,6 @@ def _stamps(out: Path, names) -> dict:
 
 def batchnorm_warning(model) -> Optional[str]:
     """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
-    from bsadvisor.targets.target import batchnorm_layers
-
     names = batchnorm_layers(model)
     if not names:
         return None

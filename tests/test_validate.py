@@ -783,7 +783,8 @@ def test_variants_and_the_device_refit_carry_the_noise_annotation():
     efficiency as the plan's do (a plan made with a noise model); their batches are those of a conversion
     of the same options with the same noise model and cap."""
     import bsadvisor
-    from bsadvisor.core.baseline import plan_options, recorded_noise_model
+    from dataclasses import replace
+
     from bsadvisor.core.convert import convert
     from bsadvisor.core.noise_model import NoiseModel
     from bsadvisor.core.validate_options import ValidateOptions
@@ -799,10 +800,10 @@ def test_variants_and_the_device_refit_carry_the_noise_annotation():
     runs = {r.name: r.plan for r in build_runs(plan, ValidateOptions(variants=True))}
     fitted, note = fit_to_devices(plan, 3, 5)
     assert note is not None and len(runs) == 4
-    recorded = recorded_noise_model(plan)
+    recorded = plan.noise_model
     for got, changes in ((runs["increased-lr-x5"], {"increase_lr": 5}), (fitted, {"world_size": 3, "micro_batch": 5}),
                          *((p, {"max_batch": int(n.split("-")[1])}) for n, p in runs.items() if n.startswith("hybrid"))):
         assert all("efficiency" in s.extra and "b_noise" in s.extra for s in got.stages), changes
-        want = convert(plan_options(plan, noise_cap_batch=recorded.cap(8), **changes))
+        want = convert(replace(plan.options, noise_cap_batch=recorded.cap(8), **changes))
         assert got.stage_batch_sizes() == want.stage_batch_sizes(), changes
     assert all(b == 8 or b % 3 == 0 for b in fitted.stage_batch_sizes())

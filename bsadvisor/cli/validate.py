@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.text import Text
 
-from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
-                                   Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
-                                   TotalSamples, TotalSteps)
+from bsadvisor.cli.options import command_options, with_options
 from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
                                warn_busy_cpu)
 from bsadvisor.core.defaults import VALIDATE_DEFAULTS
@@ -316,16 +314,12 @@ VALIDATE_EPILOG = (
 
 
 @app.command(epilog=VALIDATE_EPILOG)
+@with_options(command_options("validate", first=("schedule", "epochs")), into="plan_options")
 def validate(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
                                         "(or give the schedule options below)"),
-    schedule: ScheduleOpt = None, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
-    momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None,
-    max_batch: MaxBatch = None, max_fraction: MaxFraction = None, round_to: RoundTo = None,
-    max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
-    total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
-    growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
+    plan_options: Optional[dict] = None,  # the conversion options (core.options), declared once: with_options
     seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same "
                               "initial weights). One seed gives an INDICATIVE verdict only (exit 3): use 3 or more for a "
                               "verdict (two give a wide interval)"),
@@ -377,11 +371,6 @@ def validate(
         seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr, tolerance=tolerance,
         evals=evals, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every, noise_monitor=noise_monitor,
         monitor_overhead=monitor_overhead, out=out, resume=resume, overwrite=overwrite, max_minutes=max_minutes)
-    plan_options = dict(schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                        schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
-                        round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
-                        total_samples=total_samples, total_steps=total_steps, seq_len=seq_len,
-                        growth_factor=growth_factor, adam_sde=adam_sde)
     limit = options.max_minutes
     try:
         with time_limit(limit * 60 if limit else None):

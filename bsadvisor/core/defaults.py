@@ -74,3 +74,7 @@ MAX_EPOCHS = 1_000_000
 MAX_SAMPLES = 2**62
 #: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
 MAX_TABLE_BYTES = 16 * 2**20
+#: Longest --schedule expression accepted; longer schedules belong in a CSV table.
+MAX_SCHEDULE_CHARS = 10_000
+#: How a schedule counts: scheduler.step() once an epoch, or once an iteration.
+SCHEDULE_UNITS = ("epoch", "step")

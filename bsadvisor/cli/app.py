@@ -96,7 +96,10 @@ def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
 
     Library errors name parameters (``max_fraction must be in (0, 1], got 2``, ``batch_size
     600 is larger than dataset_size 500``); the command that ran shows its options instead
-    (``--max-fraction must be ...``). A name that is no option of that command stays as it is.
+    (``--max-fraction must be ...``): each parameter's flag is read from the command's parameters,
+    which are the options' declarations (core.declared). A name that is no option of that command
+    stays as it is, and only a parameter's first mention is its name (``epochs 2e5 is more than
+    validate can train: at most 100,000 epochs`` keeps its second "epochs").
     """
     text = str(exc)
     names = getattr(exc, "parameters", ()) or ((exc.parameter,) if exc.parameter else ())
@@ -112,7 +115,7 @@ def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
     for name in names:
         if name in flags:
             # a whole word, not part of another (max_batch_size) or of a file name (probe.json)
-            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-]|\.\w)", flags[name], text)
+            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-]|\.\w)", flags[name], text, count=1)
     return text
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from bsadvisor.core import checks
+from bsadvisor.core.declared import OptionObject
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
 
@@ -24,7 +25,7 @@ MAX_BUDGET_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
-class ProbeOptions:
+class ProbeOptions(OptionObject):
     """What a probe measures with (docs/probe.md); a ProbeOptions always holds clean values.
 
     ``device``: cpu, cuda, cuda:N or auto. ``batch_size`` B, ``lr`` and ``warmup_steps``:
@@ -52,7 +53,7 @@ class ProbeOptions:
     measure_memory: bool = PROBE_DEFAULTS["measure_memory"]
     measure_throughput: bool = PROBE_DEFAULTS["measure_throughput"]
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         """The first bad value raises a UserError naming it; the others are kept as clean Python numbers."""
         if self.estimator not in ESTIMATORS:
             raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(self.estimator)[:40]!r}",
@@ -77,4 +78,4 @@ class ProbeOptions:
         clean["max_draws"] = checks.optional(checks.integer, "max_draws", self.max_draws, low=clean["min_draws"],
                                              high=MAX_DRAWS)
         for name, value in clean.items():
-            object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
+            self._set(name, value)

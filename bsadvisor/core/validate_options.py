@@ -2,7 +2,8 @@
 
 ``bsadvisor validate``, ``bsadvisor demo`` and ``run_validation(target, specs, options)`` all
 hold one ValidateOptions, checked when it is built, before the target is imported or torch
-loaded: a bad value is one ``UserError`` line naming the option (``--seeds must be ≥ 1, got 0``).
+loaded: a bad value is one ``UserError`` line naming the parameter (``seeds must be ≥ 1, got 0``), which the
+CLI spells as the option the user typed (``--seeds``).
 The plan to validate (the schedule options) is a ConvertOptions' business, not this one's.
 Pure Python, no torch.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from bsadvisor.core import checks
+from bsadvisor.core.declared import OptionObject
 from bsadvisor.core.defaults import VALIDATE_DEFAULTS
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.verdict import Margin, parse_margin
@@ -28,18 +30,19 @@ MAX_EVALS = 1_000
 MAX_MINUTES = 10**7
 
 
-def check_epochs(epochs: float, where: str = "--epochs") -> float:
+def check_epochs(epochs: float, where: str = "epochs") -> float:
     """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
-    limit and why."""
+    limit and why, naming ``where`` (the parameter, or a file's field)."""
     epochs = checks.number(where, epochs, low=0, low_open=True)
     if epochs > MAX_TRAIN_EPOCHS:
         raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_TRAIN_EPOCHS:,} epochs, because it "
-                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
+                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run",
+                        parameter=where)
     return epochs
 
 
 @dataclass(frozen=True)
-class ValidateOptions:
+class ValidateOptions(OptionObject):
     """How a plan is validated (docs/validate.md); a ValidateOptions always holds clean values.
 
     ``seeds`` paired seeds per run; with ``variants`` also the hybrid (capped at ``hybrid_cap``,
@@ -71,32 +74,29 @@ class ValidateOptions:
     overwrite: bool = VALIDATE_DEFAULTS["overwrite"]
     max_minutes: Optional[float] = None
 
-    def __post_init__(self) -> None:
-        """The first bad value raises a UserError naming its option (in the order the CLI always checked them)."""
-        self._set("max_minutes", checks.optional(checks.number, "--max-minutes", self.max_minutes, low=0,
+    def check(self) -> None:
+        """The first bad value raises a UserError naming its parameter (in the order the CLI always checked them)."""
+        self._set("max_minutes", checks.optional(checks.number, "max_minutes", self.max_minutes, low=0,
                                                  low_open=True, high=MAX_MINUTES))
         monitor = self.noise_monitor
         if isinstance(monitor, Mapping):  # NoiseMonitor settings, as train_plan takes them
             self._set("monitor_overhead", monitor.get("overhead", self.monitor_overhead))
             self._set("monitor_min_points", monitor.get("min_points", self.monitor_min_points))
         self._set("noise_monitor", bool(monitor))
-        self._set("monitor_overhead", checks.number("--monitor-overhead", self.monitor_overhead, low=0, high=1,
+        self._set("monitor_overhead", checks.number("monitor_overhead", self.monitor_overhead, low=0, high=1,
                                                     low_open=True))
         self._set("monitor_min_points", checks.positive_int("monitor_min_points", self.monitor_min_points))
-        self._set("seeds", checks.positive_int("--seeds", self.seeds, high=MAX_SEEDS))
-        self._set("hybrid_cap", checks.optional(checks.positive_int, "--hybrid-cap", self.hybrid_cap))
-        self._set("increase_lr", checks.number("--increase-lr", self.increase_lr, low=1, low_open=True))
-        self._set("tolerance", parse_margin(self.tolerance))
-        self._set("evals", checks.positive_int("--evals", self.evals, high=MAX_EVALS))
-        self._set("max_micro_batch", checks.optional(checks.positive_int, "--max-micro-batch", self.max_micro_batch))
-        self._set("checkpoint_every", checks.optional(checks.positive_int, "--checkpoint-every",
+        self._set("seeds", checks.positive_int("seeds", self.seeds, high=MAX_SEEDS))
+        self._set("hybrid_cap", checks.optional(checks.positive_int, "hybrid_cap", self.hybrid_cap))
+        self._set("increase_lr", checks.number("increase_lr", self.increase_lr, low=1, low_open=True))
+        self._set("tolerance", parse_margin(self.tolerance, "tolerance"))
+        self._set("evals", checks.positive_int("evals", self.evals, high=MAX_EVALS))
+        self._set("max_micro_batch", checks.optional(checks.positive_int, "max_micro_batch", self.max_micro_batch))
+        self._set("checkpoint_every", checks.optional(checks.positive_int, "checkpoint_every",
                                                       self.checkpoint_every))
         for name in ("variants", "resume", "overwrite"):
             self._set(name, bool(getattr(self, name)))
         self._set("out", None if self.out is None else Path(self.out))
-
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
 
     @property
     def monitor_settings(self) -> Optional[dict]:

@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.cli.options import Overwrite, command_options, with_options
+from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary, time_range
+from bsadvisor.core import checks
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
+from bsadvisor.core.probe_options import ProbeOptions
 
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
@@ -95,8 +100,6 @@ def advise_cmd(
 def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> None:
     """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
     recommended; say why and what next."""
-    from rich.text import Text
-
     from bsadvisor.core.noise import describe_interval
 
     noise = result.noise
@@ -121,10 +124,7 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
                          overwrite: bool = False):
     """The checks that need neither torch nor the target, so a typo fails at once; the --noise-trace read
     (a core.predict.Trace, or None)."""
-    from bsadvisor.core import checks
-    from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
-    from bsadvisor.core.probe_options import ProbeOptions
-    from bsadvisor.core.schedules import parse_schedule
+    from bsadvisor.core.schedules import parse_schedule  # the parser: not for `bsadvisor --help`
 
     # --schedule and --epochs may come from the target's recipe (checked once it is loaded); each error names
     # the parameter, which the CLI spells as its flag
@@ -174,10 +174,6 @@ def _print_start_advice(advice: Optional[dict], plan) -> None:
     """B0 well below the noise scale: say so, with the §5.2 variants that start at a larger batch."""
     if not advice or not advice["variants"]:
         return
-    from rich.text import Text
-
-    from bsadvisor.cli.render import FitTable, fmt_seconds
-
     console.print(Text(
         f"Your batch {advice['b0']:,} is well below the noise scale at the start (B_noise ≈ "
         f"{advice['b_noise_at_start']:,.0f}; each example keeps {advice['efficiency_at_b0']:.0%} of its value): "
@@ -230,10 +226,6 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
 
 def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict,
                   advice: Optional[dict] = None) -> None:
-    from rich.text import Text
-
-    from bsadvisor.cli.render import FitTable, plan_summary, time_range
-
     from bsadvisor.core.noise import describe_interval
 
     noise, mem = result.noise, result.memory

@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.core.errors import UserError
 from bsadvisor.cli.options import Overwrite
-from bsadvisor.core.fileio import PROBE_FILES, check_replace
+from bsadvisor.core.fileio import PROBE_FILES, check_replace, write_json
 from bsadvisor.core.defaults import PROBE_DEFAULTS
-from bsadvisor.core.probe_options import ESTIMATORS
+from bsadvisor.core.memory import format_bytes, parse_size
+from bsadvisor.core.probe_options import ESTIMATORS, ProbeOptions
 
 EPILOG = (
     "Examples:\n\n"
@@ -59,9 +63,6 @@ def probe(
     \f
     Long because its signature declares typer's options (25 lines).
     """
-    from bsadvisor.core.memory import format_bytes, parse_size
-    from bsadvisor.core.probe_options import ProbeOptions
-
     limit = None
     if memory_limit is not None:
         try:
@@ -109,8 +110,6 @@ def _run_main(run_probe, json_out, out, format_bytes) -> None:
             result = run_probe(progress=progress)
     doc = result.to_dict()
     if out is not None:
-        from bsadvisor.core.fileio import write_json
-
         write_json(out, doc)
     if json_out:
         emit_json(doc)
@@ -121,10 +120,6 @@ def _run_main(run_probe, json_out, out, format_bytes) -> None:
 def _summary(r, format_bytes, out, con=None) -> None:
     """The human-readable result on ``con`` (default: stdout). Everything fits 80 columns without
     cutting a number (narrow tables, long lines wrap between words); user strings are escaped."""
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
     from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval, usable
 
     con = con or console

@@ -30,14 +30,13 @@ MAX_EVALS = 1_000
 MAX_MINUTES = 10**7
 
 
-def check_epochs(epochs: float, where: str = "epochs") -> float:
+def check_epochs(epochs: float, where: str = "--epochs") -> float:
     """``epochs`` (fractional allowed) if validate can train that many; otherwise a UserError that says the
-    limit and why, naming ``where`` (the parameter, or a file's field)."""
+    limit and why, naming ``where`` (the command's option, or a file's field)."""
     epochs = checks.number(where, epochs, low=0, low_open=True)
     if epochs > MAX_TRAIN_EPOCHS:
         raise UserError(f"{where} {epochs} is more than validate can train: at most {MAX_TRAIN_EPOCHS:,} epochs, because it "
-                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run",
-                        parameter=where)
+                        "trains, evaluates and checkpoints every epoch of every run and seed; validate a shorter run")
     return epochs
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from bsadvisor.core import checks
 from bsadvisor.core import schema as S
 
 #: The Python type a command-line parameter gets for each kind of spec.
@@ -97,6 +98,22 @@ def names(declared: dict[str, Declared], group: str) -> tuple[str, ...]:
     return tuple(name for name, d in declared.items() if group in d.groups)
 
 
+def check_value(declared: Declared, value: Any) -> Any:
+    """``value`` checked against the option's declared type and range, worded by core.checks (the error names
+    the parameter): a whole number, a number (an interval when bounded on both sides), one of the choices."""
+    spec, name = declared.spec, declared.name
+    if isinstance(spec, S.Int):
+        return checks.integer(name, value, low=spec.low, high=spec.high)
+    if isinstance(spec, S.Num) and spec.low is not None and spec.high is not None:
+        return checks.within(name, value, spec.low, spec.high, low_open=spec.low_open, high_open=spec.high_open)
+    if isinstance(spec, S.Num):
+        return checks.number(name, value, low=spec.low, high=spec.high, low_open=spec.low_open,
+                             high_open=spec.high_open)
+    if isinstance(spec, S.Str) and spec.choices:
+        return checks.choice(name, value, spec.choices)
+    raise TypeError(f"{name}: no declared check for {spec!r}")  # a bug in a declaration, not the user's input
+
+
 class OptionObject:
     """The base of the frozen option objects: ``check`` runs once, when the object is built.
 
@@ -112,3 +129,12 @@ class OptionObject:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
+
+    def _check_declared(self, *names: str, optional: bool = False) -> None:
+        """Check each named field against its declaration (:func:`check_value`) and keep the clean value;
+        with ``optional``, None (not given) passes."""
+        declared = declarations(type(self))
+        for name in names:
+            value = getattr(self, name)
+            if not (optional and value is None):
+                self._set(name, check_value(declared[name], value))

@@ -148,9 +148,9 @@ class ConvertOptions(OptionObject):
 
         self._set("streaming", bool(self.streaming))
         if self.dataset_size is not None or not self.streaming:
-            self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
-        self._set("batch_size", checks.positive_int("batch_size", self.batch_size))
-        self._set("seq_len", checks.optional(checks.positive_int, "seq_len", self.seq_len))
+            self._check_declared("dataset_size")
+        self._check_declared("batch_size")
+        self._check_declared("seq_len", optional=True)
         self._check_length()
         n = self.dataset_size
         if n is not None and self.batch_size > n:
@@ -159,7 +159,7 @@ class ConvertOptions(OptionObject):
         given_momentum = self.momentum
         if self.momentum is None:  # Adam's β1 is the plan's momentum: torch's default, not SGD's 0
             self._set("momentum", ADAM_BETA1 if str(self.optimizer).lower() in ADAM_FAMILY else DEFAULTS["momentum"])
-        checks.within("momentum", self.momentum, 0, 1, high_open=True)
+        self._check_declared("momentum")
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
                             f"got {checks.show(self.schedule_unit)}", parameter="schedule_unit")
@@ -172,7 +172,7 @@ class ConvertOptions(OptionObject):
             if not getattr(sched, "lrs", None):
                 raise UserError("lr is required (the LR the schedule starts from)", parameter="lr")
             self._set("lr", sched.lrs[0])
-        self._set("lr", checks.positive("lr", self.lr))
+        self._check_declared("lr")
         sched.check_lr(self.lr)
         sched.check(self.original().horizon, self.schedule_unit)
 
@@ -210,11 +210,11 @@ class ConvertOptions(OptionObject):
             self._set("epochs", int(e) if float(e).is_integer() else e)
             samples = round(e * n)
         elif self.total_samples is not None:
-            samples = checks.positive_int("total_samples", self.total_samples, high=MAX_SAMPLES)
-            self._set("total_samples", samples)
+            self._check_declared("total_samples")
+            samples = self.total_samples
         else:
-            steps = checks.positive_int("total_steps", self.total_steps, high=MAX_SAMPLES)
-            self._set("total_steps", steps)
+            self._check_declared("total_steps")
+            steps = self.total_steps
             if n is None:
                 samples = steps * self.batch_size
             else:
@@ -247,20 +247,16 @@ class ConvertOptions(OptionObject):
 
     def _check_plan(self) -> None:
         """The temperature model, the caps, the rounding, the staircase and the §5.2 variants."""
-        checks.choice("rule", self.rule, RULES)
+        self._check_declared("rule")
         self._set("optimizer", str(self.optimizer).lower())
-        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
-        checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
+        self._check_declared("optimizer", "adam_rule")
         if not isinstance(self.adam_sde, bool):
             raise UserError(f"adam_sde must be true or false, got {checks.show(self.adam_sde)}", parameter="adam_sde")
         if self.adam_sde and self.optimizer not in ADAM_FAMILY:
             raise UserError("adam_sde scales Adam's β1, β2 and ε; it does not apply to SGD (give --optimizer adamw)",
                             parameter="adam_sde")
-        checks.within("max_fraction", self.max_fraction, 0, 1, low_open=True)
-        for name in ("round_to", "world_size"):
-            self._set(name, checks.positive_int(name, getattr(self, name)))
-        for name in ("micro_batch", "max_batch", "max_stages"):
-            self._set(name, checks.optional(checks.positive_int, name, getattr(self, name)))
+        self._check_declared("max_fraction", "round_to", "world_size")
+        self._check_declared("micro_batch", "max_batch", "max_stages", optional=True)
         for name, why in (("stage_factor", ""), ("increase_lr", " (it multiplies the LR and the batch)")):
             value = checks.optional(checks.positive, name, getattr(self, name))
             if value is not None and value < 1:
@@ -270,11 +266,10 @@ class ConvertOptions(OptionObject):
             if self.optimizer in ADAM_FAMILY:
                 raise UserError("momentum_to applies to SGD momentum; Adam's β1 does not set the temperature",
                                 parameter="momentum_to")
-            checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
+            self._check_declared("momentum_to")
         if not callable(self.noise_cap_batch):  # a number, or a per-sample cap (core.noise_model.NoiseCap)
             checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
-        self._set("growth_factor", checks.optional(checks.integer, "growth_factor", self.growth_factor, low=2,
-                                                    high=1024))
+        self._check_declared("growth_factor", optional=True)
         if self.max_batch is not None and self.max_batch < self.batch_size:
             raise UserError(f"max_batch {self.max_batch} is smaller than batch_size {self.batch_size}: the "
                             "original batch does not fit; lower --batch-size or allow gradient accumulation",

@@ -359,6 +359,7 @@ def test_every_conversion_option_is_declared_once():
     from bsadvisor.cli.app import app
     from bsadvisor.core import baseline, options, plan, predict
     from bsadvisor.core.declared import declarations
+    from bsadvisor.core.validate_options import ValidateOptions
     from bsadvisor.measure import advise as measure_advise
 
     declared = options.CONVERSION_OPTIONS
@@ -379,10 +380,14 @@ def test_every_conversion_option_is_declared_once():
     assert set(cli_advise.CONVERT_OPTIONS) == {n for n, d in declared.items() if "advise" in d.groups} \
         == advise_params & set(declared)
     validate_params = {p.name for p in commands["validate"].params}
-    validate_own = {"target", "plan", "seeds", "variants", "hybrid_cap", "increase_lr", "tolerance", "evals",
-                    "max_micro_batch", "out", "resume", "checkpoint_every", "overwrite", "device", "noise_monitor",
-                    "monitor_overhead", "as_json", "max_minutes"}
+    validate_own = set(declarations(ValidateOptions)) | {"target", "plan", "device", "as_json"}
     assert validate_params - validate_own == {n for n, d in declared.items() if "validate" in d.groups}
+    # validate's own options too: declared once on ValidateOptions, whose object the command receives built
+    validate_flags = {d.flag for d in declarations(ValidateOptions).values()}
+    command = next(node for node in parse("bsadvisor.cli.validate").body
+                   if isinstance(node, ast.FunctionDef) and node.name == "validate")
+    written = {node.value for node in ast.walk(command) if isinstance(node, ast.Constant)}
+    assert validate_flags and not validate_flags & written, validate_flags & written
     # the --config spec and the plan file's inputs: each option's declared spec
     assert cli_convert._config_spec() == {name: d.spec for name, d in declared.items()}
     inputs = plan.INPUTS_SPEC.fields

@@ -15,14 +15,26 @@ from typing import Any, Callable, Optional
 import typer
 from typing_extensions import Annotated
 
-from bsadvisor.core.declared import Declared
+from bsadvisor.core.declared import Declared, declarations
 from bsadvisor.core.options import CONVERSION_OPTIONS
 
 
 def typer_type(declared: Declared) -> Any:
-    """The Typer parameter type of a declared option: optional (None: not given), its flag, help and default."""
+    """The Typer parameter type of a declared conversion option: optional (None: not given), its flag, and its help
+    stating the default it takes when nothing else fills it."""
     return Annotated[Optional[declared.cli_type], typer.Option(declared.flag, help=declared.help_text,
                                                                show_default=False)]
+
+
+def _parameter(declared: Declared, given_only: bool) -> inspect.Parameter:
+    """A command parameter for a declared option: a conversion option is None until given (a --config file or
+    a probe may fill it); any other option (ValidateOptions') has its declared default, shown by Typer."""
+    if given_only:
+        return inspect.Parameter(declared.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                 annotation=typer_type(declared))
+    kind = declared.cli_type if declared.default is not None else Optional[declared.cli_type]
+    return inspect.Parameter(declared.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=declared.default,
+                             annotation=Annotated[kind, typer.Option(declared.flag, help=declared.help)])
 
 
 def command_options(group: Optional[str] = None, first: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -32,15 +44,17 @@ def command_options(group: Optional[str] = None, first: tuple[str, ...] = ()) ->
     return (*first, *(name for name in names if name not in first))
 
 
-def with_options(names: tuple[str, ...], into: str = "options") -> Callable:
+def with_options(names: tuple[str, ...], into: str = "options", of: Optional[type] = None) -> Callable:
     """Give a command the declared options ``names`` as Typer parameters, in place of its parameter ``into``;
-    the command's body gets them there as one dict (name → value, None when not given).
+    the command's body gets them there: the conversion options as one dict (name → value, None when not
+    given), another option class's (``of``, e.g. ValidateOptions) as that object, built from what was parsed.
 
     Typer reads a command's parameters from its signature, so the signature is generated from the
     declarations: a new option needs no edit here, nor in the commands that take its group.
     """
-    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                               annotation=typer_type(CONVERSION_OPTIONS[name])) for name in names]
+    declared = CONVERSION_OPTIONS if of is None else declarations(of)
+    added = [_parameter(declared[name], given_only=of is None) for name in names]
+    build = dict if of is None else of
 
     def wrap(body: Callable) -> Callable:
         own = inspect.signature(body, eval_str=True)
@@ -49,7 +63,7 @@ def with_options(names: tuple[str, ...], into: str = "options") -> Callable:
 
         @functools.wraps(body)
         def command(**given: Any) -> Any:
-            given[into] = {name: given.pop(name) for name in names}
+            given[into] = build(**{name: given.pop(name) for name in names})
             return body(**given)
 
         signature = own.replace(parameters=params[:at] + added + params[at + 1:])

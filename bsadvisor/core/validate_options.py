@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from bsadvisor.core import checks
-from bsadvisor.core.declared import OptionObject
+from bsadvisor.core.declared import OptionObject, option
 from bsadvisor.core.defaults import VALIDATE_DEFAULTS
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.verdict import Margin, parse_margin
+
+if TYPE_CHECKING:
+    from bsadvisor.core.verdict import Margin
 
 # validate trains every epoch of every run and seed, evaluates and checkpoints after each
 # one and keeps a record of each: past this many epochs a run cannot be expected to finish.
@@ -57,21 +59,39 @@ class ValidateOptions(OptionObject):
     much wall time (None: no limit).
     """
 
-    seeds: int = VALIDATE_DEFAULTS["seeds"]
-    variants: bool = VALIDATE_DEFAULTS["variants"]
-    hybrid_cap: Optional[int] = None
-    increase_lr: float = VALIDATE_DEFAULTS["increase_lr"]
-    tolerance: Union[str, float, Margin, None] = None
-    evals: int = VALIDATE_DEFAULTS["evals"]
-    max_micro_batch: Optional[int] = None
-    checkpoint_every: Optional[int] = None
-    noise_monitor: Union[bool, Mapping, None] = VALIDATE_DEFAULTS["noise_monitor"]
-    monitor_overhead: float = VALIDATE_DEFAULTS["monitor_overhead"]
-    monitor_min_points: int = VALIDATE_DEFAULTS["monitor_min_points"]
-    out: Optional[Path] = None
-    resume: bool = VALIDATE_DEFAULTS["resume"]
-    overwrite: bool = VALIDATE_DEFAULTS["overwrite"]
-    max_minutes: Optional[float] = None
+    # Each option once: its default, and for `bsadvisor validate` its type and help (core.declared); the
+    # command's --help lists them in this order. The checks are ``check``'s.
+    seeds: int = option(VALIDATE_DEFAULTS["seeds"], kind=int, help=(
+        "seeds per run (data order and RNG; same initial weights). One seed gives an INDICATIVE verdict only (exit 3): "
+        "use 3 or more for a verdict (two give a wide interval)"))
+    variants: bool = option(VALIDATE_DEFAULTS["variants"], kind=bool,
+                            help="also train the hybrid and the increased-LR variant")
+    hybrid_cap: Optional[int] = option(None, kind=int, help="batch cap of the hybrid (default: a quarter of the "
+                                                            "plan's largest batch)")
+    increase_lr: float = option(VALIDATE_DEFAULTS["increase_lr"], kind=float,
+                                help="LR and batch factor of the increased-LR variant")
+    tolerance: Union[str, float, Margin, None] = option(None, kind=str, help=(
+        "the margin δ: the accepted drop of the metric, in its units (default 0.005) or as a percentage of the "
+        "original's (1%)"))
+    evals: int = option(VALIDATE_DEFAULTS["evals"], kind=int, help=(
+        "evaluate every run at this many evenly spaced points (its curve; the same samples in every run)"))
+    max_micro_batch: Optional[int] = option(None, kind=int, help=(
+        "accumulate gradients above this batch size (per process under torchrun)"))
+    out: Optional[Path] = option(None, kind=Path, help="folder for results.json, report.md, plots and checkpoints")
+    resume: bool = option(VALIDATE_DEFAULTS["resume"], kind=bool, help="continue the run in --out from its checkpoints")
+    checkpoint_every: Optional[int] = option(None, kind=int, help=(
+        "also checkpoint every N updates inside an epoch (default: a quarter of an epoch, at least 50)"))
+    overwrite: bool = option(VALIDATE_DEFAULTS["overwrite"], kind=bool,
+                             help="replace the results and checkpoints of an earlier run in --out")
+    noise_monitor: Union[bool, Mapping, None] = option(
+        VALIDATE_DEFAULTS["noise_monitor"], kind=bool, flag="--noise-monitor/--no-noise-monitor",
+        help="measure B_simple through every run (NoiseMonitor): results.json, report.md and noise.png")
+    monitor_overhead: float = option(VALIDATE_DEFAULTS["monitor_overhead"], kind=float, help=(
+        "the noise monitor's time budget, a fraction of the training time (its extra gradient draws stay within it)"))
+    monitor_min_points: int = VALIDATE_DEFAULTS["monitor_min_points"]  # no flag: NoiseMonitor settings
+    max_minutes: Optional[float] = option(None, kind=float, help=(
+        "stop after this many minutes of wall time (exit 124; the checkpoints in --out are kept: continue with "
+        "--resume). Default: no limit (a target's code that never returns is then never stopped)"))
 
     def check(self) -> None:
         """The first bad value raises a UserError naming its parameter (in the order the CLI always checked them)."""
@@ -88,6 +108,9 @@ class ValidateOptions(OptionObject):
         self._set("seeds", checks.positive_int("seeds", self.seeds, high=MAX_SEEDS))
         self._set("hybrid_cap", checks.optional(checks.positive_int, "hybrid_cap", self.hybrid_cap))
         self._set("increase_lr", checks.number("increase_lr", self.increase_lr, low=1, low_open=True))
+        # imported here: `bsadvisor --help` reads this class's declarations, and the verdict's module is not cheap
+        from bsadvisor.core.verdict import parse_margin
+
         self._set("tolerance", parse_margin(self.tolerance, "tolerance"))
         self._set("evals", checks.positive_int("evals", self.evals, high=MAX_EVALS))
         self._set("max_micro_batch", checks.optional(checks.positive_int, "max_micro_batch", self.max_micro_batch))

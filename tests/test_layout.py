@@ -359,6 +359,7 @@ def test_every_conversion_option_is_declared_once():
     from bsadvisor.cli.app import app
     from bsadvisor.core import baseline, options, plan, predict
     from bsadvisor.core.declared import declarations
+    from bsadvisor.core.probe_options import ProbeOptions
     from bsadvisor.core.validate_options import ValidateOptions
     from bsadvisor.measure import advise as measure_advise
 
@@ -388,6 +389,8 @@ def test_every_conversion_option_is_declared_once():
                    if isinstance(node, ast.FunctionDef) and node.name == "validate")
     written = {node.value for node in ast.walk(command) if isinstance(node, ast.Constant)}
     assert validate_flags and not validate_flags & written, validate_flags & written
+    probe_params = {p.name for p in commands["probe"].params}
+    assert probe_params == set(declarations(ProbeOptions)) | {"target", "json_out", "out", "overwrite"}
     # the --config spec and the plan file's inputs: each option's declared spec
     assert cli_convert._config_spec() == {name: d.spec for name, d in declared.items()}
     inputs = plan.INPUTS_SPEC.fields

@@ -169,3 +169,12 @@ def test_one_device_check_for_every_command(device, tmp_path):
 @pytest.mark.parametrize("device", ["auto", "cpu", "CPU", "cuda", "cuda:1"])
 def test_device_spellings_pass_the_check(device):
     assert checks.device("--device", device) == device
+
+
+def test_probe_memory_limit_takes_a_size_as_people_write_it():
+    """`bsadvisor probe --memory-limit 8GiB` builds ProbeOptions from what it parsed: the size is read there,
+    once, for the CLI and the library alike (a bad one names the parameter, which the CLI spells --memory-limit)."""
+    assert ProbeOptions(memory_limit="2KiB").memory_limit == 2048 == ProbeOptions(memory_limit=2048).memory_limit
+    with pytest.raises(UserError, match=r"^memory_limit: .*below one byte") as info:
+        ProbeOptions(memory_limit="0.5B")
+    assert info.value.parameter == "memory_limit"

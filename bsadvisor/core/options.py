@@ -1,4 +1,11 @@
-"""What a conversion takes: :class:`ConvertOptions`, each option's default written once.
+"""What a conversion takes: :class:`ConvertOptions`, each option declared once.
+
+Each field is declared with core.declared.option: its default, type and range (a core.schema
+spec), help text, flag and groups. Everything else is read from there: the commands' Typer
+parameters (cli.options), the --config spec (cli.convert), a plan file's ``inputs`` spec
+(core.plan.INPUTS_SPEC, :func:`recorded_specs`), the name groups below (PLAN_OPTIONS,
+PROBE_OPTIONS, AFTER_PROBE, BASELINE_INPUTS, advise's CONVERT_OPTIONS) and the plain range
+checks of ``check``. A new option is one declaration here plus its logic.
 
 The CLI's convert-schedule options, ``convert_schedule(**options)`` and a plan's recorded
 ``inputs`` all become one ConvertOptions, checked once when it is built (bsadvisor.core.checks):

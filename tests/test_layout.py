@@ -351,3 +351,147 @@ def test_no_inputs_read_outside_the_plan_module():
     offenders = [f"{MODULES[name].relative_to(ROOT)}:{line}" for name in MODULES if name != INPUTS_OWNER
                  for line in inputs_reads(parse(name))]
     assert not offenders, "reads .inputs outside core/plan.py (use Plan.options):\n" + "\n".join(offenders)
+
+
+# ---------------------------------------------------------------------------- one declaration per option
+def test_no_locals_in_the_package():
+    """A command builds its options from what it parsed (core.declared, cli.options.with_options), never by
+    filtering ``locals()``: a renamed parameter then fails where it is declared, not silently at run time."""
+    found = [f"{name}:{node.lineno}" for name in MODULES for node in ast.walk(parse(name))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("locals", "vars")
+             and not node.args]
+    assert not found, found
+
+
+#: The convert-schedule parameters that are no conversion option: the command's own.
+CONVERT_COMMAND_OWN = {"config", "json_", "out", "overwrite"}
+
+
+def _string_constants(name: str) -> set[str]:
+    return {node.value for node in ast.walk(parse(name)) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_every_conversion_option_is_declared_once():
+    """Each conversion option's type, range, default, help, flag and groups are declared once (ConvertOptions'
+    field metadata, core.options.PLANNING_OPTIONS); the typer parameters, the --config spec, the plan file's
+    INPUTS_SPEC and the name groups are derived from them, never written again."""
+    import typer.main
+
+    import bsadvisor.cli  # noqa: F401  (registers the commands)
+    from bsadvisor.cli import advise as cli_advise, convert as cli_convert
+    from bsadvisor.cli.app import app
+    from bsadvisor.core import baseline, options, plan, predict
+    from bsadvisor.core.declared import declarations
+    from bsadvisor.core.probe_options import ProbeOptions
+    from bsadvisor.core.validate_options import ValidateOptions
+    from bsadvisor.measure import advise as measure_advise
+
+    declared = options.CONVERSION_OPTIONS
+    fields = set(declarations(options.ConvertOptions))
+    assert set(declared) == fields | set(options.PLANNING_OPTIONS)
+    assert fields == set(options.OPTION_NAMES) - {"noise_cap_batch", "noise_model"}  # what no user types
+    # no hand-written flag of a conversion option in the CLI modules that take them all
+    flags = {d.flag for d in declared.values()}
+    for name in ("bsadvisor.cli.options", "bsadvisor.cli.convert", "bsadvisor.cli.advise"):
+        assert not flags & _string_constants(name), (name, sorted(flags & _string_constants(name)))
+    # the typer parameters: every declared option, as declared, plus the command's own
+    commands = typer.main.get_command(app).commands
+    params = {p.name: p for p in commands["convert-schedule"].params}
+    assert set(params) == set(declared) | CONVERT_COMMAND_OWN
+    for name, d in declared.items():
+        assert params[name].opts == [d.flag] and params[name].help == d.help_text and params[name].default is None
+    advise_params = {p.name for p in commands["advise"].params}
+    assert set(cli_advise.CONVERT_OPTIONS) == {n for n, d in declared.items() if "advise" in d.groups} \
+        == advise_params & set(declared)
+    validate_params = {p.name for p in commands["validate"].params}
+    validate_own = set(declarations(ValidateOptions)) | {"target", "plan", "device", "as_json"}
+    assert validate_params - validate_own == {n for n, d in declared.items() if "validate" in d.groups}
+    # validate's own options too: declared once on ValidateOptions, whose object the command receives built
+    validate_flags = {d.flag for d in declarations(ValidateOptions).values()}
+    command = next(node for node in parse("bsadvisor.cli.validate").body
+                   if isinstance(node, ast.FunctionDef) and node.name == "validate")
+    written = {node.value for node in ast.walk(command) if isinstance(node, ast.Constant)}
+    assert validate_flags and not validate_flags & written, validate_flags & written
+    probe_params = {p.name for p in commands["probe"].params}
+    assert probe_params == set(declarations(ProbeOptions)) | {"target", "json_out", "out", "overwrite"}
+    # the --config spec and the plan file's inputs: each option's declared spec
+    assert cli_convert._config_spec() == {name: d.spec for name, d in declared.items()}
+    inputs = plan.INPUTS_SPEC.fields
+    assert set(inputs) == {n for n, d in declared.items() if d.file_spec() is not None} | {"kind"}
+    for name in set(inputs) - {"kind"}:
+        assert inputs[name].spec == declared[name].file_spec()
+    # e.g. growth_factor: one range everywhere (it was unbounded in the plan file)
+    assert inputs["growth_factor"].spec.high == cli_convert._config_spec()["growth_factor"].high == 1024
+    # the name groups: read from the declarations, not listed again
+    assert predict.PLAN_OPTIONS is options.PLAN_OPTIONS
+    assert baseline.BASELINE_INPUTS is options.BASELINE_INPUTS
+    assert measure_advise.AFTER_PROBE is options.AFTER_PROBE
+    assert set(options.PROBE_OPTIONS) == {"probe", "world_size", "grad_accum", "noise_cap", "micro_batch",
+                                          "noise_trace"}
+
+
+def test_no_hand_written_list_of_option_names():
+    """No module-level name bound to a tuple, list or set of three or more conversion options: such a list is a
+    second declaration of a group (core.options derives the groups from the options' ``groups``)."""
+    from bsadvisor.core.options import CONVERSION_OPTIONS
+
+    found = []
+    for name in MODULES:
+        for node in parse(name).body:
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if isinstance(value, (ast.Tuple, ast.List, ast.Set)):
+                words = [e.value for e in value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if len(words) >= 3 and len(words) == len(value.elts) and set(words) <= set(CONVERSION_OPTIONS):
+                    found.append(f"{name}:{node.lineno} {words}")
+    assert not found, "\n".join(found)
+
+
+def test_a_new_option_is_one_declaration(monkeypatch):
+    """A conversion option added by one declaration (here a subclass's field, added to the declarations) is
+    a typer parameter of the commands in its groups, a --config key and a plan-file field, with no other
+    edit; the object checks its range from the same declaration."""
+    import dataclasses
+    from typing import Optional
+
+    import pytest
+    import typer
+    import typer.main
+    from typer.testing import CliRunner
+
+    from bsadvisor.cli import convert as cli_convert
+    from bsadvisor.cli.options import command_options, with_options
+    from bsadvisor.core import options, schema as S
+    from bsadvisor.core.declared import declarations, option
+    from bsadvisor.core.errors import UserError
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(options.ConvertOptions):
+        restarts: Optional[int] = option(None, S.Int(low=1, high=8), "Warm restarts of the schedule.",
+                                         groups=("advise",))
+
+        def check(self) -> None:
+            super().check()
+            self._check_declared("restarts", optional=True)
+
+    new = declarations(Extended)["restarts"]
+    monkeypatch.setitem(options.CONVERSION_OPTIONS, "restarts", new)
+    assert new.flag == "--restarts" and "restarts" in command_options("advise")
+    assert "restarts" not in command_options("validate")
+
+    app = typer.Typer()
+
+    @app.command()
+    @with_options(command_options("advise"))
+    def cmd(options: dict) -> None:
+        typer.echo(repr(options["restarts"]))
+
+    params = {p.name: p for p in typer.main.get_command(app).params}
+    assert params["restarts"].opts == ["--restarts"] and params["restarts"].help == "Warm restarts of the schedule."
+    result = CliRunner().invoke(app, ["--restarts", "3"])
+    assert result.exit_code == 0 and result.output.strip() == "3", result.output
+    assert cli_convert._config_spec()["restarts"] is new.spec
+    assert options.recorded_specs()["restarts"].spec == S.Int(low=1, high=8, nullable=True)
+    base = dict(lr=0.1, batch_size=8, dataset_size=64, epochs=2, schedule="StepLR(step_size=1)")
+    assert Extended(**base, restarts=2).restarts == 2
+    with pytest.raises(UserError, match=r"^restarts must be ≤ 8, got 9$"):
+        Extended(**base, restarts=9)

@@ -76,25 +76,34 @@ def test_probe_options_refuse_bad_values_naming_the_parameter(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(seeds=0), "--seeds must be ≥ 1, got 0"),
-    (dict(seeds=10**6), "--seeds must be ≤ 1000, got 1000000"),
-    (dict(hybrid_cap=-64), "--hybrid-cap must be ≥ 1, got -64"),
-    (dict(increase_lr=1), "--increase-lr must be > 1, got 1"),
-    (dict(increase_lr=math.nan), "--increase-lr must be a finite number, got nan"),
-    (dict(tolerance="nan"), "--tolerance must be a finite number ≥ 0, got nan"),
-    (dict(tolerance="-0.01"), "--tolerance must be a finite number ≥ 0, got -0.01"),
-    (dict(evals=0), "--evals must be ≥ 1, got 0"),
-    (dict(max_micro_batch=0), "--max-micro-batch must be ≥ 1, got 0"),
-    (dict(checkpoint_every=0), "--checkpoint-every must be ≥ 1, got 0"),
-    (dict(monitor_overhead=0), "--monitor-overhead must be > 0, got 0"),
-    (dict(max_minutes=0), "--max-minutes must be > 0, got 0"),
-    (dict(max_minutes=10**8), "--max-minutes must be ≤ 1e+07, got 100000000"),
+    (dict(seeds=0), "seeds must be ≥ 1, got 0"),
+    (dict(seeds=10**6), "seeds must be ≤ 1000, got 1000000"),
+    (dict(hybrid_cap=-64), "hybrid_cap must be ≥ 1, got -64"),
+    (dict(increase_lr=1), "increase_lr must be > 1, got 1"),
+    (dict(increase_lr=math.nan), "increase_lr must be a finite number, got nan"),
+    (dict(tolerance="nan"), "tolerance must be a finite number ≥ 0, got nan"),
+    (dict(tolerance="-0.01"), "tolerance must be a finite number ≥ 0, got -0.01"),
+    (dict(evals=0), "evals must be ≥ 1, got 0"),
+    (dict(max_micro_batch=0), "max_micro_batch must be ≥ 1, got 0"),
+    (dict(checkpoint_every=0), "checkpoint_every must be ≥ 1, got 0"),
+    (dict(monitor_overhead=0), "monitor_overhead must be > 0, got 0"),
+    (dict(max_minutes=0), "max_minutes must be > 0, got 0"),
+    (dict(max_minutes=10**8), "max_minutes must be ≤ 1e+07, got 100000000"),
 ])
-def test_validate_options_refuse_bad_values_with_the_cli_messages(kwargs, message):
+def test_validate_options_refuse_bad_values_naming_the_parameter(kwargs, message):
+    """The library names the parameter (as ProbeOptions and ConvertOptions do); the CLI spells it as the flag."""
+    from tests.hostile import run_main
+
+    (name, value), = kwargs.items()
     with pytest.raises(UserError) as info:
         ValidateOptions(**kwargs)
     assert str(info.value) == message
-
+    assert info.value.parameter == name
+    flag = "--" + name.replace("_", "-")
+    shown = f"{value:.0f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    r = run_main(["validate", "builtin:linreg", flag, shown])
+    rule = message[len(name):message.rindex(", got")]  # the value as the CLI parsed it: 1.0 for --increase-lr 1
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {flag}{rule}, got "), r.stderr
 
 def test_options_are_frozen_clean_and_round_trip():
     p = ProbeOptions(seed=3.0, budget_seconds=2, draws=4.0)
@@ -115,9 +124,9 @@ def test_validate_monitor_settings():
     assert ValidateOptions(noise_monitor=None).monitor_settings is None
     given = ValidateOptions(noise_monitor={"overhead": 0.2, "min_points": 3})  # NoiseMonitor settings as they are
     assert given.noise_monitor and given.monitor_settings == {"overhead": 0.2, "min_points": 3}
-    with pytest.raises(UserError, match="--monitor-overhead"):
+    with pytest.raises(UserError, match="^monitor_overhead"):
         ValidateOptions(noise_monitor={"overhead": 2.0})
-    with pytest.raises(UserError, match="--monitor-overhead"):  # checked also when the monitor is off
+    with pytest.raises(UserError, match="^monitor_overhead"):  # checked also when the monitor is off
         ValidateOptions(noise_monitor=False, monitor_overhead=math.inf)
 
 
@@ -160,3 +169,12 @@ def test_one_device_check_for_every_command(device, tmp_path):
 @pytest.mark.parametrize("device", ["auto", "cpu", "CPU", "cuda", "cuda:1"])
 def test_device_spellings_pass_the_check(device):
     assert checks.device("--device", device) == device
+
+
+def test_probe_memory_limit_takes_a_size_as_people_write_it():
+    """`bsadvisor probe --memory-limit 8GiB` builds ProbeOptions from what it parsed: the size is read there,
+    once, for the CLI and the library alike (a bad one names the parameter, which the CLI spells --memory-limit)."""
+    assert ProbeOptions(memory_limit="2KiB").memory_limit == 2048 == ProbeOptions(memory_limit=2048).memory_limit
+    with pytest.raises(UserError, match=r"^memory_limit: .*below one byte") as info:
+        ProbeOptions(memory_limit="0.5B")
+    assert info.value.parameter == "memory_limit"

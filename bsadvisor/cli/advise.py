@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
-from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GradAccum, GrowthFactor, IncreaseLr, Lr, MaxBatch,
-                                   MaxFraction, MaxStages, Momentum, MomentumTo, NoiseCap, NoiseTrace, Overwrite, RoundTo,
-                                   Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor, WorldSize)
+from bsadvisor.cli.options import Overwrite, command_options, with_options
+from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary, time_range
+from bsadvisor.core import checks
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
+from bsadvisor.core.probe_options import ProbeOptions
 
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
@@ -34,23 +37,17 @@ ADVISE_EXAMPLES = """
 """
 
 
-# The convert-schedule options advise takes, in the order a printed command gives them.
-CONVERT_OPTIONS = ("epochs", "schedule", "lr", "batch_size", "momentum", "schedule_unit", "rule", "max_batch",
-                   "max_fraction", "round_to", "max_stages", "stage_factor", "increase_lr", "momentum_to",
-                   "adam_rule", "adam_sde", "world_size", "grad_accum", "noise_cap", "noise_trace", "seq_len",
-                   "growth_factor")
+# The convert-schedule options advise takes (declared in core.options), in its --help's order, which a printed
+# command follows too.
+CONVERT_OPTIONS = command_options("advise", first=("schedule", "epochs"))
 
 
 @app.command("advise", epilog=ADVISE_EXAMPLES, short_help="Probe TARGET and recommend a batch-growth plan that fits "
              "the measured device.")
+@with_options(CONVERT_OPTIONS)
 def advise_cmd(
     target: Annotated[str, typer.Argument(help="path/to/file.py:function, package.module:function or builtin:NAME")],
-    schedule: ScheduleOpt = None, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
-    momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None, max_batch: MaxBatch = None,
-    max_fraction: MaxFraction = None, round_to: RoundTo = None, max_stages: MaxStages = None,
-    stage_factor: StageFactor = None, increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None,
-    adam_rule: AdamRule = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
-    noise_trace: NoiseTrace = None, adam_sde: AdamSde = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
+    options: dict,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = PROBE_DEFAULTS["device"],
     budget_seconds: Annotated[float, typer.Option(
         "--budget-seconds", help="Time budget of the probe.")] = PROBE_DEFAULTS["budget_seconds"],
@@ -71,9 +68,7 @@ def advise_cmd(
     benchmark models it did not predict whether a plan held (docs/results.md).
     Only a validation run settles a plan: bsadvisor validate --plan.
     \f
-    Long because its signature declares typer's options (15 lines); the body is the steps in order."""
-    given = dict(locals())
-    options = {k: given[k] for k in CONVERT_OPTIONS}
+    Long because its signature declares typer's options; the body is the steps in order."""
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
     trace = check_advise_options(options, probe_opts, out, probe_out, overwrite)  # before anything slow: no torch yet
 
@@ -105,8 +100,6 @@ def advise_cmd(
 def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
     """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
     recommended; say why and what next."""
-    from rich.text import Text
-
     from bsadvisor.core.noise import describe_interval
 
     noise = result.noise
@@ -131,22 +124,20 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
                          overwrite: bool = False):
     """The checks that need neither torch nor the target, so a typo fails at once; the --noise-trace read
     (a core.predict.Trace, or None)."""
-    from bsadvisor.core import checks
-    from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
-    from bsadvisor.core.probe_options import ProbeOptions
-    from bsadvisor.core.schedules import parse_schedule
+    from bsadvisor.core.schedules import parse_schedule  # the parser: not for `bsadvisor --help`
 
-    # --schedule and --epochs may come from the target's recipe (checked once it is loaded)
-    checks.optional(checks.number, "--epochs", options["epochs"], low=0, low_open=True)
-    checks.optional(checks.positive_int, "--seq-len", options["seq_len"])
-    checks.optional(checks.positive, "--lr", options["lr"])
-    checks.optional(checks.positive_int, "--batch-size", options["batch_size"])
-    checks.optional(checks.number, "--momentum", options["momentum"], low=0, high=1, high_open=True)
+    # --schedule and --epochs may come from the target's recipe (checked once it is loaded); each error names
+    # the parameter, which the CLI spells as its flag
+    checks.optional(checks.number, "epochs", options["epochs"], low=0, low_open=True)
+    checks.optional(checks.positive_int, "seq_len", options["seq_len"])
+    checks.optional(checks.positive, "lr", options["lr"])
+    checks.optional(checks.positive_int, "batch_size", options["batch_size"])
+    checks.optional(checks.number, "momentum", options["momentum"], low=0, high=1, high_open=True)
     for name in ("max_batch", "round_to", "max_stages", "world_size", "grad_accum"):
-        checks.optional(checks.positive_int, "--" + name.replace("_", "-"), options[name])
-    checks.optional(checks.number, "--noise-cap", options["noise_cap"], low=0)
+        checks.optional(checks.positive_int, name, options[name])
+    checks.optional(checks.number, "noise_cap", options["noise_cap"], low=0)
     for name in ("max_fraction", "stage_factor", "increase_lr"):
-        checks.optional(checks.positive, "--" + name.replace("_", "-"), options[name])
+        checks.optional(checks.positive, name, options[name])
     ProbeOptions(**probe_opts)  # the probe's own checks, before the target loads
     if options["schedule"] is not None:
         parse_schedule(options["schedule"])
@@ -183,10 +174,6 @@ def _print_start_advice(advice, plan) -> None:
     """B0 well below the noise scale: say so, with the §5.2 variants that start at a larger batch."""
     if advice is None or not advice.variants:
         return
-    from rich.text import Text
-
-    from bsadvisor.cli.render import FitTable, fmt_seconds
-
     console.print(Text(
         f"Your batch {advice.b0:,} is well below the noise scale at the start (B_noise ≈ "
         f"{advice.b_noise_at_start:,.0f}; each example keeps {advice.efficiency_at_b0:.0%} of its value): "
@@ -237,11 +224,8 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
     return cmds
 
 
-def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict, advice=None) -> None:
-    from rich.text import Text
-
-    from bsadvisor.cli.render import FitTable, plan_summary, time_range
-
+def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict,
+                  advice: Optional[dict] = None) -> None:
     from bsadvisor.core.noise import describe_interval
 
     noise, mem = result.noise, result.memory

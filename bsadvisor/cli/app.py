@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import sys
+import threading
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
 from bsadvisor.core.errors import UserError, lost_peer
+from bsadvisor.core.machine import busy_cpu_warning, cpu_count, load_average, passive_wait
 
 app = typer.Typer(
     name="bsadvisor",
@@ -96,7 +100,9 @@ def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
 
     Library errors name parameters (``max_fraction must be in (0, 1], got 2``, ``batch_size
     600 is larger than dataset_size 500``); the command that ran shows its options instead
-    (``--max-fraction must be ...``). A name that is no option of that command stays as it is.
+    (``--max-fraction must be ...``): each parameter's flag is read from the command's parameters,
+    which are the options' declarations (core.declared). A name that is no option of that command
+    stays as it is.
     """
     text = str(exc)
     names = getattr(exc, "parameters", ()) or ((exc.parameter,) if exc.parameter else ())
@@ -159,9 +165,6 @@ def time_limit(seconds: Optional[float]):
     A real SIGALRM, so a ``time.sleep`` or a blocking read in the user's code is interrupted too
     (a long C call returns first). Without SIGALRM (Windows) or outside the main thread: no limit.
     """
-    import signal
-    import threading
-
     if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread() \
             or not seconds < MAX_ALARM_S:  # past the OS timer's range (about 9·10⁸ s): no limit, not an OverflowError
         yield
@@ -198,13 +201,9 @@ def warn_busy_cpu() -> None:
     Only on a terminal: a pipe or a log (scripts, CI, the tests) keeps stderr exactly the
     command's own lines, whatever else the machine is running.
     """
-    import os
-
     if not err_console.is_terminal:
         return
     import torch
-
-    from bsadvisor.core.machine import busy_cpu_warning, cpu_count, load_average
 
     text = busy_cpu_warning(torch.get_num_threads(), cpu_count(), load_average(), os.environ.get("OMP_WAIT_POLICY"))
     if text:
@@ -218,8 +217,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     (core.machine.passive_wait: unless the user chose a policy): on a shared CPU spinning threads
     make a run many times slower, and the numbers do not change.
     """
-    from bsadvisor.core.machine import passive_wait
-
     passive_wait()
     try:
         code = _command()(args=argv, prog_name="bsadvisor", standalone_mode=False)

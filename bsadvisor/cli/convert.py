@@ -1,47 +1,37 @@
 """`bsadvisor convert-schedule`: an LR-decay schedule → a batch-growth plan."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from bsadvisor.cli.app import app, console, emit_json
-from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Config, DatasetSize, Epochs, GradAccum, GrowthFactor,
-                                   IncreaseLr, JsonOut, Lr, MaxBatch, MaxFraction, MaxStages, MicroBatch, Momentum,
-                                   MomentumTo, NoiseCap, NoiseTrace, Optimizer, Out, Overwrite, ProbeOpt, RoundTo, Rule, ScheduleOpt,
-                                   ScheduleUnit, SeqLen, StageFactor, Streaming, TotalSamples, TotalSteps, WorldSize)
+from bsadvisor.cli.options import Config, JsonOut, Out, Overwrite, command_options, with_options
+from bsadvisor.cli.render import plan_summary
+from bsadvisor.core import schema as S
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import PLAN_FILES, check_replace
+from bsadvisor.core.options import CONVERSION_OPTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 def _config_spec() -> dict[str, Any]:
-    """What each --config key may hold (bsadvisor.core.schema): the option's type and range."""
-    from bsadvisor.core import schema as S
-    from bsadvisor.core.defaults import ADAM_RULES, MAX_EPOCHS, OPTIMIZERS, RULES, SCHEDULE_UNITS
-    from bsadvisor.core.schedules import MAX_SCHEDULE_CHARS
-
-    count, fraction = S.Int(low=1), S.Num(low=0, high=1, high_open=True)
-    return {
-        "lr": S.Num(low=0, low_open=True), "batch_size": count, "dataset_size": count,
-        "epochs": S.Num(low=0, high=MAX_EPOCHS, low_open=True), "momentum": fraction,
-        "total_samples": count, "total_steps": count, "streaming": S.Bool(), "seq_len": count,
-        "growth_factor": S.Int(low=2, high=1024), "adam_sde": S.Bool(),
-        "schedule": S.Str(max_len=MAX_SCHEDULE_CHARS), "schedule_unit": S.Str(choices=SCHEDULE_UNITS),
-        "optimizer": S.Str(choices=OPTIMIZERS), "rule": S.Str(choices=RULES),
-        "adam_rule": S.Str(choices=ADAM_RULES), "max_batch": count,
-        "max_fraction": S.Num(low=0, high=1, low_open=True), "round_to": count, "max_stages": count,
-        "stage_factor": S.Num(low=1), "increase_lr": S.Num(low=1), "momentum_to": fraction,
-        "probe": S.Str(max_len=4096), "world_size": count, "grad_accum": count,
-        "noise_cap": S.Num(low=0), "micro_batch": count, "noise_trace": S.Str(max_len=4096),
-    }
+    """What each --config key may hold (bsadvisor.core.schema): the option's declared type and range."""
+    return {name: d.spec for name, d in CONVERSION_OPTIONS.items()}
 
 
-#: Config keys spelled like an option whose parameter has another name.
-CONFIG_ALIASES = {"max_micro_batch": "micro_batch"}
-_OPTION_NAMES = {v: k for k, v in CONFIG_ALIASES.items()}
+#: Config keys spelled like an option whose parameter has another name (max_micro_batch → micro_batch).
+CONFIG_ALIASES = {d.flag[2:].replace("-", "_"): name for name, d in CONVERSION_OPTIONS.items()
+                  if d.flag != "--" + name.replace("_", "-")}
 
 
 def _option(name: str) -> str:
     """The command-line spelling of a parameter: micro_batch → max-micro-batch."""
-    return _OPTION_NAMES.get(name, name).replace("_", "-")
+    return CONVERSION_OPTIONS[name].flag[2:]
 
 
 def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
@@ -49,12 +39,6 @@ def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
     its option's type and range (one line naming the file and the key when it is not)."""
     if path is None:
         return {}
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    from bsadvisor.core import schema as S
-
     if path.is_dir():
         raise UserError(f"config file {path} is a folder; give the path of a TOML file")
     if not path.is_file():
@@ -102,8 +86,6 @@ def merge_options(cli: dict[str, Any], config: Optional[Path], allowed: set[str]
 
 def output_plan(plan, as_json: bool, out: Optional[Path]) -> None:
     """Write/print a plan: --out writes atomically, --json prints JSON, else the rich report."""
-    from bsadvisor.cli.render import plan_summary
-
     if out is not None:
         plan.save(out)
     if as_json:
@@ -148,32 +130,19 @@ EXAMPLES = """
 
 
 @app.command("convert-schedule", epilog=EXAMPLES)
-def convert_schedule_cmd(
-    lr: Lr = None, batch_size: BatchSize = None, dataset_size: DatasetSize = None, epochs: Epochs = None,
-    momentum: Momentum = None, schedule: ScheduleOpt = None, schedule_unit: ScheduleUnit = None,
-    optimizer: Optimizer = None, rule: Rule = None, max_batch: MaxBatch = None, max_fraction: MaxFraction = None,
-    round_to: RoundTo = None, max_stages: MaxStages = None, stage_factor: StageFactor = None,
-    increase_lr: IncreaseLr = None, momentum_to: MomentumTo = None, adam_rule: AdamRule = None,
-    probe: ProbeOpt = None, world_size: WorldSize = None, grad_accum: GradAccum = None, noise_cap: NoiseCap = None,
-    micro_batch: MicroBatch = None, noise_trace: NoiseTrace = None, total_samples: TotalSamples = None, total_steps: TotalSteps = None,
-    streaming: Streaming = None, seq_len: SeqLen = None, growth_factor: GrowthFactor = None,
-    adam_sde: AdamSde = None, config: Config = None, json_: JsonOut = False, out: Out = None,
-    overwrite: Overwrite = False,
-) -> None:
+@with_options(command_options())
+def convert_schedule_cmd(options: dict, config: Config = None, json_: JsonOut = False, out: Out = None,
+                         overwrite: Overwrite = False) -> None:
     """Turn an LR-decay schedule into a batch-growth plan with the same noise temperature.
 
     Keeps g = ε/(1−m)·(N/B − 1) on the original trajectory by growing B instead of decaying ε,
     up to the cap (device, N·max-fraction); past the cap the LR carries the rest (hybrid).
     """
-    from bsadvisor.core.predict import PLAN_OPTIONS, PROBE_OPTIONS
+    if out is not None:
+        check_replace(out, PLAN_FILES, overwrite)
+    # imported here: `bsadvisor --help` does not load the conversion
     from bsadvisor.core.recommend import recommend
 
-    allowed = set(PLAN_OPTIONS + PROBE_OPTIONS)
-    cli = {k: v for k, v in locals().items() if k in allowed}
-    if out is not None:
-        from bsadvisor.core.fileio import PLAN_FILES, check_replace
-
-        check_replace(out, PLAN_FILES, overwrite)
-    opts = merge_options(cli, config, allowed)
+    opts = merge_options(options, config, set(CONVERSION_OPTIONS))
     plan = recommend(opts)
     output_plan(plan, json_, out)

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
-from bsadvisor.core.errors import UserError
-from bsadvisor.cli.options import Overwrite
-from bsadvisor.core.fileio import PROBE_FILES, check_replace
-from bsadvisor.core.defaults import PROBE_DEFAULTS
-from bsadvisor.core.probe_options import ESTIMATORS
+from bsadvisor.cli.options import Overwrite, with_options
+from bsadvisor.core.declared import declarations
+from bsadvisor.core.fileio import PROBE_FILES, check_replace, write_json
+from bsadvisor.core.memory import format_bytes
+from bsadvisor.core.probe_options import ProbeOptions
 
 EPILOG = (
     "Examples:\n\n"
@@ -27,51 +30,21 @@ EPILOG = (
 
 
 @app.command(epilog=EPILOG)
+@with_options(tuple(declarations(ProbeOptions)), of=ProbeOptions)
 def probe(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME "
                                            "(a function returning bsadvisor.Target; see docs/target.md)."),
-    device: str = typer.Option(PROBE_DEFAULTS["device"], "--device", help="cpu, cuda or auto (cuda if available)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch to measure at (default: the target's)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for the warmup steps (default: the target's)."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Optimizer steps before measuring "
-                                               "(default: ~2% of an epoch, 1–50)."),
-    budget_seconds: float = typer.Option(PROBE_DEFAULTS["budget_seconds"], "--budget-seconds", help="Time budget of the measuring (warmup, "
-                                         "noise, memory, throughput); building the target is not counted."),
-    target_rel_ci: float = typer.Option(PROBE_DEFAULTS["target_rel_ci"], "--target-rel-ci", help="Stop when the 90% interval of B_simple "
-                                        "is within ± this fraction."),
-    estimator: str = typer.Option(PROBE_DEFAULTS["estimator"], "--estimator",
-                                  help=f"{', '.join(ESTIMATORS[:-1])} or {ESTIMATORS[-1]}."),
-    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="CPU memory cap per process, e.g. 8GiB, "
-                                               "500MB (default: half the available RAM, shared by a node's "
-                                               "processes under torchrun)."),
+    options: Optional[ProbeOptions] = None,  # the probe's options (core.probe_options), declared once: with_options
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
-    seed: int = typer.Option(PROBE_DEFAULTS["seed"], "--seed", help="Seed for batch sampling and the model's randomness."),
-    draws: Optional[int] = typer.Option(None, "--draws", help="Take exactly this many noise draws (≥ 2): the same "
-                                        "--seed then gives the same B_simple; refused if they do not fit in "
-                                        "--budget-seconds. Default: as many as the budget allows (results vary "
-                                        "between runs)."),
     overwrite: Overwrite = False,
 ) -> None:
     """Measure gradient noise (B_simple), memory cap and throughput on your own model.
 
     A few optimizer steps at your LR and batch leave the initial transient; then, at fixed parameters, the probe estimates the gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) with a 90% interval, finds the largest batch whose training step fits in memory, and times training steps on a ladder of batch sizes. Your model, its buffers and all random states are left exactly as they were. The time budget decides the number of noise draws, so B_simple varies a little between runs; --draws N makes it reproducible. Under torchrun (docs/distributed.md) --batch-size is the global batch, every process measures, and only rank 0 prints and writes files.
     \f
-    Long because its signature declares typer's options (25 lines).
+    Every value was checked (ProbeOptions, from what was parsed) before torch is imported and anything measured.
     """
-    from bsadvisor.core.memory import format_bytes, parse_size
-    from bsadvisor.core.probe_options import ProbeOptions
-
-    limit = None
-    if memory_limit is not None:
-        try:
-            limit = parse_size(memory_limit)
-        except ValueError as exc:
-            raise UserError(f"--memory-limit: {exc}") from None
-    # Every value is checked before torch is imported and anything is measured.
-    options = ProbeOptions(device=device, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                           budget_seconds=budget_seconds, target_rel_ci=target_rel_ci, estimator=estimator,
-                           memory_limit=limit, seed=seed, draws=draws)
     # Only rank 0 writes, so only rank 0 checks (before joining the group, so the job fails at once),
     # and before measuring, so a finished measurement is never lost because of where it was to go.
     if os.environ.get("RANK", "0") == "0" and out is not None:
@@ -80,7 +53,7 @@ def probe(
     from bsadvisor.runtime.distributed import init_from_env  # imports torch
     from bsadvisor.measure.probe import probe as run_probe
 
-    dist = init_from_env(device)  # single-process no-op without torchrun's WORLD_SIZE
+    dist = init_from_env(options.device)  # single-process no-op without torchrun's WORLD_SIZE
     with probe_time_limit(options.budget_seconds):  # a loss_fn that never returns is stopped, one line
         if dist.is_main:
             _run_main(lambda **kw: run_probe(target, options, dist=dist, **kw), json_out, out, format_bytes)
@@ -109,8 +82,6 @@ def _run_main(run_probe, json_out, out, format_bytes) -> None:
             result = run_probe(progress=progress)
     doc = result.to_dict()
     if out is not None:
-        from bsadvisor.core.fileio import write_json
-
         write_json(out, doc)
     if json_out:
         emit_json(doc)
@@ -121,10 +92,6 @@ def _run_main(run_probe, json_out, out, format_bytes) -> None:
 def _summary(r, format_bytes, out, con=None) -> None:
     """The human-readable result on ``con`` (default: stdout). Everything fits 80 columns without
     cutting a number (narrow tables, long lines wrap between words); user strings are escaped."""
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
     from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval, usable
 
     con = con or console

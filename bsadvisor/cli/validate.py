@@ -17,13 +17,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from bsadvisor.cli.options import (AdamRule, AdamSde, BatchSize, Epochs, GrowthFactor, Lr, MaxBatch, MaxFraction, MaxStages,
-                                   Momentum, RoundTo, Rule, ScheduleOpt, ScheduleUnit, SeqLen, StageFactor,
-                                   TotalSamples, TotalSteps)
+from bsadvisor.cli.options import command_options, with_options
 from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
                                warn_busy_cpu)
 from bsadvisor.cli.render import print_results
-from bsadvisor.core.defaults import VALIDATE_DEFAULTS
+from bsadvisor.core.declared import declarations
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.validate_options import ValidateOptions, check_epochs
@@ -112,44 +110,17 @@ VALIDATE_EPILOG = (
 
 
 @app.command(epilog=VALIDATE_EPILOG)
+@with_options(command_options("validate", first=("schedule", "epochs")), into="plan_options")
+@with_options(tuple(declarations(ValidateOptions)), of=ValidateOptions)
 def validate(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
                                         "(or give the schedule options below)"),
-    schedule: ScheduleOpt = None, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
-    momentum: Momentum = None, schedule_unit: ScheduleUnit = None, rule: Rule = None,
-    max_batch: MaxBatch = None, max_fraction: MaxFraction = None, round_to: RoundTo = None,
-    max_stages: MaxStages = None, stage_factor: StageFactor = None, adam_rule: AdamRule = None,
-    total_samples: TotalSamples = None, total_steps: TotalSteps = None, seq_len: SeqLen = None,
-    growth_factor: GrowthFactor = None, adam_sde: AdamSde = None,
-    seeds: int = typer.Option(VALIDATE_DEFAULTS["seeds"], "--seeds", help="seeds per run (data order and RNG; same "
-                              "initial weights). One seed gives an INDICATIVE verdict only (exit 3): use 3 or more for a "
-                              "verdict (two give a wide interval)"),
-    variants: bool = typer.Option(VALIDATE_DEFAULTS["variants"], "--variants", help="also train the hybrid and the increased-LR variant"),
-    hybrid_cap: Optional[int] = typer.Option(None, "--hybrid-cap", help="batch cap of the hybrid (default: a quarter of the plan's largest batch)"),
-    increase_lr: float = typer.Option(VALIDATE_DEFAULTS["increase_lr"], "--increase-lr", help="LR and batch factor of the increased-LR variant"),
-    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="the margin δ: the accepted drop of the metric, "
-                                            "in its units (default 0.005) or as a percentage of the original's (1%)"),
-    evals: int = typer.Option(VALIDATE_DEFAULTS["evals"], "--evals", help="evaluate every run at this many evenly spaced points (its curve; "
-                              "the same samples in every run)"),
-    max_micro_batch: Optional[int] = typer.Option(None, "--max-micro-batch", help="accumulate gradients above this batch size (per process under torchrun)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for results.json, report.md, plots and checkpoints"),
-    resume: bool = typer.Option(VALIDATE_DEFAULTS["resume"], "--resume", help="continue the run in --out from its checkpoints"),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N updates "
-                                                   "inside an epoch (default: a quarter of an epoch, at least 50)"),
-    overwrite: bool = typer.Option(VALIDATE_DEFAULTS["overwrite"], "--overwrite", help="replace the results and checkpoints of an earlier run "
-                                   "in --out"),
+    plan_options: Optional[dict] = None,  # the conversion options (core.options), declared once: with_options
+    options: Optional[ValidateOptions] = None,  # validate's own options (core.validate_options): with_options
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
                                "auto; each process takes cuda:LOCAL_RANK)"),
-    noise_monitor: bool = typer.Option(VALIDATE_DEFAULTS["noise_monitor"], "--noise-monitor/--no-noise-monitor", help="measure B_simple through "
-                                       "every run (NoiseMonitor): results.json, report.md and noise.png"),
-    monitor_overhead: float = typer.Option(VALIDATE_DEFAULTS["monitor_overhead"], "--monitor-overhead", help="the noise monitor's time budget, a "
-                                           "fraction of the training time (its extra gradient draws stay within it)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1.2)"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="stop after this many minutes of wall "
-                                                "time (exit 124; the checkpoints in --out are kept: continue with "
-                                                "--resume). Default: no limit (a target's code that never returns "
-                                                "is then never stopped)"),
 ) -> None:
     """Train the original schedule and the plan on TARGET and compare them, paired by seed.
 
@@ -164,19 +135,8 @@ def validate(
 
     Under torchrun (torchrun --nproc_per_node=K -m bsadvisor validate ...) the runs are
     data parallel: see docs/distributed.md.
-    \f
-    Long because its signature declares typer's options (35 lines); the body gathers them for one call.
     """
-    options = ValidateOptions(
-        seeds=seeds, variants=variants, hybrid_cap=hybrid_cap, increase_lr=increase_lr, tolerance=tolerance,
-        evals=evals, max_micro_batch=max_micro_batch, checkpoint_every=checkpoint_every, noise_monitor=noise_monitor,
-        monitor_overhead=monitor_overhead, out=out, resume=resume, overwrite=overwrite, max_minutes=max_minutes)
-    plan_options = dict(schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                        schedule_unit=schedule_unit, rule=rule, max_batch=max_batch, max_fraction=max_fraction,
-                        round_to=round_to, max_stages=max_stages, stage_factor=stage_factor, adam_rule=adam_rule,
-                        total_samples=total_samples, total_steps=total_steps, seq_len=seq_len,
-                        growth_factor=growth_factor, adam_sde=adam_sde)
-    limit = options.max_minutes
+    out, limit = options.out, options.max_minutes
     try:
         with time_limit(limit * 60 if limit else None):
             _validate(target, plan, options, plan_options, device=device, as_json=as_json)

@@ -7,14 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.options import ConvertOptions
+from bsadvisor.core.options import BASELINE_INPUTS, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.spans import Span, merge, read_original
-
-
-#: What a baseline plan records of its options.
-_BASELINE_INPUTS = ("lr", "batch_size", "dataset_size", "epochs", "total_samples", "total_steps", "momentum",
-                    "schedule", "schedule_unit", "seq_len", "streaming")
 
 
 def baseline(options: ConvertOptions) -> Plan:
@@ -33,7 +28,7 @@ def baseline(options: ConvertOptions) -> Plan:
     recorded = options.to_dict()
     stages = merge(per_span, original.model, g_ref)
     return Plan(stages=stages, dataset_size=options.dataset_size, baseline_updates=original.run.updates(),
-                inputs={"kind": "baseline", **{k: recorded[k] for k in _BASELINE_INPUTS}},
+                inputs={"kind": "baseline", **{k: recorded[k] for k in BASELINE_INPUTS}},
                 notes=["the original LR schedule at a fixed batch"])
 
 

@@ -1,8 +1,8 @@
 """The options' default values, allowed names and limits, written once, in a module that imports nothing.
 
-ConvertOptions, ProbeOptions and ValidateOptions take their field defaults from here and the
-CLI's help texts read them from here, so `bsadvisor --help` shows the defaults without building
-the option classes or the temperature model (each a dataclass, a few milliseconds of start time).
+ConvertOptions, ProbeOptions and ValidateOptions take their field defaults from here (each option
+is declared once, on its class: core.declared), and so do the modules that need a default or a
+limit without building an option class or the temperature model.
 """
 
 RULES = ("exact", "proportional")
@@ -76,3 +76,7 @@ MAX_EPOCHS = 1_000_000
 MAX_SAMPLES = 2**62
 #: A CSV schedule table (and the table a plan records as its schedule) is at most this large.
 MAX_TABLE_BYTES = 16 * 2**20
+#: Longest --schedule expression accepted; longer schedules belong in a CSV table.
+MAX_SCHEDULE_CHARS = 10_000
+#: How a schedule counts: scheduler.step() once an epoch, or once an iteration.
+SCHEDULE_UNITS = ("epoch", "step")

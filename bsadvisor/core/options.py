@@ -1,4 +1,11 @@
-"""What a conversion takes: :class:`ConvertOptions`, each option's default written once.
+"""What a conversion takes: :class:`ConvertOptions`, each option declared once.
+
+Each field is declared with core.declared.option: its default, type and range (a core.schema
+spec), help text, flag and groups. Everything else is read from there: the commands' Typer
+parameters (cli.options), the --config spec (cli.convert), a plan file's ``inputs`` spec
+(core.plan.INPUTS_SPEC, :func:`recorded_specs`), the name groups below (PLAN_OPTIONS,
+PROBE_OPTIONS, AFTER_PROBE, BASELINE_INPUTS, advise's CONVERT_OPTIONS) and the plain range
+checks of ``check``. A new option is one declaration here plus its logic.
 
 The CLI's convert-schedule options, ``convert_schedule(**options)`` and a plan's recorded
 ``inputs`` all become one ConvertOptions, checked once when it is built (bsadvisor.core.checks):
@@ -13,21 +20,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from bsadvisor.core import checks
+from bsadvisor.core import schema as S
+from bsadvisor.core.declared import Declared, OptionObject, declarations, names, option
+from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, MAX_EPOCHS, MAX_SAMPLES,
+                                     MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
 from bsadvisor.core.errors import UserError
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
-from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
 
 #: An example for a message that asks for a schedule.
 EXAMPLE_SCHEDULE = "MultiStepLR(milestones=[60,120,160], gamma=0.2)"
+_COUNT = S.Int(low=1)
+_FRACTION = S.Num(low=0, high=1, high_open=True)
 
 
 @dataclass(frozen=True)
-class ConvertOptions:
+class ConvertOptions(OptionObject):
     """The inputs of a conversion (Smith et al. 1711.00489; docs/concepts.md §1–5).
 
     The original run: ``lr`` ε0 (a CSV table gives its own), ``batch_size`` B0,
@@ -42,32 +55,87 @@ class ConvertOptions:
     ``momentum_to``. Field order is the order a plan records them in ``inputs``.
     """
 
-    lr: Optional[float] = None
-    batch_size: Optional[int] = None
-    dataset_size: Optional[int] = None
-    epochs: Optional[float] = None
-    momentum: Optional[float] = None  # None: DEFAULTS["momentum"] for SGD, ADAM_BETA1 (β1) for the Adam family
-    schedule: Union[str, Schedule, None] = None
-    schedule_unit: str = DEFAULTS["schedule_unit"]
-    optimizer: str = DEFAULTS["optimizer"]
-    rule: str = DEFAULTS["rule"]
-    max_batch: Optional[int] = None
-    max_fraction: float = DEFAULTS["max_fraction"]
-    round_to: int = DEFAULTS["round_to"]
-    world_size: int = DEFAULTS["world_size"]
-    micro_batch: Optional[int] = None
-    max_stages: Optional[int] = None
-    stage_factor: Optional[float] = None
-    increase_lr: Optional[float] = None
-    momentum_to: Optional[float] = None
-    adam_rule: str = DEFAULTS["adam_rule"]
-    total_samples: Optional[int] = None
-    total_steps: Optional[int] = None
-    streaming: bool = False
-    seq_len: Optional[int] = None
-    growth_factor: Optional[int] = None
+    # Each option once: its default, type and range (a core.schema spec), help, flag and groups (core.declared).
+    # Groups: the commands that take it besides convert-schedule (advise, validate), "probe": what
+    # plan_from_options takes with the probe (PROBE_OPTIONS), "after_probe": what the probe itself does not
+    # take, "baseline": what a baseline plan records.
+    lr: Optional[float] = option(
+        None, S.Num(low=0, low_open=True), "Base LR ε0 of the schedule (a CSV table gives its own).",
+        groups=("advise", "validate", "baseline"))
+    batch_size: Optional[int] = option(
+        None, _COUNT, "Batch size B0 the schedule was tuned at.", groups=("advise", "validate", "baseline"))
+    dataset_size: Optional[int] = option(None, _COUNT, "Training-set size N.", groups=("baseline",))
+    epochs: Optional[float] = option(
+        None, S.Num(low=0, low_open=True, high=MAX_EPOCHS),
+        "Training length E in epochs (fractional allowed: 0.5 is half a pass).", groups=("advise", "validate", "baseline"),
+        # a plan file's length is refused on its stages, where the message names the sample past MAX_EPOCHS
+        recorded=S.Num(low=0, low_open=True))
+    # None: DEFAULTS["momentum"] for SGD, ADAM_BETA1 (β1) for the Adam family
+    momentum: Optional[float] = option(
+        None, _FRACTION, "SGD momentum m (Adam's β1 for the Adam family).", shown="0, Adam's 0.9",
+        groups=("advise", "validate", "baseline"))
+    schedule: Union[str, Schedule, None] = option(
+        None, S.Str(max_len=MAX_SCHEDULE_CHARS),
+        f"PyTorch scheduler expression, e.g. '{EXAMPLE_SCHEDULE}', or a CSV table epoch,lr[,momentum].",
+        recorded=S.Str(max_len=MAX_TABLE_BYTES),  # a plan records the schedule described: a table's is longer
+        groups=("advise", "validate", "baseline"))
+    schedule_unit: str = option(
+        DEFAULTS["schedule_unit"], S.Str(choices=SCHEDULE_UNITS),
+        "epoch: the scheduler steps once an epoch; step: once an iteration (read with ceil(N/B0) steps an epoch).",
+        groups=("advise", "validate", "baseline"))
+    optimizer: str = option(DEFAULTS["optimizer"], S.Str(choices=OPTIMIZERS), " | ".join(OPTIMIZERS) + ".")
+    rule: str = option(
+        DEFAULTS["rule"], S.Str(choices=RULES),
+        "exact: B = N/(1+(N/B0−1)ρ); proportional: B = B0/ρ (the paper's).", groups=("advise", "validate"))
+    max_batch: Optional[int] = option(
+        None, _COUNT, "Device cap: the largest batch that fits (× devices × accumulation).", shown="none",
+        groups=("advise", "validate"))
+    max_fraction: float = option(
+        DEFAULTS["max_fraction"], S.Num(low=0, high=1, low_open=True),
+        "Never grow past this fraction of N (the paper stopped near N/10).", groups=("advise", "validate"))
+    round_to: int = option(DEFAULTS["round_to"], _COUNT, "Round batches to multiples of this.",
+                           groups=("advise", "validate"))
+    world_size: int = option(DEFAULTS["world_size"], _COUNT, "Devices training together.",
+                             groups=("advise", "probe", "after_probe"))
+    micro_batch: Optional[int] = option(
+        None, _COUNT, "Per-device micro-batch limit: with --world-size or --grad-accum, every batch above world size × "
+        "this is world size × k steps × an equal micro-batch.", shown="the probe's max batch", flag="--max-micro-batch",
+        groups=("probe",))
+    max_stages: Optional[int] = option(None, _COUNT, "At most this many distinct batch sizes.", shown="no limit",
+                                       groups=("advise", "validate"))
+    stage_factor: Optional[float] = option(
+        None, S.Num(low=1), "New batch only when the target grew by this factor (the LR carries the rest). "
+        "\\[default: 1 for step schedules; for smooth ones 2 read per epoch, 1.25 read per step]",
+        groups=("advise", "validate"))
+    increase_lr: Optional[float] = option(
+        None, S.Num(low=1), "Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).",
+        groups=("advise",))
+    momentum_to: Optional[float] = option(
+        None, _FRACTION, "Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", groups=("advise",))
+    adam_rule: str = option(
+        DEFAULTS["adam_rule"], S.Str(choices=ADAM_RULES),
+        "Adam family: linear (batch × α for an LR decay by α; the one that held on every model in docs/results.md), "
+        "sqrt (× α², Malladi et al.), seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise "
+        "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
+    total_samples: Optional[int] = option(
+        None, S.Int(low=1, high=MAX_SAMPLES),
+        "Training length in samples (examples consumed), instead of --epochs.", groups=("validate", "baseline"))
+    total_steps: Optional[int] = option(
+        None, S.Int(low=1, high=MAX_SAMPLES),
+        "Training length in updates of the original run at B0, instead of --epochs.", groups=("validate", "baseline"))
+    streaming: bool = option(
+        False, S.Bool(), "Every example is fresh (a data stream, or one pass or less): the temperature uses N → ∞ and "
+        "the N/10 cap does not apply; --dataset-size may be left out.", groups=("baseline",))
+    seq_len: Optional[int] = option(
+        None, _COUNT, "Tokens per sample, for a language model: the plan also counts tokens.",
+        groups=("advise", "validate", "baseline"))
+    growth_factor: Optional[int] = option(
+        None, S.Int(low=2, high=1024), "Every stage's batch is this integer times the previous one (Megatron, "
+        "OLMo-core ramps); the LR factor absorbs the difference.", groups=("advise", "validate"))
     # Adam: Malladi et al.'s companion scaling of 1−β1, 1−β2 and ε with each stage's batch factor (eq. 27)
-    adam_sde: bool = False
+    adam_sde: bool = option(
+        False, S.Bool(), "Adam family: also scale 1−β1 and 1−β2 by each stage's batch factor κ and Adam's ε by 1/√κ "
+        "(Malladi et al.'s companion scaling; measured in docs/results.md).", groups=("advise", "validate"))
     # From a probe: a batch, or cap(sample, temperature, temperature_model) -> batch (core.noise_model.NoiseCap);
     # the plan records it as cap.noise_scale, not in inputs.
     noise_cap_batch: Union[float, Callable[[float, float, Any], float], None] = None
@@ -75,25 +143,21 @@ class ConvertOptions:
     # (a plan records it in probe.noise_model).
     noise_model: Any = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         self._check_run()
         self._check_plan()
 
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
-
     def _check_run(self) -> None:
         """The original run: sizes, length, momentum, the schedule (parsed) and its starting LR."""
-        # Imported here, not at the top: the CLI imports this module for its help defaults,
-        # and `bsadvisor --help` should not pay for the plan schema and the schedule parser.
-        from bsadvisor.core.defaults import SCHEDULE_UNITS
+        # Imported here, not at the top: the CLI imports this module for its declarations,
+        # and `bsadvisor --help` should not pay for the schedule parser.
         from bsadvisor.core.schedules import Schedule, parse_schedule
 
         self._set("streaming", bool(self.streaming))
         if self.dataset_size is not None or not self.streaming:
-            self._set("dataset_size", checks.positive_int("dataset_size", self.dataset_size))
-        self._set("batch_size", checks.positive_int("batch_size", self.batch_size))
-        self._set("seq_len", checks.optional(checks.positive_int, "seq_len", self.seq_len))
+            self._check_declared("dataset_size")
+        self._check_declared("batch_size")
+        self._check_declared("seq_len", optional=True)
         self._check_length()
         n = self.dataset_size
         if n is not None and self.batch_size > n:
@@ -102,7 +166,7 @@ class ConvertOptions:
         given_momentum = self.momentum
         if self.momentum is None:  # Adam's β1 is the plan's momentum: torch's default, not SGD's 0
             self._set("momentum", ADAM_BETA1 if str(self.optimizer).lower() in ADAM_FAMILY else DEFAULTS["momentum"])
-        checks.within("momentum", self.momentum, 0, 1, high_open=True)
+        self._check_declared("momentum")
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UserError(f"schedule_unit must be {' or '.join(SCHEDULE_UNITS)}, "
                             f"got {checks.show(self.schedule_unit)}", parameter="schedule_unit")
@@ -115,7 +179,7 @@ class ConvertOptions:
             if not getattr(sched, "lrs", None):
                 raise UserError("lr is required (the LR the schedule starts from)", parameter="lr")
             self._set("lr", sched.lrs[0])
-        self._set("lr", checks.positive("lr", self.lr))
+        self._check_declared("lr")
         sched.check_lr(self.lr)
         sched.check(self.original().horizon, self.schedule_unit)
 
@@ -134,8 +198,6 @@ class ConvertOptions:
 
     def _check_length(self) -> None:
         """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""
-        from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES
-
         given = [name for name in ("epochs", "total_samples", "total_steps") if getattr(self, name) is not None]
         if len(given) > 1:
             raise UserError(f"give the training length once: {' and '.join(given)} were both given",
@@ -155,11 +217,11 @@ class ConvertOptions:
             self._set("epochs", int(e) if float(e).is_integer() else e)
             samples = round(e * n)
         elif self.total_samples is not None:
-            samples = checks.positive_int("total_samples", self.total_samples, high=MAX_SAMPLES)
-            self._set("total_samples", samples)
+            self._check_declared("total_samples")
+            samples = self.total_samples
         else:
-            steps = checks.positive_int("total_steps", self.total_steps, high=MAX_SAMPLES)
-            self._set("total_steps", steps)
+            self._check_declared("total_steps")
+            steps = self.total_steps
             if n is None:
                 samples = steps * self.batch_size
             else:
@@ -192,20 +254,16 @@ class ConvertOptions:
 
     def _check_plan(self) -> None:
         """The temperature model, the caps, the rounding, the staircase and the §5.2 variants."""
-        checks.choice("rule", self.rule, RULES)
+        self._check_declared("rule")
         self._set("optimizer", str(self.optimizer).lower())
-        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
-        checks.choice("adam_rule", self.adam_rule, ADAM_RULES)
+        self._check_declared("optimizer", "adam_rule")
         if not isinstance(self.adam_sde, bool):
             raise UserError(f"adam_sde must be true or false, got {checks.show(self.adam_sde)}", parameter="adam_sde")
         if self.adam_sde and self.optimizer not in ADAM_FAMILY:
             raise UserError("adam_sde scales Adam's β1, β2 and ε; it does not apply to SGD (give --optimizer adamw)",
                             parameter="adam_sde")
-        checks.within("max_fraction", self.max_fraction, 0, 1, low_open=True)
-        for name in ("round_to", "world_size"):
-            self._set(name, checks.positive_int(name, getattr(self, name)))
-        for name in ("micro_batch", "max_batch", "max_stages"):
-            self._set(name, checks.optional(checks.positive_int, name, getattr(self, name)))
+        self._check_declared("max_fraction", "round_to", "world_size")
+        self._check_declared("micro_batch", "max_batch", "max_stages", optional=True)
         for name, why in (("stage_factor", ""), ("increase_lr", " (it multiplies the LR and the batch)")):
             value = checks.optional(checks.positive, name, getattr(self, name))
             if value is not None and value < 1:
@@ -215,11 +273,10 @@ class ConvertOptions:
             if self.optimizer in ADAM_FAMILY:
                 raise UserError("momentum_to applies to SGD momentum; Adam's β1 does not set the temperature",
                                 parameter="momentum_to")
-            checks.within("momentum_to", self.momentum_to, 0, 1, high_open=True)
+            self._check_declared("momentum_to")
         if not callable(self.noise_cap_batch):  # a number, or a per-sample cap (core.noise_model.NoiseCap)
             checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
-        self._set("growth_factor", checks.optional(checks.integer, "growth_factor", self.growth_factor, low=2,
-                                                    high=1024))
+        self._check_declared("growth_factor", optional=True)
         if self.max_batch is not None and self.max_batch < self.batch_size:
             raise UserError(f"max_batch {self.max_batch} is smaller than batch_size {self.batch_size}: the "
                             "original batch does not fit; lower --batch-size or allow gradient accumulation",
@@ -243,3 +300,39 @@ class ConvertOptions:
 #: Every option's name, in the order a plan records them.
 OPTION_NAMES = tuple(f.name for f in fields(ConvertOptions))
 
+#: What plan_from_options (core.predict) takes beside ConvertOptions' fields: a probe, how its device cap
+#: scales, the noise cap and a noise trace. A plan records them in ``inputs`` too.
+PLANNING_OPTIONS = {d.name: d for d in (
+    Declared(S.Str(max_len=4096), "probe.json from `bsadvisor probe --out`: supplies N, B0, lr, momentum, the device "
+             "cap (max_batch × world size × accumulation) and per-stage predicted time and efficiency.", kind=Path,
+             recorded=False, groups=("probe",)).named("probe", None),
+    Declared(_COUNT, "Gradient-accumulation steps allowed per update.", shown=1,
+             groups=("advise", "probe", "after_probe")).named("grad_accum", None),
+    Declared(S.Num(low=0), f"Cap the batch at K × the noise scale B_noise(s) (e.g. {NOISE_CAP:g}): the probe's "
+             "B_simple scaled by the temperature, or --noise-trace (an estimate without a bounded interval is "
+             "refused; 0: no cap). By default nothing is capped: on the benchmark models the noise scale did not "
+             "predict whether a plan held (docs/results.md).", shown="no cap",
+             groups=("advise", "probe", "after_probe")).named("noise_cap", None),
+    Declared(S.Str(max_len=4096), "B_simple measured through training: results.json of `bsadvisor validate` (its "
+             "original run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "
+             "column and the warnings.", kind=Path, recorded=False,
+             groups=("advise", "probe", "after_probe")).named("noise_trace", None),
+)}
+
+#: Every conversion option a user can give, declared once: ConvertOptions' own, then the planning ones.
+CONVERSION_OPTIONS: dict[str, Declared] = {**declarations(ConvertOptions), **PLANNING_OPTIONS}
+#: What plan_from_options takes besides the conversion options: the probe and the device layout.
+PROBE_OPTIONS = names(CONVERSION_OPTIONS, "probe")
+#: The conversion options plan_from_options passes on as given (it derives the others from the probe).
+PLAN_OPTIONS = tuple(name for name in OPTION_NAMES if name not in PROBE_OPTIONS + ("noise_cap_batch",))
+#: What the probe does not take from advise's options: how the plan is spread over devices and capped.
+AFTER_PROBE = names(CONVERSION_OPTIONS, "after_probe")
+#: What a baseline plan (core.baseline) records of its options.
+BASELINE_INPUTS = names(CONVERSION_OPTIONS, "baseline")
+
+
+
+def recorded_specs() -> dict[str, S.Field]:
+    """What a plan file's ``inputs`` may hold for each conversion option (a null too: not given), from its
+    declaration (core.plan.INPUTS_SPEC)."""
+    return {name: S.opt(d.file_spec()) for name, d in CONVERSION_OPTIONS.items() if d.file_spec() is not None}

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
-from bsadvisor.core.defaults import ADAM_FAMILY, MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES, SCHEDULE_UNITS
+from bsadvisor.core.defaults import ADAM_FAMILY, MAX_EPOCHS, MAX_SAMPLES
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import check_schema, json_safe, read_json, write_atomic
 from bsadvisor.core.noise_model import NoiseModel
@@ -539,7 +539,6 @@ def _from_v1(cls, doc: dict, what: str) -> "Plan":
 _STAGE_FIELDS = {"start_sample", "end_sample", "start_epoch", "end_epoch", "start_token", "end_token", "batch_size",
                  "lr", "lr_scale", "momentum", "temperature", "target_temperature", "phase", "updates"}
 _SCALAR = S.Json(max_depth=0)
-_COUNT = S.Int(low=1, nullable=True)
 _STAGE_COMMON = {
     "batch_size": S.req(S.Int(low=1)),
     "lr": S.req(S.Num(low=0)),
@@ -562,27 +561,10 @@ STAGE_SPEC_V1 = S.Obj({
     "end_epoch": S.req(S.Int(low=1)),
     **_STAGE_COMMON,
 }, extra=_SCALAR)
-INPUTS_SPEC = S.Obj({
-    "lr": S.opt(S.Num(low=0, low_open=True, nullable=True)),
-    "batch_size": S.opt(_COUNT), "dataset_size": S.opt(_COUNT),
-    "epochs": S.opt(S.Num(low=0, low_open=True, nullable=True)),
-    "total_samples": S.opt(_COUNT), "total_steps": S.opt(_COUNT), "seq_len": S.opt(_COUNT),
-    "streaming": S.opt(S.Json(max_depth=0)),
-    "momentum": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
-    "schedule": S.opt(S.Str(nullable=True, max_len=MAX_TABLE_BYTES)),
-    "schedule_unit": S.opt(S.Str(choices=SCHEDULE_UNITS, nullable=True)),
-    "optimizer": S.opt(S.Str(nullable=True)), "rule": S.opt(S.Str(nullable=True)),
-    "adam_rule": S.opt(S.Str(nullable=True)), "kind": S.opt(S.Str(nullable=True)),
-    "adam_sde": S.opt(S.Json(max_depth=0)),
-    "max_batch": S.opt(_COUNT), "round_to": S.opt(_COUNT), "world_size": S.opt(_COUNT),
-    "micro_batch": S.opt(_COUNT), "max_stages": S.opt(_COUNT), "grad_accum": S.opt(_COUNT),
-    "max_fraction": S.opt(S.Num(low=0, high=1, low_open=True, nullable=True)),
-    "stage_factor": S.opt(S.Num(low=1, nullable=True)),
-    "growth_factor": S.opt(S.Int(low=2, nullable=True)),
-    "increase_lr": S.opt(S.Num(low=1, nullable=True)),
-    "momentum_to": S.opt(S.Num(low=0, high=1, high_open=True, nullable=True)),
-    "noise_cap": S.opt(S.Num(low=0, low_open=True, nullable=True)),
-}, extra=S.Json(max_depth=2))
+# A plan's recorded options, each checked against its declaration (core.options; may be null), and its kind.
+from bsadvisor.core.options import recorded_specs  # noqa: E402 (options imports no plan: no cycle)
+
+INPUTS_SPEC = S.Obj({**recorded_specs(), "kind": S.opt(S.Str(nullable=True))}, extra=S.Json(max_depth=2))
 _PLAN_COMMON = {
     "schema": S.req(S.Str()),
     "inputs": S.opt(INPUTS_SPEC),

@@ -28,7 +28,7 @@ from bsadvisor.core.convert import convert
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
 from bsadvisor.core.noise_model import NoiseModel, load_trace
-from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
+from bsadvisor.core.options import PLAN_OPTIONS, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
 from bsadvisor.core.temperature import TemperatureModel
@@ -39,10 +39,6 @@ SUGGESTED_NOISE_CAP = 10.0
 NOISE_NOT_USED = ("the noise scale is reported, not used: it caps and vetoes nothing by default, because on the "
                   "benchmark models neither the probe's reading nor the one measured along the run predicted whether "
                   "a plan held (docs/results.md); --noise-cap K caps the batch at K × B_noise(s)")
-#: What plan_from_options takes besides the conversion options: the probe and the device layout.
-PROBE_OPTIONS = ("probe", "world_size", "grad_accum", "noise_cap", "micro_batch", "noise_trace")
-#: The conversion options plan_from_options passes on as given (it derives the others from the probe).
-PLAN_OPTIONS = tuple(name for name in OPTION_NAMES if name not in PROBE_OPTIONS + ("noise_cap_batch",))
 
 
 def device_cap(probe, world_size: int = 1, grad_accum: int = 1) -> int:

@@ -9,11 +9,13 @@ bad value is one ``UserError`` line naming the parameter (``seed``; the CLI show
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from bsadvisor.core import checks
+from bsadvisor.core.declared import OptionObject, option
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.memory import parse_size
 
 ESTIMATORS = ("microbatch", "two-batch", "per-example")
 MAX_DRAWS = 100_000
@@ -24,7 +26,7 @@ MAX_BUDGET_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
-class ProbeOptions:
+class ProbeOptions(OptionObject):
     """What a probe measures with (docs/probe.md); a ProbeOptions always holds clean values.
 
     ``device``: cpu, cuda, cuda:N or auto. ``batch_size`` B, ``lr`` and ``warmup_steps``:
@@ -32,28 +34,43 @@ class ProbeOptions:
     ``budget_seconds`` bounds the measuring; the noise draws stop when B_simple's 90% interval
     is within ±``target_rel_ci``, or after exactly ``draws`` draws (at least 2) when given
     (else between ``min_draws`` and ``max_draws``). ``estimator`` (one of ESTIMATORS) splits a
-    batch into ``micro_batches``. ``memory_limit``: bytes (at least one; None: half the
-    available RAM). ``measure_memory``/``measure_throughput``: False skips that phase.
+    batch into ``micro_batches``. ``memory_limit``: bytes (at least one), or a size such as
+    "8GiB" (None: half the available RAM). ``measure_memory``/``measure_throughput``: False skips that phase.
     """
 
-    device: str = PROBE_DEFAULTS["device"]
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    budget_seconds: float = PROBE_DEFAULTS["budget_seconds"]
-    target_rel_ci: float = PROBE_DEFAULTS["target_rel_ci"]
-    estimator: str = PROBE_DEFAULTS["estimator"]
+    # Each option once: its default, and for `bsadvisor probe` its type and help (core.declared); the others
+    # are the library's only.
+    device: str = option(PROBE_DEFAULTS["device"], kind=str, help="cpu, cuda or auto (cuda if available).")
+    batch_size: Optional[int] = option(None, kind=int, help="Batch to measure at (default: the target's).")
+    lr: Optional[float] = option(None, kind=float, help="Learning rate for the warmup steps (default: the target's).")
+    warmup_steps: Optional[int] = option(None, kind=int,
+                                         help="Optimizer steps before measuring (default: ~2% of an epoch, 1–50).")
+    budget_seconds: float = option(PROBE_DEFAULTS["budget_seconds"], kind=float, help=(
+        "Time budget of the measuring (warmup, noise, memory, throughput); building the target is not counted."))
+    target_rel_ci: float = option(PROBE_DEFAULTS["target_rel_ci"], kind=float,
+                                  help="Stop when the 90% interval of B_simple is within ± this fraction.")
+    estimator: str = option(PROBE_DEFAULTS["estimator"], kind=str, help=f"{', '.join(ESTIMATORS[:-1])} or "
+                                                                        f"{ESTIMATORS[-1]}.")
     micro_batches: int = PROBE_DEFAULTS["micro_batches"]
-    memory_limit: Optional[float] = None
-    seed: int = PROBE_DEFAULTS["seed"]
+    memory_limit: Union[float, str, None] = option(None, kind=str, help=(
+        "CPU memory cap per process, e.g. 8GiB, 500MB (default: half the available RAM, shared by a node's "
+        "processes under torchrun)."))
+    seed: int = option(PROBE_DEFAULTS["seed"], kind=int, help="Seed for batch sampling and the model's randomness.")
     min_draws: int = PROBE_DEFAULTS["min_draws"]
     max_draws: Optional[int] = None
-    draws: Optional[int] = None
+    draws: Optional[int] = option(None, kind=int, help=(
+        "Take exactly this many noise draws (≥ 2): the same --seed then gives the same B_simple; refused if they "
+        "do not fit in --budget-seconds. Default: as many as the budget allows (results vary between runs)."))
     measure_memory: bool = PROBE_DEFAULTS["measure_memory"]
     measure_throughput: bool = PROBE_DEFAULTS["measure_throughput"]
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         """The first bad value raises a UserError naming it; the others are kept as clean Python numbers."""
+        if isinstance(self.memory_limit, str):  # a size as people write it (the CLI's --memory-limit 8GiB)
+            try:
+                self._set("memory_limit", parse_size(self.memory_limit))
+            except ValueError as exc:
+                raise UserError(f"memory_limit: {exc}", parameter="memory_limit") from None
         if self.estimator not in ESTIMATORS:
             raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {str(self.estimator)[:40]!r}",
                             parameter="estimator")
@@ -77,4 +94,4 @@ class ProbeOptions:
         clean["max_draws"] = checks.optional(checks.integer, "max_draws", self.max_draws, low=clean["min_draws"],
                                              high=MAX_DRAWS)
         for name, value in clean.items():
-            object.__setattr__(self, name, value)  # a frozen dataclass keeps the checked value
+            self._set(name, value)

@@ -35,10 +35,8 @@ from typing import Any, Iterator, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES
+from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES
 
-#: Longest --schedule expression accepted; longer schedules belong in a CSV table.
-MAX_SCHEDULE_CHARS = 10_000
 #: Most rows a CSV schedule table may have.
 MAX_TABLE_ROWS = 100_000
 #: A table whose values change at more rows than this is a smooth schedule written out, not a step schedule.

@@ -92,7 +92,8 @@ def parse_margin(text: object, where: str = "--tolerance") -> Margin:
     if text is None:
         return Margin()
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise UserError(f"{where} must be a number (metric units) or a percentage like 1%, got {type(text).__name__}")
+        raise UserError(f"{where} must be a number (metric units) or a percentage like 1%, got {type(text).__name__}",
+                        parameter=where)
     raw = str(text).strip()
     relative = raw.endswith("%")
     number = raw[:-1].strip() if relative else raw
@@ -101,13 +102,13 @@ def parse_margin(text: object, where: str = "--tolerance") -> Margin:
     except ValueError:
         shown = raw if len(raw) <= 40 else raw[:37] + "..."
         raise UserError(f"{where} {shown!r} is not a number; give the accepted drop in the metric's units "
-                        "(e.g. 0.005) or as a percentage of the original's metric (e.g. 1%)") from None
+                        "(e.g. 0.005) or as a percentage of the original's metric (e.g. 1%)", parameter=where) from None
     if not math.isfinite(value) or value < 0:
-        raise UserError(f"{where} must be a finite number ≥ 0, got {raw}")
+        raise UserError(f"{where} must be a finite number ≥ 0, got {raw}", parameter=where)
     if relative:
         value /= 100.0
         if value > 1:
-            raise UserError(f"{where} {raw} is more than 100% of the original's metric; give at most 100%")
+            raise UserError(f"{where} {raw} is more than 100% of the original's metric; give at most 100%", parameter=where)
     return Margin(value, relative, given=True)
 
 

@@ -15,11 +15,10 @@ from bsadvisor.core import checks
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import write_json
 from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
+from bsadvisor.core.options import AFTER_PROBE
 from bsadvisor.core.recommend import Recommendation
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 
-#: What the probe does not take from advise's options: how the plan is spread over devices and capped.
-_AFTER_PROBE = ("world_size", "grad_accum", "noise_cap", "noise_trace")
 
 
 def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_out: Union[str, Path, None] = None,
@@ -52,7 +51,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     trace = read_trace(opts.get("noise_trace"))
     noise_model_of(None, trace, target.dataset_size)  # another data set's trace: not after the probe
     # the same conversion with no device layout and no cap: bad options fail before the probe
-    plan_from_options(**{k: v for k, v in opts.items() if k not in _AFTER_PROBE})
+    plan_from_options(**{k: v for k, v in opts.items() if k not in AFTER_PROBE})
     result = probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
                    progress=progress, **probe_options)
     if probe_out is not None:

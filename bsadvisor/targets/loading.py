@@ -58,7 +58,7 @@ def _load_function(spec: str) -> Callable[[], Any]:
                         "or builtin:NAME")
     module_part, func_name = spec.rsplit(":", 1)
     if module_part == "builtin":
-        from bsadvisor.targets.builtins import get_builtin  # here: only builtin targets need numpy
+        from bsadvisor.targets.builtins import get_builtin  # here: it imports torch (a file target loads its own)
 
         return get_builtin(func_name)
     if not func_name.isidentifier():

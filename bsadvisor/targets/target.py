@@ -7,6 +7,7 @@ inside the functions.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -188,8 +189,6 @@ def _plain(value: Any) -> Any:
 def _check_recipe(target: Target, where: str) -> None:
     """optimizer_kwargs against the optimizer's signature, param_groups against the model, max_grad_norm and
     precision: each a UserError naming the field."""
-    import inspect
-
     import torch
 
     kwargs = target.optimizer_kwargs

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.noise_model import NoiseModel
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.spans import Span, merge, read_original
@@ -54,8 +55,6 @@ def recorded_noise_model(plan: Plan):
     doc = (plan.probe or {}).get("noise_model")
     if not doc:
         return None
-    from bsadvisor.core.noise_model import NoiseModel
-
     return NoiseModel.from_dict(doc)
 
 

@@ -10,6 +10,7 @@ is the caller's: a library parameter (``max_fraction``), which the error also ca
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Optional
@@ -149,8 +150,6 @@ def options_object(cls: type, options: Any, changes: dict, caller: str) -> Any:
 
     A keyword that is no field of ``cls`` is the TypeError Python raises for any call.
     """
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     for name in changes:
         if name not in names:

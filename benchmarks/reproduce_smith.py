@@ -38,7 +38,15 @@ from bsadvisor.core.convert import convert_schedule  # noqa: E402
 from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
-from bsadvisor.runtime.validate import constant_plan  # noqa: E402
+from bsadvisor.core.plan import Plan, Stage  # noqa: E402
+
+
+def constant_plan(plan: Plan) -> Plan:
+    """One stage at the schedule's starting LR and batch: the control without any schedule."""
+    first = plan.stages[0]
+    return Plan(stages=[Stage(0, plan.total_samples, first.batch_size, first.lr, first.momentum, temperature=1.0,
+                              phase="constant")],
+                dataset_size=plan.dataset_size, inputs=dict(plan.inputs))
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ from bsadvisor.core.baseline import baseline_of, plan_options as _options, recor
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
-from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.plan import Plan
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
@@ -130,14 +130,6 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
             runs.append(RunSpec(f"increased-lr-x{k:g}", convert.convert(_options(plan, increase_lr=k)),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
-
-
-def constant_plan(plan: Plan, *, lr: Optional[float] = None, batch_size: Optional[int] = None) -> Plan:
-    """One stage at the schedule's starting LR and batch: the control without any schedule."""
-    first = plan.stages[0]
-    return Plan(stages=[Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
-                              first.momentum, temperature=1.0, phase="constant")],
-                dataset_size=plan.dataset_size, inputs=dict(plan.inputs))
 
 
 # -- statistics and verdict -----------------------------------------------------------

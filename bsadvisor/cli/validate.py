@@ -18,6 +18,7 @@ from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emi
                                warn_busy_cpu)
 from bsadvisor.core.defaults import VALIDATE_DEFAULTS
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import check_dataset_size
 
 if TYPE_CHECKING:  # imported where it is built: `bsadvisor --help` does not build the option classes
     from bsadvisor.core.validate_options import ValidateOptions
@@ -45,10 +46,7 @@ def _plan_options(target, *, plan_path: Optional[Path], schedule: Optional[str],
         raise UserError("give either --plan FILE or --schedule/--epochs, not both")
     if plan_path is not None:
         plan = Plan.load(plan_path)
-        if plan.dataset_size != target.dataset_size:
-            raise UserError(f"plan {plan_path} was made for {plan.dataset_size} training examples but "
-                            f"{target.name} has {target.dataset_size}; re-run convert-schedule with "
-                            f"--dataset-size {target.dataset_size}")
+        check_dataset_size(plan, target.dataset_size)
         return plan
     from bsadvisor.core.recommend import recommend
     from bsadvisor.runtime.recipe import options_for_target

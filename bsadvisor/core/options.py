@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import lengths_given
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
@@ -136,7 +137,7 @@ class ConvertOptions:
         """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""
         from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES
 
-        given = [name for name in ("epochs", "total_samples", "total_steps") if getattr(self, name) is not None]
+        given = lengths_given(self)
         if len(given) > 1:
             raise UserError(f"give the training length once: {' and '.join(given)} were both given",
                             parameters=tuple(given))

@@ -16,7 +16,7 @@ from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import write_json
 from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
 from bsadvisor.core.recommend import Recommendation
-from bsadvisor.measure.probe import probe
+from bsadvisor.measure import probe as probing  # probing.probe: read at the call, so a test can stand in
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 from bsadvisor.targets.target import Target
 
@@ -45,14 +45,14 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
 
     prepared = options if isinstance(options, TargetOptions) else options_for_target(target, options)
     opts = prepared.options
-    if opts.get("schedule") is None or opts.get("epochs") is None:
+    if opts.get("schedule") is None or not prepared.length_given:
         raise UserError(f"advise needs --schedule and --epochs (the LR schedule you train with); {target.name} "
                         "records no recipe of its own")
     trace = read_trace(opts.get("noise_trace"))
     noise_model_of(None, trace, target.dataset_size)  # another data set's trace: not after the probe
     # the same conversion with no device layout and no cap: bad options fail before the probe
     plan_from_options(**{k: v for k, v in opts.items() if k not in _AFTER_PROBE})
-    result = probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
+    result = probing.probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
                    progress=progress, **probe_options)
     if probe_out is not None:
         write_json(probe_out, result.to_dict())

@@ -14,14 +14,10 @@ from typing import Any, Optional
 from bsadvisor.core import checks
 from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import lengths_given
 from bsadvisor.core.schedules import Schedule, parse_schedule
 from bsadvisor.core.validate_options import check_epochs
 from bsadvisor.targets.target import batchnorm_layers
-
-
-def _length_given(epochs: Optional[float], kw: dict) -> bool:
-    """Whether a run's length is given: epochs, or total samples or steps."""
-    return epochs is not None or bool(kw.get("total_samples") or kw.get("total_steps"))
 
 
 def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
@@ -33,7 +29,7 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     then gets the recipe's schedule_unit and seq_len where it has none.
     """
     recipe = getattr(target, "metadata", None) or {}
-    if schedule is not None or _length_given(epochs, kw) or not recipe.get("schedule"):
+    if schedule is not None or lengths_given({**kw, "epochs": epochs}) or not recipe.get("schedule"):
         return schedule, epochs, None
     if not isinstance(recipe["schedule"], str):
         raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
@@ -62,7 +58,7 @@ class TargetOptions:
     @property
     def length_given(self) -> bool:
         """Whether the run has a length (epochs, or total samples or steps)."""
-        return _length_given(self.options.get("epochs"), self.options)
+        return bool(lengths_given(self.options))
 
 
 def _table_sets_momentum(schedule: Any) -> bool:

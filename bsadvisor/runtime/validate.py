@@ -38,7 +38,9 @@ from bsadvisor.core.baseline import baseline_of, plan_options as _options, recor
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
+from bsadvisor.core.original import check_dataset_size
 from bsadvisor.core.plan import Plan
+from bsadvisor.core.remarks import batchnorm_text
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
@@ -431,12 +433,7 @@ def batchnorm_warning(model) -> Optional[str]:
     from bsadvisor.targets.target import batchnorm_layers
 
     names = batchnorm_layers(model)
-    if not names:
-        return None
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (f"the model has BatchNorm layers ({shown}): their statistics depend on the batch, so a larger batch, "
-            "and gradient accumulation above --max-micro-batch, change more than the gradient noise; "
-            "the comparison includes that effect (keep a fixed per-device batch, ghost batch norm, to avoid it)")
+    return batchnorm_text(layers=names) if names else None
 
 
 # -- the runs -------------------------------------------------------------------------
@@ -445,9 +442,7 @@ def _check_runs(target, specs: list[RunSpec], resume: bool, out: Optional[Path])
     if resume and out is None:
         raise UserError("--resume needs --out DIR (the checkpoints live there)")
     for spec in specs:
-        if spec.plan.dataset_size != target.dataset_size:
-            raise UserError(f"the {spec.name} plan was made for {spec.plan.dataset_size} training examples but "
-                            f"{target.name} has {target.dataset_size}; re-run convert-schedule for this target")
+        check_dataset_size(spec.plan, target.dataset_size)
 
 
 def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptions] = None, *, progress=None,

@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY, OPTIMIZERS, SGD_FAMILY
 from bsadvisor.core.errors import UserError
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 #: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 #: Keys of optimizer_kwargs that a Target field (or the plan, per update) sets instead: where each goes.
@@ -59,11 +59,11 @@ class Target:
     @property
     def beta1(self) -> float:
         """The momentum the target trains with: ``momentum``; for Adam at 0, β1 of ``optimizer_kwargs['betas']``
-        or 0.9 (torch's default)."""
-        if self.momentum > 0 or self.optimizer not in ("adam", "adamw"):
+        or ADAM_BETA1 (torch's default)."""
+        if self.momentum > 0 or self.optimizer not in ADAM_FAMILY:
             return float(self.momentum)
         betas = (self.optimizer_kwargs or {}).get("betas")
-        return float(betas[0]) if betas is not None else 0.9
+        return float(betas[0]) if betas is not None else ADAM_BETA1
 
     def recipe(self) -> dict:
         """What the target trains with, as plain data (results.json, the report, a checkpoint's identity):
@@ -85,7 +85,7 @@ class Target:
         momentum = self.momentum if momentum is None else momentum
         kwargs = dict(self.optimizer_kwargs or {})
         params = self._groups(params)
-        if self.optimizer in ("sgd", "nesterov"):
+        if self.optimizer in SGD_FAMILY:
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=self.weight_decay,
                                    nesterov=self.optimizer == "nesterov" and momentum > 0, **kwargs)
         beta2 = kwargs.pop("betas", (0.9, 0.999))[1]  # β1 is the momentum (the plan's, per update)
@@ -172,7 +172,7 @@ def _optimizer_class(name: str) -> type:
     """The torch.optim class of an OPTIMIZERS name."""
     import torch
 
-    return torch.optim.SGD if name in ("sgd", "nesterov") else torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return torch.optim.SGD if name in SGD_FAMILY else torch.optim.Adam if name == "adam" else torch.optim.AdamW
 
 
 def _plain(value: Any) -> Any:

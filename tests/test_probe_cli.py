@@ -100,7 +100,7 @@ def test_summary_subprocess_and_no_torch_at_import(tmp_path):
     assert "--target-rel-ci" in r.stdout and "Examples" in r.stdout
 
 
-# --------------------------------------------------------------------------- issue 10
+# --------------------------------------------------------------------------- --draws
 @pytest.mark.slow
 def test_draws_give_the_same_b_simple_twice(capsys):
     docs = []

@@ -242,7 +242,7 @@ def kill_at_checkpoint(ckpt: Path, argv: list) -> None:
 @pytest.mark.xdist_group("validate-finished")
 def test_resume_after_sigkill_matches_uninterrupted_run(finished, tmp_path, monkeypatch):
     target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
 
     # Slow each step down, wait for the original run's first checkpoint (an epoch's end), then SIGKILL.
     ckpt = out / "checkpoints" / "original-seed0.pt"
@@ -252,7 +252,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(finished, tmp_path, monk
     assert not (out / "results.json").exists()
 
     r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] == done
     assert strip_wall(got) == strip_wall(want)  # losses, metrics, counts: exactly equal
@@ -306,7 +306,7 @@ def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
         fit_to_devices(bare, 8, None)
 
 
-# -- hardening (issue 10) ---------------------------------------------------------------------
+# -- hardening ----------------------------------------------------------------------------------
 def strict_json(text):
     """json.loads that refuses NaN/Infinity (what a strict JSON reader does)."""
     def bad(name):
@@ -365,7 +365,7 @@ def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file,
 @pytest.mark.xdist_group("validate-finished")
 def test_resume_with_another_architecture_is_refused(finished, tmp_path, monkeypatch):
     target_file, out = finished.target, tmp_path / "out"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
     shutil.copytree(finished.out, out)  # a finished run of the 16-unit ReLU model
     for env, words in (({"BSA_HIDDEN": "32"}, ["'0.weight'", "[16, 6]", "[32, 6]"]),
                        ({"BSA_ACT": "tanh"}, ["'1'", "ReLU", "Tanh"])):  # same shapes, another activation
@@ -407,7 +407,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path, 
     cmd = shlex.split(lines[0].split("`")[1])
     assert cmd[:2] == ["bsadvisor", "validate"] and str(out) in cmd
     r = main_run(monkeypatch, *cmd[1:])  # the printed command, as typed (in this process: no knobs set)
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got = json.loads((out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] >= 1
 
@@ -441,7 +441,7 @@ def test_overwrite_orphans_and_umask(accepted, tmp_path, monkeypatch):
         r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--overwrite")
     finally:
         os.umask(umask)
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["original-seed0.pt", "plan-seed0.pt"]
     assert set(json.loads((out / "results.json").read_text())["runs"]) == {"original", "plan"}
     assert (out / "notes.txt").read_text() == "mine"
@@ -467,12 +467,12 @@ def test_overwrite_orphans_and_umask(accepted, tmp_path, monkeypatch):
 @pytest.mark.xdist_group("validate-finished")
 def test_batchnorm_warning_only_for_a_model_with_batchnorm(finished, monkeypatch):
     r = main_run(monkeypatch, "validate", finished.target, *SCHEDULE, *LENIENT, "--json", env={"BSA_BN": "1"})
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     warns = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warns) == 1 and "BatchNorm layers (1)" in warns[0], r.stderr
     assert json.loads(r.stdout)["warnings"] == [warns[0][len("warning: "):]]
     r = finished.run  # the same command and model without BatchNorm
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     assert "BatchNorm" not in r.stderr + r.stdout  # the plan's generic note is not repeated here
     assert "…" not in r.stdout
 
@@ -538,14 +538,14 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(finished, tmp_
     """Checkpoints every 7 updates (an epoch here is 40): killed at the first one, 7 updates into epoch 1,
     the resumed run finishes with exactly the numbers of a run never interrupted."""
     target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
     ckpt = out / "checkpoints" / "original-seed0.pt"
     args = [*SCHEDULE, *LENIENT, "--out", str(out), "--checkpoint-every", "7"]
     kill_at_checkpoint(ckpt, ["validate", target_file, *args])
     saved = torch.load(ckpt, weights_only=True)
     assert saved["history"] == [] and saved["partial"]["offset"] == 7 * 8  # mid-epoch: 7 batches of 8 into epoch 1
     r = main_run(monkeypatch, "validate", target_file, *args, "--resume")
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert strip_wall(got) == strip_wall(want)
     for name in ("original", "plan"):  # the per-update record too: same samples, batches and LRs

@@ -123,7 +123,7 @@ def _lightning_target(obj: Any, spec: str) -> Target:
     if len(parts) > 2:
         raise UserError(f"TARGET {spec!r} returned a tuple of {len(parts)}; return a LightningModule or a "
                         "(LightningModule, LightningDataModule) pair")
-    from bsadvisor.integrations.lightning.target import target_from_lightning
+    from bsadvisor.integrations.lightning.target import target_from_lightning  # here: only this loads Lightning
 
     try:
         return target_from_lightning(*parts)

@@ -78,7 +78,7 @@ class Target:
 
     def make_optimizer(self, params=None, lr: float | None = None, momentum: float | None = None):
         """The torch optimizer this target trains with (SGD family or Adam family)."""
-        import torch
+        import torch  # here: importing Target loads no torch
 
         params = self.model.parameters() if params is None else params
         lr = self.lr if lr is None else lr
@@ -104,7 +104,7 @@ class Target:
     def collate(self, items: list):
         if self.collate_fn is not None:
             return self.collate_fn(items)
-        from torch.utils.data import default_collate
+        from torch.utils.data import default_collate  # here: as torch above
 
         return default_collate(items)
 
@@ -114,7 +114,7 @@ def check_target(target: Any, where: str = "target") -> Target:
     if not isinstance(target, Target):
         raise UserError(f"{where} returned {type(target).__name__}, not a bsadvisor.Target; "
                         "return bsadvisor.Target(model=..., train_dataset=..., loss_fn=..., batch_size=..., lr=...)")
-    import torch
+    import torch  # here: importing Target loads no torch
 
     if not isinstance(target.model, torch.nn.Module):
         raise UserError(f"{where}: model is {type(target.model).__name__}, not a torch.nn.Module")
@@ -170,7 +170,7 @@ def check_target(target: Any, where: str = "target") -> Target:
 
 def _optimizer_class(name: str) -> type:
     """The torch.optim class of an OPTIMIZERS name."""
-    import torch
+    import torch  # here: importing Target loads no torch
 
     return torch.optim.SGD if name in SGD_FAMILY else torch.optim.Adam if name == "adam" else torch.optim.AdamW
 
@@ -189,7 +189,7 @@ def _plain(value: Any) -> Any:
 def _check_recipe(target: Target, where: str) -> None:
     """optimizer_kwargs against the optimizer's signature, param_groups against the model, max_grad_norm and
     precision: each a UserError naming the field."""
-    import torch
+    import torch  # here: importing Target loads no torch
 
     kwargs = target.optimizer_kwargs
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
@@ -253,7 +253,7 @@ def _check_groups(target: Target, where: str) -> None:
 def batchnorm_layers(model) -> list[str]:
     """The names of the model's BatchNorm layers (any ``torch.nn.modules.batchnorm._BatchNorm``, SyncBatchNorm
     too): their statistics depend on the batch, which the probe, advise and validate each have to say."""
-    import torch
+    import torch  # here: importing Target loads no torch
 
     return [name or type(m).__name__ for name, m in model.named_modules()
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -117,7 +117,7 @@ def plan_rows(plan: Plan) -> list[dict]:
     (the paper's), in samples otherwise. The LR is shown at the stage's first and last
     update: inside a stage it follows the original schedule × the stage's factor.
     """
-    b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
+    b0 = plan.options.batch_size
     aligned = plan.epoch_aligned
     rows = []
     pairs = zip(plan.stages, plan.updates_per_stage())

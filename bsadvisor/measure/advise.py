@@ -16,7 +16,6 @@ from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import write_json
 from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
 from bsadvisor.core.recommend import Recommendation
-from bsadvisor.measure import probe as probing  # probing.probe: read at the call, so a test can stand in
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 from bsadvisor.targets.target import Target
 
@@ -36,6 +35,8 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     there, before recommending, so a plan refused afterwards (an unusable noise_cap) keeps
     the measurement. Raises UserError when there is no schedule and length to convert.
     """
+    from bsadvisor.measure.probe import probe  # here: torch loads when a target is probed, not on import
+
     if isinstance(target, str):
         raise ArgumentTypeError(f"target must be a Target, got the string {checks.show(target)}: load it first, "
                                 "bsadvisor.advise(bsadvisor.load_target(...), ...)", parameter="target")
@@ -52,7 +53,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     noise_model_of(None, trace, target.dataset_size)  # another data set's trace: not after the probe
     # the same conversion with no device layout and no cap: bad options fail before the probe
     plan_from_options(**{k: v for k, v in opts.items() if k not in _AFTER_PROBE})
-    result = probing.probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
+    result = probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
                    progress=progress, **probe_options)
     if probe_out is not None:
         write_json(probe_out, result.to_dict())

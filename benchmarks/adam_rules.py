@@ -5,7 +5,7 @@ Models (each trained with its own recipe from ``metadata``: per-step LinearLR wa
 - ``charlm``  : causal byte-level transformer on standard-library source, 1 epoch (single pass)
 - ``wordlm``  : word-level GRU LM on pydoc's topic texts, 2 epochs
 - ``mixer1d`` : MLP-Mixer on MNIST-1D, 2 epochs (held-out accuracy)
-- ``sorter``  : causal transformer sorting 12 numbers in 0..31, 1 epoch (issue 28: where linear loses)
+- ``sorter``  : causal transformer sorting 12 numbers in 0..31, 1 epoch (where linear loses)
 
 Configs (``RULE[+sde][+capK][@trace]``):
 
@@ -29,7 +29,7 @@ benchmarks/results/adam_rules.json by (model, config, seed): a second call resum
     python benchmarks/adam_rules.py [--models charlm,wordlm,mixer1d] [--configs linear,noise+cap] [--seeds 3]
     python benchmarks/adam_rules.py --table-only      # print the table of what is cached
 
-The recipe (issue 30): every model trains AdamW with β2 = 0.999 and no clipping here (the rows of
+The recipe: every model trains AdamW with β2 = 0.999 and no clipping here (the rows of
 benchmarks/results/adam_rules.json; builtin:charlm's own recipe is now β2 0.95 with clipping 1.0, and
 is set back for them). ``--beta2 0.95`` (and ``--clip 1.0``) train every model with that β2 (and
 clipping) instead, cached apart in adam_rules@<variant>.json, and the script then says, config by
@@ -55,7 +55,7 @@ from bsadvisor.core.verdict import paired_verdict  # noqa: E402
 from bsadvisor.runtime.recipe import options_for_target  # noqa: E402
 
 MODELS = ("charlm", "wordlm", "mixer1d", "sorter")
-#: The order they are run in (issue 20's priority), then the rest.
+#: The order they are run in (the configurations the defaults rest on first), then the rest.
 CONFIGS = ("linear", "linear+cap", "noise+cap", "noise", "sqrt", "seesaw", "linear+sde",
            "sqrt+cap", "seesaw+cap", "linear+sde+cap")
 #: The same with the noise model of the original's measured trace (the caps at 4 and 2 × B_noise(s)).
@@ -74,7 +74,7 @@ SDE_ONLY = "sde-only"
 BASE_BETA2, BASE_CLIP = 0.999, None
 
 
-# -- the recipe variant (issue 30) -------------------------------------------------------------------------
+# -- the recipe variant ---------------------------------------------------------------------------------
 def variant(beta2: float, clip) -> str:
     """``""`` for the cached table's recipe (β2 0.999, no clipping), else ``b2=0.95`` / ``b2=0.95,clip=1``."""
     if beta2 == BASE_BETA2 and clip == BASE_CLIP:
@@ -400,12 +400,12 @@ def print_noise(cache: dict, models: list[str], configs: list[str], beta2: float
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="Adam rules on three AdamW models, paired seeds (issue 20)")
+    ap = argparse.ArgumentParser(description="Adam rules on three AdamW models, paired seeds")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--table-only", action="store_true", help="print the table of the cached runs, train nothing")
-    ap.add_argument("--beta2", type=float, default=BASE_BETA2, help="AdamW's β2 for every model (issue 30)")
+    ap.add_argument("--beta2", type=float, default=BASE_BETA2, help="AdamW's β2 for every model")
     ap.add_argument("--clip", type=float, default=BASE_CLIP, help="max_grad_norm for every model (default: none)")
     args = ap.parse_args()
     tag = variant(args.beta2, args.clip)

@@ -1,4 +1,4 @@
-"""Export time against the number of stages: every format should grow linearly (issue 32: under 5 s at 10^5).
+"""Export time against the number of stages: every format should grow linearly (target: under 5 s at 10^5).
 
 Builds plans of K stages whose batch changes at every stage (the worst case: one schedule entry,
 one OLMo-core row, one ramp candidate per change) and times ``core.exports.export`` for each format

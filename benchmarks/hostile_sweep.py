@@ -1,4 +1,4 @@
-"""A sweep of hostile inputs (issue 21's fresh sweep): no traceback, no hang, nothing lost.
+"""A sweep of hostile inputs: no traceback, no hang, nothing lost.
 
 Every case runs in this process (the CLI through ``cli.app.main``, the library directly),
 each in a scratch folder that holds the user's own files (notes, a plan, a draft); after it
@@ -15,7 +15,7 @@ within a time limit (SIGALRM). The outcome of each case is one of:
              nan, inf, abc, ...) or changed numbers (a resumed run whose results differ from
              the uninterrupted one), or that wrote a file it does not name or lost one.
 
-Families (``--only``): ``cli`` and ``library`` (issue 21's), and issue 32's: ``api`` (misuse of
+Families (``--only``): ``cli``, ``library``, ``api`` (misuse of
 bsadvisor.recommend/advise/probe/Recommendation/load_trace/NoiseMonitor/train_step/ProbeOptions),
 ``out`` (validate/demo --out beside the user's own files, links out of --out, crafted manifests),
 ``checkpoint`` (a stopped validate run's checkpoint hand-edited, then --resume: refused, or the
@@ -176,7 +176,7 @@ def cli_cases():
     for t in ["--estimator", "--device", "--memory-limit"]:
         for v in ["", "x" * 5000, "cuda:-1", "tpu", "-1GB", "1e309GiB", "nan"]:
             yield f"probe {t}={v[:12]!r}", ["probe", "t.py:ok", t, v], None
-    for budget in ("1e9", "9e8", "1e300"):  # issue 32's list: signal.setitimer overflows (another branch fixes it)
+    for budget in ("1e9", "9e8", "1e300"):  # signal.setitimer overflows on these
         yield f"probe --budget-seconds {budget}", ["probe", "t.py:ok", "--budget-seconds", budget], None
         yield f"advise --budget-seconds {budget}", ["advise", "t.py:ok", "--schedule", "StepLR(step_size=1)",
                                                     "--epochs", "2", "--budget-seconds", budget], None
@@ -949,7 +949,7 @@ def torchrun_cases(args):
     yield "torchrun validate --max-micro-batch 0", case_for([*v, "--max-micro-batch", "0"], "refused")
     yield "torchrun probe --estimator two-batch", case_for(["probe", "t.py:ok", "--device", "cpu", "--estimator",
                                                             "two-batch"], "refused")
-    for timeout in ("inf", "1e308", "-5", "abc"):  # issue 32's list: timedelta overflow (another branch fixes it)
+    for timeout in ("inf", "1e308", "-5", "abc"):  # timedelta overflows on these
         yield f"torchrun validate BSADVISOR_DIST_TIMEOUT={timeout}", case_for(
             [*v, "--seeds", "1"], "refused", {"BSADVISOR_DIST_TIMEOUT": timeout})
     yield "torchrun validate --out v (accepted)", case_for([*v, "--out", "v"], "accepted")

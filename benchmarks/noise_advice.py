@@ -1,4 +1,4 @@
-"""What does the gradient noise scale predict about a plan's outcome? (issue 28)
+"""What does the gradient noise scale predict about a plan's outcome?
 
 On six models, the plan ``bsadvisor.advise`` recommends with its defaults (config ``advise``: the probe's device
 cap, no noise cap) and the library's default conversion without a probe (config ``linear``: ``recommend`` with
@@ -312,7 +312,7 @@ def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="what the noise scale predicts about a plan's outcome (issue 28)")
+    ap = argparse.ArgumentParser(description="what the noise scale predicts about a plan's outcome")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--configs", default="linear,advise")
     ap.add_argument("--seeds", type=int, default=3)

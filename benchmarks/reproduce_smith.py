@@ -29,6 +29,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +39,15 @@ from bsadvisor.core.convert import convert_schedule  # noqa: E402
 from bsadvisor.targets.loading import load_target  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
 from bsadvisor.core.verdict import paired_verdict  # noqa: E402
-from bsadvisor.runtime.validate import constant_plan  # noqa: E402
+from bsadvisor.core.plan import Plan, Stage  # noqa: E402
+
+
+def constant_plan(plan: Plan) -> Plan:
+    """One stage at the schedule's starting LR and batch: the control without any schedule."""
+    first = plan.stages[0]
+    stage = Stage(0, plan.total_samples, first.batch_size, first.lr, first.momentum, temperature=1.0, phase="constant")
+    # the plan's inputs (a copy), and nothing else of it
+    return replace(plan.with_inputs(), stages=[stage], baseline_updates=0, cap={}, warnings=[], notes=[], probe=None)
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Plan transforms that read a noise trace: time against the trace's length (target: 10⁵ points under 5 s).
 
-Setup (the case of issue #32): a per-step cosine of 125,000 steps (``CosineAnnealingLR(T_max=125000)``
+Setup (a long per-step schedule): a per-step cosine of 125,000 steps (``CosineAnnealingLR(T_max=125000)``
 read per step, AdamW, B0 = 64, N = 8,000,000, one epoch), so the original run has one LR span per step,
 and a NoiseMonitor-style trace (``bsadvisor.noise_trace/1``) of ``n`` points spread over the run. For
 each n it times, in one process, interleaved, ``--repeats`` times (the best is printed):

@@ -1,6 +1,6 @@
 """The validate verdict across looks: how often it accepts, by simulation, before and after the sequential rule.
 
-The setting of issue #32: paired differences d_s ~ N(μ, 0.004²), margin δ = 0.005, the first verdict at
+The setting: paired differences d_s ~ N(μ, 0.004²), margin δ = 0.005, the first verdict at
 3 seeds, then `validate --resume --seeds K` with K as suggested, up to three more times ("resume until
 settled"). For each true mean μ it prints P(ACCEPTED) at the first look and at any look, P(REJECTED),
 and the mean number of looks, for
@@ -18,16 +18,16 @@ The one-seed rows give P(ACCEPTED) of a single seed (the default ``--seeds 1``).
 
 Recorded (``--sims 20000``, 2026-12-07), P(ACCEPTED) at the first look / at any look, P(REJECTED):
 
-    true mean μ | fixed-n t (before #32)   | confidence sequence (c = 0.25) | α spent across looks (now)
+    true mean μ | fixed-n t (one look)     | confidence sequence (c = 0.25) | α spent across looks (bsadvisor)
     −0.0050     |  4.79%  16.09%  16.18%   |  0.34%   1.10%   1.20%         |  2.87%   3.50%   3.89%
     −0.0060     |  2.32%   3.89%  77.11%   |  0.20%   0.41%  24.10%         |  1.33%   1.43%  25.25%
     −0.0090     |  0.11%   0.12%  98.01%   |  0.01%   0.01%  77.53%         |  0.08%   0.08%  78.09%
     −0.0030     | 15.40%  90.44%   1.44%   |  1.17%  47.69%   0.15%         |  9.54%  47.96%   0.67%
     +0.0000     | 42.80%  99.23%   0.07%   |  4.11%  87.87%   0.00%         | 29.15%  88.04%   0.04%
-    one seed, P(ACCEPTED) at μ = −0.0050 / −0.0090: fixed-n 49.6% / 15.1%; now 0.0% / 0.0% (indicative)
+    one seed, P(ACCEPTED) at μ = −0.0050 / −0.0090: fixed-n 49.6% / 15.1%; α spent 0.0% / 0.0% (indicative)
 
-The confidence sequence (an anytime-valid t test, half-normal mixture; bsadvisor's rule briefly on the
-branch of #32, never released) was valid across looks too but accepted a good plan (μ = 0) at the first
+The confidence sequence (an anytime-valid t test, half-normal mixture; the alternative considered)
+was valid across looks too but accepted a good plan (μ = 0) at the first
 look 4% of the time: 3 seeds needed t > 11.3. Spending α across looks keeps the first look near the
 one-look t interval (t = 3.87 at 3 seeds against 2.92) and is as good by the last look.
 
@@ -61,7 +61,7 @@ SD, DELTA = 0.004, 0.005
 
 
 def before(true_mean: float, sims: int, seed: int = 0, start: int = 3, extra_looks: int = 3) -> dict:
-    """The rule bsadvisor had before #32, resumed until settled the same way (sufficient statistics)."""
+    """The fixed-n t rule (one look's interval), resumed until settled the same way (sufficient statistics)."""
     rng = np.random.default_rng(seed)
     n = np.full(sims, start)
     mean = rng.normal(true_mean, SD / math.sqrt(start), sims)

@@ -1,5 +1,5 @@
-"""The declared dependency ranges hold what is installed, and click's deprecations stay outside them (issue #32:
-typer is capped below 0.17 for its start-up time, and typer 0.16 uses click functions that click 9 removes)."""
+"""The declared dependency ranges hold what is installed, and click's deprecations stay outside them
+(typer is capped below 0.17 for its start-up time, and typer 0.16 uses click functions that click 9 removes)."""
 from __future__ import annotations
 
 import re

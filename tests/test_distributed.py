@@ -49,7 +49,7 @@ def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-# --draws fixes the noise estimate (not the seconds: a loaded machine buys fewer draws in a budget, issue #32)
+# --draws fixes the noise estimate (not the seconds: a loaded machine buys fewer draws in a budget)
 PROBE_ARGS = ["builtin:linreg", "--device", "cpu", "--json", "--budget-seconds", "60", "--draws", "30",
               "--warmup-steps", "0", "--seed", "5"]
 
@@ -228,7 +228,7 @@ def test_validate_two_processes_match_one(tmp_path):
     assert conv.returncode == 0, conv.stderr
     args = ["validate", "builtin:linreg", "--device", "cpu", "--max-micro-batch", str(MICRO), "--json"]
     two = _torchrun(["-m", "bsadvisor", *args, "--plan", "plan.json", "--out", "two"], tmp_path)
-    # one seed: INDICATIVE, exit 3 on every rank (issue #32), which torchrun reports as its own exit 1
+    # one seed: INDICATIVE, exit 3 on every rank, which torchrun reports as its own exit 1
     assert two.returncode == 1 and "exitcode  : 3" in two.stderr, two.stderr[-3000:]
     # rank 0 alone says the plan was rounded for 2 processes, once
     assert two.stderr.count("note: 2 processes: batches rounded to") == 1, two.stderr[-2000:]
@@ -295,8 +295,8 @@ def _train_worker(outdir: str) -> None:
 
     DistributedDataParallel.no_sync = counting
     t = load_target("builtin:linreg")
-    # B0 = 44: the plan the old converter made from 43 by re-rounding B0 (now B0 is kept as given, and 43
-    # would leave a one-example last batch, which the BatchNorm part below cannot train on)
+    # B0 = 44 (B0 is kept as given; 43 would leave a one-example last batch, which the BatchNorm part below
+    # cannot train on)
     plan = convert_schedule(lr=0.01, batch_size=44, dataset_size=t.dataset_size, epochs=4, momentum=0.9,
                             schedule="MultiStepLR(milestones=[1,2,3], gamma=0.5)", max_batch=4000,
                             world_size=dist.world_size, micro_batch=MICRO)

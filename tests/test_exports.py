@@ -269,7 +269,7 @@ def test_megatron_refuses_an_lr_its_schedules_cannot_hold_and_numbers_its_parser
 @pytest.mark.parametrize("fmt, version", [("megatron", "0.18"), ("megatron", "0.17"), ("olmo", "0.18"),
                                           ("maxtext", "0.18"), ("levanter", "0.18"), ("csv", "0.18")])
 def test_a_batch_jump_of_2_to_the_60_answers_at_once(fmt, version):
-    """Issue 32: the old ramp search divided by every number up to √(2^60) (~10^9 turns); every format now
+    """A ramp search that divides by every number up to √(2^60) takes ~10^9 turns; every format
     answers in a bounded number of steps, with its export or a one-line refusal (the time is
     benchmarks/export_scaling.py's to measure; here a bound on the work: no more than a few thousand
     candidate increments are ever tried)."""

@@ -495,3 +495,36 @@ def test_a_new_option_is_one_declaration(monkeypatch):
     assert Extended(**base, restarts=2).restarts == 2
     with pytest.raises(UserError, match=r"^restarts must be ≤ 8, got 9$"):
         Extended(**base, restarts=9)
+
+
+# ---------------------------------------------------------------------------- imports inside functions
+#: Imports run inside a function only where they would load torch (or another heavy or optional framework)
+#: into a module that must start without it; each says why. The whole package holds at most this many.
+MAX_FUNCTION_IMPORTS = 60
+
+
+def function_imports(tree: ast.AST) -> list[ast.AST]:
+    """The import statements inside function bodies (nested functions included, each counted once)."""
+    found: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    found[id(inner)] = inner
+    return list(found.values())
+
+
+def test_function_imports_counts_nested_functions_once():
+    tree = ast.parse("import os\n"
+                     "def f():\n    import sys\n    def g():\n        from json import dumps\n"
+                     "class K:\n    import re\n    def m(self):\n        import math\n")
+    assert sorted(ast.unparse(n) for n in function_imports(tree)) == ["from json import dumps", "import math",
+                                                                      "import sys"]
+
+
+def test_at_most_60_imports_inside_functions():
+    counts = {str(path.relative_to(ROOT)): len(function_imports(parse(name))) for name, path in MODULES.items()}
+    counts = {path: n for path, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n}
+    assert sum(counts.values()) <= MAX_FUNCTION_IMPORTS, (
+        f"{sum(counts.values())} imports inside functions (at most {MAX_FUNCTION_IMPORTS}): import at the module's "
+        f"top unless torch or an optional framework must not load there, and say why\n{counts}")

@@ -1,4 +1,4 @@
-"""Issue #32's newcomer messages: the cap a warning names, the verdict's ratios, the help text, piped output."""
+"""Messages a newcomer reads: the cap a warning names, the verdict's ratios, the help text, piped output."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""What the noise scale decides by default (issue 28): nothing is capped or vetoed unless --noise-cap is given,
+"""What the noise scale decides by default: nothing is capped or vetoed unless --noise-cap is given,
 and a cap that is given binds exactly where the closed form of linear regression puts it (docs/concepts.md
 eq. 13: |G|² = |δ|², tr Σ = (d+1)|δ|² + d s², so B_simple = d + 1 on noise-free labels, s = 0)."""
 from __future__ import annotations
@@ -58,8 +58,8 @@ def test_a_given_cap_binds_exactly_where_the_truth_puts_it(k):
 
 
 def test_by_default_the_noise_scale_caps_and_vetoes_nothing_and_says_so():
-    """B0 = 32 is 4× the true noise scale 8: the old default (cap 4 × B_noise, keep the batch) vetoed every plan
-    here, though on noise-free regression a plan that keeps the LR summed per example loses nothing (issue 28)."""
+    """B0 = 32 is 4× the true noise scale 8: a default cap of 4 × B_noise (keep the batch) would veto every plan
+    here, though on noise-free regression a plan that keeps the LR summed per example loses nothing."""
     free = plan_from_options(**OPTIONS)
     default = Recommendation.from_options(OPTIONS, noise_trace=truth_trace())
     assert default.recommendation == "plan" and default.keep_batch is None

@@ -317,3 +317,15 @@ def test_convert_and_export_print_paths_with_markup_verbatim(tmp_path):
     assert f"plan written to {out}" in r.stdout
     r = run_main(["export", out, "--format", "csv", "--out", "a[/x]b/stages.csv"], cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "a[/x]b/stages.csv").read_text().splitlines()[1].startswith("0,")
+
+
+def test_batchnorm_texts_come_from_one_place():
+    from bsadvisor.core.recommend import BATCHNORM_WARNING
+    from bsadvisor.core.remarks import BATCHNORM_NOTE, batchnorm_text
+
+    assert BATCHNORM_NOTE == batchnorm_text() and BATCHNORM_WARNING == batchnorm_text(known=True)
+    layers = batchnorm_text(layers=["a", "b", "c", "d", "e"])
+    assert layers.startswith("the model has BatchNorm layers (a, b, c and 2 more): ")
+    fix = "keep a fixed per-device group as the batch grows (ghost batch norm)"
+    assert all("their statistics depend on the batch" in t and fix in t for t in (BATCHNORM_NOTE, BATCHNORM_WARNING,
+                                                                                    layers))

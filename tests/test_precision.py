@@ -1,4 +1,4 @@
-"""Training as the user trains: optimizer_kwargs, max_grad_norm and precision on every path (issue 30).
+"""Training as the user trains: optimizer_kwargs, max_grad_norm and precision on every path.
 
 Checked from outside the package: a global optimizer step hook (torch's
 ``register_optimizer_step_pre_hook``) sees every step's settings and gradient norm, and the

@@ -18,7 +18,7 @@ from bsadvisor.targets.target import Target
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(measure_memory=False, measure_throughput=False)
 #: A budget no loaded machine runs out of: the accuracy tests fix their draws (``draws=N``), so what they
-#: measure, and whether it is within its tolerance, never depends on the seconds a draw took (issue #32).
+#: measure, and whether it is within its tolerance, never depends on the seconds a draw took.
 NO_CLOCK = dict(budget_seconds=600)
 
 

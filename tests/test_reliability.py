@@ -1,4 +1,4 @@
-"""Reliability, round two (issue 21): resume refuses another schedule, only our own temporary files are
+"""Reliability: resume refuses another schedule, only our own temporary files are
 removed, the results outlive the plots, a resumed run's noise trace is the uninterrupted one's.
 
 Everything runs in-process (the library and ``cli.app.main``) on builtin:linreg: a few seconds in all.

@@ -310,3 +310,49 @@ def test_train_options_are_checked_once_and_keywords_override_them():
     assert by_keywords == losses(run(TrainOptions(seed=3, max_micro_batch=4)))
     assert by_keywords == losses(run(TrainOptions(seed=5), seed=3, max_micro_batch=4))
     assert losses(run(seed=4)) != by_keywords
+
+
+# ------------------------------------------------------------------ one owner per rule
+def test_scheduler_resumes_only_with_the_plans_identity():
+    """The scheduler's state holds Plan.fingerprint (what checkpoints compare): same stages with other inputs are
+    another plan; a state written with the whole plan document (plan.to_dict()) still loads."""
+    plan = mid_epoch_plan()
+    model = torch.nn.Linear(2, 1)
+    first = BatchSizeScheduler(plan, torch.optim.SGD(model.parameters(), lr=1.0))
+    first.step()
+    state = first.state_dict()
+    assert state["plan"] == plan.fingerprint()
+    again = BatchSizeScheduler(plan, torch.optim.SGD(model.parameters(), lr=1.0))
+    again.load_state_dict({**state, "plan": plan.to_dict()})
+    assert again.samples_seen == first.samples_seen
+    other = Plan(stages=plan.stages, dataset_size=plan.dataset_size, inputs={"lr": 0.1})
+    assert other.fingerprint()["stages"] == plan.fingerprint()["stages"]
+    with pytest.raises(UserError, match="different plan"):
+        BatchSizeScheduler(other, torch.optim.SGD(model.parameters(), lr=1.0)).load_state_dict(state)
+
+
+def test_one_dataset_size_refusal_for_every_path():
+    from bsadvisor.core.original import check_dataset_size
+
+    plan = mid_epoch_plan()  # N = 100
+    with pytest.raises(UserError) as direct:
+        check_dataset_size(plan, 64)
+    with pytest.raises(UserError) as sampler:
+        PlanBatchSampler(plan, dataset_size=64)
+    assert str(direct.value) == str(sampler.value) == (
+        "the plan was made for 100 training examples but the dataset has 64; re-run convert-schedule with "
+        "--dataset-size 64")
+    check_dataset_size(plan, 100)  # the plan's own size passes
+
+
+def test_lengths_given_reads_dicts_and_option_objects():
+    from types import SimpleNamespace
+
+    from bsadvisor.core.original import LENGTH_OPTIONS, lengths_given
+
+    assert LENGTH_OPTIONS == ("epochs", "total_samples", "total_steps")
+    assert lengths_given({"epochs": 3, "total_samples": None}) == ["epochs"]
+    assert lengths_given({"total_steps": 0, "epochs": None}) == ["total_steps"]  # 0 is given (and refused later)
+    assert lengths_given(SimpleNamespace(epochs=None, total_samples=10, total_steps=5)) == ["total_samples",
+                                                                                          "total_steps"]
+    assert lengths_given({}) == []

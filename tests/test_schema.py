@@ -14,7 +14,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import read_json
 from bsadvisor.core.plan import Plan, Stage
 from bsadvisor.core.probe_result import ProbeResult, ThroughputPoint, _build
-from test_bad_inputs_files import PLAN, PROBE
+from test_convert_cli import PLAN, PROBE
 
 
 def test_validate_names_the_path_and_the_fix():

@@ -63,7 +63,7 @@ def test_per_step_table_follows_torch_lr_and_temperature(tmp_path, name):
     make, cycle = RESTARTS[name]
     lrs, moms = torch_table(make, cycle=cycle)
     path = write_table(tmp_path / "lr.csv", lrs, moms)
-    # a table with a momentum column sets the momentum: a different momentum beside it is refused (issue 32)
+    # a table with a momentum column sets the momentum: a different momentum beside it is refused
     plan = convert_schedule(batch_size=B0, dataset_size=N, epochs=EPOCHS, momentum=None if moms else 0.9,
                             schedule=str(path), schedule_unit="step", max_fraction=0.25)
     peak, worst, batches = max(lrs), 0.0, set()

@@ -1,7 +1,7 @@
-"""B_noise(s) from a trace, computed once per temperature model: the same numbers as the old per-call algorithm.
+"""B_noise(s) from a trace, computed once per temperature model: the same numbers as the per-call algorithm.
 
-The old ``NoiseModel._log_bt`` recomputed log(B·T) at every trace point on every lookup (O(points ×
-spans) for a conversion); the reference below is that algorithm, written out again, and every plan
+The per-call algorithm recomputes log(B·T) at every trace point on every lookup (O(points ×
+spans) for a conversion); the reference below is that algorithm, written out, and every plan
 and every lookup must agree with it exactly (bit for bit: the arithmetic is the same).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue #32's tracebacks: each is one clear line (exit 2) through the CLI, or a ValueError/TypeError naming
+"""Inputs that once reached a traceback: each is one clear line (exit 2) through the CLI, or a ValueError/TypeError naming
 the parameter from the library, never Python's own OverflowError/AttributeError/TypeError from inside."""
 from __future__ import annotations
 

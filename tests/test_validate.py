@@ -1,9 +1,12 @@
 """`bsadvisor validate` end to end on a tiny target, plus the library pieces behind it."""
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import pathlib
+import pickle
 import shutil
 import signal
 import subprocess
@@ -16,6 +19,7 @@ import pytest
 import torch
 
 from bsadvisor.core.plan import Plan, Stage
+from hostile import Snapshot, assert_one_line_error, cli_env, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +242,7 @@ def kill_at_checkpoint(ckpt: Path, argv: list) -> None:
 @pytest.mark.xdist_group("validate-finished")
 def test_resume_after_sigkill_matches_uninterrupted_run(finished, tmp_path, monkeypatch):
     target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
 
     # Slow each step down, wait for the original run's first checkpoint (an epoch's end), then SIGKILL.
     ckpt = out / "checkpoints" / "original-seed0.pt"
@@ -248,7 +252,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(finished, tmp_path, monk
     assert not (out / "results.json").exists()
 
     r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--resume")
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] == done
     assert strip_wall(got) == strip_wall(want)  # losses, metrics, counts: exactly equal
@@ -302,7 +306,7 @@ def test_fit_to_devices_rounds_a_single_device_plan_and_says_so():
         fit_to_devices(bare, 8, None)
 
 
-# -- hardening (issue 10) ---------------------------------------------------------------------
+# -- hardening ----------------------------------------------------------------------------------
 def strict_json(text):
     """json.loads that refuses NaN/Infinity (what a strict JSON reader does)."""
     def bad(name):
@@ -361,7 +365,7 @@ def test_a_diverging_plan_is_rejected_and_the_others_still_reported(target_file,
 @pytest.mark.xdist_group("validate-finished")
 def test_resume_with_another_architecture_is_refused(finished, tmp_path, monkeypatch):
     target_file, out = finished.target, tmp_path / "out"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
     shutil.copytree(finished.out, out)  # a finished run of the 16-unit ReLU model
     for env, words in (({"BSA_HIDDEN": "32"}, ["'0.weight'", "[16, 6]", "[32, 6]"]),
                        ({"BSA_ACT": "tanh"}, ["'1'", "ReLU", "Tanh"])):  # same shapes, another activation
@@ -403,7 +407,7 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(target_file, tmp_path, 
     cmd = shlex.split(lines[0].split("`")[1])
     assert cmd[:2] == ["bsadvisor", "validate"] and str(out) in cmd
     r = main_run(monkeypatch, *cmd[1:])  # the printed command, as typed (in this process: no knobs set)
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got = json.loads((out / "results.json").read_text())
     assert got["runs"]["original"]["seeds"][0]["resumed_from_epoch"] >= 1
 
@@ -437,7 +441,7 @@ def test_overwrite_orphans_and_umask(accepted, tmp_path, monkeypatch):
         r = main_run(monkeypatch, "validate", target_file, *SCHEDULE, *LENIENT, "--out", out, "--overwrite")
     finally:
         os.umask(umask)
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["original-seed0.pt", "plan-seed0.pt"]
     assert set(json.loads((out / "results.json").read_text())["runs"]) == {"original", "plan"}
     assert (out / "notes.txt").read_text() == "mine"
@@ -463,12 +467,12 @@ def test_overwrite_orphans_and_umask(accepted, tmp_path, monkeypatch):
 @pytest.mark.xdist_group("validate-finished")
 def test_batchnorm_warning_only_for_a_model_with_batchnorm(finished, monkeypatch):
     r = main_run(monkeypatch, "validate", finished.target, *SCHEDULE, *LENIENT, "--json", env={"BSA_BN": "1"})
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     warns = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warns) == 1 and "BatchNorm layers (1)" in warns[0], r.stderr
     assert json.loads(r.stdout)["warnings"] == [warns[0][len("warning: "):]]
     r = finished.run  # the same command and model without BatchNorm
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     assert "BatchNorm" not in r.stderr + r.stdout  # the plan's generic note is not repeated here
     assert "…" not in r.stdout
 
@@ -534,14 +538,14 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted_run(finished, tmp_
     """Checkpoints every 7 updates (an epoch here is 40): killed at the first one, 7 updates into epoch 1,
     the resumed run finishes with exactly the numbers of a run never interrupted."""
     target_file, ref_out, out = finished.target, finished.out, tmp_path / "killed"
-    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE (issue #32)
+    assert finished.run.returncode == 3, finished.run.stderr  # one seed: INDICATIVE
     ckpt = out / "checkpoints" / "original-seed0.pt"
     args = [*SCHEDULE, *LENIENT, "--out", str(out), "--checkpoint-every", "7"]
     kill_at_checkpoint(ckpt, ["validate", target_file, *args])
     saved = torch.load(ckpt, weights_only=True)
     assert saved["history"] == [] and saved["partial"]["offset"] == 7 * 8  # mid-epoch: 7 batches of 8 into epoch 1
     r = main_run(monkeypatch, "validate", target_file, *args, "--resume")
-    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE (issue #32)
+    assert r.returncode == 3, r.stderr  # one seed: INDICATIVE
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert strip_wall(got) == strip_wall(want)
     for name in ("original", "plan"):  # the per-update record too: same samples, batches and LRs
@@ -770,7 +774,7 @@ def test_the_library_call_refuses_what_it_cannot_validate_before_training(tiny):
         bsadvisor.validate("builtin:linreg", {})
     target = load_target(tiny)
     other = Plan(stages=[Stage(0, 640, 8, 0.05, 0.9, 1.0)], dataset_size=640, inputs={"batch_size": 8})
-    with pytest.raises(UserError, match="made for 640 training examples but tiny has 320"):
+    with pytest.raises(UserError, match="made for 640 training examples but the dataset has 320"):
         bsadvisor.validate(target, other)
     with pytest.raises(UserError, match="--schedule and --epochs"):
         bsadvisor.validate(target, {"lr": 0.1})
@@ -807,3 +811,469 @@ def test_variants_and_the_device_refit_carry_the_noise_annotation():
         want = convert(replace(plan.options, noise_cap_batch=recorded.cap(8), **changes))
         assert got.stage_batch_sizes() == want.stage_batch_sizes(), changes
     assert all(b == 8 or b % 3 == 0 for b in fitted.stage_batch_sizes())
+
+
+# ---- hostile inputs to validate and demo ----------------------------------------------------------
+# Hostile inputs to `bsadvisor validate` and `bsadvisor demo`: one line, exit 2, nothing changed.
+#
+# Each case runs the CLI's entry point in-process (tests/hostile.py). Most fail on the options
+# before torch is imported; the checkpoint cases resume from a crafted file and must refuse
+# it without running anything in it (weights_only loading) and without touching the folder.
+
+SCHED = ["--schedule", "MultiStepLR(milestones=[2, 4], gamma=0.2)", "--epochs", "6"]
+LINREG = ["builtin:linreg", *SCHED]
+CHECKPOINT_FORMAT = "bsadvisor.checkpoint/2"  # written out here: a test must not trust the code it checks
+
+
+class Evil:
+    """A pickle whose loading would create the file PWNED beside it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+# -- set-ups: each gets the case's folder and leaves there what the case needs -----------------
+def earlier_run(tmp: Path, checkpoint: bytes | None = None) -> None:
+    """An --out folder as a finished (or killed) validate run leaves it."""
+    out = tmp / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / ".bsadvisor.lock").write_text("")
+    (out / "results.json").write_text(json.dumps({"schema": "bsadvisor.validation/1"}))
+    if checkpoint is not None:
+        (out / "checkpoints" / "original-seed0.pt").write_bytes(checkpoint)
+
+
+def only_checkpoints(tmp: Path) -> None:
+    (tmp / "out" / "checkpoints").mkdir(parents=True)
+    (tmp / "out" / "checkpoints" / "plan-seed0.pt").write_bytes(b"x")
+
+
+def a_file(tmp: Path) -> None:
+    (tmp / "out").write_text("my notes\n")
+
+
+def torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def evil_zip(tmp: Path) -> None:
+    earlier_run(tmp, torch_bytes({"format": CHECKPOINT_FORMAT, "meta": {}, "x": Evil(str(tmp / "PWNED"))}))
+
+
+def evil_pickle(tmp: Path) -> None:
+    earlier_run(tmp, pickle.dumps(Evil(str(tmp / "PWNED")), protocol=2))
+
+
+def evil_pickle_new_protocol(tmp: Path) -> None:
+    earlier_run(tmp, pickle.dumps({"format": CHECKPOINT_FORMAT, "x": Evil(str(tmp / "PWNED"))}, protocol=5))
+
+
+def garbage_checkpoint(tmp: Path) -> None:
+    earlier_run(tmp, b"\x00not a checkpoint at all" * 10)
+
+
+def truncated_checkpoint(tmp: Path) -> None:
+    import torch
+
+    data = torch_bytes({"format": CHECKPOINT_FORMAT, "meta": {}, "model": {"w": torch.zeros(1000)}})
+    earlier_run(tmp, data[: len(data) // 2])  # what a kill during a non-atomic write would leave
+
+
+def list_checkpoint(tmp: Path) -> None:
+    earlier_run(tmp, torch_bytes([1, 2, 3]))
+
+
+def other_format_checkpoint(tmp: Path) -> None:
+    earlier_run(tmp, torch_bytes({"format": "someone-else/1", "meta": {}}))
+
+
+def other_model_checkpoint(tmp: Path) -> None:
+    """A checkpoint of a model with another architecture (linreg has one Linear(16, 1))."""
+    meta = {"name": "original", "seed": 0, "model": {"modules": [["", "Sequential"], ["0", "Linear"]],
+                                                     "state": [["0.weight", [1, 32], "float32"],
+                                                               ["0.bias", [1], "float32"]]}}
+    earlier_run(tmp, torch_bytes({"format": CHECKPOINT_FORMAT, "meta": meta}))
+
+
+def old_format_checkpoint(tmp: Path) -> None:
+    """A checkpoint of bsadvisor before plans in samples (format /1: per epoch, no position inside one)."""
+    earlier_run(tmp, torch_bytes({"format": "bsadvisor.checkpoint/1", "meta": {}}))
+
+
+def huge_epoch_plan(tmp: Path) -> None:
+    stages = [{"start_epoch": 0, "end_epoch": 10**6, "batch_size": 64, "lr": 0.1, "momentum": 0.0}]
+    (tmp / "plan.json").write_text(json.dumps({"schema": "bsadvisor.plan/1", "dataset_size": 16384,
+                                               "inputs": {"lr": 0.1, "batch_size": 64, "epochs": 10**6,
+                                                          "schedule": "constant"}, "stages": stages}))
+
+
+# -- the cases: (id, argv, set-up or None, fragments the error line must contain) -----------------
+CASES = [
+    ("tolerance-nan", [*LINREG, "--tolerance", "nan"], None, ["--tolerance", "finite"]),
+    ("tolerance-inf", [*LINREG, "--tolerance", "inf"], None, ["--tolerance", "finite"]),
+    ("tolerance-minus-inf", [*LINREG, "--tolerance", "-inf"], None, ["--tolerance", "finite"]),
+    ("tolerance-negative", [*LINREG, "--tolerance", "-0.01"], None, ["--tolerance", "-0.01"]),
+    ("seeds-zero", [*LINREG, "--seeds", "0"], None, ["--seeds", "0"]),
+    ("seeds-negative", [*LINREG, "--seeds", "-3"], None, ["--seeds", "-3"]),
+    ("seeds-huge", [*LINREG, "--seeds", "1000000"], None, ["--seeds", "1000"]),
+    ("seeds-2**70", [*LINREG, "--seeds", str(2**70)], None, ["--seeds"]),
+    ("increase-lr-nan", [*LINREG, "--increase-lr", "nan"], None, ["--increase-lr", "finite"]),
+    ("increase-lr-inf", [*LINREG, "--increase-lr", "inf"], None, ["--increase-lr", "finite"]),
+    ("increase-lr-zero", [*LINREG, "--increase-lr", "0"], None, ["--increase-lr", "> 1"]),
+    ("increase-lr-negative", [*LINREG, "--increase-lr", "-5"], None, ["--increase-lr", "> 1"]),
+    ("increase-lr-one", [*LINREG, "--increase-lr", "1"], None, ["--increase-lr", "> 1"]),
+    ("increase-lr-half", [*LINREG, "--increase-lr", "0.5"], None, ["--increase-lr", "0.5"]),
+    ("hybrid-cap-zero", [*LINREG, "--variants", "--hybrid-cap", "0"], None, ["--hybrid-cap", "0"]),
+    ("hybrid-cap-negative", [*LINREG, "--variants", "--hybrid-cap", "-64"], None, ["--hybrid-cap", "-64"]),
+    ("max-micro-batch-zero", [*LINREG, "--max-micro-batch", "0"], None, ["--max-micro-batch", "0"]),
+    ("max-micro-batch-negative", [*LINREG, "--max-micro-batch", "-8"], None, ["--max-micro-batch", "-8"]),
+    ("epochs-1e9", ["builtin:linreg", "--schedule", "constant", "--epochs", "1000000000"], None,
+     ["--epochs 1000000000", "at most 100,000", "every epoch"]),
+    ("epochs-2**70", ["builtin:linreg", "--schedule", "constant", "--epochs", str(2**70)], None, ["--epochs"]),
+    ("epochs-zero", ["builtin:linreg", "--schedule", "constant", "--epochs", "0"], None, ["--epochs", "0"]),
+    ("epochs-negative", ["builtin:linreg", "--schedule", "constant", "--epochs", "-5"], None, ["--epochs", "-5"]),
+    ("plan-with-1e6-epochs", ["builtin:linreg", "--plan", "{tmp}/plan.json"], huge_epoch_plan, ["epochs"]),
+    ("out-is-a-file", [*LINREG, "--out", "{tmp}/out"], a_file, ["{tmp}/out", "is a file"]),
+    ("out-is-a-file-resume", [*LINREG, "--out", "{tmp}/out", "--resume"], a_file, ["{tmp}/out", "is a file"]),
+    ("out-under-a-file", [*LINREG, "--out", "{tmp}/out/sub"], a_file, ["{tmp}/out", "is a file"]),
+    ("out-holds-results", [*LINREG, "--out", "{tmp}/out"], earlier_run, ["--resume", "--overwrite", "results.json"]),
+    ("out-holds-checkpoints", [*LINREG, "--out", "{tmp}/out"], only_checkpoints, ["--resume", "plan-seed0.pt"]),
+    ("resume-and-overwrite", [*LINREG, "--out", "{tmp}/out", "--resume", "--overwrite"], earlier_run,
+     ["--resume", "--overwrite", "not both"]),
+    ("resume-without-out", [*LINREG, "--resume"], None, ["--resume needs --out"]),
+    ("overwrite-without-out", [*LINREG, "--overwrite"], None, ["--overwrite needs --out"]),
+    ("demo-seeds-zero", ["demo", "--seeds", "0"], None, ["--seeds"]),
+    ("demo-epochs-huge", ["demo", "--epochs", "1000000000"], None, ["--epochs", "at most"]),
+    ("demo-epochs-too-short", ["demo", "--epochs", "3"], None, ["--epochs 3", "too short"]),
+    ("demo-out-is-a-file", ["demo", "--out", "{tmp}/out", "--json"], a_file, ["{tmp}/out", "is a file"]),
+    ("demo-out-holds-results", ["demo", "--out", "{tmp}/out"], earlier_run, ["--overwrite"]),
+    # below: the target is loaded (torch), the check comes after the plan is built
+    ("hybrid-cap-not-above-b0", [*LINREG, "--variants", "--hybrid-cap", "64"], None, ["--hybrid-cap 64", "above"]),
+    ("hybrid-cap-above-n", [*LINREG, "--variants", "--hybrid-cap", "100000"], None, ["--hybrid-cap 100000", "16384"]),
+    ("resume-evil-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], evil_zip,
+     ["original-seed0.pt", "python objects", "not loaded"]),
+    ("resume-evil-pickle", [*LINREG, "--out", "{tmp}/out", "--resume"], evil_pickle, ["original-seed0.pt", "not loaded"]),
+    ("resume-evil-pickle-protocol-5", [*LINREG, "--out", "{tmp}/out", "--resume"], evil_pickle_new_protocol,
+     ["original-seed0.pt", "not loaded"]),
+    ("resume-garbage-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], garbage_checkpoint,
+     ["original-seed0.pt", "delete it"]),
+    ("resume-truncated-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], truncated_checkpoint,
+     ["original-seed0.pt", "delete it"]),
+    ("resume-list-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], list_checkpoint,
+     ["not a bsadvisor checkpoint"]),
+    ("resume-foreign-checkpoint", [*LINREG, "--out", "{tmp}/out", "--resume"], other_format_checkpoint,
+     ["not a bsadvisor checkpoint"]),
+    ("resume-old-format", [*LINREG, "--out", "{tmp}/out", "--resume"], old_format_checkpoint,
+     ["older bsadvisor", "delete it"]),
+    ("resume-other-model", [*LINREG, "--out", "{tmp}/out", "--resume"], other_model_checkpoint,
+     ["original-seed0.pt", "different model", "0.weight"]),
+]
+
+
+@pytest.mark.parametrize("argv,setup,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, setup, fragments):
+    if setup is not None:
+        setup(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] != "demo":
+        argv = ["validate", *argv]
+    before = Snapshot(tmp_path)
+    r = run_main(argv, cwd=tmp_path)
+    assert_one_line_error(r, [f.replace("{tmp}", str(tmp_path)) for f in fragments])
+    before.assert_unchanged()
+    assert not (tmp_path / "PWNED").exists()  # the crafted pickle never ran
+
+
+def test_evil_pickle_would_run_if_loaded_unsafely(tmp_path):
+    """The crafted checkpoints really are hostile: the unsafe load creates the file."""
+    import torch
+
+    evil_zip(tmp_path)
+    torch.load(tmp_path / "out" / "checkpoints" / "original-seed0.pt", weights_only=False)
+    assert (tmp_path / "PWNED").exists()
+
+
+def test_second_run_into_a_locked_out_is_refused(tmp_path):
+    """A validate already writing to --out holds its lock: a second one is refused, nothing touched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / ".bsadvisor.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first run holds it
+        before = Snapshot(tmp_path)
+        r = run_main(["validate", *LINREG, "--out", out], cwd=tmp_path)
+        assert_one_line_error(r, [str(out), "in use", "another"])
+        before.assert_unchanged()
+    finally:
+        os.close(fd)
+
+
+def test_cases_are_many_and_unique():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_env_is_80_columns():
+    assert cli_env()["COLUMNS"] == "80"
+
+
+# ---- inputs wrong inside: targets, traces, checkpoints, --out -------------------------------------
+# Inputs well-formed on the surface and wrong inside, each one line and exit 2, never a traceback.
+#
+# Run in-process (hostile.run_main): a dataset whose ``__len__`` raises or lies, a model on the meta
+# device, a recipe with bad metadata, ``sys.exit(7)`` inside ``loss_fn``, an unreadable folder,
+# ``checkpoints`` as a file, a noise trace of the wrong shape or values, checkpoint fields that are
+# damaged while their metadata is right, and an ``--out`` naming a file the command did not write.
+
+TARGETS = '''
+import sys
+import torch
+from bsadvisor import Target
+
+
+class DS(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n, self.x, self.y = n, torch.randn(64, 4), torch.randn(64)
+
+    def __len__(self):
+        if self.n == "raise":
+            raise RuntimeError("no length today")
+        return self.n
+
+    def __getitem__(self, i):
+        return self.x[i % 64], self.y[i % 64]
+
+
+def _t(ds=None, model=None, loss=None, **kw):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randn(64, generator=g)
+    def lf(m, b):
+        return ((m(b[0]).squeeze(-1) - b[1]) ** 2).mean()
+    return Target(model=model if model is not None else torch.nn.Linear(4, 1),
+                  train_dataset=ds if ds is not None else torch.utils.data.TensorDataset(x, y),
+                  loss_fn=loss or lf, batch_size=8, lr=0.01, **kw)
+
+
+def ok(): return _t()
+def len_raises(): return _t(DS("raise"))
+def len_negative(): return _t(DS(-5))
+def len_huge(): return _t(DS(10**18))
+def meta_model(): return _t(model=torch.nn.Linear(4, 1, device="meta"))
+def epochs_none(): return _t(metadata={"schedule": "MultiStepLR(milestones=[1], gamma=0.5)", "epochs": None})
+def epochs_text(): return _t(metadata={"schedule": "MultiStepLR(milestones=[1], gamma=0.5)", "epochs": "three"})
+def schedule_number(): return _t(metadata={"schedule": 5, "epochs": 2})
+def metadata_text(): return _t(metadata="schedule")
+
+
+def exits_7():
+    def lf(m, b):
+        sys.exit(7)
+    return _t(loss=lf)
+'''
+USER_DATA_SCHED = ["--schedule", "MultiStepLR(milestones=[1], gamma=0.5)", "--epochs", "2"]
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    (tmp_path / "t.py").write_text(TARGETS)
+    return tmp_path
+
+
+def refused(folder: pathlib.Path, argv, fragments=()):
+    snap = Snapshot(folder)
+    r = run_main(argv, cwd=folder)
+    line = assert_one_line_error(r, fragments)
+    snap.assert_unchanged()
+    return line
+
+
+# -- targets -----------------------------------------------------------------------------
+@pytest.mark.parametrize("fn,fragments", [
+    ("len_raises", ["len(train_dataset) raised RuntimeError", "no length today"]),
+    ("len_negative", ["len(train_dataset) raised ValueError"]),
+    ("len_huge", ["1e+18 examples", "subset"]),
+    ("meta_model", ["meta device"]),
+    ("metadata_text", ["metadata must be a dict"]),
+])
+@pytest.mark.parametrize("command", ["probe", "validate"])
+def test_bad_targets(folder, fn, fragments, command):
+    extra = USER_DATA_SCHED if command == "validate" else ["--budget-seconds", "5"]
+    refused(folder, [command, f"t.py:{fn}", *extra], fragments)
+
+
+@pytest.mark.parametrize("fn,fragments", [
+    ("epochs_none", ["metadata['epochs'] must be a number, got None"]),
+    ("epochs_text", ["metadata['epochs'] must be a number, got 'three'"]),
+    ("schedule_number", ["metadata['schedule'] must be a schedule text"]),
+])
+def test_bad_recipe_metadata(folder, fn, fragments):
+    refused(folder, ["validate", f"t.py:{fn}"], fragments)
+
+
+@pytest.mark.parametrize("argv", [["probe", "t.py:exits_7", "--budget-seconds", "5"], ["validate", "t.py:exits_7", *USER_DATA_SCHED]])
+def test_sys_exit_in_loss_fn_is_one_line(folder, argv):
+    refused(folder, argv, ["loss_fn raised SystemExit", "7"])
+
+
+def test_unreadable_folder_of_the_target(folder, monkeypatch):
+    """``probe sub/x.py:ok`` with ``sub`` unreadable: Path.is_dir raises PermissionError (as a non-root user sees it)."""
+    real = pathlib.Path.is_dir
+
+    def is_dir(self):
+        if "sub" in self.parts:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
+    refused(folder, ["probe", "sub/x.py:ok"], ["cannot be read", "Permission denied"])
+
+
+def test_checkpoints_is_a_file(folder):
+    (folder / "v").mkdir()
+    (folder / "v" / "checkpoints").write_text("my notes")
+    refused(folder, ["validate", "t.py:ok", *USER_DATA_SCHED, "--out", "v"], ["'checkpoints'", "another --out"])
+
+
+# -- noise traces ------------------------------------------------------------------------
+POINT = {"sample": 0, "b_simple": 100.0, "lr": 0.01, "momentum": 0.0, "batch_size": 8, "ci90": [50, 200],
+         "ci_kind": "bounded"}
+V = {"schema": "bsadvisor.validation/1.1"}
+T = "bsadvisor.noise_trace/1"
+TRACES = {
+    "runs a list": ({**V, "runs": [1, 2]}, "'runs' is not an object"),
+    "runs with int keys": ({**V, "runs": {"original": 3}}, "no list of seeds"),
+    "a run a string": ({**V, "runs": {"original": "x"}}, "no list of seeds"),
+    "seeds a string": ({**V, "runs": {"original": {"seeds": "abc"}}}, "no list of seeds"),
+    "seeds an object": ({**V, "runs": {"original": {"seeds": {"0": 1}}}}, "no list of seeds"),
+    "seeds of numbers": ({**V, "runs": {"original": {"seeds": [1, 2]}}}, "recorded no noise trace"),
+    "trace an object": ({**V, "runs": {"original": {"seeds": [{"noise_trace": {"a": 1}}]}}}, "not a list"),
+    "points a string": ({"schema": T, "points": "xyz"}, "not a list"),
+    "momentum 1": ({"schema": T, "points": [{**POINT, "momentum": 1}]}, "momentum 1"),
+    "momentum 5": ({"schema": T, "points": [{**POINT, "momentum": 5}]}, "momentum 5"),
+    "momentum -1": ({"schema": T, "points": [{**POINT, "momentum": -1}]}, "momentum -1"),
+    "batch = N": ({"schema": T, "points": [{**POINT, "batch_size": 64}]}, "batch 64"),
+    "batch > N": ({"schema": T, "points": [{**POINT, "batch_size": 10**6}]}, "batch 1000000"),
+    "batch 0": ({"schema": T, "points": [{**POINT, "batch_size": 0}]}, "batch_size 0"),
+    "batch 2.5": ({"schema": T, "points": [{**POINT, "batch_size": 2.5}]}, "lacks"),
+    "sample -5": ({"schema": T, "points": [{**POINT, "sample": -5}]}, "negative sample"),
+    "lr huge": ({"schema": T, "points": [{**POINT, "lr": 1e308, "b_simple": 1e308}]}, "no positive noise temperature"),
+    "ci a number": ({"schema": T, "points": [{**POINT, "ci90": 5}]}, "lacks"),
+    "point a list": ({"schema": T, "points": [[1, 2]]}, "not a list of objects"),
+}
+CONVERT = ["convert-schedule", "--lr", "0.1", "--batch-size", "8", "--dataset-size", "64", "--epochs", "3",
+           "--schedule", "MultiStepLR(milestones=[1])", "--momentum", "0.9"]
+
+
+@pytest.mark.parametrize("case", sorted(TRACES))
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bad_noise_traces(folder, case, optimizer):
+    doc, fragment = TRACES[case]
+    (folder / "trace.json").write_text(json.dumps(doc))
+    refused(folder, [*CONVERT, "--optimizer", optimizer, "--noise-trace", "trace.json"], [fragment])
+
+
+def test_advise_refuses_a_trace_of_another_data_set_before_the_probe(folder, monkeypatch):
+    import bsadvisor.measure.probe as probe
+
+    def never(*a, **k):
+        raise AssertionError("the probe ran before the trace was checked")
+
+    monkeypatch.setattr(probe, "probe", never)
+    (folder / "trace.json").write_text(json.dumps({"schema": T, "points": [{**POINT, "batch_size": 64}]}))
+    refused(folder, ["advise", "t.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3",
+                     "--noise-trace", "trace.json"], ["batch 64", "another data set"])
+
+
+# -- checkpoints whose metadata is right and whose fields are not ---------------------------
+def _damage(doc: dict, how: str) -> None:
+    if how == "offset text":
+        doc["partial"] = {"epoch": 0, "offset": "x", "loss_sum": 0.0, "seen": 0}
+    elif how == "offset past the epoch":
+        doc["partial"] = {"epoch": 0, "offset": 10**9, "loss_sum": 0.0, "seen": 0}
+    elif how == "history without train_loss":
+        doc["history"] = [{k: v for k, v in doc["history"][0].items() if k != "train_loss"}]
+    elif how == "history a string":
+        doc["history"] = "abc"
+    elif how == "steps samples text":
+        doc["steps"] = [{"samples": "a", "batch_size": 8, "lr": 0.1, "momentum": 0.0}]
+    elif how == "evals metric text":
+        doc["evals"] = [{**doc["evals"][0], "metric": "high"}] if doc["evals"] else [{"metric": "x"}]
+    elif how == "totals a list":
+        doc["totals"] = [1, 2]
+    elif how == "since seen negative":
+        doc["since"] = {"loss_sum": 0.0, "seen": -4}
+    elif how == "too many epochs":
+        doc["history"] = doc["history"] * 5
+
+
+@pytest.mark.parametrize("how", ["offset text", "offset past the epoch", "history without train_loss",
+                                 "history a string", "steps samples text", "evals metric text", "totals a list",
+                                 "since seen negative", "too many epochs"])
+def test_damaged_checkpoint_fields(tmp_path, how):
+    import torch
+
+    from bsadvisor.core.baseline import baseline_plan
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.runtime.train import train_plan
+    from bsadvisor.targets.builtins import linreg
+
+    target = linreg(size=128)
+    plan = baseline_plan(lr=0.01, batch_size=16, dataset_size=128, epochs=2, schedule="MultiStepLR(milestones=[1])")
+    ck = tmp_path / "c.pt"
+    train_plan(target, plan, checkpoint=ck, evals=2)
+    doc = torch.load(ck, weights_only=True)
+    _damage(doc, how)
+    torch.save(doc, ck)
+    with pytest.raises(UserError, match="is damaged"):
+        train_plan(target, plan, checkpoint=ck, resume=True, evals=2)
+
+
+# -- one --out rule for every command ---------------------------------------------------------
+CONVERT_OUT = ["convert-schedule", "--lr", "0.1", "--batch-size", "8", "--dataset-size", "640", "--epochs", "3",
+               "--schedule", "MultiStepLR(milestones=[1])", "--momentum", "0.9", "--out"]
+
+
+def test_every_command_refuses_to_replace_a_file_it_did_not_write(folder, monkeypatch):
+    import bsadvisor.measure.probe as probe
+
+    def never(*a, **k):
+        raise AssertionError("the probe ran before --out was checked")
+
+    monkeypatch.setattr(probe, "probe", never)
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "probe.json").write_text(json.dumps({"schema": "bsadvisor.probe/1"}))
+    fragments = ["notes.txt already exists", "--overwrite"]
+    refused(folder, [*CONVERT_OUT, "notes.txt"], fragments)
+    refused(folder, ["probe", "t.py:ok", "--out", "notes.txt"], fragments)
+    refused(folder, ["advise", "t.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3",
+                     "--out", "notes.txt"], fragments)
+    refused(folder, ["advise", "t.py:ok", "--schedule", "MultiStepLR(milestones=[1])", "--epochs", "3",
+                     "--probe-out", "notes.txt"], ["--probe-out notes.txt already exists"])
+    # a plan file is not a probe file, and a probe file is not a plan
+    assert run_main([*CONVERT_OUT, "plan.json"], cwd=folder).returncode == 0
+    refused(folder, ["probe", "t.py:ok", "--out", "plan.json"], ["not a bsadvisor.probe file"])
+    refused(folder, [*CONVERT_OUT, "probe.json"], ["not a bsadvisor.plan file"])
+    # export: its output has no schema, so any existing file (the input plan above all) needs --overwrite
+    refused(folder, ["export", "plan.json", "--out", "plan.json"], ["plan.json already exists", "--overwrite"])
+    assert (folder / "notes.txt").read_text() == "mine\n"
+
+
+def test_own_files_are_replaced_and_overwrite_replaces_any(folder):
+    assert run_main([*CONVERT_OUT, "plan.json"], cwd=folder).returncode == 0
+    first = (folder / "plan.json").read_text()
+    r = run_main([*CONVERT_OUT[:-3], "--momentum", "0.5", "--out", "plan.json"], cwd=folder)
+    assert r.returncode == 0, r.stderr  # an earlier plan is replaced
+    assert (folder / "plan.json").read_text() != first
+    (folder / "notes.txt").write_text("mine\n")
+    assert run_main([*CONVERT_OUT, "notes.txt", "--overwrite"], cwd=folder).returncode == 0
+    assert json.loads((folder / "notes.txt").read_text())["schema"] == "bsadvisor.plan/2"
+    assert run_main(["export", "plan.json", "--out", "e.csv"], cwd=folder).returncode == 0
+    assert run_main(["export", "plan.json", "--out", "e.csv", "--overwrite"], cwd=folder).returncode == 0

@@ -38,7 +38,7 @@ def test_seeds_that_disagree_alone_but_agree_paired_give_a_narrow_interval():
     v = paired_verdict(cand, REF5)
     lo, hi = v["interval"]
     assert v["status"] == ACCEPTED and hi - lo < 0.02
-    assert statistics.stdev(REF5) > 0.07  # the old rule's tolerance, 2 × sd, would have been 0.14
+    assert statistics.stdev(REF5) > 0.07  # a tolerance of 2 × sd would have been 0.14
 
 
 def test_the_reverse_is_inconclusive_not_accepted():
@@ -59,7 +59,7 @@ def test_three_outcomes():
 
 
 def test_one_seed_is_only_indicative():
-    """One seed never accepts or rejects on its own, whatever its difference (issue #32)."""
+    """One seed never accepts or rejects on its own, whatever its difference."""
     for d in (0.2, 0.0, -0.004, -0.006, -0.3):
         v = paired_verdict([0.80 + d], [0.80])
         assert v["status"] == INDICATIVE and v["interval"] is None and v["sd"] is None
@@ -161,7 +161,7 @@ def test_seeds_needed_never_for_a_difference_at_the_margin():
 
 
 def test_resume_until_settled_accepts_at_most_5_percent_at_the_margin():
-    """Issue #32's check, against the rule itself: true mean exactly −δ, sd 0.004, the first verdict at 3
+    """The sequential rule checked against itself: true mean exactly −δ, sd 0.004, the first verdict at 3
     seeds, then the suggested seeds up to three times (each look at its own α_k, the suggestion at the
     next look's). The fixed-n rule accepted 11.9% of such plans."""
     at = simulate_looks(-0.005, 0.004, 0.005, start=3, extra_looks=3, sims=20000, seed=0)

@@ -5,10 +5,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from typing_extensions import Annotated
 
 from bsadvisor.cli.app import app, emit_json, err_console
 from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, check_megatron_version, export
+from bsadvisor.core.fileio import check_replace, write_atomic
+from bsadvisor.core.plan import Plan
 
 EXPORT_EXAMPLES = """
 [bold]Examples[/]
@@ -58,11 +61,6 @@ def export_cmd(
 ) -> None:
     """Export a plan for the frameworks people already use. What the format cannot hold (e.g. the LR in
     megatron) is said in a note on stderr."""
-    from rich.text import Text
-
-    from bsadvisor.core.fileio import check_replace, write_atomic
-    from bsadvisor.core.plan import Plan
-
     check_format(format_)  # before the files: a typo fails first
     check_megatron_version(megatron_version)
     plan = Plan.load(plan_file)  # a bad plan is named first

@@ -242,7 +242,7 @@ class FolderLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
-        import fcntl
+        import fcntl  # here: POSIX only, and every core module imports this one
 
         path = self.folder / LOCK_NAME
         try:

@@ -18,6 +18,7 @@ power/binary search (Lightning's ``scale_batch_size``) needs about 10. Never exc
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -43,8 +44,6 @@ def is_oom(exc: BaseException) -> bool:
     MemoryError, :class:`OutOfMemory`, or the RuntimeError of torch's CPU allocator."""
     if isinstance(exc, (OutOfMemory, MemoryError)):
         return True
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return True

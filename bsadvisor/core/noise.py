@@ -24,7 +24,7 @@ with A.1–A.2 the ratio would estimate B_simple/(1 − B_simple/N) (eq. 18), no
 
 Numerator and denominator are averaged over the draws *before* dividing (a ratio of
 single-draw estimates is biased and can be negative). The 90% interval for the ratio of
-the two means is Fieller's (a Student-t quantile from scipy.special.stdtrit), intersected with
+the two means is Fieller's (a Student-t quantile, :func:`core.verdict.t_quantile`), intersected with
 B_simple > 0 (tr Σ and |G|² are both non-negative). When |G|² is not significantly
 positive that set is not a bounded interval: it is reported honestly as a lower bound
 (ci_kind "lower-bound", upper end inf) or as no information at all ("unbounded"), never
@@ -41,6 +41,7 @@ import numpy as np
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise_model import usable  # noqa: F401  (the one rule; NoiseStats.usable and the CLI read it)
+from bsadvisor.core.verdict import t_quantile
 
 CONFIDENCE = 0.90
 #: An estimate above this many times its draws' big batch B is reported as a lower bound only. Far below
@@ -132,8 +133,6 @@ def ratio_interval(num, den, confidence: float = CONFIDENCE) -> tuple[float, tup
     the roots, whose positive part is [upper root, ∞): a lower bound; with no real roots
     it is every R: no information. B_simple is positive, so the set is cut at 0.
     """
-    from scipy.special import stdtrit  # Student-t quantile; scipy.stats would add a second to the first call
-
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     n = num.size
@@ -143,7 +142,7 @@ def ratio_interval(num, den, confidence: float = CONFIDENCE) -> tuple[float, tup
         return ratio, (0.0, math.inf), "unbounded"
     cov = np.cov(np.vstack([num, den]), ddof=1) / n  # covariance of the two means
     s_nn, s_dd, s_nd = float(cov[0, 0]), float(cov[1, 1]), float(cov[0, 1])
-    t = float(stdtrit(n - 1, 0.5 + confidence / 2))
+    t = t_quantile(confidence, n - 1)
     a = dbar**2 - t**2 * s_dd
     bq = -2.0 * (nbar * dbar - t**2 * s_nd)
     c = nbar**2 - t**2 * s_nn

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import read_json
 
 
 def usable(b_simple: Optional[float], ci_kind: Optional[str]) -> bool:
@@ -220,8 +221,6 @@ def load_trace(path, run: str = "original", seed: int = 0) -> NoiseModel:
     From results.json the ``run``'s (default: the original schedule's) trace of ``seed`` is
     used: the plan keeps the original's temperature, so either run measures the same B_noise(s).
     """
-    from bsadvisor.core.fileio import read_json
-
     if not isinstance(run, str):
         raise TypeError(f"load_trace: run must be a run's name such as 'original', got {type(run).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

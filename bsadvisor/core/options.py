@@ -29,6 +29,7 @@ from bsadvisor.core.declared import Declared, OptionObject, declarations, names,
 from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, MAX_EPOCHS, MAX_SAMPLES,
                                      MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import lengths_given
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
@@ -198,7 +199,7 @@ class ConvertOptions(OptionObject):
 
     def _check_length(self) -> None:
         """Exactly one of epochs (fractional allowed), total_samples and total_steps; the run in samples."""
-        given = [name for name in ("epochs", "total_samples", "total_steps") if getattr(self, name) is not None]
+        given = lengths_given(self)
         if len(given) > 1:
             raise UserError(f"give the training length once: {' and '.join(given)} were both given",
                             parameters=tuple(given))

@@ -25,7 +25,7 @@ from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import check_schema, json_safe, read_json, write_atomic
 from bsadvisor.core.noise_model import NoiseModel
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
-from bsadvisor.core.original import OriginalRun, updates_per_stage
+from bsadvisor.core.original import OriginalRun, lengths_given, updates_per_stage
 from bsadvisor.core.schedules import parse_schedule
 from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 
@@ -38,8 +38,6 @@ REMEDY = "regenerate it with bsadvisor convert-schedule --out"
 #: convert-schedule wrote always records the rule of an Adam plan, so one without it was written by hand; a
 #: /2 one, or a Plan built in code, takes ConvertOptions' default (what every reader of a plan then applies).
 V1_ADAM_RULE = "sqrt"
-#: A run length: a plan records one of them.
-_LENGTHS = ("epochs", "total_samples", "total_steps")
 #: The schedule of a plan that records none (written by hand): its own first LR throughout.
 _NO_SCHEDULE = "ConstantLR(factor=1.0, total_iters=0)"
 
@@ -164,7 +162,7 @@ class Plan:
             doc.setdefault("batch_size", self.stages[0].batch_size)
             doc.setdefault("lr", next((s.lr for s in self.stages if s.lr > 0), 1.0))
             doc.setdefault("schedule", _NO_SCHEDULE)
-            if not any(k in doc for k in _LENGTHS):
+            if not lengths_given(doc):
                 doc["total_samples"] = self.total_samples
         if self.dataset_size is None:
             doc["streaming"] = True
@@ -176,7 +174,7 @@ class Plan:
         """The inputs of the original run the plan does not record (``lr``, ``batch_size``, ``schedule``, and
         ``epochs`` for a run length): none for a plan convert-schedule made; a plan written by hand may lack them."""
         missing = [k for k in ("lr", "batch_size", "schedule") if self.inputs.get(k) is None]
-        return missing + (["epochs"] if all(self.inputs.get(k) is None for k in _LENGTHS) else [])
+        return missing + ([] if lengths_given(self.inputs) else ["epochs"])
 
     def temperature_model(self) -> TemperatureModel:
         """The temperature model of the plan, rebuilt from :attr:`options` (the one rebuild every reader of a

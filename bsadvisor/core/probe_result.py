@@ -14,7 +14,7 @@ from bsadvisor.core import checks
 from bsadvisor.core import schema as S
 from bsadvisor.core.defaults import CI_KINDS
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.fileio import check_schema, json_safe
+from bsadvisor.core.fileio import check_schema, json_safe, read_json
 from bsadvisor.core.temperature import temperature
 
 SCHEMA = "bsadvisor.probe/1"
@@ -166,8 +166,6 @@ class ProbeResult:
 
 def load_probe(path) -> ProbeResult:
     """Read a probe.json written by ``bsadvisor probe --out``."""
-    from bsadvisor.core.fileio import read_json
-
     return ProbeResult.from_dict(read_json(path, "probe file", REMEDY), f"probe file {path}")
 
 

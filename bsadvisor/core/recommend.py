@@ -24,13 +24,12 @@ from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
 from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice, annotate, keep_batch_advice, resolve,
                                     start_batch_advice)
-from bsadvisor.core.remarks import BATCHNORM_NOTE
+from bsadvisor.core.remarks import BATCHNORM_NOTE, batchnorm_text
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
 
 #: What replaces the plan's generic BatchNorm note once the model is known to have BatchNorm layers.
-BATCHNORM_WARNING = ("the model has BatchNorm layers, whose statistics depend on the batch: keep a fixed per-device "
-                     "group as the batch grows (ghost batch norm) or check with bsadvisor validate")
+BATCHNORM_WARNING = batchnorm_text(known=True)
 
 #: The notes of an original schedule recommended instead of a plan.
 KEEP_NOTE = ("recommended: the original schedule, unchanged (the batch is already past the --noise-cap multiple of "

@@ -1,16 +1,33 @@
 """What a plan's report says about the finished staircase: the hybrid tail, N/10, rounding, units. No torch here."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Stage
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import Span, where
 from bsadvisor.core.staircase import Staircase
 
-#: The note every plan carries (convert-schedule has no model to look at; advise and validate,
-#: which do, warn when the model really has BatchNorm layers).
-BATCHNORM_NOTE = ("if the model has BatchNorm layers: their statistics depend on the batch; keep a fixed "
-                  "per-device group (ghost batch norm) or check with bsadvisor validate")
+
+def batchnorm_text(known: bool = False, layers: Sequence[str] = ()) -> str:
+    """What bsadvisor says about BatchNorm, whose statistics depend on the batch: ``known`` False: the note every
+    plan carries (convert-schedule has no model to look at); True: advise's warning for a model that has
+    BatchNorm layers; ``layers`` given: validate's warning, naming them (its runs include the effect)."""
+    effect = "their statistics depend on the batch"
+    fix = "keep a fixed per-device group as the batch grows (ghost batch norm)"
+    if layers:
+        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        return (f"the model has BatchNorm layers ({shown}): {effect}, so a larger batch, and gradient accumulation "
+                "above --max-micro-batch, change more than the gradient noise; the comparison includes that effect: "
+                f"{fix} to avoid it")
+    if known:
+        return f"the model has BatchNorm layers, whose {effect}: {fix} or check with bsadvisor validate"
+    return f"if the model has BatchNorm layers: {effect}; {fix} or check with bsadvisor validate"
+
+
+#: The note every plan carries; advise and validate, which see the model, warn instead when it has BatchNorm.
+BATCHNORM_NOTE = batchnorm_text()
 
 
 def remarks(options: ConvertOptions, stairs: "Staircase", per_span: list[Span], stages: list[Stage],

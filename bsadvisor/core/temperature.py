@@ -27,15 +27,14 @@ that gives a temperature at (lr, m); and the LR that gives it at (m, B).
 """
 from __future__ import annotations
 
-import math
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from bsadvisor.core import checks
-from bsadvisor.core.errors import UserError
-
 from bsadvisor.core.defaults import ADAM_FAMILY, ADAM_RULES, DEFAULTS, OPTIMIZERS, RULES
+from bsadvisor.core.errors import UserError
 
 
 def temperature(lr: float, batch_size: float, dataset_size: int, momentum: float = 0.0,

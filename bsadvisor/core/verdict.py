@@ -42,6 +42,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
+
 from bsadvisor.core.errors import UserError
 
 #: Two-sided confidence of the paired interval over all looks: each side holds at (1 + CONFIDENCE) / 2,
@@ -114,7 +116,7 @@ def parse_margin(text: object, where: str = "--tolerance") -> Margin:
 
 def t_quantile(confidence: float, dof: int) -> float:
     """The Student-t quantile of a two-sided ``confidence`` interval with ``dof`` degrees of freedom."""
-    from scipy.special import stdtrit  # scipy.stats would add a second to the first call
+    from scipy.special import stdtrit  # here: scipy takes ~0.3 s to load and the CLI imports this module at start
 
     return float(stdtrit(dof, 0.5 + confidence / 2))
 
@@ -144,8 +146,6 @@ def _interval(differences: Sequence[float], factor) -> tuple[float, Optional[flo
 def spent_alpha(look, confidence: float = CONFIDENCE):
     """α_k (eq. 28): what look ``look`` (1-based) spends on each side, α·6/(π²k²) with α = (1 − confidence)/2;
     summed over every look it is α. ``look`` may be a numpy array."""
-    import numpy as np
-
     k = np.asarray(look, dtype=float)
     if np.any(k < 1):
         raise ValueError(f"looks are counted from 1, got {look}")
@@ -156,8 +156,7 @@ def spent_alpha(look, confidence: float = CONFIDENCE):
 def look_quantile(n, look, confidence: float = CONFIDENCE):
     """t_{1−α_k, n−1} (eq. 29): the Student-t quantile of n seeds at look k; infinite below two seeds.
     ``n`` and ``look`` may be numpy arrays."""
-    import numpy as np
-    from scipy.special import stdtrit  # scipy.stats would add a second to the first call
+    from scipy.special import stdtrit  # here: as in t_quantile (scipy.stats would add a second more)
 
     n, look = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(look, dtype=float))
     with np.errstate(invalid="ignore"):
@@ -193,8 +192,7 @@ def decide(mean: float, lo: Optional[float], hi: Optional[float], margin: float)
 def settle_power(theta, n, look, confidence: float = CONFIDENCE):
     """P(look ``look`` settles at n seeds) for a standardized distance θ = |μ + δ|/σ from the margin:
     P(noncentral t_{n−1}(θ·√n) ≥ t_{1−α_k, n−1}) (eq. 30). ``theta``, ``n`` and ``look`` may be numpy arrays."""
-    import numpy as np
-    from scipy.stats import nct  # scipy.special.nctdtr gives NaN far in the tail (scipy 1.17)
+    from scipy.stats import nct  # here: ~1 s to load; scipy.special.nctdtr gives NaN far in the tail (scipy 1.17)
 
     theta, n, look = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(n, dtype=int),
                                          np.asarray(look, dtype=int))
@@ -211,8 +209,6 @@ def seeds_for_power(theta, have, look, confidence: float = CONFIDENCE, power: fl
     to ``limit``.
 
     Vectorised over ``theta``, ``have`` and ``look`` (numpy arrays): a bisection on n (the power grows with n)."""
-    import numpy as np
-
     theta, have, look = np.broadcast_arrays(np.asarray(theta, dtype=float), np.asarray(have, dtype=int),
                                             np.asarray(look, dtype=int))
     theta, have, look = theta.ravel(), have.ravel(), look.ravel()
@@ -310,8 +306,6 @@ def simulate_looks(true_mean: float, sd: float, margin: float, start: int = 3, e
     their sufficient statistics (their mean, normal; their sum of squares, σ²·χ²), so no seed is drawn
     one by one. Vectorised with numpy; deterministic for a given ``seed``.
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     n = np.full(sims, start)
     mean = rng.normal(true_mean, sd / np.sqrt(start), sims)
@@ -349,8 +343,6 @@ def add_seeds(rng, true_mean: float, sd: float, n, mean, ss, k):
     """(mean, sum of squared deviations) of ``n`` differences with ``mean`` and ``ss`` after adding k − n new
     N(true_mean, sd²) ones, drawn through their sufficient statistics: their mean (normal) and their own sum
     of squares (sd²·χ²_{k−n−1}), pooled. numpy arrays; ``rng`` a numpy Generator."""
-    import numpy as np
-
     m = k - n
     add_mean = rng.normal(true_mean, sd / np.sqrt(m))
     add_ss = sd ** 2 * rng.chisquare(np.maximum(m - 1, 1)) * (m > 1)

@@ -18,6 +18,7 @@ from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
 from bsadvisor.core.options import AFTER_PROBE
 from bsadvisor.core.recommend import Recommendation
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
+from bsadvisor.targets.target import Target
 
 
 
@@ -33,8 +34,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     there, before recommending, so a plan refused afterwards (an unusable noise_cap) keeps
     the measurement. Raises UserError when there is no schedule and length to convert.
     """
-    from bsadvisor.measure.probe import probe  # torch: loaded when a target is probed, not on import
-    from bsadvisor.targets.target import Target
+    from bsadvisor.measure.probe import probe  # here: torch loads when a target is probed, not on import
 
     if isinstance(target, str):
         raise ArgumentTypeError(f"target must be a Target, got the string {checks.show(target)}: load it first, "
@@ -45,7 +45,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
 
     prepared = options if isinstance(options, TargetOptions) else options_for_target(target, options)
     opts = prepared.options
-    if opts.get("schedule") is None or opts.get("epochs") is None:
+    if opts.get("schedule") is None or not prepared.length_given:
         raise UserError(f"advise needs --schedule and --epochs (the LR schedule you train with); {target.name} "
                         "records no recipe of its own")
     trace = read_trace(opts.get("noise_trace"))

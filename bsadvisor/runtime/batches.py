@@ -20,6 +20,7 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
+from torch.utils.data import default_collate
 
 from bsadvisor.core.errors import UserError
 
@@ -94,8 +95,7 @@ def make_gather(dataset: Any, collate: Optional[Callable[[list], Any]] = None) -
     columns = tensor_columns(dataset)
     if columns is not None and collate is None:
         return lambda idx: [t.index_select(0, idx) for t in columns]
-    if collate is None:
-        from torch.utils.data import default_collate as collate
+    collate = default_collate if collate is None else collate
     return lambda idx: collate([dataset[i] for i in idx.tolist()])
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
 
 import torch
+import torch.distributed as tdist
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
@@ -58,7 +59,6 @@ class Dist:
         """Reduced copy of ``tensor`` (sum, min or max over ranks), on ``tensor``'s device."""
         if not self.enabled:
             return tensor.clone()
-        import torch.distributed as tdist
 
         ops = {"sum": tdist.ReduceOp.SUM, "min": tdist.ReduceOp.MIN, "max": tdist.ReduceOp.MAX}
         t = tensor.detach().to(self._comm_device(), copy=True).contiguous()
@@ -69,7 +69,6 @@ class Dist:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.enabled:
             return [obj]
-        import torch.distributed as tdist
 
         out: list = [None] * self.world_size
         tdist.all_gather_object(out, obj)
@@ -79,7 +78,6 @@ class Dist:
         """Rank ``src``'s ``obj`` on every rank."""
         if not self.enabled:
             return obj
-        import torch.distributed as tdist
 
         box = [obj if self.rank == src else None]
         tdist.broadcast_object_list(box, src=src)
@@ -89,7 +87,6 @@ class Dist:
         """Copy rank ``src``'s parameters and buffers into every rank's ``model`` (in place)."""
         if not self.enabled:
             return
-        import torch.distributed as tdist
 
         dev = self._comm_device()
         with torch.no_grad():
@@ -116,8 +113,6 @@ class Dist:
 
     def barrier(self) -> None:
         if self.enabled:
-            import torch.distributed as tdist
-
             tdist.barrier()
 
     def destroy(self) -> None:
@@ -128,8 +123,6 @@ class Dist:
         path: the other ranks may be stuck in another collective; torchrun stops them.)
         """
         if self.owns_group:
-            import torch.distributed as tdist
-
             if tdist.is_initialized():
                 tdist.destroy_process_group()
             self.owns_group = False
@@ -186,8 +179,6 @@ def _timeout() -> datetime.timedelta:
 
 def current() -> Dist:
     """A Dist for a process group someone else initialised, or the single-process Dist."""
-    import torch.distributed as tdist
-
     if not (tdist.is_available() and tdist.is_initialized()):
         return Dist()
     backend = str(tdist.get_backend())
@@ -215,7 +206,6 @@ def init_from_env(device: str = "auto") -> Dist:
         raise UserError(f"RANK={rank} is outside 0..{world - 1}")
     if world == 1:
         return Dist()
-    import torch.distributed as tdist
 
     if not tdist.is_available():
         raise UserError("this torch build has no torch.distributed; reinstall torch or run one process")

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from bsadvisor.core import checks
 from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY
 from bsadvisor.core.errors import UserError
-
-
-def _length_given(epochs: Optional[float], kw: dict) -> bool:
-    """Whether a run's length is given: epochs, or total samples or steps."""
-    return epochs is not None or bool(kw.get("total_samples") or kw.get("total_steps"))
+from bsadvisor.core.original import lengths_given
+from bsadvisor.core.schedules import Schedule, parse_schedule
+from bsadvisor.core.validate_options import check_epochs
+from bsadvisor.targets.target import batchnorm_layers
 
 
 def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
@@ -29,11 +29,8 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     then gets the recipe's schedule_unit and seq_len where it has none.
     """
     recipe = getattr(target, "metadata", None) or {}
-    if schedule is not None or _length_given(epochs, kw) or not recipe.get("schedule"):
+    if schedule is not None or lengths_given({**kw, "epochs": epochs}) or not recipe.get("schedule"):
         return schedule, epochs, None
-    from bsadvisor.core import checks
-    from bsadvisor.core.validate_options import check_epochs
-
     if not isinstance(recipe["schedule"], str):
         raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
                         f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
@@ -61,13 +58,11 @@ class TargetOptions:
     @property
     def length_given(self) -> bool:
         """Whether the run has a length (epochs, or total samples or steps)."""
-        return _length_given(self.options.get("epochs"), self.options)
+        return bool(lengths_given(self.options))
 
 
 def _table_sets_momentum(schedule: Any) -> bool:
     """Whether ``schedule`` is a CSV table with a momentum column (ConvertOptions takes the momentum from it)."""
-    from bsadvisor.core.schedules import Schedule, parse_schedule
-
     if schedule is None:
         return False
     try:
@@ -85,8 +80,6 @@ def options_for_target(target, given: Optional[dict[str, Any]] = None) -> Target
     are always the target's; schedule, epochs, schedule_unit and seq_len come from the target's
     recipe when neither a schedule nor a length is given (:func:`apply_recipe`).
     """
-    from bsadvisor.targets.target import batchnorm_layers
-
     given = dict(given or {})
     kw = dict(given)
     kw["schedule"], kw["epochs"], note = apply_recipe(target, kw.get("schedule"), kw.get("epochs"), kw)

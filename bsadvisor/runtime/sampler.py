@@ -20,6 +20,7 @@ import torch
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import check_dataset_size
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.batches import split_share
 
@@ -51,9 +52,7 @@ class PlanBatchSampler:
             raise UserError("the plan has no data set size (it was made with --streaming and no --dataset-size); "
                             "a sampler needs one: re-run convert-schedule with --dataset-size")
         n = plan.dataset_size if dataset_size is None else checks.positive_int("dataset_size", dataset_size)
-        if n != plan.dataset_size:
-            raise UserError(f"the plan was made for {plan.dataset_size} training examples but the dataset has {n}; "
-                            "re-run convert-schedule for this dataset")
+        check_dataset_size(plan, n)
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise UserError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         self.plan, self.dataset_size, self.seed = plan, n, checks.seed("seed", seed)

@@ -111,13 +111,13 @@ class BatchSizeScheduler:
 
     def state_dict(self) -> dict:
         return {"samples_seen": self.samples_seen, "last_step": self.last_step, "ratios": list(self._ratios),
-                "adam_base": [list(b) if b is not None else None for b in self._adam_base], "plan": self.plan.to_dict()}
+                "adam_base": [list(b) if b is not None else None for b in self._adam_base], "plan": self.plan.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         checks.instance("state", state, dict, "a dict from BatchSizeScheduler.state_dict()")
-        saved_plan = state.get("plan")
+        saved_plan, identity = state.get("plan"), self.plan.fingerprint()  # a plan's identity (a resume's too)
         if saved_plan is not None and (not isinstance(saved_plan, dict)
-                                       or saved_plan.get("stages") != self.plan.to_dict()["stages"]):
+                                       or {k: saved_plan.get(k) for k in identity} != identity):
             raise UserError("BatchSizeScheduler state was saved with a different plan; resume with the same plan")
         if "samples_seen" not in state:
             raise UserError("BatchSizeScheduler state needs 'samples_seen' (give what state_dict() returned)")

@@ -48,6 +48,7 @@ from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.core import checks
 from bsadvisor.core.errors import UserError, lost_peer
+from bsadvisor.core.original import check_dataset_size
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
 from bsadvisor.runtime.sampler import PlanBatchSampler
@@ -185,9 +186,7 @@ def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = Non
     this docstring is the loop's contract; the body is named steps.
     """
     opts = dataclasses.replace(options or TrainOptions(), **settings)
-    if plan.dataset_size != target.dataset_size:
-        raise UserError(f"the plan was made for {plan.dataset_size} training examples but the target's "
-                        f"train_dataset has {target.dataset_size}; re-run convert-schedule for this target")
+    check_dataset_size(plan, target.dataset_size)
     dist = dist or Dist()
     model = target.model
     seed, max_micro_batch, evals, noise_monitor = opts.seed, opts.max_micro_batch, opts.evals, opts.noise_monitor

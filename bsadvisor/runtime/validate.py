@@ -37,8 +37,10 @@ from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
-from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.original import check_dataset_size
+from bsadvisor.core.plan import Plan
 from bsadvisor.core.recommend import recommend
+from bsadvisor.core.remarks import batchnorm_text
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
@@ -138,15 +140,6 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
             runs.append(RunSpec(f"increased-lr-x{k:g}", reconvert(plan, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
-
-
-def constant_plan(plan: Plan, *, lr: Optional[float] = None, batch_size: Optional[int] = None) -> Plan:
-    """One stage at the schedule's starting LR and batch: the control without any schedule."""
-    first = plan.stages[0]
-    stage = Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
-                  first.momentum, temperature=1.0, phase="constant")
-    # the plan's inputs (a copy), and nothing else of it
-    return replace(plan.with_inputs(), stages=[stage], baseline_updates=0, cap={}, warnings=[], notes=[], probe=None)
 
 
 # -- statistics and verdict -----------------------------------------------------------
@@ -446,12 +439,7 @@ def _stamps(out: Path, names) -> dict:
 def batchnorm_warning(model) -> Optional[str]:
     """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
     names = batchnorm_layers(model)
-    if not names:
-        return None
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (f"the model has BatchNorm layers ({shown}): their statistics depend on the batch, so a larger batch, "
-            "and gradient accumulation above --max-micro-batch, change more than the gradient noise; "
-            "the comparison includes that effect (keep a fixed per-device batch, ghost batch norm, to avoid it)")
+    return batchnorm_text(layers=names) if names else None
 
 
 # -- the runs -------------------------------------------------------------------------
@@ -460,9 +448,7 @@ def _check_runs(target, specs: list[RunSpec], resume: bool, out: Optional[Path])
     if resume and out is None:
         raise UserError("--resume needs --out DIR (the checkpoints live there)")
     for spec in specs:
-        if spec.plan.dataset_size != target.dataset_size:
-            raise UserError(f"the {spec.name} plan was made for {spec.plan.dataset_size} training examples but "
-                            f"{target.name} has {target.dataset_size}; re-run convert-schedule for this target")
+        check_dataset_size(spec.plan, target.dataset_size)
 
 
 def run_validation(target, specs: list[RunSpec], options: Optional[ValidateOptions] = None, *, progress=None,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from bsadvisor.core import checks
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.options import ConvertOptions
+from bsadvisor.core.original import check_dataset_size
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.recommend import recommend
 from bsadvisor.core.validate_options import ValidateOptions, check_epochs
@@ -333,10 +334,7 @@ def plan_for(target, plan: Union[Plan, ConvertOptions, TargetOptions, dict, None
     else :func:`bsadvisor.recommend` of the options (completed from the target by :func:`options_for_target`
     when given as a dict or None)."""
     if isinstance(plan, Plan):
-        if plan.dataset_size != target.dataset_size:
-            raise UserError(f"the plan was made for {plan.dataset_size} training examples but {target.name} has "
-                            f"{target.dataset_size}; re-run convert-schedule with --dataset-size "
-                            f"{target.dataset_size}")
+        check_dataset_size(plan, target.dataset_size)
         return plan
     if isinstance(plan, ConvertOptions):  # its noise model goes in as the trace (recommend sets the field from it)
         return recommend(dataclasses.replace(plan, noise_model=None), noise_trace=plan.noise_model)

@@ -18,15 +18,21 @@
 """
 from __future__ import annotations
 
+import collections
 import io
 import os
 import random
+import re
+import sysconfig
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from torch import nn
 
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.fileio import write_atomic
 from bsadvisor.targets.target import Target
 
 LINREG_DIM = 16
@@ -47,8 +53,6 @@ def linreg_truth(weight, w_star, noise: float = LINREG_NOISE) -> tuple[float, fl
 
 
 def linreg(dim: int = LINREG_DIM, size: int = LINREG_SIZE, noise: float = LINREG_NOISE, seed: int = 0) -> Target:
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     w_star = torch.randn(dim, generator=gen, dtype=torch.float64)
     x = torch.randn(size, dim, generator=gen, dtype=torch.float64)
@@ -106,7 +110,6 @@ def mnist1d_arrays(num_samples: int = 40000, seed: int = 42) -> dict[str, np.nda
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    from bsadvisor.core.fileio import write_atomic
 
     write_atomic(path, buf.getvalue())
     return arrays
@@ -115,9 +118,6 @@ def mnist1d_arrays(num_samples: int = 40000, seed: int = 42) -> dict[str, np.nda
 def _mnist1d_task():
     """MNIST-1D as the classification every MNIST-1D builtin trains: (train, test, loss_fn, metric_fn),
     the mean cross-entropy and the held-out accuracy."""
-    import torch
-    from torch import nn
-
     a = mnist1d_arrays()
     train = torch.utils.data.TensorDataset(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]))
     test = torch.utils.data.TensorDataset(torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]))
@@ -134,9 +134,6 @@ def _mnist1d_task():
 
 
 def _mnist1d(model_kind: str, seed: int = 0) -> Target:
-    import torch
-    from torch import nn
-
     train, test, loss_fn, metric_fn = _mnist1d_task()
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -172,8 +169,6 @@ CHARLM_CLIP = 1.0
 
 def charlm_text() -> bytes:
     """The corpus: the CHARLM_FILES that exist here, concatenated (nothing is downloaded)."""
-    import sysconfig
-
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     parts = [(stdlib / name).read_bytes() for name in CHARLM_FILES if (stdlib / name).is_file()]
     text = b"\n".join(parts)
@@ -186,9 +181,6 @@ def charlm_text() -> bytes:
 
 def _char_model(vocab: int, seq_len: int, width: int = 64, heads: int = 4, layers: int = 2):
     """A causal transformer: byte and position embeddings, pre-norm blocks, a linear head."""
-    import torch
-    from torch import nn
-
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
@@ -229,9 +221,6 @@ def charlm(seed: int = 0) -> Target:
     epoch, AdamW, per-step warmup over 8% of the updates then a cosine to a tenth of the
     LR) is in ``metadata``, where ``bsadvisor validate builtin:charlm`` reads it.
     """
-    import torch
-    from torch import nn
-
     data = torch.frombuffer(bytearray(charlm_text()), dtype=torch.uint8).long()
     width = CHARLM_SEQ_LEN + 1
     windows = data[:(CHARLM_TRAIN + CHARLM_EVAL) * width].view(-1, width)
@@ -281,10 +270,8 @@ WORDLM_EPOCHS = 2
 def wordlm_words() -> list[str]:
     """The corpus: pydoc's topic texts (``pydoc_data.topics``, English prose about Python), in key order,
     lower-cased and split into words, numbers and single punctuation marks."""
-    import re
-
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # here: a CPython may lack it, and then only wordlm fails
     except ImportError:  # a CPython built without pydoc_data
         raise UserError("builtin:wordlm needs Python's pydoc_data.topics (part of the standard library); "
                         "is the standard library installed?") from None
@@ -294,10 +281,6 @@ def wordlm_words() -> list[str]:
 
 def _word_windows() -> tuple:
     """(train windows, eval windows, vocabulary size) of the word corpus, ids as a LongTensor."""
-    import collections
-
-    import torch
-
     words = wordlm_words()
     width = WORDLM_SEQ_LEN + 1
     n = len(words) // width
@@ -313,8 +296,6 @@ def _word_windows() -> tuple:
 
 def _word_model(vocab: int, width: int = 64, hidden: int = 128):
     """Word embeddings, a one-layer GRU, a linear head over the vocabulary."""
-    from torch import nn
-
     class WordLM(nn.Module):
         def __init__(self):
             super().__init__()
@@ -332,8 +313,6 @@ def _word_model(vocab: int, width: int = 64, hidden: int = 128):
 
 def _next_token_fns():
     """(loss_fn, metric_fn) of a next-token model: mean cross-entropy, and its negative on held-out text."""
-    from torch import nn
-
     def loss_fn(m, batch):
         x, y = batch
         return nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten())
@@ -353,8 +332,6 @@ def wordlm(seed: int = 0) -> Target:
     ``metadata``: WORDLM_EPOCHS epochs of AdamW (LR 0.003, weight decay 0.01, batch 16), a
     per-step warmup over 8% of the updates then a cosine to a tenth of the LR.
     """
-    import torch
-
     train, test, vocab = _word_windows()
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -382,8 +359,6 @@ MIXER_EPOCHS = 2
 def _mixer_model(length: int = 40, patch: int = MIXER_PATCH, width: int = 32, layers: int = 2, classes: int = 10):
     """An MLP-Mixer (Tolstikhin et al. 2021) for 1-D signals: patches embedded, then blocks that mix
     across tokens and across channels (pre-norm, residual), mean-pooled into a linear head."""
-    from torch import nn
-
     tokens = length // patch
 
     class Block(nn.Module):
@@ -417,8 +392,6 @@ def mixer1d(seed: int = 0) -> Target:
     The recipe in ``metadata``: MIXER_EPOCHS epochs of AdamW (LR 0.002, weight decay 0.01,
     batch 32), a per-step warmup over 8% of the updates then a cosine to a tenth of the LR.
     """
-    import torch
-
     train, test, loss_fn, metric_fn = _mnist1d_task()
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -445,8 +418,6 @@ SORTER_BATCH = 32
 def sorter_data(count: int, seed: int):
     """``count`` sequences of SORTER_LEN numbers drawn uniformly from 0..SORTER_VOCAB-1 (a fixed generator:
     the same data everywhere), followed by their sorted copy: (count, 2·SORTER_LEN) longs."""
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     numbers = torch.randint(0, SORTER_VOCAB, (count, SORTER_LEN), generator=g)
     return torch.cat([numbers, numbers.sort(dim=1).values], dim=1)
@@ -462,9 +433,6 @@ def sorter(seed: int = 0) -> Target:
     weight decay 0.01, batch 32), per-step warmup over 8% of the updates then a cosine to a
     tenth of the LR.
     """
-    import torch
-    from torch import nn
-
     train, test = sorter_data(SORTER_TRAIN, 1234), sorter_data(SORTER_EVAL, 4321)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -58,7 +58,7 @@ def _load_function(spec: str) -> Callable[[], Any]:
                         "or builtin:NAME")
     module_part, func_name = spec.rsplit(":", 1)
     if module_part == "builtin":
-        from bsadvisor.targets.builtins import get_builtin  # here: only builtin targets need numpy
+        from bsadvisor.targets.builtins import get_builtin  # here: it imports torch (a file target loads its own)
 
         return get_builtin(func_name)
     if not func_name.isidentifier():
@@ -123,7 +123,7 @@ def _lightning_target(obj: Any, spec: str) -> Target:
     if len(parts) > 2:
         raise UserError(f"TARGET {spec!r} returned a tuple of {len(parts)}; return a LightningModule or a "
                         "(LightningModule, LightningDataModule) pair")
-    from bsadvisor.integrations.lightning.target import target_from_lightning
+    from bsadvisor.integrations.lightning.target import target_from_lightning  # here: only this loads Lightning
 
     try:
         return target_from_lightning(*parts)

@@ -7,13 +7,14 @@ inside the functions.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY, OPTIMIZERS, SGD_FAMILY
 from bsadvisor.core.errors import UserError
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 #: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 #: Keys of optimizer_kwargs that a Target field (or the plan, per update) sets instead: where each goes.
@@ -58,11 +59,11 @@ class Target:
     @property
     def beta1(self) -> float:
         """The momentum the target trains with: ``momentum``; for Adam at 0, β1 of ``optimizer_kwargs['betas']``
-        or 0.9 (torch's default)."""
-        if self.momentum > 0 or self.optimizer not in ("adam", "adamw"):
+        or ADAM_BETA1 (torch's default)."""
+        if self.momentum > 0 or self.optimizer not in ADAM_FAMILY:
             return float(self.momentum)
         betas = (self.optimizer_kwargs or {}).get("betas")
-        return float(betas[0]) if betas is not None else 0.9
+        return float(betas[0]) if betas is not None else ADAM_BETA1
 
     def recipe(self) -> dict:
         """What the target trains with, as plain data (results.json, the report, a checkpoint's identity):
@@ -77,14 +78,14 @@ class Target:
 
     def make_optimizer(self, params=None, lr: float | None = None, momentum: float | None = None):
         """The torch optimizer this target trains with (SGD family or Adam family)."""
-        import torch
+        import torch  # here: importing Target loads no torch
 
         params = self.model.parameters() if params is None else params
         lr = self.lr if lr is None else lr
         momentum = self.momentum if momentum is None else momentum
         kwargs = dict(self.optimizer_kwargs or {})
         params = self._groups(params)
-        if self.optimizer in ("sgd", "nesterov"):
+        if self.optimizer in SGD_FAMILY:
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=self.weight_decay,
                                    nesterov=self.optimizer == "nesterov" and momentum > 0, **kwargs)
         beta2 = kwargs.pop("betas", (0.9, 0.999))[1]  # β1 is the momentum (the plan's, per update)
@@ -103,7 +104,7 @@ class Target:
     def collate(self, items: list):
         if self.collate_fn is not None:
             return self.collate_fn(items)
-        from torch.utils.data import default_collate
+        from torch.utils.data import default_collate  # here: as torch above
 
         return default_collate(items)
 
@@ -113,7 +114,7 @@ def check_target(target: Any, where: str = "target") -> Target:
     if not isinstance(target, Target):
         raise UserError(f"{where} returned {type(target).__name__}, not a bsadvisor.Target; "
                         "return bsadvisor.Target(model=..., train_dataset=..., loss_fn=..., batch_size=..., lr=...)")
-    import torch
+    import torch  # here: importing Target loads no torch
 
     if not isinstance(target.model, torch.nn.Module):
         raise UserError(f"{where}: model is {type(target.model).__name__}, not a torch.nn.Module")
@@ -169,9 +170,9 @@ def check_target(target: Any, where: str = "target") -> Target:
 
 def _optimizer_class(name: str) -> type:
     """The torch.optim class of an OPTIMIZERS name."""
-    import torch
+    import torch  # here: importing Target loads no torch
 
-    return torch.optim.SGD if name in ("sgd", "nesterov") else torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return torch.optim.SGD if name in SGD_FAMILY else torch.optim.Adam if name == "adam" else torch.optim.AdamW
 
 
 def _plain(value: Any) -> Any:
@@ -188,9 +189,7 @@ def _plain(value: Any) -> Any:
 def _check_recipe(target: Target, where: str) -> None:
     """optimizer_kwargs against the optimizer's signature, param_groups against the model, max_grad_norm and
     precision: each a UserError naming the field."""
-    import inspect
-
-    import torch
+    import torch  # here: importing Target loads no torch
 
     kwargs = target.optimizer_kwargs
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
@@ -254,7 +253,7 @@ def _check_groups(target: Target, where: str) -> None:
 def batchnorm_layers(model) -> list[str]:
     """The names of the model's BatchNorm layers (any ``torch.nn.modules.batchnorm._BatchNorm``, SyncBatchNorm
     too): their statistics depend on the batch, which the probe, advise and validate each have to say."""
-    import torch
+    import torch  # here: importing Target loads no torch
 
     return [name or type(m).__name__ for name, m in model.named_modules()
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

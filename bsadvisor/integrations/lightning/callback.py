@@ -44,6 +44,7 @@ import lightning
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from bsadvisor.core.errors import UserError
@@ -213,8 +214,6 @@ class FollowPlan(pl.Callback):
 
     def _refuse_settings(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """A UserError for a Trainer or module setting that would take the batches out of the plan's hands."""
-        from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-
         if trainer.accumulate_grad_batches != 1:
             raise UserError(f"FollowPlan decides the batch of every update; drop Trainer(accumulate_grad_batches="
                             f"{trainer.accumulate_grad_batches}) and give FollowPlan(plan, max_micro_batch=...) "

@@ -9,10 +9,12 @@ set-up hooks), so it needs none of the Lightning loop internals FollowPlan sets.
 from __future__ import annotations
 
 import functools
+import inspect
+import warnings
 from typing import Any, Optional
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.targets.target import Target
@@ -63,12 +65,8 @@ def target_from_lightning(module: Any, datamodule: Any = None, *, metric: Option
     if trainer is not None:
         settings.update(_trainer_settings(trainer, left_out))
     if left_out:
-        import warnings
-
         warnings.warn(f"{type(module).__name__}: bsadvisor trains without " + "; ".join(left_out)
                       + " (not carried over from Lightning)", UserWarning, stacklevel=2)
-    from torch.utils.data import default_collate
-
     target = Target(model=module, train_dataset=loader.dataset, loss_fn=_lightning_loss,
                     batch_size=batch_size, optimizer=optimizer, name=type(module).__name__,
                     collate_fn=None if loader.collate_fn is default_collate else loader.collate_fn, **settings)
@@ -152,8 +150,6 @@ _FIELDS = ("params", "lr", "momentum", "weight_decay", "nesterov", "initial_lr",
 def _optimizer_kwargs(cls: type, group: dict) -> dict:
     """The group's settings that differ from ``cls``'s defaults and are not a Target field (Adam's β1 is the
     momentum, so ``betas`` is carried only when β2 differs)."""
-    import inspect
-
     defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()}
     kwargs = {}
     for key, value in group.items():

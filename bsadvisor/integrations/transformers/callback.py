@@ -39,6 +39,7 @@ from torch.utils.data import IterableDataset
 from transformers import TrainerCallback
 
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import check_dataset_size
 from bsadvisor.core.plan import Plan
 from bsadvisor.integrations.releases import check_release, installed_version, requirement
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
@@ -231,9 +232,7 @@ class HFFollowPlan(TrainerCallback):
         if loader is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             raise UserError("HFFollowPlan needs a map-style train_dataset (len and [i]), not an IterableDataset: "
                             "the plan counts epochs")
-        if len(dataset) != self.plan.dataset_size:
-            raise UserError(f"the plan was made for {self.plan.dataset_size} training examples but train_dataset has "
-                            f"{len(dataset)}; re-run convert-schedule for this dataset")
+        check_dataset_size(self.plan, len(dataset))
         unit = _micro_unit(args)
         if len(dataset) % unit:
             raise UserError(f"the train_dataset's {len(dataset)} examples are not a multiple of the per-device batch "

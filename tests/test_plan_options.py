@@ -141,3 +141,23 @@ def test_the_advice_documents_are_typed_and_print_as_before():
     assert isinstance(keep, KeepBatchAdvice) and keep.ratio == pytest.approx(keep.b0 / keep.b_noise)
     assert list(keep.to_dict()) == ["b0", "b_noise", "sample", "ratio", "efficiency_at_b0", "noise_cap"]
     assert math.isfinite(keep.efficiency_at_b0) and keep.noise_cap == 4
+
+
+def test_recommend_takes_a_convert_options_that_carries_a_noise_model():
+    """A ConvertOptions built with a noise model (as validate's library call gets one) is recommended as if that
+    model were given as the trace: the same batches and the same B_noise annotation, not a TypeError."""
+    from dataclasses import replace
+
+    import bsadvisor
+    from bsadvisor.core.noise_model import NoiseModel
+
+    model = NoiseModel.from_dict({"source": "probe", "points": [
+        {"sample": 0, "b_simple": 20.0, "lr": 0.05, "momentum": 0.9, "batch_size": 8, "ci90": [15.0, 25.0],
+         "ci_kind": "bounded"}]})
+    options = bsadvisor.ConvertOptions(lr=0.05, batch_size=8, momentum=0.9, dataset_size=3200, epochs=6,
+                                       schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)")
+    want = bsadvisor.recommend(options, noise_trace=model, noise_cap=2)
+    got = bsadvisor.recommend(replace(options, noise_model=model), noise_cap=2)
+    assert got.stage_batch_sizes() == want.stage_batch_sizes()
+    assert [s.extra.get("b_noise") for s in got.stages] == [s.extra.get("b_noise") for s in want.stages]
+    assert all(s.extra.get("b_noise") for s in got.stages)

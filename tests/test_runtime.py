@@ -348,7 +348,7 @@ def test_one_dataset_size_refusal_for_every_path():
 def test_lengths_given_reads_dicts_and_option_objects():
     from types import SimpleNamespace
 
-    from bsadvisor.core.original import LENGTH_OPTIONS, lengths_given
+    from bsadvisor.core.options import LENGTH_OPTIONS, lengths_given
 
     assert LENGTH_OPTIONS == ("epochs", "total_samples", "total_steps")
     assert lengths_given({"epochs": 3, "total_samples": None}) == ["epochs"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
@@ -29,7 +29,6 @@ from bsadvisor.core.declared import Declared, OptionObject, declarations, names,
 from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, MAX_EPOCHS, MAX_SAMPLES,
                                      MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.original import lengths_given
 
 if TYPE_CHECKING:
     from bsadvisor.core.schedules import Schedule
@@ -68,7 +67,8 @@ class ConvertOptions(OptionObject):
     dataset_size: Optional[int] = option(None, _COUNT, "Training-set size N.", groups=("baseline",))
     epochs: Optional[float] = option(
         None, S.Num(low=0, low_open=True, high=MAX_EPOCHS),
-        "Training length E in epochs (fractional allowed: 0.5 is half a pass).", groups=("advise", "validate", "baseline"),
+        "Training length E in epochs (fractional allowed: 0.5 is half a pass).",
+        groups=("advise", "validate", "baseline", "length"),
         # a plan file's length is refused on its stages, where the message names the sample past MAX_EPOCHS
         recorded=S.Num(low=0, low_open=True))
     # None: DEFAULTS["momentum"] for SGD, ADAM_BETA1 (β1) for the Adam family
@@ -120,10 +120,12 @@ class ConvertOptions(OptionObject):
         "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
     total_samples: Optional[int] = option(
         None, S.Int(low=1, high=MAX_SAMPLES),
-        "Training length in samples (examples consumed), instead of --epochs.", groups=("validate", "baseline"))
+        "Training length in samples (examples consumed), instead of --epochs.",
+        groups=("validate", "baseline", "length"))
     total_steps: Optional[int] = option(
         None, S.Int(low=1, high=MAX_SAMPLES),
-        "Training length in updates of the original run at B0, instead of --epochs.", groups=("validate", "baseline"))
+        "Training length in updates of the original run at B0, instead of --epochs.",
+        groups=("validate", "baseline", "length"))
     streaming: bool = option(
         False, S.Bool(), "Every example is fresh (a data stream, or one pass or less): the temperature uses N → ∞ and "
         "the N/10 cap does not apply; --dataset-size may be left out.", groups=("baseline",))
@@ -325,7 +327,7 @@ CONVERSION_OPTIONS: dict[str, Declared] = {**declarations(ConvertOptions), **PLA
 #: What plan_from_options takes besides the conversion options: the probe and the device layout.
 PROBE_OPTIONS = names(CONVERSION_OPTIONS, "probe")
 #: The conversion options plan_from_options passes on as given (it derives the others from the probe).
-PLAN_OPTIONS = tuple(name for name in OPTION_NAMES if name not in PROBE_OPTIONS + ("noise_cap_batch",))
+PLAN_OPTIONS = tuple(name for name in OPTION_NAMES if name not in PROBE_OPTIONS + ("noise_cap_batch", "noise_model"))
 #: What the probe does not take from advise's options: how the plan is spread over devices and capped.
 AFTER_PROBE = names(CONVERSION_OPTIONS, "after_probe")
 #: What a baseline plan (core.baseline) records of its options.
@@ -337,3 +339,11 @@ def recorded_specs() -> dict[str, S.Field]:
     """What a plan file's ``inputs`` may hold for each conversion option (a null too: not given), from its
     declaration (core.plan.INPUTS_SPEC)."""
     return {name: S.opt(d.file_spec()) for name, d in CONVERSION_OPTIONS.items() if d.file_spec() is not None}
+#: The options that give the original run's length; a run gives exactly one (ConvertOptions checks it).
+LENGTH_OPTIONS = names(CONVERSION_OPTIONS, "length")
+
+
+def lengths_given(options: Any) -> list[str]:
+    """The LENGTH_OPTIONS that ``options`` (a dict of options, or an options object) gives, in that order."""
+    get = options.get if isinstance(options, Mapping) else (lambda name: getattr(options, name, None))
+    return [name for name in LENGTH_OPTIONS if get(name) is not None]

@@ -16,20 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.schedules import Schedule
-
-#: The options that give the original run's length; a run gives exactly one (ConvertOptions checks it).
-LENGTH_OPTIONS = ("epochs", "total_samples", "total_steps")
-
-
-def lengths_given(options: Any) -> list[str]:
-    """The LENGTH_OPTIONS that ``options`` (a dict of options, or an options object) gives, in that order."""
-    get = options.get if isinstance(options, Mapping) else (lambda name: getattr(options, name, None))
-    return [name for name in LENGTH_OPTIONS if get(name) is not None]
-
 
 def check_dataset_size(plan: Any, dataset_size: Optional[int]) -> None:
     """The one refusal of a plan (a :class:`~bsadvisor.core.plan.Plan`) made for another data set: its stages are

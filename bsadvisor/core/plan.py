@@ -24,8 +24,8 @@ from bsadvisor.core.defaults import ADAM_FAMILY, MAX_EPOCHS, MAX_SAMPLES
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.fileio import check_schema, json_safe, read_json, write_atomic
 from bsadvisor.core.noise_model import NoiseModel
-from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
-from bsadvisor.core.original import OriginalRun, lengths_given, updates_per_stage
+from bsadvisor.core.options import OPTION_NAMES, ConvertOptions, lengths_given
+from bsadvisor.core.original import OriginalRun, updates_per_stage
 from bsadvisor.core.schedules import parse_schedule
 from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 

@@ -42,7 +42,9 @@ def _keywords(options: Union[ConvertOptions, dict, None], keywords: dict[str, An
     if isinstance(options, ConvertOptions):  # its world_size counts above 1 (1 may be a probe's to say)
         options = {**{name: getattr(options, name) for name in OPTION_NAMES if name in PLAN_OPTIONS},
                    "world_size": options.world_size if options.world_size > 1 else None,
-                   "micro_batch": options.micro_batch}
+                   "micro_batch": options.micro_batch,
+                   # its noise model is a measured trace: given as one (a trace keyword still wins)
+                   **({"noise_trace": options.noise_model} if options.noise_model is not None else {})}
     return {**(options or {}), **{k: v for k, v in keywords.items() if v is not None or k not in (options or {})}}
 
 

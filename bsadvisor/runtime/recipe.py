@@ -14,7 +14,7 @@ from typing import Any, Optional
 from bsadvisor.core import checks
 from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.original import lengths_given
+from bsadvisor.core.options import lengths_given
 from bsadvisor.core.schedules import Schedule, parse_schedule
 from bsadvisor.core.validate_options import check_epochs
 from bsadvisor.targets.target import batchnorm_layers

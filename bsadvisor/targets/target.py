@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, raised, user_code
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 #: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
@@ -123,13 +123,11 @@ def check_target(target: Any, where: str = "target") -> Target:
         raise UserError(f"{where}: the model is on the meta device (its weights have no values); create it on "
                         "a real device, or call model.to_empty(device='cpu') and initialise the weights")
     try:
-        n = len(target.train_dataset)
+        with user_code(lambda exc: f"{where}: len(train_dataset) raised {raised(exc, limit=200)}; its __len__ must "
+                                   "return the number of examples", catch=(Exception,), let_through=(TypeError,)):
+            n = len(target.train_dataset)  # the user's __len__ may raise, or return a negative number
     except TypeError:
         raise UserError(f"{where}: train_dataset has no len(); use a map-style Dataset") from None
-    except Exception as exc:  # noqa: BLE001 -- the user's __len__ raised, or returned a negative number
-        raise UserError(f"{where}: len(train_dataset) raised {type(exc).__name__}: "
-                        f"{(str(exc).splitlines() or [''])[0][:200]}; its __len__ must return the number of "
-                        "examples") from None
     if n == 0:
         raise UserError(f"{where}: train_dataset is empty")
     if n > MAX_DATASET_SIZE:
@@ -137,11 +135,9 @@ def check_target(target: Any, where: str = "target") -> Target:
                         f"(at most {MAX_DATASET_SIZE:,}: each epoch is a permutation of every index, 8 bytes each); "
                         "check its __len__, or train on a subset")
     if target.eval_dataset is not None:
-        try:
+        with user_code(lambda exc: f"{where}: len(eval_dataset) raised {type(exc).__name__}; its __len__ must "
+                                   "return the number of examples", catch=(Exception,), let_through=()):
             len(target.eval_dataset)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{where}: len(eval_dataset) raised {type(exc).__name__}; its __len__ must return the "
-                            "number of examples") from None
     if not isinstance(target.metadata, dict):
         raise UserError(f"{where}: metadata must be a dict (such as {{'schedule': ..., 'epochs': ...}}), got "
                         f"{type(target.metadata).__name__}")

@@ -27,6 +27,9 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as tdist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.func import functional_call, grad, vmap
 
 from bsadvisor.runtime.batches import map_tensors
 from bsadvisor.runtime.step import sq_norm
@@ -100,8 +103,6 @@ class PerExampleGradients:
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable[[Any, Any], Any]):
-        from torch.func import functional_call, grad, vmap
-
         self.model = copy.deepcopy(model)
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
@@ -192,8 +193,6 @@ class ReplicaTally:
     def comm_hook(self, process_group, bucket):
         """Adds the bucket's squared norm (this rank's gradient) to the update's tally, then all-reduces
         as DDP's default hook does."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
         local = bucket.buffer().detach().to(torch.float64).square().sum()  # on the device: no sync here
         self.local = local if self.local is None else self.local + local
         return allreduce_hook(process_group, bucket)
@@ -208,8 +207,6 @@ class ReplicaTally:
         gradients carry; ``big_sq_norm``: the averaged gradient's squared norm (unscaled, before
         clipping) when ``.grad`` no longer holds it.
         """
-        import torch.distributed as tdist
-
         local, self.local = self.local, None
         world = tdist.get_world_size()
         tally = torch.zeros(3, dtype=torch.float64)

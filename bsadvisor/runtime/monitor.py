@@ -40,12 +40,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import scipy.special  # noqa: F401  (the interval's t quantile: loaded here, never on the monitor's clock)
 import torch
 
 from bsadvisor.core import noise as noise_stats
 from bsadvisor.core import checks
 from bsadvisor.core.errors import ArgumentTypeError, UserError
-from bsadvisor.core.fileio import json_safe
+from bsadvisor.core.fileio import json_safe, write_json
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
@@ -125,7 +126,6 @@ class NoiseMonitor:
         self.device = device
         self.recipe = StepRecipe()  # the training's (train_plan sets it): the extra draws' autocast and loss scale
         self.generator = torch.Generator().manual_seed(self.settings.seed)
-        import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
         self._accumulated = AccumulatedDraws(self.params)
         self._replicas = ReplicaTally(self.params)
@@ -410,8 +410,6 @@ class NoiseMonitor:
 
     def save(self, path) -> None:
         """Write :meth:`trace` to ``path`` atomically."""
-        from bsadvisor.core.fileio import write_json
-
         write_json(path, self.trace())
 
     def state_dict(self) -> dict:

@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from bsadvisor.core import checks
 from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.schedules import Schedule, parse_schedule
+from bsadvisor.core.validate_options import check_epochs
+from bsadvisor.targets.target import batchnorm_layers
 
 
 def _length_given(epochs: Optional[float], kw: dict) -> bool:
@@ -31,9 +35,6 @@ def apply_recipe(target, schedule: Optional[str], epochs: Optional[float],
     recipe = getattr(target, "metadata", None) or {}
     if schedule is not None or _length_given(epochs, kw) or not recipe.get("schedule"):
         return schedule, epochs, None
-    from bsadvisor.core import checks
-    from bsadvisor.core.validate_options import check_epochs
-
     if not isinstance(recipe["schedule"], str):
         raise UserError(f"{target.name}'s metadata['schedule'] must be a schedule text such as "
                         f"'MultiStepLR(milestones=[30], gamma=0.1)', got {checks.show(recipe['schedule'])}")
@@ -66,8 +67,6 @@ class TargetOptions:
 
 def _table_sets_momentum(schedule: Any) -> bool:
     """Whether ``schedule`` is a CSV table with a momentum column (ConvertOptions takes the momentum from it)."""
-    from bsadvisor.core.schedules import Schedule, parse_schedule
-
     if schedule is None:
         return False
     try:
@@ -85,8 +84,6 @@ def options_for_target(target, given: Optional[dict[str, Any]] = None) -> Target
     are always the target's; schedule, epochs, schedule_unit and seq_len come from the target's
     recipe when neither a schedule nor a length is given (:func:`apply_recipe`).
     """
-    from bsadvisor.targets.target import batchnorm_layers
-
     given = dict(given or {})
     kw = dict(given)
     kw["schedule"], kw["epochs"], note = apply_recipe(target, kw.get("schedule"), kw.get("epochs"), kw)

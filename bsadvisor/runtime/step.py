@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from bsadvisor.core import checks
@@ -33,8 +34,6 @@ def sq_norm(tensors) -> torch.Tensor:
 def _ddp_dist(model: torch.nn.Module) -> Dist:
     """The process group ``model`` trains in if it is wrapped in DistributedDataParallel, else ``Dist()``."""
     if isinstance(model, DistributedDataParallel):
-        import torch.distributed as tdist
-
         return Dist(rank=tdist.get_rank(), world_size=tdist.get_world_size(), backend=str(tdist.get_backend()))
     return Dist()
 

@@ -225,3 +225,44 @@ def test_user_code_may_raise_another_exception_type():
 
 def test_run_state_is_a_public_name():
     assert bsadvisor.RunState is RunState
+
+
+def test_the_run_documents_are_frozen_typed_and_write_the_json_they_always_wrote():
+    import dataclasses
+    import json
+
+    from bsadvisor.runtime.documents import EpochRecord, EvalPoint, NoisePoint, SkippedStep, StepRecord
+
+    rec = EpochRecord(epoch=1, batch_size=32, lr=0.1, momentum=0.9, train_loss=0.5, metric=None, updates=8,
+                      examples=256, wall_s=1.5)
+    assert list(rec.to_dict()) == ["epoch", "batch_size", "lr", "momentum", "train_loss", "metric", "updates",
+                                   "examples", "wall_s"]  # "diverged" only when set
+    bad = dataclasses.replace(rec, train_loss=math.inf, diverged=True)
+    assert bad.to_dict()["diverged"] is True and bad["diverged"] and rec.get("diverged") is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.lr = 1.0
+    point = NoisePoint(sample=64, update=2, b_simple=100.0, ci90=(50.0, None), ci_kind="lower", trace_sigma=1.0,
+                       grad_sq_norm=0.01, draws=8, micro_batch=8, big_batch=64, lr=0.1, momentum=0.0, batch_size=32,
+                       how="draws", seconds=0.25)
+    text = json.dumps(point.to_dict())
+    assert text.startswith('{"sample": 64, "update": 2, "b_simple": 100.0, "ci90": [50.0, null], "ci_kind"')
+    assert NoisePoint.from_dict(json.loads(text)) == point and point.ci90 == (50.0, None)
+    assert point == json.loads(text) and point["ci90"] == [50.0, None]  # read as the dict it replaces
+    for doc in (StepRecord(samples=0, batch_size=32, lr=0.1, momentum=0.9),
+                SkippedStep(samples=32, update=1, loss_scale=65536.0),
+                EvalPoint(point=40, samples=64, epoch=0.25, updates=2, batch_size=32, train_loss=None, metric=0.5,
+                          wall_s=0.1)):
+        assert type(doc).from_dict(doc.to_dict()) == doc and dict(doc) == doc.to_dict()
+
+
+def test_a_runs_records_are_documents_and_its_json_their_to_dict():
+    from bsadvisor.runtime.documents import EpochRecord, NoisePoint, StepRecord
+
+    target = _dropout_target()
+    r = train_plan(target, _plan(target), seed=0, max_micro_batch=4, noise_monitor={"window": 2})
+    assert all(isinstance(h, EpochRecord) for h in r.history) and isinstance(r.steps[0], StepRecord)
+    assert r.noise_trace and all(isinstance(p, NoisePoint) and p.how == "accumulation" for p in r.noise_trace)
+    doc = r.to_dict()
+    assert doc["history"] == [h.to_dict() for h in r.history] and type(doc["history"][0]) is dict
+    assert doc["noise_trace"][0]["ci90"] == list(r.noise_trace[0].ci90)
+    assert doc["final_train_loss"] == r.history[-1].train_loss and doc["updates"] == r.final.updates

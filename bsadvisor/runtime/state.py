@@ -23,6 +23,7 @@ import torch
 
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.documents import EpochRecord, EvalPoint, NoisePoint, SkippedStep, StepRecord
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.runtime.precision import StepRecipe
 from bsadvisor.runtime.rng import get_state as get_rng_state, set_state as set_rng_state
@@ -35,21 +36,23 @@ MAX_STEP_RECORDS = 2000
 
 @dataclass
 class RunResult:
-    """One run: its name, seed and per-epoch history (the last entry holds the finals)."""
+    """One run: its name, seed and per-epoch history (the last entry holds the finals); its records are typed
+    documents (runtime/documents.py), ``to_dict()`` the run's JSON in results.json."""
 
     name: str
     seed: int
-    history: list[dict] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)  # {samples, batch_size, lr, momentum} of (every k-th) update
-    evals: list[dict] = field(default_factory=list)  # the curve: metric and loss at ``evals`` places of the run
-    noise_trace: list[dict] = field(default_factory=list)  # the NoiseMonitor's points (runtime/monitor.py)
+    history: list[EpochRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)  # the batch, LR and momentum of (every k-th) update
+    evals: list[EvalPoint] = field(default_factory=list)  # the curve: metric and loss at ``evals`` places of the run
+    noise_trace: list[NoisePoint] = field(default_factory=list)  # the NoiseMonitor's points (runtime/monitor.py)
     plan_updates: int = 0
     resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
     diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
-    skipped_steps: list[dict] = field(default_factory=list)  # {samples, update, loss_scale}: steps a GradScaler skipped
+    skipped_steps: list[SkippedStep] = field(default_factory=list)  # steps a GradScaler skipped
 
     @property
-    def final(self) -> dict:
+    def final(self) -> EpochRecord | dict:
+        """The last epoch's record (``{}`` before any)."""
         return self.history[-1] if self.history else {}
 
     def to_dict(self) -> dict:
@@ -57,8 +60,13 @@ class RunResult:
         return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
                 "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
                 "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
-                "history": self.history, "steps": self.steps, "evals": self.evals,
-                "noise_trace": self.noise_trace, "skipped_steps": self.skipped_steps}
+                "history": _dicts(self.history), "steps": _dicts(self.steps), "evals": _dicts(self.evals),
+                "noise_trace": _dicts(self.noise_trace), "skipped_steps": _dicts(self.skipped_steps)}
+
+
+def _dicts(documents: list) -> list[dict]:
+    """The JSON of a list of documents."""
+    return [d.to_dict() for d in documents]
 
 
 class Stopwatch:
@@ -145,10 +153,11 @@ class RunState:
         result = self.result
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng,
-                "history": result.history, "steps": result.steps, "evals": result.evals, "since": dict(self.since),
-                "partial": dict(self.partial),
+                "history": _dicts(result.history), "steps": _dicts(result.steps), "evals": _dicts(result.evals),
+                "since": dict(self.since), "partial": dict(self.partial),
                 "monitor": self.monitor.state_dict() if self.monitor is not None else None,
-                "scaler": self.recipe.state_dict(), "skipped_steps": result.skipped_steps,  # fp16: the loss scale
+                "scaler": self.recipe.state_dict(),  # fp16: the loss scale
+                "skipped_steps": _dicts(result.skipped_steps),
                 "totals": {"updates": self.updates, "examples": self.examples, "wall_s": self.wall}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -160,10 +169,10 @@ class RunState:
         rng = state["rng"]
         set_rng_state(rng[self.dist.rank] if isinstance(rng, list) else rng)
         result = self.result
-        result.skipped_steps = [dict(rec) for rec in state.get("skipped_steps", [])]
-        result.history = [dict(rec) for rec in state["history"]]
-        result.steps = [dict(rec) for rec in state.get("steps", [])]
-        result.evals = [dict(rec) for rec in state.get("evals", [])]
+        result.skipped_steps = [SkippedStep.from_dict(rec) for rec in state.get("skipped_steps", [])]
+        result.history = [EpochRecord.from_dict(rec) for rec in state["history"]]
+        result.steps = [StepRecord.from_dict(rec) for rec in state.get("steps", [])]
+        result.evals = [EvalPoint.from_dict(rec) for rec in state.get("evals", [])]
         self.since = dict(state.get("since") or {"loss_sum": 0.0, "seen": 0})
         self.partial = dict(state.get("partial") or {})
         if self.monitor is not None and state.get("monitor") is not None:

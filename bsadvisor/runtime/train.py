@@ -45,6 +45,7 @@ from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime import checkpoint as ckpt
 from bsadvisor.runtime.batches import make_gather, split_share
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.documents import EpochRecord, EvalPoint, SkippedStep, StepRecord
 from bsadvisor.runtime.evaluation import eval_points, evaluate
 from bsadvisor.runtime.monitor import NoiseMonitor
 from bsadvisor.runtime.precision import StepRecipe
@@ -128,8 +129,8 @@ class _Training:
 
 def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = None, *,
                init_state: Optional[dict] = None, dist: Optional[Dist] = None,
-               on_epoch: Optional[Callable[[dict], None]] = None, on_step: Optional[Callable[[int], None]] = None,
-               **settings: Any) -> RunResult:
+               on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+               on_step: Optional[Callable[[int], None]] = None, **settings: Any) -> RunResult:
     """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
     How it trains is ``options`` (a ``TrainOptions``), or its fields as keywords
@@ -215,7 +216,7 @@ def _set_up(target: Target, plan: Plan, name: str, seed: int, dist: Dist, dev: O
     return _Training(target=target, name=name, device=dev, checkpoint=checkpoint, meta=meta, state=state)
 
 
-def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
+def _resume(run: _Training, on_epoch: Optional[Callable[[EpochRecord], None]]) -> int:
     """Continue from the run's checkpoint, if there is one; the first epoch still to train.
 
     A checkpoint of another run (process count, architecture, plan, seed or settings) is
@@ -230,8 +231,8 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
                                "or --overwrite", catch=(Exception,)):
         ckpt.restore(ckpt_path, run.state, doc)
     start = result.resumed_from = len(result.history)
-    if result.history and result.history[-1].get("diverged"):
-        result.diverged_at, start = result.history[-1]["epoch"], run.plan.full_epochs
+    if result.history and result.history[-1].diverged:
+        result.diverged_at, start = result.history[-1].epoch, run.plan.full_epochs
     for rec in result.history:
         if on_epoch:
             on_epoch(rec)
@@ -298,8 +299,8 @@ def _book_update(run: _Training, monitor: Optional[NoiseMonitor], part: dict, lo
     state = run.state
     skipped = state.recipe.skipped
     if skipped:  # inf/NaN gradients under fp16: reported in skipped_steps, not counted as an update
-        state.result.skipped_steps.append({"samples": sample, "update": state.updates,
-                                           "loss_scale": state.recipe.last_scale})
+        state.result.skipped_steps.append(SkippedStep(samples=sample, update=state.updates,
+                                                      loss_scale=state.recipe.last_scale))
         if state.monitor is not None:
             state.monitor.discard_update()
     else:
@@ -330,7 +331,7 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
     state = run.state
     lr, momentum = state.scheduler.get_last_lr()[0], state.scheduler.get_last_momentum()[0]
     if state.updates % stride == 0:
-        state.result.steps.append({"samples": sample, "batch_size": batch, "lr": lr, "momentum": momentum})
+        state.result.steps.append(StepRecord(samples=sample, batch_size=batch, lr=lr, momentum=momentum))
     monitor = _monitor_for(state, batch, max_micro_batch)
     if monitor is None and state.monitor is not None and not state.dist.enabled:  # extra draws, within budget
         stage_batch = run.plan.at_sample(sample).batch_size  # not a short last batch of an epoch
@@ -366,16 +367,16 @@ def _monitor_for(state: RunState, batch: int, max_micro_batch: Optional[int]) ->
     return state.monitor
 
 
-def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool, eval_batch_size: int) -> dict:
+def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool,
+                  eval_batch_size: int) -> EpochRecord:
     """Evaluate (not after a divergence: the metric is NaN) and add the epoch's record to the history."""
     state = run.state
     metric = math.nan if diverged else _evaluate_at(run, epoch, eval_batch_size)
     setting = run.plan.at(epoch)
-    rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
-           "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
-           "updates": state.updates, "examples": state.examples, "wall_s": state.wall}
+    rec = EpochRecord(epoch=epoch + 1, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum,
+                      train_loss=train_loss, metric=metric, updates=state.updates, examples=state.examples,
+                      wall_s=state.wall, diverged=diverged)
     if diverged:
-        rec["diverged"] = True
         state.result.diverged_at = epoch + 1
     else:
         _add_eval_points(state, min((epoch + 1) * run.plan.dataset_size, run.plan.total_samples), metric)
@@ -408,12 +409,12 @@ def _add_eval_points(state: RunState, position: int, metric: Optional[float]) ->
     result, plan = state.result, state.plan
     while len(result.evals) < len(state.eval_at) and state.eval_at[len(result.evals)] <= position:
         since = state.since
-        result.evals.append({
-            "point": state.eval_at[len(result.evals)],  # where it was due; "samples": the update that reached it
-            "samples": position, "epoch": position / plan.dataset_size, "updates": state.updates,
-            "batch_size": plan.at_sample(max(position - 1, 0)).batch_size,
-            "train_loss": since["loss_sum"] / since["seen"] if since["seen"] else None,
-            "metric": metric, "wall_s": state.wall})
+        result.evals.append(EvalPoint(
+            point=state.eval_at[len(result.evals)],  # where it was due; samples: the update that reached it
+            samples=position, epoch=position / plan.dataset_size, updates=state.updates,
+            batch_size=plan.at_sample(max(position - 1, 0)).batch_size,
+            train_loss=since["loss_sum"] / since["seen"] if since["seen"] else None,
+            metric=metric, wall_s=state.wall))
         state.since = {"loss_sum": 0.0, "seen": 0}
 
 

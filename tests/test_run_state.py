@@ -266,3 +266,26 @@ def test_a_runs_records_are_documents_and_its_json_their_to_dict():
     assert doc["history"] == [h.to_dict() for h in r.history] and type(doc["history"][0]) is dict
     assert doc["noise_trace"][0]["ci90"] == list(r.noise_trace[0].ci90)
     assert doc["final_train_loss"] == r.history[-1].train_loss and doc["updates"] == r.final.updates
+
+
+def test_user_code_keeps_no_frame_of_the_failed_call_alive():
+    import gc
+    import weakref
+
+    seen = []
+
+    def step():
+        activations = torch.ones(1000)  # what a failed probe step holds (memory an OOM trial must get back)
+        seen.append(weakref.ref(activations))
+        raise RuntimeError("CUDA out of memory")
+
+    try:
+        with user_code(lambda exc: f"loss_fn raised {raised(exc)}"):
+            step()
+    except UserError as exc:
+        error = exc
+    gc.disable()  # freed by reference counting, not by a collection later
+    try:
+        assert seen[0]() is None and str(error) == "loss_fn raised RuntimeError: CUDA out of memory"
+    finally:
+        gc.enable()

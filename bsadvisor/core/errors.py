@@ -90,5 +90,6 @@ class user_code:
             return False
         error = self.message(exc)
         error = UserError(error) if isinstance(error, str) else error
-        exc.__traceback__ = tb = None  # the user's frames (and their tensors) go now, not with the new error
+        exc.__traceback__ = None  # the user's frames (and their tensors) go now, not with the new error
+        del tb
         raise error from None

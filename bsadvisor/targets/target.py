@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from bsadvisor.core.errors import UserError, raised, user_code
+from bsadvisor.core.errors import UserError, first_line, raised, user_code
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 #: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
@@ -211,14 +211,12 @@ def _check_recipe(target: Target, where: str) -> None:
                             "disagree; Adam's β1 is the momentum: give one of them")
     if target.param_groups is not None:
         _check_groups(target, where)
-    try:  # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in
+    # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in; torch's
+    # ValueError / TypeError names the value
+    with user_code(lambda exc: f"{where}: torch.optim.{cls.__name__} refused optimizer_kwargs {_plain(kwargs)}: "
+                               f"{first_line(exc)[:200]}", catch=(Exception,)):
         if (kwargs or target.param_groups) and type(target).make_optimizer is Target.make_optimizer:
             target.make_optimizer([torch.zeros(1, requires_grad=True)] if not target.param_groups else None)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- torch's ValueError / TypeError names the value
-        raise UserError(f"{where}: torch.optim.{cls.__name__} refused optimizer_kwargs {_plain(kwargs)}: "
-                        f"{(str(exc).splitlines() or [''])[0][:200]}") from None
     clip = target.max_grad_norm
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
                              or clip <= 0):

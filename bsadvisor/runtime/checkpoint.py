@@ -1,5 +1,9 @@
 """The checkpoint format of bsadvisor's loop (runtime/train.py): what is written, read back, and refused.
 
+A checkpoint is the run's ``RunState.state_dict()`` (runtime/state.py) with the run's ``meta``
+and a digest; this module writes it, reads it, checks it against the plan, the target and the
+seed, and hands it to ``RunState.load_state_dict``. It knows nothing else of the training loop.
+
 Checkpoints hold only tensors, plain containers, numbers and strings, and are read with
 ``torch.load(..., weights_only=True)``: a crafted checkpoint cannot run code (a pickle's
 ``__reduce__`` is refused, not called). A checkpoint records what identifies its run (the

@@ -132,11 +132,10 @@ class RunState:
     examples: int = 0
     partial: dict = field(default_factory=dict)
     since: dict = field(default_factory=lambda: {"loss_sum": 0.0, "seen": 0})
-    stopwatch: Stopwatch = None  # type: ignore[assignment]  # set in __post_init__: it reads the monitor
+    stopwatch: Stopwatch = field(init=False)  # the run's training time, the monitor's draws left out
 
     def __post_init__(self) -> None:
-        if self.stopwatch is None:
-            self.stopwatch = Stopwatch(self._monitor_seconds, dist=self.dist)
+        self.stopwatch = Stopwatch(self._monitor_seconds, dist=self.dist)
 
     def _monitor_seconds(self) -> float:
         """Seconds the monitor's extra draws have taken in this run (kept out of its wall time)."""

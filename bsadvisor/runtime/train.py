@@ -16,8 +16,10 @@ only tensors, plain containers, numbers and strings, and are read without runnin
 checkpoint of another run (another model, schedule, plan or settings) is refused.
 Evaluation and the curve's positions are runtime/evaluation.py's.
 
-Wall time counts training steps only (not evaluation or checkpoint writes), so the
-comparison between runs is about the training itself.
+Wall time counts training steps only (not evaluation, checkpoint writes or the noise
+monitor's extra draws: the run's Stopwatch, runtime/state.py), so the comparison between
+runs is about the training itself. The run's state (its parts, totals and records) is a
+``RunState`` with ``state_dict()`` / ``load_state_dict()``: what a checkpoint holds.
 
 Under torchrun (``dist`` enabled) the model is wrapped in DistributedDataParallel and
 every rank walks the same global batches, training on its share (runtime/step.py, train_step):

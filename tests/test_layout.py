@@ -328,3 +328,26 @@ def test_no_function_outside_cli_takes_more_than_12_parameters():
                  if EXEMPT_FROM_PARAMETER_COUNT not in path.parents and parameter_count(node) > MAX_PARAMETERS]
     assert not offenders, (f"over {MAX_PARAMETERS} parameters outside bsadvisor/cli/ (pass an options object "
                            "instead):\n" + "\n".join(offenders))
+
+
+# ---------------------------------------------------------------------------- a plan's inputs
+#: The one module that reads a plan's recorded ``inputs``: everyone else reads the typed ``Plan.options``.
+INPUTS_OWNER = "bsadvisor.core.plan"
+
+
+def inputs_reads(tree: ast.AST) -> list[int]:
+    """The lines where ``tree`` reads an attribute ``.inputs`` (of anything: a plan, a copy, ``self``)."""
+    return sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "inputs")
+
+
+def test_inputs_reads_finds_one():
+    tree = ast.parse("a = plan.inputs.get('lr')\nb = Plan(inputs={})\nc = x.inputs['k']\nd = replace(p, inputs=q)\n")
+    assert inputs_reads(tree) == [1, 3]
+
+
+def test_no_inputs_read_outside_the_plan_module():
+    """A plan's ``inputs`` are read in core/plan.py only (``Plan.options`` types, checks and migrates them); a
+    reader elsewhere would bring back the private fallback defaults that made two readers disagree."""
+    offenders = [f"{MODULES[name].relative_to(ROOT)}:{line}" for name in MODULES if name != INPUTS_OWNER
+                 for line in inputs_reads(parse(name))]
+    assert not offenders, "reads .inputs outside core/plan.py (use Plan.options):\n" + "\n".join(offenders)

@@ -44,7 +44,7 @@ def test_a_noise_cap_below_the_batch_is_not_reached():
 @pytest.mark.parametrize("ratio,text", [(3.0, "3.00× fewer updates"), (0.86, "1.16× more updates"),
                                         (1.0, "1.00× fewer updates")])
 def test_a_slower_plan_says_more_not_less(ratio, text):
-    from bsadvisor.cli.validate import _ratio_text
+    from bsadvisor.cli.render import ratio_text as _ratio_text
 
     assert _ratio_text(ratio, "fewer updates", "more updates") == text
 
@@ -55,7 +55,7 @@ def test_the_verdict_line_of_a_slower_plan():
     from rich.console import Console
 
     import bsadvisor.cli  # noqa: F401
-    from bsadvisor.cli.validate import _print_verdict
+    from bsadvisor.cli.render import print_verdict as _print_verdict
 
     v = {"status": "accepted", "reference": "original", "candidate": "plan", "reason": None, "difference": 0.001,
          "interval": [-0.001, 0.003], "paired": [0.001] * 5, "sd": 0.001, "margin": 0.005,

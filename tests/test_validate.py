@@ -690,3 +690,120 @@ def _doc_run(metrics):
             "summary": {"metric_mean": sum(metrics) / len(metrics), "metric_sd": 0.0, "final_train_loss_mean": 1.0,
                         "final_train_loss_sd": 0.0, "updates": 10, "examples": 320, "wall_s_mean": 1.0,
                         "wall_s_sd": 0.0}}
+
+
+# -- the library call: bsadvisor.validate and its Validation ------------------------------------
+def _without_clock(doc):
+    """A results document with the wall-clock readings (and the ratio of two) blanked: what two runs of the same
+    inputs cannot share."""
+    if isinstance(doc, dict):
+        return {k: None if ("wall" in k or k == "seconds") else _without_clock(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_without_clock(v) for v in doc]
+    return doc
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("validate-accepted")
+def test_the_library_call_returns_what_validate_json_prints(accepted, tmp_path):
+    """bsadvisor.validate on the inputs of ``accepted`` (3 seeds, variants, --max-fraction 0.5, --tolerance 5%):
+    its Validation's to_dict() is the document `validate --json` printed (but for the clock and the plots,
+    which only --out writes); written, results.json is that document with the plots, and report.md the same
+    report the CLI wrote."""
+    import re
+
+    import bsadvisor
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.targets.loading import load_target
+
+    cli = strict_json(accepted.run.stdout)
+    plan = {"schedule": SCHEDULE[1], "epochs": float(SCHEDULE[3]), "max_fraction": 0.5}
+    got = bsadvisor.validate(load_target(accepted.target), plan, bsadvisor.ValidateOptions(seeds=3, variants=True,
+                                                                                          tolerance="5%"))
+    assert isinstance(got, bsadvisor.Validation) and got.status == "accepted" and got.plots is None
+    assert list(got.runs) == list(cli["runs"])
+    assert _without_clock(got.to_dict()) == _without_clock({k: v for k, v in cli.items() if k != "plots"})
+    assert got.verdict.margin == cli["verdict"]["margin"] and got.runs["plan"].summary.updates == \
+        cli["runs"]["plan"]["summary"]["updates"]
+    assert bsadvisor.Validation.from_dict(got.to_dict()) == got  # the document reads back whole
+
+    written = got.write(tmp_path / "lib")
+    assert written.plots == tuple(cli["plots"])
+    assert json.loads((tmp_path / "lib" / "results.json").read_text()) == written.to_dict()
+    clock = re.compile(r"\| [0-9.]+ \|$", re.M)  # the wall-s column
+    assert clock.sub("|", (tmp_path / "lib" / "report.md").read_text()) == \
+        clock.sub("|", (accepted.out / "report.md").read_text())
+    with pytest.raises(UserError, match="holds an earlier run's results"):
+        got.write(tmp_path / "lib")  # no second write over the first without overwrite
+    assert got.write(tmp_path / "lib", overwrite=True).plots == written.plots
+
+
+def test_validation_write_refuses_a_foreign_file_as_the_cli_does(tiny, tmp_path):
+    """A file of the user's with a name validate writes (report.md, no manifest naming it): Validation.write
+    refuses with the line the CLI prints for the same --out, and leaves the folder as it was."""
+    from hostile import Snapshot, assert_one_line_error
+
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.runtime.validation import Validation
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    before = Snapshot(tmp_path)
+    line = assert_one_line_error(_in_process("validate", tiny, *SCHEDULE, "--out", out), ["report.md", "never replaces"])
+    doc = {"schema": "bsadvisor.validation/1.2", "target": "tiny", "metric": "metric", "epochs": 6, "seeds": 1,
+           "dataset_size": 320, "runs": {}, "verdict": {}}
+    with pytest.raises(UserError) as refused:
+        Validation.from_dict(doc).write(out)
+    assert line.endswith(str(refused.value))
+    before.assert_unchanged()
+
+
+def test_the_library_call_refuses_what_it_cannot_validate_before_training(tiny):
+    """A target given as its string, a plan made for another data set, nothing to convert: one clear error
+    each, before any run (no --out needed to find out)."""
+    import bsadvisor
+    from bsadvisor.core.errors import UserError
+    from bsadvisor.targets.loading import load_target
+
+    with pytest.raises(TypeError, match="load it first"):
+        bsadvisor.validate("builtin:linreg", {})
+    target = load_target(tiny)
+    other = Plan(stages=[Stage(0, 640, 8, 0.05, 0.9, 1.0)], dataset_size=640, inputs={"batch_size": 8})
+    with pytest.raises(UserError, match="made for 640 training examples but tiny has 320"):
+        bsadvisor.validate(target, other)
+    with pytest.raises(UserError, match="--schedule and --epochs"):
+        bsadvisor.validate(target, {"lr": 0.1})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
+        bsadvisor.validate(target, other, seed=3)
+
+
+def test_variants_and_the_device_refit_carry_the_noise_annotation():
+    """Validate's variants and the torchrun refit are made by recommend, so each stage carries its B_noise and
+    efficiency as the plan's do (a plan made with a noise model); their batches are those of a conversion
+    of the same options with the same noise model and cap."""
+    import bsadvisor
+    from dataclasses import replace
+
+    from bsadvisor.core.convert import convert
+    from bsadvisor.core.noise_model import NoiseModel
+    from bsadvisor.core.validate_options import ValidateOptions
+    from bsadvisor.runtime.validate import build_runs, fit_to_devices
+
+    model = NoiseModel.from_dict({"source": "probe", "points": [
+        {"sample": 0, "b_simple": 20.0, "lr": 0.05, "momentum": 0.9, "batch_size": 8, "ci90": [15.0, 25.0],
+         "ci_kind": "bounded"}]})
+    plan = bsadvisor.recommend({"lr": 0.05, "batch_size": 8, "momentum": 0.9, "dataset_size": 3200, "epochs": 6,
+                                "schedule": "MultiStepLR(milestones=[2, 4], gamma=0.2)"}, noise_trace=model,
+                               noise_cap=8)
+    assert all("efficiency" in s.extra for s in plan.stages)
+    runs = {r.name: r.plan for r in build_runs(plan, ValidateOptions(variants=True))}
+    fitted, note = fit_to_devices(plan, 3, 5)
+    assert note is not None and len(runs) == 4
+    recorded = plan.noise_model
+    for got, changes in ((runs["increased-lr-x5"], {"increase_lr": 5}), (fitted, {"world_size": 3, "micro_batch": 5}),
+                         *((p, {"max_batch": int(n.split("-")[1])}) for n, p in runs.items() if n.startswith("hybrid"))):
+        assert all("efficiency" in s.extra and "b_noise" in s.extra for s in got.stages), changes
+        want = convert(replace(plan.options, noise_cap_batch=recorded.cap(8), **changes))
+        assert got.stage_batch_sizes() == want.stage_batch_sizes(), changes
+    assert all(b == 8 or b % 3 == 0 for b in fitted.stage_batch_sizes())

@@ -102,7 +102,7 @@ def advise_cmd(
     _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
 
 
-def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> None:
+def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
     """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
     recommended; say why and what next."""
     from rich.text import Text
@@ -112,12 +112,12 @@ def _print_keep(target: str, result, plan, keep: dict, out, options: dict) -> No
     noise = result.noise
     console.print(Text.assemble(
         ("Keep the batch: ", "bold"),
-        f"your batch {keep['b0']:,} is already {keep['ratio']:.3g}× the noise scale where the LR decay begins "
-        f"(B_noise ≈ {keep['b_noise']:,.3g} at sample {keep['sample']:,}; the probe measured B_simple ≈ "
+        f"your batch {keep.b0:,} is already {keep.ratio:.3g}× the noise scale where the LR decay begins "
+        f"(B_noise ≈ {keep.b_noise:,.3g} at sample {keep.sample:,}; the probe measured B_simple ≈ "
         f"{describe_interval(noise.b_simple, noise.ci90, noise.ci_kind)}). Each example keeps only "
-        f"{keep['efficiency_at_b0']:.0%} of its value at this batch, and a bigger one costs examples, not only "
-        f"updates (McCandlish et al.): --noise-cap {keep['noise_cap']:g} rules out growth past "
-        f"{keep['noise_cap']:g}× the noise scale."),
+        f"{keep.efficiency_at_b0:.0%} of its value at this batch, and a bigger one costs examples, not only "
+        f"updates (McCandlish et al.): --noise-cap {keep.noise_cap:g} rules out growth past "
+        f"{keep.noise_cap:g}× the noise scale."),
         soft_wrap=True)
     console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
                        + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
@@ -179,23 +179,23 @@ def _progress(quiet: bool):
         yield lambda phase, frac: bar.update(task, description=phase, completed=frac)
 
 
-def _print_start_advice(advice: Optional[dict], plan) -> None:
+def _print_start_advice(advice, plan) -> None:
     """B0 well below the noise scale: say so, with the §5.2 variants that start at a larger batch."""
-    if not advice or not advice["variants"]:
+    if advice is None or not advice.variants:
         return
     from rich.text import Text
 
     from bsadvisor.cli.render import FitTable, fmt_seconds
 
     console.print(Text(
-        f"Your batch {advice['b0']:,} is well below the noise scale at the start (B_noise ≈ "
-        f"{advice['b_noise_at_start']:,.0f}; each example keeps {advice['efficiency_at_b0']:.0%} of its value): "
+        f"Your batch {advice.b0:,} is well below the noise scale at the start (B_noise ≈ "
+        f"{advice.b_noise_at_start:,.0f}; each example keeps {advice.efficiency_at_b0:.0%} of its value): "
         "a larger starting batch with a proportionally larger LR keeps the temperature and saves updates "
         "(Smith et al. §5.2; validate before adopting, large factors cost some accuracy):", style="bold"))
-    rows = [[f"--increase-lr {v['increase_lr']:.3g}", f"{v['start_batch']:,}", f"{v['updates']:,}",
-             f"÷{plan.updates / v['updates']:.2f}", f"{v['efficiency_at_start']:.2f}",
-             fmt_seconds(v["predicted_seconds"]) if v["predicted_seconds"] is not None else ""]
-            for v in advice["variants"]]
+    rows = [[f"--increase-lr {v.increase_lr:.3g}", f"{v.start_batch:,}", f"{v.updates:,}",
+             f"÷{plan.updates / v.updates:.2f}", f"{v.efficiency_at_start:.2f}",
+             fmt_seconds(v.predicted_seconds) if v.predicted_seconds is not None else ""]
+            for v in advice.variants]
     console.print(FitTable("Starting larger", [("variant", "left"), ("start batch", "right"), ("updates", "right"),
                                                ("vs plan", "right"), ("eff.", "right"), ("predicted", "right")],
                            rows, caption=["vs plan: the plan's updates divided by the variant's; eff.: the share of "
@@ -237,8 +237,7 @@ def next_commands(target: str, plan_file: Path, out, probe_out, options: dict, p
     return cmds
 
 
-def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict,
-                  advice: Optional[dict] = None) -> None:
+def _print_advice(target, result, plan, out, probe_out, options: dict, probe_opts: dict, advice=None) -> None:
     from rich.text import Text
 
     from bsadvisor.cli.render import FitTable, plan_summary, time_range

@@ -15,8 +15,7 @@ from bsadvisor.core.errors import UserError
 def _config_spec() -> dict[str, Any]:
     """What each --config key may hold (bsadvisor.core.schema): the option's type and range."""
     from bsadvisor.core import schema as S
-    from bsadvisor.core.defaults import ADAM_RULES, MAX_EPOCHS, OPTIMIZERS, RULES
-    from bsadvisor.core.plan import SCHEDULE_UNITS
+    from bsadvisor.core.defaults import ADAM_RULES, MAX_EPOCHS, OPTIMIZERS, RULES, SCHEDULE_UNITS
     from bsadvisor.core.schedules import MAX_SCHEDULE_CHARS
 
     count, fraction = S.Int(low=1), S.Num(low=0, high=1, high_open=True)

@@ -1,4 +1,4 @@
-"""Rich rendering of plans (presentation only; no math here beyond formatting).
+"""Rich rendering of plans and validations (presentation only; no math here beyond formatting).
 
 Every table is a :class:`FitTable`: at render time it gives each column at least its
 longest word (a number is one word), so at 80 columns or in a pipe a number is never
@@ -20,6 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bsadvisor.core.plan import Plan
+from bsadvisor.runtime.report import (difference_text, fmt, mean_curve, noise_rows, sparkline,
+                                      status_word, verdict_text)
+from bsadvisor.runtime.validation import Validation
 
 PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 
@@ -117,7 +120,7 @@ def plan_rows(plan: Plan) -> list[dict]:
     (the paper's), in samples otherwise. The LR is shown at the stage's first and last
     update: inside a stage it follows the original schedule × the stage's factor.
     """
-    b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
+    b0 = plan.options.batch_size
     aligned = plan.epoch_aligned
     rows = []
     pairs = zip(plan.stages, plan.updates_per_stage())
@@ -262,3 +265,105 @@ def plan_summary(plan: Plan) -> Group:
     for n in plan.notes:
         lines.append(Text("note: " + n, style="dim"))
     return Group(*lines)
+
+
+# -- a validation: the runs, their curves, the noise scale through training, the verdict ------------------
+def print_results(doc: Validation, console: Console) -> None:
+    """A table of the runs, their curves as sparklines (no matplotlib needed), the noise scale through
+    training (with the noise monitor), then the verdict.
+
+    Every number is shown whole at 80 columns and in a pipe (FitTable: each row as a line when the
+    table does not fit). User strings (the target's name) are never read as rich markup.
+    ``doc``: a Validation (or its results document).
+    """
+    doc = Validation.of(doc)
+    console.print(runs_table(doc))
+    console.print(curves_table(doc, console.width))
+    noise = noise_table(doc)
+    if noise is not None:
+        console.print(noise)
+    print_verdict(doc, console)
+
+
+def _num(x) -> str:
+    """A number whole and short: 4 decimals from 0.001 to 100, else 4 significant digits; n/a when missing."""
+    if isinstance(x, (int, float)) and (abs(x) >= 100 or 0 < abs(x) < 0.001):
+        return fmt(x, ".4g")
+    return fmt(x, ".4f")
+
+
+def runs_table(doc: Validation) -> FitTable:
+    """Each run's metric (mean ± sd over seeds), final training loss, updates and mean wall time."""
+    first = next(iter(doc.runs.values())).summary
+    title = (f"{doc.target}: {doc.epochs:.4g} epoch{'' if doc.epochs == 1 else 's'}, {doc.seeds} seed(s), "
+             f"{first.examples:,} examples per run")
+    legend = ("metric: " + ("metric_fn on eval_dataset" if doc.metric == "metric" else doc.metric)
+              + ", mean ± sd over seeds; loss: final training loss; n/a: not finite")
+    rows = []
+    for name, r in doc.runs.items():
+        s = r.summary
+        metric = f"{_num(s.metric_mean)} ± {_num(s.metric_sd)}" if s.metric_mean is not None else "n/a"
+        rows.append([name, metric, _num(s.final_train_loss_mean), f"{s.updates:,}", fmt(s.wall_s_mean, ",.1f")])
+    cols = [("run", "left"), ("metric", "right"), ("loss", "right"), ("updates", "right"), ("wall s", "right")]
+    return FitTable(title, cols, rows, caption=[legend])
+
+
+def curves_table(doc: Validation, width: int) -> FitTable:
+    """Sparklines of each run's metric and training loss on shared scales, two of them beside the names
+    within ``width`` columns."""
+    curves = {name: (mean_curve(r, "epoch", "metric"), mean_curve(r, "epoch", "train_loss")[1])
+              for name, r in doc.runs.items()}
+    metrics = [y for (_, ys), _ in curves.values() for y in ys if y is not None]
+    losses = [y for _, ys in curves.values() for y in ys if y is not None]
+    points = max(len(xs) for (xs, _), _ in curves.values())
+    name_w = max(len(n) for n in doc.runs)
+    spark_w = max(8, min(24, (width - name_w - 10) // 2))
+    lo_m, hi_m = (min(metrics), max(metrics)) if metrics else (None, None)
+    lo_l, hi_l = (min(losses), max(losses)) if losses else (None, None)
+    rows = [[name, sparkline(ys, lo_m, hi_m, spark_w), sparkline(loss, lo_l, hi_l, spark_w)]
+            for name, ((_, ys), loss) in curves.items()]
+    return FitTable(f"curves: {points} point(s) over {doc.epochs:.4g} epoch(s), same samples in every run",
+                    [("run", "left"), ("metric", "left"), ("training loss", "left")], rows)
+
+
+def noise_table(doc: Validation) -> Optional[FitTable]:
+    """The terminal's picture of noise.png: each run's batch against its measured B_simple, a few points each
+    (None without the noise monitor)."""
+    found = noise_rows(doc, points=5)
+    if not found:
+        return None
+    n = doc.dataset_size or 0
+    rows = [[name, f"{p.sample / n if n else 0:.2f}", f"{p.batch_size:,}", fmt(p.b_simple, ",.0f"), p.interval, p.ratio]
+            for name, pts in found.items() for p in pts]
+    cols = [("run", "left"), ("epoch", "right"), ("batch", "right"), ("B_simple", "right"), ("90% CI", "right"),
+            ("B/B_simple", "right")]
+    return FitTable("noise scale through training (first seed)", cols, rows,
+                    caption=["B/B_simple ≪ 1: room to grow; ≫ 1: parallelism, not progress"])
+
+
+VERDICT_STYLES = {"ACCEPTED": "bold green", "REJECTED": "bold red", "INCONCLUSIVE": "bold yellow",
+                  "INDICATIVE": "bold yellow"}
+
+
+def print_verdict(doc: Validation, console: Console) -> None:
+    """ACCEPTED, REJECTED or INCONCLUSIVE, the paired difference and its interval, the variants, the savings."""
+    doc = Validation.of(doc)
+    v = doc.verdict
+    for name, w in v.variants.items():
+        console.print(Text(f"{name}: {status_word(w).lower()}, " + (w.reason or difference_text(w, at=v))
+                           + " (a variant: it does not decide the exit code)"))
+    word = status_word(v)
+    line = Text.assemble((word, VERDICT_STYLES[word]), ": " + verdict_text(doc))
+    extra = []  # the ratios compare finished runs; a diverged run stopped early
+    if not v.reason and v.update_ratio:
+        extra.append(ratio_text(v.update_ratio, "fewer updates", "more updates"))
+    if v.wall_ratio and not v.reason:
+        extra.append(ratio_text(v.wall_ratio, "less training time", "more training time"))
+    if extra:
+        line.append("; " + ", ".join(extra))
+    console.print(line)
+
+
+def ratio_text(ratio: float, fewer: str, more: str) -> str:
+    """``3.00× fewer updates`` for original/plan = 3; ``1.16× more training time`` for 0.86 (the plan slower)."""
+    return f"{ratio:.2f}× {fewer}" if ratio >= 1 else f"{1 / ratio:.2f}× {more}"

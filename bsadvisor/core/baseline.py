@@ -42,30 +42,10 @@ def baseline_plan(**options: Any) -> Plan:
     return baseline(ConvertOptions(**options))
 
 
-def plan_options(plan: Plan, **changes: Any) -> ConvertOptions:
-    """The conversion options the plan records in its inputs, with ``changes`` (None: the default), and the
-    noise model it recorded (the noise-aware Adam rule reads it)."""
-    return ConvertOptions.from_dict({**plan.inputs, "dataset_size": plan.dataset_size,
-                                     "noise_model": recorded_noise_model(plan), **changes})
-
-
-def recorded_noise_model(plan: Plan):
-    """The plan's recorded noise model (plan.probe.noise_model), or None."""
-    doc = (plan.probe or {}).get("noise_model")
-    if not doc:
-        return None
-    from bsadvisor.core.noise_model import NoiseModel
-
-    return NoiseModel.from_dict(doc)
-
-
 def baseline_of(plan: Plan) -> Plan:
-    """The original LR schedule at the fixed batch B0, from the plan's recorded inputs."""
-    needed = ("lr", "batch_size", "schedule")
-    missing = [k for k in needed if plan.inputs.get(k) is None]
-    if all(plan.inputs.get(k) is None for k in ("epochs", "total_samples", "total_steps")):
-        missing.append("epochs")
+    """The original LR schedule at the fixed batch B0, from the options the plan was made with (Plan.options)."""
+    missing = plan.missing_run()
     if missing:
         raise UserError(f"the plan does not record its original schedule ({', '.join(missing)} missing from "
                         "'inputs'); regenerate it with bsadvisor convert-schedule --out")
-    return baseline(plan_options(plan))
+    return baseline(plan.options)

@@ -10,6 +10,8 @@ ADAM_RULES = ("sqrt", "linear", "noise", "seesaw")
 SGD_FAMILY = ("sgd", "nesterov")
 ADAM_FAMILY = ("adam", "adamw")
 OPTIMIZERS = SGD_FAMILY + ADAM_FAMILY
+#: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
+SCHEDULE_UNITS = ("epoch", "step")
 
 #: Adam's β1 when no momentum is given (torch.optim.Adam/AdamW's default): a plan's momentum is β1 for Adam.
 ADAM_BETA1 = 0.9

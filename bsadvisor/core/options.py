@@ -86,7 +86,7 @@ class ConvertOptions:
         """The original run: sizes, length, momentum, the schedule (parsed) and its starting LR."""
         # Imported here, not at the top: the CLI imports this module for its help defaults,
         # and `bsadvisor --help` should not pay for the plan schema and the schedule parser.
-        from bsadvisor.core.plan import SCHEDULE_UNITS
+        from bsadvisor.core.defaults import SCHEDULE_UNITS
         from bsadvisor.core.schedules import Schedule, parse_schedule
 
         self._set("streaming", bool(self.streaming))

@@ -15,21 +15,33 @@ import bisect
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
-from bsadvisor.core.defaults import MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES
+from bsadvisor.core.defaults import ADAM_FAMILY, MAX_EPOCHS, MAX_SAMPLES, MAX_TABLE_BYTES, SCHEDULE_UNITS
 from bsadvisor.core.errors import ArgumentTypeError, UserError
-from bsadvisor.core.fileio import json_safe
+from bsadvisor.core.fileio import check_schema, json_safe, read_json, write_atomic
+from bsadvisor.core.noise_model import NoiseModel
+from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
+from bsadvisor.core.original import OriginalRun, updates_per_stage
+from bsadvisor.core.schedules import parse_schedule
+from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
 
 PLAN_SCHEMA = "bsadvisor.plan/2"
 PLAN_SCHEMA_V1 = "bsadvisor.plan/1"
 PHASES = ("warmup", "growth", "hybrid", "original")
-#: How the recorded schedule counts: scheduler.step() once an epoch, or once an iteration.
-SCHEDULE_UNITS = ("epoch", "step")
 REMEDY = "regenerate it with bsadvisor convert-schedule --out"
+#: The Adam rule a ``bsadvisor.plan/1`` file meant when it names none: every /1 file was written (November
+#: 2026) while the square-root rule was the default; linear became the default later, in /2's time. A file
+#: convert-schedule wrote always records the rule of an Adam plan, so one without it was written by hand; a
+#: /2 one, or a Plan built in code, takes ConvertOptions' default (what every reader of a plan then applies).
+V1_ADAM_RULE = "sqrt"
+#: A run length: a plan records one of them.
+_LENGTHS = ("epochs", "total_samples", "total_steps")
+#: The schedule of a plan that records none (written by hand): its own first LR throughout.
+_NO_SCHEDULE = "ConstantLR(factor=1.0, total_iters=0)"
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,74 @@ class Plan:
         """Tokens per sample, when the plan was made for a language model (``--seq-len``)."""
         return self.inputs.get("seq_len")
 
+    # -- what the plan was made with (the only reader of ``inputs`` by key) --------------
+    @property
+    def options(self) -> ConvertOptions:
+        """The checked ConvertOptions the plan was made with: its recorded ``inputs`` (None or missing: the
+        option's default), its data set size, and its recorded noise model (the noise-aware Adam rule reads it).
+
+        Older files are migrated as they load: a ``bsadvisor.plan/1`` Adam plan without ``adam_rule`` meant
+        the square-root rule (:data:`V1_ADAM_RULE`); in /2 a missing key takes today's default. A plan that
+        does not record its original run (:meth:`missing_run`, a plan written by hand) is read as its own:
+        B0 its first batch, ε0 its first LR held constant, its length; its optimizer, rule and device layout
+        as recorded. A recorded input that is not a valid option raises UserError naming it.
+        """
+        key = (dict(self.inputs), self.dataset_size, self.total_samples, self.stages[0].batch_size,
+               self.stages[0].lr, self.probe)
+        cached = self.__dict__.get("_options")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        doc = {k: v for k, v in self.inputs.items() if k in OPTION_NAMES and v is not None}
+        if self.missing_run():  # a plan written by hand: its run is its own, at its first batch and LR
+            doc.setdefault("batch_size", self.stages[0].batch_size)
+            doc.setdefault("lr", next((s.lr for s in self.stages if s.lr > 0), 1.0))
+            doc.setdefault("schedule", _NO_SCHEDULE)
+            if not any(k in doc for k in _LENGTHS):
+                doc["total_samples"] = self.total_samples
+        if self.dataset_size is None:
+            doc["streaming"] = True
+        options = ConvertOptions(**{**doc, "dataset_size": self.dataset_size, "noise_model": self.noise_model})
+        self._options = (key, options)
+        return options
+
+    def missing_run(self) -> list[str]:
+        """The inputs of the original run the plan does not record (``lr``, ``batch_size``, ``schedule``, and
+        ``epochs`` for a run length): none for a plan convert-schedule made; a plan written by hand may lack them."""
+        missing = [k for k in ("lr", "batch_size", "schedule") if self.inputs.get(k) is None]
+        return missing + (["epochs"] if all(self.inputs.get(k) is None for k in _LENGTHS) else [])
+
+    def temperature_model(self) -> TemperatureModel:
+        """The temperature model of the plan, rebuilt from :attr:`options` (the one rebuild every reader of a
+        plan uses: its noise figures, the advice, the exports): the N → ∞ form for one pass or less (eq. 15),
+        and the noise-aware Adam rule as its square-root limit (eq. 16, ``TemperatureModel.proxy``: B_noise(s)
+        must not depend on itself; convert's own model, core.spans.temperature_model, adds the B_noise(s) steps)."""
+        return TemperatureModel.of(self.options, noise_proxy_rule(self.options.adam_rule))
+
+    @property
+    def noise_model(self) -> Optional[NoiseModel]:
+        """The noise model B_noise(s) the plan recorded (``probe.noise_model``), or None."""
+        doc = (self.probe or {}).get("noise_model")
+        return NoiseModel.from_dict(doc) if doc else None
+
+    @property
+    def noise_cap(self) -> Optional[float]:
+        """The --noise-cap multiple K of B_noise(s) the plan was capped at, or None (no cap)."""
+        return self.inputs.get("noise_cap")
+
+    @property
+    def probe_source(self) -> Optional[str]:
+        """The probe the plan was made with, as recorded (its probe.json, or its target's name), or None."""
+        return self.inputs.get("probe")
+
+    @property
+    def kind(self) -> Optional[str]:
+        """"baseline" for an original schedule at a fixed batch (core.baseline), else None."""
+        return self.inputs.get("kind")
+
+    def with_inputs(self, **recorded: Any) -> "Plan":
+        """The plan with ``recorded`` added to (or replacing) what its inputs record."""
+        return replace(self, inputs={**self.inputs, **recorded})
+
     @property
     def original(self):
         """The original run (core.original.OriginalRun) recorded in ``inputs``, or None if they do not say."""
@@ -139,9 +219,6 @@ class Plan:
         run = None
         i = self.inputs
         if i.get("schedule") and i.get("lr") and i.get("batch_size") and not str(i["schedule"]).startswith("table "):
-            from bsadvisor.core.original import OriginalRun
-            from bsadvisor.core.schedules import parse_schedule
-
             run = OriginalRun(parse_schedule(i["schedule"]), float(i["lr"]), int(i["batch_size"]), self.dataset_size,
                               self.total_samples, i.get("schedule_unit") or "epoch", float(i.get("momentum") or 0.0))
         self._original = run
@@ -227,8 +304,6 @@ class Plan:
 
     def updates_per_stage(self) -> list[int]:
         """Updates that start inside each stage, in order."""
-        from bsadvisor.core.original import updates_per_stage
-
         key = tuple((s.start_sample, s.end_sample, s.batch_size) for s in self.stages)
         cached = self.__dict__.get("_updates")
         if cached is None or cached[0] != key:
@@ -389,20 +464,14 @@ class Plan:
 
     @classmethod
     def load(cls, path) -> "Plan":
-        from bsadvisor.core.fileio import read_json
-
         checks.instance("path", path, (str, os.PathLike), "a plan file's path (str or pathlib.Path)")
         return cls.from_dict(read_json(path, "plan file", REMEDY), f"plan file {path}")
 
     def save(self, path) -> None:
-        from bsadvisor.core.fileio import write_atomic
-
         write_atomic(path, self.to_json() + "\n")
 
 
 def _check_schema(doc: Any, what: str) -> None:
-    from bsadvisor.core.fileio import check_schema
-
     if isinstance(doc, dict) and doc.get("schema") not in (PLAN_SCHEMA, PLAN_SCHEMA_V1, None):
         found = doc.get("schema")
         shown = repr(found) if isinstance(found, str) and len(found) <= 60 else "that is not a schema name"
@@ -461,6 +530,8 @@ def _from_v1(cls, doc: dict, what: str) -> "Plan":
         if value is not None and value != actual:
             raise S.refuse(what, path, f"is {value} but the stages end at epoch {actual}", REMEDY)
     _check_inputs(inputs, n, what)
+    if str(inputs.get("optimizer")).lower() in ADAM_FAMILY and inputs.get("adam_rule") is None:
+        inputs = {**inputs, "adam_rule": V1_ADAM_RULE}  # what the file meant (its /2 copy then says so)
     return _build(cls, stages, n, inputs, d, what)
 
 

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
-from bsadvisor.core.defaults import DEFAULTS
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
 from bsadvisor.core.noise_model import NoiseModel, load_trace
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
-from bsadvisor.core.temperature import TemperatureModel, noise_proxy_rule
+from bsadvisor.core.probe_result import ProbeResult, load_probe
+from bsadvisor.core.temperature import TemperatureModel
 
 #: Suggested --noise-cap: past ~10 × B_noise a bigger batch buys parallelism, not progress.
 SUGGESTED_NOISE_CAP = 10.0
@@ -155,21 +156,35 @@ def probe_summary(probe) -> dict[str, Any]:
                          "device": probe.settings.device}}
 
 
-def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
-                      noise_cap: Optional[float] = None, micro_batch: Optional[int] = None,
-                      noise_trace: Any = None, **options: Any) -> Plan:
-    """Convert with a probe: explicit options (None: not given) over the probe's over ConvertOptions' defaults.
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion resolved once (:func:`resolve`): the checked options (explicit over the probe's over the
+    defaults, with the probe's device cap and noise cap), the probe, the noise model, and what the plan records
+    of them. :meth:`plan` converts and annotates; a variant (``increase_lr=K``) converts the same options with
+    that change, without resolving them again."""
 
-    ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
-    optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
-    grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
-    noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
-    multiple of B_noise(s) (default None, like 0: no cap; NOISE_CAP is the value the CLI suggests). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
-    a NoiseModel, or a :class:`Trace` already read) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
-    are rounded so every device gets the same share and every accumulation step the same
-    micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
-    convert.Rounding). ``options``: the other fields of ConvertOptions (PLAN_OPTIONS).
-    """
+    options: ConvertOptions
+    probe: Optional[ProbeResult] = None
+    noise_model: Optional[NoiseModel] = None
+    noise_cap: Optional[float] = None
+    world_size: int = 1
+    recorded: dict = field(default_factory=dict)  # the plan's inputs besides its options (noise_cap, probe, ...)
+
+    def plan(self, **changes: Any) -> Plan:
+        """The plan of these options (with ``changes``, fields of ConvertOptions), annotated with the probe's
+        predicted times and the noise model's figures when there is either."""
+        plan = convert(replace(self.options, **changes) if changes else self.options)
+        if self.probe is None and self.noise_model is None:
+            return plan
+        plan = annotate(plan, self.probe, world_size=self.world_size, noise_cap=self.noise_cap,
+                        noise_model=self.noise_model)
+        return plan.with_inputs(**self.recorded)
+
+
+def resolve(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
+            noise_cap: Optional[float] = None, micro_batch: Optional[int] = None, noise_trace: Any = None,
+            **options: Any) -> Conversion:
+    """The options of :func:`plan_from_options`, resolved and checked once (the probe and the trace read once)."""
     world_size = checks.optional(checks.positive_int, "world_size", world_size)
     grad_accum = checks.optional(checks.positive_int, "grad_accum", grad_accum)
     micro_batch = checks.optional(checks.positive_int, "micro_batch", micro_batch)
@@ -181,8 +196,6 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
     devices, accumulation = world_size or 1, grad_accum or 1
     given, result = {}, None
     if probe is not None:
-        from bsadvisor.core.probe_result import ProbeResult, load_probe  # only with a probe: the CLI starts faster
-
         result = probe if isinstance(probe, ProbeResult) else load_probe(probe)
         source = result.target if isinstance(probe, ProbeResult) else str(probe)
         if world_size is None:  # a probe taken under torchrun knows its world size
@@ -204,15 +217,30 @@ def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_
         if noise is None:
             _refuse_noise_cap(result)
         noise_cap_batch = noise.cap(noise_cap)
-    plan = convert(ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices,
-                                  micro_batch=micro_batch, noise_model=noise))
-    if result is None and noise is None:
-        return plan
-    plan = annotate(plan, result, world_size=devices, noise_cap=noise_cap, noise_model=noise)
+    checked = ConvertOptions(**given, noise_cap_batch=noise_cap_batch, world_size=devices, micro_batch=micro_batch,
+                             noise_model=noise)
     recorded = {"noise_cap": noise_cap, "noise_trace": trace.path if trace is not None else None}
     if result is not None:
         recorded.update(probe=source, world_size=devices, grad_accum=accumulation)
-    return replace(plan, inputs={**plan.inputs, **recorded})
+    return Conversion(checked, result, noise, noise_cap, devices, recorded)
+
+
+def plan_from_options(probe: Any = None, world_size: Optional[int] = None, grad_accum: Optional[int] = None,
+                      noise_cap: Optional[float] = None, micro_batch: Optional[int] = None,
+                      noise_trace: Any = None, **options: Any) -> Plan:
+    """Convert with a probe: explicit options (None: not given) over the probe's over ConvertOptions' defaults.
+
+    ``probe`` is a probe.json path (or a ProbeResult): it supplies N, B0, lr, momentum and
+    optimizer when they are not given, and the device cap ``memory.max_batch × world_size ×
+    grad_accum`` unless ``max_batch`` is given; the plan then carries predicted times and
+    noise-scale efficiencies (:func:`annotate`), and ``noise_cap`` caps the batch at that
+    multiple of B_noise(s) (default None, like 0: no cap; NOISE_CAP is the value the CLI suggests). ``noise_trace`` (a NoiseMonitor file or a validate results.json,
+    a NoiseModel, or a :class:`Trace` already read) replaces the probe's one point as the noise model. With several devices (or accumulation) the batches
+    are rounded so every device gets the same share and every accumulation step the same
+    micro-batch (``micro_batch``: the per-device limit, by default the probe's cap; see
+    convert.Rounding). ``options``: the other fields of ConvertOptions (PLAN_OPTIONS).
+    """
+    return resolve(probe, world_size, grad_accum, noise_cap, micro_batch, noise_trace, **options).plan()
 
 
 def _check_required(given: dict[str, Any]) -> None:
@@ -232,8 +260,6 @@ def _refuse_noise_cap(result) -> None:
     if result is None:
         raise UserError("noise_cap needs a measured noise scale: give probe (a probe.json file) or noise_trace",
                         parameters=("noise_cap", "probe", "noise_trace"))
-    from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
-
     n = result.noise
     raise UserError(f"noise_cap: the probe's B_simple = {describe_interval(n.b_simple, n.ci90, n.ci_kind)} is not a "
                     f"usable cap; {UNUSABLE_ADVICE}, or give noise_trace", parameters=("noise_cap", "noise_trace"))
@@ -251,7 +277,7 @@ def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[fl
     """
     if noise_model is None and probe is not None:
         noise_model = NoiseModel.from_probe(probe)
-    model = _temperature_model(plan)
+    model = plan.temperature_model()
     stages, flagged, extrapolated = [], [], False
     for stage in plan.stages:
         figures = _noise_figures(plan, stage, model, noise_model)
@@ -281,8 +307,6 @@ def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[fl
             notes.append("B_noise ∝ 1/T is SGD's law; for Adam it is applied with the Adam temperature of the rule "
                          "above, an assumption: a measured trace (--noise-trace) settles it")
     elif probe is not None:
-        from bsadvisor.core.noise import UNUSABLE_ADVICE
-
         warnings.append(UNUSABLE_ADVICE)
     record = dict(plan.probe or {})
     if probe is not None:
@@ -301,7 +325,7 @@ def annotate(plan: Plan, probe=None, world_size: int = 1, noise_cap: Optional[fl
 
 def _predicted_totals(plan: Plan, probe, stages, world_size: int, extrapolated: bool) -> dict[str, Any]:
     """Predicted seconds of the plan and the original at B0, each with its range (slowest–fastest timings)."""
-    b0 = plan.inputs.get("batch_size") or plan.stages[0].batch_size
+    b0 = plan.options.batch_size
     totals: dict[str, Any] = {"extrapolated": extrapolated}
     for suffix, which in (("", "examples_per_s"), ("_high", "slowest"), ("_low", "fastest")):
         rate0, extra0, _ = step_rate(probe, b0, world_size, which)
@@ -333,21 +357,8 @@ def _noise_figures(plan: Plan, stage, model: TemperatureModel, noise_model: Opti
 
 def noise_at_start(plan: Plan, noise_model: NoiseModel) -> float:
     """B_noise at the start, at the original's base setting (ε0, m, B0): what B0 is compared with (eq. 16)."""
-    inputs = plan.inputs
-    b0 = inputs.get("batch_size") or plan.stages[0].batch_size
-    lr0 = inputs.get("lr") or plan.stages[0].lr
-    model = _temperature_model(plan)
-    return noise_model.b_noise(0, model.temperature(lr0, inputs.get("momentum") or 0.0, b0), model)
-
-
-def _temperature_model(plan: Plan) -> TemperatureModel:
-    """The temperature the plan's noise model scales with (eq. 16): the plan's model as convert made it (the
-    N → ∞ form for one pass or less, eq. 15), or for the noise-aware Adam rule its square-root limit
-    (TemperatureModel.proxy: B_noise(s) must not depend on itself)."""
-    inputs = plan.inputs
-    single_pass = plan.dataset_size is None or inputs.get("streaming") or plan.total_samples <= plan.dataset_size
-    return TemperatureModel(None if single_pass else plan.dataset_size, inputs.get("rule") or "exact",
-                            inputs.get("optimizer") or "sgd", noise_proxy_rule(inputs.get("adam_rule") or DEFAULTS["adam_rule"]))
+    options, model = plan.options, plan.temperature_model()
+    return noise_model.b_noise(0, model.temperature(options.lr, options.momentum, options.batch_size), model)
 
 
 #: B0 is "well below" the noise scale when B_noise(0) is at least this many times B0: each example keeps
@@ -355,7 +366,60 @@ def _temperature_model(plan: Plan) -> TemperatureModel:
 WELL_BELOW = 4.0
 
 
-def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan) -> Optional[dict[str, Any]]:
+class _Document:
+    """A frozen advice document: attributes for the renderers, :meth:`to_dict` for JSON only. ``doc["b0"]`` reads
+    a field as the dict this document replaced was read (Recommendation's users may still do that)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in {f.name for f in fields(self)}:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class StartVariant(_Document):
+    """One §5.2 variant of the start advice: LR × ``increase_lr``, its first batch, its updates, the share of each
+    example's value at that batch (1/(1 + B/B_noise(0))) and its predicted time (None without a probe)."""
+
+    increase_lr: float
+    start_batch: int
+    updates: int
+    efficiency_at_start: float
+    predicted_seconds: Optional[float]
+
+
+@dataclass(frozen=True)
+class StartAdvice(_Document):
+    """B0 well below the noise scale at the start (:func:`start_batch_advice`): B0, B_noise(0), the share of each
+    example's value at B0, the plan's updates and the variants that start larger."""
+
+    b0: int
+    b_noise_at_start: float
+    efficiency_at_b0: float
+    plan_updates: int
+    variants: tuple[StartVariant, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "variants": [v.to_dict() for v in self.variants]}
+
+
+@dataclass(frozen=True)
+class KeepBatchAdvice(_Document):
+    """B0 already past ``noise_cap`` × B_noise where the decay begins (:func:`keep_batch_advice`): B_noise at
+    ``sample``, B0's ``ratio`` to it and the share of each example's value at B0."""
+
+    b0: int
+    b_noise: float
+    sample: int
+    ratio: float
+    efficiency_at_b0: float
+    noise_cap: float
+
+
+def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan) -> Optional[StartAdvice]:
     """When B0 is well below the noise scale at the start: the §5.2 increased-LR variants that start larger.
 
     Smith et al. §5.2: start at K·ε0 with the batch that keeps the temperature (B0·K for
@@ -365,15 +429,15 @@ def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan)
     the plan's cap. ``make_plan(K)`` converts with increase_lr=K. None when B0 is not well
     below the noise scale (or there is no usable noise model, or a variant was asked for).
     """
-    if noise_model is None or plan.inputs.get("increase_lr") not in (None, 1.0):
+    options = plan.options
+    if noise_model is None or options.increase_lr not in (None, 1.0):
         return None
-    b0 = int(plan.inputs.get("batch_size") or plan.stages[0].batch_size)
+    b0 = options.batch_size
     b_noise = noise_at_start(plan, noise_model)
     if not b_noise >= WELL_BELOW * b0:
         return None
     cap = int((plan.cap or {}).get("batch_size") or b0)
-    model = _temperature_model(plan)
-    momentum = plan.inputs.get("momentum") or 0.0
+    model, momentum = plan.temperature_model(), options.momentum
     targets = sorted({t for t in (_power_of_two_below(b0, b_noise / WELL_BELOW), _power_of_two_below(b0, b_noise))
                       if b0 < t <= cap})
     variants = []
@@ -381,14 +445,13 @@ def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan)
         k = model.scale_for(start, b0, momentum)
         variant = make_plan(k)
         pred = (variant.probe or {}).get("predicted") or {}
-        variants.append({"increase_lr": k, "start_batch": variant.stages[0].batch_size, "updates": variant.updates,
-                         "efficiency_at_start": 1.0 / (1.0 + variant.stages[0].batch_size / b_noise),
-                         "predicted_seconds": pred.get("predicted_seconds")})
-    return {"b0": b0, "b_noise_at_start": b_noise, "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise),
-            "plan_updates": plan.updates, "variants": variants}
+        variants.append(StartVariant(k, variant.stages[0].batch_size, variant.updates,
+                                     1.0 / (1.0 + variant.stages[0].batch_size / b_noise),
+                                     pred.get("predicted_seconds")))
+    return StartAdvice(b0, b_noise, 1.0 / (1.0 + b0 / b_noise), plan.updates, tuple(variants))
 
 
-def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional[dict[str, Any]]:
+def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional[KeepBatchAdvice]:
     """With a noise cap asked for (``--noise-cap K``), when B0 is already at or past K × B_noise where the decay
     begins: keep the batch.
 
@@ -402,21 +465,19 @@ def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional
     run: on language models the trace shows the noise scale growing 10-100× after the first
     updates (docs/results.md), which a probe's one point at initialisation cannot see.
     """
-    inputs = plan.inputs
-    cap = inputs.get("noise_cap")
+    cap = plan.noise_cap
     if noise_model is None or not cap:
         return None
-    b0 = int(inputs.get("batch_size") or plan.stages[0].batch_size)
+    b0 = plan.options.batch_size
     start = next((st for st in plan.stages if st.phase != "warmup"), plan.stages[0])
-    model = _temperature_model(plan)
+    model = plan.temperature_model()
     t = model.temperature(plan.lr_at(start, start.start_sample), start.momentum, b0)
     b_noise = noise_model.b_noise(start.start_sample, t, model)
     if not b0 >= cap * b_noise:
         return None
     if noise_model.source == "trace" and max(st.batch_size for st in plan.stages) > b0:
         return None  # measured later in the run, B_noise(s) grows past B0 / cap: the capped plan grows there
-    return {"b0": b0, "b_noise": b_noise, "sample": start.start_sample, "ratio": b0 / b_noise,
-            "efficiency_at_b0": 1.0 / (1.0 + b0 / b_noise), "noise_cap": cap}
+    return KeepBatchAdvice(b0, b_noise, start.start_sample, b0 / b_noise, 1.0 / (1.0 + b0 / b_noise), cap)
 
 
 def _power_of_two_below(b0: int, limit: float) -> int:

@@ -22,8 +22,8 @@ from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
-from bsadvisor.core.predict import (PLAN_OPTIONS, annotate, keep_batch_advice, noise_model_of, plan_from_options,
-                                    read_trace, start_batch_advice)
+from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice, annotate, keep_batch_advice, resolve,
+                                    start_batch_advice)
 from bsadvisor.core.remarks import BATCHNORM_NOTE
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -60,7 +60,12 @@ def recommend(options: Union[ConvertOptions, dict, None] = None, *, probe: Any =
     """
     batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)  # "no" is not True
     kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
-    plan = plan_from_options(**kw)
+    return _batchnorm_said(resolve(**kw).plan(), batchnorm)
+
+
+def _batchnorm_said(plan: Plan, batchnorm: Optional[bool]) -> Plan:
+    """``plan`` with the BatchNorm warning when the model has BatchNorm layers, and no generic note when it is
+    known whether it has (None: unknown, the plan's generic note stays)."""
     if batchnorm is None:
         return plan
     return replace(plan, notes=[n for n in plan.notes if n != BATCHNORM_NOTE],
@@ -79,16 +84,16 @@ class Recommendation:
 
     plan: Plan
     probe: Any = None
-    keep_batch: Optional[dict] = None
-    start_advice: Optional[dict] = None
+    keep_batch: Optional[KeepBatchAdvice] = None
+    start_advice: Optional[StartAdvice] = None
 
     def __post_init__(self) -> None:
         checks.instance("plan", self.plan, Plan, "a Plan (Recommendation.from_options builds one)")
         if self.probe is not None:
             checks.instance("probe", self.probe, ProbeResult, "a ProbeResult or None")
-        for name in ("keep_batch", "start_advice"):
+        for name, kind in (("keep_batch", KeepBatchAdvice), ("start_advice", StartAdvice)):
             if getattr(self, name) is not None:
-                checks.instance(name, getattr(self, name), dict, "a dict or None")
+                checks.instance(name, getattr(self, name), kind, f"a {kind.__name__} (core.predict) or None")
 
     @property
     def recommendation(self) -> str:
@@ -99,30 +104,34 @@ class Recommendation:
     def from_options(cls, options: Union[ConvertOptions, dict, None] = None, *, probe: Any = None,
                      noise_trace: Any = None, batchnorm: Optional[bool] = None,
                      **keywords: Any) -> "Recommendation":
-        """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice."""
+        """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice.
+
+        The options are resolved once (core.predict.resolve: the probe and the trace read once); the start
+        advice's variants convert those options with another ``increase_lr``."""
+        batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)
         kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
-        probe, trace = kw.pop("probe", None), read_trace(kw.pop("noise_trace", None))
+        probe = kw.pop("probe", None)
         if probe is not None and not isinstance(probe, ProbeResult):
             probe = load_probe(probe)  # read once (the plan then names the probe's target, not the file)
-        plan = recommend(kw, probe=probe, noise_trace=trace, batchnorm=batchnorm)
-        noise = noise_model_of(probe, trace)
-        keep = keep_batch_advice(plan, noise)
+        conversion = resolve(probe=probe, **kw)
+        plan = _batchnorm_said(conversion.plan(), batchnorm)
+        keep = keep_batch_advice(plan, conversion.noise_model)
         if keep is not None:  # no growth pays: the original schedule is the recommendation
             return cls(original_plan(plan, probe), probe, keep)
-        advice = start_batch_advice(
-            plan, noise, lambda k: plan_from_options(probe=probe, noise_trace=trace, **{**kw, "increase_lr": k}))
+        advice = start_batch_advice(plan, conversion.noise_model, lambda k: conversion.plan(increase_lr=k))
         return cls(plan, probe, None, advice)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``bsadvisor.advice/1`` document advise --json prints."""
         return {"schema": ADVICE_SCHEMA, "probe": self.probe.to_dict() if self.probe is not None else None,
-                "plan": self.plan.to_dict(), "advice": self.start_advice, "keep_batch": self.keep_batch,
+                "plan": self.plan.to_dict(),
+                "advice": self.start_advice.to_dict() if self.start_advice is not None else None,
+                "keep_batch": self.keep_batch.to_dict() if self.keep_batch is not None else None,
                 "recommendation": self.recommendation}
 
 
 def original_plan(plan: Plan, probe=None) -> Plan:
     """The original schedule of ``plan`` as the recommended plan (batch B0 throughout), with the probe's
     predicted time."""
-    world = plan.inputs.get("world_size") or 1
-    kept = annotate(baseline_of(plan), probe, world_size=world)
-    return replace(kept, inputs={**kept.inputs, "probe": plan.inputs.get("probe")}, notes=[KEEP_NOTE, *kept.notes])
+    kept = annotate(baseline_of(plan), probe, world_size=plan.options.world_size)
+    return replace(kept.with_inputs(probe=plan.probe_source), notes=[KEEP_NOTE, *kept.notes])

@@ -61,22 +61,21 @@ def temperature_model(options: ConvertOptions) -> TemperatureModel:
     depend on itself), one value per span of the original's LR; the plan keeps the original's
     temperature, so the same B_noise(s) holds for it.
     """
-    n = None if options.single_pass else options.dataset_size
     if not (options.adam_rule == "noise" and options.optimizer in ADAM_FAMILY):
-        return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule)
+        return TemperatureModel.of(options)
     noise = options.noise_model
     if noise is None:
         raise UserError("adam_rule 'noise' reads the gradient noise scale B_noise(s) through the run: give a probe "
                         "(--probe probe.json, or advise) or a measured trace (--noise-trace results.json)",
                         parameter="adam_rule")
-    proxy = TemperatureModel(n, options.rule, options.optimizer, noise_proxy_rule(options.adam_rule))
+    proxy = TemperatureModel.of(options, noise_proxy_rule(options.adam_rule))
     run = options.original()
     starts, values = [], []
     for start, _end, step in _sample_spans(run):
         t = proxy.temperature(run.schedule.lr(step, options.lr), run.momentum_at(start), options.batch_size)
         starts.append(float(start))
         values.append(noise.b_noise(start, t, proxy))
-    return TemperatureModel(n, options.rule, options.optimizer, options.adam_rule, (tuple(starts), tuple(values)))
+    return TemperatureModel.of(options, b_noise=(tuple(starts), tuple(values)))
 
 
 def read_original(options: ConvertOptions) -> Original:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple, Optional
 
 from bsadvisor.core.errors import UserError
+from bsadvisor.core.original import updates_per_stage
 from bsadvisor.core.plan import Stage
 from bsadvisor.core.rounding import EPS, Rounding
 from bsadvisor.core.spans import Piece, Span
@@ -124,8 +125,6 @@ class Staircase(NamedTuple):
     def _without_short_stages(self, batches: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """``batches`` with every batch stage shorter than one update at its batch folded into the smaller of
         its neighbours (a smaller batch only lowers the LR that keeps the temperature)."""
-        from bsadvisor.core.original import updates_per_stage
-
         batches = list(batches)
         while True:
             runs = _runs([b for b, _ in batches])
@@ -240,8 +239,6 @@ def without_idle_stages(stages: list[Stage], dataset_size: Optional[int]) -> lis
     with the stage before or after (a phase or factor that changed under one update) and
     folding it changes no update.
     """
-    from bsadvisor.core.original import updates_per_stage
-
     stages = list(stages)
     counts = updates_per_stage(stages[-1].end_sample, dataset_size,
                                [(s.start_sample, s.end_sample, s.batch_size) for s in stages])

@@ -107,6 +107,15 @@ class TemperatureModel:
             return self
         return TemperatureModel(self.dataset_size, self.rule, self.optimizer, noise_proxy_rule(self.adam_rule))
 
+    @classmethod
+    def of(cls, options, adam_rule: Optional[str] = None,
+           b_noise: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None) -> "TemperatureModel":
+        """The model of a conversion's options (a core.options.ConvertOptions): the N → ∞ form for one pass or
+        less (eq. 15); ``adam_rule`` in place of theirs where given (the noise rule's proxy), ``b_noise`` the
+        noise rule's B_noise(s) steps."""
+        return cls(None if options.single_pass else options.dataset_size, options.rule, options.optimizer,
+                   options.adam_rule if adam_rule is None else adam_rule, b_noise)
+
     def noise_scale_at(self, sample: float) -> float:
         """B_noise at ``sample`` (the step function's value there; inf for a model without one)."""
         if not self.uses_noise_scale:

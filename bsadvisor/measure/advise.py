@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core.errors import ArgumentTypeError, UserError
+from bsadvisor.core.fileio import write_json
+from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
 from bsadvisor.core.recommend import Recommendation
 from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 
@@ -32,8 +34,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     there, before recommending, so a plan refused afterwards (an unusable noise_cap) keeps
     the measurement. Raises UserError when there is no schedule and length to convert.
     """
-    from bsadvisor.core.predict import noise_model_of, plan_from_options, read_trace
-    from bsadvisor.measure.probe import probe
+    from bsadvisor.measure.probe import probe  # torch: loaded when a target is probed, not on import
     from bsadvisor.targets.target import Target
 
     if isinstance(target, str):
@@ -55,8 +56,6 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     result = probe(target, batch_size=prepared.given.get("batch_size"), lr=prepared.given.get("lr"),
                    progress=progress, **probe_options)
     if probe_out is not None:
-        from bsadvisor.core.fileio import write_json
-
         write_json(probe_out, result.to_dict())
     return Recommendation.from_options({**opts, "noise_trace": trace}, probe=result,
                                        batchnorm=bool(prepared.batchnorm))

@@ -27,22 +27,23 @@ import os
 import re
 import statistics
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bsadvisor.core import checks
 
-from bsadvisor.core import convert
-from bsadvisor.core.baseline import baseline_of, plan_options as _options, recorded_noise_model as _noise_model
+from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import (MANIFEST_NAME, FolderLock, _schema_of, inside_without_links, json_safe, own_files,
                                    read_json, read_manifest, remove_orphan_temps, write_manifest)
 from bsadvisor.core.plan import Plan, Stage
+from bsadvisor.core.recommend import recommend
 from bsadvisor.core.rounding import Rounding
 from bsadvisor.core.spans import temperature_model
 from bsadvisor.core.validate_options import ValidateOptions
 from bsadvisor.core.verdict import ACCEPTED, paired_verdict, parse_margin
+from bsadvisor.targets.target import batchnorm_layers
 
 #: 1.1: the paired verdict (verdict.status, interval, paired, margin, seeds_suggested, variants) and each
 #: seed's ``evals`` (the curve at --evals points); every /1 field is still there. 1.2: the interval
@@ -65,10 +66,9 @@ class RunSpec:
 # -- which runs --------------------------------------------------------------------------
 def _rounding(plan: Plan, world_size: Optional[int] = None, micro_batch: Optional[int] = None) -> Rounding:
     """The plan's batch granularity (core/rounding.py), optionally for another device layout."""
-    inp = plan.inputs
-    return Rounding(int(inp.get("round_to") or 1),
-                    int(world_size if world_size is not None else inp.get("world_size") or 1),
-                    micro_batch if world_size is not None else inp.get("micro_batch"))
+    options = plan.options
+    return Rounding(options.round_to, world_size if world_size is not None else options.world_size,
+                    micro_batch if world_size is not None else options.micro_batch)
 
 
 def default_hybrid_cap(plan: Plan) -> int:
@@ -88,25 +88,33 @@ def fit_to_devices(plan: Plan, world_size: int, micro_batch: Optional[int]) -> t
     its recorded inputs with that rounding; the second value then says what changed.
     """
     rounding = _rounding(plan, world_size, micro_batch)
-    b0 = plan.inputs.get("batch_size")
+    missing = plan.missing_run()
+    b0 = None if "batch_size" in missing else plan.options.batch_size
     if all(b == b0 or rounding.nearest(b) == b for b in plan.stage_batch_sizes()):
         return plan, None
-    if any(plan.inputs.get(k) is None for k in ("lr", "batch_size", "schedule")):
+    if missing:
         raise UserError(f"the plan's batches {plan.stage_batch_sizes()} do not split evenly over {world_size} processes and "
                         f"it does not record its inputs; regenerate it with convert-schedule --world-size {world_size}")
-    fitted = convert.convert(_options(plan, world_size=world_size, micro_batch=micro_batch,
-                                      noise_cap_batch=_noise_cap(plan)))
+    fitted = reconvert(plan, world_size=world_size, micro_batch=micro_batch)
     before, after = plan.stage_batch_sizes(), fitted.stage_batch_sizes()
     return fitted, (f"{world_size} processes: batches rounded to {rounding.describe()}: "
                     f"{' → '.join(map(str, before))} became {' → '.join(map(str, after))}")
 
 
-def _noise_cap(plan: Plan):
-    """The plan's noise cap to convert again with: K × its recorded noise model (eq. 16), else its one number."""
-    k, model = plan.inputs.get("noise_cap"), _noise_model(plan)
-    if k is not None and model is not None:
-        return model.cap(k)
-    return (plan.cap or {}).get("noise_scale")
+def reconvert(plan: Plan, **changes: Any) -> Plan:
+    """The plan converted again from the options it records, with ``changes``, through ``recommend`` (the one
+    conversion path): capped at K × its recorded noise model (eq. 16) and annotated with it (B_noise and
+    efficiency per stage) when it has one. A plan spread over several devices with neither a device cap nor a
+    probe keeps its batch cap as the device cap (recommend scales only a measured one by the devices)."""
+    model = plan.noise_model
+    changes["noise_model"] = None  # given to recommend as the noise trace, which sets it
+    options = replace(plan.options, **changes)
+    if options.world_size > 1 and options.max_batch is None:
+        cap = plan.cap or {}
+        options = replace(options, max_batch=cap.get("max_fraction") or cap.get("run_length")
+                          or cap.get("batch_size"))
+    k = plan.noise_cap  # a noise cap needs the model it was taken from (recorded since plan/2)
+    return recommend(options, noise_trace=model, noise_cap=k if model is not None else None)
 
 
 def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[RunSpec]:
@@ -117,17 +125,17 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
     runs = [RunSpec("original", baseline_of(plan), "the LR schedule at the fixed batch B0"),
             RunSpec("plan", plan, "batch growth (Smith et al. 2018)")]
     if options.variants:
-        b0 = int(plan.inputs["batch_size"])
+        b0 = plan.options.batch_size
         if hybrid_cap is not None and not b0 < hybrid_cap <= plan.dataset_size:
             raise UserError(f"--hybrid-cap {hybrid_cap} must be above the starting batch {b0} (else the hybrid is the "
                             f"original schedule) and at most N = {plan.dataset_size}")
         cap = default_hybrid_cap(plan) if hybrid_cap is None else hybrid_cap
         if cap > b0:
-            runs.append(RunSpec(f"hybrid-{cap}", convert.convert(_options(plan, max_batch=cap)),
+            runs.append(RunSpec(f"hybrid-{cap}", reconvert(plan, max_batch=cap),
                                 f"grow the batch up to {cap}, then decay the LR"))
         if increase_lr > 1:
             k = increase_lr
-            runs.append(RunSpec(f"increased-lr-x{k:g}", convert.convert(_options(plan, increase_lr=k)),
+            runs.append(RunSpec(f"increased-lr-x{k:g}", reconvert(plan, increase_lr=k),
                                 f"start at {k:g}× the LR and {k:g}× the batch, then grow (§5.2 of the paper)"))
     return runs
 
@@ -135,9 +143,10 @@ def build_runs(plan: Plan, options: Optional[ValidateOptions] = None) -> list[Ru
 def constant_plan(plan: Plan, *, lr: Optional[float] = None, batch_size: Optional[int] = None) -> Plan:
     """One stage at the schedule's starting LR and batch: the control without any schedule."""
     first = plan.stages[0]
-    return Plan(stages=[Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
-                              first.momentum, temperature=1.0, phase="constant")],
-                dataset_size=plan.dataset_size, inputs=dict(plan.inputs))
+    stage = Stage(0, plan.total_samples, batch_size or first.batch_size, first.lr if lr is None else lr,
+                  first.momentum, temperature=1.0, phase="constant")
+    # the plan's inputs (a copy), and nothing else of it
+    return replace(plan.with_inputs(), stages=[stage], baseline_updates=0, cap={}, warnings=[], notes=[], probe=None)
 
 
 # -- statistics and verdict -----------------------------------------------------------
@@ -436,8 +445,6 @@ def _stamps(out: Path, names) -> dict:
 
 def batchnorm_warning(model) -> Optional[str]:
     """A warning for a model with BatchNorm: batch statistics change with the batch (None without)."""
-    from bsadvisor.targets.target import batchnorm_layers
-
     names = batchnorm_layers(model)
     if not names:
         return None
@@ -547,10 +554,12 @@ def realised_temperatures(specs: list[RunSpec], runs: dict) -> dict:
     its peak reads 1. An epoch's short last batch (fewer examples than the plan's batch
     there) is left out: its one update's temperature spike says nothing about the schedule.
     """
-    source = next((sp.plan for sp in specs if sp.plan.inputs.get("optimizer")), specs[0].plan)
+    source = next((sp.plan for sp in specs if sp.plan.kind != "baseline"), specs[0].plan)
+    if source.missing_run():  # a hand-written plan without its inputs: no model to read it with
+        return {}
     try:
-        model = temperature_model(_options(source))
-    except UserError:  # a hand-written plan without its inputs: no model to read it with
+        model = temperature_model(source.options)
+    except UserError:  # recorded inputs that are no valid options: no model to read them with
         return {}
     series = {}
     for spec in specs:

@@ -7,6 +7,7 @@ consumed), and in tokens where the plan knows its sequence length. No torch (num
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from bsadvisor.core.errors import UserError
@@ -40,8 +41,6 @@ def check_format(format_name: str) -> str:
 
 def check_megatron_version(version: str) -> str:
     """``version`` as MAJOR.MINOR if it is a Megatron-Core release (0.18 or later: the step schedule)."""
-    import re
-
     found = re.fullmatch(r"\s*(\d+)\.(\d+)(\.\d+)?\s*", str(version))
     if found is None:
         raise UserError(f"--megatron-version must be a Megatron-Core release such as 0.18 or 0.17, got {version!r}",

@@ -52,22 +52,14 @@ def ramp_increments(diff: int, unit: int) -> list[int]:
 
 def device_unit(plan) -> int:
     """The granularity the plan's batches were rounded to: lcm(--round-to, world size)."""
-    return math.lcm(int(plan.inputs.get("round_to") or 1), int(plan.inputs.get("world_size") or 1))
+    options = plan.options
+    return math.lcm(options.round_to, options.world_size)
 
 
 def noise_factor(plan):
-    """(p, v): the temperature at a fixed LR moves with the batch as v(B)^p (the plan's temperature model;
-    the noise-aware Adam rule read as its square-root limit, which it is below the noise scale)."""
-    from bsadvisor.core.defaults import ADAM_FAMILY
-    from bsadvisor.core.temperature import TemperatureModel
-
-    inp = plan.inputs
-    optimizer = inp.get("optimizer") or "sgd"
-    rule = inp.get("adam_rule") if optimizer in ADAM_FAMILY else None
-    n = plan.dataset_size
-    single = inp.get("streaming") or n is None or plan.total_samples <= n
-    model = TemperatureModel(None if single else n, inp.get("rule") or "exact", optimizer,
-                             "sqrt" if rule in (None, "noise") else rule)
+    """(p, v): the temperature at a fixed LR moves with the batch as v(B)^p (Plan.temperature_model: the
+    noise-aware Adam rule read as its square-root limit, which it is below the noise scale)."""
+    model = plan.temperature_model()
     return model.power, model.noise_factor
 
 

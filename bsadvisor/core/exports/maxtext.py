@@ -95,7 +95,7 @@ def maxtext_ramp(plan) -> Exported:
     if down is not None:
         raise UserError(f"MaxText's batch ramp only grows, and the plan's batch comes back down to "
                         f"{down['batch_size']} at sample {down['samples']:,}; use --format csv")
-    devices = int(plan.inputs.get("world_size") or 1)
+    devices = plan.options.world_size
     start, final, total = steps[0]["batch_size"], steps[-1]["batch_size"], plan.total_samples
     bad = next((p["batch_size"] for p in steps if p["batch_size"] % devices), None)
     if bad is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.exports.fit import batch_steps
 
@@ -33,9 +34,7 @@ def olmo_rows(plan) -> list[dict]:
 
 def _olmo_check(plan) -> None:
     """Refuse, in one line, a plan OLMo-core's BatchSizeSchedulerCallback cannot follow as written."""
-    from bsadvisor.core.defaults import ADAM_FAMILY
-
-    optimizer = plan.inputs.get("optimizer") or "sgd"
+    optimizer = plan.options.optimizer
     if optimizer not in ADAM_FAMILY:
         raise UserError(f"OLMo-core's BatchSizeSchedulerCallback rescales the LR of Adam-family optimizers only (it "
                         f"raises NotImplementedError for {optimizer}); use --format csv for this plan")
@@ -98,7 +97,7 @@ def export_olmo(plan, plan_path: str = "plan.json") -> str:
              "            stage = [s for s in plan.stages if s.start_sample <= start and s.batch_size * SEQ_LEN == batch][-1]",
              "        if group.get('plan_lr_ratio') is None:  # the group's LR relative to the plan's base LR",
              "            group['plan_lr_ratio'] = group.get(self.initial_lr_field) or group[self.lr_field]",
-             f"            group['plan_lr_ratio'] /= {plan.inputs.get('lr') or plan.stages[0].lr!r}",
+             f"            group['plan_lr_ratio'] /= {plan.options.lr!r}",
              "        lr = plan.lr_at(stage, start) * group['plan_lr_ratio']",
              "        if hasattr(group.get(self.lr_field), 'fill_'):  # a tensor LR (compiled optimizers), as OLMo-core",
              "            group[self.lr_field].fill_(lr)",

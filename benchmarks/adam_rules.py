@@ -229,7 +229,7 @@ def train_one(target, init, plan, seed: int, monitor: bool) -> tuple[dict, list]
     f = r.final
     row = {"metric": f["metric"], "train_loss": f["train_loss"], "updates": f["updates"], "wall_s": f["wall_s"],
            "batches": plan.stage_batch_sizes()}
-    return row, list(r.noise_trace)
+    return row, [p.to_dict() for p in r.noise_trace]
 
 
 def run_model(name: str, configs: list[str], seeds: int, cache: dict, beta2: float = BASE_BETA2,

@@ -32,7 +32,7 @@ _LAZY = {
     # runtime: following a plan in a training loop
     "BatchSizeScheduler": "runtime.scheduler", "PlanBatchSampler": "runtime.sampler",
     "train_step": "runtime.step", "make_gather": "runtime.batches", "map_tensors": "runtime.batches",
-    "NoiseMonitor": "runtime.monitor", "StepRecipe": "runtime.precision",
+    "NoiseMonitor": "runtime.monitor", "StepRecipe": "runtime.precision", "RunState": "runtime.state",
     "validate": "runtime.validation", "Validation": "runtime.validation", "ValidateOptions": "core.validate_options",
     # integrations: other frameworks follow a plan (each imports its framework on first use)
     "FollowPlan": "integrations.lightning", "target_from_lightning": "integrations.lightning",
@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .runtime.sampler import PlanBatchSampler
     from .runtime.scheduler import BatchSizeScheduler
     from .runtime.batches import make_gather, map_tensors
+    from .runtime.state import RunState
     from .runtime.step import train_step
     from .runtime.validation import Validation, validate
     from .core.validate_options import ValidateOptions

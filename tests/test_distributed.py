@@ -399,7 +399,7 @@ def _monitor_worker(outdir: str) -> None:
     dist = init_from_env("cpu")
     t = load_target("builtin:linreg")
     r = train_plan(t, _monitor_plan(), seed=2, dist=dist, noise_monitor={"window": 16})
-    Path(outdir, f"monitor{dist.rank}.json").write_text(json.dumps({"trace": r.noise_trace,
+    Path(outdir, f"monitor{dist.rank}.json").write_text(json.dumps({"trace": [p.to_dict() for p in r.noise_trace],
                                                                      "w": t.model.weight.reshape(-1).tolist()}))
     dist.barrier()
     exit_job(0)

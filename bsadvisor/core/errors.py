@@ -6,7 +6,7 @@ else is a bug in bsadvisor and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Callable, Optional, Union
 
 
 class UserError(ValueError):
@@ -53,3 +53,43 @@ def lost_peer(exc: BaseException) -> Optional[str]:
         return None
     return ("another process of the torchrun job stopped (killed, or failed first: see its output), so this one "
             f"cannot go on: {first}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" without one): torch's and DDP's errors run to many lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def raised(exc: BaseException, limit: Optional[int] = None) -> str:
+    """``Type: first line of its message`` (``Type`` alone without one), the line at most ``limit`` characters."""
+    line = first_line(exc)[:limit]
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+class user_code:
+    """A guard around a call into the user's code (model, loss_fn, metric_fn, a TARGET, a dataset's ``__len__``).
+
+    ``with user_code(lambda exc: f"metric_fn raised {raised(exc)}"): ...``: anything the block raises
+    that is one of ``catch`` (by default every Exception and ``sys.exit()``), but a UserError (already
+    one line; ``let_through``), becomes ``message(exc)``: a string (one UserError line) or an exception
+    to raise (e.g. the probe's OutOfMemory). It is raised without a traceback of the user's code, and
+    the failed call's frames are dropped, so the tensors they held (an out-of-memory trial's) are freed.
+    """
+
+    def __init__(self, message: Callable[[BaseException], Union[str, BaseException]],
+                 catch: tuple[type[BaseException], ...] = (Exception, SystemExit),
+                 let_through: tuple[type[BaseException], ...] = (UserError,)):
+        self.message, self.catch, self.let_through = message, catch, let_through
+
+    def __enter__(self) -> "user_code":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, self.let_through) or not isinstance(exc, self.catch):
+            return False
+        error = self.message(exc)
+        error = UserError(error) if isinstance(error, str) else error
+        exc.__traceback__ = None  # the user's frames (and their tensors) go now, not with the new error
+        del tb
+        raise error from None

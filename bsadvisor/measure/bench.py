@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import user_code
 from bsadvisor.measure.state import Rewind, state_on_cpu
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.distributed import Dist
@@ -98,10 +98,9 @@ class Batches:
         if self.tensors is not None:
             batch = tuple(t[idx] for t in self.tensors)
         else:
-            try:
+            with user_code(lambda exc: f"loading a batch from train_dataset failed: {type(exc).__name__}: {exc}",
+                           let_through=()):
                 batch = self.target.collate([self.target.train_dataset[int(i)] for i in idx])
-            except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-                raise UserError(f"loading a batch from train_dataset failed: {type(exc).__name__}: {exc}") from None
         return to_device(batch, self.device)
 
     def next(self, size: int):

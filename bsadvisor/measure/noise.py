@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from bsadvisor.core import noise as noise_stats
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, user_code
 from bsadvisor.core.probe_options import MAX_DRAWS
 from bsadvisor.core.probe_result import NoiseResult
 from bsadvisor.measure.bench import Bench, Budget, over_ranks
@@ -171,14 +171,9 @@ class PerExampleDraws(Estimator):
 
     def grads(self, batch, where: str) -> list:
         """Each trainable parameter's per-example gradients, shaped [B, *parameter shape]."""
-        try:
-            with self.bench.recipe.autocast():
-                return self.per_example_grads(batch)
-        except UserError:
-            raise
-        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-            raise UserError(f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
-                            "use --estimator microbatch") from None
+        with user_code(lambda exc: f"per-example gradients failed at {where} ({type(exc).__name__}: {exc}); "
+                                   "use --estimator microbatch"), self.bench.recipe.autocast():
+            return self.per_example_grads(batch)
 
     def draw(self, index: int) -> Draw:
         where = f"noise draw {index + 1}"

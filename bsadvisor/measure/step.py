@@ -9,19 +9,16 @@ UserError that says to lower --batch-size.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+import contextlib
+
+from typing import Iterable, Optional
 
 import torch
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, first_line, user_code
 from bsadvisor.core.memory import OutOfMemory, is_oom
 from bsadvisor.runtime.distributed import Dist
 from bsadvisor.runtime.precision import StepRecipe
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def failure(exc: BaseException, what: str, where: str, oom: bool) -> Exception:
@@ -36,33 +33,19 @@ def failure(exc: BaseException, what: str, where: str, oom: bool) -> Exception:
     return UserError(f"{what} {type(exc).__name__} at {where}: {first_line(exc)}")
 
 
-def _guarded(call: Callable, what: str, where: str, oom: bool):
-    """``call()``, with a failure turned into :func:`failure`'s exception.
-
-    That exception is raised outside the ``except`` block, so it holds no context that
-    keeps the failed step's tensors (and their memory) alive.
-    """
-    error = None
-    try:
-        return call()
-    except UserError:
-        raise
-    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-        error = failure(exc, what, where, oom)
-    raise error
+def _guard(what: str, where: str, oom: bool) -> user_code:
+    """The user_code guard of a probe step: a failure is :func:`failure`'s exception (raised without the failed
+    step's frames, so its tensors and their memory are freed)."""
+    return user_code(lambda exc: failure(exc, what, where, oom))
 
 
 def loss_of(target, model, batch, where: str, check_finite: bool = True, oom: bool = False,
             recipe: Optional[StepRecipe] = None) -> torch.Tensor:
     """``target.loss_fn(model, batch)`` (under the recipe's autocast), checked to be a scalar tensor with grad
     (and finite)."""
-    def call():
-        if recipe is None:
-            return target.loss_fn(model, batch)
-        with recipe.autocast():
-            return target.loss_fn(model, batch)
-
-    loss = _guarded(call, "loss_fn raised", where, oom)
+    with _guard("loss_fn raised", where, oom), (recipe.autocast() if recipe is not None
+                                                 else contextlib.nullcontext()):
+        loss = target.loss_fn(model, batch)
     if not isinstance(loss, torch.Tensor):
         raise UserError(f"loss_fn returned {type(loss).__name__} at {where}, not a tensor; "
                         "return the mean loss as a scalar tensor")
@@ -81,17 +64,23 @@ def backward(loss: torch.Tensor, where: str, oom: bool = False, scale: float = 1
              recipe: Optional[StepRecipe] = None) -> None:
     """``loss.backward()``: of ``loss`` × ``scale`` when given (an fp16 loss scale: the gradients carry it), or
     through the recipe's GradScaler (a training step's)."""
-    if recipe is not None and recipe.scaler is not None:
-        _guarded(lambda: recipe.backward(loss), "backward raised", where, oom)
-    else:
-        _guarded((loss * scale).backward if scale != 1.0 else loss.backward, "backward raised", where, oom)
+    with _guard("backward raised", where, oom):
+        if recipe is not None and recipe.scaler is not None:
+            recipe.backward(loss)
+        elif scale != 1.0:
+            (loss * scale).backward()
+        else:
+            loss.backward()
 
 
 def optimizer_step(optimizer, where: str, oom: bool = False, recipe: Optional[StepRecipe] = None,
                    params=None) -> None:
     """``optimizer.step()``, or the recipe's step (unscale, clip, step through the scaler)."""
-    call = optimizer.step if recipe is None else lambda: recipe.step(optimizer, params)
-    _guarded(call, "the optimizer step raised", where, oom)
+    with _guard("the optimizer step raised", where, oom):
+        if recipe is None:
+            optimizer.step()
+        else:
+            recipe.step(optimizer, params)
 
 
 def guarded_step(target, model, optimizer, batch, where: str, check: bool = True, dist: Optional[Dist] = None,

@@ -1,5 +1,9 @@
 """The checkpoint format of bsadvisor's loop (runtime/train.py): what is written, read back, and refused.
 
+A checkpoint is the run's ``RunState.state_dict()`` (runtime/state.py) with the run's ``meta``
+and a digest; this module writes it, reads it, checks it against the plan, the target and the
+seed, and hands it to ``RunState.load_state_dict``. It knows nothing else of the training loop.
+
 Checkpoints hold only tensors, plain containers, numbers and strings, and are read with
 ``torch.load(..., weights_only=True)``: a crafted checkpoint cannot run code (a pickle's
 ``__reduce__`` is refused, not called). A checkpoint records what identifies its run (the
@@ -14,11 +18,13 @@ reads it and sends it to the others, so no shared filesystem is needed.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -27,10 +33,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import write_atomic
 from bsadvisor.core.plan import Plan
 from bsadvisor.runtime.distributed import Dist
-from bsadvisor.runtime.rng import get_state as get_rng_state, set_state as set_rng_state
-
-if TYPE_CHECKING:
-    from bsadvisor.runtime.train import _Training
+from bsadvisor.runtime.state import MAX_STEP_RECORDS, RunState
 
 CHECKPOINT_FORMAT = "bsadvisor.checkpoint/2"
 
@@ -51,28 +54,20 @@ def run_meta(plan: Plan, name: str, seed: int, max_micro_batch: Optional[int], m
     return meta
 
 
-def write(run: "_Training") -> None:
-    """Rank 0 writes everything a resume needs, with every rank's random streams (no-op without a path)."""
-    if run.checkpoint is None:
+def write(path: Optional[Path], meta: dict, state: RunState) -> None:
+    """Rank 0 writes the run's ``state_dict()`` (every rank's random streams in it) with its ``meta`` and digest
+    (no-op without a path; under torchrun every rank calls it)."""
+    if path is None:
         return
-    dist = run.dist
-    rng = dist.all_gather_object(get_rng_state()) if dist.enabled else get_rng_state()
-    if dist.is_main:
-        doc = {
-            "format": CHECKPOINT_FORMAT, "meta": run.meta, "model": run.target.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "sampler": run.sampler.state_dict(), "rng": rng, "history": run.result.history,
-            "steps": run.result.steps, "evals": run.result.evals, "since": dict(run.since),
-            "partial": dict(run.partial),
-            "monitor": run.monitor.state_dict() if run.monitor is not None else None,
-            "scaler": run.recipe.state_dict(), "skipped_steps": run.result.skipped_steps,  # fp16: the loss scale
-            "totals": {"updates": run.updates, "examples": run.examples, "wall_s": run.wall}}
+    contents = state.state_dict()
+    if state.dist.is_main:
+        doc = {"format": CHECKPOINT_FORMAT, "meta": meta, **contents}
         doc["digest"] = digest(doc)
-        _save(run.checkpoint, doc)
+        _save(path, doc)
 
 
-def restore(run: "_Training", doc: dict) -> None:
-    """Load a checkpoint's contents (``read``) into the run, after checking every field it reads.
+def restore(path: Optional[Path], state: RunState, doc: dict) -> None:
+    """Load a checkpoint's contents (``read``) into the run's state, after checking every field it reads.
 
     A field of the wrong type is a ValueError (the "damaged" line). What the plan, the target's
     optimizer and the seed determine (the position, the update count, the scheduler, the sampler,
@@ -81,33 +76,19 @@ def restore(run: "_Training", doc: dict) -> None:
     monitor states) must be the numbers bsadvisor wrote (its ``digest``) and be sane. A
     disagreement is one UserError line naming the field (a hand-edited file is never resumed as is).
     """
-    _check_types(run, doc)
+    _check_types(state, doc)
     try:
-        derived = _derive(run, doc)
+        derived = _derive(state, doc)
         for check in SECTION_CHECKS:
-            check(run, doc, derived)
-        expected_groups = _groups(run.optimizer)  # the fresh optimizer at the resume position (seek in _derive)
-        run.target.model.load_state_dict(doc["model"])
-        run.optimizer.load_state_dict(doc["optimizer"])
-        run.scheduler.load_state_dict(derived.scheduler)  # the plan's LR and momentum into the loaded groups
-        run.recipe.load_state_dict(doc.get("scaler"))  # the GradScaler's scale and growth tracker
-        _check_optimizer(run, doc, derived, expected_groups)
+            check(state, doc, derived)
+        expected_groups = _groups(state.optimizer)  # the fresh optimizer at the resume position (seek in _derive)
+        # the position, update count and scheduler as the plan derives them (the checks found the file's the same)
+        totals = {"updates": derived.updates, "examples": derived.position, "wall_s": doc["totals"]["wall_s"]}
+        state.load_state_dict({**doc, "scheduler": derived.scheduler, "totals": totals})
+        _check_optimizer(state, doc, derived, expected_groups)
     except _Disagrees as exc:
-        raise UserError(f"checkpoint {run.checkpoint} disagrees with the run it belongs to: {exc}; it was edited or "
+        raise UserError(f"checkpoint {path} disagrees with the run it belongs to: {exc}; it was edited or "
                         "damaged, so it is not resumed: delete it to start over, or --overwrite") from None
-    rng = doc["rng"]
-    set_rng_state(rng[run.dist.rank] if isinstance(rng, list) else rng)
-    result = run.result
-    result.skipped_steps = [dict(rec) for rec in doc.get("skipped_steps", [])]
-    result.history = [dict(rec) for rec in doc["history"]]
-    result.steps = [dict(rec) for rec in doc.get("steps", [])]
-    result.evals = [dict(rec) for rec in doc.get("evals", [])]
-    run.since = dict(doc.get("since") or {"loss_sum": 0.0, "seen": 0})
-    run.partial = dict(doc.get("partial") or {})
-    if run.monitor is not None and doc.get("monitor") is not None:
-        run.monitor.load_state_dict(doc["monitor"])
-        result.noise_trace = run.monitor.points
-    run.updates, run.examples, run.wall = derived.updates, derived.position, doc["totals"]["wall_s"]
 
 
 def _save(path: Path, doc: dict) -> None:
@@ -132,8 +113,6 @@ def read(path: Optional[Path], dist: Dist) -> Optional[dict]:
 
 def _load(path: Path) -> dict:
     """Read a checkpoint with ``weights_only=True``: tensors and plain containers only, never code."""
-    import warnings
-
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
@@ -228,7 +207,7 @@ def _field_ok(value: Any, kind: str) -> bool:
     return value is None or isinstance(value, (int, float))
 
 
-def _check_types(run: "_Training", doc: dict) -> None:
+def _check_types(state: RunState, doc: dict) -> None:
     """Every field of a checkpoint that is read after the resume has the type it is read as.
 
     Its metadata can be right while a field is not (a hand-edited or damaged file): a ValueError
@@ -256,10 +235,10 @@ def _check_types(run: "_Training", doc: dict) -> None:
         if not isinstance(doc.get(name), dict):
             raise ValueError(f"{name} is {type(doc.get(name)).__name__}")
     partial = doc.get("partial")
-    if partial and not partial["offset"] <= run.plan.dataset_size:
+    if partial and not partial["offset"] <= state.plan.dataset_size:
         raise ValueError(f"partial.offset {partial['offset']} is past the epoch's end")
-    if len(doc["history"]) > run.plan.full_epochs:
-        raise ValueError(f"it holds {len(doc['history'])} epochs, the plan has {run.plan.full_epochs}")
+    if len(doc["history"]) > state.plan.full_epochs:
+        raise ValueError(f"it holds {len(doc['history'])} epochs, the plan has {state.plan.full_epochs}")
 
 
 class _Disagrees(Exception):
@@ -277,15 +256,13 @@ class _Derived:
     scheduler: dict             # the scheduler's state there (BatchSizeScheduler.state_dict)
 
 
-def _derive(run: "_Training", doc: dict) -> _Derived:
+def _derive(state: RunState, doc: dict) -> _Derived:
     """The position, update counts and step records of the run the checkpoint's history and partial epoch say.
 
     Walks the plan's batches (the sampler's spans) from the start: O(updates), as the training itself.
     A position that is not at the end of a batch is refused.
     """
-    from bsadvisor.runtime.train import MAX_STEP_RECORDS
-
-    plan, n, history, partial = run.plan, run.plan.dataset_size, doc["history"], doc.get("partial") or {}
+    plan, n, history, partial = state.plan, state.plan.dataset_size, doc["history"], doc.get("partial") or {}
     diverged = bool(history) and bool(history[-1].get("diverged"))
     if partial and (diverged or partial["epoch"] != len(history)):
         raise _Disagrees(f"partial.epoch is {partial['epoch']} but the history holds {len(history)} epoch(s) "
@@ -297,9 +274,9 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
     else:
         position = min(len(history) * n, plan.total_samples)
     stride = max(1, plan.updates // MAX_STEP_RECORDS)
-    ratios = run.scheduler.state_dict()["ratios"]  # the target's optimizer's groups, relative to the first
+    ratios = state.scheduler.state_dict()["ratios"]  # the target's optimizer's groups, relative to the first
     lr_ratio = ratios[0] if ratios else 1.0
-    group = run.optimizer.param_groups[0]
+    group = state.optimizer.param_groups[0]
     has_momentum = "betas" in group or "momentum" in group
     def record(start: int, size: int) -> dict:
         s = plan.at_sample(start)
@@ -313,7 +290,7 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
         first = epoch * n
         if first > position or first == position and not diverged:
             break
-        for a, b in run.sampler.spans(epoch):
+        for a, b in state.sampler.spans(epoch):
             if first + a >= position:
                 # the update whose loss was not finite was recorded before it ran (train._before_update)
                 if diverged and first + a == position and updates % stride == 0:
@@ -327,8 +304,8 @@ def _derive(run: "_Training", doc: dict) -> _Derived:
             attempts += 1
             updates += first + a not in skipped
         ends.append(updates)
-    run.scheduler.seek(position)  # the fresh optimizer's groups at the position: what the loaded ones must be
-    scheduler = {**run.scheduler.state_dict(), "last_step": attempts}
+    state.scheduler.seek(position)  # the fresh optimizer's groups at the position: what the loaded ones must be
+    scheduler = {**state.scheduler.state_dict(), "last_step": attempts}
     return _Derived(position, updates, tuple(ends), tuple(steps), scheduler)
 
 
@@ -338,7 +315,7 @@ def _same(name: str, saved: Any, derived: Any, source: str) -> None:
         raise _Disagrees(f"{name} is {checks.show(saved, 60)} in the checkpoint, {checks.show(derived, 60)} {source}")
 
 
-def _check_digest(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_digest(state: RunState, doc: dict, derived: _Derived) -> None:
     """The numbers nothing re-derives (losses, metrics, wall times, RNG and monitor states) are bsadvisor's own."""
     if "digest" not in doc:
         raise _Disagrees("it has no digest of its records (an older bsadvisor wrote it, or it was edited)")
@@ -347,7 +324,7 @@ def _check_digest(run: "_Training", doc: dict, derived: _Derived) -> None:
                          "wall times and random states does not match)")
 
 
-def _check_totals(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_totals(state: RunState, doc: dict, derived: _Derived) -> None:
     totals = doc["totals"]
     _same("totals.examples", totals["examples"], derived.position, "from its history and partial epoch")
     _same("totals.updates", totals["updates"], derived.updates, "from the plan")
@@ -360,9 +337,9 @@ def _check_totals(run: "_Training", doc: dict, derived: _Derived) -> None:
                          f"({max(walls):g})")
 
 
-def _check_history(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_history(state: RunState, doc: dict, derived: _Derived) -> None:
     """Each epoch's record: its number, the plan's setting, the updates and examples to its end; finite sums."""
-    plan, n = run.plan, run.plan.dataset_size
+    plan, n = state.plan, state.plan.dataset_size
     for i, rec in enumerate(doc["history"]):
         setting = plan.at(i)
         last_diverged = rec.get("diverged") and i == len(doc["history"]) - 1
@@ -377,7 +354,7 @@ def _check_history(run: "_Training", doc: dict, derived: _Derived) -> None:
             raise _Disagrees(f"history[{i}].train_loss is {checks.show(rec['train_loss'])} in an epoch that finished")
 
 
-def _check_steps(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_steps(state: RunState, doc: dict, derived: _Derived) -> None:
     """The per-update records are the plan's batches, LRs and momenta at their positions: re-derived whole."""
     steps = doc.get("steps", [])
     if len(steps) != len(derived.steps):
@@ -387,7 +364,7 @@ def _check_steps(run: "_Training", doc: dict, derived: _Derived) -> None:
             _same(f"steps[{i}].{key}", rec[key], value, "from the plan")
 
 
-def _check_partial_and_since(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_partial_and_since(state: RunState, doc: dict, derived: _Derived) -> None:
     """The partial epoch's sums cover its offset; the curve's running sum covers the samples since its last point."""
     partial, since = doc.get("partial") or {}, doc.get("since") or {"loss_sum": 0.0, "seen": 0}
     if partial:
@@ -400,9 +377,9 @@ def _check_partial_and_since(run: "_Training", doc: dict, derived: _Derived) -> 
             raise _Disagrees(f"{name}.loss_sum is {checks.show(sums['loss_sum'])}, no sum of finite losses")
 
 
-def _check_evals(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_evals(state: RunState, doc: dict, derived: _Derived) -> None:
     """The curve's points: where they were due (eval_points), reached by then, with the plan's batch there."""
-    evals, due = doc.get("evals", []), run.eval_at
+    evals, due = doc.get("evals", []), state.eval_at
     passed = sum(1 for p in due if p < derived.position)
     if len(evals) > len(due) or len(evals) < passed:
         raise _Disagrees(f"it holds {len(evals)} curve point(s), the run has passed {passed}")
@@ -411,11 +388,11 @@ def _check_evals(run: "_Training", doc: dict, derived: _Derived) -> None:
         if not due[i] <= rec["samples"] <= derived.position:
             raise _Disagrees(f"evals[{i}].samples is {rec['samples']}, not between its point {due[i]} and the run's "
                              f"position {derived.position}")
-        _same(f"evals[{i}].batch_size", rec["batch_size"], run.plan.at_sample(max(rec["samples"] - 1, 0)).batch_size,
+        _same(f"evals[{i}].batch_size", rec["batch_size"], state.plan.at_sample(max(rec["samples"] - 1, 0)).batch_size,
               "from the plan")
 
 
-def _check_scheduler(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_scheduler(state: RunState, doc: dict, derived: _Derived) -> None:
     """The scheduler's state is the plan's at the position, with the target's optimizer's group ratios."""
     saved, now = doc["scheduler"], derived.scheduler
     for key in sorted(set(saved) | set(now)):
@@ -426,11 +403,11 @@ def _check_scheduler(run: "_Training", doc: dict, derived: _Derived) -> None:
         _same(f"scheduler.{key}", saved.get(key), now.get(key), "from the plan and the target's optimizer")
 
 
-def _check_sampler(run: "_Training", doc: dict, derived: _Derived) -> None:
+def _check_sampler(state: RunState, doc: dict, derived: _Derived) -> None:
     """The sampler's state: the run's seed and the epoch in progress (it walks spans; no offset of its own)."""
     history, partial = doc["history"], doc.get("partial") or {}
     epoch = partial["epoch"] if partial else max(len(history) - 1, 0)
-    expect = {"epoch": epoch, "seed": run.seed, "advance": False, "offset": 0}
+    expect = {"epoch": epoch, "seed": state.seed, "advance": False, "offset": 0}
     saved = doc["sampler"]
     for key in sorted(set(saved) | set(expect)):
         _same(f"sampler.{key}", saved.get(key), expect.get(key), "for this run and seed")
@@ -441,10 +418,10 @@ def _groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
-def _check_optimizer(run: "_Training", doc: dict, derived: _Derived, expected: list[dict]) -> None:
+def _check_optimizer(state: RunState, doc: dict, derived: _Derived, expected: list[dict]) -> None:
     """After loading: every group's settings are the target's optimizer's (LR and momentum: the plan's there),
     and an Adam-style step count is the run's update count."""
-    loaded = _groups(run.optimizer)
+    loaded = _groups(state.optimizer)
     if len(loaded) != len(expected):
         raise _Disagrees(f"the optimizer has {len(loaded)} param groups in the checkpoint, {len(expected)} in the "
                          "target's")
@@ -452,8 +429,8 @@ def _check_optimizer(run: "_Training", doc: dict, derived: _Derived, expected: l
         for key in sorted(set(got) | set(want)):
             _same(f"optimizer.param_groups[{i}].{key}", got.get(key), want.get(key),
                   "for the target's optimizer at this point of the plan")
-    for state in run.optimizer.state.values():
-        step = state.get("step") if isinstance(state, dict) else None
+    for kept in state.optimizer.state.values():
+        step = kept.get("step") if isinstance(kept, dict) else None
         if step is not None and float(step) != derived.updates:
             raise _Disagrees(f"the optimizer's step count is {float(step):g} in the checkpoint, {derived.updates} "
                              "updates from the plan")
@@ -471,8 +448,6 @@ _UNDIGESTED = ("model", "optimizer", "digest")
 
 def digest(doc: dict) -> str:
     """SHA-256 of a checkpoint's sections but the weights and the optimizer: a hand edit of a number is seen."""
-    import hashlib
-
     h = hashlib.sha256()
 
     def feed(x: Any) -> None:

@@ -40,16 +40,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import scipy.special  # noqa: F401  (the interval's t quantile: loaded here, never on the monitor's clock)
 import torch
 
 from bsadvisor.core import noise as noise_stats
 from bsadvisor.core import checks
 from bsadvisor.core.errors import ArgumentTypeError, UserError
-from bsadvisor.core.fileio import json_safe
+from bsadvisor.core.fileio import json_safe, write_json
 from bsadvisor.core.noise_model import TRACE_SCHEMA
 from bsadvisor.runtime import rng
 from bsadvisor.runtime.gradient_noise import AccumulatedDraws, ReplicaTally, dense, micro_batch_draw
 from bsadvisor.runtime.batches import make_gather, to_device
+from bsadvisor.runtime.documents import NoisePoint
 from bsadvisor.runtime.precision import StepRecipe, unscaled_grads
 
 
@@ -125,11 +127,10 @@ class NoiseMonitor:
         self.device = device
         self.recipe = StepRecipe()  # the training's (train_plan sets it): the extra draws' autocast and loss scale
         self.generator = torch.Generator().manual_seed(self.settings.seed)
-        import scipy.special  # noqa: F401  (the interval's t quantile: a one-off import, not the monitor's time)
         self._gather = make_gather(dataset, collate_fn) if dataset is not None else None
         self._accumulated = AccumulatedDraws(self.params)
         self._replicas = ReplicaTally(self.params)
-        self.points: list[dict] = []
+        self.points: list[NoisePoint] = []
         self.seconds = 0.0          # spent measuring
         self._train_seconds = 0.0   # training time seen between calls (excluding the monitor's)
         self._last_call: Optional[float] = None
@@ -139,7 +140,7 @@ class NoiseMonitor:
 
     # ------------------------------------------------------------------ when to measure
     def maybe_measure(self, samples: int, lr: float, momentum: float, batch_size: int,
-                      update: Optional[int] = None, total_samples: Optional[int] = None) -> Optional[dict]:
+                      update: Optional[int] = None, total_samples: Optional[int] = None) -> Optional[NoisePoint]:
         """Measure now if the schedule says so; call once per update, before its step.
 
         With ``every``: every that many updates. Otherwise within the overhead budget: with
@@ -211,7 +212,7 @@ class NoiseMonitor:
     # ------------------------------------------------------------------ extra draws
     def measure(self, samples: int, lr: float, momentum: float, batch_size: int,
                 update: Optional[int] = None, allowance: Optional[float] = None,
-                big_batch: Optional[int] = None) -> dict:
+                big_batch: Optional[int] = None) -> NoisePoint:
         """``draws`` extra draws at the current parameters; the point they give (also appended to ``points``).
 
         Without a fixed ``big_batch`` the draw size follows the noise scale: when the draws
@@ -300,10 +301,10 @@ class NoiseMonitor:
         ref = 64.0
         if self.points:
             last = self.points[-1]
-            if last["ci_kind"] == "bounded":
-                ref = last["b_simple"]
+            if last.ci_kind == "bounded":
+                ref = last.b_simple
             else:
-                ref = 2 * max(last["ci90"][0] or 0.0, last["big_batch"])
+                ref = 2 * max(last.ci90[0] or 0.0, last.big_batch)
         return max(64, batch_size, _power_of_two_above(ref))
 
     @staticmethod
@@ -326,7 +327,7 @@ class NoiseMonitor:
         self._accumulated.after_backward(size, weight)
 
     def end_update(self, samples: int, lr: float, momentum: float, batch_size: Optional[int] = None,
-                   update: Optional[int] = None, grad_scale: float = 1.0) -> Optional[dict]:
+                   update: Optional[int] = None, grad_scale: float = 1.0) -> Optional[NoisePoint]:
         """Close an accumulated update (after its last ``after_backward``); every ``window`` updates, a point.
 
         The change in ``.grad`` of a micro-batch of ``size`` is weight × its mean gradient, and the
@@ -355,7 +356,7 @@ class NoiseMonitor:
 
     def end_replica_update(self, samples: int, lr: float, momentum: float, batch_size: int, share: int,
                            update: Optional[int] = None, grad_scale: float = 1.0,
-                           big_sq_norm: Optional[float] = None) -> Optional[dict]:
+                           big_sq_norm: Optional[float] = None) -> Optional[NoisePoint]:
         """Close a data-parallel update (after ``optimizer.step()``, before the next ``zero_grad``).
 
         ``share``: this rank's examples of the ``batch_size`` (global) batch. One all-reduce
@@ -374,7 +375,7 @@ class NoiseMonitor:
         self._replicas.local = None
 
     # ------------------------------------------------------------------ points
-    def _pend(self, draw, samples, update, lr, momentum, batch_size, how: str) -> Optional[dict]:
+    def _pend(self, draw, samples, update, lr, momentum, batch_size, how: str) -> Optional[NoisePoint]:
         """Keep a draw (|G_b|², |G_B|², b, B); every ``window`` of them, one point (b and B averaged), else None."""
         self._pending.append(draw)
         if len(self._pending) < self.settings.window:
@@ -390,28 +391,26 @@ class NoiseMonitor:
         n = self.dataset_size
         return noise_stats.estimate(small, large, b, big, dataset_size=n if n is not None and n >= big else None)
 
-    def _add(self, samples, update, lr, momentum, batch_size, draws, how, seconds) -> dict:
+    def _add(self, samples, update, lr, momentum, batch_size, draws, how, seconds) -> NoisePoint:
         """The point of ``draws`` (|G_b|² list, |G_B|² list, b, B), appended to ``points``."""
         small, large, b, big = draws
         stats = self._estimate(small, large, b, big)
-        point = {"sample": int(samples), "update": update, "b_simple": stats.b_simple,
-                 "ci90": [stats.ci90[0], stats.ci90[1]], "ci_kind": stats.ci_kind,
-                 "trace_sigma": stats.trace_sigma, "grad_sq_norm": stats.grad_sq_norm, "draws": stats.draws,
-                 "micro_batch": b, "big_batch": big, "lr": float(lr), "momentum": float(momentum),
-                 "batch_size": int(batch_size), "how": how, "seconds": seconds}
+        point = NoisePoint(sample=int(samples), update=update, b_simple=stats.b_simple,
+                           ci90=(stats.ci90[0], stats.ci90[1]), ci_kind=stats.ci_kind, trace_sigma=stats.trace_sigma,
+                           grad_sq_norm=stats.grad_sq_norm, draws=stats.draws, micro_batch=b, big_batch=big,
+                           lr=float(lr), momentum=float(momentum), batch_size=int(batch_size), how=how,
+                           seconds=seconds)
         self.points.append(point)
         return point
 
     # ------------------------------------------------------------------ files and checkpoints
     def trace(self) -> dict:
         """The trace as JSON-ready data (``bsadvisor.noise_trace/1``): what ``--noise-trace`` reads."""
-        return json_safe({"schema": TRACE_SCHEMA, "dataset_size": self.dataset_size, "points": self.points,
-                          "seconds": self.seconds})
+        return json_safe({"schema": TRACE_SCHEMA, "dataset_size": self.dataset_size,
+                          "points": [p.to_dict() for p in self.points], "seconds": self.seconds})
 
     def save(self, path) -> None:
         """Write :meth:`trace` to ``path`` atomically."""
-        from bsadvisor.core.fileio import write_json
-
         write_json(path, self.trace())
 
     def state_dict(self) -> dict:
@@ -422,13 +421,13 @@ class NoiseMonitor:
         """
         if self._last_call is not None:
             self._book_training_time(time.perf_counter())
-        return {"clock": self._last_call is not None, "points": [dict(p) for p in self.points],
+        return {"clock": self._last_call is not None, "points": [p.to_dict() for p in self.points],
                 "generator": self.generator.get_state(), "seconds": self.seconds,
                 "train_seconds": self._train_seconds, "updates_since": self._updates_since,
                 "pending": list(self._pending), "per_example": self._per_example}
 
     def load_state_dict(self, state: dict) -> None:
-        self.points = [dict(p) for p in state.get("points", [])]
+        self.points = [NoisePoint.from_dict(p) for p in state.get("points", [])]
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
         self.seconds = float(state.get("seconds", 0.0))

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, first_line
 
 _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -47,7 +47,7 @@ def check_precision(precision: str, device: torch.device) -> None:
             raise RuntimeError(f"autocast gave {out.dtype}")
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"precision {precision!r} cannot run on {device} ({type(exc).__name__}: "
-                        f"{(str(exc).splitlines() or [''])[0][:120]}); use precision '32'") from None
+                        f"{first_line(exc)[:120]}); use precision '32'") from None
 
 
 class StepRecipe:

@@ -16,8 +16,10 @@ only tensors, plain containers, numbers and strings, and are read without runnin
 checkpoint of another run (another model, schedule, plan or settings) is refused.
 Evaluation and the curve's positions are runtime/evaluation.py's.
 
-Wall time counts training steps only (not evaluation or checkpoint writes), so the
-comparison between runs is about the training itself.
+Wall time counts training steps only (not evaluation, checkpoint writes or the noise
+monitor's extra draws: the run's Stopwatch, runtime/state.py), so the comparison between
+runs is about the training itself. The run's state (its parts, totals and records) is a
+``RunState`` with ``state_dict()`` / ``load_state_dict()``: what a checkpoint holds.
 
 Under torchrun (``dist`` enabled) the model is wrapped in DistributedDataParallel and
 every rank walks the same global batches, training on its share (runtime/step.py, train_step):
@@ -31,62 +33,31 @@ import copy
 import dataclasses
 import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bsadvisor.core import checks
+from bsadvisor.core.errors import UserError, lost_peer, raised, user_code
+from bsadvisor.core.plan import Plan
+from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime import checkpoint as ckpt
 from bsadvisor.runtime.batches import make_gather, split_share
-from bsadvisor.runtime.checkpoint import model_signature
 from bsadvisor.runtime.distributed import Dist
+from bsadvisor.runtime.documents import EpochRecord, EvalPoint, SkippedStep, StepRecord
 from bsadvisor.runtime.evaluation import eval_points, evaluate
-from bsadvisor.core.validate_options import MAX_EVALS
 from bsadvisor.runtime.monitor import NoiseMonitor
-from bsadvisor.core import checks
-from bsadvisor.core.errors import UserError, lost_peer
 from bsadvisor.core.original import check_dataset_size
-from bsadvisor.core.plan import Plan
+from bsadvisor.runtime.precision import StepRecipe
 from bsadvisor.runtime.rng import get_state as get_rng_state, rank_seed, seed_everything, set_state as set_rng_state
 from bsadvisor.runtime.sampler import PlanBatchSampler
 from bsadvisor.runtime.scheduler import BatchSizeScheduler
-from bsadvisor.runtime.precision import StepRecipe
+from bsadvisor.runtime.state import MAX_STEP_RECORDS, RunResult, RunState
 from bsadvisor.runtime.step import train_step
 from bsadvisor.targets.target import Target
-
-#: At most this many per-update records a run keeps (every k-th update beyond that).
-MAX_STEP_RECORDS = 2000
-
-
-@dataclass
-class RunResult:
-    """One run: its name, seed and per-epoch history (the last entry holds the finals)."""
-
-    name: str
-    seed: int
-    history: list[dict] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)  # {samples, batch_size, lr, momentum} of (every k-th) update
-    evals: list[dict] = field(default_factory=list)  # the curve: metric and loss at ``evals`` places of the run
-    noise_trace: list[dict] = field(default_factory=list)  # the NoiseMonitor's points (runtime/monitor.py)
-    plan_updates: int = 0
-    resumed_from: Optional[int] = None  # epoch count found in a checkpoint, if any
-    diverged_at: Optional[int] = None  # epoch (1-based) whose training loss was not finite, if any
-    skipped_steps: list[dict] = field(default_factory=list)  # {samples, update, loss_scale}: steps a GradScaler skipped
-
-    @property
-    def final(self) -> dict:
-        return self.history[-1] if self.history else {}
-
-    def to_dict(self) -> dict:
-        f = self.final
-        return {"seed": self.seed, "final_train_loss": f.get("train_loss"), "metric": f.get("metric"),
-                "updates": f.get("updates", 0), "examples": f.get("examples", 0), "wall_s": f.get("wall_s", 0.0),
-                "resumed_from_epoch": self.resumed_from, "diverged_at_epoch": self.diverged_at,
-                "history": self.history, "steps": self.steps, "evals": self.evals,
-                "noise_trace": self.noise_trace, "skipped_steps": self.skipped_steps}
 
 
 @dataclass(frozen=True)
@@ -133,39 +104,36 @@ class TrainOptions:
 
 @dataclass
 class _Training:
-    """What one ``train_plan`` call works with: the run, its optimizer side and data side, its totals."""
+    """What one ``train_plan`` call works with: the target, where it runs and checkpoints, and the run's state."""
 
     target: Target
-    plan: Plan
     name: str
-    seed: int
-    dist: Dist
     device: Optional[torch.device]
     checkpoint: Optional[Path]
     meta: dict  # what a checkpoint must match to be resumed
-    optimizer: torch.optim.Optimizer
-    recipe: StepRecipe  # the target's precision and clipping (runtime/precision.py)
-    scheduler: BatchSizeScheduler
-    sampler: PlanBatchSampler
-    result: RunResult
-    updates: int = 0
-    examples: int = 0
-    wall: float = 0.0
+    state: RunState  # the run's parts, totals and records: what a checkpoint saves (runtime/state.py)
     checkpoint_every: Optional[int] = None
-    partial: dict = field(default_factory=dict)  # the epoch in progress: epoch, offset, loss_sum, seen
-    monitor: Optional[NoiseMonitor] = None
-    eval_at: list[int] = field(default_factory=list)  # sample positions of the curve's points (eval_points)
-    since: dict = field(default_factory=lambda: {"loss_sum": 0.0, "seen": 0})  # loss since the last point
+
+    @property
+    def plan(self) -> Plan:
+        return self.state.plan
+
+    @property
+    def dist(self) -> Dist:
+        return self.state.dist
 
     def where(self, epoch: int) -> str:
         """``run plan (seed 0), epoch 3/10``: how errors name the place."""
-        return f"run {self.name} (seed {self.seed}), epoch {epoch + 1}/{self.plan.full_epochs}"
+        return f"run {self.name} (seed {self.state.seed}), epoch {epoch + 1}/{self.plan.full_epochs}"
+
+    def write_checkpoint(self) -> None:
+        ckpt.write(self.checkpoint, self.meta, self.state)
 
 
 def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = None, *,
                init_state: Optional[dict] = None, dist: Optional[Dist] = None,
-               on_epoch: Optional[Callable[[dict], None]] = None, on_step: Optional[Callable[[int], None]] = None,
-               **settings: Any) -> RunResult:
+               on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+               on_step: Optional[Callable[[int], None]] = None, **settings: Any) -> RunResult:
     """Train ``target.model`` over ``plan.total_samples`` examples following ``plan``, update by update.
 
     How it trains is ``options`` (a ``TrainOptions``), or its fields as keywords
@@ -198,32 +166,33 @@ def train_plan(target: Target, plan: Plan, options: Optional[TrainOptions] = Non
     try:
         run = _set_up(target, plan, opts.name, seed, dist, dev, init_state, meta,
                       Path(opts.checkpoint) if opts.checkpoint is not None else None)
+        state = run.state
         run.checkpoint_every = opts.checkpoint_every
-        run.eval_at = eval_points(plan.total_samples, evals) if evals else []
+        state.eval_at = eval_points(plan.total_samples, evals) if evals else []
         if noise_monitor is not None:
-            run.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
-                                       device=dev, **{"seed": seed, **noise_monitor})
-            run.monitor.recipe = run.recipe
-            run.result.noise_trace = run.monitor.points
+            state.monitor = NoiseMonitor(model, target.loss_fn, target.train_dataset, collate_fn=target.collate_fn,
+                                         device=dev, **{"seed": seed, **noise_monitor})
+            state.monitor.recipe = state.recipe
+            state.result.noise_trace = state.monitor.points
         start = _resume(run, on_epoch) if opts.resume else 0
         if dist.enabled:  # DDP broadcasts rank 0's weights now and averages gradients in backward
             net = DistributedDataParallel(model, device_ids=[dev.index] if dev is not None and dev.type == "cuda"
                                           else None)
-            if run.monitor is not None:  # each rank's gradient before the all-reduce: the replica estimator
-                net.register_comm_hook(None, run.monitor.ddp_comm_hook)
+            if state.monitor is not None:  # each rank's gradient before the all-reduce: the replica estimator
+                net.register_comm_hook(None, state.monitor.ddp_comm_hook)
         # Data: index_select on in-memory tensors (no DataLoader; see runtime/batches.py).
         gather = make_gather(target.train_dataset, target.collate_fn)
         for epoch in range(start, plan.full_epochs):
             train_loss, diverged = _train_epoch(run, net, gather, epoch, max_micro_batch, opts.stop_on_divergence,
                                                 on_step, opts.eval_batch_size)
             rec = _record_epoch(run, epoch, train_loss, diverged, opts.eval_batch_size)
-            run.partial = {}
-            ckpt.write(run)
+            state.partial = {}
+            run.write_checkpoint()
             if on_epoch:
                 on_epoch(rec)
             if diverged:
                 break
-        return run.result
+        return state.result
     finally:
         del net  # DDP's gradient hooks go with it; the next run wraps the model afresh
         set_rng_state(user_rng)
@@ -240,36 +209,31 @@ def _set_up(target: Target, plan: Plan, name: str, seed: int, dist: Dist, dev: O
     model.train()
     s0 = plan.at_sample(0)
     optimizer = target.make_optimizer(model.parameters(), lr=s0.lr, momentum=s0.momentum)
-    run = _Training(target=target, plan=plan, name=name, seed=seed, dist=dist, device=dev, checkpoint=checkpoint,
-                    meta=meta, optimizer=optimizer, recipe=StepRecipe.of(target, dev),
-                    scheduler=BatchSizeScheduler(plan, optimizer),
-                    sampler=PlanBatchSampler(plan, target.dataset_size, seed=seed),  # global batches; ranks take shares
-                    result=RunResult(name=name, seed=seed, plan_updates=plan.updates))
+    state = RunState(plan=plan, seed=seed, model=model, optimizer=optimizer, recipe=StepRecipe.of(target, dev),
+                     scheduler=BatchSizeScheduler(plan, optimizer),
+                     sampler=PlanBatchSampler(plan, target.dataset_size, seed=seed),  # global batches; ranks: shares
+                     result=RunResult(name=name, seed=seed, plan_updates=plan.updates), dist=dist)
     seed_everything(rank_seed(seed, dist.rank))  # dropout/augmentation: a different stream per rank
-    return run
+    return _Training(target=target, name=name, device=dev, checkpoint=checkpoint, meta=meta, state=state)
 
 
-def _resume(run: _Training, on_epoch: Optional[Callable[[dict], None]]) -> int:
+def _resume(run: _Training, on_epoch: Optional[Callable[[EpochRecord], None]]) -> int:
     """Continue from the run's checkpoint, if there is one; the first epoch still to train.
 
     A checkpoint of another run (process count, architecture, plan, seed or settings) is
     refused. A diverged run stays diverged: nothing is left to train.
     """
-    ckpt_path, dist, result = run.checkpoint, run.dist, run.result
+    ckpt_path, dist, result = run.checkpoint, run.dist, run.state.result
     doc = ckpt.read(ckpt_path, dist)
     if doc is None:
         return 0
     ckpt.refuse_other_run(doc["meta"], run.meta, ckpt_path, dist.world_size)
-    try:
-        ckpt.restore(run, doc)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"checkpoint {ckpt_path} is damaged ({_one_line(exc)}); delete it to start over, "
-                        "or --overwrite") from None
+    with user_code(lambda exc: f"checkpoint {ckpt_path} is damaged ({raised(exc)}); delete it to start over, "
+                               "or --overwrite", catch=(Exception,)):
+        ckpt.restore(ckpt_path, run.state, doc)
     start = result.resumed_from = len(result.history)
-    if result.history and result.history[-1].get("diverged"):
-        result.diverged_at, start = result.history[-1]["epoch"], run.plan.full_epochs
+    if result.history and result.history[-1].diverged:
+        result.diverged_at, start = result.history[-1].epoch, run.plan.full_epochs
     for rec in result.history:
         if on_epoch:
             on_epoch(rec)
@@ -284,52 +248,47 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     Each update: the scheduler's LR and momentum at the current sample position, the
     sampler's next batch, one train_step, then the scheduler moves on by that batch. A
     loss that is not finite raises, or with ``stop_on_divergence`` ends the epoch: the loss
-    is returned with ``diverged`` True. Wall time (the slowest rank's) and the example
-    count go into the run's totals.
+    is returned with ``diverged`` True. The run's stopwatch times the updates (not the
+    monitor's extra draws, the curve's evaluations or the checkpoint writes).
     """
-    dist, n = run.dist, run.plan.dataset_size
-    part = run.partial if run.partial.get("epoch") == epoch else {"epoch": epoch, "offset": 0, "loss_sum": 0.0,
-                                                                  "seen": 0}
-    run.partial = part
-    run.sampler.set_epoch(epoch)
-    run.scheduler.seek(epoch * n + part["offset"])
-    perm = run.sampler.permutation(epoch)
+    state, n = run.state, run.plan.dataset_size
+    part = state.partial if state.partial.get("epoch") == epoch else {"epoch": epoch, "offset": 0, "loss_sum": 0.0,
+                                                                      "seen": 0}
+    state.partial = part
+    state.sampler.set_epoch(epoch)
+    state.scheduler.seek(epoch * n + part["offset"])
+    perm = state.sampler.permutation(epoch)
     stride = max(1, run.plan.updates // MAX_STEP_RECORDS)
-    bad_loss, t0, m0 = None, time.perf_counter(), _monitor_seconds(run)
-    for a, b in run.sampler.spans(epoch, part["offset"]):
+    bad_loss, watch = None, state.stopwatch
+    watch.start()
+    for a, b in state.sampler.spans(epoch, part["offset"]):
         idx = perm[a:b]
         lr, momentum, monitor = _before_update(run, epoch, epoch * n + a, len(idx), stride, max_micro_batch)
-        try:
-            loss = train_step(net, run.optimizer, run.target.loss_fn, gather, idx, max_micro_batch, device=run.device,
-                              monitor=monitor, recipe=run.recipe)
-        except UserError:
-            raise
-        except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-            lost = lost_peer(exc)  # not the model's fault: the other rank of the job is gone
-            raise UserError(f"{run.where(epoch)}: {lost or 'the model or loss_fn raised ' + _one_line(exc)}") from None
+        with user_code(lambda exc: f"{run.where(epoch)}: "
+                                   f"{lost_peer(exc) or 'the model or loss_fn raised ' + raised(exc)}"):
+            # lost_peer: not the model's fault, the other rank of the job is gone
+            loss = train_step(net, state.optimizer, run.target.loss_fn, gather, idx, max_micro_batch,
+                              device=run.device, monitor=monitor, recipe=state.recipe)
         if not math.isfinite(loss):
             if not stop_on_divergence:
-                raise UserError(f"{run.where(epoch)}: the loss is {loss} after {run.updates} updates; "
+                raise UserError(f"{run.where(epoch)}: the loss is {loss} after {state.updates} updates; "
                                 "lower the LR or check the model")
             bad_loss = loss  # every rank sees the same (reduced) loss, so all stop here
             break
         skipped = _book_update(run, monitor, part, loss, epoch * n + a, lr, momentum, idx, b)
         if on_step:
             on_step(len(idx))
-        if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(run, epoch * n + b):
-            # a curve point inside the epoch (an epoch's end is _record_epoch's): not training time
-            run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
-            _add_eval_points(run, epoch * n + b, _evaluate_at(run, epoch, eval_batch_size))
-            t0, m0 = time.perf_counter(), _monitor_seconds(run)
-        if run.checkpoint_every and not skipped and run.updates % run.checkpoint_every == 0 and b < n:
-            run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
-            ckpt.write(run)  # mid-epoch: the partial epoch's sums and position go with it
-            t0, m0 = time.perf_counter(), _monitor_seconds(run)
-    run.wall += _slowest(dist, time.perf_counter() - t0 - (_monitor_seconds(run) - m0))
-    if dist.enabled:
+        if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(state, epoch * n + b):
+            with watch.paused():  # a curve point inside the epoch (an epoch's end is _record_epoch's)
+                _add_eval_points(state, epoch * n + b, _evaluate_at(run, epoch, eval_batch_size))
+        if run.checkpoint_every and not skipped and state.updates % run.checkpoint_every == 0 and b < n:
+            with watch.paused():
+                run.write_checkpoint()  # mid-epoch: the partial epoch's sums and position go with it
+    watch.stop()
+    if run.dist.enabled:
         # BatchNorm running statistics moved differently on each rank (each saw its own
         # share); rank 0's are the model's, for evaluation and the checkpoint alike.
-        dist.broadcast_module(run.target.model)
+        run.dist.broadcast_module(run.target.model)
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
@@ -338,29 +297,30 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
 def _book_update(run: _Training, monitor: Optional[NoiseMonitor], part: dict, loss: float, sample: int, lr: float,
                  momentum: float, idx: torch.Tensor, offset: int) -> bool:
     """Book the update just trained (the monitor, the totals, the scheduler); True when the GradScaler skipped it."""
-    skipped = run.recipe.skipped
+    state = run.state
+    skipped = state.recipe.skipped
     if skipped:  # inf/NaN gradients under fp16: reported in skipped_steps, not counted as an update
-        run.result.skipped_steps.append({"samples": sample, "update": run.updates,
-                                         "loss_scale": run.recipe.last_scale})
-        if run.monitor is not None:
-            run.monitor.discard_update()
+        state.result.skipped_steps.append(SkippedStep(samples=sample, update=state.updates,
+                                                      loss_scale=state.recipe.last_scale))
+        if state.monitor is not None:
+            state.monitor.discard_update()
     else:
         _after_update(run, monitor, sample, lr, momentum, idx)
     # a skipped step's examples were seen: the plan moves on past them, as Lightning and Hugging Face do
-    _count_update(run, part, loss, len(idx), offset, updated=not skipped)
+    _count_update(state, part, loss, len(idx), offset, updated=not skipped)
     return skipped
 
 
-def _count_update(run: _Training, part: dict, loss: float, size: int, offset: int, updated: bool = True) -> None:
+def _count_update(state: RunState, part: dict, loss: float, size: int, offset: int, updated: bool = True) -> None:
     """Book a finished update: the epoch's and the curve's running loss, the position, the totals, the scheduler
     (``updated`` False: the GradScaler skipped the step, so the examples count but the update does not)."""
-    for acc in (part, run.since):
+    for acc in (part, state.since):
         acc["loss_sum"] += loss * size
         acc["seen"] += size
     part["offset"] = offset
-    run.updates += int(updated)
-    run.examples += size
-    run.scheduler.step(samples=size)
+    state.updates += int(updated)
+    state.examples += size
+    state.scheduler.step(samples=size)
 
 
 def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: int,
@@ -369,85 +329,66 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
 
     Returns (lr, momentum, the monitor when it reads this update's micro-batches, else None).
     """
-    lr, momentum = run.scheduler.get_last_lr()[0], run.scheduler.get_last_momentum()[0]
-    if run.updates % stride == 0:
-        run.result.steps.append({"samples": sample, "batch_size": batch, "lr": lr, "momentum": momentum})
-    monitor = _monitor_for(run, batch, max_micro_batch)
-    if monitor is None and run.monitor is not None and not run.dist.enabled:  # extra draws, within budget
+    state = run.state
+    lr, momentum = state.scheduler.get_last_lr()[0], state.scheduler.get_last_momentum()[0]
+    if state.updates % stride == 0:
+        state.result.steps.append(StepRecord(samples=sample, batch_size=batch, lr=lr, momentum=momentum))
+    monitor = _monitor_for(state, batch, max_micro_batch)
+    if monitor is None and state.monitor is not None and not state.dist.enabled:  # extra draws, within budget
         stage_batch = run.plan.at_sample(sample).batch_size  # not a short last batch of an epoch
-        _measure(run, epoch, lambda: run.monitor.maybe_measure(sample, lr, momentum, stage_batch, run.updates,
-                                                               run.plan.total_samples))
+        # the user's model or loss raising there is named like a training step's
+        with user_code(lambda exc: f"{run.where(epoch)}: the noise monitor's gradient draw raised {raised(exc)}"):
+            state.monitor.maybe_measure(sample, lr, momentum, stage_batch, state.updates, run.plan.total_samples)
     return lr, momentum, monitor
 
 
 def _after_update(run: _Training, monitor: Optional[NoiseMonitor], sample: int, lr: float, momentum: float,
                   idx: torch.Tensor) -> None:
     """Close the update for the noise monitor: its micro-batches (one process) or the ranks' gradients (DDP)."""
-    dist = run.dist
-    recipe = run.recipe
+    state, dist = run.state, run.dist
+    recipe = state.recipe
     if monitor is not None:
-        monitor.end_update(sample, lr, momentum, len(idx), run.updates, grad_scale=recipe.last_scale)
-    elif run.monitor is not None and dist.enabled:
+        monitor.end_update(sample, lr, momentum, len(idx), state.updates, grad_scale=recipe.last_scale)
+    elif state.monitor is not None and dist.enabled:
         clipped = recipe.grad_norm ** 2 if recipe.grad_norm is not None else None  # .grad is clipped now
-        run.monitor.end_replica_update(sample, lr, momentum, len(idx), len(split_share(idx, dist.rank,
-                                                                                       dist.world_size)), run.updates,
-                                       grad_scale=recipe.last_scale, big_sq_norm=clipped)
+        state.monitor.end_replica_update(sample, lr, momentum, len(idx), len(split_share(idx, dist.rank,
+                                                                                         dist.world_size)),
+                                         state.updates, grad_scale=recipe.last_scale, big_sq_norm=clipped)
 
 
-def _monitor_for(run: _Training, batch: int, max_micro_batch: Optional[int]) -> Optional[NoiseMonitor]:
+def _monitor_for(state: RunState, batch: int, max_micro_batch: Optional[int]) -> Optional[NoiseMonitor]:
     """The monitor, when this update accumulates micro-batches it can read on one process; else None.
 
     Under DDP the last micro-batch's backward all-reduces ``.grad``, so its change is not
     this rank's micro-batch gradient: there the ranks' gradients before the all-reduce
     serve instead (NoiseMonitor.ddp_comm_hook, end_replica_update).
     """
-    if run.monitor is None or run.dist.enabled or max_micro_batch is None or batch <= max_micro_batch:
+    if state.monitor is None or state.dist.enabled or max_micro_batch is None or batch <= max_micro_batch:
         return None
-    return run.monitor
+    return state.monitor
 
 
-def _measure(run: _Training, epoch: int, measure: Callable[[], Any]) -> None:
-    """Run a monitor measurement; the user's model or loss raising there is named like a training step's."""
-    try:
-        measure()
-    except UserError:
-        raise
-    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-        raise UserError(f"{run.where(epoch)}: the noise monitor's gradient draw raised {_one_line(exc)}") from None
-
-
-def _monitor_seconds(run: _Training) -> float:
-    """Seconds the monitor's extra draws have taken in this run (kept out of its wall time)."""
-    return run.monitor.seconds if run.monitor is not None else 0.0
-
-
-def _slowest(dist: Dist, took: float) -> float:
-    """Wall time of a stretch of training: the slowest rank's."""
-    if dist.enabled:
-        return float(dist.all_reduce(torch.tensor(took, dtype=torch.float64), op="max"))
-    return took
-
-
-def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool, eval_batch_size: int) -> dict:
+def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool,
+                  eval_batch_size: int) -> EpochRecord:
     """Evaluate (not after a divergence: the metric is NaN) and add the epoch's record to the history."""
+    state = run.state
     metric = math.nan if diverged else _evaluate_at(run, epoch, eval_batch_size)
     setting = run.plan.at(epoch)
-    rec = {"epoch": epoch + 1, "batch_size": setting.batch_size, "lr": setting.lr,
-           "momentum": setting.momentum, "train_loss": train_loss, "metric": metric,
-           "updates": run.updates, "examples": run.examples, "wall_s": run.wall}
+    rec = EpochRecord(epoch=epoch + 1, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum,
+                      train_loss=train_loss, metric=metric, updates=state.updates, examples=state.examples,
+                      wall_s=state.wall, diverged=diverged)
     if diverged:
-        rec["diverged"] = True
-        run.result.diverged_at = epoch + 1
+        state.result.diverged_at = epoch + 1
     else:
-        _add_eval_points(run, min((epoch + 1) * run.plan.dataset_size, run.plan.total_samples), metric)
-    run.result.history.append(rec)
+        _add_eval_points(state, min((epoch + 1) * run.plan.dataset_size, run.plan.total_samples), metric)
+    state.result.history.append(rec)
     return rec
 
 
-def _eval_due(run: _Training, position: int) -> bool:
+def _eval_due(state: RunState, position: int) -> bool:
     """Whether the run has reached its next curve point at ``position`` (the same on every rank)."""
-    done = len(run.result.evals)
-    return done < len(run.eval_at) and position >= run.eval_at[done]
+    done = len(state.result.evals)
+    return done < len(state.eval_at) and position >= state.eval_at[done]
 
 
 def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[float]:
@@ -456,32 +397,26 @@ def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[f
     The random streams are put back afterwards: a metric_fn that draws random numbers does not
     change the training, so the curve's points (--evals) never change a run.
     """
-    state = get_rng_state()
+    rng = get_rng_state()
     try:
-        return evaluate(run.target, eval_batch_size, run.dist, run.device)
-    except (Exception, SystemExit) as exc:  # sys.exit() in the user's code too
-        raise UserError(f"{run.where(epoch)}: metric_fn raised {_one_line(exc)}") from None
+        with user_code(lambda exc: f"{run.where(epoch)}: metric_fn raised {raised(exc)}", let_through=()):
+            return evaluate(run.target, eval_batch_size, run.dist, run.device)
     finally:
-        set_rng_state(state)
+        set_rng_state(rng)
 
 
-def _add_eval_points(run: _Training, position: int, metric: Optional[float]) -> None:
+def _add_eval_points(state: RunState, position: int, metric: Optional[float]) -> None:
     """Record the curve's points the run has reached at ``position`` (one evaluation serves them all)."""
-    while len(run.result.evals) < len(run.eval_at) and run.eval_at[len(run.result.evals)] <= position:
-        since = run.since
-        run.result.evals.append({
-            "point": run.eval_at[len(run.result.evals)],  # where it was due; "samples": the update that reached it
-            "samples": position, "epoch": position / run.plan.dataset_size, "updates": run.updates,
-            "batch_size": run.plan.at_sample(max(position - 1, 0)).batch_size,
-            "train_loss": since["loss_sum"] / since["seen"] if since["seen"] else None,
-            "metric": metric, "wall_s": run.wall})
-        run.since = {"loss_sum": 0.0, "seen": 0}
-
-
-def _one_line(exc: Exception) -> str:
-    """``Type: first line of the message`` (DDP's errors run to many lines)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    result, plan = state.result, state.plan
+    while len(result.evals) < len(state.eval_at) and state.eval_at[len(result.evals)] <= position:
+        since = state.since
+        result.evals.append(EvalPoint(
+            point=state.eval_at[len(result.evals)],  # where it was due; samples: the update that reached it
+            samples=position, epoch=position / plan.dataset_size, updates=state.updates,
+            batch_size=plan.at_sample(max(position - 1, 0)).batch_size,
+            train_loss=since["loss_sum"] / since["seen"] if since["seen"] else None,
+            metric=metric, wall_s=state.wall))
+        state.since = {"loss_sum": 0.0, "seen": 0}
 
 
 def initial_state(model: torch.nn.Module) -> dict:
@@ -489,5 +424,4 @@ def initial_state(model: torch.nn.Module) -> dict:
     return copy.deepcopy(model.state_dict())
 
 
-__all__ = ["RunResult", "TrainOptions", "train_plan", "evaluate", "eval_points", "initial_state", "model_signature",
-           "seed_everything"]
+__all__ = ["TrainOptions", "train_plan", "initial_state"]

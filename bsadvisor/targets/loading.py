@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bsadvisor.core import checks
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, user_code
 from bsadvisor.targets.target import Target, check_target
 
 
@@ -81,30 +81,31 @@ def _load_function(spec: str) -> Callable[[], Any]:
         sys.modules[mod_name] = module
         _on_path(str(path.resolve().parent))
         try:
-            with _no_bytecode():
+            with user_code(lambda exc: f"TARGET file {path} raised {type(exc).__name__} on import: {exc}",
+                           let_through=()), _no_bytecode():
                 loader_spec.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:  # the user's file failed to import
+        except UserError:  # the user's file failed to import
             sys.modules.pop(mod_name, None)
-            raise UserError(f"TARGET file {path} raised {type(exc).__name__} on import: {exc}") from None
+            raise
     else:
         if "" not in sys.path:
             _on_path(os.getcwd())
-        try:
-            with _no_bytecode():
-                module = importlib.import_module(module_part)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_part.split(".")[0] == exc.name.split(".")[0]:
-                raise UserError(f"TARGET module {module_part!r} not found in {os.getcwd()} or the installed "
-                                "packages; run from its folder or give path/to/file.py:function") from None
-            raise UserError(f"TARGET module {module_part!r} raised ModuleNotFoundError on import: {exc}") from None
-        except (Exception, SystemExit) as exc:
-            raise UserError(f"TARGET module {module_part!r} raised {type(exc).__name__} on import: {exc}") from None
+        with user_code(lambda exc: _import_failure(module_part, exc), let_through=()), _no_bytecode():
+            module = importlib.import_module(module_part)
     fn = getattr(module, func_name, None)
     if fn is None:
         raise UserError(f"TARGET {spec!r}: no function {func_name!r} in {module_part}")
     if not callable(fn):
         raise UserError(f"TARGET {spec!r}: {func_name!r} is not callable")
     return fn
+
+
+def _import_failure(module_part: str, exc: BaseException) -> str:
+    """The line for a TARGET module that failed to import: not found (the module itself), or what it raised."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and module_part.split(".")[0] == exc.name.split(".")[0]:
+        return (f"TARGET module {module_part!r} not found in {os.getcwd()} or the installed "
+                "packages; run from its folder or give path/to/file.py:function")
+    return f"TARGET module {module_part!r} raised {type(exc).__name__} on import: {exc}"
 
 
 def _from_lightning(obj: Any) -> bool:
@@ -138,12 +139,8 @@ def load_target(spec: str) -> Target:
     it is wrapped as a Target (``target_from_lightning``).
     """
     fn = _load_function(spec)
-    try:
+    with user_code(lambda exc: f"TARGET {spec!r} raised {type(exc).__name__}: {exc}"):
         target = fn()
-    except UserError:
-        raise
-    except (Exception, SystemExit) as exc:
-        raise UserError(f"TARGET {spec!r} raised {type(exc).__name__}: {exc}") from None
     if _from_lightning(target):
         target = _lightning_target(target, spec)
     target = check_target(target, where=f"TARGET {spec!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from bsadvisor.core.defaults import ADAM_BETA1, ADAM_FAMILY, OPTIMIZERS, SGD_FAMILY
-from bsadvisor.core.errors import UserError
+from bsadvisor.core.errors import UserError, first_line, raised, user_code
 
 #: Target.precision: Lightning's names for full precision, bf16 autocast, and fp16 autocast with a GradScaler.
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -124,13 +124,11 @@ def check_target(target: Any, where: str = "target") -> Target:
         raise UserError(f"{where}: the model is on the meta device (its weights have no values); create it on "
                         "a real device, or call model.to_empty(device='cpu') and initialise the weights")
     try:
-        n = len(target.train_dataset)
+        with user_code(lambda exc: f"{where}: len(train_dataset) raised {raised(exc, limit=200)}; its __len__ must "
+                                   "return the number of examples", catch=(Exception,), let_through=(TypeError,)):
+            n = len(target.train_dataset)  # the user's __len__ may raise, or return a negative number
     except TypeError:
         raise UserError(f"{where}: train_dataset has no len(); use a map-style Dataset") from None
-    except Exception as exc:  # noqa: BLE001 -- the user's __len__ raised, or returned a negative number
-        raise UserError(f"{where}: len(train_dataset) raised {type(exc).__name__}: "
-                        f"{(str(exc).splitlines() or [''])[0][:200]}; its __len__ must return the number of "
-                        "examples") from None
     if n == 0:
         raise UserError(f"{where}: train_dataset is empty")
     if n > MAX_DATASET_SIZE:
@@ -138,11 +136,9 @@ def check_target(target: Any, where: str = "target") -> Target:
                         f"(at most {MAX_DATASET_SIZE:,}: each epoch is a permutation of every index, 8 bytes each); "
                         "check its __len__, or train on a subset")
     if target.eval_dataset is not None:
-        try:
+        with user_code(lambda exc: f"{where}: len(eval_dataset) raised {type(exc).__name__}; its __len__ must "
+                                   "return the number of examples", catch=(Exception,), let_through=()):
             len(target.eval_dataset)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{where}: len(eval_dataset) raised {type(exc).__name__}; its __len__ must return the "
-                            "number of examples") from None
     if not isinstance(target.metadata, dict):
         raise UserError(f"{where}: metadata must be a dict (such as {{'schedule': ..., 'epochs': ...}}), got "
                         f"{type(target.metadata).__name__}")
@@ -214,14 +210,12 @@ def _check_recipe(target: Target, where: str) -> None:
                             "disagree; Adam's β1 is the momentum: give one of them")
     if target.param_groups is not None:
         _check_groups(target, where)
-    try:  # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in
+    # the values themselves (eps < 0, a bad dampening...): the optimizer's own check, on a stand-in; torch's
+    # ValueError / TypeError names the value
+    with user_code(lambda exc: f"{where}: torch.optim.{cls.__name__} refused optimizer_kwargs {_plain(kwargs)}: "
+                               f"{first_line(exc)[:200]}", catch=(Exception,)):
         if (kwargs or target.param_groups) and type(target).make_optimizer is Target.make_optimizer:
             target.make_optimizer([torch.zeros(1, requires_grad=True)] if not target.param_groups else None)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- torch's ValueError / TypeError names the value
-        raise UserError(f"{where}: torch.optim.{cls.__name__} refused optimizer_kwargs {_plain(kwargs)}: "
-                        f"{(str(exc).splitlines() or [''])[0][:200]}") from None
     clip = target.max_grad_norm
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
                              or clip <= 0):

@@ -35,6 +35,7 @@ target is built, the runtime API); most refusals happen before.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import io
@@ -709,6 +710,7 @@ def _reference(folder: Path) -> tuple[dict, Path]:
         import torch
 
         home = Path(tempfile.mkdtemp(prefix="bsa-ckpt-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)  # the sweep's cases read it until the end
         for name in ("t_slow.py",):
             shutil.copy(folder / name, home / name)
         old = os.getcwd()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -116,18 +117,28 @@ def key(model: str, config: str, seed: int) -> str:
 
 
 # -- configs -----------------------------------------------------------------------------------------------
+#: A larger start (issue 28): ``+xKlr`` batch and LR × K (§5.2, ``increase_lr``: the whole converted plan from a
+#: K× start), ``+xKsqrt`` the same batches with the LR × √K; ``+sKlr`` / ``+sKsqrt`` only where the plan's batch is
+#: below K·B0: the batch K·B0 there with the LR × (K·B0/B) / × √(K·B0/B), the rest of the plan unchanged.
+START = re.compile(r"([xs])(\d+(?:\.\d+)?)(lr|sqrt)")
+
+
 def parse_config(config: str) -> dict:
-    """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace')}."""
+    """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace'), start (K, LR rule)}."""
     body, _, source = config.partition("@")
     rule, *flags = body.split("+")
     if rule not in RULES or source not in ("", "probe", "trace"):
-        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][@trace], RULE in {', '.join(RULES)}")
-    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe"}
+        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+xK(lr|sqrt)][@trace], RULE in "
+                         f"{', '.join(RULES)}")
+    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None}
     for flag in flags:
         if flag == "sde":
             out["sde"] = True
         elif flag.startswith("cap"):
             out["cap"] = float(flag[3:] or 4)
+        elif START.fullmatch(flag):
+            how, k, lr_rule = START.fullmatch(flag).groups()
+            out["start"] = (how, float(k), lr_rule)
         else:
             raise SystemExit(f"unknown flag {flag!r} in config {config!r}")
     return out
@@ -148,8 +159,35 @@ def make_plan(target, config: str, noise: dict):
         model = noise_model(noise, c["source"])
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
-    return recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
-                     noise_cap=c["cap"])
+    how, k, lr_rule = c["start"] or ("", None, "lr")
+    plan = recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
+                     noise_cap=c["cap"], increase_lr=k if how == "x" else None)
+    if how == "s":
+        return start_at(plan, round(k * target.batch_size), 1.0 if lr_rule == "lr" else 0.5)
+    return plan if lr_rule == "lr" else lr_times(plan, k ** -0.5)
+
+
+def lr_times(plan, factor: float):
+    """``plan`` with every stage's LR × ``factor`` (its batches and updates unchanged): the §5.2 plan of
+    ``increase_lr=K`` (batch and LR × K) × 1/√K is the batch × K with the LR × √K (Merrill et al.'s batch warmup,
+    LR × √2 per doubling), the decay converted from there as before."""
+    from dataclasses import replace
+
+    return replace(plan, stages=[replace(st, lr=st.lr * factor,
+                                         lr_scale=None if st.lr_scale is None else st.lr_scale * factor)
+                                 for st in plan.stages])
+
+
+def start_at(plan, batch: int, power: float):
+    """``plan`` with every stage whose batch B is below ``batch`` trained at ``batch`` and the LR × (batch/B)^power
+    (1: the temperature kept under the linear rule; 0.5: LR × √2 per doubling), the later stages unchanged."""
+    from dataclasses import replace
+
+    def up(st):
+        f = (batch / st.batch_size) ** power
+        return replace(st, batch_size=batch, lr=st.lr * f, lr_scale=None if st.lr_scale is None else st.lr_scale * f)
+
+    return replace(plan, stages=[up(st) if st.batch_size < batch else st for st in plan.stages])
 
 
 def sde_only_plan(target, noise: dict):
@@ -303,10 +341,11 @@ def table(cache: dict, models: list[str], configs: list[str], beta2: float = BAS
             if not cand:
                 continue
             v = paired_verdict([r["metric"] for r in cand], [r["metric"] for r in ref])
+            plan = make_plan(target, c, noise)
             rows.append({"model": m, "config": c, "ratio": ref[0]["updates"] / cand[0]["updates"], "verdict": v,
                          "seeds": len(cand), "wall": sum(r["wall_s"] for r in cand) / len(cand),
                          "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"],
-                         "lr_sum": lr_sum(make_plan(target, c, noise)) / lr_sum(make_plan(target, ORIGINAL, noise))})
+                         "lr_sum": lr_sum(plan) / lr_sum(make_plan(target, ORIGINAL, noise)), "plan": plan})
     return rows
 
 
@@ -340,6 +379,37 @@ def print_pivot(rows: list[dict], models: list[str]) -> None:
             out.append(f"{v['status'].upper()} {v['difference']:+.4f}{iv}, {r['ratio']:.2f}×, "
                        f"ΣLR {r['lr_sum']:.2f}, {r['seeds']} seeds")
         print(f"| {c} | " + " | ".join(out) + " |")
+
+
+def noise_after_warmup(cache: dict, model: str, plan) -> Optional[dict]:
+    """The first bounded point of the original's measured trace (seed 0) at or after the end of ``plan``'s
+    warmup (its first stage that is not a warmup stage): B_simple there and its 90 % interval."""
+    warm = next((st.start_sample for st in plan.stages if st.phase != "warmup"), 0)
+    return next((p for p in cache["noise"].get(model, {}).get("trace") or []
+                 if p["sample"] >= warm and p["ci_kind"] == "bounded" and p["b_simple"] > 0), None)
+
+
+def print_start(rows: list[dict], cache: dict) -> None:
+    """The configs that start larger (``+xK…``/``+sK…``, issue 28): the verdict beside the starting batch over
+    B_simple measured on the original just after its warmup (eq. 16: the start keeps the temperature with
+    ``lr``, so the original's B_simple is the plan's there; with ``sqrt`` the plan's temperature is lower and
+    its B_noise higher by √K)."""
+    starts = [r for r in rows if r["config"] != SDE_ONLY and parse_config(r["config"])["start"]]
+    if not starts:
+        return
+    print("\nA larger start: the first batch over B_simple measured just after the warmup (original, seed 0)")
+    print("| config | model | verdict | d̄ [90% interval] | seeds | fewer updates | ΣLR | first batch | "
+          "B_simple after warmup [90%] (sample) | first batch / B_simple |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in starts:
+        v, first = r["verdict"], r["batches"][0]
+        iv = "n/a" if v["interval"] is None else f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+        p = noise_after_warmup(cache, r["model"], r["plan"])
+        at = "—" if p is None else (f"{p['b_simple']:.3g} [{p['ci90'][0]:.3g}, "
+                                    f"{'∞' if p['ci90'][1] is None else format(p['ci90'][1], '.3g')}] ({p['sample']:,})")
+        ratio = "—" if p is None else f"{first / p['b_simple']:.2f}"
+        print(f"| {r['config']} | {r['model']} | {v['status'].upper()} | {v['difference']:+.4f} {iv} | {r['seeds']} | "
+              f"{r['ratio']:.2f}× | {r['lr_sum']:.2f} | {first} | {at} | {ratio} |")
 
 
 def print_change(rows: list[dict], base_rows: list[dict], tag: str) -> None:
@@ -429,6 +499,7 @@ def main() -> int:
     rows = table(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
     print_table(rows)
     print_pivot(rows, models)
+    print_start(rows, cache)
     if tag:  # the β2 = 0.999 table on the same seeds (0 … k−1) as this variant's
         same_seeds = {(r["model"], r["config"]): r["seeds"] for r in rows}
         print_change(rows, table(load_cache(), models, [c for c in all_configs if c != ORIGINAL], limit=same_seeds),

@@ -99,3 +99,12 @@ def test_the_original_is_what_the_closed_form_says():
     base = baseline_plan(**{k: v for k, v in RUN.items() if k not in ("adam_rule", "max_batch")})
     for s, b, lr in walk(base):
         assert b == B0 and lr == pytest.approx(original_lr(s), rel=1e-9)
+
+
+def test_advise_help_says_there_is_no_larger_start_by_default():
+    from hostile import cli_env, run_main
+
+    r = run_main(["advise", "--help"], cwd=Path(__file__).resolve().parents[1], env=cli_env(COLUMNS="200"))
+    text = " ".join(r.stdout.replace("│", " ").split())
+    assert r.returncode == 0 and "No larger start by default: --increase-lr K" in text, text
+    assert "A noise-bounded start" in text

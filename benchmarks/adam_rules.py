@@ -69,6 +69,13 @@ MONITOR = {"overhead": 0.05, "min_points": 5}
 ORIGINAL = "original"
 #: The control of the companion scaling: B0 and the original's LR, with linear+sde's β1, β2 and ε (sde_only_plan).
 SDE_ONLY = "sde-only"
+#: The control of a larger start: the original (batch B0) with its LR × K at every update (``original*2``).
+LR_ONLY = re.compile(r"original\*(\d+(?:\.\d+)?)")
+
+
+def is_control(config: str) -> bool:
+    """A control config (no rule to parse): ``sde-only`` or ``original*K``."""
+    return config == SDE_ONLY or LR_ONLY.fullmatch(config) is not None
 
 
 #: The recipe of the cached table: AdamW's β2 and clipping every model trains with unless --beta2/--clip say.
@@ -153,6 +160,8 @@ def make_plan(target, config: str, noise: dict):
         return baseline_plan(**options_for_target(target).options)
     if config == SDE_ONLY:
         return sde_only_plan(target, noise)
+    if LR_ONLY.fullmatch(config):
+        return lr_times(make_plan(target, ORIGINAL, noise), float(LR_ONLY.fullmatch(config).group(1)))
     c = parse_config(config)
     model = None
     if c["rule"] == "noise" or c["cap"]:
@@ -279,7 +288,7 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, beta2: flo
     target = build_target(name, beta2, clip)
     init = initial_state(target.model)
     noise = cache["noise"].setdefault(name, {})
-    parsed = [parse_config(c) for c in configs if c != SDE_ONLY]
+    parsed = [parse_config(c) for c in configs if not is_control(c)]
     needs_probe = any(c["source"] == "probe" and (c["rule"] == "noise" or c["cap"]) for c in parsed)
     if needs_probe and "probe" not in noise:
         noise["probe"] = measure_probe(name, target)
@@ -324,8 +333,9 @@ def _batches(bs: list[int]) -> str:
 
 
 def table(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP,
-          limit: Optional[dict] = None) -> list[dict]:
-    """The paired verdict of every (model, config) cached; ``limit``: (model, config) → at most that many seeds."""
+          limit: Optional[dict] = None, reference: str = ORIGINAL) -> list[dict]:
+    """The paired verdict of every (model, config) cached against ``reference`` (the original, or a control such
+    as ``original*2``); ``limit``: (model, config) → at most that many seeds."""
     rows = []
     for m in models:
         target = build_target(m, beta2, clip) if any(key(m, c, 0) in cache["runs"] for c in configs) else None
@@ -334,9 +344,9 @@ def table(cache: dict, models: list[str], configs: list[str], beta2: float = BAS
             ref, cand = [], []
             seed = 0
             most = (limit or {}).get((m, c), float("inf"))
-            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"] and seed < most:
+            while key(m, c, seed) in cache["runs"] and key(m, reference, seed) in cache["runs"] and seed < most:
                 cand.append(cache["runs"][key(m, c, seed)])
-                ref.append(cache["runs"][key(m, ORIGINAL, seed)])
+                ref.append(cache["runs"][key(m, reference, seed)])
                 seed += 1
             if not cand:
                 continue
@@ -345,7 +355,7 @@ def table(cache: dict, models: list[str], configs: list[str], beta2: float = BAS
             rows.append({"model": m, "config": c, "ratio": ref[0]["updates"] / cand[0]["updates"], "verdict": v,
                          "seeds": len(cand), "wall": sum(r["wall_s"] for r in cand) / len(cand),
                          "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"],
-                         "lr_sum": lr_sum(plan) / lr_sum(make_plan(target, ORIGINAL, noise)), "plan": plan})
+                         "lr_sum": lr_sum(plan) / lr_sum(make_plan(target, reference, noise)), "plan": plan})
     return rows
 
 
@@ -394,7 +404,7 @@ def print_start(rows: list[dict], cache: dict) -> None:
     B_simple measured on the original just after its warmup (eq. 16: the start keeps the temperature with
     ``lr``, so the original's B_simple is the plan's there; with ``sqrt`` the plan's temperature is lower and
     its B_noise higher by √K)."""
-    starts = [r for r in rows if r["config"] != SDE_ONLY and parse_config(r["config"])["start"]]
+    starts = [r for r in rows if not is_control(r["config"]) and parse_config(r["config"])["start"]]
     if not starts:
         return
     print("\nA larger start: the first batch over B_simple measured just after the warmup (original, seed 0)")
@@ -475,6 +485,8 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--table-only", action="store_true", help="print the table of the cached runs, train nothing")
+    ap.add_argument("--reference", default=ORIGINAL, help="the config every verdict is against (default: the "
+                    "original; a control such as 'original*2': the original at B0 with its LR × 2)")
     ap.add_argument("--beta2", type=float, default=BASE_BETA2, help="AdamW's β2 for every model (issue 30)")
     ap.add_argument("--clip", type=float, default=BASE_CLIP, help="max_grad_norm for every model (default: none)")
     args = ap.parse_args()
@@ -485,7 +497,7 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
-        if c != SDE_ONLY:
+        if not is_control(c):
             parse_config(c)
     cache = load_cache(tag)
     started = time.perf_counter()
@@ -496,7 +508,8 @@ def main() -> int:
     all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
     if tag:  # only what this variant trained
         all_configs = [c for c in all_configs if c in cached]
-    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
+    rows = table(cache, models, [c for c in all_configs if c not in (ORIGINAL, args.reference)], args.beta2, args.clip,
+                 reference=args.reference)
     print_table(rows)
     print_pivot(rows, models)
     print_start(rows, cache)

@@ -92,6 +92,15 @@ def test_parse_config_reads_the_start_flags():
     assert adam_rules.parse_config("linear")["start"] is None
     with pytest.raises(SystemExit):
         adam_rules.parse_config("linear+x2")
+    # the control: the original at B0 with its LR × K (no rule to parse)
+    assert adam_rules.is_control("original*2") and adam_rules.is_control("sde-only")
+    assert not adam_rules.is_control("linear+x2lr")
+
+
+def test_the_lr_control_is_the_original_at_k_times_the_lr():
+    base = baseline_plan(**{k: v for k, v in RUN.items() if k not in ("adam_rule", "max_batch")})
+    walked = walk(adam_rules.lr_times(base, 8.0))
+    assert walked == [(s, B0, pytest.approx(8 * original_lr(s), rel=1e-9)) for s, *_ in walk(base)]
 
 
 def test_the_original_is_what_the_closed_form_says():

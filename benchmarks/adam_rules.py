@@ -18,6 +18,11 @@ Configs (``RULE[+sde][+capK][@trace]``):
   (what ``--noise-trace results.json`` gives).
 - ``sde-only``: the control of ``+sde``: the original's batch and LR with the β1, β2 and ε of
   ``linear+sde``'s plan at the same samples (what the companion scaling does without growth).
+- a larger start (issue 28, docs/results.md "A noise-bounded start"): ``+xKlr`` the §5.2 plan of
+  ``increase_lr=K`` (batch and LR × K from the first update, the warmup kept at K·B0, the decay converted from
+  there), ``+xKsqrt`` its batches with the LR × √K (Merrill et al.'s √2 per doubling), ``+sKlr`` / ``+sKsqrt``
+  the batch K·B0 only where the plan's is below it (LR × K·B0/B or × √(K·B0/B)); ``original*K`` their control,
+  the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
 
 Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the

@@ -18,6 +18,11 @@ Configs (``RULE[+sde][+capK][@trace]``):
   (what ``--noise-trace results.json`` gives).
 - ``sde-only``: the control of ``+sde``: the original's batch and LR with the β1, β2 and ε of
   ``linear+sde``'s plan at the same samples (what the companion scaling does without growth).
+- a larger start (docs/results.md "A noise-bounded start"): ``+xKlr`` the §5.2 plan of
+  ``increase_lr=K`` (batch and LR × K from the first update, the warmup kept at K·B0, the decay converted from
+  there), ``+xKsqrt`` its batches with the LR × √K (Merrill et al.'s √2 per doubling), ``+sKlr`` / ``+sKsqrt``
+  the batch K·B0 only where the plan's is below it (LR × K·B0/B or × √(K·B0/B)); ``original*K`` their control,
+  the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
 
 Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,6 +74,13 @@ MONITOR = {"overhead": 0.05, "min_points": 5}
 ORIGINAL = "original"
 #: The control of the companion scaling: B0 and the original's LR, with linear+sde's β1, β2 and ε (sde_only_plan).
 SDE_ONLY = "sde-only"
+#: The control of a larger start: the original (batch B0) with its LR × K at every update (``original*2``).
+LR_ONLY = re.compile(r"original\*(\d+(?:\.\d+)?)")
+
+
+def is_control(config: str) -> bool:
+    """A control config (no rule to parse): ``sde-only`` or ``original*K``."""
+    return config == SDE_ONLY or LR_ONLY.fullmatch(config) is not None
 
 
 #: The recipe of the cached table: AdamW's β2 and clipping every model trains with unless --beta2/--clip say.
@@ -116,18 +129,28 @@ def key(model: str, config: str, seed: int) -> str:
 
 
 # -- configs -----------------------------------------------------------------------------------------------
+#: A larger start: ``+xKlr`` batch and LR × K (§5.2, ``increase_lr``: the whole converted plan from a
+#: K× start), ``+xKsqrt`` the same batches with the LR × √K; ``+sKlr`` / ``+sKsqrt`` only where the plan's batch is
+#: below K·B0: the batch K·B0 there with the LR × (K·B0/B) / × √(K·B0/B), the rest of the plan unchanged.
+START = re.compile(r"([xs])(\d+(?:\.\d+)?)(lr|sqrt)")
+
+
 def parse_config(config: str) -> dict:
-    """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace')}."""
+    """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace'), start (K, LR rule)}."""
     body, _, source = config.partition("@")
     rule, *flags = body.split("+")
     if rule not in RULES or source not in ("", "probe", "trace"):
-        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][@trace], RULE in {', '.join(RULES)}")
-    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe"}
+        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+xK(lr|sqrt)][@trace], RULE in "
+                         f"{', '.join(RULES)}")
+    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None}
     for flag in flags:
         if flag == "sde":
             out["sde"] = True
         elif flag.startswith("cap"):
             out["cap"] = float(flag[3:] or 4)
+        elif START.fullmatch(flag):
+            how, k, lr_rule = START.fullmatch(flag).groups()
+            out["start"] = (how, float(k), lr_rule)
         else:
             raise SystemExit(f"unknown flag {flag!r} in config {config!r}")
     return out
@@ -142,14 +165,43 @@ def make_plan(target, config: str, noise: dict):
         return baseline_plan(**options_for_target(target).options)
     if config == SDE_ONLY:
         return sde_only_plan(target, noise)
+    if LR_ONLY.fullmatch(config):
+        return lr_times(make_plan(target, ORIGINAL, noise), float(LR_ONLY.fullmatch(config).group(1)))
     c = parse_config(config)
     model = None
     if c["rule"] == "noise" or c["cap"]:
         model = noise_model(noise, c["source"])
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
-    return recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
-                     noise_cap=c["cap"])
+    how, k, lr_rule = c["start"] or ("", None, "lr")
+    plan = recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
+                     noise_cap=c["cap"], increase_lr=k if how == "x" else None)
+    if how == "s":
+        return start_at(plan, round(k * target.batch_size), 1.0 if lr_rule == "lr" else 0.5)
+    return plan if lr_rule == "lr" else lr_times(plan, k ** -0.5)
+
+
+def lr_times(plan, factor: float):
+    """``plan`` with every stage's LR × ``factor`` (its batches and updates unchanged): the §5.2 plan of
+    ``increase_lr=K`` (batch and LR × K) × 1/√K is the batch × K with the LR × √K (Merrill et al.'s batch warmup,
+    LR × √2 per doubling), the decay converted from there as before."""
+    from dataclasses import replace
+
+    return replace(plan, stages=[replace(st, lr=st.lr * factor,
+                                         lr_scale=None if st.lr_scale is None else st.lr_scale * factor)
+                                 for st in plan.stages])
+
+
+def start_at(plan, batch: int, power: float):
+    """``plan`` with every stage whose batch B is below ``batch`` trained at ``batch`` and the LR × (batch/B)^power
+    (1: the temperature kept under the linear rule; 0.5: LR × √2 per doubling), the later stages unchanged."""
+    from dataclasses import replace
+
+    def up(st):
+        f = (batch / st.batch_size) ** power
+        return replace(st, batch_size=batch, lr=st.lr * f, lr_scale=None if st.lr_scale is None else st.lr_scale * f)
+
+    return replace(plan, stages=[up(st) if st.batch_size < batch else st for st in plan.stages])
 
 
 def sde_only_plan(target, noise: dict):
@@ -241,7 +293,7 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, beta2: flo
     target = build_target(name, beta2, clip)
     init = initial_state(target.model)
     noise = cache["noise"].setdefault(name, {})
-    parsed = [parse_config(c) for c in configs if c != SDE_ONLY]
+    parsed = [parse_config(c) for c in configs if not is_control(c)]
     needs_probe = any(c["source"] == "probe" and (c["rule"] == "noise" or c["cap"]) for c in parsed)
     if needs_probe and "probe" not in noise:
         noise["probe"] = measure_probe(name, target)
@@ -286,8 +338,9 @@ def _batches(bs: list[int]) -> str:
 
 
 def table(cache: dict, models: list[str], configs: list[str], beta2: float = BASE_BETA2, clip=BASE_CLIP,
-          limit: Optional[dict] = None) -> list[dict]:
-    """The paired verdict of every (model, config) cached; ``limit``: (model, config) → at most that many seeds."""
+          limit: Optional[dict] = None, reference: str = ORIGINAL) -> list[dict]:
+    """The paired verdict of every (model, config) cached against ``reference`` (the original, or a control such
+    as ``original*2``); ``limit``: (model, config) → at most that many seeds."""
     rows = []
     for m in models:
         target = build_target(m, beta2, clip) if any(key(m, c, 0) in cache["runs"] for c in configs) else None
@@ -296,17 +349,18 @@ def table(cache: dict, models: list[str], configs: list[str], beta2: float = BAS
             ref, cand = [], []
             seed = 0
             most = (limit or {}).get((m, c), float("inf"))
-            while key(m, c, seed) in cache["runs"] and key(m, ORIGINAL, seed) in cache["runs"] and seed < most:
+            while key(m, c, seed) in cache["runs"] and key(m, reference, seed) in cache["runs"] and seed < most:
                 cand.append(cache["runs"][key(m, c, seed)])
-                ref.append(cache["runs"][key(m, ORIGINAL, seed)])
+                ref.append(cache["runs"][key(m, reference, seed)])
                 seed += 1
             if not cand:
                 continue
             v = paired_verdict([r["metric"] for r in cand], [r["metric"] for r in ref])
+            plan = make_plan(target, c, noise)
             rows.append({"model": m, "config": c, "ratio": ref[0]["updates"] / cand[0]["updates"], "verdict": v,
                          "seeds": len(cand), "wall": sum(r["wall_s"] for r in cand) / len(cand),
                          "wall_ref": sum(r["wall_s"] for r in ref) / len(ref), "batches": cand[0]["batches"],
-                         "lr_sum": lr_sum(make_plan(target, c, noise)) / lr_sum(make_plan(target, ORIGINAL, noise))})
+                         "lr_sum": lr_sum(plan) / lr_sum(make_plan(target, reference, noise)), "plan": plan})
     return rows
 
 
@@ -340,6 +394,37 @@ def print_pivot(rows: list[dict], models: list[str]) -> None:
             out.append(f"{v['status'].upper()} {v['difference']:+.4f}{iv}, {r['ratio']:.2f}×, "
                        f"ΣLR {r['lr_sum']:.2f}, {r['seeds']} seeds")
         print(f"| {c} | " + " | ".join(out) + " |")
+
+
+def noise_after_warmup(cache: dict, model: str, plan) -> Optional[dict]:
+    """The first bounded point of the original's measured trace (seed 0) at or after the end of ``plan``'s
+    warmup (its first stage that is not a warmup stage): B_simple there and its 90 % interval."""
+    warm = next((st.start_sample for st in plan.stages if st.phase != "warmup"), 0)
+    return next((p for p in cache["noise"].get(model, {}).get("trace") or []
+                 if p["sample"] >= warm and p["ci_kind"] == "bounded" and p["b_simple"] > 0), None)
+
+
+def print_start(rows: list[dict], cache: dict) -> None:
+    """The configs that start larger (``+xK…``/``+sK…``): the verdict beside the starting batch over
+    B_simple measured on the original just after its warmup (eq. 16: the start keeps the temperature with
+    ``lr``, so the original's B_simple is the plan's there; with ``sqrt`` the plan's temperature is lower and
+    its B_noise higher by √K)."""
+    starts = [r for r in rows if not is_control(r["config"]) and parse_config(r["config"])["start"]]
+    if not starts:
+        return
+    print("\nA larger start: the first batch over B_simple measured just after the warmup (original, seed 0)")
+    print("| config | model | verdict | d̄ [90% interval] | seeds | fewer updates | ΣLR | first batch | "
+          "B_simple after warmup [90%] (sample) | first batch / B_simple |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in starts:
+        v, first = r["verdict"], r["batches"][0]
+        iv = "n/a" if v["interval"] is None else f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+        p = noise_after_warmup(cache, r["model"], r["plan"])
+        at = "—" if p is None else (f"{p['b_simple']:.3g} [{p['ci90'][0]:.3g}, "
+                                    f"{'∞' if p['ci90'][1] is None else format(p['ci90'][1], '.3g')}] ({p['sample']:,})")
+        ratio = "—" if p is None else f"{first / p['b_simple']:.2f}"
+        print(f"| {r['config']} | {r['model']} | {v['status'].upper()} | {v['difference']:+.4f} {iv} | {r['seeds']} | "
+              f"{r['ratio']:.2f}× | {r['lr_sum']:.2f} | {first} | {at} | {ratio} |")
 
 
 def print_change(rows: list[dict], base_rows: list[dict], tag: str) -> None:
@@ -405,6 +490,8 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--table-only", action="store_true", help="print the table of the cached runs, train nothing")
+    ap.add_argument("--reference", default=ORIGINAL, help="the config every verdict is against (default: the "
+                    "original; a control such as 'original*2': the original at B0 with its LR × 2)")
     ap.add_argument("--beta2", type=float, default=BASE_BETA2, help="AdamW's β2 for every model")
     ap.add_argument("--clip", type=float, default=BASE_CLIP, help="max_grad_norm for every model (default: none)")
     args = ap.parse_args()
@@ -415,7 +502,7 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
-        if c != SDE_ONLY:
+        if not is_control(c):
             parse_config(c)
     cache = load_cache(tag)
     started = time.perf_counter()
@@ -426,9 +513,11 @@ def main() -> int:
     all_configs = list(dict.fromkeys(list(CONFIGS) + [c for c in TRACE_CONFIGS if c in cached] + configs + cached))
     if tag:  # only what this variant trained
         all_configs = [c for c in all_configs if c in cached]
-    rows = table(cache, models, [c for c in all_configs if c != ORIGINAL], args.beta2, args.clip)
+    rows = table(cache, models, [c for c in all_configs if c not in (ORIGINAL, args.reference)], args.beta2, args.clip,
+                 reference=args.reference)
     print_table(rows)
     print_pivot(rows, models)
+    print_start(rows, cache)
     if tag:  # the β2 = 0.999 table on the same seeds (0 … k−1) as this variant's
         same_seeds = {(r["model"], r["config"]): r["seeds"] for r in rows}
         print_change(rows, table(load_cache(), models, [c for c in all_configs if c != ORIGINAL], limit=same_seeds),

@@ -66,6 +66,10 @@ def advise_cmd(
     epochs, at a tenth of the data set; no noise cap. The noise scale is reported, not used: it
     caps and vetoes nothing unless --noise-cap K is given, because on the
     benchmark models it did not predict whether a plan held (docs/results.md).
+    No larger start by default: --increase-lr K (batch and LR × K from the
+    first update, then the converted decay) held on two of the four AdamW
+    benchmark models at K = 2 and lost on two (docs/results.md, "A
+    noise-bounded start").
     Only a validation run settles a plan: bsadvisor validate --plan.
     \f
     Long because its signature declares typer's options; the body is the steps in order."""

@@ -76,6 +76,9 @@ ORIGINAL = "original"
 SDE_ONLY = "sde-only"
 #: The control of a larger start: the original (batch B0) with its LR × K at every update (``original*2``).
 LR_ONLY = re.compile(r"original\*(\d+(?:\.\d+)?)")
+#: Any config with its LR × K at every update (``linear*4``): a plan made from the recipe at K× its LR (the linear
+#: rule's batches do not depend on the LR), to compare against ``original*K`` (``--reference``) where K tunes it.
+TIMES = re.compile(r"(.+)\*(\d+(?:\.\d+)?)")
 
 
 def is_control(config: str) -> bool:
@@ -99,11 +102,20 @@ def cache_path(tag: str) -> Path:
     return CACHE if not tag else CACHE.with_name(f"adam_rules@{tag}.json")
 
 
+#: A model at K× its recipe's LR (``charlm-lr4``): the recipe re-tuned (the ``original*K`` controls found every
+#: recipe's LR too low), so each config, its noise trace included, is measured at the tuned LR.
+TUNED = re.compile(r"(.+)-lr(\d+(?:\.\d+)?)")
+
+
 def build_target(name: str, beta2: float = BASE_BETA2, clip=BASE_CLIP):
-    """builtin:NAME trained with AdamW betas (β1, ``beta2``) and ``clip`` (None: no clipping), its β1 its own."""
+    """builtin:NAME trained with AdamW betas (β1, ``beta2``) and ``clip`` (None: no clipping), its β1 its own;
+    NAME-lrK: at K× the recipe's LR."""
     from bsadvisor.targets.loading import load_target
 
-    target = load_target(f"builtin:{name}")
+    tuned = TUNED.fullmatch(name)
+    target = load_target(f"builtin:{tuned.group(1) if tuned else name}")
+    if tuned:
+        target.lr *= float(tuned.group(2))
     target.optimizer_kwargs = {**target.optimizer_kwargs, "betas": (target.beta1, beta2)}
     target.max_grad_norm = clip
     return target
@@ -137,7 +149,8 @@ START = re.compile(r"([xs])(\d+(?:\.\d+)?)(lr|sqrt)")
 
 def parse_config(config: str) -> dict:
     """``linear+sde+cap2@trace`` → {rule, sde, cap (0: none), source ('probe' or 'trace'), start (K, LR rule)}."""
-    body, _, source = config.partition("@")
+    times = TIMES.fullmatch(config)
+    body, _, source = (times.group(1) if times else config).partition("@")
     rule, *flags = body.split("+")
     if rule not in RULES or source not in ("", "probe", "trace"):
         raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+xK(lr|sqrt)][@trace], RULE in "
@@ -165,8 +178,9 @@ def make_plan(target, config: str, noise: dict):
         return baseline_plan(**options_for_target(target).options)
     if config == SDE_ONLY:
         return sde_only_plan(target, noise)
-    if LR_ONLY.fullmatch(config):
-        return lr_times(make_plan(target, ORIGINAL, noise), float(LR_ONLY.fullmatch(config).group(1)))
+    if TIMES.fullmatch(config):  # original*K, linear*K, ...
+        base, k = TIMES.fullmatch(config).groups()
+        return lr_times(make_plan(target, base, noise), float(k))
     c = parse_config(config)
     model = None
     if c["rule"] == "noise" or c["cap"]:

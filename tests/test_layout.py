@@ -156,12 +156,49 @@ def test_packages_import_only_what_the_architecture_allows():
 
 def test_no_subpackage_imports_a_top_level_module():
     """``bsadvisor/__init__.py`` and ``bsadvisor/distributed.py`` are façades over the sub-packages (what
-    users import); a sub-package importing one would run the layering backwards."""
+    users import); a sub-package importing one would run the layering backwards. The CLI sits on top of
+    everything and goes through those public names (``import bsadvisor``), so it alone may."""
     top = {name for name in MODULES if not subpackage(name)}
     assert {"bsadvisor", "bsadvisor.distributed"} <= top
-    violations = [f"{name} imports {imported}" for name in MODULES if subpackage(name)
+    violations = [f"{name} imports {imported}" for name in MODULES if subpackage(name) not in ("", "cli")
                   for imported in sorted(internal_imports(name) & top)]
     assert not violations, "\n".join(violations)
+
+
+def public_names() -> dict[str, str]:
+    """What ``bsadvisor`` and ``bsadvisor.distributed`` export, read from their source: name -> the public
+    spelling (``Plan`` -> ``bsadvisor.Plan``, ``init_from_env`` -> ``bsadvisor.distributed.init_from_env``)."""
+    names = {}
+    for node in ast.walk(parse("bsadvisor")):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            names.update({key.value: f"bsadvisor.{key.value}" for key in node.value.keys})
+    for node in ast.walk(parse("bsadvisor.distributed")):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            names.update({elt.value: f"bsadvisor.distributed.{elt.value}" for elt in node.value.elts})
+    return names
+
+
+def test_cli_reaches_public_names_through_bsadvisor():
+    """The CLI imports ``bsadvisor`` at the top and spells every name the package exports publicly as
+    ``bsadvisor.Name``: no cli module imports such a name from a deep module (its helpers with no public
+    name, cli.app, cli.render, core.declared, ..., stay deep imports)."""
+    exported = public_names()
+    assert {"Plan", "recommend", "advise", "validate", "Validation", "UserError", "load_target",
+            "init_from_env"} <= set(exported)
+    cli = [name for name in MODULES if subpackage(name) == "cli"]
+    violations = []
+    for name in cli:
+        for node in import_nodes(parse(name), top_level_only=False):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("bsadvisor.")):
+                violations += [f"{name}:{node.lineno} imports {alias.name} from {node.module}; use "
+                               f"{exported[alias.name]}" for alias in node.names
+                               if alias.name in exported and f"{node.module}.{alias.name}" not in MODULES]  # a module
+    assert not violations, "\n".join(violations)
+    commands = [name for name in cli if name.rpartition(".")[2] in ("advise", "convert", "demo", "export",
+                                                                      "probe", "validate", "render", "app")]
+    assert len(commands) == 8, commands
+    missing = [name for name in commands if "bsadvisor" not in internal_imports(name, top_level_only=True)]
+    assert not missing, f"these cli modules do not import bsadvisor at the top: {missing}"
 
 
 def test_targets_reach_integrations_only_lazily():

@@ -519,11 +519,11 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     """demo --json: probe, plan and validation as one JSON document on stdout (narration on stderr)."""
     from typer.testing import CliRunner
 
-    import bsadvisor.targets.loading
+    import bsadvisor
     from bsadvisor.cli.app import app
 
-    tiny = bsadvisor.targets.loading.load_target(target_file)
-    monkeypatch.setattr(bsadvisor.targets.loading, "load_target", lambda spec: tiny)
+    tiny = bsadvisor.load_target(target_file)
+    monkeypatch.setattr(bsadvisor, "load_target", lambda spec: tiny)  # the public name demo calls
     r = CliRunner().invoke(app, ["demo", "--json", "--epochs", "5", "--seeds", "1", "--no-variants", "--skip-probe"])
     assert r.exit_code in (0, 1, 3), r.output
     doc = strict_json(r.stdout)

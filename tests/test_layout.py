@@ -565,3 +565,31 @@ def test_at_most_60_imports_inside_functions():
     assert sum(counts.values()) <= MAX_FUNCTION_IMPORTS, (
         f"{sum(counts.values())} imports inside functions (at most {MAX_FUNCTION_IMPORTS}): import at the module's "
         f"top unless torch or an optional framework must not load there, and say why\n{counts}")
+
+
+def test_typed_documents_share_one_base():
+    """Advice, a run's records and noise points, and the validation are one kind of document: frozen
+    dataclasses on core/documents.py's ``Document`` (to_dict for JSON, from_dict, read as a Mapping);
+    no module defines a document base of its own."""
+    from bsadvisor.core import predict
+    from bsadvisor.core.documents import Document
+    from bsadvisor.runtime import documents, validation
+
+    kinds = [predict.StartAdvice, predict.StartVariant, predict.KeepBatchAdvice, documents.NoisePoint,
+             documents.EpochRecord, documents.StepRecord, documents.EvalPoint, documents.SkippedStep,
+             validation.Validation, validation.Run, validation.SeedRun, validation.RunSummary, validation.Verdict,
+             validation.VariantVerdict, validation.RealisedTemperature]
+    assert [k.__name__ for k in kinds if not issubclass(k, Document)] == []
+    bases = [f"{name}.{node.name}" for name in MODULES if name != "bsadvisor.core.documents"
+             for node in ast.walk(parse(name)) if isinstance(node, ast.ClassDef) and node.name.endswith("Document")]
+    assert bases == [], bases
+    advice = predict.StartAdvice(b0=64, b_noise_at_start=512.0, efficiency_at_b0=0.9, plan_updates=10,
+                                 variants=(predict.StartVariant(2.0, 128, 5, 0.8, None),))
+    doc = advice.to_dict()
+    assert doc == {"b0": 64, "b_noise_at_start": 512.0, "efficiency_at_b0": 0.9, "plan_updates": 10,
+                   "variants": [{"increase_lr": 2.0, "start_batch": 128, "updates": 5, "efficiency_at_start": 0.8,
+                                 "predicted_seconds": None}]}
+    assert predict.StartAdvice.from_dict(doc, variants=advice.variants) == advice and advice["b0"] == 64
+    # a field the JSON lacks: its default, else None (older files load)
+    assert documents.EpochRecord.from_dict({"epoch": 0}).diverged is False
+    assert documents.EpochRecord.from_dict({"epoch": 0}).metric is None

@@ -34,7 +34,7 @@ EPILOG = (
 def probe(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME "
                                            "(a function returning bsadvisor.Target; see docs/target.md)."),
-    options: Optional[bsadvisor.ProbeOptions] = None,  # the probe's options (core.probe_options), declared once: with_options
+    options: Optional[bsadvisor.ProbeOptions] = None,  # the probe's options, declared once: with_options
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
     overwrite: Overwrite = False,
@@ -50,7 +50,8 @@ def probe(
     if os.environ.get("RANK", "0") == "0" and out is not None:
         check_replace(out, PROBE_FILES, overwrite)
 
-    dist = bsadvisor.distributed.init_from_env(options.device)  # imports torch  # single-process no-op without torchrun's WORLD_SIZE
+    # imports torch; a single-process no-op without torchrun's WORLD_SIZE
+    dist = bsadvisor.distributed.init_from_env(options.device)
     with probe_time_limit(options.budget_seconds):  # a loss_fn that never returns is stopped, one line
         if dist.is_main:
             _run_main(lambda **kw: bsadvisor.probe(target, options, dist=dist, **kw), json_out, out, format_bytes)

@@ -58,13 +58,13 @@ def _say(line: str) -> None:
 
 def run_and_report(target, plan, options: bsadvisor.ValidateOptions, *, as_json: bool, dist=None, device=None,
                    show: bool = True) -> bsadvisor.Validation:
-    """:func:`bsadvisor.validate` (``validate_plan`` here: the command is ``validate``) with progress bars,
+    """:func:`bsadvisor.validate` with progress bars,
     then its report; under torchrun every rank trains and rank 0 alone prints (the library writes --out
     from rank 0 only). ``show=False`` prints nothing on stdout (the caller reports the Validation itself)."""
     main = dist is None or dist.is_main
     with (_progress(options.max_minutes) if main else contextlib.nullcontext()) as progress:
         validation = bsadvisor.validate(target, plan, options, progress=progress, dist=dist, device=device,
-                                   on_message=_say if main else None)
+                                        on_message=_say if main else None)
     if not main:
         return validation
     out = options.out
@@ -166,7 +166,7 @@ def _validate(target: str, plan: Optional[Path], options: bsadvisor.ValidateOpti
         check_epochs(plan_options["epochs"])
     if plan is not None and plan_options.get("schedule") is not None:
         raise bsadvisor.UserError("give either --plan FILE or --schedule/--epochs, not both")
-    loaded = bsadvisor.Plan.load(plan) if plan is not None else None  # a bad plan file fails before the target is imported
+    loaded = bsadvisor.Plan.load(plan) if plan is not None else None  # a bad plan fails before the target loads
     check_out(options.out, resume=options.resume, overwrite=options.overwrite)
     from bsadvisor.runtime.distributed import resolve_device  # torch: after the checks
 

@@ -52,6 +52,15 @@ def assert_one_line_error(r: subprocess.CompletedProcess, fragments: Iterable[st
     return line
 
 
+def refusals(flag: str, head: Iterable[str], cases: Iterable[tuple], prefix: Optional[str] = None) -> list[tuple]:
+    """Rows of a bad-input table for one flag: ``(id, argv, fragments)`` with argv ``head + [flag, value]``.
+
+    Each case is ``(name, value, *fragments)``: the row's id is ``prefix-name`` (``prefix`` defaults to the
+    flag without its dashes) and the error line must name the flag and hold every fragment."""
+    prefix = prefix or flag.lstrip("-")
+    return [(f"{prefix}-{name}", [*head, flag, value], [flag, *fragments]) for name, value, *fragments in cases]
+
+
 class Snapshot:
     """The files under a folder (relative path → (sha256, mode)); equal snapshots mean nothing changed."""
 

@@ -156,12 +156,49 @@ def test_packages_import_only_what_the_architecture_allows():
 
 def test_no_subpackage_imports_a_top_level_module():
     """``bsadvisor/__init__.py`` and ``bsadvisor/distributed.py`` are façades over the sub-packages (what
-    users import); a sub-package importing one would run the layering backwards."""
+    users import); a sub-package importing one would run the layering backwards. The CLI sits on top of
+    everything and goes through those public names (``import bsadvisor``), so it alone may."""
     top = {name for name in MODULES if not subpackage(name)}
     assert {"bsadvisor", "bsadvisor.distributed"} <= top
-    violations = [f"{name} imports {imported}" for name in MODULES if subpackage(name)
+    violations = [f"{name} imports {imported}" for name in MODULES if subpackage(name) not in ("", "cli")
                   for imported in sorted(internal_imports(name) & top)]
     assert not violations, "\n".join(violations)
+
+
+def public_names() -> dict[str, str]:
+    """What ``bsadvisor`` and ``bsadvisor.distributed`` export, read from their source: name -> the public
+    spelling (``Plan`` -> ``bsadvisor.Plan``, ``init_from_env`` -> ``bsadvisor.distributed.init_from_env``)."""
+    names = {}
+    for node in ast.walk(parse("bsadvisor")):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            names.update({key.value: f"bsadvisor.{key.value}" for key in node.value.keys})
+    for node in ast.walk(parse("bsadvisor.distributed")):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            names.update({elt.value: f"bsadvisor.distributed.{elt.value}" for elt in node.value.elts})
+    return names
+
+
+def test_cli_reaches_public_names_through_bsadvisor():
+    """The CLI imports ``bsadvisor`` at the top and spells every name the package exports publicly as
+    ``bsadvisor.Name``: no cli module imports such a name from a deep module (its helpers with no public
+    name, cli.app, cli.render, core.declared, ..., stay deep imports)."""
+    exported = public_names()
+    assert {"Plan", "recommend", "advise", "validate", "Validation", "UserError", "load_target",
+            "init_from_env"} <= set(exported)
+    cli = [name for name in MODULES if subpackage(name) == "cli"]
+    violations = []
+    for name in cli:
+        for node in import_nodes(parse(name), top_level_only=False):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("bsadvisor.")):
+                violations += [f"{name}:{node.lineno} imports {alias.name} from {node.module}; use "
+                               f"{exported[alias.name]}" for alias in node.names
+                               if alias.name in exported and f"{node.module}.{alias.name}" not in MODULES]  # a module
+    assert not violations, "\n".join(violations)
+    commands = [name for name in cli if name.rpartition(".")[2] in ("advise", "convert", "demo", "export",
+                                                                      "probe", "validate", "render", "app")]
+    assert len(commands) == 8, commands
+    missing = [name for name in commands if "bsadvisor" not in internal_imports(name, top_level_only=True)]
+    assert not missing, f"these cli modules do not import bsadvisor at the top: {missing}"
 
 
 def test_targets_reach_integrations_only_lazily():
@@ -528,3 +565,31 @@ def test_at_most_60_imports_inside_functions():
     assert sum(counts.values()) <= MAX_FUNCTION_IMPORTS, (
         f"{sum(counts.values())} imports inside functions (at most {MAX_FUNCTION_IMPORTS}): import at the module's "
         f"top unless torch or an optional framework must not load there, and say why\n{counts}")
+
+
+def test_typed_documents_share_one_base():
+    """Advice, a run's records and noise points, and the validation are one kind of document: frozen
+    dataclasses on core/documents.py's ``Document`` (to_dict for JSON, from_dict, read as a Mapping);
+    no module defines a document base of its own."""
+    from bsadvisor.core import predict
+    from bsadvisor.core.documents import Document
+    from bsadvisor.runtime import documents, validation
+
+    kinds = [predict.StartAdvice, predict.StartVariant, predict.KeepBatchAdvice, documents.NoisePoint,
+             documents.EpochRecord, documents.StepRecord, documents.EvalPoint, documents.SkippedStep,
+             validation.Validation, validation.Run, validation.SeedRun, validation.RunSummary, validation.Verdict,
+             validation.VariantVerdict, validation.RealisedTemperature]
+    assert [k.__name__ for k in kinds if not issubclass(k, Document)] == []
+    bases = [f"{name}.{node.name}" for name in MODULES if name != "bsadvisor.core.documents"
+             for node in ast.walk(parse(name)) if isinstance(node, ast.ClassDef) and node.name.endswith("Document")]
+    assert bases == [], bases
+    advice = predict.StartAdvice(b0=64, b_noise_at_start=512.0, efficiency_at_b0=0.9, plan_updates=10,
+                                 variants=(predict.StartVariant(2.0, 128, 5, 0.8, None),))
+    doc = advice.to_dict()
+    assert doc == {"b0": 64, "b_noise_at_start": 512.0, "efficiency_at_b0": 0.9, "plan_updates": 10,
+                   "variants": [{"increase_lr": 2.0, "start_batch": 128, "updates": 5, "efficiency_at_start": 0.8,
+                                 "predicted_seconds": None}]}
+    assert predict.StartAdvice.from_dict(doc, variants=advice.variants) == advice and advice["b0"] == 64
+    # a field the JSON lacks: its default, else None (older files load)
+    assert documents.EpochRecord.from_dict({"epoch": 0}).diverged is False
+    assert documents.EpochRecord.from_dict({"epoch": 0}).metric is None

@@ -14,6 +14,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.probe_result import SCHEMA, ProbeResult, load_probe
 from bsadvisor.targets.loading import load_target
 from bsadvisor.targets.target import Target
+from failing_loss import CPU_OOM, backward_raises, fails_over, raising
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(measure_memory=False, measure_throughput=False)
@@ -250,47 +251,16 @@ def test_bad_options():
 
 
 # --------------------------------------------------------------------------- failures after warmup
-class _BackwardBoom(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise RuntimeError("backward exploded")
-
-
-def _fails_over(limit, make_error):
-    """A loss_fn wrapper that fails for batches larger than ``limit`` (only after warmup and noise)."""
-    def wrap(inner):
-        def loss(m, b):
-            if len(b[1]) > limit:
-                return make_error(inner, m, b)
-            return inner(m, b)
-        return loss
-    return wrap
-
-
-def _raise(exc):
-    def f(inner, m, b):
-        raise exc
-    return f
-
-
-CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                       "you tried to allocate 1234567890 bytes. Error code 12 (Cannot allocate memory)")
-
-
 @pytest.mark.parametrize("make_error, kwargs, pattern", [
-    (_raise(RuntimeError("my loss broke")), {}, "loss_fn raised RuntimeError at memory trial at batch .*my loss broke"),
-    (lambda inner, m, b: _BackwardBoom.apply(inner(m, b)), {}, "backward raised RuntimeError at memory trial"),
-    (_raise(ValueError("ladder only")), dict(measure_memory=False),
+    (raising(RuntimeError("my loss broke")), {}, "loss_fn raised RuntimeError at memory trial at batch .*my loss broke"),
+    (backward_raises, {}, "backward raised RuntimeError at memory trial"),
+    (raising(ValueError("ladder only")), dict(measure_memory=False),
      "loss_fn raised ValueError at the throughput step at batch 256: ladder only"),
 ], ids=["loss-in-memory-trial", "backward-in-memory-trial", "loss-on-throughput-ladder"])
 def test_failure_after_warmup_is_one_line_and_restores_state(make_error, kwargs, pattern):
     t = load_target("builtin:linreg")
     t.model.weight.grad = torch.ones_like(t.model.weight)
-    t.loss_fn = _fails_over(64, make_error)(t.loss_fn)
+    t.loss_fn = fails_over(64, make_error)(t.loss_fn)
     random.seed(3)
     before = state_of(t.model)
     with pytest.raises(UserError, match=pattern) as err:
@@ -301,7 +271,7 @@ def test_failure_after_warmup_is_one_line_and_restores_state(make_error, kwargs,
 
 def test_cpu_allocator_out_of_memory_means_does_not_fit():
     t = load_target("builtin:linreg")
-    t.loss_fn = _fails_over(300, _raise(CPU_OOM))(t.loss_fn)
+    t.loss_fn = fails_over(300, raising(CPU_OOM))(t.loss_fn)
     before = state_of(t.model)
     r = bsadvisor.probe(t, warmup_steps=2, draws=3, budget_seconds=3, seed=0)
     assert 64 <= r.memory.max_batch <= 300 and r.memory.limited_by == "memory"
@@ -311,7 +281,7 @@ def test_cpu_allocator_out_of_memory_means_does_not_fit():
 
 def test_cpu_out_of_memory_in_warmup_says_so():
     t = load_target("builtin:linreg")
-    t.loss_fn = _fails_over(0, _raise(CPU_OOM))(t.loss_fn)
+    t.loss_fn = fails_over(0, raising(CPU_OOM))(t.loss_fn)
     with pytest.raises(UserError, match="ran out of memory at warmup step 1 .*lower --batch-size"):
         bsadvisor.probe(t, warmup_steps=2, draws=3, **FAST)
 

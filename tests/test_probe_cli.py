@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bsadvisor.cli import main
-from hostile import Snapshot, assert_one_line_error, cli_env, run_main
+from hostile import Snapshot, assert_one_line_error, cli_env, refusals, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,8 +206,13 @@ def test_piped_summary_of_a_target_named_with_markup(tmp_path):
 # Targets whose code fails in one phase only. linreg(size=2048): batch 64, micro-batches of 8;
 # memory trials at 64, 1024, 2048; throughput rungs 16, 64, 256, ..., 32, 128, ...
 TARGETS = '''
+import sys
+
+sys.path.insert(0, {tests!r})  # the probe tests' failing losses (tests/failing_loss.py)
+
 import torch
 from bsadvisor.targets.builtins import linreg
+from failing_loss import CPU_OOM, backward_raises, fails_over, raising
 
 
 def _with(wrap):
@@ -216,24 +221,8 @@ def _with(wrap):
     return t
 
 
-class _Boom(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise RuntimeError("backward exploded")
-
-
 def raises_at_big_batch():
-    def wrap(inner):
-        def loss(m, b):
-            if len(b[1]) > 64:
-                raise RuntimeError("batch too large for my loss")
-            return inner(m, b)
-        return loss
-    return _with(wrap)
+    return _with(fails_over(64, raising(RuntimeError("batch too large for my loss"))))
 
 
 def raises_on_ladder():
@@ -247,25 +236,15 @@ def raises_on_ladder():
 
 
 def backward_raises_at_big_batch():
-    def wrap(inner):
-        def loss(m, b):
-            out = inner(m, b)
-            return _Boom.apply(out) if len(b[1]) > 64 else out
-        return loss
-    return _with(wrap)
+    return _with(fails_over(64, backward_raises))
 
 
-def backward_raises():
-    return _with(lambda inner: (lambda m, b: _Boom.apply(inner(m, b))))
+def backward_raises_always():
+    return _with(fails_over(0, backward_raises))
 
 
 def cpu_oom_always():
-    def wrap(inner):
-        def loss(m, b):
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
-                               "memory: you tried to allocate 123456789 bytes. Error code 12")
-        return loss
-    return _with(wrap)
+    return _with(fails_over(0, raising(CPU_OOM)))
 
 
 def touches():
@@ -282,47 +261,26 @@ def batchnorm():
 '''
 
 Q = ["--budget-seconds", "2"]  # keeps the target cases short
+
+
+def refused(flag: str, *cases: tuple, prefix=None) -> list[tuple]:
+    """Rows for bad values of one flag on builtin:linreg (hostile.refusals)."""
+    return refusals(flag, ["builtin:linreg"], cases, prefix)
+
 # (id, arguments after `probe`, fragments the error line must contain)
 CASES = [
-    # --seed
-    ("seed-2**70", ["builtin:linreg", "--seed", str(2**70)], ["--seed"]),
-    ("seed-2**63", ["builtin:linreg", "--seed", str(2**63)], ["--seed"]),
-    ("seed-negative", ["builtin:linreg", "--seed", "-1"], ["--seed"]),
-    ("seed-float", ["builtin:linreg", "--seed", "1.5"], ["--seed"]),
-    # --budget-seconds
-    ("budget-inf", ["builtin:linreg", "--budget-seconds", "inf"], ["--budget-seconds"]),
-    ("budget-nan", ["builtin:linreg", "--budget-seconds", "nan"], ["--budget-seconds"]),
-    ("budget-zero", ["builtin:linreg", "--budget-seconds", "0"], ["--budget-seconds"]),
-    ("budget-negative", ["builtin:linreg", "--budget-seconds", "-5"], ["--budget-seconds"]),
-    ("budget-1e400", ["builtin:linreg", "--budget-seconds", "1e400"], ["--budget-seconds"]),
-    # --warmup-steps
-    ("warmup-1e12", ["builtin:linreg", "--warmup-steps", "1e12"], ["--warmup-steps"]),
-    ("warmup-2**70", ["builtin:linreg", "--warmup-steps", str(2**70)], ["--warmup-steps"]),
-    ("warmup-negative", ["builtin:linreg", "--warmup-steps", "-1"], ["--warmup-steps"]),
-    # --memory-limit
-    ("memory-half-byte", ["builtin:linreg", "--memory-limit", "0.5B"], ["--memory-limit", "below one byte"]),
-    ("memory-nano-kb", ["builtin:linreg", "--memory-limit", "1e-9KB"], ["--memory-limit", "below one byte"]),
-    ("memory-zero", ["builtin:linreg", "--memory-limit", "0"], ["--memory-limit"]),
-    ("memory-negative", ["builtin:linreg", "--memory-limit", "-1GB"], ["--memory-limit"]),
-    ("memory-nan", ["builtin:linreg", "--memory-limit", "nan"], ["--memory-limit"]),
-    ("memory-inf", ["builtin:linreg", "--memory-limit", "inf"], ["--memory-limit"]),
-    ("memory-1e400", ["builtin:linreg", "--memory-limit", "1e400"], ["--memory-limit", "larger than any"]),
-    ("memory-1e30TB", ["builtin:linreg", "--memory-limit", "1e30TB"], ["--memory-limit", "larger than any"]),
-    ("memory-5000-digits", ["builtin:linreg", "--memory-limit", "9" * 5000], ["--memory-limit"]),
-    ("memory-words", ["builtin:linreg", "--memory-limit", "lots"], ["--memory-limit"]),
-    # --target-rel-ci, --lr, --batch-size, --draws, --estimator
-    ("rel-ci-nan", ["builtin:linreg", "--target-rel-ci", "nan"], ["--target-rel-ci"]),
-    ("rel-ci-zero", ["builtin:linreg", "--target-rel-ci", "0"], ["--target-rel-ci"]),
-    ("rel-ci-above-1", ["builtin:linreg", "--target-rel-ci", "1.5"], ["--target-rel-ci"]),
-    ("lr-zero", ["builtin:linreg", "--lr", "0"], ["--lr"]),
-    ("lr-nan", ["builtin:linreg", "--lr", "nan"], ["--lr"]),
-    ("lr-inf", ["builtin:linreg", "--lr", "inf"], ["--lr"]),
-    ("batch-zero", ["builtin:linreg", "--batch-size", "0"], ["--batch-size"]),
-    ("batch-one", ["builtin:linreg", "--batch-size", "1"], ["--batch-size"]),
-    ("draws-one", ["builtin:linreg", "--draws", "1"], ["--draws"]),
-    ("draws-huge", ["builtin:linreg", "--draws", str(10**9)], ["--draws"]),
-    ("draws-word", ["builtin:linreg", "--draws", "many"], ["--draws"]),
-    ("estimator-unknown", ["builtin:linreg", "--estimator", "magic"], ["--estimator"]),
+    *refused("--seed", ("2**70", str(2**70)), ("2**63", str(2**63)), ("negative", "-1"), ("float", "1.5")),
+    *refused("--budget-seconds", ("inf", "inf"), ("nan", "nan"), ("zero", "0"), ("negative", "-5"),
+             ("1e400", "1e400"), prefix="budget"),
+    *refused("--warmup-steps", ("1e12", "1e12"), ("2**70", str(2**70)), ("negative", "-1"), prefix="warmup"),
+    *refused("--memory-limit", ("half-byte", "0.5B", "below one byte"), ("nano-kb", "1e-9KB", "below one byte"),
+             ("zero", "0"), ("negative", "-1GB"), ("nan", "nan"), ("inf", "inf"), ("1e400", "1e400", "larger than any"),
+             ("1e30TB", "1e30TB", "larger than any"), ("5000-digits", "9" * 5000), ("words", "lots"), prefix="memory"),
+    *refused("--target-rel-ci", ("nan", "nan"), ("zero", "0"), ("above-1", "1.5"), prefix="rel-ci"),
+    *refused("--lr", ("zero", "0"), ("nan", "nan"), ("inf", "inf")),
+    *refused("--batch-size", ("zero", "0"), ("one", "1"), prefix="batch"),
+    *refused("--draws", ("one", "1"), ("huge", str(10**9)), ("word", "many")),
+    *refused("--estimator", ("unknown", "magic")),
     # --out: refused before the target is even built (`touches` would leave a file behind)
     ("out-is-folder", ["{tmp}/t.py:touches", "--out", "{tmp}/existing"], ["is a folder", "--out"]),
     ("out-missing-folder", ["{tmp}/t.py:touches", "--out", "{tmp}/nowhere/probe.json"], ["does not exist", "--out"]),
@@ -332,7 +290,7 @@ CASES = [
     ("loss-raises-on-ladder", ["{tmp}/t.py:raises_on_ladder", *Q], ["throughput step at batch 16", "no batches"]),
     ("backward-raises-in-memory-trial", ["{tmp}/t.py:backward_raises_at_big_batch", *Q],
      ["backward raised", "memory trial", "backward exploded"]),
-    ("backward-raises-in-warmup", ["{tmp}/t.py:backward_raises", *Q], ["backward raised", "warmup step 1"]),
+    ("backward-raises-in-warmup", ["{tmp}/t.py:backward_raises_always", *Q], ["backward raised", "warmup step 1"]),
     ("cpu-out-of-memory-in-warmup", ["{tmp}/t.py:cpu_oom_always", *Q], ["ran out of memory at warmup step 1"]),
     ("batchnorm-batch-1-tiny-memory-limit", ["{tmp}/t.py:batchnorm", *Q, "--memory-limit", "2KB"],
      ["does not fit", "raise --memory-limit"]),
@@ -345,7 +303,7 @@ CASES = [
 def folder(tmp_path):
     (tmp_path / "existing").mkdir()
     (tmp_path / "existing" / "keep.txt").write_text("mine\n")
-    (tmp_path / "t.py").write_text(TARGETS)
+    (tmp_path / "t.py").write_text(TARGETS.replace("{tests!r}", repr(str(Path(__file__).parent))))
     return tmp_path
 
 

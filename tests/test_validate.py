@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bsadvisor.core.plan import Plan, Stage
-from hostile import Snapshot, assert_one_line_error, cli_env, run_main
+from hostile import Snapshot, assert_one_line_error, cli_env, refusals, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -519,11 +519,11 @@ def test_demo_json_prints_one_document(monkeypatch, target_file):
     """demo --json: probe, plan and validation as one JSON document on stdout (narration on stderr)."""
     from typer.testing import CliRunner
 
-    import bsadvisor.targets.loading
+    import bsadvisor
     from bsadvisor.cli.app import app
 
-    tiny = bsadvisor.targets.loading.load_target(target_file)
-    monkeypatch.setattr(bsadvisor.targets.loading, "load_target", lambda spec: tiny)
+    tiny = bsadvisor.load_target(target_file)
+    monkeypatch.setattr(bsadvisor, "load_target", lambda spec: tiny)  # the public name demo calls
     r = CliRunner().invoke(app, ["demo", "--json", "--epochs", "5", "--seeds", "1", "--no-variants", "--skip-probe"])
     assert r.exit_code in (0, 1, 3), r.output
     doc = strict_json(r.stdout)
@@ -916,26 +916,20 @@ def huge_epoch_plan(tmp: Path) -> None:
                                                           "schedule": "constant"}, "stages": stages}))
 
 
+def refused(flag: str, *cases: tuple, head=LINREG) -> list[tuple]:
+    """Rows for bad values of one flag (hostile.refusals), with no set-up."""
+    return [(id_, argv, None, fragments) for id_, argv, fragments in refusals(flag, head, cases)]
+
+
 # -- the cases: (id, argv, set-up or None, fragments the error line must contain) -----------------
 CASES = [
-    ("tolerance-nan", [*LINREG, "--tolerance", "nan"], None, ["--tolerance", "finite"]),
-    ("tolerance-inf", [*LINREG, "--tolerance", "inf"], None, ["--tolerance", "finite"]),
-    ("tolerance-minus-inf", [*LINREG, "--tolerance", "-inf"], None, ["--tolerance", "finite"]),
-    ("tolerance-negative", [*LINREG, "--tolerance", "-0.01"], None, ["--tolerance", "-0.01"]),
-    ("seeds-zero", [*LINREG, "--seeds", "0"], None, ["--seeds", "0"]),
-    ("seeds-negative", [*LINREG, "--seeds", "-3"], None, ["--seeds", "-3"]),
-    ("seeds-huge", [*LINREG, "--seeds", "1000000"], None, ["--seeds", "1000"]),
-    ("seeds-2**70", [*LINREG, "--seeds", str(2**70)], None, ["--seeds"]),
-    ("increase-lr-nan", [*LINREG, "--increase-lr", "nan"], None, ["--increase-lr", "finite"]),
-    ("increase-lr-inf", [*LINREG, "--increase-lr", "inf"], None, ["--increase-lr", "finite"]),
-    ("increase-lr-zero", [*LINREG, "--increase-lr", "0"], None, ["--increase-lr", "> 1"]),
-    ("increase-lr-negative", [*LINREG, "--increase-lr", "-5"], None, ["--increase-lr", "> 1"]),
-    ("increase-lr-one", [*LINREG, "--increase-lr", "1"], None, ["--increase-lr", "> 1"]),
-    ("increase-lr-half", [*LINREG, "--increase-lr", "0.5"], None, ["--increase-lr", "0.5"]),
-    ("hybrid-cap-zero", [*LINREG, "--variants", "--hybrid-cap", "0"], None, ["--hybrid-cap", "0"]),
-    ("hybrid-cap-negative", [*LINREG, "--variants", "--hybrid-cap", "-64"], None, ["--hybrid-cap", "-64"]),
-    ("max-micro-batch-zero", [*LINREG, "--max-micro-batch", "0"], None, ["--max-micro-batch", "0"]),
-    ("max-micro-batch-negative", [*LINREG, "--max-micro-batch", "-8"], None, ["--max-micro-batch", "-8"]),
+    *refused("--tolerance", ("nan", "nan", "finite"), ("inf", "inf", "finite"), ("minus-inf", "-inf", "finite"),
+             ("negative", "-0.01", "-0.01")),
+    *refused("--seeds", ("zero", "0", "0"), ("negative", "-3", "-3"), ("huge", "1000000", "1000"), ("2**70", str(2**70))),
+    *refused("--increase-lr", ("nan", "nan", "finite"), ("inf", "inf", "finite"), ("zero", "0", "> 1"),
+             ("negative", "-5", "> 1"), ("one", "1", "> 1"), ("half", "0.5", "0.5")),
+    *refused("--hybrid-cap", ("zero", "0", "0"), ("negative", "-64", "-64"), head=[*LINREG, "--variants"]),
+    *refused("--max-micro-batch", ("zero", "0", "0"), ("negative", "-8", "-8")),
     ("epochs-1e9", ["builtin:linreg", "--schedule", "constant", "--epochs", "1000000000"], None,
      ["--epochs 1000000000", "at most 100,000", "every epoch"]),
     ("epochs-2**70", ["builtin:linreg", "--schedule", "constant", "--epochs", str(2**70)], None, ["--epochs"]),

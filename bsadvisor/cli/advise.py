@@ -11,14 +11,13 @@ import typer
 from rich.text import Text
 from typing_extensions import Annotated
 
+import bsadvisor
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.cli.options import Overwrite, command_options, with_options
 from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary, time_range
 from bsadvisor.core import checks
 from bsadvisor.core.defaults import PROBE_DEFAULTS
-from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
-from bsadvisor.core.probe_options import ProbeOptions
 
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
@@ -76,20 +75,18 @@ def advise_cmd(
     probe_opts = {"device": device, "budget_seconds": budget_seconds, "seed": seed}
     trace = check_advise_options(options, probe_opts, out, probe_out, overwrite)  # before anything slow: no torch yet
 
-    from bsadvisor.measure.advise import advise
     from bsadvisor.runtime.recipe import options_for_target
-    from bsadvisor.targets.loading import load_target
 
     # one limit for the target's import and the probe: a TARGET that never returns is stopped too
     with _progress(quiet=json_) as progress, probe_time_limit(budget_seconds):
         progress("loading the target", 0.0)
-        tgt = load_target(target)
+        tgt = bsadvisor.load_target(target)
         prepared = options_for_target(tgt, {**options, "noise_trace": trace})
         if prepared.note:
             err_console.print(prepared.note, soft_wrap=True, markup=False, highlight=False)
         # the next commands printed below repeat the recipe's schedule and length
         options.update({k: prepared.options[k] for k in ("schedule", "epochs", "schedule_unit", "seq_len")})
-        rec = advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
+        rec = bsadvisor.advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
     if out is not None:
         rec.plan.save(out)
     if json_:
@@ -128,8 +125,6 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
                          overwrite: bool = False):
     """The checks that need neither torch nor the target, so a typo fails at once; the --noise-trace read
     (a core.predict.Trace, or None)."""
-    from bsadvisor.core.schedules import parse_schedule  # the parser: not for `bsadvisor --help`
-
     # --schedule and --epochs may come from the target's recipe (checked once it is loaded); each error names
     # the parameter, which the CLI spells as its flag
     checks.optional(checks.number, "epochs", options["epochs"], low=0, low_open=True)
@@ -142,9 +137,9 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     checks.optional(checks.number, "noise_cap", options["noise_cap"], low=0)
     for name in ("max_fraction", "stage_factor", "increase_lr"):
         checks.optional(checks.positive, name, options[name])
-    ProbeOptions(**probe_opts)  # the probe's own checks, before the target loads
+    bsadvisor.ProbeOptions(**probe_opts)  # the probe's own checks, before the target loads
     if options["schedule"] is not None:
-        parse_schedule(options["schedule"])
+        bsadvisor.parse_schedule(options["schedule"])  # the parser loads here: not for `bsadvisor --help`
     trace = None
     if options["noise_trace"] is not None:
         from bsadvisor.core.predict import read_trace
@@ -155,7 +150,7 @@ def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], p
     if probe_out is not None:
         check_replace(probe_out, PROBE_FILES, overwrite, "--probe-out")
         if out is not None and Path(out).resolve() == Path(probe_out).resolve():
-            raise UserError(f"--out and --probe-out are both {out}; give them different files")
+            raise bsadvisor.UserError(f"--out and --probe-out are both {out}; give them different files")
     return trace
 
 

@@ -20,7 +20,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from bsadvisor.core.errors import UserError, lost_peer
+import bsadvisor
+from bsadvisor.core.errors import lost_peer
 from bsadvisor.core.machine import busy_cpu_warning, cpu_count, load_average, passive_wait
 
 app = typer.Typer(
@@ -91,11 +92,11 @@ def _command():
 
 def _required(ctx, param, value):
     if value is None:
-        raise UserError(f"missing argument {param.human_readable_name}; see {ctx.command_path} --help")
+        raise bsadvisor.UserError(f"missing argument {param.human_readable_name}; see {ctx.command_path} --help")
     return value
 
 
-def as_typed(exc: UserError, argv: Optional[list[str]] = None) -> str:
+def as_typed(exc: bsadvisor.UserError, argv: Optional[list[str]] = None) -> str:
     """The message with the parameters it names spelled as the user typed them on the command line.
 
     Library errors name parameters (``max_fraction must be in (0, 1], got 2``, ``batch_size
@@ -190,7 +191,7 @@ def probe_time_limit(budget_seconds: float):
         with time_limit(limit):
             yield
     except OverTime:
-        raise UserError(f"the probe was stopped after {limit:g} s, {PROBE_LIMIT_FACTOR:g} × --budget-seconds "
+        raise bsadvisor.UserError(f"the probe was stopped after {limit:g} s, {PROBE_LIMIT_FACTOR:g} × --budget-seconds "
                         f"{float(budget_seconds):g} plus {PROBE_GRACE_S:g} s: the target's code (loss_fn, the model or the data) did not return; "
                         "check it for a hang") from None
 
@@ -225,7 +226,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Interrupted as exc:
         err_console.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
         _exit(exc.code)
-    except UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
+    except bsadvisor.UserError as exc:  # one line, whatever the message holds (a user's exception text may span lines)
         err_console.print(f"error: {one_line(as_typed(exc, argv))}", markup=False, highlight=False, soft_wrap=True)
         _exit(2)
     except _UsageError as exc:

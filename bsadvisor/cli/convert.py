@@ -5,11 +5,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import bsadvisor
 from bsadvisor.cli.app import app, console, emit_json
 from bsadvisor.cli.options import Config, JsonOut, Out, Overwrite, command_options, with_options
 from bsadvisor.cli.render import plan_summary
 from bsadvisor.core import schema as S
-from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import PLAN_FILES, check_replace
 from bsadvisor.core.options import CONVERSION_OPTIONS
 
@@ -40,24 +40,24 @@ def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
     if path is None:
         return {}
     if path.is_dir():
-        raise UserError(f"config file {path} is a folder; give the path of a TOML file")
+        raise bsadvisor.UserError(f"config file {path} is a folder; give the path of a TOML file")
     if not path.is_file():
-        raise UserError(f"config file {path} not found; check the path")
+        raise bsadvisor.UserError(f"config file {path} not found; check the path")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise bsadvisor.UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not a text (UTF-8) file; is it the right file?") from None
+        raise bsadvisor.UserError(f"config file {path} is not a text (UTF-8) file; is it the right file?") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML ({exc})") from None
+        raise bsadvisor.UserError(f"config file {path} is not valid TOML ({exc})") from None
     except (RecursionError, MemoryError):
-        raise UserError(f"config file {path} is nested too deeply; write each option as key = value") from None
+        raise bsadvisor.UserError(f"config file {path} is nested too deeply; write each option as key = value") from None
     except ValueError as exc:
         what = "an integer of thousands of digits" if "digits" in str(exc) else str(exc)[:80]
-        raise UserError(f"config file {path} is not valid TOML ({what})") from None
+        raise bsadvisor.UserError(f"config file {path} is not valid TOML ({what})") from None
     spec = _config_spec()
     out = {}
     for key, value in doc.items():
@@ -65,13 +65,13 @@ def read_config(path: Optional[Path], allowed: set[str]) -> dict[str, Any]:
         name = CONFIG_ALIASES.get(name, name)
         shown = key if len(key) <= 40 else key[:37] + "..."
         if name not in allowed:
-            raise UserError(f"config file {path}: unknown option {shown!r}; use the command's option names "
+            raise bsadvisor.UserError(f"config file {path}: unknown option {shown!r}; use the command's option names "
                             f"({', '.join(sorted(_option(k) for k in allowed))})")
         if name in spec:
             try:
                 value = spec[name].check(value, shown)
             except S.Invalid as exc:
-                raise UserError(f"config file {path}: {exc}; fix it there or give --{_option(name)} on the "
+                raise bsadvisor.UserError(f"config file {path}: {exc}; fix it there or give --{_option(name)} on the "
                                 "command line") from None
         out[name] = value
     return out
@@ -140,9 +140,6 @@ def convert_schedule_cmd(options: dict, config: Config = None, json_: JsonOut = 
     """
     if out is not None:
         check_replace(out, PLAN_FILES, overwrite)
-    # imported here: `bsadvisor --help` does not load the conversion
-    from bsadvisor.core.recommend import recommend
-
     opts = merge_options(options, config, set(CONVERSION_OPTIONS))
-    plan = recommend(opts)
+    plan = bsadvisor.recommend(opts)  # the conversion loads here: `bsadvisor --help` does not
     output_plan(plan, json_, out)

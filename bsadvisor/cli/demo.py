@@ -11,14 +11,13 @@ from typing import Optional
 
 import typer
 
+import bsadvisor
 from bsadvisor.cli.app import app, console, emit_json, err_console, warn_busy_cpu
 from bsadvisor.cli.validate import exit_code, plan_source, run_and_report
-from bsadvisor.core.errors import UserError
 from bsadvisor.core.fileio import json_safe
-from bsadvisor.core.validate_options import ValidateOptions, check_epochs
+from bsadvisor.core.validate_options import check_epochs
 from bsadvisor.runtime.validate import check_out, finite
 from bsadvisor.runtime.validation import plan_for
-from bsadvisor.targets import loading
 
 DEMO_SCHEMA = "bsadvisor.demo/1"
 DEMO_TARGET = "builtin:mnist1d-mlp"
@@ -28,7 +27,7 @@ def paper_schedule(epochs: int) -> str:
     """Three decays by 5 at 30%, 60% and 80% of the epochs (Smith et al. 1711.00489 style)."""
     ms = sorted({max(1, round(epochs * f)) for f in (0.3, 0.6, 0.8)})
     if len(ms) < 3 or ms[-1] >= epochs:
-        raise UserError(f"--epochs {epochs} is too short for three LR decays; use at least 5")
+        raise bsadvisor.UserError(f"--epochs {epochs} is too short for three LR decays; use at least 5")
     return f"MultiStepLR(milestones={ms}, gamma=0.2)"
 
 
@@ -44,7 +43,7 @@ def demo(
                                  "validation) on stdout; the narration goes to stderr"),
 ) -> None:
     """Probe, convert and validate on builtin:mnist1d-mlp (about two minutes on a laptop CPU)."""
-    options = ValidateOptions(seeds=seeds, variants=variants, out=out, overwrite=overwrite)
+    options = bsadvisor.ValidateOptions(seeds=seeds, variants=variants, out=out, overwrite=overwrite)
     check_epochs(epochs)
     schedule = paper_schedule(epochs)
     check_out(out, overwrite=overwrite)
@@ -52,7 +51,7 @@ def demo(
     warn_busy_cpu()
     say("[bold]1. Target[/]: builtin:mnist1d-mlp — an MLP on MNIST-1D (32 000 training examples), "
         "SGD with LR 0.05, momentum 0.9, batch 32.")
-    tgt = loading.load_target(DEMO_TARGET)  # read through the module: a test may stand a smaller target in
+    tgt = bsadvisor.load_target(DEMO_TARGET)  # read when called: a test may stand a smaller target in
     probe_doc, max_batch = _demo_probe(tgt, skip_probe, say)
     say(f"[bold]3. Convert[/]: the LR schedule {schedule} over {epochs} epochs decays the LR by 5 three "
         "times; Smith et al. (arXiv 1711.00489) instead keep the LR and grow the batch so the noise "
@@ -83,9 +82,7 @@ def _demo_probe(tgt, skip: bool, say) -> tuple[Optional[dict], Optional[int]]:
     if skip:
         say("   skipped (--skip-probe).")
         return None, None
-    from bsadvisor.measure.probe import probe  # torch
-
-    result = probe(tgt)
+    result = bsadvisor.probe(tgt)  # torch loads here
     b, ci = result.noise.b_simple, result.noise.ci90
     if finite(b):
         say(f"   B_simple ≈ {b:,.0f}" + (f" (90% CI {ci[0]:,.0f}–{ci[1]:,.0f})" if ci and all(map(finite, ci)) else ""))

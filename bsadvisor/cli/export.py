@@ -8,10 +8,10 @@ import typer
 from rich.text import Text
 from typing_extensions import Annotated
 
+import bsadvisor
 from bsadvisor.cli.app import app, emit_json, err_console
 from bsadvisor.core.exports import EXPORT_FORMATS, EXPORT_SCHEMA, check_format, check_megatron_version, export
 from bsadvisor.core.fileio import check_replace, write_atomic
-from bsadvisor.core.plan import Plan
 
 EXPORT_EXAMPLES = """
 [bold]Examples[/]
@@ -63,7 +63,7 @@ def export_cmd(
     megatron) is said in a note on stderr."""
     check_format(format_)  # before the files: a typo fails first
     check_megatron_version(megatron_version)
-    plan = Plan.load(plan_file)  # a bad plan is named first
+    plan = bsadvisor.Plan.load(plan_file)  # a bad plan is named first
     if out is not None:
         check_replace(out, (), overwrite)  # never the input plan, nor any other file, without --overwrite
     text, rows, notes = export(plan, format_, megatron_version, str(plan_file))

@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+import bsadvisor
 from bsadvisor.cli.app import app, console, emit_json, err_console, probe_time_limit
 from bsadvisor.cli.options import Overwrite, with_options
 from bsadvisor.core.declared import declarations
 from bsadvisor.core.fileio import PROBE_FILES, check_replace, write_json
 from bsadvisor.core.memory import format_bytes
-from bsadvisor.core.probe_options import ProbeOptions
 
 EPILOG = (
     "Examples:\n\n"
@@ -30,11 +30,11 @@ EPILOG = (
 
 
 @app.command(epilog=EPILOG)
-@with_options(tuple(declarations(ProbeOptions)), of=ProbeOptions)
+@with_options(tuple(declarations(bsadvisor.ProbeOptions)), of=bsadvisor.ProbeOptions)
 def probe(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME "
                                            "(a function returning bsadvisor.Target; see docs/target.md)."),
-    options: Optional[ProbeOptions] = None,  # the probe's options (core.probe_options), declared once: with_options
+    options: Optional[bsadvisor.ProbeOptions] = None,  # the probe's options, declared once: with_options
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here (atomically)."),
     overwrite: Overwrite = False,
@@ -50,15 +50,13 @@ def probe(
     if os.environ.get("RANK", "0") == "0" and out is not None:
         check_replace(out, PROBE_FILES, overwrite)
 
-    from bsadvisor.runtime.distributed import init_from_env  # imports torch
-    from bsadvisor.measure.probe import probe as run_probe
-
-    dist = init_from_env(options.device)  # single-process no-op without torchrun's WORLD_SIZE
+    # imports torch; a single-process no-op without torchrun's WORLD_SIZE
+    dist = bsadvisor.distributed.init_from_env(options.device)
     with probe_time_limit(options.budget_seconds):  # a loss_fn that never returns is stopped, one line
         if dist.is_main:
-            _run_main(lambda **kw: run_probe(target, options, dist=dist, **kw), json_out, out, format_bytes)
+            _run_main(lambda **kw: bsadvisor.probe(target, options, dist=dist, **kw), json_out, out, format_bytes)
         else:
-            run_probe(target, options, dist=dist)  # measures and agrees with the others; rank 0 reports
+            bsadvisor.probe(target, options, dist=dist)  # measures and agrees with the others; rank 0 reports
     # Every rank is done before any leaves; cli.main then ends the process without tearing
     # the group down (distributed.exit_job), and an error ends it the same way.
     dist.barrier()

@@ -19,10 +19,9 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from bsadvisor.core.plan import Plan
+import bsadvisor
 from bsadvisor.runtime.report import (difference_text, fmt, mean_curve, noise_rows, sparkline,
                                       status_word, verdict_text)
-from bsadvisor.runtime.validation import Validation
 
 PHASE_LABELS = {"warmup": " warmup", "hybrid": " hybrid"}
 
@@ -113,7 +112,7 @@ def fmt_count(x: float) -> str:
     return f"{x:g}"
 
 
-def plan_rows(plan: Plan) -> list[dict]:
+def plan_rows(plan: bsadvisor.Plan) -> list[dict]:
     """One row per batch stage (consecutive stages with the same batch and phase).
 
     Where a stage starts and ends is in epochs for a plan whose stages are whole epochs
@@ -145,7 +144,7 @@ def plan_rows(plan: Plan) -> list[dict]:
     return rows
 
 
-def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
+def plan_table(plan: bsadvisor.Plan, title: str = "Recommended plan") -> FitTable:
     """Stages of ``plan``: one row per batch stage, a legend of every column under it.
 
     Momentum gets a column only when it changes between stages (otherwise one line says
@@ -198,7 +197,7 @@ def plan_table(plan: Plan, title: str = "Recommended plan") -> FitTable:
                                                               has_time))
 
 
-def _legend(plan: Plan, body: list[list[str]], momenta: set, has_mom: bool, has_scale: bool, has_eff: bool,
+def _legend(plan: bsadvisor.Plan, body: list[list[str]], momenta: set, has_mom: bool, has_scale: bool, has_eff: bool,
             has_time: bool) -> list[str]:
     """The lines under the plan table that say what each column means."""
     legend = [f"momentum {next(iter(momenta)):g} in every stage" if not has_mom else "mom.: momentum"]
@@ -241,7 +240,7 @@ def fmt_seconds(s) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def plan_summary(plan: Plan) -> Group:
+def plan_summary(plan: bsadvisor.Plan) -> Group:
     """The whole report: table, totals versus the original, warnings, notes."""
     base, new = plan.baseline_updates, plan.updates
     ratio = base / new if new else float("nan")
@@ -268,7 +267,7 @@ def plan_summary(plan: Plan) -> Group:
 
 
 # -- a validation: the runs, their curves, the noise scale through training, the verdict ------------------
-def print_results(doc: Validation, console: Console) -> None:
+def print_results(doc: bsadvisor.Validation, console: Console) -> None:
     """A table of the runs, their curves as sparklines (no matplotlib needed), the noise scale through
     training (with the noise monitor), then the verdict.
 
@@ -276,7 +275,7 @@ def print_results(doc: Validation, console: Console) -> None:
     table does not fit). User strings (the target's name) are never read as rich markup.
     ``doc``: a Validation (or its results document).
     """
-    doc = Validation.of(doc)
+    doc = bsadvisor.Validation.of(doc)
     console.print(runs_table(doc))
     console.print(curves_table(doc, console.width))
     noise = noise_table(doc)
@@ -292,7 +291,7 @@ def _num(x) -> str:
     return fmt(x, ".4f")
 
 
-def runs_table(doc: Validation) -> FitTable:
+def runs_table(doc: bsadvisor.Validation) -> FitTable:
     """Each run's metric (mean ± sd over seeds), final training loss, updates and mean wall time."""
     first = next(iter(doc.runs.values())).summary
     title = (f"{doc.target}: {doc.epochs:.4g} epoch{'' if doc.epochs == 1 else 's'}, {doc.seeds} seed(s), "
@@ -308,7 +307,7 @@ def runs_table(doc: Validation) -> FitTable:
     return FitTable(title, cols, rows, caption=[legend])
 
 
-def curves_table(doc: Validation, width: int) -> FitTable:
+def curves_table(doc: bsadvisor.Validation, width: int) -> FitTable:
     """Sparklines of each run's metric and training loss on shared scales, two of them beside the names
     within ``width`` columns."""
     curves = {name: (mean_curve(r, "epoch", "metric"), mean_curve(r, "epoch", "train_loss")[1])
@@ -326,7 +325,7 @@ def curves_table(doc: Validation, width: int) -> FitTable:
                     [("run", "left"), ("metric", "left"), ("training loss", "left")], rows)
 
 
-def noise_table(doc: Validation) -> Optional[FitTable]:
+def noise_table(doc: bsadvisor.Validation) -> Optional[FitTable]:
     """The terminal's picture of noise.png: each run's batch against its measured B_simple, a few points each
     (None without the noise monitor)."""
     found = noise_rows(doc, points=5)
@@ -345,9 +344,9 @@ VERDICT_STYLES = {"ACCEPTED": "bold green", "REJECTED": "bold red", "INCONCLUSIV
                   "INDICATIVE": "bold yellow"}
 
 
-def print_verdict(doc: Validation, console: Console) -> None:
+def print_verdict(doc: bsadvisor.Validation, console: Console) -> None:
     """ACCEPTED, REJECTED or INCONCLUSIVE, the paired difference and its interval, the variants, the savings."""
-    doc = Validation.of(doc)
+    doc = bsadvisor.Validation.of(doc)
     v = doc.verdict
     for name, w in v.variants.items():
         console.print(Text(f"{name}: {status_word(w).lower()}, " + (w.reason or difference_text(w, at=v))

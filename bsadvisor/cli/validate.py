@@ -17,18 +17,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+import bsadvisor
 from bsadvisor.cli.options import command_options, with_options
 from bsadvisor.cli.app import (Interrupted, OverTime, Stopped, app, console, emit_json, err_console, time_limit,
                                warn_busy_cpu)
 from bsadvisor.cli.render import print_results
 from bsadvisor.core.declared import declarations
-from bsadvisor.core.errors import UserError
-from bsadvisor.core.plan import Plan
-from bsadvisor.core.validate_options import ValidateOptions, check_epochs
+from bsadvisor.core.validate_options import check_epochs
 from bsadvisor.runtime.recipe import options_for_target
 from bsadvisor.runtime.validate import check_out, earlier_results
-from bsadvisor.runtime.validation import Validation, validate as validate_plan
-from bsadvisor.targets.loading import load_target
 
 
 def _progress(max_minutes: Optional[float] = None):
@@ -49,7 +46,7 @@ def _progress(max_minutes: Optional[float] = None):
 EXIT_CODES = {"accepted": 0, "rejected": 1, "inconclusive": 3, "indicative": 3}
 
 
-def exit_code(validation: Validation) -> int:
+def exit_code(validation: bsadvisor.Validation) -> int:
     """0 accepted, 1 rejected, 3 inconclusive or indicative (one seed: not a decision)."""
     return EXIT_CODES.get(validation.status, 1)
 
@@ -59,15 +56,15 @@ def _say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def run_and_report(target, plan, options: ValidateOptions, *, as_json: bool, dist=None, device=None,
-                   show: bool = True) -> Validation:
-    """:func:`bsadvisor.validate` (``validate_plan`` here: the command is ``validate``) with progress bars,
+def run_and_report(target, plan, options: bsadvisor.ValidateOptions, *, as_json: bool, dist=None, device=None,
+                   show: bool = True) -> bsadvisor.Validation:
+    """:func:`bsadvisor.validate` with progress bars,
     then its report; under torchrun every rank trains and rank 0 alone prints (the library writes --out
     from rank 0 only). ``show=False`` prints nothing on stdout (the caller reports the Validation itself)."""
     main = dist is None or dist.is_main
     with (_progress(options.max_minutes) if main else contextlib.nullcontext()) as progress:
-        validation = validate_plan(target, plan, options, progress=progress, dist=dist, device=device,
-                                   on_message=_say if main else None)
+        validation = bsadvisor.validate(target, plan, options, progress=progress, dist=dist, device=device,
+                                        on_message=_say if main else None)
     if not main:
         return validation
     out = options.out
@@ -111,13 +108,13 @@ VALIDATE_EPILOG = (
 
 @app.command(epilog=VALIDATE_EPILOG)
 @with_options(command_options("validate", first=("schedule", "epochs")), into="plan_options")
-@with_options(tuple(declarations(ValidateOptions)), of=ValidateOptions)
+@with_options(tuple(declarations(bsadvisor.ValidateOptions)), of=bsadvisor.ValidateOptions)
 def validate(
     target: str = typer.Argument(..., help="path/to/file.py:function, package.module:function or builtin:NAME"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from convert-schedule --out "
                                         "(or give the schedule options below)"),
     plan_options: Optional[dict] = None,  # the conversion options (core.options), declared once: with_options
-    options: Optional[ValidateOptions] = None,  # validate's own options (core.validate_options): with_options
+    options: Optional[bsadvisor.ValidateOptions] = None,  # validate's own options (core.validate_options): with_options
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: cpu, cuda or "
                                "auto; each process takes cuda:LOCAL_RANK)"),
     as_json: bool = typer.Option(False, "--json", help="print the results document (bsadvisor.validation/1.2)"),
@@ -151,7 +148,7 @@ def validate(
 MAX_MINUTES_EXIT = 124
 
 
-def plan_source(target, plan: Optional[Plan], plan_options: dict, note: Callable[[str], None]):
+def plan_source(target, plan: Optional[bsadvisor.Plan], plan_options: dict, note: Callable[[str], None]):
     """What :func:`bsadvisor.validate` makes the plan from: the --plan file's Plan, or the conversion options
     completed from the target (its recipe's schedule when none is given: ``note`` says so)."""
     if plan is not None:
@@ -162,22 +159,22 @@ def plan_source(target, plan: Optional[Plan], plan_options: dict, note: Callable
     return prepared
 
 
-def _validate(target: str, plan: Optional[Path], options: ValidateOptions, plan_options: dict, *, device: str,
+def _validate(target: str, plan: Optional[Path], options: bsadvisor.ValidateOptions, plan_options: dict, *, device: str,
               as_json: bool) -> None:
     """Check what can be checked before the target is imported, then validate the plan on it."""
     if plan_options.get("epochs") is not None:
         check_epochs(plan_options["epochs"])
     if plan is not None and plan_options.get("schedule") is not None:
-        raise UserError("give either --plan FILE or --schedule/--epochs, not both")
-    loaded = Plan.load(plan) if plan is not None else None  # a bad plan file fails before the target is imported
+        raise bsadvisor.UserError("give either --plan FILE or --schedule/--epochs, not both")
+    loaded = bsadvisor.Plan.load(plan) if plan is not None else None  # a bad plan fails before the target loads
     check_out(options.out, resume=options.resume, overwrite=options.overwrite)
-    from bsadvisor.runtime.distributed import init_from_env, resolve_device  # torch: after the checks
+    from bsadvisor.runtime.distributed import resolve_device  # torch: after the checks
 
-    dist = init_from_env(device)
+    dist = bsadvisor.distributed.init_from_env(device)
     dev = dist.device if dist.enabled else resolve_device(device)
     if dist.is_main:
         warn_busy_cpu()
-    tgt = load_target(target)
+    tgt = bsadvisor.load_target(target)
     source = plan_source(tgt, loaded, plan_options, lambda text: err_console.print(Text(text), soft_wrap=True))
     validation = run_and_report(tgt, source, options, as_json=as_json, dist=dist, device=dev)
     # Every rank is done before any leaves; cli.main then ends the process without tearing

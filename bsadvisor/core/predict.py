@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
+from bsadvisor.core.documents import Document
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
 from bsadvisor.core.noise_model import NoiseModel, load_trace
@@ -362,21 +363,8 @@ def noise_at_start(plan: Plan, noise_model: NoiseModel) -> float:
 WELL_BELOW = 4.0
 
 
-class _Document:
-    """A frozen advice document: attributes for the renderers, :meth:`to_dict` for JSON only. ``doc["b0"]`` reads
-    a field as the dict this document replaced was read (Recommendation's users may still do that)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in {f.name for f in fields(self)}:
-            raise KeyError(name)
-        return getattr(self, name)
-
-
 @dataclass(frozen=True)
-class StartVariant(_Document):
+class StartVariant(Document):
     """One §5.2 variant of the start advice: LR × ``increase_lr``, its first batch, its updates, the share of each
     example's value at that batch (1/(1 + B/B_noise(0))) and its predicted time (None without a probe)."""
 
@@ -388,7 +376,7 @@ class StartVariant(_Document):
 
 
 @dataclass(frozen=True)
-class StartAdvice(_Document):
+class StartAdvice(Document):
     """B0 well below the noise scale at the start (:func:`start_batch_advice`): B0, B_noise(0), the share of each
     example's value at B0, the plan's updates and the variants that start larger."""
 
@@ -398,12 +386,9 @@ class StartAdvice(_Document):
     plan_updates: int
     variants: tuple[StartVariant, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "variants": [v.to_dict() for v in self.variants]}
-
 
 @dataclass(frozen=True)
-class KeepBatchAdvice(_Document):
+class KeepBatchAdvice(Document):
     """B0 already past ``noise_cap`` × B_noise where the decay begins (:func:`keep_batch_advice`): B_noise at
     ``sample``, B0's ``ratio`` to it and the share of each example's value at B0."""
 

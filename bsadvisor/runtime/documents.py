@@ -1,53 +1,18 @@
 """The documents a training run writes: the noise monitor's points and the run's records, frozen and typed.
 
-Each is a frozen dataclass read by attribute (``point.b_simple``, ``record.train_loss``);
-``to_dict()`` is its JSON (results.json's ``history``, ``steps``, ``evals``, ``noise_trace``
-and ``skipped_steps``, a ``bsadvisor.noise_trace/1`` file's ``points``, a checkpoint's
-records), the same keys in the same order as ever, and ``from_dict`` reads it back. A
-document is also a read-only Mapping of its JSON (``point["b_simple"]``, ``.items()``, equal
-to the dict of its JSON), for code written against the dicts these documents replace.
+Each is a frozen :class:`~bsadvisor.core.documents.Document` read by attribute (``point.b_simple``,
+``record.train_loss``); ``to_dict()`` is its JSON (results.json's ``history``, ``steps``, ``evals``,
+``noise_trace`` and ``skipped_steps``, a ``bsadvisor.noise_trace/1`` file's ``points``, a
+checkpoint's records), the same keys in the same order as ever, and ``from_dict`` reads it back.
+They are ``eq=False``: a record is equal to the dict of its JSON (the Mapping's equality), for code
+written against the dicts these documents replace.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional, TypeVar
+from typing import ClassVar, Optional
 
-D = TypeVar("D", bound="Document")
-
-
-class Document(Mapping):
-    """A frozen, typed document (module docstring); subclasses are ``@dataclass(frozen=True, eq=False)``.
-
-    ``_omit_if_false``: fields left out of the JSON while false (a flag written only when set).
-    """
-
-    _omit_if_false: ClassVar[tuple[str, ...]] = ()
-
-    def to_dict(self) -> dict:
-        """The JSON of the document: its fields in order (tuples as lists)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in self._omit_if_false and not value:
-                continue
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls: type[D], doc: Mapping) -> D:
-        """The document of ``doc`` (a ``to_dict()``, e.g. read back from a checkpoint)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
+from bsadvisor.core.documents import Document
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,4 +96,4 @@ class SkippedStep(Document):
     loss_scale: float
 
 
-__all__ = ["Document", "EpochRecord", "EvalPoint", "NoisePoint", "SkippedStep", "StepRecord"]
+__all__ = ["EpochRecord", "EvalPoint", "NoisePoint", "SkippedStep", "StepRecord"]

@@ -114,17 +114,9 @@ class _Training:
     state: RunState  # the run's parts, totals and records: what a checkpoint saves (runtime/state.py)
     checkpoint_every: Optional[int] = None
 
-    @property
-    def plan(self) -> Plan:
-        return self.state.plan
-
-    @property
-    def dist(self) -> Dist:
-        return self.state.dist
-
     def where(self, epoch: int) -> str:
         """``run plan (seed 0), epoch 3/10``: how errors name the place."""
-        return f"run {self.name} (seed {self.state.seed}), epoch {epoch + 1}/{self.plan.full_epochs}"
+        return f"run {self.name} (seed {self.state.seed}), epoch {epoch + 1}/{self.state.plan.full_epochs}"
 
     def write_checkpoint(self) -> None:
         ckpt.write(self.checkpoint, self.meta, self.state)
@@ -223,7 +215,7 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[EpochRecord], None]]) -
     A checkpoint of another run (process count, architecture, plan, seed or settings) is
     refused. A diverged run stays diverged: nothing is left to train.
     """
-    ckpt_path, dist, result = run.checkpoint, run.dist, run.state.result
+    ckpt_path, dist, result = run.checkpoint, run.state.dist, run.state.result
     doc = ckpt.read(ckpt_path, dist)
     if doc is None:
         return 0
@@ -233,7 +225,7 @@ def _resume(run: _Training, on_epoch: Optional[Callable[[EpochRecord], None]]) -
         ckpt.restore(ckpt_path, run.state, doc)
     start = result.resumed_from = len(result.history)
     if result.history and result.history[-1].diverged:
-        result.diverged_at, start = result.history[-1].epoch, run.plan.full_epochs
+        result.diverged_at, start = result.history[-1].epoch, run.state.plan.full_epochs
     for rec in result.history:
         if on_epoch:
             on_epoch(rec)
@@ -251,14 +243,14 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
     is returned with ``diverged`` True. The run's stopwatch times the updates (not the
     monitor's extra draws, the curve's evaluations or the checkpoint writes).
     """
-    state, n = run.state, run.plan.dataset_size
+    state, n = run.state, run.state.plan.dataset_size
     part = state.partial if state.partial.get("epoch") == epoch else {"epoch": epoch, "offset": 0, "loss_sum": 0.0,
                                                                       "seen": 0}
     state.partial = part
     state.sampler.set_epoch(epoch)
     state.scheduler.seek(epoch * n + part["offset"])
     perm = state.sampler.permutation(epoch)
-    stride = max(1, run.plan.updates // MAX_STEP_RECORDS)
+    stride = max(1, run.state.plan.updates // MAX_STEP_RECORDS)
     bad_loss, watch = None, state.stopwatch
     watch.start()
     for a, b in state.sampler.spans(epoch, part["offset"]):
@@ -278,17 +270,17 @@ def _train_epoch(run: _Training, net: torch.nn.Module, gather: Callable, epoch: 
         skipped = _book_update(run, monitor, part, loss, epoch * n + a, lr, momentum, idx, b)
         if on_step:
             on_step(len(idx))
-        if b < min(n, run.plan.total_samples - epoch * n) and _eval_due(state, epoch * n + b):
+        if b < min(n, run.state.plan.total_samples - epoch * n) and _eval_due(state, epoch * n + b):
             with watch.paused():  # a curve point inside the epoch (an epoch's end is _record_epoch's)
                 _add_eval_points(state, epoch * n + b, _evaluate_at(run, epoch, eval_batch_size))
         if run.checkpoint_every and not skipped and state.updates % run.checkpoint_every == 0 and b < n:
             with watch.paused():
                 run.write_checkpoint()  # mid-epoch: the partial epoch's sums and position go with it
     watch.stop()
-    if run.dist.enabled:
+    if run.state.dist.enabled:
         # BatchNorm running statistics moved differently on each rank (each saw its own
         # share); rank 0's are the model's, for evaluation and the checkpoint alike.
-        run.dist.broadcast_module(run.target.model)
+        run.state.dist.broadcast_module(run.target.model)
     if bad_loss is not None:
         return bad_loss, True
     return part["loss_sum"] / max(part["seen"], 1), False
@@ -335,17 +327,17 @@ def _before_update(run: _Training, epoch: int, sample: int, batch: int, stride: 
         state.result.steps.append(StepRecord(samples=sample, batch_size=batch, lr=lr, momentum=momentum))
     monitor = _monitor_for(state, batch, max_micro_batch)
     if monitor is None and state.monitor is not None and not state.dist.enabled:  # extra draws, within budget
-        stage_batch = run.plan.at_sample(sample).batch_size  # not a short last batch of an epoch
+        stage_batch = run.state.plan.at_sample(sample).batch_size  # not a short last batch of an epoch
         # the user's model or loss raising there is named like a training step's
         with user_code(lambda exc: f"{run.where(epoch)}: the noise monitor's gradient draw raised {raised(exc)}"):
-            state.monitor.maybe_measure(sample, lr, momentum, stage_batch, state.updates, run.plan.total_samples)
+            state.monitor.maybe_measure(sample, lr, momentum, stage_batch, state.updates, run.state.plan.total_samples)
     return lr, momentum, monitor
 
 
 def _after_update(run: _Training, monitor: Optional[NoiseMonitor], sample: int, lr: float, momentum: float,
                   idx: torch.Tensor) -> None:
     """Close the update for the noise monitor: its micro-batches (one process) or the ranks' gradients (DDP)."""
-    state, dist = run.state, run.dist
+    state, dist = run.state, run.state.dist
     recipe = state.recipe
     if monitor is not None:
         monitor.end_update(sample, lr, momentum, len(idx), state.updates, grad_scale=recipe.last_scale)
@@ -373,14 +365,14 @@ def _record_epoch(run: _Training, epoch: int, train_loss: float, diverged: bool,
     """Evaluate (not after a divergence: the metric is NaN) and add the epoch's record to the history."""
     state = run.state
     metric = math.nan if diverged else _evaluate_at(run, epoch, eval_batch_size)
-    setting = run.plan.at(epoch)
+    setting = run.state.plan.at(epoch)
     rec = EpochRecord(epoch=epoch + 1, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum,
                       train_loss=train_loss, metric=metric, updates=state.updates, examples=state.examples,
                       wall_s=state.wall, diverged=diverged)
     if diverged:
         state.result.diverged_at = epoch + 1
     else:
-        _add_eval_points(state, min((epoch + 1) * run.plan.dataset_size, run.plan.total_samples), metric)
+        _add_eval_points(state, min((epoch + 1) * run.state.plan.dataset_size, run.state.plan.total_samples), metric)
     state.result.history.append(rec)
     return rec
 
@@ -400,7 +392,7 @@ def _evaluate_at(run: _Training, epoch: int, eval_batch_size: int) -> Optional[f
     rng = get_rng_state()
     try:
         with user_code(lambda exc: f"{run.where(epoch)}: metric_fn raised {raised(exc)}", let_through=()):
-            return evaluate(run.target, eval_batch_size, run.dist, run.device)
+            return evaluate(run.target, eval_batch_size, run.state.dist, run.device)
     finally:
         set_rng_state(rng)
 

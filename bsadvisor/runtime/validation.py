@@ -20,9 +20,10 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 from bsadvisor.core import checks
+from bsadvisor.core.documents import Document
 from bsadvisor.core.errors import ArgumentTypeError, UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.original import check_dataset_size
@@ -34,49 +35,8 @@ from bsadvisor.runtime.recipe import TargetOptions, options_for_target
 from bsadvisor.targets.target import Target
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as JSON data: a document's ``to_dict()``, tuples as lists, dicts and lists copied."""
-    if dataclasses.is_dataclass(value):
-        return value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _fields_of(cls, doc: Mapping, **converted: Any) -> dict:
-    """The keywords building ``cls`` from ``doc``: every field it has (a field it lacks: None), lists as
-    tuples, ``converted`` instead of the raw value where given."""
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if f.name in converted:
-            kw[f.name] = converted[f.name]
-        elif f.name in doc:
-            v = doc[f.name]
-            kw[f.name] = tuple(v) if isinstance(v, list) else v
-        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
-            continue
-        else:
-            kw[f.name] = None
-    return kw
-
-
-class _Document:
-    """``to_dict``: the fields in declaration order, as JSON data (what results.json holds)."""
-
-    def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, doc: Mapping):
-        return cls(**_fields_of(cls, doc))
-
-
 @dataclass(frozen=True)
-class SeedRun(_Document):
+class SeedRun(Document):
     """One seed of one run: its final figures (``metric``: the eval metric, or the negated final training loss
     without one) and its records: ``history`` (one entry per epoch), ``evals`` (the curve at the
     evaluation points), ``steps`` (LR, momentum, batch of the updates), ``noise_trace`` (the noise
@@ -99,7 +59,7 @@ class SeedRun(_Document):
 
 
 @dataclass(frozen=True)
-class RunSummary(_Document):
+class RunSummary(Document):
     """A run's mean ± sd over seeds of its final metric, training loss and wall time; its updates and examples."""
 
     metric_mean: Optional[float]
@@ -113,7 +73,7 @@ class RunSummary(_Document):
 
 
 @dataclass(frozen=True)
-class Run(_Document):
+class Run(Document):
     """One run (the original schedule, the plan or a variant): why it is there, the plan it followed (its
     file document), each seed's result and their summary."""
 
@@ -124,12 +84,12 @@ class Run(_Document):
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> Run:
-        return cls(**_fields_of(cls, doc, seeds=tuple(SeedRun.from_dict(s) for s in doc.get("seeds") or ()),
-                                summary=RunSummary.from_dict(doc.get("summary") or {})))
+        return super().from_dict(doc, seeds=tuple(SeedRun.from_dict(s) for s in doc.get("seeds") or ()),
+                                 summary=RunSummary.from_dict(doc.get("summary") or {}))
 
 
 @dataclass(frozen=True)
-class VariantVerdict(_Document):
+class VariantVerdict(Document):
     """A variant's own paired verdict against the original (it does not decide the exit code)."""
 
     status: Optional[str]
@@ -142,12 +102,14 @@ class VariantVerdict(_Document):
 
 
 @dataclass(frozen=True)
-class Verdict(_Document):
+class Verdict(Document):
     """The paired verdict on ``candidate`` against ``reference`` (core/verdict.py, docs/concepts.md eqs. 21–23,
     28–30): ``status`` accepted, rejected, inconclusive or indicative, the mean paired ``difference`` and its
     ``interval`` at this look, the ``margin``, the seeds that would settle it, the ``looks`` taken, the update
     and wall-time ratios (original / plan) and each variant's verdict. ``tolerance`` and ``tolerance_rule``
     are a bsadvisor.validation/1 document's (no margin then), left out of :meth:`to_dict` when None."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ("tolerance", "tolerance_rule")
 
     status: Optional[str]
     accepted: Optional[bool]
@@ -179,21 +141,14 @@ class Verdict(_Document):
         """Whether this is a paired verdict with a margin (/1.1 on); a /1 document had a tolerance only."""
         return self.margin_rule is not None
 
-    def to_dict(self) -> dict:
-        doc = super().to_dict()
-        for old in ("tolerance", "tolerance_rule"):
-            if doc[old] is None:
-                del doc[old]
-        return doc
-
     @classmethod
     def from_dict(cls, doc: Mapping) -> Verdict:
         variants = {n: VariantVerdict.from_dict(w) for n, w in (doc.get("variants") or {}).items()}
-        return cls(**_fields_of(cls, doc, variants=variants, within_tolerance=dict(doc.get("within_tolerance") or {})))
+        return super().from_dict(doc, variants=variants, within_tolerance=dict(doc.get("within_tolerance") or {}))
 
 
 @dataclass(frozen=True)
-class RealisedTemperature(_Document):
+class RealisedTemperature(Document):
     """Each run's realised noise temperature against samples (``series``: name → [[samples, g], ...]),
     relative to ``relative_to``, read with the temperature ``model`` described."""
 
@@ -203,7 +158,7 @@ class RealisedTemperature(_Document):
 
 
 @dataclass(frozen=True)
-class Validation(_Document):
+class Validation(Document):
     """A validation: the runs on ``target``, paired by seed, and the verdict (schema bsadvisor.validation/1.2).
 
     ``runs``: name → :class:`Run` (the original schedule first, then the plan and any variants);
@@ -213,6 +168,9 @@ class Validation(_Document):
     before the runs and recorded in the report; ``plots``: the PNG files written beside
     results.json (None until :meth:`write`).
     """
+
+    _not_in_json: ClassVar[tuple[str, ...]] = ("write_warnings",)  # what writing said, not the document
+    _omit_if_none: ClassVar[tuple[str, ...]] = ("plots",)
 
     schema: str
     target: str
@@ -237,21 +195,19 @@ class Validation(_Document):
 
     def to_dict(self) -> dict:
         """The results document, as results.json and ``--json`` hold it."""
-        doc = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "write_warnings"}
+        doc = super().to_dict()
         doc["temperature"] = doc["temperature"] or {}
-        if self.plots is None:
-            del doc["plots"]
         return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> Validation:
         """A results document (any bsadvisor.validation schema; a field an older one lacks is None)."""
         temp = doc.get("temperature")
-        return cls(**_fields_of(
-            cls, doc, runs={n: Run.from_dict(r) for n, r in (doc.get("runs") or {}).items()},
+        return super().from_dict(
+            doc, runs={n: Run.from_dict(r) for n, r in (doc.get("runs") or {}).items()},
             verdict=Verdict.from_dict(doc.get("verdict") or {}),
             temperature=RealisedTemperature.from_dict(temp) if temp else None,
-            recipe=doc.get("recipe"), world_size=doc.get("world_size", 1)))
+            recipe=doc.get("recipe"), world_size=doc.get("world_size", 1))
 
     @classmethod
     def of(cls, doc: Union[Validation, Mapping]) -> Validation:

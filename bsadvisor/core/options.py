@@ -115,7 +115,8 @@ class ConvertOptions(OptionObject):
         None, _FRACTION, "Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", groups=("advise",))
     adam_rule: str = option(
         DEFAULTS["adam_rule"], S.Str(choices=ADAM_RULES),
-        "Adam family: linear (batch × α for an LR decay by α; the one that held on every model in docs/results.md), "
+        "Adam family: linear (batch × α for an LR decay by α; it held at the benchmark recipes' LRs, and lost "
+        "about 0.01 on the language models at a tuned LR, where every other rule lost more: docs/results.md), "
         "sqrt (× α², Malladi et al.), seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise "
         "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
     total_samples: Optional[int] = option(

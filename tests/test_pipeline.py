@@ -3,6 +3,7 @@ prints, and ``options_for_target`` the options both advise and validate convert 
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -169,3 +170,36 @@ def test_advise_says_the_noise_scale_vetoes_nothing(fake_probe):
     assert kept.returncode == 0, kept.stderr
     kept_text = " ".join(kept.stdout.split())
     assert "Keep the batch" in kept_text and "--noise-cap 4 rules out growth past 4× the noise scale" in kept_text
+
+
+def test_advise_keeps_an_adam_runs_batch_unless_a_rule_is_asked_for(fake_probe):
+    """For Adam and AdamW no conversion is recommended by default (docs/results.md, "At a tuned LR"): advise
+    recommends the original schedule and says what the default rule would train; with --adam-rule asked for, the
+    conversion is the plan. The original's updates are counted independently: one epoch of ⌈N/B0⌉ updates."""
+    fake_probe.set(probe_doc(400.0, n=16384, b0=32, lr=0.002, momentum=0.9))
+    kept = printed(["advise", "builtin:charlm", "--device", "cpu", "--budget-seconds", "2", "--json"])
+    asked = printed(["advise", "builtin:charlm", "--adam-rule", "linear", "--device", "cpu", "--budget-seconds", "2",
+                     "--json"])
+    original = math.ceil(16384 / 32)
+    assert kept["recommendation"] == "original" and kept["keep_batch"]["reason"] == "adam"
+    assert [s["batch_size"] for s in kept["plan"]["stages"]] == [32] * len(kept["plan"]["stages"])
+    assert kept["keep_batch"]["original_updates"] == original
+    assert asked["recommendation"] == "plan" and asked["keep_batch"] is None
+    assert kept["keep_batch"]["plan_updates"] == asked["plan"]["plan"]["updates"] < original
+    # the library call says the same
+    rec = bsadvisor.advise(bsadvisor.load_target("builtin:charlm"), None, device="cpu", budget_seconds=2, seed=0)
+    assert isinstance(rec.keep_batch, bsadvisor.AdamKeepAdvice) and rec.plan.updates == original
+
+
+def test_sgd_and_an_asked_rule_are_never_kept_for_adams_sake():
+    """The Adam default applies to the Adam family only, and only when no rule was asked for."""
+    from bsadvisor.core.predict import adam_keep_advice
+
+    common = dict(lr=0.1, batch_size=32, dataset_size=3200, epochs=6, schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)")
+    sgd = recommend(common)
+    adam = recommend({**common, "optimizer": "adamw", "lr": 0.001})
+    assert sgd.updates < 600 and adam.updates < 600  # both grow (600 = 6 epochs of 100 updates)
+    assert adam_keep_advice(sgd, rule_given=False) is None
+    assert adam_keep_advice(adam, rule_given=True) is None
+    keep = adam_keep_advice(adam, rule_given=False)
+    assert (keep.original_updates, keep.plan_updates, keep.rule) == (600, adam.updates, "linear")

@@ -92,10 +92,31 @@ def advise_cmd(
     if json_:
         emit_json(rec.to_dict())
         return
+    if isinstance(rec.keep_batch, bsadvisor.AdamKeepAdvice):
+        _print_adam_keep(target, rec.plan, rec.keep_batch, out)
+        return
     if rec.keep_batch is not None:
         _print_keep(target, rec.probe, rec.plan, rec.keep_batch, out, options)
         return
     _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
+
+
+def _print_adam_keep(target: str, plan, keep, out) -> None:
+    """Keep the batch: an Adam-family run with no --adam-rule asked for; say what the evidence is and how to try
+    the conversion anyway."""
+    console.print(Text.assemble(
+        ("Keep the batch: ", "bold"),
+        f"for {keep.optimizer}, no rule for turning the LR decay into batch growth is established, and the "
+        f"default one lost where it was measured: {keep.evidence} (docs/results.md, \"At a tuned LR\"). "
+        f"With Adam a bigger batch cuts the gradient noise but not the step, which the LR decay shrinks."),
+        soft_wrap=True)
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
+    console.print(Text(f"To try the conversion anyway ({keep.original_updates:,} → {keep.plan_updates:,} updates, "
+                       f"the {keep.rule} rule): `bsadvisor advise {target} --adam-rule {keep.rule} --out plan.json`, "
+                       f"then `bsadvisor validate {target} --plan plan.json --seeds 3` before adopting it.",
+                       style="dim"), soft_wrap=True)
 
 
 def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:

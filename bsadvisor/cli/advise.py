@@ -60,7 +60,9 @@ def advise_cmd(
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
 
     Defaults: the target's own recipe when it records one; the exact rule;
-    for Adam/AdamW the linear rule (accepted on the benchmark models); the
+    for Adam/AdamW no conversion: the original schedule is recommended unless
+    --adam-rule is given (at a tuned LR the linear rule lost about 0.01 on the
+    language models measured: docs/results.md, "At a tuned LR"); the
     batch capped by the device (the probe's largest batch) and, over several
     epochs, at a tenth of the data set; no noise cap. The noise scale is reported, not used: it
     caps and vetoes nothing unless --noise-cap K is given, because on the

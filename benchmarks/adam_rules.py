@@ -328,22 +328,33 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, beta2: flo
             continue
         same = next((c for c, other in built.items() if same_training(plan, other)), None)
         built[config] = plan
-        for seed in range(seeds):
-            k = key(name, config, seed)
-            if k in cache["runs"]:
-                continue
-            if same is not None and key(name, same, seed) in cache["runs"]:
-                cache["runs"][k] = {**cache["runs"][key(name, same, seed)], "same_as": same}
-                save_cache(cache)
-                print(f"  {name} {config:<16} seed {seed}: trains exactly as {same} (copied, not rerun)", flush=True)
-                continue
-            row, trace = train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
-            if trace:
-                noise["trace"] = trace
+
+        def store(k: str, row: dict) -> None:
             cache["runs"][k] = row
             save_cache(cache)
-            print(f"  {name} {config:<16} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
-                  f"wall {row['wall_s']:.1f}s batches {_batches(row['batches'])}", flush=True)
+
+        train_seeds(name, config, plan, seeds, target, init, noise, same, cache["runs"].get, store)
+
+
+def train_seeds(name: str, config: str, plan, seeds: int, target, init, noise: dict, same, lookup, store) -> None:
+    """Train the seeds of ``config``'s ``plan`` that ``lookup(key)`` finds no run for, ``store(key, row)`` each
+    as it ends (the original's seed 0 with the monitor: its trace goes to ``noise``). A config that trains
+    exactly as ``same`` (same_training) copies that config's runs instead."""
+    for seed in range(seeds):
+        k = key(name, config, seed)
+        if lookup(k) is not None:
+            continue
+        copied = lookup(key(name, same, seed)) if same is not None else None
+        if copied is not None:
+            store(k, {**copied, "same_as": same})
+            print(f"  {name} {config:<16} seed {seed}: trains exactly as {same} (copied, not rerun)", flush=True)
+            continue
+        row, trace = train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
+        if trace:
+            noise["trace"] = trace
+        store(k, row)
+        print(f"  {name} {config:<16} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
+              f"wall {row['wall_s']:.1f}s batches {_batches(row['batches'])}", flush=True)
 
 
 # -- the report --------------------------------------------------------------------------------------------

@@ -193,21 +193,13 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: di
         plan = make_plan(target, config, noise)
         same = next((c for c, other in built.items() if adam_rules.same_training(plan, other)), None)
         built[config] = plan
-        for seed in range(seeds):
-            k = adam_rules.key(name, config, seed)
-            if cached_run(cache, shared, k) is not None:
-                continue
-            if same is not None and cached_run(cache, shared, adam_rules.key(name, same, seed)) is not None:
-                cache["runs"][k] = {**cached_run(cache, shared, adam_rules.key(name, same, seed)), "same_as": same}
-                save_cache(cache)
-                continue
-            row, trace = adam_rules.train_one(target, init, plan, seed, monitor=config == ORIGINAL and seed == 0)
-            if trace:
-                noise["trace"] = trace
+
+        def store(k: str, row: dict) -> None:
             cache["runs"][k] = row
             save_cache(cache)
-            print(f"  {name} {config:<18} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
-                  f"wall {row['wall_s']:.1f}s", flush=True)
+
+        adam_rules.train_seeds(name, config, plan, seeds, target, init, noise, same,
+                               lambda k: cached_run(cache, shared, k), store)
     if scout and "probe" not in noise:
         noise["probe"] = measure_probe(target)
         target.model.load_state_dict(init)

@@ -117,3 +117,25 @@ def test_advise_help_says_there_is_no_larger_start_by_default():
     text = " ".join(r.stdout.replace("│", " ").split())
     assert r.returncode == 0 and "No larger start by default: --increase-lr K" in text, text
     assert "A noise-bounded start" in text
+
+
+def test_train_seeds_trains_what_is_missing_and_copies_an_identical_config(monkeypatch):
+    """The benchmarks' one seed loop: a seed already stored is skipped, a config that trains exactly as another
+    copies that config's runs (marked same_as), the rest is trained, the original's seed 0 with the monitor."""
+    trained = []
+
+    def train_one(target, init, plan, seed, monitor):
+        trained.append((plan, seed, monitor))
+        return row(float(seed)), ([{"sample": 0}] if monitor else [])
+
+    def row(metric):  # what train_one returns, as the progress line reads it
+        return {"metric": metric, "updates": 10, "wall_s": 0.1, "batches": [8]}
+
+    monkeypatch.setattr(adam_rules, "train_one", train_one)
+    runs, noise = {adam_rules.key("m", "original", 1): row(9.0)}, {}
+    adam_rules.train_seeds("m", "original", "P", 3, None, None, noise, None, runs.get, runs.__setitem__)
+    assert trained == [("P", 0, True), ("P", 2, False)] and noise == {"trace": [{"sample": 0}]}
+    adam_rules.train_seeds("m", "linear", "Q", 3, None, None, noise, "original", runs.get, runs.__setitem__)
+    assert len(trained) == 2  # nothing trained again
+    assert [runs[adam_rules.key("m", "linear", s)] for s in range(3)] == [
+        {**row(m), "same_as": "original"} for m in (0.0, 9.0, 2.0)]

@@ -103,6 +103,13 @@ def advise_cmd(
     _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
 
 
+def _print_original_recommended(plan, out) -> None:
+    """The recommendation when the batch is kept: the original schedule, and where --out wrote it."""
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
+
+
 def _print_adam_keep(target: str, plan, keep, out) -> None:
     """Keep the batch: an Adam-family run with no --adam-rule asked for; say what the evidence is and how to try
     the conversion anyway."""
@@ -112,9 +119,7 @@ def _print_adam_keep(target: str, plan, keep, out) -> None:
         f"default one lost where it was measured: {keep.evidence} (docs/results.md, \"At a tuned LR\"). "
         f"With Adam a bigger batch cuts the gradient noise but not the step, which the LR decay shrinks."),
         soft_wrap=True)
-    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
-                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
-                  soft_wrap=True)
+    _print_original_recommended(plan, out)
     console.print(Text(f"To try the conversion anyway ({keep.original_updates:,} → {keep.plan_updates:,} updates, "
                        f"the {keep.rule} rule): `bsadvisor advise {target} --adam-rule {keep.rule} --out plan.json`, "
                        f"then `bsadvisor validate {target} --plan plan.json --seeds 3` before adopting it.",
@@ -136,9 +141,7 @@ def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
         f"updates (McCandlish et al.): --noise-cap {keep.noise_cap:g} rules out growth past "
         f"{keep.noise_cap:g}× the noise scale."),
         soft_wrap=True)
-    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
-                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
-                  soft_wrap=True)
+    _print_original_recommended(plan, out)
     console.print(Text("The noise scale usually grows as training goes on: record it through a run with "
                        f"`bsadvisor validate {target} ... --out runs/v`, then re-plan with "
                        "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)

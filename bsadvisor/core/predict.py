@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from bsadvisor.core import checks
-from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.convert import convert
 from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.documents import Document
@@ -463,10 +462,9 @@ def adam_keep_advice(plan: Plan, rule_given: bool) -> Optional[AdamKeepAdvice]:
     options = plan.options
     if rule_given or options.optimizer.lower() not in ADAM_FAMILY:
         return None
-    original = baseline_of(plan)
-    if plan.updates >= original.updates:
+    if not plan.updates < plan.baseline_updates:  # the original's updates, counted by the conversion
         return None
-    return AdamKeepAdvice("adam", options.optimizer, options.adam_rule, original.updates, plan.updates,
+    return AdamKeepAdvice("adam", options.optimizer, options.adam_rule, plan.baseline_updates, plan.updates,
                           ADAM_EVIDENCE)
 
 

@@ -155,12 +155,17 @@ def parse_config(config: str) -> dict:
     if rule not in RULES or source not in ("", "probe", "trace"):
         raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+xK(lr|sqrt)][@trace], RULE in "
                          f"{', '.join(RULES)}")
-    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None}
+    out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None, "batch_cap": None,
+           "stage_factor": None}
     for flag in flags:
         if flag == "sde":
             out["sde"] = True
         elif flag.startswith("cap"):
             out["cap"] = float(flag[3:] or 4)
+        elif re.fullmatch(r"sf\d+(?:\.\d+)?", flag):  # the staircase's stage factor (1: follow the target)
+            out["stage_factor"] = float(flag[2:])
+        elif re.fullmatch(r"b\d+(?:\.\d+)?", flag):  # the batch capped at K·B0 (hybrid: the LR decays past it)
+            out["batch_cap"] = float(flag[1:])
         elif START.fullmatch(flag):
             how, k, lr_rule = START.fullmatch(flag).groups()
             out["start"] = (how, float(k), lr_rule)
@@ -189,7 +194,9 @@ def make_plan(target, config: str, noise: dict):
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
     how, k, lr_rule = c["start"] or ("", None, "lr")
     plan = recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
-                     noise_cap=c["cap"], increase_lr=k if how == "x" else None)
+                     noise_cap=c["cap"], increase_lr=k if how == "x" else None,
+                     **({"max_batch": round(c["batch_cap"] * target.batch_size)} if c["batch_cap"] else {}),
+                     **({"stage_factor": c["stage_factor"]} if c["stage_factor"] else {}))
     if how == "s":
         return start_at(plan, round(k * target.batch_size), 1.0 if lr_rule == "lr" else 0.5)
     return plan if lr_rule == "lr" else lr_times(plan, k ** -0.5)

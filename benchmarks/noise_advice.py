@@ -75,6 +75,11 @@ def load(name: str):
         target = load_target(f"builtin:{name}")
         target.metadata = {**target.metadata, **SGD_RECIPE}
         return target
+    if name in ("gauss", "gauss-b999"):  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
+        import gauss_mlp
+
+        target = gauss_mlp.make_target()
+        return _beta2(target, 0.999) if name == "gauss-b999" else target
     if name == "sorter-b95":
         return _beta2(load_target("builtin:sorter"), 0.95)
     if name == "sorter-long-b95":

@@ -23,7 +23,7 @@ _LAZY = {
     "UserError": "core.errors",
     "ProbeResult": "core.probe_result", "load_probe": "core.probe_result",
     "NoiseModel": "core.noise_model", "load_trace": "core.noise_model",
-    "recommend": "core.recommend", "Recommendation": "core.recommend", "AdamKeepAdvice": "core.predict",
+    "recommend": "core.recommend", "Recommendation": "core.recommend",
     # targets: what is trained and probed
     "Target": "targets.target", "load_target": "targets.loading",
     # measure: the probe, and advise (probe, then recommend)
@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .core.plan import Plan, Setting, Stage
     from .core.probe_options import ProbeOptions
     from .core.probe_result import ProbeResult, load_probe
-    from .core.predict import AdamKeepAdvice
     from .core.recommend import Recommendation, recommend
     from .core.schedules import parse_schedule
     from .core.temperature import TemperatureModel, temperature

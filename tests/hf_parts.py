@@ -18,7 +18,7 @@ PLANS = {
     "sgd": dict(lr=0.05, batch_size=8, momentum=0.9, dataset_size=512, epochs=6, max_fraction=1.0, growth_factor=2,
                 schedule="MultiStepLR(milestones=[2, 4], gamma=0.5)"),
     "adamw": dict(lr=1e-3, batch_size=8, dataset_size=2048, epochs=1, optimizer="adamw", schedule_unit="step",
-                  growth_factor=2, round_to=8, max_batch=32,
+                  growth_factor=2, round_to=8, max_batch=32, max_growth=4,
                   schedule="SequentialLR([LinearLR(start_factor=0.1, total_iters=8), "
                            "CosineAnnealingLR(T_max=256, eta_min=1e-4)], milestones=[8])"),
 }

@@ -15,7 +15,7 @@ from bsadvisor.core.temperature import TemperatureModel
 SCHED = ("SequentialLR([LinearLR(start_factor=0.01, total_iters=40), CosineAnnealingLR(T_max=460, eta_min=0.0002)], "
          "milestones=[40])")
 RUN = dict(lr=2e-3, batch_size=32, dataset_size=16000, epochs=1, schedule=SCHED, schedule_unit="step",
-           optimizer="adamw", momentum=0.9)
+           optimizer="adamw", momentum=0.9, max_growth=0)  # the rules' full growth (the default stops at 2 × B0)
 
 
 def noise(b_simple, sample=0, lr=2e-3, batch=32):

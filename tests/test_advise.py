@@ -163,7 +163,7 @@ def test_noise_cap_follows_the_temperature_under_adam(tmp_path):
     path = tmp_path / "adam.json"
     path.write_text(json.dumps(doc))
     plan = plan_from_options(probe=path, epochs=10, schedule=SCHEDULE, max_fraction=1.0, noise_cap=2,
-                             adam_rule="sqrt")
+                             adam_rule="sqrt", max_growth=0)
 
     def t_adam(lr, b):  # T ∝ η·√(N/B − 1) (Malladi et al.), Adam's β1 not in it
         return lr * math.sqrt(N / b - 1)

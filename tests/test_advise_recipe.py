@@ -38,6 +38,6 @@ def test_advise_without_a_schedule_names_the_target_without_a_recipe():
 def test_rule_applies_under_adam_and_is_said(rule, batch):
     n, b0 = 10_000, 32
     plan = convert_schedule(lr=3e-4, batch_size=b0, dataset_size=n, epochs=30, optimizer="adamw", rule=rule,
-                            adam_rule="sqrt", schedule="MultiStepLR(milestones=[10], gamma=0.5)")
+                            adam_rule="sqrt", schedule="MultiStepLR(milestones=[10], gamma=0.5)", max_growth=0)
     assert plan.stage_batch_sizes()[-1] == round(batch(n, b0))
     assert f"(--rule {rule})" in plan.notes[0]

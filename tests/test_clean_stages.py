@@ -38,7 +38,7 @@ def assert_clean(plan):
 
 def test_noise_capped_lm_plan_has_clean_stages_and_one_cap():
     r = run_main(["convert-schedule", "--probe", str(PROBE), "--epochs", "1", "--schedule", WARMUP_COSINE,
-                  "--schedule-unit", "step", "--noise-cap", "10", "--json"])
+                  "--schedule-unit", "step", "--noise-cap", "10", "--max-growth", "0", "--json"])
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     plan = Plan.from_dict(doc)

@@ -140,19 +140,20 @@ def test_momentum_to_with_adam_rejected():
 def test_adam_square_root_rule(optimizer):
     # LR decay by α = 0.5 at each milestone ⇒ batch × α⁻² = 4 (Malladi et al.), proportional rule
     p = convert_schedule(lr=1e-3, batch_size=32, dataset_size=BIG_N, epochs=30, schedule="MultiStepLR([10, 20], 0.5)",
-                         optimizer=optimizer, rule="proportional", adam_rule="sqrt")
+                         optimizer=optimizer, rule="proportional", adam_rule="sqrt", max_growth=0)
     assert batches(p) == [(0, 10, 32), (10, 20, 128), (20, 30, 512)]
     assert all(math.isclose(s.lr, 1e-3, rel_tol=1e-12) for s in p.stages)
     assert any("square-root" in w for w in p.warnings)
     lin = convert_schedule(lr=1e-3, batch_size=32, dataset_size=BIG_N, epochs=30,
-                           schedule="MultiStepLR([10, 20], 0.5)", optimizer=optimizer, rule="proportional")
+                           schedule="MultiStepLR([10, 20], 0.5)", optimizer=optimizer, rule="proportional",
+                           max_growth=0)
     assert [s.batch_size for s in lin.stages] == [32, 64, 128]  # the linear rule is the default (results.md)
     assert lin.inputs["adam_rule"] == "linear"
 
 
 def test_adam_ignores_momentum_for_temperature():
     a = convert_schedule(lr=1e-3, batch_size=32, dataset_size=BIG_N, epochs=30, schedule="MultiStepLR([10, 20], 0.5)",
-                         optimizer="adam", rule="proportional", momentum=0.9)
+                         optimizer="adam", rule="proportional", momentum=0.9, max_growth=0)
     assert [s.batch_size for s in a.stages] == [32, 64, 128]
 
 

@@ -67,7 +67,7 @@ def test_variants_cli():
     assert [s["batch_size"] for s in doc["stages"]] == [256, 1280, 6400, 32000]
     assert {s["momentum"] for s in doc["stages"]} == {0.95}
     adam = ["--lr", "0.001", "--batch-size", "32", "--epochs", "30", "--optimizer", "adam",
-            "--schedule", "MultiStepLR([10, 20], 0.5)", *big]
+            "--schedule", "MultiStepLR([10, 20], 0.5)", "--max-growth", "0", *big]
     doc = run_json(*adam, "--adam-rule", "sqrt")
     assert [s["batch_size"] for s in doc["stages"]] == [32, 128, 512]  # α = ½ ⇒ B × 4 (square-root rule)
     doc = run_json(*adam)
@@ -419,3 +419,10 @@ def test_a_good_plan_and_probe_are_accepted(tmp_path):
     r = run_main(probe_case(lambda d: None, [])[0], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(Path(tmp_path / "out.json").read_text())["schema"] == "bsadvisor.plan/2"
+
+
+@pytest.mark.parametrize("value, fragment", [("0.5", "0 (no limit) or ≥ 1"), ("-1", "≥ 0"), ("nan", "")])
+def test_max_growth_out_of_range_is_one_line_exit_2(value, fragment):
+    r = run_main(["convert-schedule", "--lr", "1e-3", "--batch-size", "32", "--dataset-size", "3200", "--epochs", "6",
+                  "--optimizer", "adamw", "--schedule", "MultiStepLR([2,4],0.2)", "--max-growth", value])
+    assert_one_line_error(r, ["--max-growth", fragment])

@@ -25,8 +25,9 @@ from bsadvisor.core.exports import export, megatron_ramp
 from bsadvisor.core.plan import Plan, Stage
 
 # the square-root rule named explicitly: the closed forms below are its (T ∝ η/√B in one pass)
+# max_growth 0: the full conversion, whose growth the exports are about (AdamW's default stops at 2 × B0)
 LLM = dict(lr=6e-4, batch_size=500, dataset_size=10_000_000, epochs=1, optimizer="adamw", schedule_unit="step",
-           adam_rule="sqrt", schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
+           adam_rule="sqrt", max_growth=0, schedule="SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
                                       "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
 
 
@@ -664,7 +665,7 @@ def test_the_worked_example_in_integration_md_is_what_export_prints():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
-    example = {k: v for k, v in LLM.items() if k != "adam_rule"}  # the doc's command: the default Adam rule
+    example = {k: v for k, v in LLM.items() if k != "adam_rule"}  # the doc's command: the default rule, no limit
     plan = convert_schedule(**example, seq_len=2048, growth_factor=2, max_batch=8000)
     olmo, _, _ = export(plan, "olmo")
     assert f"```text\n{olmo}```" in doc

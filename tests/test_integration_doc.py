@@ -162,7 +162,7 @@ def test_trainer_block_follows_the_plan(monkeypatch, tmp_path, capsys):
     ns, lines = run_in_process(block, monkeypatch, tmp_path, capsys)
     plan = ns["plan"]
     want = plan_updates(plan)
-    assert len(set(plan.stage_batch_sizes())) == 3 and plan.full_epochs == 1  # growth inside the epoch
+    assert len(set(plan.stage_batch_sizes())) >= 2 and plan.full_epochs == 1  # growth inside the epoch
     assert [b for b, _, _ in steps] == [size for _, size in want]
     assert [lr for _, lr, _ in steps] == pytest.approx([plan.at_sample(s).lr for s, _ in want], rel=1e-12)
     assert lines[-1] == f"{len(want)} updates instead of {plan.baseline_updates}"

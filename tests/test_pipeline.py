@@ -172,34 +172,57 @@ def test_advise_says_the_noise_scale_vetoes_nothing(fake_probe):
     assert "Keep the batch" in kept_text and "--noise-cap 4 rules out growth past 4× the noise scale" in kept_text
 
 
-def test_advise_keeps_an_adam_runs_batch_unless_a_rule_is_asked_for(fake_probe):
-    """For Adam and AdamW no conversion is recommended by default (docs/results.md, "At a tuned LR"): advise
-    recommends the original schedule and says what the default rule would train; with --adam-rule asked for, the
-    conversion is the plan. The original's updates are counted independently: one epoch of ⌈N/B0⌉ updates."""
+def test_advise_grows_an_adam_runs_batch_to_twice_b0_by_default(fake_probe):
+    """For Adam and AdamW the default plan grows the batch to at most 2 × B0 and lets the LR carry the rest
+    (docs/results.md, "Growth to 2 × B0 for Adam"); --max-growth 0 lifts the limit. The original's updates are
+    counted independently: one epoch of ⌈N/B0⌉ updates."""
     fake_probe.set(probe_doc(400.0, n=16384, b0=32, lr=0.002, momentum=0.9))
-    kept = printed(["advise", "builtin:charlm", "--device", "cpu", "--budget-seconds", "2", "--json"])
-    asked = printed(["advise", "builtin:charlm", "--adam-rule", "linear", "--device", "cpu", "--budget-seconds", "2",
-                     "--json"])
+    base = ["advise", "builtin:charlm", "--device", "cpu", "--budget-seconds", "2", "--json"]
+    capped, free = printed(base), printed(base + ["--max-growth", "0"])
     original = math.ceil(16384 / 32)
-    assert kept["recommendation"] == "original" and kept["keep_batch"]["reason"] == "adam"
-    assert [s["batch_size"] for s in kept["plan"]["stages"]] == [32] * len(kept["plan"]["stages"])
-    assert kept["keep_batch"]["original_updates"] == original
-    assert asked["recommendation"] == "plan" and asked["keep_batch"] is None
-    assert kept["keep_batch"]["plan_updates"] == asked["plan"]["plan"]["updates"] < original
-    # the library call says the same
-    rec = bsadvisor.advise(bsadvisor.load_target("builtin:charlm"), None, device="cpu", budget_seconds=2, seed=0)
-    assert isinstance(rec.keep_batch, bsadvisor.AdamKeepAdvice) and rec.plan.updates == original
+    assert capped["recommendation"] == "plan" and capped["keep_batch"] is None
+    batches = [s["batch_size"] for s in capped["plan"]["stages"]]
+    assert batches[0] == 32 and max(batches) <= 64 and capped["plan"]["cap"]["limited_by"] == "growth"
+    assert capped["plan"]["inputs"]["max_growth"] == 2.0
+    assert free["plan"]["plan"]["updates"] < capped["plan"]["plan"]["updates"] < original
+    assert max(s["batch_size"] for s in free["plan"]["stages"]) > 64
 
 
-def test_sgd_and_an_asked_rule_are_never_kept_for_adams_sake():
-    """The Adam default applies to the Adam family only, and only when no rule was asked for."""
-    from bsadvisor.core.predict import adam_keep_advice
+def test_growth_limit_is_the_hybrid_in_closed_form():
+    """AdamW, MultiStepLR γ 0.2 at epochs 2 and 4, the paper's proportional rule (B = B0/ρ, the LR × B/B0 past
+    the cap): the original trains (32, 1e-3), (32, 2e-4), (32, 4e-5). Growth to 2 × B0 gives (64, 4e-4) and
+    (64, 8e-5): the batch stops at 64 and each stage's LR is the original's × 2, so ε/B is the original's.
+    Without the limit the second stage is the full conversion (160, 1e-3). SGD has no limit by default."""
+    common = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
+                  schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")
+    mid = [32000 * e + 16000 for e in (1, 3, 5)]  # inside each LR step of the original
 
-    common = dict(lr=0.1, batch_size=32, dataset_size=3200, epochs=6, schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)")
-    sgd = recommend(common)
-    adam = recommend({**common, "optimizer": "adamw", "lr": 0.001})
-    assert sgd.updates < 600 and adam.updates < 600  # both grow (600 = 6 epochs of 100 updates)
-    assert adam_keep_advice(sgd, rule_given=False) is None
-    assert adam_keep_advice(adam, rule_given=True) is None
-    keep = adam_keep_advice(adam, rule_given=False)
-    assert (keep.original_updates, keep.plan_updates, keep.rule) == (600, adam.updates, "linear")
+    def settings(plan):
+        return [(plan.at_sample(s).batch_size, plan.at_sample(s).lr) for s in mid]
+
+    capped = recommend(common)
+    assert [b for b, _ in settings(capped)] == [32, 64, 64]
+    assert [lr for _, lr in settings(capped)] == pytest.approx([1e-3, 4e-4, 8e-5], rel=1e-9)
+    assert capped.cap["limited_by"] == "growth" and capped.options.growth_limit == 2.0
+    free = recommend({**common, "max_growth": 0})
+    assert settings(free)[:2] == [(32, 1e-3), (160, pytest.approx(1e-3))]
+    three = recommend({**common, "max_growth": 3})
+    assert [b for b, _ in settings(three)] == [32, 96, 96]
+    assert [lr for _, lr in settings(three)] == pytest.approx([1e-3, 6e-4, 1.2e-4], rel=1e-9)
+    sgd = recommend({**common, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9})
+    assert sgd.options.growth_limit is None and max(s.batch_size for s in sgd.stages) > 64
+
+
+def test_a_plan_file_from_before_the_growth_limit_reconverts_unlimited():
+    """A plan whose inputs lack max_growth was made without a growth limit: read back, its options say 0 (no
+    limit) and converting them again gives the same stages; a plan made today records its limit."""
+    common = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
+                  schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")
+    free = recommend({**common, "max_growth": 0})
+    doc = free.to_dict()
+    del doc["inputs"]["max_growth"]
+    old = bsadvisor.Plan.from_dict(doc)
+    assert old.options.max_growth == 0 and old.options.growth_limit is None
+    again = recommend(old.options)
+    assert [(s.batch_size, s.lr) for s in again.stages] == [(s.batch_size, s.lr) for s in free.stages]
+    assert recommend(common).options.max_growth == 2.0

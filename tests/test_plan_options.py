@@ -72,7 +72,7 @@ def test_an_old_v1_file_is_migrated_missing_options_taking_their_defaults(tmp_pa
     assert V1_ADAM_RULE == "sqrt" and o.adam_rule == "sqrt" and o.optimizer == "adam"
     defaults = ConvertOptions(lr=0.001, batch_size=32, dataset_size=3200, epochs=10, momentum=0.9,
                               schedule="MultiStepLR(milestones=[5], gamma=0.1)", optimizer="adam")
-    assert o.to_dict() == {**defaults.to_dict(), "adam_rule": "sqrt"}
+    assert o.to_dict() == {**defaults.to_dict(), "adam_rule": "sqrt", "max_growth": 0}  # made without a limit
     again = reloaded(plan, tmp_path)  # written as /2, the rule it meant is now said
     assert json.loads((tmp_path / "plan.json").read_text())["inputs"]["adam_rule"] == "sqrt"
     assert again.options.to_dict() == o.to_dict()

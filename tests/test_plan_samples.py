@@ -19,8 +19,9 @@ from bsadvisor.core.plan import Plan, Stage
 
 LLM_SCHEDULE = ("SequentialLR([LinearLR(start_factor=0.01, total_iters=2000), "
                 "CosineAnnealingLR(T_max=18000, eta_min=6e-5)], milestones=[2000])")
+# max_growth 0: the full conversion, whose growth these tests follow (AdamW's default stops at 2 × B0)
 LLM = dict(lr=6e-4, batch_size=500, dataset_size=10_000_000, epochs=1, optimizer="adamw", schedule_unit="step",
-           schedule=LLM_SCHEDULE)
+           schedule=LLM_SCHEDULE, max_growth=0)
 
 
 def torch_lrs(make, lr: float, steps: int) -> list[float]:

@@ -60,9 +60,10 @@ def advise_cmd(
     print the recommendation: stages, updates, examples and predicted time, cap and noise scale.
 
     Defaults: the target's own recipe when it records one; the exact rule;
-    for Adam/AdamW no conversion: the original schedule is recommended unless
-    --adam-rule is given (at a tuned LR the linear rule lost about 0.01 on the
-    language models measured: docs/results.md, "At a tuned LR"); the
+    for Adam/AdamW the linear rule with the batch grown to at most 2 × B0, the
+    LR carrying the rest of the decay (--max-growth; the full conversion lost
+    about 0.012 at a tuned LR on the language models, growth to 2 × B0 about
+    0.003: docs/results.md, "Growth to 2 × B0 for Adam"); the
     batch capped by the device (the probe's largest batch) and, over several
     epochs, at a tenth of the data set; no noise cap. The noise scale is reported, not used: it
     caps and vetoes nothing unless --noise-cap K is given, because on the
@@ -94,9 +95,6 @@ def advise_cmd(
     if json_:
         emit_json(rec.to_dict())
         return
-    if isinstance(rec.keep_batch, bsadvisor.AdamKeepAdvice):
-        _print_adam_keep(target, rec.plan, rec.keep_batch, out)
-        return
     if rec.keep_batch is not None:
         _print_keep(target, rec.probe, rec.plan, rec.keep_batch, out, options)
         return
@@ -108,22 +106,6 @@ def _print_original_recommended(plan, out) -> None:
     console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
                        + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
                   soft_wrap=True)
-
-
-def _print_adam_keep(target: str, plan, keep, out) -> None:
-    """Keep the batch: an Adam-family run with no --adam-rule asked for; say what the evidence is and how to try
-    the conversion anyway."""
-    console.print(Text.assemble(
-        ("Keep the batch: ", "bold"),
-        f"for {keep.optimizer}, no rule for turning the LR decay into batch growth is established, and the "
-        f"default one lost where it was measured: {keep.evidence} (docs/results.md, \"At a tuned LR\"). "
-        f"With Adam a bigger batch cuts the gradient noise but not the step, which the LR decay shrinks."),
-        soft_wrap=True)
-    _print_original_recommended(plan, out)
-    console.print(Text(f"To try the conversion anyway ({keep.original_updates:,} → {keep.plan_updates:,} updates, "
-                       f"the {keep.rule} rule): `bsadvisor advise {target} --adam-rule {keep.rule} --out plan.json`, "
-                       f"then `bsadvisor validate {target} --plan plan.json --seeds 3` before adopting it.",
-                       style="dim"), soft_wrap=True)
 
 
 def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:

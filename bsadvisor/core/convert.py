@@ -165,8 +165,9 @@ def _base_point(options: ConvertOptions, peak: Piece, g_ref: float, model: Tempe
         warnings.append("raising the momentum costs some accuracy and the momentum buffer needs a few epochs "
                         "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
     if model.is_adam:
-        held = ("the rule that held on most models at their recipes' LR, but at a tuned LR (4× those) it lost about "
-                "0.01 on both language models measured and every other rule lost more (docs/results.md)"
+        held = ("the rule that held on most models at their recipes' LR; at a tuned LR (4× those) the full conversion "
+                "lost about 0.012 on both language models measured, growth to 2 × B0 (the default --max-growth) "
+                "about 0.003, and every other rule lost more (docs/results.md)"
                 if model.adam_rule == "linear" else
                 "which lost on the models measured where the linear rule, the default, held (docs/results.md)")
         warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}, {held}; no rule is "
@@ -220,6 +221,9 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
         limits["max_fraction"] = max(1, math.floor(options.max_fraction * n))
     if options.max_batch is not None:
         limits["device"] = options.max_batch
+    b_start = rounding.nearest(min(base.batch, float(n or options.run_samples))) if base.variant else b0
+    if options.growth_limit is not None:  # the hybrid: the plan's LR at most K × the original's (linear rule)
+        limits["growth"] = max(b_start, math.floor(options.growth_limit * b_start))
     if noise_caps is not None:
         limits["noise_scale"] = max(1, math.floor(noise_caps[-1]))
     if not limits:  # a single pass with no device or noise cap: at least 100 updates in the run
@@ -233,8 +237,7 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
         while top * k <= cap:
             top *= k
         cap = max(top, b0)
-    b_base = base.batch
-    b_start = rounding.nearest(min(b_base, float(n or options.run_samples))) if base.variant else b0  # b_base may be inf
+    b_base = base.batch  # b_start above: b_base may be inf
     if cap < b_start:
         if base.variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "

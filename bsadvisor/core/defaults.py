@@ -30,6 +30,12 @@ DEFAULTS = {
     "adam_rule": "linear",
 }
 
+#: Adam and AdamW grow the batch to at most this × B0 by default, the LR decaying for the rest (the paper's
+#: hybrid), so the plan's LR is never more than this × the original's at the same sample. Chosen from
+#: docs/results.md ("Growth to 2 × B0 for Adam"): the full conversion lost about 0.012 at a tuned LR on both
+#: AdamW language models; growth to 2 × B0 was accepted at every recipe's LR and not rejected at a tuned one.
+ADAM_MAX_GROWTH = 2.0
+
 #: ProbeOptions' defaults for the options that have one (the others default to None: the target's
 #: batch, LR and a warmup of about 2% of an epoch; no memory limit of our own; the budget decides the draws).
 PROBE_DEFAULTS = {

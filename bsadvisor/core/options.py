@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 from bsadvisor.core import checks
 from bsadvisor.core import schema as S
 from bsadvisor.core.declared import Declared, OptionObject, declarations, names, option
-from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_RULES, DEFAULTS, MAX_EPOCHS, MAX_SAMPLES,
-                                     MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
+from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_MAX_GROWTH, ADAM_RULES, DEFAULTS, MAX_EPOCHS,
+                                     MAX_SAMPLES, MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
 from bsadvisor.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -91,6 +91,10 @@ class ConvertOptions(OptionObject):
     max_batch: Optional[int] = option(
         None, _COUNT, "Device cap: the largest batch that fits (× devices × accumulation).", shown="none",
         groups=("advise", "validate"))
+    max_growth: Optional[float] = option(
+        None, S.Num(low=0), "Grow the batch to at most K × B0, then decay the LR for the rest (the paper's hybrid); "
+        "0: no limit. For Adam/AdamW the full conversion lost about 0.012 at a tuned LR and growth to 2 × B0 about "
+        "0.003 (docs/results.md).", shown="2 for Adam/AdamW, none for SGD", groups=("advise", "validate"))
     max_fraction: float = option(
         DEFAULTS["max_fraction"], S.Num(low=0, high=1, low_open=True),
         "Never grow past this fraction of N (the paper stopped near N/10).", groups=("advise", "validate"))
@@ -115,8 +119,9 @@ class ConvertOptions(OptionObject):
         None, _FRACTION, "Paper §5.2 variant: train at momentum M, batch × (1−m)/(1−M).", groups=("advise",))
     adam_rule: str = option(
         DEFAULTS["adam_rule"], S.Str(choices=ADAM_RULES),
-        "Adam family: linear (batch × α for an LR decay by α; it held at the benchmark recipes' LRs, and lost "
-        "about 0.01 on the language models at a tuned LR, where every other rule lost more: docs/results.md), "
+        "Adam family: linear (batch × α for an LR decay by α; it held at the benchmark recipes' LRs; at a tuned "
+        "LR the full conversion lost about 0.012 on the language models, growth to 2 × B0 about 0.003, and every "
+        "other rule lost more: docs/results.md), "
         "sqrt (× α², Malladi et al.), seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise "
         "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
     total_samples: Optional[int] = option(
@@ -280,11 +285,22 @@ class ConvertOptions(OptionObject):
             self._check_declared("momentum_to")
         if not callable(self.noise_cap_batch):  # a number, or a per-sample cap (core.noise_model.NoiseCap)
             checks.optional(checks.number, "noise_cap_batch", self.noise_cap_batch, low=0, allow_inf=True)
-        self._check_declared("growth_factor", optional=True)
+        self._check_declared("growth_factor", "max_growth", optional=True)
+        if self.max_growth is not None and 0 < self.max_growth < 1:
+            raise UserError(f"max_growth must be 0 (no limit) or ≥ 1 (a multiple of batch_size), got "
+                            f"{self.max_growth:g}", parameter="max_growth")
         if self.max_batch is not None and self.max_batch < self.batch_size:
             raise UserError(f"max_batch {self.max_batch} is smaller than batch_size {self.batch_size}: the "
                             "original batch does not fit; lower --batch-size or allow gradient accumulation",
                             parameters=("max_batch", "batch_size"))
+
+    @property
+    def growth_limit(self) -> Optional[float]:
+        """The largest batch growth K (the batch at most K × B0), or None for no limit: ``max_growth`` as given
+        (0: none), else :data:`ADAM_MAX_GROWTH` for the Adam family and none for SGD."""
+        if self.max_growth is not None:
+            return self.max_growth or None
+        return ADAM_MAX_GROWTH if self.optimizer in ADAM_FAMILY else None
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plan records them in ``inputs``: the schedule described, ``adam_rule``
@@ -293,6 +309,7 @@ class ConvertOptions(OptionObject):
         doc["schedule"] = self.schedule.describe()
         doc["adam_rule"] = self.adam_rule if self.optimizer in ADAM_FAMILY else None
         doc["adam_sde"] = self.adam_sde if self.optimizer in ADAM_FAMILY else None
+        doc["max_growth"] = self.growth_limit or 0  # resolved: a plan re-converts the same under later defaults
         return doc
 
     @classmethod

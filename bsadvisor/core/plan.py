@@ -147,7 +147,8 @@ class Plan:
         option's default), its data set size, and its recorded noise model (the noise-aware Adam rule reads it).
 
         Older files are migrated as they load: a ``bsadvisor.plan/1`` Adam plan without ``adam_rule`` meant
-        the square-root rule (:data:`V1_ADAM_RULE`); in /2 a missing key takes today's default. A plan that
+        the square-root rule (:data:`V1_ADAM_RULE`); in /2 a missing key takes today's default, except
+        ``max_growth``: a file without it predates the growth limit, so its plan grew without one (0). A plan that
         does not record its original run (:meth:`missing_run`, a plan written by hand) is read as its own:
         B0 its first batch, ε0 its first LR held constant, its length; its optimizer, rule and device layout
         as recorded. A recorded input that is not a valid option raises UserError naming it.
@@ -158,6 +159,7 @@ class Plan:
         if cached is not None and cached[0] == key:
             return cached[1]
         doc = {k: v for k, v in self.inputs.items() if k in OPTION_NAMES and v is not None}
+        doc.setdefault("max_growth", 0)
         if self.missing_run():  # a plan written by hand: its run is its own, at its first batch and LR
             doc.setdefault("batch_size", self.stages[0].batch_size)
             doc.setdefault("lr", next((s.lr for s in self.stages if s.lr > 0), 1.0))

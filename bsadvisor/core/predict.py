@@ -433,41 +433,6 @@ def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan)
     return StartAdvice(b0, b_noise, 1.0 / (1.0 + b0 / b_noise), plan.updates, tuple(variants))
 
 
-@dataclass(frozen=True)
-class AdamKeepAdvice(Document):
-    """An Adam-family run whose Adam rule was not chosen (:func:`adam_keep_advice`): the original schedule is
-    recommended, and ``plan_updates`` is what the default conversion (``rule``) would have trained."""
-
-    reason: str
-    optimizer: str
-    rule: str
-    original_updates: int
-    plan_updates: int
-    evidence: str
-
-
-#: Why advise keeps an Adam run's batch unless a rule is asked for (docs/results.md, "At a tuned LR").
-ADAM_EVIDENCE = ("at a tuned LR the linear conversion was REJECTED on both AdamW language models measured "
-                 "(about -0.012, 6 seeds each) and on an AdamW model written to check it (-0.015, 12 seeds), "
-                 "inconclusive on a third (-0.013) and accepted on one (an MLP-Mixer); every other rule lost more")
-
-
-def adam_keep_advice(plan: Plan, rule_given: bool) -> Optional[AdamKeepAdvice]:
-    """For Adam and AdamW, when no ``adam_rule`` was asked for and the conversion grows the batch: keep it.
-
-    No rule held on most AdamW models at a tuned LR (docs/results.md): growing the batch cuts the gradient
-    noise but leaves Adam's step as large as at the peak LR, which the LR decay was shrinking. The conversion
-    is one ``--adam-rule linear`` away, to validate on the user's model. None for SGD, when a rule was asked
-    for, or when the plan does not grow."""
-    options = plan.options
-    if rule_given or options.optimizer.lower() not in ADAM_FAMILY:
-        return None
-    if not plan.updates < plan.baseline_updates:  # the original's updates, counted by the conversion
-        return None
-    return AdamKeepAdvice("adam", options.optimizer, options.adam_rule, plan.baseline_updates, plan.updates,
-                          ADAM_EVIDENCE)
-
-
 def keep_batch_advice(plan: Plan, noise_model: Optional[NoiseModel]) -> Optional[KeepBatchAdvice]:
     """With a noise cap asked for (``--noise-cap K``), when B0 is already at or past K × B_noise where the decay
     begins: keep the batch.

@@ -22,7 +22,7 @@ from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
-from bsadvisor.core.predict import (PLAN_OPTIONS, AdamKeepAdvice, KeepBatchAdvice, StartAdvice, adam_keep_advice,
+from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice,
                                     annotate, keep_batch_advice, resolve, start_batch_advice)
 from bsadvisor.core.remarks import BATCHNORM_NOTE, batchnorm_text
 
@@ -78,8 +78,7 @@ class Recommendation:
     """What advise recommends: ``plan`` to follow, and why.
 
     ``plan`` is the batch-growth plan, or with ``keep_batch`` (a --noise-cap K asked for, and B0 already past
-    K × the noise scale where the decay begins, core.predict.keep_batch_advice; or an Adam-family run with no
-    ``adam_rule`` asked for, core.predict.adam_keep_advice) the original schedule
+    K × the noise scale where the decay begins, core.predict.keep_batch_advice) the original schedule
     unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
     (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
     """
@@ -93,10 +92,9 @@ class Recommendation:
         checks.instance("plan", self.plan, Plan, "a Plan (Recommendation.from_options builds one)")
         if self.probe is not None:
             checks.instance("probe", self.probe, ProbeResult, "a ProbeResult or None")
-        for name, kind in (("keep_batch", (KeepBatchAdvice, AdamKeepAdvice)), ("start_advice", StartAdvice)):
+        for name, kind in (("keep_batch", KeepBatchAdvice), ("start_advice", StartAdvice)):
             if getattr(self, name) is not None:
-                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-                checks.instance(name, getattr(self, name), kind, f"a {names} (core.predict) or None")
+                checks.instance(name, getattr(self, name), kind, f"a {kind.__name__} (core.predict) or None")
 
     @property
     def recommendation(self) -> str:
@@ -118,8 +116,8 @@ class Recommendation:
             probe = load_probe(probe)  # read once (the plan then names the probe's target, not the file)
         conversion = resolve(probe=probe, **kw)
         plan = _batchnorm_said(conversion.plan(), batchnorm)
-        keep = keep_batch_advice(plan, conversion.noise_model) or adam_keep_advice(plan, kw.get("adam_rule") is not None)
-        if keep is not None:  # no growth pays (or none is known to, for Adam): the original schedule is the recommendation
+        keep = keep_batch_advice(plan, conversion.noise_model)
+        if keep is not None:  # no growth pays: the original schedule is the recommendation
             return cls(original_plan(plan, probe), probe, keep)
         advice = start_batch_advice(plan, conversion.noise_model, lambda k: conversion.plan(increase_lr=k))
         return cls(plan, probe, None, advice)

@@ -82,4 +82,5 @@ def _cap_warning(stairs: "Staircase", span: Span, i: int, cap_words: str, where:
 
 
 CAP_WORDS = {"device": "device memory", "max_fraction": "--max-fraction of N", "noise_scale": "noise-scale cap",
-              "batch_size": "the starting batch", "run_length": "1% of the run"}
+              "batch_size": "the starting batch", "run_length": "1% of the run",
+              "growth": "--max-growth × the starting batch"}

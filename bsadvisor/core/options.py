@@ -27,7 +27,8 @@ from bsadvisor.core import checks
 from bsadvisor.core import schema as S
 from bsadvisor.core.declared import Declared, OptionObject, declarations, names, option
 from bsadvisor.core.defaults import (ADAM_BETA1, ADAM_FAMILY, ADAM_MAX_GROWTH, ADAM_RULES, DEFAULTS, MAX_EPOCHS,
-                                     MAX_SAMPLES, MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES, SCHEDULE_UNITS)
+                                     MAX_SAMPLES, MAX_SCHEDULE_CHARS, MAX_TABLE_BYTES, NOISE_CAP, OPTIMIZERS, RULES,
+                                     SCHEDULE_UNITS)
 from bsadvisor.core.errors import UserError
 
 if TYPE_CHECKING:

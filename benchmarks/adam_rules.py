@@ -7,7 +7,7 @@ Models (each trained with its own recipe from ``metadata``: per-step LinearLR wa
 - ``mixer1d`` : MLP-Mixer on MNIST-1D, 2 epochs (held-out accuracy)
 - ``sorter``  : causal transformer sorting 12 numbers in 0..31, 1 epoch (where linear loses)
 
-Configs (``RULE[+sde][+capK][@trace]``):
+Configs (``RULE[+sde][+capK][+bK][+sfX][+xKlr][@trace][*K]``):
 
 - ``sqrt``, ``linear``, ``seesaw``, ``noise``: the Adam rule (``adam_rule``), no noise cap;
 - ``+cap`` / ``+cap2``: the noise cap at 4 (the default) / 2 × B_noise(s);
@@ -23,6 +23,9 @@ Configs (``RULE[+sde][+capK][@trace]``):
   there), ``+xKsqrt`` its batches with the LR × √K (Merrill et al.'s √2 per doubling), ``+sKlr`` / ``+sKsqrt``
   the batch K·B0 only where the plan's is below it (LR × K·B0/B or × √(K·B0/B)); ``original*K`` their control,
   the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
+- a growth limit (docs/results.md "Growth to 2 × B0 for Adam"): ``+bK`` the batch capped at K·B0 (the hybrid:
+  the LR carries the rest; ``linear+b2`` is AdamW's default, ``--max-growth 2``), ``+sfX`` the staircase's
+  stage factor X. Every other config is its rule's full conversion (``max_growth=0``), as every cached run was.
 
 Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the
@@ -153,7 +156,7 @@ def parse_config(config: str) -> dict:
     body, _, source = (times.group(1) if times else config).partition("@")
     rule, *flags = body.split("+")
     if rule not in RULES or source not in ("", "probe", "trace"):
-        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+xK(lr|sqrt)][@trace], RULE in "
+        raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+bK][+sfX][+xK(lr|sqrt)][@trace], RULE in "
                          f"{', '.join(RULES)}")
     out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None, "batch_cap": None,
            "stage_factor": None}
@@ -193,7 +196,10 @@ def make_plan(target, config: str, noise: dict):
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
     how, k, lr_rule = c["start"] or ("", None, "lr")
-    plan = recommend(options_for_target(target).options, adam_rule=c["rule"], adam_sde=c["sde"], noise_trace=model,
+    # max_growth 0: each rule's full conversion, what the cached runs of every config trained (AdamW's default
+    # now stops at 2 × B0: that is ``+b2``, the batch capped at 2·B0)
+    plan = recommend(options_for_target(target).options, max_growth=0, adam_rule=c["rule"], adam_sde=c["sde"],
+                     noise_trace=model,
                      noise_cap=c["cap"], increase_lr=k if how == "x" else None,
                      **({"max_batch": round(c["batch_cap"] * target.batch_size)} if c["batch_cap"] else {}),
                      **({"stage_factor": c["stage_factor"]} if c["stage_factor"] else {}))

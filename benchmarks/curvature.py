@@ -1,18 +1,21 @@
 """How close a recipe's LR sits to its curvature limit along the run, against the outcome of the conversion.
 
-Why: growing the batch cuts only the gradient noise, while decaying the LR also shrinks the step against the
-curvature. On a quadratic with Hessian eigenvalue h and gradient-noise variance σ²/B, heavy-ball SGD (LR α,
-momentum β) settles at an excess loss of (α/B)·σ²/(2(1 − β)(2 − αh/(1 + β)))·…: at a fixed temperature α/B
-the loss grows with α through the factor 1/(1 − q), q = αh/(2(1 + β)) the fraction of the stability limit.
-A conversion keeps α/B but runs the peak α late in the run, where the original has decayed it: it costs
-nothing while q ≪ 1 and a lot as q → 1. Adam with EMA momentum is heavy-ball with α = ε(1 − β1), β = β1 in
-the coordinates its preconditioner P = diag(1/(√v̂ + eps)) makes, so q = ε·h_P·(1 − β1)/(2(1 + β1)) with
+The hypothesis tested: growing the batch cuts only the gradient noise, while decaying the LR also shrinks the
+step against the curvature. On a quadratic with Hessian eigenvalue h and gradient-noise variance σ²/B, SGD with
+LR α settles at an excess loss of (α/B)·σ²/(2(2 − αh)): at a fixed temperature α/B the loss grows with α through
+1/(1 − q), q = αh/2 the fraction of the stability limit (heavy-ball with momentum β: αh < 2(1 + β)). A conversion
+keeps α/B but runs the peak α late in the run, where the original has decayed it: it should cost nothing while
+q ≪ 1 and a lot as q → 1. Adam with EMA momentum is heavy-ball with α = ε(1 − β1), β = β1 in the coordinates
+its preconditioner P = diag(1/(√v̂ + eps)) makes, so q = ε·h_P·(1 − β1)/(2(1 + β1)) with
 
     h_P = E[(P d)ᵀ H (P d)] / E[dᵀ P d],   d = g_a − g_b (two independent micro-batch gradients: E[ddᵀ] ∝ Σ),
 
 the curvature along the directions the noise moves the weights (SGD: P = I, q = εh/(2(1 + m))). Hv is a
-central difference of the big-batch gradient at the step's own scale. This script trains each model's original
-(seed 0) and measures q at the original's LR and at the linear plan's LR at a few points.
+central difference of the big-batch gradient at the step's own scale. Also McCandlish et al.'s greedy optimal LR
+ε* = GᵀPG / (GᵀPHPG + tr(PHPΣ)/B0) and the LR over it (rho). This script trains each model's original (seed 0)
+at its recipe's LR × K and measures both at a few points. Measured (docs/results.md, "Growth to 2 × B0 for
+Adam"): q stayed at 0.008-0.26 and rho overlapped between × 1 and × 4, so neither tells the runs where the full
+conversion held from those where it lost: a negative result.
 
     python benchmarks/curvature.py --models charlm,sorter --lr-times 1,4
 """
@@ -95,7 +98,8 @@ def curvature(model, optimizer, loss_fn, gather, n: int, b0: int, step_lr: float
         for k in range(PAIRS):
             a = rest[2 * k * b0:(2 * k + 1) * b0]
             b = rest[(2 * k + 1) * b0:(2 * k + 2) * b0]
-            d = [x - y for x, y in zip(_grad(model, loss_fn, gather, a, params), _grad(model, loss_fn, gather, b, params))]
+            ga, gb = _grad(model, loss_fn, gather, a, params), _grad(model, loss_fn, gather, b, params)
+            d = [x - y for x, y in zip(ga, gb)]
             u = [p * x for p, x in zip(pre, d)]
             hu = _hv(model, loss_fn, gather, big, params, u, step_lr)
             num += _dot(u, hu)
@@ -152,7 +156,8 @@ def measure(name: str, lr_times: float) -> dict:
         points.append(row)
         print(f"  {name} ×{lr_times:g} {row['fraction']:.2f}: lr {lr:.2e} plan {plan_lr:.2e} "
               f"h_noise {c['h_noise']:.3g} h_signal {c['h_signal']:.3g} q_noise {row['q_noise']:.3f} "
-              f"(plan {row['q_noise_plan']:.3f}) q_signal {row['q_signal']:.3f} (plan {row['q_signal_plan']:.3f}) Bs_P {c['b_simple_p']:.3g} "
+              f"(plan {row['q_noise_plan']:.3f}) q_signal {row['q_signal']:.3f} (plan {row['q_signal_plan']:.3f}) "
+              f"Bs_P {c['b_simple_p']:.3g} "
               f"eps*(B0) {c['eps_star_b0']:.3g} rho {row['rho']:.3g}",
               flush=True)
 

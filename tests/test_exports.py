@@ -724,3 +724,16 @@ def test_the_doc_megatron_flags_through_megatron_cores_own_code():
     assert updates == len(plan_updates(plan)) and same == updates - 1  # the plan cuts its last update at the end
     stated = next(n for n in notes if "keep the temperature within" in n)
     assert abs(err - float(stated.split("within ")[1].split("%")[0]) / 100) < 0.005
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "levanter"])
+def test_adamws_default_plan_is_refused_with_the_way_to_a_shape_the_framework_holds(fmt):
+    """AdamW's default stops growing at 2 × B0 and its LR then decays as the original's × 2: no parametric LR
+    schedule holds it, and the one-line refusal says which conversion they do hold, and at what measured cost."""
+    plan = convert_schedule(**{k: v for k, v in DEFAULT_RULE.items() if k != "max_growth"}, seq_len=2048, round_to=8)
+    assert plan.cap["limited_by"] == "growth"
+    with pytest.raises(UserError) as e:
+        export(plan, fmt)
+    assert "\n" not in str(e.value) and "--max-growth 0" in str(e.value) and "0.012" in str(e.value)
+    full = convert_schedule(**DEFAULT_RULE, seq_len=2048, round_to=8)  # max_growth 0: held
+    export(full, fmt)

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "data" / "lm_probe.json"
 WARMUP_COSINE = ("SequentialLR([LinearLR(start_factor=0.01, total_iters=300), "
                  "CosineAnnealingLR(T_max=5950, eta_min=0.0003)], milestones=[300])")
-LM = ["convert-schedule", "--probe", str(PROBE), "--epochs", "1", "--schedule", WARMUP_COSINE, "--schedule-unit", "step",
-      "--max-growth", "0"]  # the full conversion, whose caps these messages name
+LM = ["convert-schedule", "--probe", str(PROBE), "--epochs", "1", "--schedule", WARMUP_COSINE,
+      "--schedule-unit", "step", "--max-growth", "0"]  # the full conversion, whose caps these messages name
 
 
 def _convert(*extra):

@@ -167,7 +167,7 @@ def _base_point(options: ConvertOptions, peak: Piece, g_ref: float, model: Tempe
     if model.is_adam:
         held = ("the rule that held on most models at their recipes' LR; at a tuned LR (4× those) the full conversion "
                 "lost about 0.012 on both language models measured, growth to 2 × B0 (the default --max-growth) "
-                "about 0.003, and every other rule lost more (docs/results.md)"
+                "0.001-0.006, and every other rule lost more (docs/results.md)"
                 if model.adam_rule == "linear" else
                 "which lost on the models measured where the linear rule, the default, held (docs/results.md)")
         warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}, {held}; no rule is "

@@ -12,6 +12,17 @@ def fmt_number(x: float) -> str:
     return format(x, ".10g")
 
 
+def growth_limit_hint(plan) -> str:
+    """What an LR-schedule refusal adds for a plan whose growth stopped at --max-growth (AdamW's default): its LR
+    then decays as the original's × the stage's factor, a shape no parametric schedule holds; the full conversion's
+    is held, at the cost the evidence measured. Empty for any other plan."""
+    if (plan.cap or {}).get("limited_by") != "growth":
+        return ""
+    return ("; its batch stops at --max-growth × B0 and the LR then decays as the original's × that factor, which "
+            "no such schedule holds: convert with --max-growth 0 for the full conversion, whose LR they hold but "
+            "which lost about 0.012 at a tuned LR (docs/results.md)")
+
+
 def batch_steps(plan) -> list[dict]:
     """One {samples, batch_size} per batch change: the samples consumed before it, the new global batch."""
     steps, last = [], None

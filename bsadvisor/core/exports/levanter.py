@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from bsadvisor.core.errors import UserError
-from bsadvisor.core.exports.fit import MEGATRON_TOLERANCE, Exported, closest_lr, fmt_number, schedule_notes
+from bsadvisor.core.exports.fit import (MEGATRON_TOLERANCE, Exported, closest_lr, fmt_number, growth_limit_hint,
+                                        schedule_notes)
 
 def _unbroken_run(plan) -> tuple[list[int], list[int], int]:
     """A run that never ends an update at an epoch's end (Megatron, Levanter, MaxText count no epochs):
@@ -56,7 +57,7 @@ def levanter_schedule(plan) -> Exported:
                         f"decay) cannot hold this plan's LR: the closest (learning_rate {fmt_number(lr.peak)}, "
                         f"lr_schedule {lr.style}) is {lr.mean_error:.0%} off the plan's temperature on average "
                         f"({lr.max_error:.0%} at worst, over {MEGATRON_TOLERANCE:.0%}); use --format csv with your "
-                        "own LR schedule")
+                        f"own LR schedule{growth_limit_hint(plan)}")
     schedule = lr.wsd_style if lr.style == "WSD" else lr.style
     lines = [f"# bsadvisor plan for Levanter: {len(entries)} batch sizes, {updates} steps", "trainer:",
              f"  num_train_steps: {updates}", "  train_batch_size:"]

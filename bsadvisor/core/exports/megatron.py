@@ -7,8 +7,8 @@ from typing import NamedTuple, Optional
 
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.exports.fit import (MEGATRON_TOLERANCE, RAMP_MAX_CHANGES, RAMP_MAX_STEPS, Exported,
-                                        batch_steps, closest_lr, device_unit, fmt_number, noise_factor,
-                                        ramp_increments, schedule_notes, spread)
+                                        batch_steps, closest_lr, device_unit, fmt_number, growth_limit_hint,
+                                        noise_factor, ramp_increments, schedule_notes, spread)
 
 class MegatronRamp(NamedTuple):
     """Stock Megatron-LM's batch ramp (``--rampup-batch-size START INCREMENT SAMPLES --global-batch-size
@@ -224,7 +224,8 @@ def megatron_step(plan) -> Exported:
         raise UserError(f"Megatron-Core's LR schedules (warmup, then constant, linear, cosine or WSD over samples) "
                         f"cannot hold this plan's LR: the closest ({lr.flags()}) is {lr.mean_error:.0%} off the "
                         f"plan's temperature on average ({lr.max_error:.0%} at worst, over "
-                        f"{MEGATRON_TOLERANCE:.0%}); use --format csv with your own LR schedule")
+                        f"{MEGATRON_TOLERANCE:.0%}); use --format csv with your own LR schedule"
+                        f"{growth_limit_hint(plan)}")
     flags = f'--step-batch-size-schedule "{entries}" --train-samples {plan.total_samples}'
     if seq:
         flags += f" --seq-length {seq}"

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -159,12 +160,14 @@ def parse_config(config: str) -> dict:
         raise SystemExit(f"unknown config {config!r}: RULE[+sde][+capK][+bK][+sfX][+xK(lr|sqrt)][@trace], RULE in "
                          f"{', '.join(RULES)}")
     out = {"rule": rule, "sde": False, "cap": 0.0, "source": source or "probe", "start": None, "batch_cap": None,
-           "stage_factor": None}
+           "stage_factor": None, "tail": None}
     for flag in flags:
         if flag == "sde":
             out["sde"] = True
         elif flag.startswith("cap"):
             out["cap"] = float(flag[3:] or 4)
+        elif re.fullmatch(r"t\d+(?:\.\d+)?", flag):  # the last fraction F of the run at the original's LR
+            out["tail"] = float(flag[1:])
         elif re.fullmatch(r"sf\d+(?:\.\d+)?", flag):  # the staircase's stage factor (1: follow the target)
             out["stage_factor"] = float(flag[2:])
         elif re.fullmatch(r"b\d+(?:\.\d+)?", flag):  # the batch capped at K·B0 (hybrid: the LR decays past it)
@@ -203,6 +206,8 @@ def make_plan(target, config: str, noise: dict):
                      noise_cap=c["cap"], increase_lr=k if how == "x" else None,
                      **({"max_batch": round(c["batch_cap"] * target.batch_size)} if c["batch_cap"] else {}),
                      **({"stage_factor": c["stage_factor"]} if c["stage_factor"] else {}))
+    if c["tail"]:
+        plan = anneal_tail(plan, c["tail"])
     if how == "s":
         return start_at(plan, round(k * target.batch_size), 1.0 if lr_rule == "lr" else 0.5)
     return plan if lr_rule == "lr" else lr_times(plan, k ** -0.5)
@@ -217,6 +222,28 @@ def lr_times(plan, factor: float):
     return replace(plan, stages=[replace(st, lr=st.lr * factor,
                                          lr_scale=None if st.lr_scale is None else st.lr_scale * factor)
                                  for st in plan.stages])
+
+
+def anneal_tail(plan, fraction: float):
+    """``plan`` with its last ``fraction`` of the samples at the original's LR (its batch kept, so a lower
+    temperature there): the LR's final annealing as the original has it. The cut falls on an update of the
+    stage it is in."""
+    from dataclasses import replace
+
+    cut = plan.total_samples - fraction * plan.total_samples
+    stages = []
+    for st in plan.stages:
+        if st.end_sample <= cut or st.lr_scale is None:
+            stages.append(st)
+            continue
+        at = max(st.start_sample, st.start_sample + math.ceil((cut - st.start_sample) / st.batch_size) * st.batch_size)
+        if at >= st.end_sample:
+            stages.append(st)
+            continue
+        if at > st.start_sample:
+            stages.append(replace(st, end_sample=at))
+        stages.append(replace(st, start_sample=at, lr_scale=1.0, lr=plan.original.lr_at(at), phase="original"))
+    return replace(plan, stages=stages)
 
 
 def start_at(plan, batch: int, power: float):

@@ -91,7 +91,7 @@ CONVERT = ["convert-schedule", "--lr", "0.1", "--batch-size", "8", "--dataset-si
            "--schedule", "MultiStepLR(milestones=[1])", "--momentum", "0.9"]
 CONVERT_NUMERIC = ["--lr", "--batch-size", "--dataset-size", "--epochs", "--momentum", "--max-batch", "--max-fraction",
                    "--round-to", "--max-stages", "--stage-factor", "--increase-lr", "--momentum-to", "--noise-cap",
-                   "--total-samples", "--total-steps", "--seq-len", "--growth-factor"]
+                   "--total-samples", "--total-steps", "--seq-len", "--growth-factor", "--max-growth"]
 SCHEDULES = [
     "__import__('os').system('touch PWNED')", "open('PWNED', 'w')", "MultiStepLR(milestones=[1e309])",
     "StepLR(step_size=0)", "StepLR(step_size=-1, gamma=0.5)", "CosineAnnealingLR(T_max=-1)",

@@ -426,3 +426,13 @@ def test_max_growth_out_of_range_is_one_line_exit_2(value, fragment):
     r = run_main(["convert-schedule", "--lr", "1e-3", "--batch-size", "32", "--dataset-size", "3200", "--epochs", "6",
                   "--optimizer", "adamw", "--schedule", "MultiStepLR([2,4],0.2)", "--max-growth", value])
     assert_one_line_error(r, ["--max-growth", fragment])
+
+
+def test_a_huge_max_growth_is_no_limit_not_an_overflow():
+    """--max-growth 1e308 times the batch is past any float: the run's length bounds it, as no limit would."""
+    args = ["convert-schedule", "--lr", "1e-3", "--batch-size", "32", "--dataset-size", "3200", "--epochs", "6",
+            "--optimizer", "adamw", "--schedule", "MultiStepLR([2,4],0.2)", "--json"]
+    huge, none = run_main(args + ["--max-growth", "1e308"]), run_main(args + ["--max-growth", "0"])
+    assert huge.returncode == 0 and none.returncode == 0, huge.stderr
+    assert [s["batch_size"] for s in json.loads(huge.stdout)["stages"]] == \
+        [s["batch_size"] for s in json.loads(none.stdout)["stages"]]

@@ -223,7 +223,7 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
         limits["device"] = options.max_batch
     b_start = rounding.nearest(min(base.batch, float(n or options.run_samples))) if base.variant else b0
     if options.growth_limit is not None:  # the hybrid: the plan's LR at most K × the original's (linear rule)
-        limits["growth"] = max(b_start, math.floor(options.growth_limit * b_start))
+        limits["growth"] = max(b_start, math.floor(min(options.growth_limit * b_start, float(options.run_samples))))
     if noise_caps is not None:
         limits["noise_scale"] = max(1, math.floor(noise_caps[-1]))
     if not limits:  # a single pass with no device or noise cap: at least 100 updates in the run

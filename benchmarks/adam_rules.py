@@ -25,7 +25,8 @@ Configs (``RULE[+sde][+capK][+bK][+sfX][+xKlr][@trace][*K]``):
   the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
 - a growth limit (docs/results.md "Growth to 2 × B0 for Adam"): ``+bK`` the batch capped at K·B0 (the hybrid:
   the LR carries the rest; ``linear+b2`` is AdamW's default, ``--max-growth 2``), ``+sfX`` the staircase's
-  stage factor X. Every other config is its rule's full conversion (``max_growth=0``), as every cached run was.
+  stage factor X, ``+tF`` the last fraction F of the samples at the original's LR (the batch kept). Every other
+  config is its rule's full conversion (``max_growth=0``), as every cached run was.
 
 Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the

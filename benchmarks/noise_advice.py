@@ -75,6 +75,10 @@ def load(name: str):
         target = load_target(f"builtin:{name}")
         target.metadata = {**target.metadata, **SGD_RECIPE}
         return target
+    if name == "wave":  # a second model written as a new user would (benchmarks/wave_cnn.py)
+        import wave_cnn
+
+        return wave_cnn.make_target()
     if name in ("gauss", "gauss-b999"):  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
         import gauss_mlp
 

@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
-from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.documents import Document
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval

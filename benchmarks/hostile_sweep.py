@@ -240,8 +240,9 @@ def run_cli_case(argv, extra, folder: Path) -> str:
 
 #: Values no numeric option takes: an exit 0 with one of them accepted garbage.
 GARBAGE = {"nan", "inf", "-inf", "1e309", "9" * 5001, "abc", "", " ", "True", "1,5", "2**70", "0x10", "-1"}
-#: The options for which 0 is a valid value (no cap, no momentum, seed 0, no warmup, no monitor budget).
-ZERO_OK = {"--momentum", "--momentum-to", "--noise-cap", "--seed", "--warmup-steps", "--monitor-overhead"}
+#: The options for which 0 is a valid value (no cap, no momentum, seed 0, no warmup, no monitor budget, no growth
+#: limit).
+ZERO_OK = {"--momentum", "--momentum-to", "--noise-cap", "--seed", "--warmup-steps", "--monitor-overhead", "--max-growth"}
 
 
 def garbage_in(argv) -> Optional[str]:

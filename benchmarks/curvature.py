@@ -14,7 +14,7 @@ the curvature along the directions the noise moves the weights (SGD: P = I, q = 
 central difference of the big-batch gradient at the step's own scale. Also McCandlish et al.'s greedy optimal LR
 ε* = GᵀPG / (GᵀPHPG + tr(PHPΣ)/B0) and the LR over it (rho). This script trains each model's original (seed 0)
 at its recipe's LR × K and measures both at a few points. Measured (docs/results.md, "Growth to 2 × B0 for
-Adam"): q stayed at 0.008-0.26 and rho overlapped between × 1 and × 4, so neither tells the runs where the full
+Adam"): q stayed at most 0.26 and rho overlapped between × 1 and × 4, so neither tells the runs where the full
 conversion held from those where it lost: a negative result.
 
     python benchmarks/curvature.py --models charlm,sorter --lr-times 1,4
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adam_rules  # noqa: E402
 import noise_advice  # noqa: E402
 
+from bsadvisor.core.defaults import ADAM_FAMILY  # noqa: E402
 from bsadvisor.core.fileio import write_atomic  # noqa: E402
 from bsadvisor.runtime.batches import make_gather  # noqa: E402
 from bsadvisor.runtime.train import initial_state, train_plan  # noqa: E402
@@ -59,18 +60,21 @@ def _dot(a, b) -> float:
 
 
 def _hv(model, loss_fn, gather, idx, params, u, r):
-    """(∇L(θ + r·u) − ∇L(θ − r·u)) / 2r on the batch ``idx``: H·u at the scale r·|u|."""
-    with torch.no_grad():
-        for p, v in zip(params, u):
-            p.add_(v, alpha=r)
-    plus = _grad(model, loss_fn, gather, idx, params)
-    with torch.no_grad():
-        for p, v in zip(params, u):
-            p.add_(v, alpha=-2 * r)
-    minus = _grad(model, loss_fn, gather, idx, params)
-    with torch.no_grad():
-        for p, v in zip(params, u):
-            p.add_(v, alpha=r)
+    """(∇L(θ + r·u) − ∇L(θ − r·u)) / 2r on the batch ``idx``: H·u at the scale r·|u|. The weights are put back
+    exactly (a copy, not θ + r·u − r·u in floating point), so the run measured trains on unchanged."""
+    saved = [p.detach().clone() for p in params]
+    grads = []
+    try:
+        for sign in (1, -1):
+            with torch.no_grad():
+                for p, s, v in zip(params, saved, u):
+                    p.copy_(s + sign * r * v)
+            grads.append(_grad(model, loss_fn, gather, idx, params))
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    plus, minus = grads
     return [(a - b) / (2 * r) for a, b in zip(plus, minus)]
 
 
@@ -133,7 +137,7 @@ def measure(name: str, lr_times: float) -> dict:
 
     target.make_optimizer = capture
     gather = make_gather(target.train_dataset, target.collate_fn)
-    adam = target.optimizer in ("adam", "adamw")
+    adam = target.optimizer in ADAM_FAMILY
     beta = target.beta1 if adam else target.momentum
     points, seen = [], {"updates": 0, "samples": 0}
 

@@ -79,11 +79,10 @@ def load(name: str):
         import wave_cnn
 
         return wave_cnn.make_target()
-    if name in ("gauss", "gauss-b999"):  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
+    if name == "gauss":  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
         import gauss_mlp
 
-        target = gauss_mlp.make_target()
-        return _beta2(target, 0.999) if name == "gauss-b999" else target
+        return gauss_mlp.make_target()
     if name == "sorter-b95":
         return _beta2(load_target("builtin:sorter"), 0.95)
     if name == "sorter-long-b95":

@@ -92,3 +92,9 @@ if __name__ == "__main__":  # a torchrun worker: train, write this rank's log an
     with open(f"{out}/log{rank}.json", "w") as f:
         json.dump(log, f)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f"{out}/weights{rank}.pt")
+    # The Trainer leaves its gloo group open, and a finished rank's interpreter teardown intermittently aborts
+    # on it (SIGABRT, "terminate called without an active exception"; CI saw it): end as bsadvisor's CLI does.
+    from bsadvisor.runtime.distributed import exit_job
+
+    torch.distributed.barrier()
+    exit_job(0)

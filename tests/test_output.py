@@ -220,6 +220,25 @@ def test_export_help_puts_each_example_on_its_own_line():
         assert cmd in lines, r.stdout
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_command_help_fills_the_width_without_orphan_lines(width):
+    """A help paragraph wraps at the terminal's width only: no line ends where the next line's first word
+    still fit (what a docstring's own line breaks left behind at 80 columns, 'not used: it' alone)."""
+    import typer.main
+
+    from bsadvisor.cli.app import app
+
+    for name in typer.main.get_group(app).commands:
+        out = run_main([name, "--help"], cwd=ROOT, env=cli_env(COLUMNS=str(width))).stdout.splitlines()
+        usage = next(i for i, ln in enumerate(out) if ln.strip().startswith("Usage:"))
+        panel = next(i for i, ln in enumerate(out) if ln.startswith("╭"))
+        text = [ln.rstrip() for ln in out[usage + 1:panel]]
+        for line, nxt in zip(text, text[1:]):
+            if line.strip() and nxt.strip():
+                first = nxt.split()[0]
+                assert len(line) + 1 + len(first) > width - 1, f"{name} --help at {width}: {line!r} / {nxt!r}"
+
+
 def test_every_command_has_json():
     """README: every command has --json (demo may go without)."""
     import typer.main

@@ -84,10 +84,26 @@ def _command():
     """
     cmd = typer.main.get_command(app)
     for sub in getattr(cmd, "commands", {}).values():
+        sub.help = unwrap_paragraphs(sub.help)
         for param in sub.params:
             if param.param_type_name == "argument" and param.required and param.callback is None:
                 param.callback = _required
     return cmd
+
+
+def unwrap_paragraphs(text: Optional[str]) -> Optional[str]:
+    """A docstring's paragraphs each made one line, so the help fills the terminal's width at any width.
+
+    Typer's rich mode keeps the docstring's line breaks, so a source line longer than the terminal
+    wraps and leaves a short orphan line behind. A paragraph starting with ``\b`` keeps its breaks
+    (click's marker for preformatted text), and what follows ``\f`` (typer's cut) is left as it is.
+    """
+    if not text:
+        return text
+    shown, cut, rest = text.partition("\f")
+    paragraphs = [para if para.lstrip().startswith("\b") else " ".join(line.strip() for line in para.splitlines())
+                  for para in shown.split("\n\n")]
+    return "\n\n".join(paragraphs) + cut + rest
 
 
 def _required(ctx, param, value):

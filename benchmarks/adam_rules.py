@@ -136,7 +136,15 @@ def load_cache(where: "str | Path" = "", schema: str = "bsadvisor.adam_rules/1")
 
 
 def save_cache(cache: dict, path: "Path | None" = None) -> None:
+    """Write ``cache``, its runs merged over the file's: two processes (one per core) may add runs at once."""
     path = path if path is not None else cache_path(cache.get("variant", ""))
+    if path.is_file():
+        on_disk = json.loads(path.read_text())
+        cache["runs"] = {**on_disk.get("runs", {}), **cache["runs"]}
+        for model, noise in on_disk.get("noise", {}).items():  # in place: callers hold these dicts
+            mine = cache["noise"].setdefault(model, {})
+            for k, v in noise.items():
+                mine.setdefault(k, v)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
@@ -384,6 +392,11 @@ def train_seeds(name: str, config: str, plan, seeds: int, target, init, noise: d
     for seed in range(seeds):
         k = key(name, config, seed)
         if lookup(k) is not None:
+            cached = lookup(k)
+            if cached["updates"] != plan.updates or cached["batches"] != plan.stage_batch_sizes():
+                raise SystemExit(f"{k}: the cached run trained another plan ({cached['updates']} updates, batches "
+                                 f"{_batches(cached['batches'])}) than {config!r} makes now ({plan.updates}, "
+                                 f"{_batches(plan.stage_batch_sizes())}): give the new plan a config name of its own")
             continue
         copied = lookup(key(name, same, seed)) if same is not None else None
         if copied is not None:

@@ -113,14 +113,8 @@ def load_cache() -> dict:
 
 
 def save_cache(cache: dict) -> None:
-    """Write ``cache`` merged over what the file holds now: two processes (one per core) may add runs at once."""
-    on_disk = load_cache()
-    cache["vhat"] = {**on_disk.get("vhat", {}), **cache.get("vhat", {})}
-    cache["runs"] = {**on_disk["runs"], **cache["runs"]}
-    for model, noise in on_disk["noise"].items():  # in place: callers hold these dicts
-        mine = cache["noise"].setdefault(model, {})
-        for k, v in noise.items():
-            mine.setdefault(k, v)
+    """Write ``cache`` merged over what the file holds now (adam_rules.save_cache merges its runs and noise)."""
+    cache["vhat"] = {**load_cache().get("vhat", {}), **cache.get("vhat", {})}
     adam_rules.save_cache(cache, CACHE)
 
 
@@ -157,16 +151,19 @@ def measure_probe(target, warmup_steps=None) -> dict:
 
 
 ADVISE = "advise"
+#: What ``advise`` recommended before AdamW's growth limit (the full conversion), kept for the record.
+ADVISE_FULL = "advise-full"
 #: The cache's key of the scout (the probe after the recipe's warmup).
 SCOUT = "scout_after_warmup"
 
 
 def make_plan(target, config: str, noise: dict):
-    """``advise``: the plan ``bsadvisor.advise`` recommended with its defaults (cached); else adam_rules' config."""
-    if config == ADVISE:
+    """``advise``: the plan ``bsadvisor.advise`` recommends with its defaults (cached; ``advise-full``: what it
+    recommended before the growth limit); else adam_rules' config."""
+    if config in (ADVISE, ADVISE_FULL):
         from bsadvisor.core.plan import Plan
 
-        return Plan.from_dict(noise[ADVISE])
+        return Plan.from_dict(noise[config])
     return adam_rules.make_plan(target, config, noise)
 
 

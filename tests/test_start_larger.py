@@ -121,8 +121,13 @@ def test_advise_help_says_there_is_no_larger_start_by_default():
 
 def test_train_seeds_trains_what_is_missing_and_copies_an_identical_config(monkeypatch):
     """The benchmarks' one seed loop: a seed already stored is skipped, a config that trains exactly as another
-    copies that config's runs (marked same_as), the rest is trained, the original's seed 0 with the monitor."""
+    copies that config's runs (marked same_as), the rest is trained, the original's seed 0 with the monitor; a
+    stored run of another plan than the config makes now stops the loop instead of being read as this one's."""
+    from types import SimpleNamespace
+
     trained = []
+    P = SimpleNamespace(updates=10, stage_batch_sizes=lambda: [8])
+    Q = SimpleNamespace(updates=10, stage_batch_sizes=lambda: [8])
 
     def train_one(target, init, plan, seed, monitor):
         trained.append((plan, seed, monitor))
@@ -133,9 +138,13 @@ def test_train_seeds_trains_what_is_missing_and_copies_an_identical_config(monke
 
     monkeypatch.setattr(adam_rules, "train_one", train_one)
     runs, noise = {adam_rules.key("m", "original", 1): row(9.0)}, {}
-    adam_rules.train_seeds("m", "original", "P", 3, None, None, noise, None, runs.get, runs.__setitem__)
-    assert trained == [("P", 0, True), ("P", 2, False)] and noise == {"trace": [{"sample": 0}]}
-    adam_rules.train_seeds("m", "linear", "Q", 3, None, None, noise, "original", runs.get, runs.__setitem__)
+    adam_rules.train_seeds("m", "original", P, 3, None, None, noise, None, runs.get, runs.__setitem__)
+    assert trained == [(P, 0, True), (P, 2, False)] and noise == {"trace": [{"sample": 0}]}
+    adam_rules.train_seeds("m", "linear", Q, 3, None, None, noise, "original", runs.get, runs.__setitem__)
     assert len(trained) == 2  # nothing trained again
     assert [runs[adam_rules.key("m", "linear", s)] for s in range(3)] == [
         {**row(m), "same_as": "original"} for m in (0.0, 9.0, 2.0)]
+    changed = SimpleNamespace(updates=9, stage_batch_sizes=lambda: [8, 16])  # the library's plan moved on
+    with pytest.raises(SystemExit, match="the cached run trained another plan"):
+        adam_rules.train_seeds("m", "linear", changed, 3, None, None, noise, None, runs.get, runs.__setitem__)
+    assert len(trained) == 2

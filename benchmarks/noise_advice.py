@@ -221,12 +221,12 @@ def run_model(name: str, configs: list[str], seeds: int, cache: dict, shared: di
 
 
 # -- the report ----------------------------------------------------------------------------------------------
-def verdict_row(cache: dict, shared: dict, name: str, config: str):
+def verdict_row(cache: dict, shared: dict, name: str, config: str, reference: str = ORIGINAL):
     cand, ref = [], []
     seed = 0
     while True:
         c = cached_run(cache, shared, adam_rules.key(name, config, seed))
-        r = cached_run(cache, shared, adam_rules.key(name, ORIGINAL, seed))
+        r = cached_run(cache, shared, adam_rules.key(name, reference, seed))
         if c is None or r is None:
             break
         cand.append(c)
@@ -280,7 +280,8 @@ def _f(x, fmt=".2f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]) -> list[dict]:
+def print_table(cache: dict, shared: dict, models: list[str], configs: list[str],
+                reference: str = ORIGINAL) -> list[dict]:
     rows = []
     print("\n| model | plan | verdict (d̄ [90% interval], seeds) | fewer updates | B/B_simple start · late · max "
           "| B_simple growth | probe at init (old advise) | scout after warmup [90%] · final B / scout |")
@@ -289,7 +290,7 @@ def print_table(cache: dict, shared: dict, models: list[str], configs: list[str]
         noise = cache["noise"].get(m) or {}
         target = None
         for c in configs:
-            r = verdict_row(cache, shared, m, c)
+            r = verdict_row(cache, shared, m, c, reference)
             if r is None:
                 continue
             target = target or load(m)
@@ -315,6 +316,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-scout", action="store_true", help="skip the probes (init and after the warmup)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--reference", default=ORIGINAL, help="the config every verdict is against (default: the "
+                    "original; 'original*4': the original at LR × 4; 'linear+b2*4': one plan against another)")
     ap.add_argument("--vhat", action="store_true", help="Adam's v̂ at the end of the original and the default plan "
                     "(seed 0) instead of the table")
     args = ap.parse_args()
@@ -331,7 +334,7 @@ def main() -> int:
     if not args.table_only:
         for m in models:
             run_model(m, configs, args.seeds, cache, shared, scout=not args.no_scout)
-    print_table(cache, shared, models, configs)
+    print_table(cache, shared, models, configs, args.reference)
     print(f"\n(δ = 0.005 in the metric's units; B: the plan's batch at the monitor's samples; "
           f"{time.perf_counter() - started:.0f} s this call)")
     return 0

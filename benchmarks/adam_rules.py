@@ -393,7 +393,7 @@ def train_seeds(name: str, config: str, plan, seeds: int, target, init, noise: d
         k = key(name, config, seed)
         if lookup(k) is not None:
             cached = lookup(k)
-            if cached["updates"] != plan.updates or cached["batches"] != plan.stage_batch_sizes():
+            if cached["updates"] != plan.updates or _distinct(cached["batches"]) != _distinct(plan.stage_batch_sizes()):
                 raise SystemExit(f"{k}: the cached run trained another plan ({cached['updates']} updates, batches "
                                  f"{_batches(cached['batches'])}) than {config!r} makes now ({plan.updates}, "
                                  f"{_batches(plan.stage_batch_sizes())}): give the new plan a config name of its own")
@@ -409,6 +409,12 @@ def train_seeds(name: str, config: str, plan, seeds: int, target, init, noise: d
         store(k, row)
         print(f"  {name} {config:<16} seed {seed}: metric {row['metric']:.4f} updates {row['updates']} "
               f"wall {row['wall_s']:.1f}s batches {_batches(row['batches'])}", flush=True)
+
+
+def _distinct(batches: list[int]) -> list[int]:
+    """The batch sizes in order, a repeat of the one before left out (a copied run records the stages of the config
+    it copies: the original's [32] is a capped plan's [32, 32, 32])."""
+    return [b for i, b in enumerate(batches) if i == 0 or b != batches[i - 1]]
 
 
 # -- the report --------------------------------------------------------------------------------------------

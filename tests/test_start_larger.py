@@ -144,6 +144,8 @@ def test_train_seeds_trains_what_is_missing_and_copies_an_identical_config(monke
     assert len(trained) == 2  # nothing trained again
     assert [runs[adam_rules.key("m", "linear", s)] for s in range(3)] == [
         {**row(m), "same_as": "original"} for m in (0.0, 9.0, 2.0)]
+    split = SimpleNamespace(updates=10, stage_batch_sizes=lambda: [8, 8])  # the same batches, in two stages
+    adam_rules.train_seeds("m", "linear", split, 3, None, None, noise, None, runs.get, runs.__setitem__)
     changed = SimpleNamespace(updates=9, stage_batch_sizes=lambda: [8, 16])  # the library's plan moved on
     with pytest.raises(SystemExit, match="the cached run trained another plan"):
         adam_rules.train_seeds("m", "linear", changed, 3, None, None, noise, None, runs.get, runs.__setitem__)

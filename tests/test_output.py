@@ -212,6 +212,18 @@ def test_megatron_says_what_it_drops_and_who_reads_it(tmp_path):
     assert "cannot be expressed as Megatron-LM's linear --rampup-batch-size" in r.stderr
 
 
+def test_a_narrow_table_keeps_its_title_on_one_line():
+    """The curves' table is a few sparklines wide; its title ("curves: 10 point(s) over 1 epoch(s), ...") was
+    wrapped at the table's width, not the terminal's."""
+    from bsadvisor.cli.render import FitTable
+
+    title = "curves: 10 point(s) over 1 epoch(s), same samples in every run"
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(FitTable(title, [("run", "left"), ("metric", "left")], [["plan", "▁▄▆███████"]]))
+    lines = console.file.getvalue().splitlines()
+    assert lines[0].rstrip() == title and "plan" in lines[-1]
+
+
 def test_export_help_puts_each_example_on_its_own_line():
     r = run_main(["export", "--help"], cwd=ROOT, env=cli_env(COLUMNS="100"))
     lines = [ln.strip() for ln in r.stdout.splitlines()]

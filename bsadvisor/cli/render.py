@@ -57,7 +57,7 @@ class FitTable:
     caption: list[str] = field(default_factory=list)  # printed under the table either way
 
     def _table(self, widths: list[int]) -> Table:
-        t = Table(title=Text(self.title, style="bold"), title_justify="left", box=box.SIMPLE,
+        t = Table(box=box.SIMPLE,
                   show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), show_footer=self.footer is not None,
                   header_style="bold")
         for (header, justify), w, foot in zip(self.columns, widths, self.footer or [""] * len(widths)):
@@ -91,10 +91,12 @@ class FitTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         widths = self.widths(options.max_width, console, options)
+        # the title on its own line, wrapped at the console's width: as the table's title, rich wraps it at the
+        # table's width, and a narrow table (the curves' sparklines) broke a short title over two lines
+        yield Text(self.title, style="bold")
         if widths is not None:
             yield self._table(widths)
         else:  # one line per row (wrapped at spaces, never inside a figure): a pipe of 80 columns stays short
-            yield Text(self.title, style="bold")
             headers = [h for h, _ in self.columns]
             for row in self.rows + ([self.footer] if self.footer else []):
                 head = row[0] if row is self.footer else f"{headers[0]} {row[0]}"

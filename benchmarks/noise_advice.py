@@ -18,7 +18,8 @@ upper bound "≤" where only lower bounds of B_simple were measured there) and i
 
 Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter`` (AdamW, own recipe),
 ``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
-MultiStepLR at epochs 3, 6 and 8, γ = 0.2). The Adam-rule study (``--models`` below, ``--configs
+MultiStepLR at epochs 3, 6 and 8, γ = 0.2); with ``--models``, also the three AdamW models written as a new user
+would (``gauss``: benchmarks/gauss_mlp.py, ``wave``: wave_cnn.py, ``tagger``: tagger_gru.py). The Adam-rule study (``--models`` below, ``--configs
 linear,sqrt,seesaw``) adds the sorter with β2 = 0.95
 (``sorter-b95``), a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data) and
 a mixer1d run of 3,000 updates with β2 = 0.95 (``mixer1d-long-b95``: three epochs), the optimizer overridden
@@ -79,6 +80,10 @@ def load(name: str):
         import wave_cnn
 
         return wave_cnn.make_target()
+    if name == "tagger":  # a third, written after the default was chosen (benchmarks/tagger_gru.py)
+        import tagger_gru
+
+        return tagger_gru.make_target()
     if name == "gauss":  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
         import gauss_mlp
 

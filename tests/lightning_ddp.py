@@ -25,3 +25,9 @@ if __name__ == "__main__":
                                                       "epoch_batches": module.epoch_batches}))
     if rank == 0:
         torch.save(module.net.state_dict(), out / "weights.pt")
+    # Lightning leaves its gloo group open; a finished rank's interpreter teardown can abort on it (SIGABRT,
+    # "terminate called without an active exception", as the Trainer's torchrun test saw in CI): end as the CLI does.
+    from bsadvisor.runtime.distributed import exit_job
+
+    torch.distributed.barrier()
+    exit_job(0)

@@ -23,8 +23,8 @@ Configs (``RULE[+sde][+capK][+bK][+sfX][+xKlr][@trace][*K]``):
   there), ``+xKsqrt`` its batches with the LR × √K (Merrill et al.'s √2 per doubling), ``+sKlr`` / ``+sKsqrt``
   the batch K·B0 only where the plan's is below it (LR × K·B0/B or × √(K·B0/B)); ``original*K`` their control,
   the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
-- a growth limit (docs/results.md "Growth to 2 × B0 for Adam"): ``+bK`` the batch capped at K·B0 (the hybrid:
-  the LR carries the rest; ``linear+b2`` is AdamW's default, ``--max-growth 2``), ``+sfX`` the staircase's
+- a growth limit (docs/results.md "Growth to 2 × B0 for Adam"): ``+bK`` is ``--max-growth K``, the batch at most
+  K·B0 (the hybrid: the LR carries the rest; ``linear+b2`` is AdamW's default), ``+sfX`` the staircase's
   stage factor X, ``+tF`` the last fraction F of the samples at the original's LR (the batch kept). Every other
   config is its rule's full conversion (``max_growth=0``), as every cached run was.
 
@@ -179,7 +179,7 @@ def parse_config(config: str) -> dict:
             out["tail"] = float(flag[1:])
         elif re.fullmatch(r"sf\d+(?:\.\d+)?", flag):  # the staircase's stage factor (1: follow the target)
             out["stage_factor"] = float(flag[2:])
-        elif re.fullmatch(r"b\d+(?:\.\d+)?", flag):  # the batch capped at K·B0 (hybrid: the LR decays past it)
+        elif re.fullmatch(r"b\d+(?:\.\d+)?", flag):  # --max-growth K: the batch at most K·B0, the LR the rest
             out["batch_cap"] = float(flag[1:])
         elif START.fullmatch(flag):
             how, k, lr_rule = START.fullmatch(flag).groups()
@@ -208,12 +208,10 @@ def make_plan(target, config: str, noise: dict):
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
     how, k, lr_rule = c["start"] or ("", None, "lr")
-    # max_growth 0: each rule's full conversion, what the cached runs of every config trained (AdamW's default
-    # now stops at 2 × B0: that is ``+b2``, the batch capped at 2·B0)
-    plan = recommend(options_for_target(target).options, max_growth=0, adam_rule=c["rule"], adam_sde=c["sde"],
-                     noise_trace=model,
-                     noise_cap=c["cap"], increase_lr=k if how == "x" else None,
-                     **({"max_batch": round(c["batch_cap"] * target.batch_size)} if c["batch_cap"] else {}),
+    # without +bK, max_growth 0: each rule's full conversion, what the cached runs of every plain config trained
+    # (AdamW's default now stops at 2 × B0: that is ``+b2``, the library's own --max-growth 2)
+    plan = recommend(options_for_target(target).options, max_growth=c["batch_cap"] or 0, adam_rule=c["rule"],
+                     adam_sde=c["sde"], noise_trace=model, noise_cap=c["cap"], increase_lr=k if how == "x" else None,
                      **({"stage_factor": c["stage_factor"]} if c["stage_factor"] else {}))
     if c["tail"]:
         plan = anneal_tail(plan, c["tail"])
@@ -391,8 +389,8 @@ def train_seeds(name: str, config: str, plan, seeds: int, target, init, noise: d
     exactly as ``same`` (same_training) copies that config's runs instead."""
     for seed in range(seeds):
         k = key(name, config, seed)
-        if lookup(k) is not None:
-            cached = lookup(k)
+        cached = lookup(k)
+        if cached is not None:
             if cached["updates"] != plan.updates or _distinct(cached["batches"]) != _distinct(plan.stage_batch_sizes()):
                 raise SystemExit(f"{k}: the cached run trained another plan ({cached['updates']} updates, batches "
                                  f"{_batches(cached['batches'])}) than {config!r} makes now ({plan.updates}, "

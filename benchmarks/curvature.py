@@ -42,14 +42,6 @@ FRACTIONS = (0.1, 0.25, 0.5, 0.75, 0.95)
 PAIRS = 6
 
 
-def load(name: str):
-    if name == "gauss":
-        import gauss_mlp
-
-        return gauss_mlp.make_target()
-    return noise_advice.load(name)
-
-
 def _grad(model, loss_fn, gather, idx, params):
     loss = loss_fn(model, gather(idx))
     return torch.autograd.grad(loss, params)
@@ -122,7 +114,7 @@ def curvature(model, optimizer, loss_fn, gather, n: int, b0: int, step_lr: float
 
 
 def measure(name: str, lr_times: float) -> dict:
-    target = load(name)
+    target = noise_advice.load(name)
     init = initial_state(target.model)
     original = adam_rules.lr_times(adam_rules.make_plan(target, adam_rules.ORIGINAL, {}), lr_times)
     linear = adam_rules.lr_times(adam_rules.make_plan(target, "linear", {}), lr_times)

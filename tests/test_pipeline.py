@@ -188,13 +188,17 @@ def test_advise_grows_an_adam_runs_batch_to_twice_b0_by_default(fake_probe):
     assert max(s["batch_size"] for s in free["plan"]["stages"]) > 64
 
 
+#: AdamW with the LR stepped down × 0.2 at epochs 2 and 4: the growth limit's closed-form case.
+ADAMW_STEPS = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
+                   schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")
+
+
 def test_growth_limit_is_the_hybrid_in_closed_form():
     """AdamW, MultiStepLR γ 0.2 at epochs 2 and 4, the paper's proportional rule (B = B0/ρ, the LR × B/B0 past
     the cap): the original trains (32, 1e-3), (32, 2e-4), (32, 4e-5). Growth to 2 × B0 gives (64, 4e-4) and
     (64, 8e-5): the batch stops at 64 and each stage's LR is the original's × 2, so ε/B is the original's.
     Without the limit the second stage is the full conversion (160, 1e-3). SGD has no limit by default."""
-    common = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
-                  schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")
+    common = ADAMW_STEPS
     mid = [32000 * e + 16000 for e in (1, 3, 5)]  # inside each LR step of the original
 
     def settings(plan):
@@ -216,8 +220,7 @@ def test_growth_limit_is_the_hybrid_in_closed_form():
 def test_a_plan_file_from_before_the_growth_limit_reconverts_unlimited():
     """A plan whose inputs lack max_growth was made without a growth limit: read back, its options say 0 (no
     limit) and converting them again gives the same stages; a plan made today records its limit."""
-    common = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
-                  schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")
+    common = ADAMW_STEPS
     free = recommend({**common, "max_growth": 0})
     doc = free.to_dict()
     del doc["inputs"]["max_growth"]

@@ -101,13 +101,6 @@ def advise_cmd(
     _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
 
 
-def _print_original_recommended(plan, out) -> None:
-    """The recommendation when the batch is kept: the original schedule, and where --out wrote it."""
-    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
-                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
-                  soft_wrap=True)
-
-
 def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
     """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
     recommended; say why and what next."""
@@ -123,7 +116,9 @@ def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
         f"updates (McCandlish et al.): --noise-cap {keep.noise_cap:g} rules out growth past "
         f"{keep.noise_cap:g}× the noise scale."),
         soft_wrap=True)
-    _print_original_recommended(plan, out)
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
     console.print(Text("The noise scale usually grows as training goes on: record it through a run with "
                        f"`bsadvisor validate {target} ... --out runs/v`, then re-plan with "
                        "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)

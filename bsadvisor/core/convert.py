@@ -237,7 +237,7 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
         while top * k <= cap:
             top *= k
         cap = max(top, b0)
-    b_base = base.batch  # b_start above: b_base may be inf
+    b_base = base.batch  # may be inf (b_start, above, is bounded)
     if cap < b_start:
         if base.variant:
             warnings.append(f"the variant's starting batch {b_start} exceeds the cap {cap}: it starts at the cap "

@@ -22,8 +22,8 @@ from bsadvisor.core.baseline import baseline_of
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
-from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice,
-                                    annotate, keep_batch_advice, resolve, start_batch_advice)
+from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice, annotate, keep_batch_advice, resolve,
+                                    start_batch_advice)
 from bsadvisor.core.remarks import BATCHNORM_NOTE, batchnorm_text
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -78,7 +78,7 @@ class Recommendation:
     """What advise recommends: ``plan`` to follow, and why.
 
     ``plan`` is the batch-growth plan, or with ``keep_batch`` (a --noise-cap K asked for, and B0 already past
-    K × the noise scale where the decay begins, core.predict.keep_batch_advice) the original schedule
+    K × the noise scale where the decay begins; core.predict.keep_batch_advice) the original schedule
     unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
     (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
     """

@@ -24,9 +24,10 @@ Configs (``RULE[+sde][+capK][+bK][+sfX][+xKlr][@trace][*K]``):
   the batch K·B0 only where the plan's is below it (LR × K·B0/B or × √(K·B0/B)); ``original*K`` their control,
   the original at B0 with its LR × K. ``--reference original*K`` takes every verdict against that control.
 - a growth limit (docs/results.md "Growth to 2 × B0 for Adam"): ``+bK`` is ``--max-growth K``, the batch at most
-  K·B0 (the hybrid: the LR carries the rest; ``linear+b2`` is AdamW's default), ``+sfX`` the staircase's
-  stage factor X, ``+tF`` the last fraction F of the samples at the original's LR (the batch kept). Every other
-  config is its rule's full conversion (``max_growth=0``), as every cached run was.
+  K·B0 (the hybrid: the LR carries the rest) with the staircase of ratio 1.25 its cached runs trained, ``+sfX``
+  the staircase's stage factor X instead (AdamW's default is ``linear+b2+sf1.05``), ``+tF`` the last fraction
+  F of the samples at the original's LR (the batch kept). Every other config is its rule's full conversion
+  (``max_growth=0``), as every cached run was.
 
 Every plan is made by the library (``options_for_target`` and ``recommend``, as the CLI makes it) and trained by
 ``train_plan`` from the target's initial weights; seed s fixes the data order of both the
@@ -136,17 +137,23 @@ def load_cache(where: "str | Path" = "", schema: str = "bsadvisor.adam_rules/1")
 
 
 def save_cache(cache: dict, path: "Path | None" = None) -> None:
-    """Write ``cache``, its runs merged over the file's: two processes (one per core) may add runs at once."""
+    """Write ``cache``, its runs merged over the file's: two processes (one per core) may add runs at once, so
+    the read, the merge and the write hold a lock (without it a run one process saved between the other's read
+    and write was lost)."""
+    import fcntl
+
     path = path if path is not None else cache_path(cache.get("variant", ""))
-    if path.is_file():
-        on_disk = json.loads(path.read_text())
-        cache["runs"] = {**on_disk.get("runs", {}), **cache["runs"]}
-        for model, noise in on_disk.get("noise", {}).items():  # in place: callers hold these dicts
-            mine = cache["noise"].setdefault(model, {})
-            for k, v in noise.items():
-                mine.setdefault(k, v)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            on_disk = json.loads(path.read_text())
+            cache["runs"] = {**on_disk.get("runs", {}), **cache["runs"]}
+            for model, noise in on_disk.get("noise", {}).items():  # in place: callers hold these dicts
+                mine = cache["noise"].setdefault(model, {})
+                for k, v in noise.items():
+                    mine.setdefault(k, v)
+        write_atomic(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
 
 
 def key(model: str, config: str, seed: int) -> str:
@@ -157,6 +164,9 @@ def key(model: str, config: str, seed: int) -> str:
 #: A larger start: ``+xKlr`` batch and LR × K (§5.2, ``increase_lr``: the whole converted plan from a
 #: K× start), ``+xKsqrt`` the same batches with the LR × √K; ``+sKlr`` / ``+sKsqrt`` only where the plan's batch is
 #: below K·B0: the batch K·B0 there with the LR × (K·B0/B) / × √(K·B0/B), the rest of the plan unchanged.
+#: The staircase ratio of a schedule read per step before AdamW's finer default under its growth limit: what
+#: every cached ``+bK`` run without ``+sfX`` trained.
+STAIRCASE_RATIO = 1.25
 START = re.compile(r"([xs])(\d+(?:\.\d+)?)(lr|sqrt)")
 
 
@@ -210,9 +220,12 @@ def make_plan(target, config: str, noise: dict):
     how, k, lr_rule = c["start"] or ("", None, "lr")
     # without +bK, max_growth 0: each rule's full conversion, what the cached runs of every plain config trained
     # (AdamW's default now stops at 2 × B0: that is ``+b2``, the library's own --max-growth 2)
+    # +bK without +sfX keeps the staircase of ratio 1.25 its cached runs trained (AdamW's default under the growth
+    # limit is now 1.05: that is ``+b2+sf1.05``)
+    stage_factor = c["stage_factor"] or (STAIRCASE_RATIO if c["batch_cap"] else None)
     plan = recommend(options_for_target(target).options, max_growth=c["batch_cap"] or 0, adam_rule=c["rule"],
                      adam_sde=c["sde"], noise_trace=model, noise_cap=c["cap"], increase_lr=k if how == "x" else None,
-                     **({"stage_factor": c["stage_factor"]} if c["stage_factor"] else {}))
+                     **({"stage_factor": stage_factor} if stage_factor else {}))
     if c["tail"]:
         plan = anneal_tail(plan, c["tail"])
     if how == "s":

@@ -19,7 +19,8 @@ upper bound "≤" where only lower bounds of B_simple were measured there) and i
 Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter`` (AdamW, own recipe),
 ``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
 MultiStepLR at epochs 3, 6 and 8, γ = 0.2); with ``--models``, also the three AdamW models written as a new user
-would (``gauss``: benchmarks/gauss_mlp.py, ``wave``: wave_cnn.py, ``tagger``: tagger_gru.py). The Adam-rule study (``--models`` below, ``--configs
+would (``gauss``: benchmarks/gauss_mlp.py, ``wave``: wave_cnn.py, ``tagger``: tagger_gru.py, ``fourier``:
+fourier_mlp.py). The Adam-rule study (``--models`` below, ``--configs
 linear,sqrt,seesaw``) adds the sorter with β2 = 0.95
 (``sorter-b95``), a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data) and
 a mixer1d run of 3,000 updates with β2 = 0.95 (``mixer1d-long-b95``: three epochs), the optimizer overridden
@@ -84,6 +85,10 @@ def load(name: str):
         import tagger_gru
 
         return tagger_gru.make_target()
+    if name == "fourier":  # a fourth, written after the finer staircase was chosen (benchmarks/fourier_mlp.py)
+        import fourier_mlp
+
+        return fourier_mlp.make_target()
     if name == "gauss":  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
         import gauss_mlp
 
@@ -158,14 +163,18 @@ def measure_probe(target, warmup_steps=None) -> dict:
 ADVISE = "advise"
 #: What ``advise`` recommended before AdamW's growth limit (the full conversion), kept for the record.
 ADVISE_FULL = "advise-full"
+#: What it recommended with AdamW's growth limit and the staircase of ratio 1.25, before the ratio 1.05 under that
+#: limit (its runs are ``linear+b2``'s), kept for the record.
+ADVISE_B2 = "advise-b2"
 #: The cache's key of the scout (the probe after the recipe's warmup).
 SCOUT = "scout_after_warmup"
 
 
 def make_plan(target, config: str, noise: dict):
     """``advise``: the plan ``bsadvisor.advise`` recommends with its defaults (cached; ``advise-full``: what it
-    recommended before the growth limit); else adam_rules' config."""
-    if config in (ADVISE, ADVISE_FULL):
+    recommended before the growth limit, ``advise-b2`` before the finer staircase under it); else adam_rules'
+    config."""
+    if config in (ADVISE, ADVISE_FULL, ADVISE_B2):
         from bsadvisor.core.plan import Plan
 
         return Plan.from_dict(noise[config])

@@ -128,6 +128,32 @@ def test_per_step_cosine_over_epochs_follows_torch_at_every_step():
         assert math.isclose(stage.lr_scale, (n / b0 - 1) / (n / b - 1), rel_tol=1e-12)
 
 
+def test_adamw_default_staircase_follows_its_target_within_five_percent_up_to_twice_b0():
+    """AdamW's default under its growth limit (2 × B0): a batch stage per 5 % of growth of the linear rule's target
+    B0·ε_peak/ε(s), read from torch's own warmup + cosine at every update of the plan. The batch never passes the
+    target (by more than the rounding to an integer) nor 2 × B0, trails it by less than 5 % until 2 × B0 / 1.05, and
+    the LR is the original's × B/B0 (the temperature kept). The 1.25 staircase of SGD and of the unlimited
+    conversion trains more updates over the same samples."""
+    b0, peak = 500, 6e-4
+    common = {**LLM, "max_growth": None}
+    plan = convert_schedule(**common)
+    assert plan.inputs["stage_factor"] == 1.05 and plan.options.growth_limit == 2.0
+    ref = torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.LinearLR(o, start_factor=0.01, total_iters=2000),
+            torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=18000, eta_min=6e-5)], milestones=[2000]), peak, 20000)
+    for s, b in plan_updates(plan):
+        original_lr = ref[s // b0]
+        target = b0 * peak / original_lr if s >= 2000 * b0 else b0  # the warmup stays at B0
+        assert b <= 2 * b0 and b - 0.5 <= target, (s, b, target)
+        if b < 2 * b0 / 1.05:
+            assert target <= 1.05 * (b + 0.5), (s, b, target)
+        assert math.isclose(plan.at_sample(s).lr, b / b0 * original_lr, rel_tol=1e-9)
+    coarse = convert_schedule(**common, stage_factor=1.25)
+    assert coarse.updates > plan.updates and len(set(coarse.stage_batch_sizes())) < len(set(plan.stage_batch_sizes()))
+    assert convert_schedule(**{**common, "max_growth": 0}).inputs["stage_factor"] == 1.25
+    assert convert_schedule(**{**common, "optimizer": "sgd", "momentum": 0.9}).inputs["stage_factor"] == 1.25
+
+
 def test_baseline_steps_like_torch_per_update():
     plan = baseline_plan(**LLM)
     ref = torch_lrs(llm_torch, 6e-4, 20_000)

@@ -94,8 +94,8 @@ class ConvertOptions(OptionObject):
         groups=("advise", "validate"))
     max_growth: Optional[float] = option(
         None, S.Num(low=0), "Grow the batch to at most K × B0, then decay the LR for the rest (the paper's hybrid); "
-        "0: no limit. For Adam/AdamW the full conversion lost about 0.012 at a tuned LR and growth to 2 × B0 "
-        "0.001-0.006 (docs/results.md).", shown="2 for Adam/AdamW, none for SGD", groups=("advise", "validate"))
+        "0: no limit. For Adam/AdamW the full conversion lost about 0.012 at a tuned LR; growth to 2 × B0 lost less "
+        "but was rejected on two of eight models there (docs/results.md).", shown="2 for Adam/AdamW, none for SGD", groups=("advise", "validate"))
     max_fraction: float = option(
         DEFAULTS["max_fraction"], S.Num(low=0, high=1, low_open=True),
         "Never grow past this fraction of N (the paper stopped near N/10).", groups=("advise", "validate"))
@@ -111,7 +111,8 @@ class ConvertOptions(OptionObject):
                                        groups=("advise", "validate"))
     stage_factor: Optional[float] = option(
         None, S.Num(low=1), "New batch only when the target grew by this factor (the LR carries the rest). "
-        "\\[default: 1 for step schedules; for smooth ones 2 read per epoch, 1.25 read per step]",
+        "\\[default: 1 for step schedules; for smooth ones 2 read per epoch, 1.25 read per step, 1.05 for Adam/AdamW "
+        "under their growth limit]",
         groups=("advise", "validate"))
     increase_lr: Optional[float] = option(
         None, S.Num(low=1), "Paper §5.2 variant: start at K·ε0 and the batch that keeps g0 (K× fewer updates).",
@@ -121,8 +122,8 @@ class ConvertOptions(OptionObject):
     adam_rule: str = option(
         DEFAULTS["adam_rule"], S.Str(choices=ADAM_RULES),
         "Adam family: linear (batch × α for an LR decay by α; it held at the benchmark recipes' LRs; at a tuned "
-        "LR the full conversion lost about 0.012 on the language models, growth to 2 × B0 0.001-0.006, and every "
-        "other rule lost more: docs/results.md), "
+        "LR the full conversion lost about 0.012 on the language models, growth to 2 × B0 less (rejected on two of "
+        "eight models), and every other rule more: docs/results.md), "
         "sqrt (× α², Malladi et al.), seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise "
         "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
     total_samples: Optional[int] = option(

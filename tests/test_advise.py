@@ -171,7 +171,7 @@ def test_noise_cap_follows_the_temperature_under_adam(tmp_path):
     for s in plan.stages:
         rho = 0.2 ** sum(s.start_sample >= m * N for m in (3, 6, 8))
         cap = 2 * 100.0 * t_adam(LR, B0) / t_adam(LR * rho, B0)
-        assert s.batch_size <= cap
+        assert s.batch_size <= cap * (1 + 1e-9)  # a cap of exactly 5,000 is 4,999.999… in floats: 5,000 fits
         # the cap, the efficiency and the warning read the same B_noise (eq. 16)
         assert s.extra["efficiency"] == pytest.approx(1 / (1 + s.batch_size / s.extra["b_noise"]), rel=1e-12)
     assert any(s.phase == "hybrid" for s in plan.stages) and plan.stages[0].phase != "hybrid"

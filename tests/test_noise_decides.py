@@ -69,3 +69,74 @@ def test_by_default_the_noise_scale_caps_and_vetoes_nothing_and_says_so():
     asked = Recommendation.from_options(OPTIONS, noise_trace=truth_trace(), noise_cap=4)
     assert asked.recommendation == "original" and asked.keep_batch["b_noise"] == pytest.approx(D + 1)
     assert keep_batch_advice(free, truth_trace()) is None  # no cap in the plan: no veto
+
+
+# -- the capped plan in training: resumed bit for bit, and a cap that never binds trains as no cap ------------------
+#: A small run of the same regression (d = 7, noise-free labels), SGD with momentum, MultiStepLR γ 0.2 at epochs 1-3.
+SMALL = dict(lr=0.02, batch_size=8, dataset_size=8192, momentum=0.9, epochs=4, max_fraction=1.0,
+             schedule="MultiStepLR(milestones=[1,2,3], gamma=0.2)")
+
+
+def small_truth_trace() -> NoiseModel:
+    """B_simple = d + 1 at every point of the small run's original (eq. 13 without label noise), read at the first
+    and the last sample of each of its LR steps (so B·T, interpolated between points, is exact everywhere)."""
+    rows = [{"sample": s, "b_simple": D + 1.0, "ci90": [D + 1.0, D + 1.0], "ci_kind": "bounded",
+             "lr": 0.02 * 0.2 ** epoch, "momentum": 0.9, "batch_size": 8}
+            for epoch in range(4) for s in (epoch * 8192, epoch * 8192 + 8191)]
+    return NoiseModel.from_trace(rows)
+
+
+def regression_target():
+    import torch
+    from torch import nn
+
+    import bsadvisor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8192, D, generator=g)
+    y = x @ torch.randn(D, generator=g)
+    torch.manual_seed(0)
+    return bsadvisor.Target(model=nn.Linear(D, 1, bias=False), train_dataset=torch.utils.data.TensorDataset(x, y),
+                            loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]),
+                            batch_size=8, lr=0.02, momentum=0.9, name="regression")
+
+
+def test_a_capped_run_resumes_bit_identically_and_an_unbinding_cap_trains_as_no_cap(tmp_path):
+    import torch
+
+    from bsadvisor.runtime.train import initial_state, train_plan
+
+    free = plan_from_options(**SMALL)
+    capped = plan_from_options(**SMALL, noise_trace=small_truth_trace(), noise_cap=3)  # 3 × 8 = 24
+    loose = plan_from_options(**SMALL, noise_trace=small_truth_trace(), noise_cap=500)  # 4,000: never binds
+    assert max(capped.stage_batch_sizes()) == 24 < max(free.stage_batch_sizes()) < 500 * (D + 1)
+    target = regression_target()
+    init = initial_state(target.model)
+
+    def weights():
+        return [p.detach().clone() for p in target.model.parameters()]
+
+    capped_run = train_plan(target, capped, seed=1, init_state=init)
+    whole = weights()
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    with pytest.raises(Stop):  # stopped after its first epoch, then resumed from the checkpoint
+        train_plan(target, capped, seed=1, init_state=init, checkpoint=tmp_path / "c.pt", on_epoch=stop)
+    resumed = train_plan(target, capped, seed=1, init_state=init, checkpoint=tmp_path / "c.pt", resume=True)
+    assert resumed.resumed_from == 1
+    assert all(torch.equal(a, b) for a, b in zip(whole, weights()))
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in capped_run.history]
+
+    free_run = train_plan(target, free, seed=1, init_state=init)
+    unlimited = weights()
+    loose_run = train_plan(target, loose, seed=1, init_state=init)
+    assert all(torch.equal(a, b) for a, b in zip(unlimited, weights()))
+    assert [r["train_loss"] for r in loose_run.history] == [r["train_loss"] for r in free_run.history]
+    # the cap that binds trains otherwise (both end at w*, noise-free: the losses on the way differ)
+    assert [r["train_loss"] for r in capped_run.history][1:] != [r["train_loss"] for r in free_run.history][1:]
+    assert capped_run.final["updates"] == capped.updates > free_run.final["updates"] == free.updates

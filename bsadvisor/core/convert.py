@@ -39,7 +39,7 @@ from bsadvisor.core.errors import UserError
 from bsadvisor.core.options import ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.remarks import CAP_WORDS, remarks
-from bsadvisor.core.rounding import Rounding
+from bsadvisor.core.rounding import EPS, Rounding
 from bsadvisor.core.spans import Original, Piece, merge, read_original
 from bsadvisor.core.staircase import RISE_TOLERANCE, Staircase, fit_stages, without_idle_stages
 from bsadvisor.core.temperature import TemperatureModel
@@ -212,7 +212,13 @@ def _piece_caps(noise_caps: Optional[list[float]], cap: int, rounding: Rounding)
     """Each piece's cap for the staircase: the noise-scale cap (rounded down to an allowed batch) under the plan's."""
     if noise_caps is None:
         return None
-    return [min(cap, rounding.floor(max(1, math.floor(c)))) for c in noise_caps]
+    return [min(cap, rounding.floor(_whole_cap(c))) for c in noise_caps]
+
+
+def _whole_cap(c: float) -> int:
+    """A noise cap in whole examples: rounded down, but not below a whole number it misses by a float's error
+    (3 × B_noise 8 comes out of exp and log as 23.999…, and is 24)."""
+    return max(1, math.floor(c * (1 + EPS)))
 
 
 def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: list[str],
@@ -232,7 +238,7 @@ def _cap(options: ConvertOptions, rounding: Rounding, base: _Base, warnings: lis
     if options.growth_limit is not None:  # the hybrid: the plan's LR at most K × the original's (linear rule)
         limits["growth"] = max(b_start, math.floor(min(options.growth_limit * b_start, float(options.run_samples))))
     if noise_caps is not None:
-        limits["noise_scale"] = max(1, math.floor(noise_caps[-1]))
+        limits["noise_scale"] = _whole_cap(noise_caps[-1])
     if not limits:  # a single pass with no device or noise cap: at least 100 updates in the run
         limits["run_length"] = max(1, options.run_samples // 100)
         warnings.append(f"no cap on the batch (single pass, no --max-batch, no probe): capped at 1% of the run, "

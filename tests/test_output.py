@@ -285,6 +285,25 @@ def test_replan_command_gives_the_same_plan(tmp_path):
         assert save[save.index(flag) + 1] == value
 
 
+
+def test_a_flag_option_is_printed_as_a_flag_and_the_replan_command_runs(tmp_path):
+    """--adam-sde given: the printed commands carry the flag alone (``--adam-sde True`` is refused by the CLI)."""
+    probe_path = tmp_path / "probe.json"
+    probe_path.write_text(json.dumps(probe_doc()))
+    options = {k: None for k in cmd_advise.CONVERT_OPTIONS}
+    options.update(epochs=10, schedule=SCHEDULE, optimizer="adamw", adam_sde=True, streaming=False)
+    want = plan_from_options(probe=ProbeResult.from_dict(probe_doc()), **options)
+    cmds = dict(next_commands("t.py:make", Path("plan.json"), None, probe_path, options, cmd_advise.PROBE_DEFAULTS))
+    save, replan = shlex.split(cmds["save the plan"]), shlex.split(cmds["re-plan offline"])
+    for argv in (save, replan):
+        i = argv.index("--adam-sde")
+        assert i == len(argv) - 1 or argv[i + 1].startswith("--")
+        assert "--streaming" not in argv  # false: not given
+    r = run_main(replan[1:] + ["--json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = Plan.from_dict(json.loads(r.stdout))
+    assert got.stages == want.stages and got.options.adam_sde
+
 HELPER = "from bsadvisor.targets.builtins import linreg\n\ndef make():\n    return linreg(size=2048)\n"
 TARGET = "from helper import make\n\ndef make_target():\n    t = make()\n    t.name = 'markup [/x] target'\n    return t\n"
 

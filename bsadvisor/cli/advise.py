@@ -200,11 +200,13 @@ def _arg(value) -> str:
 
 
 def command_line(*words: str, options: dict) -> str:
-    """A shell command: ``words`` then ``--option value`` for every option that is not None, quoted."""
+    """A shell command: ``words`` then ``--option value`` for every option that is not None (a flag alone when
+    true: ``--adam-sde``, nothing when false), quoted."""
     argv = list(words)
     for name, value in options.items():
-        if value is not None:
-            argv += ["--" + name.replace("_", "-"), _arg(value)]
+        if value is None or value is False:
+            continue
+        argv += ["--" + name.replace("_", "-")] + ([] if value is True else [_arg(value)])
     return " ".join(shlex.quote(a) for a in argv)
 
 

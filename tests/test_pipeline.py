@@ -188,6 +188,35 @@ def test_advise_grows_an_adam_runs_batch_to_twice_b0_by_default(fake_probe):
     assert max(s["batch_size"] for s in free["plan"]["stages"]) > 64
 
 
+def test_a_tuned_lr_keeps_an_adam_runs_batch_and_changes_nothing_for_sgd(fake_probe, tmp_path):
+    """--tuned-lr: for AdamW the original schedule is recommended, with why and the plan it would have trained
+    (docs/results.md: at a tuned LR growth to 2 × B0 was rejected on two of eight models); the plan file written
+    is the original's, update by update. For SGD the plan is the same as without it, and a note says so."""
+    fake_probe.set(probe_doc(400.0, n=16384, b0=32, lr=0.002, momentum=0.9))
+    base = ["advise", "builtin:charlm", "--device", "cpu", "--budget-seconds", "2"]
+    grown, kept = printed(base + ["--json"]), printed(base + ["--json", "--tuned-lr"])
+    original = math.ceil(16384 / 32)
+    assert kept["recommendation"] == "original" and kept["keep_batch"]["reason"] == "tuned_lr"
+    assert kept["keep_batch"]["plan_updates"] == grown["plan"]["plan"]["updates"] < original
+    assert kept["keep_batch"]["original_updates"] == kept["plan"]["plan"]["updates"] == original
+    assert {s["batch_size"] for s in kept["plan"]["stages"]} == {32}
+    text = run_main(base + ["--tuned-lr", "--out", str(tmp_path / "plan.json")])
+    assert text.returncode == 0, text.stderr
+    words = " ".join(text.stdout.split())
+    assert "Keep the batch: your LR is tuned (--tuned-lr)" in words and "REJECTED on two of the eight" in words
+    assert f"Recommended: your original schedule, unchanged ({original:,} updates)" in words
+    assert bsadvisor.Plan.load(tmp_path / "plan.json").stage_batch_sizes() == [32]
+
+    fake_probe.set(probe_doc(400.0, n=32000, b0=32, lr=0.1, momentum=0.9))
+    sgd = ["advise", "builtin:mnist1d-mlp", "--device", "cpu", "--budget-seconds", "2", "--json", "--epochs", "10",
+           "--schedule", "MultiStepLR(milestones=[3, 6, 8], gamma=0.2)"]
+    plain, tuned = printed(sgd), printed(sgd + ["--tuned-lr"])
+    assert tuned["recommendation"] == "plan" and tuned["plan"]["stages"] == plain["plan"]["stages"]
+    assert any(n.startswith("--tuned-lr changes nothing for SGD") for n in tuned["plan"]["notes"])
+    with pytest.raises(bsadvisor.UserError, match="tuned_lr"):
+        Recommendation.from_options(ADAMW_STEPS, tuned_lr="yes")
+
+
 #: AdamW with the LR stepped down × 0.2 at epochs 2 and 4: the growth limit's closed-form case.
 ADAMW_STEPS = dict(lr=1e-3, batch_size=32, dataset_size=32000, epochs=6, rule="proportional",
                    schedule="MultiStepLR(milestones=[2, 4], gamma=0.2)", optimizer="adamw")

@@ -97,6 +97,9 @@ def advise_cmd(
     if json_:
         emit_json(rec.to_dict())
         return
+    if rec.keep_batch is not None and rec.keep_batch.reason == "tuned_lr":
+        _print_tuned_keep(target, rec.plan, rec.keep_batch, out)
+        return
     if rec.keep_batch is not None:
         _print_keep(target, rec.probe, rec.plan, rec.keep_batch, out, options)
         return
@@ -124,6 +127,21 @@ def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
     console.print(Text("The noise scale usually grows as training goes on: record it through a run with "
                        f"`bsadvisor validate {target} ... --out runs/v`, then re-plan with "
                        "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)
+
+
+def _print_tuned_keep(target: str, plan, keep, out) -> None:
+    """Keep the batch: an Adam-family run whose LR the user declared tuned (--tuned-lr); say why and what next."""
+    console.print(Text.assemble(
+        ("Keep the batch: ", "bold"),
+        f"your LR is tuned (--tuned-lr) and the optimizer is {keep.optimizer}: {keep.evidence} (docs/results.md). "
+        f"The plan would train {keep.plan_updates:,} updates instead of {keep.original_updates:,} "
+        f"({keep.original_updates / keep.plan_updates:.2f}× fewer)."), soft_wrap=True)
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
+    console.print(Text(f"To try the plan on your model anyway: run this command again without --tuned-lr, with "
+                       f"--out plan.json; then `bsadvisor validate {target} --plan plan.json --seeds 3` trains both "
+                       "with the same seeds and says whether it holds.", style="dim"), soft_wrap=True)
 
 
 def check_advise_options(options: dict, probe_opts: dict, out: Optional[Path], probe_out: Optional[Path],

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from bsadvisor.core import checks
 from bsadvisor.core.convert import convert
+from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.documents import Document
 from bsadvisor.core.errors import UserError
 from bsadvisor.core.noise import UNUSABLE_ADVICE, describe_interval
@@ -398,6 +399,35 @@ class KeepBatchAdvice(Document):
     ratio: float
     efficiency_at_b0: float
     noise_cap: float
+    reason: str = "noise_cap"
+
+
+#: Why advise keeps an Adam run's batch at a tuned LR (docs/results.md, "What `advise` recommends today").
+TUNED_LR_EVIDENCE = ("at the best LR of a sweep, growth to 2 × B0 was REJECTED on two of the eight AdamW models "
+                     "measured (-0.009 and -0.033, 30 seeds each; on the second every growth down to 1.17× was) "
+                     "and accepted on four; nothing advise measures tells which kind of model yours is")
+
+
+@dataclass(frozen=True)
+class TunedLRAdvice(Document):
+    """An Adam-family run whose LR the user declared tuned (:func:`tuned_lr_advice`): the original schedule is
+    recommended; ``plan_updates`` is what the plan would have trained."""
+
+    optimizer: str
+    original_updates: int
+    plan_updates: int
+    evidence: str = TUNED_LR_EVIDENCE
+    reason: str = "tuned_lr"
+
+
+def tuned_lr_advice(plan: Plan) -> Optional[TunedLRAdvice]:
+    """With ``--tuned-lr``, for Adam and AdamW when the plan grows the batch: keep it (docs/results.md: at a tuned
+    LR no growth held on every model, and nothing measured cheaply tells the models apart). None for SGD (the
+    paper's conversion) or when the plan does not grow."""
+    options = plan.options
+    if options.optimizer not in ADAM_FAMILY or plan.updates >= plan.baseline_updates:
+        return None
+    return TunedLRAdvice(options.optimizer, plan.baseline_updates, plan.updates)
 
 
 def start_batch_advice(plan: Plan, noise_model: Optional[NoiseModel], make_plan) -> Optional[StartAdvice]:

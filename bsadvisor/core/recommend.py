@@ -19,11 +19,12 @@ from typing import Any, Optional, Union
 
 from bsadvisor.core import checks
 from bsadvisor.core.baseline import baseline_of
+from bsadvisor.core.defaults import ADAM_FAMILY
 from bsadvisor.core.options import OPTION_NAMES, ConvertOptions
 from bsadvisor.core.plan import Plan
 from bsadvisor.core.probe_result import ProbeResult, load_probe
-from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice, annotate, keep_batch_advice, resolve,
-                                    start_batch_advice)
+from bsadvisor.core.predict import (PLAN_OPTIONS, KeepBatchAdvice, StartAdvice, TunedLRAdvice, annotate,
+                                    keep_batch_advice, resolve, start_batch_advice, tuned_lr_advice)
 from bsadvisor.core.remarks import BATCHNORM_NOTE, batchnorm_text
 
 ADVICE_SCHEMA = "bsadvisor.advice/1"
@@ -31,9 +32,18 @@ ADVICE_SCHEMA = "bsadvisor.advice/1"
 #: What replaces the plan's generic BatchNorm note once the model is known to have BatchNorm layers.
 BATCHNORM_WARNING = batchnorm_text(known=True)
 
-#: The notes of an original schedule recommended instead of a plan.
-KEEP_NOTE = ("recommended: the original schedule, unchanged (the batch is already past the --noise-cap multiple of "
-             "the noise scale)")
+#: The notes of an original schedule recommended instead of a plan, by the keep advice's reason.
+KEEP_NOTES = {
+    "noise_cap": ("recommended: the original schedule, unchanged (the batch is already past the --noise-cap multiple "
+                  "of the noise scale)"),
+    "tuned_lr": ("recommended: the original schedule, unchanged (--tuned-lr: at a tuned LR no batch growth for Adam "
+                 "held on every model measured)"),
+}
+
+
+#: What --tuned-lr says for SGD, where it changes nothing.
+TUNED_LR_SGD_NOTE = ("--tuned-lr changes nothing for SGD: the paper's conversion, made at its models' usual LRs (not "
+                     "measured here at the best LR of a sweep)")
 
 
 def _keywords(options: Union[ConvertOptions, dict, None], keywords: dict[str, Any]) -> dict[str, Any]:
@@ -78,23 +88,24 @@ class Recommendation:
     """What advise recommends: ``plan`` to follow, and why.
 
     ``plan`` is the batch-growth plan, or with ``keep_batch`` (a --noise-cap K asked for, and B0 already past
-    K × the noise scale where the decay begins; core.predict.keep_batch_advice) the original schedule
-    unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
+    K × the noise scale where the decay begins, core.predict.keep_batch_advice; or --tuned-lr for an Adam-family
+    run, core.predict.tuned_lr_advice) the original schedule unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
     (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
     """
 
     plan: Plan
     probe: Any = None
-    keep_batch: Optional[KeepBatchAdvice] = None
+    keep_batch: Union[KeepBatchAdvice, TunedLRAdvice, None] = None
     start_advice: Optional[StartAdvice] = None
 
     def __post_init__(self) -> None:
         checks.instance("plan", self.plan, Plan, "a Plan (Recommendation.from_options builds one)")
         if self.probe is not None:
             checks.instance("probe", self.probe, ProbeResult, "a ProbeResult or None")
-        for name, kind in (("keep_batch", KeepBatchAdvice), ("start_advice", StartAdvice)):
+        for name, kinds in (("keep_batch", (KeepBatchAdvice, TunedLRAdvice)), ("start_advice", (StartAdvice,))):
             if getattr(self, name) is not None:
-                checks.instance(name, getattr(self, name), kind, f"a {kind.__name__} (core.predict) or None")
+                checks.instance(name, getattr(self, name), kinds,
+                                f"a {' or '.join(k.__name__ for k in kinds)} (core.predict) or None")
 
     @property
     def recommendation(self) -> str:
@@ -103,22 +114,28 @@ class Recommendation:
 
     @classmethod
     def from_options(cls, options: Union[ConvertOptions, dict, None] = None, *, probe: Any = None,
-                     noise_trace: Any = None, batchnorm: Optional[bool] = None,
+                     noise_trace: Any = None, batchnorm: Optional[bool] = None, tuned_lr: Optional[bool] = None,
                      **keywords: Any) -> "Recommendation":
         """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice.
 
-        The options are resolved once (core.predict.resolve: the probe and the trace read once); the start
-        advice's variants convert those options with another ``increase_lr``."""
+        ``tuned_lr``: the LR is the best of a sweep (an options dict may hold it too); for Adam and AdamW the
+        original schedule is then recommended (core.predict.tuned_lr_advice). The options are resolved once
+        (core.predict.resolve: the probe and the trace read once); the start advice's variants convert those
+        options with another ``increase_lr``."""
         batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)
         kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
+        given = kw.pop("tuned_lr", None)  # advise's options dict holds it; it is not a conversion option
+        tuned_lr = checks.optional(checks.flag, "tuned_lr", given if tuned_lr is None else tuned_lr)
         probe = kw.pop("probe", None)
         if probe is not None and not isinstance(probe, ProbeResult):
             probe = load_probe(probe)  # read once (the plan then names the probe's target, not the file)
         conversion = resolve(probe=probe, **kw)
         plan = _batchnorm_said(conversion.plan(), batchnorm)
-        keep = keep_batch_advice(plan, conversion.noise_model)
-        if keep is not None:  # no growth pays: the original schedule is the recommendation
-            return cls(original_plan(plan, probe), probe, keep)
+        keep = keep_batch_advice(plan, conversion.noise_model) or (tuned_lr_advice(plan) if tuned_lr else None)
+        if keep is not None:  # no growth pays (or none is known to, at a tuned LR): the original schedule
+            return cls(original_plan(plan, probe, keep.reason), probe, keep)
+        if tuned_lr and plan.options.optimizer not in ADAM_FAMILY:
+            plan = replace(plan, notes=[*plan.notes, TUNED_LR_SGD_NOTE])
         advice = start_batch_advice(plan, conversion.noise_model, lambda k: conversion.plan(increase_lr=k))
         return cls(plan, probe, None, advice)
 
@@ -131,8 +148,8 @@ class Recommendation:
                 "recommendation": self.recommendation}
 
 
-def original_plan(plan: Plan, probe=None) -> Plan:
+def original_plan(plan: Plan, probe=None, reason: str = "noise_cap") -> Plan:
     """The original schedule of ``plan`` as the recommended plan (batch B0 throughout), with the probe's
-    predicted time."""
+    predicted time; its first note says why (``reason``, a keep advice's)."""
     kept = annotate(baseline_of(plan), probe, world_size=plan.options.world_size)
-    return replace(kept.with_inputs(probe=plan.probe_source), notes=[KEEP_NOTE, *kept.notes])
+    return replace(kept.with_inputs(probe=plan.probe_source), notes=[KEEP_NOTES[reason], *kept.notes])

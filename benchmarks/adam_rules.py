@@ -218,10 +218,9 @@ def make_plan(target, config: str, noise: dict):
         if model is None:
             raise RuntimeError(f"{config}: no usable {c['source']} noise model")
     how, k, lr_rule = c["start"] or ("", None, "lr")
-    # without +bK, max_growth 0: each rule's full conversion, what the cached runs of every plain config trained
-    # (AdamW's default now stops at 2 × B0: that is ``+b2``, the library's own --max-growth 2)
-    # +bK without +sfX keeps the staircase of ratio 1.25 its cached runs trained (AdamW's default under the growth
-    # limit is now 1.05: that is ``+b2+sf1.05``)
+    # without +bK, max_growth 0: each rule's full conversion, what the cached runs of every plain config trained;
+    # +bK is the library's own --max-growth K, and without +sfX it keeps the staircase of ratio 1.25 its cached runs
+    # trained (AdamW's default, growth to 2 × B0 in steps of 1.05, is ``+b2+sf1.05``)
     stage_factor = c["stage_factor"] or (STAIRCASE_RATIO if c["batch_cap"] else None)
     plan = recommend(options_for_target(target).options, max_growth=c["batch_cap"] or 0, adam_rule=c["rule"],
                      adam_sde=c["sde"], noise_trace=model, noise_cap=c["cap"], increase_lr=k if how == "x" else None,

@@ -285,7 +285,6 @@ def test_replan_command_gives_the_same_plan(tmp_path):
         assert save[save.index(flag) + 1] == value
 
 
-
 def test_a_flag_option_is_printed_as_a_flag_and_the_replan_command_runs(tmp_path):
     """--adam-sde given: the printed commands carry the flag alone (``--adam-sde True`` is refused by the CLI)."""
     probe_path = tmp_path / "probe.json"
@@ -303,6 +302,7 @@ def test_a_flag_option_is_printed_as_a_flag_and_the_replan_command_runs(tmp_path
     assert r.returncode == 0, r.stderr
     got = Plan.from_dict(json.loads(r.stdout))
     assert got.stages == want.stages and got.options.adam_sde
+
 
 HELPER = "from bsadvisor.targets.builtins import linreg\n\ndef make():\n    return linreg(size=2048)\n"
 TARGET = "from helper import make\n\ndef make_target():\n    t = make()\n    t.name = 'markup [/x] target'\n    return t\n"

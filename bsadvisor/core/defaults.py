@@ -34,7 +34,7 @@ DEFAULTS = {
 #: hybrid), so the plan's LR is never more than this × the original's at the same sample. Chosen from
 #: docs/results.md ("Growth to 2 × B0 for Adam"): the full conversion lost about 0.012 at a tuned LR on both
 #: AdamW language models; growth to 2 × B0 was accepted at every recipe's LR and lost less at a tuned one, though it
-#: was rejected there on two of the eight models measured.
+#: was rejected there on two of the seven models measured.
 ADAM_MAX_GROWTH = 2.0
 
 #: The staircase's ratio for Adam and AdamW under that growth limit (a schedule read per step): a new batch when

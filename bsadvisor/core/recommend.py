@@ -89,7 +89,8 @@ class Recommendation:
 
     ``plan`` is the batch-growth plan, or with ``keep_batch`` (a --noise-cap K asked for, and B0 already past
     K × the noise scale where the decay begins, core.predict.keep_batch_advice; or --tuned-lr for an Adam-family
-    run, core.predict.tuned_lr_advice) the original schedule unchanged (its probe, a ProbeResult or a probe.json file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
+    run, core.predict.tuned_lr_advice) the original schedule unchanged (its probe, a ProbeResult or a probe.json
+    file, is then read once). ``start_advice``: the larger-start variants when B0 is well below the noise scale
     (core.predict.start_batch_advice). ``probe``: the ProbeResult it was made with, if any.
     """
 

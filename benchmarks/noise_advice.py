@@ -20,7 +20,7 @@ Models: ``charlm``, ``wordlm``, ``mixer1d`` (benchmarks/adam_rules.py), ``sorter
 ``mnist1d-mlp`` and ``mnist1d-cnn`` (SGD momentum 0.9, benchmarks/reproduce_smith.py's recipe: 10 epochs,
 MultiStepLR at epochs 3, 6 and 8, γ = 0.2); with ``--models``, also the three AdamW models written as a new user
 would (``gauss``: benchmarks/gauss_mlp.py, ``wave``: wave_cnn.py, ``tagger``: tagger_gru.py, ``fourier``:
-fourier_mlp.py). The Adam-rule study (``--models`` below, ``--configs
+fourier_mlp.py, ``compare``: compare_transformer.py). The Adam-rule study (``--models`` below, ``--configs
 linear,sqrt,seesaw``) adds the sorter with β2 = 0.95
 (``sorter-b95``), a sorter run of 3,072 updates with β2 = 0.95 (``sorter-long-b95``: six times the data) and
 a mixer1d run of 3,000 updates with β2 = 0.95 (``mixer1d-long-b95``: three epochs), the optimizer overridden
@@ -89,6 +89,10 @@ def load(name: str):
         import fourier_mlp
 
         return fourier_mlp.make_target()
+    if name == "compare":  # a fifth, also written after it (benchmarks/compare_transformer.py)
+        import compare_transformer
+
+        return compare_transformer.make_target()
     if name == "gauss":  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
         import gauss_mlp
 

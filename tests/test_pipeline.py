@@ -190,7 +190,7 @@ def test_advise_grows_an_adam_runs_batch_to_twice_b0_by_default(fake_probe):
 
 def test_a_tuned_lr_keeps_an_adam_runs_batch_and_changes_nothing_for_sgd(fake_probe, tmp_path):
     """--tuned-lr: for AdamW the original schedule is recommended, with why and the plan it would have trained
-    (docs/results.md: at a tuned LR growth to 2 × B0 was rejected on two of seven models); the plan file written
+    (docs/results.md: at a tuned LR growth to 2 × B0 was rejected on two of eight models); the plan file written
     is the original's, update by update. For SGD the plan is the same as without it, and a note says so."""
     fake_probe.set(probe_doc(400.0, n=16384, b0=32, lr=0.002, momentum=0.9))
     base = ["advise", "builtin:charlm", "--device", "cpu", "--budget-seconds", "2"]
@@ -203,7 +203,7 @@ def test_a_tuned_lr_keeps_an_adam_runs_batch_and_changes_nothing_for_sgd(fake_pr
     text = run_main(base + ["--tuned-lr", "--out", str(tmp_path / "plan.json")])
     assert text.returncode == 0, text.stderr
     words = " ".join(text.stdout.split())
-    assert "Keep the batch: your LR is tuned (--tuned-lr)" in words and "REJECTED on two of the seven" in words
+    assert "Keep the batch: your LR is tuned (--tuned-lr)" in words and "REJECTED on two of the eight" in words
     assert f"Recommended: your original schedule, unchanged ({original:,} updates)" in words
     assert bsadvisor.Plan.load(tmp_path / "plan.json").stage_batch_sizes() == [32]
 

@@ -62,8 +62,8 @@ def advise_cmd(
     Defaults: the target's own recipe when it records one; the exact rule;
     for Adam/AdamW the linear rule with the batch grown to at most 2 × B0 in
     steps of 5 % (--stage-factor 1.05), the LR carrying the rest of the decay
-    (--max-growth; 1.41-1.44× fewer updates, accepted at the recipe's LR on
-    all eight AdamW models measured; at a tuned LR rejected on two of seven and
+    (--max-growth; 1.40-1.44× fewer updates, accepted at the recipe's LR on
+    all nine AdamW models measured; at a tuned LR rejected on two of eight and
     the full conversion lost about 0.012 on the language models: docs/results.md,
     "Growth to 2 × B0 for Adam"); the
     batch capped by the device (the probe's largest batch) and, over several

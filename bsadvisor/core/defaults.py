@@ -34,14 +34,14 @@ DEFAULTS = {
 #: hybrid), so the plan's LR is never more than this × the original's at the same sample. Chosen from
 #: docs/results.md ("Growth to 2 × B0 for Adam"): the full conversion lost about 0.012 at a tuned LR on both
 #: AdamW language models; growth to 2 × B0 was accepted at every recipe's LR and lost less at a tuned one, though it
-#: was rejected there on two of the seven models measured.
+#: was rejected there on two of the eight models measured.
 ADAM_MAX_GROWTH = 2.0
 
 #: The staircase's ratio for Adam and AdamW under that growth limit (a schedule read per step): a new batch when
 #: the target has grown by 5 % (1.25 otherwise). Chosen from docs/results.md ("A finer staircase to 2 × B0"): on
 #: the seven AdamW models then measured it did as well as ratio 1.25 or better at the recipe's LR and saves
 #: 1.41-1.43× the updates instead of 1.36-1.38×; at a tuned LR as well or better on four of five, worse on the
-#: sorter. On an eighth model written afterwards, 1.25 was rejected at the recipe's LR and 1.05 accepted.
+#: sorter. Of two models written afterwards, 1.25 was rejected on one at the recipe's LR where 1.05 was accepted.
 ADAM_STAGE_FACTOR = 1.05
 
 #: ProbeOptions' defaults for the options that have one (the others default to None: the target's

@@ -95,7 +95,7 @@ class ConvertOptions(OptionObject):
     max_growth: Optional[float] = option(
         None, S.Num(low=0), "Grow the batch to at most K × B0, then decay the LR for the rest (the paper's hybrid); "
         "0: no limit. For Adam/AdamW the full conversion lost about 0.012 at a tuned LR; growth to 2 × B0 lost less "
-        "but was rejected on two of seven models there (docs/results.md).", shown="2 for Adam/AdamW, none for SGD",
+        "but was rejected on two of eight models there (docs/results.md).", shown="2 for Adam/AdamW, none for SGD",
         groups=("advise", "validate"))
     max_fraction: float = option(
         DEFAULTS["max_fraction"], S.Num(low=0, high=1, low_open=True),
@@ -124,7 +124,7 @@ class ConvertOptions(OptionObject):
         DEFAULTS["adam_rule"], S.Str(choices=ADAM_RULES),
         "Adam family: linear (batch × α for an LR decay by α; it held at the benchmark recipes' LRs; at a tuned "
         "LR the full conversion lost about 0.012 on the language models, growth to 2 × B0 less (rejected on two of "
-        "seven models), and every other rule more: docs/results.md), "
+        "eight models), and every other rule more: docs/results.md), "
         "sqrt (× α², Malladi et al.), seesaw (× α with the LR ÷ √α, Meterez et al.) or noise (sqrt below the noise "
         "scale, linear above it; needs a probe or a trace).", groups=("advise", "validate"))
     total_samples: Optional[int] = option(
@@ -339,7 +339,7 @@ PLANNING_OPTIONS = {d.name: d for d in (
              groups=("advise", "probe", "after_probe")).named("noise_cap", None),
     Declared(S.Bool(), "Your LR is the best of a sweep for this schedule at this batch. For Adam/AdamW advise then "
              "recommends the original schedule: at the best LR of a sweep, growth to 2 × B0 was rejected on two of "
-             "the seven AdamW models measured and no measurement of advise's tells where it holds (docs/results.md). "
+             "the eight AdamW models measured and no measurement of advise's tells where it holds (docs/results.md). "
              "For SGD it changes nothing.", shown="off", groups=("advise", "after_probe")).named("tuned_lr", None),
     Declared(S.Str(max_len=4096), "B_simple measured through training: results.json of `bsadvisor validate` (its "
              "original run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "

@@ -403,9 +403,9 @@ class KeepBatchAdvice(Document):
 
 
 #: Why advise keeps an Adam run's batch at a tuned LR (docs/results.md, "What `advise` recommends today").
-TUNED_LR_EVIDENCE = ("at the best LR of a sweep, growth to 2 × B0 was REJECTED on two of the seven AdamW models "
-                     "measured (-0.009 and -0.033, 30 seeds each; on the second every growth down to 1.17× was) "
-                     "and accepted on four; nothing advise measures tells which kind of model yours is")
+TUNED_LR_EVIDENCE = ("at the best LR of a sweep, growth to 2 × B0 was REJECTED on two of the eight AdamW models "
+                     "measured (-0.007 and -0.033, 60 and 30 seeds; on the second every growth down to 1.17× was) "
+                     "and accepted on five; nothing advise measures tells which kind of model yours is")
 
 
 @dataclass(frozen=True)

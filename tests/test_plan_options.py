@@ -139,8 +139,11 @@ def test_the_advice_documents_are_typed_and_print_as_before():
     keep = Recommendation.from_options(probe=ProbeResult.from_dict(probe_doc(2.0)), epochs=10, schedule=SCHEDULE,
                                        noise_cap=4).keep_batch
     assert isinstance(keep, KeepBatchAdvice) and keep.ratio == pytest.approx(keep.b0 / keep.b_noise)
-    assert list(keep.to_dict()) == ["b0", "b_noise", "sample", "ratio", "efficiency_at_b0", "noise_cap"]
-    assert math.isfinite(keep.efficiency_at_b0) and keep.noise_cap == 4
+    # the keys as before, then why the batch is kept (--noise-cap here; --tuned-lr gives a TunedLRAdvice)
+    assert list(keep.to_dict()) == ["b0", "b_noise", "sample", "ratio", "efficiency_at_b0", "noise_cap", "reason"]
+    assert math.isfinite(keep.efficiency_at_b0) and keep.noise_cap == 4 and keep.reason == "noise_cap"
+    before = {k: v for k, v in keep.to_dict().items() if k != "reason"}  # an advice document written before it
+    assert KeepBatchAdvice.from_dict(before) == keep
 
 
 def test_recommend_takes_a_convert_options_that_carries_a_noise_model():

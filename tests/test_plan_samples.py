@@ -132,15 +132,13 @@ def test_adamw_default_staircase_follows_its_target_within_five_percent_up_to_tw
     """AdamW's default under its growth limit (2 × B0): a batch stage per 5 % of growth of the linear rule's target
     B0·ε_peak/ε(s), read from torch's own warmup + cosine at every update of the plan. The batch never passes the
     target (by more than the rounding to an integer) nor 2 × B0, trails it by less than 5 % until 2 × B0 / 1.05, and
-    the LR is the original's × B/B0 (the temperature kept). The 1.25 staircase of SGD and of the unlimited
-    conversion trains more updates over the same samples."""
+    the LR is the original's × B/B0 (the temperature kept). Ratio 1.25 (SGD's, and the unlimited conversion's)
+    trains more updates to the same limit."""
     b0, peak = 500, 6e-4
     common = {**LLM, "max_growth": None}
     plan = convert_schedule(**common)
     assert plan.inputs["stage_factor"] == 1.05 and plan.options.growth_limit == 2.0
-    ref = torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(
-        o, [torch.optim.lr_scheduler.LinearLR(o, start_factor=0.01, total_iters=2000),
-            torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=18000, eta_min=6e-5)], milestones=[2000]), peak, 20000)
+    ref = torch_lrs(llm_torch, peak, 20_000)
     for s, b in plan_updates(plan):
         original_lr = ref[s // b0]
         target = b0 * peak / original_lr if s >= 2000 * b0 else b0  # the warmup stays at B0

@@ -33,6 +33,10 @@ ADVISE_EXAMPLES = """
   A target that records its own recipe (the built-in language model): no --schedule or --epochs needed:
 
   [cyan]bsadvisor advise builtin:charlm --growth-factor 2[/]
+
+  An AdamW recipe whose LR you swept to its best (there growth held on some models, not all: advise keeps the batch):
+
+  [cyan]bsadvisor advise train.py:make_target --tuned-lr[/]
 """
 
 

@@ -58,6 +58,11 @@ def advise_cmd(
     probe_out: Annotated[Optional[Path], typer.Option("--probe-out", help="Also write the probe JSON here.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document holding the probe and the plan.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON here (atomically).")] = None,
+    tuned_lr: Annotated[bool, typer.Option("--tuned-lr", help=(
+        "Your LR is the best of a sweep for this schedule at this batch. For Adam/AdamW advise then recommends the "
+        "original schedule: at the best LR of a sweep, growth to 2 × B0 was rejected on two of the eight AdamW "
+        "models measured and no measurement of advise's tells where it holds (docs/results.md). For SGD it "
+        "changes nothing."))] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
@@ -95,7 +100,7 @@ def advise_cmd(
             err_console.print(prepared.note, soft_wrap=True, markup=False, highlight=False)
         # the next commands printed below repeat the recipe's schedule and length
         options.update({k: prepared.options[k] for k in ("schedule", "epochs", "schedule_unit", "seq_len")})
-        rec = bsadvisor.advise(tgt, prepared, probe_out=probe_out, progress=progress, **probe_opts)
+        rec = bsadvisor.advise(tgt, prepared, probe_out=probe_out, progress=progress, tuned_lr=tuned_lr, **probe_opts)
     if out is not None:
         rec.plan.save(out)
     if json_:

@@ -337,10 +337,6 @@ PLANNING_OPTIONS = {d.name: d for d in (
              "refused; 0: no cap). By default nothing is capped: on the benchmark models the noise scale did not "
              "predict whether a plan held (docs/results.md).", shown="no cap",
              groups=("advise", "probe", "after_probe")).named("noise_cap", None),
-    Declared(S.Bool(), "Your LR is the best of a sweep for this schedule at this batch. For Adam/AdamW advise then "
-             "recommends the original schedule: at the best LR of a sweep, growth to 2 × B0 was rejected on two of "
-             "the eight AdamW models measured and no measurement of advise's tells where it holds (docs/results.md). "
-             "For SGD it changes nothing.", shown="off", groups=("advise", "after_probe")).named("tuned_lr", None),
     Declared(S.Str(max_len=4096), "B_simple measured through training: results.json of `bsadvisor validate` (its "
              "original run) or a NoiseMonitor file. Replaces the probe's one value in --noise-cap, the efficiency "
              "column and the warnings.", kind=Path, recorded=False,

@@ -119,14 +119,13 @@ class Recommendation:
                      **keywords: Any) -> "Recommendation":
         """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice.
 
-        ``tuned_lr``: the LR is the best of a sweep (an options dict may hold it too); for Adam and AdamW the
-        original schedule is then recommended (core.predict.tuned_lr_advice). The options are resolved once
+        ``tuned_lr``: the LR is the best of a sweep (advise's --tuned-lr, not a conversion option); for Adam and
+        AdamW the original schedule is then recommended (core.predict.tuned_lr_advice). The options are resolved once
         (core.predict.resolve: the probe and the trace read once); the start advice's variants convert those
         options with another ``increase_lr``."""
         batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)
         kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
-        given = kw.pop("tuned_lr", None)  # advise's options dict holds it; it is not a conversion option
-        tuned_lr = checks.optional(checks.flag, "tuned_lr", given if tuned_lr is None else tuned_lr)
+        tuned_lr = checks.optional(checks.flag, "tuned_lr", tuned_lr)
         probe = kw.pop("probe", None)
         if probe is not None and not isinstance(probe, ProbeResult):
             probe = load_probe(probe)  # read once (the plan then names the probe's target, not the file)

@@ -23,7 +23,8 @@ from bsadvisor.targets.target import Target
 
 
 def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_out: Union[str, Path, None] = None,
-           progress: Optional[Callable[[str, float], None]] = None, **probe_options: Any) -> Recommendation:
+           progress: Optional[Callable[[str, float], None]] = None, tuned_lr: bool = False,
+           **probe_options: Any) -> Recommendation:
     """Probe ``target`` (a Target) and recommend a plan for its LR schedule: a :class:`Recommendation`.
 
     ``options``: the conversion keywords (schedule, epochs, rule, noise_cap, noise_trace, ...;
@@ -32,7 +33,9 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     :func:`bsadvisor.probe` (device, budget_seconds, seed, ...), which measures at the given
     batch_size and lr (default: the target's). ``probe_out``: also write the probe's result
     there, before recommending, so a plan refused afterwards (an unusable noise_cap) keeps
-    the measurement. Raises UserError when there is no schedule and length to convert.
+    the measurement. ``tuned_lr``: the LR is the best of a sweep (``--tuned-lr``: for Adam and
+    AdamW the original schedule is recommended, Recommendation.from_options). Raises UserError
+    when there is no schedule and length to convert.
     """
     from bsadvisor.measure.probe import probe  # here: torch loads when a target is probed, not on import
 
@@ -40,6 +43,7 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
         raise ArgumentTypeError(f"target must be a Target, got the string {checks.show(target)}: load it first, "
                                 "bsadvisor.advise(bsadvisor.load_target(...), ...)", parameter="target")
     checks.instance("target", target, Target, "a Target (bsadvisor.load_target builds one)")
+    tuned_lr = checks.flag("tuned_lr", tuned_lr)  # before the probe, as every other check
     if options is not None:
         checks.instance("options", options, (TargetOptions, dict), "a dict of conversion options, or None")
 
@@ -57,4 +61,4 @@ def advise(target, options: Union[TargetOptions, dict, None] = None, *, probe_ou
     if probe_out is not None:
         write_json(probe_out, result.to_dict())
     return Recommendation.from_options({**opts, "noise_trace": trace}, probe=result,
-                                       batchnorm=bool(prepared.batchnorm))
+                                       batchnorm=bool(prepared.batchnorm), tuned_lr=tuned_lr)

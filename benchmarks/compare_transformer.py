@@ -1,8 +1,9 @@
 """A fifth model written as a new user would (not a builtin), after AdamW's finer default staircase was chosen:
 a small transformer encoder reading a sequence of 20 tokens over 6 symbols and telling whether symbol 0 first
-occurs before symbol 1 does (no when 0 never occurs), from a mean pool over the positions. AdamW betas (0.9, 0.98), weight decay 0.05,
-no clipping, linear warmup (10 %) then cosine to a tenth per step, one pass over 8,192 sequences at batch 32
-(256 updates). The metric is the held-out cross-entropy, negated.
+occurs before symbol 1 does (no when 0 never occurs), from a mean pool over the positions. AdamW betas (0.9,
+0.98), weight decay 0.05, no clipping, linear warmup (10 %) then cosine to a tenth per step, one pass over 8,192
+sequences at batch 32 (256 updates). The metric is the held-out cross-entropy, negated. At this LR it barely
+learns in one pass; its best LR is 16 × this one (docs/results.md, "A finer staircase to 2 × B0").
 
 `bsadvisor advise benchmarks/compare_transformer.py:make_target --out plan.json`, then `bsadvisor validate
 benchmarks/compare_transformer.py:make_target --plan plan.json --seeds 6` (docs/results.md, "What `advise`

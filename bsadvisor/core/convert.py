@@ -172,9 +172,9 @@ def _base_point(options: ConvertOptions, peak: Piece, g_ref: float, model: Tempe
                         "to adapt after each batch change (Smith et al. §5.2); validate before adopting")
     if model.is_adam:
         held = ("the rule that held on most models at their recipes' LR; growth to 2 × B0 (the default "
-                "--max-growth) was accepted at the recipe's LR on all nine AdamW models measured, but at a tuned LR (the "
-                "best of a sweep) it was rejected on two of eight, the full conversion lost about 0.012 on both "
-                "language models and every other rule more (docs/results.md)"
+                "--max-growth) was accepted at the recipe's LR on all nine AdamW models measured, but at a tuned "
+                "LR (the best of a sweep) it was rejected on two of eight, the full conversion lost about 0.012 on "
+                "both language models and every other rule more (docs/results.md)"
                 if model.adam_rule == "linear" else
                 "which lost on the models measured where the linear rule, the default, held (docs/results.md)")
         warnings.append(f"{options.optimizer}: applied the {ADAM_RULE_WORDS[model.adam_rule]}, {held}; no rule is "

@@ -39,6 +39,7 @@ models, configs and seeds: training is deterministic on CPU) are read from there
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -69,6 +70,13 @@ def _beta2(target, beta2: float):
     return target
 
 
+#: The AdamW models written as a new user would, in the order they were written, and their modules here: gauss_mlp
+#: (its recipe β2 0.95 with clipping), wave_cnn, tagger_gru (after the growth limit was chosen), fourier_mlp and
+#: compare_transformer (after the finer staircase was chosen).
+NEW_USER_MODELS = {"gauss": "gauss_mlp", "wave": "wave_cnn", "tagger": "tagger_gru", "fourier": "fourier_mlp",
+                   "compare": "compare_transformer"}
+
+
 def load(name: str):
     """The model ``name`` as a Target with the recipe it is trained with here."""
     from bsadvisor.targets.loading import load_target
@@ -77,26 +85,8 @@ def load(name: str):
         target = load_target(f"builtin:{name}")
         target.metadata = {**target.metadata, **SGD_RECIPE}
         return target
-    if name == "wave":  # a second model written as a new user would (benchmarks/wave_cnn.py)
-        import wave_cnn
-
-        return wave_cnn.make_target()
-    if name == "tagger":  # a third, written after the default was chosen (benchmarks/tagger_gru.py)
-        import tagger_gru
-
-        return tagger_gru.make_target()
-    if name == "fourier":  # a fourth, written after the finer staircase was chosen (benchmarks/fourier_mlp.py)
-        import fourier_mlp
-
-        return fourier_mlp.make_target()
-    if name == "compare":  # a fifth, also written after it (benchmarks/compare_transformer.py)
-        import compare_transformer
-
-        return compare_transformer.make_target()
-    if name == "gauss":  # the new user's AdamW MLP (its own recipe: β2 0.95, clipping at 1.0)
-        import gauss_mlp
-
-        return gauss_mlp.make_target()
+    if name in NEW_USER_MODELS:  # their own recipes, as written
+        return importlib.import_module(NEW_USER_MODELS[name]).make_target()
     if name == "sorter-b95":
         return _beta2(load_target("builtin:sorter"), 0.95)
     if name == "sorter-long-b95":

@@ -18,6 +18,7 @@ from bsadvisor.cli.render import FitTable, fmt_seconds, plan_summary, time_range
 from bsadvisor.core import checks
 from bsadvisor.core.defaults import PROBE_DEFAULTS
 from bsadvisor.core.fileio import PLAN_FILES, PROBE_FILES, check_replace
+from bsadvisor.core.predict import TUNED_LR_EVIDENCE
 
 ADVISE_EXAMPLES = """
 [bold]Examples[/]
@@ -60,9 +61,7 @@ def advise_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the plan JSON here (atomically).")] = None,
     tuned_lr: Annotated[bool, typer.Option("--tuned-lr", help=(
         "Your LR is the best of a sweep for this schedule at this batch. For Adam/AdamW advise then recommends the "
-        "original schedule: at the best LR of a sweep, growth to 2 × B0 was rejected on two of the eight AdamW "
-        "models measured and no measurement of advise's tells where it holds (docs/results.md). For SGD it "
-        "changes nothing."))] = False,
+        f"original schedule: {TUNED_LR_EVIDENCE} (docs/results.md). For SGD it changes nothing."))] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Probe TARGET, convert its LR schedule into a batch-growth plan that fits the measured device, and
@@ -115,6 +114,13 @@ def advise_cmd(
     _print_advice(target, rec.probe, rec.plan, out, probe_out, options, probe_opts, rec.start_advice)
 
 
+def _print_original_recommended(plan, out) -> None:
+    """The recommendation when the batch is kept: the original schedule, and where --out wrote it."""
+    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
+                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
+                  soft_wrap=True)
+
+
 def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
     """Keep the batch: B0 is already past the asked --noise-cap multiple of the noise scale, so no growth is
     recommended; say why and what next."""
@@ -130,9 +136,7 @@ def _print_keep(target: str, result, plan, keep, out, options: dict) -> None:
         f"updates (McCandlish et al.): --noise-cap {keep.noise_cap:g} rules out growth past "
         f"{keep.noise_cap:g}× the noise scale."),
         soft_wrap=True)
-    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
-                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
-                  soft_wrap=True)
+    _print_original_recommended(plan, out)
     console.print(Text("The noise scale usually grows as training goes on: record it through a run with "
                        f"`bsadvisor validate {target} ... --out runs/v`, then re-plan with "
                        "`--noise-trace runs/v/results.json`.", style="dim"), soft_wrap=True)
@@ -145,9 +149,7 @@ def _print_tuned_keep(target: str, plan, keep, out) -> None:
         f"your LR is tuned (--tuned-lr) and the optimizer is {keep.optimizer}: {keep.evidence} (docs/results.md). "
         f"The plan would train {keep.plan_updates:,} updates instead of {keep.original_updates:,} "
         f"({keep.original_updates / keep.plan_updates:.2f}× fewer)."), soft_wrap=True)
-    console.print(Text(f"Recommended: your original schedule, unchanged ({plan.updates:,} updates)."
-                       + (f" Wrote it to {out} as the plan to follow." if out is not None else ""), style="bold"),
-                  soft_wrap=True)
+    _print_original_recommended(plan, out)
     console.print(Text(f"To try the plan on your model anyway: run this command again without --tuned-lr, with "
                        f"--out plan.json; then `bsadvisor validate {target} --plan plan.json --seeds 3` trains both "
                        "with the same seeds and says whether it holds.", style="dim"), soft_wrap=True)

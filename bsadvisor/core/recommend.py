@@ -120,8 +120,8 @@ class Recommendation:
         """:func:`recommend` with the same arguments, then the keep-the-batch decision and the start advice.
 
         ``tuned_lr``: the LR is the best of a sweep (advise's --tuned-lr, not a conversion option); for Adam and
-        AdamW the original schedule is then recommended (core.predict.tuned_lr_advice). The options are resolved once
-        (core.predict.resolve: the probe and the trace read once); the start advice's variants convert those
+        AdamW the original schedule is then recommended (core.predict.tuned_lr_advice). The options are resolved
+        once (core.predict.resolve: the probe and the trace read once); the start advice's variants convert those
         options with another ``increase_lr``."""
         batchnorm = checks.optional(checks.flag, "batchnorm", batchnorm)
         kw = _keywords(options, {**keywords, "probe": probe, "noise_trace": noise_trace})
